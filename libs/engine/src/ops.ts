@@ -1,0 +1,153 @@
+/**
+ * The one list of engine ops. Every backend (CPU today, CUDA later), the float64 reference
+ * (test/reference) and the conformance suite are written against this table; the native side
+ * mirrors it in native/src/ops.def in the same order, and the addon checks the two agree at load.
+ *
+ * Conventions for every op:
+ * - Tensors are float32, row-major, contiguous. Shapes are passed explicitly in `params`.
+ * - `inputs` are read-only; `output` is written. An op may be asked to write in place
+ *   (output === an input) only where the table says `inPlace: true`.
+ * - Results must not depend on the thread count: work is split so that every output element is
+ *   reduced in the same order whatever the partition (this is what makes a job a pure function
+ *   of its spec and seed, and K-stage chaining bit-identical to one stage).
+ */
+export interface OpSpec {
+  /** Input slot names; a `?` suffix marks a slot that may be null. */
+  readonly inputs: readonly string[];
+  /** Param names, in order; all are numbers (integers unless noted). */
+  readonly params: readonly string[];
+  /** Number of float32 elements the output must hold, from the params. */
+  outputSize(p: readonly number[]): number;
+  /** Whether the output may alias inputs[0]. */
+  readonly inPlace: boolean;
+  readonly doc: string;
+}
+
+export const OPS = {
+  linear: {
+    inputs: ['x', 'weight', 'bias?'],
+    params: ['rows', 'inFeatures', 'outFeatures'],
+    outputSize: ([m, , n]) => m * n,
+    inPlace: false,
+    doc: 'y[m, n] = sum_k x[m, k] * weight[n, k] + bias[n]. Weight stored [out, in] as in PyTorch.',
+  },
+  layer_norm: {
+    inputs: ['x', 'weight?', 'bias?'],
+    params: ['rows', 'dim', 'eps (float)'],
+    outputSize: ([m, d]) => m * d,
+    inPlace: true,
+    doc: 'Per row: (x - mean) / sqrt(var + eps) with biased variance, then * weight + bias when given.',
+  },
+  rms_norm: {
+    inputs: ['x', 'weight'],
+    params: ['rows', 'dim', 'eps (float)'],
+    outputSize: ([m, d]) => m * d,
+    inPlace: true,
+    doc: 'Per row: x / sqrt(mean(x^2) + eps) * weight. Wan normalises q and k over the full model dim.',
+  },
+  modulate: {
+    inputs: ['x', 'shift', 'scale'],
+    params: ['rows', 'dim'],
+    outputSize: ([m, d]) => m * d,
+    inPlace: true,
+    doc: 'y[m, d] = x[m, d] * (1 + scale[d]) + shift[d] (adaLN modulation; vectors shared by all rows).',
+  },
+  gated_add: {
+    inputs: ['x', 'y', 'gate?'],
+    params: ['rows', 'dim'],
+    outputSize: ([m, d]) => m * d,
+    inPlace: true,
+    doc: 'out[m, d] = x[m, d] + gate[d] * y[m, d]; a null gate means a plain residual add.',
+  },
+  gelu_tanh: {
+    inputs: ['x'],
+    params: ['n'],
+    outputSize: ([n]) => n,
+    inPlace: true,
+    doc: '0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).',
+  },
+  silu: {
+    inputs: ['x'],
+    params: ['n'],
+    outputSize: ([n]) => n,
+    inPlace: true,
+    doc: 'x / (1 + exp(-x)).',
+  },
+  rope3d: {
+    inputs: ['x'],
+    params: ['batch', 'frames', 'height', 'width', 'heads', 'headDim', 'frameOffset', 'theta (float)'],
+    outputSize: ([b, f, h, w, nh, hd]) => b * f * h * w * nh * hd,
+    inPlace: true,
+    doc:
+      'Wan 3D rotary embedding. x is [batch, frames*height*width, heads, headDim], tokens ordered frame, ' +
+      'row, column; token (t, i, j) has positions (frameOffset + t, i, j). The head dim splits into ' +
+      'pairs: c = headDim/2 pairs, of which cf = c - 2*floor(c/3) rotate by frame, then floor(c/3) by row, ' +
+      'then floor(c/3) by column (128 -> 44/42/42 dims). Pair p of a part with n = 2*(its pair count) dims ' +
+      'and local index j has angle pos * theta^(-2j/n); the pair (x[2p], x[2p+1]) is rotated as a complex ' +
+      'number by that angle. Angles are computed in float64.',
+  },
+  attention: {
+    inputs: ['q', 'k', 'v', 'extraK?', 'extraV?'],
+    params: ['batch', 'queries', 'keys', 'extraKeys', 'heads', 'headDim'],
+    outputSize: ([b, lq, , , nh, hd]) => b * lq * nh * hd,
+    inPlace: false,
+    doc:
+      'Multi-head softmax attention, scale 1/sqrt(headDim). q is [batch, queries, heads*headDim]; k, v ' +
+      '[batch, keys, heads*headDim]; extraK, extraV [batch, extraKeys, heads*headDim] are appended after ' +
+      'the keys (the DualParal feature cache). Fused with an online softmax: the full score matrix is ' +
+      'never materialised. Output [batch, queries, heads*headDim].',
+  },
+  patchify: {
+    inputs: ['latents'],
+    params: ['channels', 'frames', 'height', 'width'],
+    outputSize: ([c, f, h, w]) => c * f * h * w,
+    inPlace: false,
+    doc:
+      'Latents [channels, frames, height, width] -> tokens [frames*(height/2)*(width/2), channels*4] for ' +
+      'patch (1, 2, 2); tokens ordered frame, row, column; feature index c*4 + ph*2 + pw (the layout of ' +
+      'a Conv3d weight [D, C, 1, 2, 2] flattened, so the patch embedding is a linear map).',
+  },
+  unpatchify: {
+    inputs: ['tokens'],
+    params: ['channels', 'frames', 'height', 'width'],
+    outputSize: ([c, f, h, w]) => c * f * h * w,
+    inPlace: false,
+    doc:
+      'Tokens [frames*(height/2)*(width/2), 4*channels] -> latents [channels, frames, height, width]; ' +
+      'feature index (ph*2 + pw)*channels + c, the order of proj_out in Wan and diffusers.',
+  },
+  timestep_embedding: {
+    inputs: ['timesteps'],
+    params: ['n', 'dim'],
+    outputSize: ([n, d]) => n * d,
+    inPlace: false,
+    doc:
+      'Sinusoidal embedding [n, dim]: half = dim/2, freq_j = 10000^(-j/half); cos(t*freq) in the first ' +
+      'half, sin(t*freq) in the second. Computed in float64, stored as float32.',
+  },
+  cfg_combine: {
+    inputs: ['x'],
+    params: ['n', 'guidance (float)'],
+    outputSize: ([n]) => n,
+    inPlace: false,
+    doc: 'x is [2, n]: conditional then unconditional. out[i] = u[i] + guidance * (c[i] - u[i]).',
+  },
+  copy_rows: {
+    inputs: ['x'],
+    params: ['batch', 'rows', 'cols', 'rowOffset', 'count'],
+    outputSize: ([b, , c, , n]) => b * n * c,
+    inPlace: false,
+    doc: 'out[b, r, :] = x[b, rowOffset + r, :] for r < count; x is [batch, rows, cols].',
+  },
+} as const satisfies Record<string, OpSpec>;
+
+export type OpName = keyof typeof OPS;
+export const OP_NAMES = Object.keys(OPS) as OpName[];
+
+/** One node of a compute graph: the unit a backend runs. */
+export interface OpNode {
+  op: OpName;
+  inputs: (Float32Array | null)[];
+  output: Float32Array;
+  params: number[];
+}
