@@ -38,7 +38,7 @@ export class Rng {
       z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
       words.push((z ^ (z >>> 16)) >>> 0);
     }
-    if (words.every((w) => w === 0)) words[0] = 1;
+    if (!words.some((w) => w !== 0)) words[0] = 1;
     return new Rng(words as unknown as RngState);
   }
 

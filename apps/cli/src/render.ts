@@ -1,0 +1,263 @@
+import { createHash } from 'node:crypto';
+import * as path from 'node:path';
+import { Redis } from 'ioredis';
+import { BlockStore, JobKeyspace, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { cpuBackend } from '@longshot/engine';
+import { Stitcher } from '@longshot/media';
+import { encodePrompt, loadTextEmbeddings, resolveModel, Stage, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { BlockQueue, registryWorkers, runDistributedJob, runLocalPipeline } from '@longshot/pipeline';
+import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
+import { intFlag, numberFlag, parseFlags, sizeFlag, UsageError } from './args';
+import { LocalCluster } from './local-cluster';
+import { Progress } from './progress';
+
+export const RENDER_HELP = `longshot render: render a video on this machine
+
+  --prompt TEXT            what to render (or --text-embeddings)
+  --text-embeddings FILE   safetensors with 'cond' [n, textDim] (and optional 'uncond') embeddings
+  --seconds S | --frames N duration (seconds rounds up to whole blocks; frames must be 4n+1)
+  --fps N                  frames per second (16)
+  --size WxH               video size, multiples of 16 (256x256)
+  --steps N                sampling steps (20)
+  --guidance G             classifier-free guidance scale (5)
+  --shift K                schedule shift (5)
+  --block B                latent frames per block (4)
+  --context C              context frames shared with each neighbour block (2)
+  --stages K               pipeline stages, each holding a contiguous layer range (1)
+  --seed N                 job seed (0)
+  --model NAME|FILE        config name (tiny, small, wan2.1-t2v-1.3b, ...) or safetensors file (tiny)
+  --out FILE               MP4 path (out/<id>.mp4)
+  --json                   print one JSON object as the last line of stdout
+`;
+
+/** Spec fields and the flags that set them, so a spec error names what the user typed. */
+const FLAG_OF: Record<string, string> = { textEmbeddings: 'text-embeddings', width: 'size', height: 'size' };
+
+export interface RenderResult {
+  id: string;
+  mode: 'in-process' | 'workers';
+  workers?: string[];
+  attempts?: number;
+  recomputedBlockSteps?: number;
+  model: string;
+  prompt: string;
+  frames: number;
+  width: number;
+  height: number;
+  fps: number;
+  steps: number;
+  blocks: number;
+  block: number;
+  context: number;
+  stages: number;
+  layers: number[][];
+  seed: number;
+  latentSha256: string;
+  output: string;
+  seconds: number;
+  blockStepsPerSecond: number;
+}
+
+export async function renderCommand(argv: string[]): Promise<void> {
+  const f = parseFlags(argv, {
+    prompt: { type: 'string' },
+    'text-embeddings': { type: 'string' },
+    seconds: { type: 'string' },
+    frames: { type: 'string' },
+    fps: { type: 'string' },
+    size: { type: 'string' },
+    steps: { type: 'string' },
+    guidance: { type: 'string' },
+    shift: { type: 'string' },
+    block: { type: 'string' },
+    context: { type: 'string' },
+    stages: { type: 'string' },
+    seed: { type: 'string' },
+    model: { type: 'string' },
+    out: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  });
+  if (f.help) {
+    process.stdout.write(RENDER_HELP);
+    return;
+  }
+  const size = sizeFlag(f.size);
+  const request: JobRequest = {
+    prompt: f.prompt,
+    textEmbeddings: f['text-embeddings'],
+    seconds: numberFlag('seconds', f.seconds),
+    frames: intFlag('frames', f.frames),
+    fps: intFlag('fps', f.fps),
+    width: size?.width,
+    height: size?.height,
+    steps: intFlag('steps', f.steps),
+    guidance: numberFlag('guidance', f.guidance),
+    shift: numberFlag('shift', f.shift),
+    block: intFlag('block', f.block),
+    context: intFlag('context', f.context),
+    stages: intFlag('stages', f.stages),
+    seed: intFlag('seed', f.seed),
+    model: f.model,
+  };
+  const spec = specOrUsage(request);
+  const model = flagged('model', () => resolveModel(spec.model));
+  if (spec.stages > model.config.layers) throw new UsageError(`--stages: ${spec.stages} stages for a model of ${model.config.layers} layers; at most one stage per layer`);
+  const text = flagged(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
+  const id = jobId(spec);
+  const out = path.resolve(f.out ?? path.join('out', `${id}.mp4`));
+  const input = { spec, model, text, explicitText: spec.textEmbeddings !== null, id, out, progress: new Progress(process.stderr) };
+  const r = spec.stages === 1 ? await renderLocal(input) : await renderWithWorkers(input);
+  if (f.json) {
+    process.stdout.write(`${JSON.stringify(r)}\n`);
+  } else {
+    process.stdout.write(`wrote ${r.output} (${r.frames} frames, ${r.width}x${r.height} @ ${r.fps} fps) in ${r.seconds.toFixed(1)} s\nlatentSha256 ${r.latentSha256}\n`);
+  }
+}
+
+export interface RenderInput {
+  spec: JobSpec;
+  model: ModelSource;
+  text: TextEmbeddings;
+  /** True when the text came from a file: workers then get the tensors, not the prompt. */
+  explicitText: boolean;
+  id: string;
+  out: string;
+  progress?: Progress;
+}
+
+/** Renders a job with K stage objects chained in this process: the reference every mode matches. */
+export async function renderLocal({ spec, model, text, id, out, progress }: RenderInput): Promise<RenderResult> {
+  const started = performance.now();
+  const plan = planJob(spec);
+  const backend = cpuBackend();
+  const ranges = partitionLayers(model.config.layers, spec.stages);
+  const stages = ranges.map((range) => new Stage({ config: model.config, range, weights: model.loadStage(range), backend, text, guidance: spec.guidance }));
+  const queue = new BlockQueue(spec, plan, model.config.latentChannels);
+  const stitcher = new Stitcher(out, stitchGeometry(spec, plan, model));
+  progress?.start(`rendering ${id}`, plan.blockSteps);
+  let fingerprint;
+  try {
+    await runLocalPipeline(queue, stages, {
+      onBlockStep: () => progress?.tick(),
+      onBlockFinished: async (block) => void (await stitcher.add(block.index, block.latents)),
+    });
+    fingerprint = await stitcher.finish();
+  } catch (e) {
+    await stitcher.abort();
+    throw e;
+  } finally {
+    progress?.stop();
+  }
+  return result(spec, plan, model, id, out, ranges.map((r) => [r.l0, r.l1]), fingerprint.latentSha256, started, { mode: 'in-process' });
+}
+
+/**
+ * Renders with each stage in its own worker process on loopback, as on K pods: Redis (local
+ * redis-server on a free port unless REDIS_URL is set), K workers, gRPC between them.
+ */
+export async function renderWithWorkers({ spec, model, text, explicitText, id, out, progress }: RenderInput): Promise<RenderResult> {
+  const started = performance.now();
+  const plan = planJob(spec);
+  const cluster = await LocalCluster.start({ workers: spec.stages, respawn: true, name: id });
+  const redis = new Redis(cluster.redisUrl, { maxRetriesPerRequest: 3 });
+  const stitcher = new Stitcher(out, stitchGeometry(spec, plan, model));
+  const keyPrefix = jobPrefix(id);
+  progress?.start(`rendering ${id} on ${spec.stages} workers`, plan.blockSteps);
+  try {
+    const blocks = new BlockStore(redis);
+    const run = await runDistributedJob(
+      { jobId: id, spec, keyPrefix, text: explicitText ? text : null },
+      {
+        blocks,
+        workers: registryWorkers(new WorkerRegistry(redis)),
+        onBlock: async (index, latents) => void (await stitcher.add(index, latents)),
+        onBlockStep: () => progress?.tick(),
+      },
+    );
+    const fingerprint = await stitcher.finish();
+    await new JobKeyspace(redis).expireJob(keyPrefix, RESULT_RETENTION_SECONDS);
+    return result(spec, plan, model, id, out, run.layers, fingerprint.latentSha256, started, {
+      mode: 'workers',
+      workers: run.workers,
+      attempts: run.attempts.length,
+      recomputedBlockSteps: run.recomputedBlockSteps,
+    });
+  } catch (e) {
+    await stitcher.abort();
+    throw e;
+  } finally {
+    progress?.stop();
+    redis.disconnect();
+    await cluster.stop();
+  }
+}
+
+/** How long a finished job's Redis keys (blocks, checkpoint) stay for inspection. */
+const RESULT_RETENTION_SECONDS = 3600;
+
+function stitchGeometry(spec: JobSpec, plan: JobPlan, model: ModelSource) {
+  return { frames: spec.frames, fps: spec.fps, width: spec.width, height: spec.height, block: spec.block, blocks: plan.blocks, latentChannels: model.config.latentChannels };
+}
+
+function result(
+  spec: JobSpec,
+  plan: JobPlan,
+  model: ModelSource,
+  id: string,
+  out: string,
+  layers: number[][],
+  latentSha256: string,
+  started: number,
+  extra: Partial<RenderResult> & { mode: RenderResult['mode'] },
+): RenderResult {
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    id,
+    model: model.id,
+    prompt: spec.prompt,
+    frames: spec.frames,
+    width: spec.width,
+    height: spec.height,
+    fps: spec.fps,
+    steps: spec.steps,
+    blocks: plan.blocks,
+    block: spec.block,
+    context: spec.context,
+    stages: spec.stages,
+    layers,
+    seed: spec.seed,
+    latentSha256,
+    output: out,
+    seconds,
+    blockStepsPerSecond: plan.blockSteps / seconds,
+    ...extra,
+  };
+}
+
+/** A job id derived from the normalised spec: the same spec names the same video. */
+export function jobId(spec: JobSpec): string {
+  return `job-${createHash('sha256').update(JSON.stringify(spec)).digest('hex').slice(0, 12)}`;
+}
+
+function textFor(spec: JobSpec, model: ModelSource): TextEmbeddings {
+  if (spec.textEmbeddings) return loadTextEmbeddings(spec.textEmbeddings, model.config);
+  return { cond: encodePrompt(spec.prompt, model.config), uncond: encodePrompt('', model.config) };
+}
+
+function specOrUsage(request: JobRequest): JobSpec {
+  try {
+    return normalizeSpec(request);
+  } catch (e) {
+    if (e instanceof SpecError) throw new UsageError(`--${FLAG_OF[e.field] ?? e.field}: ${e.message.slice(e.field.length + 2)}`);
+    throw e;
+  }
+}
+
+function flagged<T>(flag: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw new UsageError(`--${flag}: ${(e as Error).message}`);
+  }
+}

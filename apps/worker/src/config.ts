@@ -1,0 +1,85 @@
+import * as os from 'node:os';
+import { parseArgs } from 'node:util';
+import { getProfile } from '@longshot/planner';
+import type { WorkerConfig } from './worker';
+
+export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
+
+  --host ADDR          bind address (LONGSHOT_WORKER_HOST, 0.0.0.0)
+  --advertise ADDR     address other stages reach this worker at (LONGSHOT_WORKER_ADVERTISE, POD_IP, or --host)
+  --port N             gRPC port, 0 = any free port (LONGSHOT_WORKER_PORT, 50051)
+  --metrics-port N     Prometheus /metrics port, 0 = any free port (LONGSHOT_METRICS_PORT, 9464)
+  --redis URL          Redis (REDIS_URL)
+  --id ID              worker id (LONGSHOT_WORKER_ID, worker-HOSTNAME-PID)
+  --capacity N         most stage sessions at once (LONGSHOT_WORKER_CAPACITY, 4)
+  --models LIST        comma-separated model ids served, * = any (LONGSHOT_WORKER_MODELS, *)
+  --backend KIND       cpu | cuda | auto (LONGSHOT_BACKEND, auto)
+  --emulate PROFILE    emulated compute: sleep for a hardware profile's modelled time instead of computing
+  --time-scale X       emulated seconds are multiplied by X (1)
+  --key-ttl SECONDS    lifetime of a job's Redis keys after each write (86400)
+  --drain SECONDS      on SIGTERM, how long open sessions may finish (30)
+`;
+
+export type BackendKind = 'cpu' | 'cuda' | 'auto';
+
+/** Flags win over environment variables, which win over defaults; every value is checked here. */
+export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: WorkerConfig; backend: BackendKind; help: boolean } {
+  const { values: f } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      host: { type: 'string' },
+      advertise: { type: 'string' },
+      port: { type: 'string' },
+      'metrics-port': { type: 'string' },
+      redis: { type: 'string' },
+      id: { type: 'string' },
+      capacity: { type: 'string' },
+      models: { type: 'string' },
+      backend: { type: 'string' },
+      emulate: { type: 'string' },
+      'time-scale': { type: 'string' },
+      'key-ttl': { type: 'string' },
+      drain: { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  const int = (name: string, v: string | undefined, dflt: number, min: number, max: number): number => {
+    if (v === undefined) return dflt;
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < min || n > max) throw new Error(`--${name}: expected an integer in ${min}..${max}, got '${v}'`);
+    return n;
+  };
+  const host = f.host ?? env.LONGSHOT_WORKER_HOST ?? '0.0.0.0';
+  const redisUrl = f.redis ?? env.REDIS_URL;
+  if (!redisUrl && !f.help) throw new Error('--redis: required (or set REDIS_URL)');
+  const backend = (f.backend ?? env.LONGSHOT_BACKEND ?? 'auto') as BackendKind;
+  if (!['cpu', 'cuda', 'auto'].includes(backend)) throw new Error(`--backend: expected cpu, cuda or auto, got '${backend}'`);
+  const timeScale = Number(f['time-scale'] ?? '1');
+  if (!(timeScale > 0) || !Number.isFinite(timeScale)) throw new Error(`--time-scale: expected a positive number, got '${f['time-scale']}'`);
+  let emulation: WorkerConfig['emulation'] = null;
+  if (f.emulate) {
+    try {
+      emulation = { profile: getProfile(f.emulate), timeScale };
+    } catch (e) {
+      throw new Error(`--emulate: ${(e as Error).message}`);
+    }
+  }
+  const models = (f.models ?? env.LONGSHOT_WORKER_MODELS ?? '*').split(',').map((m) => m.trim()).filter(Boolean);
+  if (models.length === 0) throw new Error('--models: give at least one model id or *');
+  const config: WorkerConfig = {
+    id: f.id ?? env.LONGSHOT_WORKER_ID ?? `worker-${os.hostname()}-${process.pid}`,
+    host,
+    advertiseHost: f.advertise ?? env.LONGSHOT_WORKER_ADVERTISE ?? env.POD_IP ?? (host === '0.0.0.0' ? os.hostname() : host),
+    port: int('port', f.port ?? env.LONGSHOT_WORKER_PORT, 50051, 0, 65535),
+    metricsPort: int('metrics-port', f['metrics-port'] ?? env.LONGSHOT_METRICS_PORT, 9464, 0, 65535),
+    redisUrl: redisUrl ?? '',
+    capacity: int('capacity', f.capacity ?? env.LONGSHOT_WORKER_CAPACITY, 4, 1, 1024),
+    models,
+    emulation,
+    keyTtlSeconds: int('key-ttl', f['key-ttl'], 86400, 1, 365 * 86400),
+    drainSeconds: int('drain', f.drain, 30, 0, 3600),
+  };
+  return { config, backend, help: f.help ?? false };
+}

@@ -1,0 +1,44 @@
+import { cpuBackend, type Backend } from '@longshot/engine';
+import { logger } from '@longshot/telemetry';
+import { WORKER_HELP, workerConfig, type BackendKind } from './config';
+import { WorkerProcess } from './worker';
+
+const log = logger('worker');
+
+function backendFor(kind: BackendKind): Backend {
+  // The CUDA backend plugs in here once built (engine's createBackend); until then cpu serves all.
+  if (kind === 'cuda') throw new Error('--backend cuda: this build of the engine has no CUDA backend');
+  return cpuBackend();
+}
+
+async function main(): Promise<void> {
+  const { config, backend, help } = workerConfig(process.argv.slice(2), process.env);
+  if (help) {
+    process.stdout.write(WORKER_HELP);
+    return;
+  }
+  const worker = new WorkerProcess(config, backendFor(backend), log);
+  await worker.start();
+  // One machine-readable line for whoever started this process (longshot up, tests).
+  process.stdout.write(`${JSON.stringify({ event: 'ready', id: config.id, address: worker.address, metricsAddress: worker.metricsAddress, pid: process.pid })}\n`);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping', { signal });
+    worker.stop().then(
+      () => process.exit(0),
+      (e: Error) => {
+        log.error('stop failed', { error: e.message });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`longshot-worker: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(2);
+});

@@ -1,0 +1,28 @@
+import { counter, gauge, histogram } from '@longshot/telemetry';
+
+/** The worker's metrics, on the process's one registry (served at /metrics on the metrics port). */
+export const workerMetrics = {
+  forwardSeconds: histogram<'role'>({
+    name: 'longshot_stage_forward_seconds',
+    help: 'Time of one block-step forward on a stage of this worker',
+    labelNames: ['role'],
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  }),
+  stepLatencySeconds: histogram({
+    name: 'longshot_stage_step_latency_seconds',
+    help: 'From a block-step input arriving (or being issued on the head) to its output being sent on',
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  }),
+  waitingSeconds: counter({
+    name: 'longshot_stage_input_wait_seconds_total',
+    help: 'Time stages of this worker spent idle waiting for input while a session was open',
+  }),
+  bytesSent: counter({ name: 'longshot_activation_bytes_sent_total', help: 'Activation payload bytes sent to the next stage' }),
+  bytesReceived: counter({ name: 'longshot_activation_bytes_received_total', help: 'Activation payload bytes received from the previous stage' }),
+  sessionsOpen: gauge({ name: 'longshot_sessions_open', help: 'Stage sessions open on this worker' }),
+  sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),
+  sessionFailures: counter({ name: 'longshot_session_failures_total', help: 'Stage sessions that failed (stream error, peer lost)' }),
+  rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'] }),
+  checkpoints: counter({ name: 'longshot_checkpoints_written_total', help: 'Head checkpoints written to Redis' }),
+  backend: gauge<'backend'>({ name: 'longshot_worker_backend_info', help: 'Compute backend of this worker (value 1)', labelNames: ['backend'] }),
+};

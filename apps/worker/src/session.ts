@@ -1,0 +1,430 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { BlockStore, CheckpointStore } from '@longshot/cache';
+import type { Backend } from '@longshot/engine';
+import { encodePrompt, resolveModel, Stage, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
+import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
+import { shiftedSigmas, timestepOf } from '@longshot/sampler';
+import type { Logger } from '@longshot/telemetry';
+import {
+  createWorkerClient,
+  decodePayload,
+  encodePayload,
+  fromWireDtype,
+  PayloadKind,
+  Role,
+  toWireDtype,
+  TensorSender,
+  type OpenSessionRequest,
+  type PayloadDtype,
+  type SessionEvent,
+  type TensorHeader,
+  type WorkerClient,
+} from '@longshot/transport';
+import { workerMetrics } from './metrics';
+
+/** A request the worker refuses: becomes a gRPC status with this code's name. */
+export class SessionError extends Error {
+  constructor(
+    readonly code: 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'UNAUTHENTICATED' | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'ALREADY_EXISTS',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'SessionError';
+  }
+}
+
+export interface SessionContext {
+  readonly workerId: string;
+  readonly backend: Backend;
+  readonly checkpoints: CheckpointStore;
+  readonly blocks: BlockStore;
+  /** Seconds a job's keys live after each write; the driver shortens it once the job ends. */
+  readonly keyTtlSeconds: number;
+  readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
+  readonly log: Logger;
+}
+
+/** Block-steps the head keeps issued ahead of the results (bounded by the ordering rule anyway). */
+const HEAD_MAX_IN_FLIGHT = 64;
+/** Forwards a middle stage queues before it stops reading its input stream (backpressure). */
+const STAGE_MAX_QUEUED = 2;
+
+/**
+ * One stage of one job on this worker: its layer range, its K/V cache (inside the Stage), the
+ * link to the next stage, and on the head the block queue, sampler and checkpoints.
+ */
+export class StageSession {
+  readonly id: string;
+  readonly token: string;
+  readonly jobId: string;
+  readonly role: Role;
+  readonly spec: JobSpec;
+  readonly plan: JobPlan;
+  readonly config: ModelConfig;
+  readonly keyPrefix: string;
+  blockSteps = 0;
+  private readonly sigmas: Float64Array;
+  private readonly runner: StageRunner;
+  private readonly dtype: PayloadDtype;
+  private readonly payloadScale: number;
+  private readonly nextAddress: string;
+  private readonly nextSessionId: string;
+  private readonly nextToken: string;
+  private client: WorkerClient | null = null;
+  private sender: TensorSender | null = null;
+  private link: EmulatedLink | null = null;
+  private sendChain: Promise<void> = Promise.resolve();
+  private queued = 0;
+  private queueWaiters: (() => void)[] = [];
+  private queue: BlockQueue | null = null;
+  private readonly resume: boolean;
+  private closed = false;
+  private failure: Error | null = null;
+  private events: SessionEvent[] = [];
+  private watcher: ((e: SessionEvent) => void) | null = null;
+  private endWatch: (() => void) | null = null;
+  private ended = false;
+  private busy = 0;
+  private idleSince = performance.now();
+  private lastFinish = 0;
+  private readonly log: Logger;
+
+  constructor(
+    req: OpenSessionRequest,
+    private readonly ctx: SessionContext,
+  ) {
+    if (!req.sessionId) throw new SessionError('INVALID_ARGUMENT', 'session_id is required');
+    if (req.token.length < 16) throw new SessionError('INVALID_ARGUMENT', 'token must be at least 16 characters');
+    if (!req.jobId) throw new SessionError('INVALID_ARGUMENT', 'job_id is required');
+    if (!req.spec) throw new SessionError('INVALID_ARGUMENT', 'spec is required');
+    if (![Role.ROLE_HEAD, Role.ROLE_MIDDLE, Role.ROLE_TAIL, Role.ROLE_HEAD_TAIL].includes(req.role)) throw new SessionError('INVALID_ARGUMENT', `role ${req.role} is not a stage role`);
+    const dtype = fromWireDtype(req.wireDtype === 0 ? toWireDtype('f32') : req.wireDtype);
+    if (!dtype) throw new SessionError('INVALID_ARGUMENT', `wire_dtype ${req.wireDtype} is not supported`);
+    const s = req.spec;
+    try {
+      this.spec = normalizeSpec({
+        prompt: s.prompt,
+        frames: s.frames,
+        fps: s.fps,
+        width: s.width,
+        height: s.height,
+        steps: s.steps,
+        guidance: s.guidance,
+        shift: s.shift,
+        block: s.block,
+        context: s.context,
+        stages: s.stages,
+        seed: s.seed,
+        model: s.model,
+        textEmbeddings: req.text ? 'inline' : undefined,
+      });
+    } catch (e) {
+      if (e instanceof SpecError) throw new SessionError('INVALID_ARGUMENT', `spec.${e.message}`);
+      throw e;
+    }
+    this.plan = planJob(this.spec);
+    this.sigmas = shiftedSigmas(this.spec.steps, this.spec.shift);
+    const head = req.role === Role.ROLE_HEAD || req.role === Role.ROLE_HEAD_TAIL;
+    const tail = req.role === Role.ROLE_TAIL || req.role === Role.ROLE_HEAD_TAIL;
+    let model;
+    try {
+      model = resolveModel(this.spec.model);
+    } catch (e) {
+      throw new SessionError('INVALID_ARGUMENT', `spec.model: ${(e as Error).message}`);
+    }
+    this.config = model.config;
+    const range = { l0: req.layerBegin, l1: req.layerEnd, head, tail };
+    if (range.l0 >= range.l1 || range.l1 > this.config.layers) throw new SessionError('INVALID_ARGUMENT', `layer range [${range.l0}, ${range.l1}) is not inside the model's ${this.config.layers} layers`);
+    if (head !== (range.l0 === 0)) throw new SessionError('INVALID_ARGUMENT', 'the head holds layer 0 and only the head does');
+    if (tail !== (range.l1 === this.config.layers)) throw new SessionError('INVALID_ARGUMENT', 'the tail holds the last layer and only the tail does');
+    if (req.role !== Role.ROLE_HEAD_TAIL && !req.nextAddress) throw new SessionError('INVALID_ARGUMENT', 'next_address is required for a stage with a successor');
+    if (head && !req.keyPrefix) throw new SessionError('INVALID_ARGUMENT', 'key_prefix is required on the head');
+    const payloadScale = req.payloadScale || 1;
+    if (payloadScale !== 1 && !ctx.emulation) throw new SessionError('INVALID_ARGUMENT', 'payload_scale needs a worker in emulated-compute mode');
+
+    this.id = req.sessionId;
+    this.token = req.token;
+    this.jobId = req.jobId;
+    this.role = req.role;
+    this.keyPrefix = req.keyPrefix;
+    this.dtype = dtype;
+    this.payloadScale = payloadScale;
+    this.nextAddress = req.nextAddress;
+    this.nextSessionId = req.nextSessionId;
+    this.nextToken = req.nextToken;
+    this.resume = req.resume;
+    const fields = { job: this.jobId, session: this.id };
+    this.log = {
+      debug: (m, f) => ctx.log.debug(m, { ...fields, ...f }),
+      info: (m, f) => ctx.log.info(m, { ...fields, ...f }),
+      warn: (m, f) => ctx.log.warn(m, { ...fields, ...f }),
+      error: (m, f) => ctx.log.error(m, { ...fields, ...f }),
+    };
+
+    if (ctx.emulation) {
+      this.runner = new EmulatedStage(this.config, range, { ...ctx.emulation, payloadScale });
+      this.link = new EmulatedLink({ ...ctx.emulation, payloadScale });
+    } else {
+      const text = this.textOf(req);
+      this.runner = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance });
+    }
+  }
+
+  get isHead(): boolean {
+    return this.runner.range.head;
+  }
+
+  get failed(): Error | null {
+    return this.failure;
+  }
+
+  /** Head: loads the checkpoint when resuming and starts issuing block-steps. */
+  async start(): Promise<number> {
+    if (!this.isHead) return 0;
+    const state = this.resume ? await this.ctx.checkpoints.load(this.keyPrefix) : null;
+    this.queue = new BlockQueue(this.spec, this.plan, this.config.latentChannels, state ?? undefined);
+    const startIteration = this.queue.nextIteration;
+    this.log.info('head started', { startIteration, resumed: state !== null });
+    setImmediate(() => this.pump());
+    return startIteration;
+  }
+
+  /** Checks a tensor header against this session before its bytes are accepted. */
+  admit(h: TensorHeader): SessionError | null {
+    if (h.token !== this.token) return new SessionError('UNAUTHENTICATED', `session ${this.id}: wrong token`);
+    if (this.closed) return new SessionError('FAILED_PRECONDITION', `session ${this.id} is closed`);
+    const expectKind = this.isHead ? PayloadKind.PAYLOAD_KIND_VELOCITY : PayloadKind.PAYLOAD_KIND_HIDDEN;
+    if (h.kind !== expectKind) return new SessionError('INVALID_ARGUMENT', `session ${this.id} takes ${PayloadKind[expectKind]} tensors, got ${PayloadKind[h.kind] ?? h.kind}`);
+    if (!h.step) return new SessionError('INVALID_ARGUMENT', 'tensor header has no block-step');
+    const dtype = fromWireDtype(h.dtype);
+    if (dtype !== this.dtype) return new SessionError('INVALID_ARGUMENT', `session ${this.id} uses ${this.dtype} on the wire, got ${dtype ?? h.dtype}`);
+    const s = h.step;
+    const expected = this.expectedStep(s.block, s.iteration);
+    if (typeof expected === 'string') return new SessionError('INVALID_ARGUMENT', expected);
+    for (const k of ['step', 'timestep', 'prefixFrames', 'ownFrames', 'contextFrames', 'height', 'width'] as const) {
+      if (s[k] !== expected[k]) return new SessionError('INVALID_ARGUMENT', `block ${s.block} iteration ${s.iteration}: ${k} is ${s[k]}, this job has ${expected[k]}`);
+    }
+    const want = this.wireShape(expected, this.isHead ? 'velocity' : 'hidden');
+    if (h.shape.length !== want.length || h.shape.some((d, i) => d !== want[i])) {
+      return new SessionError('INVALID_ARGUMENT', `block ${s.block} iteration ${s.iteration}: shape [${h.shape.join(', ')}], expected [${want.join(', ')}]`);
+    }
+    return null;
+  }
+
+  /** A whole tensor for this stage, in arrival order. Resolves when the next one may be read. */
+  async receive(h: TensorHeader, payload: Buffer): Promise<void> {
+    const s = h.step!;
+    const step = this.expectedStep(s.block, s.iteration) as BlockStep;
+    const count = h.shape.reduce((a, b) => a * b, 1);
+    const received = performance.now();
+    const x = this.expand(decodePayload(payload, this.dtype, count), step);
+    if (this.isHead) {
+      await this.applyVelocity(step, x);
+      return;
+    }
+    // Keep reading while a couple of forwards are queued; beyond that, stop (backpressure).
+    while (this.queued >= STAGE_MAX_QUEUED) await new Promise<void>((r) => this.queueWaiters.push(r));
+    this.queued++;
+    const out = this.timedForward(step, x).finally(() => {
+      this.queued--;
+      this.queueWaiters.shift()?.();
+    });
+    this.forwardOut(step, out, received);
+  }
+
+  /** Starts streaming events to one watcher; earlier events are replayed first. */
+  watch(onEvent: (e: SessionEvent) => void, onEnd: () => void): () => void {
+    if (!this.isHead) throw new SessionError('FAILED_PRECONDITION', `session ${this.id} is not a head: only the head reports progress`);
+    if (this.watcher) throw new SessionError('ALREADY_EXISTS', `session ${this.id} already has a watcher`);
+    for (const e of this.events) onEvent(e);
+    this.events = [];
+    this.watcher = onEvent;
+    this.endWatch = onEnd;
+    if (this.ended) onEnd();
+    return () => {
+      this.watcher = null;
+      this.endWatch = null;
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.finishEvents();
+    try {
+      await this.sender?.close();
+    } catch {
+      // The peer may already be gone; closing is best-effort.
+    }
+    this.client?.close();
+  }
+
+  // --- head ---------------------------------------------------------------------------------------
+
+  private pump(): void {
+    const q = this.queue!;
+    while (!this.closed && !this.failure && q.outstanding < HEAD_MAX_IN_FLIGHT) {
+      const issued = q.issue();
+      if (!issued) break;
+      const { step, window } = issued;
+      const out = this.timedForward(step, window);
+      if (this.runner.range.tail) {
+        // K = 1: the velocity is ours; apply in order through the same path as a remote tail's.
+        this.sendChain = this.sendChain.then(async () => this.applyVelocity(step, await out)).catch((e) => this.fail(e));
+      } else {
+        this.forwardOut(step, out, performance.now());
+      }
+    }
+  }
+
+  private async applyVelocity(step: BlockStep, velocity: Float32Array): Promise<void> {
+    const q = this.queue!;
+    const r = q.apply(step.iteration, step.block, velocity);
+    this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
+    if (r.finished) {
+      await this.ctx.blocks.put(this.keyPrefix, r.finished.index, r.finished.latents, this.ctx.keyTtlSeconds);
+      this.emit({ event: { $case: 'blockFinished', value: { block: r.finished.index } } });
+    }
+    if (r.completedIteration !== null) {
+      await this.ctx.checkpoints.save(this.keyPrefix, q.checkpoint(), this.ctx.keyTtlSeconds);
+      workerMetrics.checkpoints.inc();
+      this.emit({ event: { $case: 'checkpointed', value: { iteration: r.completedIteration + 1 } } });
+    }
+    if (q.done) {
+      this.emit({ event: { $case: 'done', value: { iterations: this.plan.iterations, blockStepsApplied: q.appliedCount } } });
+      this.finishEvents();
+      return;
+    }
+    this.pump();
+  }
+
+  // --- all stages ---------------------------------------------------------------------------------
+
+  /** Runs a forward; time with no forward queued on this stage counts as waiting for input. */
+  private async timedForward(step: BlockStep, x: Float32Array): Promise<Float32Array> {
+    const calledAt = performance.now();
+    if (this.busy++ === 0) workerMetrics.waitingSeconds.inc((calledAt - this.idleSince) / 1000);
+    try {
+      const out = await this.runner.forward(step, x);
+      // Forwards run one at a time in call order: this one started when the previous ended.
+      const now = performance.now();
+      workerMetrics.forwardSeconds.observe({ role: Role[this.role] }, (now - Math.max(calledAt, this.lastFinish)) / 1000);
+      this.lastFinish = now;
+      this.blockSteps++;
+      return out;
+    } finally {
+      if (--this.busy === 0) this.idleSince = performance.now();
+    }
+  }
+
+  /** Sends a forward's output to the next stage, in order, once it is computed. */
+  private forwardOut(step: BlockStep, out: Promise<Float32Array>, since: number): void {
+    const kind = this.runner.range.tail ? PayloadKind.PAYLOAD_KIND_VELOCITY : PayloadKind.PAYLOAD_KIND_HIDDEN;
+    this.sendChain = this.sendChain
+      .then(async () => {
+        const data = await out;
+        if (this.closed || this.failure) return;
+        const payload = encodePayload(data, this.dtype);
+        if (this.link) await this.link.transfer(data.length * 4 * this.payloadScale);
+        const sender = this.openSender();
+        await sender.send(
+          {
+            sessionId: this.nextSessionId,
+            token: this.nextToken,
+            kind,
+            step: { iteration: step.iteration, block: step.block, step: step.step, timestep: step.timestep, prefixFrames: step.prefixFrames, ownFrames: step.ownFrames, contextFrames: step.contextFrames, height: step.height, width: step.width },
+            shape: this.wireShape(step, kind === PayloadKind.PAYLOAD_KIND_VELOCITY ? 'velocity' : 'hidden'),
+            dtype: toWireDtype(this.dtype),
+          },
+          payload,
+        );
+        workerMetrics.bytesSent.inc(payload.length);
+        workerMetrics.stepLatencySeconds.observe((performance.now() - since) / 1000);
+      })
+      .catch((e) => this.fail(e));
+  }
+
+  private openSender(): TensorSender {
+    if (!this.sender) {
+      this.client = createWorkerClient(this.nextAddress);
+      this.sender = TensorSender.open(this.client, { peer: this.nextAddress });
+    }
+    return this.sender;
+  }
+
+  private fail(e: unknown): void {
+    if (this.failure || this.closed) return;
+    this.failure = e instanceof Error ? e : new Error(String(e));
+    workerMetrics.sessionFailures.inc();
+    this.log.error('stage failed', { error: this.failure.message, next: this.nextAddress });
+    this.emit({ event: { $case: 'failed', value: { message: this.failure.message, address: this.nextAddress } } });
+    this.finishEvents();
+  }
+
+  private emit(e: SessionEvent): void {
+    if (!this.isHead || this.ended) return;
+    if (this.watcher) this.watcher(e);
+    else this.events.push(e);
+  }
+
+  private finishEvents(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.endWatch?.();
+  }
+
+  /** The block-step descriptor this job has for (block, iteration), or why it has none. */
+  private expectedStep(block: number, iteration: number): BlockStep | string {
+    const step = iteration - block;
+    if (!Number.isInteger(block) || block < 0 || block >= this.plan.blocks) return `block ${block} is outside this job's ${this.plan.blocks} blocks`;
+    if (step < 0 || step >= this.spec.steps) return `block ${block} takes no step in iteration ${iteration}`;
+    const prefixFrames = block > 0 && this.spec.context > 0 ? this.spec.context : 0;
+    return {
+      iteration,
+      block,
+      step,
+      timestep: timestepOf(this.sigmas[step]),
+      prefixFrames,
+      ownFrames: this.spec.block,
+      contextFrames: this.spec.context,
+      height: this.plan.latentHeight,
+      width: this.plan.latentWidth,
+    };
+  }
+
+  private wireShape(step: BlockStep, what: 'hidden' | 'velocity'): number[] {
+    const full =
+      what === 'velocity'
+        ? [this.config.latentChannels, step.ownFrames, step.height, step.width]
+        : [2, (step.prefixFrames + step.ownFrames) * (step.height / 2) * (step.width / 2), this.config.dim];
+    if (this.payloadScale === 1) return full;
+    return [Math.max(1, Math.ceil(full.reduce((a, b) => a * b, 1) / this.payloadScale))];
+  }
+
+  /** Emulation sends scaled-down tensors; the head still applies a full-size (zero) velocity. */
+  private expand(x: Float32Array, step: BlockStep): Float32Array {
+    if (this.payloadScale === 1) return x;
+    return this.isHead ? new Float32Array(this.config.latentChannels * step.ownFrames * step.height * step.width) : x;
+  }
+
+  private textOf(req: OpenSessionRequest): TextEmbeddings {
+    const size = this.config.textLen * this.config.textDim;
+    if (!req.text) return { cond: encodePrompt(this.spec.prompt, this.config), uncond: encodePrompt('', this.config) };
+    const decode = (name: string, b: Buffer): Float32Array => {
+      if (b.length !== size * 4) throw new SessionError('INVALID_ARGUMENT', `text.${name} has ${b.length} bytes, expected [${this.config.textLen}, ${this.config.textDim}] float32 = ${size * 4}`);
+      return decodePayload(b, 'f32', size);
+    };
+    return { cond: decode('cond', req.text.cond), uncond: req.text.uncond.length ? decode('uncond', req.text.uncond) : encodePrompt('', this.config) };
+  }
+}
+
+/** Waits until `fn` is true or the timeout passes. */
+export async function waitFor(fn: () => boolean, timeoutMs: number, stepMs = 20): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (!fn()) {
+    if (Date.now() > end) return false;
+    await sleep(stepMs);
+  }
+  return true;
+}

@@ -1,0 +1,226 @@
+import * as grpc from '@grpc/grpc-js';
+import { Redis } from 'ioredis';
+import { BlockStore, CheckpointStore, WorkerRegistry } from '@longshot/cache';
+import type { Backend } from '@longshot/engine';
+import type { EmulationOptions } from '@longshot/pipeline';
+import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
+import {
+  activationsHandler,
+  addHealthService,
+  serverOptions,
+  workerServiceDefinition,
+  type CloseSessionRequest,
+  type CloseSessionResponse,
+  type OpenSessionRequest,
+  type OpenSessionResponse,
+  type SessionEvent,
+  type WatchSessionRequest,
+  type WorkerServer,
+} from '@longshot/transport';
+import { workerMetrics } from './metrics';
+import { SessionError, StageSession, waitFor } from './session';
+
+export interface WorkerConfig {
+  readonly id: string;
+  /** Address to bind, e.g. 0.0.0.0 in a pod, 127.0.0.1 on a laptop. */
+  readonly host: string;
+  /** Address other pods reach this one at (defaults to host). */
+  readonly advertiseHost: string;
+  readonly port: number;
+  readonly metricsPort: number;
+  readonly redisUrl: string;
+  readonly capacity: number;
+  readonly models: readonly string[];
+  readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
+  /** How long a job's Redis keys live after each write. */
+  readonly keyTtlSeconds: number;
+  /** On SIGTERM, how long open sessions may run before the worker stops anyway. */
+  readonly drainSeconds: number;
+}
+
+/**
+ * A worker process: a gRPC server hosting stage sessions, registered in Redis with a heartbeat,
+ * exporting metrics. Requests are checked at the boundary; a bad request or a failing stream
+ * ends that call only, never the worker or its other sessions.
+ */
+export class WorkerProcess {
+  readonly sessions = new Map<string, StageSession>();
+  private server: grpc.Server | null = null;
+  private metrics: MetricsServer | null = null;
+  private readonly redis: Redis;
+  private readonly registry: WorkerRegistry;
+  private readonly checkpoints: CheckpointStore;
+  private readonly blocks: BlockStore;
+  private health: ReturnType<typeof addHealthService> | null = null;
+  private draining = false;
+  address = '';
+  metricsAddress = '';
+
+  constructor(
+    readonly config: WorkerConfig,
+    private readonly backend: Backend,
+    private readonly log: Logger,
+  ) {
+    this.redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 3, lazyConnect: false });
+    this.redis.on('error', (e) => log.warn('redis error', { error: e.message }));
+    this.registry = new WorkerRegistry(this.redis);
+    this.checkpoints = new CheckpointStore(this.redis);
+    this.blocks = new BlockStore(this.redis);
+  }
+
+  async start(): Promise<void> {
+    const server = new grpc.Server(serverOptions());
+    const impl: WorkerServer = {
+      openSession: (call, cb) => {
+        this.openSession(call.request).then(
+          (r) => cb(null, r),
+          (e) => cb(this.toStatus(e)),
+        );
+      },
+      activations: activationsHandler({
+        authorize: (h) => {
+          const s = this.sessions.get(h.sessionId);
+          const err = s ? s.admit(h) : new SessionError('NOT_FOUND', `no session ${h.sessionId} on worker ${this.config.id}`);
+          if (!err) return null;
+          workerMetrics.rejectedTensors.inc({ code: err.code });
+          return { code: grpc.status[err.code], message: err.message };
+        },
+        handler: async ({ header, payload }) => {
+          workerMetrics.bytesReceived.inc(payload.length);
+          const s = this.sessions.get(header.sessionId);
+          if (s) await s.receive(header, payload);
+        },
+      }),
+      watchSession: (call) => this.watchSession(call),
+      closeSession: (call, cb) => {
+        this.closeSession(call.request).then(
+          (r) => cb(null, r),
+          (e) => cb(this.toStatus(e)),
+        );
+      },
+    };
+    server.addService(workerServiceDefinition, impl);
+    this.health = addHealthService(server, { '': 'SERVING', 'longshot.v1.Worker': 'SERVING' });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(`${this.config.host}:${this.config.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+    this.server = server;
+    this.address = `${this.config.advertiseHost}:${port}`;
+    this.metrics = await startMetricsServer({ port: this.config.metricsPort, host: this.config.host });
+    this.metricsAddress = `${this.config.advertiseHost}:${this.metrics.port}`;
+    workerMetrics.backend.set({ backend: this.backend.name }, 1);
+    await this.registry.register(
+      {
+        id: this.config.id,
+        address: this.address,
+        metricsAddress: this.metricsAddress,
+        capacity: this.config.capacity,
+        sessions: 0,
+        models: [...this.config.models],
+        backend: this.backend.name,
+        pid: process.pid,
+        startedAt: Date.now(),
+      },
+      { sessions: () => this.sessions.size },
+    );
+    this.log.info('worker ready', { id: this.config.id, address: this.address, metrics: this.metricsAddress, backend: this.backend.name, emulation: this.config.emulation?.profile.name ?? null });
+  }
+
+  /**
+   * Graceful stop (SIGTERM): leave the registry and refuse new sessions at once, let open
+   * sessions finish for up to drainSeconds, then stop serving.
+   */
+  async stop(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    this.health?.setStatus('', 'NOT_SERVING');
+    this.health?.setStatus('longshot.v1.Worker', 'NOT_SERVING');
+    await this.registry.deregister().catch((e: Error) => this.log.warn('deregister failed', { error: e.message }));
+    const drained = await waitFor(() => this.sessions.size === 0, this.config.drainSeconds * 1000, 100);
+    if (!drained) this.log.warn('stopping with sessions still open', { sessions: [...this.sessions.keys()] });
+    for (const s of this.sessions.values()) await s.close();
+    this.sessions.clear();
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.server?.forceShutdown();
+        resolve();
+      }, 5000);
+      this.server?.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    await this.metrics?.close();
+    this.redis.disconnect();
+  }
+
+  private async openSession(req: OpenSessionRequest): Promise<OpenSessionResponse> {
+    if (this.draining) throw new SessionError('FAILED_PRECONDITION', `worker ${this.config.id} is shutting down`);
+    if (this.sessions.has(req.sessionId)) throw new SessionError('ALREADY_EXISTS', `session ${req.sessionId} already exists`);
+    if (this.sessions.size >= this.config.capacity) throw new SessionError('RESOURCE_EXHAUSTED', `worker ${this.config.id} runs ${this.sessions.size} of ${this.config.capacity} sessions`);
+    if (req.spec && !this.config.models.includes('*') && !this.config.models.includes(req.spec.model)) {
+      throw new SessionError('FAILED_PRECONDITION', `worker ${this.config.id} does not serve model ${req.spec.model}`);
+    }
+    const session = new StageSession(req, {
+      workerId: this.config.id,
+      backend: this.backend,
+      checkpoints: this.checkpoints,
+      blocks: this.blocks,
+      keyTtlSeconds: this.config.keyTtlSeconds,
+      emulation: this.config.emulation,
+      log: this.log,
+    });
+    this.sessions.set(session.id, session);
+    workerMetrics.sessionsOpened.inc();
+    workerMetrics.sessionsOpen.set(this.sessions.size);
+    try {
+      const startIteration = await session.start();
+      this.log.info('session opened', { job: session.jobId, session: session.id, role: req.role, layers: [req.layerBegin, req.layerEnd] });
+      return { workerId: this.config.id, backend: this.backend.name, startIteration };
+    } catch (e) {
+      this.sessions.delete(session.id);
+      workerMetrics.sessionsOpen.set(this.sessions.size);
+      await session.close();
+      throw e;
+    }
+  }
+
+  private watchSession(call: grpc.ServerWritableStream<WatchSessionRequest, SessionEvent>): void {
+    const s = this.sessions.get(call.request.sessionId);
+    if (!s) {
+      call.emit('error', { code: grpc.status.NOT_FOUND, details: `no session ${call.request.sessionId} on worker ${this.config.id}` });
+      return;
+    }
+    if (call.request.token !== s.token) {
+      call.emit('error', { code: grpc.status.UNAUTHENTICATED, details: `session ${s.id}: wrong token` });
+      return;
+    }
+    try {
+      const stop = s.watch(
+        (e) => call.write(e),
+        () => call.end(),
+      );
+      call.on('cancelled', stop);
+    } catch (e) {
+      call.emit('error', this.toStatus(e));
+    }
+  }
+
+  private async closeSession(req: CloseSessionRequest): Promise<CloseSessionResponse> {
+    const s = this.sessions.get(req.sessionId);
+    if (!s) throw new SessionError('NOT_FOUND', `no session ${req.sessionId} on worker ${this.config.id}`);
+    if (req.token !== s.token) throw new SessionError('UNAUTHENTICATED', `session ${s.id}: wrong token`);
+    this.sessions.delete(s.id);
+    workerMetrics.sessionsOpen.set(this.sessions.size);
+    await s.close();
+    this.log.info('session closed', { job: s.jobId, session: s.id, blockSteps: s.blockSteps });
+    return { maxRssBytes: process.resourceUsage().maxRSS * 1024, blockSteps: s.blockSteps };
+  }
+
+  private toStatus(e: unknown): Partial<grpc.StatusObject> {
+    if (e instanceof SessionError) return { code: grpc.status[e.code], details: e.message };
+    const message = e instanceof Error ? e.message : String(e);
+    this.log.error('request failed', { error: message });
+    return { code: grpc.status.INTERNAL, details: message };
+  }
+}

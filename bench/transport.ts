@@ -1,0 +1,223 @@
+/**
+ * Transport benchmark: activation bytes per second through a stage link (TensorSender over an
+ * Activations stream into a TensorReceiver) against a plain TCP socket moving the same bytes,
+ * both on loopback into a child process, measured interleaved in one run so both see the same
+ * machine state. Receivers live in a child process so that sender and receiver do not share an
+ * event loop, as they do not in a cluster.
+ *
+ * The stream path does what a stage does per tensor: header frame, ~1 MiB chunk frames,
+ * reassembly into one contiguous buffer, acknowledgement, handler. The raw path is the floor a
+ * stage link cannot beat: the bytes written to a socket and discarded on arrival.
+ *
+ * This file is also the child: `node --import tsx bench/transport.ts stream|raw`.
+ */
+import { spawn, type ChildProcess } from 'child_process';
+import * as net from 'net';
+import * as grpc from '@grpc/grpc-js';
+import {
+  PayloadKind,
+  TensorSender,
+  WireDtype,
+  activationsHandler,
+  createWorkerClient,
+  encodePayload,
+  serverOptions,
+  workerServiceDefinition,
+  type TensorSendHeader,
+} from '../libs/transport/src/index';
+
+export interface TransportReport {
+  stream: { bytesPerSecond: number; seconds: number[]; window: number; chunkBytes: number };
+  rawTcp: { bytesPerSecond: number; seconds: number[] };
+  ratio: number;
+  tensorBytes: number;
+  tensors: number;
+  repetitions: number;
+  dtype: 'f32';
+}
+
+const TENSORS = 64;
+const TENSOR_BYTES = 8 * 1024 * 1024;
+const REPS = 5;
+const WINDOW = 4;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Children
+
+async function childStream(): Promise<void> {
+  const server = new grpc.Server(serverOptions());
+  // The handler does nothing with the tensor: the figure is the link's, not a stage's compute.
+  server.addService(workerServiceDefinition, { activations: activationsHandler({ handler: () => undefined }) } as grpc.UntypedServiceImplementation);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  process.stdout.write(`${JSON.stringify({ port })}\n`);
+}
+
+function childRaw(): void {
+  // Each connection announces how many bytes follow (8-byte LE), and gets one byte back once
+  // they have all arrived, so the sender times delivery, not just handing bytes to the kernel.
+  const server = net.createServer((socket) => {
+    let expected = -1;
+    let received = 0;
+    let prefix = Buffer.alloc(0);
+    socket.on('data', (data: Buffer) => {
+      if (expected < 0) {
+        prefix = Buffer.concat([prefix, data]);
+        if (prefix.length < 8) return;
+        expected = Number(prefix.readBigUInt64LE(0));
+        received = prefix.length - 8;
+      } else {
+        received += data.length;
+      }
+      if (received >= expected) socket.end(Buffer.from([1]));
+    });
+    socket.on('error', () => undefined);
+  });
+  server.listen(0, '127.0.0.1', () => {
+    process.stdout.write(`${JSON.stringify({ port: (server.address() as net.AddressInfo).port })}\n`);
+  });
+}
+
+interface Child {
+  port: number;
+  proc: ChildProcess;
+}
+
+function startChild(role: 'stream' | 'raw'): Promise<Child> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', __filename, role], { stdio: ['pipe', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    proc.once('error', reject);
+    proc.once('exit', (code) => reject(new Error(`transport bench child (${role}) exited with ${code} before listening`)));
+    proc.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve({ port: (JSON.parse(out.slice(0, nl)) as { port: number }).port, proc });
+    });
+  });
+}
+
+function stopChild(child: Child): void {
+  // Closing stdin ends the child (see the bottom of this file) without signalling by name.
+  child.proc.stdin!.end();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+async function timeStream(address: string, client: ReturnType<typeof createWorkerClient>, payload: Buffer, header: TensorSendHeader): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  const sender = TensorSender.open(client, { window: WINDOW, peer: address });
+  for (let i = 0; i < TENSORS; i++) await sender.send(header, payload);
+  await sender.close();
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+function timeRaw(port: number, payload: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const socket = net.connect(port, '127.0.0.1');
+    socket.setNoDelay(true);
+    socket.on('error', reject);
+    socket.once('data', () => {
+      resolve(Number(process.hrtime.bigint() - t0) / 1e9);
+      socket.destroy();
+    });
+    socket.once('connect', async () => {
+      const total = Buffer.alloc(8);
+      total.writeBigUInt64LE(BigInt(TENSORS * payload.length));
+      socket.write(total);
+      for (let i = 0; i < TENSORS; i++) {
+        if (!socket.write(payload)) await new Promise((r) => socket.once('drain', r));
+      }
+    });
+  });
+}
+
+export async function transportBench(opts: { json: boolean }): Promise<TransportReport> {
+  const elements = TENSOR_BYTES / 4;
+  const values = new Float32Array(elements);
+  for (let i = 0; i < elements; i++) values[i] = Math.sin(i * 0.001);
+  const payload = encodePayload(values, 'f32');
+  // Laid out like hidden states [2 (cond/uncond), tokens, dim].
+  const dim = 1024;
+  const header: TensorSendHeader = {
+    sessionId: 'bench',
+    token: 'bench',
+    kind: PayloadKind.PAYLOAD_KIND_HIDDEN,
+    step: undefined,
+    shape: [2, elements / (2 * dim), dim],
+    dtype: WireDtype.WIRE_DTYPE_F32,
+  };
+
+  const [streamChild, rawChild] = await Promise.all([startChild('stream'), startChild('raw')]);
+  const address = `127.0.0.1:${streamChild.port}`;
+  const client = createWorkerClient(address);
+  try {
+    // Warm-up: connection setup, JIT, socket buffers; not counted.
+    await timeStream(address, client, payload, header);
+    await timeRaw(rawChild.port, payload);
+    const streamSeconds: number[] = [];
+    const rawSeconds: number[] = [];
+    for (let r = 0; r < REPS; r++) {
+      // Alternate which goes first so neither always runs on a machine the other just warmed.
+      if (r % 2 === 0) {
+        streamSeconds.push(await timeStream(address, client, payload, header));
+        rawSeconds.push(await timeRaw(rawChild.port, payload));
+      } else {
+        rawSeconds.push(await timeRaw(rawChild.port, payload));
+        streamSeconds.push(await timeStream(address, client, payload, header));
+      }
+    }
+    const bytes = TENSORS * TENSOR_BYTES;
+    const streamBps = bytes / median(streamSeconds);
+    const rawBps = bytes / median(rawSeconds);
+    const report: TransportReport = {
+      stream: { bytesPerSecond: Math.round(streamBps), seconds: streamSeconds, window: WINDOW, chunkBytes: 0 },
+      rawTcp: { bytesPerSecond: Math.round(rawBps), seconds: rawSeconds },
+      ratio: Number((streamBps / rawBps).toFixed(3)),
+      tensorBytes: TENSOR_BYTES,
+      tensors: TENSORS,
+      repetitions: REPS,
+      dtype: 'f32',
+    };
+    report.stream.chunkBytes = (await import('../libs/transport/src/index')).DEFAULT_CHUNK_BYTES;
+    if (!opts.json) {
+      const gb = (x: number): string => `${(x / 1e9).toFixed(2)} GB/s`;
+      process.stdout.write(
+        `transport: ${TENSORS} x ${TENSOR_BYTES / 2 ** 20} MiB f32, median of ${REPS}\n` +
+          `  stage stream  ${gb(streamBps)}\n  raw tcp       ${gb(rawBps)}\n  ratio         ${report.ratio}\n`,
+      );
+    }
+    return report;
+  } finally {
+    client.close();
+    stopChild(streamChild);
+    stopChild(rawChild);
+  }
+}
+
+if (require.main === module) {
+  const role = process.argv[2];
+  if (role !== 'stream' && role !== 'raw') {
+    process.stderr.write('usage: node --import tsx bench/transport.ts stream|raw (started by transportBench)\n');
+    process.exit(2);
+  }
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.resume();
+  if (role === 'stream') {
+    childStream().catch((e: unknown) => {
+      process.stderr.write(`transport bench child: ${String(e)}\n`);
+      process.exit(1);
+    });
+  } else {
+    childRaw();
+  }
+}

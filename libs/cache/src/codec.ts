@@ -1,0 +1,63 @@
+import { createHash } from 'node:crypto';
+import { endianness } from 'node:os';
+
+/** Stored payloads end with the SHA-256 of everything before it. */
+export const CHECKSUM_BYTES = 32;
+
+const HOST_IS_LE = endianness() === 'LE';
+
+export function sha256(...parts: Uint8Array[]): Buffer {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest();
+}
+
+/**
+ * Float32 values as little-endian bytes, copied byte for byte (never through a JS number, which
+ * would canonicalise NaN payloads), so a stored tensor reads back bit-identical.
+ */
+export function float32Bytes(values: Float32Array): Buffer {
+  const src = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  const out = Buffer.allocUnsafe(values.byteLength);
+  if (HOST_IS_LE) out.set(src);
+  else swap32(src, out);
+  return out;
+}
+
+/** The inverse of `float32Bytes`; `bytes` may sit at any offset (Redis replies are not aligned). */
+export function readFloat32(bytes: Uint8Array, count: number): Float32Array {
+  if (bytes.byteLength !== count * 4) throw new RangeError(`expected ${count * 4} bytes for ${count} float32 values, got ${bytes.byteLength}`);
+  const out = new Float32Array(count);
+  const dst = new Uint8Array(out.buffer);
+  if (HOST_IS_LE) dst.set(bytes);
+  else swap32(bytes, dst);
+  return out;
+}
+
+function swap32(src: Uint8Array, dst: Uint8Array): void {
+  for (let i = 0; i < src.length; i += 4) {
+    dst[i] = src[i + 3];
+    dst[i + 1] = src[i + 2];
+    dst[i + 2] = src[i + 1];
+    dst[i + 3] = src[i];
+  }
+}
+
+/** A corrupt or foreign value under one of our keys; names the key so an operator can inspect or delete it. */
+export class CorruptValueError extends Error {
+  constructor(
+    readonly key: string,
+    reason: string,
+  ) {
+    super(`corrupt value at Redis key ${key}: ${reason}`);
+    this.name = 'CorruptValueError';
+  }
+}
+
+/** Time to live in whole milliseconds from a caller's seconds; rejects what Redis would reject or misread. */
+export function ttlMillis(ttlSeconds: number, what = 'ttlSeconds'): number {
+  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
+    throw new Error(`${what} must be a positive number of seconds, got ${ttlSeconds}`);
+  }
+  return Math.max(1, Math.round(ttlSeconds * 1000));
+}

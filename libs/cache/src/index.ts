@@ -1,0 +1,6 @@
+export * from './keys';
+export * from './redis-server';
+export * from './checkpoints';
+export * from './registry';
+export { JobKeyspace } from './job-keys';
+export { CorruptValueError } from './codec';

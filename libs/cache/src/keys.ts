@@ -1,0 +1,102 @@
+/**
+ * The one Redis key schema. Every key Longshot writes is built here, so a deployment can share a
+ * Redis with other tenants (a different root) and an operator can find any key's owner by name.
+ *
+ * Layout under root R (default `longshot`):
+ *   R:{registry}:workers            set of registered worker ids
+ *   R:{registry}:worker:<id>        one worker's info (JSON, expires without heartbeats)
+ *   R:job:{<jobId>}                 a job's prefix; never a key itself
+ *   R:job:{<jobId>}:checkpoint      the head's QueueState at the last iteration boundary
+ *   R:job:{<jobId>}:block:<n>       finished block latents
+ *   R:job:{<jobId>}:decoder-cache   the stitcher's causal decoder feature cache
+ *   R:job:{<jobId>}:keys            set of the job's keys (so they can all be expired together)
+ *   R:text-embedding:<hash>         cached text encoder output
+ *
+ * Braces are Redis Cluster hash tags: all of a job's keys hash to one slot, as do the registry's,
+ * which lets the stores update several keys in one MULTI or script on a cluster too.
+ */
+
+export const DEFAULT_KEY_ROOT = 'longshot';
+
+/** Control characters, whitespace, and the hash-tag braces (an id with a brace would move its keys' slot). */
+const FORBIDDEN = /[\s\p{Cc}{}]/u;
+
+function checkId(kind: string, id: unknown): string {
+  if (typeof id !== 'string' || id.length === 0) throw new Error(`${kind} must be a non-empty string, got ${JSON.stringify(id)}`);
+  if (id.length > 256) throw new Error(`${kind} is ${id.length} characters long, at most 256 are allowed`);
+  if (FORBIDDEN.test(id)) throw new Error(`${kind} ${JSON.stringify(id)} contains whitespace, a control character or a brace`);
+  return id;
+}
+
+export class KeySchema {
+  readonly root: string;
+
+  constructor(root: string = DEFAULT_KEY_ROOT) {
+    this.root = checkId('key root', root);
+    if (root.includes(':')) throw new Error(`key root ${JSON.stringify(root)} must not contain ':'`);
+  }
+
+  workerKey(id: string): string {
+    return `${this.root}:{registry}:worker:${checkId('worker id', id)}`;
+  }
+
+  workersIndexKey(): string {
+    return `${this.root}:{registry}:workers`;
+  }
+
+  jobPrefix(jobId: string): string {
+    return `${this.root}:job:{${checkId('job id', jobId)}}`;
+  }
+
+  checkpointKey(prefix: string): string {
+    return `${this.checkPrefix(prefix)}:checkpoint`;
+  }
+
+  blockKey(prefix: string, index: number): string {
+    if (!Number.isSafeInteger(index) || index < 0) throw new Error(`block index must be a non-negative integer, got ${index}`);
+    return `${this.checkPrefix(prefix)}:block:${index}`;
+  }
+
+  decoderCacheKey(prefix: string): string {
+    return `${this.checkPrefix(prefix)}:decoder-cache`;
+  }
+
+  /** The set that tracks every key written under a job prefix (see `expireJob`). */
+  jobKeysKey(prefix: string): string {
+    return `${this.checkPrefix(prefix)}:keys`;
+  }
+
+  textEmbeddingKey(hash: string): string {
+    return `${this.root}:text-embedding:${checkId('text embedding hash', hash)}`;
+  }
+
+  /** The job id inside a prefix made by `jobPrefix`. */
+  jobIdOf(prefix: string): string {
+    const head = `${this.root}:job:{`;
+    if (!prefix.startsWith(head) || !prefix.endsWith('}')) {
+      throw new Error(`${JSON.stringify(prefix)} is not a job prefix under root ${JSON.stringify(this.root)} (expected ${head}<jobId>}; build it with jobPrefix)`);
+    }
+    return checkId('job id', prefix.slice(head.length, -1));
+  }
+
+  /** Catches a raw job id (or another root's prefix) passed where a prefix is expected. */
+  private checkPrefix(prefix: string): string {
+    this.jobIdOf(prefix);
+    return prefix;
+  }
+}
+
+/**
+ * The process's schema. The root comes from LONGSHOT_KEY_ROOT so that test suites and tenants
+ * sharing one Redis stay apart without code changes.
+ */
+export const keys = new KeySchema(process.env.LONGSHOT_KEY_ROOT || DEFAULT_KEY_ROOT);
+
+export const workerKey = (id: string): string => keys.workerKey(id);
+export const workersIndexKey = (): string => keys.workersIndexKey();
+export const jobPrefix = (jobId: string): string => keys.jobPrefix(jobId);
+export const checkpointKey = (prefix: string): string => keys.checkpointKey(prefix);
+export const blockKey = (prefix: string, index: number): string => keys.blockKey(prefix, index);
+export const decoderCacheKey = (prefix: string): string => keys.decoderCacheKey(prefix);
+export const jobKeysKey = (prefix: string): string => keys.jobKeysKey(prefix);
+export const textEmbeddingKey = (hash: string): string => keys.textEmbeddingKey(hash);

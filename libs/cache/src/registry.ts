@@ -1,0 +1,280 @@
+import type { Redis } from 'ioredis';
+import { counter, logger, type Logger } from '@longshot/telemetry';
+import { keys as defaultKeys, type KeySchema } from './keys';
+
+export interface WorkerInfo {
+  readonly id: string;
+  /** host:port of the worker's gRPC server. */
+  readonly address: string;
+  /** host:port of the worker's /metrics endpoint. */
+  readonly metricsAddress: string;
+  /** Most stage sessions the worker runs at once. */
+  readonly capacity: number;
+  /** Sessions open now (refreshed with every heartbeat). */
+  readonly sessions: number;
+  /** Model ids the worker serves; '*' means any. */
+  readonly models: readonly string[];
+  /** Compute backend, e.g. 'cpu' or 'cuda'. */
+  readonly backend: string;
+  readonly pid: number;
+  /** Epoch milliseconds. */
+  readonly startedAt: number;
+}
+
+export interface RegisterOptions {
+  /** Lifetime of the registration without heartbeats: a dead worker disappears within this. */
+  ttlMs?: number;
+  heartbeatMs?: number;
+  /** Current open sessions, read at each heartbeat. */
+  sessions?: () => number;
+}
+
+const heartbeatFailures = counter({
+  name: 'longshot_registry_heartbeat_failures_total',
+  help: 'Worker registry heartbeats that failed to reach Redis',
+});
+
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isText = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
+
+/** Validates a worker record, whether a caller's or one read back from Redis; returns the problem or null. */
+export function workerInfoProblem(v: unknown): string | null {
+  const w = v as Partial<WorkerInfo> | null;
+  if (typeof w !== 'object' || w === null) return 'not an object';
+  if (!isText(w.id)) return 'id must be a non-empty string';
+  if (!isText(w.address) || !/^.+:\d{1,5}$/.test(w.address)) return `address must be host:port, got ${JSON.stringify(w.address)}`;
+  if (!isText(w.metricsAddress) || !/^.+:\d{1,5}$/.test(w.metricsAddress)) return `metricsAddress must be host:port, got ${JSON.stringify(w.metricsAddress)}`;
+  if (!isCount(w.capacity) || w.capacity < 1) return `capacity must be a positive integer, got ${w.capacity}`;
+  if (!isCount(w.sessions)) return `sessions must be a non-negative integer, got ${w.sessions}`;
+  if (!Array.isArray(w.models) || w.models.length === 0 || !w.models.every(isText)) return 'models must be a non-empty array of model ids';
+  if (!isText(w.backend)) return 'backend must be a non-empty string';
+  if (!isCount(w.pid)) return `pid must be a non-negative integer, got ${w.pid}`;
+  if (!isCount(w.startedAt)) return `startedAt must be epoch milliseconds, got ${w.startedAt}`;
+  return null;
+}
+
+function pick(w: WorkerInfo): WorkerInfo {
+  // Only the schema's fields reach Redis, whatever else the caller's object carries.
+  return {
+    id: w.id,
+    address: w.address,
+    metricsAddress: w.metricsAddress,
+    capacity: w.capacity,
+    sessions: w.sessions,
+    models: [...w.models],
+    backend: w.backend,
+    pid: w.pid,
+    startedAt: w.startedAt,
+  };
+}
+
+/**
+ * Removes index entries whose worker key has expired. A script, so an id re-added by a heartbeat
+ * between our read and the removal is not lost. Registry keys share a hash slot (keys.ts).
+ */
+const PRUNE = `
+local removed = 0
+for i, id in ipairs(ARGV) do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    removed = removed + redis.call('SREM', KEYS[1], id)
+  end
+end
+return removed
+`;
+
+interface Registration {
+  info: WorkerInfo;
+  ttlMs: number;
+  heartbeatMs: number;
+  sessions: (() => number) | undefined;
+  timer: NodeJS.Timeout | null;
+  inFlight: Promise<void> | null;
+  failures: number;
+  stopped: boolean;
+}
+
+/**
+ * Which workers exist, by heartbeat. A worker registers with a short TTL and refreshes it; one that
+ * dies, hangs or loses its network stops refreshing and drops out within the TTL, with no
+ * deregistration needed. One instance registers at most one worker (its own process).
+ */
+export class WorkerRegistry {
+  private readonly keys: KeySchema;
+  private readonly log: Logger;
+  private registration: Registration | null = null;
+
+  constructor(
+    private readonly redis: Redis,
+    options: { keys?: KeySchema; logger?: Logger } = {},
+  ) {
+    this.keys = options.keys ?? defaultKeys;
+    this.log = options.logger ?? logger('registry');
+  }
+
+  async register(info: WorkerInfo, options: RegisterOptions = {}): Promise<void> {
+    if (this.registration) throw new Error(`this registry already registered worker ${this.registration.info.id}; deregister it first`);
+    const problem = workerInfoProblem(info);
+    if (problem) throw new Error(`worker info: ${problem}`);
+    this.keys.workerKey(info.id);
+    const ttlMs = options.ttlMs ?? 3000;
+    const heartbeatMs = options.heartbeatMs ?? 1000;
+    if (!Number.isInteger(ttlMs) || ttlMs < 1) throw new Error(`ttlMs must be a positive integer, got ${ttlMs}`);
+    if (!Number.isInteger(heartbeatMs) || heartbeatMs < 1) throw new Error(`heartbeatMs must be a positive integer, got ${heartbeatMs}`);
+    // A heartbeat slower than the TTL lets a live worker flicker out of the registry.
+    if (heartbeatMs >= ttlMs) throw new Error(`heartbeatMs (${heartbeatMs}) must be shorter than ttlMs (${ttlMs})`);
+
+    const reg: Registration = {
+      info: pick(info),
+      ttlMs,
+      heartbeatMs,
+      sessions: options.sessions,
+      timer: null,
+      inFlight: null,
+      failures: 0,
+      stopped: false,
+    };
+    // The first write fails loudly: a worker that cannot register at start-up should not serve.
+    await this.write(reg);
+    this.registration = reg;
+    this.schedule(reg);
+  }
+
+  /** Stops heartbeating and removes the worker now rather than after its TTL. */
+  async deregister(): Promise<void> {
+    const reg = this.registration;
+    if (!reg) return;
+    this.registration = null;
+    reg.stopped = true;
+    if (reg.timer) clearTimeout(reg.timer);
+    // A heartbeat still in flight would re-create the key after the delete.
+    await reg.inFlight;
+    await this.redis.multi().del(this.keys.workerKey(reg.info.id)).srem(this.keys.workersIndexKey(), reg.info.id).exec();
+  }
+
+  /** Live workers (registration present and well-formed); prunes index entries of expired ones. */
+  async list(): Promise<WorkerInfo[]> {
+    const ids = (await this.redis.smembers(this.keys.workersIndexKey())).filter((id) => this.validId(id)).sort();
+    if (ids.length === 0) return [];
+    const values = await this.redis.mget(ids.map((id) => this.keys.workerKey(id)));
+    const live: WorkerInfo[] = [];
+    const dead: string[] = [];
+    ids.forEach((id, i) => {
+      const value = values[i];
+      if (value === null) {
+        dead.push(id);
+        return;
+      }
+      const info = this.parse(id, value);
+      if (info) live.push(info);
+    });
+    if (dead.length) await this.prune(dead);
+    return live;
+  }
+
+  async get(id: string): Promise<WorkerInfo | null> {
+    const value = await this.redis.get(this.keys.workerKey(id));
+    return value === null ? null : this.parse(id, value);
+  }
+
+  async isAlive(id: string): Promise<boolean> {
+    return (await this.redis.exists(this.keys.workerKey(id))) === 1;
+  }
+
+  /** An index entry no key can be built for was not written by this code; report it rather than fail every listing. */
+  private validId(id: string): boolean {
+    try {
+      this.keys.workerKey(id);
+      return true;
+    } catch (err) {
+      this.log.warn('ignoring an invalid id in the worker index', { worker: id, err });
+      return false;
+    }
+  }
+
+  private async prune(ids: string[]): Promise<void> {
+    const removed = Number(await this.redis.eval(PRUNE, ids.length + 1, this.keys.workersIndexKey(), ...ids.map((id) => this.keys.workerKey(id)), ...ids));
+    if (removed) this.log.info('pruned expired workers from the index', { workers: ids, removed });
+  }
+
+  /**
+   * A malformed record (another version's schema, a hand edit) is skipped, not deleted: its owner
+   * may be alive, and the key expires by itself if not.
+   */
+  private parse(id: string, value: string): WorkerInfo | null {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(value);
+    } catch {
+      this.log.warn('worker registration is not JSON; skipping it', { worker: id, key: this.keys.workerKey(id) });
+      return null;
+    }
+    const problem = workerInfoProblem(raw) ?? ((raw as WorkerInfo).id !== id ? `id ${(raw as WorkerInfo).id} does not match its key` : null);
+    if (problem) {
+      this.log.warn('worker registration is invalid; skipping it', { worker: id, key: this.keys.workerKey(id), problem });
+      return null;
+    }
+    return pick(raw as WorkerInfo);
+  }
+
+  /** SET and SADD together, so a key that expired during an outage comes back with its index entry. */
+  private async write(reg: Registration): Promise<void> {
+    let sessions = reg.info.sessions;
+    if (reg.sessions) {
+      const now = reg.sessions();
+      if (isCount(now)) sessions = now;
+      else this.log.warn('sessions getter returned an invalid count; keeping the last one', { worker: reg.info.id, value: now });
+    }
+    reg.info = { ...reg.info, sessions };
+    const results = await this.redis
+      .multi()
+      .set(this.keys.workerKey(reg.info.id), JSON.stringify(reg.info), 'PX', reg.ttlMs)
+      .sadd(this.keys.workersIndexKey(), reg.info.id)
+      .exec();
+    const failed = results?.find(([err]) => err);
+    if (!results) throw new Error('registry write was discarded');
+    if (failed?.[0]) throw failed[0];
+  }
+
+  private schedule(reg: Registration): void {
+    if (reg.stopped) return;
+    reg.timer = setTimeout(() => {
+      reg.timer = null;
+      reg.inFlight = this.beat(reg).finally(() => {
+        reg.inFlight = null;
+        this.schedule(reg);
+      });
+    }, reg.heartbeatMs);
+    // Heartbeats alone must not keep a process alive that has otherwise finished.
+    reg.timer.unref();
+  }
+
+  /** Never rejects: a Redis outage is logged and retried at the next beat, and the worker keeps serving. */
+  private async beat(reg: Registration): Promise<void> {
+    try {
+      // ioredis queues commands while reconnecting; bound the wait so beats keep their rhythm
+      // and the failure is visible instead of a silent stall.
+      await withTimeout(this.write(reg), reg.ttlMs, 'heartbeat timed out');
+      if (reg.failures > 0) this.log.info('registry heartbeat recovered', { worker: reg.info.id, failedBeats: reg.failures });
+      reg.failures = 0;
+    } catch (err) {
+      if (reg.stopped) return;
+      reg.failures++;
+      heartbeatFailures.inc();
+      // First failure, then periodically: an outage of minutes should not flood the log.
+      if (reg.failures === 1 || reg.failures % 30 === 0) {
+        this.log.warn('registry heartbeat failed; retrying', { worker: reg.info.id, failedBeats: reg.failures, err });
+      }
+    }
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${message} after ${ms} ms`)), ms);
+    timer.unref();
+  });
+  // The abandoned write may still fail later; swallow that so it is not an unhandled rejection.
+  p.catch(() => {});
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}

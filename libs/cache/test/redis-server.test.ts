@@ -1,0 +1,87 @@
+import { createConnection } from 'node:net';
+import Redis from 'ioredis';
+import { describe, expect, it } from 'vitest';
+import { startRedis } from '../src';
+
+function portOf(url: string): number {
+  return Number(new URL(url).port);
+}
+
+function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createConnection({ host: '127.0.0.1', port });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+describe('startRedis', () => {
+  it('spawns a private redis-server on a free loopback port without persistence, and stops it', async () => {
+    const a = await startRedis({ url: null });
+    const b = await startRedis({ url: null });
+    try {
+      expect(a.external).toBe(false);
+      expect(a.url).toMatch(/^redis:\/\/127\.0\.0\.1:\d+$/);
+      expect(portOf(a.url)).not.toBe(portOf(b.url));
+      const redis = new Redis(a.url);
+      try {
+        expect(await redis.ping()).toBe('PONG');
+        expect(await redis.config('GET', 'save')).toEqual(['save', '']);
+        expect(await redis.config('GET', 'appendonly')).toEqual(['appendonly', 'no']);
+        expect(await redis.config('GET', 'bind')).toEqual(['bind', '127.0.0.1']);
+      } finally {
+        redis.disconnect();
+      }
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+    expect(await accepts(portOf(a.url))).toBe(false);
+    // Stopping twice is harmless.
+    await a.stop();
+  });
+
+  it('uses REDIS_URL (or an explicit url) as is, and leaves that server alone on stop', async () => {
+    const local = await startRedis({ url: null });
+    const saved = process.env.REDIS_URL;
+    process.env.REDIS_URL = local.url;
+    try {
+      const ext = await startRedis();
+      expect(ext).toMatchObject({ url: local.url, external: true });
+      await ext.stop();
+      expect(await accepts(portOf(local.url))).toBe(true);
+    } finally {
+      if (saved === undefined) delete process.env.REDIS_URL;
+      else process.env.REDIS_URL = saved;
+      await local.stop();
+    }
+  });
+
+  it('restarts on a given port', async () => {
+    const first = await startRedis({ url: null });
+    const port = portOf(first.url);
+    await first.stop();
+    const again = await startRedis({ url: null, port });
+    try {
+      expect(again.url).toBe(first.url);
+    } finally {
+      await again.stop();
+    }
+  });
+
+  it('reports a busy fixed port with redis-server output', async () => {
+    const a = await startRedis({ url: null });
+    try {
+      await expect(startRedis({ url: null, port: portOf(a.url) })).rejects.toThrow(/exited .* before it answered[\s\S]*Address already in use/);
+    } finally {
+      await a.stop();
+    }
+  });
+
+  it('names the Debian package when redis-server is missing', async () => {
+    await expect(startRedis({ url: null, binary: 'redis-server-definitely-not-installed' })).rejects.toThrow(/Debian package `redis-server`/);
+  });
+});

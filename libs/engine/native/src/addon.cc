@@ -1,0 +1,269 @@
+// Node-API surface of the engine. Every node is checked here on the JS thread, so a bad graph
+// fails with a TypeError/RangeError naming the node, op and slot before any work is queued; the
+// graph then runs in order on one backend, on a libuv worker (run) or inline (runSync). One
+// mutex serialises graph runs and setting changes: the thread pool runs one op at a time.
+#include <napi.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "blas.h"
+#include "cpu_backend.h"
+#include "engine.h"
+
+namespace {
+
+using ls::Node;
+using ls::Op;
+
+std::mutex g_engine_mutex;
+
+std::string node_prefix(size_t index, const std::string& op) {
+  return "node " + std::to_string(index) + " (" + op + "): ";
+}
+
+ls::Backend* backend_arg(const Napi::Value& v) {
+  const Napi::Env env = v.Env();
+  if (!v.IsString()) throw Napi::TypeError::New(env, "backend name must be a string");
+  const std::string name = v.As<Napi::String>();
+  ls::Backend* b = ls::find_backend(name);
+  if (!b) throw Napi::TypeError::New(env, "unknown backend '" + name + "'");
+  return b;
+}
+
+// Parses and validates nodes; `keep`, when given, receives a reference to every typed array so
+// that they outlive an asynchronous run.
+std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend,
+                              std::vector<Napi::Reference<Napi::Float32Array>>* keep) {
+  const Napi::Env env = value.Env();
+  if (!value.IsArray()) throw Napi::TypeError::New(env, "nodes must be an array");
+  const Napi::Array arr = value.As<Napi::Array>();
+  std::vector<Node> nodes(arr.Length());
+  for (uint32_t idx = 0; idx < arr.Length(); ++idx) {
+    Node& n = nodes[idx];
+    const Napi::Value item = arr.Get(idx);
+    if (!item.IsObject())
+      throw Napi::TypeError::New(env, "node " + std::to_string(idx) + ": must be an object");
+    const Napi::Object obj = item.As<Napi::Object>();
+    const Napi::Value op = obj.Get("op");
+    const double op_num = op.IsNumber() ? op.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(op_num >= 0 && op_num < ls::kOpCount && op_num == static_cast<int>(op_num)))
+      throw Napi::TypeError::New(env, "node " + std::to_string(idx) + ": unknown op " +
+                                          op.ToString().Utf8Value());
+    n.op = static_cast<Op>(static_cast<int>(op_num));
+    const ls::OpInfo& info = ls::op_info(n.op);
+    const std::string where = node_prefix(idx, info.name);
+    if (!backend->supports_op(n.op))
+      throw Napi::TypeError::New(env, where + "not supported by backend '" + backend->name() + "'");
+
+    auto typed = [&](const Napi::Value& v, const std::string& what) -> ls::Tensor {
+      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        throw Napi::TypeError::New(env, where + what + " must be a Float32Array");
+      Napi::Float32Array a = v.As<Napi::Float32Array>();
+      if (keep) keep->push_back(Napi::Persistent(a));
+      return {a.Data(), a.ElementLength(), true};
+    };
+
+    const Napi::Value inputs = obj.Get("inputs");
+    if (!inputs.IsArray())
+      throw Napi::TypeError::New(env, where + "inputs must be an array");
+    const Napi::Array in_arr = inputs.As<Napi::Array>();
+    if (in_arr.Length() != info.inputs.size())
+      throw Napi::TypeError::New(env, where + "expected " + std::to_string(info.inputs.size()) +
+                                          " inputs, got " + std::to_string(in_arr.Length()));
+    n.n_inputs = static_cast<int>(info.inputs.size());
+    for (uint32_t s = 0; s < in_arr.Length(); ++s) {
+      const Napi::Value v = in_arr.Get(s);
+      const std::string slot = "input '" + info.inputs[s] + "' (slot " + std::to_string(s) + ")";
+      if (v.IsNull() || v.IsUndefined()) {
+        if (!info.optional[s]) throw Napi::TypeError::New(env, where + slot + " must not be null");
+        continue;
+      }
+      n.inputs[s] = typed(v, slot);
+    }
+    n.output = typed(obj.Get("output"), "output");
+
+    const Napi::Value params = obj.Get("params");
+    if (!params.IsArray()) throw Napi::TypeError::New(env, where + "params must be an array");
+    const Napi::Array p_arr = params.As<Napi::Array>();
+    if (p_arr.Length() != info.params.size())
+      throw Napi::TypeError::New(env, where + "expected " + std::to_string(info.params.size()) +
+                                          " params, got " + std::to_string(p_arr.Length()));
+    for (uint32_t s = 0; s < p_arr.Length(); ++s) {
+      const Napi::Value v = p_arr.Get(s);
+      if (!v.IsNumber())
+        throw Napi::TypeError::New(env, where + "param '" + info.params[s] + "' must be a number");
+      n.params.push_back(v.As<Napi::Number>().DoubleValue());
+    }
+    try {
+      ls::validate(n, idx);
+    } catch (const ls::ShapeError& e) {
+      throw Napi::RangeError::New(env, e.what());
+    }
+  }
+  return nodes;
+}
+
+void execute(ls::Backend* backend, const std::vector<Node>& nodes) {
+  std::lock_guard<std::mutex> lock(g_engine_mutex);
+  for (const Node& n : nodes) backend->compute(n);
+}
+
+class RunWorker : public Napi::AsyncWorker {
+ public:
+  RunWorker(Napi::Env env, ls::Backend* backend, std::vector<Node> nodes,
+            std::vector<Napi::Reference<Napi::Float32Array>> keep)
+      : Napi::AsyncWorker(env, "longshot_engine.run"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        backend_(backend),
+        nodes_(std::move(nodes)),
+        keep_(std::move(keep)) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      execute(backend_, nodes_);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  ls::Backend* backend_;
+  std::vector<Node> nodes_;
+  std::vector<Napi::Reference<Napi::Float32Array>> keep_;
+};
+
+Napi::Value Run(const Napi::CallbackInfo& info) {
+  ls::Backend* backend = backend_arg(info[0]);
+  std::vector<Napi::Reference<Napi::Float32Array>> keep;
+  std::vector<Node> nodes = parse_nodes(info[1], backend, &keep);
+  auto* worker = new RunWorker(info.Env(), backend, std::move(nodes), std::move(keep));
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value RunSync(const Napi::CallbackInfo& info) {
+  ls::Backend* backend = backend_arg(info[0]);
+  const std::vector<Node> nodes = parse_nodes(info[1], backend, nullptr);
+  try {
+    execute(backend, nodes);
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(info.Env(), e.what());
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(g_engine_mutex);
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Array names = Napi::Array::New(env);
+  for (const auto& b : ls::backends()) names.Set(names.Length(), b->name());
+  out.Set("backends", names);
+  out.Set("simd", ls::simd_name(ls::cpu_backend().simd()));
+  Napi::Array avail = Napi::Array::New(env);
+  for (ls::SimdLevel l : ls::simd_available()) avail.Set(avail.Length(), ls::simd_name(l));
+  out.Set("simdAvailable", avail);
+  out.Set("threads", ls::cpu_backend().threads());
+  return out;
+}
+
+Napi::Value SetSimd(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  if (!info[0].IsString()) throw Napi::TypeError::New(env, "setSimd: level must be a string");
+  const std::string name = info[0].As<Napi::String>();
+  ls::SimdLevel level;
+  if (!ls::parse_simd(name, &level))
+    throw Napi::RangeError::New(env, "setSimd: unknown level '" + name + "' (scalar, avx2, avx512)");
+  if (level > ls::simd_available().back())
+    throw Napi::RangeError::New(env, "setSimd: this CPU cannot run '" + name + "'");
+  std::lock_guard<std::mutex> lock(g_engine_mutex);
+  ls::cpu_backend().set_simd(level);
+  return env.Undefined();
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const double n = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0.0;
+  if (!(n >= 1 && n <= 4096 && n == static_cast<int>(n)))
+    throw Napi::RangeError::New(env, "setThreads: expected an integer in [1, 4096]");
+  std::lock_guard<std::mutex> lock(g_engine_mutex);
+  ls::cpu_backend().set_threads(static_cast<int>(n));
+  return env.Undefined();
+}
+
+Napi::Value BlasSgemm(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  size_t dims[3];
+  const char* names[3] = {"M", "N", "K"};
+  for (int i = 0; i < 3; ++i) {
+    const double v = info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(v >= 1 && v <= 2147483647.0 && v == static_cast<double>(static_cast<long>(v))))
+      throw Napi::RangeError::New(env, std::string("blasSgemm: ") + names[i] +
+                                           " must be a positive 32-bit integer");
+    dims[i] = static_cast<size_t>(v);
+  }
+  const size_t m = dims[0], n = dims[1], k = dims[2];
+  const char* arg_names[3] = {"A", "W", "C"};
+  const size_t need[3] = {m * k, n * k, m * n};
+  float* ptr[3];
+  for (int i = 0; i < 3; ++i) {
+    const Napi::Value v = info[3 + i];
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(env, std::string("blasSgemm: ") + arg_names[i] + " must be a Float32Array");
+    Napi::Float32Array a = v.As<Napi::Float32Array>();
+    if (a.ElementLength() < need[i])
+      throw Napi::RangeError::New(env, std::string("blasSgemm: ") + arg_names[i] + " has " +
+                                           std::to_string(a.ElementLength()) + " elements, needs " +
+                                           std::to_string(need[i]));
+    ptr[i] = a.Data();
+  }
+  const double threads = info[6].IsNumber() ? info[6].As<Napi::Number>().DoubleValue() : 0.0;
+  if (!(threads >= 1 && threads <= 4096 && threads == static_cast<int>(threads)))
+    throw Napi::RangeError::New(env, "blasSgemm: threads must be an integer in [1, 4096]");
+  try {
+    ls::blas_sgemm(m, n, k, ptr[0], ptr[1], ptr[2], static_cast<int>(threads));
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  return env.Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  ls::cpu_backend();  // registers it
+
+  Napi::Array specs = Napi::Array::New(env);
+  for (int i = 0; i < ls::kOpCount; ++i) {
+    const ls::OpInfo& op = ls::op_info(static_cast<Op>(i));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", op.name);
+    Napi::Array inputs = Napi::Array::New(env);
+    for (size_t s = 0; s < op.inputs.size(); ++s)
+      inputs.Set(static_cast<uint32_t>(s), op.inputs[s] + (op.optional[s] ? "?" : ""));
+    o.Set("inputs", inputs);
+    Napi::Array params = Napi::Array::New(env);
+    for (size_t s = 0; s < op.params.size(); ++s) params.Set(static_cast<uint32_t>(s), op.params[s]);
+    o.Set("params", params);
+    o.Set("inPlace", op.in_place);
+    specs.Set(static_cast<uint32_t>(i), o);
+  }
+  exports.Set("ops", specs);
+  exports.Set("run", Napi::Function::New(env, Run, "run"));
+  exports.Set("runSync", Napi::Function::New(env, RunSync, "runSync"));
+  exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
+  exports.Set("blasSgemm", Napi::Function::New(env, BlasSgemm, "blasSgemm"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(longshot_engine, Init)

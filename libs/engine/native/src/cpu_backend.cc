@@ -1,0 +1,219 @@
+#include "cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+namespace ls {
+
+// ---- SIMD levels -----------------------------------------------------------------------------
+
+const char* simd_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::avx512: return "avx512";
+    case SimdLevel::avx2: return "avx2";
+    case SimdLevel::scalar: break;
+  }
+  return "scalar";
+}
+
+bool parse_simd(const std::string& name, SimdLevel* out) {
+  for (SimdLevel l : {SimdLevel::scalar, SimdLevel::avx2, SimdLevel::avx512}) {
+    if (name == simd_name(l)) {
+      *out = l;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<SimdLevel> simd_available() {
+  std::vector<SimdLevel> levels{SimdLevel::scalar};
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    levels.push_back(SimdLevel::avx2);
+    // The AVX-512 unit is built with F, VL and DQ (and AVX2/FMA for the compiler's own use).
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+      levels.push_back(SimdLevel::avx512);
+  }
+  return levels;
+}
+
+SimdLevel simd_default() {
+  const auto levels = simd_available();
+  SimdLevel best = levels.back();
+  SimdLevel wanted;
+  if (const char* env = std::getenv("LONGSHOT_SIMD"); env && parse_simd(env, &wanted))
+    best = std::min(best, wanted);
+  return best;
+}
+
+const CpuKernels& cpu_kernels(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::avx512: return cpu_kernels_avx512();
+    case SimdLevel::avx2: return cpu_kernels_avx2();
+    case SimdLevel::scalar: break;
+  }
+  return cpu_kernels_scalar();
+}
+
+// ---- Ops without a SIMD-specific kernel ------------------------------------------------------
+
+namespace {
+
+void rope3d(ThreadPool& pool, const Node& n) {
+  const size_t batch = n.p(0), frames = n.p(1), height = n.p(2), width = n.p(3), heads = n.p(4),
+               hd = n.p(5), frame_offset = n.p(6);
+  const double theta = n.params[7];
+  const size_t pairs = hd / 2, part_r = pairs / 3, part_f = pairs - 2 * part_r;
+  // cos/sin per (position, pair) for each axis, in float64; the rotation itself too, since this
+  // op is cheap next to the linears around it.
+  auto table = [&](size_t positions, size_t offset, size_t count) {
+    std::vector<double> t(positions * count * 2);
+    const double dims = 2.0 * static_cast<double>(count);
+    for (size_t pos = 0; pos < positions; ++pos) {
+      for (size_t j = 0; j < count; ++j) {
+        const double angle = static_cast<double>(pos + offset) *
+                             std::pow(theta, -2.0 * static_cast<double>(j) / dims);
+        t[(pos * count + j) * 2] = std::cos(angle);
+        t[(pos * count + j) * 2 + 1] = std::sin(angle);
+      }
+    }
+    return t;
+  };
+  const auto tf = table(frames, frame_offset, part_f);
+  const auto th = table(height, 0, part_r);
+  const auto tw = table(width, 0, part_r);
+  const float* x = n.inputs[0].data;
+  float* y = n.output.data;
+  const size_t tokens = frames * height * width;
+  pool.parallel_for(batch * tokens, [&](size_t t0, size_t t1, int) {
+    for (size_t tok = t0; tok < t1; ++tok) {
+      const size_t in_batch = tok % tokens;
+      const size_t f = in_batch / (height * width), i = (in_batch / width) % height,
+                   j = in_batch % width;
+      const double* cs[3] = {&tf[f * part_f * 2], &th[i * part_r * 2], &tw[j * part_r * 2]};
+      for (size_t h = 0; h < heads; ++h) {
+        const size_t base = (tok * heads + h) * hd;
+        for (size_t p = 0; p < pairs; ++p) {
+          const int part = p < part_f ? 0 : (p < part_f + part_r ? 1 : 2);
+          const size_t local = part == 0 ? p : (part == 1 ? p - part_f : p - part_f - part_r);
+          const double c = cs[part][local * 2], s = cs[part][local * 2 + 1];
+          const double a = x[base + 2 * p], b = x[base + 2 * p + 1];
+          y[base + 2 * p] = static_cast<float>(a * c - b * s);
+          y[base + 2 * p + 1] = static_cast<float>(a * s + b * c);
+        }
+      }
+    }
+  });
+}
+
+void patchify(ThreadPool& pool, const Node& n, bool inverse) {
+  const size_t ch = n.p(0), frames = n.p(1), height = n.p(2), width = n.p(3);
+  const size_t ph_n = height / 2, pw_n = width / 2, tokens = frames * ph_n * pw_n;
+  const float* src = n.inputs[0].data;
+  float* dst = n.output.data;
+  pool.parallel_for(tokens, [&](size_t t0, size_t t1, int) {
+    for (size_t tok = t0; tok < t1; ++tok) {
+      const size_t f = tok / (ph_n * pw_n), hh = (tok / pw_n) % ph_n, ww = tok % pw_n;
+      for (size_t c = 0; c < ch; ++c) {
+        for (size_t ph = 0; ph < 2; ++ph) {
+          for (size_t pw = 0; pw < 2; ++pw) {
+            const size_t lat = ((c * frames + f) * height + 2 * hh + ph) * width + 2 * ww + pw;
+            if (inverse)
+              dst[lat] = src[tok * 4 * ch + (ph * 2 + pw) * ch + c];
+            else
+              dst[tok * 4 * ch + c * 4 + ph * 2 + pw] = src[lat];
+          }
+        }
+      }
+    }
+  });
+}
+
+void timestep_embedding(const Node& n) {
+  const size_t count = n.p(0), dim = n.p(1), half = dim / 2;
+  const float* t = n.inputs[0].data;
+  float* y = n.output.data;
+  for (size_t i = 0; i < count; ++i) {
+    float* row = y + i * dim;
+    for (size_t j = 0; j < half; ++j) {
+      const double freq = std::pow(10000.0, -static_cast<double>(j) / static_cast<double>(half));
+      const double arg = static_cast<double>(t[i]) * freq;
+      row[j] = static_cast<float>(std::cos(arg));
+      row[half + j] = static_cast<float>(std::sin(arg));
+    }
+    // An odd dim leaves one trailing element, zero as in the usual implementations.
+    if (dim % 2) row[dim - 1] = 0.0f;
+  }
+}
+
+void copy_rows(ThreadPool& pool, const Node& n) {
+  const size_t batch = n.p(0), rows = n.p(1), cols = n.p(2), offset = n.p(3), count = n.p(4);
+  const float* x = n.inputs[0].data;
+  float* y = n.output.data;
+  pool.parallel_for(batch * count, [&](size_t r0, size_t r1, int) {
+    for (size_t r = r0; r < r1; ++r) {
+      const size_t b = r / count, i = r % count;
+      std::memcpy(y + r * cols, x + (b * rows + offset + i) * cols, cols * sizeof(float));
+    }
+  });
+}
+
+}  // namespace
+
+// ---- Backend ---------------------------------------------------------------------------------
+
+CpuBackend::CpuBackend()
+    : pool_(std::make_unique<ThreadPool>(default_thread_count())),
+      kernels_(&cpu_kernels(simd_default())) {}
+
+void CpuBackend::set_threads(int threads) {
+  if (threads != pool_->size()) pool_ = std::make_unique<ThreadPool>(threads);
+}
+
+void CpuBackend::set_simd(SimdLevel level) { kernels_ = &cpu_kernels(level); }
+
+void CpuBackend::compute(const Node& n) {
+  ThreadPool& pool = *pool_;
+  const CpuKernels& k = *kernels_;
+  const float* in[kMaxInputs];
+  for (int i = 0; i < kMaxInputs; ++i) in[i] = n.inputs[i].data;
+  float* out = n.output.data;
+  switch (n.op) {
+    case Op::linear: k.linear(pool, in[0], in[1], in[2], out, n.p(0), n.p(1), n.p(2)); break;
+    case Op::layer_norm: k.layer_norm(pool, in[0], in[1], in[2], out, n.p(0), n.p(1), n.pf(2)); break;
+    case Op::rms_norm: k.rms_norm(pool, in[0], in[1], out, n.p(0), n.p(1), n.pf(2)); break;
+    case Op::modulate: k.modulate(pool, in[0], in[1], in[2], out, n.p(0), n.p(1)); break;
+    case Op::gated_add: k.gated_add(pool, in[0], in[1], in[2], out, n.p(0), n.p(1)); break;
+    case Op::gelu_tanh: k.gelu_tanh(pool, in[0], out, n.p(0)); break;
+    case Op::silu: k.silu(pool, in[0], out, n.p(0)); break;
+    case Op::rope3d: rope3d(pool, n); break;
+    case Op::attention: {
+      const AttentionArgs a{in[0], in[1], in[2], in[3], in[4], out,
+                            n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5)};
+      k.attention(pool, a);
+      break;
+    }
+    case Op::patchify: patchify(pool, n, false); break;
+    case Op::unpatchify: patchify(pool, n, true); break;
+    case Op::timestep_embedding: timestep_embedding(n); break;
+    case Op::cfg_combine: k.cfg_combine(pool, in[0], in[0] + n.p(0), out, n.p(0), n.pf(1)); break;
+    case Op::copy_rows: copy_rows(pool, n); break;
+    case Op::count: throw std::logic_error("unvalidated node");
+  }
+}
+
+CpuBackend& cpu_backend() {
+  static CpuBackend* backend = [] {
+    auto owned = std::make_unique<CpuBackend>();
+    CpuBackend* raw = owned.get();
+    register_backend(std::move(owned));
+    return raw;
+  }();
+  return *backend;
+}
+
+}  // namespace ls

@@ -1,0 +1,37 @@
+// The CUDA backend as the addon sees it: a status probe, registration of the `cuda:<storage>`
+// backends when a device is usable, and the device weight cache's release. Implemented by
+// cuda_backend.cc in CUDA builds and by cuda_none.cc in CPU-only builds, so the addon compiles
+// the same way in both.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "engine.h"
+
+namespace ls {
+namespace cuda {
+
+struct Status {
+  bool built = false;     // compiled with nvcc
+  int devices = 0;        // CUDA devices the driver reports (0 without a driver)
+  bool usable = false;    // a device the kernels can run on was found
+  std::string device;     // its name, when usable
+  std::string reason;     // why not usable, when not
+};
+
+// Probed once (the first call initialises the CUDA driver when there is one); never throws.
+const Status& status();
+
+// Registers `cuda:f32`, `cuda:bf16` and `cuda:f16` when status().usable; otherwise nothing.
+void register_backends();
+
+// Frees every cached device copy of host buffers, appending the unpin events to `pins`.
+void release_device_cache(std::vector<HostPin>* pins);
+
+// Whether cuBLAS was loaded for `linear` (false until the first CUDA graph runs, or when
+// libcublas could not be opened and the fallback GEMM is in use).
+bool cublas_loaded();
+
+}  // namespace cuda
+}  // namespace ls

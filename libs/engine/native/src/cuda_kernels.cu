@@ -1,0 +1,626 @@
+// CUDA kernels of every engine op (semantics: libs/engine/src/ops.ts). Written for clarity first:
+// one thread per output element for the data-movement ops, one block per row for the row
+// reductions, a warp-per-4-queries flash kernel for attention. Each kernel is a template over the
+// storage type T; values are loaded to float32 (float64 where ops.ts asks for it) and rounded to
+// T once on store. The GEMM of `linear` normally goes to cuBLAS (cuda_backend.cc); the tiled
+// kernel here is its fallback.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cuda_kernels.h"
+
+namespace ls {
+namespace cuda {
+
+namespace {
+
+// ---- storage type helpers ----------------------------------------------------------------------
+
+__device__ __forceinline__ float ld(const float* p) { return *p; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float ld(const __half* p) { return __half2float(*p); }
+__device__ __forceinline__ void st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void st(__half* p, float v) { *p = __float2half_rn(v); }
+
+// Runs BODY with `T` bound to the device type of storage `s`.
+#define LS_DISPATCH(s, ...)                 \
+  switch (s) {                              \
+    case Storage::f32: {                    \
+      using T = float;                      \
+      __VA_ARGS__;                          \
+      break;                                \
+    }                                       \
+    case Storage::bf16: {                   \
+      using T = __nv_bfloat16;              \
+      __VA_ARGS__;                          \
+      break;                                \
+    }                                       \
+    case Storage::f16: {                    \
+      using T = __half;                     \
+      __VA_ARGS__;                          \
+      break;                                \
+    }                                       \
+  }
+
+constexpr int kThreads = 256;
+
+// Grid for a grid-stride loop over n items: enough blocks to fill any current GPU several times
+// over, capped so the block count stays far below gridDim.x's limit.
+unsigned blocks_for(size_t n) {
+  const size_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(std::min<size_t>(std::max<size_t>(b, 1), 65536));
+}
+
+#define LS_GRID_STRIDE(i, n) \
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<size_t>(gridDim.x) * blockDim.x)
+
+template <typename T>
+const T* cp(const void* p) {
+  return static_cast<const T*>(p);
+}
+template <typename T>
+T* mp(void* p) {
+  return static_cast<T*>(p);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x == kThreads); every thread gets the result. `red` holds 32
+// floats of shared memory; the trailing barrier lets the caller reuse it at once.
+__device__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = lane < (kThreads / 32) ? red[lane] : 0.0f;
+  t = warp_sum(t);
+  __syncthreads();
+  return t;
+}
+
+// ---- conversions -------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void to_storage_k(const float* src, T* dst, size_t n) {
+  LS_GRID_STRIDE(i, n) st(dst + i, src[i]);
+}
+
+template <typename T>
+__global__ void from_storage_k(const T* src, float* dst, size_t n) {
+  LS_GRID_STRIDE(i, n) dst[i] = ld(src + i);
+}
+
+// ---- linear ------------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void fill_rows_k(const T* bias, T* y, size_t m, size_t n) {
+  LS_GRID_STRIDE(i, m * n) {
+    if (bias)
+      y[i] = bias[i % n];
+    else
+      st(y + i, 0.0f);
+  }
+}
+
+constexpr int kTile = 16;
+
+// Row tiles on gridDim.x (up to 2^31 - 1), column tiles on gridDim.y (checked by the launcher).
+template <typename T>
+__global__ void linear_fallback_k(const T* x, const T* w, const T* bias, T* y, size_t m, size_t k,
+                                  size_t n) {
+  __shared__ float xs[kTile][kTile + 1];
+  __shared__ float ws[kTile][kTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const size_t row = static_cast<size_t>(blockIdx.x) * kTile + ty;
+  const size_t col = static_cast<size_t>(blockIdx.y) * kTile + tx;
+  const size_t wrow = static_cast<size_t>(blockIdx.y) * kTile + ty;  // the W row this thread loads
+  float acc = 0.0f;
+  for (size_t k0 = 0; k0 < k; k0 += kTile) {
+    const size_t kk = k0 + tx;
+    xs[ty][tx] = (row < m && kk < k) ? ld(x + row * k + kk) : 0.0f;
+    ws[ty][tx] = (wrow < n && kk < k) ? ld(w + wrow * k + kk) : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kTile; ++j) acc = fmaf(xs[ty][j], ws[tx][j], acc);
+    __syncthreads();
+  }
+  if (row < m && col < n) st(y + row * n + col, acc + (bias ? ld(bias + col) : 0.0f));
+}
+
+// ---- row ops -----------------------------------------------------------------------------------
+
+// One block per row; the row is read three times (mean, centred variance, output), which keeps
+// the biased variance as accurate as the CPU's two-pass form. In place is safe: each thread
+// writes only the elements it reads in the last pass, after both reductions have finished.
+template <typename T>
+__global__ void layer_norm_k(const T* x, const T* w, const T* b, T* y, size_t dim, float eps) {
+  __shared__ float red[32];
+  const T* xr = x + blockIdx.x * dim;
+  T* yr = y + blockIdx.x * dim;
+  float s = 0.0f;
+  for (size_t i = threadIdx.x; i < dim; i += kThreads) s += ld(xr + i);
+  const float mean = block_sum(s, red) / static_cast<float>(dim);
+  float q = 0.0f;
+  for (size_t i = threadIdx.x; i < dim; i += kThreads) {
+    const float d = ld(xr + i) - mean;
+    q = fmaf(d, d, q);
+  }
+  const float var = block_sum(q, red) / static_cast<float>(dim);
+  const float inv = 1.0f / sqrtf(var + eps);
+  for (size_t i = threadIdx.x; i < dim; i += kThreads) {
+    float t = (ld(xr + i) - mean) * inv;
+    if (w) t *= ld(w + i);
+    if (b) t += ld(b + i);
+    st(yr + i, t);
+  }
+}
+
+template <typename T>
+__global__ void rms_norm_k(const T* x, const T* w, T* y, size_t dim, float eps) {
+  __shared__ float red[32];
+  const T* xr = x + blockIdx.x * dim;
+  T* yr = y + blockIdx.x * dim;
+  float q = 0.0f;
+  for (size_t i = threadIdx.x; i < dim; i += kThreads) {
+    const float v = ld(xr + i);
+    q = fmaf(v, v, q);
+  }
+  const float inv = 1.0f / sqrtf(block_sum(q, red) / static_cast<float>(dim) + eps);
+  for (size_t i = threadIdx.x; i < dim; i += kThreads) st(yr + i, ld(xr + i) * inv * ld(w + i));
+}
+
+// ---- elementwise -------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void modulate_k(const T* x, const T* shift, const T* scale, T* y, size_t rows,
+                           size_t dim) {
+  LS_GRID_STRIDE(i, rows * dim) {
+    const size_t d = i % dim;
+    st(y + i, fmaf(ld(x + i), 1.0f + ld(scale + d), ld(shift + d)));
+  }
+}
+
+template <typename T>
+__global__ void gated_add_k(const T* x, const T* yv, const T* gate, T* out, size_t rows,
+                            size_t dim) {
+  LS_GRID_STRIDE(i, rows * dim) {
+    const float g = gate ? ld(gate + i % dim) : 1.0f;
+    st(out + i, fmaf(g, ld(yv + i), ld(x + i)));
+  }
+}
+
+// 0.5 x (1 + tanh(u)) written as x / (1 + exp(-2u)), like the CPU kernel: no cancellation in
+// 1 + tanh(u) on the left tail. expf, not __expf: float32 storage is compared at ~1e-5.
+template <typename T>
+__global__ void gelu_tanh_k(const T* x, T* y, size_t n) {
+  LS_GRID_STRIDE(i, n) {
+    const float v = ld(x + i);
+    const float u = 0.7978845608028654f * fmaf(0.044715f, v * v * v, v);
+    st(y + i, v / (1.0f + expf(-2.0f * u)));
+  }
+}
+
+template <typename T>
+__global__ void silu_k(const T* x, T* y, size_t n) {
+  LS_GRID_STRIDE(i, n) {
+    const float v = ld(x + i);
+    st(y + i, v / (1.0f + expf(-v)));
+  }
+}
+
+template <typename T>
+__global__ void cfg_combine_k(const T* x, T* y, size_t n, float g) {
+  LS_GRID_STRIDE(i, n) {
+    const float c = ld(x + i), u = ld(x + n + i);
+    st(y + i, fmaf(g, c - u, u));
+  }
+}
+
+// ---- rope3d ------------------------------------------------------------------------------------
+
+// cos/sin per (position, pair) of each axis, in float64 as ops.ts specifies: the frame table
+// [frames][part_f], then rows [height][part_r], then columns [width][part_r].
+__global__ void rope_table_k(double2* table, size_t frames, size_t height, size_t width,
+                             size_t part_f, size_t part_r, size_t frame_offset, double theta) {
+  const size_t nf = frames * part_f, nh = height * part_r, nw = width * part_r;
+  LS_GRID_STRIDE(e, nf + nh + nw) {
+    size_t pos, j, count, offset = 0;
+    if (e < nf) {
+      pos = e / part_f, j = e % part_f, count = part_f, offset = frame_offset;
+    } else if (e < nf + nh) {
+      pos = (e - nf) / part_r, j = (e - nf) % part_r, count = part_r;
+    } else {
+      pos = (e - nf - nh) / part_r, j = (e - nf - nh) % part_r, count = part_r;
+    }
+    const double angle = static_cast<double>(pos + offset) *
+                         pow(theta, -2.0 * static_cast<double>(j) / (2.0 * static_cast<double>(count)));
+    double s, c;
+    sincos(angle, &s, &c);
+    table[e] = make_double2(c, s);
+  }
+}
+
+// One thread per rotated pair; the rotation itself in float64 like the CPU backend.
+template <typename T>
+__global__ void rope_apply_k(const T* x, T* y, const double2* table, RopeArgs a, size_t part_f,
+                             size_t part_r) {
+  const size_t pairs = a.head_dim / 2, hw = a.height * a.width, tokens = a.frames * hw;
+  const double2* tf = table;
+  const double2* th = tf + a.frames * part_f;
+  const double2* tw = th + a.height * part_r;
+  LS_GRID_STRIDE(idx, a.batch * tokens * a.heads * pairs) {
+    const size_t p = idx % pairs;
+    const size_t tok = idx / (pairs * a.heads);  // token within the whole batch
+    const size_t in_batch = tok % tokens;
+    const size_t f = in_batch / hw, i = (in_batch / a.width) % a.height, j = in_batch % a.width;
+    double2 cs;
+    if (p < part_f)
+      cs = tf[f * part_f + p];
+    else if (p < part_f + part_r)
+      cs = th[i * part_r + (p - part_f)];
+    else
+      cs = tw[j * part_r + (p - part_f - part_r)];
+    const size_t base = (idx / pairs) * a.head_dim + 2 * p;  // (tok * heads + h) * hd + 2p
+    const double u = ld(x + base), v = ld(x + base + 1);
+    st(y + base, static_cast<float>(u * cs.x - v * cs.y));
+    st(y + base + 1, static_cast<float>(u * cs.y + v * cs.x));
+  }
+}
+
+// ---- attention ---------------------------------------------------------------------------------
+
+// A block of kAttWarps warps takes kAttWarps * kAttQW consecutive queries of one (batch, head)
+// and walks the keys, then the extra keys, in tiles of 32 held in shared memory as float32. For
+// each tile, lane j of a warp scores key j against the warp's kAttQW queries, the warp updates
+// each query's running max m and denominator l (online softmax), and then every lane adds
+// p_j * V[j] to the output columns it owns (lane, lane + 32, ...). Scores are never stored
+// beyond one tile. Ks rows are padded by one float so lane j's walk along its row is
+// bank-conflict free; Q and V reads are broadcasts or consecutive.
+constexpr int kAttWarps = 8;
+constexpr int kAttQW = 4;
+constexpr int kAttKT = 32;
+
+size_t attention_smem_bytes(size_t hd) {
+  return (kAttKT * (hd + 1) + kAttKT * hd + kAttWarps * kAttQW * hd) * sizeof(float);
+}
+
+template <typename T, int DPL>
+__global__ void __launch_bounds__(kAttWarps * 32) attention_k(const T* q, const T* k, const T* v,
+                                                               const T* ek, const T* ev, T* out,
+                                                               AttentionShape a, float scale) {
+  extern __shared__ float smem[];
+  const int hd = static_cast<int>(a.head_dim);
+  const int ks = hd + 1;
+  float* k_s = smem;                   // [kAttKT][hd + 1]
+  float* v_s = k_s + kAttKT * ks;      // [kAttKT][hd]
+  float* q_s = v_s + kAttKT * hd;      // [kAttWarps * kAttQW][hd]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const size_t b = blockIdx.z, h = blockIdx.y;
+  const size_t stride = a.heads * a.head_dim;
+  const size_t q_first = static_cast<size_t>(blockIdx.x) * (kAttWarps * kAttQW) + warp * kAttQW;
+
+  float* my_q = q_s + warp * kAttQW * hd;
+#pragma unroll
+  for (int qi = 0; qi < kAttQW; ++qi) {
+    const size_t qq = q_first + qi;
+    for (int d = lane; d < hd; d += 32)
+      my_q[qi * hd + d] = qq < a.queries ? ld(q + (b * a.queries + qq) * stride + h * hd + d) : 0.0f;
+  }
+
+  float m[kAttQW], l[kAttQW], o[kAttQW][DPL];
+#pragma unroll
+  for (int qi = 0; qi < kAttQW; ++qi) {
+    m[qi] = -INFINITY;
+    l[qi] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < DPL; ++c) o[qi][c] = 0.0f;
+  }
+
+  for (int src = 0; src < 2; ++src) {
+    const size_t len = src == 0 ? a.keys : a.extra_keys;
+    if (len == 0) continue;  // uniform across the block: no barrier is skipped by some threads only
+    const T* kb = (src == 0 ? k : ek) + b * len * stride + h * hd;
+    const T* vb = (src == 0 ? v : ev) + b * len * stride + h * hd;
+    for (size_t k0 = 0; k0 < len; k0 += kAttKT) {
+      const int nk = static_cast<int>(min(static_cast<size_t>(kAttKT), len - k0));
+      __syncthreads();  // the previous tile is consumed (and, the first time, q_s is written)
+      for (int e = threadIdx.x; e < kAttKT * hd; e += blockDim.x) {
+        const int j = e / hd, d = e % hd;
+        float kv = 0.0f, vv = 0.0f;
+        if (j < nk) {
+          kv = ld(kb + (k0 + j) * stride + d);
+          vv = ld(vb + (k0 + j) * stride + d);
+        }
+        k_s[j * ks + d] = kv;
+        v_s[j * hd + d] = vv;
+      }
+      __syncthreads();
+
+      float s[kAttQW];
+#pragma unroll
+      for (int qi = 0; qi < kAttQW; ++qi) s[qi] = 0.0f;
+      const float* kr = k_s + lane * ks;
+      for (int d = 0; d < hd; ++d) {
+        const float kd = kr[d];
+#pragma unroll
+        for (int qi = 0; qi < kAttQW; ++qi) s[qi] = fmaf(my_q[qi * hd + d], kd, s[qi]);
+      }
+#pragma unroll
+      for (int qi = 0; qi < kAttQW; ++qi) {
+        const float sc = lane < nk ? s[qi] * scale : -INFINITY;
+        const float m_new = fmaxf(m[qi], warp_max(sc));
+        const float p = lane < nk ? expf(sc - m_new) : 0.0f;
+        const float alpha = expf(m[qi] - m_new);  // 0 on the first tile (m = -inf)
+        l[qi] = fmaf(l[qi], alpha, warp_sum(p));
+        m[qi] = m_new;
+#pragma unroll
+        for (int c = 0; c < DPL; ++c) o[qi][c] *= alpha;
+        s[qi] = p;
+      }
+      for (int j = 0; j < nk; ++j) {
+        float vj[DPL];
+#pragma unroll
+        for (int c = 0; c < DPL; ++c) {
+          const int d = lane + 32 * c;
+          vj[c] = d < hd ? v_s[j * hd + d] : 0.0f;
+        }
+#pragma unroll
+        for (int qi = 0; qi < kAttQW; ++qi) {
+          const float pj = __shfl_sync(0xffffffffu, s[qi], j);
+#pragma unroll
+          for (int c = 0; c < DPL; ++c) o[qi][c] = fmaf(pj, vj[c], o[qi][c]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int qi = 0; qi < kAttQW; ++qi) {
+    const size_t qq = q_first + qi;
+    if (qq >= a.queries) continue;
+    T* orow = out + (b * a.queries + qq) * stride + h * hd;
+    const float inv = 1.0f / l[qi];
+#pragma unroll
+    for (int c = 0; c < DPL; ++c) {
+      const int d = lane + 32 * c;
+      if (d < hd) st(orow + d, o[qi][c] * inv);
+    }
+  }
+}
+
+template <typename T, int DPL>
+void launch_attention(const T* q, const T* k, const T* v, const T* ek, const T* ev, T* out,
+                      const AttentionShape& a, cudaStream_t stream) {
+  const size_t smem = attention_smem_bytes(a.head_dim);
+  // Above 48 KiB a kernel must opt in to more dynamic shared memory (hd >= 124 with these tiles).
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(attention_k<T, DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess)
+      throw std::runtime_error(std::string("attention: cannot reserve ") + std::to_string(smem) +
+                               " bytes of shared memory: " + cudaGetErrorString(err));
+  }
+  const size_t per_block = kAttWarps * kAttQW;
+  const dim3 grid(static_cast<unsigned>((a.queries + per_block - 1) / per_block),
+                  static_cast<unsigned>(a.heads), static_cast<unsigned>(a.batch));
+  const float scale = 1.0f / sqrtf(static_cast<float>(a.head_dim));
+  attention_k<T, DPL><<<grid, kAttWarps * 32, smem, stream>>>(q, k, v, ek, ev, out, a, scale);
+}
+
+// ---- data movement -----------------------------------------------------------------------------
+
+template <typename T>
+__global__ void patchify_k(const T* src, T* dst, size_t ch, size_t frames, size_t height,
+                           size_t width) {
+  const size_t ph_n = height / 2, pw_n = width / 2;
+  LS_GRID_STRIDE(o, ch * frames * height * width) {
+    const size_t tok = o / (4 * ch), r = o % (4 * ch);
+    const size_t c = r / 4, ph = (r / 2) % 2, pw = r % 2;
+    const size_t f = tok / (ph_n * pw_n), hh = (tok / pw_n) % ph_n, ww = tok % pw_n;
+    dst[o] = src[((c * frames + f) * height + 2 * hh + ph) * width + 2 * ww + pw];
+  }
+}
+
+template <typename T>
+__global__ void unpatchify_k(const T* src, T* dst, size_t ch, size_t frames, size_t height,
+                             size_t width) {
+  const size_t pw_n = width / 2;
+  LS_GRID_STRIDE(lat, ch * frames * height * width) {
+    const size_t xx = lat % width, yy = (lat / width) % height;
+    const size_t f = (lat / (width * height)) % frames, c = lat / (width * height * frames);
+    const size_t tok = (f * (height / 2) + yy / 2) * pw_n + xx / 2;
+    dst[lat] = src[tok * 4 * ch + ((yy % 2) * 2 + xx % 2) * ch + c];
+  }
+}
+
+template <typename T, typename TIn>
+__global__ void timestep_embedding_k(const TIn* t, T* y, size_t n, size_t dim) {
+  const size_t half = dim / 2;
+  LS_GRID_STRIDE(e, n * dim) {
+    const size_t i = e / dim, j = e % dim;
+    if (j >= 2 * half) {
+      st(y + e, 0.0f);  // odd dim: the trailing element is zero, as on the CPU
+      continue;
+    }
+    const size_t jj = j < half ? j : j - half;
+    const double freq = pow(10000.0, -static_cast<double>(jj) / static_cast<double>(half));
+    const double arg = static_cast<double>(ld(t + i)) * freq;
+    st(y + e, static_cast<float>(j < half ? cos(arg) : sin(arg)));
+  }
+}
+
+template <typename T>
+__global__ void copy_rows_k(const T* x, T* y, size_t rows, size_t cols, size_t offset,
+                            size_t count, size_t total) {
+  LS_GRID_STRIDE(e, total) {
+    const size_t r = e / cols, c = e % cols;
+    const size_t b = r / count, i = r % count;
+    y[e] = x[(b * rows + offset + i) * cols + c];
+  }
+}
+
+}  // namespace
+
+// ---- launchers ---------------------------------------------------------------------------------
+
+void to_storage(Storage s, const float* src, void* dst, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, to_storage_k<T><<<blocks_for(n), kThreads, 0, stream>>>(src, mp<T>(dst), n));
+}
+
+void from_storage(Storage s, const void* src, float* dst, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, from_storage_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(src), dst, n));
+}
+
+void fill_rows(Storage s, const void* bias, void* y, size_t m, size_t n, cudaStream_t stream) {
+  if (m * n == 0) return;
+  LS_DISPATCH(s, fill_rows_k<T><<<blocks_for(m * n), kThreads, 0, stream>>>(cp<T>(bias), mp<T>(y), m, n));
+}
+
+void linear_fallback(Storage s, const void* x, const void* w, const void* bias, void* y, size_t m,
+                     size_t k, size_t n, cudaStream_t stream) {
+  if (m == 0 || n == 0) return;
+  const size_t gx = (m + kTile - 1) / kTile, gy = (n + kTile - 1) / kTile;
+  if (gx > 2147483647u || gy > 65535u)
+    throw std::runtime_error("linear: " + std::to_string(m) + "x" + std::to_string(n) +
+                             " output is too large for the fallback GEMM grid");
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+  const dim3 block(kTile, kTile);
+  LS_DISPATCH(s, linear_fallback_k<T><<<grid, block, 0, stream>>>(cp<T>(x), cp<T>(w), cp<T>(bias), mp<T>(y), m, k, n));
+}
+
+void layer_norm(Storage s, const void* x, const void* w, const void* b, void* y, size_t rows,
+                size_t dim, float eps, cudaStream_t stream) {
+  if (rows == 0 || dim == 0) return;
+  if (rows > 2147483647u) throw std::runtime_error("layer_norm: more than 2^31 - 1 rows");
+  LS_DISPATCH(s, layer_norm_k<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+                     cp<T>(x), cp<T>(w), cp<T>(b), mp<T>(y), dim, eps));
+}
+
+void rms_norm(Storage s, const void* x, const void* w, void* y, size_t rows, size_t dim, float eps,
+              cudaStream_t stream) {
+  if (rows == 0 || dim == 0) return;
+  if (rows > 2147483647u) throw std::runtime_error("rms_norm: more than 2^31 - 1 rows");
+  LS_DISPATCH(s, rms_norm_k<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(cp<T>(x), cp<T>(w), mp<T>(y), dim, eps));
+}
+
+void modulate(Storage s, const void* x, const void* shift, const void* scale, void* y, size_t rows,
+              size_t dim, cudaStream_t stream) {
+  if (rows * dim == 0) return;
+  LS_DISPATCH(s, modulate_k<T><<<blocks_for(rows * dim), kThreads, 0, stream>>>(
+                     cp<T>(x), cp<T>(shift), cp<T>(scale), mp<T>(y), rows, dim));
+}
+
+void gated_add(Storage s, const void* x, const void* y, const void* gate, void* out, size_t rows,
+               size_t dim, cudaStream_t stream) {
+  if (rows * dim == 0) return;
+  LS_DISPATCH(s, gated_add_k<T><<<blocks_for(rows * dim), kThreads, 0, stream>>>(
+                     cp<T>(x), cp<T>(y), cp<T>(gate), mp<T>(out), rows, dim));
+}
+
+void gelu_tanh(Storage s, const void* x, void* y, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, gelu_tanh_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), n));
+}
+
+void silu(Storage s, const void* x, void* y, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, silu_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), n));
+}
+
+size_t rope3d_scratch_bytes(const RopeArgs& a) {
+  const size_t pairs = a.head_dim / 2, part_r = pairs / 3, part_f = pairs - 2 * part_r;
+  return (a.frames * part_f + (a.height + a.width) * part_r) * sizeof(double2);
+}
+
+void rope3d(Storage s, const void* x, void* y, const RopeArgs& a, void* scratch,
+            cudaStream_t stream) {
+  const size_t pairs = a.head_dim / 2, part_r = pairs / 3, part_f = pairs - 2 * part_r;
+  const size_t total = a.batch * a.frames * a.height * a.width * a.heads * pairs;
+  if (total == 0) return;
+  auto* table = static_cast<double2*>(scratch);
+  const size_t entries = a.frames * part_f + (a.height + a.width) * part_r;
+  rope_table_k<<<blocks_for(entries), kThreads, 0, stream>>>(table, a.frames, a.height, a.width, part_f,
+                                                              part_r, a.frame_offset, a.theta);
+  LS_DISPATCH(s, rope_apply_k<T><<<blocks_for(total), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), table, a,
+                                                                              part_f, part_r));
+}
+
+void attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
+               const void* extra_v, void* out, const AttentionShape& a, cudaStream_t stream) {
+  if (a.batch * a.queries * a.heads * a.head_dim == 0) return;
+  if (a.head_dim > kMaxAttentionHeadDim)
+    throw std::runtime_error("attention: headDim " + std::to_string(a.head_dim) + " exceeds the CUDA kernel's limit of " +
+                             std::to_string(kMaxAttentionHeadDim));
+  if (a.heads > 65535 || a.batch > 65535 || (a.queries + kAttWarps * kAttQW - 1) / (kAttWarps * kAttQW) > 2147483647u)
+    throw std::runtime_error("attention: batch or heads above 65535, or too many queries, for the CUDA grid");
+  // Columns per lane, rounded up to a power of two so only four instantiations exist.
+  const size_t dpl = (a.head_dim + 31) / 32;
+  LS_DISPATCH(s, {
+    const T *qt = cp<T>(q), *kt = cp<T>(k), *vt = cp<T>(v), *ekt = cp<T>(extra_k), *evt = cp<T>(extra_v);
+    T* ot = mp<T>(out);
+    if (dpl <= 1)
+      launch_attention<T, 1>(qt, kt, vt, ekt, evt, ot, a, stream);
+    else if (dpl <= 2)
+      launch_attention<T, 2>(qt, kt, vt, ekt, evt, ot, a, stream);
+    else if (dpl <= 4)
+      launch_attention<T, 4>(qt, kt, vt, ekt, evt, ot, a, stream);
+    else
+      launch_attention<T, 8>(qt, kt, vt, ekt, evt, ot, a, stream);
+  });
+}
+
+void patchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,
+              size_t width, bool inverse, cudaStream_t stream) {
+  const size_t n = channels * frames * height * width;
+  if (n == 0) return;
+  if (inverse) {
+    LS_DISPATCH(s, unpatchify_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(src), mp<T>(dst), channels, frames,
+                                                                            height, width));
+  } else {
+    LS_DISPATCH(s, patchify_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(src), mp<T>(dst), channels, frames,
+                                                                          height, width));
+  }
+}
+
+void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, void* y, size_t n,
+                        size_t dim, cudaStream_t stream) {
+  if (n * dim == 0) return;
+  if (timesteps_f32) {
+    LS_DISPATCH(s, timestep_embedding_k<T, float><<<blocks_for(n * dim), kThreads, 0, stream>>>(
+                       cp<float>(timesteps), mp<T>(y), n, dim));
+  } else {
+    LS_DISPATCH(s, timestep_embedding_k<T, T><<<blocks_for(n * dim), kThreads, 0, stream>>>(
+                       cp<T>(timesteps), mp<T>(y), n, dim));
+  }
+}
+
+void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, cfg_combine_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), n, guidance));
+}
+
+void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,
+               size_t offset, size_t count, cudaStream_t stream) {
+  const size_t total = batch * count * cols;
+  if (total == 0) return;
+  LS_DISPATCH(s, copy_rows_k<T><<<blocks_for(total), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), rows, cols, offset,
+                                                                             count, total));
+}
+
+}  // namespace cuda
+}  // namespace ls

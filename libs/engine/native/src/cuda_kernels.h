@@ -1,0 +1,72 @@
+// Launchers of the CUDA kernels (cuda_kernels.cu, built by nvcc). Plain C++ so that the graph
+// runner (cuda_backend.cc) is compiled by the host compiler and only this interface crosses the
+// nvcc boundary. Every launcher enqueues on `stream` and returns at once; launch errors are picked
+// up by the runner with cudaGetLastError after each node.
+//
+// Device tensors hold the backend's STORAGE type (float32, bfloat16 or float16), row-major and
+// contiguous like the host Float32Arrays they mirror; every kernel loads to float32, computes in
+// float32 (float64 where ops.ts says so) and rounds once when it stores.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+namespace ls {
+namespace cuda {
+
+enum class Storage { f32, bf16, f16 };
+
+inline size_t storage_bytes(Storage s) { return s == Storage::f32 ? 4 : 2; }
+
+// float32 host-layout staging <-> storage (identity for f32, never called for it).
+void to_storage(Storage s, const float* src, void* dst, size_t n, cudaStream_t stream);
+void from_storage(Storage s, const void* src, float* dst, size_t n, cudaStream_t stream);
+
+// y[m, n] = bias[n] (or 0): the C operand a cuBLAS GEMM with beta = 1 accumulates onto.
+void fill_rows(Storage s, const void* bias, void* y, size_t m, size_t n, cudaStream_t stream);
+// y[m, n] = x[m, k] . w[n, k]^T + bias[n] with shared-memory tiles and float32 accumulation:
+// the GEMM used when cuBLAS cannot be loaded.
+void linear_fallback(Storage s, const void* x, const void* w, const void* bias, void* y, size_t m,
+                     size_t k, size_t n, cudaStream_t stream);
+
+void layer_norm(Storage s, const void* x, const void* w, const void* b, void* y, size_t rows,
+                size_t dim, float eps, cudaStream_t stream);
+void rms_norm(Storage s, const void* x, const void* w, void* y, size_t rows, size_t dim, float eps,
+              cudaStream_t stream);
+void modulate(Storage s, const void* x, const void* shift, const void* scale, void* y, size_t rows,
+              size_t dim, cudaStream_t stream);
+void gated_add(Storage s, const void* x, const void* y, const void* gate, void* out, size_t rows,
+               size_t dim, cudaStream_t stream);
+void gelu_tanh(Storage s, const void* x, void* y, size_t n, cudaStream_t stream);
+void silu(Storage s, const void* x, void* y, size_t n, cudaStream_t stream);
+
+struct RopeArgs {
+  size_t batch, frames, height, width, heads, head_dim, frame_offset;
+  double theta;
+};
+// Bytes of device scratch rope3d needs for its float64 cos/sin tables.
+size_t rope3d_scratch_bytes(const RopeArgs& a);
+void rope3d(Storage s, const void* x, void* y, const RopeArgs& a, void* scratch,
+            cudaStream_t stream);
+
+struct AttentionShape {
+  size_t batch, queries, keys, extra_keys, heads, head_dim;
+};
+// Largest head dim the attention kernel takes (each lane of a warp owns head_dim/32 columns).
+constexpr size_t kMaxAttentionHeadDim = 256;
+void attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
+               const void* extra_v, void* out, const AttentionShape& a, cudaStream_t stream);
+
+void patchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,
+              size_t width, bool inverse, cudaStream_t stream);
+// `timesteps` is float32 when `timesteps_f32` (the runner keeps that input in float32 whatever
+// the storage: rounding t = 620 to bfloat16 would move it to 624), else the storage type.
+void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, void* y, size_t n,
+                        size_t dim, cudaStream_t stream);
+void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cudaStream_t stream);
+void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,
+               size_t offset, size_t count, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace ls

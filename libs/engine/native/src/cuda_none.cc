@@ -1,0 +1,24 @@
+// CPU-only build (nvcc absent at build time, or LONGSHOT_CUDA=0): the CUDA backend reports
+// itself as not built and never registers.
+#include "cuda_backend.h"
+
+namespace ls {
+namespace cuda {
+
+const Status& status() {
+  static const Status s = [] {
+    Status st;
+    st.reason = "the engine was built without CUDA (no nvcc at build time, or LONGSHOT_CUDA=0)";
+    return st;
+  }();
+  return s;
+}
+
+void register_backends() {}
+
+void release_device_cache(std::vector<HostPin>*) {}
+
+bool cublas_loaded() { return false; }
+
+}  // namespace cuda
+}  // namespace ls

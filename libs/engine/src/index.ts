@@ -1,0 +1,133 @@
+/**
+ * Typed wrapper over the native addon (native/src, built by `npm run build:addon`). Everything
+ * the model needs to run a graph goes through `Backend` (backend.ts) with nodes described by
+ * `OPS` (ops.ts); the addon mirrors that table and is refused at load if the two disagree.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import type { Backend, EngineInfo } from './backend';
+import { OPS, OP_NAMES, type OpName, type OpNode } from './ops';
+
+export * from './ops';
+export * from './backend';
+
+export type SimdLevel = 'scalar' | 'avx2' | 'avx512';
+
+interface NativeNode {
+  op: number;
+  inputs: (Float32Array | null)[];
+  output: Float32Array;
+  params: number[];
+}
+
+interface NativeOpSpec {
+  name: string;
+  inputs: string[];
+  params: string[];
+  inPlace: boolean;
+}
+
+interface NativeAddon {
+  ops: NativeOpSpec[];
+  run(backend: string, nodes: NativeNode[]): Promise<void>;
+  runSync(backend: string, nodes: NativeNode[]): void;
+  info(): EngineInfo;
+  setSimd(level: string): void;
+  setThreads(threads: number): void;
+  blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void;
+}
+
+const ADDON_PATH = path.resolve(__dirname, '..', 'build', 'Release', 'longshot_engine.node');
+
+function loadAddon(): NativeAddon {
+  if (!fs.existsSync(ADDON_PATH)) {
+    throw new Error(`@longshot/engine: native addon not found at ${ADDON_PATH}; run \`npm run build:addon\` from the repository root`);
+  }
+  // A .node file can only be loaded through require; the path is resolved above.
+  const addon = require(ADDON_PATH) as NativeAddon;
+  checkOpTable(addon.ops);
+  return addon;
+}
+
+/** The native op table must be OPS, in the same order, with the same slots and params. */
+function checkOpTable(native: NativeOpSpec[]): void {
+  const names = native.map((o) => o.name);
+  if (names.join(',') !== OP_NAMES.join(',')) {
+    throw new Error(
+      `@longshot/engine: native op list [${names.join(', ')}] differs from OPS [${OP_NAMES.join(', ')}]; ` +
+        'update native/src/ops.def and rebuild',
+    );
+  }
+  for (const spec of native) {
+    const ts = OPS[spec.name as OpName];
+    if (spec.inputs.join(',') !== ts.inputs.join(',') || spec.params.join(',') !== ts.params.join(',') || spec.inPlace !== ts.inPlace) {
+      throw new Error(`@longshot/engine: native op '${spec.name}' differs from OPS in inputs, params or inPlace; update native/src/ops.def`);
+    }
+  }
+}
+
+const addon = loadAddon();
+const OP_INDEX = new Map<OpName, number>(OP_NAMES.map((name, i) => [name, i]));
+
+function toNative(nodes: readonly OpNode[]): NativeNode[] {
+  return nodes.map((n, i) => {
+    const op = OP_INDEX.get(n.op);
+    if (op === undefined) throw new TypeError(`node ${i}: unknown op '${String(n.op)}'`);
+    return { op, inputs: n.inputs, output: n.output, params: n.params };
+  });
+}
+
+class NativeBackend implements Backend {
+  constructor(readonly name: string) {}
+
+  supportsOp(op: OpName): boolean {
+    return OP_INDEX.has(op);
+  }
+
+  run(nodes: readonly OpNode[]): Promise<void> {
+    // Validation errors surface as a rejected promise, like failures during the run.
+    try {
+      return addon.run(this.name, toNative(nodes));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  runSync(nodes: readonly OpNode[]): void {
+    addon.runSync(this.name, toNative(nodes));
+  }
+}
+
+const cpu = new NativeBackend('cpu');
+
+/** The CPU backend (SIMD level and thread count from LONGSHOT_SIMD / LONGSHOT_THREADS). */
+export function cpuBackend(): Backend {
+  return cpu;
+}
+
+export function engineInfo(): EngineInfo {
+  return addon.info();
+}
+
+/** Selects the CPU kernels' SIMD level; throws a RangeError if this CPU cannot run it. */
+export function setSimd(level: SimdLevel): void {
+  addon.setSimd(level);
+}
+
+/** Resizes the CPU thread pool (results are identical for any size; used by tests and benches). */
+export function setThreads(threads: number): void {
+  addon.setThreads(threads);
+}
+
+/** OpenBLAS C[M, N] = A[M, K] . W[N, K]^T with `threads` threads: the benchmark baseline. */
+export function blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void {
+  addon.blasSgemm(m, n, k, a, w, c, threads);
+}
+
+/** Runs one op synchronously, allocating its output from `OPS[op].outputSize`. */
+export function runOp(backend: Backend, op: OpName, inputs: (Float32Array | null)[], params: number[]): Float32Array {
+  const output = new Float32Array(OPS[op].outputSize(params));
+  backend.runSync([{ op, inputs, output, params }]);
+  return output;
+}

@@ -1,0 +1,160 @@
+import { describe, expect, it } from 'vitest';
+
+import { OP_NAMES, cpuBackend, engineInfo, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
+
+// Deterministic uniform values in [-1, 1).
+function random(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = ((s >>> 0) / 4294967296) * 2 - 1;
+  }
+  return out;
+}
+
+/**
+ * Largest error of a float32 GEMM against float64, relative to sum |x w| + |b| of each output
+ * (the scale a float32 accumulation error is proportional to, cancellation or not).
+ */
+function linearError(got: Float32Array, x: Float32Array, w: Float32Array, b: Float32Array | null, m: number, k: number, n: number): number {
+  let worst = 0;
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = b ? b[j] : 0;
+      let mag = b ? Math.abs(b[j]) : 0;
+      for (let kk = 0; kk < k; kk++) {
+        s += x[i * k + kk] * w[j * k + kk];
+        mag += Math.abs(x[i * k + kk] * w[j * k + kk]);
+      }
+      worst = Math.max(worst, Math.abs(got[i * n + j] - s) / Math.max(mag, 1e-30));
+    }
+  return worst;
+}
+
+/** Bitwise equality (toEqual on large typed arrays is slow and treats -0 and 0 alike). */
+function sameBits(a: Float32Array[], b: Float32Array[]): boolean {
+  return a.length === b.length && a.every((x, i) => Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(b[i].buffer, b[i].byteOffset, b[i].byteLength)));
+}
+
+const cpu = cpuBackend();
+const levels = engineInfo().simdAvailable as SimdLevel[];
+
+describe('engine addon', () => {
+  it('loads with the op list of ops.ts', () => {
+    const info = engineInfo();
+    expect(info.backends).toContain('cpu');
+    expect(levels).toContain('scalar');
+    expect(info.simdAvailable).toContain(info.simd);
+    expect(info.threads).toBeGreaterThan(0);
+    for (const op of OP_NAMES) expect(cpu.supportsOp(op)).toBe(true);
+  });
+
+  it('names the node, op and slot in validation errors', () => {
+    const x = new Float32Array(6);
+    const out = new Float32Array(6);
+    const ok: OpNode = { op: 'silu', inputs: [x], output: out, params: [6] };
+    expect(() => cpu.runSync([ok, { op: 'linear', inputs: [x, null, null], output: out, params: [2, 3, 2] }])).toThrow(
+      /node 1 \(linear\): input 'weight' \(slot 1\) must not be null/,
+    );
+    expect(() => cpu.runSync([{ op: 'linear', inputs: [x, new Float32Array(5), null], output: out, params: [2, 3, 2] }])).toThrow(
+      RangeError,
+    );
+    expect(() => cpu.runSync([{ op: 'linear', inputs: [x, new Float32Array(5), null], output: out, params: [2, 3, 2] }])).toThrow(
+      /node 0 \(linear\): input 'weight' \(slot 1\) has 5 elements, needs 6/,
+    );
+    expect(() => cpu.runSync([{ op: 'silu', inputs: [x], output: new Float32Array(2), params: [6] }])).toThrow(/node 0 \(silu\): output has 2/);
+    expect(() => cpu.runSync([{ op: 'silu', inputs: [x], output: out, params: [2.5] }])).toThrow(/param 'n' must be a non-negative integer/);
+    expect(() => cpu.runSync([{ op: 'silu', inputs: [x], output: out, params: [-1] }])).toThrow(RangeError);
+    expect(() => cpu.runSync([{ op: 'silu', inputs: [x, x], output: out, params: [6] }])).toThrow(/node 0 \(silu\): expected 1 inputs, got 2/);
+    expect(() => cpu.runSync([{ op: 'nope' as never, inputs: [x], output: out, params: [6] }])).toThrow(TypeError);
+    expect(() => cpu.runSync([{ op: 'linear', inputs: [x, x, null], output: x, params: [2, 3, 2] }])).toThrow(
+      /node 0 \(linear\): output overlaps input 'x' \(slot 0\)/,
+    );
+    expect(() =>
+      cpu.runSync([{ op: 'attention', inputs: [x, x, x, null, null], output: out, params: [1, 1, 1, 1, 1, 6] }]),
+    ).toThrow(/node 0 \(attention\): input 'extraK' \(slot 3\) is null/);
+    return expect(cpu.run([{ op: 'silu', inputs: [x], output: out, params: [7] }])).rejects.toThrow(/node 0 \(silu\): input 'x'/);
+  });
+
+  it('run() resolves with the result of runSync()', async () => {
+    const [m, k, n] = [37, 64, 50];
+    const x = random(m * k, 1);
+    const w = random(n * k, 2);
+    const b = random(n, 3);
+    const h = new Float32Array(m * n);
+    const outAsync = new Float32Array(m * n);
+    const nodes = (out: Float32Array): OpNode[] => [
+      { op: 'linear', inputs: [x, w, b], output: h, params: [m, k, n] },
+      { op: 'gelu_tanh', inputs: [h], output: h, params: [m * n] },
+      { op: 'layer_norm', inputs: [h, null, null], output: out, params: [m, n, 1e-6] },
+    ];
+    await Promise.all([cpu.run(nodes(outAsync)), cpu.run(nodes(new Float32Array(m * n)))]);
+    const outSync = new Float32Array(m * n);
+    cpu.runSync(nodes(outSync));
+    expect(sameBits([outAsync], [outSync])).toBe(true);
+  });
+
+  it('gives bit-identical results for 1 and 2 threads', () => {
+    const [m, k, n] = [301, 200, 130];
+    const x = random(m * k, 4);
+    const w = random(n * k, 5);
+    const b = random(n, 6);
+    const q = random(2 * 70 * 2 * 48, 7);
+    const kv = random(2 * 90 * 2 * 48, 8);
+    const ex = random(2 * 5 * 2 * 48, 9);
+    const outputs = (threads: number): Float32Array[] => {
+      setThreads(threads);
+      return [
+        runOp(cpu, 'linear', [x, w, b], [m, k, n]),
+        runOp(cpu, 'linear', [x.subarray(0, 3 * k), w, b], [3, k, n]),
+        runOp(cpu, 'attention', [q, kv, kv, ex, ex], [2, 70, 90, 5, 2, 48]),
+        runOp(cpu, 'layer_norm', [x, null, null], [m, k, 1e-6]),
+        runOp(cpu, 'silu', [x], [x.length]),
+      ];
+    };
+    try {
+      for (const level of levels) {
+        setSimd(level);
+        const two = outputs(2);
+        expect(sameBits(outputs(1), two), `${level}: 1 vs 2 threads`).toBe(true);
+        expect(sameBits(outputs(3), two), `${level}: 3 vs 2 threads`).toBe(true);
+      }
+    } finally {
+      setThreads(engineInfo().threads);
+      setSimd(levels[levels.length - 1]);
+    }
+  });
+
+  it('matches a float64 GEMM on odd shapes at every SIMD level', () => {
+    const shapes: [number, number, number][] = [
+      [1, 1, 1],
+      [1, 29, 13],
+      [7, 13, 29],
+      [4, 100, 33],
+      [5, 257, 31],
+      [13, 300, 65],
+      [50, 513, 47],
+      [97, 64, 129],
+    ];
+    try {
+      for (const level of levels) {
+        setSimd(level);
+        for (const [m, k, n] of shapes) {
+          const x = random(m * k, m);
+          const w = random(n * k, n + 1);
+          const b = random(n, k);
+          for (const bias of [b, null]) {
+            const got = runOp(cpu, 'linear', [x, w, bias], [m, k, n]);
+            const err = linearError(got, x, w, bias, m, k, n);
+            expect(err, `${level} ${m}x${k}x${n} bias=${bias !== null}`).toBeLessThan(1e-5);
+          }
+        }
+      }
+    } finally {
+      setSimd(levels[levels.length - 1]);
+    }
+  });
+});

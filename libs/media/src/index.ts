@@ -1,0 +1,2 @@
+export * from './mp4';
+export * from './stitcher';

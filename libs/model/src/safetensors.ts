@@ -1,0 +1,428 @@
+/**
+ * Reader and writer of the safetensors format (https://github.com/huggingface/safetensors):
+ * an 8-byte little-endian header length, a JSON header mapping tensor names to
+ * {dtype, shape, data_offsets: [begin, end]} (offsets relative to the data section) plus an
+ * optional "__metadata__" string map, then the raw little-endian tensor bytes.
+ *
+ * The reader parses only the header on open and reads each requested tensor with a positioned
+ * read, so a pipeline stage that holds layers 10..19 of a 28 GB checkpoint touches only the
+ * bytes of those layers. Everything is returned as Float32Array whatever the stored dtype.
+ */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+export type SafetensorsDtype = 'F32' | 'F16' | 'BF16';
+
+/** Dtypes we decode; the rest of the format's dtypes are recognised only to validate sizes. */
+const SUPPORTED: readonly SafetensorsDtype[] = ['F32', 'F16', 'BF16'];
+
+const DTYPE_BYTES: Readonly<Record<string, number>> = {
+  BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1,
+  U16: 2, I16: 2, F16: 2, BF16: 2,
+  U32: 4, I32: 4, F32: 4,
+  U64: 8, I64: 8, F64: 8,
+};
+
+/**
+ * The reference implementation refuses headers over 100 MB; a real 14B checkpoint's header is
+ * well under 1 MB, so anything larger means a corrupt or foreign file, not a big model.
+ */
+const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+
+/** Node's readSync/writeSync take int32 lengths; large tensors go through in chunks. */
+const IO_CHUNK = 1 << 30;
+
+const LITTLE_ENDIAN_HOST = os.endianness() === 'LE';
+
+export interface TensorInfo {
+  readonly name: string;
+  readonly dtype: string;
+  readonly shape: readonly number[];
+  /** Absolute byte offsets in the file (header included), [begin, end). */
+  readonly begin: number;
+  readonly end: number;
+}
+
+export function formatShape(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+function numel(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Half-precision conversions. F16 decode goes through a 64K-entry table built on first use;
+// encoding rounds to nearest, ties to even, like torch's .half() / .bfloat16().
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+let f16Table: Float32Array | null = null;
+
+function f16ToF32Bits(h: number): number {
+  const sign = (h & 0x8000) << 16;
+  const exp = (h >>> 10) & 0x1f;
+  let mant = h & 0x3ff;
+  if (exp === 0x1f) return (sign | 0x7f800000 | (mant << 13)) >>> 0;
+  if (exp === 0) {
+    if (mant === 0) return sign >>> 0;
+    // Subnormal half: normalise the mantissa into an f32 normal.
+    let e = -1;
+    do {
+      mant <<= 1;
+      e++;
+    } while ((mant & 0x400) === 0);
+    return (sign | ((127 - 15 - e) << 23) | ((mant & 0x3ff) << 13)) >>> 0;
+  }
+  return (sign | ((exp - 15 + 127) << 23) | (mant << 13)) >>> 0;
+}
+
+function getF16Table(): Float32Array {
+  if (!f16Table) {
+    const bits = new Uint32Array(65536);
+    for (let h = 0; h < 65536; h++) bits[h] = f16ToF32Bits(h);
+    f16Table = new Float32Array(bits.buffer);
+  }
+  return f16Table;
+}
+
+/** Half-precision bits -> float32 value. */
+export function f16ToF32(h: number): number {
+  return getF16Table()[h & 0xffff];
+}
+
+/** Float32 bits -> half bits, round to nearest even; overflow -> inf, NaN stays NaN. */
+function f32BitsToF16(bits: number): number {
+  const sign = (bits >>> 16) & 0x8000;
+  const exp = (bits >>> 23) & 0xff;
+  const mant = bits & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 | (mant >>> 13) : 0);
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    // Result is a half subnormal (or zero): value / 2^-24, rounded.
+    const shift = 126 - exp;
+    if (shift > 24) return sign;
+    const m = mant | 0x800000;
+    const q = m >>> shift;
+    const rem = m & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    const up = rem > half || (rem === half && (q & 1) === 1) ? 1 : 0;
+    return sign | (q + up);
+  }
+  const q = mant >>> 13;
+  const rem = mant & 0x1fff;
+  const up = rem > 0x1000 || (rem === 0x1000 && (q & 1) === 1) ? 1 : 0;
+  // A carry out of the mantissa correctly bumps the exponent (and reaches inf at the top).
+  return sign | ((e << 10) + q + up);
+}
+
+export function f32ToF16(x: number): number {
+  f32Scratch[0] = x;
+  return f32BitsToF16(u32Scratch[0]);
+}
+
+function f32BitsToBf16(bits: number): number {
+  if ((bits & 0x7f800000) === 0x7f800000 && (bits & 0x7fffff) !== 0) return ((bits >>> 16) | 0x40) & 0xffff;
+  const rounding = 0x7fff + ((bits >>> 16) & 1);
+  return ((bits + rounding) >>> 16) & 0xffff;
+}
+
+export function f32ToBf16(x: number): number {
+  f32Scratch[0] = x;
+  return f32BitsToBf16(u32Scratch[0]);
+}
+
+export function bf16ToF32(h: number): number {
+  u32Scratch[0] = (h & 0xffff) << 16;
+  return f32Scratch[0];
+}
+
+/** Encodes float32 values as little-endian bytes of `dtype`. */
+export function encodeTensor(data: Float32Array, dtype: SafetensorsDtype): Buffer {
+  if (dtype === 'F32') {
+    if (LITTLE_ENDIAN_HOST) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const out = Buffer.allocUnsafe(data.length * 4);
+    for (let i = 0; i < data.length; i++) out.writeFloatLE(data[i], i * 4);
+    return out;
+  }
+  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const out = Buffer.allocUnsafe(data.length * 2);
+  const enc = dtype === 'F16' ? f32BitsToF16 : f32BitsToBf16;
+  for (let i = 0; i < data.length; i++) out.writeUInt16LE(enc(bits[i]), i * 2);
+  return out;
+}
+
+function decodeInto(raw: Buffer, dtype: SafetensorsDtype, out: Float32Array): void {
+  if (dtype === 'F32') {
+    for (let i = 0; i < out.length; i++) out[i] = raw.readFloatLE(i * 4);
+    return;
+  }
+  if (dtype === 'F16') {
+    const table = getF16Table();
+    for (let i = 0; i < out.length; i++) out[i] = table[raw[2 * i] | (raw[2 * i + 1] << 8)];
+    return;
+  }
+  const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < out.length; i++) bits[i] = ((raw[2 * i] | (raw[2 * i + 1] << 8)) << 16) >>> 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reader
+
+export class SafetensorsFile {
+  readonly path: string;
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Bytes in the file. */
+  readonly size: number;
+  private fd: number | null;
+  private readonly infos: ReadonlyMap<string, TensorInfo>;
+
+  private constructor(file: string, fd: number, size: number, infos: Map<string, TensorInfo>, metadata: Record<string, string>) {
+    this.path = file;
+    this.fd = fd;
+    this.size = size;
+    this.infos = infos;
+    this.metadata = metadata;
+  }
+
+  /** Opens the file and validates the header (structure, offsets, byte lengths); reads no data. */
+  static open(file: string): SafetensorsFile {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const { infos, metadata } = parseHeader(file, fd, size);
+      return new SafetensorsFile(file, fd, size, infos, metadata);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** Tensor names in file order (by data offset). */
+  tensorNames(): string[] {
+    return [...this.infos.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.infos.has(name);
+  }
+
+  /** Header entry of one tensor; throws naming the file and tensor when absent. */
+  info(name: string): TensorInfo {
+    const t = this.infos.get(name);
+    if (!t) throw new Error(`${this.path}: tensor '${name}' not found (file has ${this.infos.size} tensors)`);
+    return t;
+  }
+
+  /** Throws unless the tensor exists with exactly this shape. Header-only, reads no data. */
+  checkShape(name: string, expectedShape: readonly number[]): TensorInfo {
+    const t = this.info(name);
+    if (t.shape.length !== expectedShape.length || t.shape.some((d, i) => d !== expectedShape[i])) {
+      throw new Error(`${this.path}: tensor '${name}': expected ${formatShape(expectedShape)}, file has ${formatShape(t.shape)}`);
+    }
+    return t;
+  }
+
+  /** Reads one tensor (only its bytes) as float32, optionally checking its shape first. */
+  read(name: string, expectedShape?: readonly number[]): Float32Array {
+    const t = expectedShape ? this.checkShape(name, expectedShape) : this.info(name);
+    const dtype = this.decodableDtype(t);
+    const out = new Float32Array(numel(t.shape));
+    const len = t.end - t.begin;
+    if (dtype === 'F32' && LITTLE_ENDIAN_HOST) {
+      // Read straight into the result: no intermediate copy for the common case.
+      this.readExact(t, Buffer.from(out.buffer, out.byteOffset, out.byteLength));
+    } else {
+      const raw = Buffer.allocUnsafe(len);
+      this.readExact(t, raw);
+      decodeInto(raw, dtype, out);
+    }
+    return out;
+  }
+
+  close(): void {
+    if (this.fd !== null) {
+      fs.closeSync(this.fd);
+      this.fd = null;
+    }
+  }
+
+  private decodableDtype(t: TensorInfo): SafetensorsDtype {
+    if (!(SUPPORTED as readonly string[]).includes(t.dtype)) {
+      throw new Error(`${this.path}: tensor '${t.name}' has unsupported dtype ${t.dtype} (supported: ${SUPPORTED.join(', ')})`);
+    }
+    return t.dtype as SafetensorsDtype;
+  }
+
+  private readExact(t: TensorInfo, dst: Buffer): void {
+    if (this.fd === null) throw new Error(`${this.path}: file is closed (reading tensor '${t.name}')`);
+    let done = 0;
+    while (done < dst.length) {
+      const n = fs.readSync(this.fd, dst, done, Math.min(IO_CHUNK, dst.length - done), t.begin + done);
+      if (n === 0) {
+        throw new Error(`${this.path}: tensor '${t.name}': file truncated while reading (got ${done} of ${dst.length} bytes; was the file modified after open?)`);
+      }
+      done += n;
+    }
+  }
+}
+
+function parseHeader(file: string, fd: number, size: number): { infos: Map<string, TensorInfo>; metadata: Record<string, string> } {
+  if (size < 8) throw new Error(`${file}: not a safetensors file: ${size} bytes, shorter than the 8-byte header length`);
+  const lenBuf = Buffer.alloc(8);
+  fs.readSync(fd, lenBuf, 0, 8, 0);
+  const headerLen64 = lenBuf.readBigUInt64LE(0);
+  if (headerLen64 > BigInt(MAX_HEADER_BYTES)) {
+    throw new Error(`${file}: header length ${headerLen64} is absurd (limit ${MAX_HEADER_BYTES} bytes): not a safetensors file or corrupt`);
+  }
+  const headerLen = Number(headerLen64);
+  if (headerLen < 2) throw new Error(`${file}: header length ${headerLen} is too small for a JSON object`);
+  if (8 + headerLen > size) {
+    throw new Error(`${file}: truncated: header claims ${headerLen} bytes but the file has only ${size - 8} after the length`);
+  }
+  const headerBuf = Buffer.alloc(headerLen);
+  let got = 0;
+  while (got < headerLen) {
+    const n = fs.readSync(fd, headerBuf, got, headerLen - got, 8 + got);
+    if (n === 0) throw new Error(`${file}: truncated while reading the header`);
+    got += n;
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(headerBuf.toString('utf8'));
+  } catch (e) {
+    throw new Error(`${file}: header is not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
+    throw new Error(`${file}: header must be a JSON object`);
+  }
+  const dataStart = 8 + headerLen;
+  const dataLen = size - dataStart;
+  const metadata: Record<string, string> = {};
+  const list: TensorInfo[] = [];
+  for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
+    if (name === '__metadata__') {
+      if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error(`${file}: __metadata__ must be an object of strings`);
+      for (const [k, v] of Object.entries(raw as Record<string, unknown>)) {
+        if (typeof v !== 'string') throw new Error(`${file}: __metadata__['${k}'] must be a string, got ${typeof v}`);
+        metadata[k] = v;
+      }
+      continue;
+    }
+    const where = `${file}: tensor '${name}'`;
+    if (typeof raw !== 'object' || raw === null) throw new Error(`${where}: header entry must be an object`);
+    const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (typeof e.dtype !== 'string') throw new Error(`${where}: missing dtype`);
+    if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
+      throw new Error(`${where}: shape must be an array of non-negative integers, got ${JSON.stringify(e.shape)}`);
+    }
+    const off = e.data_offsets;
+    if (!Array.isArray(off) || off.length !== 2 || off.some((o) => !Number.isSafeInteger(o) || o < 0)) {
+      throw new Error(`${where}: data_offsets must be [begin, end] non-negative integers, got ${JSON.stringify(off)}`);
+    }
+    const [b, en] = off as [number, number];
+    if (en < b) throw new Error(`${where}: data_offsets [${b}, ${en}] are misordered (end before begin)`);
+    if (en > dataLen) {
+      throw new Error(`${where}: truncated file: data_offsets end ${en} is past the end of the data section (${dataLen} bytes)`);
+    }
+    const shape = e.shape as number[];
+    const width = DTYPE_BYTES[e.dtype];
+    if (width === undefined) {
+      // Unknown even to the format: we cannot check its size, and reading it will fail clearly.
+    } else if (en - b !== numel(shape) * width) {
+      throw new Error(`${where}: byte length ${en - b} does not match dtype ${e.dtype} x shape ${formatShape(shape)} = ${numel(shape) * width} bytes`);
+    }
+    list.push({ name, dtype: e.dtype, shape, begin: dataStart + b, end: dataStart + en });
+  }
+  list.sort((x, y) => x.begin - y.begin || x.end - y.end);
+  for (let i = 1; i < list.length; i++) {
+    const p = list[i - 1];
+    const c = list[i];
+    if (c.begin < p.end) {
+      throw new Error(
+        `${file}: tensors '${p.name}' [${p.begin - dataStart}, ${p.end - dataStart}) and '${c.name}' [${c.begin - dataStart}, ${c.end - dataStart}) overlap`,
+      );
+    }
+  }
+  return { infos: new Map(list.map((t) => [t.name, t])), metadata };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+export interface TensorInput {
+  readonly name: string;
+  readonly shape: readonly number[];
+  /** The values, or a producer called once when this tensor is written (streams big models). */
+  readonly data: Float32Array | (() => Float32Array);
+  /** Stored dtype; default F32. */
+  readonly dtype?: SafetensorsDtype;
+}
+
+/**
+ * Writes a safetensors file atomically: a temp file in the same directory, fsync, rename. Data
+ * producers run one at a time in order, so a multi-gigabyte model never sits in memory whole.
+ */
+export function writeSafetensors(file: string, tensors: readonly TensorInput[], metadata?: Readonly<Record<string, string>>): void {
+  const header: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length > 0) {
+    for (const [k, v] of Object.entries(metadata)) {
+      if (typeof v !== 'string') throw new Error(`writeSafetensors ${file}: metadata '${k}' must be a string`);
+    }
+    header.__metadata__ = { ...metadata };
+  }
+  let offset = 0;
+  const seen = new Set<string>();
+  for (const t of tensors) {
+    const where = `writeSafetensors ${file}: tensor '${t.name}'`;
+    if (!t.name || t.name === '__metadata__') throw new Error(`${where}: invalid name`);
+    if (seen.has(t.name)) throw new Error(`${where}: duplicate name`);
+    seen.add(t.name);
+    const dtype = t.dtype ?? 'F32';
+    if (!SUPPORTED.includes(dtype)) throw new Error(`${where}: unsupported dtype ${dtype} (supported: ${SUPPORTED.join(', ')})`);
+    if (t.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw new Error(`${where}: bad shape ${formatShape(t.shape)}`);
+    const bytes = numel(t.shape) * DTYPE_BYTES[dtype];
+    header[t.name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  // Pad the header with spaces to 8 bytes so the data section is aligned, as the reference does.
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - ((8 + Buffer.byteLength(json)) % 8)) % 8);
+  const headerBytes = Buffer.from(json, 'utf8');
+  const lenBuf = Buffer.alloc(8);
+  lenBuf.writeBigUInt64LE(BigInt(headerBytes.length));
+
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
+  const fd = fs.openSync(tmp, 'w');
+  let open = true;
+  try {
+    writeAll(fd, lenBuf);
+    writeAll(fd, headerBytes);
+    for (const t of tensors) {
+      const data = typeof t.data === 'function' ? t.data() : t.data;
+      if (data.length !== numel(t.shape)) {
+        throw new Error(`writeSafetensors ${file}: tensor '${t.name}': ${data.length} values do not fill shape ${formatShape(t.shape)} (${numel(t.shape)})`);
+      }
+      writeAll(fd, encodeTensor(data, t.dtype ?? 'F32'));
+    }
+    fs.fsyncSync(fd);
+    open = false;
+    fs.closeSync(fd);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    if (open) fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+function writeAll(fd: number, buf: Buffer): void {
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, Math.min(IO_CHUNK, buf.length - done));
+}

@@ -1,0 +1,331 @@
+import { randomBytes } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { BlockStore } from '@longshot/cache';
+import { resolveModel, type TextEmbeddings } from '@longshot/model';
+import { partitionLayers, planJob, type JobSpec, type LayerRange } from '@longshot/planner';
+import type { Logger } from '@longshot/telemetry';
+import { createWorkerClient, encodePayload, Role, toWireDtype, type PayloadDtype, type SessionEvent, type WorkerClient } from '@longshot/transport';
+
+export interface DriverWorker {
+  readonly id: string;
+  readonly address: string;
+}
+
+/** Where the driver gets workers from: the registry for the CLI, leases for the controller. */
+export interface WorkerSource {
+  /** Workers for `count` stages, none of them in `exclude`. */
+  pick(count: number, exclude: ReadonlySet<string>): Promise<DriverWorker[]>;
+  alive(id: string): Promise<boolean>;
+  /** Called when the driver stops using workers (job ended or an attempt was abandoned). */
+  release?(ids: readonly string[]): Promise<void>;
+}
+
+export interface DistributedJob {
+  readonly jobId: string;
+  readonly spec: JobSpec;
+  /** Redis key prefix of the job: checkpoints and finished blocks live under it. */
+  readonly keyPrefix: string;
+  /** Explicit text embeddings; null lets every stage run the stand-in encoder on the prompt. */
+  readonly text: TextEmbeddings | null;
+  readonly wireDtype?: PayloadDtype;
+  /** Emulated compute only: tensors on the wire are this many times smaller. */
+  readonly payloadScale?: number;
+}
+
+export interface DriverOptions {
+  readonly blocks: BlockStore;
+  readonly workers: WorkerSource;
+  /** Final latents of each block, in block order, exactly once. */
+  onBlock(index: number, latents: Float32Array): Promise<void> | void;
+  onBlockStep?(e: { iteration: number; block: number; step: number }): void;
+  readonly log?: Logger;
+  /** Failovers before the job fails. */
+  readonly maxRecoveries?: number;
+  readonly livenessIntervalMs?: number;
+  /** No event from the head for this long counts as a lost stage. */
+  readonly stallTimeoutMs?: number;
+  readonly signal?: AbortSignal;
+}
+
+export interface Attempt {
+  readonly workers: string[];
+  readonly startIteration: number;
+  readonly error: string | null;
+}
+
+export interface DistributedResult {
+  /** Workers of the attempt that finished, head first. */
+  readonly workers: string[];
+  readonly layers: [number, number][];
+  readonly attempts: Attempt[];
+  /** Block-step results the head applied, over all attempts, as reported to this driver. */
+  readonly blockStepsApplied: number;
+  /** Applied beyond the plan's count: work redone after failures. */
+  readonly recomputedBlockSteps: number;
+  /** Peak resident memory per worker (from the last attempt's session close). */
+  readonly maxRssBytes: Record<string, number>;
+}
+
+/** A stage was lost (process died, stream broke, stall); the job can resume elsewhere. */
+class StageLost extends Error {
+  constructor(
+    message: string,
+    readonly address: string | null,
+  ) {
+    super(message);
+  }
+}
+
+/** The request itself is wrong; retrying elsewhere would fail the same way. */
+const PERMANENT = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED]);
+
+interface OpenedSession {
+  worker: DriverWorker;
+  client: WorkerClient;
+  sessionId: string;
+  token: string;
+}
+
+/**
+ * Runs one job across K worker processes: opens a stage session on each (head last, since it
+ * starts the job), watches the head, hands finished blocks over in order, and when a stage is
+ * lost replaces its worker and resumes every stage from the head's last checkpoint.
+ */
+export async function runDistributedJob(job: DistributedJob, o: DriverOptions): Promise<DistributedResult> {
+  const config = resolveModel(job.spec.model).config;
+  const plan = planJob(job.spec);
+  const ranges = partitionLayers(config.layers, job.spec.stages);
+  const attempts: Attempt[] = [];
+  const dead = new Set<string>();
+  const maxRecoveries = o.maxRecoveries ?? 3;
+  let nextBlock = 0;
+  let applied = 0;
+  let draining: Promise<void> = Promise.resolve();
+  const drain = (): Promise<void> => {
+    draining = draining.then(async () => {
+      while (nextBlock < plan.blocks) {
+        const latents = await o.blocks.get(job.keyPrefix, nextBlock);
+        if (!latents) return;
+        await o.onBlock(nextBlock, latents);
+        nextBlock++;
+      }
+    });
+    return draining;
+  };
+
+  for (let attempt = 0; ; attempt++) {
+    o.signal?.throwIfAborted();
+    const workers = await o.workers.pick(ranges.length, dead);
+    const sessions: OpenedSession[] = [];
+    let startIteration = 0;
+    try {
+      const opened = await openSessions(job, workers, ranges, attempt);
+      sessions.push(...opened.sessions);
+      startIteration = opened.startIteration;
+      o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration });
+      await watchHead(sessions, o, {
+        onEvent: (e) => {
+          switch (e.event?.$case) {
+            case 'blockStep':
+              applied++;
+              o.onBlockStep?.(e.event.value);
+              break;
+            case 'blockFinished':
+              void drain();
+              break;
+          }
+        },
+      });
+      await drain();
+      if (nextBlock !== plan.blocks) throw new Error(`the head finished but only ${nextBlock} of ${plan.blocks} blocks are in Redis`);
+      const rss = await closeSessions(sessions);
+      attempts.push({ workers: workers.map((w) => w.id), startIteration, error: null });
+      await o.workers.release?.(workers.map((w) => w.id));
+      return {
+        workers: workers.map((w) => w.id),
+        layers: ranges.map((r) => [r.l0, r.l1]),
+        attempts,
+        blockStepsApplied: applied,
+        recomputedBlockSteps: Math.max(0, applied - plan.blockSteps),
+        maxRssBytes: rss,
+      };
+    } catch (e) {
+      await closeSessions(sessions).catch(() => undefined);
+      await o.workers.release?.(workers.map((w) => w.id));
+      const error = e instanceof Error ? e : new Error(String(e));
+      attempts.push({ workers: workers.map((w) => w.id), startIteration, error: error.message });
+      if (o.signal?.aborted) throw o.signal.reason ?? error;
+      const code = (e as { code?: number }).code;
+      const recoverable = e instanceof StageLost || (code !== undefined && !PERMANENT.has(code));
+      if (!recoverable || attempt >= maxRecoveries) throw error;
+      for (const w of await lostWorkers(workers, o, e instanceof StageLost ? e.address : null)) dead.add(w.id);
+      o.log?.warn('stage lost; resuming from the last checkpoint', { job: job.jobId, attempt, error: error.message, excluded: [...dead] });
+    }
+  }
+}
+
+async function openSessions(
+  job: DistributedJob,
+  workers: DriverWorker[],
+  ranges: LayerRange[],
+  attempt: number,
+): Promise<{ sessions: OpenedSession[]; startIteration: number }> {
+  const K = ranges.length;
+  if (workers.length !== K) throw new Error(`need ${K} workers, got ${workers.length}`);
+  const sessions: OpenedSession[] = workers.map((worker, k) => ({
+    worker,
+    client: createWorkerClient(worker.address),
+    sessionId: `${job.jobId}.a${attempt}.s${k}`,
+    token: randomBytes(24).toString('hex'),
+  }));
+  const s = job.spec;
+  const text = job.text ? { cond: encodePayload(job.text.cond, 'f32'), uncond: encodePayload(job.text.uncond, 'f32') } : undefined;
+  const request = (k: number) => {
+    const next = sessions[(k + 1) % K];
+    const r = ranges[k];
+    return {
+      jobId: job.jobId,
+      sessionId: sessions[k].sessionId,
+      token: sessions[k].token,
+      spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift, block: s.block, context: s.context, stages: s.stages, seed: s.seed, model: s.model },
+      layerBegin: r.l0,
+      layerEnd: r.l1,
+      role: K === 1 ? Role.ROLE_HEAD_TAIL : k === 0 ? Role.ROLE_HEAD : k === K - 1 ? Role.ROLE_TAIL : Role.ROLE_MIDDLE,
+      nextAddress: K === 1 ? '' : next.worker.address,
+      nextSessionId: K === 1 ? '' : next.sessionId,
+      nextToken: K === 1 ? '' : next.token,
+      wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
+      text,
+      resume: attempt > 0,
+      keyPrefix: job.keyPrefix,
+      payloadScale: job.payloadScale ?? 1,
+    };
+  };
+  const open = (k: number) =>
+    new Promise<number>((resolve, reject) =>
+      sessions[k].client.openSession(request(k), new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (err, res) => (err ? reject(err) : resolve(res.startIteration))),
+    );
+  // Downstream stages first: the head starts streaming as soon as it is open.
+  const opened: OpenedSession[] = [];
+  try {
+    await Promise.all(sessions.slice(1).map(async (_, i) => {
+      await open(i + 1);
+      opened.push(sessions[i + 1]);
+    }));
+    const startIteration = await open(0);
+    opened.push(sessions[0]);
+    return { sessions, startIteration };
+  } catch (e) {
+    await closeSessions(opened).catch(() => undefined);
+    for (const x of sessions) if (!opened.includes(x)) x.client.close();
+    throw e;
+  }
+}
+
+/** Follows the head's events until the job is done; rejects with StageLost when a stage is lost. */
+function watchHead(sessions: OpenedSession[], o: DriverOptions, h: { onEvent(e: SessionEvent): void }): Promise<void> {
+  const head = sessions[0];
+  return new Promise<void>((resolve, reject) => {
+    let settled = false;
+    let lastEvent = Date.now();
+    const call = head.client.watchSession({ sessionId: head.sessionId, token: head.token });
+    const finish = (err: Error | null) => {
+      if (settled) return;
+      settled = true;
+      clearInterval(timer);
+      o.signal?.removeEventListener('abort', onAbort);
+      call.cancel();
+      if (err) reject(err);
+      else resolve();
+    };
+    const onAbort = () => finish(o.signal?.reason instanceof Error ? o.signal.reason : new Error('canceled'));
+    o.signal?.addEventListener('abort', onAbort);
+    call.on('data', (e: SessionEvent) => {
+      lastEvent = Date.now();
+      if (e.event?.$case === 'done') return finish(null);
+      if (e.event?.$case === 'failed') return finish(new StageLost(`stage failed: ${e.event.value.message}`, e.event.value.address || null));
+      h.onEvent(e);
+    });
+    call.on('error', (err: grpc.ServiceError) => {
+      if (err.code === grpc.status.CANCELLED && settled) return;
+      finish(new StageLost(`lost the head (${head.worker.id}): ${err.details || err.message}`, head.worker.address));
+    });
+    call.on('end', () => finish(new StageLost(`the head (${head.worker.id}) ended its event stream before the job was done`, head.worker.address)));
+    const interval = o.livenessIntervalMs ?? 500;
+    const stallMs = o.stallTimeoutMs ?? 120_000;
+    let checking = false;
+    const timer = setInterval(() => {
+      if (checking || settled) return;
+      if (Date.now() - lastEvent > stallMs) return finish(new StageLost(`no progress for ${stallMs} ms`, null));
+      checking = true;
+      Promise.all(sessions.map(async (s) => ((await o.workers.alive(s.worker.id)) ? null : s.worker)))
+        .then((lost) => {
+          const gone = lost.find((w) => w !== null);
+          if (gone) finish(new StageLost(`worker ${gone.id} stopped heartbeating`, gone.address));
+        })
+        .catch(() => undefined)
+        .finally(() => (checking = false));
+    }, interval);
+  });
+}
+
+/** Closes every session (best-effort) and returns each worker's peak memory. */
+async function closeSessions(sessions: OpenedSession[]): Promise<Record<string, number>> {
+  const rss: Record<string, number> = {};
+  await Promise.all(
+    sessions.map(
+      (s) =>
+        new Promise<void>((resolve) => {
+          s.client.closeSession({ sessionId: s.sessionId, token: s.token }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err, res) => {
+            if (!err) rss[s.worker.id] = res.maxRssBytes;
+            s.client.close();
+            resolve();
+          });
+        }),
+    ),
+  );
+  return rss;
+}
+
+/**
+ * Which workers of a failed attempt to stop using: those the registry no longer sees (waiting up
+ * to a heartbeat TTL for a killed process to expire), else the one the failure names.
+ */
+async function lostWorkers(workers: DriverWorker[], o: DriverOptions, address: string | null): Promise<DriverWorker[]> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const alive = await Promise.all(workers.map((w) => o.workers.alive(w.id)));
+    const lost = workers.filter((_, i) => !alive[i]);
+    if (lost.length > 0) return lost;
+    if (Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return workers.filter((w) => w.address === address);
+}
+
+/** Minimal view of the worker registry the driver needs (see @longshot/cache WorkerRegistry). */
+export interface WorkerDirectory {
+  list(): Promise<readonly { id: string; address: string; sessions: number; capacity: number }[]>;
+  isAlive(id: string): Promise<boolean>;
+}
+
+/**
+ * Picks registered workers with free capacity, least loaded first, one per stage; waits up to
+ * `waitMs` for enough of them (a replacement may still be starting).
+ */
+export function registryWorkers(registry: WorkerDirectory, waitMs = 30_000): WorkerSource {
+  return {
+    async pick(count, exclude) {
+      const deadline = Date.now() + waitMs;
+      for (;;) {
+        const free = (await registry.list())
+          .filter((w) => !exclude.has(w.id) && w.sessions < w.capacity)
+          .sort((a, b) => a.sessions - b.sessions || a.id.localeCompare(b.id));
+        if (free.length >= count) return free.slice(0, count).map((w) => ({ id: w.id, address: w.address }));
+        if (Date.now() > deadline) throw new Error(`need ${count} free workers, the registry has ${free.length}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    },
+    alive: (id) => registry.isAlive(id),
+  };
+}

@@ -1,0 +1,88 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { BlockStep, ModelConfig, StageRange } from '@longshot/model';
+import { hiddenBytes, stageFlops, type HardwareProfile, type WindowShape } from '@longshot/planner';
+
+/** What a worker session computes with: a real Stage or its emulation. */
+export interface StageRunner {
+  readonly range: StageRange;
+  forward(step: BlockStep, input: Float32Array): Promise<Float32Array>;
+}
+
+export interface EmulationOptions {
+  readonly profile: HardwareProfile;
+  /** Modelled seconds are multiplied by this (e.g. 0.1 runs ten times faster than the cluster). */
+  readonly timeScale: number;
+  /** Tensors on the wire are this many times smaller than the real ones. */
+  readonly payloadScale: number;
+}
+
+export function windowOf(step: BlockStep, successor: boolean): WindowShape {
+  return {
+    tokensPerFrame: (step.height / 2) * (step.width / 2),
+    prefixFrames: step.prefixFrames,
+    ownFrames: step.ownFrames,
+    successorFrames: successor ? step.contextFrames : 0,
+  };
+}
+
+/**
+ * A stage that takes the modelled time of the real one and returns zeros of the (scaled) output
+ * size, for scaling studies on a machine without the cluster's GPUs. Everything around it, the
+ * queue, ordering, framing and streams, runs for real.
+ */
+export class EmulatedStage implements StageRunner {
+  private queue: Promise<unknown> = Promise.resolve();
+  private lastBlock: { iteration: number; block: number } | null = null;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly range: StageRange,
+    readonly options: EmulationOptions,
+  ) {}
+
+  /** Modelled forward seconds of a block-step on this stage (already time-scaled). */
+  forwardSeconds(step: BlockStep): number {
+    const successor = this.lastBlock !== null && this.lastBlock.iteration === step.iteration && this.lastBlock.block === step.block + 1;
+    const flops = stageFlops(this.config, this.range.l1 - this.range.l0, windowOf(step, successor), this.range.head, this.range.tail);
+    return (flops / this.options.profile.flopsPerSecond) * this.options.timeScale;
+  }
+
+  /** Elements of this stage's output on the wire. */
+  outputSize(step: BlockStep): number {
+    const full = this.range.tail
+      ? this.config.latentChannels * step.ownFrames * step.height * step.width
+      : hiddenBytes(this.config, windowOf(step, false)) / 4;
+    return Math.max(1, Math.ceil(full / this.options.payloadScale));
+  }
+
+  forward(step: BlockStep): Promise<Float32Array> {
+    const run = this.queue.then(async () => {
+      const seconds = this.forwardSeconds(step);
+      this.lastBlock = { iteration: step.iteration, block: step.block };
+      await sleep(seconds * 1000);
+      return new Float32Array(this.outputSize(step));
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+}
+
+/**
+ * Models a link between stages: each tensor occupies it for bytes / bandwidth, in order, and
+ * arrives `latency` later. Call before sending; resolves when the modelled arrival is due.
+ */
+export class EmulatedLink {
+  private busyUntil = 0;
+
+  constructor(private readonly options: EmulationOptions) {}
+
+  async transfer(realBytes: number): Promise<void> {
+    const p = this.options.profile;
+    const now = performance.now() / 1000;
+    const start = Math.max(now, this.busyUntil);
+    this.busyUntil = start + (realBytes / p.linkBytesPerSecond) * this.options.timeScale;
+    const arrival = this.busyUntil + p.linkLatencySeconds * this.options.timeScale;
+    const wait = arrival - now;
+    if (wait > 0) await sleep(wait * 1000);
+  }
+}

@@ -1,0 +1,5 @@
+export * from './noise';
+export * from './queue';
+export * from './local';
+export * from './emulation';
+export * from './driver';

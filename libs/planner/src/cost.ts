@@ -1,0 +1,124 @@
+/**
+ * The cost model: FLOPs and bytes of one block-step per stage, hardware profiles, and the
+ * pipeline latency the ordering rule allows. Pure: the planner picks K with it, emulated workers
+ * sleep for it, and the pipeline benchmark prints it beside what it measures.
+ */
+
+/** The slice of a model config the cost model needs (a structural subset of ModelConfig). */
+export interface ModelShape {
+  readonly dim: number;
+  readonly ffnDim: number;
+  readonly layers: number;
+  readonly textLen: number;
+  readonly latentChannels: number;
+}
+
+export interface WindowShape {
+  /** Tokens per latent frame ((H/2) * (W/2)). */
+  readonly tokensPerFrame: number;
+  readonly prefixFrames: number;
+  readonly ownFrames: number;
+  /** Frames of cached successor K/V (C, or 0 for the newest block). */
+  readonly successorFrames: number;
+}
+
+/** FLOPs of one block-step on one stage (classifier-free guidance doubles everything). */
+export function stageFlops(m: ModelShape, layers: number, w: WindowShape, head: boolean, tail: boolean): number {
+  const L = (w.prefixFrames + w.ownFrames) * w.tokensPerFrame;
+  const keys = L + w.successorFrames * w.tokensPerFrame;
+  const D = m.dim;
+  const perLayer =
+    2 * L * D * D * 4 + // q, k, v, out projections
+    4 * L * keys * D + // scores and weighted values
+    2 * L * D * D * 2 + // cross-attention q and out (text K/V are computed once per job)
+    4 * L * m.textLen * D + // cross-attention scores and values
+    2 * L * D * m.ffnDim * 2; // feed-forward
+  let flops = layers * perLayer;
+  if (head) flops += 2 * L * 4 * m.latentChannels * D;
+  if (tail) flops += 2 * w.ownFrames * w.tokensPerFrame * D * 4 * m.latentChannels;
+  return 2 * flops;
+}
+
+/** Bytes of the hidden states one stage hands the next: [2, tokens, dim]. */
+export function hiddenBytes(m: ModelShape, w: WindowShape, bytesPerValue = 4): number {
+  return 2 * (w.prefixFrames + w.ownFrames) * w.tokensPerFrame * m.dim * bytesPerValue;
+}
+
+/** Bytes of the guided velocity the tail returns to the head: [16, B, h, w]. */
+export function velocityBytes(m: ModelShape, w: WindowShape, latentHeight: number, latentWidth: number): number {
+  return m.latentChannels * w.ownFrames * latentHeight * latentWidth * 4;
+}
+
+export interface HardwareProfile {
+  readonly name: string;
+  readonly description: string;
+  /** Sustained FLOP/s of a stage's forward (dense bf16 at a realistic utilisation). */
+  readonly flopsPerSecond: number;
+  /** Link between neighbouring stages. */
+  readonly linkBytesPerSecond: number;
+  readonly linkLatencySeconds: number;
+}
+
+/**
+ * Profiles for emulated compute. H100 SXM: ~989 TFLOP/s dense bf16, taken at 45% utilisation
+ * (what video DiTs reach in practice); NVLink 4 ~450 GB/s per direction; 100 Gb/s Ethernet
+ * ~12.5 GB/s with RDMA-class latency; PCIe-attached RTX 4090 as in the DualParal paper.
+ */
+export const HARDWARE_PROFILES: Readonly<Record<string, HardwareProfile>> = {
+  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 450e9, linkLatencySeconds: 5e-6 },
+  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 12.5e9, linkLatencySeconds: 20e-6 },
+  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6 },
+};
+
+export function getProfile(name: string): HardwareProfile {
+  const p = HARDWARE_PROFILES[name];
+  if (!p) throw new Error(`unknown hardware profile '${name}' (known: ${Object.keys(HARDWARE_PROFILES).join(', ')})`);
+  return p;
+}
+
+export interface PipelineTiming {
+  readonly blocks: number;
+  readonly steps: number;
+  /** Forward seconds of one block-step on each stage (index 0 is the head). */
+  readonly stageSeconds: readonly number[];
+  /** Seconds for a tensor to cross each hop (stage k to k+1; the last entry is tail to head). */
+  readonly hopSeconds: readonly number[];
+}
+
+/**
+ * Latency of a whole job under the strict ordering rule with FIFO stages and FIFO links: every
+ * block-step, in the schedule's order, starts on the head when its prerequisites are applied and
+ * the head is free, then queues at each link and stage. Exact for constant service times.
+ */
+export function predictPipelineSeconds(t: PipelineTiming): number {
+  const K = t.stageSeconds.length;
+  if (K < 1 || t.hopSeconds.length !== (K === 1 ? 0 : K)) throw new RangeError('need one stage time per stage and one hop time per hop (K hops for K > 1, none for K = 1)');
+  const stageFree = new Array<number>(K).fill(0);
+  const linkFree = new Array<number>(K).fill(0);
+  const appliedAt = new Map<string, number>();
+  let end = 0;
+  for (let i = 0; i < t.blocks + t.steps - 1; i++) {
+    const newest = Math.min(i, t.blocks - 1);
+    const oldest = Math.max(0, i - t.steps + 1);
+    for (let b = newest; b >= oldest; b--) {
+      let ready = 0;
+      for (const p of [b, b - 1]) ready = Math.max(ready, appliedAt.get(`${p}:${i - 1}`) ?? 0);
+      let at = Math.max(ready, stageFree[0]) + t.stageSeconds[0];
+      stageFree[0] = at;
+      for (let k = 1; k <= K; k++) {
+        if (K === 1) break;
+        const sent = Math.max(at, linkFree[k - 1]) + t.hopSeconds[k - 1];
+        linkFree[k - 1] = sent;
+        if (k === K) {
+          at = sent;
+          break;
+        }
+        at = Math.max(sent, stageFree[k]) + t.stageSeconds[k];
+        stageFree[k] = at;
+      }
+      appliedAt.set(`${b}:${i}`, at);
+      end = Math.max(end, at);
+    }
+  }
+  return end;
+}

@@ -1,0 +1,4 @@
+export * from './schedule';
+export * from './partition';
+export * from './spec';
+export * from './cost';

@@ -1,0 +1,32 @@
+import { describe, expect, it } from 'vitest';
+import { eulerStep, shiftedSigmas, timestepOf } from '@longshot/sampler';
+
+describe('flow-matching sampler', () => {
+  it('builds the shifted schedule from 1 to 0, decreasing', () => {
+    const s = shiftedSigmas(10, 5);
+    expect(s.length).toBe(11);
+    expect(s[0]).toBe(1);
+    expect(s[10]).toBe(0);
+    for (let i = 1; i < s.length; i++) expect(s[i]).toBeLessThan(s[i - 1]);
+    // s' = k s / (1 + (k - 1) s) at s = 0.5, k = 5.
+    expect(s[5]).toBeCloseTo((5 * 0.5) / (1 + 4 * 0.5), 12);
+    expect(shiftedSigmas(4, 1)).toEqual(Float64Array.from([1, 0.75, 0.5, 0.25, 0]));
+    expect(timestepOf(0.25)).toBe(250);
+  });
+
+  it('recovers x0 from the exact velocity in one step from any sigma', () => {
+    const x0 = Float32Array.from([0.5, -1, 2]);
+    const noise = Float32Array.from([1, 0.25, -0.5]);
+    const s = 0.8;
+    const xs = x0.map((v, i) => (1 - s) * v + s * noise[i]);
+    const v = noise.map((n, i) => n - x0[i]);
+    eulerStep(xs, v, s, 0);
+    xs.forEach((x, i) => expect(x).toBeCloseTo(x0[i], 6));
+  });
+
+  it('rejects bad arguments', () => {
+    expect(() => shiftedSigmas(0, 5)).toThrow(/steps/);
+    expect(() => shiftedSigmas(4, -1)).toThrow(/shift/);
+    expect(() => eulerStep(new Float32Array(2), new Float32Array(3), 1, 0)).toThrow(/velocity/);
+  });
+});

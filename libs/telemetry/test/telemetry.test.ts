@@ -1,0 +1,136 @@
+import { request } from 'node:http';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { Counter, Histogram } from 'prom-client';
+import { counter, gauge, histogram, logger, registry, startMetricsServer } from '../src';
+
+function get(port: number, path: string): Promise<{ status: number; type: string | undefined; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, method: 'GET', agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: res.headers['content-type'], body }));
+    });
+    req.once('error', reject);
+    req.end();
+  });
+}
+
+describe('metric factories', () => {
+  it('register on the process registry and are idempotent by name', () => {
+    const a = counter({ name: 'longshot_test_things_total', help: 'things', labelNames: ['kind'] as const });
+    const b = counter({ name: 'longshot_test_things_total', help: 'things', labelNames: ['kind'] as const });
+    expect(b).toBe(a);
+    expect(a).toBeInstanceOf(Counter);
+    expect(registry.getSingleMetric('longshot_test_things_total')).toBe(a);
+    const h = histogram({ name: 'longshot_test_seconds', help: 'time', buckets: [0.1, 1] });
+    expect(histogram({ name: 'longshot_test_seconds', help: 'time', buckets: [0.1, 1] })).toBe(h);
+    expect(h).toBeInstanceOf(Histogram);
+    expect(gauge({ name: 'longshot_test_level', help: 'level' })).toBe(gauge({ name: 'longshot_test_level', help: 'level' }));
+  });
+
+  it('refuse a name reused for another kind or label set', () => {
+    counter({ name: 'longshot_test_clash', help: 'c' });
+    expect(() => gauge({ name: 'longshot_test_clash', help: 'c' })).toThrow(/already registered as a different kind \(Counter\)/);
+    expect(() => counter({ name: 'longshot_test_clash', help: 'c', labelNames: ['x'] })).toThrow(/labels \[\], requested \[x\]/);
+  });
+});
+
+describe('startMetricsServer', () => {
+  it('serves the registry on GET /metrics, with default process metrics, and 404 elsewhere', async () => {
+    const jobs = counter({ name: 'longshot_test_jobs_total', help: 'jobs run', labelNames: ['outcome'] as const });
+    jobs.inc({ outcome: 'done' }, 2);
+    const server = await startMetricsServer({ port: 0 });
+    try {
+      expect(server.port).toBeGreaterThan(0);
+      const res = await get(server.port, '/metrics');
+      expect(res.status).toBe(200);
+      expect(res.type).toBe(registry.contentType);
+      expect(res.body).toContain('# TYPE longshot_test_jobs_total counter');
+      expect(res.body).toContain('longshot_test_jobs_total{outcome="done"} 2');
+      expect(res.body).toMatch(/^process_cpu_user_seconds_total \d/m);
+      expect(res.body).toMatch(/^nodejs_heap_size_used_bytes \d/m);
+      expect((await get(server.port, '/metrics?x=1')).status).toBe(200);
+      expect((await get(server.port, '/')).status).toBe(404);
+      expect((await get(server.port, '/metricsx')).status).toBe(404);
+    } finally {
+      await server.close();
+      await server.close();
+    }
+    await expect(get(server.port, '/metrics')).rejects.toThrow(/ECONNREFUSED/);
+  });
+
+  it('reports a port in use clearly', async () => {
+    const a = await startMetricsServer({ port: 0 });
+    try {
+      await expect(startMetricsServer({ port: a.port })).rejects.toThrow(new RegExp(`cannot listen on 127.0.0.1:${a.port}: .*EADDRINUSE`));
+    } finally {
+      await a.close();
+    }
+  });
+});
+
+describe('logger', () => {
+  const saved = process.env.LONGSHOT_LOG_LEVEL;
+  afterEach(() => {
+    vi.restoreAllMocks();
+    if (saved === undefined) delete process.env.LONGSHOT_LOG_LEVEL;
+    else process.env.LONGSHOT_LOG_LEVEL = saved;
+  });
+
+  function capture(): string[] {
+    const lines: string[] = [];
+    vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      lines.push(String(chunk));
+      return true;
+    });
+    return lines;
+  }
+
+  it('writes JSON lines to stderr at info and above by default', () => {
+    delete process.env.LONGSHOT_LOG_LEVEL;
+    const lines = capture();
+    const log = logger('test');
+    log.debug('hidden');
+    log.info('started', { port: 1234 });
+    log.error('failed', { err: Object.assign(new Error('boom'), { code: 'ECONNRESET' }) });
+    expect(lines).toHaveLength(2);
+    expect(lines.every((l) => l.endsWith('\n'))).toBe(true);
+    const [info, error] = lines.map((l) => JSON.parse(l));
+    expect(info).toMatchObject({ level: 'info', component: 'test', msg: 'started', port: 1234 });
+    expect(Date.parse(info.time)).not.toBeNaN();
+    expect(error).toMatchObject({ level: 'error', msg: 'failed', err: { name: 'Error', message: 'boom', code: 'ECONNRESET' } });
+    expect(error.err.stack).toContain('boom');
+  });
+
+  it('follows LONGSHOT_LOG_LEVEL, and falls back to info on a typo', () => {
+    process.env.LONGSHOT_LOG_LEVEL = 'warn';
+    let lines = capture();
+    const quiet = logger('test');
+    quiet.info('no');
+    quiet.warn('yes');
+    expect(lines.map((l) => JSON.parse(l).msg)).toEqual(['yes']);
+
+    process.env.LONGSHOT_LOG_LEVEL = 'DEBUG';
+    vi.restoreAllMocks();
+    lines = capture();
+    logger('test').debug('shown');
+    expect(lines.map((l) => JSON.parse(l).msg)).toEqual(['shown']);
+
+    process.env.LONGSHOT_LOG_LEVEL = 'verbose';
+    vi.restoreAllMocks();
+    lines = capture();
+    const fallback = logger('test');
+    fallback.debug('no');
+    fallback.info('yes');
+    expect(lines.map((l) => JSON.parse(l).msg)).toEqual([expect.stringContaining('unknown LONGSHOT_LOG_LEVEL "verbose"'), 'yes']);
+  });
+
+  it('does not throw on circular fields', () => {
+    const lines = capture();
+    const loop: Record<string, unknown> = {};
+    loop.self = loop;
+    logger('test').info('circular', { loop });
+    expect(JSON.parse(lines[0])).toMatchObject({ msg: 'circular', fields: '[unserializable]' });
+  });
+});

@@ -1,0 +1,24 @@
+export { GRPC_LIMITS, channelOptions, serverOptions } from './limits';
+export { createWorkerClient, workerServiceDefinition, type WorkerClient, type WorkerServer, type WorkerClientOptions } from './client';
+export { encodePayload, decodePayload, dtypeBytes, toWireDtype, fromWireDtype, type PayloadDtype } from './codec';
+export { serializeActivationFrame, deserializeActivationFrame } from './frames';
+export { TransportError, type StreamRejection } from './errors';
+export {
+  TensorSender,
+  DEFAULT_ACK_TIMEOUT_MS,
+  DEFAULT_CHUNK_BYTES,
+  DEFAULT_SEND_WINDOW,
+  type TensorSendHeader,
+  type TensorSenderOptions,
+} from './sender';
+export {
+  TensorReceiver,
+  activationsHandler,
+  DEFAULT_MAX_QUEUED,
+  DEFAULT_MAX_TENSOR_BYTES,
+  type ReceivedTensor,
+  type StreamOutcome,
+  type TensorReceiverOptions,
+} from './receiver';
+export { addHealthService, checkHealth, type CheckHealthOptions, type ServingStatus, type ServingStatusMap } from './health';
+export * from './gen/longshot/v1/worker';

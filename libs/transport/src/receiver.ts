@@ -1,0 +1,246 @@
+/**
+ * Server side of an Activations stream: validates the frame protocol, reassembles tensors,
+ * acknowledges each one as it arrives whole and hands tensors to an async handler one at a
+ * time, in arrival order (a stage's K/V cache depends on that order).
+ *
+ * Each stream has its own receiver and state; a protocol violation, a refused header or a
+ * failing handler ends only that stream, with a status that names the problem.
+ */
+import { status as Status, type handleBidiStreamingCall, type ServerDuplexStream } from '@grpc/grpc-js';
+import {
+  PayloadKind,
+  type ActivationAck,
+  type ActivationFrame,
+  type TensorChunk,
+  type TensorHeader,
+} from './gen/longshot/v1/worker';
+import { dtypeBytes, fromWireDtype } from './codec';
+import type { StreamRejection } from './errors';
+import { formatShape } from '@longshot/model';
+
+export interface ReceivedTensor {
+  header: TensorHeader;
+  /** Exactly `header.byteLength` bytes, owned by the handler. */
+  payload: Buffer;
+}
+
+export interface TensorReceiverOptions {
+  /** Called once per tensor, in arrival order, never concurrently within a stream. */
+  handler: (tensor: ReceivedTensor) => Promise<void> | void;
+  /**
+   * Checks each header before any of its payload is accepted: unknown session (NOT_FOUND), bad
+   * token (UNAUTHENTICATED), a shape the session does not expect (INVALID_ARGUMENT). Returning a
+   * rejection ends the stream with it; null accepts.
+   */
+  authorize?: (header: TensorHeader) => StreamRejection | null;
+  /**
+   * Whole tensors waiting for the handler before the stream stops reading (default 2). Once it
+   * stops, HTTP/2 flow control and then the sender's window hold the sender back, which bounds
+   * this stage's memory whatever the upstream's pace.
+   */
+  maxQueued?: number;
+  /** Largest tensor accepted (default 2 GiB); a header beyond it is refused before allocating. */
+  maxTensorBytes?: number;
+}
+
+export interface StreamOutcome {
+  code: Status;
+  details: string;
+}
+
+export const DEFAULT_MAX_QUEUED = 2;
+export const DEFAULT_MAX_TENSOR_BYTES = 2 * 1024 * 1024 * 1024;
+
+const KNOWN_KINDS: ReadonlySet<PayloadKind> = new Set([PayloadKind.PAYLOAD_KIND_HIDDEN, PayloadKind.PAYLOAD_KIND_VELOCITY]);
+
+class StreamRefused extends Error {
+  constructor(readonly code: Status, message: string) {
+    super(message);
+  }
+}
+
+function invalid(message: string): StreamRefused {
+  return new StreamRefused(Status.INVALID_ARGUMENT, message);
+}
+
+interface OpenTensor {
+  header: TensorHeader;
+  payload: Buffer;
+  received: number;
+}
+
+export class TensorReceiver {
+  /** Settles when the stream has ended, with the status this side ended it with. */
+  readonly finished: Promise<StreamOutcome>;
+
+  private readonly handler: TensorReceiverOptions['handler'];
+  private readonly authorize: TensorReceiverOptions['authorize'];
+  private readonly maxQueued: number;
+  private readonly maxTensorBytes: number;
+  private lastSeq = 0;
+  private open: OpenTensor | null = null;
+  private readonly queue: ReceivedTensor[] = [];
+  private handling = false;
+  private paused = false;
+  private inputEnded = false;
+  private done = false;
+  private resolveFinished!: (outcome: StreamOutcome) => void;
+
+  constructor(
+    private readonly call: ServerDuplexStream<ActivationFrame, ActivationAck>,
+    options: TensorReceiverOptions,
+  ) {
+    this.handler = options.handler;
+    this.authorize = options.authorize;
+    this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
+    this.maxTensorBytes = options.maxTensorBytes ?? DEFAULT_MAX_TENSOR_BYTES;
+    if (!Number.isInteger(this.maxQueued) || this.maxQueued < 1) throw new RangeError(`maxQueued must be a positive integer, got ${this.maxQueued}`);
+    this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
+
+    call.on('data', (frame: ActivationFrame) => this.onFrame(frame));
+    call.on('end', () => {
+      this.inputEnded = true;
+      this.maybeFinish();
+    });
+    call.on('cancelled', () => this.settle({ code: Status.CANCELLED, details: 'cancelled by the sender' }));
+    // Without a listener an 'error' (e.g. a failed ack write on a torn-down stream) would be
+    // an uncaught exception that takes every other stream of the worker down with it.
+    call.on('error', (err: Error) => this.settle({ code: Status.UNKNOWN, details: err.message }));
+  }
+
+  private onFrame(frame: ActivationFrame): void {
+    if (this.done) return;
+    try {
+      const f = frame.frame;
+      if (f === undefined) throw invalid('frame carries neither a header nor a chunk');
+      if (f.$case === 'header') this.onHeader(f.value);
+      else this.onChunk(f.value);
+    } catch (err) {
+      if (err instanceof StreamRefused) this.refuse(err.code, err.message);
+      else this.refuse(Status.INTERNAL, `receiver failed: ${(err as Error).message}`);
+    }
+  }
+
+  private onHeader(header: TensorHeader): void {
+    const seq = header.seq;
+    if (this.open) {
+      const o = this.open;
+      throw invalid(`tensor seq ${o.header.seq}: header of seq ${seq} arrived after ${o.received} of ${o.header.byteLength} bytes`);
+    }
+    if (seq < 1) throw invalid(`tensor seq ${seq}: seq must be at least 1`);
+    if (seq <= this.lastSeq) throw invalid(`tensor seq ${seq}: seq must be strictly increasing (previous ${this.lastSeq})`);
+    if (!KNOWN_KINDS.has(header.kind)) throw invalid(`tensor seq ${seq}: unknown payload kind ${header.kind}`);
+    const dtype = fromWireDtype(header.dtype);
+    if (dtype === null) throw invalid(`tensor seq ${seq}: unknown wire dtype ${header.dtype}`);
+
+    let elements = 1;
+    for (const d of header.shape) elements *= d;
+    const expected = elements * dtypeBytes(dtype);
+    if (header.byteLength !== expected) {
+      throw invalid(`tensor seq ${seq}: byte_length ${header.byteLength} does not match shape ${formatShape(header.shape)} as ${dtype} (${expected} bytes)`);
+    }
+    if (header.byteLength > this.maxTensorBytes) {
+      throw new StreamRefused(Status.RESOURCE_EXHAUSTED, `tensor seq ${seq}: ${header.byteLength} bytes exceed this receiver's limit of ${this.maxTensorBytes}`);
+    }
+    const rejection = this.authorize?.(header) ?? null;
+    if (rejection) throw new StreamRefused(rejection.code, rejection.message);
+
+    this.lastSeq = seq;
+    // allocUnsafeSlow: a tensor-sized buffer of its own, never a slice of the shared pool, so
+    // the handler may keep it (or a Float32Array view of it) without pinning unrelated memory.
+    this.open = { header, payload: Buffer.allocUnsafeSlow(header.byteLength), received: 0 };
+    if (header.byteLength === 0) this.complete();
+  }
+
+  private onChunk(chunk: TensorChunk): void {
+    const o = this.open;
+    if (!o) throw invalid(`chunk of tensor seq ${chunk.seq} without a header`);
+    const seq = o.header.seq;
+    if (chunk.seq !== seq) throw invalid(`tensor seq ${seq}: chunk of seq ${chunk.seq} arrived before it was complete`);
+    if (chunk.offset !== o.received) throw invalid(`tensor seq ${seq}: chunk at offset ${chunk.offset}, expected ${o.received} (chunks must be contiguous)`);
+    const end = chunk.offset + chunk.data.length;
+    if (end > o.header.byteLength) throw invalid(`tensor seq ${seq}: chunk [${chunk.offset}, ${end}) overruns byte_length ${o.header.byteLength}`);
+    chunk.data.copy(o.payload, chunk.offset);
+    o.received = end;
+    if (end === o.header.byteLength) this.complete();
+  }
+
+  private complete(): void {
+    const o = this.open!;
+    this.open = null;
+    this.call.write({ seq: o.header.seq });
+    this.queue.push({ header: o.header, payload: o.payload });
+    if (this.queue.length >= this.maxQueued && !this.paused) {
+      this.paused = true;
+      this.call.pause();
+    }
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    if (this.handling) return;
+    this.handling = true;
+    try {
+      while (!this.done && this.queue.length > 0) {
+        const tensor = this.queue.shift()!;
+        if (this.paused && this.queue.length < this.maxQueued) {
+          this.paused = false;
+          this.call.resume();
+        }
+        try {
+          await this.handler(tensor);
+        } catch (err) {
+          const e = err as { code?: unknown; message?: string };
+          const code = typeof e.code === 'number' && Number.isInteger(e.code) && e.code > 0 && e.code <= 16 ? (e.code as Status) : Status.INTERNAL;
+          this.refuse(code, `tensor seq ${tensor.header.seq}: handler failed: ${e.message ?? String(err)}`);
+          return;
+        }
+      }
+    } finally {
+      this.handling = false;
+    }
+    this.maybeFinish();
+  }
+
+  private maybeFinish(): void {
+    if (this.done || !this.inputEnded || this.handling || this.queue.length > 0) return;
+    if (this.open) {
+      const o = this.open;
+      this.refuse(Status.INVALID_ARGUMENT, `tensor seq ${o.header.seq}: stream ended after ${o.received} of ${o.header.byteLength} bytes`);
+      return;
+    }
+    this.settle({ code: Status.OK, details: 'OK' });
+    this.call.end();
+  }
+
+  /** Ends the stream with `code`; later frames and queued tensors are dropped. */
+  private refuse(code: Status, details: string): void {
+    if (this.done) return;
+    this.settle({ code, details });
+    this.open = null;
+    this.queue.length = 0;
+    // grpc-js turns an 'error' with {code, details} into the call's final status.
+    this.call.emit('error', { code, details });
+    // Keep draining so the sender is not stalled on flow control while the status goes out.
+    if (this.paused) this.call.resume();
+  }
+
+  private settle(outcome: StreamOutcome): void {
+    if (this.done) return;
+    this.done = true;
+    this.queue.length = 0;
+    this.resolveFinished(outcome);
+  }
+}
+
+/**
+ * The `activations` method of a Worker service implementation: one TensorReceiver per stream.
+ * `options` may depend on the call (e.g. to log the peer).
+ */
+export function activationsHandler(
+  options: TensorReceiverOptions | ((call: ServerDuplexStream<ActivationFrame, ActivationAck>) => TensorReceiverOptions),
+): handleBidiStreamingCall<ActivationFrame, ActivationAck> {
+  return (call) => {
+    new TensorReceiver(call, typeof options === 'function' ? options(call) : options);
+  };
+}

@@ -1,0 +1,83 @@
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { probeFrameCount } from '@longshot/media';
+
+const run = promisify(execFile);
+const root = path.resolve(__dirname, '../..');
+const bin = path.join(root, 'apps/cli/bin/longshot.js');
+let dir: string;
+
+async function longshot(args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const r = await run(process.execPath, [bin, ...args], { cwd: dir, maxBuffer: 16 << 20 });
+    return { ...r, code: 0 };
+  } catch (e) {
+    const err = e as { stdout: string; stderr: string; code: number };
+    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
+  }
+}
+
+async function render(args: string[]): Promise<Record<string, unknown>> {
+  const r = await longshot(['render', '--json', ...args]);
+  expect(r.code, r.stderr).toBe(0);
+  const last = r.stdout.trim().split('\n').pop()!;
+  return JSON.parse(last) as Record<string, unknown>;
+}
+
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-render-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+describe('longshot render', () => {
+  const common = ['--prompt', 'a paper boat on a rainy street', '--seconds', '2', '--size', '64x48', '--steps', '4', '--block', '3', '--context', '1'];
+
+  it('gives the same latents for 1 and 3 stages, and an MP4 with the reported frame count', async () => {
+    const one = await render([...common, '--stages', '1', '--out', 'one.mp4']);
+    const three = await render([...common, '--stages', '3', '--out', 'three.mp4']);
+    for (const key of ['id', 'frames', 'width', 'height', 'fps', 'steps', 'blocks', 'stages', 'latentSha256', 'output', 'seconds']) {
+      expect(one, key).toHaveProperty(key);
+    }
+    expect(three.latentSha256).toBe(one.latentSha256);
+    expect(one.latentSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(three.stages).toBe(3);
+    expect(await probeFrameCount(one.output as string)).toBe(one.frames);
+    expect(await probeFrameCount(three.output as string)).toBe(three.frames);
+    const other = await render([...common, '--seed', '1', '--out', 'seed1.mp4']);
+    expect(other.latentSha256).not.toBe(one.latentSha256);
+  });
+
+  it('renders from a written safetensors model exactly as from the seeded init', async () => {
+    const w = await longshot(['model', 'write', '--model', 'tiny', '--out', 'tiny.safetensors']);
+    expect(w.code, w.stderr).toBe(0);
+    const seeded = await render([...common, '--stages', '2', '--out', 'seeded.mp4']);
+    const file = await render([...common, '--stages', '2', '--model', path.join(dir, 'tiny.safetensors'), '--out', 'file.mp4']);
+    expect(file.latentSha256).toBe(seeded.latentSha256);
+  });
+
+  it('rejects bad flags and bad files with a message naming them', async () => {
+    const cases: [string[], RegExp][] = [
+      [['--prompt', 'x', '--frames', '10'], /--frames/],
+      [['--prompt', 'x', '--size', '100x64'], /--size/],
+      [['--prompt', 'x', '--size', 'big'], /--size/],
+      [['--prompt', 'x', '--steps', 'many'], /--steps/],
+      [['--prompt', 'x', '--stages', '7'], /--stages/],
+      [['--prompt', 'x', '--model', 'nope'], /--model/],
+      [['--frames', '9'], /--prompt/],
+      [['--prompt', 'x', '--bogus'], /--bogus/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await longshot(['render', ...args]);
+      expect(r.code, args.join(' ')).not.toBe(0);
+      expect(r.stderr, args.join(' ')).toMatch(re);
+    }
+    fs.writeFileSync(path.join(dir, 'broken.safetensors'), fs.readFileSync(path.join(dir, 'tiny.safetensors')).subarray(0, 5000));
+    const r = await longshot(['render', '--prompt', 'x', '--model', path.join(dir, 'broken.safetensors')]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/broken\.safetensors/);
+  });
+});

@@ -1,0 +1,316 @@
+/**
+ * Float64 reference for every op in libs/engine/src/ops.ts.
+ *
+ * Written from the `doc` strings of OPS only (never from the native kernels), as plainly as
+ * possible: naive loops, float64 accumulation, no fusion, no online softmax. It is the yardstick
+ * the conformance suite measures every backend and SIMD level against, so clarity beats speed.
+ *
+ * Every reference op takes the same inputs and params, in the same order, as the engine op, and
+ * returns a fresh Float64Array of OPS[op].outputSize(params) elements. Inputs are never written.
+ */
+import { OPS, type OpName } from '../../libs/engine/src/ops';
+
+export type Tensor = Float32Array | Float64Array;
+export type ReferenceOp = (inputs: readonly (Tensor | null)[], params: readonly number[]) => Float64Array;
+
+/** Throws unless `t` is present and holds exactly `n` elements (catches shape bugs in callers). */
+function need(op: OpName, slot: string, t: Tensor | null | undefined, n: number): Tensor {
+  if (!t) throw new Error(`reference ${op}: input '${slot}' is required`);
+  if (t.length !== n) throw new Error(`reference ${op}: input '${slot}' has ${t.length} elements, expected ${n}`);
+  return t;
+}
+
+/** Like `need`, but a null/undefined slot is allowed (the `?` inputs of OPS). */
+function optional(op: OpName, slot: string, t: Tensor | null | undefined, n: number): Tensor | null {
+  return t ? need(op, slot, t, n) : null;
+}
+
+function linear(inputs: readonly (Tensor | null)[], [rows, inF, outF]: readonly number[]): Float64Array {
+  const x = need('linear', 'x', inputs[0], rows * inF);
+  const w = need('linear', 'weight', inputs[1], outF * inF);
+  const b = optional('linear', 'bias', inputs[2], outF);
+  const y = new Float64Array(rows * outF);
+  for (let m = 0; m < rows; m++) {
+    for (let n = 0; n < outF; n++) {
+      let s = 0;
+      for (let k = 0; k < inF; k++) s += x[m * inF + k] * w[n * inF + k];
+      y[m * outF + n] = s + (b ? b[n] : 0);
+    }
+  }
+  return y;
+}
+
+function layerNorm(inputs: readonly (Tensor | null)[], [rows, dim, eps]: readonly number[]): Float64Array {
+  const x = need('layer_norm', 'x', inputs[0], rows * dim);
+  const w = optional('layer_norm', 'weight', inputs[1], dim);
+  const b = optional('layer_norm', 'bias', inputs[2], dim);
+  const y = new Float64Array(rows * dim);
+  for (let m = 0; m < rows; m++) {
+    let mean = 0;
+    for (let d = 0; d < dim; d++) mean += x[m * dim + d];
+    mean /= dim;
+    let variance = 0; // biased: divide by dim, as torch.nn.LayerNorm does
+    for (let d = 0; d < dim; d++) variance += (x[m * dim + d] - mean) ** 2;
+    variance /= dim;
+    const inv = 1 / Math.sqrt(variance + eps);
+    for (let d = 0; d < dim; d++) {
+      let v = (x[m * dim + d] - mean) * inv;
+      if (w) v *= w[d];
+      if (b) v += b[d];
+      y[m * dim + d] = v;
+    }
+  }
+  return y;
+}
+
+function rmsNorm(inputs: readonly (Tensor | null)[], [rows, dim, eps]: readonly number[]): Float64Array {
+  const x = need('rms_norm', 'x', inputs[0], rows * dim);
+  const w = need('rms_norm', 'weight', inputs[1], dim);
+  const y = new Float64Array(rows * dim);
+  for (let m = 0; m < rows; m++) {
+    let ms = 0;
+    for (let d = 0; d < dim; d++) ms += x[m * dim + d] ** 2;
+    const inv = 1 / Math.sqrt(ms / dim + eps);
+    for (let d = 0; d < dim; d++) y[m * dim + d] = x[m * dim + d] * inv * w[d];
+  }
+  return y;
+}
+
+function modulate(inputs: readonly (Tensor | null)[], [rows, dim]: readonly number[]): Float64Array {
+  const x = need('modulate', 'x', inputs[0], rows * dim);
+  const shift = need('modulate', 'shift', inputs[1], dim);
+  const scale = need('modulate', 'scale', inputs[2], dim);
+  const y = new Float64Array(rows * dim);
+  for (let m = 0; m < rows; m++) {
+    for (let d = 0; d < dim; d++) y[m * dim + d] = x[m * dim + d] * (1 + scale[d]) + shift[d];
+  }
+  return y;
+}
+
+function gatedAdd(inputs: readonly (Tensor | null)[], [rows, dim]: readonly number[]): Float64Array {
+  const x = need('gated_add', 'x', inputs[0], rows * dim);
+  const yIn = need('gated_add', 'y', inputs[1], rows * dim);
+  const gate = optional('gated_add', 'gate', inputs[2], dim);
+  const out = new Float64Array(rows * dim);
+  for (let m = 0; m < rows; m++) {
+    for (let d = 0; d < dim; d++) out[m * dim + d] = x[m * dim + d] + (gate ? gate[d] : 1) * yIn[m * dim + d];
+  }
+  return out;
+}
+
+function geluTanh(inputs: readonly (Tensor | null)[], [n]: readonly number[]): Float64Array {
+  const x = need('gelu_tanh', 'x', inputs[0], n);
+  const c = Math.sqrt(2 / Math.PI);
+  return Float64Array.from(x, (v) => 0.5 * v * (1 + Math.tanh(c * (v + 0.044715 * v * v * v))));
+}
+
+function silu(inputs: readonly (Tensor | null)[], [n]: readonly number[]): Float64Array {
+  const x = need('silu', 'x', inputs[0], n);
+  return Float64Array.from(x, (v) => v / (1 + Math.exp(-v)));
+}
+
+function rope3d(inputs: readonly (Tensor | null)[], params: readonly number[]): Float64Array {
+  const [batch, frames, height, width, heads, headDim, frameOffset, theta] = params;
+  const tokens = frames * height * width;
+  const x = need('rope3d', 'x', inputs[0], batch * tokens * heads * headDim);
+  const pairs = headDim / 2;
+  const spatialPairs = Math.floor(pairs / 3); // pairs for rows, and again for columns
+  const framePairs = pairs - 2 * spatialPairs;
+  const y = new Float64Array(x.length);
+  for (let b = 0; b < batch; b++) {
+    for (let t = 0; t < frames; t++) {
+      for (let i = 0; i < height; i++) {
+        for (let j = 0; j < width; j++) {
+          const token = (t * height + i) * width + j;
+          for (let h = 0; h < heads; h++) {
+            const base = ((b * tokens + token) * heads + h) * headDim;
+            for (let p = 0; p < pairs; p++) {
+              // Which part this pair belongs to, its position, its index inside the part and the
+              // part's width in dims (n = 2 * pair count).
+              let pos: number, local: number, n: number;
+              if (p < framePairs) {
+                [pos, local, n] = [frameOffset + t, p, 2 * framePairs];
+              } else if (p < framePairs + spatialPairs) {
+                [pos, local, n] = [i, p - framePairs, 2 * spatialPairs];
+              } else {
+                [pos, local, n] = [j, p - framePairs - spatialPairs, 2 * spatialPairs];
+              }
+              const angle = pos * Math.pow(theta, (-2 * local) / n);
+              const re = x[base + 2 * p];
+              const im = x[base + 2 * p + 1];
+              // (re + i im) * (cos + i sin)
+              y[base + 2 * p] = re * Math.cos(angle) - im * Math.sin(angle);
+              y[base + 2 * p + 1] = re * Math.sin(angle) + im * Math.cos(angle);
+            }
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+function attention(inputs: readonly (Tensor | null)[], params: readonly number[]): Float64Array {
+  const [batch, queries, keys, extraKeys, heads, headDim] = params;
+  const width = heads * headDim;
+  const q = need('attention', 'q', inputs[0], batch * queries * width);
+  const k = need('attention', 'k', inputs[1], batch * keys * width);
+  const v = need('attention', 'v', inputs[2], batch * keys * width);
+  const ek = extraKeys > 0 ? need('attention', 'extraK', inputs[3], batch * extraKeys * width) : null;
+  const ev = extraKeys > 0 ? need('attention', 'extraV', inputs[4], batch * extraKeys * width) : null;
+  const total = keys + extraKeys;
+  const scale = 1 / Math.sqrt(headDim);
+  // Key/value row `r` of batch item `b`: the first `keys` rows come from k/v, the rest from the
+  // extra (feature-cache) rows, appended after them.
+  const keyAt = (b: number, r: number, h: number, d: number): number =>
+    r < keys ? k[(b * keys + r) * width + h * headDim + d] : ek![(b * extraKeys + r - keys) * width + h * headDim + d];
+  const valueAt = (b: number, r: number, h: number, d: number): number =>
+    r < keys ? v[(b * keys + r) * width + h * headDim + d] : ev![(b * extraKeys + r - keys) * width + h * headDim + d];
+
+  const out = new Float64Array(batch * queries * width);
+  const scores = new Float64Array(total);
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < queries; i++) {
+        const qBase = (b * queries + i) * width + h * headDim;
+        let max = -Infinity;
+        for (let r = 0; r < total; r++) {
+          let s = 0;
+          for (let d = 0; d < headDim; d++) s += q[qBase + d] * keyAt(b, r, h, d);
+          scores[r] = s * scale;
+          max = Math.max(max, scores[r]);
+        }
+        let sum = 0;
+        for (let r = 0; r < total; r++) {
+          scores[r] = Math.exp(scores[r] - max);
+          sum += scores[r];
+        }
+        for (let d = 0; d < headDim; d++) {
+          let acc = 0;
+          for (let r = 0; r < total; r++) acc += scores[r] * valueAt(b, r, h, d);
+          out[qBase + d] = acc / sum;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function patchify(inputs: readonly (Tensor | null)[], [channels, frames, height, width]: readonly number[]): Float64Array {
+  const x = need('patchify', 'latents', inputs[0], channels * frames * height * width);
+  const gh = height / 2;
+  const gw = width / 2;
+  const features = channels * 4;
+  const y = new Float64Array(x.length);
+  for (let f = 0; f < frames; f++) {
+    for (let i = 0; i < gh; i++) {
+      for (let j = 0; j < gw; j++) {
+        const token = (f * gh + i) * gw + j;
+        for (let c = 0; c < channels; c++) {
+          for (let ph = 0; ph < 2; ph++) {
+            for (let pw = 0; pw < 2; pw++) {
+              y[token * features + c * 4 + ph * 2 + pw] = x[((c * frames + f) * height + 2 * i + ph) * width + 2 * j + pw];
+            }
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+function unpatchify(inputs: readonly (Tensor | null)[], [channels, frames, height, width]: readonly number[]): Float64Array {
+  const x = need('unpatchify', 'tokens', inputs[0], channels * frames * height * width);
+  const gh = height / 2;
+  const gw = width / 2;
+  const features = channels * 4;
+  const y = new Float64Array(x.length);
+  for (let f = 0; f < frames; f++) {
+    for (let i = 0; i < gh; i++) {
+      for (let j = 0; j < gw; j++) {
+        const token = (f * gh + i) * gw + j;
+        for (let c = 0; c < channels; c++) {
+          for (let ph = 0; ph < 2; ph++) {
+            for (let pw = 0; pw < 2; pw++) {
+              y[((c * frames + f) * height + 2 * i + ph) * width + 2 * j + pw] = x[token * features + (ph * 2 + pw) * channels + c];
+            }
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+function timestepEmbedding(inputs: readonly (Tensor | null)[], [n, dim]: readonly number[]): Float64Array {
+  const t = need('timestep_embedding', 'timesteps', inputs[0], n);
+  const half = dim / 2;
+  const y = new Float64Array(n * dim);
+  for (let r = 0; r < n; r++) {
+    for (let j = 0; j < half; j++) {
+      const arg = t[r] * Math.pow(10000, -j / half);
+      y[r * dim + j] = Math.cos(arg);
+      y[r * dim + half + j] = Math.sin(arg);
+    }
+  }
+  return y;
+}
+
+function cfgCombine(inputs: readonly (Tensor | null)[], [n, guidance]: readonly number[]): Float64Array {
+  const x = need('cfg_combine', 'x', inputs[0], 2 * n);
+  const y = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const cond = x[i];
+    const uncond = x[n + i];
+    y[i] = uncond + guidance * (cond - uncond);
+  }
+  return y;
+}
+
+function copyRows(inputs: readonly (Tensor | null)[], [batch, rows, cols, rowOffset, count]: readonly number[]): Float64Array {
+  const x = need('copy_rows', 'x', inputs[0], batch * rows * cols);
+  if (rowOffset < 0 || rowOffset + count > rows) {
+    throw new Error(`reference copy_rows: rows [${rowOffset}, ${rowOffset + count}) outside [0, ${rows})`);
+  }
+  const y = new Float64Array(batch * count * cols);
+  for (let b = 0; b < batch; b++) {
+    for (let r = 0; r < count; r++) {
+      for (let c = 0; c < cols; c++) y[(b * count + r) * cols + c] = x[(b * rows + rowOffset + r) * cols + c];
+    }
+  }
+  return y;
+}
+
+/**
+ * The reference of every op, keyed by op name. Typed as a full Record so adding an op to OPS
+ * without a reference fails the type check; the conformance suite also checks it at run time.
+ */
+export const REFERENCE_OPS: Readonly<Record<OpName, ReferenceOp>> = {
+  linear,
+  layer_norm: layerNorm,
+  rms_norm: rmsNorm,
+  modulate,
+  gated_add: gatedAdd,
+  gelu_tanh: geluTanh,
+  silu,
+  rope3d,
+  attention,
+  patchify,
+  unpatchify,
+  timestep_embedding: timestepEmbedding,
+  cfg_combine: cfgCombine,
+  copy_rows: copyRows,
+};
+
+/** Runs the reference of `op`, checking the result has the size OPS says the output has. */
+export function referenceOp(op: OpName, inputs: readonly (Tensor | null)[], params: readonly number[]): Float64Array {
+  const impl = REFERENCE_OPS[op];
+  if (!impl) throw new Error(`no reference for op '${op}'`);
+  if (params.length !== OPS[op].params.length) {
+    throw new Error(`reference ${op}: ${params.length} params given, expected ${OPS[op].params.length} (${OPS[op].params.join(', ')})`);
+  }
+  const out = impl(inputs, params);
+  const expected = OPS[op].outputSize(params);
+  if (out.length !== expected) throw new Error(`reference ${op}: produced ${out.length} elements, OPS says ${expected}`);
+  return out;
+}
