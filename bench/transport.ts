@@ -15,6 +15,7 @@ import { spawn, type ChildProcess } from 'child_process';
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
 import {
+  DEFAULT_CHUNK_BYTES,
   PayloadKind,
   TensorSender,
   WireDtype,
@@ -180,7 +181,7 @@ export async function transportBench(opts: { json: boolean }): Promise<Transport
     const streamBps = bytes / median(streamSeconds);
     const rawBps = bytes / median(rawSeconds);
     const report: TransportReport = {
-      stream: { bytesPerSecond: Math.round(streamBps), seconds: streamSeconds, window: WINDOW, chunkBytes: 0 },
+      stream: { bytesPerSecond: Math.round(streamBps), seconds: streamSeconds, window: WINDOW, chunkBytes: DEFAULT_CHUNK_BYTES },
       rawTcp: { bytesPerSecond: Math.round(rawBps), seconds: rawSeconds },
       ratio: Number((streamBps / rawBps).toFixed(3)),
       tensorBytes: TENSOR_BYTES,
@@ -188,7 +189,6 @@ export async function transportBench(opts: { json: boolean }): Promise<Transport
       repetitions: REPS,
       dtype: 'f32',
     };
-    report.stream.chunkBytes = (await import('../libs/transport/src/index')).DEFAULT_CHUNK_BYTES;
     if (!opts.json) {
       const gb = (x: number): string => `${(x / 1e9).toFixed(2)} GB/s`;
       process.stdout.write(

@@ -12,6 +12,17 @@
     "cflags": ["-O3", "-fPIC", "-Wall", "-Wextra", "-Wno-unused-parameter", "-ffp-contract=off"],
     "cflags_cc": ["-O3", "-std=gnu++17", "-fexceptions"],
   },
+  # CUDA: on when nvcc is found or LONGSHOT_CUDA=1, off with LONGSHOT_CUDA=0 (native/cuda_config.js).
+  # The kernels (.cu) go through nvcc by a gyp rule, so make rebuilds only what changed; the
+  # runner (cuda_backend.cc) is plain C++ against the runtime API. The CUDA runtime is linked
+  # statically and neither libcuda nor libcublas is linked at all (the runtime and the backend open
+  # them at run time), so the addon loads, CPU-only, on machines without a GPU or driver.
+  "variables": {
+    "longshot_cuda%": "<!(node native/cuda_config.js enabled)",
+    "cuda_nvcc%": "<!(node native/cuda_config.js nvcc)",
+    "cuda_home%": "<!(node native/cuda_config.js home)",
+    "cuda_libdir%": "<!(node native/cuda_config.js libdir)",
+  },
   "targets": [
     {
       "target_name": "longshot_kernels_avx2",
@@ -43,6 +54,46 @@
         "longshot_kernels_avx512",
       ],
       "libraries": ["-ldl", "-lpthread"],
+      "conditions": [
+        ["longshot_cuda==1", {
+          "dependencies": ["longshot_cuda"],
+          "libraries": ["-L<(cuda_libdir)", "-lcudart_static", "-ldl", "-lrt", "-lpthread"],
+          # Keep the static runtime's symbols private to the addon.
+          "ldflags": ["-Wl,--exclude-libs,libcudart_static.a"],
+        }, {
+          "sources": ["native/src/cuda_none.cc"],
+        }],
+      ],
     },
+  ],
+  "conditions": [
+    ["longshot_cuda==1", {
+      "targets": [
+        {
+          "target_name": "longshot_cuda",
+          "type": "static_library",
+          "sources": ["native/src/cuda_kernels.cu", "native/src/cuda_backend.cc"],
+          "include_dirs": ["<(cuda_home)/include"],
+          "rules": [
+            {
+              "rule_name": "nvcc",
+              "extension": "cu",
+              "inputs": ["native/src/cuda_kernels.h"],
+              "outputs": ["<(INTERMEDIATE_DIR)/<(RULE_INPUT_ROOT).cu.o"],
+              # Ampere and Hopper machine code, plus compute_90 PTX that newer GPUs JIT-compile.
+              "action": [
+                "<(cuda_nvcc)", "-std=c++17", "-O3", "-Xcompiler", "-fPIC",
+                "-gencode", "arch=compute_80,code=sm_80",
+                "-gencode", "arch=compute_90,code=sm_90",
+                "-gencode", "arch=compute_90,code=compute_90",
+                "-c", "<(RULE_INPUT_PATH)", "-o", "<@(_outputs)",
+              ],
+              "process_outputs_as_sources": 1,
+              "message": "NVCC <(RULE_INPUT_PATH)",
+            },
+          ],
+        },
+      ],
+    }],
   ],
 }

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { startRedis, type RedisHandle } from '@longshot/cache';
@@ -22,6 +23,13 @@ export interface LocalClusterOptions {
 }
 
 const WORKER_BIN = path.resolve(__dirname, '../../worker/bin/longshot-worker.js');
+
+/**
+ * A worker's young generation is fixed in size from the start (V8 otherwise grows it over the
+ * first minutes of traffic), so a worker's footprint is flat from its first job on, as a pod's
+ * memory request assumes. The worker image starts node with the same flags.
+ */
+export const WORKER_NODE_FLAGS = ['--min-semi-space-size=4', '--max-semi-space-size=4'];
 
 /**
  * Redis plus N worker processes on loopback: what `longshot render --stages K`, `longshot up`,
@@ -57,7 +65,11 @@ export class LocalCluster {
   spawnWorker(): Promise<LocalWorker> {
     const id = `${this.options.name ?? 'local'}-${this.spawned++}`;
     const args = [WORKER_BIN, '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--redis', this.redis.url, '--id', id, '--drain', '5', ...(this.options.workerArgs ?? [])];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.options.env } });
+    // Workers sharing this machine split its cores: oversubscribed, every op's thread barrier
+    // would wait on the OS scheduler. Results do not depend on the thread count.
+    const threads = String(Math.max(1, Math.floor(os.availableParallelism() / this.options.workers)));
+    const env = { LONGSHOT_THREADS: threads, ...process.env, ...this.options.env };
+    const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-4000);

@@ -13,8 +13,25 @@ export interface Backend {
   runSync(nodes: readonly OpNode[]): void;
 }
 
+/** Storage type of a CUDA backend's device tensors; arithmetic is float32 in all three. */
+export type CudaStorage = 'f32' | 'bf16' | 'f16';
+
+/** What `createBackend` accepts: a worker's configured backend. 'auto' is CUDA when usable. */
+export type BackendKind = 'cpu' | 'cuda' | 'auto';
+
 export interface EngineInfo {
+  /** Usable backend kinds: always 'cpu'; 'cuda' only when a CUDA device can run the kernels. */
   backends: string[];
+  /** Whether the addon was compiled with the CUDA backend (nvcc present at build time). */
+  cudaBuilt: boolean;
+  /** CUDA devices the driver reports (0 without a driver or GPU). */
+  cudaDevices: number;
+  /** Name of the device the CUDA backend uses, when usable. */
+  cudaDevice?: string;
+  /** Whether `linear` runs on cuBLAS (false before the first CUDA run, or on the fallback GEMM). */
+  cublas?: boolean;
+  /** Why the CUDA backend is not usable, when it is not. */
+  cudaUnavailable?: string;
   /** SIMD level in use for the CPU kernels: 'avx512' | 'avx2' | 'scalar'. */
   simd: string;
   /** SIMD levels this CPU can run. */

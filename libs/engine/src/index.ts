@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import type { Backend, EngineInfo } from './backend';
+import type { Backend, BackendKind, CudaStorage, EngineInfo } from './backend';
 import { OPS, OP_NAMES, type OpName, type OpNode } from './ops';
 
 export * from './ops';
@@ -36,6 +36,19 @@ interface NativeAddon {
   setSimd(level: string): void;
   setThreads(threads: number): void;
   blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void;
+  releaseDeviceCache(): void;
+  cudaLastRun(): CudaRunStats;
+}
+
+/** Device-side time of the last CUDA graph run (CUDA events) and the bytes it moved. */
+export interface CudaRunStats {
+  uploadMs: number;
+  computeMs: number;
+  downloadMs: number;
+  uploadBytes: number;
+  downloadBytes: number;
+  /** Device bytes held by the weight cache after the run. */
+  cachedBytes: number;
 }
 
 const ADDON_PATH = path.resolve(__dirname, '..', 'build', 'Release', 'longshot_engine.node');
@@ -104,6 +117,66 @@ const cpu = new NativeBackend('cpu');
 /** The CPU backend (SIMD level and thread count from LONGSHOT_SIMD / LONGSHOT_THREADS). */
 export function cpuBackend(): Backend {
   return cpu;
+}
+
+const CUDA_STORAGES: readonly CudaStorage[] = ['f32', 'bf16', 'f16'];
+const cudaBackends = new Map<CudaStorage, NativeBackend>();
+
+/** Whether the CUDA backend can run here (built with nvcc, and a driver and a capable GPU found). */
+export function cudaUsable(): boolean {
+  return addon.info().backends.includes('cuda');
+}
+
+/**
+ * The CUDA backend with weights and activations stored on the device as `storage` (float32
+ * arithmetic throughout). Each `run` uploads what the graph reads, keeps intermediates on the
+ * device and copies back what it writes; buffers a graph only reads are cached on the device
+ * across runs (see `releaseDeviceCache`). Throws when no CUDA device is usable.
+ */
+export function cudaBackend(opts: { storage?: CudaStorage } = {}): Backend {
+  const storage = opts.storage ?? 'f32';
+  if (!CUDA_STORAGES.includes(storage)) throw new RangeError(`cudaBackend: storage must be one of ${CUDA_STORAGES.join(', ')}, got '${String(storage)}'`);
+  if (!cudaUsable()) {
+    const info = addon.info();
+    throw new Error(`@longshot/engine: the CUDA backend is not usable here: ${info.cudaUnavailable ?? 'unknown reason'}`);
+  }
+  let b = cudaBackends.get(storage);
+  if (!b) {
+    b = new NativeBackend(`cuda:${storage}`);
+    cudaBackends.set(storage, b);
+  }
+  return b;
+}
+
+/**
+ * The backend a worker is configured for: 'cpu'; 'cuda' (throws with the reason when no device is
+ * usable); 'auto', CUDA when usable, else CPU. `storage` applies to CUDA only.
+ */
+export function createBackend(kind: BackendKind, opts: { storage?: CudaStorage } = {}): Backend {
+  switch (kind) {
+    case 'cpu':
+      return cpu;
+    case 'cuda':
+      return cudaBackend(opts);
+    case 'auto':
+      return cudaUsable() ? cudaBackend(opts) : cpu;
+    default:
+      throw new RangeError(`createBackend: unknown backend kind '${String(kind)}' (cpu, cuda, auto)`);
+  }
+}
+
+/**
+ * Frees every device copy the CUDA backends cache of read-only buffers (weights) and lets go of
+ * the JS buffers they pinned. Call it after modifying, in place, a buffer that earlier graphs only
+ * read, or to return device memory. A no-op without CUDA.
+ */
+export function releaseDeviceCache(): void {
+  addon.releaseDeviceCache();
+}
+
+/** Where the last CUDA graph run spent its time (all zeros without CUDA); for benchmarks. */
+export function cudaLastRunStats(): CudaRunStats {
+  return addon.cudaLastRun();
 }
 
 export function engineInfo(): EngineInfo {

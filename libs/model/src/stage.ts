@@ -65,6 +65,7 @@ export class Stage {
   /** Cross-attention K and V of the text context, per held layer: constant for a job. */
   private cross: { k: Float32Array; v: Float32Array }[] | null = null;
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly workspace = new Workspace();
 
   constructor(o: StageOptions) {
     const c = o.config;
@@ -132,7 +133,7 @@ export class Stage {
     const c = this.config;
     const D = c.dim;
     const M = 2 * g.tokens;
-    const b = new GraphBuilder(c.eps);
+    const b = new GraphBuilder(c.eps, this.workspace);
     const w = (name: string) => this.weight(name);
 
     // Conditioning: every stage derives it from the timestep, so only hidden states travel.
@@ -140,6 +141,7 @@ export class Stage {
     const e0 = b.linear(b.silu(b.copy(temb)), w('condition_embedder.time_proj.weight'), w('condition_embedder.time_proj.bias'), 1, D, 6 * D);
 
     let x: Float32Array;
+    b.scope('head');
     if (this.range.head) {
       x = new Float32Array(M * D);
       const patches = b.op('patchify', [input], [c.latentChannels, g.frames, s.height, s.width]);
@@ -157,7 +159,7 @@ export class Stage {
       const layers = this.range.l1 - this.range.l0;
       const size = extraRows * D;
       const bad = successor.k.length !== layers || successor.v.length !== layers || [...successor.k, ...successor.v].some((t) => t.length !== size);
-      if (bad) throw new RangeError(`stage [${this.range.l0}, ${this.range.l1}): the K/V cache of block ${successor.block} does not hold ${layers} layers of [2, ${s.contextFrames * g.hw}, ${D}]`);
+      if (bad) throw new RangeError(`stage [${this.range.l0}, ${this.range.l1}): the K/V cache of block ${successor.block} has the wrong shape: expected ${layers} layers of [2, ${s.contextFrames * g.hw}, ${D}]`);
     }
     const own: KvEntry = { iteration: s.iteration, block: s.block, k: [], v: [] };
     const hd = headDim(c);
@@ -166,6 +168,7 @@ export class Stage {
     for (let l = this.range.l0; l < this.range.l1; l++) {
       const p = `blocks.${l}`;
       const i = l - this.range.l0;
+      b.scope('layer');
       const m = b.op('gated_add', [w(`${p}.scale_shift_table`), e0, null], [1, 6 * D]);
       const mod = (k: number) => m.subarray(k * D, (k + 1) * D);
 
@@ -184,8 +187,8 @@ export class Stage {
       const attn = b.op('attention', [q, k, v, extraK, extraV], [2, g.tokens, g.tokens, extraRows / 2, c.heads, hd]);
       b.gatedAddInPlace(x, b.linear(attn, w(`${p}.attn1.to_out.0.weight`), w(`${p}.attn1.to_out.0.bias`), M, D, D), mod(2), M, D);
       const cacheRows = [2, g.tokens, D, s.prefixFrames * g.hw, s.contextFrames * g.hw];
-      own.k.push(b.op('copy_rows', [kRaw], cacheRows));
-      own.v.push(b.op('copy_rows', [v], cacheRows));
+      own.k.push(b.fresh('copy_rows', [kRaw], cacheRows));
+      own.v.push(b.fresh('copy_rows', [v], cacheRows));
 
       // Cross-attention to the text (no gate, affine LayerNorm).
       const hc = b.op('layer_norm', [x, w(`${p}.norm2.weight`), w(`${p}.norm2.bias`)], [M, D, c.eps]);
@@ -207,6 +210,7 @@ export class Stage {
     }
 
     // Output head on the own frames only, then guidance.
+    b.scope('tail');
     const ownTokens = s.ownFrames * g.hw;
     const xo = b.op('copy_rows', [x], [2, g.tokens, D, s.prefixFrames * g.hw, ownTokens]);
     const table = w('scale_shift_table');
@@ -215,11 +219,11 @@ export class Stage {
     const ho = b.modulate(b.op('layer_norm', [xo, null, null], [2 * ownTokens, D, c.eps]), shift, scale, 2 * ownTokens, D);
     const out = b.linear(ho, w('proj_out.weight'), w('proj_out.bias'), 2 * ownTokens, D, 4 * c.latentChannels);
     const latentSize = c.latentChannels * s.ownFrames * s.height * s.width;
-    const both = new Float32Array(2 * latentSize);
+    const both = b.scratch(2 * latentSize);
     for (const half of [0, 1]) {
       b.into('unpatchify', [out.subarray(half * ownTokens * 4 * c.latentChannels, (half + 1) * ownTokens * 4 * c.latentChannels)], [c.latentChannels, s.ownFrames, s.height, s.width], both.subarray(half * latentSize, (half + 1) * latentSize));
     }
-    const velocity = b.op('cfg_combine', [both], [latentSize, this.guidance]);
+    const velocity = b.fresh('cfg_combine', [both], [latentSize, this.guidance]);
     await this.backend.run(b.nodes);
     if (this.range.l1 > this.range.l0) this.kvCache = own;
     return velocity;
@@ -230,7 +234,8 @@ export class Stage {
     const c = this.config;
     const D = c.dim;
     const L = c.textLen;
-    const b = new GraphBuilder(c.eps);
+    // Everything here lives as long as the session: no workspace.
+    const b = new GraphBuilder(c.eps, null);
     const w = (name: string) => this.weight(name);
     const context = new Float32Array(2 * L * D);
     [this.text.cond, this.text.uncond].forEach((t, half) => {
@@ -263,20 +268,59 @@ interface Geometry {
   tokens: number;
 }
 
-/** Collects op nodes, allocating each output from the op's declared size. */
+/**
+ * Scratch buffers of a stage, reused by every forward. A slot is named by its scope and its
+ * position in the scope's op sequence; every layer emits the same sequence, so layer l+1 reuses
+ * layer l's buffers and a stage holds one layer's intermediates, not all of them. A slot keeps
+ * its largest size (windows with and without prefix differ).
+ */
+class Workspace {
+  private readonly slots = new Map<string, Float32Array>();
+
+  get(key: string, size: number): Float32Array {
+    let buf = this.slots.get(key);
+    if (!buf || buf.length < size) {
+      buf = new Float32Array(size);
+      this.slots.set(key, buf);
+    }
+    return buf.length === size ? buf : buf.subarray(0, size);
+  }
+}
+
+/** Collects op nodes. Outputs come from the workspace unless asked for `fresh` (they escape the forward). */
 class GraphBuilder {
   readonly nodes: OpNode[] = [];
+  private scopeName = 'graph';
+  private position = 0;
 
-  constructor(private readonly eps: number) {}
+  constructor(
+    private readonly eps: number,
+    private readonly workspace: Workspace | null,
+  ) {}
 
-  op(op: OpName, inputs: (Float32Array | null)[], params: number[]): Float32Array {
-    return this.into(op, inputs, params, null);
+  /** Starts a scope whose slots are reused each time the scope starts again (e.g. every layer). */
+  scope(name: string): void {
+    this.scopeName = name;
+    this.position = 0;
   }
 
-  into(op: OpName, inputs: (Float32Array | null)[], params: number[], output: Float32Array | null): Float32Array {
-    const out = output ?? new Float32Array((OPS[op].outputSize as (p: readonly number[]) => number)(params));
-    this.nodes.push({ op, inputs, output: out, params });
-    return out;
+  scratch(size: number): Float32Array {
+    const key = `${this.scopeName}#${this.position++}`;
+    return this.workspace ? this.workspace.get(key, size) : new Float32Array(size);
+  }
+
+  op(op: OpName, inputs: (Float32Array | null)[], params: number[]): Float32Array {
+    return this.into(op, inputs, params, this.scratch(sizeOf(op, params)));
+  }
+
+  /** An output that outlives the forward (returned, or kept in the K/V cache). */
+  fresh(op: OpName, inputs: (Float32Array | null)[], params: number[]): Float32Array {
+    return this.into(op, inputs, params, new Float32Array(sizeOf(op, params)));
+  }
+
+  into(op: OpName, inputs: (Float32Array | null)[], params: number[], output: Float32Array): Float32Array {
+    this.nodes.push({ op, inputs, output, params });
+    return output;
   }
 
   linear(x: Float32Array, w: Float32Array, bias: Float32Array | null, rows: number, inF: number, outF: number): Float32Array {
@@ -312,3 +356,6 @@ class GraphBuilder {
   }
 }
 
+function sizeOf(op: OpName, params: number[]): number {
+  return (OPS[op].outputSize as (p: readonly number[]) => number)(params);
+}

@@ -46,10 +46,25 @@ function chunkInnerLength(seq: number, offset: number, dataLength: number): numb
   return n;
 }
 
+/** Encoded size of a chunk frame. */
+export function chunkFrameLength(seq: number, offset: number, dataLength: number): number {
+  const inner = chunkInnerLength(seq, offset, dataLength);
+  return 1 + varintSize(inner) + inner;
+}
+
 function encodeChunkFrame(chunk: TensorChunk): Buffer {
+  return encodeChunkFrameInto(Buffer.allocUnsafe(chunkFrameLength(chunk.seq, chunk.offset, chunk.data.length)), chunk);
+}
+
+/**
+ * Encodes a chunk frame at the start of `target` (at least `chunkFrameLength` bytes) and returns
+ * the encoded bytes as a view of it; lets a sender reuse frame buffers instead of allocating
+ * (and page-faulting) a fresh megabyte per frame.
+ */
+export function encodeChunkFrameInto(target: Buffer, chunk: TensorChunk): Buffer {
   const { seq, offset, data } = chunk;
   const inner = chunkInnerLength(seq, offset, data.length);
-  const out = Buffer.allocUnsafe(1 + varintSize(inner) + inner);
+  const out = target.subarray(0, 1 + varintSize(inner) + inner);
   let pos = 0;
   out[pos++] = TAG_FRAME_CHUNK;
   pos = writeVarint(out, pos, inner);
@@ -69,7 +84,17 @@ function encodeChunkFrame(chunk: TensorChunk): Buffer {
   return out;
 }
 
-export function serializeActivationFrame(frame: ActivationFrame): Buffer {
+/**
+ * A frame may carry its own encoding under this key (set by TensorSender on the frames it
+ * encoded into pooled buffers); the serializer then returns it as is.
+ */
+export const PRE_ENCODED: unique symbol = Symbol('longshot.preEncodedFrame');
+
+export type PreEncodedFrame = ActivationFrame & { [PRE_ENCODED]?: Buffer };
+
+export function serializeActivationFrame(frame: PreEncodedFrame): Buffer {
+  const pre = frame[PRE_ENCODED];
+  if (pre) return pre;
   if (frame.frame?.$case === 'chunk') return encodeChunkFrame(frame.frame.value);
   const bytes = ActivationFrame.encode(frame).finish();
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -20,5 +20,6 @@ export {
   type StreamOutcome,
   type TensorReceiverOptions,
 } from './receiver';
+export { raiseReceiveWindow, receiveWindowOf } from './window';
 export { addHealthService, checkHealth, type CheckHealthOptions, type ServingStatus, type ServingStatusMap } from './health';
 export * from './gen/longshot/v1/worker';

@@ -16,7 +16,8 @@ import {
 } from './gen/longshot/v1/worker';
 import { dtypeBytes, fromWireDtype } from './codec';
 import type { StreamRejection } from './errors';
-import { formatShape } from '@longshot/model';
+import { formatShape } from '@longshot/model/src/safetensors';
+import { raiseReceiveWindow } from './window';
 
 export interface ReceivedTensor {
   header: TensorHeader;
@@ -96,6 +97,7 @@ export class TensorReceiver {
     this.maxTensorBytes = options.maxTensorBytes ?? DEFAULT_MAX_TENSOR_BYTES;
     if (!Number.isInteger(this.maxQueued) || this.maxQueued < 1) throw new RangeError(`maxQueued must be a positive integer, got ${this.maxQueued}`);
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
+    raiseReceiveWindow(call);
 
     call.on('data', (frame: ActivationFrame) => this.onFrame(frame));
     call.on('end', () => {

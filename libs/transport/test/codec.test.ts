@@ -1,4 +1,4 @@
-import { bf16ToF32, f32ToBf16 } from '@longshot/model';
+import { bf16ToF32, f32ToBf16 } from '@longshot/model/src/safetensors';
 import { describe, expect, it } from 'vitest';
 import {
   ActivationFrame,

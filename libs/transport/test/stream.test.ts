@@ -1,12 +1,16 @@
 import * as grpc from '@grpc/grpc-js';
-import { bf16ToF32, f32ToBf16 } from '@longshot/model';
+import { bf16ToF32, f32ToBf16 } from '@longshot/model/src/safetensors';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   PayloadKind,
   TensorSender,
   TransportError,
   WireDtype,
+  GRPC_LIMITS,
+  activationsHandler,
   addHealthService,
+  raiseReceiveWindow,
+  receiveWindowOf,
   checkHealth,
   decodePayload,
   encodePayload,
@@ -113,6 +117,25 @@ describe('TensorSender -> TensorReceiver', () => {
     // the handler; a sender that ignored backpressure would be ~12 ahead.
     expect(maxAhead).toBeLessThanOrEqual(window + 1 + 1);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(12 * 40 - 20);
+  });
+
+  it('raises the HTTP/2 receive window of the server session', async () => {
+    let found: boolean | null = null;
+    let window: number | null = null;
+    const s = await startServer(
+      activationsHandler((call) => {
+        found = raiseReceiveWindow(call);
+        return { handler: () => void (window = receiveWindowOf(call)) };
+      }),
+    );
+    servers.push(s);
+    const sender = TensorSender.open(s.client());
+    await sender.send(header([1 << 20]), Buffer.alloc(4 << 20));
+    await sender.close();
+    // If this fails after a grpc-js upgrade, window.ts no longer finds the session: links work
+    // but run at a fraction of their throughput.
+    expect(found).toBe(true);
+    expect(window).toBe(GRPC_LIMITS.flowControlWindowBytes);
   });
 
   it('fails the sender when a tensor is not acknowledged in time', async () => {

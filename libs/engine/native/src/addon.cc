@@ -4,12 +4,15 @@
 // mutex serialises graph runs and setting changes: the thread pool runs one op at a time.
 #include <napi.h>
 
+#include <algorithm>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "blas.h"
 #include "cpu_backend.h"
+#include "cuda_backend.h"
 #include "engine.h"
 
 namespace {
@@ -18,6 +21,46 @@ using ls::Node;
 using ls::Op;
 
 std::mutex g_engine_mutex;
+
+using Keep = std::vector<Napi::Reference<Napi::Float32Array>>;
+
+// JS buffers behind host ranges an accelerator caches on its device (HostPin): each pinned range
+// holds a reference to its ArrayBuffer so the memory stays allocated (and is not reused for
+// another array) while the device copy exists. Keyed by the range's first byte; `balance` counts
+// pins minus unpins, so an unpin applied before its pin (events of two runs applied out of order)
+// cancels that pin instead of leaking it. JS thread only.
+struct PinSlot {
+  int balance = 0;
+  std::vector<Napi::Reference<Napi::ArrayBuffer>> refs;
+};
+// Never destroyed: the references must not be deleted after the JS environment is gone.
+std::map<const void*, PinSlot>& g_pins = *new std::map<const void*, PinSlot>();
+
+// Applies pin events; `arrays` are the typed arrays of the run that produced them (a pinned range
+// always lies inside one of them). JS thread only.
+void apply_pins(const std::vector<ls::HostPin>& pins, const Keep& arrays) {
+  for (const ls::HostPin& p : pins) {
+    PinSlot& slot = g_pins[p.data];
+    if (p.pin) {
+      ++slot.balance;
+      if (slot.balance > 0 && static_cast<int>(slot.refs.size()) < slot.balance) {
+        const auto* begin = static_cast<const char*>(p.data);
+        for (const auto& ref : arrays) {
+          Napi::Float32Array a = ref.Value();
+          const auto* data = reinterpret_cast<const char*>(a.Data());
+          if (begin >= data && begin + p.bytes <= data + a.ByteLength()) {
+            slot.refs.push_back(Napi::Persistent(a.ArrayBuffer()));
+            break;
+          }
+        }
+      }
+    } else {
+      --slot.balance;
+      while (static_cast<int>(slot.refs.size()) > std::max(slot.balance, 0)) slot.refs.pop_back();
+    }
+    if (slot.balance == 0 && slot.refs.empty()) g_pins.erase(p.data);
+  }
+}
 
 std::string node_prefix(size_t index, const std::string& op) {
   return "node " + std::to_string(index) + " (" + op + "): ";
@@ -32,10 +75,9 @@ ls::Backend* backend_arg(const Napi::Value& v) {
   return b;
 }
 
-// Parses and validates nodes; `keep`, when given, receives a reference to every typed array so
-// that they outlive an asynchronous run.
-std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend,
-                              std::vector<Napi::Reference<Napi::Float32Array>>* keep) {
+// Parses and validates nodes; `keep` receives a reference to every typed array, so that they
+// outlive an asynchronous run and pin events can find the buffer behind a range.
+std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Keep* keep) {
   const Napi::Env env = value.Env();
   if (!value.IsArray()) throw Napi::TypeError::New(env, "nodes must be an array");
   const Napi::Array arr = value.As<Napi::Array>();
@@ -61,7 +103,7 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend,
       if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
         throw Napi::TypeError::New(env, where + what + " must be a Float32Array");
       Napi::Float32Array a = v.As<Napi::Float32Array>();
-      if (keep) keep->push_back(Napi::Persistent(a));
+      keep->push_back(Napi::Persistent(a));
       return {a.Data(), a.ElementLength(), true};
     };
 
@@ -105,15 +147,14 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend,
   return nodes;
 }
 
-void execute(ls::Backend* backend, const std::vector<Node>& nodes) {
+void execute(ls::Backend* backend, const std::vector<Node>& nodes, std::vector<ls::HostPin>* pins) {
   std::lock_guard<std::mutex> lock(g_engine_mutex);
-  for (const Node& n : nodes) backend->compute(n);
+  backend->run_graph(nodes, pins);
 }
 
 class RunWorker : public Napi::AsyncWorker {
  public:
-  RunWorker(Napi::Env env, ls::Backend* backend, std::vector<Node> nodes,
-            std::vector<Napi::Reference<Napi::Float32Array>> keep)
+  RunWorker(Napi::Env env, ls::Backend* backend, std::vector<Node> nodes, Keep keep)
       : Napi::AsyncWorker(env, "longshot_engine.run"),
         deferred_(Napi::Promise::Deferred::New(env)),
         backend_(backend),
@@ -124,24 +165,33 @@ class RunWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      execute(backend_, nodes_);
+      execute(backend_, nodes_, &pins_);
     } catch (const std::exception& e) {
       SetError(e.what());
     }
   }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  // Pins are applied on the JS thread while keep_ still holds the run's arrays; a failed run can
+  // have changed the cache too.
+  void OnOK() override {
+    apply_pins(pins_, keep_);
+    deferred_.Resolve(Env().Undefined());
+  }
+  void OnError(const Napi::Error& e) override {
+    apply_pins(pins_, keep_);
+    deferred_.Reject(e.Value());
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
   ls::Backend* backend_;
   std::vector<Node> nodes_;
-  std::vector<Napi::Reference<Napi::Float32Array>> keep_;
+  Keep keep_;
+  std::vector<ls::HostPin> pins_;
 };
 
 Napi::Value Run(const Napi::CallbackInfo& info) {
   ls::Backend* backend = backend_arg(info[0]);
-  std::vector<Napi::Reference<Napi::Float32Array>> keep;
+  Keep keep;
   std::vector<Node> nodes = parse_nodes(info[1], backend, &keep);
   auto* worker = new RunWorker(info.Env(), backend, std::move(nodes), std::move(keep));
   Napi::Promise promise = worker->promise();
@@ -151,12 +201,16 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
 
 Napi::Value RunSync(const Napi::CallbackInfo& info) {
   ls::Backend* backend = backend_arg(info[0]);
-  const std::vector<Node> nodes = parse_nodes(info[1], backend, nullptr);
+  Keep keep;
+  const std::vector<Node> nodes = parse_nodes(info[1], backend, &keep);
+  std::vector<ls::HostPin> pins;
   try {
-    execute(backend, nodes);
+    execute(backend, nodes, &pins);
   } catch (const std::exception& e) {
+    apply_pins(pins, keep);
     throw Napi::Error::New(info.Env(), e.what());
   }
+  apply_pins(pins, keep);
   return info.Env().Undefined();
 }
 
@@ -164,9 +218,21 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   const Napi::Env env = info.Env();
   std::lock_guard<std::mutex> lock(g_engine_mutex);
   Napi::Object out = Napi::Object::New(env);
+  // Backend kinds, not registry names: the CUDA backend is registered once per storage type
+  // (cuda:f32, cuda:bf16, cuda:f16) and listed once, and only when a device is usable.
+  const ls::cuda::Status& cuda = ls::cuda::status();
   Napi::Array names = Napi::Array::New(env);
-  for (const auto& b : ls::backends()) names.Set(names.Length(), b->name());
+  names.Set(0u, "cpu");
+  if (cuda.usable) names.Set(1u, "cuda");
   out.Set("backends", names);
+  out.Set("cudaBuilt", cuda.built);
+  out.Set("cudaDevices", cuda.devices);
+  if (cuda.usable) {
+    out.Set("cudaDevice", cuda.device);
+    out.Set("cublas", ls::cuda::cublas_loaded());
+  } else {
+    out.Set("cudaUnavailable", cuda.reason);
+  }
   out.Set("simd", ls::simd_name(ls::cpu_backend().simd()));
   Napi::Array avail = Napi::Array::New(env);
   for (ls::SimdLevel l : ls::simd_available()) avail.Set(avail.Length(), ls::simd_name(l));
@@ -236,8 +302,36 @@ Napi::Value BlasSgemm(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value ReleaseDeviceCache(const Napi::CallbackInfo& info) {
+  std::vector<ls::HostPin> pins;
+  {
+    std::lock_guard<std::mutex> lock(g_engine_mutex);
+    ls::cuda::release_device_cache(&pins);
+  }
+  apply_pins(pins, Keep{});  // unpins only: no arrays needed
+  return info.Env().Undefined();
+}
+
+Napi::Value CudaLastRun(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  ls::cuda::RunStats st;
+  {
+    std::lock_guard<std::mutex> lock(g_engine_mutex);
+    st = ls::cuda::last_run_stats();
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("uploadMs", st.upload_ms);
+  out.Set("computeMs", st.compute_ms);
+  out.Set("downloadMs", st.download_ms);
+  out.Set("uploadBytes", st.upload_bytes);
+  out.Set("downloadBytes", st.download_bytes);
+  out.Set("cachedBytes", st.cached_bytes);
+  return out;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ls::cpu_backend();  // registers it
+  ls::cuda::register_backends();  // no-op without a usable device (or without CUDA in the build)
 
   Napi::Array specs = Napi::Array::New(env);
   for (int i = 0; i < ls::kOpCount; ++i) {
@@ -261,6 +355,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
   exports.Set("blasSgemm", Napi::Function::New(env, BlasSgemm, "blasSgemm"));
+  exports.Set("releaseDeviceCache", Napi::Function::New(env, ReleaseDeviceCache, "releaseDeviceCache"));
+  exports.Set("cudaLastRun", Napi::Function::New(env, CudaLastRun, "cudaLastRun"));
   return exports;
 }
 

@@ -29,6 +29,14 @@ void register_backends();
 // Frees every cached device copy of host buffers, appending the unpin events to `pins`.
 void release_device_cache(std::vector<HostPin>* pins);
 
+// Where the time of the last CUDA graph run went (device-side, from CUDA events), for benchmarks.
+struct RunStats {
+  double upload_ms = 0, compute_ms = 0, download_ms = 0;
+  double upload_bytes = 0, download_bytes = 0;  // host float32 bytes moved
+  double cached_bytes = 0;                      // device bytes of the weight cache after the run
+};
+RunStats last_run_stats();
+
 // Whether cuBLAS was loaded for `linear` (false until the first CUDA graph runs, or when
 // libcublas could not be opened and the fallback GEMM is in use).
 bool cublas_loaded();

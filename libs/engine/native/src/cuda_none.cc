@@ -20,5 +20,7 @@ void release_device_cache(std::vector<HostPin>*) {}
 
 bool cublas_loaded() { return false; }
 
+RunStats last_run_stats() { return {}; }
+
 }  // namespace cuda
 }  // namespace ls

@@ -1,0 +1,83 @@
+/**
+ * Pipeline benchmark: a long job (blocks >= 4K) of wan2.1-t2v-1.3b at 480p on K = 1, 2, 4, 8
+ * emulated-compute workers (real processes, real gRPC streams, real Redis; each forward sleeps
+ * for the modelled time of an H100 stage and each hop for the modelled NVLink transfer). What is
+ * measured is what Longshot adds: scheduling, ordering, framing, bubbles. Beside each measured
+ * time stands the latency model's prediction for the same schedule.
+ */
+import { Redis } from 'ioredis';
+import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { getConfig } from '@longshot/model';
+import { registryWorkers, runDistributedJob } from '@longshot/pipeline';
+import { getProfile, hiddenBytes, normalizeSpec, partitionLayers, planJob, predictPipelineSeconds, stageFlops, velocityBytes, type JobSpec } from '@longshot/planner';
+import { LocalCluster } from '../apps/cli/src/local-cluster';
+
+const PROFILE = 'h100-nvlink';
+/** Modelled seconds run this much faster here, so the whole benchmark takes about a minute. */
+const TIME_SCALE = 0.25;
+/** Tensors on the wire are 1000x smaller: loopback copies must not stand in for NVLink. */
+const PAYLOAD_SCALE = 1000;
+const STAGES = [1, 2, 4, 8];
+
+export interface PipelineRow {
+  stages: number;
+  seconds: number;
+  speedup: number;
+  efficiency: number;
+  /** Seconds the latency model predicts for this schedule (same time scale). */
+  predicted: number;
+  predictedEfficiency: number;
+}
+
+function jobSpec(stages: number): JobSpec {
+  // 32 blocks of 4 latent frames (>= 4K for K = 8), 12 steps (>= K + 1, so the queue can fill K stages).
+  return normalizeSpec({ prompt: 'a long take through a night market', model: 'wan2.1-t2v-1.3b', width: 832, height: 480, frames: 4 * (32 * 4 - 1) + 1, block: 4, context: 2, steps: 12, stages, seed: 1 });
+}
+
+/** The model's prediction: per-stage forward time of an average window, hop time of the activations. */
+function predict(spec: JobSpec): number {
+  const config = getConfig(spec.model);
+  const plan = planJob(spec);
+  const profile = getProfile(PROFILE);
+  const window = { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
+  const stageSeconds = partitionLayers(config.layers, spec.stages).map((r) => (stageFlops(config, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond) * TIME_SCALE);
+  const hop = (bytes: number) => (bytes / profile.linkBytesPerSecond + profile.linkLatencySeconds) * TIME_SCALE;
+  const hopSeconds = spec.stages === 1 ? [] : [...Array.from({ length: spec.stages - 1 }, () => hop(hiddenBytes(config, window))), hop(velocityBytes(config, window, plan.latentHeight, plan.latentWidth))];
+  return predictPipelineSeconds({ blocks: plan.blocks, steps: spec.steps, stageSeconds, hopSeconds });
+}
+
+export async function pipelineBench(opts: { json: boolean }): Promise<object> {
+  const cluster = await LocalCluster.start({ workers: Math.max(...STAGES), name: 'bench', workerArgs: ['--emulate', PROFILE, '--time-scale', String(TIME_SCALE), '--capacity', '1'] });
+  const redis = new Redis(cluster.redisUrl);
+  const rows: PipelineRow[] = [];
+  try {
+    for (const K of STAGES) {
+      const spec = jobSpec(K);
+      const id = `bench-pipeline-k${K}`;
+      const t0 = performance.now();
+      await runDistributedJob(
+        { jobId: id, spec, keyPrefix: jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
+        { blocks: new BlockStore(redis), workers: registryWorkers(new WorkerRegistry(redis)), onBlock: () => undefined },
+      );
+      const seconds = (performance.now() - t0) / 1000;
+      const predicted = predict(spec);
+      const base = rows[0];
+      const speedup = base ? base.seconds / seconds : 1;
+      const predictedSpeedup = base ? base.predicted / predicted : 1;
+      rows.push({ stages: K, seconds, speedup, efficiency: speedup / K, predicted, predictedEfficiency: predictedSpeedup / K });
+      if (!opts.json) console.log(`K=${K}: ${seconds.toFixed(2)} s, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / K).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / K).toFixed(3)})`);
+    }
+  } finally {
+    redis.disconnect();
+    await cluster.stop();
+  }
+  const spec = jobSpec(1);
+  const plan = planJob(spec);
+  return {
+    profile: getProfile(PROFILE).description,
+    timeScale: TIME_SCALE,
+    payloadScale: PAYLOAD_SCALE,
+    job: { model: spec.model, width: spec.width, height: spec.height, frames: spec.frames, blocks: plan.blocks, block: spec.block, context: spec.context, steps: spec.steps, blockSteps: plan.blockSteps },
+    results: rows,
+  };
+}

@@ -1,0 +1,65 @@
+# syntax=docker/dockerfile:1
+# Longshot worker with the CUDA backend.
+#
+#   docker build -f deploy/worker.Dockerfile -t longshot-worker .
+#   docker run --gpus all -p 50051:50051 -p 9464:9464 -e REDIS_URL=redis://redis:6379 longshot-worker
+#
+# Building needs no GPU: nvcc compiles the kernels for sm_80/sm_90 (+ compute_90 PTX), and the
+# addon links the CUDA runtime statically and opens libcuda/libcublas at run time. At run time
+# the NVIDIA container runtime provides the driver (libcuda); the -runtime base image provides
+# libcublas.so.12. The same image runs CPU-only on a host without a GPU (LONGSHOT_BACKEND=auto).
+
+ARG CUDA_VERSION=12.8.1
+ARG UBUNTU=ubuntu22.04
+
+# Official Node 20 binaries (glibc builds; Ubuntu 22.04's glibc 2.35 is new enough).
+FROM node:20-bookworm-slim AS node
+
+# ---- build: npm ci, then the addon with nvcc ----------------------------------------------------
+FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 make g++ ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+COPY --from=node /usr/local/include/node /usr/local/include/node
+COPY --from=node /usr/local/lib/node_modules /usr/local/lib/node_modules
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+ && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx
+
+WORKDIR /app
+# Manifests first so `npm ci` is cached until a dependency changes.
+COPY package.json package-lock.json ./
+COPY libs/ libs/
+COPY apps/ apps/
+RUN npm ci --no-audit --no-fund --ignore-scripts
+# LONGSHOT_CUDA=1 makes the build fail if the toolkit is not found rather than quietly build CPU-only.
+# node-gyp is pointed at the headers of the Node copied above (the npm script assumes /usr).
+ENV LONGSHOT_CUDA=1 CUDA_HOME=/usr/local/cuda
+RUN cd libs/engine && npx node-gyp rebuild --nodedir=/usr/local -j "$(nproc)" \
+ && test -f build/Release/longshot_engine.node \
+ && rm -rf build/Release/obj.target build/Release/.deps build/Release/*.a
+# Runtime dependencies only (tsx runs the TypeScript sources; node-gyp and vitest are not needed).
+RUN npm prune --omit=dev --no-audit --no-fund
+
+# ---- runtime ---------------------------------------------------------------------------------------
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+RUN groupadd --system --gid 10001 longshot \
+ && useradd --system --uid 10001 --gid longshot --home-dir /app --shell /usr/sbin/nologin longshot
+WORKDIR /app
+COPY --from=build --chown=longshot:longshot /app/package.json /app/package-lock.json ./
+COPY --from=build --chown=longshot:longshot /app/node_modules ./node_modules
+COPY --from=build --chown=longshot:longshot /app/libs ./libs
+COPY --from=build --chown=longshot:longshot /app/apps/worker ./apps/worker
+
+ENV NODE_ENV=production \
+    LONGSHOT_BACKEND=auto \
+    LONGSHOT_WORKER_HOST=0.0.0.0 \
+    LONGSHOT_WORKER_PORT=50051 \
+    LONGSHOT_METRICS_PORT=9464 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# gRPC (stage sessions), Prometheus /metrics
+EXPOSE 50051 9464
+USER longshot
+ENTRYPOINT ["node", "apps/worker/bin/longshot-worker.js"]

@@ -1,0 +1,683 @@
+// CUDA backend: runs a whole graph of nodes on one device and one stream.
+//
+// Data movement. Nodes name host Float32Arrays, many of them views of one buffer (subarrays of a
+// weight table, the two CFG halves of a hidden state). Within one run the host ranges of all
+// tensors are merged into disjoint REGIONS (overlapping ranges share one); each region gets one
+// device buffer in the backend's storage type, and a tensor maps to the same element offset in
+// its region's buffer, so aliasing on the host is aliasing on the device. A region is uploaded
+// unless the first node touching it writes all of it; every region some node writes is copied
+// back at the end; intermediates never leave the device in between.
+//
+// Weight cache. A region that no node of the graph writes is weight-like. The second time such a
+// range is seen, its device copy is kept across runs (keyed by its host address and length, in
+// one map per storage type) and the addon pins the JS ArrayBuffer behind it, so the memory can
+// neither be freed nor reused for another array while the copy lives. Contract: a buffer a graph
+// only reads must not be modified from JS while it may be cached; releaseDeviceCache() drops
+// everything. Any graph that writes into a cached range evicts it first. The cache is bounded
+// (LONGSHOT_CUDA_CACHE_MB, default 40% of device memory) and evicts least recently used entries.
+//
+// The CUDA runtime is linked statically and libcuda (the driver) is opened by it at run time, so
+// this file loads on a machine without a GPU; cuBLAS is opened with dlopen on the first GEMM,
+// with a tiled kernel as the fallback when it is missing.
+#include "cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <library_types.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda_kernels.h"
+
+namespace ls {
+namespace cuda {
+
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("CUDA: ") + what + ": " + cudaGetErrorName(err) + " (" +
+                             cudaGetErrorString(err) + ")");
+}
+
+const char* storage_name(Storage s) {
+  switch (s) {
+    case Storage::bf16: return "bf16";
+    case Storage::f16: return "f16";
+    case Storage::f32: break;
+  }
+  return "f32";
+}
+
+// ---- cuBLAS, opened at run time ----------------------------------------------------------------
+// The headers are not needed: the handful of prototypes and enum values below are cuBLAS's stable
+// C ABI (cublas_api.h, unchanged across 11, 12 and 13).
+
+using cublasHandle_t = struct cublasContext*;
+using cublasStatus_t = int;
+constexpr int kCublasOpN = 0;          // CUBLAS_OP_N
+constexpr int kCublasOpT = 1;          // CUBLAS_OP_T
+constexpr int kCublasCompute32F = 68;  // CUBLAS_COMPUTE_32F: float32 accumulation, no TF32
+constexpr int kCublasGemmDefault = -1; // CUBLAS_GEMM_DEFAULT
+// CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION: split-K partial sums stay float32.
+constexpr int kCublasNoReducedPrecision = 16;
+
+struct Cublas {
+  void* lib = nullptr;
+  cublasHandle_t handle = nullptr;
+  cublasStatus_t (*create)(cublasHandle_t*) = nullptr;
+  cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t) = nullptr;
+  cublasStatus_t (*set_math_mode)(cublasHandle_t, int) = nullptr;
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, int, int, int, int, int, const void*, const void*,
+                            cudaDataType_t, int, const void*, cudaDataType_t, int, const void*,
+                            void*, cudaDataType_t, int, int, int) = nullptr;
+  std::string error;  // why it is not loaded
+
+  // Opens the cuBLAS matching the runtime's major version first. Never throws.
+  void load(cudaStream_t stream) {
+    const char* names[] = {
+#if CUDART_VERSION >= 13000
+        "libcublas.so.13", "libcublas.so.12",
+#else
+        "libcublas.so.12", "libcublas.so.13",
+#endif
+        "libcublas.so"};
+    for (const char* n : names) {
+      lib = dlopen(n, RTLD_NOW | RTLD_LOCAL);
+      if (lib) break;
+    }
+    if (!lib) {
+      error = "libcublas.so.12/.13 not found";
+      return;
+    }
+    create = reinterpret_cast<decltype(create)>(dlsym(lib, "cublasCreate_v2"));
+    set_stream = reinterpret_cast<decltype(set_stream)>(dlsym(lib, "cublasSetStream_v2"));
+    set_math_mode = reinterpret_cast<decltype(set_math_mode)>(dlsym(lib, "cublasSetMathMode"));
+    gemm_ex = reinterpret_cast<decltype(gemm_ex)>(dlsym(lib, "cublasGemmEx"));
+    if (!create || !set_stream || !set_math_mode || !gemm_ex) {
+      error = "libcublas lacks cublasCreate_v2/cublasSetStream_v2/cublasSetMathMode/cublasGemmEx";
+    } else if (create(&handle) != 0) {
+      error = "cublasCreate failed";
+      handle = nullptr;
+    } else if (set_stream(handle, stream) != 0 || set_math_mode(handle, kCublasNoReducedPrecision) != 0) {
+      error = "cublasSetStream/cublasSetMathMode failed";
+    } else {
+      return;
+    }
+    // Unusable: fall back for good. The library stays open (closing it under a live handle, or
+    // while it registered atexit handlers, is not worth the few megabytes).
+    handle = nullptr;
+  }
+  bool ok() const { return handle != nullptr; }
+};
+
+cudaDataType_t cuda_type(Storage s) {
+  switch (s) {
+    case Storage::bf16: return CUDA_R_16BF;
+    case Storage::f16: return CUDA_R_16F;
+    case Storage::f32: break;
+  }
+  return CUDA_R_32F;
+}
+
+// ---- device state ------------------------------------------------------------------------------
+
+constexpr size_t kAlign = 256;                    // device offsets of regions (cuBLAS likes 16+)
+constexpr size_t kStagingFloats = 16u << 20;      // 64 MiB of float32 for dtype conversions
+constexpr size_t kSeenLimit = 1u << 16;           // read-only ranges remembered for admission
+
+size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+struct CacheEntry {
+  size_t bytes = 0;        // host bytes (float32)
+  void* dev = nullptr;     // device copy in the map's storage type
+  uint64_t last_use = 0;   // run counter, for LRU and to protect entries in use
+};
+
+class Device {
+ public:
+  Device() { probe(); }
+
+  const Status& status() const { return status_; }
+  bool cublas_loaded() const { return cublas_.ok(); }
+  RunStats stats() const { return stats_; }
+
+  void run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* pins);
+  void release_cache(std::vector<HostPin>* pins);
+
+ private:
+  struct Region {
+    uintptr_t begin = 0, end = 0;  // host bytes
+    bool touched = false, upload = false, written = false;
+    bool timestep_only = true;     // only ever read as timestep_embedding's input
+    bool used_as_timestep = false;
+    bool cached = false;           // device copy lives in the weight cache
+    bool fresh = false;            // ... admitted by this run, so its copy is still to be made
+    Storage storage = Storage::f32;
+    char* dev = nullptr;
+    size_t floats() const { return (end - begin) / sizeof(float); }
+  };
+
+  void probe();
+  void init_stream();
+  void ensure_workspace(size_t bytes);
+  void upload(const Region& r);
+  void download(const Region& r);
+  void evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std::vector<HostPin>* pins);
+  void evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostPin>* pins);
+  bool make_room(size_t bytes, std::vector<HostPin>* pins);
+  bool overlaps_in_use(uintptr_t begin, uintptr_t end);
+  void compute(Storage storage, const Node& n, const std::vector<Region>& regions,
+               const std::vector<int>& slot_region, size_t node_index);
+
+  std::map<uintptr_t, CacheEntry>& cache(Storage s) { return cache_[static_cast<int>(s)]; }
+
+  Status status_;
+  int device_ = 0;
+  size_t total_mem_ = 0;
+  cudaStream_t stream_ = nullptr;
+  Cublas cublas_;
+  bool cublas_tried_ = false;
+
+  char* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  float* staging_ = nullptr;  // inside the workspace, kStagingFloats
+  void* scratch_ = nullptr;   // inside the workspace: rope tables
+
+  std::map<uintptr_t, CacheEntry> cache_[3];
+  size_t cache_bytes_ = 0;    // device bytes held by all entries
+  size_t cache_limit_ = 0;
+  uint64_t run_counter_ = 0;
+  std::set<std::pair<uintptr_t, uintptr_t>> seen_read_only_;
+  std::vector<HostPin> pending_unpins_;
+  cudaEvent_t events_[4] = {};
+  RunStats stats_;
+};
+
+void Device::probe() {
+  status_.built = true;
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    // No driver (cudaErrorInsufficientDriver / cudaErrorNoDevice): the normal case on CPU hosts.
+    status_.devices = 0;
+    status_.reason = err == cudaErrorInsufficientDriver
+                         ? "no CUDA device: no NVIDIA driver, or one older than this build's CUDA runtime " +
+                               std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10)
+                         : std::string("no CUDA device: ") + cudaGetErrorString(err);
+    cudaGetLastError();  // clear the sticky-free error so later probes start clean
+    return;
+  }
+  status_.devices = count;
+  if (const char* env = std::getenv("LONGSHOT_CUDA_DEVICE")) device_ = std::atoi(env);
+  if (count == 0 || device_ < 0 || device_ >= count) {
+    status_.reason = count == 0 ? "no CUDA device"
+                                : "LONGSHOT_CUDA_DEVICE=" + std::to_string(device_) + " but only " +
+                                      std::to_string(count) + " device(s)";
+    return;
+  }
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device_) != cudaSuccess) {
+    status_.reason = "cudaGetDeviceProperties failed";
+    return;
+  }
+  // The fat binary holds sm_80 and sm_90 code and compute_90 PTX: anything older than Ampere
+  // has nothing it can run.
+  if (prop.major < 8) {
+    status_.reason = std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
+                     std::to_string(prop.minor) + "; the CUDA kernels need 8.0 or newer";
+    return;
+  }
+  status_.usable = true;
+  status_.device = prop.name;
+  total_mem_ = prop.totalGlobalMem;
+  cache_limit_ = total_mem_ / 10 * 4;
+  if (const char* env = std::getenv("LONGSHOT_CUDA_CACHE_MB")) cache_limit_ = static_cast<size_t>(std::atoll(env)) << 20;
+}
+
+void Device::init_stream() {
+  if (stream_) return;
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  for (cudaEvent_t& e : events_) check(cudaEventCreate(&e), "cudaEventCreate");
+}
+
+void Device::ensure_workspace(size_t bytes) {
+  if (bytes <= workspace_bytes_) return;
+  if (workspace_) {
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    check(cudaFree(workspace_), "cudaFree");
+    workspace_ = nullptr;
+    workspace_bytes_ = 0;
+  }
+  // Grow by an eighth more than asked so graphs of slowly growing size do not reallocate each run.
+  const size_t want = round_up(bytes + bytes / 8, 1u << 20);
+  void* p = nullptr;
+  cudaError_t err = cudaMalloc(&p, want);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA: out of device memory: the graph needs " + std::to_string(bytes >> 20) +
+                               " MiB of buffers (" + cudaGetErrorString(err) + ")");
+    }
+    workspace_bytes_ = bytes;
+  } else {
+    workspace_bytes_ = want;
+  }
+  workspace_ = static_cast<char*>(p);
+}
+
+// Host float32 -> device storage; conversions go through the float32 staging area in chunks, in
+// stream order, so each chunk's kernel has read the staging area before the next copy lands.
+void Device::upload(const Region& r) {
+  const float* host = reinterpret_cast<const float*>(r.begin);
+  const size_t n = r.floats();
+  if (r.storage == Storage::f32) {
+    check(cudaMemcpyAsync(r.dev, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_), "upload");
+    return;
+  }
+  const size_t es = storage_bytes(r.storage);
+  for (size_t i = 0; i < n; i += kStagingFloats) {
+    const size_t c = std::min(kStagingFloats, n - i);
+    check(cudaMemcpyAsync(staging_, host + i, c * sizeof(float), cudaMemcpyHostToDevice, stream_), "upload");
+    to_storage(r.storage, staging_, r.dev + i * es, c, stream_);
+  }
+  check(cudaGetLastError(), "upload conversion");
+}
+
+void Device::download(const Region& r) {
+  float* host = reinterpret_cast<float*>(r.begin);
+  const size_t n = r.floats();
+  if (r.storage == Storage::f32) {
+    check(cudaMemcpyAsync(host, r.dev, n * sizeof(float), cudaMemcpyDeviceToHost, stream_), "download");
+    return;
+  }
+  const size_t es = storage_bytes(r.storage);
+  for (size_t i = 0; i < n; i += kStagingFloats) {
+    const size_t c = std::min(kStagingFloats, n - i);
+    from_storage(r.storage, r.dev + i * es, staging_, c, stream_);
+    check(cudaMemcpyAsync(host + i, staging_, c * sizeof(float), cudaMemcpyDeviceToHost, stream_), "download");
+  }
+  check(cudaGetLastError(), "download conversion");
+}
+
+void Device::evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std::vector<HostPin>* pins) {
+  // Entries are only evicted between runs or before this run enqueues work, and the previous run
+  // ended with a stream synchronisation, so nothing on the device still reads the copy.
+  cudaFree(it->second.dev);
+  cache_bytes_ -= round_up(it->second.bytes / sizeof(float) * storage_bytes(s), kAlign);
+  pins->push_back({reinterpret_cast<const void*>(it->first), it->second.bytes, false});
+  cache(s).erase(it);
+}
+
+void Device::evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostPin>* pins) {
+  for (int si = 0; si < 3; ++si) {
+    auto& m = cache_[si];
+    auto it = m.lower_bound(begin);
+    if (it != m.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second.bytes > begin) it = prev;
+    }
+    while (it != m.end() && it->first < end) {
+      auto next = std::next(it);
+      evict(static_cast<Storage>(si), it, pins);
+      it = next;
+    }
+  }
+}
+
+// Whether a cache entry overlapping [begin, end) already serves a region of the current run.
+bool Device::overlaps_in_use(uintptr_t begin, uintptr_t end) {
+  for (auto& m : cache_) {
+    auto it = m.lower_bound(begin);
+    if (it != m.begin() && std::prev(it)->first + std::prev(it)->second.bytes > begin) it = std::prev(it);
+    for (; it != m.end() && it->first < end; ++it)
+      if (it->second.last_use == run_counter_) return true;
+  }
+  return false;
+}
+
+// Frees least recently used entries not used by the current run until `bytes` more fit.
+bool Device::make_room(size_t bytes, std::vector<HostPin>* pins) {
+  if (bytes > cache_limit_) return false;
+  while (cache_bytes_ + bytes > cache_limit_) {
+    int best_s = -1;
+    std::map<uintptr_t, CacheEntry>::iterator best;
+    for (int si = 0; si < 3; ++si)
+      for (auto it = cache_[si].begin(); it != cache_[si].end(); ++it)
+        if (it->second.last_use != run_counter_ && (best_s < 0 || it->second.last_use < best->second.last_use)) {
+          best_s = si;
+          best = it;
+        }
+    if (best_s < 0) return false;
+    evict(static_cast<Storage>(best_s), best, pins);
+  }
+  return true;
+}
+
+void Device::release_cache(std::vector<HostPin>* pins) {
+  if (stream_) cudaStreamSynchronize(stream_);
+  pins->insert(pins->end(), pending_unpins_.begin(), pending_unpins_.end());
+  pending_unpins_.clear();
+  for (int si = 0; si < 3; ++si)
+    while (!cache_[si].empty()) evict(static_cast<Storage>(si), cache_[si].begin(), pins);
+  seen_read_only_.clear();
+}
+
+void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* sink) {
+  if (!status_.usable) throw std::runtime_error("CUDA backend unavailable: " + status_.reason);
+  // Without a sink, cache changes cannot reach the addon: nothing is admitted, and unpins wait in
+  // pending_unpins_ for the next run (or release) that has one.
+  const bool can_admit = sink != nullptr;
+  std::vector<HostPin>* pins = sink ? sink : &pending_unpins_;
+  if (sink) {
+    sink->insert(sink->end(), pending_unpins_.begin(), pending_unpins_.end());
+    pending_unpins_.clear();
+  }
+  // The runtime's current device is per host thread, and runs come from libuv's pool.
+  check(cudaSetDevice(device_), "cudaSetDevice");
+  init_stream();
+  if (!cublas_tried_) {
+    cublas_tried_ = true;
+    cublas_.load(stream_);
+  }
+  ++run_counter_;
+
+  // 1. Host ranges of every tensor, merged into disjoint regions.
+  struct Span {
+    uintptr_t begin, end;
+  };
+  std::vector<Span> spans;
+  for (const Node& n : nodes) {
+    for (int s = 0; s < n.n_inputs; ++s)
+      if (n.inputs[s].present && n.inputs[s].size > 0)
+        spans.push_back({reinterpret_cast<uintptr_t>(n.inputs[s].data),
+                         reinterpret_cast<uintptr_t>(n.inputs[s].data + n.inputs[s].size)});
+    if (n.output.size > 0)
+      spans.push_back({reinterpret_cast<uintptr_t>(n.output.data),
+                       reinterpret_cast<uintptr_t>(n.output.data + n.output.size)});
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  std::vector<Region> regions;
+  for (const Span& s : spans) {
+    if (!regions.empty() && s.begin < regions.back().end) {
+      regions.back().end = std::max(regions.back().end, s.end);
+    } else {
+      Region r;
+      r.begin = s.begin;
+      r.end = s.end;
+      regions.push_back(r);
+    }
+  }
+  auto region_of = [&](const Tensor& t) -> int {
+    if (!t.present || t.size == 0) return -1;
+    const uintptr_t p = reinterpret_cast<uintptr_t>(t.data);
+    auto it = std::upper_bound(regions.begin(), regions.end(), p,
+                               [](uintptr_t v, const Region& r) { return v < r.begin; });
+    return static_cast<int>(std::prev(it) - regions.begin());
+  };
+
+  // 2. Per node slot: its region; what must be uploaded, what is written, what is timestep-only.
+  std::vector<int> slot_region(nodes.size() * (kMaxInputs + 1), -1);
+  size_t rope_scratch = 0;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& n = nodes[i];
+    for (int s = 0; s < n.n_inputs; ++s) {
+      const int ri = region_of(n.inputs[s]);
+      slot_region[i * (kMaxInputs + 1) + s] = ri;
+      if (ri < 0) continue;
+      Region& r = regions[ri];
+      if (!r.touched) r.upload = true;
+      r.touched = true;
+      if (n.op == Op::timestep_embedding && s == 0)
+        r.used_as_timestep = true;
+      else
+        r.timestep_only = false;
+    }
+    const int ro = region_of(n.output);
+    slot_region[i * (kMaxInputs + 1) + kMaxInputs] = ro;
+    if (ro >= 0) {
+      Region& r = regions[ro];
+      if (!r.touched) {
+        // Nothing to upload only when this first write covers the whole region.
+        const uintptr_t b = reinterpret_cast<uintptr_t>(n.output.data);
+        r.upload = !(b == r.begin && b + output_elements(n) * sizeof(float) == r.end);
+      }
+      r.touched = true;
+      r.written = true;
+      r.timestep_only = false;
+    }
+    if (n.op == Op::rope3d) {
+      const RopeArgs a{n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5), n.p(6), n.params[7]};
+      rope_scratch = std::max(rope_scratch, rope3d_scratch_bytes(a));
+    }
+  }
+
+  // 3. Storage per region, cache hits and admissions, workspace layout.
+  for (Region& r : regions) {
+    // Timesteps stay float32 in every storage (t = 620 is 624 in bfloat16); a range also used by
+    // another op keeps the common storage so every kernel sees one type per region.
+    r.storage = (r.used_as_timestep && r.timestep_only) ? Storage::f32 : storage;
+    if (r.written) evict_overlapping(r.begin, r.end, pins);
+  }
+  size_t offset = 0;
+  bool any_conversion = false;
+  std::vector<size_t> offsets(regions.size(), SIZE_MAX);
+  for (size_t ri = 0; ri < regions.size(); ++ri) {
+    Region& r = regions[ri];
+    const size_t dev_bytes = r.floats() * storage_bytes(r.storage);
+    if (!r.written && r.storage == storage && cache_limit_ > 0) {
+      auto& m = cache(storage);
+      auto it = m.upper_bound(r.begin);
+      if (it != m.begin()) {
+        --it;
+        if (it->first <= r.begin && it->first + it->second.bytes >= r.end) {
+          it->second.last_use = run_counter_;
+          r.dev = static_cast<char*>(it->second.dev) + (r.begin - it->first) / sizeof(float) * storage_bytes(storage);
+          r.cached = true;
+          continue;
+        }
+      }
+      const auto key = std::make_pair(r.begin, r.end);
+      if (can_admit && seen_read_only_.count(key) && !overlaps_in_use(r.begin, r.end)) {
+        // Seen read-only before: likely a weight. A range only partly cached is re-cached whole.
+        evict_overlapping(r.begin, r.end, pins);
+        const size_t charge = round_up(dev_bytes, kAlign);
+        void* p = nullptr;
+        if (make_room(charge, pins) && cudaMalloc(&p, dev_bytes) == cudaSuccess) {
+          CacheEntry e;
+          e.bytes = r.end - r.begin;
+          e.dev = p;
+          e.last_use = run_counter_;
+          m.emplace(r.begin, e);
+          cache_bytes_ += charge;
+          pins->push_back({reinterpret_cast<const void*>(r.begin), e.bytes, true});
+          r.dev = static_cast<char*>(p);
+          r.cached = true;
+          r.fresh = true;
+          seen_read_only_.erase(key);
+          if (r.storage != Storage::f32) any_conversion = true;
+          continue;  // uploaded below with the other regions that need it
+        }
+        cudaGetLastError();  // a failed cudaMalloc leaves an error to clear; the region goes uncached
+      } else if (can_admit) {
+        if (seen_read_only_.size() >= kSeenLimit) seen_read_only_.clear();
+        seen_read_only_.insert(key);
+      }
+    }
+    offsets[ri] = offset;
+    offset += round_up(dev_bytes, kAlign);
+    if (r.storage != Storage::f32) any_conversion = true;
+  }
+  const size_t staging_at = offset;
+  if (any_conversion) offset += kStagingFloats * sizeof(float);
+  const size_t scratch_at = offset;
+  offset += round_up(rope_scratch, kAlign);
+  ensure_workspace(std::max<size_t>(offset, kAlign));
+  staging_ = any_conversion ? reinterpret_cast<float*>(workspace_ + staging_at) : nullptr;
+  scratch_ = workspace_ + scratch_at;
+  for (size_t ri = 0; ri < regions.size(); ++ri)
+    if (offsets[ri] != SIZE_MAX) regions[ri].dev = workspace_ + offsets[ri];
+
+  // 4. Upload, run, download, wait. On failure, wait for the stream before returning so that no
+  // queued copy writes into host memory the caller may release.
+  try {
+    RunStats st;
+    check(cudaEventRecord(events_[0], stream_), "cudaEventRecord");
+    for (const Region& r : regions)
+      if (r.upload && (!r.cached || r.fresh)) {
+        upload(r);
+        st.upload_bytes += static_cast<double>(r.end - r.begin);
+      }
+    check(cudaEventRecord(events_[1], stream_), "cudaEventRecord");
+    for (size_t i = 0; i < nodes.size(); ++i) compute(storage, nodes[i], regions, slot_region, i);
+    check(cudaEventRecord(events_[2], stream_), "cudaEventRecord");
+    for (const Region& r : regions)
+      if (r.written) {
+        download(r);
+        st.download_bytes += static_cast<double>(r.end - r.begin);
+      }
+    check(cudaEventRecord(events_[3], stream_), "cudaEventRecord");
+    check(cudaStreamSynchronize(stream_), "graph run");
+    float ms[3] = {0, 0, 0};
+    for (int i = 0; i < 3; ++i) check(cudaEventElapsedTime(&ms[i], events_[i], events_[i + 1]), "cudaEventElapsedTime");
+    st.upload_ms = ms[0];
+    st.compute_ms = ms[1];
+    st.download_ms = ms[2];
+    st.cached_bytes = static_cast<double>(cache_bytes_);
+    stats_ = st;
+  } catch (...) {
+    cudaStreamSynchronize(stream_);
+    cudaGetLastError();
+    // A fresh cache entry whose upload may not have completed must not serve later runs.
+    for (const Region& r : regions)
+      if (r.fresh) evict_overlapping(r.begin, r.end, pins);
+    throw;
+  }
+}
+
+void Device::compute(Storage storage, const Node& n, const std::vector<Region>& regions,
+                     const std::vector<int>& slot_region, size_t node_index) {
+  const int* sr = &slot_region[node_index * (kMaxInputs + 1)];
+  // Device address of a slot: the same element offset in its region's buffer.
+  auto dev = [&](const Tensor& t, int ri) -> char* {
+    if (ri < 0) return nullptr;
+    const Region& r = regions[ri];
+    return r.dev + (reinterpret_cast<uintptr_t>(t.data) - r.begin) / sizeof(float) * storage_bytes(r.storage);
+  };
+  const void* in[kMaxInputs];
+  for (int s = 0; s < kMaxInputs; ++s) in[s] = s < n.n_inputs ? dev(n.inputs[s], sr[s]) : nullptr;
+  void* out = dev(n.output, sr[kMaxInputs]);
+  cudaStream_t st = stream_;
+  switch (n.op) {
+    case Op::linear: {
+      const size_t m = n.p(0), k = n.p(1), nn = n.p(2);
+      if (m == 0 || nn == 0) break;
+      if (k == 0 || !cublas_.ok() || m > INT_MAX || k > INT_MAX || nn > INT_MAX) {
+        if (k == 0)
+          fill_rows(storage, in[2], out, m, nn, st);
+        else
+          linear_fallback(storage, in[0], in[1], in[2], out, m, k, nn, st);
+        break;
+      }
+      // Row-major y[m, n] = x[m, k] W[n, k]^T is column-major y^T[n, m] = W^T' x^T' with W read
+      // transposed: cuBLAS (op T on W, lda k; op N on x, ldb k; ldc n). The bias is written into
+      // y first and accumulated with beta = 1, so the output is rounded once.
+      const float one = 1.0f, zero = 0.0f;
+      if (in[2]) fill_rows(storage, in[2], out, m, nn, st);
+      const cudaDataType_t t = cuda_type(storage);
+      const int rc = cublas_.gemm_ex(cublas_.handle, kCublasOpT, kCublasOpN, static_cast<int>(nn),
+                                     static_cast<int>(m), static_cast<int>(k), &one, in[1], t,
+                                     static_cast<int>(k), in[0], t, static_cast<int>(k),
+                                     in[2] ? &one : &zero, out, t, static_cast<int>(nn),
+                                     kCublasCompute32F, kCublasGemmDefault);
+      if (rc != 0)
+        throw std::runtime_error("node " + std::to_string(node_index) + " (linear): cublasGemmEx failed with status " +
+                                 std::to_string(rc));
+      break;
+    }
+    case Op::layer_norm: layer_norm(storage, in[0], in[1], in[2], out, n.p(0), n.p(1), n.pf(2), st); break;
+    case Op::rms_norm: rms_norm(storage, in[0], in[1], out, n.p(0), n.p(1), n.pf(2), st); break;
+    case Op::modulate: modulate(storage, in[0], in[1], in[2], out, n.p(0), n.p(1), st); break;
+    case Op::gated_add: gated_add(storage, in[0], in[1], in[2], out, n.p(0), n.p(1), st); break;
+    case Op::gelu_tanh: gelu_tanh(storage, in[0], out, n.p(0), st); break;
+    case Op::silu: silu(storage, in[0], out, n.p(0), st); break;
+    case Op::rope3d: {
+      const RopeArgs a{n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5), n.p(6), n.params[7]};
+      rope3d(storage, in[0], out, a, scratch_, st);
+      break;
+    }
+    case Op::attention: {
+      const AttentionShape a{n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5)};
+      attention(storage, in[0], in[1], in[2], in[3], in[4], out, a, st);
+      break;
+    }
+    case Op::patchify: patchify(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), false, st); break;
+    case Op::unpatchify: patchify(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), true, st); break;
+    case Op::timestep_embedding: {
+      const bool f32 = sr[0] >= 0 && regions[sr[0]].storage == Storage::f32;
+      timestep_embedding(storage, in[0], f32, out, n.p(0), n.p(1), st);
+      break;
+    }
+    case Op::cfg_combine: cfg_combine(storage, in[0], out, n.p(0), n.pf(1), st); break;
+    case Op::copy_rows: copy_rows(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), st); break;
+    case Op::count: throw std::logic_error("unvalidated node");
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error("node " + std::to_string(node_index) + " (" + op_info(n.op).name +
+                             "): CUDA launch failed: " + cudaGetErrorString(err));
+}
+
+Device& device() {
+  static Device d;
+  return d;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(Storage storage) : storage_(storage), name_(std::string("cuda:") + storage_name(storage)) {}
+  const char* name() const override { return name_.c_str(); }
+  bool supports_op(Op op) const override { return op != Op::count; }
+  // The per-node interface runs a one-node graph. It has no pin sink, so it admits nothing to the
+  // weight cache; evictions it causes are reported by the next run that has one.
+  void compute(const Node& node) override { device().run(storage_, std::vector<Node>{node}, nullptr); }
+  void run_graph(const std::vector<Node>& nodes, std::vector<HostPin>* pins) override {
+    device().run(storage_, nodes, pins);
+  }
+
+ private:
+  Storage storage_;
+  std::string name_;
+};
+
+}  // namespace
+
+const Status& status() { return device().status(); }
+
+void register_backends() {
+  if (!status().usable) return;
+  for (Storage s : {Storage::f32, Storage::bf16, Storage::f16}) register_backend(std::make_unique<CudaBackend>(s));
+}
+
+void release_device_cache(std::vector<HostPin>* pins) {
+  if (status().usable) device().release_cache(pins);
+}
+
+bool cublas_loaded() { return status().usable && device().cublas_loaded(); }
+
+RunStats last_run_stats() { return status().usable ? device().stats() : RunStats{}; }
+
+}  // namespace cuda
+}  // namespace ls

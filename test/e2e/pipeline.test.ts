@@ -1,0 +1,192 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { cpuBackend } from '@longshot/engine';
+import { Stitcher } from '@longshot/media';
+import { encodePrompt, getConfig, seededStageWeights, Stage } from '@longshot/model';
+import { BlockQueue, registryWorkers, runDistributedJob, runLocalPipeline, type DistributedResult } from '@longshot/pipeline';
+import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
+import { createWorkerClient, encodePayload, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
+import { LocalCluster } from '../../apps/cli/src/local-cluster';
+
+let dir: string;
+let cluster: LocalCluster;
+let redis: Redis;
+
+const base = { prompt: 'a lighthouse in a storm', width: 64, height: 64, block: 2, context: 1, steps: 6, model: 'tiny', seed: 11 };
+const spec = (over: Partial<Parameters<typeof normalizeSpec>[0]> = {}): JobSpec => normalizeSpec({ ...base, frames: 4 * (12 - 1) + 1, ...over });
+
+/** The single-process result: K stage objects chained in this process. */
+async function inProcess(s: JobSpec): Promise<string> {
+  const config = getConfig(s.model);
+  const plan = planJob(s);
+  const text = { cond: encodePrompt(s.prompt, config), uncond: encodePrompt('', config) };
+  const stages = partitionLayers(config.layers, s.stages).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
+  const stitcher = new Stitcher(path.join(dir, `local-${s.stages}-${s.frames}.mp4`), geometry(s));
+  await runLocalPipeline(new BlockQueue(s, plan, config.latentChannels), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
+  return (await stitcher.finish()).latentSha256;
+}
+
+function geometry(s: JobSpec) {
+  return { frames: s.frames, fps: s.fps, width: s.width, height: s.height, block: s.block, blocks: planJob(s).blocks, latentChannels: 16 };
+}
+
+async function distributed(s: JobSpec, id: string, hooks: { onBlockStep?: (n: number) => void } = {}): Promise<DistributedResult & { latentSha256: string }> {
+  const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), geometry(s));
+  let steps = 0;
+  const run = await runDistributedJob(
+    { jobId: id, spec: s, keyPrefix: jobPrefix(id), text: null },
+    {
+      blocks: new BlockStore(redis),
+      workers: registryWorkers(new WorkerRegistry(redis)),
+      onBlock: async (i, latents) => void (await stitcher.add(i, latents)),
+      onBlockStep: () => hooks.onBlockStep?.(++steps),
+      livenessIntervalMs: 200,
+    },
+  );
+  return { ...run, latentSha256: (await stitcher.finish()).latentSha256 };
+}
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-pipeline-'));
+  cluster = await LocalCluster.start({ workers: 5, respawn: true, name: 'e2e' });
+  redis = new Redis(cluster.redisUrl);
+});
+
+afterAll(async () => {
+  redis?.disconnect();
+  await cluster?.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('DualParal across worker processes', () => {
+  it('gives the same latents for K = 1 in process and 2, 3, 4 workers', async () => {
+    const reference = await inProcess(spec());
+    for (const K of [2, 3, 4]) {
+      const r = await distributed(spec({ stages: K }), `same-${K}`);
+      expect(r.latentSha256, `K = ${K}`).toBe(reference);
+      expect(new Set(r.workers).size).toBe(K);
+      expect(r.recomputedBlockSteps).toBe(0);
+    }
+  });
+
+  it('survives a worker killed mid-job, redoing at most one iteration', async () => {
+    const s = spec({ stages: 3, frames: 4 * (24 - 1) + 1, steps: 8 });
+    const reference = await inProcess({ ...s, stages: 1 });
+    const plan = planJob(s);
+    let killed: string | null = null;
+    let victimPick: Promise<void> | null = null;
+    const r = await distributed(s, 'killed', {
+      onBlockStep: (n) => {
+        if (killed || victimPick || n < plan.blockSteps / 3) return;
+        // Kill the middle stage's worker: the head only notices through the lost stream or the registry.
+        victimPick = new WorkerRegistry(redis).list().then((ws) => {
+          const busy = ws.filter((w) => w.sessions > 0).map((w) => w.id).sort();
+          killed = busy[1];
+          cluster.kill(killed, 'SIGKILL');
+        });
+      },
+    });
+    expect(killed).not.toBeNull();
+    expect(r.attempts.length).toBeGreaterThanOrEqual(2);
+    expect(r.attempts[0].error).toBeTruthy();
+    expect(r.workers).not.toContain(killed);
+    expect(r.latentSha256).toBe(reference);
+    // At most one iteration's block-steps (the queue length) are applied twice.
+    expect(r.recomputedBlockSteps).toBeLessThanOrEqual(Math.min(plan.blocks, s.steps));
+    expect(r.attempts[1].startIteration).toBeGreaterThan(0);
+  });
+
+  it('refuses malformed activation streams with the right status and keeps serving other sessions', async () => {
+    const s = spec({ stages: 2 });
+    const [w] = [...cluster.workers.values()];
+    const client = createWorkerClient(w.address);
+    const token = 'x'.repeat(32);
+    await new Promise<void>((resolve, reject) =>
+      client.openSession(
+        {
+          jobId: 'probe',
+          sessionId: 'probe.s1',
+          token,
+          spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift, block: s.block, context: s.context, stages: 2, seed: s.seed, model: s.model },
+          layerBegin: 3,
+          layerEnd: 6,
+          role: Role.ROLE_TAIL,
+          nextAddress: '127.0.0.1:9',
+          nextSessionId: 'nowhere',
+          nextToken: token,
+          wireDtype: toWireDtype('f32'),
+          text: undefined,
+          resume: false,
+          keyPrefix: '',
+          payloadScale: 1,
+        },
+        (err) => (err ? reject(err) : resolve()),
+      ),
+    );
+    const tokens = 2 * (0 + s.block) * 16; // block 0: no prefix, (64/8/2)^2 = 16 tokens per frame
+    const goodStep = { iteration: 0, block: 0, step: 0, timestep: 1000, prefixFrames: 0, ownFrames: s.block, contextFrames: s.context, height: 8, width: 8 };
+    const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, ...over });
+    const cases: [string, object, number][] = [
+      ['unknown session', { sessionId: 'nope' }, grpc.status.NOT_FOUND],
+      ['wrong token', { token: 'y'.repeat(32) }, grpc.status.UNAUTHENTICATED],
+      ['wrong shape', { shape: [2, tokens / 2, 63], byteLength: tokens * 63 * 4 }, grpc.status.INVALID_ARGUMENT],
+      ['byte length', { byteLength: 12 }, grpc.status.INVALID_ARGUMENT],
+      ['dtype', { dtype: toWireDtype('bf16'), byteLength: tokens * 64 * 2 }, grpc.status.INVALID_ARGUMENT],
+      ['block-step the job does not have', { step: { ...goodStep, block: 99 } }, grpc.status.INVALID_ARGUMENT],
+      ['velocity into a tail', { kind: PayloadKind.PAYLOAD_KIND_VELOCITY }, grpc.status.INVALID_ARGUMENT],
+    ];
+    // A real job runs on the same workers while the bad streams arrive.
+    const job = distributed(s, 'beside-probes');
+    for (const [name, over, code] of cases) {
+      expect(await sendOne(client, header(over), tokens * 64 * 4), name).toBe(code);
+    }
+    expect((await job).latentSha256).toBe(await inProcess({ ...s, stages: 1 }));
+    client.close();
+  });
+
+  it('keeps worker memory flat for a job four times as long', { timeout: 300_000 }, async () => {
+    const rss = async (frames: number, name: string) => {
+      const c = await LocalCluster.start({ workers: 2, name });
+      const r2 = new Redis(c.redisUrl);
+      try {
+        const s = spec({ stages: 2, frames, steps: 4, width: 128, height: 128 });
+        const stitcher = new Stitcher(path.join(dir, `${name}.mp4`), geometry(s));
+        const run = await runDistributedJob(
+          { jobId: name, spec: s, keyPrefix: jobPrefix(name), text: null },
+          { blocks: new BlockStore(r2), workers: registryWorkers(new WorkerRegistry(r2)), onBlock: async (i, l) => void (await stitcher.add(i, l)) },
+        );
+        await stitcher.finish();
+        return Object.values(run.maxRssBytes);
+      } finally {
+        r2.disconnect();
+        await c.stop();
+      }
+    };
+    // The short job is long enough for a worker to reach its steady state (heap warmed up);
+    // what must not happen is growth with the number of frames.
+    const short = await rss(4 * (192 - 1) + 1, 'mem-short');
+    const long = await rss(4 * (768 - 1) + 1, 'mem-long');
+    const worst = Math.max(...long.map((l, i) => l / short[i]));
+    console.log(`worker peak RSS, short job: ${short.map((b) => (b / 2 ** 20).toFixed(1))} MiB; 4x frames: ${long.map((b) => (b / 2 ** 20).toFixed(1))} MiB; worst ratio ${worst.toFixed(3)}`);
+    expect(short.length).toBe(2);
+    expect(worst).toBeLessThanOrEqual(1.05);
+  });
+});
+
+/** Opens an Activations stream, sends one header (and the bytes), returns the status it ends with. */
+function sendOne(client: WorkerClient, header: object, bytes: number): Promise<number> {
+  return new Promise((resolve) => {
+    const call = client.activations();
+    call.on('data', (_: ActivationAck) => undefined);
+    call.on('error', (e: grpc.ServiceError) => resolve(e.code));
+    call.on('status', (st: grpc.StatusObject) => resolve(st.code));
+    call.write({ frame: { $case: 'header', value: header } } as ActivationFrame);
+    call.write({ frame: { $case: 'chunk', value: { seq: 1, offset: 0, data: encodePayload(new Float32Array(bytes / 4), 'f32') } } } as ActivationFrame);
+    call.end();
+  });
+}
