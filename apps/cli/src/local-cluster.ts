@@ -11,8 +11,21 @@ export interface LocalWorker {
   readonly process: ChildProcess;
 }
 
+export interface LocalController {
+  readonly id: string;
+  /** http://127.0.0.1:PORT */
+  readonly url: string;
+  readonly process: ChildProcess;
+}
+
 export interface LocalClusterOptions {
   readonly workers: number;
+  /** Controller replicas to start (0 for a workers-only cluster). */
+  readonly controllers?: number;
+  /** Port of the first controller (0 = any free port). */
+  readonly controllerPort?: number;
+  /** Extra environment for the controllers (e.g. LONGSHOT_RESULTS_DIR). */
+  readonly controllerEnv?: NodeJS.ProcessEnv;
   /** Extra flags for every worker (e.g. ['--emulate', 'h100-nvlink']). */
   readonly workerArgs?: readonly string[];
   /** Start a fresh worker when one exits unexpectedly, as a Kubernetes Deployment would. */
@@ -23,6 +36,7 @@ export interface LocalClusterOptions {
 }
 
 const WORKER_BIN = path.resolve(__dirname, '../../worker/bin/longshot-worker.js');
+const CONTROLLER_BIN = path.resolve(__dirname, '../../controller/bin/longshot-controller.js');
 
 /**
  * A worker's young generation is fixed in size from the start (V8 otherwise grows it over the
@@ -37,6 +51,7 @@ export const WORKER_NODE_FLAGS = ['--min-semi-space-size=4', '--max-semi-space-s
  */
 export class LocalCluster {
   readonly workers = new Map<string, LocalWorker>();
+  readonly controllers = new Map<string, LocalController>();
   private stopping = false;
   private spawned = 0;
 
@@ -50,6 +65,7 @@ export class LocalCluster {
     const cluster = new LocalCluster(redis, options);
     try {
       await Promise.all(Array.from({ length: options.workers }, () => cluster.spawnWorker()));
+      for (let i = 0; i < (options.controllers ?? 0); i++) await cluster.spawnController(i === 0 ? (options.controllerPort ?? 0) : 0);
     } catch (e) {
       await cluster.stop();
       throw e;
@@ -61,6 +77,17 @@ export class LocalCluster {
     return this.redis.url;
   }
 
+  /** Starts one more controller replica and resolves once it serves HTTP. */
+  spawnController(port = 0): Promise<LocalController> {
+    const id = `${this.options.name ?? 'local'}-controller-${this.controllers.size}-${this.spawned++}`;
+    const args = [CONTROLLER_BIN, '--host', '127.0.0.1', '--port', String(port), '--redis', this.redis.url, '--id', id];
+    return this.spawnReady(id, args, { ...process.env, ...this.options.controllerEnv }, (msg, child) => {
+      const c: LocalController = { id, url: msg.url as string, process: child };
+      this.controllers.set(id, c);
+      return c;
+    }, () => this.controllers.delete(id), false);
+  }
+
   /** Starts one more worker and resolves once it is registered and serving. */
   spawnWorker(): Promise<LocalWorker> {
     const id = `${this.options.name ?? 'local'}-${this.spawned++}`;
@@ -69,50 +96,68 @@ export class LocalCluster {
     // would wait on the OS scheduler. Results do not depend on the thread count.
     const threads = String(Math.max(1, Math.floor(os.availableParallelism() / this.options.workers)));
     const env = { LONGSHOT_THREADS: threads, ...process.env, ...this.options.env };
-    const child = spawn(process.execPath, [...WORKER_NODE_FLAGS, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    return this.spawnReady(id, [...WORKER_NODE_FLAGS, ...args], env, (msg, child) => {
+      const w: LocalWorker = { id, address: msg.address as string, metricsAddress: msg.metricsAddress as string, process: child };
+      this.workers.set(id, w);
+      return w;
+    }, () => this.workers.delete(id), this.options.respawn === true, () => void this.spawnWorker().catch(() => undefined));
+  }
+
+  /**
+   * Spawns a Longshot process and resolves once it prints its JSON ready line. `forget` removes
+   * it from the cluster's maps when it exits; `respawn` restarts it after an unexpected exit.
+   */
+  private spawnReady<T>(
+    id: string,
+    args: string[],
+    env: NodeJS.ProcessEnv,
+    ready: (msg: Record<string, unknown>, child: ChildProcess) => T,
+    forget: () => boolean,
+    respawn: boolean,
+    restart?: () => void,
+  ): Promise<T> {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-4000);
       if (process.env.LONGSHOT_WORKER_LOGS) process.stderr.write(d);
     });
-    return new Promise<LocalWorker>((resolve, reject) => {
+    return new Promise<T>((resolve, reject) => {
       const lines = readline.createInterface({ input: child.stdout! });
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
-        reject(new Error(`worker ${id} did not start within 60 s: ${stderr.trim()}`));
+        reject(new Error(`${id} did not start within 60 s: ${stderr.trim()}`));
       }, 60_000);
       lines.on('line', (line) => {
-        let msg: { event?: string; address?: string; metricsAddress?: string };
+        let msg: Record<string, unknown>;
         try {
-          msg = JSON.parse(line) as typeof msg;
+          msg = JSON.parse(line) as Record<string, unknown>;
         } catch {
           return;
         }
         if (msg.event !== 'ready') return;
         clearTimeout(timer);
-        const w: LocalWorker = { id, address: msg.address!, metricsAddress: msg.metricsAddress!, process: child };
-        this.workers.set(id, w);
-        resolve(w);
+        resolve(ready(msg, child));
       });
       child.on('exit', (code, signal) => {
         clearTimeout(timer);
-        const known = this.workers.delete(id);
-        if (!known) reject(new Error(`worker ${id} exited (${signal ?? code}) before it was ready: ${stderr.trim()}`));
-        else if (!this.stopping && this.options.respawn) void this.spawnWorker().catch(() => undefined);
+        const known = forget();
+        if (!known) reject(new Error(`${id} exited (${signal ?? code}) before it was ready: ${stderr.trim()}`));
+        else if (!this.stopping && respawn) restart?.();
       });
     });
   }
 
-  /** Sends a signal to one worker (tests: SIGKILL in the middle of a job). */
+  /** Sends a signal to one worker or controller (tests: SIGKILL in the middle of a job). */
   kill(id: string, signal: NodeJS.Signals = 'SIGKILL'): void {
-    const w = this.workers.get(id);
-    if (!w) throw new Error(`no worker ${id}`);
-    w.process.kill(signal);
+    const p = this.workers.get(id) ?? this.controllers.get(id);
+    if (!p) throw new Error(`no process ${id}`);
+    p.process.kill(signal);
   }
 
   async stop(): Promise<void> {
     this.stopping = true;
-    const exits = [...this.workers.values()].map(
+    const exits = [...this.controllers.values(), ...this.workers.values()].map(
       (w) =>
         new Promise<void>((resolve) => {
           if (w.process.exitCode !== null || w.process.signalCode !== null) return resolve();

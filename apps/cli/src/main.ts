@@ -1,13 +1,20 @@
 import { UsageError } from './args';
 import { MODEL_HELP, modelCommand } from './model-command';
 import { RENDER_HELP, renderCommand } from './render';
+import { cancelCommand, fetchCommand, statusCommand, SUBMIT_HELP, submitCommand, UP_HELP, upCommand } from './service-commands';
 
 const HELP = `longshot: long-video generation with DualParal
 
 Commands:
-  render     render a video on this machine
+  render     render a video (embedded cluster on this machine, or --url a controller)
+  up         run Redis, a controller and workers on this machine until Ctrl-C
+  submit     submit a job to a controller (--url)
+  status     show a job (--url URL ID)
+  fetch      download a job's MP4 (--url URL ID --out FILE)
+  cancel     cancel a job (--url URL ID)
   model      write a seeded model to a safetensors file
-  bench      run the benchmarks (npm run bench -- NAME --json)
+
+Benchmarks: npm run bench -- kernels|transport|pipeline|gpu [--json]
 
 'longshot COMMAND --help' for the flags.
 `;
@@ -15,6 +22,11 @@ Commands:
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
   render: { run: renderCommand, help: RENDER_HELP },
   model: { run: modelCommand, help: MODEL_HELP },
+  up: { run: upCommand, help: UP_HELP },
+  submit: { run: submitCommand, help: SUBMIT_HELP },
+  status: { run: statusCommand, help: SUBMIT_HELP },
+  fetch: { run: fetchCommand, help: SUBMIT_HELP },
+  cancel: { run: cancelCommand, help: SUBMIT_HELP },
 };
 
 async function main(argv: string[]): Promise<void> {

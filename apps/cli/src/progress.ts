@@ -26,7 +26,11 @@ export class Progress {
   }
 
   tick(n = 1): void {
-    this.done += n;
+    this.set(this.done + n);
+  }
+
+  set(done: number): void {
+    this.done = done;
     if (this.bar) {
       this.bar.update(this.done);
       return;

@@ -8,6 +8,7 @@ import { encodePrompt, loadTextEmbeddings, resolveModel, Stage, type ModelSource
 import { BlockQueue, registryWorkers, runDistributedJob, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
 import { intFlag, numberFlag, parseFlags, sizeFlag, UsageError } from './args';
+import { ControllerClient, followWithProgress } from './client';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
 
@@ -35,7 +36,8 @@ const FLAG_OF: Record<string, string> = { textEmbeddings: 'text-embeddings', wid
 
 export interface RenderResult {
   id: string;
-  mode: 'in-process' | 'workers';
+  mode: 'in-process' | 'workers' | 'service';
+  controller?: string;
   workers?: string[];
   attempts?: number;
   recomputedBlockSteps?: number;
@@ -58,34 +60,31 @@ export interface RenderResult {
   blockStepsPerSecond: number;
 }
 
-export async function renderCommand(argv: string[]): Promise<void> {
-  const f = parseFlags(argv, {
-    prompt: { type: 'string' },
-    'text-embeddings': { type: 'string' },
-    seconds: { type: 'string' },
-    frames: { type: 'string' },
-    fps: { type: 'string' },
-    size: { type: 'string' },
-    steps: { type: 'string' },
-    guidance: { type: 'string' },
-    shift: { type: 'string' },
-    block: { type: 'string' },
-    context: { type: 'string' },
-    stages: { type: 'string' },
-    seed: { type: 'string' },
-    model: { type: 'string' },
-    out: { type: 'string' },
-    json: { type: 'boolean', default: false },
-    help: { type: 'boolean', default: false },
-  });
-  if (f.help) {
-    process.stdout.write(RENDER_HELP);
-    return;
-  }
+/** The flags that set a job's spec, shared by `render` and `submit`. */
+export const jobRequestFlags = {
+  prompt: { type: 'string' },
+  'text-embeddings': { type: 'string' },
+  seconds: { type: 'string' },
+  frames: { type: 'string' },
+  fps: { type: 'string' },
+  size: { type: 'string' },
+  steps: { type: 'string' },
+  guidance: { type: 'string' },
+  shift: { type: 'string' },
+  block: { type: 'string' },
+  context: { type: 'string' },
+  stages: { type: 'string' },
+  seed: { type: 'string' },
+  model: { type: 'string' },
+} as const;
+
+type JobFlags = { [K in keyof typeof jobRequestFlags]?: string };
+
+export function requestFromFlags(f: JobFlags): JobRequest {
   const size = sizeFlag(f.size);
-  const request: JobRequest = {
+  return {
     prompt: f.prompt,
-    textEmbeddings: f['text-embeddings'],
+    textEmbeddings: f['text-embeddings'] === undefined ? undefined : path.resolve(f['text-embeddings']),
     seconds: numberFlag('seconds', f.seconds),
     frames: intFlag('frames', f.frames),
     fps: intFlag('fps', f.fps),
@@ -100,6 +99,22 @@ export async function renderCommand(argv: string[]): Promise<void> {
     seed: intFlag('seed', f.seed),
     model: f.model,
   };
+}
+
+export async function renderCommand(argv: string[]): Promise<void> {
+  const f = parseFlags(argv, {
+    ...jobRequestFlags,
+    out: { type: 'string' },
+    url: { type: 'string' },
+    'in-process': { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  });
+  if (f.help) {
+    process.stdout.write(RENDER_HELP);
+    return;
+  }
+  const request = requestFromFlags(f);
   const spec = specOrUsage(request);
   const model = flagged('model', () => resolveModel(spec.model));
   if (spec.stages > model.config.layers) throw new UsageError(`--stages: ${spec.stages} stages for a model of ${model.config.layers} layers; at most one stage per layer`);
@@ -107,7 +122,7 @@ export async function renderCommand(argv: string[]): Promise<void> {
   const id = jobId(spec);
   const out = path.resolve(f.out ?? path.join('out', `${id}.mp4`));
   const input = { spec, model, text, explicitText: spec.textEmbeddings !== null, id, out, progress: new Progress(process.stderr) };
-  const r = spec.stages === 1 ? await renderLocal(input) : await renderWithWorkers(input);
+  const r = f['in-process'] ? await renderLocal(input) : await renderWithWorkers(input);
   if (f.json) {
     process.stdout.write(`${JSON.stringify(r)}\n`);
   } else {
@@ -259,5 +274,51 @@ function flagged<T>(flag: string, fn: () => T): T {
     return fn();
   } catch (e) {
     throw new UsageError(`--${flag}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Renders through the service path: the controller at `url`, or an embedded cluster (Redis, one
+ * controller, workers) started for this render. Submits over REST, shows progress from SSE,
+ * downloads the MP4, and reports the same JSON as the other modes.
+ */
+export async function renderViaService(request: JobRequest, opts: { url?: string; out?: string; progress?: Progress }): Promise<RenderResult> {
+  const started = performance.now();
+  const cluster = opts.url ? null : await LocalCluster.start({ workers: request.stages ?? 2, controllers: 1, respawn: true, name: 'render' });
+  try {
+    const url = opts.url ?? [...cluster!.controllers.values()][0].url;
+    const client = new ControllerClient(url);
+    const job = await client.submit(request);
+    const status = await followWithProgress(client, job.id, opts.progress);
+    if (status.status !== 'succeeded' || !status.result) throw new Error(`job ${job.id} ${status.status}${status.error ? `: ${status.error}` : ''}`);
+    const out = await client.fetchContent(job.id, path.resolve(opts.out ?? path.join('out', `${job.id}.mp4`)));
+    const r = status.result;
+    const seconds = (performance.now() - started) / 1000;
+    return {
+      id: job.id,
+      mode: 'service',
+      model: String(status.spec.model),
+      prompt: String(status.spec.prompt ?? ''),
+      frames: r.frames,
+      width: r.width,
+      height: r.height,
+      fps: r.fps,
+      steps: status.spec.steps,
+      blocks: status.progress.blocks,
+      block: Number(status.spec.block),
+      context: Number(status.spec.context),
+      stages: status.stages ?? Number(status.spec.stages),
+      layers: [],
+      seed: Number(status.spec.seed),
+      latentSha256: r.latentSha256,
+      output: out,
+      seconds,
+      blockStepsPerSecond: status.progress.blockSteps / seconds,
+      workers: status.workers,
+      attempts: status.attempts,
+      controller: url,
+    };
+  } finally {
+    await cluster?.stop();
   }
 }

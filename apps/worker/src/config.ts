@@ -18,6 +18,7 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --time-scale X       emulated seconds are multiplied by X (1)
   --key-ttl SECONDS    lifetime of a job's Redis keys after each write (86400)
   --drain SECONDS      on SIGTERM, how long open sessions may finish (30)
+  --checkpoint-every N head checkpoints every N iterations: fewer writes, more work redone after a failure (1)
 `;
 
 export type BackendKind = 'cpu' | 'cuda' | 'auto';
@@ -42,6 +43,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
       'time-scale': { type: 'string' },
       'key-ttl': { type: 'string' },
       drain: { type: 'string' },
+      'checkpoint-every': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -80,6 +82,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     emulation,
     keyTtlSeconds: int('key-ttl', f['key-ttl'], 86400, 1, 365 * 86400),
     drainSeconds: int('drain', f.drain, 30, 0, 3600),
+    checkpointEvery: int('checkpoint-every', f['checkpoint-every'] ?? env.LONGSHOT_CHECKPOINT_EVERY, 1, 1, 1_000_000),
   };
   return { config, backend, help: f.help ?? false };
 }

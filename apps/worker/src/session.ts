@@ -41,9 +41,20 @@ export interface SessionContext {
   readonly blocks: BlockStore;
   /** Seconds a job's keys live after each write; the driver shortens it once the job ends. */
   readonly keyTtlSeconds: number;
+  /** Iterations between checkpoints (the last iteration always gets one). */
+  readonly checkpointEvery: number;
   readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
   readonly log: Logger;
+  /** Called when the session has lost its driver or upstream for longer than the grace period. */
+  readonly onOrphaned: (s: StageSession) => void;
 }
+
+/**
+ * How long a session may have no driver (head) or upstream (others) before it closes itself. A
+ * job whose driver died (e.g. a controller replica killed) is resumed elsewhere from its
+ * checkpoint; its old sessions must stop well before that, or two heads would write one job.
+ */
+const ORPHAN_GRACE_MS = 2000;
 
 /** Block-steps the head keeps issued ahead of the results (bounded by the ordering rule anyway). */
 const HEAD_MAX_IN_FLIGHT = 64;
@@ -78,6 +89,8 @@ export class StageSession {
   private queued = 0;
   private queueWaiters: (() => void)[] = [];
   private queue: BlockQueue | null = null;
+  /** Persistence of the last completed iteration boundary, while it is in flight. */
+  private persisting: Promise<void> | null = null;
   private readonly resume: boolean;
   private closed = false;
   private failure: Error | null = null;
@@ -88,6 +101,7 @@ export class StageSession {
   private busy = 0;
   private idleSince = performance.now();
   private lastFinish = 0;
+  private orphanTimer: NodeJS.Timeout | null = null;
   private readonly log: Logger;
 
   constructor(
@@ -214,6 +228,7 @@ export class StageSession {
 
   /** A whole tensor for this stage, in arrival order. Resolves when the next one may be read. */
   async receive(h: TensorHeader, payload: Buffer): Promise<void> {
+    this.adopt();
     const s = h.step!;
     const step = this.expectedStep(s.block, s.iteration) as BlockStep;
     const count = h.shape.reduce((a, b) => a * b, 1);
@@ -237,6 +252,7 @@ export class StageSession {
   watch(onEvent: (e: SessionEvent) => void, onEnd: () => void): () => void {
     if (!this.isHead) throw new SessionError('FAILED_PRECONDITION', `session ${this.id} is not a head: only the head reports progress`);
     if (this.watcher) throw new SessionError('ALREADY_EXISTS', `session ${this.id} already has a watcher`);
+    this.adopt();
     for (const e of this.events) onEvent(e);
     this.events = [];
     this.watcher = onEvent;
@@ -248,9 +264,25 @@ export class StageSession {
     };
   }
 
+  /** Lost its driver or upstream: closes itself unless adopted again within the grace period. */
+  orphan(why: string): void {
+    if (this.closed || this.orphanTimer) return;
+    this.orphanTimer = setTimeout(() => {
+      this.log.warn('closing an orphaned session', { why });
+      this.ctx.onOrphaned(this);
+    }, ORPHAN_GRACE_MS);
+    this.orphanTimer.unref();
+  }
+
+  private adopt(): void {
+    if (this.orphanTimer) clearTimeout(this.orphanTimer);
+    this.orphanTimer = null;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.adopt();
     this.finishEvents();
     try {
       await this.sender?.close();
@@ -271,27 +303,42 @@ export class StageSession {
       const out = this.timedForward(step, window);
       if (this.runner.range.tail) {
         // K = 1: the velocity is ours; apply in order through the same path as a remote tail's.
-        this.sendChain = this.sendChain.then(async () => this.applyVelocity(step, await out)).catch((e) => this.fail(e));
+        this.sendChain = this.sendChain.then(async () => this.applyVelocity(step, this.expand(await out, step))).catch((e) => this.fail(e));
       } else {
         this.forwardOut(step, out, performance.now());
       }
     }
   }
 
+  /**
+   * Applies one result. A completed iteration's boundary (its finished block, then the
+   * checkpoint) is persisted in the background while the head keeps issuing the next iteration;
+   * the next iteration's first result waits for it, so a failure never loses more than the
+   * iteration in progress.
+   */
   private async applyVelocity(step: BlockStep, velocity: Float32Array): Promise<void> {
     const q = this.queue!;
+    if (this.persisting) await this.persisting;
     const r = q.apply(step.iteration, step.block, velocity);
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
-    if (r.finished) {
-      await this.ctx.blocks.put(this.keyPrefix, r.finished.index, r.finished.latents, this.ctx.keyTtlSeconds);
-      this.emit({ event: { $case: 'blockFinished', value: { block: r.finished.index } } });
-    }
     if (r.completedIteration !== null) {
-      await this.ctx.checkpoints.save(this.keyPrefix, q.checkpoint(), this.ctx.keyTtlSeconds);
-      workerMetrics.checkpoints.inc();
-      this.emit({ event: { $case: 'checkpointed', value: { iteration: r.completedIteration + 1 } } });
+      const boundary = r.completedIteration + 1;
+      const finished = r.finished;
+      const state = boundary % this.ctx.checkpointEvery === 0 || q.done ? q.checkpoint() : null;
+      this.persisting = (async () => {
+        if (finished) {
+          await this.ctx.blocks.put(this.keyPrefix, finished.index, finished.latents, this.ctx.keyTtlSeconds);
+          this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } });
+        }
+        if (!state) return;
+        await this.ctx.checkpoints.save(this.keyPrefix, state, this.ctx.keyTtlSeconds);
+        workerMetrics.checkpoints.inc();
+        this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
+      })();
+      this.persisting.catch((e) => this.fail(e));
     }
     if (q.done) {
+      await this.persisting;
       this.emit({ event: { $case: 'done', value: { iterations: this.plan.iterations, blockStepsApplied: q.appliedCount } } });
       this.finishEvents();
       return;

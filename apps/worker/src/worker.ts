@@ -5,8 +5,8 @@ import type { Backend } from '@longshot/engine';
 import type { EmulationOptions } from '@longshot/pipeline';
 import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
 import {
-  activationsHandler,
   addHealthService,
+  TensorReceiver,
   serverOptions,
   workerServiceDefinition,
   type CloseSessionRequest,
@@ -36,6 +36,8 @@ export interface WorkerConfig {
   readonly keyTtlSeconds: number;
   /** On SIGTERM, how long open sessions may run before the worker stops anyway. */
   readonly drainSeconds: number;
+  /** Head: write a checkpoint every this many iterations (1 = every boundary). */
+  readonly checkpointEvery: number;
 }
 
 /**
@@ -77,20 +79,27 @@ export class WorkerProcess {
           (e) => cb(this.toStatus(e)),
         );
       },
-      activations: activationsHandler({
-        authorize: (h) => {
-          const s = this.sessions.get(h.sessionId);
-          const err = s ? s.admit(h) : new SessionError('NOT_FOUND', `no session ${h.sessionId} on worker ${this.config.id}`);
-          if (!err) return null;
-          workerMetrics.rejectedTensors.inc({ code: err.code });
-          return { code: grpc.status[err.code], message: err.message };
-        },
-        handler: async ({ header, payload }) => {
-          workerMetrics.bytesReceived.inc(payload.length);
-          const s = this.sessions.get(header.sessionId);
-          if (s) await s.receive(header, payload);
-        },
-      }),
+      activations: (call) => {
+        const fed = new Set<string>();
+        const receiver = new TensorReceiver(call, {
+          authorize: (h) => {
+            const s = this.sessions.get(h.sessionId);
+            const err = s ? s.admit(h) : new SessionError('NOT_FOUND', `no session ${h.sessionId} on worker ${this.config.id}`);
+            if (!err) return null;
+            workerMetrics.rejectedTensors.inc({ code: err.code });
+            return { code: grpc.status[err.code], message: err.message };
+          },
+          handler: async ({ header, payload }) => {
+            workerMetrics.bytesReceived.inc(payload.length);
+            const s = this.sessions.get(header.sessionId);
+            if (!s) return;
+            fed.add(s.id);
+            await s.receive(header, payload);
+          },
+        });
+        // An upstream that goes away leaves its downstream sessions without work for good.
+        void receiver.finished.then(() => fed.forEach((id) => this.sessions.get(id)?.orphan('its upstream stream ended')));
+      },
       watchSession: (call) => this.watchSession(call),
       closeSession: (call, cb) => {
         this.closeSession(call.request).then(
@@ -167,8 +176,10 @@ export class WorkerProcess {
       checkpoints: this.checkpoints,
       blocks: this.blocks,
       keyTtlSeconds: this.config.keyTtlSeconds,
+      checkpointEvery: this.config.checkpointEvery,
       emulation: this.config.emulation,
       log: this.log,
+      onOrphaned: (s) => this.drop(s, 'orphaned'),
     });
     this.sessions.set(session.id, session);
     workerMetrics.sessionsOpened.inc();
@@ -200,7 +211,10 @@ export class WorkerProcess {
         (e) => call.write(e),
         () => call.end(),
       );
-      call.on('cancelled', stop);
+      call.on('cancelled', () => {
+        stop();
+        s.orphan('its driver stopped watching');
+      });
     } catch (e) {
       call.emit('error', this.toStatus(e));
     }
@@ -210,11 +224,16 @@ export class WorkerProcess {
     const s = this.sessions.get(req.sessionId);
     if (!s) throw new SessionError('NOT_FOUND', `no session ${req.sessionId} on worker ${this.config.id}`);
     if (req.token !== s.token) throw new SessionError('UNAUTHENTICATED', `session ${s.id}: wrong token`);
+    await this.drop(s, 'closed by the driver');
+    return { maxRssBytes: process.resourceUsage().maxRSS * 1024, blockSteps: s.blockSteps };
+  }
+
+  private async drop(s: StageSession, why: string): Promise<void> {
+    if (this.sessions.get(s.id) !== s) return;
     this.sessions.delete(s.id);
     workerMetrics.sessionsOpen.set(this.sessions.size);
     await s.close();
-    this.log.info('session closed', { job: s.jobId, session: s.id, blockSteps: s.blockSteps });
-    return { maxRssBytes: process.resourceUsage().maxRSS * 1024, blockSteps: s.blockSteps };
+    this.log.info('session closed', { job: s.jobId, session: s.id, blockSteps: s.blockSteps, why });
   }
 
   private toStatus(e: unknown): Partial<grpc.StatusObject> {

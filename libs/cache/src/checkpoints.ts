@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { NoiseState, QueueState } from '@longshot/pipeline';
-import { CHECKSUM_BYTES, CorruptValueError, float32Bytes, readFloat32, sha256 } from './codec';
+import { CHECKSUM_BYTES, CorruptValueError, float32Bytes, readFloat32, sha256, writeFloat32 } from './codec';
 import { JobKeyspace } from './job-keys';
 import { keys as defaultKeys, type KeySchema } from './keys';
 
@@ -68,14 +68,20 @@ export function encodeCheckpoint(state: QueueState): Buffer {
   };
   const json = Buffer.from(JSON.stringify(header), 'utf8');
   if (json.length > MAX_HEADER_BYTES) throw new Error(`checkpoint: header is ${json.length} bytes, at most ${MAX_HEADER_BYTES}`);
-  const preamble = Buffer.alloc(CHECKPOINT_PREAMBLE);
-  CHECKPOINT_MAGIC.copy(preamble, 0);
-  preamble.writeUInt32LE(CHECKPOINT_VERSION, 4);
-  preamble.writeUInt32LE(json.length, 8);
-  const parts = [preamble, json, ...state.blocks.map((b) => float32Bytes(b.latents))];
-  if (state.finishedTail) parts.push(float32Bytes(state.finishedTail.latents));
-  const body = Buffer.concat(parts);
-  return Buffer.concat([body, sha256(body)]);
+  // One allocation and one copy of each tensor: checkpoints hold every queued block's latents
+  // (tens of MB at 480p) and are written at every iteration boundary.
+  const tensors = state.blocks.map((b) => b.latents);
+  if (state.finishedTail) tensors.push(state.finishedTail.latents);
+  const bodyBytes = CHECKPOINT_PREAMBLE + json.length + tensors.reduce((n, t) => n + t.byteLength, 0);
+  const out = Buffer.allocUnsafe(bodyBytes + CHECKSUM_BYTES);
+  CHECKPOINT_MAGIC.copy(out, 0);
+  out.writeUInt32LE(CHECKPOINT_VERSION, 4);
+  out.writeUInt32LE(json.length, 8);
+  json.copy(out, CHECKPOINT_PREAMBLE);
+  let offset = CHECKPOINT_PREAMBLE + json.length;
+  for (const t of tensors) offset = writeFloat32(out, offset, t);
+  sha256(out.subarray(0, bodyBytes)).copy(out, bodyBytes);
+  return out;
 }
 
 /** Decodes and validates a checkpoint value; every failure is a CorruptValueError naming `key`. */

@@ -24,6 +24,15 @@ export function float32Bytes(values: Float32Array): Buffer {
   return out;
 }
 
+/** Writes `values` as little-endian bytes into `dst` at `offset`; returns the offset after them. */
+export function writeFloat32(dst: Buffer, offset: number, values: Float32Array): number {
+  const src = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
+  const into = dst.subarray(offset, offset + values.byteLength);
+  if (HOST_IS_LE) into.set(src);
+  else swap32(src, into);
+  return offset + values.byteLength;
+}
+
 /** The inverse of `float32Bytes`; `bytes` may sit at any offset (Redis replies are not aligned). */
 export function readFloat32(bytes: Uint8Array, count: number): Float32Array {
   if (bytes.byteLength !== count * 4) throw new RangeError(`expected ${count * 4} bytes for ${count} float32 values, got ${bytes.byteLength}`);

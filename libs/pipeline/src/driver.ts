@@ -30,6 +30,12 @@ export interface DistributedJob {
   readonly wireDtype?: PayloadDtype;
   /** Emulated compute only: tensors on the wire are this many times smaller. */
   readonly payloadScale?: number;
+  /**
+   * Start from the job's last checkpoint in Redis, if it has one (a retry after the driver
+   * itself was lost, e.g. another controller replica taking the job over). Failovers within
+   * this call always resume.
+   */
+  readonly resume?: boolean;
 }
 
 export interface DriverOptions {
@@ -112,6 +118,8 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
     });
     return draining;
   };
+  // On a takeover, blocks finished before it are already in Redis: hand them over first.
+  if (job.resume) void drain();
 
   for (let attempt = 0; ; attempt++) {
     o.signal?.throwIfAborted();
@@ -196,7 +204,7 @@ async function openSessions(
       nextToken: K === 1 ? '' : next.token,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text,
-      resume: attempt > 0,
+      resume: attempt > 0 || job.resume === true,
       keyPrefix: job.keyPrefix,
       payloadScale: job.payloadScale ?? 1,
     };
