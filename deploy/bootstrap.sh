@@ -33,7 +33,13 @@ fi
 # --- npm dependencies ----------------------------------------------------------------------------
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "npm ci"
-  npm ci --no-audit --no-fund >&2
+  if ! npm ci --no-audit --no-fund >&2; then
+    # Some registries (mirrors) lack other platforms' optional binaries (e.g. rollup's); npm then
+    # leaves them out of the lock and `npm ci` refuses it. `npm install` installs the same locked
+    # versions and tolerates the gap.
+    say "npm ci refused the lock file; installing the locked versions with npm install"
+    npm install --no-audit --no-fund >&2
+  fi
 fi
 
 # --- native addon ---------------------------------------------------------------------------------
