@@ -35,7 +35,11 @@ function geometry(s: JobSpec) {
   return { frames: s.frames, fps: s.fps, width: s.width, height: s.height, block: s.block, blocks: planJob(s).blocks, latentChannels: 16 };
 }
 
-async function distributed(s: JobSpec, id: string, hooks: { onBlockStep?: (n: number) => void } = {}): Promise<DistributedResult & { latentSha256: string }> {
+async function distributed(
+  s: JobSpec,
+  id: string,
+  hooks: { onBlockStep?: (n: number) => void; onAttempt?: (workers: string[]) => void } = {},
+): Promise<DistributedResult & { latentSha256: string }> {
   const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), geometry(s));
   let steps = 0;
   const run = await runDistributedJob(
@@ -45,6 +49,7 @@ async function distributed(s: JobSpec, id: string, hooks: { onBlockStep?: (n: nu
       workers: registryWorkers(new WorkerRegistry(redis)),
       onBlock: async (i, latents) => void (await stitcher.add(i, latents)),
       onBlockStep: () => hooks.onBlockStep?.(++steps),
+      onAttempt: (a) => hooks.onAttempt?.(a.workers.map((w) => w.id)),
       livenessIntervalMs: 200,
     },
   );
@@ -79,19 +84,20 @@ describe('DualParal across worker processes', () => {
     const reference = await inProcess({ ...s, stages: 1 });
     const plan = planJob(s);
     let killed: string | null = null;
-    let victimPick: Promise<void> | null = null;
+    let firstAttempt: string[] = [];
     const r = await distributed(s, 'killed', {
+      onAttempt: (workers) => {
+        if (firstAttempt.length === 0) firstAttempt = workers;
+      },
       onBlockStep: (n) => {
-        if (killed || victimPick || n < plan.blockSteps / 3) return;
+        if (killed || n < plan.blockSteps / 3) return;
         // Kill the middle stage's worker: the head only notices through the lost stream or the registry.
-        victimPick = new WorkerRegistry(redis).list().then((ws) => {
-          const busy = ws.filter((w) => w.sessions > 0).map((w) => w.id).sort();
-          killed = busy[1];
-          cluster.kill(killed, 'SIGKILL');
-        });
+        killed = firstAttempt[1];
+        cluster.kill(killed, 'SIGKILL');
       },
     });
     expect(killed).not.toBeNull();
+    console.log(`killed ${killed} (SIGKILL) mid-job; attempts ${r.attempts.length}, resumed at iteration ${r.attempts[1]?.startIteration}; block-steps redone ${r.recomputedBlockSteps} (bound: one iteration = ${Math.min(plan.blocks, s.steps)})`);
     expect(r.attempts.length).toBeGreaterThanOrEqual(2);
     expect(r.attempts[0].error).toBeTruthy();
     expect(r.workers).not.toContain(killed);

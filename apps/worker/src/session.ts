@@ -102,6 +102,7 @@ export class StageSession {
   private idleSince = performance.now();
   private lastFinish = 0;
   private orphanTimer: NodeJS.Timeout | null = null;
+  private zeroVelocity: Float32Array | null = null;
   private readonly log: Logger;
 
   constructor(
@@ -301,6 +302,7 @@ export class StageSession {
       if (!issued) break;
       const { step, window } = issued;
       const out = this.timedForward(step, window);
+      void out.then(() => q.recycle(window), () => undefined);
       if (this.runner.range.tail) {
         // K = 1: the velocity is ours; apply in order through the same path as a remote tail's.
         this.sendChain = this.sendChain.then(async () => this.applyVelocity(step, this.expand(await out, step))).catch((e) => this.fail(e));
@@ -324,7 +326,8 @@ export class StageSession {
     if (r.completedIteration !== null) {
       const boundary = r.completedIteration + 1;
       const finished = r.finished;
-      const state = boundary % this.ctx.checkpointEvery === 0 || q.done ? q.checkpoint() : null;
+      // No copy: the next apply waits for this save, and nothing else changes latents.
+      const state = boundary % this.ctx.checkpointEvery === 0 || q.done ? q.checkpoint({ copy: false }) : null;
       this.persisting = (async () => {
         if (finished) {
           await this.ctx.blocks.put(this.keyPrefix, finished.index, finished.latents, this.ctx.keyTtlSeconds);
@@ -452,7 +455,11 @@ export class StageSession {
   /** Emulation sends scaled-down tensors; the head still applies a full-size (zero) velocity. */
   private expand(x: Float32Array, step: BlockStep): Float32Array {
     if (this.payloadScale === 1) return x;
-    return this.isHead ? new Float32Array(this.config.latentChannels * step.ownFrames * step.height * step.width) : x;
+    if (!this.isHead) return x;
+    // Read-only (the sampler step reads it), so one zero buffer serves every block-step.
+    const size = this.config.latentChannels * step.ownFrames * step.height * step.width;
+    if (this.zeroVelocity?.length !== size) this.zeroVelocity = new Float32Array(size);
+    return this.zeroVelocity;
   }
 
   private textOf(req: OpenSessionRequest): TextEmbeddings {

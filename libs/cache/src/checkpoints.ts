@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { NoiseState, QueueState } from '@longshot/pipeline';
-import { CHECKSUM_BYTES, CorruptValueError, float32Bytes, readFloat32, sha256, writeFloat32 } from './codec';
+import { CHECKSUM_BYTES, CorruptValueError, float32Bytes, readFloat32, checksum, writeFloat32 } from './codec';
 import { JobKeyspace } from './job-keys';
 import { keys as defaultKeys, type KeySchema } from './keys';
 
@@ -15,12 +15,12 @@ export interface StoreOptions {
  *   8     4   header length h
  *   12    h   header, UTF-8 JSON (CheckpointHeader)
  *   12+h  ..  float32 LE payloads: each block's latents in header order, then finishedTail's
- *   end-32    SHA-256 of all preceding bytes
+ *   end-4     CRC-32 (big-endian) of all preceding bytes
  * The header carries every length, so a reader can tell truncation from corruption and never
  * trusts a size it has not checked against the bytes it has.
  */
 const CHECKPOINT_MAGIC = Buffer.from('LSCK', 'latin1');
-const CHECKPOINT_VERSION = 1;
+const CHECKPOINT_VERSION = 2;
 const CHECKPOINT_PREAMBLE = 12;
 /** Far above any real header (a few blocks); bounds what a corrupt length field can make us read. */
 const MAX_HEADER_BYTES = 1 << 20;
@@ -80,7 +80,7 @@ export function encodeCheckpoint(state: QueueState): Buffer {
   json.copy(out, CHECKPOINT_PREAMBLE);
   let offset = CHECKPOINT_PREAMBLE + json.length;
   for (const t of tensors) offset = writeFloat32(out, offset, t);
-  sha256(out.subarray(0, bodyBytes)).copy(out, bodyBytes);
+  checksum(out.subarray(0, bodyBytes)).copy(out, bodyBytes);
   return out;
 }
 
@@ -98,7 +98,7 @@ export function decodeCheckpoint(key: string, buf: Buffer): QueueState {
   }
 
   const bodyEnd = buf.length - CHECKSUM_BYTES;
-  const checksumOk = sha256(buf.subarray(0, bodyEnd)).equals(buf.subarray(bodyEnd));
+  const checksumOk = checksum(buf.subarray(0, bodyEnd)).equals(buf.subarray(bodyEnd));
   let header: CheckpointHeader | null = null;
   let headerProblem = '';
   try {
@@ -192,11 +192,11 @@ export class CheckpointStore {
 
 /*
  * Block value, version 1 (uint32 LE): magic "LSBK", version, block index, value count, then the
- * float32 LE latents and the SHA-256 of all preceding bytes. The index guards against a value
+ * float32 LE latents and the CRC-32 of all preceding bytes. The index guards against a value
  * copied under the wrong key.
  */
 const BLOCK_MAGIC = Buffer.from('LSBK', 'latin1');
-const BLOCK_VERSION = 1;
+const BLOCK_VERSION = 2;
 const BLOCK_PREAMBLE = 16;
 
 export function encodeBlock(index: number, latents: Float32Array): Buffer {
@@ -207,7 +207,7 @@ export function encodeBlock(index: number, latents: Float32Array): Buffer {
   preamble.writeUInt32LE(index, 8);
   preamble.writeUInt32LE(latents.length, 12);
   const body = Buffer.concat([preamble, float32Bytes(latents)]);
-  return Buffer.concat([body, sha256(body)]);
+  return Buffer.concat([body, checksum(body)]);
 }
 
 export function decodeBlock(key: string, index: number, buf: Buffer): Float32Array {
@@ -221,7 +221,7 @@ export function decodeBlock(key: string, index: number, buf: Buffer): Float32Arr
   if (buf.length < expected) throw fail(`is truncated: ${buf.length} bytes, ${count} values need ${expected}`);
   if (buf.length > expected) throw fail(`has ${buf.length - expected} bytes after its ${count} values`);
   const bodyEnd = buf.length - CHECKSUM_BYTES;
-  if (!sha256(buf.subarray(0, bodyEnd)).equals(buf.subarray(bodyEnd))) throw fail('checksum mismatch (corrupt)');
+  if (!checksum(buf.subarray(0, bodyEnd)).equals(buf.subarray(bodyEnd))) throw fail('checksum mismatch (corrupt)');
   const stored = buf.readUInt32LE(8);
   if (stored !== index) throw fail(`holds block ${stored}, not block ${index}`);
   return readFloat32(buf.subarray(BLOCK_PREAMBLE, bodyEnd), count);

@@ -44,6 +44,8 @@ export interface DriverOptions {
   /** Final latents of each block, in block order, exactly once. */
   onBlock(index: number, latents: Float32Array): Promise<void> | void;
   onBlockStep?(e: { iteration: number; block: number; step: number }): void;
+  /** When an attempt's sessions are open: its workers, head first, and where it resumed. */
+  onAttempt?(a: { attempt: number; workers: readonly DriverWorker[]; startIteration: number }): void;
   readonly log?: Logger;
   /** Failovers before the job fails. */
   readonly maxRecoveries?: number;
@@ -131,6 +133,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
       o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration });
+      o.onAttempt?.({ attempt, workers, startIteration });
       await watchHead(sessions, o, {
         onEvent: (e) => {
           switch (e.event?.$case) {

@@ -22,6 +22,7 @@ export async function runLocalPipeline(queue: BlockQueue, stages: readonly Stage
     const { step, window } = issued;
     let x = window;
     for (const stage of stages) x = await stage.forward(step, x);
+    queue.recycle(window);
     const applied = queue.apply(step.iteration, step.block, x);
     events.onBlockStep?.({ iteration: step.iteration, block: step.block, step: step.step });
     if (applied.finished) await events.onBlockFinished?.(applied.finished);

@@ -65,6 +65,7 @@ export class BlockQueue {
   private readonly inFlight: { iteration: number; block: number }[] = [];
   /** Noise position before each iteration's new block was drawn, until that boundary is saved. */
   private readonly noiseBefore = new Map<number, NoiseState>();
+  private readonly spareWindows: Float32Array[] = [];
 
   constructor(
     readonly spec: JobSpec,
@@ -159,16 +160,24 @@ export class BlockQueue {
   /**
    * The state at the last completed iteration boundary. Block-steps of later iterations may
    * already be issued: issuing draws noise but changes no latents, so the boundary is exact.
+   * With `copy: false` the latents are the live arrays, valid until the next `apply` (the head
+   * persists a checkpoint before it applies more, and saves it a copy of tens of MB).
    */
-  checkpoint(): QueueState {
+  checkpoint({ copy = true }: { copy?: boolean } = {}): QueueState {
     const next = this.nextIteration;
     for (const i of [...this.noiseBefore.keys()]) if (i < next) this.noiseBefore.delete(i);
+    const take = (t: Float32Array) => (copy ? t.slice() : t);
     return {
       iteration: next,
-      blocks: this.blocks.filter((b) => b.index < next).map((b) => ({ index: b.index, step: b.step, latents: b.latents.slice() })),
+      blocks: this.blocks.filter((b) => b.index < next).map((b) => ({ index: b.index, step: b.step, latents: take(b.latents) })),
       noise: this.noiseBefore.get(next) ?? this.noise.state(),
-      finishedTail: this.finishedTail ? { index: this.finishedTail.index, latents: this.finishedTail.latents.slice() } : null,
+      finishedTail: this.finishedTail ? { index: this.finishedTail.index, latents: take(this.finishedTail.latents) } : null,
     };
+  }
+
+  /** Hands a window back once its forward has read it, so the next window reuses the memory. */
+  recycle(window: Float32Array): void {
+    if (this.spareWindows.length < 4) this.spareWindows.push(window);
   }
 
   private window(block: number, iteration: number): IssuedStep {
@@ -179,7 +188,10 @@ export class BlockQueue {
     const p = prefix ? C : 0;
     const frames = p + B;
     const fs = this.frameSize;
-    const window = new Float32Array(this.channels * frames * fs);
+    const size = this.channels * frames * fs;
+    // Every element is written below, so a recycled buffer needs no clearing.
+    const spare = this.spareWindows.findIndex((w) => w.length === size);
+    const window = spare >= 0 ? this.spareWindows.splice(spare, 1)[0] : new Float32Array(size);
     for (let c = 0; c < this.channels; c++) {
       if (prefix) window.set(prefix.subarray((c * B + B - C) * fs, (c * B + B) * fs), c * frames * fs);
       window.set(q.latents.subarray(c * B * fs, (c + 1) * B * fs), (c * frames + p) * fs);
