@@ -12,6 +12,8 @@ missing=()
 command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+# promtool checks the shipped Prometheus rules in the test suite.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # OpenBLAS is only the kernel benchmark's baseline (loaded at run time), never a dependency of the engine.
 ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0' || missing+=(libopenblas-dev)
 command -v g++ >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || missing+=(g++ make)

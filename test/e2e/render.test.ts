@@ -36,9 +36,14 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 describe('longshot render', () => {
   const common = ['--prompt', 'a paper boat on a rainy street', '--seconds', '2', '--size', '64x48', '--steps', '4', '--block', '3', '--context', '1'];
 
-  it('gives the same latents for 1 and 3 stages, and an MP4 with the reported frame count', async () => {
+  it('gives the same latents in process and through the service with 1 and 3 stages, and an MP4 with the reported frame count', async () => {
+    const local = await render([...common, '--in-process', '--out', 'local.mp4']);
+    expect(local.mode).toBe('in-process');
     const one = await render([...common, '--stages', '1', '--out', 'one.mp4']);
     const three = await render([...common, '--stages', '3', '--out', 'three.mp4']);
+    expect(one.mode).toBe('service');
+    expect((three.workers as string[]).length).toBe(3);
+    expect(one.latentSha256).toBe(local.latentSha256);
     for (const key of ['id', 'frames', 'width', 'height', 'fps', 'steps', 'blocks', 'stages', 'latentSha256', 'output', 'seconds']) {
       expect(one, key).toHaveProperty(key);
     }
@@ -47,15 +52,15 @@ describe('longshot render', () => {
     expect(three.stages).toBe(3);
     expect(await probeFrameCount(one.output as string)).toBe(one.frames);
     expect(await probeFrameCount(three.output as string)).toBe(three.frames);
-    const other = await render([...common, '--seed', '1', '--out', 'seed1.mp4']);
+    const other = await render([...common, '--in-process', '--seed', '1', '--out', 'seed1.mp4']);
     expect(other.latentSha256).not.toBe(one.latentSha256);
   });
 
   it('renders from a written safetensors model exactly as from the seeded init', async () => {
     const w = await longshot(['model', 'write', '--model', 'tiny', '--out', 'tiny.safetensors']);
     expect(w.code, w.stderr).toBe(0);
-    const seeded = await render([...common, '--stages', '2', '--out', 'seeded.mp4']);
-    const file = await render([...common, '--stages', '2', '--model', path.join(dir, 'tiny.safetensors'), '--out', 'file.mp4']);
+    const seeded = await render([...common, '--in-process', '--stages', '2', '--out', 'seeded.mp4']);
+    const file = await render([...common, '--in-process', '--stages', '2', '--model', path.join(dir, 'tiny.safetensors'), '--out', 'file.mp4']);
     expect(file.latentSha256).toBe(seeded.latentSha256);
   });
 
@@ -76,7 +81,7 @@ describe('longshot render', () => {
       expect(r.stderr, args.join(' ')).toMatch(re);
     }
     fs.writeFileSync(path.join(dir, 'broken.safetensors'), fs.readFileSync(path.join(dir, 'tiny.safetensors')).subarray(0, 5000));
-    const r = await longshot(['render', '--prompt', 'x', '--model', path.join(dir, 'broken.safetensors')]);
+    const r = await longshot(['render', '--in-process', '--prompt', 'x', '--model', path.join(dir, 'broken.safetensors')]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/broken\.safetensors/);
   });

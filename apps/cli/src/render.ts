@@ -1,11 +1,9 @@
 import { createHash } from 'node:crypto';
 import * as path from 'node:path';
-import { Redis } from 'ioredis';
-import { BlockStore, JobKeyspace, jobPrefix, WorkerRegistry } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { Stitcher } from '@longshot/media';
 import { encodePrompt, loadTextEmbeddings, resolveModel, Stage, type ModelSource, type TextEmbeddings } from '@longshot/model';
-import { BlockQueue, registryWorkers, runDistributedJob, runLocalPipeline } from '@longshot/pipeline';
+import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
 import { intFlag, numberFlag, parseFlags, sizeFlag, UsageError } from './args';
 import { ControllerClient, followWithProgress } from './client';
@@ -36,7 +34,7 @@ const FLAG_OF: Record<string, string> = { textEmbeddings: 'text-embeddings', wid
 
 export interface RenderResult {
   id: string;
-  mode: 'in-process' | 'workers' | 'service';
+  mode: 'in-process' | 'service';
   controller?: string;
   workers?: string[];
   attempts?: number;
@@ -115,14 +113,20 @@ export async function renderCommand(argv: string[]): Promise<void> {
     return;
   }
   const request = requestFromFlags(f);
+  // Checked here too so a bad flag fails before any process starts; the controller checks again.
   const spec = specOrUsage(request);
   const model = flagged('model', () => resolveModel(spec.model));
   if (spec.stages > model.config.layers) throw new UsageError(`--stages: ${spec.stages} stages for a model of ${model.config.layers} layers; at most one stage per layer`);
-  const text = flagged(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
-  const id = jobId(spec);
-  const out = path.resolve(f.out ?? path.join('out', `${id}.mp4`));
-  const input = { spec, model, text, explicitText: spec.textEmbeddings !== null, id, out, progress: new Progress(process.stderr) };
-  const r = f['in-process'] ? await renderLocal(input) : await renderWithWorkers(input);
+  const progress = new Progress(process.stderr);
+  let r: RenderResult;
+  if (f['in-process']) {
+    if (f.url) throw new UsageError('--in-process: renders on this machine, without --url');
+    const text = flagged(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
+    const id = jobId(spec);
+    r = await renderLocal({ spec, model, text, id, out: path.resolve(f.out ?? path.join('out', `${id}.mp4`)), progress });
+  } else {
+    r = await renderViaService(request, { url: f.url, out: f.out, progress });
+  }
   if (f.json) {
     process.stdout.write(`${JSON.stringify(r)}\n`);
   } else {
@@ -134,8 +138,6 @@ export interface RenderInput {
   spec: JobSpec;
   model: ModelSource;
   text: TextEmbeddings;
-  /** True when the text came from a file: workers then get the tensors, not the prompt. */
-  explicitText: boolean;
   id: string;
   out: string;
   progress?: Progress;
@@ -166,50 +168,6 @@ export async function renderLocal({ spec, model, text, id, out, progress }: Rend
   }
   return result(spec, plan, model, id, out, ranges.map((r) => [r.l0, r.l1]), fingerprint.latentSha256, started, { mode: 'in-process' });
 }
-
-/**
- * Renders with each stage in its own worker process on loopback, as on K pods: Redis (local
- * redis-server on a free port unless REDIS_URL is set), K workers, gRPC between them.
- */
-export async function renderWithWorkers({ spec, model, text, explicitText, id, out, progress }: RenderInput): Promise<RenderResult> {
-  const started = performance.now();
-  const plan = planJob(spec);
-  const cluster = await LocalCluster.start({ workers: spec.stages, respawn: true, name: id });
-  const redis = new Redis(cluster.redisUrl, { maxRetriesPerRequest: 3 });
-  const stitcher = new Stitcher(out, stitchGeometry(spec, plan, model));
-  const keyPrefix = jobPrefix(id);
-  progress?.start(`rendering ${id} on ${spec.stages} workers`, plan.blockSteps);
-  try {
-    const blocks = new BlockStore(redis);
-    const run = await runDistributedJob(
-      { jobId: id, spec, keyPrefix, text: explicitText ? text : null },
-      {
-        blocks,
-        workers: registryWorkers(new WorkerRegistry(redis)),
-        onBlock: async (index, latents) => void (await stitcher.add(index, latents)),
-        onBlockStep: () => progress?.tick(),
-      },
-    );
-    const fingerprint = await stitcher.finish();
-    await new JobKeyspace(redis).expireJob(keyPrefix, RESULT_RETENTION_SECONDS);
-    return result(spec, plan, model, id, out, run.layers, fingerprint.latentSha256, started, {
-      mode: 'workers',
-      workers: run.workers,
-      attempts: run.attempts.length,
-      recomputedBlockSteps: run.recomputedBlockSteps,
-    });
-  } catch (e) {
-    await stitcher.abort();
-    throw e;
-  } finally {
-    progress?.stop();
-    redis.disconnect();
-    await cluster.stop();
-  }
-}
-
-/** How long a finished job's Redis keys (blocks, checkpoint) stay for inspection. */
-const RESULT_RETENTION_SECONDS = 3600;
 
 function stitchGeometry(spec: JobSpec, plan: JobPlan, model: ModelSource) {
   return { frames: spec.frames, fps: spec.fps, width: spec.width, height: spec.height, block: spec.block, blocks: plan.blocks, latentChannels: model.config.latentChannels };

@@ -1,15 +1,10 @@
-import { cpuBackend, type Backend } from '@longshot/engine';
+import { createBackend } from '@longshot/engine';
 import { logger } from '@longshot/telemetry';
-import { WORKER_HELP, workerConfig, type BackendKind } from './config';
+import { WORKER_HELP, workerConfig } from './config';
 import { WorkerProcess } from './worker';
 
 const log = logger('worker');
 
-function backendFor(kind: BackendKind): Backend {
-  // The CUDA backend plugs in here once built (engine's createBackend); until then cpu serves all.
-  if (kind === 'cuda') throw new Error('--backend cuda: this build of the engine has no CUDA backend');
-  return cpuBackend();
-}
 
 async function main(): Promise<void> {
   const { config, backend, help } = workerConfig(process.argv.slice(2), process.env);
@@ -17,7 +12,13 @@ async function main(): Promise<void> {
     process.stdout.write(WORKER_HELP);
     return;
   }
-  const worker = new WorkerProcess(config, backendFor(backend), log);
+  let engineBackend;
+  try {
+    engineBackend = createBackend(backend);
+  } catch (e) {
+    throw new Error(`--backend ${backend}: ${(e as Error).message}`);
+  }
+  const worker = new WorkerProcess(config, engineBackend, log);
   await worker.start();
   // One machine-readable line for whoever started this process (longshot up, tests).
   process.stdout.write(`${JSON.stringify({ event: 'ready', id: config.id, address: worker.address, metricsAddress: worker.metricsAddress, pid: process.pid })}\n`);

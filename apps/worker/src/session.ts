@@ -201,7 +201,13 @@ export class StageSession {
     this.queue = new BlockQueue(this.spec, this.plan, this.config.latentChannels, state ?? undefined);
     const startIteration = this.queue.nextIteration;
     this.log.info('head started', { startIteration, resumed: state !== null });
-    setImmediate(() => this.pump());
+    if (this.queue.done) {
+      // Resumed from the final checkpoint: everything is in Redis already.
+      this.emit({ event: { $case: 'done', value: { iterations: this.plan.iterations, blockStepsApplied: this.queue.appliedCount } } });
+      this.finishEvents();
+    } else {
+      setImmediate(() => this.pump());
+    }
     return startIteration;
   }
 

@@ -4,3 +4,5 @@ export * from './checkpoints';
 export * from './registry';
 export { JobKeyspace } from './job-keys';
 export { CorruptValueError } from './codec';
+export * from './leases';
+export * from './jobs';

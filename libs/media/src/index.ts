@@ -1,2 +1,3 @@
 export * from './mp4';
 export * from './stitcher';
+export * from './segments';

@@ -123,13 +123,16 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   // On a takeover, blocks finished before it are already in Redis: hand them over first.
   if (job.resume) void drain();
 
+  // Session ids must not collide with a previous run of the same job (e.g. a controller replica
+  // that died) whose sessions workers may still be closing.
+  const run = randomBytes(4).toString('hex');
   for (let attempt = 0; ; attempt++) {
     o.signal?.throwIfAborted();
     const workers = await o.workers.pick(ranges.length, dead);
     const sessions: OpenedSession[] = [];
     let startIteration = 0;
     try {
-      const opened = await openSessions(job, workers, ranges, attempt);
+      const opened = await openSessions(job, workers, ranges, `${run}.a${attempt}`, attempt > 0);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
       o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration });
@@ -179,14 +182,15 @@ async function openSessions(
   job: DistributedJob,
   workers: DriverWorker[],
   ranges: LayerRange[],
-  attempt: number,
+  attemptName: string,
+  failover: boolean,
 ): Promise<{ sessions: OpenedSession[]; startIteration: number }> {
   const K = ranges.length;
   if (workers.length !== K) throw new Error(`need ${K} workers, got ${workers.length}`);
   const sessions: OpenedSession[] = workers.map((worker, k) => ({
     worker,
     client: createWorkerClient(worker.address),
-    sessionId: `${job.jobId}.a${attempt}.s${k}`,
+    sessionId: `${job.jobId}.${attemptName}.s${k}`,
     token: randomBytes(24).toString('hex'),
   }));
   const s = job.spec;
@@ -207,7 +211,7 @@ async function openSessions(
       nextToken: K === 1 ? '' : next.token,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text,
-      resume: attempt > 0 || job.resume === true,
+      resume: failover || job.resume === true,
       keyPrefix: job.keyPrefix,
       payloadScale: job.payloadScale ?? 1,
     };

@@ -33,6 +33,8 @@ export function windowOf(step: BlockStep, successor: boolean): WindowShape {
 export class EmulatedStage implements StageRunner {
   private queue: Promise<unknown> = Promise.resolve();
   private lastBlock: { iteration: number; block: number } | null = null;
+  /** When the emulated device finishes the work queued so far (performance.now() ms). */
+  private deviceFreeAt = 0;
 
   constructor(
     readonly config: ModelConfig,
@@ -55,12 +57,21 @@ export class EmulatedStage implements StageRunner {
     return Math.max(1, Math.ceil(full / this.options.payloadScale));
   }
 
+  /**
+   * Like a GPU stream, the device runs queued forwards back to back: a forward ends at
+   * max(submission, previous end) + its modelled time, whatever the host's event loop is doing
+   * when the timer fires, so host jitter delays results but never the device's schedule.
+   */
   forward(step: BlockStep): Promise<Float32Array> {
+    const seconds = this.forwardSeconds(step);
+    this.lastBlock = { iteration: step.iteration, block: step.block };
+    const endsAt = Math.max(performance.now(), this.deviceFreeAt) + seconds * 1000;
+    this.deviceFreeAt = endsAt;
+    const out = new Float32Array(this.outputSize(step));
     const run = this.queue.then(async () => {
-      const seconds = this.forwardSeconds(step);
-      this.lastBlock = { iteration: step.iteration, block: step.block };
-      await sleep(seconds * 1000);
-      return new Float32Array(this.outputSize(step));
+      const wait = endsAt - performance.now();
+      if (wait > 0) await sleep(wait);
+      return out;
     });
     this.queue = run.catch(() => undefined);
     return run;

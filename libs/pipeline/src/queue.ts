@@ -1,4 +1,4 @@
-import { iteration as iterationAt, iterationCount, type Iteration, type JobPlan, type JobSpec } from '@longshot/planner';
+import { iteration as iterationAt, iterationCount, type JobPlan, type JobSpec } from '@longshot/planner';
 import type { BlockStep } from '@longshot/model';
 import { eulerStep, shiftedSigmas, timestepOf } from '@longshot/sampler';
 import { CoordinatedNoise, type NoiseState } from './noise';

@@ -12,7 +12,6 @@ import { BinaryReader } from '@bufbuild/protobuf/wire';
 import { ActivationFrame, TensorChunk, TensorHeader } from './gen/longshot/v1/worker';
 
 // Tags: (field number << 3) | wire type; 0 = varint, 2 = length-delimited.
-const TAG_FRAME_HEADER = (1 << 3) | 2;
 const TAG_FRAME_CHUNK = (2 << 3) | 2;
 const TAG_CHUNK_SEQ = (1 << 3) | 0;
 const TAG_CHUNK_OFFSET = (2 << 3) | 0;

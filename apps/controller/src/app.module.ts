@@ -1,0 +1,59 @@
+import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
+import { Redis } from 'ioredis';
+import { JobStore, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import type { ControllerConfig } from './config';
+import { ErrorFilter } from './http/errors';
+import { OpsController } from './http/ops.controller';
+import { VideosController } from './http/videos.controller';
+import { registerClusterGauges } from './metrics';
+import { RenderQueue } from './queue';
+import { JobDataRepository, ResultStore } from './repositories';
+import { RunnerService } from './runner';
+import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
+import { VideosService } from './videos.service';
+import { APP_FILTER } from '@nestjs/core';
+
+/** Closes the Redis connections last, after the runner and queue have let go of them. */
+class Connections implements OnApplicationShutdown {
+  constructor(@Inject(REDIS) private readonly redis: Redis) {}
+  onApplicationShutdown(): void {
+    this.redis.disconnect();
+  }
+}
+
+/** Gauges that read Redis on scrape. */
+class Gauges {
+  constructor(@Inject(RenderQueue) queue: RenderQueue, @Inject(REGISTRY) registry: WorkerRegistry, @Inject(LEASES) leases: WorkerLeases) {
+    registerClusterGauges({
+      queueCounts: () => queue.counts(),
+      async workers() {
+        const live = await registry.list();
+        return { registered: live.length, leased: (await leases.leases(live.map((w) => w.id))).length };
+      },
+    });
+  }
+}
+
+export function appModule(config: ControllerConfig) {
+  @Module({
+    controllers: [VideosController, OpsController],
+    providers: [
+      { provide: CONFIG, useValue: config },
+      { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
+      { provide: REDIS_SUBSCRIBER, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: null }) },
+      { provide: JOBS, useFactory: (r: Redis) => new JobStore(r, { retentionMs: config.retentionSeconds * 1000 }), inject: [REDIS] },
+      { provide: LEASES, useFactory: (r: Redis) => new WorkerLeases(r), inject: [REDIS] },
+      { provide: REGISTRY, useFactory: (r: Redis) => new WorkerRegistry(r), inject: [REDIS] },
+      { provide: JOB_DATA, useFactory: (r: Redis) => new JobDataRepository(r, config.retentionSeconds), inject: [REDIS] },
+      { provide: RESULTS, useValue: new ResultStore(config.resultsDir) },
+      { provide: APP_FILTER, useClass: ErrorFilter },
+      Connections,
+      RenderQueue,
+      RunnerService,
+      VideosService,
+      Gauges,
+    ],
+  })
+  class AppModule {}
+  return AppModule;
+}

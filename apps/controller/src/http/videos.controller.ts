@@ -1,0 +1,122 @@
+import { Body, Controller, Get, Headers, HttpCode, Inject, Param, Post, Query, Req, Res } from '@nestjs/common';
+import { ApiBody, ApiHeader, ApiOperation, ApiParam, ApiQuery, ApiResponse, ApiTags } from '@nestjs/swagger';
+import type { Request, Response } from 'express';
+import type { Redis } from 'ioredis';
+import { TERMINAL_STATUSES, type JobStatus } from '@longshot/cache';
+import type { VideoStore } from '../render';
+import { SUBMIT_SCHEMA } from '../request';
+import { JOBS, REDIS } from '../tokens';
+import { VideosService } from '../videos.service';
+
+const ERROR_SCHEMA = { type: 'object', properties: { error: { type: 'string' }, field: { type: 'string' }, message: { type: 'string' } } };
+
+@ApiTags('videos')
+@Controller('v1/videos')
+export class VideosController {
+  constructor(
+    @Inject(VideosService) private readonly videos: VideosService,
+    @Inject(JOBS) private readonly jobs: VideoStore,
+    @Inject(REDIS) private readonly redis: Redis,
+  ) {}
+
+  @Post()
+  @ApiOperation({ summary: 'Submit a video job' })
+  @ApiBody({ schema: SUBMIT_SCHEMA as object })
+  @ApiHeader({ name: 'Idempotency-Key', required: false, description: 'Same key and body: the same job; same key, other body: 409' })
+  @ApiResponse({ status: 202, description: 'Queued: {id, status, urls}' })
+  @ApiResponse({ status: 200, description: 'Idempotent repeat: the existing job' })
+  @ApiResponse({ status: 400, description: 'Invalid body; `field` names the problem', schema: ERROR_SCHEMA })
+  @ApiResponse({ status: 409, description: 'Idempotency-Key reused with another body' })
+  async submit(@Body() body: unknown, @Headers('idempotency-key') key: string | undefined, @Res() res: Response): Promise<void> {
+    const out = await this.videos.submit(body, key);
+    res.status(out.created ? 202 : 200).location(out.body.urls.self).json(out.body);
+  }
+
+  @Get()
+  @ApiOperation({ summary: 'List videos, newest first' })
+  @ApiQuery({ name: 'status', required: false, enum: ['queued', 'running', 'succeeded', 'failed', 'canceled'] })
+  @ApiQuery({ name: 'limit', required: false, type: Number })
+  @ApiQuery({ name: 'cursor', required: false, type: String })
+  list(@Query('status') status?: string, @Query('limit') limit?: string, @Query('cursor') cursor?: string) {
+    return this.videos.list({ status, limit, cursor });
+  }
+
+  @Get(':id')
+  @ApiOperation({ summary: 'A video job: status, progress, result' })
+  @ApiParam({ name: 'id' })
+  @ApiResponse({ status: 404, description: 'Unknown id' })
+  async get(@Param('id') id: string) {
+    return this.videos.view(await this.videos.get(id));
+  }
+
+  @Post(':id/cancel')
+  @HttpCode(200)
+  @ApiOperation({ summary: 'Cancel a queued or running job (frees its workers)' })
+  @ApiParam({ name: 'id' })
+  @ApiResponse({ status: 409, description: 'Already finished' })
+  cancel(@Param('id') id: string) {
+    return this.videos.cancel(id);
+  }
+
+  @Get(':id/content')
+  @ApiOperation({ summary: 'The MP4 (supports Range requests)' })
+  @ApiParam({ name: 'id' })
+  @ApiResponse({ status: 206, description: 'Partial content' })
+  @ApiResponse({ status: 409, description: 'Not finished' })
+  async content(@Param('id') id: string, @Res() res: Response): Promise<void> {
+    const file = await this.videos.contentPath(id);
+    // express's send: Range, 206/416, Accept-Ranges, ETag, Last-Modified.
+    await sendFile(res, file, 'video/mp4');
+  }
+
+  @Get(':id/blocks/:index/preview.jpg')
+  @ApiOperation({ summary: "JPEG of a finished block's first frame" })
+  async preview(@Param('id') id: string, @Param('index') index: string, @Res() res: Response): Promise<void> {
+    await sendFile(res, await this.videos.previewPath(id, index), 'image/jpeg');
+  }
+
+  @Get(':id/events')
+  @ApiOperation({ summary: 'Server-Sent Events: queued, started, block, progress, then succeeded | failed | canceled. Replays from the start; honours Last-Event-ID.' })
+  @ApiParam({ name: 'id' })
+  async events(@Param('id') id: string, @Req() req: Request, @Res() res: Response): Promise<void> {
+    await this.videos.get(id);
+    res.status(200).set({ 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
+    res.flushHeaders();
+    const lastId = req.header('last-event-id');
+    let after = lastId && /^\d+-\d+$/.test(lastId) ? lastId : '0';
+    // A blocking read holds its connection: each stream gets its own, closed with the stream.
+    const reader = this.redis.duplicate();
+    let open = true;
+    req.on('close', () => {
+      open = false;
+      reader.disconnect();
+    });
+    try {
+      while (open) {
+        const events = await this.jobs.events(id, after, { blockMs: 10_000, reader });
+        if (!open) break;
+        if (events.length === 0) {
+          res.write(': keep-alive\n\n');
+          continue;
+        }
+        for (const e of events) {
+          after = e.id;
+          res.write(`id: ${e.id}\nevent: ${e.event}\ndata: ${JSON.stringify(e.data)}\n\n`);
+          if (TERMINAL_STATUSES.includes(e.event as JobStatus)) open = false;
+        }
+      }
+    } catch (err) {
+      if (open) res.write(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
+    } finally {
+      reader.disconnect();
+      res.end();
+    }
+  }
+}
+
+function sendFile(res: Response, file: string, type: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    res.type(type);
+    res.sendFile(file, { acceptRanges: true, cacheControl: false }, (err) => (err && !res.headersSent ? reject(err) : resolve()));
+  });
+}

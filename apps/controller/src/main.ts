@@ -1,0 +1,56 @@
+import 'reflect-metadata';
+import type { AddressInfo } from 'node:net';
+import { NestFactory } from '@nestjs/core';
+import { ExpressAdapter, type NestExpressApplication } from '@nestjs/platform-express';
+import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { logger } from '@longshot/telemetry';
+import { appModule } from './app.module';
+import { loadConfig } from './config';
+import { httpDuration } from './metrics';
+
+const log = logger('controller');
+
+export async function main(argv: string[] = process.argv.slice(2)): Promise<void> {
+  const config = loadConfig(argv, process.env);
+  const server = express();
+  server.disable('x-powered-by');
+  // Request timing by route template (not raw path, which would explode the label set).
+  server.use((req: Request, res: Response, next: NextFunction) => {
+    const end = httpDuration.startTimer();
+    res.on('finish', () => {
+      const route = req.route?.path ? `${req.baseUrl}${String(req.route.path)}` : 'unmatched';
+      end({ method: req.method, route, status: String(res.statusCode) });
+    });
+    next();
+  });
+  // Our own JSON parser, so a malformed body gets the API's 400 shape, not the framework's.
+  server.use(express.json({ limit: '1mb', strict: false }));
+  server.use((err: Error & { type?: string; status?: number }, _req: Request, res: Response, next: NextFunction) => {
+    if (!err) return next();
+    res.status(err.status && err.status < 500 ? err.status : 400).json({ error: 'invalid_request', field: 'body', message: `body is not valid JSON: ${err.message}` });
+  });
+  const app = await NestFactory.create<NestExpressApplication>(appModule(config), new ExpressAdapter(server), { bodyParser: false, logger: ['error', 'warn'] });
+  app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  const doc = SwaggerModule.createDocument(
+    app,
+    new DocumentBuilder().setTitle('Longshot').setDescription('Long videos with DualParal on a fleet of workers').setVersion('1').build(),
+  );
+  SwaggerModule.setup('docs', app, doc, { jsonDocumentUrl: 'docs-json' });
+  await app.listen(config.port, config.host);
+  const address = app.getHttpServer().address() as AddressInfo;
+  const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
+  process.stdout.write(`${JSON.stringify({ event: 'ready', url: `http://${host}:${address.port}`, id: config.id, pid: process.pid })}\n`);
+  log.info('controller ready', { id: config.id, port: address.port, redis: config.redisUrl, resultsDir: config.resultsDir });
+}
+
+/** The process entry (bin/longshot-controller.js). */
+export function start(): void {
+  // A stray rejection (e.g. a Redis blip inside a library callback) is logged, not fatal: the
+  // queue's locks and leases recover the jobs either way.
+  process.on('unhandledRejection', (err) => log.error('unhandled rejection', { err }));
+  main().catch((err: unknown) => {
+    log.error('controller failed to start', { err });
+    process.exit(1);
+  });
+}

@@ -1,0 +1,70 @@
+import { counter, gauge, histogram } from '@longshot/telemetry';
+
+/**
+ * The controller's metrics (on the process's one registry). Gauges that mirror Redis state are
+ * filled on scrape by MetricsCollector, so every replica reports the same cluster-wide numbers.
+ */
+export const jobDuration = histogram<'status'>({
+  name: 'longshot_job_duration_seconds',
+  help: 'Time from submission to the end of a job, by final status',
+  labelNames: ['status'],
+  buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200],
+});
+
+export const blockSteps = counter({ name: 'longshot_block_steps_total', help: 'Block-steps applied by the heads of jobs this replica drives' });
+
+
+export const stitchedBlocks = counter({ name: 'longshot_stitched_blocks_total', help: 'Blocks decoded and encoded into segments by this replica' });
+
+/** What the scrape-time gauges read. */
+export interface ClusterState {
+  queueCounts(): Promise<Record<string, number>>;
+  workers(): Promise<{ registered: number; leased: number }>;
+}
+
+/** Registers the gauges that mirror cluster state; their collect() runs on every scrape. */
+export function registerClusterGauges(state: ClusterState): void {
+  gauge<'state'>({
+    name: 'longshot_queue_jobs',
+    help: 'Jobs in the render queue by state',
+    labelNames: ['state'],
+    async collect() {
+      for (const [k, v] of Object.entries(await state.queueCounts())) this.set({ state: k }, v);
+    },
+  });
+  let workers: Promise<{ registered: number; leased: number }> | null = null;
+  // Both worker gauges come from one registry read per scrape.
+  const read = () => (workers ??= state.workers().finally(() => setTimeout(() => (workers = null), 100).unref()));
+  gauge({
+    name: 'longshot_workers_registered',
+    help: 'Workers in the registry (heartbeating)',
+    async collect() {
+      this.set((await read()).registered);
+    },
+  });
+  gauge({
+    name: 'longshot_worker_leases_active',
+    help: 'Workers leased to jobs now',
+    async collect() {
+      this.set((await read()).leased);
+    },
+  });
+  let last = { at: Date.now(), total: 0 };
+  gauge({
+    name: 'longshot_block_steps_per_second',
+    help: 'Block-steps per second this replica drove since the previous scrape',
+    async collect() {
+      const total = (await blockSteps.get()).values[0]?.value ?? 0;
+      const now = Date.now();
+      this.set(now > last.at ? ((total - last.total) * 1000) / (now - last.at) : 0);
+      last = { at: now, total };
+    },
+  });
+}
+
+export const httpDuration = histogram<'method' | 'route' | 'status'>({
+  name: 'longshot_http_request_duration_seconds',
+  help: 'HTTP request duration by route and status',
+  labelNames: ['method', 'route', 'status'],
+  buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+});

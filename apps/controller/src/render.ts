@@ -1,0 +1,378 @@
+import { randomUUID } from 'node:crypto';
+import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
+import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
+import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
+import { deserializeCache, loadTextEmbeddings, LatentDecoder, resolveModel, serializeCache, type DecoderCache, type ModelConfig } from '@longshot/model';
+import { runDistributedJob } from '@longshot/pipeline';
+import { planJob, type JobPlan, type JobSpec } from '@longshot/planner';
+import { logger } from '@longshot/telemetry';
+import type { ControllerConfig } from './config';
+import { candidates, LeasedWorkers } from './leased-workers';
+import { blockSteps, jobDuration, stitchedBlocks } from './metrics';
+import { chooseStages } from './planning';
+import type { JobDataRepository, ResultStore } from './repositories';
+
+/** What a job record's spec holds: the normalised spec, and whether K was left to the planner. */
+export type VideoSpec = JobSpec & { readonly autoStages: boolean };
+
+export interface VideoResult {
+  readonly frames: number;
+  readonly width: number;
+  readonly height: number;
+  readonly fps: number;
+  readonly latentSha256: string;
+  readonly contentUrl: string;
+  /** Wall time from the first start to the end. */
+  readonly seconds: number;
+}
+
+export type VideoStore = JobStore<VideoSpec, VideoResult>;
+export type VideoRecord = JobRecord<VideoSpec, VideoResult>;
+
+export interface RenderJobData {
+  readonly id: string;
+}
+
+/** Why a run was stopped from outside the pipeline. */
+export class StopRun extends Error {
+  constructor(readonly why: 'cancel' | 'shutdown' | 'lease-lost' | 'stitch', cause?: unknown) {
+    super(why === 'stitch' ? `stitching failed: ${(cause as Error)?.message ?? cause}` : `run stopped: ${why}`);
+    if (cause !== undefined) this.cause = cause;
+  }
+}
+
+export const urlsOf = (id: string) => ({
+  self: `/v1/videos/${id}`,
+  events: `/v1/videos/${id}/events`,
+  content: `/v1/videos/${id}/content`,
+  cancel: `/v1/videos/${id}/cancel`,
+});
+
+const log = logger('render');
+
+/** Block-steps applied once the head applied (iteration, block): the same count on any replica, resume or not. */
+export function blockStepsThrough(plan: JobPlan, steps: number, iteration: number, block: number): number {
+  const oldest = Math.max(0, iteration - steps + 1);
+  const newest = Math.min(iteration, plan.blocks - 1);
+  let done = oldest * steps;
+  for (let b = oldest; b <= newest; b++) done += iteration - b + (b >= block ? 1 : 0);
+  return Math.min(done, plan.blockSteps);
+}
+
+export interface RenderDeps {
+  readonly config: ControllerConfig;
+  readonly jobs: VideoStore;
+  readonly leases: WorkerLeases;
+  readonly registry: WorkerRegistry;
+  readonly data: JobDataRepository;
+  readonly results: ResultStore;
+}
+
+/**
+ * One run of a render job on this replica: lease workers (or go back to the queue when too few
+ * are free), drive the pipeline, stitch blocks into segments as they finish, join them, record
+ * the result. Every way out releases the leases.
+ */
+export class RenderRun {
+  readonly abort = new AbortController();
+
+  constructor(
+    private readonly d: RenderDeps,
+    private readonly job: Job<RenderJobData>,
+    private readonly token: string,
+  ) {}
+
+  get id(): string {
+    return this.job.data.id;
+  }
+
+  stop(why: StopRun['why']): void {
+    if (!this.abort.signal.aborted) this.abort.abort(new StopRun(why));
+  }
+
+  async execute(): Promise<void> {
+    const { config, jobs } = this.d;
+    const rec = await jobs.get(this.id);
+    if (!rec || isTerminal(rec.status)) return; // canceled while queued, or retention ran out
+    const spec = rec.spec;
+    let model: ModelConfig;
+    let text = null;
+    try {
+      model = resolveModel(spec.model).config;
+      if (spec.textEmbeddings) text = loadTextEmbeddings(spec.textEmbeddings, model);
+    } catch (e) {
+      // Checked at submit; failing here means the file changed since. Retrying cannot help.
+      await this.fail(rec, e as Error);
+      throw new UnrecoverableError((e as Error).message);
+    }
+
+    const holder = { job: this.id, run: `${config.id}/${randomUUID()}` };
+    const source = new LeasedWorkers({
+      leases: this.d.leases,
+      registry: this.d.registry,
+      holder,
+      model: spec.model,
+      leaseMs: config.leaseMs,
+      waitMs: config.replacementWaitMs,
+      signal: this.abort.signal,
+      onLost: () => this.stop('lease-lost'),
+      log,
+    });
+    try {
+      const K = rec.stages ?? (spec.autoStages ? await this.plan(spec, model) : spec.stages);
+      const reserved = await source.tryLease(K);
+      if (!reserved) {
+        // Too few free workers: back to the queue (delayed, same priority, no attempt used)
+        // rather than holding a runner slot while waiting.
+        await this.job.moveToDelayed(Date.now() + config.waitForWorkersMs, this.token);
+        throw new DelayedError();
+      }
+      source.reserve(reserved);
+      await this.runPipeline(rec, { ...spec, stages: K }, model, text, source);
+    } catch (e) {
+      await this.settleFailure(rec, e);
+    } finally {
+      await source.close().catch((err: unknown) => log.warn('releasing leases failed; they expire by themselves', { job: this.id, err }));
+    }
+  }
+
+  /** K for a job that left it open: from the cost model and the workers free right now. */
+  private async plan(spec: VideoSpec, model: ModelConfig): Promise<number> {
+    const live = candidates(await this.d.registry.list(), spec.model);
+    const leased = new Set((await this.d.leases.leases(live)).map((l) => l.worker));
+    const free = live.filter((id) => !leased.has(id)).length;
+    return chooseStages(spec, model, Math.max(1, free), this.d.config.plannerProfile);
+  }
+
+  private async runPipeline(rec: VideoRecord, spec: JobSpec, model: ModelConfig, text: ReturnType<typeof loadTextEmbeddings> | null, source: LeasedWorkers): Promise<void> {
+    const { config, jobs, data } = this.d;
+    const plan = planJob(spec);
+    const now = Date.now();
+    const attempt = rec.attempts + 1;
+    const started = await jobs.update(this.id, {
+      status: 'running',
+      fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null },
+      event: { name: 'started', data: { stages: spec.stages, workers: source.workers, attempt } },
+    });
+    if (!started.changed) return; // canceled between dequeue and start
+    const resume = await data.hasCheckpoint(this.id);
+    log.info('job run started', { job: this.id, attempt, stages: spec.stages, workers: source.workers, resume });
+
+    const stitcher = new BlockStitcher(this.id, spec, plan, model.latentChannels, data, this.d.results.job(this.id), jobs);
+    await stitcher.prepare();
+    const progress = new ProgressReporter(this.id, plan, spec.steps, jobs, () => stitcher.blocksDone, () => this.stop('cancel'));
+    const onBlock = (index: number, latents: Float32Array): Promise<void> =>
+      // Never rejects: the driver chains deliveries, and a stitch failure must stop this run
+      // (through the signal), not surface as an unhandled rejection in the driver.
+      stitcher.add(index, latents).then(
+        () => progress.report(true),
+        (e: unknown) => {
+          if (!this.abort.signal.aborted) this.abort.abort(new StopRun('stitch', e));
+        },
+      );
+    let workers = source.workers;
+    if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
+      // The pipeline finished before the previous run died (stitching lags compute): only the
+      // stitch is left, and there is nothing for workers to do.
+      log.info('every block is in Redis; finishing the stitch only', { job: this.id });
+      await source.close();
+      for (let i = 0; i < plan.blocks && !this.abort.signal.aborted; i++) await onBlock(i, (await data.block(this.id, i))!);
+    } else {
+      const run = await runDistributedJob(
+        // Session ids derive from the driver's job id: a run-unique one keeps a takeover's
+        // sessions apart from the dead run's, which workers may still be closing.
+        { jobId: this.id, spec, keyPrefix: data.prefix(this.id), text, resume },
+        {
+          blocks: data.blocks,
+          workers: source,
+          signal: this.abort.signal,
+          livenessIntervalMs: config.livenessIntervalMs,
+          onBlock,
+          onBlockStep: (e) => {
+            blockSteps.inc();
+            progress.step(e.iteration, e.block);
+          },
+          log,
+        },
+      );
+      workers = run.workers;
+    }
+    this.abort.signal.throwIfAborted();
+    await progress.flush();
+    const segments = this.d.results.job(this.id);
+    await segments.concat(plan.blocks);
+    const latents: Float32Array[] = [];
+    for (let i = 0; i < plan.blocks; i++) {
+      const b = await data.block(this.id, i);
+      if (!b) throw new Error(`block ${i} of job ${this.id} is no longer in Redis`);
+      latents.push(b);
+    }
+    const finishedAt = Date.now();
+    const first = (await jobs.get(this.id))?.startedAt ?? now;
+    const result: VideoResult = {
+      frames: spec.frames,
+      width: spec.width,
+      height: spec.height,
+      fps: spec.fps,
+      latentSha256: latentSha256(assembleLatents(latents, model.latentChannels, spec.block, plan.latentHeight * plan.latentWidth)),
+      contentUrl: urlsOf(this.id).content,
+      seconds: (finishedAt - first) / 1000,
+    };
+    const done = await jobs.update(this.id, {
+      status: 'succeeded',
+      fields: { result, finishedAt, owner: null, workers, progress: { blocksDone: plan.blocks, blockStepsDone: plan.blockSteps, etaSeconds: 0 } },
+      event: { name: 'succeeded', data: { result } },
+    });
+    if (done.changed) {
+      segments.removeSegments(plan.blocks);
+      jobDuration.observe({ status: 'succeeded' }, (finishedAt - rec.createdAt) / 1000);
+      await data.expire(this.id, config.retentionSeconds);
+      log.info('job succeeded', { job: this.id, latentSha256: result.latentSha256, seconds: result.seconds });
+    }
+  }
+
+  /** Decides what an ended-early run means for the BullMQ job and the record. */
+  private async settleFailure(rec: VideoRecord, e: unknown): Promise<void> {
+    if (e instanceof DelayedError || e instanceof WaitingError) throw e;
+    const reason = this.abort.signal.reason as unknown;
+    const stop = reason instanceof StopRun ? reason : e instanceof StopRun ? e : null;
+    if (stop?.why === 'cancel') return; // the record says canceled already; the BullMQ job just completes
+    if (stop?.why === 'shutdown') {
+      // Hand the job back: straight to the queue, no attempt used; the next run resumes from the checkpoint.
+      log.info('handing the job back on shutdown', { job: this.id });
+      await this.job.moveToWait(this.token);
+      throw new WaitingError();
+    }
+    const error = stop?.why === 'stitch' ? stop : e instanceof Error ? e : new Error(String(e));
+    if (stop?.why === 'lease-lost') {
+      // Another run holds the job's workers now (this one stalled past its lease): let it be.
+      throw error;
+    }
+    const final = error instanceof UnrecoverableError || this.job.attemptsMade + 1 >= (this.job.opts.attempts ?? 1);
+    if (final) {
+      await this.fail(rec, error);
+    } else {
+      log.warn('job run failed; BullMQ retries it with backoff', { job: this.id, attempt: this.job.attemptsMade + 1, err: error });
+      await this.d.jobs.update(this.id, { from: ['running'], status: 'queued', fields: { owner: null, error: { message: error.message } }, event: { name: 'retrying', data: { error: error.message } } });
+    }
+    throw error;
+  }
+
+  private async fail(rec: VideoRecord, error: Error): Promise<void> {
+    const finishedAt = Date.now();
+    const r = await this.d.jobs.update(this.id, { status: 'failed', fields: { error: { message: error.message }, finishedAt, owner: null }, event: { name: 'failed', data: { error: { message: error.message } } } });
+    if (r.changed) {
+      jobDuration.observe({ status: 'failed' }, (finishedAt - rec.createdAt) / 1000);
+      await this.d.data.expire(this.id, this.d.config.retentionSeconds);
+      log.error('job failed', { job: this.id, err: error });
+    }
+  }
+}
+
+/**
+ * Decodes finished blocks strictly in order into one MP4 segment each, keeping the decoder's
+ * causal cache in Redis after every block, so another replica continues where this one stopped.
+ */
+export class BlockStitcher {
+  private readonly decoder: LatentDecoder;
+  private cache: DecoderCache | null = null;
+  private next = 0;
+
+  constructor(
+    private readonly id: string,
+    private readonly spec: JobSpec,
+    private readonly plan: JobPlan,
+    latentChannels: number,
+    private readonly data: JobDataRepository,
+    private readonly segments: SegmentDir,
+    private readonly jobs: VideoStore,
+  ) {
+    this.decoder = new LatentDecoder(latentChannels);
+  }
+
+  get blocksDone(): number {
+    return this.next;
+  }
+
+  /** Picks up a previous run's work: blocks covered by the saved cache whose segments all exist. */
+  async prepare(): Promise<void> {
+    const saved = await this.data.loadDecoderCache(this.id);
+    if (!saved) return;
+    const cache = deserializeCache(saved);
+    const done = cache.latentFrames / this.spec.block;
+    if (!Number.isInteger(done) || done > this.plan.blocks) return;
+    // Segments live on the results volume; one missing means that work is lost: decode again from block 0.
+    for (let i = 0; i < done; i++) if (!this.segments.hasSegment(i)) return;
+    this.cache = cache;
+    this.next = done;
+    log.info('continuing the stitch', { job: this.id, blocks: done });
+  }
+
+  async add(index: number, latents: Float32Array): Promise<void> {
+    if (index < this.next) {
+      // Stitched by an earlier run; its event may not have been recorded before that run died.
+      await this.jobs.blockDone(this.id, index, this.blockEvent(index));
+      return;
+    }
+    if (index !== this.next) throw new Error(`stitching needs block ${this.next} next, got block ${index}`);
+    const { width, height, fps, block } = this.spec;
+    const decoded = this.decoder.decode(latents, block, this.plan.latentHeight, this.plan.latentWidth, this.cache);
+    await this.segments.writeSegment(index, decoded.rgb, { width, height, fps });
+    await this.segments.writePreview(index, await previewJpeg(decoded.rgb.subarray(0, width * height * 3), width, height));
+    // Segment first, cache second: a crash in between re-decodes this block, never skips it.
+    await this.data.saveDecoderCache(this.id, serializeCache(decoded.cache));
+    this.cache = decoded.cache;
+    this.next++;
+    stitchedBlocks.inc();
+    await this.jobs.blockDone(this.id, index, this.blockEvent(index));
+  }
+
+  private blockEvent(index: number) {
+    return { index, previewUrl: `/v1/videos/${this.id}/blocks/${index}/preview.jpg` };
+  }
+}
+
+/** Throttled progress: the record and a `progress` event at most every 250 ms, and at each block. */
+class ProgressReporter {
+  private done = 0;
+  private readonly startedAt = Date.now();
+  private startDone: number | null = null;
+  private last = 0;
+  private pending: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly id: string,
+    private readonly plan: JobPlan,
+    private readonly steps: number,
+    private readonly jobs: VideoStore,
+    private readonly blocksDone: () => number,
+    private readonly onInactive: () => void,
+  ) {}
+
+  step(iteration: number, block: number): void {
+    this.done = Math.max(this.done, blockStepsThrough(this.plan, this.steps, iteration, block));
+    this.startDone ??= this.done - 1;
+    this.report(false);
+  }
+
+  report(force: boolean): void {
+    const now = Date.now();
+    if (!force && now - this.last < 250) return;
+    this.last = now;
+    this.pending = this.pending.then(() => this.write()).catch((err: unknown) => log.warn('progress update failed', { job: this.id, err }));
+  }
+
+  flush(): Promise<void> {
+    return this.pending;
+  }
+
+  private async write(): Promise<void> {
+    const elapsed = (Date.now() - this.startedAt) / 1000;
+    const rate = elapsed > 0 && this.startDone !== null ? (this.done - this.startDone) / elapsed : 0;
+    const etaSeconds = rate > 0 ? Math.round(((this.plan.blockSteps - this.done) / rate) * 10) / 10 : null;
+    const progress = { blocksDone: this.blocksDone(), blocks: this.plan.blocks, blockStepsDone: this.done, blockSteps: this.plan.blockSteps, etaSeconds };
+    const r = await this.jobs.update(this.id, { from: ['running'], fields: { progress: { blockStepsDone: this.done, etaSeconds } }, event: { name: 'progress', data: progress } });
+    // The record left `running` (canceled from another replica whose message we missed): stop.
+    if (!r.changed) this.onInactive();
+  }
+}

@@ -1,0 +1,65 @@
+import * as path from 'node:path';
+import type { Redis } from 'ioredis';
+import { BlockStore, DecoderCacheStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
+import { SegmentDir } from '@longshot/media';
+
+/**
+ * A job's pipeline data in Redis (blocks, checkpoint, decoder cache): the one place the
+ * controller reads or writes it.
+ */
+export class JobDataRepository {
+  readonly blocks: BlockStore;
+  private readonly decoder: DecoderCacheStore;
+  private readonly keyspace: JobKeyspace;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly ttlSeconds: number,
+  ) {
+    this.blocks = new BlockStore(redis);
+    this.decoder = new DecoderCacheStore(redis);
+    this.keyspace = new JobKeyspace(redis);
+  }
+
+  prefix(jobId: string): string {
+    return jobPrefix(jobId);
+  }
+
+  /** Whether the head wrote a checkpoint, i.e. whether a new run must resume rather than start over. */
+  async hasCheckpoint(jobId: string): Promise<boolean> {
+    return (await this.redis.exists(keys.checkpointKey(jobPrefix(jobId)))) === 1;
+  }
+
+  async hasAllBlocks(jobId: string, count: number): Promise<boolean> {
+    for (let i = 0; i < count; i++) if (!(await this.blocks.has(jobPrefix(jobId), i))) return false;
+    return true;
+  }
+
+  block(jobId: string, index: number): Promise<Float32Array | null> {
+    return this.blocks.get(jobPrefix(jobId), index);
+  }
+
+  loadDecoderCache(jobId: string): Promise<Buffer | null> {
+    return this.decoder.load(jobPrefix(jobId));
+  }
+
+  saveDecoderCache(jobId: string, cache: Buffer): Promise<void> {
+    return this.decoder.save(jobPrefix(jobId), cache, this.ttlSeconds);
+  }
+
+  /** After a job ends its pipeline data is only kept for the retention period. */
+  async expire(jobId: string, seconds: number): Promise<void> {
+    await this.keyspace.expireJob(jobPrefix(jobId), seconds);
+  }
+}
+
+/** The result store on disk (a volume all replicas share): one SegmentDir per job. */
+export class ResultStore {
+  constructor(readonly root: string) {}
+
+  job(jobId: string): SegmentDir {
+    // Job ids are ours (uuid), but never let one name a path outside the store.
+    if (!/^[A-Za-z0-9_-]+$/.test(jobId)) throw new Error(`job id ${JSON.stringify(jobId)} is not a safe file name`);
+    return new SegmentDir(path.join(this.root, jobId));
+  }
+}

@@ -1,0 +1,13 @@
+/**
+ * Injection tokens. Every constructor parameter names its token with @Inject, so Nest needs no
+ * emitted type metadata (the sources run through loaders that do not emit it).
+ */
+export const CONFIG = Symbol('ControllerConfig');
+export const REDIS = Symbol('Redis');
+/** A second connection for pub/sub (a subscribed connection can issue nothing else). */
+export const REDIS_SUBSCRIBER = Symbol('RedisSubscriber');
+export const JOBS = Symbol('JobStore');
+export const LEASES = Symbol('WorkerLeases');
+export const REGISTRY = Symbol('WorkerRegistry');
+export const JOB_DATA = Symbol('JobDataRepository');
+export const RESULTS = Symbol('ResultStore');

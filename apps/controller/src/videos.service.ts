@@ -1,0 +1,171 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { ConflictException, Inject, Injectable, NotFoundException } from '@nestjs/common';
+import { isTerminal, JOB_STATUSES, type JobStatus, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
+import { loadTextEmbeddings, resolveModel, type ModelConfig } from '@longshot/model';
+import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
+import type { ControllerConfig } from './config';
+import { candidates } from './leased-workers';
+import { RenderQueue } from './queue';
+import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
+import { parseSubmit } from './request';
+import type { ResultStore } from './repositories';
+import { CONFIG, JOBS, LEASES, REGISTRY, RESULTS } from './tokens';
+
+export interface SubmitOutcome {
+  readonly created: boolean;
+  readonly body: { id: string; status: JobStatus; urls: ReturnType<typeof urlsOf> };
+}
+
+/** The API's use cases: submit, look up, list, cancel, show workers. */
+@Injectable()
+export class VideosService {
+  constructor(
+    @Inject(CONFIG) private readonly config: ControllerConfig,
+    @Inject(JOBS) private readonly jobs: VideoStore,
+    @Inject(RenderQueue) private readonly queue: RenderQueue,
+    @Inject(REGISTRY) private readonly registry: WorkerRegistry,
+    @Inject(LEASES) private readonly leases: WorkerLeases,
+    @Inject(RESULTS) private readonly results: ResultStore,
+  ) {}
+
+  /** Validates everything before writing anything: a rejected request leaves no trace. */
+  async submit(body: unknown, idempotencyKey: string | undefined): Promise<SubmitOutcome> {
+    const req = parseSubmit(body);
+    const spec = normalizeSpec(req.job, { ...DEFAULT_LIMITS, maxFrames: this.config.maxFrames });
+    let model: ModelConfig;
+    try {
+      model = resolveModel(spec.model).config;
+    } catch (e) {
+      throw new SpecError('model', (e as Error).message);
+    }
+    if (spec.textEmbeddings) {
+      try {
+        loadTextEmbeddings(spec.textEmbeddings, model);
+      } catch (e) {
+        throw new SpecError('textEmbeddings', (e as Error).message);
+      }
+    }
+    if (!req.autoStages) {
+      if (spec.stages > model.layers) throw new SpecError('stages', `${spec.stages} stages for a model of ${model.layers} layers; at most one stage per layer`);
+      const serving = candidates(await this.registry.list(), spec.model).length;
+      if (spec.stages > serving) throw new SpecError('stages', `${spec.stages} stages but only ${serving} registered workers serve model ${spec.model}`);
+    }
+    const plan = planJob(spec);
+    const stored: VideoSpec = { ...spec, autoStages: req.autoStages };
+    const id = randomUUID();
+    const idem = idempotencyKey === undefined ? null : { key: sha256(idempotencyKey), bodyHash: sha256(canonicalJson(body)) };
+    const outcome = await this.jobs.create({ id, spec: stored, priority: req.priority, stages: req.autoStages ? null : spec.stages, blocks: plan.blocks, blockSteps: plan.blockSteps }, idem);
+    if (!outcome.created) {
+      if (!outcome.sameBody) throw new ConflictException({ error: 'conflict', message: 'this Idempotency-Key was used with a different body' });
+      const existing = await this.jobs.get(outcome.existingId);
+      return { created: false, body: { id: outcome.existingId, status: existing?.status ?? 'queued', urls: urlsOf(outcome.existingId) } };
+    }
+    try {
+      await this.queue.enqueue('render', id, req.priority);
+    } catch (e) {
+      await this.jobs.update(id, { status: 'failed', fields: { error: { message: `could not enqueue: ${(e as Error).message}` }, finishedAt: Date.now() }, event: { name: 'failed', data: { error: { message: 'could not enqueue' } } } });
+      throw e;
+    }
+    return { created: true, body: { id, status: 'queued', urls: urlsOf(id) } };
+  }
+
+  async get(id: string): Promise<VideoRecord> {
+    const rec = await this.jobs.get(id).catch(() => null);
+    if (!rec) throw new NotFoundException({ error: 'not_found', message: `no video ${id}` });
+    return rec;
+  }
+
+  view(rec: VideoRecord) {
+    const { autoStages, ...spec } = rec.spec;
+    return {
+      id: rec.id,
+      status: rec.status,
+      spec: { ...spec, stages: rec.stages, autoStages },
+      priority: rec.priority,
+      progress: rec.progress,
+      stages: rec.stages,
+      workers: rec.workers,
+      attempts: rec.attempts,
+      owner: rec.owner,
+      result: rec.result,
+      error: rec.error,
+      createdAt: iso(rec.createdAt),
+      startedAt: iso(rec.startedAt),
+      finishedAt: iso(rec.finishedAt),
+      urls: urlsOf(rec.id),
+    };
+  }
+
+  async list(query: { status?: string; limit?: string; cursor?: string }) {
+    if (query.status !== undefined && !JOB_STATUSES.includes(query.status as JobStatus)) throw new SpecError('status', `must be one of ${JOB_STATUSES.join(', ')}`);
+    const limit = query.limit === undefined ? 20 : Number(query.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw new SpecError('limit', `must be an integer in 1..100, got ${JSON.stringify(query.limit)}`);
+    if (query.cursor !== undefined && !/^\d{1,12}$/.test(query.cursor)) throw new SpecError('cursor', 'must be a cursor returned by a previous page');
+    const page = await this.jobs.list({ status: query.status as JobStatus | undefined, limit, cursor: query.cursor });
+    return { items: page.items.map((r) => this.view(r)), nextCursor: page.cursor };
+  }
+
+  /** Marks the job canceled (wherever it is) and tells the replica running it to stop. */
+  async cancel(id: string) {
+    const rec = await this.get(id);
+    if (isTerminal(rec.status)) throw new ConflictException({ error: 'conflict', message: `video ${id} is already ${rec.status}` });
+    const r = await this.jobs.update(id, { status: 'canceled', fields: { finishedAt: Date.now(), owner: null }, event: { name: 'canceled', data: {} } });
+    if (!r.changed) throw new ConflictException({ error: 'conflict', message: `video ${id} is already ${r.previous}` });
+    await this.queue.remove(id);
+    await this.jobs.publishCancel(id);
+    return this.view((await this.jobs.get(id)) ?? rec);
+  }
+
+  async contentPath(id: string): Promise<string> {
+    const rec = await this.get(id);
+    if (rec.status !== 'succeeded') throw new ConflictException({ error: 'not_ready', message: `video ${id} is ${rec.status}` });
+    const dir = this.results.job(id);
+    if (!dir.hasVideo()) throw new NotFoundException({ error: 'not_found', message: `the video file of ${id} is no longer in the result store` });
+    return dir.videoPath;
+  }
+
+  async previewPath(id: string, index: string): Promise<string> {
+    const rec = await this.get(id);
+    const i = Number(index);
+    if (!/^\d{1,9}$/.test(index) || i >= rec.progress.blocks) throw new NotFoundException({ error: 'not_found', message: `no block ${index} in video ${id}` });
+    const p = this.results.job(id).previewPath(i);
+    if (i >= rec.progress.blocksDone) throw new NotFoundException({ error: 'not_ready', message: `block ${i} of ${id} is not finished` });
+    return p;
+  }
+
+  async workers() {
+    const live = await this.registry.list();
+    const leases = new Map((await this.leases.leases(live.map((w) => w.id))).map((l) => [l.worker, l]));
+    return {
+      items: live.map((w) => {
+        const l = leases.get(w.id);
+        return {
+          id: w.id,
+          address: w.address,
+          state: l ? 'leased' : 'free',
+          lease: l ? { job: l.holder.job, run: l.holder.run, expiresInMs: l.ttlMs } : null,
+          sessions: w.sessions,
+          capacity: w.capacity,
+          models: w.models,
+          backend: w.backend,
+          startedAt: iso(w.startedAt),
+        };
+      }),
+    };
+  }
+}
+
+const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+/** JSON with sorted keys: the same body in any key order hashes the same. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v as object)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}

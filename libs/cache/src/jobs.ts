@@ -1,0 +1,330 @@
+import type { Redis } from 'ioredis';
+import { keys as defaultKeys, type KeySchema } from './keys';
+
+export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'canceled';
+export const JOB_STATUSES: readonly JobStatus[] = ['queued', 'running', 'succeeded', 'failed', 'canceled'];
+export const TERMINAL_STATUSES: readonly JobStatus[] = ['succeeded', 'failed', 'canceled'];
+export const isTerminal = (s: JobStatus): boolean => TERMINAL_STATUSES.includes(s);
+
+export interface JobProgress {
+  readonly blocksDone: number;
+  readonly blocks: number;
+  readonly blockStepsDone: number;
+  readonly blockSteps: number;
+  readonly etaSeconds: number | null;
+}
+
+/** A job's durable record: what GET /v1/videos/:id shows, whichever replica answers. */
+export interface JobRecord<Spec = unknown, Result = unknown> {
+  readonly id: string;
+  readonly status: JobStatus;
+  readonly spec: Spec;
+  readonly priority: number;
+  readonly progress: JobProgress;
+  /** Stages the job runs on; null until chosen (the planner picks K when the request left it open). */
+  readonly stages: number | null;
+  readonly workers: readonly string[];
+  /** Runs started (a retry or a takeover by another replica is another run). */
+  readonly attempts: number;
+  readonly result: Result | null;
+  readonly error: { readonly message: string } | null;
+  /** Controller replica running it now (null when none). */
+  readonly owner: string | null;
+  readonly createdAt: number;
+  readonly startedAt: number | null;
+  readonly finishedAt: number | null;
+}
+
+export interface JobEvent {
+  /** Redis stream id: monotonic per job; SSE uses it as the event id (Last-Event-ID). */
+  readonly id: string;
+  readonly event: string;
+  readonly data: unknown;
+}
+
+export interface JobStoreOptions {
+  keys?: KeySchema;
+  /** How long a finished job's record, events and idempotency key stay (default 7 days). */
+  retentionMs?: number;
+}
+
+/*
+ * Layout (all under one hash tag, so every script below also runs on a Redis Cluster):
+ *   R:{jobs}:record:<id>        hash: one field per JobRecord field (JSON where not a plain string)
+ *   R:{jobs}:events:<id>        stream: the job's events, in order (event, data)
+ *   R:{jobs}:index              sorted set: job ids by creation time (listing)
+ *   R:{jobs}:idempotency:<key>  "<jobId>\x1f<body hash>"
+ *   R:{jobs}:cancel             pub/sub channel: ids of jobs to stop wherever they run
+ */
+
+/** KEYS: record, index, idempotency (or ''), events. ARGV: id, createdAt, idem value, ttl ms, queued data, fields... */
+const CREATE = `
+if ARGV[3] ~= '' then
+  local cur = redis.call('GET', KEYS[3])
+  if cur then return {0, cur} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ''} end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[4]))
+redis.call('XADD', KEYS[4], '*', 'event', 'queued', 'data', ARGV[5])
+return {1, ''}
+`;
+
+/*
+ * The one way a record changes. KEYS: record, events. ARGV: statuses it may change from
+ * (",a,b,"), new status ('' keeps it), event name ('' for none), event data, retention ms
+ * ('' keeps the record without expiry), then field/value pairs. A terminal record never changes
+ * again and never gets another event, so a late progress update from a runner that has not yet
+ * noticed a cancel cannot resurrect the job. Returns {changed, status before}.
+ */
+const UPDATE = `
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0, ''} end
+if not string.find(ARGV[1], ',' .. cur .. ',', 1, true) then return {0, cur} end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if ARGV[3] ~= '' then redis.call('XADD', KEYS[2], '*', 'event', ARGV[3], 'data', ARGV[4]) end
+if ARGV[5] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+return {1, cur}
+`;
+
+/*
+ * A finished block, exactly once and in order, whichever replica stitched it. KEYS: record,
+ * events. ARGV: block index, event data, blockStepsDone. Returns 1 when recorded.
+ */
+const BLOCK = `
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'blocksDone')) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'blocksDone', tonumber(ARGV[1]) + 1)
+redis.call('XADD', KEYS[2], '*', 'event', 'block', 'data', ARGV[2])
+return 1
+`;
+
+const ACTIVE = ',queued,running,';
+
+export type JobFields<Spec, Result> = Partial<Omit<JobRecord<Spec, Result>, 'id' | 'status' | 'createdAt' | 'progress'>> & { progress?: Partial<JobProgress> };
+
+export type CreateOutcome<Spec, Result> =
+  | { readonly created: true; readonly record: JobRecord<Spec, Result> }
+  | { readonly created: false; readonly existingId: string; readonly sameBody: boolean };
+
+/** Job records, their event streams, idempotency keys and the cancel channel, in Redis. */
+export class JobStore<Spec = unknown, Result = unknown> {
+  private readonly keys: KeySchema;
+  readonly retentionMs: number;
+
+  constructor(
+    private readonly redis: Redis,
+    options: JobStoreOptions = {},
+  ) {
+    this.keys = options.keys ?? defaultKeys;
+    this.retentionMs = options.retentionMs ?? 7 * 24 * 3600 * 1000;
+    if (!Number.isSafeInteger(this.retentionMs) || this.retentionMs < 1) throw new Error(`job retention must be a positive number of ms, got ${this.retentionMs}`);
+  }
+
+  private key(kind: 'record' | 'events', id: string): string {
+    this.keys.jobPrefix(id);
+    return `${this.keys.root}:{jobs}:${kind}:${id}`;
+  }
+
+  private indexKey(): string {
+    return `${this.keys.root}:{jobs}:index`;
+  }
+
+  private idempotencyKey(key: string): string {
+    return `${this.keys.root}:{jobs}:idempotency:${key}`;
+  }
+
+  get cancelChannel(): string {
+    return `${this.keys.root}:{jobs}:cancel`;
+  }
+
+  /**
+   * Stores a new queued job and its `queued` event. With an idempotency key (already hashed by
+   * the caller) that was used before, stores nothing and names the earlier job instead.
+   */
+  async create(
+    input: { id: string; spec: Spec; priority: number; stages: number | null; blocks: number; blockSteps: number },
+    idempotency: { key: string; bodyHash: string } | null,
+  ): Promise<CreateOutcome<Spec, Result>> {
+    const now = Date.now();
+    const record: JobRecord<Spec, Result> = {
+      id: input.id,
+      status: 'queued',
+      spec: input.spec,
+      priority: input.priority,
+      progress: { blocksDone: 0, blocks: input.blocks, blockStepsDone: 0, blockSteps: input.blockSteps, etaSeconds: null },
+      stages: input.stages,
+      workers: [],
+      attempts: 0,
+      result: null,
+      error: null,
+      owner: null,
+      createdAt: now,
+      startedAt: null,
+      finishedAt: null,
+    };
+    const idemValue = idempotency ? `${input.id}\u001f${idempotency.bodyHash}` : '';
+    const [created, existing] = (await this.redis.eval(
+      CREATE,
+      4,
+      this.key('record', input.id),
+      this.indexKey(),
+      idempotency ? this.idempotencyKey(idempotency.key) : this.idempotencyKey('-'),
+      this.key('events', input.id),
+      input.id,
+      now,
+      idemValue,
+      this.retentionMs,
+      JSON.stringify({ id: input.id }),
+      ...encodeFields({ ...record }),
+    )) as [number, string];
+    if (created === 1) return { created: true, record };
+    if (!existing) throw new Error(`job ${input.id} already exists`);
+    const sep = existing.indexOf('\u001f');
+    return { created: false, existingId: existing.slice(0, sep), sameBody: existing.slice(sep + 1) === idempotency?.bodyHash };
+  }
+
+  async get(id: string): Promise<JobRecord<Spec, Result> | null> {
+    const h = await this.redis.hgetall(this.key('record', id));
+    return Object.keys(h).length === 0 ? null : decodeRecord<Spec, Result>(h);
+  }
+
+  /**
+   * Changes a job that is in one of `from`; with `event`, appends it in the same step. Returns
+   * whether it changed and the status it had.
+   */
+  async update(
+    id: string,
+    change: { from?: readonly JobStatus[]; status?: JobStatus; fields?: JobFields<Spec, Result>; event?: { name: string; data: unknown } },
+  ): Promise<{ changed: boolean; previous: JobStatus | null }> {
+    const from = `,${(change.from ?? ['queued', 'running']).join(',')},`;
+    const terminal = change.status !== undefined && isTerminal(change.status);
+    const [changed, previous] = (await this.redis.eval(
+      UPDATE,
+      2,
+      this.key('record', id),
+      this.key('events', id),
+      from,
+      change.status ?? '',
+      change.event?.name ?? '',
+      JSON.stringify(change.event?.data ?? {}),
+      terminal ? this.retentionMs : '',
+      ...encodeFields({ ...change.fields }),
+    )) as [number, string];
+    return { changed: changed === 1, previous: previous === '' ? null : (previous as JobStatus) };
+  }
+
+  /** Records block `index` as stitched and emits its event, only if it is the next one. */
+  async blockDone(id: string, index: number, data: unknown): Promise<boolean> {
+    return (await this.redis.eval(BLOCK, 2, this.key('record', id), this.key('events', id), index, JSON.stringify(data))) === 1;
+  }
+
+  /** True while the job may still run (queued or running). */
+  async isActive(id: string): Promise<boolean> {
+    const s = await this.redis.hget(this.key('record', id), 'status');
+    return s !== null && ACTIVE.includes(`,${s},`);
+  }
+
+  /**
+   * Events after `after` ('0' for all). With `blockMs`, waits that long for new ones: pass a
+   * connection of its own (`reader`), as a blocking read holds the connection.
+   */
+  async events(id: string, after: string, options: { blockMs?: number; count?: number; reader?: Redis } = {}): Promise<JobEvent[]> {
+    const r = options.reader ?? this.redis;
+    const key = this.key('events', id);
+    const count = options.count ?? 500;
+    const reply =
+      options.blockMs !== undefined
+        ? await r.xread('COUNT', count, 'BLOCK', options.blockMs, 'STREAMS', key, after)
+        : await r.xread('COUNT', count, 'STREAMS', key, after);
+    if (!reply) return [];
+    return reply[0][1].map(([eventId, f]) => {
+      const m = new Map<string, string>();
+      for (let i = 0; i + 1 < f.length; i += 2) m.set(f[i], f[i + 1]);
+      return { id: eventId, event: m.get('event') ?? 'message', data: JSON.parse(m.get('data') ?? 'null') as unknown };
+    });
+  }
+
+  /** Jobs, newest first; `cursor` is what the previous page returned (null at the end). */
+  async list(options: { status?: JobStatus; limit: number; cursor?: string }): Promise<{ items: JobRecord<Spec, Result>[]; cursor: string | null }> {
+    let offset = options.cursor ? Number(options.cursor) : 0;
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new Error(`bad cursor ${options.cursor}`);
+    const items: JobRecord<Spec, Result>[] = [];
+    const page = Math.max(options.limit, 50);
+    for (;;) {
+      const ids = await this.redis.zrevrange(this.indexKey(), offset, offset + page - 1);
+      if (ids.length === 0) return { items, cursor: null };
+      const multi = this.redis.multi();
+      for (const id of ids) multi.hgetall(this.key('record', id));
+      const replies = (await multi.exec()) ?? [];
+      const gone: string[] = [];
+      for (let i = 0; i < ids.length; i++) {
+        offset++;
+        const h = replies[i]?.[1] as Record<string, string> | undefined;
+        if (!h || Object.keys(h).length === 0) {
+          gone.push(ids[i]);
+          continue;
+        }
+        const rec = decodeRecord<Spec, Result>(h);
+        if (options.status && rec.status !== options.status) continue;
+        items.push(rec);
+        if (items.length === options.limit) {
+          if (gone.length) await this.redis.zrem(this.indexKey(), ...gone);
+          return { items, cursor: String(offset - gone.length) };
+        }
+      }
+      // Records past their retention: drop them from the index as we meet them.
+      if (gone.length) {
+        await this.redis.zrem(this.indexKey(), ...gone);
+        offset -= gone.length;
+      }
+    }
+  }
+
+  /** Asks whichever replica runs `id` to stop it. */
+  async publishCancel(id: string): Promise<void> {
+    await this.redis.publish(this.cancelChannel, id);
+  }
+}
+
+const JSON_FIELDS = new Set(['spec', 'workers', 'result', 'error']);
+
+function encodeFields(fields: Record<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(fields)) {
+    if (v === undefined) continue;
+    if (k === 'progress') {
+      for (const [pk, pv] of Object.entries(v as Record<string, unknown>)) if (pv !== undefined) out.push(pk, pv === null ? '' : String(pv));
+    } else if (JSON_FIELDS.has(k)) out.push(k, JSON.stringify(v));
+    else out.push(k, v === null ? '' : String(v));
+  }
+  return out;
+}
+
+function decodeRecord<Spec, Result>(h: Record<string, string>): JobRecord<Spec, Result> {
+  const num = (k: string): number => Number(h[k] ?? 0);
+  const nnum = (k: string): number | null => (h[k] === undefined || h[k] === '' ? null : Number(h[k]));
+  const json = <T>(k: string, fallback: T): T => (h[k] === undefined ? fallback : (JSON.parse(h[k]) as T));
+  return {
+    id: h.id,
+    status: h.status as JobStatus,
+    spec: json<Spec>('spec', null as Spec),
+    priority: num('priority'),
+    progress: { blocksDone: num('blocksDone'), blocks: num('blocks'), blockStepsDone: num('blockStepsDone'), blockSteps: num('blockSteps'), etaSeconds: nnum('etaSeconds') },
+    stages: nnum('stages'),
+    workers: json<string[]>('workers', []),
+    attempts: num('attempts'),
+    result: json<Result | null>('result', null),
+    error: json<{ message: string } | null>('error', null),
+    owner: h.owner ? h.owner : null,
+    createdAt: num('createdAt'),
+    startedAt: nnum('startedAt'),
+    finishedAt: nnum('finishedAt'),
+  };
+}

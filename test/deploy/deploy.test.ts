@@ -1,0 +1,503 @@
+/**
+ * Static checks of the deployment artefacts (k8s/, deploy/): they must parse, be complete, follow
+ * the platform rules (resources, probes, non-root), and reference only metrics the code exports,
+ * so that renaming a metric breaks this test instead of a dashboard in production.
+ * Runs without Docker, a cluster or network. Needs `promtool` (Debian package `prometheus`).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { loadAll } from 'js-yaml';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+import { beforeAll, describe, expect, it } from 'vitest';
+
+const ROOT = path.resolve(__dirname, '../..');
+const rel = (p: string) => path.relative(ROOT, p);
+
+// ---------------------------------------------------------------------------------------------
+// YAML helpers and a small kustomize (resources, strategic-merge and JSON 6902 patches, images):
+// enough for our overlays, and cross-checked against `kubectl kustomize` where kubectl exists.
+// ---------------------------------------------------------------------------------------------
+
+type Obj = Record<string, any>;
+
+function walk(dir: string, pred: (f: string) => boolean): string[] {
+  if (!fs.existsSync(dir)) return [];
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) return e.name === 'node_modules' ? [] : walk(p, pred);
+    return pred(p) ? [p] : [];
+  });
+}
+
+function docsOf(file: string): Obj[] {
+  return (loadAll(fs.readFileSync(file, 'utf8')) as unknown[]).filter((d): d is Obj => d !== null && typeof d === 'object');
+}
+
+/** Applies YAML merge keys (`<<: *anchor`), which js-yaml's default (YAML 1.2) schema leaves as-is. */
+function resolveMergeKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(resolveMergeKeys);
+  if (!isObj(v)) return v;
+  const out: Obj = {};
+  const merged = v['<<'];
+  for (const m of Array.isArray(merged) ? merged : merged ? [merged] : []) Object.assign(out, resolveMergeKeys(m));
+  for (const [k, x] of Object.entries(v)) if (k !== '<<') out[k] = resolveMergeKeys(x);
+  return out;
+}
+
+const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+function smpMerge(base: unknown, patch: unknown): unknown {
+  if (!isObj(base) || !isObj(patch)) {
+    if (Array.isArray(base) && Array.isArray(patch) && [...base, ...patch].every((e) => isObj(e) && typeof e.name === 'string')) {
+      // Lists of named items (containers, env, ports, volumes, volumeMounts) merge by name.
+      const out = base.map((e) => ({ ...e }));
+      for (const p of patch as Obj[]) {
+        const i = out.findIndex((e) => e.name === p.name);
+        if (i >= 0) out[i] = smpMerge(out[i], p) as Obj;
+        else out.push(p);
+      }
+      return out;
+    }
+    return patch;
+  }
+  const out: Obj = { ...base };
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = k in out ? smpMerge(out[k], v) : v;
+  }
+  return out;
+}
+
+function jsonPatch(doc: Obj, ops: Obj[]): void {
+  for (const op of ops) {
+    const parts = String(op.path).split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+    const last = parts.pop()!;
+    let cur: any = doc;
+    for (const p of parts) {
+      cur = cur?.[Array.isArray(cur) ? Number(p) : p];
+      if (cur === undefined) throw new Error(`json patch ${op.op} ${op.path}: path does not exist`);
+    }
+    if (op.op === 'remove') {
+      if (!(last in cur)) throw new Error(`json patch remove ${op.path}: nothing there`);
+      if (Array.isArray(cur)) cur.splice(Number(last), 1);
+      else delete cur[last];
+    } else if (op.op === 'add' || op.op === 'replace') {
+      if (Array.isArray(cur)) last === '-' ? cur.push(op.value) : cur.splice(Number(last), op.op === 'add' ? 0 : 1, op.value);
+      else cur[last] = op.value;
+    } else throw new Error(`json patch op ${op.op} is not supported by this test`);
+  }
+}
+
+const key = (d: Obj) => `${d.kind}/${d.metadata?.name}`;
+
+interface Rendered {
+  docs: Obj[];
+  generated: Set<string>;
+}
+
+function render(dir: string): Rendered {
+  const k = docsOf(path.join(dir, 'kustomization.yaml'))[0];
+  let docs: Obj[] = [];
+  const generated = new Set<string>();
+  for (const r of k.resources ?? []) {
+    const p = path.join(dir, r);
+    if (fs.statSync(p).isDirectory()) {
+      const sub = render(p);
+      docs.push(...sub.docs);
+      sub.generated.forEach((g) => generated.add(g));
+    } else docs.push(...docsOf(p));
+  }
+  for (const g of [...(k.configMapGenerator ?? []), ...(k.secretGenerator ?? [])]) generated.add(g.name);
+  docs = structuredClone(docs);
+  for (const patch of k.patches ?? []) {
+    const patchDocs: unknown[] = patch.path ? (loadAll(fs.readFileSync(path.join(dir, patch.path), 'utf8')) as unknown[]) : (loadAll(patch.patch) as unknown[]);
+    if (patch.target) {
+      const targets = docs.filter((d) => d.kind === patch.target.kind && d.metadata?.name === patch.target.name);
+      expect(targets, `patch target ${JSON.stringify(patch.target)} in ${rel(dir)}`).toHaveLength(1);
+      const body = patchDocs[0];
+      if (Array.isArray(body)) jsonPatch(targets[0], body as Obj[]);
+      else Object.assign(targets[0], smpMerge(targets[0], body));
+      continue;
+    }
+    for (const p of patchDocs.filter(isObj)) {
+      const i = docs.findIndex((d) => key(d) === key(p));
+      expect(i, `patch ${patch.path} in ${rel(dir)} targets ${key(p)}, which the resources do not define`).toBeGreaterThanOrEqual(0);
+      if (p.$patch === 'delete') docs.splice(i, 1);
+      else docs[i] = smpMerge(docs[i], p) as Obj;
+    }
+  }
+  for (const img of k.images ?? []) {
+    for (const c of docs.flatMap(containersOf)) {
+      const [name] = String(c.image).split(':');
+      if (name === img.name) c.image = `${img.newName ?? name}${img.newTag ? `:${img.newTag}` : ''}`;
+    }
+  }
+  return { docs, generated };
+}
+
+function podSpecOf(d: Obj): Obj | undefined {
+  return ['Deployment', 'StatefulSet', 'DaemonSet', 'Job'].includes(d.kind) ? d.spec?.template?.spec : undefined;
+}
+function containersOf(d: Obj): Obj[] {
+  const s = podSpecOf(d);
+  return s ? [...(s.initContainers ?? []), ...(s.containers ?? [])] : [];
+}
+function one(r: Rendered, kind: string, name: string): Obj {
+  const found = r.docs.filter((d) => d.kind === kind && d.metadata?.name === name);
+  expect(found, `${kind}/${name}`).toHaveLength(1);
+  return found[0];
+}
+const container = (d: Obj, name: string): Obj => {
+  const c = d.spec.template.spec.containers.find((x: Obj) => x.name === name);
+  expect(c, `container ${name} in ${key(d)}`).toBeDefined();
+  return c;
+};
+const flagValue = (args: string[], flag: string): string | undefined => {
+  const i = args.indexOf(flag);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Metric names the code exports.
+// ---------------------------------------------------------------------------------------------
+
+interface Known {
+  /** Base names with their kind ('histogram', 'counter', 'gauge', 'summary' or 'unknown'). */
+  kinds: Map<string, string>;
+  /** Every name a query may use (histograms' _bucket/_sum/_count included). */
+  series: Set<string>;
+}
+
+async function knownMetrics(): Promise<Known> {
+  const kinds = new Map<string, string>();
+  const sources = [...walk(path.join(ROOT, 'apps'), () => true), ...walk(path.join(ROOT, 'libs'), () => true)].filter(
+    (f) => /\.ts$/.test(f) && f.split(path.sep).includes('src'),
+  );
+  for (const f of sources) {
+    const text = fs.readFileSync(f, 'utf8');
+    for (const m of text.matchAll(/name:\s*['"`](longshot_[a-z0-9_]+)['"`]/g)) kinds.set(m[1], kinds.get(m[1]) ?? 'unknown');
+    for (const m of text.matchAll(/\b(counter|gauge|histogram|summary|Counter|Gauge|Histogram|Summary)\s*(?:<[^>]*>)?\s*\(\s*\{\s*name:\s*['"`](longshot_[a-z0-9_]+)['"`]/g)) {
+      kinds.set(m[2], m[1].toLowerCase());
+    }
+  }
+  // prom-client's default process metrics (collectDefaultMetrics in libs/telemetry).
+  const defaults = new Registry();
+  collectDefaultMetrics({ register: defaults });
+  for (const m of await defaults.getMetricsAsJSON()) kinds.set(m.name, String(m.type));
+  const series = new Set<string>();
+  for (const [name, kind] of kinds) {
+    series.add(name);
+    if (kind === 'histogram' || kind === 'unknown') ['_bucket', '_sum', '_count'].forEach((s) => series.add(name + s));
+    if (kind === 'summary') ['_sum', '_count'].forEach((s) => series.add(name + s));
+  }
+  return { kinds, series };
+}
+
+/** Metric-like identifiers in a PromQL expression (string literals and $variables removed). */
+function metricRefs(expr: string): { metrics: string[]; recorded: string[] } {
+  const cleaned = expr
+    .replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`/g, '""')
+    .replace(/\$\{?[A-Za-z_][A-Za-z0-9_]*\}?/g, '')
+    .replace(/\[[^\]]*\]/g, '');
+  const ids = [...cleaned.matchAll(/[A-Za-z_:][A-Za-z0-9_:]*/g)].map((m) => m[0]);
+  return {
+    metrics: ids.filter((id) => /^(longshot_|process_|nodejs_)/.test(id)),
+    recorded: ids.filter((id) => id.includes(':')),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const yamlFiles = [...walk(path.join(ROOT, 'k8s'), (f) => /\.ya?ml$/.test(f)), ...walk(path.join(ROOT, 'deploy'), (f) => /\.ya?ml$/.test(f))];
+const kustomizations = walk(path.join(ROOT, 'k8s'), (f) => path.basename(f) === 'kustomization.yaml').map(path.dirname);
+const RULES = path.join(ROOT, 'deploy/prometheus/rules.yml');
+const DASHBOARD = path.join(ROOT, 'deploy/grafana/longshot.json');
+
+describe('deployment files parse', () => {
+  it('finds the expected files', () => {
+    for (const f of ['k8s/base/kustomization.yaml', 'k8s/overlays/dev/kustomization.yaml', 'k8s/overlays/prod/kustomization.yaml', 'deploy/compose.yaml', 'deploy/prometheus/rules.yml']) {
+      expect(yamlFiles.map(rel), f).toContain(f);
+    }
+  });
+
+  it.each(yamlFiles.map(rel))('%s is valid YAML', (f) => {
+    const docs = docsOf(path.join(ROOT, f));
+    expect(docs.length).toBeGreaterThan(0);
+  });
+
+  it('the Grafana dashboard is valid JSON', () => {
+    expect(() => JSON.parse(fs.readFileSync(DASHBOARD, 'utf8'))).not.toThrow();
+  });
+});
+
+describe('kustomizations', () => {
+  it.each(kustomizations.map(rel))('%s references only files that exist', (dir) => {
+    const k = docsOf(path.join(ROOT, dir, 'kustomization.yaml'))[0];
+    const refs: string[] = [
+      ...(k.resources ?? []),
+      ...(k.components ?? []),
+      ...(k.patches ?? []).filter((p: Obj) => p.path).map((p: Obj) => p.path),
+      ...[...(k.configMapGenerator ?? []), ...(k.secretGenerator ?? [])].flatMap((g: Obj) => [...(g.files ?? []), ...(g.envs ?? [])].map((f: string) => f.split('=').pop()!)),
+    ];
+    expect(refs.length).toBeGreaterThan(0);
+    for (const r of refs) {
+      const p = path.join(ROOT, dir, r);
+      expect(fs.existsSync(p), `${dir}: ${r} does not exist`).toBe(true);
+      if (fs.statSync(p).isDirectory()) expect(fs.existsSync(path.join(p, 'kustomization.yaml')), `${r} has no kustomization.yaml`).toBe(true);
+    }
+  });
+
+  it('the base is namespace-agnostic', () => {
+    expect(docsOf(path.join(ROOT, 'k8s/base/kustomization.yaml'))[0].namespace).toBeUndefined();
+    for (const d of render(path.join(ROOT, 'k8s/base')).docs) {
+      expect(d.metadata?.namespace, key(d)).toBeUndefined();
+      expect(d.kind).not.toBe('Namespace');
+    }
+  });
+});
+
+const variants = ['base', 'overlays/dev', 'overlays/prod'] as const;
+
+describe.each(variants)('k8s/%s workloads', (variant) => {
+  const r = render(path.join(ROOT, 'k8s', variant));
+  const workloads = r.docs.filter((d) => podSpecOf(d));
+
+  it('has the controller, the worker and Redis', () => {
+    expect(workloads.map(key).sort()).toEqual(['Deployment/longshot-controller', 'Deployment/longshot-worker', 'StatefulSet/redis']);
+  });
+
+  it.each(workloads.map((d) => [key(d), d] as const))('%s: containers have resources, probes and run as non-root', (_k, d) => {
+    const pod = podSpecOf(d)!;
+    for (const c of pod.containers) {
+      const where = `${key(d)} container ${c.name}`;
+      expect(c.resources?.requests?.cpu, `${where}: requests.cpu`).toBeDefined();
+      expect(c.resources?.requests?.memory, `${where}: requests.memory`).toBeDefined();
+      expect(c.resources?.limits?.memory, `${where}: limits.memory`).toBeDefined();
+      expect(c.readinessProbe, `${where}: readinessProbe`).toBeDefined();
+      expect(c.livenessProbe, `${where}: livenessProbe`).toBeDefined();
+      expect(c.securityContext?.runAsNonRoot ?? pod.securityContext?.runAsNonRoot, `${where}: runAsNonRoot`).toBe(true);
+      const uid = c.securityContext?.runAsUser ?? pod.securityContext?.runAsUser;
+      expect(uid, `${where}: runAsUser`).toBeGreaterThan(0);
+      expect(c.securityContext?.allowPrivilegeEscalation, `${where}: allowPrivilegeEscalation`).toBe(false);
+      expect(c.securityContext?.capabilities?.drop, `${where}: capabilities.drop`).toContain('ALL');
+      expect(c.image, `${where}: image`).toBeTruthy();
+      for (const ref of c.envFrom ?? []) {
+        const name = ref.configMapRef?.name ?? ref.secretRef?.name;
+        expect(r.generated.has(name), `${where}: envFrom ${name} is not generated by the kustomization`).toBe(true);
+      }
+    }
+    // Every volume that mounts a ConfigMap is generated here.
+    for (const v of pod.volumes ?? []) if (v.configMap) expect(r.generated.has(v.configMap.name), `${key(d)} volume ${v.name}`).toBe(true);
+  });
+
+  it('controller: HTTP probes on /readyz and /healthz, a Service, a results volume and a PDB', () => {
+    const d = one(r, 'Deployment', 'longshot-controller');
+    const c = container(d, 'controller');
+    expect(c.readinessProbe.httpGet.path).toBe('/readyz');
+    expect(c.livenessProbe.httpGet.path).toBe('/healthz');
+    expect(c.ports.map((p: Obj) => p.containerPort)).toContain(8080);
+    const results = d.spec.template.spec.volumes.find((v: Obj) => v.persistentVolumeClaim);
+    const pvc = one(r, 'PersistentVolumeClaim', results.persistentVolumeClaim.claimName);
+    // More than one replica writes and serves results: the volume must be shared.
+    if ((d.spec.replicas ?? 1) > 1) expect(pvc.spec.accessModes).toContain('ReadWriteMany');
+    expect(one(r, 'Service', 'longshot-controller').spec.ports[0].port).toBe(8080);
+    expect(one(r, 'PodDisruptionBudget', 'longshot-controller').spec.selector.matchLabels).toEqual(d.spec.selector.matchLabels);
+  });
+
+  it('worker: gRPC readiness, advertised pod IP, ports, drain shorter than the grace period, headless Service, PDB', () => {
+    const d = one(r, 'Deployment', 'longshot-worker');
+    const pod = d.spec.template.spec;
+    const c = container(d, 'worker');
+    expect(c.readinessProbe.grpc?.port).toBe(50051);
+    expect(Object.fromEntries(c.ports.map((p: Obj) => [p.name, p.containerPort]))).toMatchObject({ grpc: 50051, metrics: 9464 });
+    const env = Object.fromEntries(c.env.map((e: Obj) => [e.name, e]));
+    expect(env.POD_IP.valueFrom.fieldRef.fieldPath).toBe('status.podIP');
+    expect(env.LONGSHOT_WORKER_ADVERTISE.value).toBe('$(POD_IP)');
+    // $(POD_IP) expands only when POD_IP is defined earlier in the list.
+    expect(c.env.findIndex((e: Obj) => e.name === 'POD_IP')).toBeLessThan(c.env.findIndex((e: Obj) => e.name === 'LONGSHOT_WORKER_ADVERTISE'));
+    expect(flagValue(c.args, '--host')).toBe('0.0.0.0');
+    const drain = Number(flagValue(c.args, '--drain') ?? 30); // the worker's default (apps/worker/src/config.ts)
+    // The worker drains for --drain seconds, then waits up to 5 s for the gRPC server to stop.
+    expect(pod.terminationGracePeriodSeconds).toBeGreaterThan(drain + 5);
+    const svc = one(r, 'Service', 'longshot-worker');
+    expect(svc.spec.clusterIP).toBe('None');
+    expect(svc.spec.ports.map((p: Obj) => p.port).sort((a: number, b: number) => a - b)).toEqual([9464, 50051]);
+    expect(one(r, 'PodDisruptionBudget', 'longshot-worker').spec.selector.matchLabels).toEqual(d.spec.selector.matchLabels);
+  });
+
+  it('Redis: a StatefulSet with a PVC and AOF on, noeviction', () => {
+    const s = one(r, 'StatefulSet', 'redis');
+    expect(s.spec.volumeClaimTemplates?.length).toBeGreaterThan(0);
+    const conf = fs.readFileSync(path.join(ROOT, 'k8s/base/redis.conf'), 'utf8');
+    expect(conf).toMatch(/^appendonly yes$/m);
+    // BullMQ breaks silently if Redis evicts its keys.
+    expect(conf).toMatch(/^maxmemory-policy noeviction$/m);
+  });
+});
+
+describe('overlays', () => {
+  it('prod: workers request a GPU each, on H100 nodes, autoscaled on queue depth', () => {
+    const r = render(path.join(ROOT, 'k8s/overlays/prod'));
+    const w = one(r, 'Deployment', 'longshot-worker');
+    const c = container(w, 'worker');
+    expect(Number(c.resources.limits['nvidia.com/gpu'])).toBe(1);
+    expect(w.spec.template.spec.nodeSelector['nvidia.com/gpu.product']).toMatch(/H100/);
+    expect(w.spec.template.spec.tolerations.some((t: Obj) => t.key === 'nvidia.com/gpu')).toBe(true);
+    expect(flagValue(c.args, '--backend')).not.toBe('cpu');
+    const so = one(r, 'ScaledObject', 'longshot-worker');
+    expect(so.spec.scaleTargetRef).toMatchObject({ kind: 'Deployment', name: 'longshot-worker' });
+    expect(so.spec.triggers.length).toBeGreaterThan(0);
+    // KEDA owns the count: a replicas field would reset it on every apply.
+    expect(w.spec.replicas).toBeUndefined();
+    expect(one(r, 'Deployment', 'longshot-controller').spec.replicas).toBe(2);
+    expect(container(one(r, 'Deployment', 'longshot-controller'), 'controller').image).toMatch(/:[\w.-]+$/);
+  });
+
+  it('dev: CPU workers, one controller, no GPU, no KEDA', () => {
+    const r = render(path.join(ROOT, 'k8s/overlays/dev'));
+    expect(JSON.stringify(r.docs)).not.toContain('nvidia.com/gpu');
+    const w = one(r, 'Deployment', 'longshot-worker');
+    expect(flagValue(container(w, 'worker').args, '--backend')).toBe('cpu');
+    expect(w.spec.replicas).toBeGreaterThanOrEqual(2);
+    expect(one(r, 'Deployment', 'longshot-controller').spec.replicas).toBe(1);
+    expect(r.docs.filter((d) => d.kind === 'ScaledObject')).toHaveLength(0);
+  });
+
+  const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
+  it.skipIf(!kubectl).each(variants)('kubectl kustomize k8s/%s agrees with this test’s rendering', (variant) => {
+    const out = execFileSync('kubectl', ['kustomize', path.join(ROOT, 'k8s', variant)], { encoding: 'utf8' });
+    const real = (loadAll(out) as Obj[]).filter(isObj);
+    const mine = render(path.join(ROOT, 'k8s', variant)).docs;
+    // Generated ConfigMaps/Secrets carry a content hash suffix in kustomize's output.
+    const strip = (d: Obj) => (['ConfigMap', 'Secret'].includes(d.kind) ? key(d).replace(/-[a-z0-9]{10}$/, '') : key(d));
+    // This test does not render generators; compare what it does render.
+    real.splice(0, real.length, ...real.filter((d) => !['ConfigMap', 'Secret'].includes(d.kind)));
+    expect(real.map(strip).sort()).toEqual(mine.map(strip).sort());
+    for (const d of mine.filter((x) => podSpecOf(x))) {
+      const k = real.find((x) => key(x) === key(d))!;
+      const pick = (x: Obj) => {
+        const s = x.spec.template.spec;
+        return {
+          replicas: x.spec.replicas,
+          nodeSelector: s.nodeSelector,
+          tolerations: s.tolerations,
+          grace: s.terminationGracePeriodSeconds,
+          containers: s.containers.map((c: Obj) => ({ image: c.image, args: c.args, resources: c.resources, ports: c.ports, readiness: c.readinessProbe, env: c.env })),
+        };
+      };
+      expect(pick(k), key(d)).toEqual(pick(d));
+    }
+  });
+});
+
+describe('compose and Dockerfile', () => {
+  it('compose: Redis, a controller and two CPU workers with healthchecks and ordered start', () => {
+    const c = resolveMergeKeys(docsOf(path.join(ROOT, 'deploy/compose.yaml'))[0]) as Obj;
+    const s = c.services as Obj;
+    expect(s.redis.command.join(' ')).toMatch(/--appendonly yes/);
+    const workers = Object.keys(s).filter((n) => n.startsWith('worker'));
+    expect(workers).toHaveLength(2);
+    for (const n of ['redis', 'controller', ...workers]) {
+      expect(s[n].healthcheck?.test, `${n}: healthcheck`).toBeDefined();
+    }
+    for (const n of ['controller', ...workers]) {
+      expect(s[n].depends_on.redis.condition, n).toBe('service_healthy');
+      expect(s[n].environment.REDIS_URL, n).toBe('redis://redis:6379');
+    }
+    for (const n of workers) {
+      expect(flagValue(s[n].command, '--backend'), n).toBe('cpu');
+      expect(flagValue(s[n].command, '--host'), n).toBe('0.0.0.0');
+      expect(flagValue(s[n].command, '--advertise'), n).toBe(n);
+    }
+    expect(s.controller.ports).toContain('8080:8080');
+  });
+
+  it('controller.Dockerfile: node:20-bookworm-slim, npm ci on the lock, CPU-only addon, ffmpeg, non-root', () => {
+    const f = fs.readFileSync(path.join(ROOT, 'deploy/controller.Dockerfile'), 'utf8');
+    expect(f).toMatch(/ARG NODE_IMAGE=node:20-bookworm-slim/);
+    expect(f).toMatch(/COPY package\.json package-lock\.json/);
+    expect(f).toMatch(/npm ci /);
+    expect(f).toMatch(/LONGSHOT_CUDA=0 npm run build:addon/);
+    expect(f).toMatch(/install -y --no-install-recommends ffmpeg/);
+    // The final stage (the default target) is the controller and does not run as root.
+    const last = f.slice(f.lastIndexOf('\nFROM '));
+    expect(last).toMatch(/AS controller/);
+    expect(last).toMatch(/^USER longshot$/m);
+    expect(last).toMatch(/longshot-controller\.js/);
+    for (const stage of f.split('\nFROM ').slice(1).filter((s) => /AS (controller|worker-cpu)/.test(s))) expect(stage).toMatch(/^USER longshot$/m);
+  });
+});
+
+describe('observability references only exported metrics', () => {
+  let known: Known;
+  beforeAll(async () => {
+    known = await knownMetrics();
+  });
+
+  const rules = docsOf(RULES)[0];
+  const allRules: Obj[] = rules.groups.flatMap((g: Obj) => g.rules);
+  const recorded = new Set(allRules.filter((r) => r.record).map((r) => r.record as string));
+
+  it('finds the metrics the code declares', () => {
+    // Guards the grep itself: if these vanish, the source layout changed and the test must follow.
+    for (const m of ['longshot_queue_jobs', 'longshot_job_duration_seconds', 'longshot_stage_forward_seconds', 'longshot_registry_heartbeat_failures_total', 'process_cpu_seconds_total']) {
+      expect(known.kinds.has(m), m).toBe(true);
+    }
+    expect(known.kinds.get('longshot_job_duration_seconds')).toBe('histogram');
+  });
+
+  it('Prometheus rules', () => {
+    expect(allRules.filter((r) => r.alert).length).toBeGreaterThanOrEqual(5);
+    for (const r of allRules) {
+      const refs = metricRefs(String(r.expr));
+      expect(refs.metrics.length + refs.recorded.length, `${r.record ?? r.alert} uses no metric`).toBeGreaterThan(0);
+      for (const m of refs.metrics) expect(known.series.has(m), `${r.record ?? r.alert}: ${m} is not exported by the code`).toBe(true);
+      for (const m of refs.recorded) expect(recorded.has(m), `${r.record ?? r.alert}: recording rule ${m} is not defined`).toBe(true);
+    }
+  });
+
+  it('Grafana dashboard', () => {
+    const dash = JSON.parse(fs.readFileSync(DASHBOARD, 'utf8'));
+    const dsVar = dash.templating.list.find((v: Obj) => v.type === 'datasource');
+    expect(dsVar?.query).toBe('prometheus');
+    const panels: Obj[] = dash.panels.flatMap((p: Obj) => [p, ...(p.panels ?? [])]).filter((p: Obj) => p.type !== 'row');
+    expect(panels.length).toBeGreaterThanOrEqual(10);
+    const exprs: string[] = [];
+    for (const p of panels) {
+      expect(p.datasource?.uid, `panel ${p.title}: datasource must be the variable`).toBe(`\${${dsVar.name}}`);
+      expect(p.targets?.length, `panel ${p.title}: no queries`).toBeGreaterThan(0);
+      for (const t of p.targets) exprs.push(t.expr);
+    }
+    for (const v of dash.templating.list.filter((x: Obj) => x.type === 'query')) exprs.push(v.query.query ?? v.query);
+    const used = new Set<string>();
+    for (const e of exprs) {
+      const refs = metricRefs(e);
+      for (const m of refs.metrics) {
+        expect(known.series.has(m), `dashboard: ${m} is not exported by the code (in ${e})`).toBe(true);
+        used.add(m.replace(/_(bucket|sum|count)$/, ''));
+      }
+      // The dashboard must work without the recording rules loaded.
+      expect(refs.recorded, `dashboard uses recording rules: ${e}`).toEqual([]);
+    }
+    for (const m of ['longshot_queue_jobs', 'longshot_job_duration_seconds', 'longshot_block_steps_total', 'longshot_workers_registered', 'longshot_worker_leases_active', 'longshot_stage_forward_seconds', 'longshot_activation_bytes_sent_total', 'longshot_activation_bytes_received_total', 'longshot_stage_input_wait_seconds_total', 'longshot_http_request_duration_seconds']) {
+      expect(used.has(m), `dashboard has no panel on ${m}`).toBe(true);
+    }
+  });
+
+  it('autoscaling queries', () => {
+    const so = render(path.join(ROOT, 'k8s/base')).docs.find((d) => d.kind === 'ScaledObject')!;
+    for (const t of so.spec.triggers.filter((x: Obj) => x.type === 'prometheus')) {
+      for (const m of metricRefs(t.metadata.query).metrics) expect(known.series.has(m), `ScaledObject: ${m}`).toBe(true);
+    }
+  });
+
+  it('promtool check rules deploy/prometheus/rules.yml', () => {
+    const probe = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
+    if (probe.error) {
+      throw new Error('promtool is not installed: install the Debian package `prometheus` (apt-get install prometheus); deploy/bootstrap.sh should list it');
+    }
+    const res = spawnSync('promtool', ['check', 'rules', RULES], { encoding: 'utf8' });
+    expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
+  });
+});

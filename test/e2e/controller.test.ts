@@ -1,0 +1,273 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { keys } from '@longshot/cache';
+import { cpuBackend } from '@longshot/engine';
+import { probeVideo, Stitcher } from '@longshot/media';
+import { encodePrompt, getConfig, seededStageWeights, Stage } from '@longshot/model';
+import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
+import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
+import { LocalCluster } from '../../apps/cli/src/local-cluster';
+
+let dir: string;
+let cluster: LocalCluster;
+let redis: Redis;
+let queue: Queue;
+
+const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 6, model: 'tiny', seed: 11 };
+const framesFor = (latentFrames: number): number => 4 * (latentFrames - 1) + 1;
+
+/** The single-process result: stage objects chained in this process (as test/e2e/pipeline.test.ts does). */
+async function inProcess(req: JobRequest): Promise<string> {
+  const [width, height] = String((req as { size?: string }).size ?? '256x256').split('x').map(Number);
+  const s: JobSpec = normalizeSpec({ ...req, size: undefined, width, height, stages: 1 } as JobRequest);
+  const config = getConfig(s.model);
+  const plan = planJob(s);
+  const text = { cond: encodePrompt(s.prompt, config), uncond: encodePrompt('', config) };
+  const stages = partitionLayers(config.layers, 1).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
+  const geometry = { frames: s.frames, fps: s.fps, width: s.width, height: s.height, block: s.block, blocks: plan.blocks, latentChannels: 16 };
+  const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry);
+  await runLocalPipeline(new BlockQueue(s, plan, config.latentChannels), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
+  return (await stitcher.finish()).latentSha256;
+}
+
+const controllerUrl = (i = 0): string => [...cluster.controllers.values()][i].url;
+
+async function api(method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any; headers: Headers }> {
+  const res = await fetch(url.startsWith('http') ? url : `${controllerUrl()}${url}`, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json: unknown = text;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, json, headers: res.headers };
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const job = async (id: string, base = controllerUrl()): Promise<any> => (await api('GET', `${base}/v1/videos/${id}`)).json;
+const finished = (id: string, timeoutMs = 120_000, base = controllerUrl()) =>
+  waitFor(`${id} to finish`, async () => {
+    const j = await job(id, base);
+    return ['succeeded', 'failed', 'canceled'].includes(j.status) ? j : null;
+  }, timeoutMs);
+
+/** Reads a job's SSE stream to its end (the terminal event closes it). */
+async function sse(url: string): Promise<{ id: string; event: string; data: any }[]> {
+  const res = await fetch(url, { headers: { accept: 'text/event-stream' } });
+  expect(res.status).toBe(200);
+  expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+  const text = await res.text();
+  return text
+    .split('\n\n')
+    .filter((chunk) => chunk.includes('event: '))
+    .map((chunk) => {
+      const field = (name: string) => chunk.split('\n').find((l) => l.startsWith(`${name}: `))?.slice(name.length + 2) ?? '';
+      return { id: field('id'), event: field('event'), data: JSON.parse(field('data')) };
+    });
+}
+
+const queueCounts = () => queue.getJobCounts('waiting', 'prioritized', 'delayed', 'active', 'completed', 'failed');
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-controller-'));
+  cluster = await LocalCluster.start({
+    workers: 3,
+    controllers: 2,
+    respawn: true,
+    name: 'ctl',
+    controllerEnv: {
+      LONGSHOT_RESULTS_DIR: path.join(dir, 'results'),
+      LONGSHOT_MAX_FRAMES: '201',
+      // Short locks and leases so a takeover after a replica dies happens within seconds.
+      LONGSHOT_JOB_LOCK_MS: '3000',
+      LONGSHOT_JOB_STALLED_MS: '1000',
+      LONGSHOT_LEASE_MS: '3000',
+      LONGSHOT_WAIT_FOR_WORKERS_MS: '300',
+      LONGSHOT_LIVENESS_MS: '200',
+    },
+  });
+  redis = new Redis(cluster.redisUrl);
+  queue = new Queue('render', { connection: redis.duplicate(), prefix: `${keys.root}:bull` });
+});
+
+afterAll(async () => {
+  await queue?.close();
+  redis?.disconnect();
+  await cluster?.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('controller', () => {
+  it('runs three jobs submitted at once with K = 1, 2, 3 to the single-process result', async () => {
+    const req = { ...base, frames: framesFor(8) };
+    const reference = await inProcess(req);
+    const started = Date.now();
+    const submitted = await Promise.all([1, 2, 3].map((stages) => api('POST', '/v1/videos', { ...req, stages })));
+    for (const s of submitted) {
+      expect(s.status).toBe(202);
+      expect(s.json.status).toBe('queued');
+      expect(s.json.urls.events).toBe(`/v1/videos/${s.json.id}/events`);
+    }
+    // SSE from the other replica than the one that accepted the job: events live in Redis.
+    const streams = submitted.map((s) => sse(`${controllerUrl(1)}${s.json.urls.events}`));
+    const results = await Promise.all(submitted.map((s) => finished(s.json.id)));
+    const plan = planJob(normalizeSpec({ ...req, size: undefined, width: 256, height: 256 } as JobRequest));
+    for (const [i, r] of results.entries()) {
+      expect(r.status, JSON.stringify(r.error)).toBe('succeeded');
+      expect(r.stages).toBe(i + 1);
+      expect(r.result.latentSha256).toBe(reference);
+      expect(r.progress.blocksDone).toBe(plan.blocks);
+      const events = await streams[i];
+      expect(events[0].event).toBe('queued');
+      expect(events.some((e) => e.event === 'started')).toBe(true);
+      expect(events.filter((e) => e.event === 'block').map((e) => e.data.index)).toEqual([...Array(plan.blocks).keys()]);
+      expect(events.some((e) => e.event === 'progress')).toBe(true);
+      expect(events.at(-1)!.event).toBe('succeeded');
+      expect(events.at(-1)!.data.result.latentSha256).toBe(reference);
+
+      const content = await fetch(`${controllerUrl()}${r.result.contentUrl}`);
+      expect(content.status).toBe(200);
+      expect(content.headers.get('accept-ranges')).toBe('bytes');
+      const file = path.join(dir, `${r.id}.mp4`);
+      fs.writeFileSync(file, Buffer.from(await content.arrayBuffer()));
+      expect((await probeVideo(file)).frames).toBe(req.frames);
+      const range = await fetch(`${controllerUrl()}${r.result.contentUrl}`, { headers: { range: 'bytes=0-99' } });
+      expect(range.status).toBe(206);
+      expect(range.headers.get('content-range')).toMatch(/^bytes 0-99\/\d+$/);
+      expect((await range.arrayBuffer()).byteLength).toBe(100);
+      const preview = await fetch(`${controllerUrl()}${events.find((e) => e.event === 'block')!.data.previewUrl}`);
+      expect(preview.headers.get('content-type')).toMatch(/image\/jpeg/);
+      expect(Buffer.from(await preview.arrayBuffer()).subarray(0, 2)).toEqual(Buffer.from([0xff, 0xd8]));
+    }
+    console.log(`three jobs (K = 1, 2, 3) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    const listed = await api('GET', '/v1/videos?status=succeeded&limit=2');
+    expect(listed.json.items).toHaveLength(2);
+    expect(listed.json.nextCursor).not.toBeNull();
+    const metrics = await (await fetch(`${controllerUrl()}/metrics`)).text();
+    expect(metrics).toMatch(/longshot_queue_jobs\{state="completed"\} \d+/);
+    expect(metrics).toMatch(/longshot_workers_registered 3/);
+    expect(metrics).toMatch(/longshot_http_request_duration_seconds_count\{method="POST",route="\/v1\/videos",status="202"\}/);
+  });
+
+  it('rejects bad bodies with 400 naming the field and enqueues nothing; honours Idempotency-Key', async () => {
+    const before = await queueCounts();
+    const listedBefore = (await api('GET', '/v1/videos?limit=100')).json.items.length;
+    const bad: [unknown, string][] = [
+      [{ ...base, prompt: undefined, frames: 13 }, 'prompt'],
+      [{ ...base, frames: -5 }, 'frames'],
+      [{ ...base, frames: 401 }, 'frames'],
+      [{ ...base, frames: 13, model: 'no-such-model' }, 'model'],
+      [{ ...base, frames: '9' }, 'frames'],
+      [{ ...base, frames: 13, steps: 2.5 }, 'steps'],
+      [{ ...base, frames: 13, colour: 'red' }, 'colour'],
+      [{ ...base, frames: 13, stages: 7 }, 'stages'],
+      [{ ...base, frames: 13, priority: 0 }, 'priority'],
+      ['{"prompt": ', 'body'],
+    ];
+    for (const [body, field] of bad) {
+      const r = await api('POST', '/v1/videos', body);
+      expect(r.status, JSON.stringify(body)).toBe(400);
+      expect(r.json.error).toBe('invalid_request');
+      expect(r.json.field, JSON.stringify(r.json)).toBe(field);
+      expect(r.json.message).toBeTruthy();
+    }
+    expect(await queueCounts()).toEqual(before);
+    expect((await api('GET', '/v1/videos?limit=100')).json.items.length).toBe(listedBefore);
+    expect((await api('GET', '/v1/videos/00000000-0000-0000-0000-000000000000')).status).toBe(404);
+
+    const body = { ...base, frames: framesFor(4), stages: 1 };
+    const first = await api('POST', '/v1/videos', body, { 'Idempotency-Key': 'abc-123' });
+    expect(first.status).toBe(202);
+    // Same key and body, on the other replica, keys in another order: the same job.
+    const reordered = Object.fromEntries(Object.entries(body).reverse());
+    const again = await api('POST', `${controllerUrl(1)}/v1/videos`, reordered, { 'Idempotency-Key': 'abc-123' });
+    expect(again.status).toBe(200);
+    expect(again.json.id).toBe(first.json.id);
+    const other = await api('POST', '/v1/videos', { ...body, seed: 12 }, { 'Idempotency-Key': 'abc-123' });
+    expect(other.status).toBe(409);
+    expect((await finished(first.json.id)).status).toBe('succeeded');
+  });
+
+  it('cancels a running job, frees its workers within seconds, and the next queued job starts', async () => {
+    const long = await api('POST', '/v1/videos', { ...base, frames: framesFor(48), steps: 8, stages: 3 });
+    const next = await api('POST', '/v1/videos', { ...base, frames: framesFor(4), stages: 3 });
+    expect(long.status, JSON.stringify(long.json)).toBe(202);
+    const id = long.json.id;
+    await waitFor('the long job to make progress', async () => {
+      const j = await job(id);
+      return j.status === 'running' && j.progress.blockStepsDone > 0;
+    });
+    expect((await job(next.json.id)).status).toBe('queued');
+    const leased = (await api('GET', '/v1/workers')).json.items.filter((w: any) => w.lease?.job === id);
+    expect(leased).toHaveLength(3);
+    const t0 = Date.now();
+    const c = await api('POST', `${controllerUrl(1)}/v1/videos/${id}/cancel`);
+    expect(c.status).toBe(200);
+    expect(c.json.status).toBe('canceled');
+    await waitFor('the canceled job to release its workers', async () => {
+      const ws = (await api('GET', '/v1/workers')).json.items;
+      return ws.every((w: any) => w.lease?.job !== id);
+    }, 10_000);
+    const freedIn = Date.now() - t0;
+    const n = await waitFor('the next job to start', async () => {
+      const j = await job(next.json.id);
+      return j.status !== 'queued' ? j : null;
+    }, 20_000);
+    console.log(`cancel freed the workers in ${freedIn} ms; next job ${n.status} after ${Date.now() - t0} ms`);
+    expect(freedIn).toBeLessThan(5000);
+    expect((await finished(next.json.id)).status).toBe('succeeded');
+    expect((await job(id)).status).toBe('canceled');
+    expect((await api('POST', `/v1/videos/${id}/cancel`)).status).toBe(409);
+    const events = await sse(`${controllerUrl()}/v1/videos/${id}/events`);
+    expect(events.at(-1)!.event).toBe('canceled');
+  });
+
+  it('finishes a job on the other replica when the one running it is killed, with the same result', async () => {
+    // Heavy enough that the pipeline is still running when the owner dies: its sessions close
+    // 2 s later, so the rest of the job must be computed by the survivor's run.
+    const req = { ...base, size: '256x256', frames: framesFor(40), steps: 12 };
+    const reference = await inProcess(req);
+    const s = await api('POST', '/v1/videos', { ...req, stages: 2 });
+    const id = s.json.id;
+    // Mid-pipeline: some block-steps applied, most still to come.
+    const running = await waitFor('the job to make progress', async () => {
+      const j = await job(id);
+      return j.status === 'running' && j.progress.blockStepsDone >= 10 ? j : null;
+    });
+    const owner: string = running.owner;
+    expect(running.progress.blockStepsDone).toBeLessThanOrEqual(running.progress.blockSteps / 2);
+    expect(cluster.controllers.has(owner)).toBe(true);
+    const survivor = [...cluster.controllers.values()].find((c) => c.id !== owner)!.url;
+    const t0 = Date.now();
+    cluster.kill(owner, 'SIGKILL');
+    const done = await finished(id, 120_000, survivor);
+    console.log(`takeover: job finished ${((Date.now() - t0) / 1000).toFixed(1)} s after the owner was killed`);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    expect(done.result.latentSha256).toBe(reference);
+    expect(done.attempts).toBeGreaterThanOrEqual(2);
+    const events = await sse(`${survivor}/v1/videos/${id}/events`);
+    const plan = planJob(normalizeSpec({ ...req, size: undefined, width: 256, height: 256 } as JobRequest));
+    expect(events.filter((e) => e.event === 'block').map((e) => e.data.index)).toEqual([...Array(plan.blocks).keys()]);
+    const file = path.join(dir, 'takeover.mp4');
+    fs.writeFileSync(file, Buffer.from(await (await fetch(`${survivor}${done.result.contentUrl}`)).arrayBuffer()));
+    expect((await probeVideo(file)).frames).toBe(req.frames);
+  });
+});
