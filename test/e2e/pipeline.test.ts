@@ -154,34 +154,6 @@ describe('DualParal across worker processes', () => {
     expect((await job).latentSha256).toBe(await inProcess({ ...s, stages: 1 }));
     client.close();
   });
-
-  it('keeps worker memory flat for a job four times as long', { timeout: 300_000 }, async () => {
-    const rss = async (frames: number, name: string) => {
-      const c = await LocalCluster.start({ workers: 2, name });
-      const r2 = new Redis(c.redisUrl);
-      try {
-        const s = spec({ stages: 2, frames, steps: 4, width: 128, height: 128 });
-        const stitcher = new Stitcher(path.join(dir, `${name}.mp4`), geometry(s));
-        const run = await runDistributedJob(
-          { jobId: name, spec: s, keyPrefix: jobPrefix(name), text: null },
-          { blocks: new BlockStore(r2), workers: registryWorkers(new WorkerRegistry(r2)), onBlock: async (i, l) => void (await stitcher.add(i, l)) },
-        );
-        await stitcher.finish();
-        return Object.values(run.maxRssBytes);
-      } finally {
-        r2.disconnect();
-        await c.stop();
-      }
-    };
-    // The short job is long enough for a worker to reach its steady state (heap warmed up);
-    // what must not happen is growth with the number of frames.
-    const short = await rss(4 * (192 - 1) + 1, 'mem-short');
-    const long = await rss(4 * (768 - 1) + 1, 'mem-long');
-    const worst = Math.max(...long.map((l, i) => l / short[i]));
-    console.log(`worker peak RSS, short job: ${short.map((b) => (b / 2 ** 20).toFixed(1))} MiB; 4x frames: ${long.map((b) => (b / 2 ** 20).toFixed(1))} MiB; worst ratio ${worst.toFixed(3)}`);
-    expect(short.length).toBe(2);
-    expect(worst).toBeLessThanOrEqual(1.05);
-  });
 });
 
 /** Opens an Activations stream, sends one header (and the bytes), returns the status it ends with. */
