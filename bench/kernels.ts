@@ -6,6 +6,7 @@
  */
 import { blasSgemm, cpuBackend, engineInfo, type OpNode } from '@longshot/engine';
 import { benchStageForward, type StageForwardReport } from './stage-forward';
+import { Rng } from '@longshot/random';
 
 export interface GemmShape {
   m: number;
@@ -31,17 +32,8 @@ export interface KernelsReport {
 
 const REPS = 5;
 
-function random(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 4294967296) * 2 - 1;
-  }
-  return out;
-}
+/** Deterministic uniform values in [-1, 1). */
+const random = (n: number, seed: number): Float32Array => Rng.from(seed).fillUniform(new Float32Array(n));
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);

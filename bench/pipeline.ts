@@ -31,9 +31,16 @@ export interface PipelineRow {
   predictedEfficiency: number;
 }
 
+/**
+ * 64 blocks of 4 latent frames (>= 4K for K = 8, so fill and drain stay small) and 10 steps (the
+ * queue holds min(blocks, steps) block-steps, >= K + 1 so it can keep K stages busy). Wan's
+ * reference uses 50 steps; LONGSHOT_BENCH_STEPS and LONGSHOT_BENCH_BLOCKS change the shape.
+ */
+const BLOCKS = Number(process.env.LONGSHOT_BENCH_BLOCKS ?? 64);
+const STEPS = Number(process.env.LONGSHOT_BENCH_STEPS ?? 10);
+
 function jobSpec(stages: number): JobSpec {
-  // 64 blocks of 4 latent frames (>= 4K for K = 8; long enough that fill and drain stay small), 10 steps (>= K + 1, so the queue can fill K stages).
-  return normalizeSpec({ prompt: 'a long take through a night market', model: 'wan2.1-t2v-1.3b', width: 832, height: 480, frames: 4 * (64 * 4 - 1) + 1, block: 4, context: 2, steps: 10, stages, seed: 1 });
+  return normalizeSpec({ prompt: 'a long take through a night market', model: 'wan2.1-t2v-1.3b', width: 832, height: 480, frames: 4 * (BLOCKS * 4 - 1) + 1, block: 4, context: 2, steps: STEPS, stages, seed: 1 });
 }
 
 /** The model's prediction: per-stage forward time of an average window, hop time of the activations. */

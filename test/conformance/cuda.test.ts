@@ -28,6 +28,7 @@ import {
 } from '@longshot/engine';
 import { Stage, getConfig, seededStageWeights, weightSpecs, type BlockStep, type ModelConfig, type StageRange } from '@longshot/model';
 import { Rng } from '@longshot/random';
+import { relError } from '../reference/error';
 
 const info = engineInfo();
 const cudaUsable = info.backends.includes('cuda');
@@ -46,18 +47,6 @@ const normal = (rng: Rng, n: number, std = 1, mean = 0): Float32Array => {
   return a;
 };
 
-function relError(got: Float32Array, ref: Float32Array): number {
-  if (got.length !== ref.length) return Infinity;
-  let maxDiff = 0;
-  let maxRef = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = Math.abs(got[i] - ref[i]);
-    if (!Number.isFinite(d)) return Infinity;
-    maxDiff = Math.max(maxDiff, d);
-    maxRef = Math.max(maxRef, Math.abs(ref[i]));
-  }
-  return maxDiff / Math.max(1e-6, maxRef);
-}
 
 function expectClose(got: Float32Array, ref: Float32Array, tol: number, what: string): void {
   const err = relError(got, ref);

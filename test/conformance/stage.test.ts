@@ -20,6 +20,7 @@ import { Stage, getConfig, seededStageWeights, weightSpecs } from '@longshot/mod
 import { Rng } from '@longshot/random';
 import type { ModelConfig, StageRange } from '@longshot/model';
 import { referenceStageForward, type BlockStep } from '../reference/stage';
+import { relError } from '../reference/error';
 
 const TOLERANCE = 1e-4;
 const SEED = 1234;
@@ -68,18 +69,6 @@ function successorFor(config: ModelConfig, s: BlockStep, layers: number, key: st
   return { k: Array.from({ length: layers }, () => normal(rng, n)), v: Array.from({ length: layers }, () => normal(rng, n)) };
 }
 
-function relError(got: Float32Array, ref: Float64Array): number {
-  if (got.length !== ref.length) return Infinity;
-  let maxDiff = 0;
-  let maxRef = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = Math.abs(got[i] - ref[i]);
-    if (!Number.isFinite(d)) return Infinity;
-    maxDiff = Math.max(maxDiff, d);
-    maxRef = Math.max(maxRef, Math.abs(ref[i]));
-  }
-  return maxDiff / Math.max(1e-6, maxRef);
-}
 
 function expectClose(got: Float32Array, ref: Float64Array, what: string): void {
   const err = relError(got, ref);

@@ -1,19 +1,10 @@
 import { describe, expect, it } from 'vitest';
 
 import { OP_NAMES, cpuBackend, engineInfo, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
+import { Rng } from '@longshot/random';
 
-// Deterministic uniform values in [-1, 1).
-function random(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 4294967296) * 2 - 1;
-  }
-  return out;
-}
+/** Deterministic uniform values in [-1, 1). */
+const random = (n: number, seed: number): Float32Array => Rng.from(seed).fillUniform(new Float32Array(n));
 
 /**
  * Largest error of a float32 GEMM against float64, relative to sum |x w| + |b| of each output

@@ -76,6 +76,12 @@ export class Rng {
     return Math.floor(this.uniform() * n);
   }
 
+  /** Fills `out` with uniform values in [lo, hi). */
+  fillUniform(out: Float32Array, lo = -1, hi = 1): Float32Array {
+    for (let i = 0; i < out.length; i++) out[i] = lo + (hi - lo) * (this.nextU32() / 4294967296);
+    return out;
+  }
+
   /** Fills `out` with standard normals (Box-Muller in float64, both values used). */
   fillNormal(out: Float32Array, std = 1): Float32Array {
     for (let i = 0; i < out.length; i += 2) {
