@@ -24,5 +24,14 @@ export const workerMetrics = {
   sessionFailures: counter({ name: 'longshot_session_failures_total', help: 'Stage sessions that failed (stream error, peer lost)' }),
   rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'] }),
   checkpoints: counter({ name: 'longshot_checkpoints_written_total', help: 'Head checkpoints written to Redis' }),
+  persistSeconds: histogram({
+    name: 'longshot_checkpoint_persist_seconds',
+    help: 'Head: time to persist an iteration boundary (finished block and checkpoint) to Redis',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+  }),
+  persistWaitSeconds: counter({
+    name: 'longshot_checkpoint_wait_seconds_total',
+    help: 'Head: time results waited for the previous iteration boundary to be persisted',
+  }),
   backend: gauge<'backend'>({ name: 'longshot_worker_backend_info', help: 'Compute backend of this worker (value 1)', labelNames: ['backend'] }),
 };

@@ -326,7 +326,11 @@ export class StageSession {
    */
   private async applyVelocity(step: BlockStep, velocity: Float32Array): Promise<void> {
     const q = this.queue!;
-    if (this.persisting) await this.persisting;
+    if (this.persisting) {
+      const waitStart = performance.now();
+      await this.persisting;
+      workerMetrics.persistWaitSeconds.inc((performance.now() - waitStart) / 1000);
+    }
     const r = q.apply(step.iteration, step.block, velocity);
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
     if (r.completedIteration !== null) {
@@ -335,13 +339,17 @@ export class StageSession {
       // No copy: the next apply waits for this save, and nothing else changes latents.
       const state = boundary % this.ctx.checkpointEvery === 0 || q.done ? q.checkpoint({ copy: false }) : null;
       this.persisting = (async () => {
+        const end = workerMetrics.persistSeconds.startTimer();
         if (finished) {
           await this.ctx.blocks.put(this.keyPrefix, finished.index, finished.latents, this.ctx.keyTtlSeconds);
           this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } });
         }
+        if (state) {
+          await this.ctx.checkpoints.save(this.keyPrefix, state, this.ctx.keyTtlSeconds);
+          workerMetrics.checkpoints.inc();
+        }
+        end();
         if (!state) return;
-        await this.ctx.checkpoints.save(this.keyPrefix, state, this.ctx.keyTtlSeconds);
-        workerMetrics.checkpoints.inc();
         this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
       })();
       this.persisting.catch((e) => this.fail(e));

@@ -36,18 +36,45 @@ function writeVarint(buf: Buffer, pos: number, v: number): number {
   return pos;
 }
 
-function chunkInnerLength(seq: number, offset: number, dataLength: number): number {
+/**
+ * Tensor data in a chunk that carries a whole tensor is placed at a multiple of this many bytes
+ * from the start of the gRPC message, so that the receiver can hand the message's own buffer to
+ * its handler as the tensor (and `decodePayload` can view it as a Float32Array) without a copy.
+ */
+export const PAYLOAD_ALIGNMENT = 4;
+/** gRPC's length prefix in front of every message: compressed flag (1) + length (4). */
+const GRPC_MESSAGE_PREFIX_BYTES = 5;
+/** The longest varint protobuf allows (a uint64). */
+const MAX_VARINT_BYTES = 10;
+
+function chunkInnerLength(seq: number, offset: number, dataLength: number, seqBytes: number): number {
   // proto3 omits fields at their default value; the generated encoder does the same.
   let n = 0;
-  if (seq !== 0) n += 1 + varintSize(seq);
+  if (seq !== 0) n += 1 + seqBytes;
   if (offset !== 0) n += 1 + varintSize(offset);
   if (dataLength !== 0) n += 1 + varintSize(dataLength) + dataLength;
   return n;
 }
 
-/** Encoded size of a chunk frame. */
-export function chunkFrameLength(seq: number, offset: number, dataLength: number): number {
-  const inner = chunkInnerLength(seq, offset, dataLength);
+/**
+ * Bytes to spend on the seq varint: its minimal size, or, with `align`, the smallest size (an
+ * over-long varint, padded with 0x80 continuation bytes, which every protobuf parser reads as the
+ * same value) that puts the data at a multiple of PAYLOAD_ALIGNMENT in the gRPC message.
+ */
+function seqVarintBytes(seq: number, offset: number, dataLength: number, align: boolean): number {
+  const minimal = varintSize(seq);
+  if (!align || seq === 0 || dataLength === 0) return minimal;
+  for (let seqBytes = minimal; seqBytes <= MAX_VARINT_BYTES; seqBytes++) {
+    const inner = chunkInnerLength(seq, offset, dataLength, seqBytes);
+    const dataAt = GRPC_MESSAGE_PREFIX_BYTES + 1 + varintSize(inner) + inner - dataLength;
+    if (dataAt % PAYLOAD_ALIGNMENT === 0) return seqBytes;
+  }
+  return minimal;
+}
+
+/** Encoded size of a chunk frame (`align` as for `encodeChunkFrameInto`). */
+export function chunkFrameLength(seq: number, offset: number, dataLength: number, align = false): number {
+  const inner = chunkInnerLength(seq, offset, dataLength, seqVarintBytes(seq, offset, dataLength, align));
   return 1 + varintSize(inner) + inner;
 }
 
@@ -55,21 +82,34 @@ function encodeChunkFrame(chunk: TensorChunk): Buffer {
   return encodeChunkFrameInto(Buffer.allocUnsafe(chunkFrameLength(chunk.seq, chunk.offset, chunk.data.length)), chunk);
 }
 
+/** Writes `v` as a varint of exactly `size` bytes (at least its minimal size). */
+function writePaddedVarint(buf: Buffer, pos: number, v: number, size: number): number {
+  for (let i = 1; i < size; i++) {
+    buf[pos++] = (v % 0x80) | 0x80;
+    v = Math.floor(v / 0x80);
+  }
+  buf[pos++] = v;
+  return pos;
+}
+
 /**
  * Encodes a chunk frame at the start of `target` (at least `chunkFrameLength` bytes) and returns
  * the encoded bytes as a view of it; lets a sender reuse frame buffers instead of allocating
- * (and page-faulting) a fresh megabyte per frame.
+ * (and page-faulting) a fresh megabyte per frame. With `align`, the data lands at a multiple of
+ * PAYLOAD_ALIGNMENT from the start of the gRPC message that will carry the frame (see
+ * `seqVarintBytes`); without, the encoding is the generated encoder's, byte for byte.
  */
-export function encodeChunkFrameInto(target: Buffer, chunk: TensorChunk): Buffer {
+export function encodeChunkFrameInto(target: Buffer, chunk: TensorChunk, align = false): Buffer {
   const { seq, offset, data } = chunk;
-  const inner = chunkInnerLength(seq, offset, data.length);
+  const seqBytes = seqVarintBytes(seq, offset, data.length, align);
+  const inner = chunkInnerLength(seq, offset, data.length, seqBytes);
   const out = target.subarray(0, 1 + varintSize(inner) + inner);
   let pos = 0;
   out[pos++] = TAG_FRAME_CHUNK;
   pos = writeVarint(out, pos, inner);
   if (seq !== 0) {
     out[pos++] = TAG_CHUNK_SEQ;
-    pos = writeVarint(out, pos, seq);
+    pos = writePaddedVarint(out, pos, seq, seqBytes);
   }
   if (offset !== 0) {
     out[pos++] = TAG_CHUNK_OFFSET;

@@ -18,6 +18,7 @@ import { dtypeBytes, fromWireDtype } from './codec';
 import type { StreamRejection } from './errors';
 import { formatShape } from '@longshot/model/src/safetensors';
 import { raiseReceiveWindow } from './window';
+import { PAYLOAD_ALIGNMENT } from './frames';
 
 export interface ReceivedTensor {
   header: TensorHeader;
@@ -66,9 +67,22 @@ function invalid(message: string): StreamRefused {
 
 interface OpenTensor {
   header: TensorHeader;
-  payload: Buffer;
+  /** Null until the first chunk: a chunk that is the whole tensor may become the payload. */
+  payload: Buffer | null;
   received: number;
 }
+
+/**
+ * Whether chunk data (a view into the gRPC message that carried it) can be handed to the handler
+ * as the tensor itself instead of being copied: it must be aligned for a typed-array view of
+ * any wire dtype (what `decodePayload` needs to avoid its own copy), and the message buffer must
+ * hold little besides it, so that keeping the payload pins no unrelated memory (grpc-js gives
+ * each message above a few KiB a buffer of its own; a small one may sit in Node's shared pool).
+ */
+function ownsAlignedBuffer(data: Buffer): boolean {
+  return data.byteOffset % PAYLOAD_ALIGNMENT === 0 && data.buffer.byteLength - data.length <= MAX_MESSAGE_SLACK;
+}
+const MAX_MESSAGE_SLACK = 64;
 
 export class TensorReceiver {
   /** Settles when the stream has ended, with the status this side ended it with. */
@@ -148,10 +162,11 @@ export class TensorReceiver {
     if (rejection) throw new StreamRefused(rejection.code, rejection.message);
 
     this.lastSeq = seq;
-    // allocUnsafeSlow: a tensor-sized buffer of its own, never a slice of the shared pool, so
-    // the handler may keep it (or a Float32Array view of it) without pinning unrelated memory.
-    this.open = { header, payload: Buffer.allocUnsafeSlow(header.byteLength), received: 0 };
-    if (header.byteLength === 0) this.complete();
+    this.open = { header, payload: null, received: 0 };
+    if (header.byteLength === 0) {
+      this.open.payload = Buffer.alloc(0);
+      this.complete();
+    }
   }
 
   private onChunk(chunk: TensorChunk): void {
@@ -162,6 +177,18 @@ export class TensorReceiver {
     if (chunk.offset !== o.received) throw invalid(`tensor seq ${seq}: chunk at offset ${chunk.offset}, expected ${o.received} (chunks must be contiguous)`);
     const end = chunk.offset + chunk.data.length;
     if (end > o.header.byteLength) throw invalid(`tensor seq ${seq}: chunk [${chunk.offset}, ${end}) overruns byte_length ${o.header.byteLength}`);
+    if (o.payload === null) {
+      if (end === o.header.byteLength && ownsAlignedBuffer(chunk.data)) {
+        // The tensor arrived in one chunk: its message buffer becomes the payload, no copy.
+        o.payload = chunk.data;
+        o.received = end;
+        this.complete();
+        return;
+      }
+      // allocUnsafeSlow: a tensor-sized buffer of its own, never a slice of the shared pool, so
+      // the handler may keep it (or a Float32Array view of it) without pinning unrelated memory.
+      o.payload = Buffer.allocUnsafeSlow(o.header.byteLength);
+    }
     chunk.data.copy(o.payload, chunk.offset);
     o.received = end;
     if (end === o.header.byteLength) this.complete();
@@ -171,7 +198,7 @@ export class TensorReceiver {
     const o = this.open!;
     this.open = null;
     this.call.write({ seq: o.header.seq });
-    this.queue.push({ header: o.header, payload: o.payload });
+    this.queue.push({ header: o.header, payload: o.payload! });
     if (this.queue.length >= this.maxQueued && !this.paused) {
       this.paused = true;
       this.call.pause();

@@ -22,8 +22,11 @@ export const DEFAULT_CHUNK_BYTES = GRPC_LIMITS.maxFrameBytes - CHUNK_FRAME_MAX_O
 export const DEFAULT_SEND_WINDOW = 4;
 export const DEFAULT_ACK_TIMEOUT_MS = 60_000;
 
-/** Enough frame buffers for the frames a stream holds between write() and its callback. */
-const FRAME_POOL_SIZE = 32;
+/**
+ * Bytes of frame buffers kept for reuse: enough for the frames a stream holds between write()
+ * and its callback (at most one tensor's, since a send waits for its last frame's callback).
+ */
+const FRAME_POOL_BYTES = 32 * 1024 * 1024;
 const EMPTY = Buffer.alloc(0);
 
 export type TensorSendHeader = Omit<TensorHeader, 'seq' | 'byteLength'>;
@@ -78,6 +81,7 @@ export class TensorSender {
    * faults, external-memory GC pressure) per frame.
    */
   private readonly framePool: Buffer[] = [];
+  private readonly framePoolSize: number;
 
   constructor(
     private readonly stream: ClientDuplexStream<ActivationFrame, ActivationAck>,
@@ -87,6 +91,7 @@ export class TensorSender {
     this.ackTimeoutMs = options.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
     this.chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     this.peerName = options.peer;
+    this.framePoolSize = Math.max(2, Math.floor(FRAME_POOL_BYTES / (this.chunkBytes + CHUNK_FRAME_MAX_OVERHEAD)));
     if (!Number.isInteger(this.window) || this.window < 1) throw new RangeError(`window must be a positive integer, got ${this.window}`);
     if (!(this.ackTimeoutMs > 0)) throw new RangeError(`ackTimeoutMs must be positive, got ${this.ackTimeoutMs}`);
     if (!Number.isInteger(this.chunkBytes) || this.chunkBytes < 1 || this.chunkBytes > DEFAULT_CHUNK_BYTES) {
@@ -165,13 +170,16 @@ export class TensorSender {
       this.throwIfFailed();
       const end = Math.min(offset + this.chunkBytes, byteLength);
       const chunk = { seq, offset, data: payload.subarray(offset, end) };
-      const scratch = this.takeFrameBuffer(chunkFrameLength(seq, offset, end - offset));
+      // A chunk that is the whole tensor is laid out so that the receiver can keep the message
+      // as the payload instead of copying it out (see TensorReceiver.onChunk).
+      const whole = offset === 0 && end === byteLength;
+      const scratch = this.takeFrameBuffer(chunkFrameLength(seq, offset, end - offset, whole));
       const frame: PreEncodedFrame = { frame: { $case: 'chunk', value: chunk } };
-      frame[PRE_ENCODED] = encodeChunkFrameInto(scratch, chunk);
+      frame[PRE_ENCODED] = encodeChunkFrameInto(scratch, chunk, whole);
       // Encoded above: the frame must not keep the payload (or the caller's view of it) alive.
       chunk.data = EMPTY;
       const release = (): void => {
-        if (this.framePool.length < FRAME_POOL_SIZE) this.framePool.push(scratch);
+        if (this.framePool.length < this.framePoolSize) this.framePool.push(scratch);
       };
       if (end === byteLength) {
         // The last frame's callback marks the point where every frame of this tensor has been
