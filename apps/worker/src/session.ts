@@ -55,6 +55,8 @@ export interface SessionContext {
  * checkpoint; its old sessions must stop well before that, or two heads would write one job.
  */
 const ORPHAN_GRACE_MS = 2000;
+/** A new session that never gets a watcher (head) or input (others) within this closes too. */
+const UNCLAIMED_GRACE_MS = 120_000;
 
 /** Block-steps the head keeps issued ahead of the results (bounded by the ordering rule anyway). */
 const HEAD_MAX_IN_FLIGHT = 64;
@@ -196,6 +198,8 @@ export class StageSession {
 
   /** Head: loads the checkpoint when resuming and starts issuing block-steps. */
   async start(): Promise<number> {
+    // Until the driver watches (head) or the upstream sends (others), nothing claims this session.
+    this.orphan('never claimed by a driver or an upstream stage', UNCLAIMED_GRACE_MS);
     if (!this.isHead) return 0;
     const state = this.resume ? await this.ctx.checkpoints.load(this.keyPrefix) : null;
     this.queue = new BlockQueue(this.spec, this.plan, this.config.latentChannels, state ?? undefined);
@@ -272,12 +276,13 @@ export class StageSession {
   }
 
   /** Lost its driver or upstream: closes itself unless adopted again within the grace period. */
-  orphan(why: string): void {
-    if (this.closed || this.orphanTimer) return;
+  orphan(why: string, graceMs = ORPHAN_GRACE_MS): void {
+    if (this.closed) return;
+    this.adopt();
     this.orphanTimer = setTimeout(() => {
       this.log.warn('closing an orphaned session', { why });
       this.ctx.onOrphaned(this);
-    }, ORPHAN_GRACE_MS);
+    }, graceMs);
     this.orphanTimer.unref();
   }
 
