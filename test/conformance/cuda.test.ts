@@ -102,6 +102,7 @@ const CASES: Record<OpName, OpCase[]> = {
     { label: 'n1 dim 33', params: [1, 33], inputs: () => [Float32Array.of(411)] },
   ],
   cfg_combine: [{ label: 'n=777 g=5', params: [777, 5], inputs: (r) => [normal(r, 2 * 777)] }],
+  axpy: [{ label: 'n=777 a=-0.03', params: [777, -0.03], inputs: (r) => [normal(r, 777), normal(r, 777)] }],
   copy_rows: [{ label: 'b2 rows 9 cols 13 from 3 count 4', params: [2, 9, 13, 3, 4], inputs: (r) => [normal(r, 2 * 9 * 13)] }],
 };
 

@@ -166,6 +166,12 @@ const CASES: Record<OpName, OpCase[]> = {
     { label: 'n 17 g 0', params: [17, 0], inputs: (r) => [normal(r, 34)] },
     { label: 'n 40 g 7.5', params: [40, 7.5], inputs: (r) => [normal(r, 80)] },
   ],
+  axpy: [
+    { label: 'n 1 a -0.05', params: [1, -0.05], inputs: (r) => [normal(r, 1), normal(r, 1)] },
+    { label: 'n 33 a 0.5', params: [33, 0.5], inputs: (r) => [normal(r, 33), normal(r, 33)] },
+    { label: 'n 1000 a -1', params: [1000, -1], inputs: (r) => [normal(r, 1000), normal(r, 1000)] },
+    { label: 'n 17 a 0', params: [17, 0], inputs: (r) => [normal(r, 17), normal(r, 17)] },
+  ],
   copy_rows: [
     { label: '1x1x1 [0, 1)', params: [1, 1, 1, 0, 1], inputs: (r) => [normal(r, 1)] },
     { label: '2x10x7 [3, 7)', params: [2, 10, 7, 3, 4], inputs: (r) => [normal(r, 140)] },

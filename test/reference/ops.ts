@@ -267,6 +267,14 @@ function cfgCombine(inputs: readonly (Tensor | null)[], [n, guidance]: readonly 
   return y;
 }
 
+function axpy(inputs: readonly (Tensor | null)[], [n, alpha]: readonly number[]): Float64Array {
+  const x = need('axpy', 'x', inputs[0], n);
+  const y = need('axpy', 'y', inputs[1], n);
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) out[i] = x[i] + alpha * y[i];
+  return out;
+}
+
 function copyRows(inputs: readonly (Tensor | null)[], [batch, rows, cols, rowOffset, count]: readonly number[]): Float64Array {
   const x = need('copy_rows', 'x', inputs[0], batch * rows * cols);
   if (rowOffset < 0 || rowOffset + count > rows) {
@@ -300,6 +308,7 @@ export const REFERENCE_OPS: Readonly<Record<OpName, ReferenceOp>> = {
   timestep_embedding: timestepEmbedding,
   cfg_combine: cfgCombine,
   copy_rows: copyRows,
+  axpy,
 };
 
 /** Runs the reference of `op`, checking the result has the size OPS says the output has. */

@@ -139,6 +139,13 @@ export const OPS = {
     inPlace: false,
     doc: 'out[b, r, :] = x[b, rowOffset + r, :] for r < count; x is [batch, rows, cols].',
   },
+  axpy: {
+    inputs: ['x', 'y'],
+    params: ['n', 'alpha (float)'],
+    outputSize: ([n]) => n,
+    inPlace: true,
+    doc: 'out[i] = x[i] + alpha * y[i], one fused multiply-add in float32 (the sampler step x += dt * v).',
+  },
 } as const satisfies Record<string, OpSpec>;
 
 export type OpName = keyof typeof OPS;

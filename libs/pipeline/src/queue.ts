@@ -1,6 +1,7 @@
 import { iteration as iterationAt, iterationCount, type JobPlan, type JobSpec } from '@longshot/planner';
 import type { BlockStep } from '@longshot/model';
-import { eulerStep, shiftedSigmas, timestepOf } from '@longshot/sampler';
+import { cpuBackend, type Backend } from '@longshot/engine';
+import { eulerStepSize, shiftedSigmas, timestepOf } from '@longshot/sampler';
 import { CoordinatedNoise, type NoiseState } from './noise';
 
 /** A block in the head's queue: its latents [16, B, H, W] after `step` denoising steps. */
@@ -66,6 +67,8 @@ export class BlockQueue {
   /** Noise position before each iteration's new block was drawn, until that boundary is saved. */
   private readonly noiseBefore = new Map<number, NoiseState>();
   private readonly spareWindows: Float32Array[] = [];
+  /** Latents live on the host: the sampler step runs on the CPU backend, whatever the stages use. */
+  private readonly host: Backend = cpuBackend();
 
   constructor(
     readonly spec: JobSpec,
@@ -141,7 +144,9 @@ export class BlockQueue {
       throw new Error(`results must arrive in order: expected block ${expected.block} of iteration ${expected.iteration}, got block ${block} of iteration ${iteration}`);
     }
     const q = this.find(block);
-    eulerStep(q.latents, velocity, this.sigmas[q.step], this.sigmas[q.step + 1]);
+    if (velocity.length !== q.latents.length) throw new RangeError(`velocity of block ${block} has ${velocity.length} elements, its latents ${q.latents.length}`);
+    const h = eulerStepSize(this.sigmas[q.step], this.sigmas[q.step + 1]);
+    this.host.runSync([{ op: 'axpy', inputs: [q.latents, velocity], output: q.latents, params: [q.latents.length, h] }]);
     q.step++;
     this.inFlight.shift();
     this.applied++;

@@ -24,13 +24,13 @@ export function timestepOf(sigma: number): number {
 }
 
 /**
- * One Euler step of the probability-flow ODE, in place: x += (s_next - s) v.
- * Computed in float64 and rounded once, so the result depends only on the operands.
+ * The step size h of one Euler step of the probability-flow ODE: x_next = x + h v. The update
+ * itself is the engine's `axpy` op (a tensor loop does not belong on the JS thread), rounded to
+ * float32 as the engine receives it so every caller applies the same bits.
  */
-export function eulerStep(x: Float32Array, v: Float32Array, sigma: number, sigmaNext: number): void {
-  if (x.length !== v.length) throw new RangeError(`velocity has ${v.length} elements, latents ${x.length}`);
-  const dt = sigmaNext - sigma;
-  for (let i = 0; i < x.length; i++) x[i] = x[i] + dt * v[i];
+export function eulerStepSize(sigma: number, sigmaNext: number): number {
+  if (!Number.isFinite(sigma) || !Number.isFinite(sigmaNext)) throw new RangeError(`sigmas must be finite, got ${sigma} -> ${sigmaNext}`);
+  return Math.fround(sigmaNext - sigma);
 }
 
 /** Reference defaults of Wan2.1 text-to-video. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { eulerStep, shiftedSigmas, timestepOf } from '@longshot/sampler';
+import { eulerStepSize, shiftedSigmas, timestepOf } from '@longshot/sampler';
 
 describe('flow-matching sampler', () => {
   it('builds the shifted schedule from 1 to 0, decreasing', () => {
@@ -14,19 +14,21 @@ describe('flow-matching sampler', () => {
     expect(timestepOf(0.25)).toBe(250);
   });
 
-  it('recovers x0 from the exact velocity in one step from any sigma', () => {
-    const x0 = Float32Array.from([0.5, -1, 2]);
-    const noise = Float32Array.from([1, 0.25, -0.5]);
+  it('steps from any sigma to x0 along the exact velocity', () => {
+    const x0 = [0.5, -1, 2];
+    const noise = [1, 0.25, -0.5];
     const s = 0.8;
-    const xs = x0.map((v, i) => (1 - s) * v + s * noise[i]);
-    const v = noise.map((n, i) => n - x0[i]);
-    eulerStep(xs, v, s, 0);
-    xs.forEach((x, i) => expect(x).toBeCloseTo(x0[i], 6));
+    const h = eulerStepSize(s, 0);
+    expect(h).toBe(Math.fround(-0.8));
+    x0.forEach((x, i) => {
+      const xs = (1 - s) * x + s * noise[i];
+      expect(xs + h * (noise[i] - x)).toBeCloseTo(x, 6);
+    });
   });
 
   it('rejects bad arguments', () => {
     expect(() => shiftedSigmas(0, 5)).toThrow(/steps/);
     expect(() => shiftedSigmas(4, -1)).toThrow(/shift/);
-    expect(() => eulerStep(new Float32Array(2), new Float32Array(3), 1, 0)).toThrow(/velocity/);
+    expect(() => eulerStepSize(Number.NaN, 0)).toThrow(/finite/);
   });
 });

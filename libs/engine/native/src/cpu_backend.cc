@@ -202,6 +202,7 @@ void CpuBackend::compute(const Node& n) {
     case Op::timestep_embedding: timestep_embedding(n); break;
     case Op::cfg_combine: k.cfg_combine(pool, in[0], in[0] + n.p(0), out, n.p(0), n.pf(1)); break;
     case Op::copy_rows: copy_rows(pool, n); break;
+    case Op::axpy: k.axpy(pool, in[0], in[1], out, n.p(0), n.pf(1)); break;
     case Op::count: throw std::logic_error("unvalidated node");
   }
 }

@@ -47,6 +47,7 @@ struct CpuKernels {
   void (*silu)(ThreadPool&, const float* x, float* y, size_t n);
   void (*cfg_combine)(ThreadPool&, const float* cond, const float* uncond, float* y, size_t n,
                       float guidance);
+  void (*axpy)(ThreadPool&, const float* x, const float* y, float* out, size_t n, float alpha);
 };
 
 const CpuKernels& cpu_kernels_scalar();

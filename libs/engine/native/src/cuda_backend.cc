@@ -632,6 +632,7 @@ void Device::compute(Storage storage, const Node& n, const std::vector<Region>& 
     }
     case Op::cfg_combine: cfg_combine(storage, in[0], out, n.p(0), n.pf(1), st); break;
     case Op::copy_rows: copy_rows(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), st); break;
+    case Op::axpy: axpy(storage, in[0], in[1], out, n.p(0), n.pf(1), st); break;
     case Op::count: throw std::logic_error("unvalidated node");
   }
   const cudaError_t err = cudaGetLastError();

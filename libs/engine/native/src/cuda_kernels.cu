@@ -222,6 +222,11 @@ __global__ void silu_k(const T* x, T* y, size_t n) {
 }
 
 template <typename T>
+__global__ void axpy_k(const T* x, const T* y, T* out, size_t n, float alpha) {
+  LS_GRID_STRIDE(i, n) { st(out + i, fmaf(alpha, ld(y + i), ld(x + i))); }
+}
+
+template <typename T>
 __global__ void cfg_combine_k(const T* x, T* y, size_t n, float g) {
   LS_GRID_STRIDE(i, n) {
     const float c = ld(x + i), u = ld(x + n + i);
@@ -612,6 +617,11 @@ void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, vo
 void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cudaStream_t stream) {
   if (n == 0) return;
   LS_DISPATCH(s, cfg_combine_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), n, guidance));
+}
+
+void axpy(Storage s, const void* x, const void* y, void* out, size_t n, float alpha, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, axpy_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), cp<T>(y), mp<T>(out), n, alpha));
 }
 
 void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,

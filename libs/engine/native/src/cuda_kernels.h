@@ -65,6 +65,7 @@ void patchify(Storage s, const void* src, void* dst, size_t channels, size_t fra
 void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, void* y, size_t n,
                         size_t dim, cudaStream_t stream);
 void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cudaStream_t stream);
+void axpy(Storage s, const void* x, const void* y, void* out, size_t n, float alpha, cudaStream_t stream);
 void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,
                size_t offset, size_t count, cudaStream_t stream);
 

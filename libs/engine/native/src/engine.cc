@@ -98,6 +98,7 @@ size_t output_elements(const Node& n) {
     case Op::timestep_embedding: return n.p(0) * n.p(1);
     case Op::cfg_combine: return n.p(0);
     case Op::copy_rows: return n.p(0) * n.p(4) * n.p(2);
+    case Op::axpy: return n.p(0);
     case Op::count: break;
   }
   throw std::logic_error("output_elements: unknown op");
@@ -177,6 +178,10 @@ void validate(const Node& n, size_t index) {
       break;
     case Op::cfg_combine:
       need = {mul({2, n.p(0)})};
+      out_need = n.p(0);
+      break;
+    case Op::axpy:
+      need = {n.p(0), n.p(0)};
       out_need = n.p(0);
       break;
     case Op::copy_rows:
