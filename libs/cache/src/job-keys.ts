@@ -3,14 +3,15 @@ import { keys as defaultKeys, type KeySchema } from './keys';
 import { ttlMillis } from './codec';
 
 /**
- * Writes a value and records its key in the job's key set in one step, and keeps the set alive at
- * least as long as its longest-lived member, so `expireJob` can always find every key. The job's
- * keys share a hash slot (see keys.ts), so this runs on a cluster as well.
+ * Records a key in the job's key set and keeps the set alive at least as long as its
+ * longest-lived member, so `expireJob` can always find every key. The value itself is written
+ * beside this script with a plain SET: passing tens of MB through a script's arguments costs Redis
+ * three times the SET (a checkpoint holds every queued block's latents). The job's keys share a
+ * hash slot (see keys.ts), so this runs on a cluster as well.
  */
-const PUT_TRACKED = `
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+const TRACK = `
 redis.call('SADD', KEYS[2], KEYS[1])
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[1])
 if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1
 `;
@@ -37,11 +38,17 @@ export class JobKeyspace {
     readonly keys: KeySchema = defaultKeys,
   ) {}
 
-  /** Atomically writes `value` at `key` (a key under `prefix`) with a TTL and tracks the key. */
+  /**
+   * Writes `value` at `key` (a key under `prefix`) with a TTL and tracks the key, in one round
+   * trip. Tracking comes first: a key is never written untracked, and if the SET fails the set
+   * merely names a missing key, which `expireJob` drops. The value carries its own TTL either way.
+   */
   async put(prefix: string, key: string, value: Buffer | string, ttlSeconds: number): Promise<void> {
     const ms = ttlMillis(ttlSeconds);
     if (!key.startsWith(`${prefix}:`)) throw new Error(`key ${key} is not under job prefix ${prefix}`);
-    await this.redis.eval(PUT_TRACKED, 2, key, this.keys.jobKeysKey(prefix), value, ms);
+    const results = await this.redis.pipeline().eval(TRACK, 2, key, this.keys.jobKeysKey(prefix), ms).set(key, value, 'PX', ms).exec();
+    const failed = results?.find(([err]) => err);
+    if (!results || failed) throw failed?.[0] ?? new Error(`writing ${key}: Redis returned no reply`);
   }
 
   /**
