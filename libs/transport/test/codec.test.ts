@@ -9,6 +9,7 @@ import {
   encodePayload,
   serializeActivationFrame,
 } from '../src/index';
+import { PAYLOAD_ALIGNMENT, chunkFrameLength, encodeChunkFrameInto } from '../src/frames';
 
 function specials(): Float32Array {
   return new Float32Array([0, -0, 1, -1, 3.14159, 1e-40, -1e-38, 3.4e38, Infinity, -Infinity, NaN, 65504.5, 1 + 2 ** -8, 1 + 3 * 2 ** -9]);
@@ -108,5 +109,24 @@ describe('ActivationFrame wire codec', () => {
     const f = deserializeActivationFrame(both).frame;
     expect(f?.$case).toBe('chunk');
     if (f?.$case === 'chunk') expect([f.value.seq, f.value.offset, [...f.value.data]]).toEqual([4, 8, [1, 2]]);
+  });
+
+  it('can lay a chunk out with its data aligned in the gRPC message, decoding to the same values', () => {
+    for (const seq of [1, 2, 127, 128, 16383, 16384, 2 ** 40 + 3]) {
+      for (const length of [1, 3, 300, 70_000, 2 ** 21 + 5]) {
+        const data = Buffer.alloc(length, seq % 251);
+        const chunk = { seq, offset: 0, data };
+        const frame = encodeChunkFrameInto(Buffer.alloc(chunkFrameLength(seq, 0, length, true)), chunk, true);
+        expect(frame.length).toBe(chunkFrameLength(seq, 0, length, true));
+        // grpc-js puts a 5-byte prefix (flag, length) in front of every message.
+        expect((5 + frame.length - length) % PAYLOAD_ALIGNMENT).toBe(0);
+        const generated = ActivationFrame.decode(frame).frame;
+        expect(generated?.$case).toBe('chunk');
+        if (generated?.$case === 'chunk') expect([generated.value.seq, generated.value.offset, Buffer.from(generated.value.data).equals(data)]).toEqual([seq, 0, true]);
+        const mine = deserializeActivationFrame(frame).frame;
+        expect(mine?.$case).toBe('chunk');
+        if (mine?.$case === 'chunk') expect([mine.value.seq, mine.value.offset, mine.value.data.equals(data)]).toEqual([seq, 0, true]);
+      }
+    }
   });
 });

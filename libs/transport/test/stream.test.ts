@@ -90,6 +90,27 @@ describe('TensorSender -> TensorReceiver', () => {
     expect(seen.map((e) => e.length)).toEqual(Array.from({ length: 300 }, (_, i) => 1 + ((i * 7919) % 70_000)));
   });
 
+  it('hands a tensor that arrives in one chunk to the handler as its message buffer, aligned', async () => {
+    const { received, options } = collector();
+    const s = await serve(options);
+    const sender = TensorSender.open(s.client());
+    // Seqs past 127 take a longer varint; sizes vary so that every alignment case occurs.
+    const sizes = Array.from({ length: 140 }, (_, i) => 1024 + ((i * 7919) % 9000));
+    for (let i = 0; i < sizes.length; i++) await sender.send(header([sizes[i]]), encodePayload(pattern(sizes[i], i), 'f32'));
+    await sender.close();
+    expect(received.length).toBe(sizes.length);
+    for (let i = 0; i < sizes.length; i++) {
+      const { payload } = received[i];
+      expect(decodePayload(payload, 'f32', sizes[i])).toEqual(pattern(sizes[i], i));
+      // A view of the gRPC message (a copy would sit at the start of a buffer of its own), at
+      // an offset decodePayload can view without copying, in a buffer that holds little else.
+      // If this fails after a grpc-js upgrade, the receiver copies every tensor again.
+      expect(payload.byteOffset).toBeGreaterThan(0);
+      expect(payload.byteOffset % 4).toBe(0);
+      expect(payload.buffer.byteLength - payload.length).toBeLessThanOrEqual(64);
+    }
+  });
+
   it('holds the sender back when the handler is slow (window and flow control)', async () => {
     let handled = 0;
     const s = await serve({
