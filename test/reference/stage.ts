@@ -14,24 +14,10 @@
  *   frames, [2, C*hw, D]; `successor` supplies the newer block's entries of the same form.
  */
 import type { ModelConfig, StageRange } from '../../libs/model/src/config';
+import type { BlockStep } from '../../libs/model/src/stage';
 import { referenceOp, type Tensor } from './ops';
 
-export interface BlockStep {
-  iteration: number;
-  block: number;
-  step: number;
-  /** 1000 * sigma. */
-  timestep: number;
-  /** p: context frames taken from the older neighbour block (0 for block 0). */
-  prefixFrames: number;
-  /** B: the block's own frames. */
-  ownFrames: number;
-  /** C: frames exchanged through the K/V cache. */
-  contextFrames: number;
-  /** Latent grid. */
-  height: number;
-  width: number;
-}
+export type { BlockStep };
 
 export interface ReferenceStageArgs {
   config: ModelConfig;
