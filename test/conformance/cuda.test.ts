@@ -26,9 +26,10 @@ import {
   engineInfo,
   releaseDeviceCache,
 } from '@longshot/engine';
-import { Stage, getConfig, seededStageWeights, weightSpecs, type BlockStep, type ModelConfig, type StageRange } from '@longshot/model';
+import { Stage, getConfig, type BlockStep, type StageRange } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { relError } from '../reference/error';
+import { testWeights } from '../reference/weights';
 
 const info = engineInfo();
 const cudaUsable = info.backends.includes('cuda');
@@ -208,19 +209,6 @@ describe.each(STORAGES)('CUDA ops vs CPU, %s storage', (storage) => {
 const SEED = 1234;
 const GUIDANCE = 5;
 
-function stageWeights(config: ModelConfig, range: StageRange): Map<string, Float32Array> {
-  const w = new Map(seededStageWeights(config, range, SEED));
-  // The seeded init sets norm weights to 1 and biases to 0; perturb them so a misapplied norm shows.
-  for (const spec of weightSpecs(config, range)) {
-    if (spec.init === 'ones' || spec.init === 'zeros') {
-      const t = Rng.from(SEED, 'perturb', spec.name).fillNormal(new Float32Array(w.get(spec.name)!.length), 0.2);
-      if (spec.init === 'ones') for (let i = 0; i < t.length; i++) t[i] += 1;
-      w.set(spec.name, t);
-    }
-  }
-  return w;
-}
-
 describe.each(STORAGES)('CUDA stage window vs CPU, %s storage', (storage) => {
   it.skipIf(!cudaUsable)(gpu('tiny: head+tail stage, prefix window, injected successor K/V, two consecutive forwards'), async () => {
     const tol = STAGE_TOLERANCE[storage];
@@ -228,7 +216,7 @@ describe.each(STORAGES)('CUDA stage window vs CPU, %s storage', (storage) => {
     const range: StageRange = { l0: 0, l1: config.layers, head: true, tail: true };
     const rng = Rng.from(SEED, 'cuda stage');
     const text = { cond: normal(rng, config.textLen * config.textDim), uncond: normal(rng, config.textLen * config.textDim) };
-    const weights = stageWeights(config, range);
+    const weights = testWeights(config, range, SEED);
     const step: BlockStep = { iteration: 4, block: 1, step: 3, timestep: 620, prefixFrames: 2, ownFrames: 3, contextFrames: 2, height: 4, width: 6 };
     const hw = (step.height / 2) * (step.width / 2);
     const input = normal(rng, config.latentChannels * (step.prefixFrames + step.ownFrames) * step.height * step.width);

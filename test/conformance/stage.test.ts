@@ -16,37 +16,18 @@
  */
 import { describe, expect, it } from 'vitest';
 import { cpuBackend } from '@longshot/engine';
-import { Stage, getConfig, seededStageWeights, weightSpecs } from '@longshot/model';
+import { Stage, getConfig, type KvEntry } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import type { ModelConfig, StageRange } from '@longshot/model';
 import { referenceStageForward, type BlockStep } from '../reference/stage';
 import { relError } from '../reference/error';
+import { testWeights } from '../reference/weights';
 
 const TOLERANCE = 1e-4;
 const SEED = 1234;
 const GUIDANCE = 5;
 const backend = cpuBackend();
 
-type Weights = ReadonlyMap<string, Float32Array>;
-interface KvEntry {
-  iteration: number;
-  block: number;
-  k: Float32Array[];
-  v: Float32Array[];
-}
-
-/** Seeded weights of `range`, with the constant-initialised (ones/zeros) tensors made random. */
-function testWeights(config: ModelConfig, range: StageRange): Weights {
-  const w = new Map(seededStageWeights(config, range, SEED));
-  for (const spec of weightSpecs(config, range)) {
-    if (spec.init === 'ones' || spec.init === 'zeros') {
-      const t = Rng.from(SEED, 'perturb', spec.name).fillNormal(new Float32Array(w.get(spec.name)!.length), 0.2);
-      if (spec.init === 'ones') for (let i = 0; i < t.length; i++) t[i] += 1;
-      w.set(spec.name, t);
-    }
-  }
-  return w;
-}
 
 const normal = (rng: Rng, n: number, std = 1): Float32Array => rng.fillNormal(new Float32Array(n), std);
 const bytes = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
@@ -88,7 +69,7 @@ function expectCacheClose(cache: KvEntry | null, step: BlockStep, ref: { k: Floa
 const fullRange = (config: ModelConfig): StageRange => ({ l0: 0, l1: config.layers, head: true, tail: true });
 
 function makeStage(config: ModelConfig, range: StageRange, text: { cond: Float32Array; uncond: Float32Array }): Stage {
-  return new Stage({ config, range, weights: testWeights(config, range), backend, text, guidance: GUIDANCE });
+  return new Stage({ config, range, weights: testWeights(config, range, SEED), backend, text, guidance: GUIDANCE });
 }
 
 /**
@@ -117,7 +98,7 @@ describe('stage vs float64 reference', () => {
     stage.kvCache = { iteration: step.iteration, block: step.block + 1, k: successor.k, v: successor.v };
     const output = await stage.forward(step, input);
 
-    const ref = referenceStageForward({ config, weights: testWeights(config, range), range, step, input, text, guidance: GUIDANCE, successor });
+    const ref = referenceStageForward({ config, weights: testWeights(config, range, SEED), range, step, input, text, guidance: GUIDANCE, successor });
     expect(output.length).toBe(config.latentChannels * step.ownFrames * step.height * step.width);
     expectClose(output, ref.output, `${name} output`);
     expectCacheClose(stage.kvCache, step, ref.kv, name);
@@ -137,7 +118,7 @@ describe('stage vs float64 reference', () => {
     stage.kvCache = { iteration: step.iteration - 1, block: step.block + 1, k: stale.k, v: stale.v };
     const output = await stage.forward(step, input);
 
-    const ref = referenceStageForward({ config, weights: testWeights(config, range), range, step, input, text, guidance: GUIDANCE });
+    const ref = referenceStageForward({ config, weights: testWeights(config, range, SEED), range, step, input, text, guidance: GUIDANCE });
     expectClose(output, ref.output, 'block 0 output');
     expectCacheClose(stage.kvCache, step, ref.kv, 'block 0');
   });
@@ -150,7 +131,7 @@ describe('stage vs float64 reference', () => {
     const older = midStep(config, { iteration: 5, block: 1, step: 4, timestep: 550 });
     const newerInput = latentsFor(config, newer, 'newer');
     const olderInput = latentsFor(config, older, 'older');
-    const weights = testWeights(config, range);
+    const weights = testWeights(config, range, SEED);
 
     const stage = makeStage(config, range, text);
     await stage.forward(newer, newerInput); // newest block of the iteration: no successor
