@@ -6,3 +6,4 @@ export * from './weights';
 export * from './text';
 export * from './decoder';
 export * from './source';
+export * from './umt5-config';
