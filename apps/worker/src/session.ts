@@ -22,6 +22,7 @@ import {
   type WorkerClient,
 } from '@longshot/transport';
 import { workerMetrics } from './metrics';
+import type { RetainedMemorySampler } from './retained-memory';
 
 /** A request the worker refuses: becomes a gRPC status with this code's name. */
 export class SessionError extends Error {
@@ -43,6 +44,8 @@ export interface SessionContext {
   readonly keyTtlSeconds: number;
   /** Iterations between checkpoints (the last iteration always gets one). */
   readonly checkpointEvery: number;
+  /** Samples retained memory after each block's last step on this stage (null: not sampled). */
+  readonly retainedMemory: RetainedMemorySampler | null;
   readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
   readonly log: Logger;
   /** Called when the session has lost its driver or upstream for longer than the grace period. */
@@ -77,6 +80,8 @@ export class StageSession {
   readonly config: ModelConfig;
   readonly keyPrefix: string;
   blockSteps = 0;
+  /** Retained bytes after each block's last step, in order (with a memory probe only). */
+  readonly retainedSamples: number[] = [];
   private readonly sigmas: Float64Array;
   private readonly runner: StageRunner;
   private readonly dtype: PayloadDtype;
@@ -381,6 +386,7 @@ export class StageSession {
       workerMetrics.forwardSeconds.observe({ role: Role[this.role] }, (now - Math.max(calledAt, this.lastFinish)) / 1000);
       this.lastFinish = now;
       this.blockSteps++;
+      if (this.ctx.retainedMemory && step.step === this.spec.steps - 1) this.retainedSamples.push(this.ctx.retainedMemory());
       return out;
     } finally {
       if (--this.busy === 0) this.idleSince = performance.now();

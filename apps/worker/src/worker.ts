@@ -19,6 +19,7 @@ import {
 } from '@longshot/transport';
 import { workerMetrics } from './metrics';
 import { SessionError, StageSession, waitFor } from './session';
+import { retainedMemorySampler, type RetainedMemorySampler } from './retained-memory';
 
 export interface WorkerConfig {
   readonly id: string;
@@ -38,6 +39,8 @@ export interface WorkerConfig {
   readonly drainSeconds: number;
   /** Head: write a checkpoint every this many iterations (1 = every boundary). */
   readonly checkpointEvery: number;
+  /** Sample retained memory at every finished block (leak tests; forces a GC each time). */
+  readonly memoryProbe: boolean;
 }
 
 /**
@@ -55,6 +58,7 @@ export class WorkerProcess {
   private readonly blocks: BlockStore;
   private health: ReturnType<typeof addHealthService> | null = null;
   private draining = false;
+  private readonly retainedMemory: RetainedMemorySampler | null;
   address = '';
   metricsAddress = '';
 
@@ -68,6 +72,7 @@ export class WorkerProcess {
     this.registry = new WorkerRegistry(this.redis);
     this.checkpoints = new CheckpointStore(this.redis);
     this.blocks = new BlockStore(this.redis);
+    this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
   }
 
   async start(): Promise<void> {
@@ -177,6 +182,7 @@ export class WorkerProcess {
       blocks: this.blocks,
       keyTtlSeconds: this.config.keyTtlSeconds,
       checkpointEvery: this.config.checkpointEvery,
+      retainedMemory: this.retainedMemory,
       emulation: this.config.emulation,
       log: this.log,
       onOrphaned: (s) => this.drop(s, 'orphaned'),
@@ -225,7 +231,7 @@ export class WorkerProcess {
     if (!s) throw new SessionError('NOT_FOUND', `no session ${req.sessionId} on worker ${this.config.id}`);
     if (req.token !== s.token) throw new SessionError('UNAUTHENTICATED', `session ${s.id}: wrong token`);
     await this.drop(s, 'closed by the driver');
-    return { maxRssBytes: process.resourceUsage().maxRSS * 1024, blockSteps: s.blockSteps };
+    return { maxRssBytes: process.resourceUsage().maxRSS * 1024, blockSteps: s.blockSteps, retainedBytes: s.retainedSamples };
   }
 
   private async drop(s: StageSession, why: string): Promise<void> {

@@ -72,6 +72,8 @@ export interface DistributedResult {
   readonly recomputedBlockSteps: number;
   /** Peak resident memory per worker (from the last attempt's session close). */
   readonly maxRssBytes: Record<string, number>;
+  /** Retained memory per worker after each block, in order (workers started with --memory-probe only). */
+  readonly retainedBytes: Record<string, number[]>;
 }
 
 /** A stage was lost (process died, stream broke, stall); the job can resume elsewhere. */
@@ -152,7 +154,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       });
       await drain();
       if (nextBlock !== plan.blocks) throw new Error(`the head finished but only ${nextBlock} of ${plan.blocks} blocks are in Redis`);
-      const rss = await closeSessions(sessions);
+      const closed = await closeSessions(sessions);
       attempts.push({ workers: workers.map((w) => w.id), startIteration, error: null });
       await o.workers.release?.(workers.map((w) => w.id));
       return {
@@ -161,7 +163,8 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         attempts,
         blockStepsApplied: applied,
         recomputedBlockSteps: Math.max(0, applied - plan.blockSteps),
-        maxRssBytes: rss,
+        maxRssBytes: closed.maxRssBytes,
+        retainedBytes: closed.retainedBytes,
       };
     } catch (e) {
       await closeSessions(sessions).catch(() => undefined);
@@ -284,22 +287,26 @@ function watchHead(sessions: OpenedSession[], o: DriverOptions, h: { onEvent(e: 
   });
 }
 
-/** Closes every session (best-effort) and returns each worker's peak memory. */
-async function closeSessions(sessions: OpenedSession[]): Promise<Record<string, number>> {
+/** Closes every session (best-effort) and returns each worker's memory figures. */
+async function closeSessions(sessions: OpenedSession[]): Promise<Pick<DistributedResult, 'maxRssBytes' | 'retainedBytes'>> {
   const rss: Record<string, number> = {};
+  const retained: Record<string, number[]> = {};
   await Promise.all(
     sessions.map(
       (s) =>
         new Promise<void>((resolve) => {
           s.client.closeSession({ sessionId: s.sessionId, token: s.token }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err, res) => {
-            if (!err) rss[s.worker.id] = res.maxRssBytes;
+            if (!err) {
+              rss[s.worker.id] = res.maxRssBytes;
+              retained[s.worker.id] = res.retainedBytes;
+            }
             s.client.close();
             resolve();
           });
         }),
     ),
   );
-  return rss;
+  return { maxRssBytes: rss, retainedBytes: retained };
 }
 
 /**

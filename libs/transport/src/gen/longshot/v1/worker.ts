@@ -299,6 +299,11 @@ export interface CloseSessionResponse {
   /** Peak resident memory of the worker process so far, bytes. */
   maxRssBytes: number;
   blockSteps: number;
+  /**
+   * Retained memory (V8 heap in use + external, after a forced GC) after each block's last step
+   * on this stage, in order; empty unless the worker runs with --memory-probe.
+   */
+  retainedBytes: number[];
 }
 
 function createBaseJobSpec(): JobSpec {
@@ -2570,7 +2575,7 @@ export const CloseSessionRequest: MessageFns<CloseSessionRequest> = {
 };
 
 function createBaseCloseSessionResponse(): CloseSessionResponse {
-  return { maxRssBytes: 0, blockSteps: 0 };
+  return { maxRssBytes: 0, blockSteps: 0, retainedBytes: [] };
 }
 
 export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
@@ -2580,6 +2585,13 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
     }
     if (message.blockSteps !== 0) {
       writer.uint32(16).uint64(message.blockSteps);
+    }
+    if (message.retainedBytes.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.retainedBytes) {
+        writer.uint64(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2613,6 +2625,24 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
             message.blockSteps = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag === 24) {
+              message.retainedBytes.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.retainedBytes.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2637,6 +2667,11 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
         : isSet(object.block_steps)
         ? globalThis.Number(object.block_steps)
         : 0,
+      retainedBytes: globalThis.Array.isArray(object?.retainedBytes)
+        ? object.retainedBytes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.retained_bytes)
+        ? object.retained_bytes.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2648,6 +2683,9 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
     if (message.blockSteps !== 0) {
       obj.blockSteps = Math.round(message.blockSteps);
     }
+    if (message.retainedBytes?.length) {
+      obj.retainedBytes = message.retainedBytes.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -2658,6 +2696,7 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
     const message = createBaseCloseSessionResponse();
     message.maxRssBytes = object.maxRssBytes ?? 0;
     message.blockSteps = object.blockSteps ?? 0;
+    message.retainedBytes = object.retainedBytes?.map((e) => e) || [];
     return message;
   },
 };
