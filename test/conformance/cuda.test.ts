@@ -26,7 +26,7 @@ import {
   engineInfo,
   releaseDeviceCache,
 } from '@longshot/engine';
-import { Stage, getConfig, type BlockStep, type StageRange } from '@longshot/model';
+import { SEEDED_UMT5, Stage, encodeText, getConfig, seededUmt5Weights, type BlockStep, type StageRange } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { relError } from '../reference/error';
 import { testWeights } from '../reference/weights';
@@ -105,6 +105,25 @@ const CASES: Record<OpName, OpCase[]> = {
   cfg_combine: [{ label: 'n=777 g=5', params: [777, 5], inputs: (r) => [normal(r, 2 * 777)] }],
   axpy: [{ label: 'n=777 a=-0.03', params: [777, -0.03], inputs: (r) => [normal(r, 777), normal(r, 777)] }],
   copy_rows: [{ label: 'b2 rows 9 cols 13 from 3 count 4', params: [2, 9, 13, 3, 4], inputs: (r) => [normal(r, 2 * 9 * 13)] }],
+  mul: [{ label: 'n=1031', params: [1031], inputs: (r) => [normal(r, 1031, 2), normal(r, 1031)] }],
+  embedding: [
+    // Ids above 2048 (not exact in float16) and above 256 (not exact in bfloat16): kept float32.
+    { label: '6 ids of 5000, dim 40', params: [6, 5000, 40], inputs: (r) => [normal(r, 5000 * 40), Float32Array.of(4999, 0, 2049, 257, 3001, 2049)] },
+  ],
+  relative_position_bias: [
+    // [queries, keys, heads, buckets, maxDistance]: distances past maxDistance on both sides.
+    { label: 'q40 k300 h3 32 buckets max 128', params: [40, 300, 3, 32, 128], inputs: (r) => [normal(r, 32 * 3)] },
+    { label: 'q30 k30 h2 10 buckets max 12', params: [30, 30, 2, 10, 12], inputs: (r) => [normal(r, 10 * 2)] },
+  ],
+  biased_attention: [
+    // [batch, queries, keys, heads, headDim, scale]
+    {
+      label: 'b2 q45 k70 h3 d64 unscaled',
+      params: [2, 45, 70, 3, 64, 1],
+      inputs: (r) => [normal(r, 2 * 45 * 192), normal(r, 2 * 70 * 192), normal(r, 2 * 70 * 192), normal(r, 3 * 45 * 70, 2)],
+    },
+    { label: 'b1 q7 k9 h2 d12 scale 0.3', params: [1, 7, 9, 2, 12, 0.3], inputs: (r) => [normal(r, 7 * 24), normal(r, 9 * 24), normal(r, 9 * 24), normal(r, 2 * 7 * 9)] },
+  ],
 };
 
 function runOne(backend: Backend, op: OpName, inputs: (Float32Array | null)[], params: number[], inPlace: boolean): Float32Array {
@@ -249,5 +268,18 @@ describe.each(STORAGES)('CUDA stage window vs CPU, %s storage', (storage) => {
       a.k.forEach((k, i) => expectClose(k, b.k[i], tol, `round ${round}: cached K of layer ${i}`));
       a.v.forEach((v, i) => expectClose(v, b.v[i], tol, `round ${round}: cached V of layer ${i}`));
     }
+  });
+});
+
+// ---- umT5 encoder ----------------------------------------------------------------------------------
+
+describe.each(STORAGES)('CUDA umT5 encoder vs CPU, %s storage', (storage) => {
+  it.skipIf(!cudaUsable)(gpu('small: 13 of 48 tokens, ids above the float16/bfloat16 integer range'), async () => {
+    const config = { ...SEEDED_UMT5.small, vocabSize: 3000 };
+    const weights = seededUmt5Weights(config, SEED);
+    const rng = Rng.from(SEED, 'cuda umt5');
+    const ids = Array.from({ length: 13 }, (_, i) => (i === 12 ? 1 : 2049 + Math.floor(rng.uniform() * 900)));
+    const run = (backend: Backend) => encodeText({ config, weights, ids, textLen: 48, backend });
+    expectClose(await run(cudaBackend({ storage })), await run(cpu), STAGE_TOLERANCE[storage], 'umT5 encoder');
   });
 });

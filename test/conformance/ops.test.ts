@@ -105,6 +105,33 @@ function gridCase(c: number, f: number, h: number, w: number): OpCase {
   return { label: `${c}x${f}x${h}x${w}`, params: [c, f, h, w], inputs: (r) => [normal(r, c * f * h * w)] };
 }
 
+function biasedAttentionCase(b: number, lq: number, lk: number, heads: number, headDim: number, scale: number, maskedKeys = 0): OpCase {
+  const width = heads * headDim;
+  return {
+    label: `b${b} q${lq} k${lk} heads ${heads} hd ${headDim} scale ${scale}${maskedKeys ? ` last ${maskedKeys} keys masked` : ''}`,
+    params: [b, lq, lk, heads, headDim, scale],
+    inputs: (r) => {
+      const bias = normal(r, heads * lq * lk, 2);
+      // A padding mask as T5 applies it: a huge negative bias on the masked keys.
+      for (let row = 0; row < heads * lq; row++) for (let j = lk - maskedKeys; j < lk; j++) bias[row * lk + j] = -3.4e38;
+      return [normal(r, b * lq * width), normal(r, b * lk * width), normal(r, b * lk * width), bias];
+    },
+  };
+}
+
+function embeddingCase(rows: number, vocab: number, dim: number): OpCase {
+  return {
+    label: `${rows} ids of ${vocab}, dim ${dim}`,
+    params: [rows, vocab, dim],
+    // First and last ids of the table, then random ones (repeats included).
+    inputs: (r) => [normal(r, vocab * dim), Float32Array.from({ length: rows }, (_, i) => (i === 0 ? vocab - 1 : i === 1 ? 0 : Math.floor(r.uniform() * vocab)))],
+  };
+}
+
+function positionBiasCase(lq: number, lk: number, heads: number, buckets: number, maxDistance: number): OpCase {
+  return { label: `q${lq} k${lk} heads ${heads} buckets ${buckets} max ${maxDistance}`, params: [lq, lk, heads, buckets, maxDistance], inputs: (r) => [normal(r, buckets * heads)] };
+}
+
 /** Typed as a full Record so an op added to OPS without cases fails the type check too. */
 const CASES: Record<OpName, OpCase[]> = {
   linear: [
@@ -158,6 +185,28 @@ const CASES: Record<OpName, OpCase[]> = {
     { label: 'n 3 dim 6', params: [3, 6], inputs: (r) => [uniform(r, 3, 0, 1000)] },
     { label: 'n 2 dim 2', params: [2, 2], inputs: (r) => [uniform(r, 2, 0, 1000)] },
     { label: 'n 4 dim 34', params: [4, 34], inputs: (r) => [uniform(r, 4, 0, 1000)] },
+  ],
+  mul: [
+    { label: 'n 1', params: [1], inputs: (r) => [normal(r, 1), normal(r, 1)] },
+    { label: 'n 33', params: [33], inputs: (r) => [normal(r, 33, 2), normal(r, 33, 3)] },
+    { label: 'n 4099', params: [4099], inputs: (r) => [normal(r, 4099), normal(r, 4099)] },
+  ],
+  embedding: [embeddingCase(1, 1, 1), embeddingCase(7, 50, 33), embeddingCase(20, 512, 64), embeddingCase(3, 9, 256)],
+  relative_position_bias: [
+    positionBiasCase(1, 1, 1, 32, 128),
+    positionBiasCase(7, 5, 3, 32, 128),
+    positionBiasCase(40, 300, 2, 32, 128), // distances past maxDistance on both sides
+    positionBiasCase(150, 20, 4, 32, 128),
+    positionBiasCase(30, 30, 2, 10, 12), // odd half (5), exact 2
+    positionBiasCase(12, 64, 1, 4, 3),
+  ],
+  biased_attention: [
+    biasedAttentionCase(1, 1, 1, 1, 8, 1),
+    biasedAttentionCase(2, 5, 7, 2, 16, 0.25),
+    biasedAttentionCase(1, 17, 70, 3, 32, 1), // several key tiles
+    biasedAttentionCase(2, 70, 66, 2, 64, 1), // several query blocks, unscaled T5 logits
+    biasedAttentionCase(1, 9, 13, 2, 16, 1, 4),
+    biasedAttentionCase(2, 3, 5, 1, 10, 0.5, 1),
   ],
   cfg_combine: [
     { label: 'n 1 g 5', params: [1, 5], inputs: (r) => [normal(r, 2)] },

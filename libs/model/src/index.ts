@@ -7,3 +7,4 @@ export * from './text';
 export * from './decoder';
 export * from './source';
 export * from './umt5-config';
+export * from './umt5';
