@@ -7,3 +7,7 @@ export * from './text';
 export * from './decoder';
 export * from './source';
 export * from './umt5-config';
+export * from './pipeline-config';
+export * from './pipeline-dir';
+export * from './tokenizer';
+export * from './text-conditioning';
