@@ -110,6 +110,9 @@ export class ComponentWeights {
     for (const shardName of shardNames) {
       const rel = `${dir}/${shardName}`;
       if (!fs.existsSync(path.join(root, rel))) throw new PipelineError(`${indexRel}: weight_map names ${rel}, which does not exist`);
+    }
+    for (const shardName of shardNames) {
+      const rel = `${dir}/${shardName}`;
       for (const info of headerOf(root, rel)) {
         const mapped = weightMap.get(info.name);
         if (mapped !== shardName) {
