@@ -64,6 +64,26 @@ describe('longshot render', () => {
     expect(file.latentSha256).toBe(seeded.latentSha256);
   });
 
+  it('renders a pipeline directory written in 3 shards exactly as the single-file one, on 1 and on 3 workers', async () => {
+    for (const [out, shards] of [['pipe-one', '1'], ['pipe-three', '3']]) {
+      const w = await longshot(['model', 'write', '--model', 'tiny', '--dtype', 'BF16', '--shards', shards, '--out', out]);
+      expect(w.code, w.stderr).toBe(0);
+    }
+    const one = path.join(dir, 'pipe-one');
+    const three = path.join(dir, 'pipe-three');
+    const reference = await render([...common, '--in-process', '--model', one, '--out', 'pipe-ref.mp4']);
+    const sharded1 = await render([...common, '--stages', '1', '--model', three, '--out', 'pipe-s1.mp4']);
+    const sharded3 = await render([...common, '--stages', '3', '--model', three, '--out', 'pipe-s3.mp4']);
+    const single3 = await render([...common, '--in-process', '--stages', '3', '--model', one, '--out', 'pipe-13.mp4']);
+    expect((sharded3.workers as string[]).length).toBe(3);
+    expect(sharded1.latentSha256).toBe(reference.latentSha256);
+    expect(sharded3.latentSha256).toBe(reference.latentSha256);
+    expect(single3.latentSha256).toBe(reference.latentSha256);
+    // The directory's own tokenizer and text encoder condition it, not the seeded name's stand-in.
+    const seededName = await render([...common, '--in-process', '--out', 'pipe-seeded.mp4']);
+    expect(reference.latentSha256).not.toBe(seededName.latentSha256);
+  });
+
   it('rejects bad flags and bad files with a message naming them', async () => {
     const cases: [string[], RegExp][] = [
       [['--prompt', 'x', '--frames', '10'], /--frames/],

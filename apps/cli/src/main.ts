@@ -12,7 +12,7 @@ Commands:
   status     show a job (--url URL ID)
   fetch      download a job's MP4 (--url URL ID --out FILE)
   cancel     cancel a job (--url URL ID)
-  model      write a seeded model to a safetensors file
+  model      write a seeded pipeline directory, or inspect one
 
 Benchmarks: npm run bench -- kernels|transport|pipeline|gpu [--json]
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { cpuBackend } from '@longshot/engine';
 import { Stitcher } from '@longshot/media';
-import { encodePrompt, loadTextEmbeddings, resolveModel, Stage, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { loadTextEmbeddings, resolveModel, Stage, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
 import { intFlag, numberFlag, parseFlags, sizeFlag, UsageError } from './args';
@@ -215,7 +215,7 @@ export function jobId(spec: JobSpec): string {
 
 function textFor(spec: JobSpec, model: ModelSource): TextEmbeddings {
   if (spec.textEmbeddings) return loadTextEmbeddings(spec.textEmbeddings, model.config);
-  return { cond: encodePrompt(spec.prompt, model.config), uncond: encodePrompt('', model.config) };
+  return model.promptEmbeddings(spec.prompt);
 }
 
 function specOrUsage(request: JobRequest): JobSpec {

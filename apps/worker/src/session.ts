@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockStore, CheckpointStore } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
-import { encodePrompt, resolveModel, Stage, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { resolveModel, Stage, type BlockStep, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { shiftedSigmas, timestepOf } from '@longshot/sampler';
@@ -188,7 +188,7 @@ export class StageSession {
       this.runner = new EmulatedStage(this.config, range, { ...ctx.emulation, payloadScale });
       this.link = new EmulatedLink({ ...ctx.emulation, payloadScale });
     } else {
-      const text = this.textOf(req);
+      const text = this.textOf(req, model);
       this.runner = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance });
     }
   }
@@ -487,14 +487,15 @@ export class StageSession {
     return this.zeroVelocity;
   }
 
-  private textOf(req: OpenSessionRequest): TextEmbeddings {
+  /** The job's embeddings when the controller sent them, else the model's own text encoder's. */
+  private textOf(req: OpenSessionRequest, model: ModelSource): TextEmbeddings {
     const size = this.config.textLen * this.config.textDim;
-    if (!req.text) return { cond: encodePrompt(this.spec.prompt, this.config), uncond: encodePrompt('', this.config) };
+    if (!req.text) return model.promptEmbeddings(this.spec.prompt);
     const decode = (name: string, b: Buffer): Float32Array => {
       if (b.length !== size * 4) throw new SessionError('INVALID_ARGUMENT', `text.${name} has ${b.length} bytes, expected [${this.config.textLen}, ${this.config.textDim}] float32 = ${size * 4}`);
       return decodePayload(b, 'f32', size);
     };
-    return { cond: decode('cond', req.text.cond), uncond: req.text.uncond.length ? decode('uncond', req.text.uncond) : encodePrompt('', this.config) };
+    return { cond: decode('cond', req.text.cond), uncond: req.text.uncond.length ? decode('uncond', req.text.uncond) : model.promptEmbeddings('').uncond };
   }
 }
 

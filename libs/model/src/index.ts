@@ -8,3 +8,7 @@ export * from './decoder';
 export * from './source';
 export * from './umt5-config';
 export * from './umt5';
+export * from './pipeline-config';
+export * from './pipeline-dir';
+export * from './tokenizer';
+export * from './text-conditioning';
