@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { WAN_SCHEDULER_CONFIG, type SchedulerConfig } from '@longshot/sampler';
 import { getConfig, type ModelConfig, type StageRange } from './config';
 import { loadStageWeights, readModelConfig, seededStageWeights } from './weights';
 import type { StageWeights } from './weights-types';
@@ -14,6 +15,11 @@ export interface ModelSource {
   readonly id: string;
   readonly kind: 'seeded' | 'file';
   readonly config: ModelConfig;
+  /**
+   * The checkpoint's scheduler (diffusers' scheduler_config.json). Every built-in model and
+   * single-file checkpoint is a Wan2.1 text-to-video DiT and gets the scheduler Wan ships.
+   */
+  readonly scheduler: SchedulerConfig;
   loadStage(range: StageRange): StageWeights;
 }
 
@@ -21,8 +27,8 @@ export function resolveModel(nameOrFile: string): ModelSource {
   const looksLikeFile = nameOrFile.endsWith('.safetensors') || nameOrFile.includes('/');
   if (looksLikeFile || (fs.existsSync(nameOrFile) && fs.statSync(nameOrFile).isFile())) {
     const config = readModelConfig(nameOrFile);
-    return { id: nameOrFile, kind: 'file', config, loadStage: (range) => loadStageWeights(nameOrFile, range).weights };
+    return { id: nameOrFile, kind: 'file', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => loadStageWeights(nameOrFile, range).weights };
   }
   const config = getConfig(nameOrFile);
-  return { id: nameOrFile, kind: 'seeded', config, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED) };
+  return { id: nameOrFile, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED) };
 }
