@@ -183,6 +183,7 @@ describe('controller', () => {
       [{ ...base, frames: 13, colour: 'red' }, 'colour'],
       [{ ...base, frames: 13, stages: 7 }, 'stages'],
       [{ ...base, frames: 13, priority: 0 }, 'priority'],
+      [{ ...base, frames: 13, sampler: 'ddim' }, 'sampler'],
       ['{"prompt": ', 'body'],
     ];
     for (const [body, field] of bad) {
