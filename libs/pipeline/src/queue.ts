@@ -1,17 +1,12 @@
 import { iteration as iterationAt, iterationCount, type BlockState, type JobPlan, type JobSpec, type QueueState } from '@longshot/planner';
 import type { BlockStep } from '@longshot/model';
 import { cpuBackend, type Backend, type OpNode } from '@longshot/engine';
-import { buildSchedule, eulerStepSize, historyCountersAt, jobSchedulerConfig, unipcStep, type Combination, type Schedule, type SchedulerConfig } from '@longshot/sampler';
+import { buildSchedule, eulerStepSize, historyCountersAt, jobSchedulerConfig, unipcStep, type Combination, type Schedule, type SchedulerConfig, type SolverHistory } from '@longshot/sampler';
 import type { NoiseState } from '@longshot/planner';
 import { CoordinatedNoise } from './noise';
 
-/** A block's solver history while it is in the queue (the live form of SolverHistory). */
-interface LiveHistory {
-  modelOutputs: Float32Array[];
-  lastSample: Float32Array | null;
-  lowerOrderNums: number;
-  lastOrder: number;
-}
+/** A block's solver history while it is in the queue: SolverHistory, updated in place. */
+type LiveHistory = { -readonly [K in keyof SolverHistory]: K extends 'modelOutputs' ? Float32Array[] : SolverHistory[K] };
 
 /** A block in the head's queue: its latents [16, B, H, W] after `step` denoising steps. */
 interface QueuedBlock {

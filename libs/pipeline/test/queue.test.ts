@@ -78,7 +78,7 @@ describe('block queue', () => {
 
   it.each(['unipc', 'euler'] as const)('resumes %s from a checkpoint taken while later block-steps were already issued', (sampler) => {
     const s = { ...spec, sampler, steps: 5 };
-    // Blocks 0..3 are queued at the boundary of iteration 4; with 3 steps block 1 would have finished.
+    // Five steps: at the boundary of iteration 4 blocks 0..3 are queued, none has finished yet.
     const whole = run(queue(s), 1).finished;
     const first = queue(s);
     run(first, 100, 4);

@@ -12,18 +12,16 @@ import type { Schedule } from './schedule';
  */
 
 /** The solver history one block carries between its steps (its "sampler state"). */
-export interface SolverHistory<T = Float32Array> {
+export interface SolverHistory {
   /** x0 predictions of the last steps, oldest first: at most `solverOrder` of them. */
-  readonly modelOutputs: readonly T[];
+  readonly modelOutputs: readonly Float32Array[];
   /** The corrected sample the last predictor started from; null before the first step. */
-  readonly lastSample: T | null;
+  readonly lastSample: Float32Array | null;
   /** diffusers' `lower_order_nums`: steps of multistep warm-up taken, capped at solverOrder. */
   readonly lowerOrderNums: number;
   /** diffusers' `this_order`: the order of the last predictor (0 before the first step). */
   readonly lastOrder: number;
 }
-
-export const EMPTY_HISTORY: SolverHistory<never> = { modelOutputs: [], lastSample: null, lowerOrderNums: 0, lastOrder: 0 };
 
 /** Coefficients of `out = a * base + sum_j outputs[j] * history[j] + current * x0` (history oldest first). */
 export interface Combination {
