@@ -1,3 +1,4 @@
+import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -30,7 +31,7 @@ async function inProcess(req: JobRequest): Promise<string> {
   const stages = partitionLayers(config.layers, 1).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
   const geometry = { frames: s.frames, fps: s.fps, width: s.width, height: s.height, block: s.block, blocks: plan.blocks, latentChannels: 16 };
   const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry);
-  await runLocalPipeline(new BlockQueue(s, plan, config.latentChannels), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
+  await runLocalPipeline(new BlockQueue(s, plan, { channels: config.latentChannels, scheduler: WAN_SCHEDULER_CONFIG }), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
   return (await stitcher.finish()).latentSha256;
 }
 
@@ -134,6 +135,8 @@ describe('controller', () => {
       expect(r.status, JSON.stringify(r.error)).toBe('succeeded');
       expect(r.stages).toBe(i + 1);
       expect(r.result.latentSha256).toBe(reference);
+      // The solver and the shift the job used: Wan's UniPC and the scheduler's flow_shift.
+      expect([r.result.sampler, r.result.shift]).toEqual(['unipc', 3]);
       expect(r.progress.blocksDone).toBe(plan.blocks);
       const events = await streams[i];
       expect(events[0].event).toBe('queued');
@@ -180,6 +183,7 @@ describe('controller', () => {
       [{ ...base, frames: 13, colour: 'red' }, 'colour'],
       [{ ...base, frames: 13, stages: 7 }, 'stages'],
       [{ ...base, frames: 13, priority: 0 }, 'priority'],
+      [{ ...base, frames: 13, sampler: 'ddim' }, 'sampler'],
       ['{"prompt": ', 'body'],
     ];
     for (const [body, field] of bad) {

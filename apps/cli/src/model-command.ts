@@ -1,3 +1,4 @@
+import { schedulerConfigJson } from '@longshot/sampler';
 import * as path from 'node:path';
 import {
   getConfig,
@@ -106,7 +107,8 @@ function inspectCommand(argv: string[]): void {
   lines.push(`  runs as: ${pipelineTextEncoder(p).description}`);
   lines.push(`tokenizer  Unigram, text length ${c.textLen}`);
   const s = p.scheduler;
-  lines.push(`scheduler  ${s._class_name}: flow_shift ${s.flow_shift}, solver_order ${s.solver_order}, prediction_type ${s.prediction_type}, use_flow_sigmas ${s.use_flow_sigmas}, final_sigmas_type ${s.final_sigmas_type}, num_train_timesteps ${s.num_train_timesteps}`);
+  const sj = schedulerConfigJson(s);
+  lines.push(`scheduler  ${String(sj._class_name)}: flow_shift ${s.flowShift}, solver_order ${s.solverOrder}, solver_type ${s.solverType}, final_sigmas_type ${s.finalSigmasType}, num_train_timesteps ${s.numTrainTimesteps}`);
   lines.push(`vae  AutoencoderKLWan: z_dim ${p.vae.zDim}`);
   const counts = f.stages === undefined ? [1, 2, 4, 8].filter((k) => k <= c.layers) : [intFlag('stages', f.stages)!];
   for (const k of counts) {

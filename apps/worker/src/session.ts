@@ -4,7 +4,7 @@ import type { Backend } from '@longshot/engine';
 import { resolveModel, Stage, type BlockStep, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
-import { shiftedSigmas, timestepOf } from '@longshot/sampler';
+import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
 import type { Logger } from '@longshot/telemetry';
 import {
   createWorkerClient,
@@ -78,11 +78,13 @@ export class StageSession {
   readonly spec: JobSpec;
   readonly plan: JobPlan;
   readonly config: ModelConfig;
+  private readonly scheduler: SchedulerConfig;
   readonly keyPrefix: string;
   blockSteps = 0;
   /** Retained bytes after each block's last step, in order (with a memory probe only). */
   readonly retainedSamples: number[] = [];
-  private readonly sigmas: Float64Array;
+  /** The head's schedule: every stage checks the timesteps it is sent against it. */
+  private readonly schedule: Schedule;
   private readonly runner: StageRunner;
   private readonly dtype: PayloadDtype;
   private readonly payloadScale: number;
@@ -133,7 +135,8 @@ export class StageSession {
         height: s.height,
         steps: s.steps,
         guidance: s.guidance,
-        shift: s.shift,
+        shift: s.shift === 0 ? undefined : s.shift,
+        sampler: s.sampler === '' ? undefined : s.sampler,
         block: s.block,
         context: s.context,
         stages: s.stages,
@@ -146,7 +149,6 @@ export class StageSession {
       throw e;
     }
     this.plan = planJob(this.spec);
-    this.sigmas = shiftedSigmas(this.spec.steps, this.spec.shift);
     const head = req.role === Role.ROLE_HEAD || req.role === Role.ROLE_HEAD_TAIL;
     const tail = req.role === Role.ROLE_TAIL || req.role === Role.ROLE_HEAD_TAIL;
     let model;
@@ -156,6 +158,12 @@ export class StageSession {
       throw new SessionError('INVALID_ARGUMENT', `spec.model: ${(e as Error).message}`);
     }
     this.config = model.config;
+    this.scheduler = model.scheduler;
+    try {
+      this.schedule = buildSchedule(jobSchedulerConfig(model.scheduler, { sampler: this.spec.sampler, shift: this.spec.shift }), this.spec.steps);
+    } catch (e) {
+      throw new SessionError('INVALID_ARGUMENT', `spec: ${(e as Error).message}`);
+    }
     const range = { l0: req.layerBegin, l1: req.layerEnd, head, tail };
     if (range.l0 >= range.l1 || range.l1 > this.config.layers) throw new SessionError('INVALID_ARGUMENT', `layer range [${range.l0}, ${range.l1}) is not inside the model's ${this.config.layers} layers`);
     if (head !== (range.l0 === 0)) throw new SessionError('INVALID_ARGUMENT', 'the head holds layer 0 and only the head does');
@@ -207,7 +215,7 @@ export class StageSession {
     this.orphan('never claimed by a driver or an upstream stage', UNCLAIMED_GRACE_MS);
     if (!this.isHead) return 0;
     const state = this.resume ? await this.ctx.checkpoints.load(this.keyPrefix) : null;
-    this.queue = new BlockQueue(this.spec, this.plan, this.config.latentChannels, state ?? undefined);
+    this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined });
     const startIteration = this.queue.nextIteration;
     this.log.info('head started', { startIteration, resumed: state !== null });
     if (this.queue.done) {
@@ -459,7 +467,7 @@ export class StageSession {
       iteration,
       block,
       step,
-      timestep: timestepOf(this.sigmas[step]),
+      timestep: this.schedule.timesteps[step],
       prefixFrames,
       ownFrames: this.spec.block,
       contextFrames: this.spec.context,

@@ -8,6 +8,7 @@
  * Errors name files relative to the model directory (`transformer/diffusion_pytorch_model-00002-
  * of-00003.safetensors`), never the directory's place on the server.
  */
+import { parseSchedulerConfig, SchedulerConfigError, schedulerConfigJson, WAN_SCHEDULER_CONFIG, type SchedulerConfig } from '@longshot/sampler';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { weightSpecs, type ModelConfig, type StageRange, type TensorSpec } from './config';
@@ -18,14 +19,12 @@ import {
   modelIndexJson,
   parseJsonFile,
   parseModelIndex,
-  parseSchedulerConfig,
   parseTransformerConfig,
   parseUmt5Config,
   parseVaeConfig,
   parseWeightIndex,
   PipelineError,
   SCHEDULER_CONFIG_FILE,
-  schedulerConfigJson,
   shardFileName,
   TEXT_ENCODER_CONFIG_FILE,
   textLenOf,
@@ -39,7 +38,6 @@ import {
   vaeConfigJson,
   WEIGHT_FILES,
   type ModelIndex,
-  type PipelineSchedulerConfig,
   type VaeSummary,
   type WeightComponent,
 } from './pipeline-config';
@@ -64,6 +62,16 @@ function readText(root: string, rel: string): string | null {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw new PipelineError(`${rel}: cannot read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+}
+
+/** The scheduler's config, through the sampler's own parser; errors name the file and the key. */
+function readSchedulerConfig(dir: string): SchedulerConfig {
+  try {
+    return parseSchedulerConfig(readJson(dir, SCHEDULER_CONFIG_FILE));
+  } catch (e) {
+    if (e instanceof SchedulerConfigError) throw new PipelineError(`${SCHEDULER_CONFIG_FILE}: ${e.message}`);
+    throw e;
   }
 }
 
@@ -199,7 +207,7 @@ export interface PipelineDir {
   readonly index: ModelIndex;
   readonly config: ModelConfig;
   readonly textEncoderConfig: Umt5Config;
-  readonly scheduler: PipelineSchedulerConfig;
+  readonly scheduler: SchedulerConfig;
   readonly vae: VaeSummary;
   readonly tokenizer: PromptTokenizer;
   readonly transformer: ComponentWeights;
@@ -222,7 +230,7 @@ function umt5Name(c: Umt5Config): string {
 export function openPipelineDir(dir: string): PipelineDir {
   if (!isPipelineDir(dir)) throw new PipelineError(`${path.basename(dir)}: not a pipeline directory (no ${MODEL_INDEX_FILE})`);
   const index = parseModelIndex(readJson(dir, MODEL_INDEX_FILE));
-  const scheduler = parseSchedulerConfig(readJson(dir, SCHEDULER_CONFIG_FILE));
+  const scheduler = readSchedulerConfig(dir);
   const vae = parseVaeConfig(readJson(dir, VAE_CONFIG_FILE));
   const tokenizerConfigText = readText(dir, TOKENIZER_CONFIG_FILE);
   const tokenizerConfig = tokenizerConfigText === null ? null : parseJsonFile(TOKENIZER_CONFIG_FILE, tokenizerConfigText);
@@ -337,7 +345,7 @@ export function writeSeededPipeline(dir: string, opts: SeededPipelineOptions): v
   writeJson(path.join(dir, MODEL_INDEX_FILE), modelIndexJson());
   writeJson(path.join(dir, TRANSFORMER_CONFIG_FILE), transformerConfigJson(config));
   writeJson(path.join(dir, TEXT_ENCODER_CONFIG_FILE), umt5ConfigJson(umt5));
-  writeJson(path.join(dir, SCHEDULER_CONFIG_FILE), schedulerConfigJson(3.0));
+  writeJson(path.join(dir, SCHEDULER_CONFIG_FILE), schedulerConfigJson(WAN_SCHEDULER_CONFIG));
   writeJson(path.join(dir, VAE_CONFIG_FILE), vaeConfigJson());
   writeJson(path.join(dir, TOKENIZER_FILE), seededTokenizerJson(umt5.vocabSize));
   writeJson(path.join(dir, TOKENIZER_CONFIG_FILE), seededTokenizerConfigJson(config.textLen));

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { WAN_SCHEDULER_CONFIG, type SchedulerConfig } from '@longshot/sampler';
 import { getConfig, type ModelConfig, type StageRange } from './config';
 import { isPipelineDir, loadPipelineStage, openPipelineDir, type PipelineDir } from './pipeline-dir';
 import { InterimEmbeddingEncoder, padEmbeddings, type PromptEmbeddings, type TokenEncoder } from './text-conditioning';
@@ -19,6 +20,11 @@ export interface ModelSource {
   readonly id: string;
   readonly kind: 'seeded' | 'file' | 'pipeline';
   readonly config: ModelConfig;
+  /**
+   * The checkpoint's scheduler (diffusers' scheduler_config.json). Every built-in model and
+   * single-file checkpoint is a Wan2.1 text-to-video DiT and gets the scheduler Wan ships.
+   */
+  readonly scheduler: SchedulerConfig;
   loadStage(range: StageRange): StageWeights;
   /** Which text encoder `promptEmbeddings` runs (stand-in, interim or umT5). */
   readonly textEncoder: string;
@@ -31,10 +37,10 @@ export function resolveModel(nameOrPath: string): ModelSource {
   const looksLikeFile = nameOrPath.endsWith('.safetensors') || nameOrPath.includes('/');
   if (looksLikeFile || (fs.existsSync(nameOrPath) && fs.statSync(nameOrPath).isFile())) {
     const config = readModelConfig(nameOrPath);
-    return { id: nameOrPath, kind: 'file', config, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, ...standInText(config) };
+    return { id: nameOrPath, kind: 'file', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, ...standInText(config) };
   }
   const config = getConfig(nameOrPath);
-  return { id: nameOrPath, kind: 'seeded', config, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), ...standInText(config) };
+  return { id: nameOrPath, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), ...standInText(config) };
 }
 
 /** A seeded name or a bare transformer file has no text encoder: the stand-in stands in (see ./text). */
@@ -66,6 +72,7 @@ function pipelineSource(dir: string, p: PipelineDir): ModelSource {
     id: dir,
     kind: 'pipeline',
     config: p.config,
+    scheduler: p.scheduler,
     loadStage: (range) => loadPipelineStage(p, range),
     textEncoder: encoder.description,
     promptEmbeddings: (prompt) => {

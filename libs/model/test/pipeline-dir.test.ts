@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { getConfig, MODEL_CONFIGS } from '../src/config';
-import { parseSchedulerConfig, parseTransformerConfig, parseUmt5Config, schedulerConfigJson, transformerConfigJson, umt5ConfigJson } from '../src/pipeline-config';
+import { parseTransformerConfig, parseUmt5Config, transformerConfigJson, umt5ConfigJson } from '../src/pipeline-config';
 import { loadPipelineStage, openPipelineDir, stageFootprint, writeSeededPipeline } from '../src/pipeline-dir';
 import { SafetensorsFile, writeSafetensors, type TensorInput } from '../src/safetensors';
 import { resolveModel } from '../src/source';
@@ -79,8 +79,8 @@ describe('pipeline directory: refusals', () => {
       ['added_kv_proj_dim', (d) => editJson(d, 'transformer/config.json', (j) => void (j.added_kv_proj_dim = 64)), /transformer\/config\.json: 'added_kv_proj_dim' = 64 is not supported/],
       ['unknown config key', (d) => editJson(d, 'transformer/config.json', (j) => void (j.new_knob = 1)), /transformer\/config\.json: unknown key 'new_knob'/],
       ['VAE z_dim 48', (d) => editJson(d, 'vae/config.json', (j) => void (j.z_dim = 48)), /vae\/config\.json: 'z_dim' = 48 is not supported/],
-      ['scheduler', (d) => editJson(d, 'scheduler/scheduler_config.json', (j) => void (j._class_name = 'DDIMScheduler')), /scheduler\/scheduler_config\.json: scheduler "DDIMScheduler" is not supported/],
-      ['karras sigmas', (d) => editJson(d, 'scheduler/scheduler_config.json', (j) => void (j.use_karras_sigmas = true)), /scheduler\/scheduler_config\.json: 'use_karras_sigmas' = true is not supported/],
+      ['scheduler', (d) => editJson(d, 'scheduler/scheduler_config.json', (j) => void (j._class_name = 'DDIMScheduler')), /scheduler\/scheduler_config\.json: _class_name: must be UniPCMultistepScheduler or FlowMatchEulerDiscreteScheduler, got "DDIMScheduler"/],
+      ['karras sigmas', (d) => editJson(d, 'scheduler/scheduler_config.json', (j) => void (j.use_karras_sigmas = true)), /scheduler\/scheduler_config\.json: use_karras_sigmas: must be false/],
       ['text encoder act', (d) => editJson(d, 'text_encoder/config.json', (j) => void (j.feed_forward_proj = 'relu')), /text_encoder\/config\.json: 'feed_forward_proj' = "relu" is not supported/],
       ['text width', (d) => editJson(d, 'text_encoder/config.json', (j) => void (j.d_model = 32)), /text_encoder\/config\.json: d_model 32 does not match the transformer's text_dim 64/],
     ];
@@ -136,16 +136,6 @@ describe('pipeline directory: configs', () => {
     };
     expect(parseUmt5Config(json, 'umt5-xxl')).toEqual(UMT5_XXL);
     expect(parseUmt5Config(umt5ConfigJson(UMT5_XXL), 'umt5-xxl')).toEqual(UMT5_XXL);
-  });
-
-  it('reads both supported schedulers', () => {
-    expect(parseSchedulerConfig(schedulerConfigJson(3))).toEqual({
-      _class_name: 'UniPCMultistepScheduler', flow_shift: 3, num_train_timesteps: 1000, solver_order: 2, solver_type: 'bh2', prediction_type: 'flow_prediction', use_flow_sigmas: true, final_sigmas_type: 'zero', lower_order_final: true,
-    });
-    const euler = parseSchedulerConfig({ _class_name: 'FlowMatchEulerDiscreteScheduler', _diffusers_version: '0.33.0', num_train_timesteps: 1000, shift: 5.0, use_dynamic_shifting: false });
-    expect(euler.flow_shift).toBe(5);
-    expect(euler.solver_order).toBe(1);
-    expect(() => parseSchedulerConfig({ ...schedulerConfigJson(3), prediction_type: 'epsilon' })).toThrow(/'prediction_type' = "epsilon" is not supported/);
   });
 });
 

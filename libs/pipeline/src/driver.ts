@@ -205,7 +205,7 @@ async function openSessions(
       jobId: job.jobId,
       sessionId: sessions[k].sessionId,
       token: sessions[k].token,
-      spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift, block: s.block, context: s.context, stages: s.stages, seed: s.seed, model: s.model },
+      spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift ?? 0, sampler: s.sampler, block: s.block, context: s.context, stages: s.stages, seed: s.seed, model: s.model },
       layerBegin: r.l0,
       layerEnd: r.l1,
       role: K === 1 ? Role.ROLE_HEAD_TAIL : k === 0 ? Role.ROLE_HEAD : k === K - 1 ? Role.ROLE_TAIL : Role.ROLE_MIDDLE,

@@ -1,3 +1,5 @@
+import { SAMPLER_KINDS, type SamplerKind } from '@longshot/sampler';
+
 /**
  * A job's spec and its derived plan. Validation names the offending field so the CLI can say
  * which flag is wrong and the REST API can answer 400 with it; a job is a pure function of the
@@ -14,7 +16,10 @@ export interface JobRequest {
   height?: number;
   steps?: number;
   guidance?: number;
+  /** Overrides the model scheduler's flow_shift. */
   shift?: number;
+  /** 'unipc' (the default, what Wan ships) or 'euler'. */
+  sampler?: string;
   /** Latent frames per block (B). */
   block?: number;
   /** Context frames shared with each neighbour block (C). */
@@ -34,7 +39,9 @@ export interface JobSpec {
   readonly height: number;
   readonly steps: number;
   readonly guidance: number;
-  readonly shift: number;
+  /** The schedule shift, or null for the model scheduler's flow_shift. */
+  readonly shift: number | null;
+  readonly sampler: SamplerKind;
   readonly block: number;
   readonly context: number;
   readonly stages: number;
@@ -65,7 +72,7 @@ export const SPEC_DEFAULTS = {
   height: 256,
   steps: 20,
   guidance: 5.0,
-  shift: 5.0,
+  sampler: 'unipc' as SamplerKind,
   block: 4,
   context: 2,
   stages: 1,
@@ -125,7 +132,9 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
   if (width * height > limits.maxPixels) throw new SpecError('width', `${width}x${height} exceeds the configured limit of ${limits.maxPixels} pixels`);
   const steps = int('steps', req.steps ?? SPEC_DEFAULTS.steps, 1, limits.maxSteps);
   const guidance = num('guidance', req.guidance ?? SPEC_DEFAULTS.guidance, 0, 100);
-  const shift = num('shift', req.shift ?? SPEC_DEFAULTS.shift, 0.01, 100);
+  const shift = req.shift === undefined || req.shift === null ? null : num('shift', req.shift, 0.01, 100);
+  const sampler = req.sampler ?? SPEC_DEFAULTS.sampler;
+  if (!SAMPLER_KINDS.includes(sampler as SamplerKind)) throw new SpecError('sampler', `must be one of ${SAMPLER_KINDS.join(', ')}, got ${show(sampler)}`);
   const block = int('block', req.block ?? SPEC_DEFAULTS.block, 1, 1024);
   const context = int('context', req.context ?? SPEC_DEFAULTS.context, 0, block);
   const stages = int('stages', req.stages ?? SPEC_DEFAULTS.stages, 1, 1024);
@@ -150,7 +159,7 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
     if (frames > limits.maxFrames) throw new SpecError('seconds', `${seconds} s at ${fps} fps is ${frames} frames, over the limit of ${limits.maxFrames}`);
   }
 
-  return { prompt, textEmbeddings: req.textEmbeddings ?? null, frames, fps, width, height, steps, guidance, shift, block, context, stages, seed, model };
+  return { prompt, textEmbeddings: req.textEmbeddings ?? null, frames, fps, width, height, steps, guidance, shift, sampler: sampler as SamplerKind, block, context, stages, seed, model };
 }
 
 export function planJob(spec: JobSpec): JobPlan {

@@ -160,12 +160,15 @@ export interface JobSpec {
   height: number;
   steps: number;
   guidance: number;
+  /** 0: the model scheduler's flow_shift. */
   shift: number;
   block: number;
   context: number;
   stages: number;
   seed: number;
   model: string;
+  /** "unipc" or "euler". */
+  sampler: string;
 }
 
 /** Text embeddings [text_len, text_dim] float32 LE, when the job does not use the stand-in encoder. */
@@ -321,6 +324,7 @@ function createBaseJobSpec(): JobSpec {
     stages: 0,
     seed: 0,
     model: "",
+    sampler: "",
   };
 }
 
@@ -364,6 +368,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     }
     if (message.model !== "") {
       writer.uint32(106).string(message.model);
+    }
+    if (message.sampler !== "") {
+      writer.uint32(114).string(message.sampler);
     }
     return writer;
   },
@@ -485,6 +492,14 @@ export const JobSpec: MessageFns<JobSpec> = {
             message.model = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.sampler = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -512,6 +527,7 @@ export const JobSpec: MessageFns<JobSpec> = {
       stages: isSet(object.stages) ? globalThis.Number(object.stages) : 0,
       seed: isSet(object.seed) ? globalThis.Number(object.seed) : 0,
       model: isSet(object.model) ? globalThis.String(object.model) : "",
+      sampler: isSet(object.sampler) ? globalThis.String(object.sampler) : "",
     };
   },
 
@@ -556,6 +572,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     if (message.model !== "") {
       obj.model = message.model;
     }
+    if (message.sampler !== "") {
+      obj.sampler = message.sampler;
+    }
     return obj;
   },
 
@@ -577,6 +596,7 @@ export const JobSpec: MessageFns<JobSpec> = {
     message.stages = object.stages ?? 0;
     message.seed = object.seed ?? 0;
     message.model = object.model ?? "";
+    message.sampler = object.sampler ?? "";
     return message;
   },
 };
