@@ -13,6 +13,7 @@ import { Progress } from './progress';
 export const RENDER_HELP = `longshot render: render a video on this machine
 
   --prompt TEXT            what to render (or --text-embeddings)
+  --negative-prompt TEXT   what the video should not show (guidance's uncond side; default "")
   --text-embeddings FILE   safetensors with 'cond' [n, textDim] (and optional 'uncond') embeddings
   --seconds S | --frames N duration (seconds rounds up to whole blocks; frames must be 4n+1)
   --fps N                  frames per second (16)
@@ -30,7 +31,10 @@ export const RENDER_HELP = `longshot render: render a video on this machine
 `;
 
 /** Spec fields and the flags that set them, so a spec error names what the user typed. */
-const FLAG_OF: Record<string, string> = { textEmbeddings: 'text-embeddings', width: 'size', height: 'size' };
+const FLAG_OF: Record<string, string> = { negativePrompt: 'negative-prompt', textEmbeddings: 'text-embeddings', width: 'size', height: 'size' };
+
+/** The flag that sets a spec field (the field's own name when they agree). */
+export const flagOfField = (field: string): string => FLAG_OF[field] ?? field;
 
 export interface RenderResult {
   id: string;
@@ -61,6 +65,7 @@ export interface RenderResult {
 /** The flags that set a job's spec, shared by `render` and `submit`. */
 export const jobRequestFlags = {
   prompt: { type: 'string' },
+  'negative-prompt': { type: 'string' },
   'text-embeddings': { type: 'string' },
   seconds: { type: 'string' },
   frames: { type: 'string' },
@@ -82,6 +87,7 @@ export function requestFromFlags(f: JobFlags): JobRequest {
   const size = sizeFlag(f.size);
   return {
     prompt: f.prompt,
+    negativePrompt: f['negative-prompt'],
     textEmbeddings: f['text-embeddings'] === undefined ? undefined : path.resolve(f['text-embeddings']),
     seconds: numberFlag('seconds', f.seconds),
     frames: intFlag('frames', f.frames),
@@ -222,7 +228,7 @@ function specOrUsage(request: JobRequest): JobSpec {
   try {
     return normalizeSpec(request);
   } catch (e) {
-    if (e instanceof SpecError) throw new UsageError(`--${FLAG_OF[e.field] ?? e.field}: ${e.message.slice(e.field.length + 2)}`);
+    if (e instanceof SpecError) throw new UsageError(`--${flagOfField(e.field)}: ${e.message.slice(e.field.length + 2)}`);
     throw e;
   }
 }

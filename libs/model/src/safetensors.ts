@@ -252,22 +252,6 @@ export class SafetensorsFile {
     return out;
   }
 
-  /**
-   * Reads whole rows (index along the first dimension) of one tensor, in the order given: an
-   * embedding lookup reads only the rows of the tokens it needs, never the table.
-   */
-  readRows(name: string, rows: readonly number[]): Float32Array {
-    const t = this.info(name);
-    if (t.shape.length < 1) throw new Error(`${this.label}: tensor '${name}' is a scalar; it has no rows`);
-    const rowLen = numel(t.shape.slice(1));
-    const out = new Float32Array(rows.length * rowLen);
-    rows.forEach((r, i) => {
-      if (!Number.isInteger(r) || r < 0 || r >= t.shape[0]) throw new Error(`${this.label}: tensor '${name}': row ${r} is outside 0..${t.shape[0] - 1}`);
-      this.readElements(t, r * rowLen, out.subarray(i * rowLen, (i + 1) * rowLen));
-    });
-    return out;
-  }
-
   close(): void {
     if (this.fd !== null) {
       fs.closeSync(this.fd);
