@@ -127,7 +127,7 @@ export async function renderCommand(argv: string[]): Promise<void> {
   let r: RenderResult;
   if (f['in-process']) {
     if (f.url) throw new UsageError('--in-process: renders on this machine, without --url');
-    const text = flagged(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
+    const text = await flaggedAsync(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
     const id = jobId(spec);
     r = await renderLocal({ spec, model, text, id, out: path.resolve(f.out ?? path.join('out', `${id}.mp4`)), progress });
   } else {
@@ -219,9 +219,10 @@ export function jobId(spec: JobSpec): string {
   return `job-${createHash('sha256').update(JSON.stringify(spec)).digest('hex').slice(0, 12)}`;
 }
 
-function textFor(spec: JobSpec, model: ModelSource): TextEmbeddings {
+/** The job's embeddings: its file, else the model's text encoder on this machine's engine. */
+async function textFor(spec: JobSpec, model: ModelSource): Promise<TextEmbeddings> {
   if (spec.textEmbeddings) return loadTextEmbeddings(spec.textEmbeddings, model.config);
-  return model.promptEmbeddings(spec.prompt);
+  return model.textEncoder.encode(spec.prompt, spec.negativePrompt, cpuBackend());
 }
 
 function specOrUsage(request: JobRequest): JobSpec {
@@ -236,6 +237,14 @@ function specOrUsage(request: JobRequest): JobSpec {
 function flagged<T>(flag: string, fn: () => T): T {
   try {
     return fn();
+  } catch (e) {
+    throw new UsageError(`--${flag}: ${(e as Error).message}`);
+  }
+}
+
+async function flaggedAsync<T>(flag: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
   } catch (e) {
     throw new UsageError(`--${flag}: ${(e as Error).message}`);
   }
