@@ -1,4 +1,5 @@
 import { UsageError } from './args';
+import { ENCODE_HELP, encodeCommand } from './encode-command';
 import { MODEL_HELP, modelCommand } from './model-command';
 import { RENDER_HELP, renderCommand } from './render';
 import { cancelCommand, fetchCommand, statusCommand, SUBMIT_HELP, submitCommand, UP_HELP, upCommand } from './service-commands';
@@ -13,6 +14,7 @@ Commands:
   fetch      download a job's MP4 (--url URL ID --out FILE)
   cancel     cancel a job (--url URL ID)
   model      write a seeded pipeline directory, or inspect one
+  encode     a prompt's text embeddings (and token ids) as the DiT receives them
 
 Benchmarks: npm run bench -- kernels|transport|pipeline|gpu [--json]
 
@@ -22,6 +24,7 @@ Benchmarks: npm run bench -- kernels|transport|pipeline|gpu [--json]
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
   render: { run: renderCommand, help: RENDER_HELP },
   model: { run: modelCommand, help: MODEL_HELP },
+  encode: { run: encodeCommand, help: ENCODE_HELP },
   up: { run: upCommand, help: UP_HELP },
   submit: { run: submitCommand, help: SUBMIT_HELP },
   status: { run: statusCommand, help: SUBMIT_HELP },
