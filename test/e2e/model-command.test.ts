@@ -38,7 +38,7 @@ describe('longshot model', () => {
     // 177 tensors in F16 over the two shards; the text encoder is the seeded umT5 of width 64.
     expect(out).toMatch(/parameters 0\.39 M in 177 tensors \(F16 x177\), 0\.8 MB in 2 file\(s\): transformer\/diffusion_pytorch_model-00001-of-00002\.safetensors, transformer\/diffusion_pytorch_model-00002-of-00002\.safetensors/);
     expect(out).toContain('text_encoder  umt5-tiny: d_model 64, layers 2, heads 4 x 16, d_ff 128, vocab 512');
-    expect(out).toContain('runs as: interim text encoder');
+    expect(out).toContain('runs as: umT5 text encoder: umt5-tiny');
     expect(out).toContain('scheduler  UniPCMultistepScheduler: flow_shift 3, solver_order 2');
     expect(out).toMatch(/stage 0 {2}layers \[0, 3\) head +0\.\d+ M params +0\.\d MB read +0\.\d MB held/);
     expect(out).toMatch(/stage 1 {2}layers \[3, 6\) tail /);

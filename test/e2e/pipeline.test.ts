@@ -117,6 +117,7 @@ describe('DualParal across worker processes', () => {
     const [w] = [...cluster.workers.values()];
     const client = createWorkerClient(w.address);
     const token = 'x'.repeat(32);
+    const probeText = new Float32Array(getConfig('tiny').textLen * getConfig('tiny').textDim);
     await new Promise<void>((resolve, reject) =>
       client.openSession(
         {
@@ -131,7 +132,7 @@ describe('DualParal across worker processes', () => {
           nextSessionId: 'nowhere',
           nextToken: token,
           wireDtype: toWireDtype('f32'),
-          text: undefined,
+          text: { cond: encodePayload(probeText, 'f32'), uncond: encodePayload(probeText, 'f32') },
           resume: false,
           keyPrefix: '',
           payloadScale: 1,

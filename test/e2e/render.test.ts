@@ -86,6 +86,12 @@ describe('longshot render', () => {
     // The directory's own tokenizer and text encoder condition it, not the seeded name's stand-in.
     const seededName = await render([...common, '--in-process', '--out', 'pipe-seeded.mp4']);
     expect(reference.latentSha256).not.toBe(seededName.latentSha256);
+    // A negative prompt changes the uncond side, the same on a worker as in process.
+    const negative = ['--negative-prompt', 'blurry, dark water'];
+    const negRef = await render([...common, ...negative, '--in-process', '--model', one, '--out', 'pipe-neg-ref.mp4']);
+    const negSharded = await render([...common, ...negative, '--stages', '3', '--model', three, '--out', 'pipe-neg-s3.mp4']);
+    expect(negRef.latentSha256).not.toBe(reference.latentSha256);
+    expect(negSharded.latentSha256).toBe(negRef.latentSha256);
   });
 
   it('rejects bad flags and bad files with a message naming them', async () => {

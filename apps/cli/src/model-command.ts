@@ -3,9 +3,9 @@ import * as path from 'node:path';
 import {
   getConfig,
   openPipelineDir,
-  pipelineTextEncoder,
   stageFootprint,
   summarizeWeights,
+  Umt5TextEncoder,
   writeSeededModel,
   writeSeededPipeline,
   type ModelConfig,
@@ -104,7 +104,7 @@ function inspectCommand(argv: string[]): void {
   const u = p.textEncoderConfig;
   lines.push(`text_encoder  ${u.name}: d_model ${u.dModel}, layers ${u.layers}, heads ${u.heads} x ${u.dKv}, d_ff ${u.dFf}, vocab ${u.vocabSize}, buckets ${u.relativeBuckets}/${u.relativeMaxDistance}, eps ${u.eps}`);
   lines.push(`  parameters ${fmtParams(te.parameters)} in ${te.tensors} tensors (${dtypes(te.dtypes)}), ${fmtBytes(te.storedBytes)} in ${te.files.length} file(s): ${te.files.join(', ')}`);
-  lines.push(`  runs as: ${pipelineTextEncoder(p).description}`);
+  lines.push(`  runs as: ${new Umt5TextEncoder(dir, p).description}`);
   lines.push(`tokenizer  Unigram, text length ${c.textLen}`);
   const s = p.scheduler;
   const sj = schedulerConfigJson(s);

@@ -14,6 +14,7 @@ import { Progress } from './progress';
 export const RENDER_HELP = `longshot render: render a video on this machine
 
   --prompt TEXT            what to render (or --text-embeddings)
+  --negative-prompt TEXT   what the video should not show (guidance's uncond side; default "")
   --text-embeddings FILE   safetensors with 'cond' [n, textDim] (and optional 'uncond') embeddings
   --seconds S | --frames N duration (seconds rounds up to whole blocks; frames must be 4n+1)
   --fps N                  frames per second (16)
@@ -34,7 +35,10 @@ export const RENDER_HELP = `longshot render: render a video on this machine
 `;
 
 /** Spec fields and the flags that set them, so a spec error names what the user typed. */
-const FLAG_OF: Record<string, string> = { textEmbeddings: 'text-embeddings', width: 'size', height: 'size' };
+const FLAG_OF: Record<string, string> = { negativePrompt: 'negative-prompt', textEmbeddings: 'text-embeddings', width: 'size', height: 'size' };
+
+/** The flag that sets a spec field (the field's own name when they agree). */
+export const flagOfField = (field: string): string => FLAG_OF[field] ?? field;
 
 export interface RenderResult {
   id: string;
@@ -68,6 +72,7 @@ export interface RenderResult {
 /** The flags that set a job's spec, shared by `render` and `submit`. */
 export const jobRequestFlags = {
   prompt: { type: 'string' },
+  'negative-prompt': { type: 'string' },
   'text-embeddings': { type: 'string' },
   seconds: { type: 'string' },
   frames: { type: 'string' },
@@ -90,6 +95,7 @@ export function requestFromFlags(f: JobFlags): JobRequest {
   const size = sizeFlag(f.size);
   return {
     prompt: f.prompt,
+    negativePrompt: f['negative-prompt'],
     textEmbeddings: f['text-embeddings'] === undefined ? undefined : path.resolve(f['text-embeddings']),
     seconds: numberFlag('seconds', f.seconds),
     frames: intFlag('frames', f.frames),
@@ -132,7 +138,7 @@ export async function renderCommand(argv: string[]): Promise<void> {
   let r: RenderResult;
   if (f['in-process']) {
     if (f.url) throw new UsageError('--in-process: renders on this machine, without --url');
-    const text = flagged(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
+    const text = await flaggedAsync(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
     const initNoise = f['init-noise'] === undefined ? undefined : flagged('init-noise', () => readInitNoise(f['init-noise']!, spec, model));
     const id = jobId(spec);
     r = await renderLocal({ spec, model, text, id, out: path.resolve(f.out ?? path.join('out', `${id}.mp4`)), progress, initNoise, saveLatents: f['save-latents'] });
@@ -260,16 +266,17 @@ export function jobId(spec: JobSpec): string {
   return `job-${createHash('sha256').update(JSON.stringify(spec)).digest('hex').slice(0, 12)}`;
 }
 
-function textFor(spec: JobSpec, model: ModelSource): TextEmbeddings {
+/** The job's embeddings: its file, else the model's text encoder on this machine's engine. */
+async function textFor(spec: JobSpec, model: ModelSource): Promise<TextEmbeddings> {
   if (spec.textEmbeddings) return loadTextEmbeddings(spec.textEmbeddings, model.config);
-  return model.promptEmbeddings(spec.prompt);
+  return model.textEncoder.encode(spec.prompt, spec.negativePrompt, cpuBackend());
 }
 
 function specOrUsage(request: JobRequest): JobSpec {
   try {
     return normalizeSpec(request);
   } catch (e) {
-    if (e instanceof SpecError) throw new UsageError(`--${FLAG_OF[e.field] ?? e.field}: ${e.message.slice(e.field.length + 2)}`);
+    if (e instanceof SpecError) throw new UsageError(`--${flagOfField(e.field)}: ${e.message.slice(e.field.length + 2)}`);
     throw e;
   }
 }
@@ -277,6 +284,14 @@ function specOrUsage(request: JobRequest): JobSpec {
 function flagged<T>(flag: string, fn: () => T): T {
   try {
     return fn();
+  } catch (e) {
+    throw new UsageError(`--${flag}: ${(e as Error).message}`);
+  }
+}
+
+async function flaggedAsync<T>(flag: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
   } catch (e) {
     throw new UsageError(`--${flag}: ${(e as Error).message}`);
   }

@@ -16,6 +16,7 @@ export const MAX_PRIORITY = 2_097_152;
 type Kind = 'string' | 'number' | 'integer';
 const FIELDS: Readonly<Record<string, Kind>> = {
   prompt: 'string',
+  negativePrompt: 'string',
   textEmbeddings: 'string',
   seconds: 'number',
   frames: 'integer',
@@ -41,6 +42,11 @@ export const SUBMIT_SCHEMA = {
   additionalProperties: false,
   properties: {
     prompt: { type: 'string', description: 'What to render (or textEmbeddings).', example: 'a paper boat drifting down a rain-soaked street at dusk' },
+    negativePrompt: {
+      type: 'string',
+      description: 'What the video should not show: the unconditional side of classifier-free guidance. Default "" (encoded like any prompt, as diffusers\' WanPipeline does).',
+      example: 'blurry, low quality, static',
+    },
     textEmbeddings: { type: 'string', description: "Path, readable by the controller, of a safetensors file with 'cond' (and optional 'uncond') embeddings." },
     seconds: { type: 'number', description: 'Duration; rounded up to whole blocks. Give seconds or frames.' },
     frames: { type: 'integer', description: 'Exact frame count, 4n+1 and whole blocks.' },
@@ -99,6 +105,7 @@ export function parseSubmit(body: unknown): SubmitRequest {
   if (priority < 1 || priority > MAX_PRIORITY) throw new SpecError('priority', `must be in 1..${MAX_PRIORITY}, got ${priority}`);
   const job: JobRequest = {
     prompt: b.prompt as string | undefined,
+    negativePrompt: b.negativePrompt as string | undefined,
     textEmbeddings: b.textEmbeddings as string | undefined,
     seconds: b.seconds as number | undefined,
     frames: b.frames as number | undefined,

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockStore, CheckpointStore } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
-import { resolveModel, Stage, type BlockStep, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { resolveModel, Stage, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
@@ -196,7 +196,7 @@ export class StageSession {
       this.runner = new EmulatedStage(this.config, range, { ...ctx.emulation, payloadScale });
       this.link = new EmulatedLink({ ...ctx.emulation, payloadScale });
     } else {
-      const text = this.textOf(req, model);
+      const text = this.textOf(req);
       this.runner = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance });
     }
   }
@@ -495,15 +495,18 @@ export class StageSession {
     return this.zeroVelocity;
   }
 
-  /** The job's embeddings when the controller sent them, else the model's own text encoder's. */
-  private textOf(req: OpenSessionRequest, model: ModelSource): TextEmbeddings {
+  /**
+   * The job's text embeddings, which the driver sends with every stage: a stage never encodes
+   * (the driver has the text encoder run once per job, on a worker, through RunComponent).
+   */
+  private textOf(req: OpenSessionRequest): TextEmbeddings {
     const size = this.config.textLen * this.config.textDim;
-    if (!req.text) return model.promptEmbeddings(this.spec.prompt);
+    if (!req.text) throw new SessionError('INVALID_ARGUMENT', 'text is required: the driver sends the embeddings of the prompt and negative prompt (RunComponent computes them)');
     const decode = (name: string, b: Buffer): Float32Array => {
       if (b.length !== size * 4) throw new SessionError('INVALID_ARGUMENT', `text.${name} has ${b.length} bytes, expected [${this.config.textLen}, ${this.config.textDim}] float32 = ${size * 4}`);
       return decodePayload(b, 'f32', size);
     };
-    return { cond: decode('cond', req.text.cond), uncond: req.text.uncond.length ? decode('uncond', req.text.uncond) : model.promptEmbeddings('').uncond };
+    return { cond: decode('cond', req.text.cond), uncond: decode('uncond', req.text.uncond) };
   }
 }
 

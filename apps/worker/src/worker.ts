@@ -17,6 +17,7 @@ import {
   type WatchSessionRequest,
   type WorkerServer,
 } from '@longshot/transport';
+import { ComponentRunner } from './components';
 import { workerMetrics } from './metrics';
 import { SessionError, StageSession, waitFor } from './session';
 import { retainedMemorySampler, type RetainedMemorySampler } from './retained-memory';
@@ -59,6 +60,7 @@ export class WorkerProcess {
   private health: ReturnType<typeof addHealthService> | null = null;
   private draining = false;
   private readonly retainedMemory: RetainedMemorySampler | null;
+  private readonly components: ComponentRunner;
   address = '';
   metricsAddress = '';
 
@@ -73,6 +75,7 @@ export class WorkerProcess {
     this.checkpoints = new CheckpointStore(this.redis);
     this.blocks = new BlockStore(this.redis);
     this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
+    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, redis: this.redis, log });
   }
 
   async start(): Promise<void> {
@@ -106,6 +109,18 @@ export class WorkerProcess {
         void receiver.finished.then(() => fed.forEach((id) => this.sessions.get(id)?.orphan('its upstream stream ended')));
       },
       watchSession: (call) => this.watchSession(call),
+      runComponent: (call) => {
+        if (this.draining) {
+          call.emit('error', { code: grpc.status.FAILED_PRECONDITION, details: `worker ${this.config.id} is shutting down` });
+          return;
+        }
+        this.components
+          .run(call.request, (o) => call.write(o))
+          .then(
+            () => call.end(),
+            (e) => call.emit('error', this.toStatus(e)),
+          );
+      },
       closeSession: (call, cb) => {
         this.closeSession(call.request).then(
           (r) => cb(null, r),

@@ -176,13 +176,6 @@ export class ComponentWeights {
     return new Map(specs.map((s) => [s.name, out.get(s.name)!]));
   }
 
-  /** Rows of one tensor (an embedding lookup), read from its shard alone. */
-  readRows(name: string, rows: readonly number[]): Float32Array {
-    const t = this.tensors.get(name);
-    if (!t) throw new PipelineError(`${this.label}: missing tensor '${name}'`);
-    return this.withShard(t.shard, (st) => st.readRows(name, rows));
-  }
-
   private withShard<T>(rel: string, fn: (st: SafetensorsFile) => T): T {
     const st = SafetensorsFile.open(path.join(this.root, rel), rel);
     try {

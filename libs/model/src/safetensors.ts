@@ -252,22 +252,6 @@ export class SafetensorsFile {
     return out;
   }
 
-  /**
-   * Reads whole rows (index along the first dimension) of one tensor, in the order given: an
-   * embedding lookup reads only the rows of the tokens it needs, never the table.
-   */
-  readRows(name: string, rows: readonly number[]): Float32Array {
-    const t = this.info(name);
-    if (t.shape.length < 1) throw new Error(`${this.label}: tensor '${name}' is a scalar; it has no rows`);
-    const rowLen = numel(t.shape.slice(1));
-    const out = new Float32Array(rows.length * rowLen);
-    rows.forEach((r, i) => {
-      if (!Number.isInteger(r) || r < 0 || r >= t.shape[0]) throw new Error(`${this.label}: tensor '${name}': row ${r} is outside 0..${t.shape[0] - 1}`);
-      this.readElements(t, r * rowLen, out.subarray(i * rowLen, (i + 1) * rowLen));
-    });
-    return out;
-  }
-
   close(): void {
     if (this.fd !== null) {
       fs.closeSync(this.fd);
@@ -400,13 +384,23 @@ function parseHeader(file: string, fd: number, size: number): { infos: Map<strin
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-export interface TensorInput {
+export type TensorInput = FloatTensorInput | IntTensorInput;
+
+export interface FloatTensorInput {
   readonly name: string;
   readonly shape: readonly number[];
   /** The values, or a producer called once when this tensor is written (streams big models). */
   readonly data: Float32Array | (() => Float32Array);
   /** Stored dtype; default F32. */
   readonly dtype?: SafetensorsDtype;
+}
+
+/** Integer data (token ids), stored as I32 little-endian. */
+export interface IntTensorInput {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly data: Int32Array;
+  readonly dtype: 'I32';
 }
 
 /** The 8-byte length and the padded JSON header of `tensors` laid out in order. */
@@ -426,7 +420,7 @@ function encodeHeader(file: string, tensors: readonly TensorInput[], metadata?: 
     if (seen.has(t.name)) throw new Error(`${where}: duplicate name`);
     seen.add(t.name);
     const dtype = t.dtype ?? 'F32';
-    if (!SUPPORTED.includes(dtype)) throw new Error(`${where}: unsupported dtype ${dtype} (supported: ${SUPPORTED.join(', ')})`);
+    if (dtype !== 'I32' && !SUPPORTED.includes(dtype)) throw new Error(`${where}: unsupported dtype ${dtype} (supported: ${SUPPORTED.join(', ')})`);
     if (t.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw new Error(`${where}: bad shape ${formatShape(t.shape)}`);
     const bytes = numel(t.shape) * DTYPE_BYTES[dtype];
     header[t.name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes] };
@@ -473,7 +467,7 @@ export function writeSafetensors(file: string, tensors: readonly TensorInput[], 
       if (data.length !== numel(t.shape)) {
         throw new Error(`writeSafetensors ${file}: tensor '${t.name}': ${data.length} values do not fill shape ${formatShape(t.shape)} (${numel(t.shape)})`);
       }
-      writeAll(fd, encodeTensor(data, t.dtype ?? 'F32'));
+      writeAll(fd, t.dtype === 'I32' ? int32Bytes(t.data) : encodeTensor(data as Float32Array, t.dtype ?? 'F32'));
     }
   });
 }
@@ -485,12 +479,17 @@ export function writeSafetensors(file: string, tensors: readonly TensorInput[], 
  * measure what a stage loads, without its values. Tensor producers are never called.
  */
 export function writeSafetensorsLayout(file: string, tensors: readonly Omit<TensorInput, 'data'>[], metadata?: Readonly<Record<string, string>>): void {
-  const withData = tensors.map((t) => ({ ...t, data: () => new Float32Array(0) }));
+  const withData = tensors.map((t): TensorInput => (t.dtype === 'I32' ? { ...t, dtype: 'I32', data: new Int32Array(0) } : { ...t, dtype: t.dtype, data: () => new Float32Array(0) }));
   const { head, dataBytes } = encodeHeader(file, withData, metadata);
   writeAtomically(file, (fd) => {
     writeAll(fd, head);
     fs.ftruncateSync(fd, head.length + dataBytes);
   });
+}
+
+function int32Bytes(data: Int32Array): Buffer {
+  const out = Buffer.from(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return LITTLE_ENDIAN_HOST ? out : Buffer.from(out).swap32();
 }
 
 function writeAll(fd: number, buf: Buffer): void {

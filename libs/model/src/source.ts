@@ -1,10 +1,8 @@
 import * as fs from 'node:fs';
 import { WAN_SCHEDULER_CONFIG, type SchedulerConfig } from '@longshot/sampler';
 import { getConfig, type ModelConfig, type StageRange } from './config';
-import { isPipelineDir, loadPipelineStage, openPipelineDir, type PipelineDir } from './pipeline-dir';
-import { InterimEmbeddingEncoder, padEmbeddings, type PromptEmbeddings, type TokenEncoder } from './text-conditioning';
-import { encodePrompt, STAND_IN_TEXT_ENCODER } from './text';
-import type { PromptTokens } from './tokenizer';
+import { isPipelineDir, loadPipelineStage, openPipelineDir } from './pipeline-dir';
+import { StandInTextEncoder, Umt5TextEncoder, type TextEncoder } from './text-conditioning';
 import { loadStageWeights, readModelConfig, seededStageWeights } from './weights';
 import type { StageWeights } from './weights-types';
 
@@ -26,58 +24,23 @@ export interface ModelSource {
    */
   readonly scheduler: SchedulerConfig;
   loadStage(range: StageRange): StageWeights;
-  /** Which text encoder `promptEmbeddings` runs (stand-in, interim or umT5). */
-  readonly textEncoder: string;
-  /** Embeddings of `prompt` (cond) and of "" (uncond), [textLen, textDim] each. */
-  promptEmbeddings(prompt: string): PromptEmbeddings & { tokens: PromptTokens | null };
+  /**
+   * The prompt's encoder: a pipeline directory's tokenizer and umT5; the stand-in for a seeded
+   * name or a bare transformer file, which have no text encoder of their own.
+   */
+  readonly textEncoder: TextEncoder;
 }
 
 export function resolveModel(nameOrPath: string): ModelSource {
-  if (isPipelineDir(nameOrPath)) return pipelineSource(nameOrPath, openPipelineDir(nameOrPath));
+  if (isPipelineDir(nameOrPath)) {
+    const p = openPipelineDir(nameOrPath);
+    return { id: nameOrPath, kind: 'pipeline', config: p.config, scheduler: p.scheduler, loadStage: (range) => loadPipelineStage(p, range), textEncoder: new Umt5TextEncoder(nameOrPath, p) };
+  }
   const looksLikeFile = nameOrPath.endsWith('.safetensors') || nameOrPath.includes('/');
   if (looksLikeFile || (fs.existsSync(nameOrPath) && fs.statSync(nameOrPath).isFile())) {
     const config = readModelConfig(nameOrPath);
-    return { id: nameOrPath, kind: 'file', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, ...standInText(config) };
+    return { id: nameOrPath, kind: 'file', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, textEncoder: new StandInTextEncoder(config) };
   }
   const config = getConfig(nameOrPath);
-  return { id: nameOrPath, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), ...standInText(config) };
-}
-
-/** A seeded name or a bare transformer file has no text encoder: the stand-in stands in (see ./text). */
-function standInText(config: ModelConfig): Pick<ModelSource, 'textEncoder' | 'promptEmbeddings'> {
-  return {
-    textEncoder: STAND_IN_TEXT_ENCODER,
-    promptEmbeddings: (prompt) => ({ cond: encodePrompt(prompt, config), uncond: encodePrompt('', config), tokens: null }),
-  };
-}
-
-/**
- * The text encoder a pipeline directory uses. The native umT5 encoder plugs in here: return it
- * (a TokenEncoder over `p.textEncoder`'s weights) instead of the interim one.
- */
-export function pipelineTextEncoder(p: PipelineDir): TokenEncoder {
-  return new InterimEmbeddingEncoder(p.textEncoderConfig, {
-    rows: (ids) => p.textEncoder.readRows(p.embeddingTable, ids),
-    finalNorm: () => p.textEncoder.read([{ name: 'encoder.final_layer_norm.weight', shape: [p.textEncoderConfig.dModel] }]).get('encoder.final_layer_norm.weight')!,
-  });
-}
-
-function pipelineSource(dir: string, p: PipelineDir): ModelSource {
-  const encoder = pipelineTextEncoder(p);
-  const embed = (prompt: string): { embeddings: Float32Array; tokens: PromptTokens } => {
-    const tokens = p.tokenizer.tokenize(prompt);
-    return { embeddings: padEmbeddings(encoder.encodeTokens(tokens), tokens.ids.length, p.config), tokens };
-  };
-  return {
-    id: dir,
-    kind: 'pipeline',
-    config: p.config,
-    scheduler: p.scheduler,
-    loadStage: (range) => loadPipelineStage(p, range),
-    textEncoder: encoder.description,
-    promptEmbeddings: (prompt) => {
-      const cond = embed(prompt);
-      return { cond: cond.embeddings, uncond: embed('').embeddings, tokens: cond.tokens };
-    },
-  };
+  return { id: nameOrPath, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), textEncoder: new StandInTextEncoder(config) };
 }

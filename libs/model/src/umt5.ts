@@ -11,12 +11,19 @@
  * therefore runs on `length` rows and the mask never has to be materialised.
  */
 import { OPS, type Backend, type OpName, type OpNode } from '@longshot/engine';
+import { counter } from '@longshot/telemetry';
 import { SafetensorsDtype, TensorInput, writeSafetensors } from './safetensors';
 import { type Umt5Config, umt5TensorSpecs } from './umt5-config';
 import { seededTensor } from './weights';
 
 /** The encoder's tensors by `UMT5EncoderModel` name (umt5TensorSpecs). */
 export type Umt5Weights = ReadonlyMap<string, Float32Array>;
+
+/**
+ * umT5 forward passes this process ran (one per prompt encoded). Registered in every process that
+ * loads the model library, so the controller's /metrics shows it too, at 0: it never encodes.
+ */
+export const umt5Encodes = counter({ name: 'longshot_umt5_encodes_total', help: 'umT5 text-encoder forward passes run in this process (one per prompt)' });
 
 /** Metadata key holding the JSON Umt5Config of a seeded encoder file written by Longshot. */
 export const UMT5_CONFIG_METADATA_KEY = 'longshot.umt5.config';
@@ -210,6 +217,7 @@ export async function encodeText(o: EncodeTextOptions): Promise<Float32Array> {
     ids[i] = id;
   }
   const out = new Float32Array(o.textLen * c.dModel);
+  umt5Encodes.inc();
   if (n > 0) await o.backend.run(umt5EncoderNodes(c, o.weights, ids, out.subarray(0, n * c.dModel)));
   return out;
 }

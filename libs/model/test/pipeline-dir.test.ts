@@ -7,7 +7,10 @@ import { parseTransformerConfig, parseUmt5Config, transformerConfigJson, umt5Con
 import { loadPipelineStage, openPipelineDir, stageFootprint, writeSeededPipeline } from '../src/pipeline-dir';
 import { SafetensorsFile, writeSafetensors, type TensorInput } from '../src/safetensors';
 import { resolveModel } from '../src/source';
-import { UMT5_XXL } from '../src/umt5-config';
+import { cpuBackend } from '@longshot/engine';
+import { SEEDED_UMT5, UMT5_XXL } from '../src/umt5-config';
+import { encodeText, seededUmt5Weights } from '../src/umt5';
+import { UMT5_SPECIAL } from '../src/tokenizer';
 import { seededStageWeights } from '../src/weights';
 
 const tiny = getConfig('tiny');
@@ -154,23 +157,39 @@ describe('pipeline directory: weights', () => {
     }
   });
 
-  it('conditions a pipeline on its own tokenizer and text encoder, never the stand-in', () => {
+  it('conditions a pipeline on its tokenizer and the umT5 encoder over its own seeded weights, never the stand-in', async () => {
     const s = resolveModel(single);
     expect(s.kind).toBe('pipeline');
-    expect(s.textEncoder).toMatch(/^interim text encoder: umt5-tiny/);
-    const e = s.promptEmbeddings('a paper boat');
-    expect(e.tokens?.ids).toHaveLength(4);
+    expect(s.textEncoder.description).toMatch(/^umT5 text encoder: umt5-tiny/);
+    const backend = cpuBackend();
+    const e = await s.textEncoder.encode('a paper boat', '', backend);
+    const p = openPipelineDir(single);
+    expect([...e.condIds!]).toEqual(p.tokenizer.tokenize('a paper boat').ids);
+    expect([...e.uncondIds!]).toEqual([UMT5_SPECIAL.eos]); // "" is the end token alone, as WanPipeline encodes it
+    // `model write` stores exactly the seeded encoder: the same bits as umT5 on seededUmt5Weights.
+    const weights = seededUmt5Weights(SEEDED_UMT5.tiny, 0);
     const { textLen, textDim } = s.config;
-    expect(e.cond).toHaveLength(textLen * textDim);
-    // Rows of the 4 tokens are RMS-normalised (final norm weight 1): mean square 1; the rest zero.
-    for (let t = 0; t < textLen; t++) {
-      const row = e.cond.subarray(t * textDim, (t + 1) * textDim);
-      const ms = row.reduce((a, v) => a + v * v, 0) / textDim;
-      if (t < 4) expect(ms).toBeCloseTo(1, 4);
-      else expect(ms).toBe(0);
-    }
-    // Sharded and single-file directories condition identically.
-    expect(resolveModel(sharded).promptEmbeddings('a paper boat').cond).toEqual(e.cond);
-    expect(resolveModel('tiny').textEncoder).toMatch(/^stand-in text encoder \(seeded models only/);
+    const want = await encodeText({ config: SEEDED_UMT5.tiny, weights, ids: e.condIds!, textLen, backend });
+    expect(Buffer.from(e.cond.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+    const wantUncond = await encodeText({ config: SEEDED_UMT5.tiny, weights, ids: [UMT5_SPECIAL.eos], textLen, backend });
+    expect(Buffer.from(e.uncond.buffer).equals(Buffer.from(wantUncond.buffer))).toBe(true);
+    // Rows past the 4 tokens are zero.
+    expect(e.cond.subarray(4 * textDim).every((v) => v === 0)).toBe(true);
+    expect(e.cond.subarray(0, 4 * textDim).some((v) => v !== 0)).toBe(true);
+    // Sharded and single-file directories condition identically and fingerprint identically.
+    const sh = resolveModel(sharded).textEncoder;
+    expect(Buffer.from((await sh.encode('a paper boat', '', backend)).cond.buffer).equals(Buffer.from(e.cond.buffer))).toBe(true);
+    expect(await s.textEncoder.fingerprint()).toMatch(/^[0-9a-f]{64}$/);
+    expect(resolveModel('tiny').textEncoder.description).toMatch(/^stand-in text encoder \(seeded models only/);
+  });
+
+  it('fingerprints the text encoder by content: another seed or tokenizer gives another fingerprint', async () => {
+    const base = await resolveModel(single).textEncoder.fingerprint();
+    expect(await resolveModel(single).textEncoder.fingerprint()).toBe(base);
+    const otherSeed = path.join(root, 'seed1');
+    writeSeededPipeline(otherSeed, { config: tiny, seed: 1, shards: 1, dtype: 'F32' });
+    expect(await resolveModel(otherSeed).textEncoder.fingerprint()).not.toBe(base);
+    const otherTokenizer = variant(single, (d) => editJson(d, 'tokenizer/tokenizer.json', (j) => ((j.model as { vocab: [string, number][] }).vocab[5][1] -= 1)));
+    expect(await resolveModel(otherTokenizer).textEncoder.fingerprint()).not.toBe(base);
   });
 });

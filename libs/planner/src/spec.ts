@@ -7,6 +7,8 @@ import { SAMPLER_KINDS, type SamplerKind } from '@longshot/sampler';
  */
 export interface JobRequest {
   prompt?: string;
+  /** What the video should not show: the uncond side of classifier-free guidance ("" when absent). */
+  negativePrompt?: string;
   /** Path of a safetensors file with `cond` (and optionally `uncond`) text embeddings. */
   textEmbeddings?: string;
   seconds?: number;
@@ -32,6 +34,7 @@ export interface JobRequest {
 
 export interface JobSpec {
   readonly prompt: string;
+  readonly negativePrompt: string;
   readonly textEmbeddings: string | null;
   readonly frames: number;
   readonly fps: number;
@@ -123,6 +126,9 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
   const prompt = req.prompt ?? '';
   if (prompt.trim() === '' && !req.textEmbeddings) throw new SpecError('prompt', 'is required (or give text embeddings)');
   if (prompt.length > 10_000) throw new SpecError('prompt', `is ${prompt.length} characters; at most 10000`);
+  const negativePrompt = req.negativePrompt ?? '';
+  if (typeof negativePrompt !== 'string') throw new SpecError('negativePrompt', `must be a string, got ${show(negativePrompt)}`);
+  if (negativePrompt.length > 10_000) throw new SpecError('negativePrompt', `is ${negativePrompt.length} characters; at most 10000`);
 
   const fps = int('fps', req.fps ?? SPEC_DEFAULTS.fps, 1, 120);
   const width = int('width', req.width ?? SPEC_DEFAULTS.width, 16, 8192);
@@ -159,7 +165,7 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
     if (frames > limits.maxFrames) throw new SpecError('seconds', `${seconds} s at ${fps} fps is ${frames} frames, over the limit of ${limits.maxFrames}`);
   }
 
-  return { prompt, textEmbeddings: req.textEmbeddings ?? null, frames, fps, width, height, steps, guidance, shift, sampler: sampler as SamplerKind, block, context, stages, seed, model };
+  return { prompt, negativePrompt, textEmbeddings: req.textEmbeddings ?? null, frames, fps, width, height, steps, guidance, shift, sampler: sampler as SamplerKind, block, context, stages, seed, model };
 }
 
 export function planJob(spec: JobSpec): JobPlan {
