@@ -41,7 +41,8 @@ import {
   type VaeSummary,
   type WeightComponent,
 } from './pipeline-config';
-import { SafetensorsFile, writeSafetensors, writeSafetensorsLayout, formatShape, type SafetensorsDtype, type TensorInfo, type TensorInput } from './safetensors';
+import { formatShape } from '@longshot/dtype';
+import { SafetensorsFile, writeSafetensors, writeSafetensorsLayout, type SafetensorsDtype, type TensorInfo, type TensorInput } from './safetensors';
 import { PromptTokenizer, seededTokenizerConfigJson, seededTokenizerJson } from './tokenizer';
 import { SEEDED_UMT5, UMT5_XXL, umt5TensorSpecs, type Umt5Config } from './umt5-config';
 import { seededTensor } from './weights';

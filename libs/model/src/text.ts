@@ -15,7 +15,8 @@
  */
 import { Rng } from '@longshot/random';
 import { ModelConfig } from './config';
-import { SafetensorsFile, formatShape } from './safetensors';
+import { formatShape } from '@longshot/dtype';
+import { SafetensorsFile } from './safetensors';
 
 /** How render output and `model inspect` name this encoder. */
 export const STAND_IN_TEXT_ENCODER = 'stand-in text encoder (seeded models only; hashed words, not umT5)';

@@ -6,7 +6,8 @@
 import * as path from 'path';
 import { Rng } from '@longshot/random';
 import { MODEL_CONFIGS, ModelConfig, StageRange, TensorSpec, validateConfig, weightSpecs } from './config';
-import { SafetensorsDtype, SafetensorsFile, TensorInput, formatShape, writeSafetensors } from './safetensors';
+import { formatShape } from '@longshot/dtype';
+import { SafetensorsDtype, SafetensorsFile, TensorInput, writeSafetensors } from './safetensors';
 import { StageWeights } from './weights-types';
 
 /** Metadata key holding the JSON ModelConfig of a checkpoint written by Longshot. */

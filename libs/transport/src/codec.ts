@@ -1,11 +1,9 @@
 /**
  * Tensor payload codec: float32 values <-> the little-endian bytes that travel in TensorChunk
- * frames. bf16 rounding is the model library's (round to nearest even, NaN kept quiet), so a
- * tensor bf16-encoded on the wire matches one stored bf16 in a checkpoint bit for bit.
+ * frames. bf16 rounding is @longshot/dtype's, which the checkpoint reader uses too, so a tensor
+ * bf16-encoded on the wire matches one stored bf16 in a checkpoint bit for bit.
  */
-// The safetensors module directly, not the package index: the index also loads the compute
-// engine's native addon, which a process that only moves tensors must not need.
-import { bf16ToF32, f32ToBf16 } from '@longshot/model/src/safetensors';
+import { bf16ToF32, f32ToBf16 } from '@longshot/dtype';
 import { WireDtype } from './gen/longshot/v1/worker';
 
 export type PayloadDtype = 'f32' | 'bf16';

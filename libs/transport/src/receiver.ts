@@ -16,7 +16,7 @@ import {
 } from './gen/longshot/v1/worker';
 import { dtypeBytes, fromWireDtype } from './codec';
 import type { StreamRejection } from './errors';
-import { formatShape } from '@longshot/model/src/safetensors';
+import { formatShape } from '@longshot/dtype';
 import { raiseReceiveWindow } from './window';
 import { PAYLOAD_ALIGNMENT } from './frames';
 

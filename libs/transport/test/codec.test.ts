@@ -1,4 +1,4 @@
-import { bf16ToF32, f32ToBf16 } from '@longshot/model/src/safetensors';
+import { bf16ToF32, f32ToBf16 } from '@longshot/dtype';
 import { describe, expect, it } from 'vitest';
 import {
   ActivationFrame,

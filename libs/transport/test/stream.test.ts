@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import { bf16ToF32, f32ToBf16 } from '@longshot/model/src/safetensors';
+import { bf16ToF32, f32ToBf16 } from '@longshot/dtype';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   PayloadKind,
