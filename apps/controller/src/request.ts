@@ -13,59 +13,61 @@ export interface SubmitRequest {
 /** BullMQ's largest priority. */
 export const MAX_PRIORITY = 2_097_152;
 
-type Kind = 'string' | 'number' | 'integer';
-const FIELDS: Readonly<Record<string, Kind>> = {
-  prompt: 'string',
-  negativePrompt: 'string',
-  textEmbeddings: 'string',
-  seconds: 'number',
-  frames: 'integer',
-  width: 'integer',
-  height: 'integer',
-  size: 'string',
-  fps: 'integer',
-  steps: 'integer',
-  guidance: 'number',
-  shift: 'number',
-  sampler: 'string',
-  seed: 'integer',
-  model: 'string',
-  stages: 'integer',
-  block: 'integer',
-  context: 'integer',
-  priority: 'integer',
-};
+/**
+ * One field of the POST /v1/videos body: its JSON type and the constraints checked at the
+ * boundary, with the words the OpenAPI document shows. This table is the one definition: the
+ * schema below is it, and parseSubmit checks exactly what it declares.
+ */
+interface FieldSpec {
+  readonly type: 'string' | 'number' | 'integer';
+  readonly description?: string;
+  readonly example?: string | number;
+  readonly enum?: readonly string[];
+  readonly pattern?: string;
+  readonly minimum?: number;
+  readonly maximum?: number;
+}
 
-/** JSON schema of the body, for the OpenAPI document (the checks below are the authority). */
-export const SUBMIT_SCHEMA = {
-  type: 'object',
-  additionalProperties: false,
-  properties: {
-    prompt: { type: 'string', description: 'What to render (or textEmbeddings).', example: 'a paper boat drifting down a rain-soaked street at dusk' },
-    negativePrompt: {
-      type: 'string',
-      description: 'What the video should not show: the unconditional side of classifier-free guidance. Default "" (encoded like any prompt, as diffusers\' WanPipeline does).',
-      example: 'blurry, low quality, static',
-    },
-    textEmbeddings: { type: 'string', description: "Path, readable by the controller, of a safetensors file with 'cond' (and optional 'uncond') embeddings." },
-    seconds: { type: 'number', description: 'Duration; rounded up to whole blocks. Give seconds or frames.' },
-    frames: { type: 'integer', description: 'Exact frame count, 4n+1 and whole blocks.' },
-    width: { type: 'integer', description: 'Multiple of 16.' },
-    height: { type: 'integer', description: 'Multiple of 16.' },
-    size: { type: 'string', pattern: '^\\d+x\\d+$', description: 'WxH, instead of width and height.' },
-    fps: { type: 'integer' },
-    steps: { type: 'integer' },
-    guidance: { type: 'number' },
-    shift: { type: 'number', description: "Schedule shift; omit for the model scheduler's flow_shift (Wan: 3.0, use 5.0 at 720p)." },
-    sampler: { type: 'string', enum: ['unipc', 'euler'], description: 'Solver: unipc (default, what Wan ships) or euler.' },
-    seed: { type: 'integer' },
-    model: { type: 'string', description: 'Model config name (tiny, small, ...) or a safetensors path.' },
-    stages: { type: 'integer', description: 'Pipeline stages K; omit to let the planner choose.' },
-    block: { type: 'integer', description: 'Latent frames per block (B).' },
-    context: { type: 'integer', description: 'Context frames shared with each neighbour block (C).' },
-    priority: { type: 'integer', minimum: 1, maximum: MAX_PRIORITY, description: 'Lower runs sooner (BullMQ semantics); default 1000.' },
+const SUBMIT_FIELDS = {
+  prompt: { type: 'string', description: 'What to render (or textEmbeddings).', example: 'a paper boat drifting down a rain-soaked street at dusk' },
+  negativePrompt: {
+    type: 'string',
+    description: 'What the video should not show: the unconditional side of classifier-free guidance. Default "" (encoded like any prompt, as diffusers\' WanPipeline does).',
+    example: 'blurry, low quality, static',
   },
-} as const;
+  textEmbeddings: { type: 'string', description: "Path, readable by the controller, of a safetensors file with 'cond' (and optional 'uncond') embeddings." },
+  seconds: { type: 'number', description: 'Duration; rounded up to whole blocks. Give seconds or frames.' },
+  frames: { type: 'integer', description: 'Exact frame count, 4n+1 and whole blocks.' },
+  width: { type: 'integer', description: 'Multiple of 16.' },
+  height: { type: 'integer', description: 'Multiple of 16.' },
+  size: { type: 'string', pattern: '^\\d{1,5}x\\d{1,5}$', description: 'WxH, instead of width and height.' },
+  fps: { type: 'integer' },
+  steps: { type: 'integer' },
+  guidance: { type: 'number' },
+  shift: { type: 'number', description: "Schedule shift; omit for the model scheduler's flow_shift (Wan: 3.0, use 5.0 at 720p)." },
+  sampler: { type: 'string', enum: ['unipc', 'euler'], description: 'Solver: unipc (default, what Wan ships) or euler.' },
+  seed: { type: 'integer' },
+  model: { type: 'string', description: 'Model config name (tiny, small, ...) or a safetensors path.' },
+  stages: { type: 'integer', description: 'Pipeline stages K; omit to let the planner choose.' },
+  block: { type: 'integer', description: 'Latent frames per block (B).' },
+  context: { type: 'integer', description: 'Context frames shared with each neighbour block (C).' },
+  priority: { type: 'integer', minimum: 1, maximum: MAX_PRIORITY, description: 'Lower runs sooner (BullMQ semantics); default 1000.' },
+} as const satisfies Readonly<Record<string, FieldSpec>>;
+
+/** JSON schema of the body, for the OpenAPI document: the field table itself. */
+export const SUBMIT_SCHEMA = { type: 'object', additionalProperties: false, properties: SUBMIT_FIELDS } as const;
+
+/** Throws a SpecError naming the field unless the value satisfies the field's spec. */
+function checkField(name: string, spec: FieldSpec, v: unknown): void {
+  if (v === null || v === undefined) throw new SpecError(name, 'must not be null');
+  const ok = spec.type === 'string' ? typeof v === 'string' : spec.type === 'number' ? typeof v === 'number' && Number.isFinite(v) : typeof v === 'number' && Number.isInteger(v);
+  if (!ok) throw new SpecError(name, `must be ${spec.type === 'integer' ? 'an integer' : `a ${spec.type}`}, got ${JSON.stringify(v)}`);
+  if (spec.enum && !spec.enum.includes(v as string)) throw new SpecError(name, `must be one of ${spec.enum.join(', ')}, got ${JSON.stringify(v)}`);
+  if (spec.pattern && !new RegExp(spec.pattern).test(v as string)) throw new SpecError(name, `must match ${spec.pattern}, got ${JSON.stringify(v)}`);
+  if ((spec.minimum !== undefined && (v as number) < spec.minimum) || (spec.maximum !== undefined && (v as number) > spec.maximum)) {
+    throw new SpecError(name, `must be in ${spec.minimum ?? '-inf'}..${spec.maximum ?? 'inf'}, got ${v as number}`);
+  }
+}
 
 export const DEFAULT_PRIORITY = 1000;
 
@@ -77,20 +79,16 @@ export function parseSubmit(body: unknown): SubmitRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new SpecError('body', 'must be a JSON object');
   const b = body as Record<string, unknown>;
   for (const [k, v] of Object.entries(b)) {
-    const kind = FIELDS[k];
-    if (!kind) throw new SpecError(k, `is not a known field (known: ${Object.keys(FIELDS).join(', ')})`);
-    if (v === null || v === undefined) throw new SpecError(k, 'must not be null');
-    const ok = kind === 'string' ? typeof v === 'string' : kind === 'number' ? typeof v === 'number' && Number.isFinite(v) : typeof v === 'number' && Number.isInteger(v);
-    if (!ok) throw new SpecError(k, `must be ${kind === 'integer' ? 'an integer' : `a ${kind}`}, got ${JSON.stringify(v)}`);
+    const spec: FieldSpec | undefined = (SUBMIT_FIELDS as Readonly<Record<string, FieldSpec>>)[k];
+    if (!spec) throw new SpecError(k, `is not a known field (known: ${Object.keys(SUBMIT_FIELDS).join(', ')})`);
+    checkField(k, spec, v);
   }
   let width = b.width as number | undefined;
   let height = b.height as number | undefined;
   if (b.size !== undefined) {
     if (width !== undefined || height !== undefined) throw new SpecError('size', 'give size or width and height, not both');
-    const m = /^(\d{1,5})x(\d{1,5})$/.exec(b.size as string);
-    if (!m) throw new SpecError('size', `must be WxH, e.g. 256x256, got ${JSON.stringify(b.size)}`);
-    width = Number(m[1]);
-    height = Number(m[2]);
+    // The field's pattern was checked above.
+    [width, height] = (b.size as string).split('x').map(Number);
   }
   if (b.textEmbeddings !== undefined) {
     const p = b.textEmbeddings as string;
@@ -102,7 +100,6 @@ export function parseSubmit(body: unknown): SubmitRequest {
     }
   }
   const priority = (b.priority as number | undefined) ?? DEFAULT_PRIORITY;
-  if (priority < 1 || priority > MAX_PRIORITY) throw new SpecError('priority', `must be in 1..${MAX_PRIORITY}, got ${priority}`);
   const job: JobRequest = {
     prompt: b.prompt as string | undefined,
     negativePrompt: b.negativePrompt as string | undefined,
