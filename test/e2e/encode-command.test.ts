@@ -1,26 +1,16 @@
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cpuBackend } from '@longshot/engine';
 import { encodePrompt, encodeText, getConfig, loadTextEmbeddings, openPipelineDir, SEEDED_UMT5, seededUmt5Weights, UMT5_SPECIAL, writeSeededPipeline } from '@longshot/model';
+import { longshot as runCli } from './cli';
 
-const run = promisify(execFile);
-const bin = path.resolve(__dirname, '../../apps/cli/bin/longshot.js');
 const tiny = getConfig('tiny');
 let dir: string;
 let pipe: string;
 
-async function longshot(args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    return { ...(await run(process.execPath, [bin, ...args], { cwd: dir, maxBuffer: 16 << 20 })), code: 0 };
-  } catch (e) {
-    const err = e as { stdout: string; stderr: string; code: number };
-    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
-  }
-}
+const longshot = (args: string[]) => runCli(args, dir);
 
 /** The tensors of a safetensors file, read independently of the library: header JSON, then raw bytes. */
 function readTensors(file: string): Map<string, { dtype: string; shape: number[]; values: Float32Array | Int32Array }> {

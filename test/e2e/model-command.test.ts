@@ -1,22 +1,12 @@
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { longshot as runCli } from './cli';
 
-const run = promisify(execFile);
-const bin = path.resolve(__dirname, '../../apps/cli/bin/longshot.js');
 let dir: string;
 
-async function longshot(args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    return { ...(await run(process.execPath, [bin, ...args], { cwd: dir, maxBuffer: 16 << 20 })), code: 0 };
-  } catch (e) {
-    const err = e as { stdout: string; stderr: string; code: number };
-    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
-  }
-}
+const longshot = (args: string[]) => runCli(args, dir);
 
 beforeAll(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-model-cmd-'));

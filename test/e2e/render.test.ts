@@ -1,29 +1,18 @@
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { probeFrameCount } from '@longshot/media';
 import { SafetensorsFile, writeSafetensors } from '@longshot/model';
 import { seededInitialNoise } from '@longshot/pipeline';
 import { normalizeSpec, planJob } from '@longshot/planner';
+import { longshot as runCli } from './cli';
 
-const run = promisify(execFile);
 const root = path.resolve(__dirname, '../..');
-const bin = path.join(root, 'apps/cli/bin/longshot.js');
 let dir: string;
 
-async function longshot(args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const r = await run(process.execPath, [bin, ...args], { cwd: dir, maxBuffer: 16 << 20 });
-    return { ...r, code: 0 };
-  } catch (e) {
-    const err = e as { stdout: string; stderr: string; code: number };
-    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
-  }
-}
+const longshot = (args: string[]) => runCli(args, dir);
 
 async function render(args: string[]): Promise<Record<string, unknown>> {
   const r = await longshot(['render', '--json', ...args]);
