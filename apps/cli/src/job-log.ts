@@ -1,52 +1,49 @@
-import type { VideoStatus } from './client';
-
-type Seen = { status: VideoStatus['status']; quarter: number; attempts: number };
+import type { ServerEvent, VideoStatus } from './client';
 
 /**
- * Each job's life as `longshot up` logs it, one line per change: queued, running (workers,
- * attempt), every quarter of its block-steps, retried, and how it ended. `observe` takes the
- * controller's job list (GET /v1/videos) and returns the lines for what changed since the last call.
+ * Each job's life as `longshot up` logs it: one line per event of the job's event stream (queued,
+ * started with its workers, every quarter of its block-steps, retrying, and how it ended).
  */
 export class JobLog {
-  private readonly seen = new Map<string, Seen>();
-  private first = true;
+  private readonly quarters = new Map<string, number>();
 
-  observe(jobs: readonly VideoStatus[]): string[] {
-    const lines: string[] = [];
-    // Oldest first, so a job's lines keep their order among jobs.
-    for (const j of [...jobs].reverse()) {
-      const before = this.seen.get(j.id);
-      const p = j.progress;
-      const quarter = p.blockSteps > 0 ? Math.floor((4 * p.blockStepsDone) / p.blockSteps) : 0;
-      this.seen.set(j.id, { status: j.status, quarter, attempts: j.attempts });
-      if (!before && this.first && terminal(j.status)) continue; // finished before `up` looked
-      if (!before || before.status !== j.status || (j.status === 'running' && before.attempts !== j.attempts)) {
-        lines.push(describe(j));
-      } else if (j.status === 'running' && quarter > before.quarter && quarter < 4) {
-        lines.push(`job ${j.id} denoising: ${25 * quarter}% (${p.blockStepsDone}/${p.blockSteps} block-steps${p.etaSeconds !== null ? `, eta ${Math.round(p.etaSeconds)} s` : ''})`);
+  /** The line for one of `job`'s events, or null for an event not logged (blocks, progress within a quarter). */
+  line(job: Pick<VideoStatus, 'id' | 'spec'>, e: ServerEvent): string | null {
+    const d = (e.data ?? {}) as Record<string, unknown>;
+    const error = (d.error as { message?: string } | string | undefined) ?? undefined;
+    const message = typeof error === 'string' ? error : (error?.message ?? 'unknown error');
+    switch (e.event) {
+      case 'queued':
+        return `job ${job.id} queued: ${job.spec.frames} frames ${String(job.spec.width)}x${String(job.spec.height)}, ${job.spec.steps} steps, model ${String(job.spec.model)}`;
+      case 'started': {
+        this.quarters.set(job.id, 0);
+        const workers = (d.workers as string[] | undefined) ?? [];
+        return `job ${job.id} running: ${String(d.stages ?? workers.length)} stage(s) on ${workers.join(', ') || '?'} (attempt ${String(d.attempt ?? 1)})`;
       }
+      case 'progress': {
+        const done = Number(d.blockStepsDone);
+        const total = Number(d.blockSteps);
+        if (!(total > 0)) return null;
+        const quarter = Math.floor((4 * done) / total);
+        if (quarter <= (this.quarters.get(job.id) ?? 0) || quarter >= 4) return null;
+        this.quarters.set(job.id, quarter);
+        return `job ${job.id} denoising: ${25 * quarter}% (${done}/${total} block-steps${typeof d.etaSeconds === 'number' ? `, eta ${Math.round(d.etaSeconds)} s` : ''})`;
+      }
+      case 'retrying':
+        return `job ${job.id} retrying: ${message}`;
+      case 'succeeded': {
+        this.quarters.delete(job.id);
+        const r = d.result as { seconds?: number; frames?: number; latentSha256?: string } | undefined;
+        return `job ${job.id} succeeded${r?.seconds !== undefined ? ` in ${r.seconds.toFixed(1)} s` : ''}${r?.frames !== undefined ? `: ${r.frames} frames` : ''}${r?.latentSha256 ? `, latentSha256 ${r.latentSha256.slice(0, 16)}…` : ''}`;
+      }
+      case 'failed':
+        this.quarters.delete(job.id);
+        return `job ${job.id} failed: ${message}`;
+      case 'canceled':
+        this.quarters.delete(job.id);
+        return `job ${job.id} canceled`;
+      default:
+        return null;
     }
-    this.first = false;
-    return lines;
-  }
-}
-
-function terminal(status: VideoStatus['status']): boolean {
-  return status === 'succeeded' || status === 'failed' || status === 'canceled';
-}
-
-function describe(j: VideoStatus): string {
-  const spec = j.spec;
-  switch (j.status) {
-    case 'queued':
-      return `job ${j.id} queued: ${spec.frames} frames, ${spec.steps} steps, model ${String(spec.model)}${j.attempts > 0 ? ` (retrying after attempt ${j.attempts}${j.error ? `: ${j.error.message}` : ''})` : ''}`;
-    case 'running':
-      return `job ${j.id} running: ${j.stages ?? '?'} stage(s) on ${j.workers.join(', ') || '?'} (attempt ${Math.max(1, j.attempts)})`;
-    case 'succeeded':
-      return `job ${j.id} succeeded${j.result ? ` in ${j.result.seconds.toFixed(1)} s: ${j.result.frames} frames ${j.result.width}x${j.result.height}, latentSha256 ${j.result.latentSha256.slice(0, 16)}…` : ''}`;
-    case 'failed':
-      return `job ${j.id} failed: ${j.error?.message ?? 'unknown error'}`;
-    case 'canceled':
-      return `job ${j.id} canceled`;
   }
 }

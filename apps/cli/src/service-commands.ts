@@ -101,18 +101,34 @@ export async function upCommand(argv: string[]): Promise<void> {
   });
 }
 
-/** Prints each job's life (JobLog) until `signal` aborts. */
+/**
+ * Prints each job's life until `signal` aborts: finds new jobs in the controller's list and
+ * follows each one's event stream (which replays from its start, so no step is missed).
+ */
 async function logJobs(client: ControllerClient, signal: AbortSignal): Promise<void> {
   const log = new JobLog();
+  const known = new Set<string>();
+  const following: Promise<unknown>[] = [];
+  const print = (line: string | null) => line && process.stdout.write(`${new Date().toISOString()} ${line}\n`);
   const stop = aborted(signal);
-  while (!signal.aborted) {
+  for (let first = true; !signal.aborted; first = false) {
     try {
-      for (const line of log.observe((await client.list(100)).items)) process.stdout.write(`${new Date().toISOString()} ${line}\n`);
+      for (const job of (await client.list(100)).items) {
+        if (known.has(job.id)) continue;
+        known.add(job.id);
+        if (first && ['succeeded', 'failed', 'canceled'].includes(job.status)) continue; // ended before `up` looked
+        following.push(
+          client.follow(job.id, (e) => print(log.line(job, e)), signal).catch((e: unknown) => {
+            if (!signal.aborted) process.stderr.write(`longshot up: following job ${job.id} failed: ${(e as Error).message}\n`);
+          }),
+        );
+      }
     } catch (e) {
       if (!signal.aborted) process.stderr.write(`longshot up: reading the job list failed: ${(e as Error).message}\n`);
     }
     await Promise.race([stop, new Promise((r) => setTimeout(r, JOB_LOG_INTERVAL_MS))]);
   }
+  await Promise.all(following);
 }
 
 export async function submitCommand(argv: string[]): Promise<void> {
