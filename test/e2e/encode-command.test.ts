@@ -93,7 +93,7 @@ describe('longshot encode', () => {
       [['--model', 'pipe', '--prompt', 'x'], /^longshot: --out: required/],
       [['--prompt', 'x', '--out', 'x.safetensors'], /^longshot: --model: required/],
       [['--model', 'no-such-model', '--prompt', 'x', '--out', 'x.safetensors'], /^longshot: --model: /],
-      [['--model', 'pipe', '--prompt', 'x', '--out', 'missing/x.safetensors'], /^longshot: --out: missing\/x\.safetensors: its directory does not exist\n$/],
+      [['--model', 'pipe', '--prompt', 'x', '--out', 'pipe/model_index.json/x.safetensors'], /^longshot: --out: cannot write .*model_index\.json \(a parent is not a directory\)\n$/],
       [['--model', 'pipe', '--prompt', 'x', '--out', 'x.safetensors', '--bogus'], /--bogus/],
     ];
     for (const [args, re] of cases) {

@@ -4,6 +4,8 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { JobRequest } from '@longshot/planner';
 import type { SamplerKind } from '@longshot/sampler';
+import { UsageError } from './args';
+import { unreachable } from './errors';
 import type { Progress } from './progress';
 
 /** A job as the controller reports it (GET /v1/videos/:id). */
@@ -16,7 +18,7 @@ export interface VideoStatus {
   workers: string[];
   attempts: number;
   result: { frames: number; width: number; height: number; fps: number; latentSha256: string; sampler: SamplerKind; shift: number; contentUrl: string; seconds: number } | null;
-  error: string | null;
+  error: { message: string } | null;
 }
 
 export interface ServerEvent {
@@ -44,8 +46,9 @@ export class ControllerClient {
     try {
       u = new URL(url);
     } catch {
-      throw new Error(`--url: not a URL: '${url}'`);
+      throw new UsageError(`--url: not a URL: '${url}'`);
     }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new UsageError(`--url: expected an http:// or https:// URL, got '${url}'`);
     this.base = u.toString().replace(/\/$/, '');
   }
 
@@ -65,8 +68,8 @@ export class ControllerClient {
 
   /** Downloads the MP4 to `out` (written beside it, then renamed). */
   async fetchContent(id: string, out: string): Promise<string> {
-    const res = await fetch(`${this.base}/v1/videos/${encodeURIComponent(id)}/content`);
-    if (!res.ok || !res.body) throw new ControllerError(res.status, await res.text());
+    const res = await this.fetch(`/v1/videos/${encodeURIComponent(id)}/content`);
+    if (!res.ok || !res.body) throw new ControllerError(res.status, parseBody(await res.text()) as ControllerError['body']);
     fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
     const tmp = `${out}.part-${process.pid}`;
     await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), fs.createWriteStream(tmp));
@@ -84,8 +87,8 @@ export class ControllerClient {
       try {
         const headers: Record<string, string> = { accept: 'text/event-stream' };
         if (lastId) headers['last-event-id'] = lastId;
-        const res = await fetch(`${this.base}/v1/videos/${encodeURIComponent(id)}/events`, { headers, signal });
-        if (!res.ok || !res.body) throw new ControllerError(res.status, await res.text());
+        const res = await this.fetch(`/v1/videos/${encodeURIComponent(id)}/events`, { headers, signal });
+        if (!res.ok || !res.body) throw new ControllerError(res.status, parseBody(await res.text()) as ControllerError['body']);
         for await (const e of parseEventStream(res.body as unknown as AsyncIterable<Uint8Array>)) {
           if (e.id) lastId = e.id;
           onEvent(e);
@@ -98,17 +101,34 @@ export class ControllerClient {
     }
   }
 
-  private async json<T>(method: string, route: string, headers: Record<string, string> = {}, body?: string): Promise<T> {
-    const res = await fetch(`${this.base}${route}`, { method, headers, body });
-    const text = await res.text();
-    let parsed: unknown = text;
+  /** GET /v1/videos: the newest jobs first. */
+  list(limit = 20): Promise<{ items: VideoStatus[]; nextCursor: string | null }> {
+    return this.json('GET', `/v1/videos?limit=${limit}`);
+  }
+
+  /** Every request goes through here: a controller that is not there is a one-line user error. */
+  private async fetch(route: string, init?: RequestInit): Promise<Response> {
     try {
-      parsed = JSON.parse(text);
-    } catch {
-      // Not JSON: keep the text for the error.
+      return await fetch(`${this.base}${route}`, init);
+    } catch (e) {
+      throw unreachable(e, this.base) ?? e;
     }
+  }
+
+  private async json<T>(method: string, route: string, headers: Record<string, string> = {}, body?: string): Promise<T> {
+    const res = await this.fetch(route, { method, headers, body });
+    const parsed = parseBody(await res.text());
     if (!res.ok) throw new ControllerError(res.status, parsed as ControllerError['body']);
     return parsed as T;
+  }
+}
+
+/** A JSON body parsed, or the text itself when it is not JSON (kept for the error). */
+function parseBody(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
   }
 }
 
@@ -152,20 +172,41 @@ function dropUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-/** Follows a job's events with a progress bar; returns its final status. */
-export async function followWithProgress(client: ControllerClient, id: string, progress?: Progress): Promise<VideoStatus> {
-  let started = false;
-  await client.follow(id, (e) => {
-    const d = e.data as { blockStepsDone?: number; blockSteps?: number; stages?: number };
-    if (e.event === 'progress' && typeof d.blockStepsDone === 'number' && typeof d.blockSteps === 'number') {
-      if (!started) {
-        progress?.start(`rendering ${id}`, d.blockSteps);
-        started = true;
-      }
-      progress?.set(d.blockStepsDone);
-    }
-  });
-  progress?.stop();
+/**
+ * Follows a job's events on the progress line, one phase after another (queued, loading weights,
+ * denoising with a bar and ETA, decoding); returns its final status.
+ */
+export async function followWithProgress(client: ControllerClient, id: string, progress?: Progress, signal?: AbortSignal): Promise<VideoStatus> {
+  let denoising = false;
+  let decoding = false;
+  progress?.phase(`queued ${id}`);
+  try {
+    await client.follow(
+      id,
+      (e) => {
+        const d = (e.data ?? {}) as { blockStepsDone?: number; blockSteps?: number; workers?: string[]; error?: string };
+        if (e.event === 'started') {
+          denoising = decoding = false;
+          progress?.phase(`loading weights on ${d.workers?.length ?? '?'} worker(s)`);
+        } else if (e.event === 'retrying') {
+          denoising = decoding = false;
+          progress?.phase(`retrying ${id}`);
+        } else if (e.event === 'progress' && typeof d.blockStepsDone === 'number' && typeof d.blockSteps === 'number') {
+          if (!denoising) {
+            progress?.start(`denoising ${id}`, d.blockSteps, 'block-steps');
+            denoising = true;
+          }
+          if (!decoding) progress?.set(d.blockStepsDone);
+          if (d.blockStepsDone >= d.blockSteps && !decoding) {
+            progress?.phase('decoding the last blocks');
+            decoding = true;
+          }
+        }
+      },
+      signal,
+    );
+  } finally {
+    progress?.stop();
+  }
   return client.status(id);
 }
-

@@ -1,40 +1,35 @@
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { cpuBackend } from '@longshot/engine';
 import { resolveModel, writeSafetensors, type TensorInput } from '@longshot/model';
-import { parseFlags, UsageError } from './args';
+import { parseCommand, UsageError, type CommandSpec } from './args';
+import { checkWritable } from './errors';
 
-export const ENCODE_HELP = `longshot encode: a prompt's text conditioning exactly as the DiT receives it
-
-  --model DIR|NAME         pipeline directory (its tokenizer and umT5 encoder), or a seeded
-                           model name (tiny, small, ...: the stand-in encoder, no token ids)
-  --prompt TEXT            the prompt (required)
-  --negative-prompt TEXT   the negative prompt (default "", which diffusers' WanPipeline also
-                           encodes when none is given: the end token alone)
-  --out FILE               safetensors file to write (required)
-  --json                   print one JSON summary line
-
-Writes 'cond' and 'uncond', F32 [textLen, textDim]: the encoder's rows of the real tokens, then
-zero rows; and, for a pipeline directory, 'cond_ids' and 'uncond_ids', I32 [tokens], the
-tokenizer's ids with the end token. The file also works as render --text-embeddings. Runs on this
-machine's CPU engine.
-`;
+export const ENCODE = {
+  name: 'encode',
+  summary: "a prompt's text conditioning exactly as the DiT receives it",
+  usage: 'longshot encode --model DIR|NAME --prompt TEXT [--negative-prompt TEXT] --out FILE [--json]',
+  description:
+    "Writes 'cond' and 'uncond', F32 [textLen, textDim]: the encoder's rows of the real tokens, then\n" +
+    "zero rows; and, for a pipeline directory, 'cond_ids' and 'uncond_ids', I32 [tokens], the\n" +
+    "tokenizer's ids with the end token. The file also works as render --text-embeddings. Runs on\n" +
+    "this machine's CPU engine.",
+  flags: {
+    model: { value: 'DIR|NAME', help: 'pipeline directory (its tokenizer and umT5 encoder), or a seeded model name (tiny, small, ...: the stand-in encoder, no token ids) (required)' },
+    prompt: { value: 'TEXT', help: 'the prompt (required)' },
+    'negative-prompt': { value: 'TEXT', help: "the negative prompt; diffusers' WanPipeline also encodes \"\" (the end token alone) when none is given", default: '""' },
+    out: { value: 'FILE', help: 'safetensors file to write (required)' },
+    json: { help: 'print one JSON summary line' },
+  },
+  run: (argv: string[]) => encodeCommand(argv),
+} satisfies CommandSpec;
 
 export async function encodeCommand(argv: string[]): Promise<void> {
-  const f = parseFlags(argv, {
-    model: { type: 'string' },
-    prompt: { type: 'string' },
-    'negative-prompt': { type: 'string' },
-    out: { type: 'string' },
-    json: { type: 'boolean', default: false },
-    help: { type: 'boolean', default: false },
-  });
-  if (f.help) return void process.stdout.write(ENCODE_HELP);
+  const f = parseCommand(ENCODE, argv).values;
   if (f.model === undefined) throw new UsageError('--model: required (a pipeline directory or a model name)');
   if (f.prompt === undefined) throw new UsageError('--prompt: required');
   if (f.out === undefined) throw new UsageError('--out: required (the safetensors file to write)');
   const out = path.resolve(f.out);
-  if (!fs.existsSync(path.dirname(out)) || !fs.statSync(path.dirname(out)).isDirectory()) throw new UsageError(`--out: ${f.out}: its directory does not exist`);
+  checkWritable('out', out);
   const negativePrompt = f['negative-prompt'] ?? '';
   const model = (() => {
     try {

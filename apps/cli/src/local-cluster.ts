@@ -1,8 +1,8 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { startRedis, type RedisHandle } from '@longshot/cache';
+import { spawnTied, startRedis, type RedisHandle } from '@longshot/cache';
 
 export interface LocalWorker {
   readonly id: string;
@@ -35,6 +35,8 @@ export interface LocalClusterOptions {
   readonly name?: string;
   /** Workers sample retained memory at every finished block (node --expose-gc, --memory-probe). */
   readonly memoryProbe?: boolean;
+  /** Called once Redis answers and once each worker and controller is ready (a progress bar). */
+  readonly onStarted?: () => void;
 }
 
 const WORKER_BIN = path.resolve(__dirname, '../../worker/bin/longshot-worker.js');
@@ -64,10 +66,14 @@ export class LocalCluster {
 
   static async start(options: LocalClusterOptions): Promise<LocalCluster> {
     const redis = await startRedis();
+    options.onStarted?.();
     const cluster = new LocalCluster(redis, options);
     try {
-      await Promise.all(Array.from({ length: options.workers }, () => cluster.spawnWorker()));
-      for (let i = 0; i < (options.controllers ?? 0); i++) await cluster.spawnController(i === 0 ? (options.controllerPort ?? 0) : 0);
+      await Promise.all(Array.from({ length: options.workers }, () => cluster.spawnWorker().then(() => options.onStarted?.())));
+      for (let i = 0; i < (options.controllers ?? 0); i++) {
+        await cluster.spawnController(i === 0 ? (options.controllerPort ?? 0) : 0);
+        options.onStarted?.();
+      }
     } catch (e) {
       await cluster.stop();
       throw e;
@@ -119,7 +125,8 @@ export class LocalCluster {
     respawn: boolean,
     restart?: () => void,
   ): Promise<T> {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    // Tied to this process (spawnTied): no worker or controller outlives a SIGKILLed CLI.
+    const child = spawnTied(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-4000);

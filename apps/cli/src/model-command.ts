@@ -12,43 +12,48 @@ import {
   type SafetensorsDtype,
 } from '@longshot/model';
 import { partitionLayers } from '@longshot/planner';
-import { intFlag, parseFlags, UsageError } from './args';
+import { intFlag, parseCommand, UsageError, type CommandSpec } from './args';
+import { checkWritable } from './errors';
 
-export const MODEL_HELP = `longshot model: write and inspect models
+export const MODEL_WRITE = {
+  name: 'model write',
+  summary: 'write a seeded model: a diffusers Wan2.1 pipeline directory, or one transformer file',
+  usage: 'longshot model write --model NAME --out DIR|FILE.safetensors [--shards N] [--dtype D] [--seed N] [--layout-only]',
+  description:
+    'A pipeline directory holds model_index.json, transformer/, text_encoder/, tokenizer/, scheduler/\n' +
+    'and vae/config.json; with --out FILE.safetensors the transformer alone is written in one file.',
+  flags: {
+    model: { value: 'NAME', help: 'config: tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b (required)' },
+    out: { value: 'PATH', help: 'output directory (must be empty or absent), or a .safetensors file (required)' },
+    seed: { value: 'N', help: "weights seed (0: the weights 'longshot render --model NAME' uses)", default: '0' },
+    dtype: { value: 'D', help: 'F32, F16 or BF16', default: 'F32' },
+    shards: { value: 'N', help: 'weight files per component, with a *.safetensors.index.json', default: '1' },
+    'layout-only': { help: "headers and file sizes only (sparse all-zero files): a real model's layout without writing gigabytes" },
+  },
+  run: (argv: string[]) => writeCommand(argv),
+} satisfies CommandSpec;
 
-longshot model write --model NAME --out DIR|FILE.safetensors [--shards N] [--dtype D] [--seed N] [--layout-only]
-  writes a seeded model: a diffusers Wan2.1 pipeline directory (model_index.json, transformer/,
-  text_encoder/, tokenizer/, scheduler/, vae/config.json), or with --out FILE.safetensors the
-  transformer alone in one file
-  --model NAME     config (tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b)
-  --seed N         weights seed (0: the weights 'longshot render --model NAME' uses)
-  --dtype D        F32 | F16 | BF16 (F32)
-  --shards N       weight files per component, with a *.safetensors.index.json (1)
-  --layout-only    headers and file sizes only, no values (sparse all-zero files): to inspect or
-                   measure a real model's layout without writing gigabytes
-  --out PATH       output directory (must be empty or absent), or a .safetensors file
+export const MODEL_INSPECT = {
+  name: 'model inspect',
+  summary: "show a pipeline directory's components, configs, weights and what each of K stages holds",
+  usage: 'longshot model inspect DIR [--stages K]',
+  flags: {
+    stages: { value: 'K', help: 'stage count to show what each stage reads and holds', default: '1, 2, 4 and 8' },
+  },
+  positionals: ['DIR'],
+  run: (argv: string[]) => inspectCommand(argv),
+} satisfies CommandSpec;
 
-longshot model inspect DIR [--stages K]
-  prints a pipeline directory's components, configs, parameter counts, dtypes, weight files and
-  what each of K stages holds (K = 1, 2, 4, 8 when not given)
-`;
-
-export async function modelCommand(argv: string[]): Promise<void> {
-  const [sub, ...rest] = argv;
-  if (sub === 'write') return writeCommand(rest);
-  if (sub === 'inspect') return inspectCommand(rest);
-  throw new UsageError(`longshot model: unknown subcommand '${sub ?? ''}'\n${MODEL_HELP}`);
-}
+export const MODEL = {
+  name: 'model',
+  summary: 'write a seeded pipeline directory, or inspect one',
+  usage: 'longshot model write|inspect ...',
+  flags: {},
+  sub: [MODEL_WRITE, MODEL_INSPECT],
+} satisfies CommandSpec;
 
 function writeCommand(argv: string[]): void {
-  const f = parseFlags(argv, {
-    model: { type: 'string' },
-    seed: { type: 'string' },
-    dtype: { type: 'string' },
-    out: { type: 'string' },
-    shards: { type: 'string' },
-    'layout-only': { type: 'boolean', default: false },
-  });
+  const f = parseCommand(MODEL_WRITE, argv).values;
   if (!f.model) throw new UsageError('--model: required');
   if (!f.out) throw new UsageError('--out: required');
   const dtype = (f.dtype ?? 'F32').toUpperCase();
@@ -65,6 +70,7 @@ function writeCommand(argv: string[]): void {
   const out = path.resolve(f.out);
   if (out.endsWith('.safetensors')) {
     if (shards !== 1 || f['layout-only']) throw new UsageError('--shards/--layout-only: only for a pipeline directory (an --out that is not a .safetensors file)');
+    checkWritable('out', out);
     writeSeededModel(out, config, seed, dtype as SafetensorsDtype);
   } else {
     try {
@@ -81,9 +87,10 @@ const fmtBytes = (b: number) => (b >= GB ? `${(b / GB).toFixed(2)} GB` : `${(b /
 const fmtParams = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(3)} B` : `${(n / 1e6).toFixed(2)} M`);
 
 function inspectCommand(argv: string[]): void {
-  const [dir, ...rest] = argv;
-  if (!dir || dir.startsWith('--')) throw new UsageError('longshot model inspect: give the pipeline directory: longshot model inspect DIR [--stages K]');
-  const f = parseFlags(rest, { stages: { type: 'string' } });
+  const {
+    values: f,
+    positionals: [dir],
+  } = parseCommand(MODEL_INSPECT, argv);
   const p = (() => {
     try {
       return openPipelineDir(dir);

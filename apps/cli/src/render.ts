@@ -6,33 +6,12 @@ import { loadTextEmbeddings, resolveModel, SafetensorsFile, Stage, writeSafetens
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
-import { intFlag, numberFlag, parseFlags, sizeFlag, UsageError } from './args';
-import { ControllerClient, followWithProgress } from './client';
+import { intFlag, numberFlag, parseCommand, sizeFlag, UsageError, type CommandSpec, type Flags, type FlagValues } from './args';
+import { ControllerClient, followWithProgress, type VideoStatus } from './client';
+import { checkReadable, checkWritable } from './errors';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
-
-export const RENDER_HELP = `longshot render: render a video on this machine
-
-  --prompt TEXT            what to render (or --text-embeddings)
-  --negative-prompt TEXT   what the video should not show (guidance's uncond side; default "")
-  --text-embeddings FILE   safetensors with 'cond' [n, textDim] (and optional 'uncond') embeddings
-  --seconds S | --frames N duration (seconds rounds up to whole blocks; frames must be 4n+1)
-  --fps N                  frames per second (16)
-  --size WxH               video size, multiples of 16 (256x256)
-  --steps N                sampling steps (20)
-  --guidance G             classifier-free guidance scale (5)
-  --sampler unipc|euler    solver (unipc: the UniPC Wan ships; euler)
-  --shift K                schedule shift (the model scheduler's flow_shift: 3 for Wan, 5 for 720p)
-  --block B                latent frames per block (4)
-  --context C              context frames shared with each neighbour block (2)
-  --stages K               pipeline stages, each holding a contiguous layer range (1)
-  --seed N                 job seed (0)
-  --model NAME|FILE        config name (tiny, small, wan2.1-t2v-1.3b, ...) or safetensors file (tiny)
-  --out FILE               MP4 path (out/<id>.mp4)
-  --save-latents FILE      also write the final latents [16, F, H, W] ('latents', safetensors; --in-process)
-  --init-noise FILE        start from this [16, F, H, W] noise ('noise', safetensors) instead of the seeded draw (--in-process)
-  --json                   print one JSON object as the last line of stdout
-`;
+import { stoppable } from './signals';
 
 /** Spec fields and the flags that set them, so a spec error names what the user typed. */
 const FLAG_OF: Record<string, string> = { negativePrompt: 'negative-prompt', textEmbeddings: 'text-embeddings', width: 'size', height: 'size' };
@@ -70,26 +49,45 @@ export interface RenderResult {
 }
 
 /** The flags that set a job's spec, shared by `render` and `submit`. */
-export const jobRequestFlags = {
-  prompt: { type: 'string' },
-  'negative-prompt': { type: 'string' },
-  'text-embeddings': { type: 'string' },
-  seconds: { type: 'string' },
-  frames: { type: 'string' },
-  fps: { type: 'string' },
-  size: { type: 'string' },
-  steps: { type: 'string' },
-  guidance: { type: 'string' },
-  shift: { type: 'string' },
-  sampler: { type: 'string' },
-  block: { type: 'string' },
-  context: { type: 'string' },
-  stages: { type: 'string' },
-  seed: { type: 'string' },
-  model: { type: 'string' },
-} as const;
+export const JOB_FLAGS = {
+  prompt: { value: 'TEXT', help: 'what to render (required unless --text-embeddings)' },
+  'negative-prompt': { value: 'TEXT', help: 'what the video should not show (the unconditional side of guidance)', default: '""' },
+  'text-embeddings': { value: 'FILE', help: "safetensors with 'cond' [n, textDim] (and optional 'uncond') embeddings" },
+  seconds: { value: 'S', help: 'duration: ceil(S*fps/4)+1 latent frames, rounded up to whole blocks', default: '3' },
+  frames: { value: 'N', help: 'exact frame count instead of --seconds: 4*(k*block-1)+1 (13, 29, 45, 61, ... with block 4)' },
+  fps: { value: 'N', help: 'frames per second, 1..120', default: '16' },
+  size: { value: 'WxH', help: 'video size, multiples of 16', default: '256x256' },
+  steps: { value: 'N', help: 'sampling steps', default: '20' },
+  guidance: { value: 'G', help: 'classifier-free guidance scale', default: '5' },
+  sampler: { value: 'unipc|euler', help: 'solver: UniPC as Wan ships it, or flow-matching Euler', default: 'unipc' },
+  shift: { value: 'K', help: "schedule shift; overrides the model scheduler's flow_shift (Wan: 3, 5 for 720p)" },
+  block: { value: 'B', help: 'latent frames per block', default: '4' },
+  context: { value: 'C', help: 'context frames shared with each neighbour block, 0..B', default: '2' },
+  stages: { value: 'K', help: "pipeline stages (contiguous layer ranges, one worker each); default: the controller's choice from the cost model and free workers (1 with --in-process)" },
+  seed: { value: 'N', help: 'job seed', default: '0' },
+  model: { value: 'NAME|DIR|FILE', help: 'tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b, a diffusers pipeline directory or a transformer safetensors file', default: 'tiny' },
+} as const satisfies Flags;
 
-type JobFlags = { [K in keyof typeof jobRequestFlags]?: string };
+export const RENDER = {
+  name: 'render',
+  summary: 'render a video: on an embedded cluster, via --url, or --in-process',
+  usage: 'longshot render --prompt TEXT [--seconds S | --frames N] [flags]',
+  description:
+    'Without --url, starts Redis, one controller and the workers on loopback for this render, shows\n' +
+    'progress from the job\'s events, downloads the MP4 and stops everything (also on Ctrl-C/SIGTERM).',
+  flags: {
+    ...JOB_FLAGS,
+    out: { value: 'FILE', help: 'MP4 path', default: 'out/<id>.mp4' },
+    url: { value: 'URL', help: 'send the job to the controller at URL instead of starting an embedded cluster' },
+    'in-process': { help: 'run the K stages as objects in this process (the single-process reference)' },
+    'save-latents': { value: 'FILE', help: "also write the final latents [16, F, H, W] ('latents', safetensors; --in-process)" },
+    'init-noise': { value: 'FILE', help: "start from this [16, F, H, W] noise ('noise', safetensors) instead of the seeded draw (--in-process)" },
+    json: { help: 'print one JSON object as the last line of stdout' },
+  },
+  run: (argv: string[]) => renderCommand(argv),
+} satisfies CommandSpec;
+
+type JobFlags = FlagValues<typeof JOB_FLAGS>;
 
 export function requestFromFlags(f: JobFlags): JobRequest {
   const size = sizeFlag(f.size);
@@ -115,37 +113,32 @@ export function requestFromFlags(f: JobFlags): JobRequest {
 }
 
 export async function renderCommand(argv: string[]): Promise<void> {
-  const f = parseFlags(argv, {
-    ...jobRequestFlags,
-    out: { type: 'string' },
-    'save-latents': { type: 'string' },
-    'init-noise': { type: 'string' },
-    url: { type: 'string' },
-    'in-process': { type: 'boolean', default: false },
-    json: { type: 'boolean', default: false },
-    help: { type: 'boolean', default: false },
-  });
-  if (f.help) {
-    process.stdout.write(RENDER_HELP);
-    return;
-  }
+  const f = parseCommand(RENDER, argv).values;
   const request = requestFromFlags(f);
-  // Checked here too so a bad flag fails before any process starts; the controller checks again.
+  // Everything that needs no cluster is checked before one starts; the controller checks again.
   const spec = specOrUsage(request);
-  const model = flagged('model', () => resolveModel(spec.model));
-  if (spec.stages > model.config.layers) throw new UsageError(`--stages: ${spec.stages} stages for a model of ${model.config.layers} layers; at most one stage per layer`);
+  if (f['in-process'] && f.url) throw new UsageError('--in-process: renders on this machine, without --url');
+  if (!f['in-process']) for (const flag of ['save-latents', 'init-noise'] as const) if (f[flag] !== undefined) throw new UsageError(`--${flag}: needs --in-process (the tensors stay on this machine)`);
+  // With --url the model and the embeddings are the controller's to find, under its paths.
+  const model = f.url ? null : flagged('model', () => resolveModel(spec.model));
+  if (model && spec.stages > model.config.layers) throw new UsageError(`--stages: ${spec.stages} stages for a model of ${model.config.layers} layers; at most one stage per layer`);
+  if (!f.url && spec.textEmbeddings) checkReadable('text-embeddings', spec.textEmbeddings);
+  if (f['init-noise'] !== undefined) checkReadable('init-noise', path.resolve(f['init-noise']));
+  if (f['save-latents'] !== undefined) checkWritable('save-latents', path.resolve(f['save-latents']));
+  if (f.out !== undefined) checkWritable('out', path.resolve(f.out));
   const progress = new Progress(process.stderr);
-  let r: RenderResult;
-  if (f['in-process']) {
-    if (f.url) throw new UsageError('--in-process: renders on this machine, without --url');
-    const text = await flaggedAsync(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => textFor(spec, model));
-    const initNoise = f['init-noise'] === undefined ? undefined : flagged('init-noise', () => readInitNoise(f['init-noise']!, spec, model));
+  const r = await stoppable(async (signal) => {
+    if (!f['in-process']) return renderViaService(request, { url: f.url, out: f.out, progress, signal });
+    const text = await flaggedAsync(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => {
+      progress.phase('encoding the prompt');
+      return textFor(spec, model!);
+    });
+    const initNoise = f['init-noise'] === undefined ? undefined : flagged('init-noise', () => readInitNoise(f['init-noise']!, spec, model!));
     const id = jobId(spec);
-    r = await renderLocal({ spec, model, text, id, out: path.resolve(f.out ?? path.join('out', `${id}.mp4`)), progress, initNoise, saveLatents: f['save-latents'] });
-  } else {
-    for (const flag of ['save-latents', 'init-noise'] as const) if (f[flag] !== undefined) throw new UsageError(`--${flag}: needs --in-process (the tensors stay on this machine)`);
-    r = await renderViaService(request, { url: f.url, out: f.out, progress });
-  }
+    const out = path.resolve(f.out ?? path.join('out', `${id}.mp4`));
+    checkWritable('out', out);
+    return renderLocal({ spec, model: model!, text, id, out, progress, initNoise, saveLatents: f['save-latents'], signal });
+  });
   if (f.json) {
     process.stdout.write(`${JSON.stringify(r)}\n`);
   } else {
@@ -164,28 +157,39 @@ export interface RenderInput {
   initNoise?: Float32Array;
   /** Where to write the final latents [16, F, H, W] (safetensors, tensor 'latents'). */
   saveLatents?: string;
+  /** Stops the render between block-steps (SIGINT/SIGTERM). */
+  signal?: AbortSignal;
 }
 
 /** Renders a job with K stage objects chained in this process: the reference every mode matches. */
-export async function renderLocal({ spec, model, text, id, out, progress, initNoise, saveLatents }: RenderInput): Promise<RenderResult> {
+export async function renderLocal({ spec, model, text, id, out, progress, initNoise, saveLatents, signal }: RenderInput): Promise<RenderResult> {
   const started = performance.now();
   const plan = planJob(spec);
   const backend = cpuBackend();
   const ranges = partitionLayers(model.config.layers, spec.stages);
-  const stages = ranges.map((range) => new Stage({ config: model.config, range, weights: model.loadStage(range), backend, text, guidance: spec.guidance }));
+  progress?.start('loading weights', ranges.length, 'stages');
+  const stages = ranges.map((range) => {
+    const stage = new Stage({ config: model.config, range, weights: model.loadStage(range), backend, text, guidance: spec.guidance });
+    progress?.tick();
+    return stage;
+  });
   const queue = new BlockQueue(spec, plan, { channels: model.config.latentChannels, scheduler: model.scheduler, initNoise });
   const stitcher = new Stitcher(out, stitchGeometry(spec, plan, model));
   const finished: Float32Array[] = [];
-  progress?.start(`rendering ${id}`, plan.blockSteps);
+  progress?.start(`denoising ${id}`, plan.blockSteps, 'block-steps');
   let fingerprint;
   try {
     await runLocalPipeline(queue, stages, {
-      onBlockStep: () => progress?.tick(),
+      onBlockStep: () => {
+        signal?.throwIfAborted();
+        progress?.tick();
+      },
       onBlockFinished: async (block) => {
         if (saveLatents !== undefined) finished.push(block.latents);
         await stitcher.add(block.index, block.latents);
       },
     });
+    progress?.phase('decoding the last blocks');
     fingerprint = await stitcher.finish();
     if (saveLatents !== undefined) {
       const { latentChannels } = model.config;
@@ -302,16 +306,31 @@ async function flaggedAsync<T>(flag: string, fn: () => Promise<T>): Promise<T> {
  * controller, workers) started for this render. Submits over REST, shows progress from SSE,
  * downloads the MP4, and reports the same JSON as the other modes.
  */
-export async function renderViaService(request: JobRequest, opts: { url?: string; out?: string; progress?: Progress }): Promise<RenderResult> {
+export async function renderViaService(request: JobRequest, opts: { url?: string; out?: string; progress?: Progress; signal?: AbortSignal }): Promise<RenderResult> {
   const started = performance.now();
-  const cluster = opts.url ? null : await LocalCluster.start({ workers: request.stages ?? 2, controllers: 1, respawn: true, name: 'render' });
+  let cluster: LocalCluster | null = null;
   try {
+    if (!opts.url) {
+      const workers = request.stages ?? EMBEDDED_WORKERS;
+      opts.progress?.start('starting the cluster', workers + 2, 'processes');
+      cluster = await LocalCluster.start({ workers, controllers: 1, respawn: true, name: 'render', onStarted: () => opts.progress?.tick() });
+      opts.signal?.throwIfAborted();
+    }
     const url = opts.url ?? [...cluster!.controllers.values()][0].url;
     const client = new ControllerClient(url);
     const job = await client.submit(request);
-    const status = await followWithProgress(client, job.id, opts.progress);
-    if (status.status !== 'succeeded' || !status.result) throw new Error(`job ${job.id} ${status.status}${status.error ? `: ${status.error}` : ''}`);
-    const out = await client.fetchContent(job.id, path.resolve(opts.out ?? path.join('out', `${job.id}.mp4`)));
+    let status: VideoStatus;
+    try {
+      status = await followWithProgress(client, job.id, opts.progress, opts.signal);
+    } catch (e) {
+      // Stopped with a job on a controller that stays up: cancel it rather than leave it running.
+      if (opts.signal?.aborted && opts.url) await client.cancel(job.id).catch(() => undefined);
+      throw e;
+    }
+    if (status.status !== 'succeeded' || !status.result) throw new Error(`job ${job.id} ${status.status}${status.error ? `: ${status.error.message}` : ''}`);
+    const out = path.resolve(opts.out ?? path.join('out', `${job.id}.mp4`));
+    checkWritable('out', out);
+    await client.fetchContent(job.id, out);
     const r = status.result;
     const seconds = (performance.now() - started) / 1000;
     return {
@@ -341,6 +360,13 @@ export async function renderViaService(request: JobRequest, opts: { url?: string
       controller: url,
     };
   } finally {
-    await cluster?.stop();
+    if (cluster) {
+      opts.progress?.phase('stopping the cluster');
+      await cluster.stop();
+      opts.progress?.stop();
+    }
   }
 }
+
+/** Workers of the embedded cluster when --stages is not given: the controller chooses K among them. */
+const EMBEDDED_WORKERS = 2;

@@ -1,16 +1,21 @@
 import { resolveModel } from '@longshot/model';
 import { DEFAULT_LIMITS, SPEC_DEFAULTS } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, SAMPLER_KINDS, SchedulerConfigError, type SamplerKind, type SchedulerConfig } from '@longshot/sampler';
-import { intFlag, numberFlag, parseFlags, UsageError } from './args';
+import { intFlag, numberFlag, parseCommand, UsageError, type CommandSpec } from './args';
 
-export const SCHEDULE_HELP = `longshot schedule: the sigmas and model timesteps a job samples with
-
-  --model NAME|FILE        model whose scheduler config to use (tiny)
-  --steps N                sampling steps (20)
-  --sampler unipc|euler    solver (unipc)
-  --shift K                overrides the scheduler's flow_shift
-  --json                   print one JSON object
-`;
+export const SCHEDULE = {
+  name: 'schedule',
+  summary: "print a job's sigmas and model timesteps (as diffusers builds them)",
+  usage: 'longshot schedule [--model NAME|DIR|FILE] [--steps N] [--sampler unipc|euler] [--shift K] [--json]',
+  flags: {
+    model: { value: 'NAME|DIR|FILE', help: 'model whose scheduler config to use', default: 'tiny' },
+    steps: { value: 'N', help: 'sampling steps', default: '20' },
+    sampler: { value: 'unipc|euler', help: 'solver', default: 'unipc' },
+    shift: { value: 'K', help: "overrides the scheduler's flow_shift" },
+    json: { help: 'print one JSON object' },
+  },
+  run: (argv: string[]) => scheduleCommand(argv),
+} satisfies CommandSpec;
 
 export interface ScheduleReport {
   model: string;
@@ -31,7 +36,7 @@ export function scheduleReport(model: string, scheduler: SchedulerConfig, steps:
 }
 
 export async function scheduleCommand(argv: string[]): Promise<void> {
-  const f = parseFlags(argv, { model: { type: 'string' }, steps: { type: 'string' }, sampler: { type: 'string' }, shift: { type: 'string' }, json: { type: 'boolean', default: false } });
+  const f = parseCommand(SCHEDULE, argv).values;
   const steps = intFlag('steps', f.steps) ?? SPEC_DEFAULTS.steps;
   if (steps < 1 || steps > DEFAULT_LIMITS.maxSteps) throw new UsageError(`--steps: must be in 1..${DEFAULT_LIMITS.maxSteps}, got ${steps}`);
   if (f.sampler !== undefined && !SAMPLER_KINDS.includes(f.sampler as SamplerKind)) throw new UsageError(`--sampler: must be one of ${SAMPLER_KINDS.join(', ')}, got '${f.sampler}'`);

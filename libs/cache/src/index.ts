@@ -1,5 +1,6 @@
 export * from './keys';
 export * from './redis-server';
+export * from './tied-process';
 export * from './checkpoints';
 export * from './registry';
 export { JobKeyspace } from './job-keys';

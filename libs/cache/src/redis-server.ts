@@ -1,14 +1,17 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { spawnTied } from './tied-process';
 
 export interface RedisHandle {
   /** redis://host:port of the server to use. */
   readonly url: string;
   /** True when REDIS_URL named an existing server (which `stop` then leaves alone). */
   readonly external: boolean;
+  /** The spawned redis-server's PID (undefined for an external server). */
+  readonly pid?: number;
   stop(): Promise<void>;
 }
 
@@ -76,7 +79,8 @@ function freePort(): Promise<number> {
 async function spawnRedis(binary: string, port: number, readyTimeoutMs: number): Promise<RedisHandle> {
   const dir = mkdtempSync(join(tmpdir(), 'longshot-redis-'));
   const args = ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--logfile', ''];
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Tied to this process: a CLI or test runner that is SIGKILLed leaves no redis behind.
+  const child = spawnTied(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const keep = (chunk: Buffer): void => {
     output = (output + chunk.toString('utf8')).slice(-OUTPUT_TAIL);
@@ -141,6 +145,7 @@ async function spawnRedis(binary: string, port: number, readyTimeoutMs: number):
   return {
     url: `redis://${HOST}:${port}`,
     external: false,
+    pid: child.pid,
     stop() {
       stopping ??= stopChild(child, port, exit, () => state.exited !== null).finally(cleanup);
       return stopping;

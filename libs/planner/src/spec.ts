@@ -152,11 +152,10 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
   if (req.frames !== undefined) {
     if (req.seconds !== undefined) throw new SpecError('frames', 'give frames or seconds, not both');
     frames = int('frames', req.frames, 1, limits.maxFrames);
-    if ((frames - 1) % 4 !== 0) throw new SpecError('frames', `must be 4n+1 (the VAE's 4x temporal compression), got ${frames}; try ${4 * Math.round((frames - 1) / 4) + 1}`);
+    if ((frames - 1) % 4 !== 0) throw new SpecError('frames', `must be 4n+1 (the VAE's 4x temporal compression), got ${frames}; try ${nearestFrames(frames, block, limits.maxFrames)}`);
     const lf = latentFramesOf(frames);
     if (lf % block !== 0) {
-      const up = framesOf(Math.ceil(lf / block) * block);
-      throw new SpecError('frames', `${frames} frames are ${lf} latent frames, not a whole number of blocks of ${block}; try ${up}`);
+      throw new SpecError('frames', `${frames} frames are ${lf} latent frames, not a whole number of blocks of ${block}; try ${nearestFrames(frames, block, limits.maxFrames)}`);
     }
   } else {
     const seconds = num('seconds', req.seconds ?? SPEC_DEFAULTS.seconds, 0.01, 3600);
@@ -166,6 +165,17 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
   }
 
   return { prompt, negativePrompt, textEmbeddings: req.textEmbeddings ?? null, frames, fps, width, height, steps, guidance, shift, sampler: sampler as SamplerKind, block, context, stages, seed, model };
+}
+
+/**
+ * The valid frame counts next to `frames` for blocks of `block` latent frames: 4 * (k * block - 1)
+ * + 1 for whole k >= 1 (13, 29, 45, 61, ... with block 4), as 'A or B' (or one count at the ends).
+ */
+export function nearestFrames(frames: number, block: number, maxFrames = DEFAULT_LIMITS.maxFrames): string {
+  const latent = (frames - 1) / 4 + 1;
+  const below = framesOf(Math.max(1, Math.floor(latent / block)) * block);
+  const above = framesOf(Math.max(1, Math.ceil(latent / block)) * block);
+  return [...new Set([below, above])].filter((f) => f <= maxFrames).join(' or ') || String(below);
 }
 
 export function planJob(spec: JobSpec): JobPlan {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { blockSchedule, iterationCount, normalizeSpec, partitionLayers, planJob, prerequisites, SpecError } from '@longshot/planner';
+import { blockSchedule, iterationCount, nearestFrames, normalizeSpec, partitionLayers, planJob, prerequisites, SpecError } from '@longshot/planner';
 
 describe('block schedule', () => {
   it('takes nb + T - 1 iterations, block b at step i - b, newest first, queue never above min(nb, T)', () => {
@@ -95,5 +95,20 @@ describe('job spec', () => {
       expect(err, JSON.stringify(req)).toBeInstanceOf(SpecError);
       expect((err as SpecError).field).toBe(field);
     }
+  });
+
+  it('suggests frame counts that are valid for the block size', () => {
+    for (const [frames, block] of [[50, 4], [49, 4], [21, 4], [10, 1], [14, 2], [2, 4], [4000, 8]]) {
+      let message = '';
+      try {
+        normalizeSpec({ prompt: 'x', frames, block, context: 0 });
+      } catch (e) {
+        message = (e as SpecError).message;
+      }
+      const suggested = /try (\d+)(?: or (\d+))?$/.exec(message);
+      expect(suggested, `${frames}/${block}: ${message}`).not.toBeNull();
+      for (const f of suggested!.slice(1).filter(Boolean)) expect(normalizeSpec({ prompt: 'x', frames: Number(f), block, context: 0 }).frames).toBe(Number(f));
+    }
+    expect(nearestFrames(50, 4)).toBe('45 or 61');
   });
 });
