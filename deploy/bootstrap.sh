@@ -17,6 +17,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # OpenBLAS is only the kernel benchmark's baseline (loaded at run time), never a dependency of the engine.
 ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0' || missing+=(libopenblas-dev)
 command -v g++ >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || missing+=(g++ make)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)  # the native driver (deploy/gpu-check.sh)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 
 if [ ${#missing[@]} -gt 0 ]; then
