@@ -1,53 +1,114 @@
 #!/usr/bin/env bash
 # Makes a checkout runnable: system packages, npm dependencies, the native addon. `npm run demo`
-# and `npm test` call it first, so a fresh machine needs nothing else. Each step is skipped when
-# already done, so repeated runs cost about a second.
+# and `npm test` call it first, so a fresh machine needs nothing else. Each phase is skipped when
+# already done (a repeated run costs well under a second) and prints one line when it runs; the
+# details go to the log file that line names.
+#
+#   bash deploy/bootstrap.sh            # every phase
+#   bash deploy/bootstrap.sh check      # only report missing system packages (exit 1 if any)
+#   bash deploy/bootstrap.sh npm addon  # the named phases (the images use these)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+mkdir -p .longshot
+log=.longshot/setup.log
+: >"$log"
 say() { printf '[setup] %s\n' "$*" >&2; }
-
-# --- system packages (Debian names) -------------------------------------------------------------
-missing=()
-command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-# promtool checks the shipped Prometheus rules in the test suite.
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-# OpenBLAS is only the kernel benchmark's baseline (loaded at run time), never a dependency of the engine.
-ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0' || missing+=(libopenblas-dev)
-command -v g++ >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || missing+=(g++ make)
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)  # the native driver (deploy/gpu-check.sh)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing system packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-  else
-    say "missing system packages: ${missing[*]}"
-    say "install them with: sudo apt-get install ${missing[*]}"
+# Runs a command with its output in the log; on failure, says so with the log's tail.
+quietly() {
+  printf '\n$ %s\n' "$*" >>"$log"
+  if ! "$@" >>"$log" 2>&1; then
+    say "failed: $* (full output in $log); last lines:"
+    tail -n 15 "$log" | sed 's/^/    /' >&2
     exit 1
   fi
-fi
+}
+
+# --- system packages (Debian names) -------------------------------------------------------------
+# Each package is checked by what the project uses from it, captured whole before matching (a
+# `producer | grep -q` pipeline under pipefail fails at random when grep exits early).
+missing_packages() {
+  local missing=() libs=''
+  have() { command -v "$1" >/dev/null 2>&1; }
+  have ffmpeg && have ffprobe || missing+=(ffmpeg)
+  have redis-server || missing+=(redis-server)
+  have protoc || missing+=(protobuf-compiler)
+  # promtool checks the shipped Prometheus rules in the test suite.
+  have promtool || missing+=(prometheus)
+  have g++ && have make || missing+=(g++ make)
+  have cmake || missing+=(cmake)  # the native driver (deploy/gpu-check.sh)
+  have python3 || missing+=(python3)
+  # OpenBLAS is only the kernel benchmark's baseline (loaded at run time), never a dependency of
+  # the engine. ldconfig lives in /sbin, which a non-root PATH may lack.
+  if have dpkg-query; then
+    libs=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' libopenblas-dev 2>/dev/null || true)
+    [[ $libs == *'libopenblas-dev ii'* ]] || missing+=(libopenblas-dev)
+  else
+    libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)
+    [[ $libs == *libopenblas.so.0* ]] || missing+=(libopenblas-dev)
+  fi
+  printf '%s\n' "${missing[@]}"
+}
+
+phase_check() {
+  local missing
+  missing=$(missing_packages | xargs)
+  if [ -n "$missing" ]; then
+    say "missing system packages: $missing"
+    return 1
+  fi
+}
+
+phase_system() {
+  local missing
+  missing=$(missing_packages | xargs)
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing system packages: $missing (log: $log)"
+    export DEBIAN_FRONTEND=noninteractive
+    quietly apt-get update -qq
+    # shellcheck disable=SC2086 # one word per package
+    quietly apt-get install -y -qq --no-install-recommends $missing
+  else
+    say "missing system packages: $missing"
+    say "install them with: sudo apt-get install $missing"
+    exit 1
+  fi
+}
 
 # --- npm dependencies ----------------------------------------------------------------------------
-if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  say "npm ci"
-  if ! npm ci --no-audit --no-fund >&2; then
-    # Some registries (mirrors) lack other platforms' optional binaries (e.g. rollup's); npm then
-    # leaves them out of the lock and `npm ci` refuses it. `npm install` installs the same locked
-    # versions and tolerates the gap.
-    say "npm ci refused the lock file; installing the locked versions with npm install"
-    npm install --no-audit --no-fund >&2
-  fi
-fi
+# Installed with `npm ci` (the committed lock, exactly; never rewritten) whenever a manifest or the
+# lock differs from what was installed last.
+manifest_hash() {
+  cat package.json package-lock.json libs/*/package.json apps/*/package.json | sha256sum | cut -d' ' -f1
+}
+phase_npm() {
+  local stamp=node_modules/.longshot-installed want
+  want=$(manifest_hash)
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
+  say "installing npm dependencies with npm ci (log: $log)"
+  quietly npm ci --no-audit --no-fund
+  printf '%s\n' "$want" >"$stamp"
+}
 
 # --- native addon ---------------------------------------------------------------------------------
-addon=libs/engine/build/Release/longshot_engine.node
-if [ ! -f "$addon" ] || [ -n "$(find libs/engine/binding.gyp libs/engine/native -newer "$addon" -print -quit 2>/dev/null)" ]; then
-  say "building the native engine (libs/engine)"
-  npm run --silent build --workspace @longshot/engine >&2
-fi
+phase_addon() {
+  local addon=libs/engine/build/Release/longshot_engine.node
+  if [ -f "$addon" ] && [ -z "$(find libs/engine/binding.gyp libs/engine/native -newer "$addon" -print -quit 2>/dev/null)" ]; then
+    return 0
+  fi
+  say "building the native engine, libs/engine (log: $log)"
+  quietly npm run --silent build --workspace @longshot/engine
+}
+
+phases=("$@")
+[ ${#phases[@]} -gt 0 ] || phases=(system npm addon)
+for p in "${phases[@]}"; do
+  case "$p" in
+    check | system | npm | addon) "phase_$p" ;;
+    *)
+      say "unknown phase '$p' (phases: check, system, npm, addon)"
+      exit 2
+      ;;
+  esac
+done

@@ -23,20 +23,17 @@ RUN apt-get update \
 RUN ln -s /usr/local/include/node /usr/include/node
 
 WORKDIR /app
-# Manifests first so `npm ci` is cached until a dependency changes.
+# The same install step as a developer's checkout and the worker image (deploy/bootstrap.sh):
+# `npm ci` against the committed lock (dependency install scripts are denied in package.json).
 COPY package.json package-lock.json tsconfig.json ./
+COPY deploy/bootstrap.sh deploy/
 COPY libs/ libs/
 COPY apps/ apps/
-# The lock is honoured. As in deploy/bootstrap.sh, a registry mirror that lacks other platforms'
-# optional binaries makes `npm ci` refuse the lock; `npm install` then installs the same locked
-# versions and tolerates the gap. Scripts are off: the only native build is ours, below.
-RUN npm ci --no-audit --no-fund --ignore-scripts \
- || { echo 'npm ci refused the lock file; installing the locked versions with npm install' >&2; \
-      npm install --no-audit --no-fund --ignore-scripts; }
+RUN bash deploy/bootstrap.sh npm
 # LONGSHOT_CUDA=0: never look for nvcc; the controller needs no GPU.
-RUN LONGSHOT_CUDA=0 npm run build:addon \
+RUN LONGSHOT_CUDA=0 bash deploy/bootstrap.sh addon \
  && test -f libs/engine/build/Release/longshot_engine.node \
- && rm -rf libs/engine/build/Release/obj.target libs/engine/build/Release/.deps libs/engine/build/Release/*.a
+ && rm -rf libs/engine/build/Release/obj.target libs/engine/build/Release/.deps libs/engine/build/Release/*.a .longshot
 # Runtime dependencies only (tsx runs the TypeScript sources; node-gyp and vitest are not needed).
 RUN npm prune --omit=dev --no-audit --no-fund
 

@@ -27,17 +27,21 @@ RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
  && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx
 
 WORKDIR /app
-# Manifests first so `npm ci` is cached until a dependency changes.
-COPY package.json package-lock.json ./
+# The same install step as a developer's checkout (deploy/bootstrap.sh): `npm ci` against the
+# committed lock (dependency install scripts are denied in package.json), then the addon.
+# Manifests first so the dependency layer is cached until a manifest changes.
+COPY package.json package-lock.json tsconfig.json ./
+COPY deploy/bootstrap.sh deploy/
 COPY libs/ libs/
 COPY apps/ apps/
-RUN npm ci --no-audit --no-fund --ignore-scripts
+RUN bash deploy/bootstrap.sh npm
 # LONGSHOT_CUDA=1 makes the build fail if the toolkit is not found rather than quietly build CPU-only.
-# node-gyp is pointed at the headers of the Node copied above (the npm script assumes /usr).
+# The addon's build script looks for Node's headers under /usr; this image keeps them in /usr/local.
 ENV LONGSHOT_CUDA=1 CUDA_HOME=/usr/local/cuda
-RUN cd libs/engine && npx node-gyp rebuild --nodedir=/usr/local -j "$(nproc)" \
- && test -f build/Release/longshot_engine.node \
- && rm -rf build/Release/obj.target build/Release/.deps build/Release/*.a
+RUN ln -s /usr/local/include/node /usr/include/node \
+ && bash deploy/bootstrap.sh addon \
+ && test -f libs/engine/build/Release/longshot_engine.node \
+ && rm -rf libs/engine/build/Release/obj.target libs/engine/build/Release/.deps libs/engine/build/Release/*.a .longshot
 # Runtime dependencies only (tsx runs the TypeScript sources; node-gyp and vitest are not needed).
 RUN npm prune --omit=dev --no-audit --no-fund
 

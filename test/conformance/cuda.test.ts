@@ -29,7 +29,7 @@ import {
   engineInfo,
   releaseDeviceCache,
 } from '@longshot/engine';
-import { Stage, getConfig, type BlockStep, type StageRange } from '@longshot/model';
+import { SEEDED_UMT5, Stage, encodeText, getConfig, seededUmt5Weights, type BlockStep, type StageRange } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { OP_CASES, f32Inputs, roundToStorage } from '../reference/cases';
 import { relError } from '../reference/error';
@@ -208,5 +208,18 @@ describe.each(STORAGES)('CUDA stage window vs CPU, %s storage', (storage) => {
       a.k.forEach((k, i) => expectClose(k, b.k[i], tol, `round ${round}: cached K of layer ${i}`));
       a.v.forEach((v, i) => expectClose(v, b.v[i], tol, `round ${round}: cached V of layer ${i}`));
     }
+  });
+});
+
+// ---- umT5 encoder ----------------------------------------------------------------------------------
+
+describe.each(STORAGES)('CUDA umT5 encoder vs CPU, %s storage', (storage) => {
+  it.skipIf(!cudaUsable)(gpu('small: 13 of 48 tokens, ids above the float16/bfloat16 integer range'), async () => {
+    const config = { ...SEEDED_UMT5.small, vocabSize: 3000 };
+    const weights = seededUmt5Weights(config, SEED);
+    const rng = Rng.from(SEED, 'cuda umt5');
+    const ids = Array.from({ length: 13 }, (_, i) => (i === 12 ? 1 : 2049 + Math.floor(rng.uniform() * 900)));
+    const run = (backend: Backend) => encodeText({ config, weights, ids, textLen: 48, backend });
+    expectClose(await run(cudaBackend({ storage })), await run(cpu), STAGE_TOLERANCE[storage], 'umT5 encoder');
   });
 });

@@ -1,3 +1,4 @@
+import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -7,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keys } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { probeVideo, Stitcher } from '@longshot/media';
-import { encodePrompt, getConfig, seededStageWeights, Stage } from '@longshot/model';
+import { encodePrompt, getConfig, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
@@ -30,8 +31,14 @@ async function inProcess(req: JobRequest): Promise<string> {
   const stages = partitionLayers(config.layers, 1).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
   const geometry = { frames: s.frames, fps: s.fps, width: s.width, height: s.height, block: s.block, blocks: plan.blocks, latentChannels: 16 };
   const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry);
-  await runLocalPipeline(new BlockQueue(s, plan, config.latentChannels), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
+  await runLocalPipeline(new BlockQueue(s, plan, { channels: config.latentChannels, scheduler: WAN_SCHEDULER_CONFIG }), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
   return (await stitcher.finish()).latentSha256;
+}
+
+/** The value of one sample line (`name{labels} value`) of a Prometheus text page; 0 when absent. */
+function metricValue(page: string, sample: string): number {
+  const line = page.split('\n').find((l) => l.startsWith(`${sample} `));
+  return line ? Number(line.slice(sample.length + 1)) : 0;
 }
 
 const controllerUrl = (i = 0): string => [...cluster.controllers.values()][i].url;
@@ -134,6 +141,8 @@ describe('controller', () => {
       expect(r.status, JSON.stringify(r.error)).toBe('succeeded');
       expect(r.stages).toBe(i + 1);
       expect(r.result.latentSha256).toBe(reference);
+      // The solver and the shift the job used: Wan's UniPC and the scheduler's flow_shift.
+      expect([r.result.sampler, r.result.shift]).toEqual(['unipc', 3]);
       expect(r.progress.blocksDone).toBe(plan.blocks);
       const events = await streams[i];
       expect(events[0].event).toBe('queued');
@@ -167,6 +176,43 @@ describe('controller', () => {
     expect(metrics).toMatch(/longshot_http_request_duration_seconds_count\{method="POST",route="\/v1\/videos",status="202"\}/);
   });
 
+  it("encodes a pipeline directory's prompts once, on a worker, never on the controller; repeats hit the Redis cache", async () => {
+    const pipe = path.join(dir, 'pipe');
+    writeSeededPipeline(pipe, { config: getConfig('tiny'), seed: 0, shards: 2, dtype: 'F32' });
+    const workerMetric = async (name: string): Promise<number> => {
+      let sum = 0;
+      for (const w of cluster.workers.values()) sum += metricValue(await (await fetch(`http://${w.metricsAddress}/metrics`)).text(), name);
+      return sum;
+    };
+    const misses = () => workerMetric('longshot_text_embedding_cache_total{result="miss"}');
+    const hits = () => workerMetric('longshot_text_embedding_cache_total{result="hit"}');
+    const encodes = () => workerMetric('longshot_umt5_encodes_total');
+    const [m0, h0, e0] = [await misses(), await hits(), await encodes()];
+    const req = { ...base, model: pipe, frames: framesFor(4), negativePrompt: 'blurry, dark' };
+    const first = await finished((await api('POST', '/v1/videos', { ...req, stages: 1 })).json.id);
+    expect(first.status, JSON.stringify(first.error)).toBe('succeeded');
+    // One miss: prompt and negative prompt encoded by umT5 on a worker, two forward passes.
+    expect(await misses()).toBe(m0 + 1);
+    expect(await encodes()).toBe(e0 + 2);
+    expect(await redis.keys(`${keys.root}:text-embedding:*`)).not.toHaveLength(0);
+    // The same prompts again, other K: from the cache, no encoder run, the same bits.
+    const second = await finished((await api('POST', '/v1/videos', { ...req, stages: 2 })).json.id);
+    expect(second.status, JSON.stringify(second.error)).toBe('succeeded');
+    expect(second.result.latentSha256).toBe(first.result.latentSha256);
+    expect(await hits()).toBe(h0 + 1);
+    expect(await encodes()).toBe(e0 + 2);
+    // Another negative prompt is another conditioning.
+    const other = await finished((await api('POST', '/v1/videos', { ...req, negativePrompt: '', stages: 1 })).json.id);
+    expect(other.status).toBe('succeeded');
+    expect(other.result.latentSha256).not.toBe(first.result.latentSha256);
+    expect(await encodes()).toBe(e0 + 4);
+    // Neither controller replica ever ran the encoder (the counter is registered there, at 0).
+    for (const c of cluster.controllers.values()) {
+      const text = await (await fetch(`${c.url}/metrics`)).text();
+      expect(text).toMatch(/^longshot_umt5_encodes_total 0$/m);
+    }
+  });
+
   it('rejects bad bodies with 400 naming the field and enqueues nothing; honours Idempotency-Key', async () => {
     const before = await queueCounts();
     const listedBefore = (await api('GET', '/v1/videos?limit=100')).json.items.length;
@@ -180,6 +226,9 @@ describe('controller', () => {
       [{ ...base, frames: 13, colour: 'red' }, 'colour'],
       [{ ...base, frames: 13, stages: 7 }, 'stages'],
       [{ ...base, frames: 13, priority: 0 }, 'priority'],
+      [{ ...base, frames: 13, sampler: 'ddim' }, 'sampler'],
+      [{ ...base, frames: 13, negativePrompt: 5 }, 'negativePrompt'],
+      [{ ...base, frames: 13, negativePrompt: 'x'.repeat(10_001) }, 'negativePrompt'],
       ['{"prompt": ', 'body'],
     ];
     for (const [body, field] of bad) {

@@ -8,6 +8,7 @@ import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, seededStageWeights, Stage } from '@longshot/model';
+import { buildSchedule, jobSchedulerConfig, WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 import { BlockQueue, registryWorkers, runDistributedJob, runLocalPipeline, type DistributedResult } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
 import { createWorkerClient, encodePayload, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
@@ -17,7 +18,7 @@ let dir: string;
 let cluster: LocalCluster;
 let redis: Redis;
 
-const base = { prompt: 'a lighthouse in a storm', width: 64, height: 64, block: 2, context: 1, steps: 6, model: 'tiny', seed: 11 };
+const base = { prompt: 'a lighthouse in a storm', width: 64, height: 64, block: 2, context: 1, steps: 6, model: 'tiny', seed: 11, sampler: 'unipc' };
 const spec = (over: Partial<Parameters<typeof normalizeSpec>[0]> = {}): JobSpec => normalizeSpec({ ...base, frames: 4 * (12 - 1) + 1, ...over });
 
 /** The single-process result: K stage objects chained in this process. */
@@ -27,7 +28,7 @@ async function inProcess(s: JobSpec): Promise<string> {
   const text = { cond: encodePrompt(s.prompt, config), uncond: encodePrompt('', config) };
   const stages = partitionLayers(config.layers, s.stages).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
   const stitcher = new Stitcher(path.join(dir, `local-${s.stages}-${s.frames}.mp4`), geometry(s));
-  await runLocalPipeline(new BlockQueue(s, plan, config.latentChannels), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
+  await runLocalPipeline(new BlockQueue(s, plan, { channels: config.latentChannels, scheduler: WAN_SCHEDULER_CONFIG }), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
   return (await stitcher.finish()).latentSha256;
 }
 
@@ -77,10 +78,14 @@ describe('DualParal across worker processes', () => {
       expect(new Set(r.workers).size).toBe(K);
       expect(r.recomputedBlockSteps).toBe(0);
     }
+    // Euler stays selectable and distributes the same way; it is a different solve.
+    const euler = await inProcess(spec({ sampler: 'euler' }));
+    expect(euler).not.toBe(reference);
+    expect((await distributed(spec({ stages: 2, sampler: 'euler' }), 'same-euler-2')).latentSha256).toBe(euler);
   });
 
-  it('survives a worker killed mid-job, redoing at most one iteration', async () => {
-    const s = spec({ stages: 3, frames: 4 * (24 - 1) + 1, steps: 8 });
+  it('survives a worker killed mid-job, redoing at most one iteration (UniPC history resumed from the checkpoint)', async () => {
+    const s = spec({ stages: 3, frames: 4 * (24 - 1) + 1, steps: 8, sampler: 'unipc' });
     const reference = await inProcess({ ...s, stages: 1 });
     const plan = planJob(s);
     let killed: string | null = null;
@@ -112,13 +117,14 @@ describe('DualParal across worker processes', () => {
     const [w] = [...cluster.workers.values()];
     const client = createWorkerClient(w.address);
     const token = 'x'.repeat(32);
+    const probeText = new Float32Array(getConfig('tiny').textLen * getConfig('tiny').textDim);
     await new Promise<void>((resolve, reject) =>
       client.openSession(
         {
           jobId: 'probe',
           sessionId: 'probe.s1',
           token,
-          spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift, block: s.block, context: s.context, stages: 2, seed: s.seed, model: s.model },
+          spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift ?? 0, sampler: s.sampler, block: s.block, context: s.context, stages: 2, seed: s.seed, model: s.model },
           layerBegin: 3,
           layerEnd: 6,
           role: Role.ROLE_TAIL,
@@ -126,7 +132,7 @@ describe('DualParal across worker processes', () => {
           nextSessionId: 'nowhere',
           nextToken: token,
           wireDtype: toWireDtype('f32'),
-          text: undefined,
+          text: { cond: encodePayload(probeText, 'f32'), uncond: encodePayload(probeText, 'f32') },
           resume: false,
           keyPrefix: '',
           payloadScale: 1,
@@ -135,7 +141,8 @@ describe('DualParal across worker processes', () => {
       ),
     );
     const tokens = 2 * (0 + s.block) * 16; // block 0: no prefix, (64/8/2)^2 = 16 tokens per frame
-    const goodStep = { iteration: 0, block: 0, step: 0, timestep: 1000, prefixFrames: 0, ownFrames: s.block, contextFrames: s.context, height: 8, width: 8 };
+    const timestep = buildSchedule(jobSchedulerConfig(WAN_SCHEDULER_CONFIG, s), s.steps).timesteps[0];
+    const goodStep = { iteration: 0, block: 0, step: 0, timestep, prefixFrames: 0, ownFrames: s.block, contextFrames: s.context, height: 8, width: 8 };
     const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, ...over });
     const cases: [string, object, number][] = [
       ['unknown session', { sessionId: 'nope' }, grpc.status.NOT_FOUND],

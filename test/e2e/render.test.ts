@@ -4,7 +4,11 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
 import { probeFrameCount } from '@longshot/media';
+import { SafetensorsFile, writeSafetensors } from '@longshot/model';
+import { seededInitialNoise } from '@longshot/pipeline';
+import { normalizeSpec, planJob } from '@longshot/planner';
 
 const run = promisify(execFile);
 const root = path.resolve(__dirname, '../..');
@@ -64,6 +68,32 @@ describe('longshot render', () => {
     expect(file.latentSha256).toBe(seeded.latentSha256);
   });
 
+  it('renders a pipeline directory written in 3 shards exactly as the single-file one, on 1 and on 3 workers', async () => {
+    for (const [out, shards] of [['pipe-one', '1'], ['pipe-three', '3']]) {
+      const w = await longshot(['model', 'write', '--model', 'tiny', '--dtype', 'BF16', '--shards', shards, '--out', out]);
+      expect(w.code, w.stderr).toBe(0);
+    }
+    const one = path.join(dir, 'pipe-one');
+    const three = path.join(dir, 'pipe-three');
+    const reference = await render([...common, '--in-process', '--model', one, '--out', 'pipe-ref.mp4']);
+    const sharded1 = await render([...common, '--stages', '1', '--model', three, '--out', 'pipe-s1.mp4']);
+    const sharded3 = await render([...common, '--stages', '3', '--model', three, '--out', 'pipe-s3.mp4']);
+    const single3 = await render([...common, '--in-process', '--stages', '3', '--model', one, '--out', 'pipe-13.mp4']);
+    expect((sharded3.workers as string[]).length).toBe(3);
+    expect(sharded1.latentSha256).toBe(reference.latentSha256);
+    expect(sharded3.latentSha256).toBe(reference.latentSha256);
+    expect(single3.latentSha256).toBe(reference.latentSha256);
+    // The directory's own tokenizer and text encoder condition it, not the seeded name's stand-in.
+    const seededName = await render([...common, '--in-process', '--out', 'pipe-seeded.mp4']);
+    expect(reference.latentSha256).not.toBe(seededName.latentSha256);
+    // A negative prompt changes the uncond side, the same on a worker as in process.
+    const negative = ['--negative-prompt', 'blurry, dark water'];
+    const negRef = await render([...common, ...negative, '--in-process', '--model', one, '--out', 'pipe-neg-ref.mp4']);
+    const negSharded = await render([...common, ...negative, '--stages', '3', '--model', three, '--out', 'pipe-neg-s3.mp4']);
+    expect(negRef.latentSha256).not.toBe(reference.latentSha256);
+    expect(negSharded.latentSha256).toBe(negRef.latentSha256);
+  });
+
   it('rejects bad flags and bad files with a message naming them', async () => {
     const cases: [string[], RegExp][] = [
       [['--prompt', 'x', '--frames', '10'], /--frames/],
@@ -84,5 +114,71 @@ describe('longshot render', () => {
     const r = await longshot(['render', '--in-process', '--prompt', 'x', '--model', path.join(dir, 'broken.safetensors')]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/broken\.safetensors/);
+  });
+});
+
+describe('longshot schedule', () => {
+  const fixture = JSON.parse(fs.readFileSync(path.join(root, 'test/reference/fixtures/schedules.json'), 'utf8')) as {
+    cases: { kind: string; shift: number; steps: number; sigmas: number[]; timesteps: number[] }[];
+  };
+  const expected = (kind: string, shift: number, steps: number) => fixture.cases.find((c) => c.kind === kind && c.shift === shift && c.steps === steps)!;
+
+  it("prints the model scheduler's sigmas and timesteps, with --sampler and --shift applied", async () => {
+    const wan = await longshot(['schedule', '--model', 'wan2.1-t2v-1.3b', '--steps', '10', '--json']);
+    expect(wan.code, wan.stderr).toBe(0);
+    const r = JSON.parse(wan.stdout);
+    expect(r).toMatchObject({ sampler: 'unipc', shift: 3, steps: 10, numTrainTimesteps: 1000 });
+    expect([r.sigmas, r.timesteps]).toEqual([expected('unipc', 3, 10).sigmas, expected('unipc', 3, 10).timesteps]);
+    const euler = JSON.parse((await longshot(['schedule', '--steps', '20', '--sampler', 'euler', '--shift', '5', '--json'])).stdout);
+    expect(euler).toMatchObject({ sampler: 'euler', shift: 5 });
+    expect([euler.sigmas, euler.timesteps]).toEqual([expected('euler', 5, 20).sigmas, expected('euler', 5, 20).timesteps]);
+    for (const [args, re] of [
+      [['--steps', '0'], /--steps: must be in 1\.\.1000/],
+      [['--sampler', 'ddim'], /--sampler: must be one of unipc, euler/],
+      [['--shift', '0'], /--shift: must be a positive number/],
+      [['--model', 'nope'], /--model: unknown model 'nope'/],
+    ] as const) {
+      const bad = await longshot(['schedule', ...args]);
+      expect(bad.code, args.join(' ')).toBe(2);
+      expect(bad.stderr).toMatch(re);
+    }
+  });
+});
+
+describe('longshot render --save-latents / --init-noise', () => {
+  const flags = { prompt: 'a kite over dunes', seconds: 1, width: 32, height: 32, steps: 5, block: 2, context: 1 };
+  const common = ['--in-process', '--prompt', flags.prompt, '--seconds', '1', '--size', '32x32', '--steps', '5', '--block', '2', '--context', '1'];
+
+  it('writes the final latents and reproduces a seeded run from its noise written out', async () => {
+    const seeded = await render([...common, '--seed', '3', '--save-latents', 'latents.safetensors', '--out', 'seeded.mp4']);
+    expect([seeded.sampler, seeded.shift]).toEqual(['unipc', 3]);
+    const spec = normalizeSpec({ ...flags, seed: 3 });
+    const plan = planJob(spec);
+    const st = SafetensorsFile.open(path.join(dir, 'latents.safetensors'));
+    const latents = st.read('latents', [16, plan.latentFrames, plan.latentHeight, plan.latentWidth]);
+    st.close();
+    expect(createHash('sha256').update(Buffer.from(latents.buffer, latents.byteOffset, latents.byteLength)).digest('hex')).toBe(seeded.latentSha256);
+
+    // The seeded noise written out, given to a run with another seed: the seeded run's bits.
+    const noise = seededInitialNoise(spec, plan, 16);
+    writeSafetensors(path.join(dir, 'noise.safetensors'), [{ name: 'noise', shape: [16, plan.latentFrames, plan.latentHeight, plan.latentWidth], data: noise }]);
+    const fromNoise = await render([...common, '--seed', '77', '--init-noise', 'noise.safetensors', '--out', 'noise.mp4']);
+    expect(fromNoise.latentSha256).toBe(seeded.latentSha256);
+    const otherSeed = await render([...common, '--seed', '77', '--out', 'other.mp4']);
+    expect(otherSeed.latentSha256).not.toBe(seeded.latentSha256);
+
+    const shifted = await render([...common, '--seed', '3', '--shift', '5', '--sampler', 'euler', '--out', 'euler.mp4']);
+    expect([shifted.sampler, shifted.shift]).toEqual(['euler', 5]);
+    expect(shifted.latentSha256).not.toBe(seeded.latentSha256);
+  });
+
+  it('names the flag and the tensor when the noise file does not fit, and needs --in-process', async () => {
+    writeSafetensors(path.join(dir, 'small.safetensors'), [{ name: 'noise', shape: [16, 1, 4, 4], data: new Float32Array(256) }]);
+    const small = await longshot(['render', ...common, '--init-noise', 'small.safetensors']);
+    expect(small.code).toBe(2);
+    expect(small.stderr).toMatch(/--init-noise: .*'noise'.*\[16, 1, 4, 4\]/);
+    const service = await longshot(['render', '--prompt', 'x', '--save-latents', 'x.safetensors']);
+    expect(service.code).toBe(2);
+    expect(service.stderr).toMatch(/--save-latents: needs --in-process/);
   });
 });

@@ -2,7 +2,8 @@
  * The op case table shared by the TypeScript conformance suites and the native driver
  * (libs/engine/check/cases.json; its "about" field describes the format). This module loads and
  * checks it and draws a case's inputs; the native driver (libs/engine/check/cases.cc) does the
- * same in C++ with a port of the same generator, so both see the same numbers.
+ * same in C++ with a port of the same generator, so both see the same numbers. How to add an op's
+ * cases (and its driver reference): docs/cuda.md, "Adding an op".
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,7 +12,14 @@ import { Rng } from '@longshot/random';
 
 export const CASES_PATH = path.resolve(__dirname, '../../libs/engine/check/cases.json');
 
-export type InputSpec = null | 'normal' | { normal: number; mean?: number } | { fanIn: number } | { uniform: [number, number] } | { values: number[] };
+/** After drawing, the last `last` elements of every run of `every` (a size expression) are set to `value`. */
+export interface Tail {
+  every: string;
+  last: number;
+  value: number;
+}
+type Drawn = ({ normal: number; mean?: number } | { fanIn: number } | { uniform: [number, number] } | { values: number[] } | { ids: string }) & { tail?: Tail };
+export type InputSpec = null | 'normal' | Drawn;
 
 export interface OpCase {
   op: OpName;
@@ -47,9 +55,20 @@ function evalSize(expr: string, names: readonly string[], params: readonly numbe
   return n;
 }
 
-function draw(rng: Rng, spec: InputSpec, n: number, where: string): Float32Array | null {
+/** `size` evaluates a size expression of the case (param names and integers). */
+function draw(rng: Rng, spec: InputSpec, n: number, size: (expr: string) => number, where: string): Float32Array | null {
   if (spec === null) return null;
   if (spec === 'normal') return rng.fillNormal(new Float32Array(n), 1);
+  const a = drawValues(rng, spec, n, size, where);
+  if (spec.tail) {
+    const every = size(spec.tail.every);
+    if (!(every > 0) || spec.tail.last > every || n % every !== 0) throw new Error(`${where}: tail ${JSON.stringify(spec.tail)} does not fit ${n} elements`);
+    for (let row = 0; row < n; row += every) for (let i = every - spec.tail.last; i < every; i++) a[row + i] = spec.tail.value;
+  }
+  return a;
+}
+
+function drawValues(rng: Rng, spec: Drawn, n: number, size: (expr: string) => number, where: string): Float32Array {
   if ('normal' in spec || 'fanIn' in spec) {
     const std = 'fanIn' in spec ? 1 / Math.sqrt(spec.fanIn) : spec.normal;
     const a = rng.fillNormal(new Float32Array(n), std);
@@ -64,6 +83,12 @@ function draw(rng: Rng, spec: InputSpec, n: number, where: string): Float32Array
   if ('values' in spec) {
     if (spec.values.length !== n) throw new Error(`${where}: ${spec.values.length} values given, the slot holds ${n}`);
     return Float32Array.from(spec.values);
+  }
+  if ('ids' in spec) {
+    // The last id of the table, then 0, then uniform ones (repeats included).
+    const vocab = size(spec.ids);
+    if (!(vocab > 0)) throw new Error(`${where}: ids into an empty table`);
+    return Float32Array.from({ length: n }, (_, i) => (i === 0 ? vocab - 1 : i === 1 ? 0 : Math.floor(rng.uniform() * vocab)));
   }
   throw new Error(`${where}: unknown input spec ${JSON.stringify(spec)}`);
 }
@@ -105,7 +130,7 @@ function load(): { cases: Record<OpName, OpCase[]>; f32Inputs: Record<OpName, nu
         sizes,
         inputs: () => {
           const rng = Rng.from('conformance', op, c.label);
-          return c.inputs.map((s, i) => draw(rng, s, sizes[i], where));
+          return c.inputs.map((s, i) => draw(rng, s, sizes[i], (expr) => evalSize(expr, names, c.params, where), where));
         },
       };
     });

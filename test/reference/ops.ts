@@ -289,6 +289,91 @@ function copyRows(inputs: readonly (Tensor | null)[], [batch, rows, cols, rowOff
   return y;
 }
 
+function mul(inputs: readonly (Tensor | null)[], [n]: readonly number[]): Float64Array {
+  const x = need('mul', 'x', inputs[0], n);
+  const y = need('mul', 'y', inputs[1], n);
+  return Float64Array.from(x, (v, i) => v * y[i]);
+}
+
+function embedding(inputs: readonly (Tensor | null)[], [rows, vocab, dim]: readonly number[]): Float64Array {
+  const table = need('embedding', 'table', inputs[0], vocab * dim);
+  const ids = need('embedding', 'ids', inputs[1], rows);
+  const y = new Float64Array(rows * dim);
+  for (let r = 0; r < rows; r++) {
+    const id = ids[r];
+    if (!Number.isInteger(id) || id < 0 || id >= vocab) throw new Error(`reference embedding: ids[${r}] = ${id} is not in [0, ${vocab})`);
+    for (let d = 0; d < dim; d++) y[r * dim + d] = table[id * dim + d];
+  }
+  return y;
+}
+
+/**
+ * T5's bidirectional bucket of a relative position `rel` = key position - query position, written
+ * from the published definition (Raffel et al., and the T5/umT5 reference code): half the buckets
+ * per sign, the first half of those exact, the rest logarithmic up to maxDistance. The log branch
+ * is evaluated in float32 steps (Math.fround), as those implementations do on float32 tensors.
+ */
+export function relativePositionBucket(rel: number, buckets: number, maxDistance: number): number {
+  const half = Math.floor(buckets / 2);
+  const exact = Math.floor(half / 2);
+  const offset = rel > 0 ? half : 0;
+  const n = Math.abs(rel);
+  if (n < exact) return offset + n;
+  const f = Math.fround;
+  const logRatio = f(Math.log(f(n / exact)));
+  const logSpan = f(Math.log(maxDistance / exact));
+  const large = exact + Math.trunc(f(f(logRatio / logSpan) * (half - exact)));
+  return offset + Math.min(large, half - 1);
+}
+
+function relativePositionBias(inputs: readonly (Tensor | null)[], params: readonly number[]): Float64Array {
+  const [queries, keys, heads, buckets, maxDistance] = params;
+  const table = need('relative_position_bias', 'table', inputs[0], buckets * heads);
+  const y = new Float64Array(heads * queries * keys);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < queries; i++) {
+      for (let j = 0; j < keys; j++) y[(h * queries + i) * keys + j] = table[relativePositionBucket(j - i, buckets, maxDistance) * heads + h];
+    }
+  }
+  return y;
+}
+
+function biasedAttention(inputs: readonly (Tensor | null)[], params: readonly number[]): Float64Array {
+  const [batch, queries, keys, heads, headDim, scale] = params;
+  const width = heads * headDim;
+  const q = need('biased_attention', 'q', inputs[0], batch * queries * width);
+  const k = need('biased_attention', 'k', inputs[1], batch * keys * width);
+  const v = need('biased_attention', 'v', inputs[2], batch * keys * width);
+  const bias = need('biased_attention', 'bias', inputs[3], heads * queries * keys);
+  const out = new Float64Array(batch * queries * width);
+  const scores = new Float64Array(keys);
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < queries; i++) {
+        const qBase = (b * queries + i) * width + h * headDim;
+        let max = -Infinity;
+        for (let j = 0; j < keys; j++) {
+          let s = 0;
+          for (let d = 0; d < headDim; d++) s += q[qBase + d] * k[(b * keys + j) * width + h * headDim + d];
+          scores[j] = scale * s + bias[(h * queries + i) * keys + j];
+          max = Math.max(max, scores[j]);
+        }
+        let sum = 0;
+        for (let j = 0; j < keys; j++) {
+          scores[j] = Math.exp(scores[j] - max);
+          sum += scores[j];
+        }
+        for (let d = 0; d < headDim; d++) {
+          let acc = 0;
+          for (let j = 0; j < keys; j++) acc += scores[j] * v[(b * keys + j) * width + h * headDim + d];
+          out[qBase + d] = acc / sum;
+        }
+      }
+    }
+  }
+  return out;
+}
+
 /**
  * The reference of every op, keyed by op name. Typed as a full Record so adding an op to OPS
  * without a reference fails the type check; the conformance suite also checks it at run time.
@@ -309,6 +394,10 @@ export const REFERENCE_OPS: Readonly<Record<OpName, ReferenceOp>> = {
   cfg_combine: cfgCombine,
   copy_rows: copyRows,
   axpy,
+  mul,
+  embedding,
+  relative_position_bias: relativePositionBias,
+  biased_attention: biasedAttention,
 };
 
 /** Runs the reference of `op`, checking the result has the size OPS says the output has. */

@@ -1,6 +1,6 @@
 /**
  * Float64 reference of one DualParal stage block-step, written from
- * /work/shared/design/wan21.md and dualparal.md and composed only of the reference ops
+ * docs/wan21.md and docs/dualparal.md and composed only of the reference ops
  * (test/reference/ops.ts). It is deliberately unoptimised: every intermediate is a fresh
  * float64 array and every step of the design doc is one visible line below.
  *

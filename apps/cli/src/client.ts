@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { JobRequest } from '@longshot/planner';
+import type { SamplerKind } from '@longshot/sampler';
 import type { Progress } from './progress';
 
 /** A job as the controller reports it (GET /v1/videos/:id). */
@@ -14,7 +15,7 @@ export interface VideoStatus {
   stages: number | null;
   workers: string[];
   attempts: number;
-  result: { frames: number; width: number; height: number; fps: number; latentSha256: string; contentUrl: string; seconds: number } | null;
+  result: { frames: number; width: number; height: number; fps: number; latentSha256: string; sampler: SamplerKind; shift: number; contentUrl: string; seconds: number } | null;
   error: string | null;
 }
 

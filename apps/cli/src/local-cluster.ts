@@ -33,6 +33,8 @@ export interface LocalClusterOptions {
   readonly env?: NodeJS.ProcessEnv;
   /** Prefix of the worker ids (default 'local'). */
   readonly name?: string;
+  /** Workers sample retained memory at every finished block (node --expose-gc, --memory-probe). */
+  readonly memoryProbe?: boolean;
 }
 
 const WORKER_BIN = path.resolve(__dirname, '../../worker/bin/longshot-worker.js');
@@ -91,12 +93,13 @@ export class LocalCluster {
   /** Starts one more worker and resolves once it is registered and serving. */
   spawnWorker(): Promise<LocalWorker> {
     const id = `${this.options.name ?? 'local'}-${this.spawned++}`;
-    const args = [WORKER_BIN, '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--redis', this.redis.url, '--id', id, '--drain', '5', ...(this.options.workerArgs ?? [])];
+    const probe = this.options.memoryProbe === true;
+    const args = [WORKER_BIN, '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--redis', this.redis.url, '--id', id, '--drain', '5', ...(probe ? ['--memory-probe'] : []), ...(this.options.workerArgs ?? [])];
     // Workers sharing this machine split its cores: oversubscribed, every op's thread barrier
     // would wait on the OS scheduler. Results do not depend on the thread count.
     const threads = String(Math.max(1, Math.floor(os.availableParallelism() / this.options.workers)));
     const env = { LONGSHOT_THREADS: threads, ...process.env, ...this.options.env };
-    return this.spawnReady(id, [...WORKER_NODE_FLAGS, ...args], env, (msg, child) => {
+    return this.spawnReady(id, [...WORKER_NODE_FLAGS, ...(probe ? ['--expose-gc'] : []), ...args], env, (msg, child) => {
       const w: LocalWorker = { id, address: msg.address as string, metricsAddress: msg.metricsAddress as string, process: child };
       this.workers.set(id, w);
       return w;

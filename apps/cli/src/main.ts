@@ -1,6 +1,8 @@
 import { UsageError } from './args';
+import { ENCODE_HELP, encodeCommand } from './encode-command';
 import { MODEL_HELP, modelCommand } from './model-command';
 import { RENDER_HELP, renderCommand } from './render';
+import { SCHEDULE_HELP, scheduleCommand } from './schedule-command';
 import { cancelCommand, fetchCommand, statusCommand, SUBMIT_HELP, submitCommand, UP_HELP, upCommand } from './service-commands';
 
 const HELP = `longshot: long-video generation with DualParal
@@ -12,7 +14,9 @@ Commands:
   status     show a job (--url URL ID)
   fetch      download a job's MP4 (--url URL ID --out FILE)
   cancel     cancel a job (--url URL ID)
-  model      write a seeded model to a safetensors file
+  model      write a seeded pipeline directory, or inspect one
+  schedule   print a job's sigmas and model timesteps (--model, --steps, --sampler, --shift)
+  encode     a prompt's text embeddings (and token ids) as the DiT receives them
 
 Benchmarks: npm run bench -- kernels|transport|pipeline|gpu [--json]
 
@@ -22,6 +26,8 @@ Benchmarks: npm run bench -- kernels|transport|pipeline|gpu [--json]
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; help: string }> = {
   render: { run: renderCommand, help: RENDER_HELP },
   model: { run: modelCommand, help: MODEL_HELP },
+  schedule: { run: scheduleCommand, help: SCHEDULE_HELP },
+  encode: { run: encodeCommand, help: ENCODE_HELP },
   up: { run: upCommand, help: UP_HELP },
   submit: { run: submitCommand, help: SUBMIT_HELP },
   status: { run: statusCommand, help: SUBMIT_HELP },

@@ -3,7 +3,7 @@ import { intFlag, parseFlags, UsageError } from './args';
 import { ControllerClient, ControllerError, followWithProgress } from './client';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
-import { jobRequestFlags, requestFromFlags } from './render';
+import { flagOfField, jobRequestFlags, requestFromFlags } from './render';
 
 export const UP_HELP = `longshot up: run Redis, a controller and N workers on this machine until Ctrl-C
 
@@ -111,8 +111,7 @@ async function withField<T>(fn: () => Promise<T>): Promise<T> {
     return await fn();
   } catch (e) {
     if (e instanceof ControllerError && e.status === 400 && typeof e.body === 'object' && e.body.field) {
-      const flag = e.body.field === 'width' || e.body.field === 'height' ? 'size' : e.body.field === 'textEmbeddings' ? 'text-embeddings' : e.body.field;
-      throw new UsageError(`--${flag}: ${e.body.message ?? e.body.error}`);
+      throw new UsageError(`--${flagOfField(e.body.field)}: ${e.body.message ?? e.body.error}`);
     }
     if (e instanceof TypeError && /fetch failed/.test(e.message)) throw new UsageError(`cannot reach the controller: ${(e.cause as Error | undefined)?.message ?? e.message}`);
     throw e;

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
+import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { deserializeCache, loadTextEmbeddings, LatentDecoder, resolveModel, serializeCache, type DecoderCache, type ModelConfig } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
 import { planJob, type JobPlan, type JobSpec } from '@longshot/planner';
@@ -21,6 +22,9 @@ export interface VideoResult {
   readonly height: number;
   readonly fps: number;
   readonly latentSha256: string;
+  /** The solver and schedule shift the job ran with (the shift resolved from the model's scheduler). */
+  readonly sampler: SamplerKind;
+  readonly shift: number;
   readonly contentUrl: string;
   /** Wall time from the first start to the end. */
   readonly seconds: number;
@@ -209,12 +213,15 @@ export class RenderRun {
     }
     const finishedAt = Date.now();
     const first = (await jobs.get(this.id))?.startedAt ?? now;
+    const scheduler = jobSchedulerConfig(resolveModel(spec.model).scheduler, spec);
     const result: VideoResult = {
       frames: spec.frames,
       width: spec.width,
       height: spec.height,
       fps: spec.fps,
       latentSha256: latentSha256(assembleLatents(latents, model.latentChannels, spec.block, plan.latentHeight * plan.latentWidth)),
+      sampler: scheduler.kind,
+      shift: scheduler.flowShift,
       contentUrl: urlsOf(this.id).content,
       seconds: (finishedAt - first) / 1000,
     };

@@ -16,6 +16,7 @@ export const MAX_PRIORITY = 2_097_152;
 type Kind = 'string' | 'number' | 'integer';
 const FIELDS: Readonly<Record<string, Kind>> = {
   prompt: 'string',
+  negativePrompt: 'string',
   textEmbeddings: 'string',
   seconds: 'number',
   frames: 'integer',
@@ -26,6 +27,7 @@ const FIELDS: Readonly<Record<string, Kind>> = {
   steps: 'integer',
   guidance: 'number',
   shift: 'number',
+  sampler: 'string',
   seed: 'integer',
   model: 'string',
   stages: 'integer',
@@ -40,6 +42,11 @@ export const SUBMIT_SCHEMA = {
   additionalProperties: false,
   properties: {
     prompt: { type: 'string', description: 'What to render (or textEmbeddings).', example: 'a paper boat drifting down a rain-soaked street at dusk' },
+    negativePrompt: {
+      type: 'string',
+      description: 'What the video should not show: the unconditional side of classifier-free guidance. Default "" (encoded like any prompt, as diffusers\' WanPipeline does).',
+      example: 'blurry, low quality, static',
+    },
     textEmbeddings: { type: 'string', description: "Path, readable by the controller, of a safetensors file with 'cond' (and optional 'uncond') embeddings." },
     seconds: { type: 'number', description: 'Duration; rounded up to whole blocks. Give seconds or frames.' },
     frames: { type: 'integer', description: 'Exact frame count, 4n+1 and whole blocks.' },
@@ -49,7 +56,8 @@ export const SUBMIT_SCHEMA = {
     fps: { type: 'integer' },
     steps: { type: 'integer' },
     guidance: { type: 'number' },
-    shift: { type: 'number' },
+    shift: { type: 'number', description: "Schedule shift; omit for the model scheduler's flow_shift (Wan: 3.0, use 5.0 at 720p)." },
+    sampler: { type: 'string', enum: ['unipc', 'euler'], description: 'Solver: unipc (default, what Wan ships) or euler.' },
     seed: { type: 'integer' },
     model: { type: 'string', description: 'Model config name (tiny, small, ...) or a safetensors path.' },
     stages: { type: 'integer', description: 'Pipeline stages K; omit to let the planner choose.' },
@@ -97,6 +105,7 @@ export function parseSubmit(body: unknown): SubmitRequest {
   if (priority < 1 || priority > MAX_PRIORITY) throw new SpecError('priority', `must be in 1..${MAX_PRIORITY}, got ${priority}`);
   const job: JobRequest = {
     prompt: b.prompt as string | undefined,
+    negativePrompt: b.negativePrompt as string | undefined,
     textEmbeddings: b.textEmbeddings as string | undefined,
     seconds: b.seconds as number | undefined,
     frames: b.frames as number | undefined,
@@ -106,6 +115,7 @@ export function parseSubmit(body: unknown): SubmitRequest {
     steps: b.steps as number | undefined,
     guidance: b.guidance as number | undefined,
     shift: b.shift as number | undefined,
+    sampler: b.sampler as string | undefined,
     block: b.block as number | undefined,
     context: b.context as number | undefined,
     stages: b.stages as number | undefined,

@@ -19,6 +19,7 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --key-ttl SECONDS    lifetime of a job's Redis keys after each write (86400)
   --drain SECONDS      on SIGTERM, how long open sessions may finish (30)
   --checkpoint-every N head checkpoints every N iterations: fewer writes, more work redone after a failure (1)
+  --memory-probe       sample retained memory (after a forced GC) at every finished block; needs node --expose-gc (leak tests)
 `;
 
 export type BackendKind = 'cpu' | 'cuda' | 'auto';
@@ -44,6 +45,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
       'key-ttl': { type: 'string' },
       drain: { type: 'string' },
       'checkpoint-every': { type: 'string' },
+      'memory-probe': { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
   });
@@ -83,6 +85,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     keyTtlSeconds: int('key-ttl', f['key-ttl'], 86400, 1, 365 * 86400),
     drainSeconds: int('drain', f.drain, 30, 0, 3600),
     checkpointEvery: int('checkpoint-every', f['checkpoint-every'] ?? env.LONGSHOT_CHECKPOINT_EVERY, 1, 1, 1_000_000),
+    memoryProbe: f['memory-probe'] ?? false,
   };
   return { config, backend, help: f.help ?? false };
 }

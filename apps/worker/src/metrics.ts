@@ -33,5 +33,16 @@ export const workerMetrics = {
     name: 'longshot_checkpoint_wait_seconds_total',
     help: 'Head: time results waited for the previous iteration boundary to be persisted',
   }),
+  textEmbeddingCache: counter<'result'>({
+    name: 'longshot_text_embedding_cache_total',
+    help: 'Text-encoder requests answered from the Redis cache (result="hit") or encoded (result="miss")',
+    labelNames: ['result'],
+  }),
+  componentSeconds: histogram<'kind'>({
+    name: 'longshot_component_seconds',
+    help: 'Time of one component computation (kind="text_encoder": prompt and negative prompt encoded), cache hits excluded',
+    labelNames: ['kind'],
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+  }),
   backend: gauge<'backend'>({ name: 'longshot_worker_backend_info', help: 'Compute backend of this worker (value 1)', labelNames: ['backend'] }),
 };

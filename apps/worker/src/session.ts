@@ -1,10 +1,10 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockStore, CheckpointStore } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
-import { encodePrompt, resolveModel, Stage, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { resolveModel, Stage, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
-import { shiftedSigmas, timestepOf } from '@longshot/sampler';
+import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
 import type { Logger } from '@longshot/telemetry';
 import {
   createWorkerClient,
@@ -22,6 +22,7 @@ import {
   type WorkerClient,
 } from '@longshot/transport';
 import { workerMetrics } from './metrics';
+import type { RetainedMemorySampler } from './retained-memory';
 
 /** A request the worker refuses: becomes a gRPC status with this code's name. */
 export class SessionError extends Error {
@@ -43,6 +44,8 @@ export interface SessionContext {
   readonly keyTtlSeconds: number;
   /** Iterations between checkpoints (the last iteration always gets one). */
   readonly checkpointEvery: number;
+  /** Samples retained memory after each block's last step on this stage (null: not sampled). */
+  readonly retainedMemory: RetainedMemorySampler | null;
   readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
   readonly log: Logger;
   /** Called when the session has lost its driver or upstream for longer than the grace period. */
@@ -75,9 +78,13 @@ export class StageSession {
   readonly spec: JobSpec;
   readonly plan: JobPlan;
   readonly config: ModelConfig;
+  private readonly scheduler: SchedulerConfig;
   readonly keyPrefix: string;
   blockSteps = 0;
-  private readonly sigmas: Float64Array;
+  /** Retained bytes after each block's last step, in order (with a memory probe only). */
+  readonly retainedSamples: number[] = [];
+  /** The head's schedule: every stage checks the timesteps it is sent against it. */
+  private readonly schedule: Schedule;
   private readonly runner: StageRunner;
   private readonly dtype: PayloadDtype;
   private readonly payloadScale: number;
@@ -128,7 +135,8 @@ export class StageSession {
         height: s.height,
         steps: s.steps,
         guidance: s.guidance,
-        shift: s.shift,
+        shift: s.shift === 0 ? undefined : s.shift,
+        sampler: s.sampler === '' ? undefined : s.sampler,
         block: s.block,
         context: s.context,
         stages: s.stages,
@@ -141,7 +149,6 @@ export class StageSession {
       throw e;
     }
     this.plan = planJob(this.spec);
-    this.sigmas = shiftedSigmas(this.spec.steps, this.spec.shift);
     const head = req.role === Role.ROLE_HEAD || req.role === Role.ROLE_HEAD_TAIL;
     const tail = req.role === Role.ROLE_TAIL || req.role === Role.ROLE_HEAD_TAIL;
     let model;
@@ -151,6 +158,12 @@ export class StageSession {
       throw new SessionError('INVALID_ARGUMENT', `spec.model: ${(e as Error).message}`);
     }
     this.config = model.config;
+    this.scheduler = model.scheduler;
+    try {
+      this.schedule = buildSchedule(jobSchedulerConfig(model.scheduler, { sampler: this.spec.sampler, shift: this.spec.shift }), this.spec.steps);
+    } catch (e) {
+      throw new SessionError('INVALID_ARGUMENT', `spec: ${(e as Error).message}`);
+    }
     const range = { l0: req.layerBegin, l1: req.layerEnd, head, tail };
     if (range.l0 >= range.l1 || range.l1 > this.config.layers) throw new SessionError('INVALID_ARGUMENT', `layer range [${range.l0}, ${range.l1}) is not inside the model's ${this.config.layers} layers`);
     if (head !== (range.l0 === 0)) throw new SessionError('INVALID_ARGUMENT', 'the head holds layer 0 and only the head does');
@@ -202,7 +215,7 @@ export class StageSession {
     this.orphan('never claimed by a driver or an upstream stage', UNCLAIMED_GRACE_MS);
     if (!this.isHead) return 0;
     const state = this.resume ? await this.ctx.checkpoints.load(this.keyPrefix) : null;
-    this.queue = new BlockQueue(this.spec, this.plan, this.config.latentChannels, state ?? undefined);
+    this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined });
     const startIteration = this.queue.nextIteration;
     this.log.info('head started', { startIteration, resumed: state !== null });
     if (this.queue.done) {
@@ -381,6 +394,7 @@ export class StageSession {
       workerMetrics.forwardSeconds.observe({ role: Role[this.role] }, (now - Math.max(calledAt, this.lastFinish)) / 1000);
       this.lastFinish = now;
       this.blockSteps++;
+      if (this.ctx.retainedMemory && step.step === this.spec.steps - 1) this.retainedSamples.push(this.ctx.retainedMemory());
       return out;
     } finally {
       if (--this.busy === 0) this.idleSince = performance.now();
@@ -453,7 +467,7 @@ export class StageSession {
       iteration,
       block,
       step,
-      timestep: timestepOf(this.sigmas[step]),
+      timestep: this.schedule.timesteps[step],
       prefixFrames,
       ownFrames: this.spec.block,
       contextFrames: this.spec.context,
@@ -481,14 +495,18 @@ export class StageSession {
     return this.zeroVelocity;
   }
 
+  /**
+   * The job's text embeddings, which the driver sends with every stage: a stage never encodes
+   * (the driver has the text encoder run once per job, on a worker, through RunComponent).
+   */
   private textOf(req: OpenSessionRequest): TextEmbeddings {
     const size = this.config.textLen * this.config.textDim;
-    if (!req.text) return { cond: encodePrompt(this.spec.prompt, this.config), uncond: encodePrompt('', this.config) };
+    if (!req.text) throw new SessionError('INVALID_ARGUMENT', 'text is required: the driver sends the embeddings of the prompt and negative prompt (RunComponent computes them)');
     const decode = (name: string, b: Buffer): Float32Array => {
       if (b.length !== size * 4) throw new SessionError('INVALID_ARGUMENT', `text.${name} has ${b.length} bytes, expected [${this.config.textLen}, ${this.config.textDim}] float32 = ${size * 4}`);
       return decodePayload(b, 'f32', size);
     };
-    return { cond: decode('cond', req.text.cond), uncond: req.text.uncond.length ? decode('uncond', req.text.uncond) : encodePrompt('', this.config) };
+    return { cond: decode('cond', req.text.cond), uncond: decode('uncond', req.text.uncond) };
   }
 }
 

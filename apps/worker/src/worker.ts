@@ -17,8 +17,10 @@ import {
   type WatchSessionRequest,
   type WorkerServer,
 } from '@longshot/transport';
+import { ComponentRunner } from './components';
 import { workerMetrics } from './metrics';
 import { SessionError, StageSession, waitFor } from './session';
+import { retainedMemorySampler, type RetainedMemorySampler } from './retained-memory';
 
 export interface WorkerConfig {
   readonly id: string;
@@ -38,6 +40,8 @@ export interface WorkerConfig {
   readonly drainSeconds: number;
   /** Head: write a checkpoint every this many iterations (1 = every boundary). */
   readonly checkpointEvery: number;
+  /** Sample retained memory at every finished block (leak tests; forces a GC each time). */
+  readonly memoryProbe: boolean;
 }
 
 /**
@@ -55,6 +59,8 @@ export class WorkerProcess {
   private readonly blocks: BlockStore;
   private health: ReturnType<typeof addHealthService> | null = null;
   private draining = false;
+  private readonly retainedMemory: RetainedMemorySampler | null;
+  private readonly components: ComponentRunner;
   address = '';
   metricsAddress = '';
 
@@ -68,6 +74,8 @@ export class WorkerProcess {
     this.registry = new WorkerRegistry(this.redis);
     this.checkpoints = new CheckpointStore(this.redis);
     this.blocks = new BlockStore(this.redis);
+    this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
+    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, redis: this.redis, log });
   }
 
   async start(): Promise<void> {
@@ -101,6 +109,18 @@ export class WorkerProcess {
         void receiver.finished.then(() => fed.forEach((id) => this.sessions.get(id)?.orphan('its upstream stream ended')));
       },
       watchSession: (call) => this.watchSession(call),
+      runComponent: (call) => {
+        if (this.draining) {
+          call.emit('error', { code: grpc.status.FAILED_PRECONDITION, details: `worker ${this.config.id} is shutting down` });
+          return;
+        }
+        this.components
+          .run(call.request, (o) => call.write(o))
+          .then(
+            () => call.end(),
+            (e) => call.emit('error', this.toStatus(e)),
+          );
+      },
       closeSession: (call, cb) => {
         this.closeSession(call.request).then(
           (r) => cb(null, r),
@@ -177,6 +197,7 @@ export class WorkerProcess {
       blocks: this.blocks,
       keyTtlSeconds: this.config.keyTtlSeconds,
       checkpointEvery: this.config.checkpointEvery,
+      retainedMemory: this.retainedMemory,
       emulation: this.config.emulation,
       log: this.log,
       onOrphaned: (s) => this.drop(s, 'orphaned'),
@@ -225,7 +246,7 @@ export class WorkerProcess {
     if (!s) throw new SessionError('NOT_FOUND', `no session ${req.sessionId} on worker ${this.config.id}`);
     if (req.token !== s.token) throw new SessionError('UNAUTHENTICATED', `session ${s.id}: wrong token`);
     await this.drop(s, 'closed by the driver');
-    return { maxRssBytes: process.resourceUsage().maxRSS * 1024, blockSteps: s.blockSteps };
+    return { maxRssBytes: process.resourceUsage().maxRSS * 1024, blockSteps: s.blockSteps, retainedBytes: s.retainedSamples };
   }
 
   private async drop(s: StageSession, why: string): Promise<void> {

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
-import type { NoiseState, QueueState } from '@longshot/pipeline';
+import type { BlockState, NoiseState, QueueState } from '@longshot/planner';
+import { SAMPLER_KINDS, type SamplerKind } from '@longshot/sampler';
 import { CHECKSUM_BYTES, CorruptValueError, float32Bytes, readFloat32, checksum, writeFloat32 } from './codec';
 import { JobKeyspace } from './job-keys';
 import { keys as defaultKeys, type KeySchema } from './keys';
@@ -9,25 +10,37 @@ export interface StoreOptions {
 }
 
 /*
- * Checkpoint value, version 1 (all integers uint32 LE):
+ * Checkpoint value, version 3 (all integers uint32 LE):
  *   0     4   magic "LSCK"
  *   4     4   version
  *   8     4   header length h
  *   12    h   header, UTF-8 JSON (CheckpointHeader)
- *   12+h  ..  float32 LE payloads: each block's latents in header order, then finishedTail's
+ *   12+h  ..  float32 LE payloads: for each block in header order its latents, then its solver
+ *             history (the stored x0 predictions oldest first, then the last sample); then
+ *             finishedTail's
  *   end-4     CRC-32 (big-endian) of all preceding bytes
  * The header carries every length, so a reader can tell truncation from corruption and never
  * trusts a size it has not checked against the bytes it has.
  */
 const CHECKPOINT_MAGIC = Buffer.from('LSCK', 'latin1');
-const CHECKPOINT_VERSION = 2;
+/** 3: the sampler and each block's solver history (UniPC) joined the state; 2 had neither. */
+const CHECKPOINT_VERSION = 3;
 const CHECKPOINT_PREAMBLE = 12;
 /** Far above any real header (a few blocks); bounds what a corrupt length field can make us read. */
 const MAX_HEADER_BYTES = 1 << 20;
 
+interface HistoryHeader {
+  /** Stored x0 predictions (each `length` values). */
+  outputs: number;
+  lastSample: boolean;
+  lowerOrderNums: number;
+  lastOrder: number;
+}
+
 interface CheckpointHeader {
   iteration: number;
-  blocks: { index: number; step: number; length: number }[];
+  sampler: SamplerKind;
+  blocks: { index: number; step: number; length: number; history: HistoryHeader }[];
   noise: { rng: number[]; previous: number[] };
   finishedTail: { index: number; length: number } | null;
 }
@@ -41,7 +54,13 @@ function checkState(state: QueueState): void {
   for (const b of state.blocks) {
     if (!isCount(b.index) || !isCount(b.step)) throw new Error(`checkpoint: block index and step must be non-negative integers, got ${b.index}/${b.step}`);
     if (!(b.latents instanceof Float32Array)) throw new Error(`checkpoint: block ${b.index} latents must be a Float32Array`);
+    const h = b.history;
+    if (!h || !Array.isArray(h.modelOutputs) || !isCount(h.lowerOrderNums) || !isCount(h.lastOrder)) throw new Error(`checkpoint: block ${b.index} needs a solver history`);
+    for (const t of [...h.modelOutputs, ...(h.lastSample ? [h.lastSample] : [])]) {
+      if (!(t instanceof Float32Array) || t.length !== b.latents.length) throw new Error(`checkpoint: block ${b.index} solver history tensors must be Float32Arrays of its latents' length`);
+    }
   }
+  if (!SAMPLER_KINDS.includes(state.sampler)) throw new Error(`checkpoint: sampler must be one of ${SAMPLER_KINDS.join(', ')}, got ${String(state.sampler)}`);
   if (new Set(state.blocks.map((b) => b.index)).size !== state.blocks.length) throw new Error('checkpoint: block indices must be distinct');
   checkNoise(state.noise, (msg) => new Error(`checkpoint: ${msg}`));
   const tail = state.finishedTail;
@@ -62,7 +81,13 @@ export function encodeCheckpoint(state: QueueState): Buffer {
   checkState(state);
   const header: CheckpointHeader = {
     iteration: state.iteration,
-    blocks: state.blocks.map((b) => ({ index: b.index, step: b.step, length: b.latents.length })),
+    sampler: state.sampler,
+    blocks: state.blocks.map((b) => ({
+      index: b.index,
+      step: b.step,
+      length: b.latents.length,
+      history: { outputs: b.history.modelOutputs.length, lastSample: b.history.lastSample !== null, lowerOrderNums: b.history.lowerOrderNums, lastOrder: b.history.lastOrder },
+    })),
     noise: { rng: [...state.noise.rng], previous: [...state.noise.previous] },
     finishedTail: state.finishedTail ? { index: state.finishedTail.index, length: state.finishedTail.latents.length } : null,
   };
@@ -70,7 +95,7 @@ export function encodeCheckpoint(state: QueueState): Buffer {
   if (json.length > MAX_HEADER_BYTES) throw new Error(`checkpoint: header is ${json.length} bytes, at most ${MAX_HEADER_BYTES}`);
   // One allocation and one copy of each tensor: checkpoints hold every queued block's latents
   // (tens of MB at 480p) and are written at every iteration boundary.
-  const tensors = state.blocks.map((b) => b.latents);
+  const tensors = state.blocks.flatMap((b) => [b.latents, ...b.history.modelOutputs, ...(b.history.lastSample ? [b.history.lastSample] : [])]);
   if (state.finishedTail) tensors.push(state.finishedTail.latents);
   const bodyBytes = CHECKPOINT_PREAMBLE + json.length + tensors.reduce((n, t) => n + t.byteLength, 0);
   const out = Buffer.allocUnsafe(bodyBytes + CHECKSUM_BYTES);
@@ -109,7 +134,7 @@ export function decodeCheckpoint(key: string, buf: Buffer): QueueState {
   // With a readable header, the sizes tell a cut-off value (a partial copy, a full disk) from
   // flipped bits; without one, the checksum is all there is to go on.
   if (header) {
-    const floats = header.blocks.reduce((n, b) => n + b.length, 0) + (header.finishedTail?.length ?? 0);
+    const floats = header.blocks.reduce((n, b) => n + b.length * (1 + b.history.outputs + (b.history.lastSample ? 1 : 0)), 0) + (header.finishedTail?.length ?? 0);
     const expected = CHECKPOINT_PREAMBLE + headerLength + floats * 4 + CHECKSUM_BYTES;
     if (buf.length < expected) throw fail(`is truncated: ${buf.length} bytes, its header declares ${expected}`);
     if (buf.length > expected) throw fail(`has ${buf.length - expected} bytes after the declared payloads (${expected} bytes expected)`);
@@ -123,10 +148,16 @@ export function decodeCheckpoint(key: string, buf: Buffer): QueueState {
     offset += length * 4;
     return values;
   };
-  const blocks = header.blocks.map((b) => ({ index: b.index, step: b.step, latents: take(b.length) }));
+  const blocks = header.blocks.map((b): BlockState => {
+    const latents = take(b.length);
+    const modelOutputs = Array.from({ length: b.history.outputs }, () => take(b.length));
+    const lastSample = b.history.lastSample ? take(b.length) : null;
+    return { index: b.index, step: b.step, latents, history: { modelOutputs, lastSample, lowerOrderNums: b.history.lowerOrderNums, lastOrder: b.history.lastOrder } };
+  });
   const finishedTail = header.finishedTail ? { index: header.finishedTail.index, latents: take(header.finishedTail.length) } : null;
   return {
     iteration: header.iteration,
+    sampler: header.sampler,
     blocks,
     noise: { rng: [header.noise.rng[0], header.noise.rng[1], header.noise.rng[2], header.noise.rng[3]], previous: header.noise.previous },
     finishedTail,
@@ -143,13 +174,18 @@ function parseHeader(bytes: Buffer): CheckpointHeader {
   const h = raw as Partial<CheckpointHeader> | null;
   if (typeof h !== 'object' || h === null) throw new Error('not an object');
   if (!isCount(h.iteration)) throw new Error('iteration is not a non-negative integer');
+  if (!SAMPLER_KINDS.includes(h.sampler as SamplerKind)) throw new Error(`sampler must be one of ${SAMPLER_KINDS.join(', ')}`);
   if (!Array.isArray(h.blocks)) throw new Error('blocks is not an array');
   const blocks = h.blocks.map((b: unknown, i) => {
     const x = b as Partial<CheckpointHeader['blocks'][number]> | null;
     if (typeof x !== 'object' || x === null || !isCount(x.index) || !isCount(x.step) || !isCount(x.length)) {
       throw new Error(`block ${i} needs non-negative integer index, step and length`);
     }
-    return { index: x.index, step: x.step, length: x.length };
+    const y = x.history as Partial<HistoryHeader> | undefined;
+    if (typeof y !== 'object' || y === null || !isCount(y.outputs) || y.outputs > 8 || typeof y.lastSample !== 'boolean' || !isCount(y.lowerOrderNums) || !isCount(y.lastOrder)) {
+      throw new Error(`block ${i} needs a solver history (outputs, lastSample, lowerOrderNums, lastOrder)`);
+    }
+    return { index: x.index, step: x.step, length: x.length, history: { outputs: y.outputs, lastSample: y.lastSample, lowerOrderNums: y.lowerOrderNums, lastOrder: y.lastOrder } };
   });
   checkNoise(h.noise, (msg) => new Error(msg));
   let finishedTail: CheckpointHeader['finishedTail'] = null;
@@ -158,7 +194,7 @@ function parseHeader(bytes: Buffer): CheckpointHeader {
     if (typeof t !== 'object' || t === null || !isCount(t.index) || !isCount(t.length)) throw new Error('finishedTail needs non-negative integer index and length (or null)');
     finishedTail = { index: t.index, length: t.length };
   }
-  return { iteration: h.iteration, blocks, noise: { rng: [...h.noise.rng], previous: [...h.noise.previous] }, finishedTail };
+  return { iteration: h.iteration, sampler: h.sampler as SamplerKind, blocks, noise: { rng: [...h.noise.rng], previous: [...h.noise.previous] }, finishedTail };
 }
 
 /**

@@ -6,3 +6,4 @@ export { JobKeyspace } from './job-keys';
 export { CorruptValueError } from './codec';
 export * from './leases';
 export * from './jobs';
+export * from './text-embeddings';

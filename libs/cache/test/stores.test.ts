@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { QueueState } from '@longshot/pipeline';
+import type { QueueState } from '@longshot/planner';
 import { LatentDecoder, deserializeCache, serializeCache } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { BlockStore, CheckpointStore, CorruptValueError, DecoderCacheStore, encodeCheckpoint } from '../src';
@@ -29,13 +29,22 @@ function latents(n: number, key: string): Float32Array {
   return a;
 }
 
+const N = 16 * 4 * 6 * 8;
+const history = (key: string, outputs: number) => ({
+  modelOutputs: Array.from({ length: outputs }, (_, i) => latents(N, `${key}-m${i}`)),
+  lastSample: outputs > 0 ? latents(N, `${key}-last`) : null,
+  lowerOrderNums: outputs,
+  lastOrder: outputs,
+});
+
 function state(): QueueState {
   return {
     iteration: 7,
+    sampler: 'unipc',
     blocks: [
-      { index: 3, step: 4, latents: latents(16 * 4 * 6 * 8, 'b3') },
-      { index: 4, step: 3, latents: latents(16 * 4 * 6 * 8, 'b4') },
-      { index: 5, step: 0, latents: latents(16 * 4 * 6 * 8, 'b5') },
+      { index: 3, step: 4, latents: latents(N, 'b3'), history: history('b3', 2) },
+      { index: 4, step: 3, latents: latents(N, 'b4'), history: history('b4', 1) },
+      { index: 5, step: 0, latents: latents(N, 'b5'), history: history('b5', 0) },
     ],
     noise: { rng: [1, 0xffffffff, 12345, 0], previous: [5, 2, 0, 1] },
     finishedTail: { index: 2, latents: latents(16 * 4 * 6 * 8, 'tail') },
@@ -48,7 +57,15 @@ function expectSameState(got: QueueState | null, want: QueueState): void {
   expect(g.iteration).toBe(want.iteration);
   expect(g.noise).toEqual(want.noise);
   expect(g.blocks.map((b) => [b.index, b.step])).toEqual(want.blocks.map((b) => [b.index, b.step]));
-  g.blocks.forEach((b, i) => expect(bits(b.latents)).toEqual(bits(want.blocks[i].latents)));
+  expect(g.sampler).toBe(want.sampler);
+  g.blocks.forEach((b, i) => {
+    const w = want.blocks[i];
+    expect(bits(b.latents)).toEqual(bits(w.latents));
+    expect([b.history.lowerOrderNums, b.history.lastOrder, b.history.modelOutputs.length]).toEqual([w.history.lowerOrderNums, w.history.lastOrder, w.history.modelOutputs.length]);
+    b.history.modelOutputs.forEach((m, j) => expect(bits(m)).toEqual(bits(w.history.modelOutputs[j])));
+    if (w.history.lastSample) expect(bits(b.history.lastSample!)).toEqual(bits(w.history.lastSample));
+    else expect(b.history.lastSample).toBeNull();
+  });
   expect(g.finishedTail?.index).toBe(want.finishedTail?.index);
   if (want.finishedTail) expect(bits(g.finishedTail!.latents)).toEqual(bits(want.finishedTail.latents));
   else expect(g.finishedTail).toBeNull();
@@ -67,7 +84,7 @@ describe('CheckpointStore', () => {
     expect(ttl).toBeLessThanOrEqual(60_000);
 
     // Replaced whole by the next save; an empty queue and no tail round-trip too.
-    const empty: QueueState = { iteration: 0, blocks: [], noise: { rng: [9, 8, 7, 6], previous: [] }, finishedTail: null };
+    const empty: QueueState = { iteration: 0, sampler: 'euler', blocks: [], noise: { rng: [9, 8, 7, 6], previous: [] }, finishedTail: null };
     await store.save(prefix, empty, 60);
     expectSameState(await store.load(prefix), empty);
   });
@@ -99,7 +116,7 @@ describe('CheckpointStore', () => {
 
     it.each([
       ['bad-magic', (b: Buffer) => (b.write('NOPE', 0, 'latin1'), b), /bad magic "NOPE"/],
-      ['version', (b: Buffer) => (b.writeUInt32LE(3, 4), b), /version 3; this build reads version 2/],
+      ['version', (b: Buffer) => (b.writeUInt32LE(2, 4), b), /version 2; this build reads version 3/],
       ['truncated', (b: Buffer) => b.subarray(0, b.length - 1000), /truncated: \d+ bytes, its header declares \d+/],
       ['tiny', (b: Buffer) => b.subarray(0, 20), /truncated: 20 bytes/],
       ['header-length', (b: Buffer) => (b.writeUInt32LE(0x7fffffff, 8), b), /declares a 2147483647-byte header/],
@@ -127,10 +144,23 @@ describe('CheckpointStore', () => {
       expect((err as Error).message).toMatch(/truncated: \d+ bytes, its header declares/);
     });
 
+    it('a block without its solver history, under a valid checksum', async () => {
+      const b = good();
+      const headerLength = b.readUInt32LE(8);
+      const header = JSON.parse(b.subarray(12, 12 + headerLength).toString('utf8'));
+      delete header.blocks[0].history;
+      const json = Buffer.from(JSON.stringify(header));
+      const pre = Buffer.from(b.subarray(0, 12));
+      pre.writeUInt32LE(json.length, 8);
+      const body = Buffer.concat([pre, json, b.subarray(12 + headerLength, b.length - 4)]);
+      const err = await loadWith('no-history', Buffer.concat([body, checksum(body)]));
+      expect((err as Error).message).toMatch(/invalid header: block 0 needs a solver history/);
+    });
+
     it('a non-JSON header under a valid checksum', async () => {
       const pre = Buffer.alloc(12);
       pre.write('LSCK', 0, 'latin1');
-      pre.writeUInt32LE(2, 4);
+      pre.writeUInt32LE(3, 4);
       pre.writeUInt32LE(5, 8);
       const body = Buffer.concat([pre, Buffer.from('{oops')]);
       const err = await loadWith('not-json', Buffer.concat([body, checksum(body)]));

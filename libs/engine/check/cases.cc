@@ -43,7 +43,8 @@ size_t eval_size(const std::string& expr, const std::vector<std::string>& names,
   }
 }
 
-InputSpec parse_spec(const Json& j, const std::string& where) {
+InputSpec parse_spec(const Json& j, const std::vector<std::string>& names, const std::vector<double>& params,
+                     const std::string& where) {
   InputSpec s;
   if (j.is_null()) return s;
   if (j.is_string()) {
@@ -67,8 +68,18 @@ InputSpec parse_spec(const Json& j, const std::string& where) {
   } else if (const Json* vals = j.find("values")) {
     s.kind = InputSpec::Kind::values;
     for (const Json& x : vals->arr("values")) s.values.push_back(x.num("values"));
+  } else if (const Json* ids = j.find("ids")) {
+    s.kind = InputSpec::Kind::ids;
+    s.vocab = eval_size(ids->str("ids"), names, params, where);
+    if (s.vocab == 0) throw std::runtime_error(where + ": ids into an empty table");
   } else {
     throw std::runtime_error(where + ": unknown input spec " + j.dump());
+  }
+  if (const Json* tail = j.find("tail")) {
+    s.tail_every = eval_size(tail->at("every").str("tail every"), names, params, where);
+    s.tail_last = static_cast<size_t>(tail->at("last").num("tail last"));
+    s.tail_value = tail->at("value").num("tail value");
+    if (s.tail_every == 0 || s.tail_last > s.tail_every) throw std::runtime_error(where + ": tail.every must be positive and at least tail.last");
   }
   return s;
 }
@@ -121,10 +132,13 @@ CaseTable load_cases(const std::string& path) {
         throw std::runtime_error(where + ": " + std::to_string(specs.size()) + " input specs, the op has " +
                                  std::to_string(info.inputs.size()) + " slots");
       for (size_t s = 0; s < specs.size(); ++s) {
-        oc.specs.push_back(parse_spec(specs[s], where));
+        oc.specs.push_back(parse_spec(specs[s], names, oc.params, where));
         if (oc.specs.back().kind == InputSpec::Kind::absent && !info.optional[s])
           throw std::runtime_error(where + ": slot '" + slot_name(info.inputs[s]) + "' is not optional");
         oc.sizes.push_back(eval_size(sizes[s].str("input size"), names, oc.params, where));
+        if (oc.specs.back().tail_every && oc.sizes.back() % oc.specs.back().tail_every)
+          throw std::runtime_error(where + ": tail.every does not divide the slot's " + std::to_string(oc.sizes.back()) +
+                                   " elements");
         if (oc.specs.back().kind == InputSpec::Kind::values && oc.specs.back().values.size() != oc.sizes.back())
           throw std::runtime_error(where + ": " + std::to_string(oc.specs.back().values.size()) +
                                    " values given, the slot holds " + std::to_string(oc.sizes.back()));
@@ -157,8 +171,19 @@ std::vector<HostTensor> draw_inputs(const OpCase& c) {
       case InputSpec::Kind::values:
         for (size_t i = 0; i < t.data.size(); ++i) t.data[i] = static_cast<float>(spec.values[i]);
         break;
+      case InputSpec::Kind::ids:
+        // The last id, then 0, then uniform ones, as Math.floor(uniform() * vocab).
+        for (size_t i = 0; i < t.data.size(); ++i)
+          t.data[i] = static_cast<float>(i == 0   ? static_cast<double>(spec.vocab - 1)
+                                         : i == 1 ? 0.0
+                                                  : std::floor(rng.uniform() * static_cast<double>(spec.vocab)));
+        break;
       case InputSpec::Kind::absent: break;
     }
+    if (spec.tail_every)
+      for (size_t row = 0; row < t.data.size(); row += spec.tail_every)
+        for (size_t i = spec.tail_every - spec.tail_last; i < spec.tail_every; ++i)
+          t.data[row + i] = static_cast<float>(spec.tail_value);
   }
   return out;
 }

@@ -11,10 +11,14 @@ namespace ls {
 namespace check {
 
 struct InputSpec {
-  enum class Kind { absent, normal, uniform, values } kind = Kind::absent;
+  enum class Kind { absent, normal, uniform, values, ids } kind = Kind::absent;
   double std = 1, mean = 0;  // normal
   double lo = 0, hi = 0;     // uniform
   std::vector<double> values;
+  size_t vocab = 0;          // ids: the table's row count
+  // "tail": after drawing, the last tail_last of every tail_every elements are set to tail_value.
+  size_t tail_every = 0, tail_last = 0;
+  double tail_value = 0;
 };
 
 struct OpCase {

@@ -292,6 +292,115 @@ Vec axpy(const In& in, const std::vector<double>& p) {
   return out;
 }
 
+// out[i] = x[i] * y[i].
+Vec mul(const In& in, const std::vector<double>& p) {
+  const size_t n = P(p, 0);
+  const float* x = in.need(0, n);
+  const float* yv = in.need(1, n);
+  Vec out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<double>(x[i]) * yv[i];
+  return out;
+}
+
+// out[r, :] = table[ids[r], :], table [vocab, dim]; ids are float32 integers in [0, vocab).
+Vec embedding(const In& in, const std::vector<double>& p) {
+  const size_t rows = P(p, 0), vocab = P(p, 1), dim = P(p, 2);
+  const float* table = in.need(0, vocab * dim);
+  const float* ids = in.need(1, rows);
+  Vec y(rows * dim);
+  for (size_t r = 0; r < rows; ++r) {
+    const double id = ids[r];
+    if (!(id >= 0 && id < static_cast<double>(vocab) && id == std::floor(id)))
+      throw std::runtime_error("reference embedding: ids[" + std::to_string(r) + "] = " + std::to_string(id) +
+                               " is not a token id in [0, " + std::to_string(vocab) + ")");
+    for (size_t d = 0; d < dim; ++d) y[r * dim + d] = table[static_cast<size_t>(id) * dim + d];
+  }
+  return y;
+}
+
+// T5's bidirectional bucket of rel = key position - query position, as ops.ts states it:
+// half = floor(buckets/2), exact = floor(half/2); rel > 0 adds half; with n = |rel|, n < exact gives
+// n, otherwise min(half - 1, exact + trunc(f32(f32(f32(log(f32(n) / exact)) / f32(log(maxDistance /
+// exact))) * (half - exact)))): every step rounded to float32, the logs taken in float64. (The
+// rounding is part of the definition: it decides on which side of a boundary 16, 32, 64 fall.)
+long long t5_bucket(long long rel, long long buckets, long long max_distance) {
+  const long long half = buckets / 2, exact = half / 2;
+  const long long offset = rel > 0 ? half : 0;
+  const long long n = rel < 0 ? -rel : rel;
+  if (n < exact) return offset + n;
+  const auto f32 = [](double v) { return static_cast<double>(static_cast<float>(v)); };
+  const double ratio = f32(f32(static_cast<double>(n)) / static_cast<double>(exact));
+  const double log_ratio = f32(std::log(ratio));
+  const double log_span = f32(std::log(static_cast<double>(max_distance) / static_cast<double>(exact)));
+  const double scaled = f32(f32(log_ratio / log_span) * static_cast<double>(half - exact));
+  return offset + std::min(half - 1, exact + static_cast<long long>(std::trunc(scaled)));
+}
+
+// The bucket values docs/text-encoder.md lists for 32 buckets and distance 128 (the published
+// function): a reference that drifted from them would judge every kernel against the wrong thing.
+void check_t5_bucket_examples() {
+  static const long long examples[][2] = {{0, 0},   {-7, 7},  {-8, 8},  {-16, 10}, {-64, 14}, {-128, 15},
+                                          {1, 17},  {8, 24},  {64, 30}, {128, 31}, {1000, 31}, {-1000, 15}};
+  for (const auto& e : examples)
+    if (t5_bucket(e[0], 32, 128) != e[1])
+      throw std::runtime_error("reference relative_position_bias: bucket(" + std::to_string(e[0]) + ") = " +
+                               std::to_string(t5_bucket(e[0], 32, 128)) + ", the published value is " +
+                               std::to_string(e[1]));
+}
+
+// out[h, i, j] = table[bucket(j - i), h], table [buckets, heads].
+Vec relative_position_bias(const In& in, const std::vector<double>& p) {
+  const size_t queries = P(p, 0), keys = P(p, 1), heads = P(p, 2), buckets = P(p, 3), max_distance = P(p, 4);
+  const float* table = in.need(0, buckets * heads);
+  check_t5_bucket_examples();
+  Vec y(heads * queries * keys);
+  for (size_t h = 0; h < heads; ++h)
+    for (size_t i = 0; i < queries; ++i)
+      for (size_t j = 0; j < keys; ++j) {
+        const long long rel = static_cast<long long>(j) - static_cast<long long>(i);
+        const long long b = t5_bucket(rel, static_cast<long long>(buckets), static_cast<long long>(max_distance));
+        if (b < 0 || b >= static_cast<long long>(buckets))
+          throw std::runtime_error("reference relative_position_bias: bucket " + std::to_string(b) + " out of range");
+        y[(h * queries + i) * keys + j] = table[static_cast<size_t>(b) * heads + h];
+      }
+  return y;
+}
+
+// softmax_j(scale * q_i . k_j + bias[h, i, j]) applied to v; q [batch, queries, heads*headDim],
+// k/v [batch, keys, heads*headDim], bias [heads, queries, keys] shared by the batch.
+Vec biased_attention(const In& in, const std::vector<double>& p) {
+  const size_t batch = P(p, 0), queries = P(p, 1), keys = P(p, 2), heads = P(p, 3), hd = P(p, 4);
+  const double scale = p[5];
+  const size_t width = heads * hd;
+  const float* q = in.need(0, batch * queries * width);
+  const float* k = in.need(1, batch * keys * width);
+  const float* v = in.need(2, batch * keys * width);
+  const float* bias = in.need(3, heads * queries * keys);
+  Vec out(batch * queries * width);
+  Vec logits(keys), weights(keys);
+  for (size_t b = 0; b < batch; ++b)
+    for (size_t qi = 0; qi < queries; ++qi)
+      for (size_t h = 0; h < heads; ++h) {
+        const float* qrow = q + (b * queries + qi) * width + h * hd;
+        double top = -std::numeric_limits<double>::infinity();
+        for (size_t j = 0; j < keys; ++j) {
+          const float* krow = k + (b * keys + j) * width + h * hd;
+          double dot = 0;
+          for (size_t d = 0; d < hd; ++d) dot += static_cast<double>(qrow[d]) * krow[d];
+          logits[j] = scale * dot + bias[(h * queries + qi) * keys + j];
+          top = std::max(top, logits[j]);
+        }
+        double z = 0;
+        for (size_t j = 0; j < keys; ++j) z += (weights[j] = std::exp(logits[j] - top));
+        for (size_t d = 0; d < hd; ++d) {
+          double acc = 0;
+          for (size_t j = 0; j < keys; ++j) acc += weights[j] / z * v[(b * keys + j) * width + h * hd + d];
+          out[(b * queries + qi) * width + h * hd + d] = acc;
+        }
+      }
+  return out;
+}
+
 }  // namespace
 
 std::vector<double> reference(Op op, const std::vector<RefInput>& inputs, const std::vector<double>& params) {
@@ -316,6 +425,10 @@ std::vector<double> reference(Op op, const std::vector<RefInput>& inputs, const 
     case Op::cfg_combine: return cfg_combine(in, params);
     case Op::copy_rows: return copy_rows(in, params);
     case Op::axpy: return axpy(in, params);
+    case Op::mul: return mul(in, params);
+    case Op::embedding: return embedding(in, params);
+    case Op::relative_position_bias: return relative_position_bias(in, params);
+    case Op::biased_attention: return biased_attention(in, params);
     case Op::count: break;
   }
   throw std::runtime_error("reference: no reference for op " + info.name);

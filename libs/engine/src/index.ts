@@ -183,6 +183,16 @@ export function engineInfo(): EngineInfo {
   return addon.info();
 }
 
+/**
+ * What a backend's results depend on besides its inputs: the backend and storage type, and the
+ * CPU kernels' SIMD level or the CUDA device. Equal strings mean bit-identical outputs; caches of
+ * computed results (text embeddings) key on it.
+ */
+export function backendNumerics(backend: Backend): string {
+  const info = addon.info();
+  return backend.name === 'cpu' ? `cpu:simd=${info.simd}` : `${backend.name}:device=${info.cudaDevice ?? 'unknown'}`;
+}
+
 /** Selects the CPU kernels' SIMD level; throws a RangeError if this CPU cannot run it. */
 export function setSimd(level: SimdLevel): void {
   addon.setSimd(level);

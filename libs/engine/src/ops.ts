@@ -147,6 +147,47 @@ export const OPS = {
     inPlace: true,
     doc: 'out[i] = x[i] + alpha * y[i], one fused multiply-add in float32 (the sampler step x += dt * v).',
   },
+  mul: {
+    inputs: ['x', 'y'],
+    params: ['n'],
+    outputSize: ([n]) => n,
+    inPlace: true,
+    doc: 'out[i] = x[i] * y[i] (the gate of a gated feed-forward).',
+  },
+  embedding: {
+    inputs: ['table', 'ids'],
+    params: ['rows', 'vocab', 'dim'],
+    outputSize: ([m, , d]) => m * d,
+    inPlace: false,
+    doc:
+      'Row gather: out[r, :] = table[ids[r], :], table [vocab, dim]. ids holds rows token ids as float32 ' +
+      'integers in [0, vocab) (exact up to 2^24); they are checked when the graph is validated, before ' +
+      'any node runs, so they must not be written by an earlier node of the same graph.',
+  },
+  relative_position_bias: {
+    inputs: ['table'],
+    params: ['queries', 'keys', 'heads', 'buckets', 'maxDistance'],
+    outputSize: ([lq, lk, nh]) => nh * lq * lk,
+    inPlace: false,
+    doc:
+      "T5's bidirectional relative position bias: out[h, i, j] = table[bucket(j - i), h], table [buckets, heads] " +
+      "(an nn.Embedding(buckets, heads) weight). bucket(rel): half = floor(buckets/2), exact = floor(half/2); " +
+      'rel > 0 adds half; with n = |rel|, n < exact gives n, otherwise min(half - 1, exact + trunc(f32(f32(' +
+      'f32(log(f32(n) / exact)) / f32(log(maxDistance / exact))) * (half - exact)))), each step rounded to ' +
+      'float32 as the reference implementations compute it (logs evaluated in float64, then rounded). ' +
+      'Needs buckets >= 4 and maxDistance > exact.',
+  },
+  biased_attention: {
+    inputs: ['q', 'k', 'v', 'bias'],
+    params: ['batch', 'queries', 'keys', 'heads', 'headDim', 'scale (float)'],
+    outputSize: ([b, lq, , nh, hd]) => b * lq * nh * hd,
+    inPlace: false,
+    doc:
+      'Multi-head softmax attention with an additive score bias: softmax_j(scale * q_i . k_j + bias[h, i, j]) ' +
+      'applied to v. q is [batch, queries, heads*headDim]; k, v [batch, keys, heads*headDim]; bias ' +
+      '[heads, queries, keys], shared by the batch (T5 passes scale 1 and its relative position bias). ' +
+      'Same fused online-softmax kernels as attention. Output [batch, queries, heads*headDim].',
+  },
 } as const satisfies Record<string, OpSpec>;
 
 export type OpName = keyof typeof OPS;

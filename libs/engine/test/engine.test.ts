@@ -70,6 +70,23 @@ describe('engine addon', () => {
     return expect(cpu.run([{ op: 'silu', inputs: [x], output: out, params: [7] }])).rejects.toThrow(/node 0 \(silu\): input 'x'/);
   });
 
+  it('rejects the shapes the umT5 ops cannot take', () => {
+    const t = new Float32Array(64);
+    const out = new Float32Array(64);
+    const bias = (params: number[]) => () => cpu.runSync([{ op: 'relative_position_bias', inputs: [t], output: out, params }]);
+    expect(bias([2, 2, 1, 2, 8])).toThrow(/node 0 \(relative_position_bias\): param 'buckets' must be at least 4/);
+    expect(bias([2, 2, 1, 32, 8])).toThrow(/param 'maxDistance' must exceed buckets \/ 4/);
+    expect(() => bias([2, 2, 1, 32, 9])()).not.toThrow();
+    expect(() => cpu.runSync([{ op: 'biased_attention', inputs: [t, t, t, t], output: out, params: [1, 2, 0, 1, 4, 1] }])).toThrow(
+      /node 0 \(biased_attention\): param 'keys' is 0/,
+    );
+    expect(() => cpu.runSync([{ op: 'biased_attention', inputs: [t, t, t, new Float32Array(3)], output: out, params: [1, 2, 2, 1, 4, 1] }])).toThrow(
+      /input 'bias' \(slot 3\) has 3 elements, needs 4/,
+    );
+    expect(() => cpu.runSync([{ op: 'embedding', inputs: [t, Float32Array.of(-1)], output: out, params: [1, 8, 8] }])).toThrow(/ids\[0\] = -1.* is not a token id in \[0, 8\)/);
+    expect(() => cpu.runSync([{ op: 'embedding', inputs: [t, Float32Array.of(NaN)], output: out, params: [1, 8, 8] }])).toThrow(/is not a token id/);
+  });
+
   it('run() resolves with the result of runSync()', async () => {
     const [m, k, n] = [37, 64, 50];
     const x = random(m * k, 1);

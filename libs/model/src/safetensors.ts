@@ -33,6 +33,9 @@ const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 /** Node's readSync/writeSync take int32 lengths; large tensors go through in chunks. */
 const IO_CHUNK = 1 << 30;
 
+/** Half-precision tensors are read and widened this many bytes at a time. */
+const DECODE_CHUNK_BYTES = 4 << 20;
+
 const LITTLE_ENDIAN_HOST = os.endianness() === 'LE';
 
 export interface TensorInfo {
@@ -176,27 +179,40 @@ function decodeInto(raw: Buffer, dtype: SafetensorsDtype, out: Float32Array): vo
 
 export class SafetensorsFile {
   readonly path: string;
+  /** How errors name the file: the path unless the caller gave a shorter, shareable name. */
+  readonly label: string;
   readonly metadata: Readonly<Record<string, string>>;
   /** Bytes in the file. */
   readonly size: number;
   private fd: number | null;
   private readonly infos: ReadonlyMap<string, TensorInfo>;
 
-  private constructor(file: string, fd: number, size: number, infos: Map<string, TensorInfo>, metadata: Record<string, string>) {
+  private constructor(file: string, label: string, fd: number, size: number, infos: Map<string, TensorInfo>, metadata: Record<string, string>) {
     this.path = file;
+    this.label = label;
     this.fd = fd;
     this.size = size;
     this.infos = infos;
     this.metadata = metadata;
   }
 
-  /** Opens the file and validates the header (structure, offsets, byte lengths); reads no data. */
-  static open(file: string): SafetensorsFile {
-    const fd = fs.openSync(file, 'r');
+  /**
+   * Opens the file and validates the header (structure, offsets, byte lengths); reads no data.
+   * `label` names the file in every error (e.g. its name inside a model directory, so a message
+   * shown to a client does not reveal where the server keeps it).
+   */
+  static open(file: string, label: string = file): SafetensorsFile {
+    let fd: number;
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new Error(`${label}: cannot open (${code === 'ENOENT' ? 'no such file' : (code ?? 'error')})`);
+    }
     try {
       const size = fs.fstatSync(fd).size;
-      const { infos, metadata } = parseHeader(file, fd, size);
-      return new SafetensorsFile(file, fd, size, infos, metadata);
+      const { infos, metadata } = parseHeader(label, fd, size);
+      return new SafetensorsFile(file, label, fd, size, infos, metadata);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -215,7 +231,7 @@ export class SafetensorsFile {
   /** Header entry of one tensor; throws naming the file and tensor when absent. */
   info(name: string): TensorInfo {
     const t = this.infos.get(name);
-    if (!t) throw new Error(`${this.path}: tensor '${name}' not found (file has ${this.infos.size} tensors)`);
+    if (!t) throw new Error(`${this.label}: tensor '${name}' not found (file has ${this.infos.size} tensors)`);
     return t;
   }
 
@@ -223,7 +239,7 @@ export class SafetensorsFile {
   checkShape(name: string, expectedShape: readonly number[]): TensorInfo {
     const t = this.info(name);
     if (t.shape.length !== expectedShape.length || t.shape.some((d, i) => d !== expectedShape[i])) {
-      throw new Error(`${this.path}: tensor '${name}': expected ${formatShape(expectedShape)}, file has ${formatShape(t.shape)}`);
+      throw new Error(`${this.label}: tensor '${name}': expected ${formatShape(expectedShape)}, file has ${formatShape(t.shape)}`);
     }
     return t;
   }
@@ -231,17 +247,8 @@ export class SafetensorsFile {
   /** Reads one tensor (only its bytes) as float32, optionally checking its shape first. */
   read(name: string, expectedShape?: readonly number[]): Float32Array {
     const t = expectedShape ? this.checkShape(name, expectedShape) : this.info(name);
-    const dtype = this.decodableDtype(t);
     const out = new Float32Array(numel(t.shape));
-    const len = t.end - t.begin;
-    if (dtype === 'F32' && LITTLE_ENDIAN_HOST) {
-      // Read straight into the result: no intermediate copy for the common case.
-      this.readExact(t, Buffer.from(out.buffer, out.byteOffset, out.byteLength));
-    } else {
-      const raw = Buffer.allocUnsafe(len);
-      this.readExact(t, raw);
-      decodeInto(raw, dtype, out);
-    }
+    this.readElements(t, 0, out);
     return out;
   }
 
@@ -252,20 +259,42 @@ export class SafetensorsFile {
     }
   }
 
+  /** Decodes out.length elements of `t` starting at element `first` into `out`. */
+  private readElements(t: TensorInfo, first: number, out: Float32Array): void {
+    const dtype = this.decodableDtype(t);
+    const width = DTYPE_BYTES[dtype];
+    const begin = t.begin + first * width;
+    if (dtype === 'F32' && LITTLE_ENDIAN_HOST) {
+      // Read straight into the result: no intermediate copy for the common case.
+      this.readExact(t, begin, Buffer.from(out.buffer, out.byteOffset, out.byteLength));
+      return;
+    }
+    // Half precision goes through one bounded scratch buffer, so loading a stage never holds a
+    // second copy of its weights: resident memory stays at the float32 result.
+    const perChunk = Math.max(1, Math.floor(DECODE_CHUNK_BYTES / width));
+    const scratch = Buffer.allocUnsafe(Math.min(out.length, perChunk) * width);
+    for (let done = 0; done < out.length; done += perChunk) {
+      const n = Math.min(perChunk, out.length - done);
+      const raw = scratch.subarray(0, n * width);
+      this.readExact(t, begin + done * width, raw);
+      decodeInto(raw, dtype, out.subarray(done, done + n));
+    }
+  }
+
   private decodableDtype(t: TensorInfo): SafetensorsDtype {
     if (!(SUPPORTED as readonly string[]).includes(t.dtype)) {
-      throw new Error(`${this.path}: tensor '${t.name}' has unsupported dtype ${t.dtype} (supported: ${SUPPORTED.join(', ')})`);
+      throw new Error(`${this.label}: tensor '${t.name}' has unsupported dtype ${t.dtype} (supported: ${SUPPORTED.join(', ')})`);
     }
     return t.dtype as SafetensorsDtype;
   }
 
-  private readExact(t: TensorInfo, dst: Buffer): void {
-    if (this.fd === null) throw new Error(`${this.path}: file is closed (reading tensor '${t.name}')`);
+  private readExact(t: TensorInfo, position: number, dst: Buffer): void {
+    if (this.fd === null) throw new Error(`${this.label}: file is closed (reading tensor '${t.name}')`);
     let done = 0;
     while (done < dst.length) {
-      const n = fs.readSync(this.fd, dst, done, Math.min(IO_CHUNK, dst.length - done), t.begin + done);
+      const n = fs.readSync(this.fd, dst, done, Math.min(IO_CHUNK, dst.length - done), position + done);
       if (n === 0) {
-        throw new Error(`${this.path}: tensor '${t.name}': file truncated while reading (got ${done} of ${dst.length} bytes; was the file modified after open?)`);
+        throw new Error(`${this.label}: tensor '${t.name}': file truncated while reading (got ${done} of ${dst.length} bytes; was the file modified after open?)`);
       }
       done += n;
     }
@@ -355,7 +384,9 @@ function parseHeader(file: string, fd: number, size: number): { infos: Map<strin
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-export interface TensorInput {
+export type TensorInput = FloatTensorInput | IntTensorInput;
+
+export interface FloatTensorInput {
   readonly name: string;
   readonly shape: readonly number[];
   /** The values, or a producer called once when this tensor is written (streams big models). */
@@ -364,11 +395,16 @@ export interface TensorInput {
   readonly dtype?: SafetensorsDtype;
 }
 
-/**
- * Writes a safetensors file atomically: a temp file in the same directory, fsync, rename. Data
- * producers run one at a time in order, so a multi-gigabyte model never sits in memory whole.
- */
-export function writeSafetensors(file: string, tensors: readonly TensorInput[], metadata?: Readonly<Record<string, string>>): void {
+/** Integer data (token ids), stored as I32 little-endian. */
+export interface IntTensorInput {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly data: Int32Array;
+  readonly dtype: 'I32';
+}
+
+/** The 8-byte length and the padded JSON header of `tensors` laid out in order. */
+function encodeHeader(file: string, tensors: readonly TensorInput[], metadata?: Readonly<Record<string, string>>): { head: Buffer; dataBytes: number } {
   const header: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length > 0) {
     for (const [k, v] of Object.entries(metadata)) {
@@ -384,7 +420,7 @@ export function writeSafetensors(file: string, tensors: readonly TensorInput[], 
     if (seen.has(t.name)) throw new Error(`${where}: duplicate name`);
     seen.add(t.name);
     const dtype = t.dtype ?? 'F32';
-    if (!SUPPORTED.includes(dtype)) throw new Error(`${where}: unsupported dtype ${dtype} (supported: ${SUPPORTED.join(', ')})`);
+    if (dtype !== 'I32' && !SUPPORTED.includes(dtype)) throw new Error(`${where}: unsupported dtype ${dtype} (supported: ${SUPPORTED.join(', ')})`);
     if (t.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) throw new Error(`${where}: bad shape ${formatShape(t.shape)}`);
     const bytes = numel(t.shape) * DTYPE_BYTES[dtype];
     header[t.name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + bytes] };
@@ -396,21 +432,17 @@ export function writeSafetensors(file: string, tensors: readonly TensorInput[], 
   const headerBytes = Buffer.from(json, 'utf8');
   const lenBuf = Buffer.alloc(8);
   lenBuf.writeBigUInt64LE(BigInt(headerBytes.length));
+  return { head: Buffer.concat([lenBuf, headerBytes]), dataBytes: offset };
+}
 
+/** Writes through a temp file in the same directory, fsync, rename: readers never see half a file. */
+function writeAtomically(file: string, fill: (fd: number) => void): void {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Math.random().toString(36).slice(2, 10)}`);
   const fd = fs.openSync(tmp, 'w');
   let open = true;
   try {
-    writeAll(fd, lenBuf);
-    writeAll(fd, headerBytes);
-    for (const t of tensors) {
-      const data = typeof t.data === 'function' ? t.data() : t.data;
-      if (data.length !== numel(t.shape)) {
-        throw new Error(`writeSafetensors ${file}: tensor '${t.name}': ${data.length} values do not fill shape ${formatShape(t.shape)} (${numel(t.shape)})`);
-      }
-      writeAll(fd, encodeTensor(data, t.dtype ?? 'F32'));
-    }
+    fill(fd);
     fs.fsyncSync(fd);
     open = false;
     fs.closeSync(fd);
@@ -420,6 +452,44 @@ export function writeSafetensors(file: string, tensors: readonly TensorInput[], 
     fs.rmSync(tmp, { force: true });
     throw e;
   }
+}
+
+/**
+ * Writes a safetensors file atomically. Data producers run one at a time in order, so a
+ * multi-gigabyte model never sits in memory whole.
+ */
+export function writeSafetensors(file: string, tensors: readonly TensorInput[], metadata?: Readonly<Record<string, string>>): void {
+  const { head } = encodeHeader(file, tensors, metadata);
+  writeAtomically(file, (fd) => {
+    writeAll(fd, head);
+    for (const t of tensors) {
+      const data = typeof t.data === 'function' ? t.data() : t.data;
+      if (data.length !== numel(t.shape)) {
+        throw new Error(`writeSafetensors ${file}: tensor '${t.name}': ${data.length} values do not fill shape ${formatShape(t.shape)} (${numel(t.shape)})`);
+      }
+      writeAll(fd, t.dtype === 'I32' ? int32Bytes(t.data) : encodeTensor(data as Float32Array, t.dtype ?? 'F32'));
+    }
+  });
+}
+
+/**
+ * Writes only the layout of a safetensors file: the header, then the file extended to its full
+ * size without writing the data, so every tensor reads as zeros. On a filesystem with sparse
+ * files a 28 GB checkpoint costs a few kilobytes: enough to inspect a real model's layout or
+ * measure what a stage loads, without its values. Tensor producers are never called.
+ */
+export function writeSafetensorsLayout(file: string, tensors: readonly Omit<TensorInput, 'data'>[], metadata?: Readonly<Record<string, string>>): void {
+  const withData = tensors.map((t): TensorInput => (t.dtype === 'I32' ? { ...t, dtype: 'I32', data: new Int32Array(0) } : { ...t, dtype: t.dtype, data: () => new Float32Array(0) }));
+  const { head, dataBytes } = encodeHeader(file, withData, metadata);
+  writeAtomically(file, (fd) => {
+    writeAll(fd, head);
+    fs.ftruncateSync(fd, head.length + dataBytes);
+  });
+}
+
+function int32Bytes(data: Int32Array): Buffer {
+  const out = Buffer.from(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  return LITTLE_ENDIAN_HOST ? out : Buffer.from(out).swap32();
 }
 
 function writeAll(fd: number, buf: Buffer): void {

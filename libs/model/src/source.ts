@@ -1,5 +1,8 @@
 import * as fs from 'node:fs';
+import { WAN_SCHEDULER_CONFIG, type SchedulerConfig } from '@longshot/sampler';
 import { getConfig, type ModelConfig, type StageRange } from './config';
+import { isPipelineDir, loadPipelineStage, openPipelineDir } from './pipeline-dir';
+import { StandInTextEncoder, Umt5TextEncoder, type TextEncoder } from './text-conditioning';
 import { loadStageWeights, readModelConfig, seededStageWeights } from './weights';
 import type { StageWeights } from './weights-types';
 
@@ -7,22 +10,37 @@ import type { StageWeights } from './weights-types';
 export const SEEDED_MODEL_SEED = 0;
 
 /**
- * Where a job's weights come from: a known config name (seeded init, no file) or a safetensors
- * checkpoint. Each stage loads only its own layer range from it.
+ * Where a job's weights come from: a known config name (seeded init, no file), a safetensors
+ * checkpoint of the transformer alone, or a diffusers pipeline directory. Each stage loads only
+ * its own layer range.
  */
 export interface ModelSource {
   readonly id: string;
-  readonly kind: 'seeded' | 'file';
+  readonly kind: 'seeded' | 'file' | 'pipeline';
   readonly config: ModelConfig;
+  /**
+   * The checkpoint's scheduler (diffusers' scheduler_config.json). Every built-in model and
+   * single-file checkpoint is a Wan2.1 text-to-video DiT and gets the scheduler Wan ships.
+   */
+  readonly scheduler: SchedulerConfig;
   loadStage(range: StageRange): StageWeights;
+  /**
+   * The prompt's encoder: a pipeline directory's tokenizer and umT5; the stand-in for a seeded
+   * name or a bare transformer file, which have no text encoder of their own.
+   */
+  readonly textEncoder: TextEncoder;
 }
 
-export function resolveModel(nameOrFile: string): ModelSource {
-  const looksLikeFile = nameOrFile.endsWith('.safetensors') || nameOrFile.includes('/');
-  if (looksLikeFile || (fs.existsSync(nameOrFile) && fs.statSync(nameOrFile).isFile())) {
-    const config = readModelConfig(nameOrFile);
-    return { id: nameOrFile, kind: 'file', config, loadStage: (range) => loadStageWeights(nameOrFile, range).weights };
+export function resolveModel(nameOrPath: string): ModelSource {
+  if (isPipelineDir(nameOrPath)) {
+    const p = openPipelineDir(nameOrPath);
+    return { id: nameOrPath, kind: 'pipeline', config: p.config, scheduler: p.scheduler, loadStage: (range) => loadPipelineStage(p, range), textEncoder: new Umt5TextEncoder(nameOrPath, p) };
   }
-  const config = getConfig(nameOrFile);
-  return { id: nameOrFile, kind: 'seeded', config, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED) };
+  const looksLikeFile = nameOrPath.endsWith('.safetensors') || nameOrPath.includes('/');
+  if (looksLikeFile || (fs.existsSync(nameOrPath) && fs.statSync(nameOrPath).isFile())) {
+    const config = readModelConfig(nameOrPath);
+    return { id: nameOrPath, kind: 'file', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, textEncoder: new StandInTextEncoder(config) };
+  }
+  const config = getConfig(nameOrPath);
+  return { id: nameOrPath, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), textEncoder: new StandInTextEncoder(config) };
 }

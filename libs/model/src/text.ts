@@ -1,12 +1,14 @@
 /**
- * Text conditioning for the DiT.
+ * Text conditioning for the seeded model NAMES (tiny, small, wan2.1-*) and bare transformer files.
  *
  * `encodePrompt` is a deterministic STAND-IN text encoder. It is NOT umT5-XXL and carries no
  * language understanding: it exists so a plain prompt string works end to end (and gives the
  * same conditioning on every machine) without a 5-billion-parameter encoder. Each lower-cased
  * word maps to a fixed pseudo-random vector; similar prompts share rows, so changing a word
- * changes the video a little, which is all the stand-in promises. Real umT5 embeddings come in
- * through a safetensors file via `loadTextEmbeddings`.
+ * changes the video a little, which is all the stand-in promises. It serves only models that
+ * have no text encoder of their own: a pipeline directory never uses it (it tokenizes with its
+ * tokenizer.json and encodes with its text encoder, see ./text-conditioning). Real umT5
+ * embeddings can also come in through a safetensors file via `loadTextEmbeddings`.
  *
  * Both produce Wan's layout: [textLen, textDim] float32, token rows followed by zero rows
  * (Wan zero-pads the umT5 output to 512 tokens).
@@ -14,6 +16,9 @@
 import { Rng } from '@longshot/random';
 import { ModelConfig } from './config';
 import { SafetensorsFile, formatShape } from './safetensors';
+
+/** How render output and `model inspect` name this encoder. */
+export const STAND_IN_TEXT_ENCODER = 'stand-in text encoder (seeded models only; hashed words, not umT5)';
 
 /** Tokens: runs of letters/digits, keeping inner apostrophes ("don't"); punctuation is dropped. */
 const WORD = /[\p{L}\p{N}]+(?:['’][\p{L}\p{N}]+)*/gu;

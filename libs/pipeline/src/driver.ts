@@ -4,7 +4,17 @@ import type { BlockStore } from '@longshot/cache';
 import { resolveModel, type TextEmbeddings } from '@longshot/model';
 import { partitionLayers, planJob, type JobSpec, type LayerRange } from '@longshot/planner';
 import type { Logger } from '@longshot/telemetry';
-import { createWorkerClient, encodePayload, Role, toWireDtype, type PayloadDtype, type SessionEvent, type WorkerClient } from '@longshot/transport';
+import {
+  ComponentKind,
+  createWorkerClient,
+  encodePayload,
+  Role,
+  runComponent,
+  toWireDtype,
+  type PayloadDtype,
+  type SessionEvent,
+  type WorkerClient,
+} from '@longshot/transport';
 
 export interface DriverWorker {
   readonly id: string;
@@ -25,7 +35,10 @@ export interface DistributedJob {
   readonly spec: JobSpec;
   /** Redis key prefix of the job: checkpoints and finished blocks live under it. */
   readonly keyPrefix: string;
-  /** Explicit text embeddings; null lets every stage run the stand-in encoder on the prompt. */
+  /**
+   * Explicit text embeddings; null has the model's text encoder run once, on the head worker
+   * of the first attempt that gets that far (RunComponent), on spec.prompt and spec.negativePrompt.
+   */
   readonly text: TextEmbeddings | null;
   readonly wireDtype?: PayloadDtype;
   /** Emulated compute only: tensors on the wire are this many times smaller. */
@@ -72,6 +85,19 @@ export interface DistributedResult {
   readonly recomputedBlockSteps: number;
   /** Peak resident memory per worker (from the last attempt's session close). */
   readonly maxRssBytes: Record<string, number>;
+  /** Retained memory per worker after each block, in order (workers started with --memory-probe only). */
+  readonly retainedBytes: Record<string, number[]>;
+  /** Where the prompt was encoded (null when the job brought its embeddings). */
+  readonly textEncoder: TextEncoderRun | null;
+}
+
+export interface TextEncoderRun {
+  readonly worker: string;
+  readonly description: string;
+  /** The embeddings came from the worker's Redis cache. */
+  readonly cacheHit: boolean;
+  /** Prompt tokens cut off at the model's text length. */
+  readonly truncatedTokens: number;
 }
 
 /** A stage was lost (process died, stream broke, stall); the job can resume elsewhere. */
@@ -126,13 +152,20 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   // Session ids must not collide with a previous run of the same job (e.g. a controller replica
   // that died) whose sessions workers may still be closing.
   const run = randomBytes(4).toString('hex');
+  let text = job.text;
+  let textEncoder: TextEncoderRun | null = null;
   for (let attempt = 0; ; attempt++) {
     o.signal?.throwIfAborted();
     const workers = await o.workers.pick(ranges.length, dead);
     const sessions: OpenedSession[] = [];
     let startIteration = 0;
     try {
-      const opened = await openSessions(job, workers, ranges, `${run}.a${attempt}`, attempt > 0);
+      if (!text) {
+        const encoded = await encodeOnWorker(job, workers[0], o);
+        text = encoded.text;
+        textEncoder = encoded.run;
+      }
+      const opened = await openSessions(job, text, workers, ranges, `${run}.a${attempt}`, attempt > 0);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
       o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration });
@@ -152,7 +185,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       });
       await drain();
       if (nextBlock !== plan.blocks) throw new Error(`the head finished but only ${nextBlock} of ${plan.blocks} blocks are in Redis`);
-      const rss = await closeSessions(sessions);
+      const closed = await closeSessions(sessions);
       attempts.push({ workers: workers.map((w) => w.id), startIteration, error: null });
       await o.workers.release?.(workers.map((w) => w.id));
       return {
@@ -161,7 +194,9 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         attempts,
         blockStepsApplied: applied,
         recomputedBlockSteps: Math.max(0, applied - plan.blockSteps),
-        maxRssBytes: rss,
+        maxRssBytes: closed.maxRssBytes,
+        retainedBytes: closed.retainedBytes,
+        textEncoder,
       };
     } catch (e) {
       await closeSessions(sessions).catch(() => undefined);
@@ -178,8 +213,44 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   }
 }
 
+/**
+ * Runs the model's text encoder on `worker` (the head of this attempt: a worker the job holds
+ * already, whose stage is loaded only after the encoder has run and been freed). A lost or
+ * failing worker is a lost stage: the attempt loop excludes it and picks another. A refused
+ * request (INVALID_ARGUMENT: bad prompt or model) fails the job.
+ */
+async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: DriverOptions): Promise<{ text: TextEmbeddings; run: TextEncoderRun }> {
+  const client = createWorkerClient(worker.address);
+  try {
+    const r = await runComponent(
+      client,
+      { kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model: job.spec.model, jobId: job.jobId, input: { $case: 'text', value: { prompt: job.spec.prompt, negativePrompt: job.spec.negativePrompt } } },
+      { signal: o.signal, deadlineMs: TEXT_ENCODER_DEADLINE_MS },
+    );
+    const take = (name: string): Float32Array => {
+      const t = r.tensors.get(name);
+      if (!(t?.values instanceof Float32Array)) throw new Error(`text encoder on ${worker.id} returned no float32 '${name}'`);
+      return t.values;
+    };
+    const run = { worker: worker.id, description: r.summary.description, cacheHit: r.summary.cacheHit, truncatedTokens: r.summary.truncatedTokens };
+    o.log?.info('prompt encoded', { job: job.jobId, ...run });
+    return { text: { cond: take('cond'), uncond: take('uncond') }, run };
+  } catch (e) {
+    o.signal?.throwIfAborted();
+    const code = (e as { code?: number }).code;
+    if (code !== undefined && PERMANENT.has(code)) throw e;
+    throw new StageLost(`text encoder on ${worker.id} failed: ${(e as Error).message}`, worker.address);
+  } finally {
+    client.close();
+  }
+}
+
+/** The encoder of a 5-billion-parameter umT5 on CPU takes minutes; a hung worker must not hold a job forever. */
+const TEXT_ENCODER_DEADLINE_MS = 30 * 60_000;
+
 async function openSessions(
   job: DistributedJob,
+  text: TextEmbeddings,
   workers: DriverWorker[],
   ranges: LayerRange[],
   attemptName: string,
@@ -194,7 +265,7 @@ async function openSessions(
     token: randomBytes(24).toString('hex'),
   }));
   const s = job.spec;
-  const text = job.text ? { cond: encodePayload(job.text.cond, 'f32'), uncond: encodePayload(job.text.uncond, 'f32') } : undefined;
+  const wireText = { cond: encodePayload(text.cond, 'f32'), uncond: encodePayload(text.uncond, 'f32') };
   const request = (k: number) => {
     const next = sessions[(k + 1) % K];
     const r = ranges[k];
@@ -202,7 +273,7 @@ async function openSessions(
       jobId: job.jobId,
       sessionId: sessions[k].sessionId,
       token: sessions[k].token,
-      spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift, block: s.block, context: s.context, stages: s.stages, seed: s.seed, model: s.model },
+      spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift ?? 0, sampler: s.sampler, block: s.block, context: s.context, stages: s.stages, seed: s.seed, model: s.model },
       layerBegin: r.l0,
       layerEnd: r.l1,
       role: K === 1 ? Role.ROLE_HEAD_TAIL : k === 0 ? Role.ROLE_HEAD : k === K - 1 ? Role.ROLE_TAIL : Role.ROLE_MIDDLE,
@@ -210,7 +281,7 @@ async function openSessions(
       nextSessionId: K === 1 ? '' : next.sessionId,
       nextToken: K === 1 ? '' : next.token,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
-      text,
+      text: wireText,
       resume: failover || job.resume === true,
       keyPrefix: job.keyPrefix,
       payloadScale: job.payloadScale ?? 1,
@@ -284,22 +355,26 @@ function watchHead(sessions: OpenedSession[], o: DriverOptions, h: { onEvent(e: 
   });
 }
 
-/** Closes every session (best-effort) and returns each worker's peak memory. */
-async function closeSessions(sessions: OpenedSession[]): Promise<Record<string, number>> {
+/** Closes every session (best-effort) and returns each worker's memory figures. */
+async function closeSessions(sessions: OpenedSession[]): Promise<Pick<DistributedResult, 'maxRssBytes' | 'retainedBytes'>> {
   const rss: Record<string, number> = {};
+  const retained: Record<string, number[]> = {};
   await Promise.all(
     sessions.map(
       (s) =>
         new Promise<void>((resolve) => {
           s.client.closeSession({ sessionId: s.sessionId, token: s.token }, new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err, res) => {
-            if (!err) rss[s.worker.id] = res.maxRssBytes;
+            if (!err) {
+              rss[s.worker.id] = res.maxRssBytes;
+              retained[s.worker.id] = res.retainedBytes;
+            }
             s.client.close();
             resolve();
           });
         }),
     ),
   );
-  return rss;
+  return { maxRssBytes: rss, retainedBytes: retained };
 }
 
 /**

@@ -1,16 +1,11 @@
-import { Rng, type RngState } from '@longshot/random';
+import type { JobPlan, JobSpec, NoiseState } from '@longshot/planner';
+import { Rng } from '@longshot/random';
 
 /**
  * Coordinated noise (dualparal.md): one pool of B + C frame noises drawn from the job seed; each
  * new block's initial noise is a seeded selection of pool frames that carries the last C frames
  * of the previous draw forward, so neighbouring blocks start from shared noise where they overlap.
  */
-export interface NoiseState {
-  readonly rng: RngState;
-  /** Pool frame indices of the previous block's draw (empty before block 0). */
-  readonly previous: readonly number[];
-}
-
 export class CoordinatedNoise {
   private readonly pool: Float32Array;
   private readonly frameSize: number;
@@ -56,4 +51,21 @@ export class CoordinatedNoise {
     }
     return out;
   }
+}
+
+/**
+ * A job's seeded initial noise as one [channels, latentFrames, H, W] tensor: every block's draw
+ * at its frames. Given to `--init-noise` it reproduces the seeded job bit for bit.
+ */
+export function seededInitialNoise(spec: JobSpec, plan: JobPlan, channels: number): Float32Array {
+  const noise = new CoordinatedNoise(spec.seed, spec.block, spec.context, channels, plan.latentHeight, plan.latentWidth);
+  const fs = plan.latentHeight * plan.latentWidth;
+  const B = spec.block;
+  const F = plan.latentFrames;
+  const out = new Float32Array(channels * F * fs);
+  for (let b = 0; b < plan.blocks; b++) {
+    const block = noise.next();
+    for (let c = 0; c < channels; c++) out.set(block.subarray(c * B * fs, (c + 1) * B * fs), (c * F + b * B) * fs);
+  }
+  return out;
 }

@@ -1,28 +1,33 @@
-import { iteration as iterationAt, iterationCount, type JobPlan, type JobSpec } from '@longshot/planner';
+import { iteration as iterationAt, iterationCount, type BlockState, type JobPlan, type JobSpec, type QueueState } from '@longshot/planner';
 import type { BlockStep } from '@longshot/model';
-import { cpuBackend, type Backend } from '@longshot/engine';
-import { eulerStepSize, shiftedSigmas, timestepOf } from '@longshot/sampler';
-import { CoordinatedNoise, type NoiseState } from './noise';
+import { cpuBackend, type Backend, type OpNode } from '@longshot/engine';
+import { buildSchedule, eulerStepSize, historyCountersAt, jobSchedulerConfig, unipcStep, type Combination, type Schedule, type SchedulerConfig, type SolverHistory } from '@longshot/sampler';
+import type { NoiseState } from '@longshot/planner';
+import { CoordinatedNoise } from './noise';
+
+/** A block's solver history while it is in the queue: SolverHistory, updated in place. */
+type LiveHistory = { -readonly [K in keyof SolverHistory]: K extends 'modelOutputs' ? Float32Array[] : SolverHistory[K] };
 
 /** A block in the head's queue: its latents [16, B, H, W] after `step` denoising steps. */
 interface QueuedBlock {
   readonly index: number;
   step: number;
-  readonly latents: Float32Array;
+  latents: Float32Array;
+  readonly history: LiveHistory;
 }
 
-/**
- * Everything the head needs to resume a job at an iteration boundary (dualparal.md, "What stays
- * small"): the queued blocks, the noise pool position, and the last C frames' source of the block
- * that left the queue most recently (the next block's prefix). The K/V caches are rebuilt within
- * an iteration, so they are not part of it.
- */
-export interface QueueState {
-  /** The iteration a resume starts at. */
-  readonly iteration: number;
-  readonly blocks: readonly { index: number; step: number; latents: Float32Array }[];
-  readonly noise: NoiseState;
-  readonly finishedTail: { index: number; latents: Float32Array } | null;
+export interface BlockQueueOptions {
+  /** Latent channels (16 for Wan). */
+  readonly channels: number;
+  /** The model's scheduler config; the spec's sampler and shift are applied to it. */
+  readonly scheduler: SchedulerConfig;
+  /** Resume from this iteration-boundary state. */
+  readonly state?: QueueState;
+  /**
+   * [channels, latentFrames, H, W] initial noise replacing the seeded draw: block b starts from
+   * frames [bB, (b+1)B). With one block covering the video this is plain sampling from it.
+   */
+  readonly initNoise?: Float32Array;
 }
 
 export interface FinishedBlock {
@@ -52,11 +57,16 @@ export interface Applied {
  * and both compute the same bits.
  */
 export class BlockQueue {
-  readonly sigmas: Float64Array;
+  /** The job's scheduler: the model's with the spec's sampler and shift applied. */
+  readonly scheduler: SchedulerConfig;
+  readonly schedule: Schedule;
+  readonly channels: number;
   private blocks: QueuedBlock[] = [];
   private readonly noise: CoordinatedNoise;
+  private readonly initNoise: Float32Array | null;
   private finishedTail: { index: number; latents: Float32Array } | null = null;
   private readonly frameSize: number;
+  private readonly blockSize: number;
   private readonly total: number;
   /** Global ordinal of the first block-step of each iteration (plus one past the end). */
   private readonly firstOrdinal: number[];
@@ -67,30 +77,43 @@ export class BlockQueue {
   /** Noise position before each iteration's new block was drawn, until that boundary is saved. */
   private readonly noiseBefore = new Map<number, NoiseState>();
   private readonly spareWindows: Float32Array[] = [];
+  /** Block-sized buffers the solver history let go of, reused for the next x0 predictions. */
+  private readonly spareBlocks: Float32Array[] = [];
+  /** Read-only zeros: the `x` of an axpy that starts a linear combination (0 + c t). */
+  private readonly zeros: Float32Array;
   /** Latents live on the host: the sampler step runs on the CPU backend, whatever the stages use. */
   private readonly host: Backend = cpuBackend();
 
   constructor(
     readonly spec: JobSpec,
     readonly plan: JobPlan,
-    readonly channels: number,
-    state?: QueueState,
+    options: BlockQueueOptions,
   ) {
-    this.sigmas = shiftedSigmas(spec.steps, spec.shift);
+    const { channels, state } = options;
+    this.channels = channels;
+    this.scheduler = jobSchedulerConfig(options.scheduler, { sampler: spec.sampler, shift: spec.shift });
+    this.schedule = buildSchedule(this.scheduler, spec.steps);
     this.frameSize = plan.latentHeight * plan.latentWidth;
+    this.blockSize = channels * spec.block * this.frameSize;
+    this.zeros = new Float32Array(this.scheduler.kind === 'unipc' ? this.blockSize : 0);
     this.total = iterationCount(plan.blocks, spec.steps);
     this.firstOrdinal = [0];
     for (let i = 0; i < this.total; i++) this.firstOrdinal.push(this.firstOrdinal[i] + iterationAt(i, plan.blocks, spec.steps).blockSteps.length);
     this.noise = new CoordinatedNoise(spec.seed, spec.block, spec.context, channels, plan.latentHeight, plan.latentWidth, state?.noise);
+    const noiseSize = channels * plan.latentFrames * this.frameSize;
+    if (options.initNoise && options.initNoise.length !== noiseSize) {
+      throw new RangeError(`init noise has ${options.initNoise.length} values, the job needs [${channels}, ${plan.latentFrames}, ${plan.latentHeight}, ${plan.latentWidth}] = ${noiseSize}`);
+    }
+    this.initNoise = options.initNoise ?? null;
     const start = state?.iteration ?? 0;
     if (!Number.isInteger(start) || start < 0 || start > this.total) throw new RangeError(`checkpoint iteration ${start} is outside 0..${this.total}`);
     this.issued = this.applied = this.firstOrdinal[start];
     if (state) {
-      const size = channels * spec.block * this.frameSize;
+      if (state.sampler !== this.scheduler.kind) throw new RangeError(`checkpoint was written by the ${state.sampler} sampler, this job samples with ${this.scheduler.kind}`);
       for (const b of state.blocks) {
-        if (b.latents.length !== size) throw new RangeError(`checkpoint block ${b.index} has ${b.latents.length} latents, expected ${size}`);
+        if (b.latents.length !== this.blockSize) throw new RangeError(`checkpoint block ${b.index} has ${b.latents.length} latents, expected ${this.blockSize}`);
         if (b.step !== start - b.index) throw new RangeError(`checkpoint block ${b.index} is at step ${b.step}, iteration ${start} expects ${start - b.index}`);
-        this.blocks.push({ index: b.index, step: b.step, latents: b.latents.slice() });
+        this.blocks.push({ index: b.index, step: b.step, latents: b.latents.slice(), history: this.restoreHistory(b) });
       }
       this.finishedTail = state.finishedTail ? { index: state.finishedTail.index, latents: state.finishedTail.latents.slice() } : null;
     }
@@ -128,7 +151,7 @@ export class BlockQueue {
     }
     if (it.added === block && !this.blocks.some((q) => q.index === block)) {
       this.noiseBefore.set(i, this.noise.state());
-      this.blocks.push({ index: block, step: 0, latents: this.noise.next() });
+      this.blocks.push({ index: block, step: 0, latents: this.initialLatents(block), history: { modelOutputs: [], lastSample: null, lowerOrderNums: 0, lastOrder: 0 } });
     }
     const result = this.window(block, i);
     this.issued++;
@@ -136,7 +159,7 @@ export class BlockQueue {
     return result;
   }
 
-  /** Applies the velocity of the oldest outstanding block-step (one Euler step). */
+  /** Applies the velocity of the oldest outstanding block-step (one solver step). */
   apply(iteration: number, block: number, velocity: Float32Array): Applied {
     const expected = this.inFlight[0];
     if (!expected) throw new Error(`no block-step is outstanding (got block ${block} of iteration ${iteration})`);
@@ -145,8 +168,8 @@ export class BlockQueue {
     }
     const q = this.find(block);
     if (velocity.length !== q.latents.length) throw new RangeError(`velocity of block ${block} has ${velocity.length} elements, its latents ${q.latents.length}`);
-    const h = eulerStepSize(this.sigmas[q.step], this.sigmas[q.step + 1]);
-    this.host.runSync([{ op: 'axpy', inputs: [q.latents, velocity], output: q.latents, params: [q.latents.length, h] }]);
+    if (this.scheduler.kind === 'unipc') this.unipcStep(q, velocity);
+    else this.host.runSync([axpy(q.latents, velocity, eulerStepSize(this.schedule.sigmas[q.step], this.schedule.sigmas[q.step + 1]), q.latents)]);
     q.step++;
     this.inFlight.shift();
     this.applied++;
@@ -156,6 +179,7 @@ export class BlockQueue {
     if (it.finished !== null) {
       const f = this.find(it.finished);
       this.blocks = this.blocks.filter((b) => b !== f);
+      for (const t of [...f.history.modelOutputs, ...(f.history.lastSample ? [f.history.lastSample] : [])]) this.recycleBlock(t);
       this.finishedTail = { index: f.index, latents: f.latents };
       finished = { index: f.index, latents: f.latents };
     }
@@ -174,7 +198,20 @@ export class BlockQueue {
     const take = (t: Float32Array) => (copy ? t.slice() : t);
     return {
       iteration: next,
-      blocks: this.blocks.filter((b) => b.index < next).map((b) => ({ index: b.index, step: b.step, latents: take(b.latents) })),
+      sampler: this.scheduler.kind,
+      blocks: this.blocks
+        .filter((b) => b.index < next)
+        .map((b): BlockState => ({
+          index: b.index,
+          step: b.step,
+          latents: take(b.latents),
+          history: {
+            modelOutputs: b.history.modelOutputs.map(take),
+            lastSample: b.history.lastSample ? take(b.history.lastSample) : null,
+            lowerOrderNums: b.history.lowerOrderNums,
+            lastOrder: b.history.lastOrder,
+          },
+        })),
       noise: this.noiseBefore.get(next) ?? this.noise.state(),
       finishedTail: this.finishedTail ? { index: this.finishedTail.index, latents: take(this.finishedTail.latents) } : null,
     };
@@ -207,7 +244,7 @@ export class BlockQueue {
       iteration,
       block,
       step: stepIndex,
-      timestep: timestepOf(this.sigmas[stepIndex]),
+      timestep: this.schedule.timesteps[stepIndex],
       prefixFrames: p,
       ownFrames: B,
       contextFrames: C,
@@ -239,6 +276,69 @@ export class BlockQueue {
     return lo;
   }
 
+  /**
+   * One UniPC step of block q from the model's velocity, in diffusers' order: x0 prediction,
+   * UniC corrects the sample the model saw (from the last sample and the stored x0s), UniP
+   * predicts the next sample. Every combination runs as engine `axpy` ops in one call.
+   */
+  private unipcStep(q: QueuedBlock, velocity: Float32Array): void {
+    const h = q.history;
+    const u = unipcStep(this.scheduler, this.schedule, q.step, { outputs: h.modelOutputs.length, lowerOrderNums: h.lowerOrderNums, lastOrder: h.lastOrder, lastSample: h.lastSample !== null });
+    const x0 = this.spareBlocks.pop() ?? new Float32Array(this.blockSize);
+    const nodes: OpNode[] = [axpy(q.latents, velocity, u.x0FromVelocity, x0)];
+    // UniC needs only the last sample, so the corrected sample overwrites the model's input.
+    if (u.corrector) this.combine(nodes, q.latents, h.lastSample!, u.corrector, h.modelOutputs, x0);
+    // The last sample is consumed: its buffer takes the next sample.
+    const next = h.lastSample ?? this.spareBlocks.pop() ?? new Float32Array(this.blockSize);
+    this.combine(nodes, next, q.latents, u.predictor, h.modelOutputs, x0);
+    this.host.runSync(nodes);
+    h.lastSample = q.latents;
+    q.latents = next;
+    h.modelOutputs.push(x0);
+    while (h.modelOutputs.length > this.scheduler.solverOrder) this.recycleBlock(h.modelOutputs.shift()!);
+    h.lowerOrderNums = u.lowerOrderNums;
+    h.lastOrder = u.order;
+  }
+
+  /** out = c.base * base + sum_j c.outputs[j] * outputs[j] + c.current * x0, term by term in float32. */
+  private combine(nodes: OpNode[], out: Float32Array, base: Float32Array, c: Combination, outputs: readonly Float32Array[], x0: Float32Array): void {
+    nodes.push(axpy(this.zeros, base, c.base, out));
+    c.outputs.forEach((k, j) => {
+      if (k !== 0) nodes.push(axpy(out, outputs[j], k, out));
+    });
+    nodes.push(axpy(out, x0, c.current, out));
+  }
+
+  private recycleBlock(t: Float32Array): void {
+    if (this.spareBlocks.length < 8) this.spareBlocks.push(t);
+  }
+
+  private initialLatents(block: number): Float32Array {
+    if (!this.initNoise) return this.noise.next();
+    const B = this.spec.block;
+    const fs = this.frameSize;
+    const frames = this.plan.latentFrames;
+    const out = new Float32Array(this.blockSize);
+    for (let c = 0; c < this.channels; c++) out.set(this.initNoise.subarray((c * frames + block * B) * fs, (c * frames + (block + 1) * B) * fs), c * B * fs);
+    return out;
+  }
+
+  /** A checkpointed block's history, checked against what its step implies for this scheduler. */
+  private restoreHistory(b: BlockState): LiveHistory {
+    const want = historyCountersAt(this.scheduler, this.spec.steps, b.step);
+    const h = b.history;
+    if (h.modelOutputs.length !== want.outputs || (h.lastSample !== null) !== want.lastSample || h.lowerOrderNums !== want.lowerOrderNums || h.lastOrder !== want.lastOrder) {
+      throw new RangeError(
+        `checkpoint block ${b.index}: solver history (${h.modelOutputs.length} outputs, last sample ${h.lastSample ? 'present' : 'absent'}, lower-order count ${h.lowerOrderNums}, order ${h.lastOrder}) ` +
+          `does not match step ${b.step} of ${this.scheduler.kind} order ${this.scheduler.solverOrder} (${want.outputs} outputs, last sample ${want.lastSample ? 'present' : 'absent'}, lower-order count ${want.lowerOrderNums}, order ${want.lastOrder})`,
+      );
+    }
+    for (const t of [...h.modelOutputs, ...(h.lastSample ? [h.lastSample] : [])]) {
+      if (t.length !== this.blockSize) throw new RangeError(`checkpoint block ${b.index}: a solver history tensor has ${t.length} values, expected ${this.blockSize}`);
+    }
+    return { modelOutputs: h.modelOutputs.map((t) => t.slice()), lastSample: h.lastSample ? h.lastSample.slice() : null, lowerOrderNums: h.lowerOrderNums, lastOrder: h.lastOrder };
+  }
+
   private prefixSource(block: number): Float32Array {
     if (this.finishedTail?.index === block) return this.finishedTail.latents;
     return this.find(block).latents;
@@ -249,4 +349,9 @@ export class BlockQueue {
     if (!q) throw new Error(`block ${block} is not in the queue`);
     return q;
   }
+}
+
+/** The engine's out = x + alpha * y (one fused multiply-add per element). */
+function axpy(x: Float32Array, y: Float32Array, alpha: number, out: Float32Array): OpNode {
+  return { op: 'axpy', inputs: [x, y], output: out, params: [out.length, alpha] };
 }

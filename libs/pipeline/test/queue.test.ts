@@ -1,9 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { BlockQueue, CoordinatedNoise, type IssuedStep } from '@longshot/pipeline';
-import { normalizeSpec, planJob } from '@longshot/planner';
+import { BlockQueue, CoordinatedNoise, seededInitialNoise, type IssuedStep } from '@longshot/pipeline';
+import { normalizeSpec, planJob, type JobSpec, type QueueState } from '@longshot/planner';
+import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 
 const spec = normalizeSpec({ prompt: 'x', frames: 4 * (24 - 1) + 1, block: 4, context: 2, steps: 3, width: 32, height: 32, seed: 7 });
 const plan = planJob(spec);
+const queue = (s: JobSpec = spec, state?: QueueState) => new BlockQueue(s, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, state });
 const ownSize = 16 * spec.block * plan.latentHeight * plan.latentWidth;
 
 /** A deterministic stand-in velocity: enough to exercise the queue without a model. */
@@ -51,7 +53,7 @@ describe('coordinated noise', () => {
 
 describe('block queue', () => {
   it('builds windows of prefix + own frames and enforces result order', () => {
-    const q = new BlockQueue(spec, plan, 16);
+    const q = queue();
     const first = q.issue()!;
     expect(first.step).toMatchObject({ iteration: 0, block: 0, step: 0, prefixFrames: 0 });
     expect(first.window.length).toBe(16 * 4 * 16);
@@ -66,23 +68,48 @@ describe('block queue', () => {
   });
 
   it('computes the same latents serially and pipelined, and the rule bounds what is in flight', () => {
-    const serial = run(new BlockQueue(spec, plan, 16), 1);
-    const piped = run(new BlockQueue(spec, plan, 16), 100);
+    const serial = run(queue(), 1);
+    const piped = run(queue(), 100);
     expect(serial.finished.length).toBe(plan.blocks);
     expect(piped.finished).toEqual(serial.finished);
     expect(piped.maxInFlight).toBeGreaterThan(1);
     expect(piped.maxInFlight).toBeLessThanOrEqual(Math.min(plan.blocks, spec.steps) + 1);
   });
 
-  it('resumes from a checkpoint taken while later block-steps were already issued', () => {
-    const whole = run(new BlockQueue(spec, plan, 16), 1).finished;
-    const first = new BlockQueue(spec, plan, 16);
+  it.each(['unipc', 'euler'] as const)('resumes %s from a checkpoint taken while later block-steps were already issued', (sampler) => {
+    const s = { ...spec, sampler, steps: 5 };
+    // Five steps: at the boundary of iteration 4 blocks 0..3 are queued, none has finished yet.
+    const whole = run(queue(s), 1).finished;
+    const first = queue(s);
     run(first, 100, 4);
     expect(first.outstanding).toBeGreaterThan(0);
     const state = structuredClone(first.checkpoint());
     expect(state.iteration).toBe(4);
-    const resumed = run(new BlockQueue(spec, plan, 16, state), 3).finished;
+    const resumed = run(queue(s, state), 3).finished;
     expect(resumed).toEqual(whole.slice(whole.length - resumed.length));
-    expect(resumed.length).toBe(plan.blocks - 2);
+    expect(resumed.length).toBe(plan.blocks - Math.max(0, 4 - s.steps + 1));
+    // UniPC carries a per-block history: the x0 predictions of the last steps and the last sample.
+    if (sampler === 'unipc') expect(state.blocks.map((b) => b.history.modelOutputs.length)).toEqual([2, 2, 2, 1]);
+  });
+
+  it('refuses a checkpoint of another sampler or with a history its step does not imply', () => {
+    const s = { ...spec, steps: 5 };
+    const first = queue(s);
+    run(first, 1, 4);
+    const state = first.checkpoint();
+    expect(() => queue({ ...s, sampler: 'euler' }, state)).toThrow(/written by the unipc sampler, this job samples with euler/);
+    const cut = { ...state, blocks: state.blocks.map((b, i) => (i === 0 ? { ...b, history: { ...b.history, modelOutputs: b.history.modelOutputs.slice(1) } } : b)) };
+    expect(() => queue(s, cut)).toThrow(/block 0: solver history \(1 outputs.*does not match step 4 of unipc order 2 \(2 outputs/);
+  });
+
+  it('starts each block from its frames of an initial noise tensor', () => {
+    const noise = seededInitialNoise(spec, plan, 16);
+    const a = run(queue(), 1).finished;
+    const b = run(new BlockQueue(spec, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, initNoise: noise }), 1).finished;
+    expect(b).toEqual(a);
+    const other = noise.map((x) => -x);
+    const c = run(new BlockQueue(spec, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, initNoise: other }), 1).finished;
+    expect(c).not.toEqual(a);
+    expect(() => new BlockQueue(spec, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, initNoise: noise.subarray(1) })).toThrow(/init noise has .* values, the job needs \[16, 24, 4, 4\]/);
   });
 });

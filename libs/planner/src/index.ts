@@ -2,3 +2,4 @@ export * from './schedule';
 export * from './partition';
 export * from './spec';
 export * from './cost';
+export * from './checkpoint';

@@ -1,3 +1,5 @@
+import { SAMPLER_KINDS, type SamplerKind } from '@longshot/sampler';
+
 /**
  * A job's spec and its derived plan. Validation names the offending field so the CLI can say
  * which flag is wrong and the REST API can answer 400 with it; a job is a pure function of the
@@ -5,6 +7,8 @@
  */
 export interface JobRequest {
   prompt?: string;
+  /** What the video should not show: the uncond side of classifier-free guidance ("" when absent). */
+  negativePrompt?: string;
   /** Path of a safetensors file with `cond` (and optionally `uncond`) text embeddings. */
   textEmbeddings?: string;
   seconds?: number;
@@ -14,7 +18,10 @@ export interface JobRequest {
   height?: number;
   steps?: number;
   guidance?: number;
+  /** Overrides the model scheduler's flow_shift. */
   shift?: number;
+  /** 'unipc' (the default, what Wan ships) or 'euler'. */
+  sampler?: string;
   /** Latent frames per block (B). */
   block?: number;
   /** Context frames shared with each neighbour block (C). */
@@ -27,6 +34,7 @@ export interface JobRequest {
 
 export interface JobSpec {
   readonly prompt: string;
+  readonly negativePrompt: string;
   readonly textEmbeddings: string | null;
   readonly frames: number;
   readonly fps: number;
@@ -34,7 +42,9 @@ export interface JobSpec {
   readonly height: number;
   readonly steps: number;
   readonly guidance: number;
-  readonly shift: number;
+  /** The schedule shift, or null for the model scheduler's flow_shift. */
+  readonly shift: number | null;
+  readonly sampler: SamplerKind;
   readonly block: number;
   readonly context: number;
   readonly stages: number;
@@ -65,7 +75,7 @@ export const SPEC_DEFAULTS = {
   height: 256,
   steps: 20,
   guidance: 5.0,
-  shift: 5.0,
+  sampler: 'unipc' as SamplerKind,
   block: 4,
   context: 2,
   stages: 1,
@@ -116,6 +126,9 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
   const prompt = req.prompt ?? '';
   if (prompt.trim() === '' && !req.textEmbeddings) throw new SpecError('prompt', 'is required (or give text embeddings)');
   if (prompt.length > 10_000) throw new SpecError('prompt', `is ${prompt.length} characters; at most 10000`);
+  const negativePrompt = req.negativePrompt ?? '';
+  if (typeof negativePrompt !== 'string') throw new SpecError('negativePrompt', `must be a string, got ${show(negativePrompt)}`);
+  if (negativePrompt.length > 10_000) throw new SpecError('negativePrompt', `is ${negativePrompt.length} characters; at most 10000`);
 
   const fps = int('fps', req.fps ?? SPEC_DEFAULTS.fps, 1, 120);
   const width = int('width', req.width ?? SPEC_DEFAULTS.width, 16, 8192);
@@ -125,7 +138,9 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
   if (width * height > limits.maxPixels) throw new SpecError('width', `${width}x${height} exceeds the configured limit of ${limits.maxPixels} pixels`);
   const steps = int('steps', req.steps ?? SPEC_DEFAULTS.steps, 1, limits.maxSteps);
   const guidance = num('guidance', req.guidance ?? SPEC_DEFAULTS.guidance, 0, 100);
-  const shift = num('shift', req.shift ?? SPEC_DEFAULTS.shift, 0.01, 100);
+  const shift = req.shift === undefined || req.shift === null ? null : num('shift', req.shift, 0.01, 100);
+  const sampler = req.sampler ?? SPEC_DEFAULTS.sampler;
+  if (!SAMPLER_KINDS.includes(sampler as SamplerKind)) throw new SpecError('sampler', `must be one of ${SAMPLER_KINDS.join(', ')}, got ${show(sampler)}`);
   const block = int('block', req.block ?? SPEC_DEFAULTS.block, 1, 1024);
   const context = int('context', req.context ?? SPEC_DEFAULTS.context, 0, block);
   const stages = int('stages', req.stages ?? SPEC_DEFAULTS.stages, 1, 1024);
@@ -150,7 +165,7 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
     if (frames > limits.maxFrames) throw new SpecError('seconds', `${seconds} s at ${fps} fps is ${frames} frames, over the limit of ${limits.maxFrames}`);
   }
 
-  return { prompt, textEmbeddings: req.textEmbeddings ?? null, frames, fps, width, height, steps, guidance, shift, block, context, stages, seed, model };
+  return { prompt, negativePrompt, textEmbeddings: req.textEmbeddings ?? null, frames, fps, width, height, steps, guidance, shift, sampler: sampler as SamplerKind, block, context, stages, seed, model };
 }
 
 export function planJob(spec: JobSpec): JobPlan {

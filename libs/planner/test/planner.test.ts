@@ -64,6 +64,11 @@ describe('job spec', () => {
     expect(p.iterations).toBe(p.blocks + s.steps - 1);
   });
 
+  it('samples with UniPC at the model scheduler\'s shift unless told otherwise', () => {
+    expect(normalizeSpec({ prompt: 'x' })).toMatchObject({ sampler: 'unipc', shift: null });
+    expect(normalizeSpec({ prompt: 'x', sampler: 'euler', shift: 5 })).toMatchObject({ sampler: 'euler', shift: 5 });
+  });
+
   it('names the field of a bad request', () => {
     const bad: [object, string][] = [
       [{}, 'prompt'],
@@ -77,6 +82,8 @@ describe('job spec', () => {
       [{ prompt: 'x', guidance: 'high' }, 'guidance'],
       [{ prompt: 7 }, 'prompt'],
       [{ prompt: 'x', frames: 17, seconds: 1 }, 'frames'],
+      [{ prompt: 'x', sampler: 'ddim' }, 'sampler'],
+      [{ prompt: 'x', shift: 0 }, 'shift'],
     ];
     for (const [req, field] of bad) {
       let err: unknown;

@@ -1,27 +1,15 @@
 /**
  * Flow-matching sampling as Wan2.1 does it: x_s = (1 - s) x0 + s noise, the model predicts
- * v = noise - x0, the timestep fed to the model is 1000 s. Pure functions, no I/O.
+ * v = noise - x0. The scheduler config (diffusers' scheduler_config.json) decides the sigmas,
+ * the timesteps the model sees and the solver: UniPC (what Wan ships) or Euler. Pure functions
+ * and data, no I/O.
  *
  * Classifier-free guidance is combined on the tail stage by the engine's `cfg_combine` op (the
  * two halves never leave the worker), so this library only owns the schedule and the steps.
  */
-
-/** Sigmas s_0 = 1 > s_1 > ... > s_T = 0 of the shifted schedule s' = k s / (1 + (k - 1) s). */
-export function shiftedSigmas(steps: number, shift: number): Float64Array {
-  if (!Number.isInteger(steps) || steps < 1) throw new RangeError(`steps must be a positive integer, got ${steps}`);
-  if (!(shift > 0) || !Number.isFinite(shift)) throw new RangeError(`shift must be a positive number, got ${shift}`);
-  const out = new Float64Array(steps + 1);
-  for (let i = 0; i <= steps; i++) {
-    const s = 1 - i / steps;
-    out[i] = (shift * s) / (1 + (shift - 1) * s);
-  }
-  return out;
-}
-
-/** The model's timestep input for a sigma. */
-export function timestepOf(sigma: number): number {
-  return 1000 * sigma;
-}
+export * from './config';
+export * from './schedule';
+export * from './unipc';
 
 /**
  * The step size h of one Euler step of the probability-flow ODE: x_next = x + h v. The update
@@ -33,5 +21,3 @@ export function eulerStepSize(sigma: number, sigmaNext: number): number {
   return Math.fround(sigmaNext - sigma);
 }
 
-/** Reference defaults of Wan2.1 text-to-video. */
-export const WAN_DEFAULTS = { steps: 50, guidance: 5.0, shift: 5.0 } as const;

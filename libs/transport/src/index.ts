@@ -23,3 +23,4 @@ export {
 export { raiseReceiveWindow, receiveWindowOf } from './window';
 export { addHealthService, checkHealth, type CheckHealthOptions, type ServingStatus, type ServingStatusMap } from './health';
 export * from './gen/longshot/v1/worker';
+export { componentTensor, componentValues, runComponent, type ComponentResult, type ComponentValues } from './component';

@@ -3,7 +3,8 @@
  *
  * Tensors travel as frames of at most `MAX_FRAME_BYTES`, so the message limits below are not
  * what bounds a tensor; they are raised above grpc-js's 4 MiB default receive limit so that
- * unary messages that carry bulk data in one piece (text embeddings in OpenSession) fit.
+ * unary messages that carry bulk data in one piece fit: OpenSession carries a job's text
+ * embeddings, two [512, 4096] float32 blocks (16 MiB) for Wan2.1 1.3B and 14B.
  */
 import type { ChannelOptions, ServerOptions } from '@grpc/grpc-js';
 
@@ -11,7 +12,7 @@ const MiB = 1024 * 1024;
 
 export const GRPC_LIMITS = Object.freeze({
   /** Largest message either end sends or accepts. */
-  maxMessageBytes: 16 * MiB,
+  maxMessageBytes: 40 * MiB,
   /** Largest encoded ActivationFrame a TensorSender produces (header or chunk). */
   maxFrameBytes: 1 * MiB,
   /**

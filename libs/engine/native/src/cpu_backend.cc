@@ -1,4 +1,5 @@
 #include "cpu_backend.h"
+#include "position_bucket.h"
 
 #include <algorithm>
 #include <cmath>
@@ -162,6 +163,39 @@ void copy_rows(ThreadPool& pool, const Node& n) {
   });
 }
 
+void embedding(ThreadPool& pool, const Node& n) {
+  const size_t rows = n.p(0), dim = n.p(2);
+  const float* table = n.inputs[0].data;
+  const float* ids = n.inputs[1].data;  // integers in [0, vocab): checked by validate()
+  float* y = n.output.data;
+  pool.parallel_for(rows, [&](size_t r0, size_t r1, int) {
+    for (size_t r = r0; r < r1; ++r)
+      std::memcpy(y + r * dim, table + static_cast<size_t>(ids[r]) * dim, dim * sizeof(float));
+  });
+}
+
+void relative_position_bias(ThreadPool& pool, const Node& n) {
+  const size_t queries = n.p(0), keys = n.p(1), heads = n.p(2), buckets = n.p(3),
+               max_distance = n.p(4);
+  if (queries * keys * heads == 0) return;
+  // One bucket per relative position key - query, from -(queries - 1) to keys - 1.
+  const long long lo = 1 - static_cast<long long>(queries);
+  std::vector<size_t> bucket(queries + keys - 1);
+  for (size_t i = 0; i < bucket.size(); ++i)
+    bucket[i] = static_cast<size_t>(relative_position_bucket(lo + static_cast<long long>(i),
+                                                             static_cast<long long>(buckets),
+                                                             static_cast<long long>(max_distance)));
+  const float* table = n.inputs[0].data;  // [buckets, heads]
+  float* y = n.output.data;               // [heads, queries, keys]
+  pool.parallel_for(heads * queries, [&](size_t r0, size_t r1, int) {
+    for (size_t r = r0; r < r1; ++r) {
+      const size_t h = r / queries, q = r % queries;
+      const size_t* row = bucket.data() + (queries - 1 - q);  // rel = k - q starts at -q
+      for (size_t k = 0; k < keys; ++k) y[r * keys + k] = table[row[k] * heads + h];
+    }
+  });
+}
+
 }  // namespace
 
 // ---- Backend ---------------------------------------------------------------------------------
@@ -193,10 +227,20 @@ void CpuBackend::compute(const Node& n) {
     case Op::rope3d: rope3d(pool, n); break;
     case Op::attention: {
       const AttentionArgs a{in[0], in[1], in[2], in[3], in[4], out,
-                            n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5)};
+                            n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5),
+                            1.0f / std::sqrt(static_cast<float>(n.p(5))), nullptr};
       k.attention(pool, a);
       break;
     }
+    case Op::biased_attention: {
+      const AttentionArgs a{in[0], in[1], in[2], nullptr, nullptr, out,
+                            n.p(0), n.p(1), n.p(2), 0, n.p(3), n.p(4), n.pf(5), in[3]};
+      k.attention(pool, a);
+      break;
+    }
+    case Op::mul: k.mul(pool, in[0], in[1], out, n.p(0)); break;
+    case Op::embedding: embedding(pool, n); break;
+    case Op::relative_position_bias: relative_position_bias(pool, n); break;
     case Op::patchify: patchify(pool, n, false); break;
     case Op::unpatchify: patchify(pool, n, true); break;
     case Op::timestep_embedding: timestep_embedding(n); break;

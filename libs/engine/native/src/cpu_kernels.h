@@ -28,6 +28,9 @@ struct AttentionArgs {
   const float* extra_v;
   float* out;
   size_t batch, queries, keys, extra_keys, heads, head_dim;
+  // Scores are q.k * scale, plus bias[head, query, key] over the (non-extra) keys when not null.
+  float scale;
+  const float* bias;
 };
 
 struct CpuKernels {
@@ -48,6 +51,7 @@ struct CpuKernels {
   void (*cfg_combine)(ThreadPool&, const float* cond, const float* uncond, float* y, size_t n,
                       float guidance);
   void (*axpy)(ThreadPool&, const float* x, const float* y, float* out, size_t n, float alpha);
+  void (*mul)(ThreadPool&, const float* x, const float* y, float* out, size_t n);
 };
 
 const CpuKernels& cpu_kernels_scalar();

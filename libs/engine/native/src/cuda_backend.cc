@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
@@ -160,8 +161,10 @@ class Device {
   struct Region {
     uintptr_t begin = 0, end = 0;  // host bytes
     bool touched = false, upload = false, written = false;
-    bool timestep_only = true;     // only ever read as timestep_embedding's input
-    bool used_as_timestep = false;
+    // Timesteps and token ids stay float32 in every storage (t = 620 is 624 in bfloat16; float16
+    // holds integers exactly only up to 2048): a region only ever read as one of those inputs.
+    bool f32_input_only = true;
+    bool used_as_f32_input = false;
     bool cached = false;           // device copy lives in the weight cache
     bool fresh = false;            // ... admitted by this run, so its copy is still to be made
     Storage storage = Storage::f32;
@@ -431,7 +434,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
     return static_cast<int>(std::prev(it) - regions.begin());
   };
 
-  // 2. Per node slot: its region; what must be uploaded, what is written, what is timestep-only.
+  // 2. Per node slot: its region; what must be uploaded, what is written, what stays float32.
   std::vector<int> slot_region(nodes.size() * (kMaxInputs + 1), -1);
   size_t rope_scratch = 0;
   for (size_t i = 0; i < nodes.size(); ++i) {
@@ -443,10 +446,10 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
       Region& r = regions[ri];
       if (!r.touched) r.upload = true;
       r.touched = true;
-      if (n.op == Op::timestep_embedding && s == 0)
-        r.used_as_timestep = true;
+      if ((n.op == Op::timestep_embedding && s == 0) || (n.op == Op::embedding && s == 1))
+        r.used_as_f32_input = true;
       else
-        r.timestep_only = false;
+        r.f32_input_only = false;
     }
     const int ro = region_of(n.output);
     slot_region[i * (kMaxInputs + 1) + kMaxInputs] = ro;
@@ -459,7 +462,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
       }
       r.touched = true;
       r.written = true;
-      r.timestep_only = false;
+      r.f32_input_only = false;
     }
     if (n.op == Op::rope3d) {
       const RopeArgs a{n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5), n.p(6), n.params[7]};
@@ -469,9 +472,9 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
 
   // 3. Storage per region, cache hits and admissions, workspace layout.
   for (Region& r : regions) {
-    // Timesteps stay float32 in every storage (t = 620 is 624 in bfloat16); a range also used by
-    // another op keeps the common storage so every kernel sees one type per region.
-    r.storage = (r.used_as_timestep && r.timestep_only) ? Storage::f32 : storage;
+    // A range also used by another op keeps the common storage so every kernel sees one type per
+    // region (see Region::f32_input_only).
+    r.storage = (r.used_as_f32_input && r.f32_input_only) ? Storage::f32 : storage;
     if (r.written) evict_overlapping(r.begin, r.end, pins);
   }
   size_t offset = 0;
@@ -642,9 +645,24 @@ void Device::compute(Storage storage, const Node& n, const std::vector<Region>& 
     }
     case Op::attention: {
       const AttentionShape a{n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5)};
-      attention(storage, in[0], in[1], in[2], in[3], in[4], out, a, st);
+      attention(storage, in[0], in[1], in[2], in[3], in[4], nullptr,
+                1.0f / std::sqrt(static_cast<float>(n.p(5))), out, a, st);
       break;
     }
+    case Op::biased_attention: {
+      const AttentionShape a{n.p(0), n.p(1), n.p(2), 0, n.p(3), n.p(4)};
+      attention(storage, in[0], in[1], in[2], nullptr, nullptr, in[3], n.pf(5), out, a, st);
+      break;
+    }
+    case Op::mul: mul(storage, in[0], in[1], out, n.p(0), st); break;
+    case Op::embedding: {
+      const bool f32 = sr[1] >= 0 && regions[sr[1]].storage == Storage::f32;
+      embedding(storage, in[0], in[1], f32, out, n.p(0), n.p(2), st);
+      break;
+    }
+    case Op::relative_position_bias:
+      relative_position_bias(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), st);
+      break;
     case Op::patchify: patchify(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), false, st); break;
     case Op::unpatchify: patchify(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), true, st); break;
     case Op::timestep_embedding: {

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cuda_kernels.h"
+#include "position_bucket.h"
 
 namespace ls {
 namespace cuda {
@@ -227,6 +228,33 @@ __global__ void axpy_k(const T* x, const T* y, T* out, size_t n, float alpha) {
 }
 
 template <typename T>
+__global__ void mul_k(const T* x, const T* y, T* out, size_t n) {
+  LS_GRID_STRIDE(i, n) { st(out + i, ld(x + i) * ld(y + i)); }
+}
+
+// Ids are integers in [0, vocab), checked on the host before the graph runs.
+template <typename T, typename I>
+__global__ void embedding_k(const T* table, const I* ids, T* y, size_t rows, size_t dim) {
+  LS_GRID_STRIDE(o, rows * dim) {
+    const size_t r = o / dim, c = o % dim;
+    const size_t id = static_cast<size_t>(ld(ids + r));
+    y[o] = table[id * dim + c];
+  }
+}
+
+template <typename T>
+__global__ void relative_position_bias_k(const T* table, T* y, size_t queries, size_t keys,
+                                         size_t heads, size_t buckets, size_t max_distance) {
+  LS_GRID_STRIDE(o, heads * queries * keys) {
+    const size_t k = o % keys, q = (o / keys) % queries, h = o / (keys * queries);
+    const long long b = relative_position_bucket(static_cast<long long>(k) - static_cast<long long>(q),
+                                                 static_cast<long long>(buckets),
+                                                 static_cast<long long>(max_distance));
+    y[o] = table[static_cast<size_t>(b) * heads + h];
+  }
+}
+
+template <typename T>
 __global__ void cfg_combine_k(const T* x, T* y, size_t n, float g) {
   LS_GRID_STRIDE(i, n) {
     const float c = ld(x + i), u = ld(x + n + i);
@@ -304,7 +332,8 @@ size_t attention_smem_bytes(size_t hd) {
 
 template <typename T, int DPL>
 __global__ void __launch_bounds__(kAttWarps * 32) attention_k(const T* q, const T* k, const T* v,
-                                                               const T* ek, const T* ev, T* out,
+                                                               const T* ek, const T* ev,
+                                                               const T* bias, T* out,
                                                                AttentionShape a, float scale) {
   extern __shared__ float smem[];
   const int hd = static_cast<int>(a.head_dim);
@@ -365,7 +394,12 @@ __global__ void __launch_bounds__(kAttWarps * 32) attention_k(const T* q, const 
       }
 #pragma unroll
       for (int qi = 0; qi < kAttQW; ++qi) {
-        const float sc = lane < nk ? s[qi] * scale : -INFINITY;
+        const size_t qq = q_first + qi;
+        float sc = -INFINITY;
+        if (lane < nk) {
+          sc = s[qi] * scale;
+          if (src == 0 && bias && qq < a.queries) sc += ld(bias + (h * a.queries + qq) * a.keys + k0 + lane);
+        }
         const float m_new = fmaxf(m[qi], warp_max(sc));
         const float p = lane < nk ? expf(sc - m_new) : 0.0f;
         const float alpha = expf(m[qi] - m_new);  // 0 on the first tile (m = -inf)
@@ -407,8 +441,8 @@ __global__ void __launch_bounds__(kAttWarps * 32) attention_k(const T* q, const 
 }
 
 template <typename T, int DPL>
-void launch_attention(const T* q, const T* k, const T* v, const T* ek, const T* ev, T* out,
-                      const AttentionShape& a, cudaStream_t stream) {
+void launch_attention(const T* q, const T* k, const T* v, const T* ek, const T* ev, const T* bias,
+                      float scale, T* out, const AttentionShape& a, cudaStream_t stream) {
   const size_t smem = attention_smem_bytes(a.head_dim);
   // Above 48 KiB a kernel must opt in to more dynamic shared memory (hd >= 124 with these tiles).
   if (smem > 48 * 1024) {
@@ -421,8 +455,7 @@ void launch_attention(const T* q, const T* k, const T* v, const T* ek, const T* 
   const size_t per_block = kAttWarps * kAttQW;
   const dim3 grid(static_cast<unsigned>((a.queries + per_block - 1) / per_block),
                   static_cast<unsigned>(a.heads), static_cast<unsigned>(a.batch));
-  const float scale = 1.0f / sqrtf(static_cast<float>(a.head_dim));
-  attention_k<T, DPL><<<grid, kAttWarps * 32, smem, stream>>>(q, k, v, ek, ev, out, a, scale);
+  attention_k<T, DPL><<<grid, kAttWarps * 32, smem, stream>>>(q, k, v, ek, ev, bias, out, a, scale);
 }
 
 // ---- data movement -----------------------------------------------------------------------------
@@ -566,7 +599,8 @@ void rope3d(Storage s, const void* x, void* y, const RopeArgs& a, void* scratch,
 }
 
 void attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
-               const void* extra_v, void* out, const AttentionShape& a, cudaStream_t stream) {
+               const void* extra_v, const void* bias, float scale, void* out,
+               const AttentionShape& a, cudaStream_t stream) {
   if (a.batch * a.queries * a.heads * a.head_dim == 0) return;
   if (a.head_dim > kMaxAttentionHeadDim)
     throw std::runtime_error("attention: headDim " + std::to_string(a.head_dim) + " exceeds the CUDA kernel's limit of " +
@@ -577,15 +611,16 @@ void attention(Storage s, const void* q, const void* k, const void* v, const voi
   const size_t dpl = (a.head_dim + 31) / 32;
   LS_DISPATCH(s, {
     const T *qt = cp<T>(q), *kt = cp<T>(k), *vt = cp<T>(v), *ekt = cp<T>(extra_k), *evt = cp<T>(extra_v);
+    const T* bt = cp<T>(bias);
     T* ot = mp<T>(out);
     if (dpl <= 1)
-      launch_attention<T, 1>(qt, kt, vt, ekt, evt, ot, a, stream);
+      launch_attention<T, 1>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
     else if (dpl <= 2)
-      launch_attention<T, 2>(qt, kt, vt, ekt, evt, ot, a, stream);
+      launch_attention<T, 2>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
     else if (dpl <= 4)
-      launch_attention<T, 4>(qt, kt, vt, ekt, evt, ot, a, stream);
+      launch_attention<T, 4>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
     else
-      launch_attention<T, 8>(qt, kt, vt, ekt, evt, ot, a, stream);
+      launch_attention<T, 8>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
   });
 }
 
@@ -622,6 +657,31 @@ void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cu
 void axpy(Storage s, const void* x, const void* y, void* out, size_t n, float alpha, cudaStream_t stream) {
   if (n == 0) return;
   LS_DISPATCH(s, axpy_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), cp<T>(y), mp<T>(out), n, alpha));
+}
+
+void mul(Storage s, const void* x, const void* y, void* out, size_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, mul_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), cp<T>(y), mp<T>(out), n));
+}
+
+void embedding(Storage s, const void* table, const void* ids, bool ids_f32, void* y, size_t rows,
+               size_t dim, cudaStream_t stream) {
+  if (rows * dim == 0) return;
+  if (ids_f32) {
+    LS_DISPATCH(s, embedding_k<T, float><<<blocks_for(rows * dim), kThreads, 0, stream>>>(
+                       cp<T>(table), cp<float>(ids), mp<T>(y), rows, dim));
+  } else {
+    LS_DISPATCH(s, embedding_k<T, T><<<blocks_for(rows * dim), kThreads, 0, stream>>>(
+                       cp<T>(table), cp<T>(ids), mp<T>(y), rows, dim));
+  }
+}
+
+void relative_position_bias(Storage s, const void* table, void* y, size_t queries, size_t keys,
+                            size_t heads, size_t buckets, size_t max_distance, cudaStream_t stream) {
+  const size_t total = heads * queries * keys;
+  if (total == 0) return;
+  LS_DISPATCH(s, relative_position_bias_k<T><<<blocks_for(total), kThreads, 0, stream>>>(
+                     cp<T>(table), mp<T>(y), queries, keys, heads, buckets, max_distance));
 }
 
 void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,

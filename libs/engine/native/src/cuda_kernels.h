@@ -55,8 +55,11 @@ struct AttentionShape {
 };
 // Largest head dim the attention kernel takes (each lane of a warp owns head_dim/32 columns).
 constexpr size_t kMaxAttentionHeadDim = 256;
+// Scores are q.k * scale, plus bias[head, query, key] (storage type) over the non-extra keys when
+// `bias` is not null: `attention` passes 1/sqrt(headDim) and no bias, `biased_attention` its own.
 void attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
-               const void* extra_v, void* out, const AttentionShape& a, cudaStream_t stream);
+               const void* extra_v, const void* bias, float scale, void* out,
+               const AttentionShape& a, cudaStream_t stream);
 
 void patchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,
               size_t width, bool inverse, cudaStream_t stream);
@@ -66,6 +69,13 @@ void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, vo
                         size_t dim, cudaStream_t stream);
 void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cudaStream_t stream);
 void axpy(Storage s, const void* x, const void* y, void* out, size_t n, float alpha, cudaStream_t stream);
+void mul(Storage s, const void* x, const void* y, void* out, size_t n, cudaStream_t stream);
+// `ids` is float32 when `ids_f32` (the runner keeps ids in float32 whatever the storage: float16
+// holds integers exactly only up to 2048, bfloat16 up to 256), else the storage type.
+void embedding(Storage s, const void* table, const void* ids, bool ids_f32, void* y, size_t rows,
+               size_t dim, cudaStream_t stream);
+void relative_position_bias(Storage s, const void* table, void* y, size_t queries, size_t keys,
+                            size_t heads, size_t buckets, size_t max_distance, cudaStream_t stream);
 void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,
                size_t offset, size_t count, cudaStream_t stream);
 

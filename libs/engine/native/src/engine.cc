@@ -98,7 +98,11 @@ size_t output_elements(const Node& n) {
     case Op::timestep_embedding: return n.p(0) * n.p(1);
     case Op::cfg_combine: return n.p(0);
     case Op::copy_rows: return n.p(0) * n.p(4) * n.p(2);
-    case Op::axpy: return n.p(0);
+    case Op::axpy:
+    case Op::mul: return n.p(0);
+    case Op::embedding: return n.p(0) * n.p(2);
+    case Op::relative_position_bias: return n.p(2) * n.p(0) * n.p(1);
+    case Op::biased_attention: return n.p(0) * n.p(1) * n.p(3) * n.p(4);
     case Op::count: break;
   }
   throw std::logic_error("output_elements: unknown op");
@@ -181,9 +185,43 @@ void validate(const Node& n, size_t index) {
       out_need = n.p(0);
       break;
     case Op::axpy:
+    case Op::mul:
       need = {n.p(0), n.p(0)};
       out_need = n.p(0);
       break;
+    case Op::embedding: {
+      need = {mul({n.p(1), n.p(2)}), n.p(0)};
+      out_need = mul({n.p(0), n.p(2)});
+      // Ids are data, not shape, but a bad one would read outside the table on every backend, so
+      // they are checked here, before any node runs: an embedding's ids must be ready when the
+      // graph starts (they come from the tokenizer), not produced by an earlier node.
+      const Tensor& ids = n.inputs[1];
+      if (ids.present && ids.size >= n.p(0)) {
+        const double vocab = static_cast<double>(n.p(1));
+        for (size_t r = 0; r < n.p(0); ++r) {
+          const double id = ids.data[r];
+          if (!(id >= 0 && id < vocab && id == std::floor(id)))
+            throw ShapeError(where(n, index) + "ids[" + std::to_string(r) + "] = " + std::to_string(id) +
+                             " is not a token id in [0, " + std::to_string(n.p(1)) + ")");
+        }
+      }
+      break;
+    }
+    case Op::relative_position_bias:
+      if (n.p(3) < 4) bad_param(3, "must be at least 4 (two signs, each with exact and log buckets)");
+      if (n.p(4) <= n.p(3) / 4)
+        bad_param(4, "must exceed buckets / 4, the largest distance with a bucket of its own");
+      need = {mul({n.p(3), n.p(2)})};
+      out_need = mul({n.p(2), n.p(0), n.p(1)});
+      break;
+    case Op::biased_attention: {
+      const uint64_t q = mul({n.p(0), n.p(1), n.p(3), n.p(4)});
+      const uint64_t kv = mul({n.p(0), n.p(2), n.p(3), n.p(4)});
+      if (q > 0 && n.p(2) == 0) bad_param(2, "is 0: no keys to attend to");
+      need = {q, kv, kv, mul({n.p(3), n.p(1), n.p(2)})};
+      out_need = q;
+      break;
+    }
     case Op::copy_rows:
       if (n.p(3) + n.p(4) > n.p(1)) bad_param(3, "+ 'count' exceeds 'rows'");
       need = {mul({n.p(0), n.p(1), n.p(2)})};

@@ -151,6 +151,71 @@ export function payloadKindToJSON(object: PayloadKind): string {
   }
 }
 
+export enum ComponentKind {
+  COMPONENT_KIND_UNSPECIFIED = 0,
+  /** COMPONENT_KIND_TEXT_ENCODER - Prompt and negative prompt -> token ids and [text_len, text_dim] embeddings (cond, uncond). */
+  COMPONENT_KIND_TEXT_ENCODER = 1,
+}
+
+export function componentKindFromJSON(object: any): ComponentKind {
+  switch (object) {
+    case 0:
+    case "COMPONENT_KIND_UNSPECIFIED":
+      return ComponentKind.COMPONENT_KIND_UNSPECIFIED;
+    case 1:
+    case "COMPONENT_KIND_TEXT_ENCODER":
+      return ComponentKind.COMPONENT_KIND_TEXT_ENCODER;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ComponentKind");
+  }
+}
+
+export function componentKindToJSON(object: ComponentKind): string {
+  switch (object) {
+    case ComponentKind.COMPONENT_KIND_UNSPECIFIED:
+      return "COMPONENT_KIND_UNSPECIFIED";
+    case ComponentKind.COMPONENT_KIND_TEXT_ENCODER:
+      return "COMPONENT_KIND_TEXT_ENCODER";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum ComponentKind");
+  }
+}
+
+export enum TensorDtype {
+  TENSOR_DTYPE_UNSPECIFIED = 0,
+  TENSOR_DTYPE_F32 = 1,
+  TENSOR_DTYPE_I32 = 2,
+}
+
+export function tensorDtypeFromJSON(object: any): TensorDtype {
+  switch (object) {
+    case 0:
+    case "TENSOR_DTYPE_UNSPECIFIED":
+      return TensorDtype.TENSOR_DTYPE_UNSPECIFIED;
+    case 1:
+    case "TENSOR_DTYPE_F32":
+      return TensorDtype.TENSOR_DTYPE_F32;
+    case 2:
+    case "TENSOR_DTYPE_I32":
+      return TensorDtype.TENSOR_DTYPE_I32;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum TensorDtype");
+  }
+}
+
+export function tensorDtypeToJSON(object: TensorDtype): string {
+  switch (object) {
+    case TensorDtype.TENSOR_DTYPE_UNSPECIFIED:
+      return "TENSOR_DTYPE_UNSPECIFIED";
+    case TensorDtype.TENSOR_DTYPE_F32:
+      return "TENSOR_DTYPE_F32";
+    case TensorDtype.TENSOR_DTYPE_I32:
+      return "TENSOR_DTYPE_I32";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum TensorDtype");
+  }
+}
+
 /** What the job computes; mirrors the planner's normalised JobSpec. */
 export interface JobSpec {
   prompt: string;
@@ -160,12 +225,15 @@ export interface JobSpec {
   height: number;
   steps: number;
   guidance: number;
+  /** 0: the model scheduler's flow_shift. */
   shift: number;
   block: number;
   context: number;
   stages: number;
   seed: number;
   model: string;
+  /** "unipc" or "euler". */
+  sampler: string;
 }
 
 /** Text embeddings [text_len, text_dim] float32 LE, when the job does not use the stand-in encoder. */
@@ -290,6 +358,44 @@ export interface StageFailed {
   address: string;
 }
 
+export interface ComponentRequest {
+  kind: ComponentKind;
+  /** A model the worker serves (name, file or pipeline directory). */
+  model: string;
+  /** For logs only. */
+  jobId: string;
+  input: { $case: "text"; value: TextEncoderInput } | undefined;
+}
+
+export interface TextEncoderInput {
+  prompt: string;
+  negativePrompt: string;
+}
+
+/** One named output tensor, little-endian; each fits one message. */
+export interface ComponentTensor {
+  name: string;
+  shape: number[];
+  dtype: TensorDtype;
+  data: Buffer;
+}
+
+export interface ComponentSummary {
+  workerId: string;
+  /** Which implementation ran, e.g. the text encoder's description. */
+  description: string;
+  /** The numerics it ran with (backend, storage, SIMD level): part of the cache key. */
+  numerics: string;
+  /** True when the output came from the cache and nothing was computed. */
+  cacheHit: boolean;
+  /** Prompt tokens cut off at text_len (text encoder). */
+  truncatedTokens: number;
+}
+
+export interface ComponentOutput {
+  output: { $case: "tensor"; value: ComponentTensor } | { $case: "summary"; value: ComponentSummary } | undefined;
+}
+
 export interface CloseSessionRequest {
   sessionId: string;
   token: string;
@@ -299,6 +405,11 @@ export interface CloseSessionResponse {
   /** Peak resident memory of the worker process so far, bytes. */
   maxRssBytes: number;
   blockSteps: number;
+  /**
+   * Retained memory (V8 heap in use + external, after a forced GC) after each block's last step
+   * on this stage, in order; empty unless the worker runs with --memory-probe.
+   */
+  retainedBytes: number[];
 }
 
 function createBaseJobSpec(): JobSpec {
@@ -316,6 +427,7 @@ function createBaseJobSpec(): JobSpec {
     stages: 0,
     seed: 0,
     model: "",
+    sampler: "",
   };
 }
 
@@ -359,6 +471,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     }
     if (message.model !== "") {
       writer.uint32(106).string(message.model);
+    }
+    if (message.sampler !== "") {
+      writer.uint32(114).string(message.sampler);
     }
     return writer;
   },
@@ -480,6 +595,14 @@ export const JobSpec: MessageFns<JobSpec> = {
             message.model = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.sampler = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -507,6 +630,7 @@ export const JobSpec: MessageFns<JobSpec> = {
       stages: isSet(object.stages) ? globalThis.Number(object.stages) : 0,
       seed: isSet(object.seed) ? globalThis.Number(object.seed) : 0,
       model: isSet(object.model) ? globalThis.String(object.model) : "",
+      sampler: isSet(object.sampler) ? globalThis.String(object.sampler) : "",
     };
   },
 
@@ -551,6 +675,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     if (message.model !== "") {
       obj.model = message.model;
     }
+    if (message.sampler !== "") {
+      obj.sampler = message.sampler;
+    }
     return obj;
   },
 
@@ -572,6 +699,7 @@ export const JobSpec: MessageFns<JobSpec> = {
     message.stages = object.stages ?? 0;
     message.seed = object.seed ?? 0;
     message.model = object.model ?? "";
+    message.sampler = object.sampler ?? "";
     return message;
   },
 };
@@ -2480,6 +2608,602 @@ export const StageFailed: MessageFns<StageFailed> = {
   },
 };
 
+function createBaseComponentRequest(): ComponentRequest {
+  return { kind: 0, model: "", jobId: "", input: undefined };
+}
+
+export const ComponentRequest: MessageFns<ComponentRequest> = {
+  encode(message: ComponentRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.model !== "") {
+      writer.uint32(18).string(message.model);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(26).string(message.jobId);
+    }
+    switch (message.input?.$case) {
+      case "text":
+        TextEncoderInput.encode(message.input.value, writer.uint32(34).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ComponentRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseComponentRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.input = { $case: "text", value: TextEncoderInput.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ComponentRequest {
+    return {
+      kind: isSet(object.kind) ? componentKindFromJSON(object.kind) : 0,
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      input: isSet(object.text) ? { $case: "text", value: TextEncoderInput.fromJSON(object.text) } : undefined,
+    };
+  },
+
+  toJSON(message: ComponentRequest): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = componentKindToJSON(message.kind);
+    }
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.input?.$case === "text") {
+      obj.text = TextEncoderInput.toJSON(message.input.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ComponentRequest>): ComponentRequest {
+    return ComponentRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ComponentRequest>): ComponentRequest {
+    const message = createBaseComponentRequest();
+    message.kind = object.kind ?? 0;
+    message.model = object.model ?? "";
+    message.jobId = object.jobId ?? "";
+    switch (object.input?.$case) {
+      case "text": {
+        if (object.input?.value !== undefined && object.input?.value !== null) {
+          message.input = { $case: "text", value: TextEncoderInput.fromPartial(object.input.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseTextEncoderInput(): TextEncoderInput {
+  return { prompt: "", negativePrompt: "" };
+}
+
+export const TextEncoderInput: MessageFns<TextEncoderInput> = {
+  encode(message: TextEncoderInput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.prompt !== "") {
+      writer.uint32(10).string(message.prompt);
+    }
+    if (message.negativePrompt !== "") {
+      writer.uint32(18).string(message.negativePrompt);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TextEncoderInput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTextEncoderInput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.prompt = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.negativePrompt = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TextEncoderInput {
+    return {
+      prompt: isSet(object.prompt) ? globalThis.String(object.prompt) : "",
+      negativePrompt: isSet(object.negativePrompt)
+        ? globalThis.String(object.negativePrompt)
+        : isSet(object.negative_prompt)
+        ? globalThis.String(object.negative_prompt)
+        : "",
+    };
+  },
+
+  toJSON(message: TextEncoderInput): unknown {
+    const obj: any = {};
+    if (message.prompt !== "") {
+      obj.prompt = message.prompt;
+    }
+    if (message.negativePrompt !== "") {
+      obj.negativePrompt = message.negativePrompt;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TextEncoderInput>): TextEncoderInput {
+    return TextEncoderInput.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TextEncoderInput>): TextEncoderInput {
+    const message = createBaseTextEncoderInput();
+    message.prompt = object.prompt ?? "";
+    message.negativePrompt = object.negativePrompt ?? "";
+    return message;
+  },
+};
+
+function createBaseComponentTensor(): ComponentTensor {
+  return { name: "", shape: [], dtype: 0, data: Buffer.alloc(0) };
+}
+
+export const ComponentTensor: MessageFns<ComponentTensor> = {
+  encode(message: ComponentTensor, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.shape.length !== 0) {
+      writer.uint32(18).fork();
+      for (const v of message.shape) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.dtype !== 0) {
+      writer.uint32(24).int32(message.dtype);
+    }
+    if (message.data.length !== 0) {
+      writer.uint32(34).bytes(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ComponentTensor {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseComponentTensor();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag === 16) {
+              message.shape.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 18) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.shape.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.dtype = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.data = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ComponentTensor {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      shape: globalThis.Array.isArray(object?.shape) ? object.shape.map((e: any) => globalThis.Number(e)) : [],
+      dtype: isSet(object.dtype) ? tensorDtypeFromJSON(object.dtype) : 0,
+      data: isSet(object.data) ? Buffer.from(bytesFromBase64(object.data)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: ComponentTensor): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.shape?.length) {
+      obj.shape = message.shape.map((e) => Math.round(e));
+    }
+    if (message.dtype !== 0) {
+      obj.dtype = tensorDtypeToJSON(message.dtype);
+    }
+    if (message.data.length !== 0) {
+      obj.data = base64FromBytes(message.data);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ComponentTensor>): ComponentTensor {
+    return ComponentTensor.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ComponentTensor>): ComponentTensor {
+    const message = createBaseComponentTensor();
+    message.name = object.name ?? "";
+    message.shape = object.shape?.map((e) => e) || [];
+    message.dtype = object.dtype ?? 0;
+    message.data = object.data ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseComponentSummary(): ComponentSummary {
+  return { workerId: "", description: "", numerics: "", cacheHit: false, truncatedTokens: 0 };
+}
+
+export const ComponentSummary: MessageFns<ComponentSummary> = {
+  encode(message: ComponentSummary, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.workerId !== "") {
+      writer.uint32(10).string(message.workerId);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    if (message.numerics !== "") {
+      writer.uint32(26).string(message.numerics);
+    }
+    if (message.cacheHit !== false) {
+      writer.uint32(32).bool(message.cacheHit);
+    }
+    if (message.truncatedTokens !== 0) {
+      writer.uint32(40).uint32(message.truncatedTokens);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ComponentSummary {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseComponentSummary();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.numerics = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.cacheHit = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.truncatedTokens = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ComponentSummary {
+    return {
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      numerics: isSet(object.numerics) ? globalThis.String(object.numerics) : "",
+      cacheHit: isSet(object.cacheHit)
+        ? globalThis.Boolean(object.cacheHit)
+        : isSet(object.cache_hit)
+        ? globalThis.Boolean(object.cache_hit)
+        : false,
+      truncatedTokens: isSet(object.truncatedTokens)
+        ? globalThis.Number(object.truncatedTokens)
+        : isSet(object.truncated_tokens)
+        ? globalThis.Number(object.truncated_tokens)
+        : 0,
+    };
+  },
+
+  toJSON(message: ComponentSummary): unknown {
+    const obj: any = {};
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.numerics !== "") {
+      obj.numerics = message.numerics;
+    }
+    if (message.cacheHit !== false) {
+      obj.cacheHit = message.cacheHit;
+    }
+    if (message.truncatedTokens !== 0) {
+      obj.truncatedTokens = Math.round(message.truncatedTokens);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ComponentSummary>): ComponentSummary {
+    return ComponentSummary.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ComponentSummary>): ComponentSummary {
+    const message = createBaseComponentSummary();
+    message.workerId = object.workerId ?? "";
+    message.description = object.description ?? "";
+    message.numerics = object.numerics ?? "";
+    message.cacheHit = object.cacheHit ?? false;
+    message.truncatedTokens = object.truncatedTokens ?? 0;
+    return message;
+  },
+};
+
+function createBaseComponentOutput(): ComponentOutput {
+  return { output: undefined };
+}
+
+export const ComponentOutput: MessageFns<ComponentOutput> = {
+  encode(message: ComponentOutput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.output?.$case) {
+      case "tensor":
+        ComponentTensor.encode(message.output.value, writer.uint32(10).fork()).join();
+        break;
+      case "summary":
+        ComponentSummary.encode(message.output.value, writer.uint32(18).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ComponentOutput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseComponentOutput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.output = { $case: "tensor", value: ComponentTensor.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.output = { $case: "summary", value: ComponentSummary.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ComponentOutput {
+    return {
+      output: isSet(object.tensor)
+        ? { $case: "tensor", value: ComponentTensor.fromJSON(object.tensor) }
+        : isSet(object.summary)
+        ? { $case: "summary", value: ComponentSummary.fromJSON(object.summary) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: ComponentOutput): unknown {
+    const obj: any = {};
+    if (message.output?.$case === "tensor") {
+      obj.tensor = ComponentTensor.toJSON(message.output.value);
+    } else if (message.output?.$case === "summary") {
+      obj.summary = ComponentSummary.toJSON(message.output.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ComponentOutput>): ComponentOutput {
+    return ComponentOutput.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ComponentOutput>): ComponentOutput {
+    const message = createBaseComponentOutput();
+    switch (object.output?.$case) {
+      case "tensor": {
+        if (object.output?.value !== undefined && object.output?.value !== null) {
+          message.output = { $case: "tensor", value: ComponentTensor.fromPartial(object.output.value) };
+        }
+        break;
+      }
+      case "summary": {
+        if (object.output?.value !== undefined && object.output?.value !== null) {
+          message.output = { $case: "summary", value: ComponentSummary.fromPartial(object.output.value) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
 function createBaseCloseSessionRequest(): CloseSessionRequest {
   return { sessionId: "", token: "" };
 }
@@ -2570,7 +3294,7 @@ export const CloseSessionRequest: MessageFns<CloseSessionRequest> = {
 };
 
 function createBaseCloseSessionResponse(): CloseSessionResponse {
-  return { maxRssBytes: 0, blockSteps: 0 };
+  return { maxRssBytes: 0, blockSteps: 0, retainedBytes: [] };
 }
 
 export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
@@ -2580,6 +3304,13 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
     }
     if (message.blockSteps !== 0) {
       writer.uint32(16).uint64(message.blockSteps);
+    }
+    if (message.retainedBytes.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.retainedBytes) {
+        writer.uint64(v);
+      }
+      writer.join();
     }
     return writer;
   },
@@ -2613,6 +3344,24 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
             message.blockSteps = longToNumber(reader.uint64());
             continue;
           }
+          case 3: {
+            if (tag === 24) {
+              message.retainedBytes.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.retainedBytes.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2637,6 +3386,11 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
         : isSet(object.block_steps)
         ? globalThis.Number(object.block_steps)
         : 0,
+      retainedBytes: globalThis.Array.isArray(object?.retainedBytes)
+        ? object.retainedBytes.map((e: any) => globalThis.Number(e))
+        : globalThis.Array.isArray(object?.retained_bytes)
+        ? object.retained_bytes.map((e: any) => globalThis.Number(e))
+        : [],
     };
   },
 
@@ -2648,6 +3402,9 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
     if (message.blockSteps !== 0) {
       obj.blockSteps = Math.round(message.blockSteps);
     }
+    if (message.retainedBytes?.length) {
+      obj.retainedBytes = message.retainedBytes.map((e) => Math.round(e));
+    }
     return obj;
   },
 
@@ -2658,6 +3415,7 @@ export const CloseSessionResponse: MessageFns<CloseSessionResponse> = {
     const message = createBaseCloseSessionResponse();
     message.maxRssBytes = object.maxRssBytes ?? 0;
     message.blockSteps = object.blockSteps ?? 0;
+    message.retainedBytes = object.retainedBytes?.map((e) => e) || [];
     return message;
   },
 };
@@ -2705,6 +3463,20 @@ export const WorkerService = {
       Buffer.from(CloseSessionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CloseSessionResponse => CloseSessionResponse.decode(value),
   },
+  /**
+   * Runs one model component that is not a DiT stage (the text encoder; later the VAE decoder)
+   * once and streams its output tensors, one per message, then a summary. The driver calls it
+   * on a worker it holds for the job (see docs/text-encoder.md) and fails over like a stage.
+   */
+  runComponent: {
+    path: "/longshot.v1.Worker/RunComponent" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ComponentRequest): Buffer => Buffer.from(ComponentRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ComponentRequest => ComponentRequest.decode(value),
+    responseSerialize: (value: ComponentOutput): Buffer => Buffer.from(ComponentOutput.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ComponentOutput => ComponentOutput.decode(value),
+  },
 } as const;
 
 export interface WorkerServer extends UntypedServiceImplementation {
@@ -2716,6 +3488,12 @@ export interface WorkerServer extends UntypedServiceImplementation {
   watchSession: handleServerStreamingCall<WatchSessionRequest, SessionEvent>;
   /** Ends a session and frees its weights and caches. */
   closeSession: handleUnaryCall<CloseSessionRequest, CloseSessionResponse>;
+  /**
+   * Runs one model component that is not a DiT stage (the text encoder; later the VAE decoder)
+   * once and streams its output tensors, one per message, then a summary. The driver calls it
+   * on a worker it holds for the job (see docs/text-encoder.md) and fails over like a stage.
+   */
+  runComponent: handleServerStreamingCall<ComponentRequest, ComponentOutput>;
 }
 
 export interface WorkerClient extends Client {
@@ -2762,6 +3540,17 @@ export interface WorkerClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CloseSessionResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Runs one model component that is not a DiT stage (the text encoder; later the VAE decoder)
+   * once and streams its output tensors, one per message, then a summary. The driver calls it
+   * on a worker it holds for the job (see docs/text-encoder.md) and fails over like a stage.
+   */
+  runComponent(request: ComponentRequest, options?: Partial<CallOptions>): ClientReadableStream<ComponentOutput>;
+  runComponent(
+    request: ComponentRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ComponentOutput>;
 }
 
 export const WorkerClient = makeGenericClientConstructor(WorkerService, "longshot.v1.Worker") as unknown as {

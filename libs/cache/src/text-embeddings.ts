@@ -1,0 +1,133 @@
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { CHECKSUM_BYTES, CorruptValueError, checksum, ttlMillis } from './codec';
+import { keys as defaultKeys, type KeySchema } from './keys';
+
+/** What identifies one text-encoder output: everything it is a pure function of. */
+export interface TextEmbeddingKeyParts {
+  /** The encoder's fingerprint: weights' bytes, tokenizer, text length (TextEncoder.fingerprint). */
+  readonly encoder: string;
+  /** Numerics of the worker that computes it: backend, storage dtype, SIMD level. */
+  readonly numerics: string;
+  readonly prompt: string;
+  readonly negativePrompt: string;
+}
+
+/** A text encoder's output for one (prompt, negative prompt): what the DiT cross-attends to. */
+export interface CachedTextEmbeddings {
+  readonly cond: Float32Array;
+  readonly uncond: Float32Array;
+  /** Token ids (empty for an encoder without ids, the stand-in). */
+  readonly condIds: Int32Array;
+  readonly uncondIds: Int32Array;
+  readonly truncated: number;
+}
+
+export interface TextEmbeddingCacheOptions {
+  /** Seconds an entry lives after it is written (a hit does not extend it). */
+  readonly ttlSeconds: number;
+  /** Entries whose stored value would exceed this many bytes are not cached. */
+  readonly maxEntryBytes: number;
+  readonly keys?: KeySchema;
+}
+
+/** A day: long enough for retries, takeovers and a user iterating on seeds with one prompt. */
+export const DEFAULT_TEXT_EMBEDDING_TTL_SECONDS = 24 * 3600;
+/** Wan2.1's cond + uncond ([512, 4096] float32 each) is 16 MiB; a little room above that. */
+export const DEFAULT_TEXT_EMBEDDING_MAX_BYTES = 20 * 1024 * 1024;
+
+/*
+ * Value (integers uint32 LE): magic "LSTE", header length h, UTF-8 JSON header
+ * {cond, uncond, condIds, uncondIds: element counts; truncated}, the four arrays' bytes (LE) in
+ * that order, CRC-32 (big-endian) of all preceding bytes.
+ */
+const MAGIC = Buffer.from('LSTE', 'latin1');
+const PREAMBLE = 8;
+const FIELDS = ['cond', 'uncond', 'condIds', 'uncondIds'] as const;
+
+const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+function leBytes(a: Float32Array | Int32Array): Buffer {
+  const b = Buffer.from(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  return LITTLE_ENDIAN_HOST ? b : Buffer.from(b).swap32();
+}
+
+/**
+ * Text-encoder outputs in Redis, so retries, takeovers and repeated prompts do not encode again.
+ * The key is a SHA-256 of the parts (TextEmbeddingKeyParts) under `R:text-embedding:`.
+ */
+export class TextEmbeddingCache {
+  private readonly keys: KeySchema;
+  private readonly ttlMs: number;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly options: TextEmbeddingCacheOptions,
+  ) {
+    this.keys = options.keys ?? defaultKeys;
+    this.ttlMs = ttlMillis(options.ttlSeconds, 'text embedding ttlSeconds');
+    if (!Number.isSafeInteger(options.maxEntryBytes) || options.maxEntryBytes < 0) throw new Error(`text embedding maxEntryBytes must be a non-negative integer, got ${options.maxEntryBytes}`);
+  }
+
+  keyOf(parts: TextEmbeddingKeyParts): string {
+    const hash = createHash('sha256').update(JSON.stringify([parts.encoder, parts.numerics, parts.prompt, parts.negativePrompt])).digest('hex');
+    return this.keys.textEmbeddingKey(hash);
+  }
+
+  async get(parts: TextEmbeddingKeyParts): Promise<CachedTextEmbeddings | null> {
+    const key = this.keyOf(parts);
+    const value = await this.redis.getBuffer(key);
+    return value ? decode(key, value) : null;
+  }
+
+  /** Stores `e` unless it is larger than the cap; says whether it did. */
+  async put(parts: TextEmbeddingKeyParts, e: CachedTextEmbeddings): Promise<boolean> {
+    const value = encode(e);
+    if (value.length > this.options.maxEntryBytes) return false;
+    await this.redis.set(this.keyOf(parts), value, 'PX', this.ttlMs);
+    return true;
+  }
+}
+
+function encode(e: CachedTextEmbeddings): Buffer {
+  const header = Buffer.from(JSON.stringify({ cond: e.cond.length, uncond: e.uncond.length, condIds: e.condIds.length, uncondIds: e.uncondIds.length, truncated: e.truncated }));
+  const pre = Buffer.alloc(PREAMBLE);
+  MAGIC.copy(pre, 0);
+  pre.writeUInt32LE(header.length, 4);
+  const parts = [pre, header, ...FIELDS.map((f) => leBytes(e[f]))];
+  return Buffer.concat([...parts, checksum(...parts)]);
+}
+
+function decode(key: string, v: Buffer): CachedTextEmbeddings {
+  const bad = (why: string) => new CorruptValueError(key, why);
+  if (v.length < PREAMBLE + CHECKSUM_BYTES || !v.subarray(0, 4).equals(MAGIC)) throw bad('not a text embedding value');
+  const body = v.subarray(0, v.length - CHECKSUM_BYTES);
+  if (!checksum(body).equals(v.subarray(v.length - CHECKSUM_BYTES))) throw bad('checksum mismatch');
+  const h = v.readUInt32LE(4);
+  if (PREAMBLE + h > body.length) throw bad('header runs past the value');
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(body.subarray(PREAMBLE, PREAMBLE + h).toString('utf8')) as Record<string, unknown>;
+  } catch {
+    throw bad('header is not JSON');
+  }
+  const counts = FIELDS.map((f) => header[f]);
+  if (!counts.every((n) => Number.isSafeInteger(n) && (n as number) >= 0) || !Number.isSafeInteger(header.truncated)) throw bad('header fields are not counts');
+  const total = (counts as number[]).reduce((a, n) => a + n * 4, 0);
+  if (PREAMBLE + h + total !== body.length) throw bad(`payload is ${body.length - PREAMBLE - h} bytes, header says ${total}`);
+  let at = PREAMBLE + h;
+  const take = <T extends Float32Array | Int32Array>(n: number, make: (b: ArrayBuffer) => T): T => {
+    const bytes = Buffer.from(body.subarray(at, at + n * 4)); // aligned copy
+    at += n * 4;
+    if (!LITTLE_ENDIAN_HOST) bytes.swap32();
+    return make(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+  };
+  const [c, u, ci, ui] = counts as number[];
+  return {
+    cond: take(c, (b) => new Float32Array(b)),
+    uncond: take(u, (b) => new Float32Array(b)),
+    condIds: take(ci, (b) => new Int32Array(b)),
+    uncondIds: take(ui, (b) => new Int32Array(b)),
+    truncated: header.truncated as number,
+  };
+}

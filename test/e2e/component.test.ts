@@ -1,0 +1,114 @@
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { cpuBackend } from '@longshot/engine';
+import { getConfig, resolveModel, writeSeededPipeline } from '@longshot/model';
+import { registryWorkers, runDistributedJob, type WorkerSource } from '@longshot/pipeline';
+import { normalizeSpec } from '@longshot/planner';
+import { ComponentKind, createWorkerClient, runComponent, type ComponentRequest } from '@longshot/transport';
+import { LocalCluster } from '../../apps/cli/src/local-cluster';
+
+let dir: string;
+let pipe: string;
+let cluster: LocalCluster;
+let redis: Redis;
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-component-'));
+  pipe = path.join(dir, 'pipe');
+  writeSeededPipeline(pipe, { config: getConfig('tiny'), seed: 0, shards: 1, dtype: 'F32' });
+  cluster = await LocalCluster.start({ workers: 2, name: 'comp' });
+  redis = new Redis(cluster.redisUrl);
+});
+
+afterAll(async () => {
+  redis?.disconnect();
+  await cluster?.stop();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+const textRequest = (prompt: string, negativePrompt = '', model = pipe): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt } } });
+const bits = (a: Float32Array | Int32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+describe('RunComponent (text encoder on a worker)', () => {
+  it("returns the directory's umT5 embeddings and ids, bit-identical to this process's, and from the cache the second time", async () => {
+    const w = [...cluster.workers.values()][0];
+    const client = createWorkerClient(w.address);
+    try {
+      const prompt = 'a lighthouse in a storm, waves';
+      const first = await runComponent(client, textRequest(prompt, 'calm sea'));
+      expect(first.summary.cacheHit).toBe(false);
+      expect(first.summary.workerId).toBe(w.id);
+      expect(first.summary.numerics).toMatch(/^cpu:simd=/);
+      expect(first.summary.description).toMatch(/^umT5 text encoder/);
+      const local = await resolveModel(pipe).textEncoder.encode(prompt, 'calm sea', cpuBackend());
+      expect(first.tensors.get('cond')!.shape).toEqual([getConfig('tiny').textLen, getConfig('tiny').textDim]);
+      expect(bits(first.tensors.get('cond')!.values).equals(bits(local.cond))).toBe(true);
+      expect(bits(first.tensors.get('uncond')!.values).equals(bits(local.uncond))).toBe(true);
+      expect(bits(first.tensors.get('cond_ids')!.values).equals(bits(local.condIds!))).toBe(true);
+      expect(bits(first.tensors.get('uncond_ids')!.values).equals(bits(local.uncondIds!))).toBe(true);
+      const again = await runComponent(client, textRequest(prompt, 'calm sea'));
+      expect(again.summary.cacheHit).toBe(true);
+      expect(bits(again.tensors.get('cond')!.values).equals(bits(local.cond))).toBe(true);
+      expect(bits(again.tensors.get('uncond_ids')!.values).equals(bits(local.uncondIds!))).toBe(true);
+      const metrics = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
+      expect(metrics).toMatch(/^longshot_text_embedding_cache_total\{result="hit"\} 1$/m);
+      expect(metrics).toMatch(/^longshot_text_embedding_cache_total\{result="miss"\} 1$/m);
+      expect(metrics).toMatch(/^longshot_component_seconds_count\{kind="text_encoder"\} 1$/m);
+      expect(metrics).toMatch(/^longshot_umt5_encodes_total 2$/m);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('refuses bad requests with INVALID_ARGUMENT naming the field, without server paths', async () => {
+    const client = createWorkerClient([...cluster.workers.values()][1].address);
+    try {
+      const cases: [ComponentRequest, RegExp][] = [
+        [{ ...textRequest('x'), kind: ComponentKind.COMPONENT_KIND_UNSPECIFIED }, /^kind 0 is not a component/],
+        [{ ...textRequest('x'), input: undefined }, /^text is required/],
+        [textRequest('x'.repeat(10_001)), /^text\.prompt is 10001 characters/],
+        [textRequest('x', 'y'.repeat(10_001)), /^text\.negative_prompt is 10001 characters/],
+        [textRequest('x', '', 'no-such-model'), /^model: /],
+        [textRequest('x', '', ''), /^model is required/],
+      ];
+      for (const [req, re] of cases) {
+        const err = (await runComponent(client, req).then(() => null, (e: unknown) => e)) as grpc.ServiceError | null;
+        expect(err, String(re)).not.toBeNull();
+        expect(err!.code, String(re)).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(err!.details, String(re)).toMatch(re);
+        expect(err!.details).not.toContain(dir);
+      }
+    } finally {
+      client.close();
+    }
+  });
+
+  it('fails over to another worker when the chosen one is dead, and the job completes', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const registry = registryWorkers(new WorkerRegistry(redis));
+    let picks = 0;
+    const source: WorkerSource = {
+      // First pick: a worker that died after registering (nothing listens at its address).
+      pick: async (count, exclude) => (picks++ === 0 ? [{ id: 'ghost', address: `127.0.0.1:${port}` }] : registry.pick(count, exclude)),
+      alive: async (id) => id !== 'ghost' && (await registry.alive(id)),
+    };
+    const spec = normalizeSpec({ prompt: 'a lighthouse', negativePrompt: 'fog', model: pipe, frames: 5, width: 32, height: 32, block: 2, context: 1, steps: 2, stages: 1 });
+    const r = await runDistributedJob({ jobId: 'failover', spec, keyPrefix: jobPrefix('failover'), text: null }, { blocks: new BlockStore(redis), workers: source, onBlock: () => undefined, livenessIntervalMs: 200 });
+    expect(r.attempts).toHaveLength(2);
+    expect(r.attempts[0].workers).toEqual(['ghost']);
+    expect(r.attempts[0].error).toMatch(/^text encoder on ghost failed/);
+    expect(r.textEncoder?.worker).not.toBe('ghost');
+    expect(r.attempts[1].error).toBeNull();
+  });
+});
