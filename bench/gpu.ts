@@ -4,10 +4,11 @@
  * (bench/gpu_pytorch.py), reported as ratio = pytorchSeconds / longshotSeconds (> 1: Longshot is
  * faster).
  *
- * Shapes: latent 60x104 (480x832 video) -> 30x52 = 1560 tokens per latent frame; a window of
- * C = 2 prefix + B = 4 own frames = 9360 tokens, the CFG batch of 2, the successor's C = 2 cached
- * frames as extra K/V rows; a middle stage of 8 of the 30 layers (hidden states in and out), with
- * seeded weights, bfloat16 storage on both sides. Longshot's time is the whole `Stage.forward`
+ * Shapes (bench/gpu-stage.ts, shared with the native driver's stage fixture): latent 60x104
+ * (480x832 video) -> 30x52 = 1560 tokens per latent frame; a window of C = 2 prefix + B = 4 own
+ * frames = 9360 tokens, the CFG batch of 2, the successor's C = 2 cached frames as extra K/V rows;
+ * a middle stage of 8 of the 30 layers (hidden states in and out), with seeded weights, bfloat16
+ * storage on both sides. `bash deploy/gpu-check.sh` times the same graph without Node. Longshot's time is the whole `Stage.forward`
  * (graph build, uploads of what is not cached, kernels, and the copy back of every buffer the
  * graph writes); PyTorch's includes moving the hidden states in and out. The device-side split
  * of Longshot's last run (CUDA events) is reported too.
@@ -17,17 +18,9 @@
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { cudaBackend, cudaLastRunStats, engineInfo, releaseDeviceCache } from '@longshot/engine';
-import { Stage, getConfig, seededStageWeights, type BlockStep, type StageRange } from '@longshot/model';
+import { Stage, getConfig, seededStageWeights } from '@longshot/model';
 import { Rng } from '@longshot/random';
-
-const MODEL = 'wan2.1-t2v-1.3b';
-const LAYERS = 8;
-const LATENT = { height: 60, width: 104 };
-const OWN_FRAMES = 4;
-const CONTEXT_FRAMES = 2;
-const TIMESTEP = 900;
-const WARMUP = 2; // the second run is the one that caches the weights on the device
-const REPS = 3;
+import { GPU_STAGE, GPU_STAGE_RANGE, gpuStageShape, gpuStageStep, pytorchArgs } from './gpu-stage';
 
 export interface GpuBenchReport {
   model: string;
@@ -51,62 +44,42 @@ export async function gpuBench(opts: { json: boolean }): Promise<GpuBenchReport 
     return report;
   }
 
-  const config = getConfig(MODEL);
-  const range: StageRange = { l0: 0, l1: LAYERS, head: false, tail: false };
-  const hw = (LATENT.height / 2) * (LATENT.width / 2);
-  const frames = CONTEXT_FRAMES + OWN_FRAMES;
-  const tokens = frames * hw;
-  const step = (iteration: number): BlockStep => ({
-    iteration,
-    block: 1,
-    step: 0,
-    timestep: TIMESTEP,
-    prefixFrames: CONTEXT_FRAMES,
-    ownFrames: OWN_FRAMES,
-    contextFrames: CONTEXT_FRAMES,
-    height: LATENT.height,
-    width: LATENT.width,
-  });
+  const config = getConfig(GPU_STAGE.model);
+  const LAYERS = GPU_STAGE.layers;
+  const shape = gpuStageShape();
+  const hw = shape.tokensPerFrame;
+  const tokens = shape.tokens;
+  const step = gpuStageStep;
 
   const rng = Rng.from(0, 'gpu bench');
   const normal = (n: number) => rng.fillNormal(new Float32Array(n), 1);
   const text = { cond: normal(config.textLen * config.textDim), uncond: normal(config.textLen * config.textDim) };
   const hidden = normal(2 * tokens * config.dim);
-  const kvRows = 2 * CONTEXT_FRAMES * hw * config.dim;
+  const kvRows = 2 * GPU_STAGE.contextFrames * hw * config.dim;
   const successor = { k: Array.from({ length: LAYERS }, () => normal(kvRows)), v: Array.from({ length: LAYERS }, () => normal(kvRows)) };
-  const stage = new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cudaBackend({ storage: 'bf16' }), text, guidance: 5 });
+  const stage = new Stage({
+    config,
+    range: GPU_STAGE_RANGE,
+    weights: seededStageWeights(config, GPU_STAGE_RANGE, 0),
+    backend: cudaBackend({ storage: GPU_STAGE.storage }),
+    text,
+    guidance: GPU_STAGE.guidance,
+  });
 
   const runs: number[] = [];
-  for (let i = 0; i < WARMUP + REPS; i++) {
+  for (let i = 0; i < GPU_STAGE.warmup + GPU_STAGE.reps; i++) {
     // The newer neighbour's cache for this iteration: the stage uses it as the extra K/V rows.
     stage.kvCache = { iteration: i, block: 2, k: successor.k, v: successor.v };
     const t0 = process.hrtime.bigint();
     await stage.forward(step(i), hidden);
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    if (i >= WARMUP) runs.push(seconds);
+    if (i >= GPU_STAGE.warmup) runs.push(seconds);
   }
   const lastRun = cudaLastRunStats();
   releaseDeviceCache(); // give the device memory back before PyTorch allocates its own
 
   const script = path.resolve(__dirname, 'gpu_pytorch.py');
-  const args = {
-    dim: config.dim,
-    ffnDim: config.ffnDim,
-    heads: config.heads,
-    layers: LAYERS,
-    eps: config.eps,
-    freqDim: config.freqDim,
-    ropeTheta: config.ropeTheta,
-    textLen: config.textLen,
-    frames,
-    prefixFrames: CONTEXT_FRAMES,
-    contextFrames: CONTEXT_FRAMES,
-    latentHeight: LATENT.height,
-    latentWidth: LATENT.width,
-    timestep: TIMESTEP,
-    warmup: WARMUP,
-    reps: REPS,
-  };
+  const args = pytorchArgs(config);
   const py = spawnSync('python3', [script, JSON.stringify(args)], { encoding: 'utf8', maxBuffer: 1 << 20 });
   let pytorch: GpuBenchReport['pytorch'];
   if (py.status === 0) {
@@ -118,15 +91,15 @@ export async function gpuBench(opts: { json: boolean }): Promise<GpuBenchReport 
 
   const seconds = median(runs);
   const report: GpuBenchReport = {
-    model: MODEL,
+    model: GPU_STAGE.model,
     device: info.cudaDevice ?? 'unknown',
-    shape: { tokens, tokensPerFrame: hw, frames, extraKeys: CONTEXT_FRAMES * hw, layers: LAYERS, cfgBatch: 2, storage: 'bf16' },
+    shape,
     longshot: { seconds, runs, lastRun },
     pytorch,
     ratio: 'seconds' in pytorch ? pytorch.seconds / seconds : null,
   };
   if (!opts.json) {
-    console.log(`gpu: ${MODEL}, ${LAYERS} layers, ${tokens} tokens x CFG 2, bf16, on ${report.device}`);
+    console.log(`gpu: ${GPU_STAGE.model}, ${LAYERS} layers, ${tokens} tokens x CFG 2, bf16, on ${report.device}`);
     console.log(
       `  longshot ${seconds.toFixed(3)} s (device: upload ${lastRun.uploadMs.toFixed(1)} ms, kernels ${lastRun.computeMs.toFixed(1)} ms, ` +
         `download ${lastRun.downloadMs.toFixed(1)} ms)`,

@@ -36,6 +36,7 @@ missing_packages() {
   # promtool checks the shipped Prometheus rules in the test suite.
   have promtool || missing+=(prometheus)
   have g++ && have make || missing+=(g++ make)
+  have cmake || missing+=(cmake)  # the native driver (deploy/gpu-check.sh)
   have python3 || missing+=(python3)
   # OpenBLAS is only the kernel benchmark's baseline (loaded at run time), never a dependency of
   # the engine. ldconfig lives in /sbin, which a non-root PATH may lack.

@@ -4,8 +4,11 @@
  *
  * Error measure: max|cuda - cpu| / max(1e-6, max|cpu|) per output (as in ops.test.ts), bounded per
  * storage type: float32 storage differs from the CPU only by summation order and libm (1e-5);
- * bfloat16 (8-bit significand) and float16 (11-bit) round every stored input, intermediate and
- * output once, hence 1e-2 and 5e-3. A stage window chains dozens of ops, so its bounds are wider.
+ * bfloat16 (8-bit significand) and float16 (11-bit) round every stored value once, hence 1e-2 and
+ * 5e-3. Op inputs are rounded to the storage type before both backends see them, so an op's error
+ * is its own (output rounding and arithmetic). A stage window chains dozens of ops on raw float32
+ * inputs, so its bounds are wider. The op cases are the shared table (libs/engine/check/cases.json)
+ * that the native driver (deploy/gpu-check.sh) runs too.
  *
  * On a machine without a usable CUDA device the GPU cases are reported as skipped, with the
  * reason in their names; the build/selection checks below run everywhere.
@@ -28,6 +31,7 @@ import {
 } from '@longshot/engine';
 import { SEEDED_UMT5, Stage, encodeText, getConfig, seededUmt5Weights, type BlockStep, type StageRange } from '@longshot/model';
 import { Rng } from '@longshot/random';
+import { OP_CASES, f32Inputs, roundToStorage } from '../reference/cases';
 import { relError } from '../reference/error';
 import { testWeights } from '../reference/weights';
 
@@ -56,78 +60,14 @@ function expectClose(got: Float32Array, ref: Float32Array, tol: number, what: st
 
 // ---- op cases ------------------------------------------------------------------------------------
 
-interface OpCase {
-  label: string;
-  params: number[];
-  inputs(rng: Rng): (Float32Array | null)[];
-}
-
-/** Typed as a full Record so a new op without a case fails to compile, and the test below fails too. */
-const CASES: Record<OpName, OpCase[]> = {
-  linear: [
-    { label: '37x70 -> 45 +bias', params: [37, 70, 45], inputs: (r) => [normal(r, 37 * 70), normal(r, 45 * 70, 1 / Math.sqrt(70)), normal(r, 45)] },
-    { label: '1x256 -> 96 no bias', params: [1, 256, 96], inputs: (r) => [normal(r, 256), normal(r, 96 * 256, 1 / 16), null] },
-    { label: '130x33 -> 17', params: [130, 33, 17], inputs: (r) => [normal(r, 130 * 33), normal(r, 17 * 33, 0.2), normal(r, 17)] },
-  ],
-  layer_norm: [
-    { label: '19x300 affine', params: [19, 300, 1e-6], inputs: (r) => [normal(r, 19 * 300, 1, 3), normal(r, 300, 0.3, 1), normal(r, 300, 0.3)] },
-    { label: '4x64 plain', params: [4, 64, 1e-5], inputs: (r) => [normal(r, 4 * 64), null, null] },
-  ],
-  rms_norm: [{ label: '23x130', params: [23, 130, 1e-6], inputs: (r) => [normal(r, 23 * 130, 2), normal(r, 130, 0.3, 1)] }],
-  modulate: [{ label: '21x65', params: [21, 65], inputs: (r) => [normal(r, 21 * 65), normal(r, 65, 0.5), normal(r, 65, 0.5)] }],
-  gated_add: [
-    { label: '17x40 gate', params: [17, 40], inputs: (r) => [normal(r, 17 * 40), normal(r, 17 * 40), normal(r, 40)] },
-    { label: '5x33 no gate', params: [5, 33], inputs: (r) => [normal(r, 5 * 33), normal(r, 5 * 33), null] },
-  ],
-  gelu_tanh: [{ label: 'n=1031', params: [1031], inputs: (r) => [normal(r, 1031, 3)] }],
-  silu: [{ label: 'n=999', params: [999], inputs: (r) => [normal(r, 999, 4)] }],
-  rope3d: [
-    // [batch, frames, height, width, heads, headDim, frameOffset, theta]
-    { label: 'b2 3x2x4 h3 d28 offset 5', params: [2, 3, 2, 4, 3, 28, 5, 10000], inputs: (r) => [normal(r, 2 * 3 * 2 * 4 * 3 * 28)] },
-    { label: 'b1 2x4x6 h2 d128', params: [1, 2, 4, 6, 2, 128, 0, 10000], inputs: (r) => [normal(r, 2 * 4 * 6 * 2 * 128)] },
-  ],
-  attention: [
-    // [batch, queries, keys, extraKeys, heads, headDim]
-    {
-      label: 'b2 q45 k70 +extra 33, h3 d40',
-      params: [2, 45, 70, 33, 3, 40],
-      inputs: (r) => [normal(r, 2 * 45 * 120), normal(r, 2 * 70 * 120), normal(r, 2 * 70 * 120), normal(r, 2 * 33 * 120), normal(r, 2 * 33 * 120)],
-    },
-    { label: 'b1 q65 k16, h2 d128', params: [1, 65, 16, 0, 2, 128], inputs: (r) => [normal(r, 65 * 256), normal(r, 16 * 256), normal(r, 16 * 256), null, null] },
-    { label: 'b1 q7 only extra 9, h1 d12', params: [1, 7, 0, 9, 1, 12], inputs: (r) => [normal(r, 7 * 12), new Float32Array(0), new Float32Array(0), normal(r, 9 * 12), normal(r, 9 * 12)] },
-  ],
-  patchify: [{ label: '5ch 3x6x4', params: [5, 3, 6, 4], inputs: (r) => [normal(r, 5 * 3 * 6 * 4)] }],
-  unpatchify: [{ label: '5ch 3x6x4', params: [5, 3, 6, 4], inputs: (r) => [normal(r, 5 * 3 * 6 * 4)] }],
-  timestep_embedding: [
-    { label: 'n3 dim 256', params: [3, 256], inputs: () => [Float32Array.of(999, 620, 1.5)] },
-    { label: 'n1 dim 33', params: [1, 33], inputs: () => [Float32Array.of(411)] },
-  ],
-  cfg_combine: [{ label: 'n=777 g=5', params: [777, 5], inputs: (r) => [normal(r, 2 * 777)] }],
-  axpy: [{ label: 'n=777 a=-0.03', params: [777, -0.03], inputs: (r) => [normal(r, 777), normal(r, 777)] }],
-  copy_rows: [{ label: 'b2 rows 9 cols 13 from 3 count 4', params: [2, 9, 13, 3, 4], inputs: (r) => [normal(r, 2 * 9 * 13)] }],
-  mul: [{ label: 'n=1031', params: [1031], inputs: (r) => [normal(r, 1031, 2), normal(r, 1031)] }],
-  embedding: [
-    // Ids above 2048 (not exact in float16) and above 256 (not exact in bfloat16): kept float32.
-    { label: '6 ids of 5000, dim 40', params: [6, 5000, 40], inputs: (r) => [normal(r, 5000 * 40), Float32Array.of(4999, 0, 2049, 257, 3001, 2049)] },
-  ],
-  relative_position_bias: [
-    // [queries, keys, heads, buckets, maxDistance]: distances past maxDistance on both sides.
-    { label: 'q40 k300 h3 32 buckets max 128', params: [40, 300, 3, 32, 128], inputs: (r) => [normal(r, 32 * 3)] },
-    { label: 'q30 k30 h2 10 buckets max 12', params: [30, 30, 2, 10, 12], inputs: (r) => [normal(r, 10 * 2)] },
-  ],
-  biased_attention: [
-    // [batch, queries, keys, heads, headDim, scale]
-    {
-      label: 'b2 q45 k70 h3 d64 unscaled',
-      params: [2, 45, 70, 3, 64, 1],
-      inputs: (r) => [normal(r, 2 * 45 * 192), normal(r, 2 * 70 * 192), normal(r, 2 * 70 * 192), normal(r, 3 * 45 * 70, 2)],
-    },
-    { label: 'b1 q7 k9 h2 d12 scale 0.3', params: [1, 7, 9, 2, 12, 0.3], inputs: (r) => [normal(r, 7 * 24), normal(r, 9 * 24), normal(r, 9 * 24), normal(r, 2 * 7 * 9)] },
-  ],
-};
-
-function runOne(backend: Backend, op: OpName, inputs: (Float32Array | null)[], params: number[], inPlace: boolean): Float32Array {
-  const copies = inputs.map((x) => (x ? Float32Array.from(x) : null));
+/**
+ * One op on `backend` over copies of `inputs`; in place writes into the copy of inputs[0]. The
+ * inputs are first rounded to the storage type (except the slots the backend keeps in float32),
+ * so CPU and CUDA see the same values and the error measures the kernels, not the upload rounding.
+ */
+function runOne(backend: Backend, op: OpName, inputs: (Float32Array | null)[], params: number[], inPlace: boolean, storage: CudaStorage): Float32Array {
+  const keep = f32Inputs(op);
+  const copies = inputs.map((x, i) => (x ? (keep.includes(i) ? Float32Array.from(x) : roundToStorage(x, storage)) : null));
   const output = inPlace ? copies[0]! : new Float32Array(OPS[op].outputSize(params as never));
   backend.runSync([{ op, inputs: copies, output, params }]);
   return output;
@@ -162,21 +102,21 @@ describe('CUDA backend on this machine', () => {
     expect(() => createBackend('tpu' as never)).toThrow(/unknown backend kind 'tpu'/);
   });
 
-  it('every op has CUDA test cases', () => {
-    for (const op of OP_NAMES) expect(CASES[op]?.length ?? 0, `no CUDA test case for op '${op}'`).toBeGreaterThan(0);
+  it('every op has test cases', () => {
+    for (const op of OP_NAMES) expect(OP_CASES[op]?.length ?? 0, `no test case for op '${op}'`).toBeGreaterThan(0);
   });
 });
 
 describe.each(STORAGES)('CUDA ops vs CPU, %s storage', (storage) => {
   const tol = OP_TOLERANCE[storage];
   for (const op of OP_NAMES) {
-    for (const c of CASES[op]) {
+    for (const c of OP_CASES[op]) {
       it.skipIf(!cudaUsable)(gpu(`${op}: ${c.label}`), () => {
         const cuda = cudaBackend({ storage });
-        const inputs = c.inputs(Rng.from(7, 'cuda', op, c.label));
-        expectClose(runOne(cuda, op, inputs, c.params, false), runOne(cpu, op, inputs, c.params, false), tol, `${op} ${c.label}`);
+        const inputs = c.inputs();
+        expectClose(runOne(cuda, op, inputs, c.params, false, storage), runOne(cpu, op, inputs, c.params, false, storage), tol, `${op} ${c.label}`);
         if (OPS[op].inPlace) {
-          expectClose(runOne(cuda, op, inputs, c.params, true), runOne(cpu, op, inputs, c.params, true), tol, `${op} ${c.label} in place`);
+          expectClose(runOne(cuda, op, inputs, c.params, true, storage), runOne(cpu, op, inputs, c.params, true, storage), tol, `${op} ${c.label} in place`);
         }
       });
     }

@@ -9,226 +9,20 @@
  * catching any element that is off by more than float32 rounding warrants. The NMSE
  * (sum (a-b)^2 / sum ref^2, ggml's measure) is printed alongside on failure for diagnosis.
  *
- * Shapes deliberately include M = 1, sizes of 1, odd sizes and sizes that leave tails after 8- and
- * 16-wide vector loops, attention with and without extra (feature-cache) keys and with
- * queries != keys, rope with frameOffset > 0 and uneven frame/row/column splits, and in-place
- * runs for every op that allows them.
+ * The cases come from the one table shared with the CUDA suite and the native driver
+ * (libs/engine/check/cases.json, loaded by test/reference/cases.ts). Shapes deliberately include
+ * M = 1, sizes of 1, odd sizes and sizes that leave tails after 8- and 16-wide vector loops,
+ * attention with and without extra (feature-cache) keys and with queries != keys, rope with
+ * frameOffset > 0 and uneven frame/row/column splits, and in-place runs for every op that allows
+ * them.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OP_NAMES, OPS, cpuBackend, engineInfo, runOp, setSimd, setThreads, type OpName, type OpNode, type SimdLevel } from '@longshot/engine';
+import { OP_NAMES, OPS, cpuBackend, engineInfo, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '@longshot/engine';
 import { Rng } from '@longshot/random';
+import { OP_CASES } from '../reference/cases';
 import { REFERENCE_OPS, referenceOp } from '../reference/ops';
 
 const TOLERANCE = 1e-4;
-
-type Inputs = (Float32Array | null)[];
-interface OpCase {
-  label: string;
-  params: number[];
-  /** Draws the inputs from `rng`; sizes follow the params. */
-  inputs(rng: Rng): Inputs;
-}
-
-const normal = (rng: Rng, n: number, std = 1, mean = 0): Float32Array => {
-  const a = rng.fillNormal(new Float32Array(n), std);
-  if (mean !== 0) for (let i = 0; i < n; i++) a[i] += mean;
-  return a;
-};
-const uniform = (rng: Rng, n: number, lo: number, hi: number): Float32Array => Float32Array.from({ length: n }, () => lo + (hi - lo) * rng.uniform());
-
-function linearCase(rows: number, inF: number, outF: number, bias = true): OpCase {
-  return {
-    label: `${rows}x${inF} -> ${outF}${bias ? '' : ', no bias'}`,
-    params: [rows, inF, outF],
-    inputs: (r) => [normal(r, rows * inF), normal(r, outF * inF, 1 / Math.sqrt(inF)), bias ? normal(r, outF) : null],
-  };
-}
-
-function layerNormCase(rows: number, dim: number, eps: number, weight: boolean, bias: boolean, mean = 0): OpCase {
-  return {
-    label: `${rows}x${dim} eps ${eps}${weight ? ' +weight' : ''}${bias ? ' +bias' : ''}${mean ? ` mean ${mean}` : ''}`,
-    params: [rows, dim, eps],
-    inputs: (r) => [normal(r, rows * dim, 1, mean), weight ? normal(r, dim, 0.3, 1) : null, bias ? normal(r, dim, 0.3) : null],
-  };
-}
-
-function rmsNormCase(rows: number, dim: number, eps: number): OpCase {
-  return { label: `${rows}x${dim} eps ${eps}`, params: [rows, dim, eps], inputs: (r) => [normal(r, rows * dim, 2), normal(r, dim, 0.3, 1)] };
-}
-
-function rowVectorCase(rows: number, dim: number, gate: 'gate' | 'no gate' | 'shift/scale'): OpCase {
-  return {
-    label: `${rows}x${dim}${gate === 'no gate' ? ', no gate' : ''}`,
-    params: [rows, dim],
-    inputs: (r) =>
-      gate === 'shift/scale'
-        ? [normal(r, rows * dim), normal(r, dim, 0.5), normal(r, dim, 0.5)]
-        : [normal(r, rows * dim), normal(r, rows * dim), gate === 'gate' ? normal(r, dim) : null],
-  };
-}
-
-function unaryCases(): OpCase[] {
-  return [
-    { label: 'n 1', params: [1], inputs: (r) => [normal(r, 1)] },
-    { label: 'n 7', params: [7], inputs: (r) => [normal(r, 7, 2)] },
-    { label: 'n 33', params: [33], inputs: (r) => [normal(r, 33, 3)] },
-    { label: 'n 1000', params: [1000], inputs: (r) => [normal(r, 1000, 3)] },
-    // Saturation and overflow of tanh/exp at the extremes.
-    { label: 'n 65 in [-40, 40]', params: [65], inputs: (r) => [uniform(r, 65, -40, 40)] },
-  ];
-}
-
-function ropeCase(b: number, f: number, h: number, w: number, heads: number, headDim: number, offset: number, theta = 10000): OpCase {
-  return {
-    label: `b${b} f${f} ${h}x${w} heads ${heads} hd ${headDim} offset ${offset} theta ${theta}`,
-    params: [b, f, h, w, heads, headDim, offset, theta],
-    inputs: (r) => [normal(r, b * f * h * w * heads * headDim)],
-  };
-}
-
-function attentionCase(b: number, lq: number, lk: number, extra: number, heads: number, headDim: number, qkStd = 1): OpCase {
-  const width = heads * headDim;
-  return {
-    label: `b${b} q${lq} k${lk} extra ${extra} heads ${heads} hd ${headDim}${qkStd !== 1 ? ` q/k std ${qkStd}` : ''}`,
-    params: [b, lq, lk, extra, heads, headDim],
-    inputs: (r) => [
-      normal(r, b * lq * width, qkStd),
-      normal(r, b * lk * width, qkStd),
-      normal(r, b * lk * width),
-      extra > 0 ? normal(r, b * extra * width, qkStd) : null,
-      extra > 0 ? normal(r, b * extra * width) : null,
-    ],
-  };
-}
-
-function gridCase(c: number, f: number, h: number, w: number): OpCase {
-  return { label: `${c}x${f}x${h}x${w}`, params: [c, f, h, w], inputs: (r) => [normal(r, c * f * h * w)] };
-}
-
-function biasedAttentionCase(b: number, lq: number, lk: number, heads: number, headDim: number, scale: number, maskedKeys = 0): OpCase {
-  const width = heads * headDim;
-  return {
-    label: `b${b} q${lq} k${lk} heads ${heads} hd ${headDim} scale ${scale}${maskedKeys ? ` last ${maskedKeys} keys masked` : ''}`,
-    params: [b, lq, lk, heads, headDim, scale],
-    inputs: (r) => {
-      const bias = normal(r, heads * lq * lk, 2);
-      // A padding mask as T5 applies it: a huge negative bias on the masked keys.
-      for (let row = 0; row < heads * lq; row++) for (let j = lk - maskedKeys; j < lk; j++) bias[row * lk + j] = -3.4e38;
-      return [normal(r, b * lq * width), normal(r, b * lk * width), normal(r, b * lk * width), bias];
-    },
-  };
-}
-
-function embeddingCase(rows: number, vocab: number, dim: number): OpCase {
-  return {
-    label: `${rows} ids of ${vocab}, dim ${dim}`,
-    params: [rows, vocab, dim],
-    // First and last ids of the table, then random ones (repeats included).
-    inputs: (r) => [normal(r, vocab * dim), Float32Array.from({ length: rows }, (_, i) => (i === 0 ? vocab - 1 : i === 1 ? 0 : Math.floor(r.uniform() * vocab)))],
-  };
-}
-
-function positionBiasCase(lq: number, lk: number, heads: number, buckets: number, maxDistance: number): OpCase {
-  return { label: `q${lq} k${lk} heads ${heads} buckets ${buckets} max ${maxDistance}`, params: [lq, lk, heads, buckets, maxDistance], inputs: (r) => [normal(r, buckets * heads)] };
-}
-
-/** Typed as a full Record so an op added to OPS without cases fails the type check too. */
-const CASES: Record<OpName, OpCase[]> = {
-  linear: [
-    linearCase(1, 1, 1),
-    linearCase(1, 17, 5),
-    linearCase(7, 33, 19),
-    linearCase(3, 129, 67, false),
-    linearCase(16, 64, 48),
-    linearCase(37, 256, 96),
-    linearCase(1, 300, 1),
-    linearCase(5, 8, 16, false),
-  ],
-  layer_norm: [
-    layerNormCase(1, 1, 1e-6, true, true),
-    layerNormCase(1, 7, 1e-6, true, true),
-    layerNormCase(5, 33, 1e-6, false, false),
-    layerNormCase(3, 64, 1e-5, true, false),
-    layerNormCase(4, 257, 1e-6, false, true),
-    // A non-zero mean catches a one-pass E[x^2] - E[x]^2 variance that cancels in float32.
-    layerNormCase(6, 96, 1e-6, true, true, 10),
-  ],
-  rms_norm: [rmsNormCase(1, 1, 1e-6), rmsNormCase(5, 33, 1e-6), rmsNormCase(3, 64, 1e-5), rmsNormCase(4, 257, 1e-6), rmsNormCase(2, 1536, 1e-6)],
-  modulate: [rowVectorCase(1, 1, 'shift/scale'), rowVectorCase(7, 33, 'shift/scale'), rowVectorCase(4, 64, 'shift/scale'), rowVectorCase(3, 130, 'shift/scale')],
-  gated_add: [rowVectorCase(1, 1, 'gate'), rowVectorCase(7, 33, 'gate'), rowVectorCase(4, 64, 'no gate'), rowVectorCase(3, 130, 'gate'), rowVectorCase(5, 17, 'no gate')],
-  gelu_tanh: unaryCases(),
-  silu: unaryCases(),
-  rope3d: [
-    ropeCase(1, 1, 1, 1, 1, 12, 3),
-    ropeCase(2, 3, 2, 3, 2, 32, 0),
-    ropeCase(2, 2, 3, 2, 1, 34, 5), // 17 pairs: 7 frame / 5 row / 5 column
-    ropeCase(1, 2, 2, 2, 3, 128, 7), // Wan's 44 / 42 / 42 dims
-    ropeCase(1, 3, 1, 2, 2, 20, 2, 500),
-    ropeCase(2, 1, 4, 4, 2, 64, 30),
-  ],
-  attention: [
-    attentionCase(1, 1, 1, 0, 1, 8),
-    attentionCase(2, 5, 7, 0, 2, 16),
-    attentionCase(2, 9, 13, 6, 3, 12),
-    attentionCase(1, 17, 4, 3, 2, 32), // more queries than keys, with extra keys
-    attentionCase(2, 1, 33, 0, 1, 64), // a single query
-    attentionCase(1, 24, 40, 8, 2, 128),
-    attentionCase(2, 7, 5, 0, 2, 10),
-    attentionCase(1, 6, 9, 4, 2, 16, 4), // large logits: the online softmax must subtract its max
-    attentionCase(2, 40, 300, 20, 2, 32), // many keys: several tiles of any blocked kernel
-  ],
-  patchify: [gridCase(1, 1, 2, 2), gridCase(16, 3, 4, 6), gridCase(3, 2, 6, 2), gridCase(16, 2, 8, 10)],
-  unpatchify: [gridCase(1, 1, 2, 2), gridCase(16, 3, 4, 6), gridCase(3, 2, 6, 2), gridCase(16, 2, 8, 10)],
-  timestep_embedding: [
-    { label: 'n 1 dim 256 t 999', params: [1, 256], inputs: () => [Float32Array.of(999)] },
-    { label: 'n 5 dim 256 edge timesteps', params: [5, 256], inputs: () => [Float32Array.of(0, 1, 250.5, 999, 1000)] },
-    { label: 'n 3 dim 6', params: [3, 6], inputs: (r) => [uniform(r, 3, 0, 1000)] },
-    { label: 'n 2 dim 2', params: [2, 2], inputs: (r) => [uniform(r, 2, 0, 1000)] },
-    { label: 'n 4 dim 34', params: [4, 34], inputs: (r) => [uniform(r, 4, 0, 1000)] },
-  ],
-  mul: [
-    { label: 'n 1', params: [1], inputs: (r) => [normal(r, 1), normal(r, 1)] },
-    { label: 'n 33', params: [33], inputs: (r) => [normal(r, 33, 2), normal(r, 33, 3)] },
-    { label: 'n 4099', params: [4099], inputs: (r) => [normal(r, 4099), normal(r, 4099)] },
-  ],
-  embedding: [embeddingCase(1, 1, 1), embeddingCase(7, 50, 33), embeddingCase(20, 512, 64), embeddingCase(3, 9, 256)],
-  relative_position_bias: [
-    positionBiasCase(1, 1, 1, 32, 128),
-    positionBiasCase(7, 5, 3, 32, 128),
-    positionBiasCase(40, 300, 2, 32, 128), // distances past maxDistance on both sides
-    positionBiasCase(150, 20, 4, 32, 128),
-    positionBiasCase(30, 30, 2, 10, 12), // odd half (5), exact 2
-    positionBiasCase(12, 64, 1, 4, 3),
-  ],
-  biased_attention: [
-    biasedAttentionCase(1, 1, 1, 1, 8, 1),
-    biasedAttentionCase(2, 5, 7, 2, 16, 0.25),
-    biasedAttentionCase(1, 17, 70, 3, 32, 1), // several key tiles
-    biasedAttentionCase(2, 70, 66, 2, 64, 1), // several query blocks, unscaled T5 logits
-    biasedAttentionCase(1, 9, 13, 2, 16, 1, 4),
-    biasedAttentionCase(2, 3, 5, 1, 10, 0.5, 1),
-  ],
-  cfg_combine: [
-    { label: 'n 1 g 5', params: [1, 5], inputs: (r) => [normal(r, 2)] },
-    { label: 'n 33 g 5', params: [33, 5], inputs: (r) => [normal(r, 66)] },
-    { label: 'n 1000 g 1', params: [1000, 1], inputs: (r) => [normal(r, 2000)] },
-    { label: 'n 17 g 0', params: [17, 0], inputs: (r) => [normal(r, 34)] },
-    { label: 'n 40 g 7.5', params: [40, 7.5], inputs: (r) => [normal(r, 80)] },
-  ],
-  axpy: [
-    { label: 'n 1 a -0.05', params: [1, -0.05], inputs: (r) => [normal(r, 1), normal(r, 1)] },
-    { label: 'n 33 a 0.5', params: [33, 0.5], inputs: (r) => [normal(r, 33), normal(r, 33)] },
-    { label: 'n 1000 a -1', params: [1000, -1], inputs: (r) => [normal(r, 1000), normal(r, 1000)] },
-    { label: 'n 17 a 0', params: [17, 0], inputs: (r) => [normal(r, 17), normal(r, 17)] },
-  ],
-  copy_rows: [
-    { label: '1x1x1 [0, 1)', params: [1, 1, 1, 0, 1], inputs: (r) => [normal(r, 1)] },
-    { label: '2x10x7 [3, 7)', params: [2, 10, 7, 3, 4], inputs: (r) => [normal(r, 140)] },
-    { label: '3x5x33 [0, 5)', params: [3, 5, 33, 0, 5], inputs: (r) => [normal(r, 495)] },
-    { label: '2x8x16 [4, 8)', params: [2, 8, 16, 4, 4], inputs: (r) => [normal(r, 256)] },
-    { label: '2x12x64 [6, 9)', params: [2, 12, 64, 6, 3], inputs: (r) => [normal(r, 1536)] },
-  ],
-};
 
 interface Comparison {
   relErr: number;
@@ -259,9 +53,7 @@ function expectClose(got: Float32Array, ref: Float64Array, what: string): void {
 }
 
 const bytes = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-
-/** Seeds depend on the op and case only, so every SIMD level sees the same inputs. */
-const caseRng = (op: OpName, c: OpCase): Rng => Rng.from('conformance', op, c.label);
+const normal = (rng: Rng, n: number, std = 1): Float32Array => rng.fillNormal(new Float32Array(n), std);
 
 const info = engineInfo();
 const backend = cpuBackend();
@@ -271,7 +63,7 @@ const OTHER_THREAD_COUNTS = [1, 3, 8].filter((t) => t !== info.threads);
 describe('op table', () => {
   it.each(OP_NAMES)('%s has a reference, conformance cases and CPU support', (op) => {
     expect(REFERENCE_OPS[op], `no reference for ${op}`).toBeTypeOf('function');
-    expect(CASES[op]?.length ?? 0, `no conformance cases for ${op}`).toBeGreaterThan(0);
+    expect(OP_CASES[op]?.length ?? 0, `no conformance cases for ${op}`).toBeGreaterThan(0);
     expect(backend.supportsOp(op), `cpu backend does not support ${op}`).toBe(true);
   });
 
@@ -290,8 +82,9 @@ describe.each(info.simdAvailable)('ops vs float64 reference, simd %s', (level) =
   afterAll(() => setSimd(original as SimdLevel));
 
   describe.each(OP_NAMES)('%s', (op) => {
-    it.each((CASES[op] ?? []).map((c) => [c.label, c] as const))('%s', (_label, c) => {
-      const inputs = c.inputs(caseRng(op, c));
+    // Inputs depend on the op and case only, so every SIMD level sees the same ones.
+    it.each((OP_CASES[op] ?? []).map((c) => [c.label, c] as const))('%s', (_label, c) => {
+      const inputs = c.inputs();
       const snapshot = inputs.map((t) => (t ? Float32Array.from(t) : null));
       const ref = referenceOp(op, inputs, c.params);
 

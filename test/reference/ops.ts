@@ -244,7 +244,7 @@ function unpatchify(inputs: readonly (Tensor | null)[], [channels, frames, heigh
 
 function timestepEmbedding(inputs: readonly (Tensor | null)[], [n, dim]: readonly number[]): Float64Array {
   const t = need('timestep_embedding', 'timesteps', inputs[0], n);
-  const half = dim / 2;
+  const half = Math.floor(dim / 2); // an odd dim leaves the last element of each row 0
   const y = new Float64Array(n * dim);
   for (let r = 0; r < n; r++) {
     for (let j = 0; j < half; j++) {

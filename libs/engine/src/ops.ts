@@ -122,8 +122,9 @@ export const OPS = {
     outputSize: ([n, d]) => n * d,
     inPlace: false,
     doc:
-      'Sinusoidal embedding [n, dim]: half = dim/2, freq_j = 10000^(-j/half); cos(t*freq) in the first ' +
-      'half, sin(t*freq) in the second. Computed in float64, stored as float32.',
+      'Sinusoidal embedding [n, dim]: half = floor(dim/2), freq_j = 10000^(-j/half); cos(t*freq) in the ' +
+      'first half, sin(t*freq) in the second; an odd dim leaves the last element 0. Computed in float64, ' +
+      'stored as float32.',
   },
   cfg_combine: {
     inputs: ['x'],

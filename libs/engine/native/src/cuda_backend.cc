@@ -152,6 +152,7 @@ class Device {
   const Status& status() const { return status_; }
   bool cublas_loaded() const { return cublas_.ok(); }
   RunStats stats() const { return stats_; }
+  void set_profiling(bool on) { profiling_ = on; }
 
   void run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* pins);
   void release_cache(std::vector<HostPin>* pins);
@@ -204,6 +205,8 @@ class Device {
   std::set<std::pair<uintptr_t, uintptr_t>> seen_read_only_;
   std::vector<HostPin> pending_unpins_;
   cudaEvent_t events_[4] = {};
+  bool profiling_ = false;
+  std::vector<cudaEvent_t> node_events_;  // one per node while profiling, grown on demand
   RunStats stats_;
 };
 
@@ -544,7 +547,16 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
         st.upload_bytes += static_cast<double>(r.end - r.begin);
       }
     check(cudaEventRecord(events_[1], stream_), "cudaEventRecord");
-    for (size_t i = 0; i < nodes.size(); ++i) compute(storage, nodes[i], regions, slot_region, i);
+    const bool profiling = profiling_;
+    while (profiling && node_events_.size() < nodes.size()) {
+      cudaEvent_t e;
+      check(cudaEventCreate(&e), "cudaEventCreate");
+      node_events_.push_back(e);
+    }
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      compute(storage, nodes[i], regions, slot_region, i);
+      if (profiling) check(cudaEventRecord(node_events_[i], stream_), "cudaEventRecord");
+    }
     check(cudaEventRecord(events_[2], stream_), "cudaEventRecord");
     for (const Region& r : regions)
       if (r.written) {
@@ -558,6 +570,16 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
     st.upload_ms = ms[0];
     st.compute_ms = ms[1];
     st.download_ms = ms[2];
+    if (profiling) {
+      st.node_ms.resize(nodes.size());
+      cudaEvent_t prev = events_[1];
+      for (size_t i = 0; i < nodes.size(); ++i) {
+        float node = 0;
+        check(cudaEventElapsedTime(&node, prev, node_events_[i]), "cudaEventElapsedTime");
+        st.node_ms[i] = node;
+        prev = node_events_[i];
+      }
+    }
     st.cached_bytes = static_cast<double>(cache_bytes_);
     stats_ = st;
   } catch (...) {
@@ -697,6 +719,10 @@ void release_device_cache(std::vector<HostPin>* pins) {
 bool cublas_loaded() { return status().usable && device().cublas_loaded(); }
 
 RunStats last_run_stats() { return status().usable ? device().stats() : RunStats{}; }
+
+void set_profiling(bool on) {
+  if (status().usable) device().set_profiling(on);
+}
 
 }  // namespace cuda
 }  // namespace ls

@@ -34,8 +34,14 @@ struct RunStats {
   double upload_ms = 0, compute_ms = 0, download_ms = 0;
   double upload_bytes = 0, download_bytes = 0;  // host float32 bytes moved
   double cached_bytes = 0;                      // device bytes of the weight cache after the run
+  // Device time of each node of the last run, in order; filled only while profiling is on.
+  std::vector<double> node_ms;
 };
 RunStats last_run_stats();
+
+// Per-node timing (an event after every node, for benchmarks): off by default, since the events
+// cost a little on graphs of many small nodes. A no-op without a usable device.
+void set_profiling(bool on);
 
 // Whether cuBLAS was loaded for `linear` (false until the first CUDA graph runs, or when
 // libcublas could not be opened and the fallback GEMM is in use).

@@ -22,5 +22,7 @@ bool cublas_loaded() { return false; }
 
 RunStats last_run_stats() { return {}; }
 
+void set_profiling(bool) {}
+
 }  // namespace cuda
 }  // namespace ls
