@@ -17,7 +17,7 @@
  * them.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OP_NAMES, OPS, cpuBackend, engineInfo, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '@longshot/engine';
+import { OP_NAMES, OPS, cpuBackend, engineInfo, runOp, setSimd, setThreads, type OpNode, type SimdLevel, unsupportedReason } from '@longshot/engine';
 import { Rng } from '@longshot/random';
 import { OP_CASES } from '../reference/cases';
 import { REFERENCE_OPS, referenceOp } from '../reference/ops';
@@ -64,7 +64,27 @@ describe('op table', () => {
   it.each(OP_NAMES)('%s has a reference, conformance cases and CPU support', (op) => {
     expect(REFERENCE_OPS[op], `no reference for ${op}`).toBeTypeOf('function');
     expect(OP_CASES[op]?.length ?? 0, `no conformance cases for ${op}`).toBeGreaterThan(0);
-    expect(backend.supportsOp(op), `cpu backend does not support ${op}`).toBe(true);
+    // The CPU backend is the reference: it runs every case of the table.
+    for (const c of OP_CASES[op]) {
+      const node = { op, inputs: c.inputs(), output: new Float32Array(OPS[op].outputSize(c.params)), params: c.params };
+      expect(unsupportedReason(backend.name, node), `${op} ${c.label}`).toBeNull();
+      expect(backend.supportsOp(node)).toBe(true);
+    }
+  });
+
+  it('the CUDA kernels refuse up front what they cannot run, saying why (asked without a device)', () => {
+    const attention = (headDim: number, heads = 2) => {
+      const n = 3 * heads * headDim;
+      return { op: 'attention' as const, inputs: [new Float32Array(n), new Float32Array(n), new Float32Array(n), null, null], output: new Float32Array(n), params: [1, 3, 3, 0, heads, headDim] };
+    };
+    expect(unsupportedReason('cuda', attention(128))).toBeNull();
+    expect(unsupportedReason('cuda', attention(256))).toBeNull();
+    expect(unsupportedReason('cuda', attention(512))).toMatch(/head dim 512 is above the attention kernel's 256/);
+    expect(unsupportedReason('cuda', attention(16, 70_000))).toMatch(/grid limit/);
+    // The CPU backend runs them all.
+    expect(unsupportedReason('cpu', attention(512))).toBeNull();
+    // A malformed node is an error, not an answer.
+    expect(() => unsupportedReason('cuda', { ...attention(128), params: [1, 3, 3, 0, 2] })).toThrow(/params/);
   });
 
   it('engine reports at least one SIMD level, including the one in use', () => {

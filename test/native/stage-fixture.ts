@@ -158,6 +158,7 @@ export function runWindow(win: StageWindow, arrays: WindowArrays, backend: Backe
 class Recorder implements Backend {
   readonly name = 'recorder';
   readonly graphs: OpNode[][] = [];
+  /** Records anything: it never runs a node. */
   supportsOp(): boolean {
     return true;
   }

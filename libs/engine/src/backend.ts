@@ -1,4 +1,4 @@
-import type { OpName, OpNode } from './ops';
+import type { OpNode } from './ops';
 
 /**
  * A compute backend (ggml-style): it says which ops it supports and runs a list of nodes in order.
@@ -6,7 +6,8 @@ import type { OpName, OpNode } from './ops';
  */
 export interface Backend {
   readonly name: string;
-  supportsOp(op: OpName): boolean;
+  /** Whether this backend runs this node (op and params); see unsupportedReason for why not. */
+  supportsOp(node: OpNode): boolean;
   /** Runs the nodes in order off the JS thread; resolves when the last output is written. */
   run(nodes: readonly OpNode[]): Promise<void>;
   /** Same, on the calling thread (tests, tiny graphs). */

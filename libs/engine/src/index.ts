@@ -31,6 +31,7 @@ interface NativeOpSpec {
 interface NativeAddon {
   ops: NativeOpSpec[];
   run(backend: string, nodes: NativeNode[]): Promise<void>;
+  supportsNode(backend: string, node: NativeNode): string | null;
   runSync(backend: string, nodes: NativeNode[]): void;
   info(): EngineInfo;
   setSimd(level: string): void;
@@ -91,11 +92,20 @@ function toNative(nodes: readonly OpNode[]): NativeNode[] {
   });
 }
 
+/**
+ * Why `backend` cannot run `node` (a kernel's limit, say), or null when it can: asked of the
+ * backend itself, as ggml's supports_op. `backend` is a registered backend's name, or 'cuda' for
+ * the CUDA kernels' limits on a machine without a device. A malformed node throws, as run does.
+ */
+export function unsupportedReason(backend: string, node: OpNode): string | null {
+  return addon.supportsNode(backend, toNative([node])[0]);
+}
+
 class NativeBackend implements Backend {
   constructor(readonly name: string) {}
 
-  supportsOp(op: OpName): boolean {
-    return OP_INDEX.has(op);
+  supportsOp(node: OpNode): boolean {
+    return unsupportedReason(this.name, node) === null;
   }
 
   run(nodes: readonly OpNode[]): Promise<void> {

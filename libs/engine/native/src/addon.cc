@@ -13,6 +13,7 @@
 #include "blas.h"
 #include "cpu_backend.h"
 #include "cuda_backend.h"
+#include "cuda_limits.h"
 #include "engine.h"
 
 namespace {
@@ -77,6 +78,7 @@ ls::Backend* backend_arg(const Napi::Value& v) {
 
 // Parses and validates nodes; `keep` receives a reference to every typed array, so that they
 // outlive an asynchronous run and pin events can find the buffer behind a range.
+// Parses and validates nodes; with a backend, also asks it whether it runs each one.
 std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Keep* keep) {
   const Napi::Env env = value.Env();
   if (!value.IsArray()) throw Napi::TypeError::New(env, "nodes must be an array");
@@ -96,8 +98,6 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Ke
     n.op = static_cast<Op>(static_cast<int>(op_num));
     const ls::OpInfo& info = ls::op_info(n.op);
     const std::string where = node_prefix(idx, info.name);
-    if (!backend->supports_op(n.op))
-      throw Napi::TypeError::New(env, where + "not supported by backend '" + backend->name() + "'");
 
     auto typed = [&](const Napi::Value& v, const std::string& what) -> ls::Tensor {
       if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
@@ -143,6 +143,9 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Ke
     } catch (const ls::ShapeError& e) {
       throw Napi::RangeError::New(env, e.what());
     }
+    std::string why;
+    if (backend && !backend->supports_op(n, &why))
+      throw Napi::RangeError::New(env, where + "not supported by backend '" + backend->name() + "': " + why);
   }
   return nodes;
 }
@@ -197,6 +200,22 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
+}
+
+// supportsNode(backend, node): null when the backend runs the node, else why not. `backend` is a
+// registered backend's name, or 'cuda' for the CUDA kernels' limits on a machine without a device
+// (the same function the registered CUDA backends answer with).
+Napi::Value SupportsNode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Keep keep;
+  Napi::Array one = Napi::Array::New(env, 1);
+  one.Set(0u, info[1]);
+  const bool cuda_kind = info[0].IsString() && info[0].As<Napi::String>().Utf8Value() == "cuda";
+  ls::Backend* backend = cuda_kind ? nullptr : backend_arg(info[0]);
+  const std::vector<Node> nodes = parse_nodes(one, nullptr, &keep);
+  std::string why;
+  const bool ok = cuda_kind ? ls::cuda::supports(nodes[0], &why) : backend->supports_op(nodes[0], &why);
+  return ok ? env.Null() : Napi::String::New(env, why);
 }
 
 Napi::Value RunSync(const Napi::CallbackInfo& info) {
@@ -350,6 +369,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   }
   exports.Set("ops", specs);
   exports.Set("run", Napi::Function::New(env, Run, "run"));
+  exports.Set("supportsNode", Napi::Function::New(env, SupportsNode, "supportsNode"));
   exports.Set("runSync", Napi::Function::New(env, RunSync, "runSync"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));

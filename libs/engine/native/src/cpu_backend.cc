@@ -210,6 +210,14 @@ void CpuBackend::set_threads(int threads) {
 
 void CpuBackend::set_simd(SimdLevel level) { kernels_ = &cpu_kernels(level); }
 
+bool CpuBackend::supports_op(const Node& node, std::string* why) const {
+  if (node.op == Op::count) {
+    if (why) *why = "no such op";
+    return false;
+  }
+  return true;
+}
+
 void CpuBackend::compute(const Node& n) {
   ThreadPool& pool = *pool_;
   const CpuKernels& k = *kernels_;

@@ -15,7 +15,8 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend();
   const char* name() const override { return "cpu"; }
-  bool supports_op(Op op) const override { return op != Op::count; }
+  // The reference backend: every op, every valid shape.
+  bool supports_op(const Node& node, std::string* why) const override;
   void compute(const Node& node) override;
 
   int threads() const { return pool_->size(); }

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "cuda_kernels.h"
+#include "cuda_limits.h"
 
 namespace ls {
 namespace cuda {
@@ -690,7 +691,7 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(Storage storage) : storage_(storage), name_(std::string("cuda:") + storage_name(storage)) {}
   const char* name() const override { return name_.c_str(); }
-  bool supports_op(Op op) const override { return op != Op::count; }
+  bool supports_op(const Node& node, std::string* why) const override { return supports(node, why); }
   // The per-node interface runs a one-node graph. It has no pin sink, so it admits nothing to the
   // weight cache; evictions it causes are reported by the next run that has one.
   void compute(const Node& node) override { device().run(storage_, std::vector<Node>{node}, nullptr); }

@@ -12,6 +12,8 @@
 
 #include <cstddef>
 
+#include "cuda_limits.h"
+
 namespace ls {
 namespace cuda {
 
@@ -53,8 +55,6 @@ void rope3d(Storage s, const void* x, void* y, const RopeArgs& a, void* scratch,
 struct AttentionShape {
   size_t batch, queries, keys, extra_keys, heads, head_dim;
 };
-// Largest head dim the attention kernel takes (each lane of a warp owns head_dim/32 columns).
-constexpr size_t kMaxAttentionHeadDim = 256;
 // Scores are q.k * scale, plus bias[head, query, key] (storage type) over the non-extra keys when
 // `bias` is not null: `attention` passes 1/sqrt(headDim) and no bias, `biased_attention` its own.
 void attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,

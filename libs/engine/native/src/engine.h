@@ -72,7 +72,10 @@ struct HostPin {
 struct Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
-  virtual bool supports_op(Op op) const = 0;
+  // Whether this backend can run this validated node (op and params, ggml's supports_op). When
+  // not, `why` says what it cannot do, e.g. a kernel's limit, so a graph is refused before any of
+  // it runs rather than failing halfway.
+  virtual bool supports_op(const Node& node, std::string* why) const = 0;
   // Runs one validated node; blocking. Callers serialise calls (see Engine).
   virtual void compute(const Node& node) = 0;
   // Runs validated nodes in order; blocking, serialised like compute(). The default runs them one
