@@ -132,7 +132,6 @@ uint32_t crc32c4(const uint8_t* p, size_t n) { return Checksum().finish(p, n); }
 namespace {
 
 constexpr size_t kIoBytes = 4u << 20;  // per send()/recv() call and per checksum step
-constexpr int kSocketBuffer = 8 << 20;
 constexpr int kPollSliceMs = 100;  // how often a blocked reader looks at cancellation
 
 using Clock = std::chrono::steady_clock;
@@ -140,10 +139,9 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 void tune(int fd) {
-  int one = 1, buf = kSocketBuffer;
+  // Socket buffers are left to the kernel's autotuning: a fixed SO_SNDBUF/SO_RCVBUF turns it off.
+  int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof buf);
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof buf);
 }
 
 enum class Io { kOk, kClosed, kStalled, kError, kCancelled };
