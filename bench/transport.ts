@@ -9,13 +9,21 @@
  * reassembly into one contiguous buffer, acknowledgement, handler. The raw path is the floor a
  * stage link cannot beat: the bytes written to a socket and discarded on arrival.
  *
- * This file is also the child: `node --import tsx bench/transport.ts stream|raw`.
+ * Second section, at real tensor sizes (100 MB, the hidden states of one wan2.1-1.3b 832x480
+ * block-step): the native data plane (libs/transport DataPlaneSender -> DataPlaneListener, a
+ * persistent connection, each tensor landing in the child's preallocated buffer and checked) next
+ * to the raw socket moving the same bytes, and next to a memcpy of them (Buffer.copy into a
+ * preallocated buffer), all in the same run.
+ *
+ * This file is also the child: `node --import tsx bench/transport.ts stream|raw|native`.
  */
 import { spawn, type ChildProcess } from 'child_process';
 import * as net from 'net';
 import * as grpc from '@grpc/grpc-js';
 import {
   DEFAULT_CHUNK_BYTES,
+  DataPlaneListener,
+  DataPlaneSender,
   PayloadKind,
   TensorSender,
   WireDtype,
@@ -35,7 +43,22 @@ export interface TransportReport {
   tensors: number;
   repetitions: number;
   dtype: 'f32';
+  /** Real-size tensors: the native data plane against raw TCP and memcpy of the same bytes. */
+  dataPlane: {
+    tensorBytes: number;
+    tensors: number;
+    nativeTcp: { bytesPerSecond: number; seconds: number[] };
+    rawTcp: { bytesPerSecond: number; seconds: number[] };
+    memcpy: { bytesPerSecond: number; seconds: number[] };
+    /** nativeTcp / rawTcp (target >= 0.9). */
+    tcpRatio: number;
+  };
 }
+
+const DP_TENSOR_BYTES = 100 * 1000 * 1000;
+const DP_TENSORS = 4;
+const DP_SESSION = 'bench-session';
+const DP_TOKEN = 'bench-token-0123456789';
 
 const TENSORS = 64;
 const TENSOR_BYTES = 8 * 1024 * 1024;
@@ -86,12 +109,27 @@ function childRaw(): void {
   });
 }
 
+function childNative(): void {
+  // Receives seqs 1, 2, ... forever, each into the same preallocated buffer (as a stage would
+  // into its input buffer), and acknowledges nothing beyond the data plane's own reply.
+  const listener = new DataPlaneListener();
+  listener.addSession(DP_SESSION, DP_TOKEN);
+  const destination = new Float32Array(DP_TENSOR_BYTES / 4);
+  void (async () => {
+    for (let seq = 1; ; seq++) await listener.receive(DP_SESSION, seq, destination, 24 * 3600 * 1000);
+  })().catch((e: unknown) => {
+    process.stderr.write(`transport bench child (native): ${String(e)}\n`);
+    process.exit(1);
+  });
+  process.stdout.write(`${JSON.stringify({ port: listener.port })}\n`);
+}
+
 interface Child {
   port: number;
   proc: ChildProcess;
 }
 
-function startChild(role: 'stream' | 'raw'): Promise<Child> {
+function startChild(role: 'stream' | 'raw' | 'native'): Promise<Child> {
   const proc = spawn(process.execPath, ['--import', 'tsx', __filename, role], { stdio: ['pipe', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     let out = '';
@@ -121,7 +159,7 @@ async function timeStream(address: string, client: ReturnType<typeof createWorke
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
-function timeRaw(port: number, payload: Buffer): Promise<number> {
+function timeRaw(port: number, payload: Buffer, tensors = TENSORS): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const socket = net.connect(port, '127.0.0.1');
@@ -133,13 +171,70 @@ function timeRaw(port: number, payload: Buffer): Promise<number> {
     });
     socket.once('connect', async () => {
       const total = Buffer.alloc(8);
-      total.writeBigUInt64LE(BigInt(TENSORS * payload.length));
+      total.writeBigUInt64LE(BigInt(tensors * payload.length));
       socket.write(total);
-      for (let i = 0; i < TENSORS; i++) {
+      for (let i = 0; i < tensors; i++) {
         if (!socket.write(payload)) await new Promise((r) => socket.once('drain', r));
       }
     });
   });
+}
+
+/** Sends DP_TENSORS tensors on the persistent data-plane connection; each send resolves on delivery. */
+async function timeNative(sender: DataPlaneSender, payload: Float32Array, nextSeq: () => number): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  const sends: Promise<unknown>[] = [];
+  for (let i = 0; i < DP_TENSORS; i++) sends.push(sender.send(DP_SESSION, DP_TOKEN, nextSeq(), payload));
+  await Promise.all(sends);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+function timeMemcpy(source: Buffer, destination: Buffer): number {
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < DP_TENSORS; i++) source.copy(destination);
+  return Number(process.hrtime.bigint() - t0) / 1e9;
+}
+
+async function dataPlaneBench(rawPort: number): Promise<TransportReport['dataPlane']> {
+  const values = new Float32Array(DP_TENSOR_BYTES / 4);
+  for (let i = 0; i < values.length; i++) values[i] = Math.sin(i * 0.001);
+  const bytes = Buffer.from(values.buffer);
+  const destination = Buffer.alloc(DP_TENSOR_BYTES, 1);
+  const child = await startChild('native');
+  const sender = new DataPlaneSender(`127.0.0.1:${child.port}`);
+  let seq = 0;
+  const nextSeq = (): number => ++seq;
+  try {
+    await timeNative(sender, values, nextSeq);
+    await timeRaw(rawPort, bytes, DP_TENSORS);
+    timeMemcpy(bytes, destination);
+    const native: number[] = [];
+    const raw: number[] = [];
+    const memcpy: number[] = [];
+    for (let r = 0; r < REPS; r++) {
+      if (r % 2 === 0) {
+        native.push(await timeNative(sender, values, nextSeq));
+        raw.push(await timeRaw(rawPort, bytes, DP_TENSORS));
+      } else {
+        raw.push(await timeRaw(rawPort, bytes, DP_TENSORS));
+        native.push(await timeNative(sender, values, nextSeq));
+      }
+      memcpy.push(timeMemcpy(bytes, destination));
+    }
+    const total = DP_TENSORS * DP_TENSOR_BYTES;
+    const bps = (xs: number[]): number => Math.round(total / median(xs));
+    return {
+      tensorBytes: DP_TENSOR_BYTES,
+      tensors: DP_TENSORS,
+      nativeTcp: { bytesPerSecond: bps(native), seconds: native },
+      rawTcp: { bytesPerSecond: bps(raw), seconds: raw },
+      memcpy: { bytesPerSecond: bps(memcpy), seconds: memcpy },
+      tcpRatio: Number((bps(native) / bps(raw)).toFixed(3)),
+    };
+  } finally {
+    sender.close();
+    stopChild(child);
+  }
 }
 
 export async function transportBench(opts: { json: boolean }): Promise<TransportReport> {
@@ -180,6 +275,7 @@ export async function transportBench(opts: { json: boolean }): Promise<Transport
     const bytes = TENSORS * TENSOR_BYTES;
     const streamBps = bytes / median(streamSeconds);
     const rawBps = bytes / median(rawSeconds);
+    const dataPlane = await dataPlaneBench(rawChild.port);
     const report: TransportReport = {
       stream: { bytesPerSecond: Math.round(streamBps), seconds: streamSeconds, window: WINDOW, chunkBytes: DEFAULT_CHUNK_BYTES },
       rawTcp: { bytesPerSecond: Math.round(rawBps), seconds: rawSeconds },
@@ -188,12 +284,16 @@ export async function transportBench(opts: { json: boolean }): Promise<Transport
       tensors: TENSORS,
       repetitions: REPS,
       dtype: 'f32',
+      dataPlane,
     };
     if (!opts.json) {
       const gb = (x: number): string => `${(x / 1e9).toFixed(2)} GB/s`;
       process.stdout.write(
         `transport: ${TENSORS} x ${TENSOR_BYTES / 2 ** 20} MiB f32, median of ${REPS}\n` +
-          `  stage stream  ${gb(streamBps)}\n  raw tcp       ${gb(rawBps)}\n  ratio         ${report.ratio}\n`,
+          `  stage stream  ${gb(streamBps)}\n  raw tcp       ${gb(rawBps)}\n  ratio         ${report.ratio}\n` +
+          `data plane: ${DP_TENSORS} x ${DP_TENSOR_BYTES / 1e6} MB f32, median of ${REPS}\n` +
+          `  native tcp    ${gb(dataPlane.nativeTcp.bytesPerSecond)}\n  raw tcp       ${gb(dataPlane.rawTcp.bytesPerSecond)}\n` +
+          `  memcpy        ${gb(dataPlane.memcpy.bytesPerSecond)}\n  tcp ratio     ${dataPlane.tcpRatio}\n`,
       );
     }
     return report;
@@ -206,8 +306,8 @@ export async function transportBench(opts: { json: boolean }): Promise<Transport
 
 if (require.main === module) {
   const role = process.argv[2];
-  if (role !== 'stream' && role !== 'raw') {
-    process.stderr.write('usage: node --import tsx bench/transport.ts stream|raw (started by transportBench)\n');
+  if (role !== 'stream' && role !== 'raw' && role !== 'native') {
+    process.stderr.write('usage: node --import tsx bench/transport.ts stream|raw|native (started by transportBench)\n');
     process.exit(2);
   }
   process.stdin.on('end', () => process.exit(0));
@@ -217,6 +317,8 @@ if (require.main === module) {
       process.stderr.write(`transport bench child: ${String(e)}\n`);
       process.exit(1);
     });
+  } else if (role === 'native') {
+    childNative();
   } else {
     childRaw();
   }

@@ -47,6 +47,8 @@
         "native/src/thread_pool.cc",
         "native/src/blas.cc",
         "native/src/kernels_scalar.cc",
+        "native/src/dataplane.cc",
+        "native/src/dataplane_napi.cc",
       ],
       "dependencies": [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except",

@@ -8,9 +8,11 @@ import * as path from 'node:path';
 
 import type { Backend, BackendKind, CudaStorage, EngineInfo } from './backend';
 import { OPS, OP_NAMES, type OpName, type OpNode } from './ops';
+import type { NativeDataPlane } from './dataplane';
 
 export * from './ops';
 export * from './backend';
+export * from './dataplane';
 
 export type SimdLevel = 'scalar' | 'avx2' | 'avx512';
 
@@ -39,6 +41,7 @@ interface NativeAddon {
   blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void;
   releaseDeviceCache(): void;
   cudaLastRun(): CudaRunStats;
+  dataplane: NativeDataPlane;
 }
 
 /** Device-side time of the last CUDA graph run (CUDA events) and the bytes it moved. */
@@ -123,6 +126,11 @@ class NativeBackend implements Backend {
 }
 
 const cpu = new NativeBackend('cpu');
+
+/** The addon's data plane (see dataplane.ts); used by @longshot/transport's adapter. */
+export function nativeDataPlane(): NativeDataPlane {
+  return addon.dataplane;
+}
 
 /** The CPU backend (SIMD level and thread count from LONGSHOT_SIMD / LONGSHOT_THREADS). */
 export function cpuBackend(): Backend {

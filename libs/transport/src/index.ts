@@ -24,3 +24,12 @@ export { raiseReceiveWindow, receiveWindowOf } from './window';
 export { addHealthService, checkHealth, type CheckHealthOptions, type ServingStatus, type ServingStatusMap } from './health';
 export * from './gen/longshot/v1/worker';
 export { componentTensor, componentValues, runComponent, type ComponentResult, type ComponentValues } from './component';
+export {
+  DataPlaneListener,
+  DataPlaneSender,
+  DEFAULT_DATA_PLANE_STALL_MS,
+  dataPlaneKeys,
+  type DataPlaneKeys,
+  type DataPlaneListenerOptions,
+  type DataPlaneTransfer,
+} from './dataplane';

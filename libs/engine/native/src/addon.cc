@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "dataplane_napi.h"
 #include "blas.h"
 #include "cpu_backend.h"
 #include "cuda_backend.h"
@@ -377,6 +378,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blasSgemm", Napi::Function::New(env, BlasSgemm, "blasSgemm"));
   exports.Set("releaseDeviceCache", Napi::Function::New(env, ReleaseDeviceCache, "releaseDeviceCache"));
   exports.Set("cudaLastRun", Napi::Function::New(env, CudaLastRun, "cudaLastRun"));
+  ls::dp::register_dataplane(env, exports);
   return exports;
 }
 

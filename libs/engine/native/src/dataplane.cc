@@ -1,0 +1,610 @@
+#include "dataplane.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace ls::dp {
+
+// ---- framing -----------------------------------------------------------------------------------
+
+namespace {
+
+void put16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+void put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+void put64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
+uint16_t get16(const uint8_t* p) { uint16_t v; std::memcpy(&v, p, 2); return v; }
+uint32_t get32(const uint8_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
+uint64_t get64(const uint8_t* p) { uint64_t v; std::memcpy(&v, p, 8); return v; }
+
+std::string hex(const Key& k) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (int i = 0; i < 4; ++i) s += d[k[i] >> 4], s += d[k[i] & 15];
+  return s + "...";
+}
+
+}  // namespace
+
+void encode_header(const Header& h, uint8_t out[kHeaderBytes]) {
+  std::memset(out, 0, kHeaderBytes);
+  put32(out, kMagic);
+  put16(out + 4, kVersion);
+  put16(out + 6, static_cast<uint16_t>(kHeaderBytes));
+  put64(out + 8, h.seq);
+  put64(out + 16, h.byte_length);
+  std::memcpy(out + 24, h.session.data(), kKeyBytes);
+  std::memcpy(out + 40, h.grant.data(), kKeyBytes);
+}
+
+std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
+  if (get32(in) != kMagic) return "not a data-plane frame (bad magic)";
+  if (get16(in + 4) != kVersion) return "data-plane version " + std::to_string(get16(in + 4)) + " is not supported (this build speaks " + std::to_string(kVersion) + ")";
+  if (get16(in + 6) != kHeaderBytes) return "header length " + std::to_string(get16(in + 6)) + ", expected " + std::to_string(kHeaderBytes);
+  if (get64(in + 56) != 0) return "reserved header bytes are not zero";
+  h->seq = get64(in + 8);
+  h->byte_length = get64(in + 16);
+  std::memcpy(h->session.data(), in + 24, kKeyBytes);
+  std::memcpy(h->grant.data(), in + 40, kKeyBytes);
+  if (h->seq == 0) return "seq must be at least 1";
+  return "";
+}
+
+// ---- crc32c4 -----------------------------------------------------------------------------------
+
+namespace {
+
+uint32_t g_table[8][256];
+bool g_hw = false;
+
+struct CrcInit {
+  CrcInit() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1)));
+      g_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int t = 1; t < 8; ++t) g_table[t][i] = (g_table[t - 1][i] >> 8) ^ g_table[0][g_table[t - 1][i] & 0xff];
+    __builtin_cpu_init();
+    g_hw = __builtin_cpu_supports("sse4.2");
+  }
+} g_crc_init;
+
+inline uint32_t sw_u8(uint32_t c, uint8_t b) { return (c >> 8) ^ g_table[0][(c ^ b) & 0xff]; }
+inline uint32_t sw_u64(uint32_t c, uint64_t v) {
+  v ^= c;
+  return g_table[7][v & 0xff] ^ g_table[6][(v >> 8) & 0xff] ^ g_table[5][(v >> 16) & 0xff] ^ g_table[4][(v >> 24) & 0xff] ^
+         g_table[3][(v >> 32) & 0xff] ^ g_table[2][(v >> 40) & 0xff] ^ g_table[1][(v >> 48) & 0xff] ^ g_table[0][v >> 56];
+}
+
+__attribute__((target("sse4.2"))) void blocks_hw(uint32_t lane[4], const uint8_t* p, size_t blocks) {
+  uint64_t a = lane[0], b = lane[1], c = lane[2], d = lane[3];
+  for (size_t i = 0; i < blocks; ++i, p += 32) {
+    a = __builtin_ia32_crc32di(a, get64(p));
+    b = __builtin_ia32_crc32di(b, get64(p + 8));
+    c = __builtin_ia32_crc32di(c, get64(p + 16));
+    d = __builtin_ia32_crc32di(d, get64(p + 24));
+  }
+  lane[0] = static_cast<uint32_t>(a), lane[1] = static_cast<uint32_t>(b), lane[2] = static_cast<uint32_t>(c), lane[3] = static_cast<uint32_t>(d);
+}
+
+void blocks_sw(uint32_t lane[4], const uint8_t* p, size_t blocks) {
+  for (size_t i = 0; i < blocks; ++i, p += 32)
+    for (int j = 0; j < 4; ++j) lane[j] = sw_u64(lane[j], get64(p + 8 * j));
+}
+
+}  // namespace
+
+Checksum::Checksum() { lane_[0] = lane_[1] = lane_[2] = lane_[3] = 0xffffffffu; }
+
+size_t Checksum::update(const uint8_t* p, size_t n) {
+  size_t blocks = n / 32;
+  if (g_hw) blocks_hw(lane_, p, blocks);
+  else blocks_sw(lane_, p, blocks);
+  length_ += blocks * 32;
+  return blocks * 32;
+}
+
+uint32_t Checksum::finish(const uint8_t* p, size_t n) {
+  size_t done = update(p, n);
+  for (size_t i = done; i < n; ++i) lane_[0] = sw_u8(lane_[0], p[i]);
+  length_ += n - done;
+  uint8_t tail[24];
+  for (int j = 0; j < 4; ++j) put32(tail + 4 * j, lane_[j]);
+  put64(tail + 16, length_);
+  uint32_t c = 0xffffffffu;
+  for (uint8_t b : tail) c = sw_u8(c, b);
+  return ~c;
+}
+
+uint32_t crc32c4(const uint8_t* p, size_t n) { return Checksum().finish(p, n); }
+
+// ---- sockets -----------------------------------------------------------------------------------
+
+namespace {
+
+constexpr size_t kIoBytes = 4u << 20;  // per send()/recv() call and per checksum step
+constexpr int kPollSliceMs = 100;  // how often a blocked reader looks at cancellation
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+void tune(int fd) {
+  // Socket buffers are left to the kernel's autotuning: a fixed SO_SNDBUF/SO_RCVBUF turns it off.
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+enum class Io { kOk, kClosed, kStalled, kError, kCancelled };
+
+// Waits for `events` on fd; stall_ms < 0 waits indefinitely (until `stop`).
+Io wait_fd(int fd, short events, int stall_ms, const std::atomic<bool>* stop) {
+  auto t0 = Clock::now();
+  for (;;) {
+    if (stop && stop->load()) return Io::kCancelled;
+    int slice = kPollSliceMs;
+    if (stall_ms >= 0) {
+      int left = stall_ms - static_cast<int>(since(t0) * 1000);
+      if (left <= 0) return Io::kStalled;
+      slice = std::min(slice, left);
+    }
+    pollfd pfd{fd, events, 0};
+    int r = ::poll(&pfd, 1, slice);
+    if (r > 0) return Io::kOk;
+    if (r < 0 && errno != EINTR) return Io::kError;
+  }
+}
+
+// Reads exactly n bytes. `started`: bytes of the frame already read (a frame's first byte may
+// wait indefinitely, later ones at most stall_ms each). `progress` gets every chunk read.
+Io read_exact(int fd, uint8_t* p, size_t n, int stall_ms, bool started, const std::atomic<bool>* stop,
+              const std::function<void(size_t)>& progress = nullptr) {
+  size_t got = 0;
+  while (got < n) {
+    Io w = wait_fd(fd, POLLIN, started || got > 0 ? stall_ms : -1, stop);
+    if (w != Io::kOk) return w;
+    ssize_t r = ::recv(fd, p + got, std::min(n - got, kIoBytes), 0);
+    if (r == 0) return Io::kClosed;
+    if (r < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return errno == ECONNRESET ? Io::kClosed : Io::kError;
+    }
+    got += static_cast<size_t>(r);
+    if (progress) progress(got);
+  }
+  return Io::kOk;
+}
+
+Io write_all(int fd, const uint8_t* p, size_t n, int stall_ms) {
+  size_t put = 0;
+  while (put < n) {
+    ssize_t r = ::send(fd, p + put, n - put, MSG_NOSIGNAL);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        Io w = wait_fd(fd, POLLOUT, stall_ms, nullptr);
+        if (w != Io::kOk) return w;
+        continue;
+      }
+      return errno == EPIPE || errno == ECONNRESET ? Io::kClosed : Io::kError;
+    }
+    put += static_cast<size_t>(r);
+  }
+  return Io::kOk;
+}
+
+void encode_reply(std::vector<uint8_t>* out, Code code, uint64_t seq, const std::string& msg) {
+  uint32_t len = static_cast<uint32_t>(std::min<size_t>(msg.size(), kMaxReplyMessage));
+  out->assign(kReplyBytes + len, 0);
+  put32(out->data(), kReplyMagic);
+  put16(out->data() + 4, kVersion);
+  put16(out->data() + 6, code);
+  put64(out->data() + 8, seq);
+  put32(out->data() + 16, len);
+  std::memcpy(out->data() + kReplyBytes, msg.data(), len);
+}
+
+const char* io_name(Io io) {
+  switch (io) {
+    case Io::kClosed: return "the peer closed the connection";
+    case Io::kStalled: return "the peer stopped sending";
+    case Io::kCancelled: return "cancelled";
+    default: return std::strerror(errno);
+  }
+}
+
+}  // namespace
+
+// ---- Listener ----------------------------------------------------------------------------------
+
+Listener::Listener(const std::string& host, int port, int stall_ms) : stall_ms_(stall_ms) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  std::string service = std::to_string(port);
+  int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
+  if (rc != 0) throw std::runtime_error("data plane: cannot resolve " + host + ": " + gai_strerror(rc));
+  std::string err = "no address";
+  for (addrinfo* a = res; a; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 64) == 0) {
+      listen_fd_ = fd;
+      break;
+    }
+    err = std::strerror(errno);
+    ::close(fd);
+  }
+  ::freeaddrinfo(res);
+  if (listen_fd_ < 0) throw std::runtime_error("data plane: cannot listen on " + host + ":" + service + ": " + err);
+  sockaddr_storage ss{};
+  socklen_t sl = sizeof ss;
+  ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&ss), &sl);
+  port_ = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  acceptor_ = std::thread([this] { accept_loop(); });
+}
+
+Listener::~Listener() { close(); }
+
+void Listener::add_session(const Key& session, const Key& grant) {
+  std::lock_guard<std::mutex> lock(mu_);
+  sessions_[session] = grant;
+}
+
+void Listener::remove_session(const Key& session) {
+  std::vector<std::pair<ExpKey, std::shared_ptr<Expectation>>> unclaimed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sessions_.erase(session);
+    for (auto it = expected_.begin(); it != expected_.end();) {
+      if (it->first.first != session) { ++it; continue; }
+      if (it->second->claimed) {
+        it->second->cancel_why = "session closed";
+        it->second->cancelled = true;
+        ++it;
+      } else {
+        unclaimed.emplace_back(*it);
+        it = expected_.erase(it);
+      }
+    }
+  }
+  for (auto& [k, e] : unclaimed) e->done({kCancelled, "tensor seq " + std::to_string(k.second) + ": session closed", 0, 0});
+}
+
+void Listener::expect(const Key& session, uint64_t seq, uint8_t* dst, size_t len, Done done) {
+  auto e = std::make_shared<Expectation>();
+  e->dst = dst, e->len = len, e->done = std::move(done);
+  std::string refused;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closing_) refused = "the data-plane listener is closed";
+    else if (!sessions_.count(session)) refused = "session " + hex(session) + " is not registered";
+    else if (!expected_.emplace(ExpKey{session, seq}, e).second) refused = "tensor seq " + std::to_string(seq) + " is already expected";
+  }
+  if (!refused.empty()) return e->done({kFailedPrecondition, refused, 0, 0});
+  cv_.notify_all();
+}
+
+void Listener::cancel(const Key& session, uint64_t seq, const std::string& why) {
+  std::shared_ptr<Expectation> e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = expected_.find(ExpKey{session, seq});
+    if (it == expected_.end()) return;
+    if (it->second->claimed) {
+      it->second->cancel_why = why;
+      it->second->cancelled = true;
+      return;
+    }
+    e = it->second;
+    expected_.erase(it);
+  }
+  e->done({kCancelled, why, 0, 0});
+}
+
+void Listener::close() {
+  std::vector<std::shared_ptr<Expectation>> pending;
+  std::vector<std::unique_ptr<Conn>> conns;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closing_.exchange(true)) return;
+    for (auto& c : conns_) ::shutdown(c->fd, SHUT_RDWR);
+    for (auto& [k, e] : expected_) e->cancelled = true, e->cancel_why = "the data-plane listener closed";
+  }
+  cv_.notify_all();
+  ::shutdown(listen_fd_, SHUT_RDWR);
+  if (acceptor_.joinable()) acceptor_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    conns.swap(conns_);
+  }
+  for (auto& c : conns) {
+    if (c->thread.joinable()) c->thread.join();
+    ::close(c->fd);
+  }
+  ::close(listen_fd_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [k, e] : expected_) pending.push_back(e);
+    expected_.clear();
+  }
+  for (auto& e : pending) e->done({kCancelled, "the data-plane listener closed", 0, 0});
+}
+
+void Listener::reap_locked() {
+  for (auto it = conns_.begin(); it != conns_.end();) {
+    if ((*it)->finished) {
+      (*it)->thread.join();
+      ::close((*it)->fd);
+      it = conns_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Listener::accept_loop() {
+  while (!closing_) {
+    int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      return;
+    }
+    tune(fd);
+    std::lock_guard<std::mutex> lock(mu_);
+    reap_locked();
+    if (closing_) {
+      ::close(fd);
+      return;
+    }
+    auto c = std::make_unique<Conn>();
+    c->fd = fd;
+    Conn* raw = c.get();
+    conns_.push_back(std::move(c));
+    raw->thread = std::thread([this, raw] { serve(raw); });
+  }
+}
+
+void Listener::serve(Conn* c) {
+  while (!closing_ && serve_one(c->fd)) {
+  }
+  c->finished = true;
+}
+
+bool Listener::serve_one(int fd) {
+  uint8_t hb[kHeaderBytes];
+  std::vector<uint8_t> reply;
+  Io io = read_exact(fd, hb, kHeaderBytes, stall_ms_, false, &closing_);
+  if (io != Io::kOk) return false;  // idle connection closed (or listener closing): nothing in flight
+  auto t0 = Clock::now();
+
+  // Refusals before any payload byte: answer, stop sending, drain briefly so the answer is read
+  // rather than reset away, and close. No expectation of another session is touched.
+  auto refuse = [&](Code code, uint64_t seq, const std::string& msg) {
+    encode_reply(&reply, code, seq, msg);
+    write_all(fd, reply.data(), reply.size(), stall_ms_);
+    ::shutdown(fd, SHUT_WR);
+    uint8_t sink[65536];
+    auto d0 = Clock::now();
+    while (since(d0) * 1000 < stall_ms_ && !closing_) {
+      if (wait_fd(fd, POLLIN, kPollSliceMs, nullptr) != Io::kOk) continue;
+      if (::recv(fd, sink, sizeof sink, 0) <= 0) break;
+    }
+    return false;
+  };
+
+  Header h;
+  std::string bad = decode_header(hb, &h);
+  if (!bad.empty()) return refuse(kInvalidArgument, 0, "data plane: " + bad);
+  const std::string tensor = "tensor seq " + std::to_string(h.seq);
+
+  std::shared_ptr<Expectation> e;
+  Code refusal = kOk;
+  std::string why;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto s = sessions_.find(h.session);
+    uint8_t diff = 0;
+    if (s != sessions_.end())
+      for (size_t i = 0; i < kKeyBytes; ++i) diff |= s->second[i] ^ h.grant[i];
+    ExpKey key{h.session, h.seq};
+    if (s == sessions_.end()) {
+      refusal = kNotFound, why = "data plane: " + tensor + ": unknown session " + hex(h.session);
+    } else if (diff) {
+      refusal = kUnauthenticated, why = "data plane: " + tensor + ": wrong grant for session " + hex(h.session);
+    } else if (!cv_.wait_for(lock, std::chrono::milliseconds(stall_ms_), [&] {
+                 // The control-plane announcement may lag the bytes a little; wait, not forever.
+                 auto it = expected_.find(key);
+                 return closing_ || (it != expected_.end() && !it->second->claimed);
+               })) {
+      refusal = kFailedPrecondition, why = "data plane: " + tensor + " of session " + hex(h.session) + " was not announced on the control plane within " + std::to_string(stall_ms_) + " ms";
+    } else if (closing_) {
+      return false;
+    } else {
+      e = expected_[key];
+      if (h.byte_length != e->len) {
+        expected_.erase(key);
+        refusal = kInvalidArgument, why = "data plane: " + tensor + ": byte_length " + std::to_string(h.byte_length) + " does not match the " + std::to_string(e->len) + " bytes announced";
+      } else {
+        e->claimed = true;
+      }
+    }
+  }
+  if (refusal != kOk) {
+    // A wrong length from an authenticated peer fails the tensor it claimed to be.
+    if (e) e->done({refusal, why, 0, 0});
+    return refuse(refusal, h.seq, why);
+  }
+
+  // Header accepted: the payload goes straight into the destination.
+  Checksum sum;
+  size_t summed = 0;
+  io = read_exact(fd, e->dst, e->len, stall_ms_, true, &e->cancelled, [&](size_t got) { summed += sum.update(e->dst + summed, got - summed); });
+  uint8_t trailer[kTrailerBytes];
+  if (io == Io::kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
+  Result r;
+  r.bytes = e->len;
+  r.seconds = since(t0);
+  if (io != Io::kOk) {
+    if (io == Io::kCancelled) r.code = kCancelled, r.message = "data plane: " + tensor + ": " + e->cancel_why;
+    else if (io == Io::kStalled) r.code = kDeadlineExceeded, r.message = "data plane: " + tensor + ": the sender stopped mid-tensor (no bytes for " + std::to_string(stall_ms_) + " ms)";
+    else r.code = kUnavailable, r.message = "data plane: " + tensor + ": " + io_name(io) + " mid-tensor";
+  } else if (get32(trailer + 4) != kTrailerMagic) {
+    r.code = kInvalidArgument, r.message = "data plane: " + tensor + ": bad trailer (payload longer than byte_length?)";
+  } else {
+    uint32_t want = get32(trailer), got = sum.finish(e->dst + summed, e->len - summed);
+    if (want != got) r.code = kDataLoss, r.message = "data plane: " + tensor + ": checksum mismatch (payload corrupted in transit)";
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    expected_.erase(ExpKey{h.session, h.seq});
+  }
+  e->done(r);
+  if (r.code != kOk) {
+    if (io == Io::kOk || io == Io::kStalled) refuse(r.code, h.seq, r.message);
+    return false;
+  }
+  encode_reply(&reply, kOk, h.seq, "");
+  return write_all(fd, reply.data(), reply.size(), stall_ms_) == Io::kOk;
+}
+
+// ---- Sender ------------------------------------------------------------------------------------
+
+Sender::Sender(const std::string& host, int port, int stall_ms) : host_(host), port_(port), stall_ms_(stall_ms) {
+  thread_ = std::thread([this] { run(); });
+}
+
+Sender::~Sender() { close(); }
+
+void Sender::send(const Header& h, const uint8_t* src, Done done) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!closing_) {
+      queue_.push_back({h, src, std::move(done)});
+      cv_.notify_all();
+      return;
+    }
+  }
+  done({kCancelled, "data plane: the sender is closed", 0, 0});
+}
+
+void Sender::close() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closing_) return;
+    closing_ = true;
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+void Sender::run() {
+  // Connect first; sends queued meanwhile wait.
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  std::string where = host_ + ":" + std::to_string(port_);
+  int rc = ::getaddrinfo(host_.c_str(), std::to_string(port_).c_str(), &hints, &res);
+  if (rc != 0) {
+    broken_ = "data plane: cannot resolve " + where + ": " + gai_strerror(rc);
+  } else {
+    std::string err = "no address";
+    for (addrinfo* a = res; a && fd_ < 0; a = a->ai_next) {
+      int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+      if (fd < 0) continue;
+      tune(fd);
+      if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (closing_) ::shutdown(fd, SHUT_RDWR);
+        fd_ = fd;
+      } else {
+        err = std::strerror(errno);
+        ::close(fd);
+      }
+    }
+    ::freeaddrinfo(res);
+    if (fd_ < 0) broken_ = "data plane: cannot connect to " + where + ": " + err;
+  }
+  for (;;) {
+    Job j;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return closing_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      j = std::move(queue_.front());
+      queue_.pop_front();
+      if (closing_) {
+        lock.unlock();
+        j.done({kCancelled, "data plane: the sender closed", 0, 0});
+        continue;
+      }
+    }
+    if (!broken_.empty()) {
+      j.done({kUnavailable, broken_, 0, 0});
+      continue;
+    }
+    Result r = send_one(j);
+    if (r.code != kOk) broken_ = "data plane: connection unusable after an earlier failure: " + r.message;
+    j.done(r);
+  }
+}
+
+Result Sender::send_one(const Job& j) {
+  auto t0 = Clock::now();
+  const std::string tensor = "tensor seq " + std::to_string(j.h.seq);
+  uint8_t hb[kHeaderBytes];
+  encode_header(j.h, hb);
+  Io io = write_all(fd_, hb, kHeaderBytes, stall_ms_);
+  Checksum sum;
+  size_t off = 0;
+  const size_t n = j.h.byte_length;
+  // Checksum each piece just before writing it, while it is in cache.
+  while (io == Io::kOk && n - off >= 32) {
+    size_t piece = std::min(n - off, kIoBytes) & ~size_t(31);
+    sum.update(j.src + off, piece);
+    io = write_all(fd_, j.src + off, piece, stall_ms_);
+    off += piece;
+  }
+  uint8_t trailer[kTrailerBytes];
+  put32(trailer, sum.finish(j.src + off, n - off));
+  put32(trailer + 4, kTrailerMagic);
+  if (io == Io::kOk && off < n) io = write_all(fd_, j.src + off, n - off, stall_ms_);
+  if (io == Io::kOk) io = write_all(fd_, trailer, kTrailerBytes, stall_ms_);
+  // The reply; after a failed write the receiver may still have said why it refused.
+  uint8_t rb[kReplyBytes];
+  Io rio = read_exact(fd_, rb, kReplyBytes, io == Io::kOk ? stall_ms_ * 4 : 1000, true, nullptr);
+  Result r;
+  r.bytes = n;
+  r.seconds = since(t0);
+  if (rio == Io::kOk && get32(rb) == kReplyMagic) {
+    uint32_t len = std::min(get32(rb + 16), kMaxReplyMessage);
+    std::string msg(len, '\0');
+    if (len && read_exact(fd_, reinterpret_cast<uint8_t*>(msg.data()), len, stall_ms_, true, nullptr) != Io::kOk) msg = "(message lost)";
+    r.code = static_cast<Code>(get16(rb + 6));
+    if (r.code == kOk && get64(rb + 8) != j.h.seq) r.code = kInternal, msg = "data plane: reply for seq " + std::to_string(get64(rb + 8)) + " to " + tensor;
+    r.message = r.code == kOk ? "" : (msg.empty() ? "data plane: " + tensor + " refused" : msg);
+    return r;
+  }
+  if (rio == Io::kOk) return {kInternal, "data plane: " + tensor + ": the receiver answered with something that is not a reply", n, r.seconds};
+  Io cause = io != Io::kOk ? io : rio;
+  Code code = cause == Io::kStalled ? kDeadlineExceeded : kUnavailable;
+  return {code, "data plane: " + tensor + ": " + io_name(cause) + (io != Io::kOk ? " while sending" : " before acknowledging"), n, r.seconds};
+}
+
+}  // namespace ls::dp

@@ -1,0 +1,185 @@
+// Data plane: tensor bytes between stages over TCP, moved by native threads straight from the
+// sender's buffer into the receiver's preallocated buffer. gRPC stays the control plane: it
+// announces each tensor (session, seq, byte length) to the receiver, which registers the
+// destination here (`Listener::expect`) before or while the bytes arrive.
+//
+// Wire format on one connection, per tensor (all integers little-endian):
+//   header  (64 bytes)  magic "LSDP" u32 | version u16 | header bytes u16 (64) | seq u64 |
+//                       byte_length u64 | session key [16] | grant [16] | reserved u64 (0)
+//   payload (byte_length bytes)
+//   trailer (8 bytes)   checksum u32 (crc32c4, below) | magic "LSDE" u32
+// and the receiver answers each tensor with
+//   reply   (24 bytes)  magic "LSDR" u32 | version u16 | code u16 (gRPC status) | seq u64 |
+//                       message bytes u32 | reserved u32; then the message (UTF-8)
+//
+// The receiver checks the header (magic, version, session key, grant, seq, byte_length against
+// what the control plane announced) before any payload byte reaches a destination buffer; the
+// checksum, which the sender computes while it writes (hence a trailer, not a header field), is
+// checked once the bytes are in. A refused or failed tensor settles only its own expectation.
+//
+// crc32c4: CRC-32C in four interleaved lanes so it keeps up with memory bandwidth (one CRC
+// stream is latency-bound at ~8 bytes / 3 cycles). 8-byte word i of each 32-byte block goes to
+// lane i % 4; bytes after the last whole block go to lane 0; the result is the CRC-32C (initial
+// and final inversion) of the four lane states (u32 LE each) followed by the length (u64 LE).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace ls::dp {
+
+constexpr uint32_t kMagic = 0x5044534cu;         // "LSDP"
+constexpr uint32_t kTrailerMagic = 0x4544534cu;  // "LSDE"
+constexpr uint32_t kReplyMagic = 0x5244534cu;    // "LSDR"
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHeaderBytes = 64;
+constexpr size_t kTrailerBytes = 8;
+constexpr size_t kReplyBytes = 24;
+constexpr size_t kKeyBytes = 16;
+constexpr uint32_t kMaxReplyMessage = 4096;
+
+// gRPC status codes, so the control plane can pass them on unchanged.
+enum Code : uint16_t {
+  kOk = 0,
+  kCancelled = 1,
+  kInvalidArgument = 3,
+  kDeadlineExceeded = 4,
+  kNotFound = 5,
+  kFailedPrecondition = 9,
+  kInternal = 13,
+  kUnavailable = 14,
+  kDataLoss = 15,
+  kUnauthenticated = 16,
+};
+
+using Key = std::array<uint8_t, kKeyBytes>;
+
+struct Header {
+  uint64_t seq = 0;
+  uint64_t byte_length = 0;
+  Key session{};
+  Key grant{};
+};
+
+void encode_header(const Header& h, uint8_t out[kHeaderBytes]);
+// Empty on success, else why the bytes are not a header of this version.
+std::string decode_header(const uint8_t in[kHeaderBytes], Header* h);
+
+class Checksum {
+ public:
+  Checksum();
+  // Consumes the longest prefix of [p, p + n) that is a whole number of 32-byte blocks and
+  // returns its length; the caller passes the rest again later (or to finish).
+  size_t update(const uint8_t* p, size_t n);
+  // The checksum of everything consumed plus [p, p + n) (n < 32 after update, any n otherwise).
+  uint32_t finish(const uint8_t* p, size_t n);
+
+ private:
+  uint32_t lane_[4];
+  uint64_t length_ = 0;
+};
+uint32_t crc32c4(const uint8_t* p, size_t n);
+
+struct Result {
+  Code code = kOk;
+  std::string message;
+  uint64_t bytes = 0;
+  double seconds = 0;  // first header byte to last payload byte
+};
+using Done = std::function<void(const Result&)>;
+
+// Accepts data-plane connections and lands announced tensors in their destination buffers.
+class Listener {
+ public:
+  // Binds host:port (port 0: any) and starts accepting. `stall_ms`: the longest a peer may stop
+  // mid-frame, and how long a tensor may wait for its control-plane announcement.
+  Listener(const std::string& host, int port, int stall_ms);
+  ~Listener();
+  int port() const { return port_; }
+
+  void add_session(const Key& session, const Key& grant);
+  // Fails the session's outstanding expectations with CANCELLED.
+  void remove_session(const Key& session);
+  // Registers the destination of tensor `seq` of `session`; `done` runs once, on a data-plane
+  // thread (or this one), after which `dst` is never written again.
+  void expect(const Key& session, uint64_t seq, uint8_t* dst, size_t len, Done done);
+  // Settles an expectation with CANCELLED (now if unclaimed, else once its reader stops).
+  void cancel(const Key& session, uint64_t seq, const std::string& why);
+  void close();
+
+ private:
+  struct Expectation {
+    uint8_t* dst;
+    size_t len;
+    Done done;
+    bool claimed = false;
+    std::atomic<bool> cancelled{false};
+    std::string cancel_why;
+  };
+  struct Conn {
+    int fd;
+    std::thread thread;
+    std::atomic<bool> finished{false};
+  };
+  using ExpKey = std::pair<Key, uint64_t>;
+
+  void accept_loop();
+  void serve(Conn* c);
+  // One tensor on `fd`; false when the connection must close.
+  bool serve_one(int fd);
+  void reap_locked();
+
+  int listen_fd_ = -1;
+  int port_ = 0;
+  int stall_ms_;
+  std::atomic<bool> closing_{false};
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<Key, Key> sessions_;
+  std::map<ExpKey, std::shared_ptr<Expectation>> expected_;
+  std::vector<std::unique_ptr<Conn>> conns_;
+};
+
+// One data-plane connection to a Listener; sends tensors in call order from its own thread.
+class Sender {
+ public:
+  Sender(const std::string& host, int port, int stall_ms);
+  ~Sender();
+  // `src` must stay valid and unchanged until `done` has run.
+  void send(const Header& h, const uint8_t* src, Done done);
+  void close();
+
+ private:
+  struct Job {
+    Header h;
+    const uint8_t* src;
+    Done done;
+  };
+  void run();
+  Result send_one(const Job& j);
+
+  std::string host_;
+  int port_;
+  int stall_ms_;
+  int fd_ = -1;
+  std::string broken_;  // why the connection is unusable, once it is
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool closing_ = false;
+};
+
+}  // namespace ls::dp

@@ -1,0 +1,39 @@
+/**
+ * Types of the addon's data plane (native/src/dataplane.h): tensor bytes between stages moved by
+ * native threads, from a sender's buffer straight into a receiver's preallocated buffer. Only
+ * @longshot/transport's adapter (libs/transport/src/dataplane.ts) uses these directly.
+ */
+
+/** Settles a data-plane operation: bytes moved and the seconds from first to last byte. */
+export interface DataPlaneTransfer {
+  bytes: number;
+  seconds: number;
+}
+
+/** A failed data-plane operation: `code` is the gRPC status it maps to. */
+export interface DataPlaneError extends Error {
+  code: number;
+  codeName: string;
+}
+
+export interface NativeDataPlaneListener {
+  readonly port: number;
+  addSession(session: Uint8Array, grant: Uint8Array): void;
+  removeSession(session: Uint8Array): void;
+  expect(session: Uint8Array, seq: number, destination: ArrayBufferView): Promise<DataPlaneTransfer>;
+  cancel(session: Uint8Array, seq: number, why: string): void;
+  close(): void;
+}
+
+export interface NativeDataPlaneSender {
+  send(session: Uint8Array, grant: Uint8Array, seq: number, payload: ArrayBufferView): Promise<DataPlaneTransfer>;
+  close(): void;
+}
+
+export interface NativeDataPlane {
+  Listener: new (host: string, port: number, stallMs: number) => NativeDataPlaneListener;
+  Sender: new (host: string, port: number, stallMs: number) => NativeDataPlaneSender;
+  encodeHeader(h: { seq: number; byteLength: number; session: Uint8Array; grant: Uint8Array }): Buffer;
+  checksum(bytes: ArrayBufferView): number;
+  constants: { headerBytes: number; trailerBytes: number; replyBytes: number; keyBytes: number; trailerMagic: number; replyMagic: number };
+}

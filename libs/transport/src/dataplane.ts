@@ -1,0 +1,142 @@
+/**
+ * The data plane's adapter: tensor bytes between stages over the addon's native TCP path
+ * (libs/engine/native/src/dataplane.h), while gRPC carries the control messages (the tensor
+ * header with its seq and byte length, acknowledgements, errors). Native threads write from the
+ * sender's buffer and read into the receiver's preallocated buffer; no JavaScript runs per chunk.
+ *
+ * Data-plane connections authenticate per tensor with keys derived from the session grant: a
+ * session key (which session) and a grant key (proof of its token), both checked by the receiver
+ * before any payload byte reaches a buffer. Failures are TransportErrors with the gRPC status
+ * the native side chose (NOT_FOUND unknown session, UNAUTHENTICATED wrong token,
+ * INVALID_ARGUMENT wrong length, DEADLINE_EXCEEDED a peer that stopped, DATA_LOSS checksum).
+ */
+import { createHash } from 'node:crypto';
+import { status as Status } from '@grpc/grpc-js';
+import { nativeDataPlane, type DataPlaneError, type DataPlaneTransfer, type NativeDataPlaneListener, type NativeDataPlaneSender } from '@longshot/engine';
+import { TransportError } from './errors';
+
+export type { DataPlaneTransfer };
+
+/** Longest a peer may stop mid-tensor, or a tensor may wait for its announcement (default). */
+export const DEFAULT_DATA_PLANE_STALL_MS = 10_000;
+
+export interface DataPlaneKeys {
+  session: Buffer;
+  grant: Buffer;
+}
+
+const KEY_BYTES = 16;
+
+/** The keys a data-plane frame of session `sessionId` carries; derived, so the token never travels. */
+export function dataPlaneKeys(sessionId: string, token: string): DataPlaneKeys {
+  const digest = (...parts: string[]): Buffer => createHash('sha256').update(parts.join('\0')).digest().subarray(0, KEY_BYTES);
+  return { session: digest('longshot.dataplane.session', sessionId), grant: digest('longshot.dataplane.grant', sessionId, token) };
+}
+
+function transportError(e: unknown, peer: string): TransportError {
+  const d = e as Partial<DataPlaneError>;
+  const code = typeof d.code === 'number' ? (d.code as Status) : Status.INTERNAL;
+  return new TransportError(code, d.message ?? String(e), peer, { cause: e });
+}
+
+export interface DataPlaneListenerOptions {
+  /** Address to bind (default 127.0.0.1); port 0 (default) picks a free one. */
+  host?: string;
+  port?: number;
+  stallMs?: number;
+}
+
+/** Accepts data-plane connections and lands announced tensors in the buffers given for them. */
+export class DataPlaneListener {
+  private readonly native: NativeDataPlaneListener;
+  private readonly sessions = new Map<string, DataPlaneKeys>();
+  readonly host: string;
+
+  constructor(options: DataPlaneListenerOptions = {}) {
+    const DP = nativeDataPlane();
+    this.host = options.host ?? '127.0.0.1';
+    this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS);
+  }
+
+  get port(): number {
+    return this.native.port;
+  }
+
+  /** Accepts frames of this session from now on. */
+  addSession(sessionId: string, token: string): void {
+    const keys = dataPlaneKeys(sessionId, token);
+    this.sessions.set(sessionId, keys);
+    this.native.addSession(keys.session, keys.grant);
+  }
+
+  /** Refuses the session's frames from now on; its pending receives reject with CANCELLED. */
+  removeSession(sessionId: string): void {
+    const keys = this.sessions.get(sessionId);
+    if (!keys) return;
+    this.sessions.delete(sessionId);
+    this.native.removeSession(keys.session);
+  }
+
+  /**
+   * Receives tensor `seq` of a session straight into `destination`, whose byte length must be
+   * the announced one. Rejects with DEADLINE_EXCEEDED if it has not started within `timeoutMs`;
+   * once it settles, `destination` is never written again.
+   */
+  async receive(sessionId: string, seq: number, destination: ArrayBufferView, timeoutMs = DEFAULT_DATA_PLANE_STALL_MS): Promise<DataPlaneTransfer> {
+    const keys = this.sessions.get(sessionId);
+    if (!keys) throw new TransportError(Status.FAILED_PRECONDITION, `session ${sessionId} is not open on this data-plane listener`, 'data plane');
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      this.native.cancel(keys.session, seq, `tensor seq ${seq} did not arrive within ${timeoutMs} ms`);
+    }, timeoutMs);
+    try {
+      return await this.native.expect(keys.session, seq, destination);
+    } catch (e) {
+      const err = transportError(e, 'data plane');
+      if (timedOut && err.code === Status.CANCELLED) throw new TransportError(Status.DEADLINE_EXCEEDED, err.details, err.peer, { cause: e });
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  close(): void {
+    this.native.close();
+  }
+}
+
+/** One data-plane connection to a listener at `host:port`; sends tensors in call order. */
+export class DataPlaneSender {
+  private readonly native: NativeDataPlaneSender;
+  private readonly keys = new Map<string, DataPlaneKeys>();
+
+  constructor(
+    readonly address: string,
+    options: { stallMs?: number } = {},
+  ) {
+    const at = address.lastIndexOf(':');
+    const host = address.slice(0, at).replace(/^\[|\]$/g, '');
+    const port = Number(address.slice(at + 1));
+    if (at < 1 || !Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`data-plane address must be host:port, got '${address}'`);
+    this.native = new (nativeDataPlane().Sender)(host, port, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS);
+  }
+
+  /**
+   * Sends `payload` as tensor `seq` of the session; resolves once the receiver has it whole and
+   * checked. `payload` must not change until then.
+   */
+  async send(sessionId: string, token: string, seq: number, payload: ArrayBufferView): Promise<DataPlaneTransfer> {
+    let keys = this.keys.get(sessionId);
+    if (!keys) this.keys.set(sessionId, (keys = dataPlaneKeys(sessionId, token)));
+    try {
+      return await this.native.send(keys.session, keys.grant, seq, payload);
+    } catch (e) {
+      throw transportError(e, this.address);
+    }
+  }
+
+  close(): void {
+    this.native.close();
+  }
+}

@@ -1,0 +1,29 @@
+/**
+ * The other process of the data-plane tests: `node --import tsx dataplane-peer.ts HOST:PORT
+ * SESSION TOKEN COUNT FLOATS` sends COUNT tensors of FLOATS float32 values (`pattern`) as seqs
+ * 1..COUNT, then prints one JSON line with the transfers and exits.
+ */
+import { DataPlaneSender } from '../src/dataplane';
+
+/** Tensor `seq` of the tests: distinct per seq and per element, exactly representable. */
+export function pattern(seq: number, floats: number): Float32Array {
+  const a = new Float32Array(floats);
+  for (let i = 0; i < floats; i++) a[i] = ((i * 2654435761 + seq * 40503) % 1_000_003) / 1024 - 400;
+  return a;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [address, session, token, count, floats] = argv;
+  const sender = new DataPlaneSender(address);
+  const transfers = [];
+  for (let seq = 1; seq <= Number(count); seq++) transfers.push(await sender.send(session, token, seq, pattern(seq, Number(floats))));
+  sender.close();
+  process.stdout.write(`${JSON.stringify({ transfers })}\n`);
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).catch((e: Error) => {
+    process.stderr.write(`${e.message}\n`);
+    process.exit(1);
+  });
+}

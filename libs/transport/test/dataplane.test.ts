@@ -1,0 +1,242 @@
+/**
+ * The native data plane through its adapter: tensors land bit-exact in preallocated buffers,
+ * from this process and from another one, and malformed traffic (unknown session, wrong token,
+ * wrong length, a peer that stops mid-tensor, corrupted bytes) is refused with a clear error
+ * without touching any other session's buffer. Hand-built traffic goes over real sockets.
+ */
+import { execFile } from 'node:child_process';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { status as Status } from '@grpc/grpc-js';
+import { nativeDataPlane } from '@longshot/engine';
+import { afterEach, describe, expect, it } from 'vitest';
+import { DataPlaneListener, DataPlaneSender, TransportError, dataPlaneKeys } from '../src/index';
+import { pattern } from './dataplane-peer';
+
+const DP = nativeDataPlane();
+const TOKEN = 'a-token-of-sixteen-chars';
+const OTHER = 'another-token-of-16-chars';
+
+const open: { close(): void }[] = [];
+function track<T extends { close(): void }>(x: T): T {
+  open.push(x);
+  return x;
+}
+afterEach(() => {
+  for (const x of open.splice(0)) x.close();
+});
+
+function listener(stallMs = 2000): DataPlaneListener {
+  return track(new DataPlaneListener({ stallMs }));
+}
+
+async function rejection(p: Promise<unknown>): Promise<TransportError> {
+  const err = await p.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(TransportError);
+  return err as TransportError;
+}
+
+/** crc32c4 as dataplane.h defines it, bit by bit: the native (SSE4.2 or table) one must agree. */
+function crc32c4Reference(bytes: Uint8Array): number {
+  const step = (c: number, b: number): number => {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+    return c >>> 0;
+  };
+  const lanes = [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff];
+  const whole = bytes.length - (bytes.length % 32);
+  for (let i = 0; i < whole; i++) lanes[(i >> 3) & 3] = step(lanes[(i >> 3) & 3], bytes[i]);
+  for (let i = whole; i < bytes.length; i++) lanes[0] = step(lanes[0], bytes[i]);
+  const tail = Buffer.alloc(24);
+  lanes.forEach((l, j) => tail.writeUInt32LE(l, 4 * j));
+  tail.writeBigUInt64LE(BigInt(bytes.length), 16);
+  let c = 0xffffffff;
+  for (const b of tail) c = step(c, b);
+  return ~c >>> 0;
+}
+
+/** A hand-built connection to a listener: the header, then whatever the test writes. */
+async function rawPeer(l: DataPlaneListener): Promise<{ socket: net.Socket; reply: Promise<Buffer> }> {
+  const socket = net.connect(l.port, '127.0.0.1');
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  const chunks: Buffer[] = [];
+  socket.on('data', (d: Buffer) => chunks.push(d));
+  socket.on('error', () => undefined);
+  const reply = new Promise<Buffer>((resolve) => socket.on('close', () => resolve(Buffer.concat(chunks))));
+  return { socket, reply };
+}
+
+function replyOf(bytes: Buffer): { code: number; seq: number; message: string } {
+  const { replyBytes, replyMagic } = DP.constants;
+  expect(bytes.length).toBeGreaterThanOrEqual(replyBytes);
+  expect(bytes.readUInt32LE(0)).toBe(replyMagic);
+  const len = bytes.readUInt32LE(16);
+  return { code: bytes.readUInt16LE(6), seq: Number(bytes.readBigUInt64LE(8)), message: bytes.subarray(replyBytes, replyBytes + len).toString() };
+}
+
+describe('framing', () => {
+  it('the native checksum is crc32c4 as specified, for whole blocks and tails', () => {
+    const bytes = new Uint8Array(5000);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 131 + 7) & 0xff;
+    for (const n of [0, 1, 7, 31, 32, 33, 64, 100, 4096, 5000]) expect(DP.checksum(bytes.subarray(0, n))).toBe(crc32c4Reference(bytes.subarray(0, n)));
+    // Any change to the bytes or their length changes it.
+    const flipped = bytes.slice(0, 100);
+    flipped[50] ^= 1;
+    expect(DP.checksum(flipped)).not.toBe(DP.checksum(bytes.subarray(0, 100)));
+    expect(DP.checksum(new Uint8Array(33))).not.toBe(DP.checksum(new Uint8Array(32)));
+  });
+
+  it('keys identify the session and prove its token without carrying it', () => {
+    const a = dataPlaneKeys('s1', TOKEN);
+    expect(a.session.length).toBe(DP.constants.keyBytes);
+    expect(dataPlaneKeys('s1', OTHER).session.equals(a.session)).toBe(true);
+    expect(dataPlaneKeys('s1', OTHER).grant.equals(a.grant)).toBe(false);
+    expect(dataPlaneKeys('s2', TOKEN).session.equals(a.session)).toBe(false);
+  });
+});
+
+describe('native TCP data plane', () => {
+  it('moves tensors bit-exact into preallocated buffers, in order, announced before or after the bytes', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
+    const floats = 3 * 1024 * 1024 + 5; // not a multiple of the checksum block
+    const dst = [new Float32Array(floats), new Float32Array(floats), new Float32Array(floats)];
+    const recv1 = l.receive('s1', 1, dst[0]);
+    const sends = [1, 2, 3].map((seq) => s.send('s1', TOKEN, seq, pattern(seq, floats)));
+    // Seqs 2 and 3 are announced after their bytes started arriving.
+    await new Promise((r) => setTimeout(r, 100));
+    const recvs = [recv1, l.receive('s1', 2, dst[1]), l.receive('s1', 3, dst[2])];
+    const got = await Promise.all([...sends, ...recvs]);
+    for (const t of got) expect(t.bytes).toBe(floats * 4);
+    for (let i = 0; i < 3; i++) expect(Buffer.from(dst[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
+  });
+
+  it('receives from another process', async () => {
+    const l = listener();
+    l.addSession('job-7/stage-1', TOKEN);
+    const floats = 2 * 1024 * 1024;
+    const dst = [1, 2, 3, 4].map(() => new Float32Array(floats));
+    const child = promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), `127.0.0.1:${l.port}`, 'job-7/stage-1', TOKEN, '4', String(floats)]);
+    const got = await Promise.all(dst.map((d, i) => l.receive('job-7/stage-1', i + 1, d)));
+    const { stdout } = await child;
+    expect((JSON.parse(stdout) as { transfers: unknown[] }).transfers).toHaveLength(4);
+    for (let i = 0; i < 4; i++) {
+      expect(got[i].bytes).toBe(floats * 4);
+      expect(Buffer.from(dst[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
+    }
+  });
+
+  it('refuses an unknown session and a wrong token, leaving the real session untouched', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    const dst = new Float32Array(1024).fill(7);
+    const mine = l.receive('s1', 1, dst);
+
+    const stranger = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
+    const unknown = await rejection(stranger.send('nobody', TOKEN, 1, new Float32Array(1024)));
+    expect(unknown.code).toBe(Status.NOT_FOUND);
+    expect(unknown.details).toMatch(/unknown session/);
+
+    const thief = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
+    const wrong = await rejection(thief.send('s1', OTHER, 1, new Float32Array(1024)));
+    expect(wrong.code).toBe(Status.UNAUTHENTICATED);
+    expect(wrong.details).toMatch(/wrong grant/);
+    // A refused connection is not used again.
+    const again = await rejection(thief.send('s1', TOKEN, 2, new Float32Array(1024)));
+    expect(again.code).toBe(Status.UNAVAILABLE);
+
+    expect(dst.every((v) => v === 7)).toBe(true);
+    const honest = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
+    await honest.send('s1', TOKEN, 1, pattern(1, 1024));
+    await mine;
+    expect(Buffer.from(dst.buffer).equals(Buffer.from(pattern(1, 1024).buffer))).toBe(true);
+  });
+
+  it('refuses a byte length other than the announced one before writing', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    const dst = new Float32Array(256).fill(7);
+    const mine = rejection(l.receive('s1', 1, dst));
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
+    const sent = await rejection(s.send('s1', TOKEN, 1, new Float32Array(512)));
+    expect(sent.code).toBe(Status.INVALID_ARGUMENT);
+    expect(sent.details).toMatch(/byte_length 2048 does not match the 1024 bytes announced/);
+    expect((await mine).code).toBe(Status.INVALID_ARGUMENT);
+    expect(dst.every((v) => v === 7)).toBe(true);
+  });
+
+  it('refuses bytes no control-plane header announced', async () => {
+    const l = listener(300);
+    l.addSession('s1', TOKEN);
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
+    const err = await rejection(s.send('s1', TOKEN, 9, new Float32Array(16)));
+    expect(err.code).toBe(Status.FAILED_PRECONDITION);
+    expect(err.details).toMatch(/tensor seq 9 .* was not announced/);
+  });
+
+  it('times out a peer that stops mid-tensor, with a clear error on both sides', async () => {
+    const l = listener(300);
+    l.addSession('s1', TOKEN);
+    const dst = new Float32Array(1024);
+    const mine = rejection(l.receive('s1', 1, dst));
+    const { socket, reply } = await rawPeer(l);
+    const keys = dataPlaneKeys('s1', TOKEN);
+    socket.write(DP.encodeHeader({ seq: 1, byteLength: 4096, ...keys }));
+    socket.write(Buffer.alloc(1000, 1));
+    const err = await mine;
+    expect(err.code).toBe(Status.DEADLINE_EXCEEDED);
+    expect(err.details).toMatch(/stopped mid-tensor/);
+    socket.end();
+    const r = replyOf(await reply);
+    expect(r.code).toBe(Status.DEADLINE_EXCEEDED);
+    expect(r.seq).toBe(1);
+  });
+
+  it('refuses corrupted bytes (checksum) and frames that are not the protocol', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    const keys = dataPlaneKeys('s1', TOKEN);
+    const payload = Buffer.from(pattern(1, 64).buffer);
+    const mine = rejection(l.receive('s1', 1, new Float32Array(64)));
+    const a = await rawPeer(l);
+    const trailer = Buffer.alloc(DP.constants.trailerBytes);
+    trailer.writeUInt32LE((DP.checksum(payload) ^ 1) >>> 0, 0);
+    trailer.writeUInt32LE(DP.constants.trailerMagic, 4);
+    a.socket.end(Buffer.concat([DP.encodeHeader({ seq: 1, byteLength: payload.length, ...keys }), payload, trailer]));
+    expect((await mine).code).toBe(Status.DATA_LOSS);
+    expect(replyOf(await a.reply).message).toMatch(/checksum mismatch/);
+
+    const b = await rawPeer(l);
+    b.socket.end(Buffer.alloc(DP.constants.headerBytes, 0x41));
+    const r = replyOf(await b.reply);
+    expect(r.code).toBe(Status.INVALID_ARGUMENT);
+    expect(r.message).toMatch(/bad magic/);
+  });
+
+  it('a receive that nothing answers times out; a closed session cancels its receives', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    const late = await rejection(l.receive('s1', 1, new Float32Array(4), 200));
+    expect(late.code).toBe(Status.DEADLINE_EXCEEDED);
+    expect(late.details).toMatch(/did not arrive within 200 ms/);
+    const pending = rejection(l.receive('s1', 2, new Float32Array(4)));
+    l.removeSession('s1');
+    expect((await pending).code).toBe(Status.CANCELLED);
+    expect((await rejection(l.receive('s1', 3, new Float32Array(4)))).code).toBe(Status.FAILED_PRECONDITION);
+  });
+
+  it('a sender that cannot connect says so', async () => {
+    const l = listener();
+    const port = l.port;
+    l.close();
+    const s = track(new DataPlaneSender(`127.0.0.1:${port}`));
+    const err = await rejection(s.send('s1', TOKEN, 1, new Float32Array(4)));
+    expect(err.code).toBe(Status.UNAVAILABLE);
+    expect(err.details).toMatch(/cannot connect/);
+  });
+});
