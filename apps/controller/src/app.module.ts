@@ -7,7 +7,8 @@ import { OpsController } from './http/ops.controller';
 import { VideosController } from './http/videos.controller';
 import { registerClusterGauges } from './metrics';
 import { RenderQueue } from './queue';
-import { JobDataRepository, ResultStore } from './repositories';
+import { diskFiles, JobDataRepository, quotaFiles, ResultStore } from './repositories';
+import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
 import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
 import { VideosService } from './videos.service';
@@ -45,11 +46,15 @@ export function appModule(config: ControllerConfig) {
       { provide: LEASES, useFactory: (r: Redis) => new WorkerLeases(r), inject: [REDIS] },
       { provide: REGISTRY, useFactory: (r: Redis) => new WorkerRegistry(r), inject: [REDIS] },
       { provide: JOB_DATA, useFactory: (r: Redis) => new JobDataRepository(r, config.retentionSeconds), inject: [REDIS] },
-      { provide: RESULTS, useValue: new ResultStore(config.resultsDir) },
+      {
+        provide: RESULTS,
+        useValue: new ResultStore(config.resultsDir, config.resultsMaxBytes > 0 ? quotaFiles(config.resultsMaxBytes) : diskFiles, config.resultsMinFreeBytes),
+      },
       { provide: APP_FILTER, useClass: ErrorFilter },
       Connections,
       RenderQueue,
       RunnerService,
+      ReconcilerService,
       VideosService,
       Gauges,
     ],
