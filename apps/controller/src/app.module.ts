@@ -2,6 +2,7 @@ import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
 import { JobStore, WorkerLeases, WorkerRegistry } from '@longshot/cache';
 import type { ControllerConfig } from './config';
+import { EventHub } from './event-hub';
 import { ErrorFilter } from './http/errors';
 import { OpsController } from './http/ops.controller';
 import { VideosController } from './http/videos.controller';
@@ -10,7 +11,7 @@ import { RenderQueue } from './queue';
 import { diskFiles, JobDataRepository, quotaFiles, ResultStore } from './repositories';
 import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
-import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
+import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
 import { VideosService } from './videos.service';
 import { APP_FILTER } from '@nestjs/core';
 
@@ -42,6 +43,7 @@ export function appModule(config: ControllerConfig) {
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
       { provide: REDIS_SUBSCRIBER, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: null }) },
+      { provide: REDIS_EVENTS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: null }) },
       { provide: JOBS, useFactory: (r: Redis) => new JobStore(r, { retentionMs: config.retentionSeconds * 1000 }), inject: [REDIS] },
       { provide: LEASES, useFactory: (r: Redis) => new WorkerLeases(r), inject: [REDIS] },
       { provide: REGISTRY, useFactory: (r: Redis) => new WorkerRegistry(r), inject: [REDIS] },
@@ -54,6 +56,7 @@ export function appModule(config: ControllerConfig) {
       Connections,
       RenderQueue,
       RunnerService,
+      EventHub,
       ReconcilerService,
       VideosService,
       Gauges,

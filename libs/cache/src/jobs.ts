@@ -276,11 +276,23 @@ export class JobStore<Spec = unknown, Result = unknown> {
         ? await r.xread('COUNT', count, 'BLOCK', options.blockMs, 'STREAMS', key, after)
         : await r.xread('COUNT', count, 'STREAMS', key, after);
     if (!reply) return [];
-    return reply[0][1].map(([eventId, f]) => {
-      const m = new Map<string, string>();
-      for (let i = 0; i + 1 < f.length; i += 2) m.set(f[i], f[i + 1]);
-      return { id: eventId, event: m.get('event') ?? 'message', data: JSON.parse(m.get('data') ?? 'null') as unknown };
-    });
+    return reply[0][1].map(decodeEvent);
+  }
+
+  /**
+   * New events of several jobs in one read: for each [id, after], the events after `after`.
+   * With `blockMs`, waits that long for any; pass a connection of its own (`reader`). One such
+   * read serves every SSE client of a replica.
+   */
+  async eventsOf(cursors: readonly (readonly [string, string])[], options: { blockMs?: number; count?: number; reader?: Redis } = {}): Promise<Map<string, JobEvent[]>> {
+    const out = new Map<string, JobEvent[]>();
+    if (cursors.length === 0) return out;
+    const r = options.reader ?? this.redis;
+    const idOf = new Map(cursors.map(([id]) => [this.key('events', id), id]));
+    const args = ['COUNT', options.count ?? 500, ...(options.blockMs !== undefined ? ['BLOCK', options.blockMs] : []), 'STREAMS', ...cursors.map(([id]) => this.key('events', id)), ...cursors.map(([, after]) => after)];
+    const reply = (await r.call('XREAD', ...args)) as [string, [string, string[]][]][] | null;
+    for (const [key, entries] of reply ?? []) out.set(idOf.get(key)!, entries.map(decodeEvent));
+    return out;
   }
 
   /** Jobs, newest first; `cursor` is what the previous page returned (null at the end). */
@@ -323,6 +335,20 @@ export class JobStore<Spec = unknown, Result = unknown> {
   async publishCancel(id: string): Promise<void> {
     await this.redis.publish(this.cancelChannel, id);
   }
+}
+
+function decodeEvent([eventId, f]: [string, string[]]): JobEvent {
+  const m = new Map<string, string>();
+  for (let i = 0; i + 1 < f.length; i += 2) m.set(f[i], f[i + 1]);
+  return { id: eventId, event: m.get('event') ?? 'message', data: JSON.parse(m.get('data') ?? 'null') as unknown };
+}
+
+/** Orders two stream ids ("ms-seq"): negative, 0 or positive. */
+export function compareEventIds(a: string, b: string): number {
+  const [am, as = '0'] = a.split('-');
+  const [bm, bs = '0'] = b.split('-');
+  const d = BigInt(am) - BigInt(bm) || BigInt(as) - BigInt(bs);
+  return d < 0n ? -1 : d > 0n ? 1 : 0;
 }
 
 const JSON_FIELDS = new Set(['spec', 'workers', 'result', 'error']);
