@@ -2,14 +2,16 @@ import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
 import { JobStore, WorkerLeases, WorkerRegistry } from '@longshot/cache';
 import type { ControllerConfig } from './config';
+import { EventHub } from './event-hub';
 import { ErrorFilter } from './http/errors';
 import { OpsController } from './http/ops.controller';
 import { VideosController } from './http/videos.controller';
 import { registerClusterGauges } from './metrics';
 import { RenderQueue } from './queue';
-import { JobDataRepository, ResultStore } from './repositories';
+import { diskFiles, JobDataRepository, quotaFiles, ResultStore } from './repositories';
+import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
-import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
+import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
 import { VideosService } from './videos.service';
 import { APP_FILTER } from '@nestjs/core';
 
@@ -41,15 +43,21 @@ export function appModule(config: ControllerConfig) {
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
       { provide: REDIS_SUBSCRIBER, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: null }) },
+      { provide: REDIS_EVENTS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: null }) },
       { provide: JOBS, useFactory: (r: Redis) => new JobStore(r, { retentionMs: config.retentionSeconds * 1000 }), inject: [REDIS] },
       { provide: LEASES, useFactory: (r: Redis) => new WorkerLeases(r), inject: [REDIS] },
       { provide: REGISTRY, useFactory: (r: Redis) => new WorkerRegistry(r), inject: [REDIS] },
       { provide: JOB_DATA, useFactory: (r: Redis) => new JobDataRepository(r, config.retentionSeconds), inject: [REDIS] },
-      { provide: RESULTS, useValue: new ResultStore(config.resultsDir) },
+      {
+        provide: RESULTS,
+        useValue: new ResultStore(config.resultsDir, config.resultsMaxBytes > 0 ? quotaFiles(config.resultsMaxBytes) : diskFiles, config.resultsMinFreeBytes),
+      },
       { provide: APP_FILTER, useClass: ErrorFilter },
       Connections,
       RenderQueue,
       RunnerService,
+      EventHub,
+      ReconcilerService,
       VideosService,
       Gauges,
     ],

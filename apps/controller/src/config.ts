@@ -29,6 +29,16 @@ export interface ControllerConfig {
   /** Hardware profile the planner's cost model uses to choose K. */
   readonly plannerProfile: string;
   readonly livenessIntervalMs: number;
+  /** How often the reconciler looks for `queued` records without a queue entry. */
+  readonly reconcileIntervalMs: number;
+  /** A record younger than this is left to the submit that is writing it. */
+  readonly reconcileGraceMs: number;
+  /** A job waiting for free workers longer than this fails with a clear error. */
+  readonly workersDeadlineMs: number;
+  /** /readyz is 503 and a job about to write fails early when the results store has less free. */
+  readonly resultsMinFreeBytes: number;
+  /** A quota on the results store (0: none): writes beyond it fail with ENOSPC. */
+  readonly resultsMaxBytes: number;
 }
 
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerConfig {
@@ -64,5 +74,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     keepCompletedJobs: int('LONGSHOT_KEEP_JOBS', env.LONGSHOT_KEEP_JOBS, 1000),
     plannerProfile: env.LONGSHOT_PLANNER_PROFILE ?? 'h100-100gbe',
     livenessIntervalMs: int('LONGSHOT_LIVENESS_MS', env.LONGSHOT_LIVENESS_MS, 500),
+    reconcileIntervalMs: int('LONGSHOT_RECONCILE_MS', env.LONGSHOT_RECONCILE_MS, 10_000, 100),
+    reconcileGraceMs: int('LONGSHOT_RECONCILE_GRACE_MS', env.LONGSHOT_RECONCILE_GRACE_MS, 5_000, 0),
+    workersDeadlineMs: int('LONGSHOT_WORKERS_DEADLINE_MS', env.LONGSHOT_WORKERS_DEADLINE_MS, 600_000),
+    resultsMinFreeBytes: int('LONGSHOT_RESULTS_MIN_FREE_BYTES', env.LONGSHOT_RESULTS_MIN_FREE_BYTES, 16 * 1024 * 1024, 0),
+    resultsMaxBytes: int('LONGSHOT_RESULTS_MAX_BYTES', env.LONGSHOT_RESULTS_MAX_BYTES, 0, 0),
   };
 }

@@ -36,6 +36,11 @@ export class RenderQueue implements OnApplicationShutdown {
     await this.queue.add(name, { id }, { jobId: id, priority });
   }
 
+  /** Whether BullMQ holds a job with this id (in any state). */
+  async has(id: string): Promise<boolean> {
+    return (await this.queue.getJobState(id)) !== 'unknown';
+  }
+
   /** Removes a job that is waiting or delayed; false when it is running (locked) or gone. */
   async remove(id: string): Promise<boolean> {
     try {

@@ -9,9 +9,9 @@ import { planJob, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import type { ControllerConfig } from './config';
 import { candidates, LeasedWorkers } from './leased-workers';
-import { blockSteps, jobDuration, stitchedBlocks } from './metrics';
+import { blockSteps, jobDuration, resultsStoreFailures, stitchedBlocks, workersDeadlineFailures } from './metrics';
 import { chooseStages } from './planning';
-import type { JobDataRepository, ResultStore } from './repositories';
+import { isNoSpace, type JobDataRepository, type ResultStore } from './repositories';
 
 /** What a job record's spec holds: the normalised spec, and whether K was left to the planner. */
 export type VideoSpec = JobSpec & { readonly autoStages: boolean };
@@ -35,6 +35,8 @@ export type VideoRecord = JobRecord<VideoSpec, VideoResult>;
 
 export interface RenderJobData {
   readonly id: string;
+  /** When the job first found too few free workers (cleared once it leases them). */
+  readonly waitingSince?: number;
 }
 
 /** Why a run was stopped from outside the pipeline. */
@@ -126,11 +128,22 @@ export class RenderRun {
       const K = rec.stages ?? (spec.autoStages ? await this.plan(spec, model) : spec.stages);
       const reserved = await source.tryLease(K);
       if (!reserved) {
+        const since = this.job.data.waitingSince ?? Date.now();
+        if (Date.now() - since >= config.workersDeadlineMs) {
+          // Waited long enough: a clear failure rather than `queued` forever.
+          const serving = candidates(await this.d.registry.list(), spec.model).length;
+          workersDeadlineFailures.inc();
+          throw new UnrecoverableError(
+            `no ${K} free workers for model ${spec.model} within ${Math.round(config.workersDeadlineMs / 1000)} s (LONGSHOT_WORKERS_DEADLINE_MS); ${serving} registered workers serve it`,
+          );
+        }
+        if (this.job.data.waitingSince === undefined) await this.job.updateData({ ...this.job.data, waitingSince: since });
         // Too few free workers: back to the queue (delayed, same priority, no attempt used)
         // rather than holding a runner slot while waiting.
         await this.job.moveToDelayed(Date.now() + config.waitForWorkersMs, this.token);
         throw new DelayedError();
       }
+      if (this.job.data.waitingSince !== undefined) await this.job.updateData({ id: this.id });
       source.reserve(reserved);
       await this.runPipeline(rec, { ...spec, stages: K }, model, text, source);
     } catch (e) {
@@ -162,7 +175,7 @@ export class RenderRun {
     const resume = await data.hasCheckpoint(this.id);
     log.info('job run started', { job: this.id, attempt, stages: spec.stages, workers: source.workers, resume });
 
-    const stitcher = new BlockStitcher(this.id, spec, plan, model.latentChannels, data, this.d.results.job(this.id), jobs);
+    const stitcher = new BlockStitcher(this.id, spec, plan, model.latentChannels, data, this.d.results, jobs);
     await stitcher.prepare();
     const progress = new ProgressReporter(this.id, plan, spec.steps, jobs, () => stitcher.blocksDone, () => this.stop('cancel'));
     const onBlock = (index: number, latents: Float32Array): Promise<void> =>
@@ -204,6 +217,7 @@ export class RenderRun {
     this.abort.signal.throwIfAborted();
     await progress.flush();
     const segments = this.d.results.job(this.id);
+    this.d.results.ensureSpace();
     await segments.concat(plan.blocks);
     const latents: Float32Array[] = [];
     for (let i = 0; i < plan.blocks; i++) {
@@ -243,7 +257,11 @@ export class RenderRun {
     if (e instanceof DelayedError || e instanceof WaitingError) throw e;
     const reason = this.abort.signal.reason as unknown;
     const stop = reason instanceof StopRun ? reason : e instanceof StopRun ? e : null;
-    if (stop?.why === 'cancel') return; // the record says canceled already; the BullMQ job just completes
+    if (stop?.why === 'cancel') {
+      // The record says canceled already; the BullMQ job just completes. Its partial files go.
+      this.d.results.remove(this.id);
+      return;
+    }
     if (stop?.why === 'shutdown') {
       // Hand the job back: straight to the queue, no attempt used; the next run resumes from the checkpoint.
       log.info('handing the job back on shutdown', { job: this.id });
@@ -255,7 +273,10 @@ export class RenderRun {
       // Another run holds the job's workers now (this one stalled past its lease): let it be.
       throw error;
     }
-    const final = error instanceof UnrecoverableError || this.job.attemptsMade + 1 >= (this.job.opts.attempts ?? 1);
+    // A full results store fails the job now, with a clear error: a retry would fill it again.
+    const noSpace = isNoSpace(stop?.cause ?? e);
+    if (noSpace) resultsStoreFailures.inc({ code: 'ENOSPC' });
+    const final = noSpace || error instanceof UnrecoverableError || this.job.attemptsMade + 1 >= (this.job.opts.attempts ?? 1);
     if (final) {
       await this.fail(rec, error);
     } else {
@@ -269,6 +290,12 @@ export class RenderRun {
     const finishedAt = Date.now();
     const r = await this.d.jobs.update(this.id, { status: 'failed', fields: { error: { message: error.message }, finishedAt, owner: null }, event: { name: 'failed', data: { error: { message: error.message } } } });
     if (r.changed) {
+      // A failed job's partial segments and previews would only fill the store.
+      try {
+        this.d.results.remove(this.id);
+      } catch (err) {
+        log.warn('removing a failed job\'s files failed', { job: this.id, err });
+      }
       jobDuration.observe({ status: 'failed' }, (finishedAt - rec.createdAt) / 1000);
       await this.d.data.expire(this.id, this.d.config.retentionSeconds);
       log.error('job failed', { job: this.id, err: error });
@@ -291,11 +318,14 @@ export class BlockStitcher {
     private readonly plan: JobPlan,
     latentChannels: number,
     private readonly data: JobDataRepository,
-    private readonly segments: SegmentDir,
+    private readonly results: ResultStore,
     private readonly jobs: VideoStore,
   ) {
     this.decoder = new LatentDecoder(latentChannels);
+    this.segments = results.job(id);
   }
+
+  private readonly segments: SegmentDir;
 
   get blocksDone(): number {
     return this.next;
@@ -324,6 +354,7 @@ export class BlockStitcher {
     if (index !== this.next) throw new Error(`stitching needs block ${this.next} next, got block ${index}`);
     const { width, height, fps, block } = this.spec;
     const decoded = this.decoder.decode(latents, block, this.plan.latentHeight, this.plan.latentWidth, this.cache);
+    this.results.ensureSpace();
     await this.segments.writeSegment(index, decoded.rgb, { width, height, fps });
     await this.segments.writePreview(index, await previewJpeg(decoded.rgb.subarray(0, width * height * 3), width, height));
     // Segment first, cache second: a crash in between re-decodes this block, never skips it.

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Redis } from 'ioredis';
 import { BlockStore, DecoderCacheStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
@@ -53,9 +54,75 @@ export class JobDataRepository {
   }
 }
 
+/**
+ * The file layer under the result store: how much room is left for results. The disk's own
+ * (statfs), or a quota on top of it; tests inject one that says the store is full.
+ */
+export interface FileLayer {
+  freeBytes(root: string): number;
+}
+
+export const diskFiles: FileLayer = {
+  freeBytes(root) {
+    fs.mkdirSync(root, { recursive: true });
+    const s = fs.statfsSync(root);
+    return s.bavail * s.bsize;
+  },
+};
+
+/** At most `maxBytes` under the root (and no more than the disk has). */
+export function quotaFiles(maxBytes: number, inner: FileLayer = diskFiles): FileLayer {
+  return { freeBytes: (root) => Math.min(inner.freeBytes(root), maxBytes - usedBytes(root)) };
+}
+
+function usedBytes(dir: string): number {
+  let total = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) total += usedBytes(p);
+    else if (e.isFile()) total += fs.statSync(p, { throwIfNoEntry: false })?.size ?? 0;
+  }
+  return total;
+}
+
+/** ENOSPC from the results store: a clear message, and the code a caller can test. */
+export class NoSpaceError extends Error {
+  readonly code = 'ENOSPC';
+}
+
+/** Whether `e` (or its cause) is a results store out of space, ours or the OS's (ffmpeg's included). */
+export function isNoSpace(e: unknown): boolean {
+  for (let x = e, depth = 0; x instanceof Error && depth < 5; x = x.cause, depth++) {
+    if ((x as NodeJS.ErrnoException).code === 'ENOSPC' || /No space left on device/i.test(x.message)) return true;
+  }
+  return false;
+}
+
 /** The result store on disk (a volume all replicas share): one SegmentDir per job. */
 export class ResultStore {
-  constructor(readonly root: string) {}
+  constructor(
+    readonly root: string,
+    private readonly files: FileLayer = diskFiles,
+    /** Writes need at least this much free; /readyz reports the store unready below it. */
+    readonly minFreeBytes = 0,
+  ) {}
+
+  /** Free room and whether it is enough to write results. */
+  space(): { freeBytes: number; ok: boolean } {
+    const freeBytes = this.files.freeBytes(this.root);
+    return { freeBytes, ok: freeBytes >= Math.max(1, this.minFreeBytes) };
+  }
+
+  /** Throws NoSpaceError (ENOSPC) unless there is room to write (called before each write). */
+  ensureSpace(): void {
+    const { freeBytes, ok } = this.space();
+    if (!ok) throw new NoSpaceError(`the results store is out of space (ENOSPC): ${Math.max(0, freeBytes)} bytes free, at least ${Math.max(1, this.minFreeBytes)} needed`);
+  }
+
+  /** Removes everything a job wrote (a failed or canceled job's partial segments and previews). */
+  remove(jobId: string): void {
+    fs.rmSync(this.job(jobId).dir, { recursive: true, force: true });
+  }
 
   job(jobId: string): SegmentDir {
     // Job ids are ours (uuid), but never let one name a path outside the store.

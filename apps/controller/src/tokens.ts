@@ -6,6 +6,8 @@ export const CONFIG = Symbol('ControllerConfig');
 export const REDIS = Symbol('Redis');
 /** A second connection for pub/sub (a subscribed connection can issue nothing else). */
 export const REDIS_SUBSCRIBER = Symbol('RedisSubscriber');
+/** The connection the replica's one shared SSE reader blocks on (EventHub). */
+export const REDIS_EVENTS = Symbol('RedisEvents');
 export const JOBS = Symbol('JobStore');
 export const LEASES = Symbol('WorkerLeases');
 export const REGISTRY = Symbol('WorkerRegistry');

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ConflictException, Inject, Injectable, NotFoundException } from '@nestjs/common';
-import { isTerminal, JOB_STATUSES, type JobStatus, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
+import { isTerminal, jobPrefix, JOB_STATUSES, type JobStatus, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { loadTextEmbeddings, resolveModel, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import type { ControllerConfig } from './config';
@@ -58,6 +58,9 @@ export class VideosService {
     if (!outcome.created) {
       if (!outcome.sameBody) throw new ConflictException({ error: 'conflict', message: 'this Idempotency-Key was used with a different body' });
       const existing = await this.jobs.get(outcome.existingId);
+      // The first submit may have died before enqueueing: a retry puts it in the queue (a no-op
+      // when it is there already: the job id is BullMQ's id).
+      if (existing?.status === 'queued') await this.queue.enqueue('render', outcome.existingId, existing.priority);
       return { created: false, body: { id: outcome.existingId, status: existing?.status ?? 'queued', urls: urlsOf(outcome.existingId) } };
     }
     try {
@@ -70,8 +73,15 @@ export class VideosService {
   }
 
   async get(id: string): Promise<VideoRecord> {
-    const rec = await this.jobs.get(id).catch(() => null);
-    if (!rec) throw new NotFoundException({ error: 'not_found', message: `no video ${id}` });
+    const notFound = () => new NotFoundException({ error: 'not_found', message: `no video ${id}` });
+    try {
+      jobPrefix(id); // an id that cannot name a job is not found, without asking Redis
+    } catch {
+      throw notFound();
+    }
+    // A Redis error is not "no such job": it propagates (503 with Retry-After when unreachable).
+    const rec = await this.jobs.get(id);
+    if (!rec) throw notFound();
     return rec;
   }
 

@@ -8,3 +8,4 @@ export { CorruptValueError } from './codec';
 export * from './leases';
 export * from './jobs';
 export * from './text-embeddings';
+export { isRedisUnavailable } from './unavailable';

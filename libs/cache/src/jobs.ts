@@ -54,10 +54,11 @@ export interface JobStoreOptions {
  *   R:{jobs}:events:<id>        stream: the job's events, in order (event, data)
  *   R:{jobs}:index              sorted set: job ids by creation time (listing)
  *   R:{jobs}:idempotency:<key>  "<jobId>\x1f<body hash>"
+ *   R:{jobs}:queued             sorted set: ids of `queued` records by creation time (the reconciler's worklist)
  *   R:{jobs}:cancel             pub/sub channel: ids of jobs to stop wherever they run
  */
 
-/** KEYS: record, index, idempotency (or ''), events. ARGV: id, createdAt, idem value, ttl ms, queued data, fields... */
+/** KEYS: record, index, idempotency (or ''), events, queued. ARGV: id, createdAt, idem value, ttl ms, queued data, fields... */
 const CREATE = `
 if ARGV[3] ~= '' then
   local cur = redis.call('GET', KEYS[3])
@@ -68,12 +69,13 @@ if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'event', 'queued', 'data', ARGV[5])
 return {1, ''}
 `;
 
 /*
- * The one way a record changes. KEYS: record, events. ARGV: statuses it may change from
+ * The one way a record changes. KEYS: record, events, queued. ARGV: statuses it may change from
  * (",a,b,"), new status ('' keeps it), event name ('' for none), event data, retention ms
  * ('' keeps the record without expiry), then field/value pairs. A terminal record never changes
  * again and never gets another event, so a late progress update from a runner that has not yet
@@ -83,7 +85,15 @@ const UPDATE = `
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, ''} end
 if not string.find(ARGV[1], ',' .. cur .. ',', 1, true) then return {0, cur} end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2])
+  local id = redis.call('HGET', KEYS[1], 'id')
+  if ARGV[2] == 'queued' then
+    redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'createdAt'), id)
+  else
+    redis.call('ZREM', KEYS[3], id)
+  end
+end
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 if ARGV[3] ~= '' then redis.call('XADD', KEYS[2], '*', 'event', ARGV[3], 'data', ARGV[4]) end
 if ARGV[5] ~= '' then
@@ -136,6 +146,10 @@ export class JobStore<Spec = unknown, Result = unknown> {
     return `${this.keys.root}:{jobs}:index`;
   }
 
+  private queuedKey(): string {
+    return `${this.keys.root}:{jobs}:queued`;
+  }
+
   private idempotencyKey(key: string): string {
     return `${this.keys.root}:{jobs}:idempotency:${key}`;
   }
@@ -172,11 +186,12 @@ export class JobStore<Spec = unknown, Result = unknown> {
     const idemValue = idempotency ? `${input.id}\u001f${idempotency.bodyHash}` : '';
     const [created, existing] = (await this.redis.eval(
       CREATE,
-      4,
+      5,
       this.key('record', input.id),
       this.indexKey(),
       idempotency ? this.idempotencyKey(idempotency.key) : this.idempotencyKey('-'),
       this.key('events', input.id),
+      this.queuedKey(),
       input.id,
       now,
       idemValue,
@@ -207,9 +222,10 @@ export class JobStore<Spec = unknown, Result = unknown> {
     const terminal = change.status !== undefined && isTerminal(change.status);
     const [changed, previous] = (await this.redis.eval(
       UPDATE,
-      2,
+      3,
       this.key('record', id),
       this.key('events', id),
+      this.queuedKey(),
       from,
       change.status ?? '',
       change.event?.name ?? '',
@@ -223,6 +239,22 @@ export class JobStore<Spec = unknown, Result = unknown> {
   /** Records block `index` as stitched and emits its event, only if it is the next one. */
   async blockDone(id: string, index: number, data: unknown): Promise<boolean> {
     return (await this.redis.eval(BLOCK, 2, this.key('record', id), this.key('events', id), index, JSON.stringify(data))) === 1;
+  }
+
+  /**
+   * Ids of records that are `queued` and were created before `cutoffMs`, oldest first (at most
+   * `limit`): the reconciler checks each has a queue entry. Ids whose record is gone (retention)
+   * are dropped from the list as they are met.
+   */
+  async queuedBefore(cutoffMs: number, limit: number): Promise<string[]> {
+    const ids = await this.redis.zrangebyscore(this.queuedKey(), '-inf', cutoffMs, 'LIMIT', 0, limit);
+    if (ids.length === 0) return [];
+    const multi = this.redis.multi();
+    for (const id of ids) multi.hget(this.key('record', id), 'status');
+    const statuses = ((await multi.exec()) ?? []).map((r) => r?.[1] as string | null);
+    const stale = ids.filter((_, i) => statuses[i] !== 'queued');
+    if (stale.length) await this.redis.zrem(this.queuedKey(), ...stale);
+    return ids.filter((_, i) => statuses[i] === 'queued');
   }
 
   /** True while the job may still run (queued or running). */
@@ -244,11 +276,23 @@ export class JobStore<Spec = unknown, Result = unknown> {
         ? await r.xread('COUNT', count, 'BLOCK', options.blockMs, 'STREAMS', key, after)
         : await r.xread('COUNT', count, 'STREAMS', key, after);
     if (!reply) return [];
-    return reply[0][1].map(([eventId, f]) => {
-      const m = new Map<string, string>();
-      for (let i = 0; i + 1 < f.length; i += 2) m.set(f[i], f[i + 1]);
-      return { id: eventId, event: m.get('event') ?? 'message', data: JSON.parse(m.get('data') ?? 'null') as unknown };
-    });
+    return reply[0][1].map(decodeEvent);
+  }
+
+  /**
+   * New events of several jobs in one read: for each [id, after], the events after `after`.
+   * With `blockMs`, waits that long for any; pass a connection of its own (`reader`). One such
+   * read serves every SSE client of a replica.
+   */
+  async eventsOf(cursors: readonly (readonly [string, string])[], options: { blockMs?: number; count?: number; reader?: Redis } = {}): Promise<Map<string, JobEvent[]>> {
+    const out = new Map<string, JobEvent[]>();
+    if (cursors.length === 0) return out;
+    const r = options.reader ?? this.redis;
+    const idOf = new Map(cursors.map(([id]) => [this.key('events', id), id]));
+    const args = ['COUNT', options.count ?? 500, ...(options.blockMs !== undefined ? ['BLOCK', options.blockMs] : []), 'STREAMS', ...cursors.map(([id]) => this.key('events', id)), ...cursors.map(([, after]) => after)];
+    const reply = (await r.call('XREAD', ...args)) as [string, [string, string[]][]][] | null;
+    for (const [key, entries] of reply ?? []) out.set(idOf.get(key)!, entries.map(decodeEvent));
+    return out;
   }
 
   /** Jobs, newest first; `cursor` is what the previous page returned (null at the end). */
@@ -291,6 +335,20 @@ export class JobStore<Spec = unknown, Result = unknown> {
   async publishCancel(id: string): Promise<void> {
     await this.redis.publish(this.cancelChannel, id);
   }
+}
+
+function decodeEvent([eventId, f]: [string, string[]]): JobEvent {
+  const m = new Map<string, string>();
+  for (let i = 0; i + 1 < f.length; i += 2) m.set(f[i], f[i + 1]);
+  return { id: eventId, event: m.get('event') ?? 'message', data: JSON.parse(m.get('data') ?? 'null') as unknown };
+}
+
+/** Orders two stream ids ("ms-seq"): negative, 0 or positive. */
+export function compareEventIds(a: string, b: string): number {
+  const [am, as = '0'] = a.split('-');
+  const [bm, bs = '0'] = b.split('-');
+  const d = BigInt(am) - BigInt(bm) || BigInt(as) - BigInt(bs);
+  return d < 0n ? -1 : d > 0n ? 1 : 0;
 }
 
 const JSON_FIELDS = new Set(['spec', 'workers', 'result', 'error']);

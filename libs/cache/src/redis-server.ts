@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,8 +10,17 @@ export interface RedisHandle {
   readonly url: string;
   /** True when REDIS_URL named an existing server (which `stop` then leaves alone). */
   readonly external: boolean;
-  /** The spawned redis-server's PID (undefined for an external server). */
+  /** The spawned redis-server's PID now (undefined for an external server); changes on restart. */
   readonly pid?: number;
+  /** Where the spawned server keeps its AOF (undefined for an external server). */
+  readonly dataDir?: string;
+  /** Sends `signal` to the spawned server and waits for it to exit (tests: SIGKILL mid-job). */
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  /**
+   * Starts the server again on the same port and data dir after it stopped or was killed: it
+   * replays its AOF, so clients reconnect to the state it had (less at most ~1 s of writes).
+   */
+  restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -24,6 +33,11 @@ export interface StartRedisOptions {
   binary?: string;
   /** A fixed port (e.g. to bring a server back where clients expect it); default a free one. */
   port?: number;
+  /**
+   * Where the server keeps its append-only file. Given, it is kept on stop (a later start on it
+   * gets the same data back); default a temporary folder that lives as long as this handle.
+   */
+  dataDir?: string;
 }
 
 const HOST = '127.0.0.1';
@@ -33,18 +47,23 @@ const OUTPUT_TAIL = 8192;
 
 /**
  * A Redis to talk to: REDIS_URL when set, else a private redis-server on a free loopback port
- * with persistence off and its working directory in a temporary folder (so nothing it writes
- * survives or collides with another run).
+ * with AOF on (`appendonly yes`, `appendfsync everysec`, as compose and k8s run it): a server
+ * that is killed and restarted (`restart`) within the handle's life comes back with its queue,
+ * records, leases and checkpoints, less at most the last second of writes. Without AOF a
+ * restart loses every queued and running job (docs/operations.md).
  */
 export async function startRedis(options: StartRedisOptions = {}): Promise<RedisHandle> {
   const url = options.url === undefined ? process.env.REDIS_URL : options.url;
-  if (url) return { url, external: true, stop: async () => {} };
+  if (url) {
+    const external = (): Promise<void> => Promise.reject(new Error('an external Redis (REDIS_URL) is not ours to kill or restart'));
+    return { url, external: true, kill: external, restart: external, stop: async () => {} };
+  }
 
   const binary = options.binary ?? 'redis-server';
   const readyTimeoutMs = options.readyTimeoutMs ?? 10_000;
   if (options.port !== undefined) {
     if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw new Error(`redis-server: port must be 1..65535, got ${options.port}`);
-    return spawnRedis(binary, options.port, readyTimeoutMs);
+    return handle(binary, options.port, readyTimeoutMs, options.dataDir);
   }
   let lastError: Error | null = null;
   // The port is free when we look, but another process can take it before redis binds it;
@@ -52,7 +71,7 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Redis
   for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt++) {
     const port = await freePort();
     try {
-      return await spawnRedis(binary, port, readyTimeoutMs);
+      return await handle(binary, port, readyTimeoutMs, options.dataDir);
     } catch (err) {
       if (!(err instanceof AddressInUseError)) throw err;
       lastError = err;
@@ -76,9 +95,52 @@ function freePort(): Promise<number> {
   });
 }
 
-async function spawnRedis(binary: string, port: number, readyTimeoutMs: number): Promise<RedisHandle> {
-  const dir = mkdtempSync(join(tmpdir(), 'longshot-redis-'));
-  const args = ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', '--logfile', ''];
+/** The handle over successive server processes on one port and data dir. */
+async function handle(binary: string, port: number, readyTimeoutMs: number, dataDir: string | undefined): Promise<RedisHandle> {
+  const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'longshot-redis-'));
+  if (dataDir) mkdirSync(dataDir, { recursive: true });
+  const removeDir = (): void => {
+    if (!dataDir) rmSync(dir, { recursive: true, force: true });
+  };
+  let server: Server;
+  try {
+    server = await spawnRedis(binary, port, dir, readyTimeoutMs);
+  } catch (e) {
+    removeDir();
+    throw e;
+  }
+  let stopping: Promise<void> | null = null;
+  return {
+    url: `redis://${HOST}:${port}`,
+    external: false,
+    get pid() {
+      return server.pid;
+    },
+    dataDir: dir,
+    async kill(signal: NodeJS.Signals = 'SIGKILL') {
+      await server.kill(signal);
+    },
+    async restart() {
+      if (stopping) throw new Error('redis-server: restart after stop');
+      await server.kill('SIGTERM');
+      server = await spawnRedis(binary, port, dir, readyTimeoutMs);
+    },
+    stop() {
+      stopping ??= server.stop().finally(removeDir);
+      return stopping;
+    },
+  };
+}
+
+interface Server {
+  readonly pid: number | undefined;
+  /** Signals the process (unless it exited) and waits for its exit. */
+  kill(signal: NodeJS.Signals): Promise<void>;
+  stop(): Promise<void>;
+}
+
+async function spawnRedis(binary: string, port: number, dir: string, readyTimeoutMs: number): Promise<Server> {
+  const args = ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', dir, '--daemonize', 'no', '--logfile', ''];
   // Tied to this process: a CLI or test runner that is SIGKILLed leaves no redis behind.
   const child = spawnTied(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -111,7 +173,6 @@ async function spawnRedis(binary: string, port: number, readyTimeoutMs: number):
   process.once('exit', killOnExit);
   const cleanup = (): void => {
     process.off('exit', killOnExit);
-    rmSync(dir, { recursive: true, force: true });
   };
 
   const deadline = Date.now() + readyTimeoutMs;
@@ -143,9 +204,12 @@ async function spawnRedis(binary: string, port: number, readyTimeoutMs: number):
 
   let stopping: Promise<void> | null = null;
   return {
-    url: `redis://${HOST}:${port}`,
-    external: false,
     pid: child.pid,
+    async kill(signal) {
+      if (!state.exited) child.kill(signal);
+      await exit;
+      cleanup();
+    },
     stop() {
       stopping ??= stopChild(child, port, exit, () => state.exited !== null).finally(cleanup);
       return stopping;

@@ -52,4 +52,26 @@ describe('JobStore', () => {
     expect(second.items.map((r) => r.id)).toEqual(['l1']);
     expect((await jobs.list({ status: 'failed', limit: 10 })).items.map((r) => r.error)).toEqual([{ message: 'x' }]);
   });
+
+  it('keeps the list of queued records the reconciler walks: in on create and retry, out on start and end', async () => {
+    const jobs = new JobStore(t.redis, { keys: t.keys });
+    for (const id of ['q1', 'q2', 'q3']) await jobs.create(input(id), null);
+    const now = Date.now() + 1;
+    expect(await jobs.queuedBefore(now, 100)).toEqual(expect.arrayContaining(['q1', 'q2', 'q3']));
+    expect(await jobs.queuedBefore(0, 100)).toEqual([]);
+    await jobs.update('q1', { status: 'running' });
+    await jobs.update('q2', { status: 'failed' });
+    let queued = await jobs.queuedBefore(now, 100);
+    expect(queued).toContain('q3');
+    expect(queued).not.toContain('q1');
+    expect(queued).not.toContain('q2');
+    // A failed run goes back to queued for its retry: listed again.
+    await jobs.update('q1', { from: ['running'], status: 'queued' });
+    expect(await jobs.queuedBefore(now, 100)).toContain('q1');
+    // A record gone (retention) is dropped from the list when met.
+    await t.redis.del(`${t.keys.root}:{jobs}:record:q3`);
+    queued = await jobs.queuedBefore(now, 100);
+    expect(queued).not.toContain('q3');
+    expect(await t.redis.zscore(`${t.keys.root}:{jobs}:queued`, 'q3')).toBeNull();
+  });
 });

@@ -1,4 +1,7 @@
+import * as fs from 'node:fs';
 import { createConnection } from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import Redis from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { startRedis } from '../src';
@@ -19,7 +22,7 @@ function accepts(port: number): Promise<boolean> {
 }
 
 describe('startRedis', () => {
-  it('spawns a private redis-server on a free loopback port without persistence, and stops it', async () => {
+  it('spawns a private redis-server on a free loopback port with AOF, and stops it', async () => {
     const a = await startRedis({ url: null });
     const b = await startRedis({ url: null });
     try {
@@ -30,7 +33,8 @@ describe('startRedis', () => {
       try {
         expect(await redis.ping()).toBe('PONG');
         expect(await redis.config('GET', 'save')).toEqual(['save', '']);
-        expect(await redis.config('GET', 'appendonly')).toEqual(['appendonly', 'no']);
+        expect(await redis.config('GET', 'appendonly')).toEqual(['appendonly', 'yes']);
+        expect(await redis.config('GET', 'appendfsync')).toEqual(['appendfsync', 'everysec']);
         expect(await redis.config('GET', 'bind')).toEqual(['bind', '127.0.0.1']);
       } finally {
         redis.disconnect();
@@ -57,6 +61,50 @@ describe('startRedis', () => {
       if (saved === undefined) delete process.env.REDIS_URL;
       else process.env.REDIS_URL = saved;
       await local.stop();
+    }
+  });
+
+  it('comes back with its data on the same port after SIGKILL (AOF), and drops a temporary data dir on stop', async () => {
+    const server = await startRedis({ url: null });
+    const redis = new Redis(server.url, { maxRetriesPerRequest: null });
+    try {
+      await redis.set('durable', 'yes');
+      await redis.rpush('list', 'a', 'b');
+      const before = server.pid;
+      await server.kill('SIGKILL');
+      expect(await accepts(portOf(server.url))).toBe(false);
+      await server.restart();
+      expect(server.pid).not.toBe(before);
+      // The same client reconnects by itself to the restarted server.
+      expect(await redis.get('durable')).toBe('yes');
+      expect(await redis.lrange('list', 0, -1)).toEqual(['a', 'b']);
+    } finally {
+      redis.disconnect();
+      await server.stop();
+    }
+    expect(fs.existsSync(server.dataDir!)).toBe(false);
+    await expect(server.restart()).rejects.toThrow(/restart after stop/);
+  });
+
+  it('keeps a given data dir: a new server on it has the data back', async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-redis-test-'));
+    try {
+      const a = await startRedis({ url: null, dataDir });
+      const ra = new Redis(a.url);
+      await ra.set('k', 'v');
+      ra.disconnect();
+      await a.kill('SIGKILL');
+      await a.stop();
+      const b = await startRedis({ url: null, dataDir });
+      const rb = new Redis(b.url);
+      try {
+        expect(await rb.get('k')).toBe('v');
+      } finally {
+        rb.disconnect();
+        await b.stop();
+      }
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true });
     }
   });
 

@@ -1,9 +1,14 @@
 import { Catch, HttpException, type ArgumentsHost, type ExceptionFilter } from '@nestjs/common';
 import type { Response } from 'express';
+import { isRedisUnavailable } from '@longshot/cache';
 import { SpecError } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
+import { redisUnavailable } from '../metrics';
 
 const log = logger('http');
+
+/** Seconds a client is told to wait before retrying while Redis is unreachable. */
+export const RETRY_AFTER_SECONDS = 2;
 
 /** One error shape for every response: {error, message} plus `field` for bad input. */
 @Catch()
@@ -22,6 +27,13 @@ export class ErrorFilter implements ExceptionFilter {
       const body = e.getResponse();
       const status = e.getStatus();
       res.status(status).json(typeof body === 'object' && body !== null && 'error' in body ? body : { error: status === 404 ? 'not_found' : 'http_error', message: e.message });
+      return;
+    }
+    if (isRedisUnavailable(e)) {
+      // Redis is down or restarting: the job may well exist, so neither 404 nor 500.
+      redisUnavailable.inc({ where: 'http' });
+      log.warn('Redis unavailable; answering 503', { err: e });
+      res.status(503).set('Retry-After', String(RETRY_AFTER_SECONDS)).json({ error: 'unavailable', message: `the job store (Redis) is unreachable; retry in ${RETRY_AFTER_SECONDS} s` });
       return;
     }
     log.error('request failed', { err: e });

@@ -4,7 +4,8 @@ import type { Response } from 'express';
 import type { Redis } from 'ioredis';
 import { registry } from '@longshot/telemetry';
 import { RenderQueue } from '../queue';
-import { REDIS } from '../tokens';
+import type { ResultStore } from '../repositories';
+import { REDIS, RESULTS } from '../tokens';
 import { VideosService } from '../videos.service';
 
 @ApiTags('operations')
@@ -14,6 +15,7 @@ export class OpsController {
     @Inject(VideosService) private readonly videos: VideosService,
     @Inject(RenderQueue) private readonly queue: RenderQueue,
     @Inject(REDIS) private readonly redis: Redis,
+    @Inject(RESULTS) private readonly results: ResultStore,
   ) {}
 
   @Get('v1/workers')
@@ -29,12 +31,22 @@ export class OpsController {
   }
 
   @Get('readyz')
-  @ApiOperation({ summary: 'Readiness: Redis answers and the queue is usable (503 otherwise)' })
+  @ApiOperation({ summary: 'Readiness: Redis answers, the queue is usable and the results store has room (503 otherwise, saying which)' })
   async readyz(@Res() res: Response): Promise<void> {
     const timeout = new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref());
     const check = async () => (await this.redis.ping()) === 'PONG' && (await this.queue.ready());
-    const ok = await Promise.race([check().catch(() => false), timeout]);
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'unavailable' });
+    const redis = await Promise.race([check().catch(() => false), timeout]);
+    let results: { ok: boolean; freeBytes: number | null; minFreeBytes: number };
+    try {
+      results = { ...this.results.space(), minFreeBytes: this.results.minFreeBytes };
+    } catch {
+      results = { ok: false, freeBytes: null, minFreeBytes: this.results.minFreeBytes };
+    }
+    const ok = redis && results.ok;
+    res.status(ok ? 200 : 503).json({
+      status: ok ? 'ready' : 'unavailable',
+      checks: { redis: redis ? 'ok' : 'unreachable', results: results.ok ? 'ok' : 'no space', resultsFreeBytes: results.freeBytes, resultsMinFreeBytes: results.minFreeBytes },
+    });
   }
 
   @Get('metrics')

@@ -1,11 +1,11 @@
 import { Body, Controller, Get, Headers, HttpCode, Inject, Param, Post, Query, Req, Res } from '@nestjs/common';
 import { ApiBody, ApiHeader, ApiOperation, ApiParam, ApiQuery, ApiResponse, ApiTags } from '@nestjs/swagger';
 import type { Request, Response } from 'express';
-import type { Redis } from 'ioredis';
-import { TERMINAL_STATUSES, type JobStatus } from '@longshot/cache';
+import { compareEventIds, TERMINAL_STATUSES, type JobEvent, type JobStatus } from '@longshot/cache';
+import { EventHub } from '../event-hub';
 import type { VideoStore } from '../render';
 import { SUBMIT_SCHEMA } from '../request';
-import { JOBS, REDIS } from '../tokens';
+import { JOBS } from '../tokens';
 import { VideosService } from '../videos.service';
 
 const ERROR_SCHEMA = { type: 'object', properties: { error: { type: 'string' }, field: { type: 'string' }, message: { type: 'string' } } };
@@ -16,7 +16,7 @@ export class VideosController {
   constructor(
     @Inject(VideosService) private readonly videos: VideosService,
     @Inject(JOBS) private readonly jobs: VideoStore,
-    @Inject(REDIS) private readonly redis: Redis,
+    @Inject(EventHub) private readonly hub: EventHub,
   ) {}
 
   @Post()
@@ -83,34 +83,47 @@ export class VideosController {
     res.status(200).set({ 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
     res.flushHeaders();
     const lastId = req.header('last-event-id');
-    let after = lastId && /^\d+-\d+$/.test(lastId) ? lastId : '0';
-    // A blocking read holds its connection: each stream gets its own, closed with the stream.
-    const reader = this.redis.duplicate();
+    let last = lastId && /^\d+-\d+$/.test(lastId) ? lastId : '0';
     let open = true;
-    req.on('close', () => {
-      open = false;
-      reader.disconnect();
-    });
-    try {
-      while (open) {
-        const events = await this.jobs.events(id, after, { blockMs: 10_000, reader });
-        if (!open) break;
-        if (events.length === 0) {
-          res.write(': keep-alive\n\n');
-          continue;
-        }
-        for (const e of events) {
-          after = e.id;
-          res.write(`id: ${e.id}\nevent: ${e.event}\ndata: ${JSON.stringify(e.data)}\n\n`);
-          if (TERMINAL_STATUSES.includes(e.event as JobStatus)) open = false;
-        }
+    let live = false;
+    const held: JobEvent[] = [];
+    const send = (events: JobEvent[]): void => {
+      for (const e of events) {
+        if (!open || compareEventIds(e.id, last) <= 0) continue; // seen (catch-up and live overlap)
+        last = e.id;
+        res.write(`id: ${e.id}\nevent: ${e.event}\ndata: ${JSON.stringify(e.data)}\n\n`);
+        if (TERMINAL_STATUSES.includes(e.event as JobStatus)) close();
       }
-    } catch (err) {
-      if (open) res.write(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
-    } finally {
-      reader.disconnect();
+    };
+    // Live events come from the replica's one shared reader; held until the catch-up is sent.
+    const unsubscribe = this.hub.subscribe(id, last, (events) => (live ? send(events) : held.push(...events)));
+    const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), 10_000);
+    let closed!: () => void;
+    const done = new Promise<void>((r) => (closed = r));
+    function close(): void {
+      open = false;
+      unsubscribe();
+      clearInterval(keepAlive);
       res.end();
+      closed();
     }
+    req.on('close', () => open && close());
+    try {
+      // History, without blocking, on the shared command connection.
+      for (;;) {
+        const events = await this.jobs.events(id, last);
+        if (events.length === 0 || !open) break;
+        send(events);
+      }
+      live = true;
+      send(held.splice(0));
+    } catch (err) {
+      if (open) {
+        res.write(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
+        close();
+      }
+    }
+    await done;
   }
 }
 
