@@ -7,9 +7,11 @@ import { OpsController } from './http/ops.controller';
 import { VideosController } from './http/videos.controller';
 import { registerClusterGauges } from './metrics';
 import { RenderQueue } from './queue';
-import { JobDataRepository, ResultStore } from './repositories';
+import { ModelCatalog } from '@longshot/model';
+import { EmbeddingsController } from './http/embeddings.controller';
+import { JobDataRepository, ResultStore, UploadRepository } from './repositories';
 import { RunnerService } from './runner';
-import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
+import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS } from './tokens';
 import { VideosService } from './videos.service';
 import { APP_FILTER } from '@nestjs/core';
 
@@ -36,7 +38,7 @@ class Gauges {
 
 export function appModule(config: ControllerConfig) {
   @Module({
-    controllers: [VideosController, OpsController],
+    controllers: [VideosController, EmbeddingsController, OpsController],
     providers: [
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
@@ -46,6 +48,8 @@ export function appModule(config: ControllerConfig) {
       { provide: REGISTRY, useFactory: (r: Redis) => new WorkerRegistry(r), inject: [REDIS] },
       { provide: JOB_DATA, useFactory: (r: Redis) => new JobDataRepository(r, config.retentionSeconds), inject: [REDIS] },
       { provide: RESULTS, useValue: new ResultStore(config.resultsDir) },
+      { provide: MODELS, useValue: new ModelCatalog(config.modelsDir) },
+      { provide: UPLOADS, useFactory: (r: Redis) => new UploadRepository(r, config.retentionSeconds), inject: [REDIS] },
       { provide: APP_FILTER, useClass: ErrorFilter },
       Connections,
       RenderQueue,

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { modelsDirFlag } from '@longshot/model';
 
 /** Everything the controller reads from its flags and environment, checked once at start-up. */
 export interface ControllerConfig {
@@ -29,12 +30,16 @@ export interface ControllerConfig {
   /** Hardware profile the planner's cost model uses to choose K. */
   readonly plannerProfile: string;
   readonly livenessIntervalMs: number;
+  /** Where the models clients may name live (entries by name); null: only the built-in names. */
+  readonly modelsDir: string | null;
+  /** Largest accepted upload (POST /v1/embeddings) in bytes. */
+  readonly maxUploadBytes: number;
 }
 
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerConfig {
   const { values: f } = parseArgs({
     args: argv,
-    options: { host: { type: 'string' }, port: { type: 'string' }, redis: { type: 'string' }, id: { type: 'string' }, 'results-dir': { type: 'string' } },
+    options: { host: { type: 'string' }, port: { type: 'string' }, redis: { type: 'string' }, id: { type: 'string' }, 'results-dir': { type: 'string' }, 'models-dir': { type: 'string' } },
     strict: true,
   });
   const int = (name: string, raw: string | undefined, fallback: number, min = 1): number => {
@@ -64,5 +69,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     keepCompletedJobs: int('LONGSHOT_KEEP_JOBS', env.LONGSHOT_KEEP_JOBS, 1000),
     plannerProfile: env.LONGSHOT_PLANNER_PROFILE ?? 'h100-100gbe',
     livenessIntervalMs: int('LONGSHOT_LIVENESS_MS', env.LONGSHOT_LIVENESS_MS, 500),
+    modelsDir: modelsDirFlag(f['models-dir'] ?? env.LONGSHOT_MODELS_DIR),
+    // Wan2.1's cond + uncond as float32 safetensors is 16 MiB.
+    maxUploadBytes: int('LONGSHOT_MAX_UPLOAD_BYTES', env.LONGSHOT_MAX_UPLOAD_BYTES, 64 * 1024 * 1024),
   };
 }
+

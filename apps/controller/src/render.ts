@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
-import { deserializeCache, loadTextEmbeddings, LatentDecoder, resolveModel, serializeCache, type DecoderCache, type ModelConfig } from '@longshot/model';
+import { deserializeCache, LatentDecoder, serializeCache, type DecoderCache, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
 import { planJob, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
@@ -11,7 +11,7 @@ import type { ControllerConfig } from './config';
 import { candidates, LeasedWorkers } from './leased-workers';
 import { blockSteps, jobDuration, stitchedBlocks } from './metrics';
 import { chooseStages } from './planning';
-import type { JobDataRepository, ResultStore } from './repositories';
+import type { JobDataRepository, ResultStore, UploadRepository } from './repositories';
 
 /** What a job record's spec holds: the normalised spec, and whether K was left to the planner. */
 export type VideoSpec = JobSpec & { readonly autoStages: boolean };
@@ -70,6 +70,8 @@ export interface RenderDeps {
   readonly registry: WorkerRegistry;
   readonly data: JobDataRepository;
   readonly results: ResultStore;
+  readonly models: ModelCatalog;
+  readonly uploads: UploadRepository;
 }
 
 /**
@@ -99,16 +101,17 @@ export class RenderRun {
     const rec = await jobs.get(this.id);
     if (!rec || isTerminal(rec.status)) return; // canceled while queued, or retention ran out
     const spec = rec.spec;
-    let model: ModelConfig;
-    let text = null;
+    let source_: ModelSource;
+    let text: TextEmbeddings | null = null;
     try {
-      model = resolveModel(spec.model).config;
-      if (spec.textEmbeddings) text = loadTextEmbeddings(spec.textEmbeddings, model);
+      source_ = this.d.models.resolve(spec.model);
+      if (spec.textEmbeddings) text = await this.d.uploads.textEmbeddings(spec.textEmbeddings, source_.config);
     } catch (e) {
-      // Checked at submit; failing here means the file changed since. Retrying cannot help.
+      // Checked at submit; failing here means the model changed or the upload expired since. Retrying cannot help.
       await this.fail(rec, e as Error);
       throw new UnrecoverableError((e as Error).message);
     }
+    const model = source_.config;
 
     const holder = { job: this.id, run: `${config.id}/${randomUUID()}` };
     const source = new LeasedWorkers({
@@ -132,7 +135,7 @@ export class RenderRun {
         throw new DelayedError();
       }
       source.reserve(reserved);
-      await this.runPipeline(rec, { ...spec, stages: K }, model, text, source);
+      await this.runPipeline(rec, { ...spec, stages: K }, source_, text, source);
     } catch (e) {
       await this.settleFailure(rec, e);
     } finally {
@@ -148,8 +151,9 @@ export class RenderRun {
     return chooseStages(spec, model, Math.max(1, free), this.d.config.plannerProfile);
   }
 
-  private async runPipeline(rec: VideoRecord, spec: JobSpec, model: ModelConfig, text: ReturnType<typeof loadTextEmbeddings> | null, source: LeasedWorkers): Promise<void> {
+  private async runPipeline(rec: VideoRecord, spec: JobSpec, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers): Promise<void> {
     const { config, jobs, data } = this.d;
+    const model = modelSource.config;
     const plan = planJob(spec);
     const now = Date.now();
     const attempt = rec.attempts + 1;
@@ -185,7 +189,7 @@ export class RenderRun {
       const run = await runDistributedJob(
         // Session ids derive from the driver's job id: a run-unique one keeps a takeover's
         // sessions apart from the dead run's, which workers may still be closing.
-        { jobId: this.id, spec, keyPrefix: data.prefix(this.id), text, resume },
+        { jobId: this.id, spec, model, keyPrefix: data.prefix(this.id), text, resume },
         {
           blocks: data.blocks,
           workers: source,
@@ -213,7 +217,7 @@ export class RenderRun {
     }
     const finishedAt = Date.now();
     const first = (await jobs.get(this.id))?.startedAt ?? now;
-    const scheduler = jobSchedulerConfig(resolveModel(spec.model).scheduler, spec);
+    const scheduler = jobSchedulerConfig(modelSource.scheduler, spec);
     const result: VideoResult = {
       frames: spec.frames,
       width: spec.width,

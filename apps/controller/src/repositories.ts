@@ -1,7 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { Redis } from 'ioredis';
 import { BlockStore, DecoderCacheStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
 import { SegmentDir } from '@longshot/media';
+import { loadTextEmbeddings, SafetensorsFile, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { SpecError } from '@longshot/planner';
 
 /**
  * A job's pipeline data in Redis (blocks, checkpoint, decoder cache): the one place the
@@ -50,6 +53,45 @@ export class JobDataRepository {
   /** After a job ends its pipeline data is only kept for the retention period. */
   async expire(jobId: string, seconds: number): Promise<void> {
     await this.keyspace.expireJob(jobPrefix(jobId), seconds);
+  }
+}
+
+/** The request field that references an upload of text embeddings. */
+const FIELD = 'textEmbeddingsId';
+
+/**
+ * Bytes clients upload (POST /v1/embeddings) for later requests to reference by id: kept in
+ * Redis for the retention period, so every replica finds them and nothing is read from a path a
+ * client names.
+ */
+export class UploadRepository {
+  constructor(
+    private readonly redis: Redis,
+    private readonly ttlSeconds: number,
+  ) {}
+
+  async put(bytes: Buffer): Promise<string> {
+    const id = randomUUID();
+    await this.redis.set(keys.uploadKey(id), bytes, 'EX', this.ttlSeconds);
+    return id;
+  }
+
+  get(id: string): Promise<Buffer | null> {
+    return this.redis.getBuffer(keys.uploadKey(id));
+  }
+
+  /**
+   * The text embeddings of an upload, checked against the model. Errors are SpecErrors naming
+   * the request field and saying what is wrong with the upload, never its bytes.
+   */
+  async textEmbeddings(id: string, model: ModelConfig): Promise<TextEmbeddings> {
+    const bytes = await this.get(id);
+    if (!bytes) throw new SpecError(FIELD, `no upload ${id} (POST /v1/embeddings first; uploads expire after the retention period)`);
+    try {
+      return loadTextEmbeddings(SafetensorsFile.fromBytes(bytes, FIELD), model);
+    } catch (e) {
+      throw new SpecError(FIELD, (e as Error).message);
+    }
   }
 }
 
