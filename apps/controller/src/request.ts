@@ -72,7 +72,8 @@ function checkField(name: string, spec: FieldSpec, v: unknown): void {
   const ok = spec.type === 'string' ? typeof v === 'string' : spec.type === 'number' ? typeof v === 'number' && Number.isFinite(v) : typeof v === 'number' && Number.isInteger(v);
   if (!ok) throw new SpecError(name, `must be ${spec.type === 'integer' ? 'an integer' : `a ${spec.type}`}, got ${echo(v)}`);
   if (spec.enum && !spec.enum.includes(v as string)) throw new SpecError(name, `must be one of ${spec.enum.join(', ')}, got ${echo(v)}`);
-  if (spec.pattern && !new RegExp(spec.pattern).test(v as string)) throw new SpecError(name, `must match ${spec.pattern}, got ${echo(v)}`);
+  // Not echoed: a value that fails a pattern may be a path, and the answer must not repeat it.
+  if (spec.pattern && !new RegExp(spec.pattern).test(v as string)) throw new SpecError(name, `must match ${spec.pattern}`);
   if ((spec.minimum !== undefined && (v as number) < spec.minimum) || (spec.maximum !== undefined && (v as number) > spec.maximum)) {
     throw new SpecError(name, `must be in ${spec.minimum ?? '-inf'}..${spec.maximum ?? 'inf'}, got ${v as number}`);
   }
