@@ -33,9 +33,14 @@ export class ModelCatalog {
     this.dir = dir === null ? null : path.resolve(dir);
   }
 
-  /** Built-in names and the names of the directory's entries that look like models. */
+  /** Built-in names and the directory's entries it would serve: real directories and regular .safetensors files. */
   names(): string[] {
-    const entries = this.dir === null ? [] : safeReaddir(this.dir).filter((n) => MODEL_NAME.test(n));
+    const dir = this.dir;
+    const served = (n: string): boolean => {
+      const st = dir === null || !MODEL_NAME.test(n) ? null : lstatOrNull(path.join(dir, n));
+      return st !== null && (st.isDirectory() || (st.isFile() && n.endsWith('.safetensors')));
+    };
+    const entries = dir === null ? [] : safeReaddir(dir).filter(served);
     return [...Object.keys(MODEL_CONFIGS), ...entries.sort()];
   }
 
