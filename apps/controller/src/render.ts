@@ -3,9 +3,9 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
-import { deserializeCache, LatentDecoder, serializeCache, type DecoderCache, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { deserializeCache, LatentDecoder, ModelNameError, serializeCache, type DecoderCache, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
-import { planJob, type JobPlan, type JobSpec } from '@longshot/planner';
+import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import type { ControllerConfig } from './config';
 import { candidates, LeasedWorkers } from './leased-workers';
@@ -101,17 +101,19 @@ export class RenderRun {
     const rec = await jobs.get(this.id);
     if (!rec || isTerminal(rec.status)) return; // canceled while queued, or retention ran out
     const spec = rec.spec;
-    let source_: ModelSource;
+    let modelSource: ModelSource;
     let text: TextEmbeddings | null = null;
     try {
-      source_ = this.d.models.resolve(spec.model);
-      if (spec.textEmbeddings) text = await this.d.uploads.textEmbeddings(spec.textEmbeddings, source_.config);
+      modelSource = this.d.models.resolve(spec.model);
+      if (spec.textEmbeddings) text = await this.d.uploads.textEmbeddings(spec.textEmbeddings, modelSource.config);
     } catch (e) {
-      // Checked at submit; failing here means the model changed or the upload expired since. Retrying cannot help.
-      await this.fail(rec, e as Error);
-      throw new UnrecoverableError((e as Error).message);
+      // A Redis blip is retried; anything else was checked at submit, so the model changed or the
+      // upload expired since, and retrying cannot help.
+      if (!(e instanceof SpecError || e instanceof ModelNameError)) throw e;
+      await this.fail(rec, e);
+      throw new UnrecoverableError(e.message);
     }
-    const model = source_.config;
+    const model = modelSource.config;
 
     const holder = { job: this.id, run: `${config.id}/${randomUUID()}` };
     const source = new LeasedWorkers({
@@ -135,7 +137,7 @@ export class RenderRun {
         throw new DelayedError();
       }
       source.reserve(reserved);
-      await this.runPipeline(rec, { ...spec, stages: K }, source_, text, source);
+      await this.runPipeline(rec, { ...spec, stages: K }, modelSource, text, source);
     } catch (e) {
       await this.settleFailure(rec, e);
     } finally {
