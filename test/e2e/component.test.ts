@@ -22,7 +22,8 @@ beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-component-'));
   pipe = path.join(dir, 'pipe');
   writeSeededPipeline(pipe, { config: getConfig('tiny'), seed: 0, shards: 1, dtype: 'F32' });
-  cluster = await LocalCluster.start({ workers: 2, name: 'comp' });
+  // Workers serve the directory's entries by name: jobs and components name 'pipe', never its path.
+  cluster = await LocalCluster.start({ workers: 2, name: 'comp', modelsDir: dir });
   redis = new Redis(cluster.redisUrl);
 });
 
@@ -32,7 +33,7 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const textRequest = (prompt: string, negativePrompt = '', model = pipe): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt } } });
+const textRequest = (prompt: string, negativePrompt = '', model = 'pipe'): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt } } });
 const bits = (a: Float32Array | Int32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 describe('RunComponent (text encoder on a worker)', () => {
@@ -76,6 +77,10 @@ describe('RunComponent (text encoder on a worker)', () => {
         [textRequest('x', 'y'.repeat(10_001)), /^text\.negative_prompt is 10001 characters/],
         [textRequest('x', '', 'no-such-model'), /^model: /],
         [textRequest('x', '', ''), /^model is required/],
+        // The worker applies the controller's rule: a model is a name, never a path.
+        [textRequest('x', '', pipe), /^model: not a model name: .*; served: .*tiny, pipe$/],
+        [textRequest('x', '', '/etc/passwd'), /^model: not a model name/],
+        [textRequest('x', '', '../pipe'), /^model: not a model name/],
       ];
       for (const [req, re] of cases) {
         const err = (await runComponent(client, req).then(() => null, (e: unknown) => e)) as grpc.ServiceError | null;
@@ -83,7 +88,10 @@ describe('RunComponent (text encoder on a worker)', () => {
         expect(err!.code, String(re)).toBe(grpc.status.INVALID_ARGUMENT);
         expect(err!.details, String(re)).toMatch(re);
         expect(err!.details).not.toContain(dir);
+        expect(err!.details).not.toMatch(/root:/);
       }
+      const metrics = await (await fetch(`http://${[...cluster.workers.values()][1].metricsAddress}/metrics`)).text();
+      expect(metrics).toMatch(/^longshot_model_refusals_total [1-9]/m);
     } finally {
       client.close();
     }
@@ -103,8 +111,8 @@ describe('RunComponent (text encoder on a worker)', () => {
       pick: async (count, exclude) => (picks++ === 0 ? [{ id: 'ghost', address: `127.0.0.1:${port}` }] : registry.pick(count, exclude)),
       alive: async (id) => id !== 'ghost' && (await registry.alive(id)),
     };
-    const spec = normalizeSpec({ prompt: 'a lighthouse', negativePrompt: 'fog', model: pipe, frames: 5, width: 32, height: 32, block: 2, context: 1, steps: 2, stages: 1 });
-    const r = await runDistributedJob({ jobId: 'failover', spec, keyPrefix: jobPrefix('failover'), text: null }, { blocks: new BlockStore(redis), workers: source, onBlock: () => undefined, livenessIntervalMs: 200 });
+    const spec = normalizeSpec({ prompt: 'a lighthouse', negativePrompt: 'fog', model: 'pipe', frames: 5, width: 32, height: 32, block: 2, context: 1, steps: 2, stages: 1 });
+    const r = await runDistributedJob({ jobId: 'failover', spec, model: resolveModel(pipe).config, keyPrefix: jobPrefix('failover'), text: null }, { blocks: new BlockStore(redis), workers: source, onBlock: () => undefined, livenessIntervalMs: 200 });
     expect(r.attempts).toHaveLength(2);
     expect(r.attempts[0].workers).toEqual(['ghost']);
     expect(r.attempts[0].error).toMatch(/^text encoder on ghost failed/);

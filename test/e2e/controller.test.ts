@@ -95,8 +95,11 @@ const queueCounts = () => queue.getJobCounts('waiting', 'prioritized', 'delayed'
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-controller-'));
+  fs.mkdirSync(path.join(dir, 'models'));
   cluster = await LocalCluster.start({
     workers: 3,
+    // Models clients may name besides the built-ins: the entries of this directory.
+    modelsDir: path.join(dir, 'models'),
     controllers: 2,
     respawn: true,
     name: 'ctl',
@@ -177,7 +180,7 @@ describe('controller', () => {
   });
 
   it("encodes a pipeline directory's prompts once, on a worker, never on the controller; repeats hit the Redis cache", async () => {
-    const pipe = path.join(dir, 'pipe');
+    const pipe = path.join(dir, 'models', 'pipe');
     writeSeededPipeline(pipe, { config: getConfig('tiny'), seed: 0, shards: 2, dtype: 'F32' });
     const workerMetric = async (name: string): Promise<number> => {
       let sum = 0;
@@ -188,7 +191,7 @@ describe('controller', () => {
     const hits = () => workerMetric('longshot_text_embedding_cache_total{result="hit"}');
     const encodes = () => workerMetric('longshot_umt5_encodes_total');
     const [m0, h0, e0] = [await misses(), await hits(), await encodes()];
-    const req = { ...base, model: pipe, frames: framesFor(4), negativePrompt: 'blurry, dark' };
+    const req = { ...base, model: 'pipe', frames: framesFor(4), negativePrompt: 'blurry, dark' };
     const first = await finished((await api('POST', '/v1/videos', { ...req, stages: 1 })).json.id);
     expect(first.status, JSON.stringify(first.error)).toBe('succeeded');
     // One miss: prompt and negative prompt encoded by umT5 on a worker, two forward passes.

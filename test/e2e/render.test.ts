@@ -49,6 +49,16 @@ describe('longshot render', () => {
     expect(other.latentSha256).not.toBe(one.latentSha256);
   });
 
+  it('uploads --text-embeddings to the controller (it never reads a client path) with the in-process result', async () => {
+    const enc = await longshot(['encode', '--model', 'tiny', '--prompt', 'a heron at dawn', '--out', 'heron.safetensors']);
+    expect(enc.code, enc.stderr).toBe(0);
+    const args = [...common.slice(2), '--text-embeddings', 'heron.safetensors'];
+    const local = await render([...args, '--in-process', '--out', 'heron-local.mp4']);
+    const service = await render([...args, '--stages', '1', '--out', 'heron-service.mp4']);
+    expect(service.mode).toBe('service');
+    expect(service.latentSha256).toBe(local.latentSha256);
+  });
+
   it('renders from a written safetensors model exactly as from the seeded init', async () => {
     const w = await longshot(['model', 'write', '--model', 'tiny', '--out', 'tiny.safetensors']);
     expect(w.code, w.stderr).toBe(0);

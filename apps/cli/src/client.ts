@@ -52,10 +52,28 @@ export class ControllerClient {
     this.base = u.toString().replace(/\/$/, '');
   }
 
+  /**
+   * Submits a job. A local `textEmbeddings` file is uploaded first (POST /v1/embeddings) and the
+   * job references the upload: the controller never reads a path a client names.
+   */
   async submit(request: JobRequest & { priority?: number }, idempotencyKey?: string): Promise<{ id: string; status: string }> {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
-    return this.json('POST', '/v1/videos', headers, JSON.stringify(dropUndefined(request)));
+    const { textEmbeddings, ...rest } = request;
+    const textEmbeddingsId = textEmbeddings === undefined ? undefined : await this.uploadEmbeddings(textEmbeddings);
+    return this.json('POST', '/v1/videos', headers, JSON.stringify(dropUndefined({ ...rest, textEmbeddingsId })));
+  }
+
+  /** Uploads a safetensors file of text embeddings; returns the id jobs reference it by. */
+  async uploadEmbeddings(file: string): Promise<string> {
+    try {
+      const r = await this.json<{ id: string }>('POST', '/v1/embeddings', { 'content-type': 'application/octet-stream' }, fs.readFileSync(file));
+      return r.id;
+    } catch (e) {
+      // The upload's errors are about the file the user named.
+      if (e instanceof ControllerError && typeof e.body === 'object') throw new ControllerError(e.status, { ...e.body, field: 'textEmbeddings' });
+      throw e;
+    }
   }
 
   status(id: string): Promise<VideoStatus> {
@@ -115,7 +133,7 @@ export class ControllerClient {
     }
   }
 
-  private async json<T>(method: string, route: string, headers: Record<string, string> = {}, body?: string): Promise<T> {
+  private async json<T>(method: string, route: string, headers: Record<string, string> = {}, body?: string | Buffer): Promise<T> {
     const res = await this.fetch(route, { method, headers, body });
     const parsed = parseBody(await res.text());
     if (!res.ok) throw new ControllerError(res.status, parsed as ControllerError['body']);

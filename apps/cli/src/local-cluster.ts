@@ -26,6 +26,8 @@ export interface LocalClusterOptions {
   readonly controllerPort?: number;
   /** Extra environment for the controllers (e.g. LONGSHOT_RESULTS_DIR). */
   readonly controllerEnv?: NodeJS.ProcessEnv;
+  /** The models directory (--models-dir) of every controller and worker: the models served by name besides the built-ins. */
+  readonly modelsDir?: string;
   /** Extra flags for every worker (e.g. ['--emulate', 'h100-nvlink']). */
   readonly workerArgs?: readonly string[];
   /** Start a fresh worker when one exits unexpectedly, as a Kubernetes Deployment would. */
@@ -88,7 +90,7 @@ export class LocalCluster {
   /** Starts one more controller replica and resolves once it serves HTTP. */
   spawnController(port = 0): Promise<LocalController> {
     const id = `${this.options.name ?? 'local'}-controller-${this.controllers.size}-${this.spawned++}`;
-    const args = [CONTROLLER_BIN, '--host', '127.0.0.1', '--port', String(port), '--redis', this.redis.url, '--id', id];
+    const args = [CONTROLLER_BIN, '--host', '127.0.0.1', '--port', String(port), '--redis', this.redis.url, '--id', id, ...this.modelsDirArgs()];
     return this.spawnReady(id, args, { ...process.env, ...this.options.controllerEnv }, (msg, child) => {
       const c: LocalController = { id, url: msg.url as string, process: child };
       this.controllers.set(id, c);
@@ -100,7 +102,7 @@ export class LocalCluster {
   spawnWorker(): Promise<LocalWorker> {
     const id = `${this.options.name ?? 'local'}-${this.spawned++}`;
     const probe = this.options.memoryProbe === true;
-    const args = [WORKER_BIN, '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--redis', this.redis.url, '--id', id, '--drain', '5', ...(probe ? ['--memory-probe'] : []), ...(this.options.workerArgs ?? [])];
+    const args = [WORKER_BIN, '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--redis', this.redis.url, '--id', id, '--drain', '5', ...this.modelsDirArgs(), ...(probe ? ['--memory-probe'] : []), ...(this.options.workerArgs ?? [])];
     // Workers sharing this machine split its cores: oversubscribed, every op's thread barrier
     // would wait on the OS scheduler. Results do not depend on the thread count.
     const threads = String(Math.max(1, Math.floor(os.availableParallelism() / this.options.workers)));
@@ -110,6 +112,10 @@ export class LocalCluster {
       this.workers.set(id, w);
       return w;
     }, () => this.workers.delete(id), this.options.respawn === true, () => void this.spawnWorker().catch(() => undefined));
+  }
+
+  private modelsDirArgs(): string[] {
+    return this.options.modelsDir === undefined ? [] : ['--models-dir', this.options.modelsDir];
   }
 
   /**

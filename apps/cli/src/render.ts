@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { cpuBackend } from '@longshot/engine';
 import { assembleLatents, Stitcher } from '@longshot/media';
-import { loadTextEmbeddings, resolveModel, SafetensorsFile, Stage, writeSafetensors, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { loadTextEmbeddings, MODEL_CONFIGS, resolveModel, SafetensorsFile, Stage, writeSafetensors, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
@@ -14,7 +14,7 @@ import { Progress } from './progress';
 import { stoppable } from './signals';
 
 /** Spec fields and the flags that set them, so a spec error names what the user typed. */
-const FLAG_OF: Record<string, string> = { negativePrompt: 'negative-prompt', textEmbeddings: 'text-embeddings', width: 'size', height: 'size' };
+const FLAG_OF: Record<string, string> = { negativePrompt: 'negative-prompt', textEmbeddings: 'text-embeddings', textEmbeddingsId: 'text-embeddings', width: 'size', height: 'size' };
 
 /** The flag that sets a spec field (the field's own name when they agree). */
 export const flagOfField = (field: string): string => FLAG_OF[field] ?? field;
@@ -65,7 +65,7 @@ export const JOB_FLAGS = {
   context: { value: 'C', help: 'context frames shared with each neighbour block, 0..B', default: '2' },
   stages: { value: 'K', help: "pipeline stages (contiguous layer ranges, one worker each); default: the controller's choice from the cost model and free workers (1 with --in-process)" },
   seed: { value: 'N', help: 'job seed', default: '0' },
-  model: { value: 'NAME|DIR|FILE', help: 'tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b, a diffusers pipeline directory or a transformer safetensors file', default: 'tiny' },
+  model: { value: 'NAME|DIR|FILE', help: "tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b, a diffusers pipeline directory or a transformer safetensors file (with --url: a name the controller's --models-dir serves)", default: 'tiny' },
 } as const satisfies Flags;
 
 export const RENDER = {
@@ -306,6 +306,13 @@ async function flaggedAsync<T>(flag: string, fn: () => Promise<T>): Promise<T> {
  * controller, workers) started for this render. Submits over REST, shows progress from SSE,
  * downloads the MP4, and reports the same JSON as the other modes.
  */
+/** How an embedded cluster serves `--model`: a built-in by its name, a local path by its entry name in its parent directory. */
+function servedByName(model: string | undefined): { model: string | undefined; modelsDir?: string } {
+  if (model === undefined || Object.hasOwn(MODEL_CONFIGS, model)) return { model };
+  const abs = path.resolve(model);
+  return { model: path.basename(abs), modelsDir: path.dirname(abs) };
+}
+
 export async function renderViaService(request: JobRequest, opts: { url?: string; out?: string; progress?: Progress; signal?: AbortSignal }): Promise<RenderResult> {
   const started = performance.now();
   let cluster: LocalCluster | null = null;
@@ -313,7 +320,10 @@ export async function renderViaService(request: JobRequest, opts: { url?: string
     if (!opts.url) {
       const workers = request.stages ?? EMBEDDED_WORKERS;
       opts.progress?.start('starting the cluster', workers + 2, 'processes');
-      cluster = await LocalCluster.start({ workers, controllers: 1, respawn: true, name: 'render', onStarted: () => opts.progress?.tick() });
+      // A local model directory or file is served by name: its parent is the cluster's models directory.
+      const served = servedByName(request.model);
+      request = { ...request, model: served.model };
+      cluster = await LocalCluster.start({ workers, controllers: 1, respawn: true, name: 'render', modelsDir: served.modelsDir, onStarted: () => opts.progress?.tick() });
       opts.signal?.throwIfAborted();
     }
     const url = opts.url ?? [...cluster!.controllers.values()][0].url;

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { JobRequest } from '@longshot/planner';
 import { intFlag, parseCommand, UsageError, type CommandSpec } from './args';
@@ -14,12 +15,13 @@ const URL_FLAG = { value: 'URL', help: 'the controller (or set LONGSHOT_URL), e.
 export const UP = {
   name: 'up',
   summary: 'run Redis, a controller and N workers here until Ctrl-C or SIGTERM',
-  usage: 'longshot up [--workers N] [--port P] [--emulate NAME]',
+  usage: 'longshot up [--workers N] [--port P] [--models-dir DIR] [--emulate NAME]',
   description: "Logs each job's life (queued, running, progress, how it ended). Every process it starts\nstops with it, even when it is killed.",
   flags: {
     workers: { value: 'N', help: 'worker processes, 1..64', default: '3' },
     port: { value: 'P', help: 'controller port (0 = any free port)', default: '8080' },
     emulate: { value: 'NAME', help: 'workers emulate a hardware profile instead of computing (h100-nvlink, ...)' },
+    'models-dir': { value: 'DIR', help: 'serve the pipeline directories and .safetensors files in DIR by name (jobs name models, never paths)' },
   },
   run: (argv: string[]) => upCommand(argv),
 } satisfies CommandSpec;
@@ -75,12 +77,14 @@ export async function upCommand(argv: string[]): Promise<void> {
   if (workers < 1 || workers > 64) throw new UsageError(`--workers: expected 1..64, got ${workers}`);
   const port = intFlag('port', f.port) ?? 8080;
   if (port < 0 || port > 65535) throw new UsageError(`--port: expected 0..65535, got ${port}`);
+  const modelsDir = f['models-dir'] === undefined ? undefined : path.resolve(f['models-dir']);
+  if (modelsDir !== undefined && !fs.statSync(modelsDir, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--models-dir: not a directory: ${f['models-dir']}`);
   let cluster: LocalCluster | null = null;
   await stoppable(async (signal) => {
     try {
       const progress = new Progress(process.stderr);
       progress.start('starting the cluster', workers + 2, 'processes');
-      cluster = await LocalCluster.start({ workers, controllers: 1, controllerPort: port, respawn: true, name: 'up', workerArgs: f.emulate ? ['--emulate', f.emulate] : [], onStarted: () => progress.tick() });
+      cluster = await LocalCluster.start({ workers, controllers: 1, controllerPort: port, respawn: true, name: 'up', modelsDir, workerArgs: f.emulate ? ['--emulate', f.emulate] : [], onStarted: () => progress.tick() });
       progress.stop();
       signal.throwIfAborted();
       const [controller] = [...cluster.controllers.values()];

@@ -8,10 +8,12 @@ import { OpsController } from './http/ops.controller';
 import { VideosController } from './http/videos.controller';
 import { registerClusterGauges } from './metrics';
 import { RenderQueue } from './queue';
-import { diskFiles, JobDataRepository, quotaFiles, ResultStore } from './repositories';
+import { ModelCatalog } from '@longshot/model';
+import { EmbeddingsController } from './http/embeddings.controller';
+import { diskFiles, JobDataRepository, quotaFiles, ResultStore, UploadRepository } from './repositories';
 import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
-import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
+import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS } from './tokens';
 import { VideosService } from './videos.service';
 import { APP_FILTER } from '@nestjs/core';
 
@@ -38,7 +40,7 @@ class Gauges {
 
 export function appModule(config: ControllerConfig) {
   @Module({
-    controllers: [VideosController, OpsController],
+    controllers: [VideosController, EmbeddingsController, OpsController],
     providers: [
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
@@ -52,6 +54,8 @@ export function appModule(config: ControllerConfig) {
         provide: RESULTS,
         useValue: new ResultStore(config.resultsDir, config.resultsMaxBytes > 0 ? quotaFiles(config.resultsMaxBytes) : diskFiles, config.resultsMinFreeBytes),
       },
+      { provide: MODELS, useValue: new ModelCatalog(config.modelsDir) },
+      { provide: UPLOADS, useFactory: (r: Redis) => new UploadRepository(r, config.retentionSeconds), inject: [REDIS] },
       { provide: APP_FILTER, useClass: ErrorFilter },
       Connections,
       RenderQueue,

@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { modelsDirFlag } from '@longshot/model';
 
 /** Everything the controller reads from its flags and environment, checked once at start-up. */
 export interface ControllerConfig {
@@ -39,12 +40,16 @@ export interface ControllerConfig {
   readonly resultsMinFreeBytes: number;
   /** A quota on the results store (0: none): writes beyond it fail with ENOSPC. */
   readonly resultsMaxBytes: number;
+  /** Where the models clients may name live (entries by name); null: only the built-in names. */
+  readonly modelsDir: string | null;
+  /** Largest accepted upload (POST /v1/embeddings) in bytes. */
+  readonly maxUploadBytes: number;
 }
 
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerConfig {
   const { values: f } = parseArgs({
     args: argv,
-    options: { host: { type: 'string' }, port: { type: 'string' }, redis: { type: 'string' }, id: { type: 'string' }, 'results-dir': { type: 'string' } },
+    options: { host: { type: 'string' }, port: { type: 'string' }, redis: { type: 'string' }, id: { type: 'string' }, 'results-dir': { type: 'string' }, 'models-dir': { type: 'string' } },
     strict: true,
   });
   const int = (name: string, raw: string | undefined, fallback: number, min = 1): number => {
@@ -79,5 +84,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     workersDeadlineMs: int('LONGSHOT_WORKERS_DEADLINE_MS', env.LONGSHOT_WORKERS_DEADLINE_MS, 600_000),
     resultsMinFreeBytes: int('LONGSHOT_RESULTS_MIN_FREE_BYTES', env.LONGSHOT_RESULTS_MIN_FREE_BYTES, 16 * 1024 * 1024, 0),
     resultsMaxBytes: int('LONGSHOT_RESULTS_MAX_BYTES', env.LONGSHOT_RESULTS_MAX_BYTES, 0, 0),
+    modelsDir: modelsDirFlag(f['models-dir'] ?? env.LONGSHOT_MODELS_DIR),
+    // Wan2.1's cond + uncond as float32 safetensors is 16 MiB.
+    maxUploadBytes: int('LONGSHOT_MAX_UPLOAD_BYTES', env.LONGSHOT_MAX_UPLOAD_BYTES, 64 * 1024 * 1024),
   };
 }
+

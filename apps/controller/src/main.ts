@@ -7,6 +7,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { logger } from '@longshot/telemetry';
 import { appModule } from './app.module';
 import { loadConfig } from './config';
+import { reject } from './http/errors';
 import { httpDuration } from './metrics';
 
 const log = logger('controller');
@@ -24,11 +25,15 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
     });
     next();
   });
-  // Our own JSON parser, so a malformed body gets the API's 400 shape, not the framework's.
-  server.use(express.json({ limit: '1mb', strict: false }));
+  // Our own body parsers, so a malformed body gets the API's 4xx shape, not the framework's.
+  // Uploads are raw bytes of any type (mounted first, so the JSON parser leaves them alone).
+  server.use('/v1/embeddings', express.raw({ type: () => true, limit: config.maxUploadBytes }));
+  server.use(express.json({ limit: '1mb', strict: false, verify: requireUtf8 }));
   server.use((err: Error & { type?: string; status?: number }, _req: Request, res: Response, next: NextFunction) => {
     if (!err) return next();
-    res.status(err.status && err.status < 500 ? err.status : 400).json({ error: 'invalid_request', field: 'body', message: `body is not valid JSON: ${err.message}` });
+    if (err.type === 'entity.too.large') return reject(res, 413, { error: 'payload_too_large', field: 'body', message: 'body is larger than this endpoint accepts' });
+    if (err.type === 'entity.verify.failed') return reject(res, 400, { error: 'invalid_request', field: 'body', message: err.message });
+    reject(res, err.status && err.status < 500 ? err.status : 400, { error: 'invalid_request', field: 'body', message: `body is not valid JSON: ${err.message}` });
   });
   const app = await NestFactory.create<NestExpressApplication>(appModule(config), new ExpressAdapter(server), { bodyParser: false, logger: ['error', 'warn'] });
   app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
@@ -42,6 +47,15 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
   process.stdout.write(`${JSON.stringify({ event: 'ready', url: `http://${host}:${address.port}`, id: config.id, pid: process.pid })}\n`);
   log.info('controller ready', { id: config.id, port: address.port, redis: config.redisUrl, resultsDir: config.resultsDir });
+}
+
+/** body-parser's verify hook: invalid UTF-8 is refused, never silently replaced with U+FFFD. */
+function requireUtf8(_req: unknown, _res: unknown, buf: Buffer): void {
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(buf);
+  } catch {
+    throw new Error('body is not valid UTF-8');
+  }
 }
 
 /** The process entry (bin/longshot-controller.js). */

@@ -25,6 +25,12 @@ export const resultsStoreFailures = counter<'code'>({ name: 'longshot_results_st
 
 export const stitchedBlocks = counter({ name: 'longshot_stitched_blocks_total', help: 'Blocks decoded and encoded into segments by this replica' });
 
+/**
+ * Requests refused with a 4xx, by the `error` code of the response (invalid_request,
+ * payload_too_large, range_not_satisfiable, not_found, conflict, ...): a fixed, small set.
+ */
+export const rejectedRequests = counter<'reason'>({ name: 'longshot_http_rejected_total', help: 'Requests refused with a 4xx, by error code', labelNames: ['reason'] });
+
 /** What the scrape-time gauges read. */
 export interface ClusterState {
   queueCounts(): Promise<Record<string, number>>;

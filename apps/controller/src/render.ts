@@ -3,15 +3,15 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
-import { deserializeCache, loadTextEmbeddings, LatentDecoder, resolveModel, serializeCache, type DecoderCache, type ModelConfig } from '@longshot/model';
+import { deserializeCache, LatentDecoder, ModelNameError, serializeCache, type DecoderCache, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
-import { planJob, type JobPlan, type JobSpec } from '@longshot/planner';
+import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import type { ControllerConfig } from './config';
 import { candidates, LeasedWorkers } from './leased-workers';
 import { blockSteps, jobDuration, resultsStoreFailures, stitchedBlocks, workersDeadlineFailures } from './metrics';
 import { chooseStages } from './planning';
-import { isNoSpace, type JobDataRepository, type ResultStore } from './repositories';
+import { isNoSpace, type JobDataRepository, type ResultStore, type UploadRepository } from './repositories';
 
 /** What a job record's spec holds: the normalised spec, and whether K was left to the planner. */
 export type VideoSpec = JobSpec & { readonly autoStages: boolean };
@@ -72,6 +72,8 @@ export interface RenderDeps {
   readonly registry: WorkerRegistry;
   readonly data: JobDataRepository;
   readonly results: ResultStore;
+  readonly models: ModelCatalog;
+  readonly uploads: UploadRepository;
 }
 
 /**
@@ -101,16 +103,19 @@ export class RenderRun {
     const rec = await jobs.get(this.id);
     if (!rec || isTerminal(rec.status)) return; // canceled while queued, or retention ran out
     const spec = rec.spec;
-    let model: ModelConfig;
-    let text = null;
+    let modelSource: ModelSource;
+    let text: TextEmbeddings | null = null;
     try {
-      model = resolveModel(spec.model).config;
-      if (spec.textEmbeddings) text = loadTextEmbeddings(spec.textEmbeddings, model);
+      modelSource = this.d.models.resolve(spec.model);
+      if (spec.textEmbeddings) text = await this.d.uploads.textEmbeddings(spec.textEmbeddings, modelSource.config);
     } catch (e) {
-      // Checked at submit; failing here means the file changed since. Retrying cannot help.
-      await this.fail(rec, e as Error);
-      throw new UnrecoverableError((e as Error).message);
+      // A Redis blip is retried; anything else was checked at submit, so the model changed or the
+      // upload expired since, and retrying cannot help.
+      if (!(e instanceof SpecError || e instanceof ModelNameError)) throw e;
+      await this.fail(rec, e);
+      throw new UnrecoverableError(e.message);
     }
+    const model = modelSource.config;
 
     const holder = { job: this.id, run: `${config.id}/${randomUUID()}` };
     const source = new LeasedWorkers({
@@ -145,7 +150,7 @@ export class RenderRun {
       }
       if (this.job.data.waitingSince !== undefined) await this.job.updateData({ id: this.id });
       source.reserve(reserved);
-      await this.runPipeline(rec, { ...spec, stages: K }, model, text, source);
+      await this.runPipeline(rec, { ...spec, stages: K }, modelSource, text, source);
     } catch (e) {
       await this.settleFailure(rec, e);
     } finally {
@@ -161,8 +166,9 @@ export class RenderRun {
     return chooseStages(spec, model, Math.max(1, free), this.d.config.plannerProfile);
   }
 
-  private async runPipeline(rec: VideoRecord, spec: JobSpec, model: ModelConfig, text: ReturnType<typeof loadTextEmbeddings> | null, source: LeasedWorkers): Promise<void> {
+  private async runPipeline(rec: VideoRecord, spec: JobSpec, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers): Promise<void> {
     const { config, jobs, data } = this.d;
+    const model = modelSource.config;
     const plan = planJob(spec);
     const now = Date.now();
     const attempt = rec.attempts + 1;
@@ -198,7 +204,7 @@ export class RenderRun {
       const run = await runDistributedJob(
         // Session ids derive from the driver's job id: a run-unique one keeps a takeover's
         // sessions apart from the dead run's, which workers may still be closing.
-        { jobId: this.id, spec, keyPrefix: data.prefix(this.id), text, resume },
+        { jobId: this.id, spec, model, keyPrefix: data.prefix(this.id), text, resume },
         {
           blocks: data.blocks,
           workers: source,
@@ -227,7 +233,7 @@ export class RenderRun {
     }
     const finishedAt = Date.now();
     const first = (await jobs.get(this.id))?.startedAt ?? now;
-    const scheduler = jobSchedulerConfig(resolveModel(spec.model).scheduler, spec);
+    const scheduler = jobSchedulerConfig(modelSource.scheduler, spec);
     const result: VideoResult = {
       frames: spec.frames,
       width: spec.width,

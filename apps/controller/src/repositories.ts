@@ -1,8 +1,11 @@
 import * as fs from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { Redis } from 'ioredis';
 import { BlockStore, DecoderCacheStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
 import { SegmentDir } from '@longshot/media';
+import { loadTextEmbeddings, SafetensorsFile, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { SpecError } from '@longshot/planner';
 
 /**
  * A job's pipeline data in Redis (blocks, checkpoint, decoder cache): the one place the
@@ -96,6 +99,45 @@ export function isNoSpace(e: unknown): boolean {
     if ((x as NodeJS.ErrnoException).code === 'ENOSPC' || /No space left on device/i.test(x.message)) return true;
   }
   return false;
+}
+
+/** The request field that references an upload of text embeddings. */
+const FIELD = 'textEmbeddingsId';
+
+/**
+ * Bytes clients upload (POST /v1/embeddings) for later requests to reference by id: kept in
+ * Redis for the retention period, so every replica finds them and nothing is read from a path a
+ * client names.
+ */
+export class UploadRepository {
+  constructor(
+    private readonly redis: Redis,
+    private readonly ttlSeconds: number,
+  ) {}
+
+  async put(bytes: Buffer): Promise<string> {
+    const id = randomUUID();
+    await this.redis.set(keys.uploadKey(id), bytes, 'EX', this.ttlSeconds);
+    return id;
+  }
+
+  get(id: string): Promise<Buffer | null> {
+    return this.redis.getBuffer(keys.uploadKey(id));
+  }
+
+  /**
+   * The text embeddings of an upload, checked against the model. Errors are SpecErrors naming
+   * the request field and saying what is wrong with the upload, never its bytes.
+   */
+  async textEmbeddings(id: string, model: ModelConfig): Promise<TextEmbeddings> {
+    const bytes = await this.get(id);
+    if (!bytes) throw new SpecError(FIELD, `no upload ${id} (POST /v1/embeddings first; uploads expire after the retention period)`);
+    try {
+      return loadTextEmbeddings(SafetensorsFile.fromBytes(bytes, FIELD), model);
+    } catch (e) {
+      throw new SpecError(FIELD, (e as Error).message);
+    }
+  }
 }
 
 /** The result store on disk (a volume all replicas share): one SegmentDir per job. */

@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import { MODEL_NAME_PATTERN } from '@longshot/model';
 import { SpecError, type JobRequest } from '@longshot/planner';
 
 /** A validated POST /v1/videos body, before the spec is normalised. */
@@ -8,7 +8,12 @@ export interface SubmitRequest {
   readonly autoStages: boolean;
   /** BullMQ priority: lower runs sooner; 0 (the default) is the lowest of all in BullMQ, so we map it. */
   readonly priority: number;
+  /** The upload (POST /v1/embeddings) whose embeddings condition the job; job.textEmbeddings is it too. */
+  readonly textEmbeddingsId: string | null;
 }
+
+/** Ids POST /v1/embeddings returns (UUIDs). */
+export const UPLOAD_ID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
 
 /** BullMQ's largest priority. */
 export const MAX_PRIORITY = 2_097_152;
@@ -35,7 +40,11 @@ const SUBMIT_FIELDS = {
     description: 'What the video should not show: the unconditional side of classifier-free guidance. Default "" (encoded like any prompt, as diffusers\' WanPipeline does).',
     example: 'blurry, low quality, static',
   },
-  textEmbeddings: { type: 'string', description: "Path, readable by the controller, of a safetensors file with 'cond' (and optional 'uncond') embeddings." },
+  textEmbeddingsId: {
+    type: 'string',
+    pattern: UPLOAD_ID_PATTERN,
+    description: "Id returned by POST /v1/embeddings: uploaded safetensors with 'cond' (and optional 'uncond') embeddings, instead of a prompt.",
+  },
   seconds: { type: 'number', description: 'Duration; rounded up to whole blocks. Give seconds or frames.' },
   frames: { type: 'integer', description: 'Exact frame count, 4n+1 and whole blocks.' },
   width: { type: 'integer', description: 'Multiple of 16.' },
@@ -47,7 +56,7 @@ const SUBMIT_FIELDS = {
   shift: { type: 'number', description: "Schedule shift; omit for the model scheduler's flow_shift (Wan: 3.0, use 5.0 at 720p)." },
   sampler: { type: 'string', enum: ['unipc', 'euler'], description: 'Solver: unipc (default, what Wan ships) or euler.' },
   seed: { type: 'integer' },
-  model: { type: 'string', description: 'Model config name (tiny, small, ...) or a safetensors path.' },
+  model: { type: 'string', pattern: MODEL_NAME_PATTERN, description: 'A model the workers serve, by name: tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b, or an entry of the models directory. Never a path.' },
   stages: { type: 'integer', description: 'Pipeline stages K; omit to let the planner choose.' },
   block: { type: 'integer', description: 'Latent frames per block (B).' },
   context: { type: 'integer', description: 'Context frames shared with each neighbour block (C).' },
@@ -61,15 +70,22 @@ export const SUBMIT_SCHEMA = { type: 'object', additionalProperties: false, prop
 function checkField(name: string, spec: FieldSpec, v: unknown): void {
   if (v === null || v === undefined) throw new SpecError(name, 'must not be null');
   const ok = spec.type === 'string' ? typeof v === 'string' : spec.type === 'number' ? typeof v === 'number' && Number.isFinite(v) : typeof v === 'number' && Number.isInteger(v);
-  if (!ok) throw new SpecError(name, `must be ${spec.type === 'integer' ? 'an integer' : `a ${spec.type}`}, got ${JSON.stringify(v)}`);
-  if (spec.enum && !spec.enum.includes(v as string)) throw new SpecError(name, `must be one of ${spec.enum.join(', ')}, got ${JSON.stringify(v)}`);
-  if (spec.pattern && !new RegExp(spec.pattern).test(v as string)) throw new SpecError(name, `must match ${spec.pattern}, got ${JSON.stringify(v)}`);
+  if (!ok) throw new SpecError(name, `must be ${spec.type === 'integer' ? 'an integer' : `a ${spec.type}`}, got ${echo(v)}`);
+  if (spec.enum && !spec.enum.includes(v as string)) throw new SpecError(name, `must be one of ${spec.enum.join(', ')}, got ${echo(v)}`);
+  // Not echoed: a value that fails a pattern may be a path, and the answer must not repeat it.
+  if (spec.pattern && !new RegExp(spec.pattern).test(v as string)) throw new SpecError(name, `must match ${spec.pattern}`);
   if ((spec.minimum !== undefined && (v as number) < spec.minimum) || (spec.maximum !== undefined && (v as number) > spec.maximum)) {
     throw new SpecError(name, `must be in ${spec.minimum ?? '-inf'}..${spec.maximum ?? 'inf'}, got ${v as number}`);
   }
 }
 
 export const DEFAULT_PRIORITY = 1000;
+
+/** A client's value in an error message, bounded (an oversized string is not echoed whole). */
+function echo(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 80 ? `${s.slice(0, 80)}...` : s;
+}
 
 /**
  * Checks the shape of the body: an object with known fields of the right JSON types. Ranges and
@@ -79,7 +95,8 @@ export function parseSubmit(body: unknown): SubmitRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new SpecError('body', 'must be a JSON object');
   const b = body as Record<string, unknown>;
   for (const [k, v] of Object.entries(b)) {
-    const spec: FieldSpec | undefined = (SUBMIT_FIELDS as Readonly<Record<string, FieldSpec>>)[k];
+    // Own properties only: 'constructor', 'toString' or '__proto__' are not fields.
+    const spec: FieldSpec | undefined = Object.hasOwn(SUBMIT_FIELDS, k) ? (SUBMIT_FIELDS as Readonly<Record<string, FieldSpec>>)[k] : undefined;
     if (!spec) throw new SpecError(k, `is not a known field (known: ${Object.keys(SUBMIT_FIELDS).join(', ')})`);
     checkField(k, spec, v);
   }
@@ -90,20 +107,11 @@ export function parseSubmit(body: unknown): SubmitRequest {
     // The field's pattern was checked above.
     [width, height] = (b.size as string).split('x').map(Number);
   }
-  if (b.textEmbeddings !== undefined) {
-    const p = b.textEmbeddings as string;
-    try {
-      if (!fs.statSync(p).isFile()) throw new Error('not a file');
-      fs.accessSync(p, fs.constants.R_OK);
-    } catch {
-      throw new SpecError('textEmbeddings', `${JSON.stringify(p)} is not a readable file on the controller`);
-    }
-  }
   const priority = (b.priority as number | undefined) ?? DEFAULT_PRIORITY;
   const job: JobRequest = {
     prompt: b.prompt as string | undefined,
     negativePrompt: b.negativePrompt as string | undefined,
-    textEmbeddings: b.textEmbeddings as string | undefined,
+    textEmbeddings: b.textEmbeddingsId as string | undefined,
     seconds: b.seconds as number | undefined,
     frames: b.frames as number | undefined,
     fps: b.fps as number | undefined,
@@ -119,5 +127,5 @@ export function parseSubmit(body: unknown): SubmitRequest {
     seed: b.seed as number | undefined,
     model: b.model as string | undefined,
   };
-  return { job, autoStages: b.stages === undefined, priority };
+  return { job, autoStages: b.stages === undefined, priority, textEmbeddingsId: (b.textEmbeddingsId as string | undefined) ?? null };
 }

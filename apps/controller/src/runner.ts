@@ -6,8 +6,9 @@ import { logger } from '@longshot/telemetry';
 import type { ControllerConfig } from './config';
 import { JOB_NAMES, QUEUE_NAME, queuePrefix, type JobName } from './queue';
 import { RenderRun, type RenderJobData, type VideoStore } from './render';
-import type { JobDataRepository, ResultStore } from './repositories';
-import { CONFIG, JOB_DATA, JOBS, LEASES, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS } from './tokens';
+import type { ModelCatalog } from '@longshot/model';
+import type { JobDataRepository, ResultStore, UploadRepository } from './repositories';
+import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REDIS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS } from './tokens';
 
 const log = logger('runner');
 
@@ -37,6 +38,8 @@ export class RunnerService implements OnApplicationBootstrap, OnApplicationShutd
     @Inject(REGISTRY) private readonly registry: WorkerRegistry,
     @Inject(JOB_DATA) private readonly data: JobDataRepository,
     @Inject(RESULTS) private readonly results: ResultStore,
+    @Inject(MODELS) private readonly models: ModelCatalog,
+    @Inject(UPLOADS) private readonly uploads: UploadRepository,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
@@ -72,7 +75,7 @@ export class RunnerService implements OnApplicationBootstrap, OnApplicationShutd
   }
 
   private async render(job: Job<RenderJobData>, token: string): Promise<void> {
-    const run = new RenderRun({ config: this.config, jobs: this.jobs, leases: this.leases, registry: this.registry, data: this.data, results: this.results }, job, token);
+    const run = new RenderRun({ config: this.config, jobs: this.jobs, leases: this.leases, registry: this.registry, data: this.data, results: this.results, models: this.models, uploads: this.uploads }, job, token);
     this.runs.set(run.id, run);
     try {
       await run.execute();

@@ -13,3 +13,6 @@ export const LEASES = Symbol('WorkerLeases');
 export const REGISTRY = Symbol('WorkerRegistry');
 export const JOB_DATA = Symbol('JobDataRepository');
 export const RESULTS = Symbol('ResultStore');
+/** The ModelCatalog: model names clients may send. */
+export const MODELS = Symbol('ModelCatalog');
+export const UPLOADS = Symbol('UploadRepository');

@@ -1,15 +1,15 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ConflictException, Inject, Injectable, NotFoundException } from '@nestjs/common';
 import { isTerminal, jobPrefix, JOB_STATUSES, type JobStatus, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
-import { loadTextEmbeddings, resolveModel, type ModelConfig } from '@longshot/model';
+import { ModelNameError, SafetensorsFile, type ModelCatalog, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import type { ControllerConfig } from './config';
 import { candidates } from './leased-workers';
 import { RenderQueue } from './queue';
 import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
 import { parseSubmit } from './request';
-import type { ResultStore } from './repositories';
-import { CONFIG, JOBS, LEASES, REGISTRY, RESULTS } from './tokens';
+import type { ResultStore, UploadRepository } from './repositories';
+import { CONFIG, JOBS, LEASES, MODELS, REGISTRY, RESULTS, UPLOADS } from './tokens';
 
 export interface SubmitOutcome {
   readonly created: boolean;
@@ -26,25 +26,25 @@ export class VideosService {
     @Inject(REGISTRY) private readonly registry: WorkerRegistry,
     @Inject(LEASES) private readonly leases: WorkerLeases,
     @Inject(RESULTS) private readonly results: ResultStore,
+    @Inject(MODELS) private readonly models: ModelCatalog,
+    @Inject(UPLOADS) private readonly uploads: UploadRepository,
   ) {}
 
   /** Validates everything before writing anything: a rejected request leaves no trace. */
   async submit(body: unknown, idempotencyKey: string | undefined): Promise<SubmitOutcome> {
+    if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
+      throw new SpecError('Idempotency-Key', 'must be 1..255 visible ASCII characters (an empty key would be one every client shares)');
+    }
     const req = parseSubmit(body);
     const spec = normalizeSpec(req.job, { ...DEFAULT_LIMITS, maxFrames: this.config.maxFrames });
     let model: ModelConfig;
     try {
-      model = resolveModel(spec.model).config;
+      model = this.models.resolve(spec.model).config;
     } catch (e) {
-      throw new SpecError('model', (e as Error).message);
+      if (e instanceof ModelNameError) throw new SpecError('model', e.message);
+      throw e;
     }
-    if (spec.textEmbeddings) {
-      try {
-        loadTextEmbeddings(spec.textEmbeddings, model);
-      } catch (e) {
-        throw new SpecError('textEmbeddings', (e as Error).message);
-      }
-    }
+    if (req.textEmbeddingsId !== null) await this.uploads.textEmbeddings(req.textEmbeddingsId, model);
     if (!req.autoStages) {
       if (spec.stages > model.layers) throw new SpecError('stages', `${spec.stages} stages for a model of ${model.layers} layers; at most one stage per layer`);
       const serving = candidates(await this.registry.list(), spec.model).length;
@@ -72,6 +72,25 @@ export class VideosService {
     return { created: true, body: { id, status: 'queued', urls: urlsOf(id) } };
   }
 
+  /**
+   * Stores an upload of text embeddings (a safetensors file with 'cond' and optional 'uncond')
+   * for jobs to reference as textEmbeddingsId; its shapes are checked against the model at submit.
+   */
+  async uploadEmbeddings(body: unknown): Promise<{ id: string; bytes: number; tensors: string[] }> {
+    if (!Buffer.isBuffer(body) || body.length === 0) throw new SpecError('body', 'send the safetensors file as the request body (Content-Type: application/octet-stream)');
+    let tensors: string[];
+    try {
+      const st = SafetensorsFile.fromBytes(body, 'body');
+      tensors = st.tensorNames();
+      st.close();
+    } catch (e) {
+      throw new SpecError('body', (e as Error).message);
+    }
+    if (!tensors.includes('cond')) throw new SpecError('body', `tensor 'cond' not found (text embeddings need 'cond' [n, textDim] and optionally 'uncond')`);
+    const id = await this.uploads.put(body);
+    return { id, bytes: body.length, tensors };
+  }
+
   async get(id: string): Promise<VideoRecord> {
     const notFound = () => new NotFoundException({ error: 'not_found', message: `no video ${id}` });
     try {
@@ -86,11 +105,11 @@ export class VideosService {
   }
 
   view(rec: VideoRecord) {
-    const { autoStages, ...spec } = rec.spec;
+    const { autoStages, textEmbeddings, ...spec } = rec.spec;
     return {
       id: rec.id,
       status: rec.status,
-      spec: { ...spec, stages: rec.stages, autoStages },
+      spec: { ...spec, textEmbeddingsId: textEmbeddings, stages: rec.stages, autoStages },
       priority: rec.priority,
       progress: rec.progress,
       stages: rec.stages,
@@ -104,6 +123,16 @@ export class VideosService {
       finishedAt: iso(rec.finishedAt),
       urls: urlsOf(rec.id),
     };
+  }
+
+  /**
+   * Where an SSE stream starts: after the client's Last-Event-ID (an id this stream sent,
+   * MS-SEQ), or from the start. Anything else is a 400 before the stream opens.
+   */
+  eventsAfter(lastEventId: string | undefined): string {
+    if (lastEventId === undefined) return '0';
+    if (!/^\d{1,15}-\d{1,15}$/.test(lastEventId)) throw new SpecError('Last-Event-ID', 'must be the id of an event this stream sent (MS-SEQ)');
+    return lastEventId;
   }
 
   async list(query: { status?: string; limit?: string; cursor?: string }) {
@@ -164,6 +193,9 @@ export class VideosService {
     };
   }
 }
+
+/** Idempotency-Key: visible ASCII (and inner spaces), 1..255 characters, never empty. */
+const IDEMPOTENCY_KEY = /^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$/;
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');

@@ -17,8 +17,8 @@ describe('POST /v1/videos body', () => {
   it('accepts every field the OpenAPI schema declares, with a value of its type', () => {
     const sample = { string: 'x', number: 1.5, integer: 2 } as const;
     for (const [name, spec] of Object.entries(SUBMIT_SCHEMA.properties)) {
-      const value = 'enum' in spec ? spec.enum[0] : name === 'size' ? '256x128' : name === 'textEmbeddings' ? undefined : sample[spec.type];
-      if (value === undefined) continue; // a path on the controller: checked below
+      const special: Record<string, string> = { size: '256x128', textEmbeddingsId: '123e4567-e89b-42d3-a456-426614174000', model: 'wan2.1-t2v-1.3b' };
+      const value = 'enum' in spec ? spec.enum[0] : (special[name] ?? sample[spec.type]);
       expect(refusedField({ [name]: value }), name).toBeNull();
     }
   });
@@ -36,7 +36,18 @@ describe('POST /v1/videos body', () => {
       [{ size: '256x256', width: 256 }, 'size'],
       [{ priority: 0 }, 'priority'],
       [{ priority: MAX_PRIORITY + 1 }, 'priority'],
-      [{ textEmbeddings: '/nonexistent/embeddings.safetensors' }, 'textEmbeddings'],
+      // Paths are no longer accepted anywhere: embeddings are uploaded, models are names.
+      [{ textEmbeddings: '/etc/shadow' }, 'textEmbeddings'],
+      [{ textEmbeddingsId: '../../etc/shadow' }, 'textEmbeddingsId'],
+      [{ model: '/etc/shadow' }, 'model'],
+      [{ model: '../tiny' }, 'model'],
+      [{ model: 'models/../../etc' }, 'model'],
+      [{ model: '.hidden' }, 'model'],
+      // Inherited properties are not fields.
+      [JSON.parse('{"constructor": 1}'), 'constructor'],
+      [JSON.parse('{"toString": "x"}'), 'toString'],
+      [JSON.parse('{"__proto__": {"prompt": "x"}}'), '__proto__'],
+      [JSON.parse('{"hasOwnProperty": 2}'), 'hasOwnProperty'],
     ];
     for (const [body, field] of cases) expect(refusedField(body), JSON.stringify(body)).toBe(field);
   });

@@ -1,7 +1,7 @@
 import { DEFAULT_TEXT_EMBEDDING_MAX_BYTES, DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, TextEmbeddingCache, type CachedTextEmbeddings } from '@longshot/cache';
 import type { Redis } from 'ioredis';
 import { backendNumerics, type Backend } from '@longshot/engine';
-import { resolveModel } from '@longshot/model';
+import type { ModelCatalog } from '@longshot/model';
 import type { Logger } from '@longshot/telemetry';
 import { ComponentKind, componentTensor, type ComponentOutput, type ComponentRequest } from '@longshot/transport';
 import { workerMetrics } from './metrics';
@@ -15,6 +15,8 @@ export interface ComponentContext {
   readonly backend: Backend;
   /** Models this worker serves ('*': any). */
   readonly models: readonly string[];
+  /** Resolves req.model: a model name, never a path. */
+  readonly catalog: ModelCatalog;
   readonly redis: Redis;
   readonly log: Logger;
 }
@@ -50,8 +52,9 @@ export class ComponentRunner {
     if (negativePrompt.length > MAX_PROMPT_CHARS) throw new SessionError('INVALID_ARGUMENT', `text.negative_prompt is ${negativePrompt.length} characters; at most ${MAX_PROMPT_CHARS}`);
     let model;
     try {
-      model = resolveModel(req.model);
+      model = this.ctx.catalog.resolve(req.model);
     } catch (e) {
+      workerMetrics.modelRefusals.inc();
       throw new SessionError('INVALID_ARGUMENT', `model: ${(e as Error).message}`);
     }
     const encoder = model.textEncoder;

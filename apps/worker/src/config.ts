@@ -1,5 +1,6 @@
 import * as os from 'node:os';
 import { parseArgs } from 'node:util';
+import { modelsDirFlag } from '@longshot/model';
 import { getProfile } from '@longshot/planner';
 import type { WorkerConfig } from './worker';
 
@@ -12,7 +13,9 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --redis URL          Redis (REDIS_URL)
   --id ID              worker id (LONGSHOT_WORKER_ID, worker-HOSTNAME-PID)
   --capacity N         most stage sessions at once (LONGSHOT_WORKER_CAPACITY, 4)
-  --models LIST        comma-separated model ids served, * = any (LONGSHOT_WORKER_MODELS, *)
+  --models LIST        comma-separated model names served, * = any (LONGSHOT_WORKER_MODELS, *)
+  --models-dir DIR     the models served by name besides the built-ins: pipeline directories and
+                       .safetensors files in DIR; a job names a model, never a path (LONGSHOT_MODELS_DIR)
   --backend KIND       cpu | cuda | auto (LONGSHOT_BACKEND, auto)
   --emulate PROFILE    emulated compute: sleep for a hardware profile's modelled time instead of computing
   --time-scale X       emulated seconds are multiplied by X (1)
@@ -39,6 +42,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
       id: { type: 'string' },
       capacity: { type: 'string' },
       models: { type: 'string' },
+      'models-dir': { type: 'string' },
       backend: { type: 'string' },
       emulate: { type: 'string' },
       'time-scale': { type: 'string' },
@@ -81,6 +85,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     redisUrl: redisUrl ?? '',
     capacity: int('capacity', f.capacity ?? env.LONGSHOT_WORKER_CAPACITY, 4, 1, 1024),
     models,
+    modelsDir: modelsDirFlag(f['models-dir'] ?? env.LONGSHOT_MODELS_DIR),
     emulation,
     keyTtlSeconds: int('key-ttl', f['key-ttl'], 86400, 1, 365 * 86400),
     drainSeconds: int('drain', f.drain, 30, 0, 3600),

@@ -23,6 +23,7 @@ export const workerMetrics = {
   sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),
   sessionFailures: counter({ name: 'longshot_session_failures_total', help: 'Stage sessions that failed (stream error, peer lost)' }),
   rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'] }),
+  modelRefusals: counter({ name: 'longshot_model_refusals_total', help: 'Sessions and component runs refused because their model is no name this worker serves (a path, a link, a FIFO, unknown)' }),
   checkpoints: counter({ name: 'longshot_checkpoints_written_total', help: 'Head checkpoints written to Redis' }),
   persistSeconds: histogram({
     name: 'longshot_checkpoint_persist_seconds',

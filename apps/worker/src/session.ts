@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { BlockStore, CheckpointStore } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
-import { resolveModel, Stage, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { Stage, type ModelCatalog, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
@@ -42,6 +42,8 @@ export interface SessionContext {
   readonly blocks: BlockStore;
   /** Seconds a job's keys live after each write; the driver shortens it once the job ends. */
   readonly keyTtlSeconds: number;
+  /** Resolves spec.model: a model name, never a path. */
+  readonly catalog: ModelCatalog;
   /** Iterations between checkpoints (the last iteration always gets one). */
   readonly checkpointEvery: number;
   /** Samples retained memory after each block's last step on this stage (null: not sampled). */
@@ -153,8 +155,9 @@ export class StageSession {
     const tail = req.role === Role.ROLE_TAIL || req.role === Role.ROLE_HEAD_TAIL;
     let model;
     try {
-      model = resolveModel(this.spec.model);
+      model = ctx.catalog.resolve(this.spec.model);
     } catch (e) {
+      workerMetrics.modelRefusals.inc();
       throw new SessionError('INVALID_ARGUMENT', `spec.model: ${(e as Error).message}`);
     }
     this.config = model.config;

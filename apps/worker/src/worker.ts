@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
 import { BlockStore, CheckpointStore, WorkerRegistry } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
+import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
 import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
 import {
@@ -33,6 +34,8 @@ export interface WorkerConfig {
   readonly redisUrl: string;
   readonly capacity: number;
   readonly models: readonly string[];
+  /** Where models named by jobs live besides the built-ins (ModelCatalog); null: built-ins only. */
+  readonly modelsDir: string | null;
   readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
   /** How long a job's Redis keys live after each write. */
   readonly keyTtlSeconds: number;
@@ -61,6 +64,7 @@ export class WorkerProcess {
   private draining = false;
   private readonly retainedMemory: RetainedMemorySampler | null;
   private readonly components: ComponentRunner;
+  private readonly catalog: ModelCatalog;
   address = '';
   metricsAddress = '';
 
@@ -75,7 +79,8 @@ export class WorkerProcess {
     this.checkpoints = new CheckpointStore(this.redis);
     this.blocks = new BlockStore(this.redis);
     this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
-    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, redis: this.redis, log });
+    this.catalog = new ModelCatalog(config.modelsDir);
+    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, log });
   }
 
   async start(): Promise<void> {
@@ -196,6 +201,7 @@ export class WorkerProcess {
       checkpoints: this.checkpoints,
       blocks: this.blocks,
       keyTtlSeconds: this.config.keyTtlSeconds,
+      catalog: this.catalog,
       checkpointEvery: this.config.checkpointEvery,
       retainedMemory: this.retainedMemory,
       emulation: this.config.emulation,

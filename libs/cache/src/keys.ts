@@ -11,6 +11,7 @@
  *   R:job:{<jobId>}:decoder-cache   the stitcher's causal decoder feature cache
  *   R:job:{<jobId>}:keys            set of the job's keys (so they can all be expired together)
  *   R:text-embedding:<hash>         cached text encoder output
+ *   R:upload:<id>                   bytes a client uploaded (POST /v1/embeddings), with a TTL
  *
  * Braces are Redis Cluster hash tags: all of a job's keys hash to one slot, as do the registry's,
  * which lets the stores update several keys in one MULTI or script on a cluster too.
@@ -68,6 +69,10 @@ export class KeySchema {
 
   textEmbeddingKey(hash: string): string {
     return `${this.root}:text-embedding:${checkId('text embedding hash', hash)}`;
+  }
+
+  uploadKey(id: string): string {
+    return `${this.root}:upload:${checkId('upload id', id)}`;
   }
 
   /** The job id inside a prefix made by `jobPrefix`. */

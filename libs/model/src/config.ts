@@ -46,7 +46,8 @@ export function validateConfig(c: ModelConfig): ModelConfig {
 }
 
 export function getConfig(name: string): ModelConfig {
-  const c = MODEL_CONFIGS[name];
+  // Own properties only: 'constructor' or '__proto__' is no model.
+  const c = Object.hasOwn(MODEL_CONFIGS, name) ? MODEL_CONFIGS[name] : undefined;
   if (!c) throw new Error(`unknown model '${name}' (known: ${Object.keys(MODEL_CONFIGS).join(', ')})`);
   return c;
 }

@@ -6,6 +6,7 @@ export * from './weights';
 export * from './text';
 export * from './decoder';
 export * from './source';
+export * from './catalog';
 export * from './umt5-config';
 export * from './umt5';
 export * from './pipeline-config';

@@ -80,6 +80,23 @@ function decodeInto(raw: Buffer, dtype: SafetensorsDtype, out: Float32Array): vo
 // ---------------------------------------------------------------------------------------------
 // Reader
 
+/** Where a SafetensorsFile's bytes come from: an open file, or bytes already in memory (an upload). */
+interface ByteSource {
+  /** Copies up to dst.length bytes from `position` into dst; returns how many (0 at the end). */
+  read(dst: Buffer, offset: number, length: number, position: number): number;
+  close(): void;
+}
+
+const fileSource = (fd: number): ByteSource => ({
+  read: (dst, offset, length, position) => fs.readSync(fd, dst, offset, length, position),
+  close: () => fs.closeSync(fd),
+});
+
+const bytesSource = (bytes: Uint8Array): ByteSource => ({
+  read: (dst, offset, length, position) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).copy(dst, offset, position, Math.min(bytes.byteLength, position + length)),
+  close: () => undefined,
+});
+
 export class SafetensorsFile {
   readonly path: string;
   /** How errors name the file: the path unless the caller gave a shorter, shareable name. */
@@ -87,13 +104,13 @@ export class SafetensorsFile {
   readonly metadata: Readonly<Record<string, string>>;
   /** Bytes in the file. */
   readonly size: number;
-  private fd: number | null;
+  private src: ByteSource | null;
   private readonly infos: ReadonlyMap<string, TensorInfo>;
 
-  private constructor(file: string, label: string, fd: number, size: number, infos: Map<string, TensorInfo>, metadata: Record<string, string>) {
+  private constructor(file: string, label: string, src: ByteSource, size: number, infos: Map<string, TensorInfo>, metadata: Record<string, string>) {
     this.path = file;
     this.label = label;
-    this.fd = fd;
+    this.src = src;
     this.size = size;
     this.infos = infos;
     this.metadata = metadata;
@@ -112,14 +129,25 @@ export class SafetensorsFile {
       const code = (e as NodeJS.ErrnoException).code;
       throw new Error(`${label}: cannot open (${code === 'ENOENT' ? 'no such file' : (code ?? 'error')})`);
     }
+    const src = fileSource(fd);
     try {
       const size = fs.fstatSync(fd).size;
-      const { infos, metadata } = parseHeader(label, fd, size);
-      return new SafetensorsFile(file, label, fd, size, infos, metadata);
+      const { infos, metadata } = parseHeader(label, src, size);
+      return new SafetensorsFile(file, label, src, size, infos, metadata);
     } catch (e) {
-      fs.closeSync(fd);
+      src.close();
       throw e;
     }
+  }
+
+  /**
+   * The same reader over bytes in memory (e.g. an uploaded file): the header is validated exactly
+   * as for a file; `label` names it in every error (`path` is the label too).
+   */
+  static fromBytes(bytes: Uint8Array, label: string): SafetensorsFile {
+    const src = bytesSource(bytes);
+    const { infos, metadata } = parseHeader(label, src, bytes.byteLength);
+    return new SafetensorsFile(label, label, src, bytes.byteLength, infos, metadata);
   }
 
   /** Tensor names in file order (by data offset). */
@@ -156,9 +184,9 @@ export class SafetensorsFile {
   }
 
   close(): void {
-    if (this.fd !== null) {
-      fs.closeSync(this.fd);
-      this.fd = null;
+    if (this.src !== null) {
+      this.src.close();
+      this.src = null;
     }
   }
 
@@ -192,10 +220,10 @@ export class SafetensorsFile {
   }
 
   private readExact(t: TensorInfo, position: number, dst: Buffer): void {
-    if (this.fd === null) throw new Error(`${this.label}: file is closed (reading tensor '${t.name}')`);
+    if (this.src === null) throw new Error(`${this.label}: file is closed (reading tensor '${t.name}')`);
     let done = 0;
     while (done < dst.length) {
-      const n = fs.readSync(this.fd, dst, done, Math.min(IO_CHUNK, dst.length - done), position + done);
+      const n = this.src.read(dst, done, Math.min(IO_CHUNK, dst.length - done), position + done);
       if (n === 0) {
         throw new Error(`${this.label}: tensor '${t.name}': file truncated while reading (got ${done} of ${dst.length} bytes; was the file modified after open?)`);
       }
@@ -204,10 +232,10 @@ export class SafetensorsFile {
   }
 }
 
-function parseHeader(file: string, fd: number, size: number): { infos: Map<string, TensorInfo>; metadata: Record<string, string> } {
+function parseHeader(file: string, src: ByteSource, size: number): { infos: Map<string, TensorInfo>; metadata: Record<string, string> } {
   if (size < 8) throw new Error(`${file}: not a safetensors file: ${size} bytes, shorter than the 8-byte header length`);
   const lenBuf = Buffer.alloc(8);
-  fs.readSync(fd, lenBuf, 0, 8, 0);
+  src.read(lenBuf, 0, 8, 0);
   const headerLen64 = lenBuf.readBigUInt64LE(0);
   if (headerLen64 > BigInt(MAX_HEADER_BYTES)) {
     throw new Error(`${file}: header length ${headerLen64} is absurd (limit ${MAX_HEADER_BYTES} bytes): not a safetensors file or corrupt`);
@@ -220,7 +248,7 @@ function parseHeader(file: string, fd: number, size: number): { infos: Map<strin
   const headerBuf = Buffer.alloc(headerLen);
   let got = 0;
   while (got < headerLen) {
-    const n = fs.readSync(fd, headerBuf, got, headerLen - got, 8 + got);
+    const n = src.read(headerBuf, got, headerLen - got, 8 + got);
     if (n === 0) throw new Error(`${file}: truncated while reading the header`);
     got += n;
   }

@@ -71,14 +71,14 @@ function readEmbedding(st: SafetensorsFile, name: string, config: ModelConfig): 
   // Accept [n, textDim] and a torch-style batch of one, [1, n, textDim].
   const s = shape.length === 3 && shape[0] === 1 ? shape.slice(1) : shape;
   if (s.length !== 2 || s[1] !== textDim) {
-    throw new Error(`${st.path}: tensor '${name}': expected [n, ${textDim}] (n <= ${textLen}), file has ${formatShape(shape)}`);
+    throw new Error(`${st.label}: tensor '${name}': expected [n, ${textDim}] (n <= ${textLen}), file has ${formatShape(shape)}`);
   }
   const n = s[0];
   if (n < 1 || n > textLen) {
-    throw new Error(`${st.path}: tensor '${name}': ${n} tokens, expected 1..${textLen} (the model's textLen), file has ${formatShape(shape)}`);
+    throw new Error(`${st.label}: tensor '${name}': ${n} tokens, expected 1..${textLen} (the model's textLen), file has ${formatShape(shape)}`);
   }
   const data = st.read(name);
-  if (data.some((v) => !Number.isFinite(v))) throw new Error(`${st.path}: tensor '${name}' contains NaN or infinite values`);
+  if (data.some((v) => !Number.isFinite(v))) throw new Error(`${st.label}: tensor '${name}' contains NaN or infinite values`);
   const out = new Float32Array(textLen * textDim);
   out.set(data);
   return out;
@@ -90,12 +90,12 @@ function readEmbedding(st: SafetensorsFile, name: string, config: ModelConfig): 
  */
 // The result is structurally the stage's TextEmbeddings (declared in ./stage, not imported here
 // so this module stays free of the native engine).
-export function loadTextEmbeddings(file: string, config: ModelConfig): { cond: Float32Array; uncond: Float32Array } {
+export function loadTextEmbeddings(file: string | SafetensorsFile, config: ModelConfig): { cond: Float32Array; uncond: Float32Array } {
   checkTextConfig(config);
-  const st = SafetensorsFile.open(file);
+  const st = typeof file === 'string' ? SafetensorsFile.open(file) : file;
   try {
     if (!st.has('cond')) {
-      throw new Error(`${file}: tensor 'cond' not found (text embeddings need 'cond' [n, ${config.textDim}] and optionally 'uncond'; file has: ${st.tensorNames().slice(0, 8).join(', ') || 'no tensors'})`);
+      throw new Error(`${st.label}: tensor 'cond' not found (text embeddings need 'cond' [n, ${config.textDim}] and optionally 'uncond'; file has: ${st.tensorNames().slice(0, 8).join(', ') || 'no tensors'})`);
     }
     const cond = readEmbedding(st, 'cond', config);
     const uncond = st.has('uncond') ? readEmbedding(st, 'uncond', config) : encodePrompt('', config);

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { BlockStore } from '@longshot/cache';
-import { resolveModel, type TextEmbeddings } from '@longshot/model';
+import { resolveModel, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { partitionLayers, planJob, type JobSpec, type LayerRange } from '@longshot/planner';
 import type { Logger } from '@longshot/telemetry';
 import {
@@ -33,6 +33,11 @@ export interface WorkerSource {
 export interface DistributedJob {
   readonly jobId: string;
   readonly spec: JobSpec;
+  /**
+   * The model's config when the caller resolved spec.model itself (a name in its models
+   * directory, ModelCatalog); otherwise spec.model is resolved here as a built-in name or path.
+   */
+  readonly model?: ModelConfig;
   /** Redis key prefix of the job: checkpoints and finished blocks live under it. */
   readonly keyPrefix: string;
   /**
@@ -126,7 +131,7 @@ interface OpenedSession {
  * lost replaces its worker and resumes every stage from the head's last checkpoint.
  */
 export async function runDistributedJob(job: DistributedJob, o: DriverOptions): Promise<DistributedResult> {
-  const config = resolveModel(job.spec.model).config;
+  const config = job.model ?? resolveModel(job.spec.model).config;
   const plan = planJob(job.spec);
   const ranges = partitionLayers(config.layers, job.spec.stages);
   const attempts: Attempt[] = [];

@@ -121,7 +121,7 @@ export function normalizeSpec(req: JobRequest, limits: SpecLimits = DEFAULT_LIMI
 
   if (req.prompt !== undefined && typeof req.prompt !== 'string') throw new SpecError('prompt', `must be a string, got ${show(req.prompt)}`);
   if (req.textEmbeddings !== undefined && (typeof req.textEmbeddings !== 'string' || req.textEmbeddings === '')) {
-    throw new SpecError('textEmbeddings', 'must be a file path');
+    throw new SpecError('textEmbeddings', 'must be a non-empty reference (a file for the CLI, an upload id for the API)');
   }
   const prompt = req.prompt ?? '';
   if (prompt.trim() === '' && !req.textEmbeddings) throw new SpecError('prompt', 'is required (or give text embeddings)');

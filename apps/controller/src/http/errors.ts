@@ -3,7 +3,7 @@ import type { Response } from 'express';
 import { isRedisUnavailable } from '@longshot/cache';
 import { SpecError } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
-import { redisUnavailable } from '../metrics';
+import { redisUnavailable, rejectedRequests } from '../metrics';
 
 const log = logger('http');
 
@@ -20,13 +20,13 @@ export class ErrorFilter implements ExceptionFilter {
       return;
     }
     if (e instanceof SpecError) {
-      res.status(400).json({ error: 'invalid_request', field: e.field, message: e.message });
+      reject(res, 400, { error: 'invalid_request', field: e.field, message: e.message });
       return;
     }
     if (e instanceof HttpException) {
       const body = e.getResponse();
       const status = e.getStatus();
-      res.status(status).json(typeof body === 'object' && body !== null && 'error' in body ? body : { error: status === 404 ? 'not_found' : 'http_error', message: e.message });
+      reject(res, status, typeof body === 'object' && body !== null && 'error' in body ? (body as { error: string }) : { error: status === 404 ? 'not_found' : 'http_error', message: e.message });
       return;
     }
     if (isRedisUnavailable(e)) {
@@ -39,4 +39,10 @@ export class ErrorFilter implements ExceptionFilter {
     log.error('request failed', { err: e });
     res.status(500).json({ error: 'internal', message: (e as Error)?.message ?? String(e) });
   }
+}
+
+/** Sends an error response; a 4xx is counted by its error code. */
+export function reject(res: Response, status: number, body: { error: string; message?: string; field?: string }): void {
+  if (status >= 400 && status < 500) rejectedRequests.inc({ reason: body.error });
+  res.status(status).json(body);
 }

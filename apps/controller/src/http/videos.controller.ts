@@ -1,12 +1,15 @@
-import { Body, Controller, Get, Headers, HttpCode, Inject, Param, Post, Query, Req, Res } from '@nestjs/common';
+import { Body, Controller, Get, Headers, HttpCode, HttpException, Inject, NotFoundException, Param, Post, Query, Req, Res } from '@nestjs/common';
 import { ApiBody, ApiHeader, ApiOperation, ApiParam, ApiQuery, ApiResponse, ApiTags } from '@nestjs/swagger';
 import type { Request, Response } from 'express';
 import { compareEventIds, TERMINAL_STATUSES, type JobEvent, type JobStatus } from '@longshot/cache';
+import { logger } from '@longshot/telemetry';
 import { EventHub } from '../event-hub';
 import type { VideoStore } from '../render';
 import { SUBMIT_SCHEMA } from '../request';
 import { JOBS } from '../tokens';
 import { VideosService } from '../videos.service';
+
+const log = logger('http');
 
 const ERROR_SCHEMA = { type: 'object', properties: { error: { type: 'string' }, field: { type: 'string' }, message: { type: 'string' } } };
 
@@ -80,10 +83,11 @@ export class VideosController {
   @ApiParam({ name: 'id' })
   async events(@Param('id') id: string, @Req() req: Request, @Res() res: Response): Promise<void> {
     await this.videos.get(id);
+    // Validated before the stream opens: a malformed Last-Event-ID is a 400.
+    const after = this.videos.eventsAfter(req.header('last-event-id'));
     res.status(200).set({ 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });
     res.flushHeaders();
-    const lastId = req.header('last-event-id');
-    let last = lastId && /^\d+-\d+$/.test(lastId) ? lastId : '0';
+    let last = after;
     let open = true;
     let live = false;
     const held: JobEvent[] = [];
@@ -118,8 +122,10 @@ export class VideosController {
       live = true;
       send(held.splice(0));
     } catch (err) {
+      // The cause (e.g. Redis's own error text) goes to the log, never to the client.
+      log.warn('event stream failed', { job: id, err });
       if (open) {
-        res.write(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
+        res.write(`event: error\ndata: ${JSON.stringify({ message: 'the event stream was interrupted; reconnect with Last-Event-ID' })}\n\n`);
         close();
       }
     }
@@ -127,9 +133,15 @@ export class VideosController {
   }
 }
 
+/** express's sendFile; its own 4xx (416 for an unsatisfiable Range, 404 for a vanished file) keep their status. */
 function sendFile(res: Response, file: string, type: string): Promise<void> {
   return new Promise((resolve, reject) => {
     res.type(type);
-    res.sendFile(file, { acceptRanges: true, cacheControl: false }, (err) => (err && !res.headersSent ? reject(err) : resolve()));
+    res.sendFile(file, { acceptRanges: true, cacheControl: false }, (err: (Error & { status?: number }) | undefined) => {
+      if (!err || res.headersSent) return resolve();
+      if (err.status === 416) return reject(new HttpException({ error: 'range_not_satisfiable', field: 'Range', message: 'Range: no satisfiable byte range (bytes=FIRST-LAST with FIRST <= LAST < size)' }, 416));
+      if (err.status === 404) return reject(new NotFoundException({ error: 'not_found', message: 'the file is no longer in the result store' }));
+      reject(err);
+    });
   });
 }
