@@ -1,5 +1,6 @@
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { loadTlsFiles, parseGrantKeys, type GrantKey, type TlsFiles } from '@longshot/transport';
 
 /** Everything the controller reads from its flags and environment, checked once at start-up. */
 export interface ControllerConfig {
@@ -29,6 +30,10 @@ export interface ControllerConfig {
   /** Hardware profile the planner's cost model uses to choose K. */
   readonly plannerProfile: string;
   readonly livenessIntervalMs: number;
+  /** Signs workers' session grants: the first of LONGSHOT_GRANT_KEYS (workers also accept the second during a rotation). */
+  readonly grantKey: GrantKey;
+  /** mTLS client certificate for the links to workers (LONGSHOT_TLS_CERT/KEY/CA); null = plaintext. */
+  readonly tls: TlsFiles | null;
 }
 
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerConfig {
@@ -64,5 +69,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     keepCompletedJobs: int('LONGSHOT_KEEP_JOBS', env.LONGSHOT_KEEP_JOBS, 1000),
     plannerProfile: env.LONGSHOT_PLANNER_PROFILE ?? 'h100-100gbe',
     livenessIntervalMs: int('LONGSHOT_LIVENESS_MS', env.LONGSHOT_LIVENESS_MS, 500),
+    grantKey: parseGrantKeys(env.LONGSHOT_GRANT_KEYS ?? '', 'LONGSHOT_GRANT_KEYS')[0],
+    tls: loadTlsFiles({ cert: env.LONGSHOT_TLS_CERT, key: env.LONGSHOT_TLS_KEY, ca: env.LONGSHOT_TLS_CA }, { cert: 'LONGSHOT_TLS_CERT', key: 'LONGSHOT_TLS_KEY', ca: 'LONGSHOT_TLS_CA' }),
   };
 }

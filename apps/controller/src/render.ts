@@ -4,11 +4,11 @@ import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type Work
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { deserializeCache, loadTextEmbeddings, LatentDecoder, resolveModel, serializeCache, type DecoderCache, type ModelConfig } from '@longshot/model';
-import { runDistributedJob } from '@longshot/pipeline';
+import { candidates, LeasedWorkers, runDistributedJob } from '@longshot/pipeline';
+import { tlsCredentials } from '@longshot/transport';
 import { planJob, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import type { ControllerConfig } from './config';
-import { candidates, LeasedWorkers } from './leased-workers';
 import { blockSteps, jobDuration, stitchedBlocks } from './metrics';
 import { chooseStages } from './planning';
 import type { JobDataRepository, ResultStore } from './repositories';
@@ -25,6 +25,8 @@ export interface VideoResult {
   /** The solver and schedule shift the job ran with (the shift resolved from the model's scheduler). */
   readonly sampler: SamplerKind;
   readonly shift: number;
+  /** The numerics fingerprint the workers computed with (null: only the stitch ran on this replica); latentSha256 is reproducible on that fingerprint. */
+  readonly numerics: string | null;
   readonly contentUrl: string;
   /** Wall time from the first start to the end. */
   readonly seconds: number;
@@ -175,6 +177,7 @@ export class RenderRun {
         },
       );
     let workers = source.workers;
+    let numerics: string | null = null;
     if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
       // The pipeline finished before the previous run died (stitching lags compute): only the
       // stitch is left, and there is nothing for workers to do.
@@ -189,6 +192,8 @@ export class RenderRun {
         {
           blocks: data.blocks,
           workers: source,
+          grantKey: config.grantKey,
+          credentials: tlsCredentials(config.tls).client,
           signal: this.abort.signal,
           livenessIntervalMs: config.livenessIntervalMs,
           onBlock,
@@ -200,6 +205,7 @@ export class RenderRun {
         },
       );
       workers = run.workers;
+      numerics = run.numerics;
     }
     this.abort.signal.throwIfAborted();
     await progress.flush();
@@ -222,6 +228,7 @@ export class RenderRun {
       latentSha256: latentSha256(assembleLatents(latents, model.latentChannels, spec.block, plan.latentHeight * plan.latentWidth)),
       sampler: scheduler.kind,
       shift: scheduler.flowShift,
+      numerics,
       contentUrl: urlsOf(this.id).content,
       seconds: (finishedAt - first) / 1000,
     };

@@ -4,7 +4,7 @@ import { isTerminal, JOB_STATUSES, type JobStatus, type WorkerLeases, type Worke
 import { loadTextEmbeddings, resolveModel, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import type { ControllerConfig } from './config';
-import { candidates } from './leased-workers';
+import { candidates } from '@longshot/pipeline';
 import { RenderQueue } from './queue';
 import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
 import { parseSubmit } from './request';
@@ -148,6 +148,7 @@ export class VideosService {
           capacity: w.capacity,
           models: w.models,
           backend: w.backend,
+          numerics: w.numerics,
           startedAt: iso(w.startedAt),
         };
       }),

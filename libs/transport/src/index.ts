@@ -24,3 +24,5 @@ export { raiseReceiveWindow, receiveWindowOf } from './window';
 export { addHealthService, checkHealth, type CheckHealthOptions, type ServingStatus, type ServingStatusMap } from './health';
 export * from './gen/longshot/v1/worker';
 export { componentTensor, componentValues, runComponent, type ComponentResult, type ComponentValues } from './component';
+export { GrantError, parseGrantKeys, signGrant, verifyGrant, type GrantKey, type SessionGrant } from './grants';
+export { loadTlsFiles, tlsCredentials, type TlsFiles } from './tls';
