@@ -25,8 +25,8 @@ export interface VideoResult {
   /** The solver and schedule shift the job ran with (the shift resolved from the model's scheduler). */
   readonly sampler: SamplerKind;
   readonly shift: number;
-  /** The numerics fingerprint the workers computed with (null: only the stitch ran on this replica); latentSha256 is reproducible on that fingerprint. */
-  readonly numerics: string | null;
+  /** The numerics fingerprint every run of the job computed with: latentSha256 is reproducible on workers of that fingerprint. */
+  readonly numerics: string;
   readonly contentUrl: string;
   /** Wall time from the first start to the end. */
   readonly seconds: number;
@@ -126,7 +126,8 @@ export class RenderRun {
     });
     try {
       const K = rec.stages ?? (spec.autoStages ? await this.plan(spec, model) : spec.stages);
-      const reserved = await source.tryLease(K);
+      // A job that ran before (a retry, a takeover) is pinned to the numerics it started on.
+      const reserved = await source.tryLease(K, new Set(), rec.numerics);
       if (!reserved) {
         // Too few free workers: back to the queue (delayed, same priority, no attempt used)
         // rather than holding a runner slot while waiting.
@@ -134,7 +135,7 @@ export class RenderRun {
         throw new DelayedError();
       }
       source.reserve(reserved);
-      await this.runPipeline(rec, { ...spec, stages: K }, model, text, source);
+      await this.runPipeline(rec, { ...spec, stages: K }, model, text, source, reserved[0].numerics);
     } catch (e) {
       await this.settleFailure(rec, e);
     } finally {
@@ -150,14 +151,16 @@ export class RenderRun {
     return chooseStages(spec, model, Math.max(1, free), this.d.config.plannerProfile);
   }
 
-  private async runPipeline(rec: VideoRecord, spec: JobSpec, model: ModelConfig, text: ReturnType<typeof loadTextEmbeddings> | null, source: LeasedWorkers): Promise<void> {
+  /** `numerics`: the fingerprint of the leased workers (the record's, when the job already had one). */
+  private async runPipeline(rec: VideoRecord, spec: JobSpec, model: ModelConfig, text: ReturnType<typeof loadTextEmbeddings> | null, source: LeasedWorkers, numerics: string): Promise<void> {
     const { config, jobs, data } = this.d;
     const plan = planJob(spec);
     const now = Date.now();
     const attempt = rec.attempts + 1;
     const started = await jobs.update(this.id, {
       status: 'running',
-      fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null },
+      // The numerics are recorded with the start, before any block is computed: later runs pin to them.
+      fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null, numerics },
       event: { name: 'started', data: { stages: spec.stages, workers: source.workers, attempt } },
     });
     if (!started.changed) return; // canceled between dequeue and start
@@ -177,7 +180,6 @@ export class RenderRun {
         },
       );
     let workers = source.workers;
-    let numerics: string | null = null;
     if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
       // The pipeline finished before the previous run died (stitching lags compute): only the
       // stitch is left, and there is nothing for workers to do.
@@ -188,7 +190,7 @@ export class RenderRun {
       const run = await runDistributedJob(
         // Session ids derive from the driver's job id: a run-unique one keeps a takeover's
         // sessions apart from the dead run's, which workers may still be closing.
-        { jobId: this.id, spec, keyPrefix: data.prefix(this.id), text, resume },
+        { jobId: this.id, spec, keyPrefix: data.prefix(this.id), text, resume, numerics },
         {
           blocks: data.blocks,
           workers: source,
@@ -205,7 +207,6 @@ export class RenderRun {
         },
       );
       workers = run.workers;
-      numerics = run.numerics;
     }
     this.abort.signal.throwIfAborted();
     await progress.flush();

@@ -87,6 +87,7 @@ export class VideosService {
       workers: rec.workers,
       attempts: rec.attempts,
       owner: rec.owner,
+      numerics: rec.numerics,
       result: rec.result,
       error: rec.error,
       createdAt: iso(rec.createdAt),
