@@ -134,7 +134,7 @@ const metric = async (w: LocalWorker, name: string): Promise<number> => {
 };
 
 describe('worker sessions belong to leases', () => {
-  it('(a) refuses a foreign client: no grant, a forged grant, a grant of a run without the lease', async () => {
+  it('(a) refuses a foreign client: no grant, a forged grant, a grant of a run without the lease, for other layers, expired', async () => {
     const [w] = defaults();
     const client = createWorkerClient(w.address);
     try {
@@ -152,6 +152,12 @@ describe('worker sessions belong to leases', () => {
       const denied = await open(client, headTail(s, 'foreign', { grant: unleased }));
       expect(denied?.code).toBe(grpc.status.PERMISSION_DENIED);
       expect(denied?.details).toMatch(/^job foreign \(this run\) does not hold worker .+'s lease$/);
+      // Leased and signed, but for other layers than the session asks for.
+      const narrow = await leaseAndGrant(redis, cluster.grantKey, w.id, { job: 'foreign', stage: 0, layerBegin: 0, layerEnd: 1 });
+      const scope = await open(client, headTail(s, 'foreign', { grant: narrow.grant }));
+      await narrow.release();
+      expect(scope?.code).toBe(grpc.status.PERMISSION_DENIED);
+      expect(scope?.details).toBe(`the session grant is for layers [0, 1), not [0, ${LAYERS})`);
       const expired = signGrant({ job: 'foreign', run: 'r', stage: 0, layerBegin: 0, layerEnd: LAYERS, keyPrefix: jobPrefix('foreign'), expiresAt: Date.now() - 1 }, cluster.grantKey);
       expect((await open(client, headTail(s, 'foreign', { grant: expired })))?.code).toBe(grpc.status.UNAUTHENTICATED);
       // The text encoder is a worker's compute too.
@@ -161,7 +167,7 @@ describe('worker sessions belong to leases', () => {
       );
       expect(comp?.code).toBe(grpc.status.UNAUTHENTICATED);
       expect(await redis.keys(`${jobPrefix('foreign')}*`)).toEqual([]);
-      expect((await metric(w, 'longshot_worker_refused_calls_total')) - before).toBe(5);
+      expect((await metric(w, 'longshot_worker_refused_calls_total')) - before).toBe(6);
     } finally {
       client.close();
     }

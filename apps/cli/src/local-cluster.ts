@@ -134,7 +134,7 @@ export class LocalCluster {
       const w: LocalWorker = { id, address: msg.address as string, metricsAddress: msg.metricsAddress as string, process: child };
       this.workers.set(id, w);
       return w;
-    }, () => this.workers.delete(id), this.options.respawn === true, () => void this.spawnWorker().catch(() => undefined));
+    }, () => this.workers.delete(id), this.options.respawn === true, () => void this.spawnWorker(extra).catch(() => undefined));
   }
 
   /**
