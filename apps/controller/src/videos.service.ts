@@ -4,7 +4,7 @@ import { isTerminal, JOB_STATUSES, type JobStatus, type WorkerLeases, type Worke
 import { loadTextEmbeddings, resolveModel, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import type { ControllerConfig } from './config';
-import { candidates } from '@longshot/pipeline';
+import { candidates, workerState } from '@longshot/pipeline';
 import { RenderQueue } from './queue';
 import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
 import { parseSubmit } from './request';
@@ -143,7 +143,7 @@ export class VideosService {
         return {
           id: w.id,
           address: w.address,
-          state: l ? 'leased' : 'free',
+          state: workerState(w, l !== undefined),
           lease: l ? { job: l.holder.job, run: l.holder.run, expiresInMs: l.ttlMs } : null,
           sessions: w.sessions,
           capacity: w.capacity,

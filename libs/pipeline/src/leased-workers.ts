@@ -18,12 +18,20 @@ export interface LeasedWorkersOptions {
 }
 
 /**
- * Workers that serve `model` (and, when given, compute with the `numerics` fingerprint), least
- * busy first (a worker's capacity is not shared between jobs).
+ * What a worker is available for: 'leased' to a job run, 'full' (unleased, but its granted
+ * sessions, e.g. a superseded run's still closing, fill its capacity), or 'free'.
+ */
+export function workerState(w: Pick<WorkerInfo, 'sessions' | 'capacity'>, leased: boolean): 'leased' | 'full' | 'free' {
+  return leased ? 'leased' : w.sessions >= w.capacity ? 'full' : 'free';
+}
+
+/**
+ * Workers that serve `model` (and, when given, compute with the `numerics` fingerprint) and are
+ * not full, least busy first (a worker's capacity is not shared between jobs).
  */
 export function candidates(workers: readonly WorkerInfo[], model: string, exclude: ReadonlySet<string> = new Set(), numerics: string | null = null): string[] {
   return workers
-    .filter((w) => !exclude.has(w.id) && (w.models.includes('*') || w.models.includes(model)) && (numerics === null || w.numerics === numerics))
+    .filter((w) => !exclude.has(w.id) && w.sessions < w.capacity && (w.models.includes('*') || w.models.includes(model)) && (numerics === null || w.numerics === numerics))
     .sort((a, b) => a.sessions - b.sessions || a.id.localeCompare(b.id))
     .map((w) => w.id);
 }
