@@ -6,9 +6,9 @@
  * time stands the latency model's prediction for the same schedule.
  */
 import { Redis } from 'ioredis';
-import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { jobPrefix } from '@longshot/cache';
 import { getConfig } from '@longshot/model';
-import { registryWorkers, runDistributedJob } from '@longshot/pipeline';
+import { runDistributedJob } from '@longshot/pipeline';
 import { getProfile, hiddenBytes, normalizeSpec, partitionLayers, planJob, predictPipelineSeconds, stageFlops, velocityBytes, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../apps/cli/src/local-cluster';
 
@@ -66,7 +66,7 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
       const t0 = performance.now();
       await runDistributedJob(
         { jobId: id, spec, keyPrefix: jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
-        { blocks: new BlockStore(redis), workers: registryWorkers(new WorkerRegistry(redis)), onBlock: () => undefined },
+        { ...cluster.driver(redis, id), onBlock: () => undefined },
       );
       const seconds = (performance.now() - t0) / 1000;
       const predicted = predict(spec);

@@ -326,6 +326,34 @@ describe.each(variants)('k8s/%s workloads', (variant) => {
     expect(one(r, 'PodDisruptionBudget', 'longshot-worker').spec.selector.matchLabels).toEqual(d.spec.selector.matchLabels);
   });
 
+  it('worker gRPC port: a NetworkPolicy admits only the controller and other workers; metrics stay scrapeable', () => {
+    const d = one(r, 'Deployment', 'longshot-worker');
+    const controller = one(r, 'Deployment', 'longshot-controller');
+    const np = one(r, 'NetworkPolicy', 'longshot-worker');
+    // Selects exactly the worker pods (a selector that matched nothing would protect nothing).
+    const podLabels = d.spec.template.metadata.labels;
+    for (const [k, v] of Object.entries(np.spec.podSelector.matchLabels)) expect(podLabels[k], k).toBe(v);
+    expect(np.spec.policyTypes).toEqual(['Ingress']);
+    const grpcRules = np.spec.ingress.filter((i: Obj) => i.ports.some((p: Obj) => p.port === 50051));
+    expect(grpcRules).toHaveLength(1);
+    const from = grpcRules[0].from as Obj[];
+    // Only pod selectors (same namespace), each matching one of Longshot's own Deployments.
+    for (const peer of from) {
+      expect(peer.namespaceSelector, 'no other namespace').toBeUndefined();
+      expect(peer.ipBlock, 'no IP ranges').toBeUndefined();
+      const matches = [d, controller].filter((w) => Object.entries(peer.podSelector.matchLabels).every(([k, v]) => w.spec.template.metadata.labels[k] === v));
+      expect(matches.length, JSON.stringify(peer)).toBe(1);
+    }
+    expect(from.map((p) => p.podSelector.matchLabels['app.kubernetes.io/name']).sort()).toEqual(['longshot-controller', 'longshot-worker']);
+    // The metrics port is a separate rule; no rule opens any other port.
+    const ports = np.spec.ingress.flatMap((i: Obj) => i.ports.map((p: Obj) => p.port)).sort((a: number, b: number) => a - b);
+    expect(ports).toEqual([9464, 50051]);
+    // Workers and controllers read the same grant keys (the controller signs, workers verify).
+    for (const [w, name] of [[d, 'worker'], [controller, 'controller']] as const) {
+      expect(container(w, name).envFrom.map((e: Obj) => e.secretRef?.name)).toContain('longshot-grant-keys');
+    }
+  });
+
   it('Redis: a StatefulSet with a PVC and AOF on, noeviction', () => {
     const s = one(r, 'StatefulSet', 'redis');
     expect(s.spec.volumeClaimTemplates?.length).toBeGreaterThan(0);
@@ -404,6 +432,7 @@ describe('compose and Dockerfile', () => {
     for (const n of ['controller', ...workers]) {
       expect(s[n].depends_on.redis.condition, n).toBe('service_healthy');
       expect(s[n].environment.REDIS_URL, n).toBe('redis://redis:6379');
+      expect(s[n].environment.LONGSHOT_GRANT_KEYS, `${n}: grant keys`).toBe(s.controller.environment.LONGSHOT_GRANT_KEYS);
     }
     for (const n of workers) {
       expect(flagValue(s[n].command, '--backend'), n).toBe('cpu');

@@ -5,13 +5,14 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { jobPrefix, WorkerRegistry } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { getConfig, resolveModel, writeSeededPipeline } from '@longshot/model';
-import { registryWorkers, runDistributedJob, type WorkerSource } from '@longshot/pipeline';
+import { runDistributedJob, type WorkerSource } from '@longshot/pipeline';
 import { normalizeSpec } from '@longshot/planner';
 import { ComponentKind, createWorkerClient, runComponent, type ComponentRequest } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { leaseAndGrant } from './grants';
 
 let dir: string;
 let pipe: string;
@@ -33,13 +34,17 @@ afterAll(async () => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const textRequest = (prompt: string, negativePrompt = '', model = 'pipe'): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt } } });
+/** The grant of the test's current lease on the worker it calls (see leaseAndGrant). */
+let grant = '';
+const textRequest = (prompt: string, negativePrompt = '', model = 'pipe'): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt } }, grant });
 const bits = (a: Float32Array | Int32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 describe('RunComponent (text encoder on a worker)', () => {
   it("returns the directory's umT5 embeddings and ids, bit-identical to this process's, and from the cache the second time", async () => {
     const w = [...cluster.workers.values()][0];
     const client = createWorkerClient(w.address);
+    const lease = await leaseAndGrant(redis, cluster.grantKey, w.id, { job: 'component-test' });
+    grant = lease.grant;
     try {
       const prompt = 'a lighthouse in a storm, waves';
       const first = await runComponent(client, textRequest(prompt, 'calm sea'));
@@ -63,12 +68,16 @@ describe('RunComponent (text encoder on a worker)', () => {
       expect(metrics).toMatch(/^longshot_component_seconds_count\{kind="text_encoder"\} 1$/m);
       expect(metrics).toMatch(/^longshot_umt5_encodes_total 2$/m);
     } finally {
+      await lease.release();
       client.close();
     }
   });
 
   it('refuses bad requests with INVALID_ARGUMENT naming the field, without server paths', async () => {
-    const client = createWorkerClient([...cluster.workers.values()][1].address);
+    const w = [...cluster.workers.values()][1];
+    const client = createWorkerClient(w.address);
+    const lease = await leaseAndGrant(redis, cluster.grantKey, w.id, { job: 'component-test' });
+    grant = lease.grant;
     try {
       const cases: [ComponentRequest, RegExp][] = [
         [{ ...textRequest('x'), kind: ComponentKind.COMPONENT_KIND_UNSPECIFIED }, /^kind 0 is not a component/],
@@ -93,6 +102,7 @@ describe('RunComponent (text encoder on a worker)', () => {
       const metrics = await (await fetch(`http://${[...cluster.workers.values()][1].metricsAddress}/metrics`)).text();
       expect(metrics).toMatch(/^longshot_model_refusals_total [1-9]/m);
     } finally {
+      await lease.release();
       client.close();
     }
   });
@@ -104,15 +114,18 @@ describe('RunComponent (text encoder on a worker)', () => {
         s.close(() => resolve(p));
       });
     });
-    const registry = registryWorkers(new WorkerRegistry(redis));
+    const driver = cluster.driver(redis, 'failover');
+    const numerics = (await new WorkerRegistry(redis).list())[0].numerics;
     let picks = 0;
     const source: WorkerSource = {
+      run: driver.workers.run,
       // First pick: a worker that died after registering (nothing listens at its address).
-      pick: async (count, exclude) => (picks++ === 0 ? [{ id: 'ghost', address: `127.0.0.1:${port}` }] : registry.pick(count, exclude)),
-      alive: async (id) => id !== 'ghost' && (await registry.alive(id)),
+      pick: async (count, exclude, n) => (picks++ === 0 ? [{ id: 'ghost', address: `127.0.0.1:${port}`, numerics }] : driver.workers.pick(count, exclude, n)),
+      alive: async (id) => id !== 'ghost' && (await driver.workers.alive(id)),
+      release: (ids) => driver.workers.release(ids),
     };
     const spec = normalizeSpec({ prompt: 'a lighthouse', negativePrompt: 'fog', model: 'pipe', frames: 5, width: 32, height: 32, block: 2, context: 1, steps: 2, stages: 1 });
-    const r = await runDistributedJob({ jobId: 'failover', spec, model: resolveModel(pipe).config, keyPrefix: jobPrefix('failover'), text: null }, { blocks: new BlockStore(redis), workers: source, onBlock: () => undefined, livenessIntervalMs: 200 });
+    const r = await runDistributedJob({ jobId: 'failover', spec, model: resolveModel(pipe).config, keyPrefix: jobPrefix('failover'), text: null }, { ...driver, workers: source, onBlock: () => undefined, livenessIntervalMs: 200 });
     expect(r.attempts).toHaveLength(2);
     expect(r.attempts[0].workers).toEqual(['ghost']);
     expect(r.attempts[0].error).toMatch(/^text encoder on ghost failed/);

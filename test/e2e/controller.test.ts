@@ -144,6 +144,9 @@ describe('controller', () => {
       expect(r.status, JSON.stringify(r.error)).toBe('succeeded');
       expect(r.stages).toBe(i + 1);
       expect(r.result.latentSha256).toBe(reference);
+      // Pinned at the start, reported in the result: the workers' numerics fingerprint.
+      expect(r.result.numerics).toMatch(/^cpu:simd=\w+:storage=f32:build=[0-9a-f]{12}$/);
+      expect(r.numerics).toBe(r.result.numerics);
       // The solver and the shift the job used: Wan's UniPC and the scheduler's flow_shift.
       expect([r.result.sampler, r.result.shift]).toEqual(['unipc', 3]);
       expect(r.progress.blocksDone).toBe(plan.blocks);

@@ -3,9 +3,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { jobPrefix } from '@longshot/cache';
 import { Stitcher } from '@longshot/media';
-import { registryWorkers, runDistributedJob } from '@longshot/pipeline';
+import { runDistributedJob } from '@longshot/pipeline';
 import { normalizeSpec, planJob } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 
@@ -58,7 +58,7 @@ describe('worker memory', () => {
         const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), { frames: spec.frames, fps: spec.fps, width: spec.width, height: spec.height, block: spec.block, blocks: plan.blocks, latentChannels: 16 });
         const result = await runDistributedJob(
           { jobId: id, spec, keyPrefix: jobPrefix(id), text: null },
-          { blocks: new BlockStore(redis), workers: registryWorkers(new WorkerRegistry(redis)), onBlock: async (i, l) => void (await stitcher.add(i, l)) },
+          { ...cluster.driver(redis, id), onBlock: async (i, l) => void (await stitcher.add(i, l)) },
         );
         await stitcher.finish();
         return { spec, plan, result };

@@ -4,15 +4,16 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { jobPrefix } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, seededStageWeights, Stage } from '@longshot/model';
 import { buildSchedule, jobSchedulerConfig, WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
-import { BlockQueue, registryWorkers, runDistributedJob, runLocalPipeline, type DistributedResult } from '@longshot/pipeline';
+import { BlockQueue, runDistributedJob, runLocalPipeline, type DistributedResult } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
 import { createWorkerClient, encodePayload, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { leaseAndGrant } from './grants';
 
 let dir: string;
 let cluster: LocalCluster;
@@ -46,8 +47,7 @@ async function distributed(
   const run = await runDistributedJob(
     { jobId: id, spec: s, keyPrefix: jobPrefix(id), text: null },
     {
-      blocks: new BlockStore(redis),
-      workers: registryWorkers(new WorkerRegistry(redis)),
+      ...cluster.driver(redis, id),
       onBlock: async (i, latents) => void (await stitcher.add(i, latents)),
       onBlockStep: () => hooks.onBlockStep?.(++steps),
       onAttempt: (a) => hooks.onAttempt?.(a.workers.map((w) => w.id)),
@@ -118,10 +118,12 @@ describe('DualParal across worker processes', () => {
     const client = createWorkerClient(w.address);
     const token = 'x'.repeat(32);
     const probeText = new Float32Array(getConfig('tiny').textLen * getConfig('tiny').textDim);
+    // The probe session belongs to the job that runs beside it (a grant of that job's run).
+    const lease = await leaseAndGrant(redis, cluster.grantKey, w.id, { job: 'beside-probes', stage: 1, layerBegin: 3, layerEnd: 6 });
     await new Promise<void>((resolve, reject) =>
       client.openSession(
         {
-          jobId: 'probe',
+          jobId: 'beside-probes',
           sessionId: 'probe.s1',
           token,
           spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift ?? 0, sampler: s.sampler, block: s.block, context: s.context, stages: 2, seed: s.seed, model: s.model },
@@ -136,6 +138,7 @@ describe('DualParal across worker processes', () => {
           resume: false,
           keyPrefix: '',
           payloadScale: 1,
+          grant: lease.grant,
         },
         (err) => (err ? reject(err) : resolve()),
       ),
@@ -159,6 +162,7 @@ describe('DualParal across worker processes', () => {
       expect(await sendOne(client, header(over), tokens * 64 * 4), name).toBe(code);
     }
     expect((await job).latentSha256).toBe(await inProcess({ ...s, stages: 1 }));
+    await lease.release();
     client.close();
   });
 });

@@ -1,8 +1,12 @@
 import type { ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { spawnTied, startRedis, type RedisHandle } from '@longshot/cache';
+import type { Redis } from 'ioredis';
+import { BlockStore, spawnTied, startRedis, WorkerLeases, WorkerRegistry, type RedisHandle } from '@longshot/cache';
+import { registryWorkers, type LeasedWorkers } from '@longshot/pipeline';
+import { parseGrantKeys, type GrantKey } from '@longshot/transport';
 
 export interface LocalWorker {
   readonly id: string;
@@ -37,6 +41,11 @@ export interface LocalClusterOptions {
   readonly name?: string;
   /** Workers sample retained memory at every finished block (node --expose-gc, --memory-probe). */
   readonly memoryProbe?: boolean;
+  /**
+   * Session grant keys (id:secret[,id:secret]) shared by the controllers and workers; default: a
+   * fresh random key per cluster (see docs/operations.md "Worker trust").
+   */
+  readonly grantKeys?: string;
   /** Called once Redis answers and once each worker and controller is ready (a progress bar). */
   readonly onStarted?: () => void;
 }
@@ -60,11 +69,27 @@ export class LocalCluster {
   readonly controllers = new Map<string, LocalController>();
   private stopping = false;
   private spawned = 0;
+  private readonly grantKeys: string;
 
   private constructor(
     readonly redis: RedisHandle,
     private readonly options: LocalClusterOptions,
-  ) {}
+  ) {
+    this.grantKeys = options.grantKeys ?? `local:${randomBytes(32).toString('base64url')}`;
+  }
+
+  /** The key this cluster's drivers sign session grants with (an embedded driver needs it too). */
+  get grantKey(): GrantKey {
+    return parseGrantKeys(this.grantKeys)[0];
+  }
+
+  /**
+   * What an embedded driver (runDistributedJob without a controller: tests, benches) needs to
+   * run job `job` on this cluster: its block store, workers leased for the job, the grant key.
+   */
+  driver(redis: Redis, job: string, o: { waitMs?: number } = {}): { blocks: BlockStore; workers: LeasedWorkers; grantKey: GrantKey } {
+    return { blocks: new BlockStore(redis), workers: registryWorkers({ registry: new WorkerRegistry(redis), leases: new WorkerLeases(redis), job, waitMs: o.waitMs }), grantKey: this.grantKey };
+  }
 
   static async start(options: LocalClusterOptions): Promise<LocalCluster> {
     const redis = await startRedis();
@@ -91,27 +116,27 @@ export class LocalCluster {
   spawnController(port = 0): Promise<LocalController> {
     const id = `${this.options.name ?? 'local'}-controller-${this.controllers.size}-${this.spawned++}`;
     const args = [CONTROLLER_BIN, '--host', '127.0.0.1', '--port', String(port), '--redis', this.redis.url, '--id', id, ...this.modelsDirArgs()];
-    return this.spawnReady(id, args, { ...process.env, ...this.options.controllerEnv }, (msg, child) => {
+    return this.spawnReady(id, args, { ...process.env, LONGSHOT_GRANT_KEYS: this.grantKeys, ...this.options.controllerEnv }, (msg, child) => {
       const c: LocalController = { id, url: msg.url as string, process: child };
       this.controllers.set(id, c);
       return c;
     }, () => this.controllers.delete(id), false);
   }
 
-  /** Starts one more worker and resolves once it is registered and serving. */
-  spawnWorker(): Promise<LocalWorker> {
+  /** Starts one more worker and resolves once it is registered and serving; `extra` adds flags and environment for this one. */
+  spawnWorker(extra: { args?: readonly string[]; env?: NodeJS.ProcessEnv } = {}): Promise<LocalWorker> {
     const id = `${this.options.name ?? 'local'}-${this.spawned++}`;
     const probe = this.options.memoryProbe === true;
-    const args = [WORKER_BIN, '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--redis', this.redis.url, '--id', id, '--drain', '5', ...this.modelsDirArgs(), ...(probe ? ['--memory-probe'] : []), ...(this.options.workerArgs ?? [])];
+    const args = [WORKER_BIN, '--host', '127.0.0.1', '--port', '0', '--metrics-port', '0', '--redis', this.redis.url, '--id', id, '--drain', '5', ...this.modelsDirArgs(), ...(probe ? ['--memory-probe'] : []), ...(this.options.workerArgs ?? []), ...(extra.args ?? [])];
     // Workers sharing this machine split its cores: oversubscribed, every op's thread barrier
     // would wait on the OS scheduler. Results do not depend on the thread count.
     const threads = String(Math.max(1, Math.floor(os.availableParallelism() / this.options.workers)));
-    const env = { LONGSHOT_THREADS: threads, ...process.env, ...this.options.env };
+    const env = { LONGSHOT_THREADS: threads, ...process.env, LONGSHOT_GRANT_KEYS: this.grantKeys, ...this.options.env, ...extra.env };
     return this.spawnReady(id, [...WORKER_NODE_FLAGS, ...(probe ? ['--expose-gc'] : []), ...args], env, (msg, child) => {
       const w: LocalWorker = { id, address: msg.address as string, metricsAddress: msg.metricsAddress as string, process: child };
       this.workers.set(id, w);
       return w;
-    }, () => this.workers.delete(id), this.options.respawn === true, () => void this.spawnWorker().catch(() => undefined));
+    }, () => this.workers.delete(id), this.options.respawn === true, () => void this.spawnWorker(extra).catch(() => undefined));
   }
 
   private modelsDirArgs(): string[] {

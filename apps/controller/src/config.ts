@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { modelsDirFlag } from '@longshot/model';
+import { loadTlsFiles, parseGrantKeys, type GrantKey, type TlsFiles } from '@longshot/transport';
 
 /** Everything the controller reads from its flags and environment, checked once at start-up. */
 export interface ControllerConfig {
@@ -44,6 +45,10 @@ export interface ControllerConfig {
   readonly modelsDir: string | null;
   /** Largest accepted upload (POST /v1/embeddings) in bytes. */
   readonly maxUploadBytes: number;
+  /** Signs workers' session grants: the first of LONGSHOT_GRANT_KEYS (workers also accept the second during a rotation). */
+  readonly grantKey: GrantKey;
+  /** mTLS client certificate for the links to workers (LONGSHOT_TLS_CERT/KEY/CA); null = plaintext. */
+  readonly tls: TlsFiles | null;
 }
 
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerConfig {
@@ -87,6 +92,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     modelsDir: modelsDirFlag(f['models-dir'] ?? env.LONGSHOT_MODELS_DIR),
     // Wan2.1's cond + uncond as float32 safetensors is 16 MiB.
     maxUploadBytes: int('LONGSHOT_MAX_UPLOAD_BYTES', env.LONGSHOT_MAX_UPLOAD_BYTES, 64 * 1024 * 1024),
+    grantKey: parseGrantKeys(env.LONGSHOT_GRANT_KEYS ?? '', 'LONGSHOT_GRANT_KEYS')[0],
+    tls: loadTlsFiles({ cert: env.LONGSHOT_TLS_CERT, key: env.LONGSHOT_TLS_KEY, ca: env.LONGSHOT_TLS_CA }, { cert: 'LONGSHOT_TLS_CERT', key: 'LONGSHOT_TLS_KEY', ca: 'LONGSHOT_TLS_CA' }),
   };
 }
 

@@ -4,11 +4,11 @@ import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type Work
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { deserializeCache, LatentDecoder, ModelNameError, serializeCache, type DecoderCache, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
-import { runDistributedJob } from '@longshot/pipeline';
+import { candidates, LeasedWorkers, runDistributedJob } from '@longshot/pipeline';
 import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
+import { tlsCredentials } from '@longshot/transport';
 import type { ControllerConfig } from './config';
-import { candidates, LeasedWorkers } from './leased-workers';
 import { blockSteps, jobDuration, resultsStoreFailures, stitchedBlocks, workersDeadlineFailures } from './metrics';
 import { chooseStages } from './planning';
 import { isNoSpace, type JobDataRepository, type ResultStore, type UploadRepository } from './repositories';
@@ -25,6 +25,8 @@ export interface VideoResult {
   /** The solver and schedule shift the job ran with (the shift resolved from the model's scheduler). */
   readonly sampler: SamplerKind;
   readonly shift: number;
+  /** The numerics fingerprint every run of the job computed with: latentSha256 is reproducible on workers of that fingerprint. */
+  readonly numerics: string;
   readonly contentUrl: string;
   /** Wall time from the first start to the end. */
   readonly seconds: number;
@@ -131,7 +133,8 @@ export class RenderRun {
     });
     try {
       const K = rec.stages ?? (spec.autoStages ? await this.plan(spec, model) : spec.stages);
-      const reserved = await source.tryLease(K);
+      // A job that ran before (a retry, a takeover) is pinned to the numerics it started on.
+      const reserved = await source.tryLease(K, new Set(), rec.numerics);
       if (!reserved) {
         const since = this.job.data.waitingSince ?? Date.now();
         if (Date.now() - since >= config.workersDeadlineMs) {
@@ -150,7 +153,7 @@ export class RenderRun {
       }
       if (this.job.data.waitingSince !== undefined) await this.job.updateData({ id: this.id });
       source.reserve(reserved);
-      await this.runPipeline(rec, { ...spec, stages: K }, modelSource, text, source);
+      await this.runPipeline(rec, { ...spec, stages: K }, modelSource, text, source, reserved[0].numerics);
     } catch (e) {
       await this.settleFailure(rec, e);
     } finally {
@@ -166,7 +169,8 @@ export class RenderRun {
     return chooseStages(spec, model, Math.max(1, free), this.d.config.plannerProfile);
   }
 
-  private async runPipeline(rec: VideoRecord, spec: JobSpec, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers): Promise<void> {
+  /** `numerics`: the fingerprint of the leased workers (the record's, when the job already had one). */
+  private async runPipeline(rec: VideoRecord, spec: JobSpec, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers, numerics: string): Promise<void> {
     const { config, jobs, data } = this.d;
     const model = modelSource.config;
     const plan = planJob(spec);
@@ -174,7 +178,8 @@ export class RenderRun {
     const attempt = rec.attempts + 1;
     const started = await jobs.update(this.id, {
       status: 'running',
-      fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null },
+      // The numerics are recorded with the start, before any block is computed: later runs pin to them.
+      fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null, numerics },
       event: { name: 'started', data: { stages: spec.stages, workers: source.workers, attempt } },
     });
     if (!started.changed) return; // canceled between dequeue and start
@@ -204,10 +209,12 @@ export class RenderRun {
       const run = await runDistributedJob(
         // Session ids derive from the driver's job id: a run-unique one keeps a takeover's
         // sessions apart from the dead run's, which workers may still be closing.
-        { jobId: this.id, spec, model, keyPrefix: data.prefix(this.id), text, resume },
+        { jobId: this.id, spec, model, keyPrefix: data.prefix(this.id), text, resume, numerics },
         {
           blocks: data.blocks,
           workers: source,
+          grantKey: config.grantKey,
+          credentials: tlsCredentials(config.tls).client,
           signal: this.abort.signal,
           livenessIntervalMs: config.livenessIntervalMs,
           onBlock,
@@ -242,6 +249,7 @@ export class RenderRun {
       latentSha256: latentSha256(assembleLatents(latents, model.latentChannels, spec.block, plan.latentHeight * plan.latentWidth)),
       sampler: scheduler.kind,
       shift: scheduler.flowShift,
+      numerics,
       contentUrl: urlsOf(this.id).content,
       seconds: (finishedAt - first) / 1000,
     };

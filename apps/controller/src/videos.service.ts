@@ -4,7 +4,7 @@ import { isTerminal, jobPrefix, JOB_STATUSES, type JobStatus, type WorkerLeases,
 import { ModelNameError, SafetensorsFile, type ModelCatalog, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import type { ControllerConfig } from './config';
-import { candidates } from './leased-workers';
+import { candidates, workerState } from '@longshot/pipeline';
 import { RenderQueue } from './queue';
 import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
 import { parseSubmit } from './request';
@@ -116,6 +116,7 @@ export class VideosService {
       workers: rec.workers,
       attempts: rec.attempts,
       owner: rec.owner,
+      numerics: rec.numerics,
       result: rec.result,
       error: rec.error,
       createdAt: iso(rec.createdAt),
@@ -181,12 +182,13 @@ export class VideosService {
         return {
           id: w.id,
           address: w.address,
-          state: l ? 'leased' : 'free',
+          state: workerState(w, l !== undefined),
           lease: l ? { job: l.holder.job, run: l.holder.run, expiresInMs: l.ttlMs } : null,
           sessions: w.sessions,
           capacity: w.capacity,
           models: w.models,
           backend: w.backend,
+          numerics: w.numerics,
           startedAt: iso(w.startedAt),
         };
       }),

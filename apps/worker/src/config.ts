@@ -2,6 +2,7 @@ import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { modelsDirFlag } from '@longshot/model';
 import { getProfile } from '@longshot/planner';
+import { loadTlsFiles, parseGrantKeys } from '@longshot/transport';
 import type { WorkerConfig } from './worker';
 
 export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
@@ -22,6 +23,11 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --key-ttl SECONDS    lifetime of a job's Redis keys after each write (86400)
   --drain SECONDS      on SIGTERM, how long open sessions may finish (30)
   --checkpoint-every N head checkpoints every N iterations: fewer writes, more work redone after a failure (1)
+  --grant-keys KEYS    id:secret[,id:secret] keys whose session grants are accepted: the driver's
+                       current key, and during a rotation the previous one (LONGSHOT_GRANT_KEYS; required)
+  --tls-cert FILE      mTLS: this worker's certificate (PEM); with --tls-key and --tls-ca (LONGSHOT_TLS_CERT)
+  --tls-key FILE       mTLS: its private key (LONGSHOT_TLS_KEY)
+  --tls-ca FILE        mTLS: CA that signs every worker's and driver's certificate (LONGSHOT_TLS_CA)
   --memory-probe       sample retained memory (after a forced GC) at every finished block; needs node --expose-gc (leak tests)
 `;
 
@@ -50,6 +56,10 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
       drain: { type: 'string' },
       'checkpoint-every': { type: 'string' },
       'memory-probe': { type: 'boolean', default: false },
+      'grant-keys': { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-ca': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -76,6 +86,10 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
   }
   const models = (f.models ?? env.LONGSHOT_WORKER_MODELS ?? '*').split(',').map((m) => m.trim()).filter(Boolean);
   if (models.length === 0) throw new Error('--models: give at least one model id or *');
+  const grantSpec = f['grant-keys'] ?? env.LONGSHOT_GRANT_KEYS;
+  if (!grantSpec && !f.help) throw new Error('--grant-keys: required (or set LONGSHOT_GRANT_KEYS): workers open sessions only for drivers holding a grant signed with one of these keys');
+  const grantKeys = grantSpec ? parseGrantKeys(grantSpec, '--grant-keys') : [];
+  const tls = loadTlsFiles({ cert: f['tls-cert'] ?? env.LONGSHOT_TLS_CERT, key: f['tls-key'] ?? env.LONGSHOT_TLS_KEY, ca: f['tls-ca'] ?? env.LONGSHOT_TLS_CA });
   const config: WorkerConfig = {
     id: f.id ?? env.LONGSHOT_WORKER_ID ?? `worker-${os.hostname()}-${process.pid}`,
     host,
@@ -91,6 +105,8 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     drainSeconds: int('drain', f.drain, 30, 0, 3600),
     checkpointEvery: int('checkpoint-every', f['checkpoint-every'] ?? env.LONGSHOT_CHECKPOINT_EVERY, 1, 1, 1_000_000),
     memoryProbe: f['memory-probe'] ?? false,
+    grantKeys,
+    tls,
   };
   return { config, backend, help: f.help ?? false };
 }

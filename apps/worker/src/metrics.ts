@@ -45,5 +45,14 @@ export const workerMetrics = {
     labelNames: ['kind'],
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
   }),
+  refusedCalls: counter<'reason'>({
+    name: 'longshot_worker_refused_calls_total',
+    help: 'OpenSession and RunComponent calls refused before using capacity: no or bad session grant, or its job does not hold this worker\'s lease',
+    labelNames: ['reason'],
+  }),
+  fencedWrites: counter({
+    name: 'longshot_worker_fenced_writes_total',
+    help: 'Head writes (blocks, checkpoints) refused because another run of the job took it over',
+  }),
   backend: gauge<'backend'>({ name: 'longshot_worker_backend_info', help: 'Compute backend of this worker (value 1)', labelNames: ['backend'] }),
 };

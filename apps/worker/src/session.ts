@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { BlockStore, CheckpointStore } from '@longshot/cache';
+import type * as grpc from '@grpc/grpc-js';
+import { FencedWriteError, type BlockStore, type CheckpointStore } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
 import { Stage, type ModelCatalog, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
@@ -27,7 +28,7 @@ import type { RetainedMemorySampler } from './retained-memory';
 /** A request the worker refuses: becomes a gRPC status with this code's name. */
 export class SessionError extends Error {
   constructor(
-    readonly code: 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'UNAUTHENTICATED' | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'ALREADY_EXISTS',
+    readonly code: 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'UNAUTHENTICATED' | 'PERMISSION_DENIED' | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'ALREADY_EXISTS',
     message: string,
   ) {
     super(message);
@@ -40,6 +41,10 @@ export interface SessionContext {
   readonly backend: Backend;
   readonly checkpoints: CheckpointStore;
   readonly blocks: BlockStore;
+  /** The run whose grant opened this session: its Redis writes are fenced by it (see JobKeyspace.put). */
+  readonly run: string;
+  /** Credentials of the link to the next stage (mTLS when the worker is configured for it). */
+  readonly credentials?: grpc.ChannelCredentials;
   /** Seconds a job's keys live after each write; the driver shortens it once the job ends. */
   readonly keyTtlSeconds: number;
   /** Resolves spec.model: a model name, never a path. */
@@ -362,18 +367,21 @@ export class StageSession {
       this.persisting = (async () => {
         const end = workerMetrics.persistSeconds.startTimer();
         if (finished) {
-          await this.ctx.blocks.put(this.keyPrefix, finished.index, finished.latents, this.ctx.keyTtlSeconds);
+          await this.ctx.blocks.put(this.keyPrefix, finished.index, finished.latents, this.ctx.keyTtlSeconds, this.ctx.run);
           this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } });
         }
         if (state) {
-          await this.ctx.checkpoints.save(this.keyPrefix, state, this.ctx.keyTtlSeconds);
+          await this.ctx.checkpoints.save(this.keyPrefix, state, this.ctx.keyTtlSeconds, this.ctx.run);
           workerMetrics.checkpoints.inc();
         }
         end();
         if (!state) return;
         this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
       })();
-      this.persisting.catch((e) => this.fail(e));
+      this.persisting.catch((e) => {
+        if (e instanceof FencedWriteError) workerMetrics.fencedWrites.inc();
+        this.fail(e);
+      });
     }
     if (q.done) {
       await this.persisting;
@@ -433,7 +441,7 @@ export class StageSession {
 
   private openSender(): TensorSender {
     if (!this.sender) {
-      this.client = createWorkerClient(this.nextAddress);
+      this.client = createWorkerClient(this.nextAddress, { credentials: this.ctx.credentials });
       this.sender = TensorSender.open(this.client, { peer: this.nextAddress });
     }
     return this.sender;

@@ -1,13 +1,19 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
-import { BlockStore, CheckpointStore, WorkerRegistry } from '@longshot/cache';
-import type { Backend } from '@longshot/engine';
+import { BlockStore, CheckpointStore, keys, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
 import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
 import {
   addHealthService,
+  GrantError,
   TensorReceiver,
+  verifyGrant,
+  tlsCredentials,
+  type GrantKey,
+  type TlsFiles,
+  type SessionGrant,
   serverOptions,
   workerServiceDefinition,
   type CloseSessionRequest,
@@ -45,6 +51,10 @@ export interface WorkerConfig {
   readonly checkpointEvery: number;
   /** Sample retained memory at every finished block (leak tests; forces a GC each time). */
   readonly memoryProbe: boolean;
+  /** Keys whose session grants this worker accepts (the current one and, during a rotation, the previous one). */
+  readonly grantKeys: readonly GrantKey[];
+  /** mTLS: serve with this certificate and require client certificates signed by `ca`; null = plaintext. */
+  readonly tls: TlsFiles | null;
 }
 
 /**
@@ -60,6 +70,10 @@ export class WorkerProcess {
   private readonly registry: WorkerRegistry;
   private readonly checkpoints: CheckpointStore;
   private readonly blocks: BlockStore;
+  private readonly leases: WorkerLeases;
+  private readonly credentials: ReturnType<typeof tlsCredentials>;
+  /** This worker's numerics fingerprint (registered; drivers pin a job to one). */
+  readonly numerics: string;
   private health: ReturnType<typeof addHealthService> | null = null;
   private draining = false;
   private readonly retainedMemory: RetainedMemorySampler | null;
@@ -78,6 +92,9 @@ export class WorkerProcess {
     this.registry = new WorkerRegistry(this.redis);
     this.checkpoints = new CheckpointStore(this.redis);
     this.blocks = new BlockStore(this.redis);
+    this.leases = new WorkerLeases(this.redis);
+    this.credentials = tlsCredentials(config.tls);
+    this.numerics = numericsFingerprint(backend);
     this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
     this.catalog = new ModelCatalog(config.modelsDir);
     this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, log });
@@ -119,8 +136,11 @@ export class WorkerProcess {
           call.emit('error', { code: grpc.status.FAILED_PRECONDITION, details: `worker ${this.config.id} is shutting down` });
           return;
         }
-        this.components
-          .run(call.request, (o) => call.write(o))
+        this.authorize(call.request.grant, call.request.jobId)
+          .then((g) => {
+            if (g.stage !== -1) throw this.refuse('PERMISSION_DENIED', 'grant-scope', 'the session grant is not for a component call');
+            return this.components.run(call.request, (o) => call.write(o));
+          })
           .then(
             () => call.end(),
             (e) => call.emit('error', this.toStatus(e)),
@@ -136,7 +156,7 @@ export class WorkerProcess {
     server.addService(workerServiceDefinition, impl);
     this.health = addHealthService(server, { '': 'SERVING', 'longshot.v1.Worker': 'SERVING' });
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(`${this.config.host}:${this.config.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+      server.bindAsync(`${this.config.host}:${this.config.port}`, this.credentials.server, (err, p) => (err ? reject(err) : resolve(p))),
     );
     this.server = server;
     this.address = `${this.config.advertiseHost}:${port}`;
@@ -152,12 +172,13 @@ export class WorkerProcess {
         sessions: 0,
         models: [...this.config.models],
         backend: this.backend.name,
+        numerics: this.numerics,
         pid: process.pid,
         startedAt: Date.now(),
       },
       { sessions: () => this.sessions.size },
     );
-    this.log.info('worker ready', { id: this.config.id, address: this.address, metrics: this.metricsAddress, backend: this.backend.name, emulation: this.config.emulation?.profile.name ?? null });
+    this.log.info('worker ready', { id: this.config.id, address: this.address, metrics: this.metricsAddress, backend: this.backend.name, numerics: this.numerics, tls: this.config.tls !== null, emulation: this.config.emulation?.profile.name ?? null });
   }
 
   /**
@@ -190,13 +211,21 @@ export class WorkerProcess {
 
   private async openSession(req: OpenSessionRequest): Promise<OpenSessionResponse> {
     if (this.draining) throw new SessionError('FAILED_PRECONDITION', `worker ${this.config.id} is shutting down`);
+    // The grant first: a call without one never learns anything about this worker or uses capacity.
+    const grant = await this.authorize(req.grant, req.jobId);
+    if (grant.stage < 0 || grant.layerBegin !== req.layerBegin || grant.layerEnd !== req.layerEnd) {
+      throw this.refuse('PERMISSION_DENIED', 'grant-scope', `the session grant is for layers [${grant.layerBegin}, ${grant.layerEnd}), not [${req.layerBegin}, ${req.layerEnd})`);
+    }
     if (this.sessions.has(req.sessionId)) throw new SessionError('ALREADY_EXISTS', `session ${req.sessionId} already exists`);
     if (this.sessions.size >= this.config.capacity) throw new SessionError('RESOURCE_EXHAUSTED', `worker ${this.config.id} runs ${this.sessions.size} of ${this.config.capacity} sessions`);
     if (req.spec && !this.config.models.includes('*') && !this.config.models.includes(req.spec.model)) {
       throw new SessionError('FAILED_PRECONDITION', `worker ${this.config.id} does not serve model ${req.spec.model}`);
     }
-    const session = new StageSession(req, {
+    // The key prefix and the run that fences its writes come from the grant, never from the client.
+    const session = new StageSession({ ...req, keyPrefix: grant.keyPrefix }, {
       workerId: this.config.id,
+      run: grant.run,
+      credentials: this.credentials.client,
       backend: this.backend,
       checkpoints: this.checkpoints,
       blocks: this.blocks,
@@ -221,6 +250,39 @@ export class WorkerProcess {
       await session.close();
       throw e;
     }
+  }
+
+  /**
+   * A call's session grant: signed with a key this worker trusts, unexpired, for the job the
+   * request names, with a key prefix of that job, and issued by the run that holds this worker's
+   * lease in Redis right now. Anything else is refused (and counted) before it touches capacity.
+   */
+  private async authorize(token: string, jobId: string): Promise<SessionGrant> {
+    let grant: SessionGrant;
+    try {
+      grant = verifyGrant(token, this.config.grantKeys);
+    } catch (e) {
+      if (e instanceof GrantError) throw this.refuse('UNAUTHENTICATED', e.reason, e.message);
+      throw e;
+    }
+    if (grant.job !== jobId) throw this.refuse('PERMISSION_DENIED', 'grant-job', 'the session grant is for another job');
+    let prefixJob: string | null = null;
+    try {
+      prefixJob = keys.jobIdOf(grant.keyPrefix);
+    } catch {
+      prefixJob = null;
+    }
+    if (prefixJob !== grant.job) throw this.refuse('PERMISSION_DENIED', 'grant-prefix', "the session grant's key prefix is not its job's");
+    const [lease] = await this.leases.leases([this.config.id]);
+    if (!lease || lease.holder.job !== grant.job || lease.holder.run !== grant.run) {
+      throw this.refuse('PERMISSION_DENIED', 'no-lease', `job ${grant.job} (this run) does not hold worker ${this.config.id}'s lease`);
+    }
+    return grant;
+  }
+
+  private refuse(code: 'UNAUTHENTICATED' | 'PERMISSION_DENIED', reason: string, message: string): SessionError {
+    workerMetrics.refusedCalls.inc({ reason });
+    return new SessionError(code, message);
   }
 
   private watchSession(call: grpc.ServerWritableStream<WatchSessionRequest, SessionEvent>): void {

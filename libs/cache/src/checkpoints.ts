@@ -213,9 +213,10 @@ export class CheckpointStore {
     this.jobKeys = new JobKeyspace(redis, this.keys);
   }
 
-  async save(prefix: string, state: QueueState, ttlSeconds: number): Promise<void> {
+  /** With `run`, a fenced write: refused (FencedWriteError) unless `run` is the job's current run. */
+  async save(prefix: string, state: QueueState, ttlSeconds: number, run?: string): Promise<void> {
     const key = this.keys.checkpointKey(prefix);
-    await this.jobKeys.put(prefix, key, encodeCheckpoint(state), ttlSeconds);
+    await this.jobKeys.put(prefix, key, encodeCheckpoint(state), ttlSeconds, run);
   }
 
   /** The last checkpoint, or null when the job has none (never started, or expired). */
@@ -276,9 +277,15 @@ export class BlockStore {
     this.jobKeys = new JobKeyspace(redis, this.keys);
   }
 
-  async put(prefix: string, index: number, latents: Float32Array, ttlSeconds: number): Promise<void> {
+  /** With `run`, a fenced write: refused (FencedWriteError) unless `run` is the job's current run. */
+  async put(prefix: string, index: number, latents: Float32Array, ttlSeconds: number, run?: string): Promise<void> {
     const key = this.keys.blockKey(prefix, index);
-    await this.jobKeys.put(prefix, key, encodeBlock(index, latents), ttlSeconds);
+    await this.jobKeys.put(prefix, key, encodeBlock(index, latents), ttlSeconds, run);
+  }
+
+  /** Makes `run` the job's current run (see JobKeyspace.claimRun): a superseded run's writes are refused from now on. */
+  claimRun(prefix: string, run: string, ttlSeconds: number): Promise<void> {
+    return this.jobKeys.claimRun(prefix, run, ttlSeconds);
   }
 
   async get(prefix: string, index: number): Promise<Float32Array | null> {

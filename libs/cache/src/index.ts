@@ -3,7 +3,7 @@ export * from './redis-server';
 export * from './tied-process';
 export * from './checkpoints';
 export * from './registry';
-export { JobKeyspace } from './job-keys';
+export { FencedWriteError, JobKeyspace } from './job-keys';
 export { CorruptValueError } from './codec';
 export * from './leases';
 export * from './jobs';

@@ -30,6 +30,11 @@ export interface JobRecord<Spec = unknown, Result = unknown> {
   readonly error: { readonly message: string } | null;
   /** Controller replica running it now (null when none). */
   readonly owner: string | null;
+  /**
+   * Numerics fingerprint of the workers the job started on (null until its first run has
+   * workers): every later run, takeovers included, is pinned to it, so the output stays bit-identical.
+   */
+  readonly numerics: string | null;
   readonly createdAt: number;
   readonly startedAt: number | null;
   readonly finishedAt: number | null;
@@ -179,6 +184,7 @@ export class JobStore<Spec = unknown, Result = unknown> {
       result: null,
       error: null,
       owner: null,
+      numerics: null,
       createdAt: now,
       startedAt: null,
       finishedAt: null,
@@ -381,6 +387,7 @@ function decodeRecord<Spec, Result>(h: Record<string, string>): JobRecord<Spec, 
     result: json<Result | null>('result', null),
     error: json<{ message: string } | null>('error', null),
     owner: h.owner ? h.owner : null,
+    numerics: h.numerics ? h.numerics : null,
     createdAt: num('createdAt'),
     startedAt: nnum('startedAt'),
     finishedAt: nnum('finishedAt'),

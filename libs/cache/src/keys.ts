@@ -10,6 +10,8 @@
  *   R:job:{<jobId>}:block:<n>       finished block latents
  *   R:job:{<jobId>}:decoder-cache   the stitcher's causal decoder feature cache
  *   R:job:{<jobId>}:keys            set of the job's keys (so they can all be expired together)
+ *   R:job:{<jobId>}:run             the job's current run (fencing: writes of other runs are refused)
+ *   R:job:{<jobId>}:<key>~<run>     a fenced value on its way to <key> (exists for one round trip)
  *   R:text-embedding:<hash>         cached text encoder output
  *   R:upload:<id>                   bytes a client uploaded (POST /v1/embeddings), with a TTL
  *
@@ -73,6 +75,17 @@ export class KeySchema {
 
   uploadKey(id: string): string {
     return `${this.root}:upload:${checkId('upload id', id)}`;
+  }
+
+  /** The job's current run: fenced writes of any other run are dropped (see JobKeyspace.put). */
+  runKey(prefix: string): string {
+    return `${this.checkPrefix(prefix)}:run`;
+  }
+
+  /** Where a fenced write of `run` stages `key`'s value before the fence check moves it in place. */
+  stagingKey(prefix: string, key: string, run: string): string {
+    if (!key.startsWith(`${this.checkPrefix(prefix)}:`)) throw new Error(`key ${key} is not under job prefix ${prefix}`);
+    return `${key}~${checkId('run id', run)}`;
   }
 
   /** The job id inside a prefix made by `jobPrefix`. */

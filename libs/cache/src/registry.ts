@@ -16,6 +16,11 @@ export interface WorkerInfo {
   readonly models: readonly string[];
   /** Compute backend, e.g. 'cpu' or 'cuda'. */
   readonly backend: string;
+  /**
+   * Numerics fingerprint: backend, storage dtype, SIMD level or device, engine build. Workers
+   * with equal fingerprints compute bit-identical results; a job never mixes two.
+   */
+  readonly numerics: string;
   readonly pid: number;
   /** Epoch milliseconds. */
   readonly startedAt: number;
@@ -48,6 +53,7 @@ export function workerInfoProblem(v: unknown): string | null {
   if (!isCount(w.sessions)) return `sessions must be a non-negative integer, got ${w.sessions}`;
   if (!Array.isArray(w.models) || w.models.length === 0 || !w.models.every(isText)) return 'models must be a non-empty array of model ids';
   if (!isText(w.backend)) return 'backend must be a non-empty string';
+  if (!isText(w.numerics)) return 'numerics must be a non-empty string';
   if (!isCount(w.pid)) return `pid must be a non-negative integer, got ${w.pid}`;
   if (!isCount(w.startedAt)) return `startedAt must be epoch milliseconds, got ${w.startedAt}`;
   return null;
@@ -63,6 +69,7 @@ function pick(w: WorkerInfo): WorkerInfo {
     sessions: w.sessions,
     models: [...w.models],
     backend: w.backend,
+    numerics: w.numerics,
     pid: w.pid,
     startedAt: w.startedAt,
   };

@@ -8,7 +8,7 @@ beforeAll(async () => {
   t = await testRedis();
   for (const id of ['w0', 'w1', 'w2']) {
     const r = new WorkerRegistry(t.redis, { keys: t.keys });
-    const info: WorkerInfo = { id, address: '127.0.0.1:1', metricsAddress: '127.0.0.1:2', capacity: 2, sessions: 0, models: ['*'], backend: 'cpu', pid: 1, startedAt: Date.now() };
+    const info: WorkerInfo = { id, address: '127.0.0.1:1', metricsAddress: '127.0.0.1:2', capacity: 2, sessions: 0, models: ['*'], backend: 'cpu', numerics: 'cpu:f32:simd=scalar:test', pid: 1, startedAt: Date.now() };
     await r.register(info, { ttlMs: 5000, heartbeatMs: 1000 });
     registries.push(r);
   }

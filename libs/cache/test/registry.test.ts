@@ -22,7 +22,7 @@ function info(id: string, extra: Partial<WorkerInfo> = {}): WorkerInfo {
     capacity: 4,
     sessions: 0,
     models: ['wan2.1-t2v-1.3b'],
-    backend: 'cpu',
+    backend: 'cpu', numerics: 'cpu:f32:simd=scalar:test',
     pid: process.pid,
     startedAt: 1_700_000_000_000,
     ...extra,

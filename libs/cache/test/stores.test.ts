@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { QueueState } from '@longshot/planner';
 import { LatentDecoder, deserializeCache, serializeCache } from '@longshot/model';
 import { Rng } from '@longshot/random';
-import { BlockStore, CheckpointStore, CorruptValueError, DecoderCacheStore, encodeCheckpoint } from '../src';
+import { BlockStore, CheckpointStore, CorruptValueError, DecoderCacheStore, encodeCheckpoint, FencedWriteError, JobKeyspace } from '../src';
 import { checksum } from '../src/codec';
 import { eventually, testRedis, type TestRedis } from './helpers';
 
@@ -200,6 +200,39 @@ describe('BlockStore', () => {
     await expect(store.get(prefix, 2)).rejects.toThrow(/block:2: block is truncated/);
     await t.redis.set(t.keys.blockKey(prefix, 3), 'hello world, this is certainly not a Longshot block at all, and long enough');
     await expect(store.get(prefix, 3)).rejects.toThrow(/block:3: block has bad magic/);
+  });
+});
+
+describe('fenced writes (a run that no longer owns the job)', () => {
+  it("lands only the current run's writes, atomically, keeps the TTL and tracking, and leaves no staged value", async () => {
+    const store = new BlockStore(t.redis, { keys: t.keys });
+    const jobKeys = new JobKeyspace(t.redis, t.keys);
+    const prefix = t.keys.jobPrefix('fenced');
+    const old = latents(256, 'old');
+    const tampered = latents(256, 'tampered');
+    // No run has claimed the job: a fenced write lands nowhere.
+    await expect(store.put(prefix, 0, old, 60, 'run-1')).rejects.toThrow(FencedWriteError);
+    expect(await store.has(prefix, 0)).toBe(false);
+    await store.claimRun(prefix, 'run-1', 60);
+    expect(await jobKeys.currentRun(prefix)).toBe('run-1');
+    await store.put(prefix, 0, old, 60, 'run-1');
+    expect(bits((await store.get(prefix, 0))!)).toEqual(bits(old));
+    expect(await t.redis.pttl(t.keys.blockKey(prefix, 0))).toBeGreaterThan(55_000);
+    expect(await t.redis.sismember(t.keys.jobKeysKey(prefix), t.keys.blockKey(prefix, 0))).toBe(1);
+    // A takeover: run-2 claims the job; run-1's late writes are refused and change nothing.
+    await store.claimRun(prefix, 'run-2', 60);
+    await expect(store.put(prefix, 0, tampered, 60, 'run-1')).rejects.toThrow(/run run-1 no longer owns the job/);
+    const checkpoints = new CheckpointStore(t.redis, { keys: t.keys });
+    await expect(checkpoints.save(prefix, { ...state(), nextIteration: 1 } as QueueState, 60, 'run-1')).rejects.toThrow(FencedWriteError);
+    expect(await checkpoints.load(prefix)).toBeNull();
+    expect(bits((await store.get(prefix, 0))!)).toEqual(bits(old));
+    expect(await t.redis.keys(`${prefix}*~*`)).toEqual([]);
+    // The current run writes as before.
+    await store.put(prefix, 0, tampered, 60, 'run-2');
+    expect(bits((await store.get(prefix, 0))!)).toEqual(bits(tampered));
+    // The run key is a job key: it expires with the job.
+    expect(await store.expireJob(prefix, 5)).toBeGreaterThanOrEqual(2);
+    expect(await t.redis.pttl(t.keys.runKey(prefix))).toBeLessThanOrEqual(5000);
   });
 });
 

@@ -3,6 +3,7 @@
  * the model needs to run a graph goes through `Backend` (backend.ts) with nodes described by
  * `OPS` (ops.ts); the addon mirrors that table and is refused at load if the two disagree.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -209,6 +210,24 @@ export function engineInfo(): EngineInfo {
 export function backendNumerics(backend: Backend): string {
   const info = addon.info();
   return backend.name === 'cpu' ? `cpu:simd=${info.simd}` : `${backend.name}:device=${info.cudaDevice ?? 'unknown'}`;
+}
+
+let buildId: string | null = null;
+/** The engine build: a digest of the loaded native addon (a rebuild with other flags or compiler is another build). */
+export function engineBuildId(): string {
+  buildId ??= createHash('sha256').update(fs.readFileSync(ADDON_PATH)).digest('hex').slice(0, 12);
+  return buildId;
+}
+
+/**
+ * A worker's numerics identity: backend, storage dtype (f32 on the CPU), SIMD level or device,
+ * and the engine build. Bit-identity of a job's output holds among workers with equal
+ * fingerprints only, so a job is pinned to the fingerprint it started on.
+ */
+export function numericsFingerprint(backend: Backend): string {
+  // CUDA backends carry their storage in the name (cuda:bf16); the CPU stores float32.
+  const storage = backend.name === 'cpu' ? ':storage=f32' : '';
+  return `${backendNumerics(backend)}${storage}:build=${engineBuildId()}`;
 }
 
 /** Selects the CPU kernels' SIMD level; throws a RangeError if this CPU cannot run it. */

@@ -10,7 +10,10 @@ import {
   encodePayload,
   Role,
   runComponent,
+  signGrant,
   toWireDtype,
+  type GrantKey,
+  type SessionGrant,
   type PayloadDtype,
   type SessionEvent,
   type WorkerClient,
@@ -19,12 +22,19 @@ import {
 export interface DriverWorker {
   readonly id: string;
   readonly address: string;
+  /** The worker's numerics fingerprint (see numericsFingerprint in @longshot/engine). */
+  readonly numerics: string;
 }
 
-/** Where the driver gets workers from: the registry for the CLI, leases for the controller. */
+/** Where the driver gets workers from: leases on registered workers (LeasedWorkers). */
 export interface WorkerSource {
-  /** Workers for `count` stages, none of them in `exclude`. */
-  pick(count: number, exclude: ReadonlySet<string>): Promise<DriverWorker[]>;
+  /** The run the workers are leased to: session grants name it, and it fences the job's writes. */
+  readonly run: string;
+  /**
+   * Workers for `count` stages, none of them in `exclude`, all of one numerics fingerprint:
+   * `numerics` when given (a job pinned to the fingerprint it started on).
+   */
+  pick(count: number, exclude: ReadonlySet<string>, numerics?: string | null): Promise<DriverWorker[]>;
   alive(id: string): Promise<boolean>;
   /** Called when the driver stops using workers (job ended or an attempt was abandoned). */
   release?(ids: readonly string[]): Promise<void>;
@@ -54,11 +64,22 @@ export interface DistributedJob {
    * this call always resume.
    */
   readonly resume?: boolean;
+  /**
+   * The numerics fingerprint the job started on (a takeover); null or absent: the first
+   * attempt's workers choose it. Every attempt runs on workers of that fingerprint only.
+   */
+  readonly numerics?: string | null;
 }
 
 export interface DriverOptions {
   readonly blocks: BlockStore;
   readonly workers: WorkerSource;
+  /** Signs the session grants workers require (the current key of the deployment's grant keys). */
+  readonly grantKey: GrantKey;
+  /** How long a grant is valid; a session outlives it, only opening one needs it. Default 5 minutes. */
+  readonly grantTtlMs?: number;
+  /** Credentials of the links to workers (mTLS when they require it); default plaintext. */
+  readonly credentials?: grpc.ChannelCredentials;
   /** Final latents of each block, in block order, exactly once. */
   onBlock(index: number, latents: Float32Array): Promise<void> | void;
   onBlockStep?(e: { iteration: number; block: number; step: number }): void;
@@ -94,6 +115,8 @@ export interface DistributedResult {
   readonly retainedBytes: Record<string, number[]>;
   /** Where the prompt was encoded (null when the job brought its embeddings). */
   readonly textEncoder: TextEncoderRun | null;
+  /** The numerics fingerprint every stage of every attempt computed with. */
+  readonly numerics: string;
 }
 
 export interface TextEncoderRun {
@@ -159,18 +182,33 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   const run = randomBytes(4).toString('hex');
   let text = job.text;
   let textEncoder: TextEncoderRun | null = null;
+  let numerics = job.numerics ?? null;
+  const grant = (stage: number, layerBegin: number, layerEnd: number): string =>
+    signGrant(
+      { job: job.jobId, run: o.workers.run, stage, layerBegin, layerEnd, keyPrefix: job.keyPrefix, expiresAt: Date.now() + (o.grantTtlMs ?? 5 * 60_000) } satisfies SessionGrant,
+      o.grantKey,
+    );
   for (let attempt = 0; ; attempt++) {
     o.signal?.throwIfAborted();
-    const workers = await o.workers.pick(ranges.length, dead);
+    const workers = await o.workers.pick(ranges.length, dead, numerics);
+    const mixed = workers.find((w) => w.numerics !== workers[0].numerics || (numerics !== null && w.numerics !== numerics));
+    if (mixed) {
+      await o.workers.release?.(workers.map((w) => w.id));
+      throw new Error(`worker ${mixed.id} computes with numerics ${mixed.numerics}, not ${numerics ?? workers[0].numerics}: a job never mixes fingerprints`);
+    }
+    numerics = workers[0].numerics;
     const sessions: OpenedSession[] = [];
     let startIteration = 0;
     try {
+      // From here on only this run's writes land under the job's prefix: a superseded run's
+      // sessions still running somewhere are fenced off (JobKeyspace.put).
+      await o.blocks.claimRun(job.keyPrefix, o.workers.run, CLAIM_TTL_SECONDS);
       if (!text) {
-        const encoded = await encodeOnWorker(job, workers[0], o);
+        const encoded = await encodeOnWorker(job, workers[0], o, grant(-1, 0, 0));
         text = encoded.text;
         textEncoder = encoded.run;
       }
-      const opened = await openSessions(job, text, workers, ranges, `${run}.a${attempt}`, attempt > 0);
+      const opened = await openSessions(job, text, workers, ranges, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
       o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration });
@@ -202,6 +240,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         maxRssBytes: closed.maxRssBytes,
         retainedBytes: closed.retainedBytes,
         textEncoder,
+        numerics,
       };
     } catch (e) {
       await closeSessions(sessions).catch(() => undefined);
@@ -224,12 +263,12 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
  * failing worker is a lost stage: the attempt loop excludes it and picks another. A refused
  * request (INVALID_ARGUMENT: bad prompt or model) fails the job.
  */
-async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: DriverOptions): Promise<{ text: TextEmbeddings; run: TextEncoderRun }> {
-  const client = createWorkerClient(worker.address);
+async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: DriverOptions, grant: string): Promise<{ text: TextEmbeddings; run: TextEncoderRun }> {
+  const client = createWorkerClient(worker.address, { credentials: o.credentials });
   try {
     const r = await runComponent(
       client,
-      { kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model: job.spec.model, jobId: job.jobId, input: { $case: 'text', value: { prompt: job.spec.prompt, negativePrompt: job.spec.negativePrompt } } },
+      { kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model: job.spec.model, jobId: job.jobId, input: { $case: 'text', value: { prompt: job.spec.prompt, negativePrompt: job.spec.negativePrompt } }, grant },
       { signal: o.signal, deadlineMs: TEXT_ENCODER_DEADLINE_MS },
     );
     const take = (name: string): Float32Array => {
@@ -250,6 +289,9 @@ async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: Driv
   }
 }
 
+/** Lifetime of a job's run key (it is tracked, so a finished job's retention shortens it). */
+const CLAIM_TTL_SECONDS = 7 * 86400;
+
 /** The encoder of a 5-billion-parameter umT5 on CPU takes minutes; a hung worker must not hold a job forever. */
 const TEXT_ENCODER_DEADLINE_MS = 30 * 60_000;
 
@@ -260,12 +302,14 @@ async function openSessions(
   ranges: LayerRange[],
   attemptName: string,
   failover: boolean,
+  grant: (stage: number) => string,
+  credentials: grpc.ChannelCredentials | undefined,
 ): Promise<{ sessions: OpenedSession[]; startIteration: number }> {
   const K = ranges.length;
   if (workers.length !== K) throw new Error(`need ${K} workers, got ${workers.length}`);
   const sessions: OpenedSession[] = workers.map((worker, k) => ({
     worker,
-    client: createWorkerClient(worker.address),
+    client: createWorkerClient(worker.address, { credentials }),
     sessionId: `${job.jobId}.${attemptName}.s${k}`,
     token: randomBytes(24).toString('hex'),
   }));
@@ -288,8 +332,10 @@ async function openSessions(
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text: wireText,
       resume: failover || job.resume === true,
-      keyPrefix: job.keyPrefix,
+      // Workers take the prefix from the grant; this field is ignored.
+      keyPrefix: '',
       payloadScale: job.payloadScale ?? 1,
+      grant: grant(k),
     };
   };
   const open = (k: number) =>
@@ -396,31 +442,4 @@ async function lostWorkers(workers: DriverWorker[], o: DriverOptions, address: s
     await new Promise((r) => setTimeout(r, 250));
   }
   return workers.filter((w) => w.address === address);
-}
-
-/** Minimal view of the worker registry the driver needs (see @longshot/cache WorkerRegistry). */
-export interface WorkerDirectory {
-  list(): Promise<readonly { id: string; address: string; sessions: number; capacity: number }[]>;
-  isAlive(id: string): Promise<boolean>;
-}
-
-/**
- * Picks registered workers with free capacity, least loaded first, one per stage; waits up to
- * `waitMs` for enough of them (a replacement may still be starting).
- */
-export function registryWorkers(registry: WorkerDirectory, waitMs = 30_000): WorkerSource {
-  return {
-    async pick(count, exclude) {
-      const deadline = Date.now() + waitMs;
-      for (;;) {
-        const free = (await registry.list())
-          .filter((w) => !exclude.has(w.id) && w.sessions < w.capacity)
-          .sort((a, b) => a.sessions - b.sessions || a.id.localeCompare(b.id));
-        if (free.length >= count) return free.slice(0, count).map((w) => ({ id: w.id, address: w.address }));
-        if (Date.now() > deadline) throw new Error(`need ${count} free workers, the registry has ${free.length}`);
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    },
-    alive: (id) => registry.isAlive(id),
-  };
 }

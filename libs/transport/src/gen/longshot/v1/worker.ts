@@ -261,10 +261,16 @@ export interface OpenSessionRequest {
     | undefined;
   /** Head: resume from the job's last checkpoint in Redis instead of starting at iteration 0. */
   resume: boolean;
-  /** Redis key prefix of the job (checkpoints, finished blocks). */
+  /** Ignored: the key prefix comes from the grant (kept so old drivers still parse). */
   keyPrefix: string;
   /** Emulated compute: payloads are divided by this factor on the wire (1 = real sizes). */
   payloadScale: number;
+  /**
+   * The driver's signed session grant (job, run, stage, layers, key prefix, expiry); see
+   * docs/operations.md "Worker trust". Without a valid one whose job holds this worker's lease
+   * the call is refused before it uses any capacity.
+   */
+  grant: string;
 }
 
 export interface OpenSessionResponse {
@@ -364,7 +370,11 @@ export interface ComponentRequest {
   model: string;
   /** For logs only. */
   jobId: string;
-  input: { $case: "text"; value: TextEncoderInput } | undefined;
+  input:
+    | { $case: "text"; value: TextEncoderInput }
+    | undefined;
+  /** A session grant for this job (stage -1); required like OpenSession's. */
+  grant: string;
 }
 
 export interface TextEncoderInput {
@@ -806,6 +816,7 @@ function createBaseOpenSessionRequest(): OpenSessionRequest {
     resume: false,
     keyPrefix: "",
     payloadScale: 0,
+    grant: "",
   };
 }
 
@@ -855,6 +866,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     }
     if (message.payloadScale !== 0) {
       writer.uint32(120).uint32(message.payloadScale);
+    }
+    if (message.grant !== "") {
+      writer.uint32(130).string(message.grant);
     }
     return writer;
   },
@@ -992,6 +1006,14 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
             message.payloadScale = reader.uint32();
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.grant = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1061,6 +1083,7 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
         : isSet(object.payload_scale)
         ? globalThis.Number(object.payload_scale)
         : 0,
+      grant: isSet(object.grant) ? globalThis.String(object.grant) : "",
     };
   },
 
@@ -1111,6 +1134,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     if (message.payloadScale !== 0) {
       obj.payloadScale = Math.round(message.payloadScale);
     }
+    if (message.grant !== "") {
+      obj.grant = message.grant;
+    }
     return obj;
   },
 
@@ -1136,6 +1162,7 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     message.resume = object.resume ?? false;
     message.keyPrefix = object.keyPrefix ?? "";
     message.payloadScale = object.payloadScale ?? 0;
+    message.grant = object.grant ?? "";
     return message;
   },
 };
@@ -2609,7 +2636,7 @@ export const StageFailed: MessageFns<StageFailed> = {
 };
 
 function createBaseComponentRequest(): ComponentRequest {
-  return { kind: 0, model: "", jobId: "", input: undefined };
+  return { kind: 0, model: "", jobId: "", input: undefined, grant: "" };
 }
 
 export const ComponentRequest: MessageFns<ComponentRequest> = {
@@ -2627,6 +2654,9 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
       case "text":
         TextEncoderInput.encode(message.input.value, writer.uint32(34).fork()).join();
         break;
+    }
+    if (message.grant !== "") {
+      writer.uint32(42).string(message.grant);
     }
     return writer;
   },
@@ -2676,6 +2706,14 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
             message.input = { $case: "text", value: TextEncoderInput.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.grant = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2698,6 +2736,7 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
         ? globalThis.String(object.job_id)
         : "",
       input: isSet(object.text) ? { $case: "text", value: TextEncoderInput.fromJSON(object.text) } : undefined,
+      grant: isSet(object.grant) ? globalThis.String(object.grant) : "",
     };
   },
 
@@ -2714,6 +2753,9 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
     }
     if (message.input?.$case === "text") {
       obj.text = TextEncoderInput.toJSON(message.input.value);
+    }
+    if (message.grant !== "") {
+      obj.grant = message.grant;
     }
     return obj;
   },
@@ -2734,6 +2776,7 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
         break;
       }
     }
+    message.grant = object.grant ?? "";
     return message;
   },
 };
