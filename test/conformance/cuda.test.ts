@@ -93,6 +93,8 @@ const CASES: Record<OpName, OpCase[]> = {
       params: [2, 45, 70, 33, 3, 40],
       inputs: (r) => [normal(r, 2 * 45 * 120), normal(r, 2 * 70 * 120), normal(r, 2 * 70 * 120), normal(r, 2 * 33 * 120), normal(r, 2 * 33 * 120)],
     },
+    // The VAE's single-head spatial attention: head dim 384 (the 16-column-per-lane kernel).
+    { label: 'b2 q40 k40, h1 d384', params: [2, 40, 40, 0, 1, 384], inputs: (r) => [normal(r, 2 * 40 * 384, 0.1), normal(r, 2 * 40 * 384, 0.1), normal(r, 2 * 40 * 384), null, null] },
     { label: 'b1 q65 k16, h2 d128', params: [1, 65, 16, 0, 2, 128], inputs: (r) => [normal(r, 65 * 256), normal(r, 16 * 256), normal(r, 16 * 256), null, null] },
     { label: 'b1 q7 only extra 9, h1 d12', params: [1, 7, 0, 9, 1, 12], inputs: (r) => [normal(r, 7 * 12), new Float32Array(0), new Float32Array(0), normal(r, 9 * 12), normal(r, 9 * 12)] },
   ],
@@ -124,6 +126,24 @@ const CASES: Record<OpName, OpCase[]> = {
     },
     { label: 'b1 q7 k9 h2 d12 scale 0.3', params: [1, 7, 9, 2, 12, 0.3], inputs: (r) => [normal(r, 7 * 24), normal(r, 9 * 24), normal(r, 9 * 24), normal(r, 2 * 7 * 9)] },
   ],
+  causal_conv3d: [
+    // [frames, cacheFrames, height, width, in, out, kernelT, kernelH, kernelW]
+    {
+      label: '2f +1 cached 5x6 13 -> 20 kernel 3x3x3',
+      params: [2, 1, 5, 6, 13, 20, 3, 3, 3],
+      inputs: (r) => [normal(r, 2 * 30 * 13), normal(r, 20 * 13 * 27, 1 / Math.sqrt(13 * 27)), normal(r, 20), normal(r, 30 * 13)],
+    },
+    { label: '3f 4x4 9 -> 18 kernel 3x1x1 no cache', params: [3, 0, 4, 4, 9, 18, 3, 1, 1], inputs: (r) => [normal(r, 3 * 16 * 9), normal(r, 18 * 9 * 3, 0.2), null, null] },
+    { label: '1f 7x5 6 -> 3 conv2d', params: [1, 0, 7, 5, 6, 3, 1, 3, 3], inputs: (r) => [normal(r, 35 * 6), normal(r, 3 * 6 * 9, 0.15), normal(r, 3), null] },
+  ],
+  channel_rms_norm: [{ label: '37x96', params: [37, 96, 1e-12], inputs: (r) => [normal(r, 37 * 96, 2), normal(r, 96, 0.3, 1)] }],
+  upsample_nearest2x: [{ label: '2f 3x5x7', params: [2, 3, 5, 7], inputs: (r) => [normal(r, 2 * 3 * 5 * 7)] }],
+  transpose: [{ label: '3x12x2 cells of 5', params: [3, 12, 2, 5], inputs: (r) => [normal(r, 3 * 12 * 2 * 5)] }],
+  update_frame_cache: [
+    { label: 'keep 2 of 2 + 1', params: [2, 1, 33], inputs: (r) => [normal(r, 66), normal(r, 33)] },
+    { label: 'keep 2 of 2 + 4', params: [2, 4, 10], inputs: (r) => [normal(r, 20), normal(r, 40)] },
+  ],
+  clamp: [{ label: 'n=999 [-1, 1]', params: [999, -1, 1], inputs: (r) => [normal(r, 999, 2)] }],
 };
 
 function runOne(backend: Backend, op: OpName, inputs: (Float32Array | null)[], params: number[], inPlace: boolean): Float32Array {

@@ -132,6 +132,20 @@ function positionBiasCase(lq: number, lk: number, heads: number, buckets: number
   return { label: `q${lq} k${lk} heads ${heads} buckets ${buckets} max ${maxDistance}`, params: [lq, lk, heads, buckets, maxDistance], inputs: (r) => [normal(r, buckets * heads)] };
 }
 
+/** causal_conv3d [frames, cacheFrames, height, width, in, out, kt, kh, kw]; a cache when cacheFrames > 0. */
+function convCase(frames: number, cacheFrames: number, h: number, w: number, cin: number, cout: number, kt: number, kh: number, kw: number, bias = true): OpCase {
+  return {
+    label: `${frames}f +${cacheFrames} cached ${h}x${w} ${cin} -> ${cout} kernel ${kt}x${kh}x${kw}${bias ? '' : ', no bias'}`,
+    params: [frames, cacheFrames, h, w, cin, cout, kt, kh, kw],
+    inputs: (r) => [
+      normal(r, frames * h * w * cin),
+      normal(r, cout * cin * kt * kh * kw, 1 / Math.sqrt(cin * kt * kh * kw)),
+      bias ? normal(r, cout) : null,
+      cacheFrames > 0 ? normal(r, cacheFrames * h * w * cin) : null,
+    ],
+  };
+}
+
 /** Typed as a full Record so an op added to OPS without cases fails the type check too. */
 const CASES: Record<OpName, OpCase[]> = {
   linear: [
@@ -220,6 +234,35 @@ const CASES: Record<OpName, OpCase[]> = {
     { label: 'n 33 a 0.5', params: [33, 0.5], inputs: (r) => [normal(r, 33), normal(r, 33)] },
     { label: 'n 1000 a -1', params: [1000, -1], inputs: (r) => [normal(r, 1000), normal(r, 1000)] },
     { label: 'n 17 a 0', params: [17, 0], inputs: (r) => [normal(r, 17), normal(r, 17)] },
+  ],
+  causal_conv3d: [
+    convCase(1, 0, 1, 1, 1, 1, 1, 1, 1),
+    convCase(1, 0, 3, 4, 5, 7, 3, 3, 3), // the first chunk: two zero frames before it
+    convCase(2, 1, 4, 3, 6, 5, 3, 3, 3), // one cached frame and one zero frame
+    convCase(3, 2, 5, 4, 8, 9, 3, 3, 3, false), // a full cache
+    convCase(2, 2, 3, 5, 4, 8, 3, 1, 1), // the temporal conv of upsample3d
+    convCase(2, 0, 6, 5, 7, 3, 1, 3, 3), // a Conv2d (kernelT 1)
+    convCase(3, 0, 4, 4, 33, 17, 1, 1, 1), // a per-pixel linear map (1x1x1)
+    convCase(2, 2, 6, 7, 37, 40, 3, 3, 3), // k = 999: several KC slices, tails on both axes
+  ],
+  channel_rms_norm: [rmsNormCase(1, 1, 1e-12), rmsNormCase(5, 33, 1e-12), rmsNormCase(7, 96, 1e-12), rmsNormCase(3, 384, 1e-12), rmsNormCase(4, 3, 0.5)],
+  upsample_nearest2x: [gridCase(1, 1, 1, 1), gridCase(2, 3, 4, 5), gridCase(3, 2, 3, 16)],
+  transpose: [
+    { label: '1x16x35 cells of 1 (latents to channels-last)', params: [1, 16, 35, 1], inputs: (r) => [normal(r, 16 * 35)] },
+    { label: '3x12x2 cells of 5 (frame interleave)', params: [3, 12, 2, 5], inputs: (r) => [normal(r, 3 * 12 * 2 * 5)] },
+    { label: '2x1x7 cells of 3', params: [2, 1, 7, 3], inputs: (r) => [normal(r, 2 * 7 * 3)] },
+  ],
+  update_frame_cache: [
+    { label: 'keep 2 of 2 + 1 frames', params: [2, 1, 13], inputs: (r) => [normal(r, 26), normal(r, 13)] },
+    { label: 'keep 2 of 2 + 4 frames', params: [2, 4, 9], inputs: (r) => [normal(r, 18), normal(r, 36)] },
+    { label: 'keep 2 of 2 + 2 frames', params: [2, 2, 20000], inputs: (r) => [normal(r, 40000), normal(r, 40000)] },
+    { label: 'keep 3 of 3 + 1 frames', params: [3, 1, 5], inputs: (r) => [normal(r, 15), normal(r, 5)] },
+    { label: 'keep 2 of 2 + 0 frames', params: [2, 0, 7], inputs: (r) => [normal(r, 14), new Float32Array(0)] },
+  ],
+  clamp: [
+    { label: 'n 1 [-1, 1]', params: [1, -1, 1], inputs: (r) => [normal(r, 1, 3)] },
+    { label: 'n 1000 [-1, 1]', params: [1000, -1, 1], inputs: (r) => [normal(r, 1000, 2)] },
+    { label: 'n 33 [0, 0.5]', params: [33, 0, 0.5], inputs: (r) => [normal(r, 33)] },
   ],
   copy_rows: [
     { label: '1x1x1 [0, 1)', params: [1, 1, 1, 0, 1], inputs: (r) => [normal(r, 1)] },
