@@ -17,8 +17,8 @@ export const MODEL_HELP = `longshot model: write and inspect models
 
 longshot model write --model NAME --out DIR|FILE.safetensors [--shards N] [--dtype D] [--seed N] [--layout-only]
   writes a seeded model: a diffusers Wan2.1 pipeline directory (model_index.json, transformer/,
-  text_encoder/, tokenizer/, scheduler/, vae/config.json), or with --out FILE.safetensors the
-  transformer alone in one file
+  text_encoder/, tokenizer/, scheduler/, vae/ with the decoder's weights), or with --out
+  FILE.safetensors the transformer alone in one file
   --model NAME     config (tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b)
   --seed N         weights seed (0: the weights 'longshot render --model NAME' uses)
   --dtype D        F32 | F16 | BF16 (F32)
@@ -107,7 +107,10 @@ function inspectCommand(argv: string[]): void {
   lines.push(`tokenizer  Unigram, text length ${c.textLen}`);
   const s = p.scheduler;
   lines.push(`scheduler  ${s._class_name}: flow_shift ${s.flow_shift}, solver_order ${s.solver_order}, prediction_type ${s.prediction_type}, use_flow_sigmas ${s.use_flow_sigmas}, final_sigmas_type ${s.final_sigmas_type}, num_train_timesteps ${s.num_train_timesteps}`);
-  lines.push(`vae  AutoencoderKLWan: z_dim ${p.vae.zDim}`);
+  const v = p.vae;
+  const vw = summarizeWeights(p.vaeWeights);
+  lines.push(`vae  AutoencoderKLWan ${v.name}: base_dim ${v.baseDim}, z_dim ${v.zDim}, dim_mult [${v.dimMult.join(', ')}], num_res_blocks ${v.numResBlocks}, temperal_downsample [${v.temporalDownsample.join(', ')}]`);
+  lines.push(`  parameters ${fmtParams(vw.parameters)} in ${vw.tensors} tensors (${dtypes(vw.dtypes)}), ${fmtBytes(vw.storedBytes)} in ${vw.files.length} file(s): ${vw.files.join(', ')}`);
   const counts = f.stages === undefined ? [1, 2, 4, 8].filter((k) => k <= c.layers) : [intFlag('stages', f.stages)!];
   for (const k of counts) {
     if (!(k >= 1 && k <= c.layers)) throw new UsageError(`--stages: expected 1..${c.layers} (one stage per layer at most), got ${k}`);

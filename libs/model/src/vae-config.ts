@@ -31,7 +31,6 @@ export interface VaeConfig {
 export const VAE_NORM_EPS = 1e-12;
 /** Frames each causal 3x3x3 / 3x1x1 convolution keeps of its input (diffusers' CACHE_T). */
 export const VAE_CACHE_FRAMES = 2;
-export const VAE_SPATIAL_FACTOR = 8;
 
 const WAN21_LATENTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921];
 const WAN21_LATENTS_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916];
@@ -128,6 +127,11 @@ export function vaeDecoderPlan(c: VaeConfig): VaeDecoderPlan {
     upBlocks,
     outDim: dims[dims.length - 1],
   };
+}
+
+/** Pixels per latent pixel along each axis: every resampler doubles height and width (Wan2.1: 8). */
+export function vaeSpatialFactor(c: VaeConfig): number {
+  return 2 ** (c.dimMult.length - 1);
 }
 
 /** Video frames from `latentFrames` latent frames: the first gives 1, each later one 2^(temporal upsamplings). */

@@ -19,7 +19,7 @@
  */
 import { OPS, type Backend, type OpName, type OpNode } from '@longshot/engine';
 import { seededTensor } from './weights';
-import { VAE_CACHE_FRAMES, VAE_NORM_EPS, VAE_SPATIAL_FACTOR, vaeDecoderPlan, vaeDecoderTensorSpecs, vaeVideoFrames, type VaeConfig, type VaeDecoderPlan, type VaeResidualBlockPlan } from './vae-config';
+import { VAE_CACHE_FRAMES, VAE_NORM_EPS, vaeDecoderPlan, vaeDecoderTensorSpecs, vaeSpatialFactor, vaeVideoFrames, type VaeConfig, type VaeDecoderPlan, type VaeResidualBlockPlan } from './vae-config';
 
 /** The decoder's tensors by diffusers name (vaeDecoderTensorSpecs). */
 export type VaeWeights = ReadonlyMap<string, Float32Array>;
@@ -183,8 +183,8 @@ export class VaeDecoder {
   outputShape(latentFrames: number): { frames: number; height: number; width: number } {
     return {
       frames: vaeVideoFrames(this.config, latentFrames, this.decodedLatentFrames === 0),
-      height: this.latentHeight * VAE_SPATIAL_FACTOR,
-      width: this.latentWidth * VAE_SPATIAL_FACTOR,
+      height: this.latentHeight * vaeSpatialFactor(this.config),
+      width: this.latentWidth * vaeSpatialFactor(this.config),
     };
   }
 
