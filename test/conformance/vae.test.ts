@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cpuBackend, engineInfo, setSimd, type SimdLevel } from '@longshot/engine';
-import { SEEDED_VAE, VaeDecoder, seededVaeWeights, vaeCacheBytes, vaeDecoderTensorSpecs, vaeVideoFrames, type VaeConfig } from '@longshot/model';
+import { SEEDED_VAE, VaeDecoder, WAN21_VAE, seededVaeWeights, vaeCacheBytes, vaeDecoderTensorSpecs, vaeTemporalReceptiveField, vaeVideoFrames, type VaeConfig } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { relError } from '../reference/error';
 import { referenceVaeDecode } from '../reference/vae';
@@ -142,5 +142,43 @@ describe('VAE block-wise decoding', () => {
     await other.decode(backend, first, 2);
     const changed = await other.decode(backend, slice(2, 3), 1);
     expect(bytes(changed).equals(bytes(next))).toBe(false);
+  });
+});
+
+describe('VAE temporal receptive field and cache rebuild', () => {
+  const config = SEEDED_VAE.tiny;
+  const weights = weightsOf(config);
+  const field = vaeTemporalReceptiveField(config);
+  // 1x1 latents: the cost is in the frames, not the pixels.
+  const [F, h, w] = [field + 5, 1, 1];
+  const latents = latentsOf(config, F, h, w, 'receptive field');
+  const frameValues = 8 * h * 8 * w * 3;
+  const slice = (f0: number, f1: number): Float32Array => {
+    const out = new Float32Array(config.zDim * (f1 - f0) * h * w);
+    for (let c = 0; c < config.zDim; c++) out.set(latents.subarray((c * F + f0) * h * w, (c * F + f1) * h * w), c * (f1 - f0) * h * w);
+    return out;
+  };
+
+  it('is 39 latent frames for Wan2.1 and for every width of its architecture', () => {
+    expect(vaeTemporalReceptiveField(WAN21_VAE)).toBe(39);
+    expect(field).toBe(39);
+  });
+
+  it('rebuilding the cache from the receptive field gives the bits of an uninterrupted decode, and one frame less does not', async () => {
+    const whole = await new VaeDecoder(config, weights, h, w).decode(backend, latents, F);
+    const resume = F - 2; // the latent frame decoding resumes at
+    const expected = whole.subarray(vaeVideoFrames(config, resume) * frameValues);
+    const resumed = async (start: number): Promise<Float32Array> => {
+      const dec = new VaeDecoder(config, weights, h, w, start);
+      await dec.decode(backend, slice(start, resume), resume - start);
+      return dec.decode(backend, slice(resume, F), F - resume);
+    };
+    const start = resume + 1 - field;
+    expect(start).toBeGreaterThan(0);
+    const rebuilt = await resumed(start);
+    expect(rebuilt.length).toBe(expected.length);
+    expect(bytes(rebuilt).equals(bytes(expected)), 'a cache rebuilt from the receptive field differs').toBe(true);
+    const short = await resumed(start + 1);
+    expect(bytes(short).equals(bytes(expected)), 'one latent frame less than the receptive field still matched: the field is overstated').toBe(false);
   });
 });

@@ -142,6 +142,45 @@ export function vaeVideoFrames(c: VaeConfig, latentFrames: number, includesFirst
 }
 
 /**
+ * For each output frame of decoding `latentFrames` latent frames from the video's start, the
+ * earliest latent frame it depends on, derived from the plan: a causal conv with a temporal
+ * kernel of 3 makes frame t depend on frames t - 2 .. t of its input; an upsample3d passes the
+ * first frame and maps frame t >= 1 through its temporal conv (over frames 1, 2, ... only) to two
+ * frames; everything else works frame by frame.
+ */
+export function vaeEarliestDependencies(c: VaeConfig, latentFrames: number): number[] {
+  const plan = vaeDecoderPlan(c);
+  const causal = (s: readonly number[]) => s.map((_, t) => Math.min(...s.slice(Math.max(0, t - 2), t + 1)));
+  const twoConvs = (s: readonly number[]) => causal(causal(s));
+  let seq = Array.from({ length: latentFrames }, (_, i) => i);
+  seq = causal(seq); // conv_in
+  seq = twoConvs(twoConvs(seq)); // mid block: two residual blocks (attention is per frame)
+  for (const block of plan.upBlocks) {
+    for (let j = 0; j < block.resnets.length; j++) seq = twoConvs(seq);
+    if (block.upsample === 'upsample3d' && seq.length > 0) seq = [seq[0], ...causal(seq.slice(1)).flatMap((v) => [v, v])];
+  }
+  return causal(seq); // conv_out
+}
+
+/** The latent frame output frame `frame` belongs to (frame 0: latent 0; then `factor` frames each). */
+function latentOfFrame(c: VaeConfig, frame: number): number {
+  const factor = vaeVideoFrames(c, 2) - 1;
+  return frame === 0 ? 0 : Math.ceil(frame / factor);
+}
+
+/**
+ * The decoder's temporal receptive field in latent frames: an output frame of latent frame e
+ * depends on latent frames e - (field - 1) .. e and on nothing earlier (Wan2.1: 39).
+ */
+export function vaeTemporalReceptiveField(c: VaeConfig): number {
+  // Long enough that the first frame's special rules no longer reach the last frames.
+  const deps = vaeEarliestDependencies(c, 128);
+  let lag = 0;
+  deps.forEach((earliest, frame) => (lag = Math.max(lag, latentOfFrame(c, frame) - earliest)));
+  return lag + 1;
+}
+
+/**
  * Every tensor the decoder reads, with diffusers' names and PyTorch shapes: post_quant_conv and
  * decoder.*. (A checkpoint also holds the encoder and quant_conv, which decoding never reads.)
  */

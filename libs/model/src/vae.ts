@@ -138,12 +138,22 @@ export class VaeDecoder {
   private readonly caches = new Map<string, Float32Array>();
   private decodedLatentFrames = 0;
 
+  /**
+   * `startLatentFrame` > 0 starts with an empty (zero) cache at that latent frame of the video,
+   * not at its start. This is how the cache is rebuilt: to resume at latent frame r, decode
+   * latent frames s = max(0, r + 1 - vaeTemporalReceptiveField(config)) .. r - 1 with a decoder
+   * started at s and drop their frames; from then on every frame has the bits of an uninterrupted
+   * decode (docs/vae.md).
+   */
   constructor(
     readonly config: VaeConfig,
     private readonly weights: VaeWeights,
     readonly latentHeight: number,
     readonly latentWidth: number,
+    startLatentFrame = 0,
   ) {
+    if (!Number.isInteger(startLatentFrame) || startLatentFrame < 0) throw new RangeError(`VAE decoder: startLatentFrame must be a non-negative integer, got ${startLatentFrame}`);
+    this.decodedLatentFrames = startLatentFrame;
     if (!Number.isInteger(latentHeight) || latentHeight < 1 || !Number.isInteger(latentWidth) || latentWidth < 1) {
       throw new RangeError(`VAE decoder: latent size ${latentHeight}x${latentWidth} must be positive integers`);
     }
@@ -167,7 +177,7 @@ export class VaeDecoder {
     }
   }
 
-  /** Latent frames decoded so far. */
+  /** The latent frame the next call starts at. */
   get latentFrames(): number {
     return this.decodedLatentFrames;
   }
