@@ -181,6 +181,45 @@ export function vaeTemporalReceptiveField(c: VaeConfig): number {
 }
 
 /**
+ * Floating-point operations (2 per multiply-add) of decoding `latentFrames` latent frames of
+ * `latentHeight` x `latentWidth` (including the video's first when `includesFirst`): the
+ * convolutions and the mid block's attention; norms and activations are left out (< 1%).
+ */
+export function vaeDecodeFlops(c: VaeConfig, latentHeight: number, latentWidth: number, latentFrames: number, includesFirst = true): number {
+  const plan = vaeDecoderPlan(c);
+  let frames = latentFrames;
+  let pixels = latentHeight * latentWidth;
+  let flops = 0;
+  const conv = (cin: number, cout: number, taps: number, f = frames) => (flops += 2 * f * pixels * cin * cout * taps);
+  const resnet = (inDim: number, outDim: number) => {
+    conv(inDim, outDim, 27);
+    conv(outDim, outDim, 27);
+    if (inDim !== outDim) conv(inDim, outDim, 1);
+  };
+  conv(c.zDim, c.zDim, 1);
+  conv(c.zDim, plan.midDim, 27);
+  resnet(plan.midDim, plan.midDim);
+  conv(plan.midDim, 3 * plan.midDim, 1);
+  flops += 2 * 2 * frames * pixels * pixels * plan.midDim; // scores and weighted sum, one head
+  conv(plan.midDim, plan.midDim, 1);
+  resnet(plan.midDim, plan.midDim);
+  for (const block of plan.upBlocks) {
+    for (const r of block.resnets) resnet(r.inDim, r.outDim);
+    if (block.upsample === 'upsample3d') {
+      const doubled = frames - (includesFirst ? 1 : 0);
+      conv(block.dim, 2 * block.dim, 3, doubled);
+      frames += doubled;
+    }
+    if (block.upsample) {
+      pixels *= 4;
+      conv(block.dim, block.dim / 2, 9);
+    }
+  }
+  conv(plan.outDim, 3, 27);
+  return flops;
+}
+
+/**
  * Every tensor the decoder reads, with diffusers' names and PyTorch shapes: post_quant_conv and
  * decoder.*. (A checkpoint also holds the encoder and quant_conv, which decoding never reads.)
  */
