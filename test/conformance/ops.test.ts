@@ -244,6 +244,7 @@ const CASES: Record<OpName, OpCase[]> = {
     convCase(2, 0, 6, 5, 7, 3, 1, 3, 3), // a Conv2d (kernelT 1)
     convCase(3, 0, 4, 4, 33, 17, 1, 1, 1), // a per-pixel linear map (1x1x1)
     convCase(2, 2, 6, 7, 37, 40, 3, 3, 3), // k = 999: several KC slices, tails on both axes
+    convCase(2, 1, 3, 30, 5, 6, 3, 3, 3), // rows wider than any register tile: the interior-panel path
   ],
   channel_rms_norm: [rmsNormCase(1, 1, 1e-12), rmsNormCase(5, 33, 1e-12), rmsNormCase(7, 96, 1e-12), rmsNormCase(3, 384, 1e-12), rmsNormCase(4, 3, 0.5)],
   upsample_nearest2x: [gridCase(1, 1, 1, 1), gridCase(2, 3, 4, 5), gridCase(3, 2, 3, 16)],
