@@ -1,11 +1,13 @@
 import * as fs from 'node:fs';
 import { getConfig, type ModelConfig, type StageRange } from './config';
-import { isPipelineDir, loadPipelineStage, openPipelineDir, type PipelineDir } from './pipeline-dir';
+import { isPipelineDir, loadPipelineStage, loadPipelineVae, openPipelineDir, seededVaeConfig, type PipelineDir } from './pipeline-dir';
 import { InterimEmbeddingEncoder, padEmbeddings, type PromptEmbeddings, type TokenEncoder } from './text-conditioning';
 import { encodePrompt, STAND_IN_TEXT_ENCODER } from './text';
 import type { PromptTokens } from './tokenizer';
 import { loadStageWeights, readModelConfig, seededStageWeights } from './weights';
 import type { StageWeights } from './weights-types';
+import { seededVaeWeights, type VaeWeights } from './vae';
+import type { VaeConfig } from './vae-config';
 
 /** Seed of the built-in seeded models: `--model tiny` always means the same weights. */
 export const SEEDED_MODEL_SEED = 0;
@@ -24,6 +26,9 @@ export interface ModelSource {
   readonly textEncoder: string;
   /** Embeddings of `prompt` (cond) and of "" (uncond), [textLen, textDim] each. */
   promptEmbeddings(prompt: string): PromptEmbeddings & { tokens: PromptTokens | null };
+  /** The VAE decoder: a pipeline directory's own, else the seeded one of the config (vae-config.ts). */
+  readonly vae: VaeConfig;
+  loadVae(): VaeWeights;
 }
 
 export function resolveModel(nameOrPath: string): ModelSource {
@@ -31,10 +36,16 @@ export function resolveModel(nameOrPath: string): ModelSource {
   const looksLikeFile = nameOrPath.endsWith('.safetensors') || nameOrPath.includes('/');
   if (looksLikeFile || (fs.existsSync(nameOrPath) && fs.statSync(nameOrPath).isFile())) {
     const config = readModelConfig(nameOrPath);
-    return { id: nameOrPath, kind: 'file', config, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, ...standInText(config) };
+    return { id: nameOrPath, kind: 'file', config, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, ...standInText(config), ...seededVae(config) };
   }
   const config = getConfig(nameOrPath);
-  return { id: nameOrPath, kind: 'seeded', config, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), ...standInText(config) };
+  return { id: nameOrPath, kind: 'seeded', config, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), ...standInText(config), ...seededVae(config) };
+}
+
+/** A seeded name or a bare transformer file has no VAE of its own: the seeded one of its config. */
+function seededVae(config: ModelConfig): Pick<ModelSource, 'vae' | 'loadVae'> {
+  const vae = seededVaeConfig(config);
+  return { vae, loadVae: () => seededVaeWeights(vae, SEEDED_MODEL_SEED) };
 }
 
 /** A seeded name or a bare transformer file has no text encoder: the stand-in stands in (see ./text). */
@@ -72,5 +83,7 @@ function pipelineSource(dir: string, p: PipelineDir): ModelSource {
       const cond = embed(prompt);
       return { cond: cond.embeddings, uncond: embed('').embeddings, tokens: cond.tokens };
     },
+    vae: p.vae,
+    loadVae: () => loadPipelineVae(p),
   };
 }

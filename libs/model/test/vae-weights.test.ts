@@ -11,6 +11,7 @@ import { getConfig } from '../src/config';
 import { parseVaeConfig, vaeConfigJson } from '../src/pipeline-config';
 import { loadPipelineVae, openPipelineDir, writeSeededPipeline } from '../src/pipeline-dir';
 import { SafetensorsFile, bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, writeSafetensors, type SafetensorsDtype, type TensorInput } from '../src/safetensors';
+import { resolveModel } from '../src/source';
 import { seededVaeWeights } from '../src/vae';
 import { SEEDED_VAE, WAN21_VAE, vaeDecoderTensorSpecs } from '../src/vae-config';
 
@@ -123,5 +124,20 @@ describe('vae/ weights', () => {
       refusal(variant((d) => editTensors(d, (ts) => ts.map((t) => (t.name === 'decoder.conv_out.weight' ? { ...t, shape: [3, 4, 1, 3, 9] } : t))))),
     ).toBe("vae/diffusion_pytorch_model.safetensors: tensor 'decoder.conv_out.weight': expected [3, 4, 3, 3, 3], file has [3, 4, 1, 3, 9]");
     expect(refusal(variant((d) => editJson(d, 'vae/config.json', (j) => void (j.base_dim = 8))))).toMatch(/^vae\/diffusion_pytorch_model\.safetensors: tensor '.*': expected \[/);
+  });
+});
+
+describe('the VAE of a model source', () => {
+  it("is a pipeline directory's own, and the seeded one of the config for a seeded name", () => {
+    const fromDir = resolveModel(dirs.F32!);
+    expect(fromDir.vae).toEqual(SEEDED_VAE.tiny);
+    const weights = fromDir.loadVae();
+    const want = seededVaeWeights(SEEDED_VAE.tiny, 5);
+    expect(Array.from(weights.get('decoder.conv_out.weight')!)).toEqual(Array.from(want.get('decoder.conv_out.weight')!));
+    const seeded = resolveModel('tiny');
+    expect(seeded.vae).toEqual(SEEDED_VAE.tiny);
+    expect(Array.from(seeded.loadVae().get('decoder.conv_in.weight')!)).toEqual(Array.from(seededVaeWeights(SEEDED_VAE.tiny, 0).get('decoder.conv_in.weight')!));
+    expect(resolveModel('small').vae).toEqual(SEEDED_VAE.small);
+    expect(resolveModel('wan2.1-t2v-1.3b').vae).toEqual(WAN21_VAE);
   });
 });
