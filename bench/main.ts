@@ -7,6 +7,7 @@ const BENCHES: Record<string, () => Promise<(opts: { json: boolean }) => Promise
   transport: async () => (await import('./transport')).transportBench,
   pipeline: async () => (await import('./pipeline')).pipelineBench,
   gpu: async () => (await import('./gpu')).gpuBench,
+  vae: async () => (await import('./vae')).vaeBench,
 };
 
 async function main(argv: string[]): Promise<void> {
