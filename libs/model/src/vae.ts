@@ -219,7 +219,11 @@ export class VaeDecoder {
     return nodes;
   }
 
-  /** Decodes the next latent frames on `backend` (see decodeNodes). */
+  /**
+   * Decodes the next latent frames on `backend` (see decodeNodes). On CUDA, `latents` is an input
+   * the device may keep a copy of (docs/cuda.md): pass a fresh array per call, or call
+   * releaseDeviceCache() before refilling one in place.
+   */
   async decode(backend: Backend, latents: Float32Array, frames: number): Promise<Float32Array> {
     const shape = this.outputShape(frames);
     const output = new Float32Array(shape.frames * shape.height * shape.width * 3);
