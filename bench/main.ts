@@ -8,6 +8,7 @@ const BENCHES: Record<string, () => Promise<(opts: { json: boolean }) => Promise
   pipeline: async () => (await import('./pipeline')).pipelineBench,
   gpu: async () => (await import('./gpu')).gpuBench,
   load: async () => (await import('./load')).loadBench,
+  vae: async () => (await import('./vae')).vaeBench,
 };
 
 async function main(argv: string[]): Promise<void> {

@@ -1,6 +1,6 @@
 /**
- * CUDA conformance: every op of OPS and a whole stage window forward on the CUDA backend against
- * the CPU backend, for each device storage type.
+ * CUDA conformance: every op of OPS, a whole stage window forward, the umT5 encoder and the VAE
+ * decoder on the CUDA backend against the CPU backend, for each device storage type.
  *
  * Error measure: max|cuda - cpu| / max(1e-6, max|cpu|) per output (as in ops.test.ts), bounded per
  * storage type: float32 storage differs from the CPU only by summation order and libm (1e-5);
@@ -29,7 +29,7 @@ import {
   engineInfo,
   releaseDeviceCache,
 } from '@longshot/engine';
-import { SEEDED_UMT5, Stage, encodeText, getConfig, seededUmt5Weights, type BlockStep, type StageRange } from '@longshot/model';
+import { SEEDED_UMT5, SEEDED_VAE, Stage, VaeDecoder, encodeText, getConfig, seededUmt5Weights, seededVaeWeights, type BlockStep, type StageRange } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { OP_CASES, f32Inputs, roundToStorage } from '../reference/cases';
 import { relError } from '../reference/error';
@@ -221,5 +221,31 @@ describe.each(STORAGES)('CUDA umT5 encoder vs CPU, %s storage', (storage) => {
     const ids = Array.from({ length: 13 }, (_, i) => (i === 12 ? 1 : 2049 + Math.floor(rng.uniform() * 900)));
     const run = (backend: Backend) => encodeText({ config, weights, ids, textLen: 48, backend });
     expectClose(await run(cudaBackend({ storage })), await run(cpu), STAGE_TOLERANCE[storage], 'umT5 encoder');
+  });
+});
+
+// ---- VAE decoder -----------------------------------------------------------------------------------
+
+describe.each(STORAGES)('CUDA VAE decoder vs CPU, %s storage', (storage) => {
+  it.skipIf(!cudaUsable)(gpu('tiny: 3 latent frames of 2x3 in one pass, and block by block with the same bits'), async () => {
+    const config = SEEDED_VAE.tiny;
+    const weights = seededVaeWeights(config, SEED);
+    const [F, h, w] = [3, 2, 3];
+    const latents = normal(Rng.from(SEED, 'cuda vae'), config.zDim * F * h * w);
+    const cuda = cudaBackend({ storage });
+    const onePass = (backend: Backend) => new VaeDecoder(config, weights, h, w).decode(backend, latents, F);
+    const got = await onePass(cuda);
+    expectClose(got, await onePass(cpu), STAGE_TOLERANCE[storage], 'VAE decode');
+    // One latent frame per graph, the feature cache going through host memory between them.
+    const dec = new VaeDecoder(config, weights, h, w);
+    const parts: Float32Array[] = [];
+    for (let f = 0; f < F; f++) {
+      const one = new Float32Array(config.zDim * h * w);
+      for (let c = 0; c < config.zDim; c++) one.set(latents.subarray((c * F + f) * h * w, (c * F + f + 1) * h * w), c * h * w);
+      parts.push(await dec.decode(cuda, one, 1));
+    }
+    const blocks = new Float32Array(got.length);
+    parts.reduce((at, p) => (blocks.set(p, at), at + p.length), 0);
+    expect(Buffer.from(blocks.buffer).equals(Buffer.from(got.buffer)), 'block-wise CUDA decode differs from one pass').toBe(true);
   });
 });

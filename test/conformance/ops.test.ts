@@ -78,11 +78,11 @@ describe('op table', () => {
       return { op: 'attention' as const, inputs: [new Float32Array(n), new Float32Array(n), new Float32Array(n), null, null], output: new Float32Array(n), params: [1, 3, 3, 0, heads, headDim] };
     };
     expect(unsupportedReason('cuda', attention(128))).toBeNull();
-    expect(unsupportedReason('cuda', attention(256))).toBeNull();
-    expect(unsupportedReason('cuda', attention(512))).toMatch(/head dim 512 is above the attention kernel's 256/);
+    expect(unsupportedReason('cuda', attention(512))).toBeNull();
+    expect(unsupportedReason('cuda', attention(1024))).toMatch(/head dim 1024 is above the attention kernel's 512/);
     expect(unsupportedReason('cuda', attention(16, 70_000))).toMatch(/grid limit/);
     // The CPU backend runs them all.
-    expect(unsupportedReason('cpu', attention(512))).toBeNull();
+    expect(unsupportedReason('cpu', attention(1024))).toBeNull();
     // A malformed node is an error, not an answer.
     expect(() => unsupportedReason('cuda', { ...attention(128), params: [1, 3, 3, 0, 2] })).toThrow(/params/);
   });

@@ -30,6 +30,8 @@ describe('longshot model', () => {
     expect(out).toContain('text_encoder  umt5-tiny: d_model 64, layers 2, heads 4 x 16, d_ff 128, vocab 512');
     expect(out).toContain('runs as: umT5 text encoder: umt5-tiny');
     expect(out).toContain('scheduler  UniPCMultistepScheduler: flow_shift 3, solver_order 2');
+    expect(out).toContain('vae  AutoencoderKLWan vae-tiny: base_dim 4, z_dim 16, dim_mult [1, 2, 4, 4], num_res_blocks 2');
+    expect(out).toContain('parameters 0.14 M in 108 tensors (F16 x108), 0.3 MB in 1 file(s): vae/diffusion_pytorch_model.safetensors');
     expect(out).toMatch(/stage 0 {2}layers \[0, 3\) head +0\.\d+ M params +0\.\d MB read +0\.\d MB held/);
     expect(out).toMatch(/stage 1 {2}layers \[3, 6\) tail /);
   });
@@ -41,6 +43,9 @@ describe('longshot model', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toContain('parameters 1.419 B in 825 tensors (BF16 x825), 2.84 GB');
     expect(r.stdout).toContain('text_encoder  umt5-xxl: d_model 4096, layers 24, heads 64 x 64, d_ff 10240, vocab 256384');
+    // Wan2.1's VAE decoder side (the encoder is not written: decoding never reads it).
+    expect(r.stdout).toContain('vae  AutoencoderKLWan wan2.1-vae: base_dim 96, z_dim 16, dim_mult [1, 2, 4, 4], num_res_blocks 2, temperal_downsample [false, true, true]');
+    expect(r.stdout).toContain('parameters 73.30 M in 108 tensors (BF16 x108), 146.6 MB in 1 file(s): vae/diffusion_pytorch_model.safetensors');
     expect(r.stdout).toMatch(/stage 0 {2}layers \[0, 30\) head\+tail +1\.419 B params +2\.84 GB read +5\.68 GB held/);
     for (const k of [1, 2, 4, 8]) expect(r.stdout).toContain(`stages K=${k} `);
   });

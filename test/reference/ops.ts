@@ -374,6 +374,90 @@ function biasedAttention(inputs: readonly (Tensor | null)[], params: readonly nu
   return out;
 }
 
+function causalConv3d(inputs: readonly (Tensor | null)[], params: readonly number[]): Float64Array {
+  const [frames, cacheFrames, height, width, cin, cout, kt, kh, kw] = params;
+  const x = need('causal_conv3d', 'x', inputs[0], frames * height * width * cin);
+  const w = need('causal_conv3d', 'weight', inputs[1], cout * cin * kt * kh * kw);
+  const b = optional('causal_conv3d', 'bias', inputs[2], cout);
+  const cache = cacheFrames > 0 ? need('causal_conv3d', 'cache', inputs[3], cacheFrames * height * width * cin) : null;
+  const zeros = kt - 1 - cacheFrames;
+  // Frame s of the time axis [zeros, cache, x], pixel (y, x), channel i; 0 outside.
+  const input = (s: number, y: number, xx: number, i: number): number => {
+    if (y < 0 || y >= height || xx < 0 || xx >= width || s < zeros) return 0;
+    const f = s - zeros;
+    const pixel = y * width + xx;
+    return f < cacheFrames ? cache![(f * height * width + pixel) * cin + i] : x[((f - cacheFrames) * height * width + pixel) * cin + i];
+  };
+  const out = new Float64Array(frames * height * width * cout);
+  for (let t = 0; t < frames; t++) {
+    for (let y = 0; y < height; y++) {
+      for (let xx = 0; xx < width; xx++) {
+        for (let o = 0; o < cout; o++) {
+          let sum = b ? b[o] : 0;
+          for (let i = 0; i < cin; i++) {
+            for (let dt = 0; dt < kt; dt++) {
+              for (let dy = 0; dy < kh; dy++) {
+                for (let dx = 0; dx < kw; dx++) {
+                  sum += w[(((o * cin + i) * kt + dt) * kh + dy) * kw + dx] * input(t + dt, y + dy - (kh - 1) / 2, xx + dx - (kw - 1) / 2, i);
+                }
+              }
+            }
+          }
+          out[((t * height + y) * width + xx) * cout + o] = sum;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function channelRmsNorm(inputs: readonly (Tensor | null)[], [rows, dim, eps]: readonly number[]): Float64Array {
+  const x = need('channel_rms_norm', 'x', inputs[0], rows * dim);
+  const w = need('channel_rms_norm', 'weight', inputs[1], dim);
+  const y = new Float64Array(rows * dim);
+  for (let m = 0; m < rows; m++) {
+    let ss = 0;
+    for (let d = 0; d < dim; d++) ss += x[m * dim + d] ** 2;
+    const inv = Math.sqrt(dim) / Math.max(Math.sqrt(ss), eps);
+    for (let d = 0; d < dim; d++) y[m * dim + d] = x[m * dim + d] * inv * w[d];
+  }
+  return y;
+}
+
+function upsampleNearest2x(inputs: readonly (Tensor | null)[], [frames, height, width, ch]: readonly number[]): Float64Array {
+  const x = need('upsample_nearest2x', 'x', inputs[0], frames * height * width * ch);
+  const y = new Float64Array(frames * 4 * height * width * ch);
+  for (let f = 0; f < frames; f++)
+    for (let oy = 0; oy < 2 * height; oy++)
+      for (let ox = 0; ox < 2 * width; ox++)
+        for (let c = 0; c < ch; c++) y[((f * 2 * height + oy) * 2 * width + ox) * ch + c] = x[((f * height + Math.floor(oy / 2)) * width + Math.floor(ox / 2)) * ch + c];
+  return y;
+}
+
+function transpose(inputs: readonly (Tensor | null)[], [batch, rows, cols, cell]: readonly number[]): Float64Array {
+  const x = need('transpose', 'x', inputs[0], batch * rows * cols * cell);
+  const y = new Float64Array(batch * rows * cols * cell);
+  for (let b = 0; b < batch; b++)
+    for (let i = 0; i < rows; i++)
+      for (let j = 0; j < cols; j++)
+        for (let e = 0; e < cell; e++) y[((b * cols + j) * rows + i) * cell + e] = x[((b * rows + i) * cols + j) * cell + e];
+  return y;
+}
+
+function updateFrameCache(inputs: readonly (Tensor | null)[], [keep, frames, size]: readonly number[]): Float64Array {
+  const cache = need('update_frame_cache', 'cache', inputs[0], keep * size);
+  const x = need('update_frame_cache', 'x', inputs[1], frames * size);
+  const all = new Float64Array((keep + frames) * size);
+  all.set(cache, 0);
+  all.set(x, keep * size);
+  return all.slice(frames * size);
+}
+
+function clamp(inputs: readonly (Tensor | null)[], [n, lo, hi]: readonly number[]): Float64Array {
+  const x = need('clamp', 'x', inputs[0], n);
+  return Float64Array.from(x, (v) => Math.min(Math.max(v, lo), hi));
+}
+
 /**
  * The reference of every op, keyed by op name. Typed as a full Record so adding an op to OPS
  * without a reference fails the type check; the conformance suite also checks it at run time.
@@ -398,6 +482,12 @@ export const REFERENCE_OPS: Readonly<Record<OpName, ReferenceOp>> = {
   embedding,
   relative_position_bias: relativePositionBias,
   biased_attention: biasedAttention,
+  causal_conv3d: causalConv3d,
+  channel_rms_norm: channelRmsNorm,
+  upsample_nearest2x: upsampleNearest2x,
+  transpose,
+  update_frame_cache: updateFrameCache,
+  clamp,
 };
 
 /** Runs the reference of `op`, checking the result has the size OPS says the output has. */

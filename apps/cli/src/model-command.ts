@@ -21,7 +21,7 @@ export const MODEL_WRITE = {
   usage: 'longshot model write --model NAME --out DIR|FILE.safetensors [--shards N] [--dtype D] [--seed N] [--layout-only]',
   description:
     'A pipeline directory holds model_index.json, transformer/, text_encoder/, tokenizer/, scheduler/\n' +
-    'and vae/config.json; with --out FILE.safetensors the transformer alone is written in one file.',
+    "and vae/ (the decoder's weights); with --out FILE.safetensors the transformer alone is written in one file.",
   flags: {
     model: { value: 'NAME', help: 'config: tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b (required)' },
     out: { value: 'PATH', help: 'output directory (must be empty or absent), or a .safetensors file (required)' },
@@ -116,7 +116,10 @@ function inspectCommand(argv: string[]): void {
   const s = p.scheduler;
   const sj = schedulerConfigJson(s);
   lines.push(`scheduler  ${String(sj._class_name)}: flow_shift ${s.flowShift}, solver_order ${s.solverOrder}, solver_type ${s.solverType}, final_sigmas_type ${s.finalSigmasType}, num_train_timesteps ${s.numTrainTimesteps}`);
-  lines.push(`vae  AutoencoderKLWan: z_dim ${p.vae.zDim}`);
+  const v = p.vae;
+  const vw = summarizeWeights(p.vaeWeights);
+  lines.push(`vae  AutoencoderKLWan ${v.name}: base_dim ${v.baseDim}, z_dim ${v.zDim}, dim_mult [${v.dimMult.join(', ')}], num_res_blocks ${v.numResBlocks}, temperal_downsample [${v.temporalDownsample.join(', ')}]`);
+  lines.push(`  parameters ${fmtParams(vw.parameters)} in ${vw.tensors} tensors (${dtypes(vw.dtypes)}), ${fmtBytes(vw.storedBytes)} in ${vw.files.length} file(s): ${vw.files.join(', ')}`);
   const counts = f.stages === undefined ? [1, 2, 4, 8].filter((k) => k <= c.layers) : [intFlag('stages', f.stages)!];
   for (const k of counts) {
     if (!(k >= 1 && k <= c.layers)) throw new UsageError(`--stages: expected 1..${c.layers} (one stage per layer at most), got ${k}`);

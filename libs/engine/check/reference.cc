@@ -401,6 +401,129 @@ Vec biased_attention(const In& in, const std::vector<double>& p) {
   return out;
 }
 
+// Causal 3D convolution on channels-last video. x [frames, height, width, inChannels], weight
+// [outChannels, inChannels, kernelT, kernelH, kernelW], bias [outChannels], cache [cacheFrames,
+// height, width, inChannels] (cacheFrames <= kernelT - 1). The time axis is the sequence
+// [kernelT - 1 - cacheFrames zero frames, cache, x]; output frame t reads its frames t .. t +
+// kernelT - 1. Space is zero-padded by kernelH/2 and kernelW/2 (odd kernels, same size out):
+// out[t, y, x, o] = bias[o] + sum_{i, dt, dy, dx} weight[o, i, dt, dy, dx] *
+// in[t + dt, y + dy - kernelH/2, x + dx - kernelW/2, i].
+Vec causal_conv3d(const In& in, const std::vector<double>& p) {
+  const size_t frames = P(p, 0), cache_frames = P(p, 1), height = P(p, 2), width = P(p, 3), cin = P(p, 4),
+               cout = P(p, 5), kt = P(p, 6), kh = P(p, 7), kw = P(p, 8);
+  if (kt == 0 || cache_frames > kt - 1) throw std::runtime_error("reference causal_conv3d: cacheFrames > kernelT - 1");
+  if (kh % 2 == 0 || kw % 2 == 0) throw std::runtime_error("reference causal_conv3d: even spatial kernel");
+  const size_t plane = height * width * cin;
+  const float* x = in.need(0, frames * plane);
+  const float* w = in.need(1, cout * cin * kt * kh * kw);
+  const float* b = in.maybe(2, cout);
+  const float* cache = cache_frames ? in.need(3, cache_frames * plane) : nullptr;
+  const size_t zeros = kt - 1 - cache_frames;
+  // Frame s of the padded time sequence: nullptr for a zero frame.
+  auto frame = [&](size_t s) -> const float* {
+    if (s < zeros) return nullptr;
+    if (s < zeros + cache_frames) return cache + (s - zeros) * plane;
+    return x + (s - zeros - cache_frames) * plane;
+  };
+  const long long ph = static_cast<long long>(kh / 2), pw = static_cast<long long>(kw / 2);
+  Vec y(frames * height * width * cout);
+  for (size_t t = 0; t < frames; ++t)
+    for (size_t yy = 0; yy < height; ++yy)
+      for (size_t xx = 0; xx < width; ++xx)
+        for (size_t o = 0; o < cout; ++o) {
+          double acc = b ? b[o] : 0.0;
+          for (size_t i = 0; i < cin; ++i)
+            for (size_t dt = 0; dt < kt; ++dt) {
+              const float* f = frame(t + dt);
+              if (!f) continue;
+              for (size_t dy = 0; dy < kh; ++dy) {
+                const long long sy = static_cast<long long>(yy + dy) - ph;
+                if (sy < 0 || sy >= static_cast<long long>(height)) continue;
+                for (size_t dx = 0; dx < kw; ++dx) {
+                  const long long sx = static_cast<long long>(xx + dx) - pw;
+                  if (sx < 0 || sx >= static_cast<long long>(width)) continue;
+                  const double wv = w[(((o * cin + i) * kt + dt) * kh + dy) * kw + dx];
+                  acc += wv * f[(static_cast<size_t>(sy) * width + static_cast<size_t>(sx)) * cin + i];
+                }
+              }
+            }
+          y[((t * height + yy) * width + xx) * cout + o] = acc;
+        }
+  return y;
+}
+
+// Per row (a pixel's channels): x / max(||x||_2, eps) * sqrt(dim) * weight.
+Vec channel_rms_norm(const In& in, const std::vector<double>& p) {
+  const size_t rows = P(p, 0), dim = P(p, 1);
+  const double eps = p[2];
+  const float* x = in.need(0, rows * dim);
+  const float* w = in.need(1, dim);
+  Vec y(rows * dim);
+  for (size_t r = 0; r < rows; ++r) {
+    double sq = 0;
+    for (size_t d = 0; d < dim; ++d) sq += static_cast<double>(x[r * dim + d]) * x[r * dim + d];
+    const double denom = std::max(std::sqrt(sq), eps);
+    const double gain = std::sqrt(static_cast<double>(dim));
+    for (size_t d = 0; d < dim; ++d) y[r * dim + d] = x[r * dim + d] / denom * gain * w[d];
+  }
+  return y;
+}
+
+// [frames, height, width, channels] -> [frames, 2 height, 2 width, channels],
+// out[t, y, x, :] = x[t, floor(y/2), floor(x/2), :].
+Vec upsample_nearest2x(const In& in, const std::vector<double>& p) {
+  const size_t frames = P(p, 0), height = P(p, 1), width = P(p, 2), ch = P(p, 3);
+  const float* x = in.need(0, frames * height * width * ch);
+  const size_t oh = 2 * height, ow = 2 * width;
+  Vec y(frames * oh * ow * ch);
+  for (size_t t = 0; t < frames; ++t)
+    for (size_t yy = 0; yy < oh; ++yy)
+      for (size_t xx = 0; xx < ow; ++xx)
+        for (size_t c = 0; c < ch; ++c)
+          y[((t * oh + yy) * ow + xx) * ch + c] = x[((t * height + yy / 2) * width + xx / 2) * ch + c];
+  return y;
+}
+
+// out[b, j, i, :] = x[b, i, j, :], x [batch, rows, cols, cellSize] (out [batch, cols, rows, cellSize]).
+Vec transpose(const In& in, const std::vector<double>& p) {
+  const size_t batch = P(p, 0), rows = P(p, 1), cols = P(p, 2), cell = P(p, 3);
+  const float* x = in.need(0, batch * rows * cols * cell);
+  Vec y(batch * rows * cols * cell);
+  for (size_t b = 0; b < batch; ++b)
+    for (size_t i = 0; i < rows; ++i)
+      for (size_t j = 0; j < cols; ++j)
+        for (size_t s = 0; s < cell; ++s)
+          y[((b * cols + j) * rows + i) * cell + s] = x[((b * rows + i) * cols + j) * cell + s];
+  return y;
+}
+
+// The last `keep` frames of the concatenation [cache (keep frames), x (frames frames)], frames of
+// frameSize floats.
+Vec update_frame_cache(const In& in, const std::vector<double>& p) {
+  const size_t keep = P(p, 0), frames = P(p, 1), size = P(p, 2);
+  const float* cache = in.need(0, keep * size);
+  const float* x = in.need(1, frames * size);
+  std::vector<const float*> seq;  // the concatenation, one pointer per frame
+  for (size_t f = 0; f < keep; ++f) seq.push_back(cache + f * size);
+  for (size_t f = 0; f < frames; ++f) seq.push_back(x + f * size);
+  Vec y;
+  y.reserve(keep * size);
+  for (size_t f = seq.size() - keep; f < seq.size(); ++f)
+    for (size_t e = 0; e < size; ++e) y.push_back(seq[f][e]);
+  return y;
+}
+
+// out[i] = min(max(x[i], lo), hi); lo <= hi.
+Vec clamp(const In& in, const std::vector<double>& p) {
+  const size_t n = P(p, 0);
+  const double lo = p[1], hi = p[2];
+  if (!(lo <= hi)) throw std::runtime_error("reference clamp: lo > hi");
+  const float* x = in.need(0, n);
+  Vec y(n);
+  for (size_t i = 0; i < n; ++i) y[i] = std::min(std::max(static_cast<double>(x[i]), lo), hi);
+  return y;
+}
+
 }  // namespace
 
 std::vector<double> reference(Op op, const std::vector<RefInput>& inputs, const std::vector<double>& params) {
@@ -429,6 +552,12 @@ std::vector<double> reference(Op op, const std::vector<RefInput>& inputs, const 
     case Op::embedding: return embedding(in, params);
     case Op::relative_position_bias: return relative_position_bias(in, params);
     case Op::biased_attention: return biased_attention(in, params);
+    case Op::causal_conv3d: return causal_conv3d(in, params);
+    case Op::channel_rms_norm: return channel_rms_norm(in, params);
+    case Op::upsample_nearest2x: return upsample_nearest2x(in, params);
+    case Op::transpose: return transpose(in, params);
+    case Op::update_frame_cache: return update_frame_cache(in, params);
+    case Op::clamp: return clamp(in, params);
     case Op::count: break;
   }
   throw std::runtime_error("reference: no reference for op " + info.name);

@@ -188,6 +188,66 @@ export const OPS = {
       '[heads, queries, keys], shared by the batch (T5 passes scale 1 and its relative position bias). ' +
       'Same fused online-softmax kernels as attention. Output [batch, queries, heads*headDim].',
   },
+  causal_conv3d: {
+    inputs: ['x', 'weight', 'bias?', 'cache?'],
+    params: ['frames', 'cacheFrames', 'height', 'width', 'inChannels', 'outChannels', 'kernelT', 'kernelH', 'kernelW'],
+    outputSize: ([f, , h, w, , cout]) => f * h * w * cout,
+    inPlace: false,
+    doc:
+      'Causal 3D convolution on channels-last video: x [frames, height, width, inChannels], weight ' +
+      '[outChannels, inChannels, kernelT, kernelH, kernelW] as in PyTorch, bias [outChannels], cache ' +
+      '[cacheFrames, height, width, inChannels] (the frames just before x; cacheFrames <= kernelT - 1). ' +
+      'The time axis is [kernelT - 1 - cacheFrames zero frames, cache, x]: output frame t reads its ' +
+      'frames t .. t + kernelT - 1. Space is zero-padded by kernelH / 2 and kernelW / 2 (odd kernels, ' +
+      'same size out). out[t, y, x, o] = bias[o] + sum over (i, dt, dy, dx) of weight[o, i, dt, dy, dx] * ' +
+      'in[t + dt, y + dy - kernelH/2, x + dx - kernelW/2, i]. Output [frames, height, width, outChannels]. ' +
+      "A Conv2d is kernelT = 1; a 1x1 convolution is a per-pixel linear map. Each output's sum is " +
+      'reduced in an order fixed by the kernel and channel counts alone, so a frame decodes to the ' +
+      'same bits whatever the number of frames per call.',
+  },
+  channel_rms_norm: {
+    inputs: ['x', 'weight'],
+    params: ['rows', 'dim', 'eps (float)'],
+    outputSize: ([m, d]) => m * d,
+    inPlace: true,
+    doc:
+      "Per row (a pixel's channels): x / max(||x||_2, eps) * sqrt(dim) * weight. Wan's VAE RMS norm, " +
+      'F.normalize over the channel axis times sqrt(dim) times gamma (eps 1e-12 as F.normalize).',
+  },
+  upsample_nearest2x: {
+    inputs: ['x'],
+    params: ['frames', 'height', 'width', 'channels'],
+    outputSize: ([f, h, w, c]) => f * 4 * h * w * c,
+    inPlace: false,
+    doc:
+      'Nearest upsampling by 2 in height and width of channels-last frames: x [frames, height, width, ' +
+      'channels] -> [frames, 2 height, 2 width, channels], out[t, y, x, :] = x[t, floor(y/2), floor(x/2), :] ' +
+      "(PyTorch's 'nearest-exact' at scale 2).",
+  },
+  transpose: {
+    inputs: ['x'],
+    params: ['batch', 'rows', 'cols', 'cellSize'],
+    outputSize: ([b, r, c, s]) => b * r * c * s,
+    inPlace: false,
+    doc: 'Swaps the two middle axes: out[b, j, i, :] = x[b, i, j, :], x [batch, rows, cols, cellSize].',
+  },
+  update_frame_cache: {
+    inputs: ['cache', 'x'],
+    params: ['keep', 'frames', 'frameSize'],
+    outputSize: ([k, , s]) => k * s,
+    inPlace: true,
+    doc:
+      'The last `keep` frames of the concatenation [cache (keep frames), x (frames frames)], frames of ' +
+      'frameSize floats: what a causal convolution must see before the next frames. In place ' +
+      '(output = cache) the kept cache frames move to the front.',
+  },
+  clamp: {
+    inputs: ['x'],
+    params: ['n', 'lo (float)', 'hi (float)'],
+    outputSize: ([n]) => n,
+    inPlace: true,
+    doc: 'out[i] = min(max(x[i], lo), hi); lo <= hi.',
+  },
 } as const satisfies Record<string, OpSpec>;
 
 export type OpName = keyof typeof OPS;

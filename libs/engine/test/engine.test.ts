@@ -86,6 +86,25 @@ describe('engine addon', () => {
     expect(() => cpu.runSync([{ op: 'embedding', inputs: [t, Float32Array.of(NaN)], output: out, params: [1, 8, 8] }])).toThrow(/is not a token id/);
   });
 
+  it('rejects the shapes the VAE ops cannot take', () => {
+    const t = new Float32Array(4096);
+    const out = new Float32Array(4096);
+    // [frames, cacheFrames, height, width, in, out, kernelT, kernelH, kernelW]
+    const conv = (params: number[], cache: Float32Array | null = t) => () => cpu.runSync([{ op: 'causal_conv3d', inputs: [t, t, null, cache], output: out, params }]);
+    expect(() => conv([1, 2, 4, 4, 2, 2, 3, 3, 3])()).not.toThrow();
+    expect(conv([1, 3, 4, 4, 2, 2, 3, 3, 3])).toThrow(/node 0 \(causal_conv3d\): param 'cacheFrames' exceeds kernelT - 1/);
+    expect(conv([1, 0, 4, 4, 2, 2, 3, 2, 3])).toThrow(/param 'kernelH' must be odd/);
+    expect(conv([1, 0, 4, 4, 2, 2, 0, 3, 3])).toThrow(/param 'kernelT' must be at least 1/);
+    expect(conv([1, 2, 4, 4, 2, 2, 3, 3, 3], null)).toThrow(/input 'cache' \(slot 3\) is null but cacheFrames is 2/);
+    expect(conv([1, 2, 40, 40, 2, 2, 3, 3, 3])).toThrow(/input 'x' \(slot 0\) has 4096 elements, needs 3200|input 'cache' \(slot 3\) has 4096 elements, needs 6400/);
+    expect(() => cpu.runSync([{ op: 'clamp', inputs: [t], output: t, params: [8, 1, -1] }])).toThrow(/node 0 \(clamp\): param 'lo \(float\)' exceeds 'hi'/);
+    // update_frame_cache may write over its cache, but only from the same element.
+    expect(() => cpu.runSync([{ op: 'update_frame_cache', inputs: [t.subarray(0, 8), t.subarray(8, 12)], output: t.subarray(0, 8), params: [2, 1, 4] }])).not.toThrow();
+    expect(() => cpu.runSync([{ op: 'update_frame_cache', inputs: [t.subarray(0, 8), t.subarray(8, 12)], output: t.subarray(4, 12), params: [2, 1, 4] }])).toThrow(
+      /output overlaps input 'cache'/,
+    );
+  });
+
   it('run() resolves with the result of runSync()', async () => {
     const [m, k, n] = [37, 64, 50];
     const x = random(m * k, 1);

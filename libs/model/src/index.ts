@@ -13,3 +13,5 @@ export * from './pipeline-config';
 export * from './pipeline-dir';
 export * from './tokenizer';
 export * from './text-conditioning';
+export * from './vae-config';
+export * from './vae';

@@ -14,9 +14,11 @@
  *   tokenizer/tokenizer.json             T5TokenizerFast (Unigram)
  *   scheduler/scheduler_config.json      UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler
  *   vae/config.json                      AutoencoderKLWan
+ *   vae/diffusion_pytorch_model.safetensors   (encoder and decoder; the decoder's tensors are read)
  */
 import { MODEL_CONFIGS, validateConfig, weightSpecs, type ModelConfig } from './config';
 import { umt5TensorSpecs, type Umt5Config } from './umt5-config';
+import { isVaeEncoderTensor, SEEDED_VAE, validateVaeConfig, vaeDecoderTensorSpecs, WAN21_VAE, type VaeConfig } from './vae-config';
 
 /** A refusal of a pipeline directory: the message names the file and what is wrong. */
 export class PipelineError extends Error {
@@ -36,10 +38,11 @@ export const TOKENIZER_CONFIG_FILE = 'tokenizer/tokenizer_config.json';
 export const SCHEDULER_CONFIG_FILE = 'scheduler/scheduler_config.json';
 export const VAE_CONFIG_FILE = 'vae/config.json';
 
-/** Weight file names of the two components with weights, single-file and sharded. */
+/** Weight file names of the components with weights, single-file and sharded. */
 export const WEIGHT_FILES = {
   transformer: { dir: 'transformer', single: 'diffusion_pytorch_model.safetensors', stem: 'diffusion_pytorch_model' },
   text_encoder: { dir: 'text_encoder', single: 'model.safetensors', stem: 'model' },
+  vae: { dir: 'vae', single: 'diffusion_pytorch_model.safetensors', stem: 'diffusion_pytorch_model' },
 } as const;
 export type WeightComponent = keyof typeof WEIGHT_FILES;
 
@@ -283,33 +286,109 @@ export function umt5ConfigJson(c: Umt5Config): Json {
 // ---------------------------------------------------------------------------------------------
 // vae/config.json
 
-export interface VaeSummary {
-  readonly zDim: number;
+/** Keys of AutoencoderKLWan's config.json (diffusers' register_to_config arguments). */
+const VAE_KEYS = [
+  '_class_name', '_diffusers_version', '_name_or_path',
+  'base_dim', 'decoder_base_dim', 'z_dim', 'dim_mult', 'num_res_blocks', 'attn_scales', 'temperal_downsample', 'dropout',
+  'latents_mean', 'latents_std', 'is_residual', 'in_channels', 'out_channels', 'patch_size', 'scale_factor_temporal', 'scale_factor_spatial', 'clip_output',
+] as const;
+
+function numberList(file: string, json: Json, key: string, fallback: readonly number[], integers: boolean): readonly number[] {
+  if (!(key in json)) return fallback;
+  const v = json[key];
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'number' && Number.isFinite(x) && (!integers || (Number.isInteger(x) && x > 0)))) {
+    throw new PipelineError(`${file}: '${key}' must be a list of ${integers ? 'positive integers' : 'numbers'}, got ${show(v)}`);
+  }
+  return v as number[];
 }
 
-/** Checks the VAE is Wan2.1's (16 latent channels). Its weights are read by the decoder, not here. */
-export function parseVaeConfig(json: Json): VaeSummary {
+/**
+ * The decoder config of a Wan2.1 AutoencoderKLWan config.json. Absent keys take diffusers'
+ * defaults (Wan2.1's values), as from_pretrained does; Wan2.2's residual VAE, patching and other
+ * channel counts are refused. A config equal to a known one takes its name.
+ */
+export function parseVaeConfig(json: Json): VaeConfig {
   const f = VAE_CONFIG_FILE;
   if (json._class_name !== 'AutoencoderKLWan') throw new PipelineError(`${f}: class ${show(json._class_name)} is not supported (AutoencoderKLWan)`);
+  for (const key of Object.keys(json)) {
+    if (!(VAE_KEYS as readonly string[]).includes(key)) throw new PipelineError(`${f}: unknown key '${key}' (Longshot does not know what it changes)`);
+  }
   requireValue(f, json, 'z_dim', [16], "Wan2.1's VAE has 16 latent channels (Wan2.2's TI2V VAE has 48)");
-  return { zDim: 16 };
+  requireValue(f, json, 'is_residual', [false], "Wan2.1's VAE (Wan2.2's residual up blocks are not supported)", true);
+  requireValue(f, json, 'patch_size', [null], "Wan2.1's VAE does not patchify", true);
+  requireValue(f, json, 'in_channels', [3], 'RGB video', true);
+  requireValue(f, json, 'out_channels', [3], 'RGB video', true);
+  requireValue(f, json, 'clip_output', [true], 'the decoder clamps its output to [-1, 1]', true);
+  const baseDim = json.base_dim === undefined ? WAN21_VAE.baseDim : positiveInt(f, json, 'base_dim');
+  const decoderBaseDim = json.decoder_base_dim === undefined || json.decoder_base_dim === null ? baseDim : positiveInt(f, json, 'decoder_base_dim');
+  const dimMult = numberList(f, json, 'dim_mult', WAN21_VAE.dimMult, true);
+  const numResBlocks = json.num_res_blocks === undefined ? WAN21_VAE.numResBlocks : positiveInt(f, json, 'num_res_blocks');
+  let temporalDownsample = WAN21_VAE.temporalDownsample;
+  if ('temperal_downsample' in json) {
+    const v = json.temperal_downsample;
+    if (!Array.isArray(v) || !v.every((x) => typeof x === 'boolean')) throw new PipelineError(`${f}: 'temperal_downsample' must be a list of booleans, got ${show(v)}`);
+    temporalDownsample = v as boolean[];
+  }
+  const fields = {
+    baseDim: decoderBaseDim,
+    zDim: 16,
+    dimMult,
+    numResBlocks,
+    temporalDownsample,
+    latentsMean: numberList(f, json, 'latents_mean', WAN21_VAE.latentsMean, false),
+    latentsStd: numberList(f, json, 'latents_std', WAN21_VAE.latentsStd, false),
+  };
+  const same = (c: VaeConfig) => (Object.keys(fields) as (keyof typeof fields)[]).every((k) => JSON.stringify(c[k]) === JSON.stringify(fields[k]));
+  const known = [WAN21_VAE, ...Object.values(SEEDED_VAE)].find(same);
+  const config: VaeConfig = { name: known?.name ?? 'vae', ...fields };
+  try {
+    validateVaeConfig(config);
+  } catch (e) {
+    throw new PipelineError(`${f}: ${(e as Error).message}`);
+  }
+  const spatial = 2 ** (dimMult.length - 1);
+  const temporal = 2 ** temporalDownsample.filter(Boolean).length;
+  requireValue(f, json, 'scale_factor_spatial', [spatial], `dim_mult has ${dimMult.length} stages`, true);
+  requireValue(f, json, 'scale_factor_temporal', [temporal], `temperal_downsample has ${temporalDownsample.filter(Boolean).length} temporal stages`, true);
+  return config;
 }
 
-/** Wan2.1's AutoencoderKLWan config.json. */
-export function vaeConfigJson(): Json {
+/** The AutoencoderKLWan config.json for `c` (Wan2.1's layout; diffusers' keys). */
+export function vaeConfigJson(c: VaeConfig): Json {
   return {
     _class_name: 'AutoencoderKLWan',
     _diffusers_version: '0.33.0',
     attn_scales: [],
-    base_dim: 96,
-    dim_mult: [1, 2, 4, 4],
+    base_dim: c.baseDim,
+    dim_mult: [...c.dimMult],
     dropout: 0.0,
-    latents_mean: [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
-    latents_std: [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.916],
-    num_res_blocks: 2,
-    temperal_downsample: [false, true, true],
-    z_dim: 16,
+    latents_mean: [...c.latentsMean],
+    latents_std: [...c.latentsStd],
+    num_res_blocks: c.numResBlocks,
+    temperal_downsample: [...c.temporalDownsample],
+    z_dim: c.zDim,
   };
+}
+
+/**
+ * Checks the VAE's tensor names and shapes against the config: every decoder tensor present with
+ * its shape; the encoder's tensors (unused by decoding) accepted; anything else refused.
+ */
+export function checkVaeTensors(file: string, c: VaeConfig, shapes: ReadonlyMap<string, readonly number[]>): void {
+  const specs = vaeDecoderTensorSpecs(c);
+  const expected = new Map(specs.map((s) => [s.name, s.shape]));
+  for (const [name, shape] of shapes) {
+    const want = expected.get(name);
+    if (!want) {
+      if (isVaeEncoderTensor(name)) continue;
+      throw new PipelineError(`${file}: unknown tensor '${name}' (not part of an AutoencoderKLWan with this config)`);
+    }
+    if (want.length !== shape.length || want.some((d, i) => d !== shape[i])) {
+      throw new PipelineError(`${file}: tensor '${name}': expected [${want.join(', ')}], file has [${shape.join(', ')}]`);
+    }
+  }
+  const missing = specs.map((s) => s.name).filter((n) => !shapes.has(n));
+  if (missing.length > 0) throw new PipelineError(`${file}: missing tensor${missing.length > 1 ? 's' : ''} ${missing.slice(0, 4).map((n) => `'${n}'`).join(', ')}${missing.length > 4 ? ` and ${missing.length - 4} more` : ''}`);
 }
 
 /** The model_index.json of a Wan2.1 text-to-video pipeline. */

@@ -15,6 +15,7 @@ import { weightSpecs, type ModelConfig, type StageRange, type TensorSpec } from 
 import {
   checkTextEncoderTensors,
   checkTransformerTensors,
+  checkVaeTensors,
   MODEL_INDEX_FILE,
   modelIndexJson,
   parseJsonFile,
@@ -38,13 +39,14 @@ import {
   vaeConfigJson,
   WEIGHT_FILES,
   type ModelIndex,
-  type VaeSummary,
   type WeightComponent,
 } from './pipeline-config';
 import { formatShape } from '@longshot/dtype';
 import { SafetensorsFile, writeSafetensors, writeSafetensorsLayout, type SafetensorsDtype, type TensorInfo, type TensorInput } from './safetensors';
 import { PromptTokenizer, seededTokenizerConfigJson, seededTokenizerJson } from './tokenizer';
 import { SEEDED_UMT5, UMT5_XXL, umt5TensorSpecs, type Umt5Config } from './umt5-config';
+import { SEEDED_VAE, vaeDecoderTensorSpecs, WAN21_VAE, type VaeConfig } from './vae-config';
+import type { VaeWeights } from './vae';
 import { seededTensor } from './weights';
 import type { StageWeights } from './weights-types';
 
@@ -202,10 +204,11 @@ export interface PipelineDir {
   readonly config: ModelConfig;
   readonly textEncoderConfig: Umt5Config;
   readonly scheduler: SchedulerConfig;
-  readonly vae: VaeSummary;
+  readonly vae: VaeConfig;
   readonly tokenizer: PromptTokenizer;
   readonly transformer: ComponentWeights;
   readonly textEncoder: ComponentWeights;
+  readonly vaeWeights: ComponentWeights;
   /** The text encoder's token embedding table: `shared.weight`, or its tied copy when alone. */
   readonly embeddingTable: string;
 }
@@ -241,7 +244,14 @@ export function openPipelineDir(dir: string): PipelineDir {
   const textEncoder = ComponentWeights.open(dir, 'text_encoder');
   checkTextEncoderTensors(textEncoder.label, textEncoderConfig, textEncoder.shapes());
   const embeddingTable = textEncoder.tensors.has('shared.weight') ? 'shared.weight' : TIED_EMBEDDING;
-  return { index, config, textEncoderConfig, scheduler, vae, tokenizer, transformer, textEncoder, embeddingTable };
+  const vaeWeights = ComponentWeights.open(dir, 'vae');
+  checkVaeTensors(vaeWeights.label, vae, vaeWeights.shapes());
+  return { index, config, textEncoderConfig, scheduler, vae, tokenizer, transformer, textEncoder, vaeWeights, embeddingTable };
+}
+
+/** The VAE decoder's weights (post_quant_conv and decoder.*; the encoder is never read). */
+export function loadPipelineVae(p: PipelineDir): VaeWeights {
+  return p.vaeWeights.read(vaeDecoderTensorSpecs(p.vae));
 }
 
 /** One stage's transformer weights: only its tensors, from whichever shards hold them. */
@@ -271,6 +281,11 @@ export function seededTextEncoderConfig(config: ModelConfig): Umt5Config {
   if (own) return own;
   if (config.textDim === UMT5_XXL.dModel) return UMT5_XXL;
   throw new PipelineError(`model ${config.name}: no seeded text encoder of width ${config.textDim} (known: ${Object.keys(SEEDED_UMT5).join(', ')}, and umT5-XXL for textDim 4096)`);
+}
+
+/** The VAE of a seeded DiT config: a small one of Wan2.1's architecture, or Wan2.1's own. */
+export function seededVaeConfig(config: ModelConfig): VaeConfig {
+  return SEEDED_VAE[config.name] ?? WAN21_VAE;
 }
 
 /** Splits tensors into `n` contiguous groups of about equal bytes, in order. */
@@ -327,25 +342,28 @@ function writeJson(file: string, json: unknown): void {
 
 /**
  * Writes a complete Wan2.1 pipeline directory for a known config, weights drawn from `seed`
- * (transformer and text encoder), the configs the diffusers layout has, a small Unigram
- * tokenizer and Wan2.1's scheduler config. The VAE directory holds its config only.
+ * (transformer, text encoder and the VAE's decoder), the configs the diffusers layout has, a
+ * small Unigram tokenizer and Wan2.1's scheduler config. The VAE is one file, as diffusers saves
+ * it, holding the decoder side only (the encoder is never used).
  */
 export function writeSeededPipeline(dir: string, opts: SeededPipelineOptions): void {
   const { config, seed, shards, dtype } = opts;
   const layoutOnly = opts.layoutOnly ?? false;
   const umt5 = seededTextEncoderConfig(config);
+  const vae = seededVaeConfig(config);
   fs.mkdirSync(dir, { recursive: true });
   if (fs.readdirSync(dir).length > 0) throw new PipelineError(`${path.basename(dir)}: output directory is not empty`);
   writeJson(path.join(dir, MODEL_INDEX_FILE), modelIndexJson());
   writeJson(path.join(dir, TRANSFORMER_CONFIG_FILE), transformerConfigJson(config));
   writeJson(path.join(dir, TEXT_ENCODER_CONFIG_FILE), umt5ConfigJson(umt5));
   writeJson(path.join(dir, SCHEDULER_CONFIG_FILE), schedulerConfigJson(WAN_SCHEDULER_CONFIG));
-  writeJson(path.join(dir, VAE_CONFIG_FILE), vaeConfigJson());
+  writeJson(path.join(dir, VAE_CONFIG_FILE), vaeConfigJson(vae));
   writeJson(path.join(dir, TOKENIZER_FILE), seededTokenizerJson(umt5.vocabSize));
   writeJson(path.join(dir, TOKENIZER_CONFIG_FILE), seededTokenizerConfigJson(config.textLen));
   const seeded = (specs: readonly TensorSpec[]): TensorInput[] => specs.map((spec) => ({ name: spec.name, shape: spec.shape, dtype, data: () => seededTensor(spec, seed) }));
   writeComponent(dir, 'transformer', seeded(weightSpecs(config, { l0: 0, l1: config.layers, head: true, tail: true })), shards, layoutOnly);
   writeComponent(dir, 'text_encoder', seeded(umt5TensorSpecs(umt5)), shards, layoutOnly);
+  writeComponent(dir, 'vae', seeded(vaeDecoderTensorSpecs(vae)), 1, layoutOnly);
 }
 
 // ---------------------------------------------------------------------------------------------

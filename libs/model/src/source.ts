@@ -1,10 +1,12 @@
 import * as fs from 'node:fs';
 import { WAN_SCHEDULER_CONFIG, type SchedulerConfig } from '@longshot/sampler';
 import { getConfig, type ModelConfig, type StageRange } from './config';
-import { isPipelineDir, loadPipelineStage, openPipelineDir } from './pipeline-dir';
+import { isPipelineDir, loadPipelineStage, loadPipelineVae, openPipelineDir, seededVaeConfig } from './pipeline-dir';
 import { StandInTextEncoder, Umt5TextEncoder, type TextEncoder } from './text-conditioning';
 import { loadStageWeights, readModelConfig, seededStageWeights } from './weights';
 import type { StageWeights } from './weights-types';
+import { seededVaeWeights, type VaeWeights } from './vae';
+import type { VaeConfig } from './vae-config';
 
 /** Seed of the built-in seeded models: `--model tiny` always means the same weights. */
 export const SEEDED_MODEL_SEED = 0;
@@ -29,18 +31,27 @@ export interface ModelSource {
    * name or a bare transformer file, which have no text encoder of their own.
    */
   readonly textEncoder: TextEncoder;
+  /** The VAE decoder: a pipeline directory's own, else the seeded one of the config (vae-config.ts). */
+  readonly vae: VaeConfig;
+  loadVae(): VaeWeights;
 }
 
 export function resolveModel(nameOrPath: string): ModelSource {
   if (isPipelineDir(nameOrPath)) {
     const p = openPipelineDir(nameOrPath);
-    return { id: nameOrPath, kind: 'pipeline', config: p.config, scheduler: p.scheduler, loadStage: (range) => loadPipelineStage(p, range), textEncoder: new Umt5TextEncoder(nameOrPath, p) };
+    return { id: nameOrPath, kind: 'pipeline', config: p.config, scheduler: p.scheduler, loadStage: (range) => loadPipelineStage(p, range), textEncoder: new Umt5TextEncoder(nameOrPath, p), vae: p.vae, loadVae: () => loadPipelineVae(p) };
   }
   const looksLikeFile = nameOrPath.endsWith('.safetensors') || nameOrPath.includes('/');
   if (looksLikeFile || (fs.existsSync(nameOrPath) && fs.statSync(nameOrPath).isFile())) {
     const config = readModelConfig(nameOrPath);
-    return { id: nameOrPath, kind: 'file', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, textEncoder: new StandInTextEncoder(config) };
+    return { id: nameOrPath, kind: 'file', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => loadStageWeights(nameOrPath, range).weights, textEncoder: new StandInTextEncoder(config), ...seededVae(config) };
   }
   const config = getConfig(nameOrPath);
-  return { id: nameOrPath, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), textEncoder: new StandInTextEncoder(config) };
+  return { id: nameOrPath, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), textEncoder: new StandInTextEncoder(config), ...seededVae(config) };
+}
+
+/** A seeded name or a bare transformer file has no VAE of its own: the seeded one of its config. */
+function seededVae(config: ModelConfig): Pick<ModelSource, 'vae' | 'loadVae'> {
+  const vae = seededVaeConfig(config);
+  return { vae, loadVae: () => seededVaeWeights(vae, SEEDED_MODEL_SEED) };
 }

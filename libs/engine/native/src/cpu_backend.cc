@@ -64,6 +64,8 @@ const CpuKernels& cpu_kernels(SimdLevel level) {
 
 namespace {
 
+constexpr size_t kCopyBlock = 16384;
+
 void rope3d(ThreadPool& pool, const Node& n) {
   const size_t batch = n.p(0), frames = n.p(1), height = n.p(2), width = n.p(3), heads = n.p(4),
                hd = n.p(5), frame_offset = n.p(6);
@@ -196,6 +198,58 @@ void relative_position_bias(ThreadPool& pool, const Node& n) {
   });
 }
 
+// out[b, j, i, :] = x[b, i, j, :] for cells of cellSize floats.
+void transpose(ThreadPool& pool, const Node& n) {
+  const size_t batch = n.p(0), rows = n.p(1), cols = n.p(2), cell = n.p(3);
+  const float* x = n.inputs[0].data;
+  float* y = n.output.data;
+  pool.parallel_for(batch * cols, [&](size_t r0, size_t r1, int) {
+    for (size_t r = r0; r < r1; ++r) {
+      const size_t b = r / cols, j = r % cols;
+      for (size_t i = 0; i < rows; ++i)
+        std::memcpy(y + ((b * cols + j) * rows + i) * cell, x + ((b * rows + i) * cols + j) * cell,
+                    cell * sizeof(float));
+    }
+  });
+}
+
+// [frames, height, width, channels] -> [frames, 2 height, 2 width, channels]; output pixel (y, x)
+// is input pixel (y / 2, x / 2), which is what nearest-exact gives for a scale of exactly 2.
+void upsample_nearest2x(ThreadPool& pool, const Node& n) {
+  const size_t frames = n.p(0), height = n.p(1), width = n.p(2), ch = n.p(3);
+  const float* x = n.inputs[0].data;
+  float* y = n.output.data;
+  pool.parallel_for(frames * 2 * height, [&](size_t r0, size_t r1, int) {
+    for (size_t r = r0; r < r1; ++r) {
+      const size_t f = r / (2 * height), oy = r % (2 * height);
+      const float* src = x + (f * height + oy / 2) * width * ch;
+      float* dst = y + r * 2 * width * ch;
+      for (size_t ox = 0; ox < 2 * width; ++ox) std::memcpy(dst + ox * ch, src + (ox / 2) * ch, ch * sizeof(float));
+    }
+  });
+}
+
+// out = the last `keep` frames of [cache (keep frames), x (frames)]; out may be the cache itself.
+// Output frames are written in ascending order, each from a later frame of the cache or from x,
+// so in place a cache frame is always read before it is overwritten; the copy within a frame is
+// split across threads.
+void update_frame_cache(ThreadPool& pool, const Node& n) {
+  const size_t keep = n.p(0), frames = n.p(1), size = n.p(2);
+  const float* cache = n.inputs[0].data;
+  const float* x = n.inputs[1].data;
+  float* y = n.output.data;
+  for (size_t j = 0; j < keep; ++j) {
+    const size_t s = j + frames;  // frame of the concatenation
+    const float* src = s < keep ? cache + s * size : x + (s - keep) * size;
+    float* dst = y + j * size;
+    if (src == dst) continue;
+    pool.parallel_for((size + kCopyBlock - 1) / kCopyBlock, [&](size_t b0, size_t b1, int) {
+      const size_t e0 = b0 * kCopyBlock, e1 = std::min(size, b1 * kCopyBlock);
+      std::memcpy(dst + e0, src + e0, (e1 - e0) * sizeof(float));
+    });
+  }
+}
+
 }  // namespace
 
 // ---- Backend ---------------------------------------------------------------------------------
@@ -255,6 +309,17 @@ void CpuBackend::compute(const Node& n) {
     case Op::cfg_combine: k.cfg_combine(pool, in[0], in[0] + n.p(0), out, n.p(0), n.pf(1)); break;
     case Op::copy_rows: copy_rows(pool, n); break;
     case Op::axpy: k.axpy(pool, in[0], in[1], out, n.p(0), n.pf(1)); break;
+    case Op::causal_conv3d: {
+      const ConvArgs a{in[0], in[1], in[2], in[3], out, n.p(0), n.p(1), n.p(2),
+                       n.p(3), n.p(4), n.p(5), n.p(6), n.p(7), n.p(8)};
+      k.causal_conv3d(pool, a);
+      break;
+    }
+    case Op::channel_rms_norm: k.channel_rms_norm(pool, in[0], in[1], out, n.p(0), n.p(1), n.pf(2)); break;
+    case Op::upsample_nearest2x: upsample_nearest2x(pool, n); break;
+    case Op::transpose: transpose(pool, n); break;
+    case Op::update_frame_cache: update_frame_cache(pool, n); break;
+    case Op::clamp: k.clamp(pool, in[0], out, n.p(0), n.pf(1), n.pf(2)); break;
     case Op::count: throw std::logic_error("unvalidated node");
   }
 }

@@ -33,6 +33,18 @@ struct AttentionArgs {
   const float* bias;
 };
 
+// causal_conv3d (ops.ts): x [frames, height, width, in] and cache [cache_frames, height, width, in]
+// channels-last, weight [out, in, kernel_t, kernel_h, kernel_w] as in PyTorch, out [frames,
+// height, width, out].
+struct ConvArgs {
+  const float* x;
+  const float* weight;
+  const float* bias;   // null: none
+  const float* cache;  // null when cache_frames == 0
+  float* out;
+  size_t frames, cache_frames, height, width, in_channels, out_channels, kernel_t, kernel_h, kernel_w;
+};
+
 struct CpuKernels {
   SimdLevel level;
   void (*linear)(ThreadPool&, const float* x, const float* w, const float* bias, float* y,
@@ -52,6 +64,10 @@ struct CpuKernels {
                       float guidance);
   void (*axpy)(ThreadPool&, const float* x, const float* y, float* out, size_t n, float alpha);
   void (*mul)(ThreadPool&, const float* x, const float* y, float* out, size_t n);
+  void (*causal_conv3d)(ThreadPool&, const ConvArgs&);
+  void (*channel_rms_norm)(ThreadPool&, const float* x, const float* w, float* y, size_t rows,
+                           size_t dim, float eps);
+  void (*clamp)(ThreadPool&, const float* x, float* y, size_t n, float lo, float hi);
 };
 
 const CpuKernels& cpu_kernels_scalar();

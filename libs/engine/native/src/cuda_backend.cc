@@ -674,6 +674,16 @@ void Device::compute(Storage storage, const Node& n, const std::vector<Region>& 
     case Op::cfg_combine: cfg_combine(storage, in[0], out, n.p(0), n.pf(1), st); break;
     case Op::copy_rows: copy_rows(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), st); break;
     case Op::axpy: axpy(storage, in[0], in[1], out, n.p(0), n.pf(1), st); break;
+    case Op::causal_conv3d: {
+      const ConvShape a{n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5), n.p(6), n.p(7), n.p(8)};
+      causal_conv3d(storage, in[0], in[1], in[2], in[3], out, a, st);
+      break;
+    }
+    case Op::channel_rms_norm: channel_rms_norm(storage, in[0], in[1], out, n.p(0), n.p(1), n.pf(2), st); break;
+    case Op::upsample_nearest2x: upsample_nearest2x(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), st); break;
+    case Op::transpose: transpose(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), st); break;
+    case Op::update_frame_cache: update_frame_cache(storage, in[0], in[1], out, n.p(0), n.p(1), n.p(2), st); break;
+    case Op::clamp: clamp(storage, in[0], out, n.p(0), n.pf(1), n.pf(2), st); break;
     case Op::count: throw std::logic_error("unvalidated node");
   }
   const cudaError_t err = cudaGetLastError();

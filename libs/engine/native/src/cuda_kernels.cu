@@ -141,6 +141,55 @@ __global__ void linear_fallback_k(const T* x, const T* w, const T* bias, T* y, s
   if (row < m && col < n) st(y + row * n + col, acc + (bias ? ld(bias + col) : 0.0f));
 }
 
+// causal_conv3d: the tiled GEMM above with A read through im2col. Row = output pixel (frame, y,
+// x), column = output channel, k = tap * in + channel with tap = (dt, dy, dx), as on the CPU.
+template <typename T>
+__device__ __forceinline__ float conv_input(const T* x, const T* cache, const ConvShape& a,
+                                            size_t row, size_t k) {
+  const size_t hw = a.height * a.width, cin = a.in_channels;
+  const size_t tap = k / cin, c = k % cin;
+  const size_t dt = tap / (a.kernel_h * a.kernel_w), dy = (tap / a.kernel_w) % a.kernel_h,
+               dx = tap % a.kernel_w;
+  const size_t t = row / hw, yy = (row / a.width) % a.height, xx = row % a.width;
+  const size_t zero_frames = a.kernel_t - 1 - a.cache_frames;
+  size_t s = t + dt;
+  if (s < zero_frames) return 0.0f;
+  s -= zero_frames;
+  const size_t ph = a.kernel_h / 2, pw = a.kernel_w / 2;
+  const size_t sy = yy + dy, sx = xx + dx;
+  if (sy < ph || sy >= a.height + ph || sx < pw || sx >= a.width + pw) return 0.0f;
+  const size_t pixel = (sy - ph) * a.width + (sx - pw);
+  return s < a.cache_frames ? ld(cache + (s * hw + pixel) * cin + c)
+                            : ld(x + ((s - a.cache_frames) * hw + pixel) * cin + c);
+}
+
+template <typename T>
+__global__ void causal_conv3d_k(const T* x, const T* w, const T* bias, const T* cache, T* y,
+                                ConvShape a) {
+  __shared__ float xs[kTile][kTile + 1];
+  __shared__ float ws[kTile][kTile + 1];
+  const size_t taps = a.kernel_t * a.kernel_h * a.kernel_w;
+  const size_t m = a.frames * a.height * a.width, k = taps * a.in_channels, n = a.out_channels;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const size_t row = static_cast<size_t>(blockIdx.x) * kTile + ty;
+  const size_t col = static_cast<size_t>(blockIdx.y) * kTile + tx;
+  const size_t wrow = static_cast<size_t>(blockIdx.y) * kTile + ty;
+  float acc = 0.0f;
+  for (size_t k0 = 0; k0 < k; k0 += kTile) {
+    const size_t kk = k0 + tx;
+    xs[ty][tx] = (row < m && kk < k) ? conv_input(x, cache, a, row, kk) : 0.0f;
+    // PyTorch weight [out, in, taps]: k = tap * in + c reads w[(out * in + c) * taps + tap].
+    ws[ty][tx] = (wrow < n && kk < k)
+                     ? ld(w + (wrow * a.in_channels + kk % a.in_channels) * taps + kk / a.in_channels)
+                     : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kTile; ++j) acc = fmaf(xs[ty][j], ws[tx][j], acc);
+    __syncthreads();
+  }
+  if (row < m && col < n) st(y + row * n + col, acc + (bias ? ld(bias + col) : 0.0f));
+}
+
 // ---- row ops -----------------------------------------------------------------------------------
 
 // One block per row; the row is read three times (mean, centred variance, output), which keeps
@@ -183,7 +232,26 @@ __global__ void rms_norm_k(const T* x, const T* w, T* y, size_t dim, float eps) 
   for (size_t i = threadIdx.x; i < dim; i += kThreads) st(yr + i, ld(xr + i) * inv * ld(w + i));
 }
 
+template <typename T>
+__global__ void channel_rms_norm_k(const T* x, const T* w, T* y, size_t dim, float eps) {
+  __shared__ float red[32];
+  const T* xr = x + blockIdx.x * dim;
+  T* yr = y + blockIdx.x * dim;
+  float q = 0.0f;
+  for (size_t i = threadIdx.x; i < dim; i += kThreads) {
+    const float v = ld(xr + i);
+    q = fmaf(v, v, q);
+  }
+  const float inv = sqrtf(static_cast<float>(dim)) / fmaxf(sqrtf(block_sum(q, red)), eps);
+  for (size_t i = threadIdx.x; i < dim; i += kThreads) st(yr + i, ld(xr + i) * inv * ld(w + i));
+}
+
 // ---- elementwise -------------------------------------------------------------------------------
+
+template <typename T>
+__global__ void clamp_k(const T* x, T* y, size_t n, float lo, float hi) {
+  LS_GRID_STRIDE(i, n) { st(y + i, fminf(fmaxf(ld(x + i), lo), hi)); }
+}
 
 template <typename T>
 __global__ void modulate_k(const T* x, const T* shift, const T* scale, T* y, size_t rows,
@@ -510,6 +578,30 @@ __global__ void copy_rows_k(const T* x, T* y, size_t rows, size_t cols, size_t o
   }
 }
 
+template <typename T>
+__global__ void upsample_nearest2x_k(const T* x, T* y, size_t frames, size_t height, size_t width,
+                                     size_t ch) {
+  LS_GRID_STRIDE(o, frames * 4 * height * width * ch) {
+    const size_t c = o % ch, ox = (o / ch) % (2 * width), oy = (o / (ch * 2 * width)) % (2 * height);
+    const size_t f = o / (ch * 4 * width * height);
+    y[o] = x[((f * height + oy / 2) * width + ox / 2) * ch + c];
+  }
+}
+
+template <typename T>
+__global__ void transpose_k(const T* x, T* y, size_t batch, size_t rows, size_t cols, size_t cell) {
+  LS_GRID_STRIDE(o, batch * rows * cols * cell) {
+    const size_t e = o % cell, i = (o / cell) % rows, j = (o / (cell * rows)) % cols;
+    const size_t b = o / (cell * rows * cols);
+    y[o] = x[((b * rows + i) * cols + j) * cell + e];
+  }
+}
+
+template <typename T>
+__global__ void copy_k(const T* x, T* y, size_t n) {
+  LS_GRID_STRIDE(i, n) y[i] = x[i];
+}
+
 }  // namespace
 
 // ---- launchers ---------------------------------------------------------------------------------
@@ -607,7 +699,7 @@ void attention(Storage s, const void* q, const void* k, const void* v, const voi
                              std::to_string(kMaxAttentionHeadDim));
   if (a.heads > 65535 || a.batch > 65535 || (a.queries + kAttWarps * kAttQW - 1) / (kAttWarps * kAttQW) > 2147483647u)
     throw std::runtime_error("attention: batch or heads above 65535, or too many queries, for the CUDA grid");
-  // Columns per lane, rounded up to a power of two so only four instantiations exist.
+  // Columns per lane, rounded up to a power of two so only five instantiations exist.
   const size_t dpl = (a.head_dim + 31) / 32;
   LS_DISPATCH(s, {
     const T *qt = cp<T>(q), *kt = cp<T>(k), *vt = cp<T>(v), *ekt = cp<T>(extra_k), *evt = cp<T>(extra_v);
@@ -619,8 +711,10 @@ void attention(Storage s, const void* q, const void* k, const void* v, const voi
       launch_attention<T, 2>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
     else if (dpl <= 4)
       launch_attention<T, 4>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
-    else
+    else if (dpl <= 8)
       launch_attention<T, 8>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
+    else
+      launch_attention<T, 16>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
   });
 }
 
@@ -690,6 +784,62 @@ void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, siz
   if (total == 0) return;
   LS_DISPATCH(s, copy_rows_k<T><<<blocks_for(total), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), rows, cols, offset,
                                                                              count, total));
+}
+
+void causal_conv3d(Storage s, const void* x, const void* w, const void* bias, const void* cache,
+                   void* out, const ConvShape& a, cudaStream_t stream) {
+  const size_t m = a.frames * a.height * a.width, n = a.out_channels;
+  if (m == 0 || n == 0) return;
+  const size_t gx = (m + kTile - 1) / kTile, gy = (n + kTile - 1) / kTile;
+  if (gx > 2147483647u || gy > 65535u)
+    throw std::runtime_error("causal_conv3d: " + std::to_string(m) + " pixels x " + std::to_string(n) +
+                             " channels is too large for the CUDA grid");
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+  const dim3 block(kTile, kTile);
+  LS_DISPATCH(s, causal_conv3d_k<T><<<grid, block, 0, stream>>>(cp<T>(x), cp<T>(w), cp<T>(bias), cp<T>(cache),
+                                                                 mp<T>(out), a));
+}
+
+void channel_rms_norm(Storage s, const void* x, const void* w, void* y, size_t rows, size_t dim,
+                      float eps, cudaStream_t stream) {
+  if (rows == 0 || dim == 0) return;
+  if (rows > 2147483647u) throw std::runtime_error("channel_rms_norm: more than 2^31 - 1 rows");
+  LS_DISPATCH(s, channel_rms_norm_k<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+                     cp<T>(x), cp<T>(w), mp<T>(y), dim, eps));
+}
+
+void upsample_nearest2x(Storage s, const void* x, void* y, size_t frames, size_t height,
+                        size_t width, size_t channels, cudaStream_t stream) {
+  const size_t n = frames * 4 * height * width * channels;
+  if (n == 0) return;
+  LS_DISPATCH(s, upsample_nearest2x_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), frames, height,
+                                                                                  width, channels));
+}
+
+void transpose(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,
+               size_t cell, cudaStream_t stream) {
+  const size_t n = batch * rows * cols * cell;
+  if (n == 0) return;
+  LS_DISPATCH(s, transpose_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), batch, rows, cols, cell));
+}
+
+void update_frame_cache(Storage s, const void* cache, const void* x, void* y, size_t keep,
+                        size_t frames, size_t frame_size, cudaStream_t stream) {
+  if (frame_size == 0) return;
+  const size_t bytes = storage_bytes(s);
+  for (size_t j = 0; j < keep; ++j) {
+    const size_t f = j + frames;
+    const char* src = f < keep ? static_cast<const char*>(cache) + f * frame_size * bytes
+                               : static_cast<const char*>(x) + (f - keep) * frame_size * bytes;
+    char* dst = static_cast<char*>(y) + j * frame_size * bytes;
+    if (src == dst) continue;
+    LS_DISPATCH(s, copy_k<T><<<blocks_for(frame_size), kThreads, 0, stream>>>(cp<T>(src), mp<T>(dst), frame_size));
+  }
+}
+
+void clamp(Storage s, const void* x, void* y, size_t n, float lo, float hi, cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, clamp_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), mp<T>(y), n, lo, hi));
 }
 
 }  // namespace cuda

@@ -79,5 +79,22 @@ void relative_position_bias(Storage s, const void* table, void* y, size_t querie
 void copy_rows(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,
                size_t offset, size_t count, cudaStream_t stream);
 
+struct ConvShape {
+  size_t frames, cache_frames, height, width, in_channels, out_channels, kernel_t, kernel_h, kernel_w;
+};
+// causal_conv3d (ops.ts) as an implicit GEMM with shared-memory tiles and float32 accumulation.
+void causal_conv3d(Storage s, const void* x, const void* w, const void* bias, const void* cache,
+                   void* out, const ConvShape& a, cudaStream_t stream);
+void channel_rms_norm(Storage s, const void* x, const void* w, void* y, size_t rows, size_t dim,
+                      float eps, cudaStream_t stream);
+void upsample_nearest2x(Storage s, const void* x, void* y, size_t frames, size_t height,
+                        size_t width, size_t channels, cudaStream_t stream);
+void transpose(Storage s, const void* x, void* y, size_t batch, size_t rows, size_t cols,
+               size_t cell, cudaStream_t stream);
+// One copy per kept frame, in order on the stream, so the in-place form (y == cache) is safe.
+void update_frame_cache(Storage s, const void* cache, const void* x, void* y, size_t keep,
+                        size_t frames, size_t frame_size, cudaStream_t stream);
+void clamp(Storage s, const void* x, void* y, size_t n, float lo, float hi, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace ls

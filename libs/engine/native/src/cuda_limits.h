@@ -11,8 +11,9 @@
 namespace ls {
 namespace cuda {
 
-// Largest head dim the attention kernel takes (each lane of a warp owns head_dim/32 columns).
-constexpr size_t kMaxAttentionHeadDim = 256;
+// Largest head dim the attention kernel takes (each lane of a warp owns head_dim/32 columns);
+// 512 covers the single-head attention of Wan's VAE (384 channels).
+constexpr size_t kMaxAttentionHeadDim = 512;
 // Grid limits of the attention kernel: heads and batch are grid dimensions y and z.
 constexpr size_t kMaxAttentionGridYZ = 65535;
 

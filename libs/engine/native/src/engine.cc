@@ -103,6 +103,12 @@ size_t output_elements(const Node& n) {
     case Op::embedding: return n.p(0) * n.p(2);
     case Op::relative_position_bias: return n.p(2) * n.p(0) * n.p(1);
     case Op::biased_attention: return n.p(0) * n.p(1) * n.p(3) * n.p(4);
+    case Op::causal_conv3d: return n.p(0) * n.p(2) * n.p(3) * n.p(5);
+    case Op::channel_rms_norm: return n.p(0) * n.p(1);
+    case Op::upsample_nearest2x: return n.p(0) * 4 * n.p(1) * n.p(2) * n.p(3);
+    case Op::transpose: return n.p(0) * n.p(1) * n.p(2) * n.p(3);
+    case Op::update_frame_cache: return n.p(0) * n.p(2);
+    case Op::clamp: return n.p(0);
     case Op::count: break;
   }
   throw std::logic_error("output_elements: unknown op");
@@ -222,6 +228,40 @@ void validate(const Node& n, size_t index) {
       out_need = q;
       break;
     }
+    case Op::causal_conv3d: {
+      const size_t frames = n.p(0), cache = n.p(1), h = n.p(2), w = n.p(3), cin = n.p(4),
+                   cout = n.p(5), kt = n.p(6), kh = n.p(7), kw = n.p(8);
+      if (kt == 0) bad_param(6, "must be at least 1");
+      if (kh % 2 == 0) bad_param(7, "must be odd (zero padding of kernelH / 2 keeps the height)");
+      if (kw % 2 == 0) bad_param(8, "must be odd (zero padding of kernelW / 2 keeps the width)");
+      if (cache > kt - 1) bad_param(1, "exceeds kernelT - 1, the frames before a frame that a causal kernel reads");
+      if (cache > 0 && !n.inputs[3].present)
+        throw ShapeError(where(n, index) + "input 'cache' (slot 3) is null but cacheFrames is " + std::to_string(cache));
+      need = {mul({frames, h, w, cin}), mul({cout, cin, kt, kh, kw}), cout, mul({cache, h, w, cin})};
+      out_need = mul({frames, h, w, cout});
+      break;
+    }
+    case Op::channel_rms_norm:
+      need = {mul({n.p(0), n.p(1)}), n.p(1)};
+      out_need = need[0];
+      break;
+    case Op::upsample_nearest2x:
+      need = {mul({n.p(0), n.p(1), n.p(2), n.p(3)})};
+      out_need = mul({n.p(0), 4, n.p(1), n.p(2), n.p(3)});
+      break;
+    case Op::transpose:
+      need = {mul({n.p(0), n.p(1), n.p(2), n.p(3)})};
+      out_need = need[0];
+      break;
+    case Op::update_frame_cache:
+      need = {mul({n.p(0), n.p(2)}), mul({n.p(1), n.p(2)})};
+      out_need = need[0];
+      break;
+    case Op::clamp:
+      if (!(n.params[1] <= n.params[2])) bad_param(1, "exceeds 'hi'");
+      need = {n.p(0)};
+      out_need = n.p(0);
+      break;
     case Op::copy_rows:
       if (n.p(3) + n.p(4) > n.p(1)) bad_param(3, "+ 'count' exceeds 'rows'");
       need = {mul({n.p(0), n.p(1), n.p(2)})};
