@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keys } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { probeVideo, Stitcher } from '@longshot/media';
-import { encodePrompt, getConfig, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
+import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
@@ -30,7 +30,7 @@ async function inProcess(req: JobRequest): Promise<string> {
   const text = { cond: encodePrompt(s.prompt, config), uncond: encodePrompt('', config) };
   const stages = partitionLayers(config.layers, 1).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
   const geometry = { frames: s.frames, fps: s.fps, width: s.width, height: s.height, block: s.block, blocks: plan.blocks, latentChannels: 16 };
-  const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry);
+  const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry, modelBlockDecoder(resolveModel(s.model), { block: s.block, latentHeight: plan.latentHeight, latentWidth: plan.latentWidth }, cpuBackend()));
   await runLocalPipeline(new BlockQueue(s, plan, { channels: config.latentChannels, scheduler: WAN_SCHEDULER_CONFIG }), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
   return (await stitcher.finish()).latentSha256;
 }

@@ -115,8 +115,8 @@ class StageLost extends Error {
   }
 }
 
-/** The request itself is wrong; retrying elsewhere would fail the same way. */
-const PERMANENT = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED]);
+/** gRPC codes meaning the request itself is wrong: retrying elsewhere would fail the same way. */
+export const PERMANENT_GRPC_CODES: ReadonlySet<number> = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED]);
 
 interface OpenedSession {
   worker: DriverWorker;
@@ -210,7 +210,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       attempts.push({ workers: workers.map((w) => w.id), startIteration, error: error.message });
       if (o.signal?.aborted) throw o.signal.reason ?? error;
       const code = (e as { code?: number }).code;
-      const recoverable = e instanceof StageLost || (code !== undefined && !PERMANENT.has(code));
+      const recoverable = e instanceof StageLost || (code !== undefined && !PERMANENT_GRPC_CODES.has(code));
       if (!recoverable || attempt >= maxRecoveries) throw error;
       for (const w of await lostWorkers(workers, o, e instanceof StageLost ? e.address : null)) dead.add(w.id);
       o.log?.warn('stage lost; resuming from the last checkpoint', { job: job.jobId, attempt, error: error.message, excluded: [...dead] });
@@ -243,7 +243,7 @@ async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: Driv
   } catch (e) {
     o.signal?.throwIfAborted();
     const code = (e as { code?: number }).code;
-    if (code !== undefined && PERMANENT.has(code)) throw e;
+    if (code !== undefined && PERMANENT_GRPC_CODES.has(code)) throw e;
     throw new StageLost(`text encoder on ${worker.id} failed: ${(e as Error).message}`, worker.address);
   } finally {
     client.close();

@@ -3,3 +3,4 @@ export * from './queue';
 export * from './local';
 export * from './emulation';
 export * from './driver';
+export * from './decode';
