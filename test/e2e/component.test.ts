@@ -37,7 +37,7 @@ afterAll(async () => {
 /** The grant of the test's current lease on the worker it calls (see leaseAndGrant). */
 let grant = '';
 const textRequest = (prompt: string, negativePrompt = '', model = 'pipe'): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt } }, grant });
-const bits = (a: Float32Array | Int32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+const bits = (a: Float32Array | Int32Array | Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 describe('RunComponent (text encoder on a worker)', () => {
   it("returns the directory's umT5 embeddings and ids, bit-identical to this process's, and from the cache the second time", async () => {

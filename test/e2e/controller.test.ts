@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keys } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { probeVideo, Stitcher } from '@longshot/media';
-import { encodePrompt, getConfig, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
+import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
@@ -23,6 +23,10 @@ const framesFor = (latentFrames: number): number => 4 * (latentFrames - 1) + 1;
 
 /** The single-process result: stage objects chained in this process (as test/e2e/pipeline.test.ts does). */
 async function inProcess(req: JobRequest): Promise<string> {
+  return (await inProcessFingerprints(req)).latentSha256;
+}
+
+async function inProcessFingerprints(req: JobRequest): Promise<{ latentSha256: string; frameSha256: string }> {
   const [width, height] = String((req as { size?: string }).size ?? '256x256').split('x').map(Number);
   const s: JobSpec = normalizeSpec({ ...req, size: undefined, width, height, stages: 1 } as JobRequest);
   const config = getConfig(s.model);
@@ -30,9 +34,9 @@ async function inProcess(req: JobRequest): Promise<string> {
   const text = { cond: encodePrompt(s.prompt, config), uncond: encodePrompt('', config) };
   const stages = partitionLayers(config.layers, 1).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
   const geometry = { frames: s.frames, fps: s.fps, width: s.width, height: s.height, block: s.block, blocks: plan.blocks, latentChannels: 16 };
-  const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry);
+  const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry, modelBlockDecoder(resolveModel(s.model), { block: s.block, latentHeight: plan.latentHeight, latentWidth: plan.latentWidth }, cpuBackend()));
   await runLocalPipeline(new BlockQueue(s, plan, { channels: config.latentChannels, scheduler: WAN_SCHEDULER_CONFIG }), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
-  return (await stitcher.finish()).latentSha256;
+  return stitcher.finish();
 }
 
 /** The value of one sample line (`name{labels} value`) of a Prometheus text page; 0 when absent. */
@@ -293,6 +297,33 @@ describe('controller', () => {
     expect((await api('POST', `/v1/videos/${id}/cancel`)).status).toBe(409);
     const events = await sse(`${controllerUrl()}/v1/videos/${id}/events`);
     expect(events.at(-1)!.event).toBe('canceled');
+  });
+
+  it('decodes on a worker, never on the controller; SIGKILLing the decoding worker mid-job changes no bit', async () => {
+    const req = { ...base, size: '128x128', frames: framesFor(16), steps: 8, stages: 2 };
+    const reference = await inProcessFingerprints(req);
+    const undisturbed = await finished((await api('POST', '/v1/videos', req)).json.id);
+    expect(undisturbed.status, JSON.stringify(undisturbed.error)).toBe('succeeded');
+    expect(undisturbed.result).toMatchObject(reference);
+    const id = (await api('POST', '/v1/videos', { ...req, seed: base.seed })).json.id;
+    // Some blocks decoded, more to come: the tail worker decodes them.
+    const running = await waitFor('a block to be stitched', async () => {
+      const j = await job(id);
+      return j.status === 'running' && j.progress.blocksDone >= 1 ? j : null;
+    });
+    expect(running.progress.blocksDone).toBeLessThan(running.progress.blocks);
+    const tail: string = running.workers[running.workers.length - 1];
+    cluster.kill(tail, 'SIGKILL');
+    const done = await finished(id, 120_000);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    expect(done.workers).not.toContain(tail);
+    expect(done.result.frameSha256).toBe(reference.frameSha256);
+    expect(done.result.latentSha256).toBe(reference.latentSha256);
+    // The decoder ran on workers only: the controllers' counter is registered and stays 0.
+    for (const c of cluster.controllers.values()) expect(await (await fetch(`${c.url}/metrics`)).text()).toMatch(/^longshot_vae_decodes_total 0$/m);
+    let workerDecodes = 0;
+    for (const w of cluster.workers.values()) workerDecodes += metricValue(await fetch(`http://${w.metricsAddress}/metrics`).then((r) => r.text(), () => ''), 'longshot_vae_decodes_total');
+    expect(workerDecodes).toBeGreaterThan(0);
   });
 
   it('finishes a job on the other replica when the one running it is killed, with the same result', async () => {

@@ -5,6 +5,8 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobPrefix } from '@longshot/cache';
 import { Stitcher } from '@longshot/media';
+import { cpuBackend } from '@longshot/engine';
+import { modelBlockDecoder, resolveModel } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
 import { normalizeSpec, planJob } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
@@ -55,7 +57,7 @@ describe('worker memory', () => {
       const run = async (latentFrames: number, id: string) => {
         const spec = normalizeSpec({ prompt: 'a lighthouse', model: 'tiny', width: 128, height: 128, block: 2, context: 1, steps: 4, stages: 2, seed: 3, frames: 4 * (latentFrames - 1) + 1 });
         const plan = planJob(spec);
-        const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), { frames: spec.frames, fps: spec.fps, width: spec.width, height: spec.height, block: spec.block, blocks: plan.blocks, latentChannels: 16 });
+        const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), { frames: spec.frames, fps: spec.fps, width: spec.width, height: spec.height, block: spec.block, blocks: plan.blocks, latentChannels: 16 }, modelBlockDecoder(resolveModel('tiny'), { block: spec.block, latentHeight: plan.latentHeight, latentWidth: plan.latentWidth }, cpuBackend()));
         const result = await runDistributedJob(
           { jobId: id, spec, keyPrefix: jobPrefix(id), text: null },
           { ...cluster.driver(redis, id), onBlock: async (i, l) => void (await stitcher.add(i, l)) },

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobPrefix } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { Stitcher } from '@longshot/media';
-import { encodePrompt, getConfig, seededStageWeights, Stage } from '@longshot/model';
+import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage } from '@longshot/model';
 import { buildSchedule, jobSchedulerConfig, WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 import { BlockQueue, runDistributedJob, runLocalPipeline, type DistributedResult } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
@@ -28,9 +28,14 @@ async function inProcess(s: JobSpec): Promise<string> {
   const plan = planJob(s);
   const text = { cond: encodePrompt(s.prompt, config), uncond: encodePrompt('', config) };
   const stages = partitionLayers(config.layers, s.stages).map((range) => new Stage({ config, range, weights: seededStageWeights(config, range, 0), backend: cpuBackend(), text, guidance: s.guidance }));
-  const stitcher = new Stitcher(path.join(dir, `local-${s.stages}-${s.frames}.mp4`), geometry(s));
+  const stitcher = new Stitcher(path.join(dir, `local-${s.stages}-${s.frames}.mp4`), geometry(s), vaeFor(s));
   await runLocalPipeline(new BlockQueue(s, plan, { channels: config.latentChannels, scheduler: WAN_SCHEDULER_CONFIG }), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
   return (await stitcher.finish()).latentSha256;
+}
+
+function vaeFor(s: JobSpec) {
+  const plan = planJob(s);
+  return modelBlockDecoder(resolveModel(s.model), { block: s.block, latentHeight: plan.latentHeight, latentWidth: plan.latentWidth }, cpuBackend());
 }
 
 function geometry(s: JobSpec) {
@@ -42,7 +47,7 @@ async function distributed(
   id: string,
   hooks: { onBlockStep?: (n: number) => void; onAttempt?: (workers: string[]) => void } = {},
 ): Promise<DistributedResult & { latentSha256: string }> {
-  const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), geometry(s));
+  const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), geometry(s), vaeFor(s));
   let steps = 0;
   const run = await runDistributedJob(
     { jobId: id, spec: s, keyPrefix: jobPrefix(id), text: null },

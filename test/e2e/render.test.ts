@@ -37,10 +37,14 @@ describe('longshot render', () => {
     expect(one.mode).toBe('service');
     expect((three.workers as string[]).length).toBe(3);
     expect(one.latentSha256).toBe(local.latentSha256);
+    // Decoded on a worker (service) and in this process (--in-process): the same frames.
+    expect(one.frameSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(one.frameSha256).toBe(local.frameSha256);
     for (const key of ['id', 'frames', 'width', 'height', 'fps', 'steps', 'blocks', 'stages', 'latentSha256', 'output', 'seconds']) {
       expect(one, key).toHaveProperty(key);
     }
     expect(three.latentSha256).toBe(one.latentSha256);
+    expect(three.frameSha256).toBe(one.frameSha256);
     expect(one.latentSha256).toMatch(/^[0-9a-f]{64}$/);
     expect(three.stages).toBe(3);
     expect(await probeFrameCount(one.output as string)).toBe(one.frames);

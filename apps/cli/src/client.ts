@@ -17,7 +17,7 @@ export interface VideoStatus {
   stages: number | null;
   workers: string[];
   attempts: number;
-  result: { frames: number; width: number; height: number; fps: number; latentSha256: string; sampler: SamplerKind; shift: number; contentUrl: string; seconds: number } | null;
+  result: { frames: number; width: number; height: number; fps: number; latentSha256: string; frameSha256: string; sampler: SamplerKind; shift: number; contentUrl: string; seconds: number } | null;
   error: { message: string } | null;
 }
 

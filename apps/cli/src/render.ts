@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { cpuBackend } from '@longshot/engine';
 import { assembleLatents, Stitcher } from '@longshot/media';
-import { loadTextEmbeddings, MODEL_CONFIGS, resolveModel, SafetensorsFile, Stage, writeSafetensors, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { loadTextEmbeddings, MODEL_CONFIGS, resolveModel, SafetensorsFile, Stage, VaeBlockDecoder, writeSafetensors, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
@@ -43,6 +43,8 @@ export interface RenderResult {
   layers: number[][];
   seed: number;
   latentSha256: string;
+  /** SHA-256 over the blocks' decoded-frame digests (docs/vae.md). */
+  frameSha256: string;
   output: string;
   seconds: number;
   blockStepsPerSecond: number;
@@ -142,7 +144,7 @@ export async function renderCommand(argv: string[]): Promise<void> {
   if (f.json) {
     process.stdout.write(`${JSON.stringify(r)}\n`);
   } else {
-    process.stdout.write(`wrote ${r.output} (${r.frames} frames, ${r.width}x${r.height} @ ${r.fps} fps) in ${r.seconds.toFixed(1)} s\nlatentSha256 ${r.latentSha256}\n`);
+    process.stdout.write(`wrote ${r.output} (${r.frames} frames, ${r.width}x${r.height} @ ${r.fps} fps) in ${r.seconds.toFixed(1)} s\nlatentSha256 ${r.latentSha256}\nframeSha256 ${r.frameSha256}\n`);
   }
 }
 
@@ -174,7 +176,7 @@ export async function renderLocal({ spec, model, text, id, out, progress, initNo
     return stage;
   });
   const queue = new BlockQueue(spec, plan, { channels: model.config.latentChannels, scheduler: model.scheduler, initNoise });
-  const stitcher = new Stitcher(out, stitchGeometry(spec, plan, model));
+  const stitcher = new Stitcher(out, stitchGeometry(spec, plan, model), new VaeBlockDecoder(model.vae, model.loadVae(), { block: spec.block, latentHeight: plan.latentHeight, latentWidth: plan.latentWidth }, backend));
   const finished: Float32Array[] = [];
   progress?.start(`denoising ${id}`, plan.blockSteps, 'block-steps');
   let fingerprint;
@@ -202,7 +204,7 @@ export async function renderLocal({ spec, model, text, id, out, progress, initNo
   } finally {
     progress?.stop();
   }
-  return result(spec, plan, model, id, out, ranges.map((r) => [r.l0, r.l1]), fingerprint.latentSha256, started, { mode: 'in-process' });
+  return result(spec, plan, model, id, out, ranges.map((r) => [r.l0, r.l1]), fingerprint.latentSha256, started, { mode: 'in-process', frameSha256: fingerprint.frameSha256 });
 }
 
 /** [latent channels, latent frames, H/8, W/8]: the shape of a job's noise and final latents. */
@@ -236,7 +238,7 @@ function result(
   layers: number[][],
   latentSha256: string,
   started: number,
-  extra: Partial<RenderResult> & { mode: RenderResult['mode'] },
+  extra: Partial<RenderResult> & { mode: RenderResult['mode']; frameSha256: string },
 ): RenderResult {
   const seconds = (performance.now() - started) / 1000;
   const scheduler = jobSchedulerConfig(model.scheduler, spec);
@@ -362,6 +364,7 @@ export async function renderViaService(request: JobRequest, opts: { url?: string
       layers: [],
       seed: Number(status.spec.seed),
       latentSha256: r.latentSha256,
+      frameSha256: r.frameSha256,
       output: out,
       seconds,
       blockStepsPerSecond: status.progress.blockSteps / seconds,

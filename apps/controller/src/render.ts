@@ -3,8 +3,8 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
-import { deserializeCache, LatentDecoder, ModelNameError, serializeCache, type DecoderCache, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
-import { candidates, LeasedWorkers, runDistributedJob } from '@longshot/pipeline';
+import { ModelNameError, videoFrameSha256, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { candidates, decodeBlockOnWorker, LeasedWorkers, PERMANENT_GRPC_CODES, runDistributedJob, signJobGrant, type DecodedFrames, type DriverWorker } from '@longshot/pipeline';
 import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
@@ -22,6 +22,8 @@ export interface VideoResult {
   readonly height: number;
   readonly fps: number;
   readonly latentSha256: string;
+  /** SHA-256 over the blocks' decoded-frame digests (docs/vae.md): the same in every mode, resume or not. */
+  readonly frameSha256: string;
   /** The solver and schedule shift the job ran with (the shift resolved from the model's scheduler). */
   readonly sampler: SamplerKind;
   readonly shift: number;
@@ -153,7 +155,7 @@ export class RenderRun {
       }
       if (this.job.data.waitingSince !== undefined) await this.job.updateData({ id: this.id });
       source.reserve(reserved);
-      await this.runPipeline(rec, { ...spec, stages: K }, modelSource, text, source, reserved[0].numerics);
+      await this.runPipeline(rec, { ...spec, stages: K }, modelSource, text, source, reserved);
     } catch (e) {
       await this.settleFailure(rec, e);
     } finally {
@@ -169,8 +171,9 @@ export class RenderRun {
     return chooseStages(spec, model, Math.max(1, free), this.d.config.plannerProfile);
   }
 
-  /** `numerics`: the fingerprint of the leased workers (the record's, when the job already had one). */
-  private async runPipeline(rec: VideoRecord, spec: JobSpec, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers, numerics: string): Promise<void> {
+  /** `reserved`: the leased workers, head first; the job's numerics are theirs (the record's, when the job already had one). */
+  private async runPipeline(rec: VideoRecord, spec: JobSpec, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers, reserved: DriverWorker[]): Promise<void> {
+    const numerics = reserved[0].numerics;
     const { config, jobs, data } = this.d;
     const model = modelSource.config;
     const plan = planJob(spec);
@@ -186,7 +189,10 @@ export class RenderRun {
     const resume = await data.hasCheckpoint(this.id);
     log.info('job run started', { job: this.id, attempt, stages: spec.stages, workers: source.workers, resume });
 
-    const stitcher = new BlockStitcher(this.id, spec, plan, model.latentChannels, data, this.d.results, jobs);
+    // Blocks are decoded on the tail worker of the current attempt (docs/vae.md, "Where it runs").
+    let decoding = reserved[reserved.length - 1];
+    const decodeGrant = () => signJobGrant({ job: this.id, run: source.run, keyPrefix: data.prefix(this.id), stage: -1, layerBegin: 0, layerEnd: 0 }, config.grantKey);
+    const stitcher = new BlockStitcher(this.id, spec, plan, data, this.d.results, jobs, () => decoding, decodeGrant, this.abort.signal);
     await stitcher.prepare();
     const progress = new ProgressReporter(this.id, plan, spec.steps, jobs, () => stitcher.blocksDone, () => this.stop('cancel'));
     const onBlock = (index: number, latents: Float32Array): Promise<void> =>
@@ -202,8 +208,8 @@ export class RenderRun {
     if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
       // The pipeline finished before the previous run died (stitching lags compute): only the
       // stitch is left, and there is nothing for workers to do.
+      // The leased workers stay held until the stitch is done: the tail decodes.
       log.info('every block is in Redis; finishing the stitch only', { job: this.id });
-      await source.close();
       for (let i = 0; i < plan.blocks && !this.abort.signal.aborted; i++) await onBlock(i, (await data.block(this.id, i))!);
     } else {
       const run = await runDistributedJob(
@@ -218,6 +224,7 @@ export class RenderRun {
           signal: this.abort.signal,
           livenessIntervalMs: config.livenessIntervalMs,
           onBlock,
+          onAttempt: (a) => (decoding = a.workers[a.workers.length - 1]),
           onBlockStep: (e) => {
             blockSteps.inc();
             progress.step(e.iteration, e.block);
@@ -232,6 +239,7 @@ export class RenderRun {
     const segments = this.d.results.job(this.id);
     this.d.results.ensureSpace();
     await segments.concat(plan.blocks);
+    const frameSha256 = videoFrameSha256(await stitcher.digests());
     const latents: Float32Array[] = [];
     for (let i = 0; i < plan.blocks; i++) {
       const b = await data.block(this.id, i);
@@ -247,6 +255,7 @@ export class RenderRun {
       height: spec.height,
       fps: spec.fps,
       latentSha256: latentSha256(assembleLatents(latents, model.latentChannels, spec.block, plan.latentHeight * plan.latentWidth)),
+      frameSha256,
       sampler: scheduler.kind,
       shift: scheduler.flowShift,
       numerics,
@@ -262,7 +271,7 @@ export class RenderRun {
       segments.removeSegments(plan.blocks);
       jobDuration.observe({ status: 'succeeded' }, (finishedAt - rec.createdAt) / 1000);
       await data.expire(this.id, config.retentionSeconds);
-      log.info('job succeeded', { job: this.id, latentSha256: result.latentSha256, seconds: result.seconds });
+      log.info('job succeeded', { job: this.id, latentSha256: result.latentSha256, frameSha256, seconds: result.seconds });
     }
   }
 
@@ -317,66 +326,103 @@ export class RenderRun {
   }
 }
 
+/** Tries of one block's decode before the stitch fails (each after the decoding worker failed). */
+const DECODE_TRIES = 5;
+/** How long a failed decode waits for the driver to replace the decoding worker before trying again. */
+const DECODE_RETRY_WAIT_MS = 10_000;
+
 /**
- * Decodes finished blocks strictly in order into one MP4 segment each, keeping the decoder's
- * causal cache in Redis after every block, so another replica continues where this one stopped.
+ * Turns finished blocks, strictly in order, into one MP4 segment each. The controller never
+ * decodes: a worker of the job does (decodeBlockOnWorker) and streams the rgb24 frames back, and
+ * this encodes them. No decoder state lives here or in Redis: a worker that is not at the block
+ * (a new one after a failure, a takeover) rebuilds the VAE's cache from the blocks in Redis.
+ * Each block's frame digest is kept in Redis for the job's frameSha256.
  */
 export class BlockStitcher {
-  private readonly decoder: LatentDecoder;
-  private cache: DecoderCache | null = null;
   private next = 0;
+  private readonly segments: SegmentDir;
 
   constructor(
     private readonly id: string,
     private readonly spec: JobSpec,
     private readonly plan: JobPlan,
-    latentChannels: number,
     private readonly data: JobDataRepository,
     private readonly results: ResultStore,
     private readonly jobs: VideoStore,
+    /** The worker that decodes now (the tail of the driver's current attempt). */
+    private readonly decodingWorker: () => DriverWorker,
+    /** A component grant of the job's current run, fresh for each call. */
+    private readonly grant: () => string,
+    private readonly signal: AbortSignal,
   ) {
-    this.decoder = new LatentDecoder(latentChannels);
     this.segments = results.job(id);
   }
-
-  private readonly segments: SegmentDir;
 
   get blocksDone(): number {
     return this.next;
   }
 
-  /** Picks up a previous run's work: blocks covered by the saved cache whose segments all exist. */
+  /** Picks up a previous run's work: the leading blocks whose segment and frame digest both exist. */
   async prepare(): Promise<void> {
-    const saved = await this.data.loadDecoderCache(this.id);
-    if (!saved) return;
-    const cache = deserializeCache(saved);
-    const done = cache.latentFrames / this.spec.block;
-    if (!Number.isInteger(done) || done > this.plan.blocks) return;
-    // Segments live on the results volume; one missing means that work is lost: decode again from block 0.
-    for (let i = 0; i < done; i++) if (!this.segments.hasSegment(i)) return;
-    this.cache = cache;
+    let done = 0;
+    while (done < this.plan.blocks && this.segments.hasSegment(done) && (await this.data.frameDigest(this.id, done)) !== null) done++;
     this.next = done;
-    log.info('continuing the stitch', { job: this.id, blocks: done });
+    if (done > 0) log.info('continuing the stitch', { job: this.id, blocks: done });
   }
 
-  async add(index: number, latents: Float32Array): Promise<void> {
+  /** Every block's frame digest, in order (after the last block). */
+  async digests(): Promise<string[]> {
+    const out: string[] = [];
+    for (let i = 0; i < this.plan.blocks; i++) {
+      const d = await this.data.frameDigest(this.id, i);
+      if (d === null) throw new Error(`the frame digest of block ${i} of job ${this.id} is no longer in Redis`);
+      out.push(d);
+    }
+    return out;
+  }
+
+  async add(index: number, _latents: Float32Array): Promise<void> {
     if (index < this.next) {
       // Stitched by an earlier run; its event may not have been recorded before that run died.
       await this.jobs.blockDone(this.id, index, this.blockEvent(index));
       return;
     }
     if (index !== this.next) throw new Error(`stitching needs block ${this.next} next, got block ${index}`);
-    const { width, height, fps, block } = this.spec;
-    const decoded = this.decoder.decode(latents, block, this.plan.latentHeight, this.plan.latentWidth, this.cache);
+    const { width, height, fps } = this.spec;
+    const decoded = await this.decode(index);
+    if (decoded.width !== width || decoded.height !== height) throw new Error(`the VAE decoded ${decoded.width}x${decoded.height} frames; the job is ${width}x${height}`);
     this.results.ensureSpace();
     await this.segments.writeSegment(index, decoded.rgb, { width, height, fps });
     await this.segments.writePreview(index, await previewJpeg(decoded.rgb.subarray(0, width * height * 3), width, height));
-    // Segment first, cache second: a crash in between re-decodes this block, never skips it.
-    await this.data.saveDecoderCache(this.id, serializeCache(decoded.cache));
-    this.cache = decoded.cache;
+    // Segment first, digest second: a crash in between decodes this block again, never skips it.
+    await this.data.saveFrameDigest(this.id, index, decoded.sha256);
     this.next++;
     stitchedBlocks.inc();
     await this.jobs.blockDone(this.id, index, this.blockEvent(index));
+  }
+
+  /**
+   * Decodes block `index` on the decoding worker; when that worker fails (lost, killed), waits
+   * for the driver to replace it (or a while) and asks again: the new worker rebuilds the cache.
+   */
+  private async decode(index: number): Promise<DecodedFrames> {
+    const { block, model } = this.spec;
+    const request = { jobId: this.id, model, keyPrefix: this.data.prefix(this.id), index, blocks: this.plan.blocks, block, latentHeight: this.plan.latentHeight, latentWidth: this.plan.latentWidth };
+    for (let attempt = 1; ; attempt++) {
+      const worker = this.decodingWorker();
+      try {
+        const d = await decodeBlockOnWorker(worker, { ...request, grant: this.grant() }, this.signal);
+        if (d.rebuiltLatentFrames > 0) log.info('decoder cache rebuilt on the decoding worker', { job: this.id, block: index, worker: worker.id, latentFrames: d.rebuiltLatentFrames });
+        return d;
+      } catch (e) {
+        this.signal.throwIfAborted();
+        const code = (e as { code?: number }).code;
+        if ((code !== undefined && PERMANENT_GRPC_CODES.has(code)) || attempt >= DECODE_TRIES) throw e;
+        log.warn('decoding a block failed; trying again', { job: this.id, block: index, worker: worker.id, attempt, err: e });
+        const until = Date.now() + DECODE_RETRY_WAIT_MS;
+        while (Date.now() < until && this.decodingWorker().id === worker.id && !this.signal.aborted) await new Promise((r) => setTimeout(r, 100));
+      }
+    }
   }
 
   private blockEvent(index: number) {

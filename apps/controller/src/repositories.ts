@@ -2,18 +2,18 @@ import * as fs from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { Redis } from 'ioredis';
-import { BlockStore, DecoderCacheStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
+import { BlockStore, FrameDigestStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
 import { SegmentDir } from '@longshot/media';
 import { loadTextEmbeddings, SafetensorsFile, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { SpecError } from '@longshot/planner';
 
 /**
- * A job's pipeline data in Redis (blocks, checkpoint, decoder cache): the one place the
+ * A job's pipeline data in Redis (blocks, checkpoint, frame digests): the one place the
  * controller reads or writes it.
  */
 export class JobDataRepository {
   readonly blocks: BlockStore;
-  private readonly decoder: DecoderCacheStore;
+  private readonly digests: FrameDigestStore;
   private readonly keyspace: JobKeyspace;
 
   constructor(
@@ -21,7 +21,7 @@ export class JobDataRepository {
     private readonly ttlSeconds: number,
   ) {
     this.blocks = new BlockStore(redis);
-    this.decoder = new DecoderCacheStore(redis);
+    this.digests = new FrameDigestStore(redis);
     this.keyspace = new JobKeyspace(redis);
   }
 
@@ -43,12 +43,13 @@ export class JobDataRepository {
     return this.blocks.get(jobPrefix(jobId), index);
   }
 
-  loadDecoderCache(jobId: string): Promise<Buffer | null> {
-    return this.decoder.load(jobPrefix(jobId));
+  /** Block `index`'s decoded-frame digest, once stitched. */
+  frameDigest(jobId: string, index: number): Promise<string | null> {
+    return this.digests.load(jobPrefix(jobId), index);
   }
 
-  saveDecoderCache(jobId: string, cache: Buffer): Promise<void> {
-    return this.decoder.save(jobPrefix(jobId), cache, this.ttlSeconds);
+  saveFrameDigest(jobId: string, index: number, sha256: string): Promise<void> {
+    return this.digests.save(jobPrefix(jobId), index, sha256, this.ttlSeconds);
   }
 
   /** After a job ends its pipeline data is only kept for the retention period. */

@@ -41,7 +41,7 @@ export const workerMetrics = {
   }),
   componentSeconds: histogram<'kind'>({
     name: 'longshot_component_seconds',
-    help: 'Time of one component computation (kind="text_encoder": prompt and negative prompt encoded), cache hits excluded',
+    help: 'Time of one component computation (kind="text_encoder": prompt and negative prompt encoded, cache hits excluded; kind="vae_decoder": one block decoded, cache rebuild included)',
     labelNames: ['kind'],
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
   }),

@@ -139,7 +139,10 @@ export class WorkerProcess {
         this.authorize(call.request.grant, call.request.jobId)
           .then((g) => {
             if (g.stage !== -1) throw this.refuse('PERMISSION_DENIED', 'grant-scope', 'the session grant is not for a component call');
-            return this.components.run(call.request, (o) => call.write(o));
+            // The job's keys come from the grant, never from the client.
+            const req = call.request;
+            const scoped = req.input?.$case === 'vae' ? { ...req, input: { $case: 'vae' as const, value: { ...req.input.value, keyPrefix: g.keyPrefix } } } : req;
+            return this.components.run(scoped, (o) => call.write(o));
           })
           .then(
             () => call.end(),

@@ -298,19 +298,18 @@ export class BlockStore {
     return (await this.redis.exists(this.keys.blockKey(prefix, index))) === 1;
   }
 
-  /** Sets the retention of every key of the job (blocks, checkpoint, decoder cache); see JobKeyspace. */
+  /** Sets the retention of every key of the job (blocks, checkpoint, frame digests); see JobKeyspace. */
   expireJob(prefix: string, seconds: number): Promise<number> {
     return this.jobKeys.expireJob(prefix, seconds);
   }
 }
 
 /**
- * The stitcher's causal decoder cache (bytes from @longshot/model's serializeCache), so any
- * controller replica can continue decoding a job where another left off. The bytes carry their
- * own magic and checksum, checked by deserializeCache; this store keeps them opaque so it does
- * not depend on the model package.
+ * Each stitched block's decoded-frame digest (SHA-256 of its frames, from the decoding worker),
+ * so a run that resumes the stitch can finish the job's frameSha256 without the earlier frames.
+ * The VAE's feature cache itself is never stored: it is rebuilt from the blocks (docs/vae.md).
  */
-export class DecoderCacheStore {
+export class FrameDigestStore {
   private readonly keys: KeySchema;
   private readonly jobKeys: JobKeyspace;
 
@@ -322,12 +321,16 @@ export class DecoderCacheStore {
     this.jobKeys = new JobKeyspace(redis, this.keys);
   }
 
-  async save(prefix: string, cache: Buffer, ttlSeconds: number): Promise<void> {
-    if (!Buffer.isBuffer(cache) || cache.length === 0) throw new Error('decoder cache: expected the non-empty Buffer from serializeCache');
-    await this.jobKeys.put(prefix, this.keys.decoderCacheKey(prefix), cache, ttlSeconds);
+  async save(prefix: string, index: number, sha256: string, ttlSeconds: number): Promise<void> {
+    if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`frame digest of block ${index}: expected a SHA-256 hex digest, got ${JSON.stringify(sha256.slice(0, 80))}`);
+    await this.jobKeys.put(prefix, this.keys.frameDigestKey(prefix, index), Buffer.from(sha256, 'hex'), ttlSeconds);
   }
 
-  async load(prefix: string): Promise<Buffer | null> {
-    return this.redis.getBuffer(this.keys.decoderCacheKey(prefix));
+  async load(prefix: string, index: number): Promise<string | null> {
+    const key = this.keys.frameDigestKey(prefix, index);
+    const b = await this.redis.getBuffer(key);
+    if (b === null) return null;
+    if (b.length !== 32) throw new CorruptValueError(key, `frame digest has ${b.length} bytes, expected 32`);
+    return b.toString('hex');
   }
 }

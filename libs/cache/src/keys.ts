@@ -8,7 +8,7 @@
  *   R:job:{<jobId>}                 a job's prefix; never a key itself
  *   R:job:{<jobId>}:checkpoint      the head's QueueState at the last iteration boundary
  *   R:job:{<jobId>}:block:<n>       finished block latents
- *   R:job:{<jobId>}:decoder-cache   the stitcher's causal decoder feature cache
+ *   R:job:{<jobId>}:frames:<i>      block i's decoded-frame digest (SHA-256, 32 bytes)
  *   R:job:{<jobId>}:keys            set of the job's keys (so they can all be expired together)
  *   R:job:{<jobId>}:run             the job's current run (fencing: writes of other runs are refused)
  *   R:job:{<jobId>}:<key>~<run>     a fenced value on its way to <key> (exists for one round trip)
@@ -60,8 +60,9 @@ export class KeySchema {
     return `${this.checkPrefix(prefix)}:block:${index}`;
   }
 
-  decoderCacheKey(prefix: string): string {
-    return `${this.checkPrefix(prefix)}:decoder-cache`;
+  frameDigestKey(prefix: string, index: number): string {
+    if (!Number.isSafeInteger(index) || index < 0) throw new Error(`block index must be a non-negative integer, got ${index}`);
+    return `${this.checkPrefix(prefix)}:frames:${index}`;
   }
 
   /** The set that tracks every key written under a job prefix (see `expireJob`). */
@@ -115,6 +116,6 @@ export const workersIndexKey = (): string => keys.workersIndexKey();
 export const jobPrefix = (jobId: string): string => keys.jobPrefix(jobId);
 export const checkpointKey = (prefix: string): string => keys.checkpointKey(prefix);
 export const blockKey = (prefix: string, index: number): string => keys.blockKey(prefix, index);
-export const decoderCacheKey = (prefix: string): string => keys.decoderCacheKey(prefix);
+export const frameDigestKey = (prefix: string, index: number): string => keys.frameDigestKey(prefix, index);
 export const jobKeysKey = (prefix: string): string => keys.jobKeysKey(prefix);
 export const textEmbeddingKey = (hash: string): string => keys.textEmbeddingKey(hash);

@@ -9,7 +9,7 @@ describe('KeySchema', () => {
     expect(p).toBe('longshot:job:{job-1}');
     expect(k.checkpointKey(p)).toBe('longshot:job:{job-1}:checkpoint');
     expect(k.blockKey(p, 3)).toBe('longshot:job:{job-1}:block:3');
-    expect(k.decoderCacheKey(p)).toBe('longshot:job:{job-1}:decoder-cache');
+    expect(k.frameDigestKey(p, 3)).toBe('longshot:job:{job-1}:frames:3');
     expect(k.jobKeysKey(p)).toBe('longshot:job:{job-1}:keys');
     expect(k.workerKey('w1')).toBe('longshot:{registry}:worker:w1');
     expect(k.workersIndexKey()).toBe('longshot:{registry}:workers');

@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { QueueState } from '@longshot/planner';
-import { LatentDecoder, deserializeCache, serializeCache } from '@longshot/model';
 import { Rng } from '@longshot/random';
-import { BlockStore, CheckpointStore, CorruptValueError, DecoderCacheStore, encodeCheckpoint, FencedWriteError, JobKeyspace } from '../src';
+import { BlockStore, CheckpointStore, CorruptValueError, encodeCheckpoint, FencedWriteError, FrameDigestStore, JobKeyspace } from '../src';
 import { checksum } from '../src/codec';
 import { eventually, testRedis, type TestRedis } from './helpers';
 
@@ -236,27 +235,18 @@ describe('fenced writes (a run that no longer owns the job)', () => {
   });
 });
 
-describe('DecoderCacheStore', () => {
-  it('keeps the stitcher cache so another replica continues decoding bit for bit', async () => {
-    const store = new DecoderCacheStore(t.redis, { keys: t.keys });
-    const prefix = t.keys.jobPrefix('decoder');
-    const decoder = new LatentDecoder();
-    const [F, H, W] = [3, 4, 5];
-    const z = Rng.from('cache-test', 'decoder').fillNormal(new Float32Array(16 * 2 * F * H * W));
-    const blockOf = (i: number): Float32Array => {
-      const out = new Float32Array(16 * F * H * W);
-      for (let c = 0; c < 16; c++) out.set(z.subarray((c * 2 * F + i * F) * H * W, (c * 2 * F + (i + 1) * F) * H * W), c * F * H * W);
-      return out;
-    };
-    const first = decoder.decode(blockOf(0), F, H, W, null);
-    const direct = decoder.decode(blockOf(1), F, H, W, first.cache);
-
-    expect(await store.load(prefix)).toBeNull();
-    await store.save(prefix, serializeCache(first.cache), 60);
-    const loaded = await store.load(prefix);
-    const resumed = new LatentDecoder().decode(blockOf(1), F, H, W, deserializeCache(loaded!));
-    expect(Buffer.from(resumed.rgb).equals(Buffer.from(direct.rgb))).toBe(true);
-    await expect(store.save(prefix, Buffer.alloc(0), 60)).rejects.toThrow(/non-empty Buffer/);
+describe('FrameDigestStore', () => {
+  it('keeps each block\'s frame digest for the run that finishes the stitch', async () => {
+    const store = new FrameDigestStore(t.redis, { keys: t.keys });
+    const prefix = t.keys.jobPrefix('digests');
+    const d = 'ab'.repeat(32);
+    expect(await store.load(prefix, 0)).toBeNull();
+    await store.save(prefix, 0, d, 60);
+    expect(await store.load(prefix, 0)).toBe(d);
+    expect(await t.redis.strlen(t.keys.frameDigestKey(prefix, 0))).toBe(32);
+    await expect(store.save(prefix, 1, 'not hex', 60)).rejects.toThrow(/expected a SHA-256 hex digest/);
+    await t.redis.set(t.keys.frameDigestKey(prefix, 2), 'short');
+    await expect(store.load(prefix, 2)).rejects.toThrow(/frames:2: frame digest has 5 bytes, expected 32/);
   });
 });
 
@@ -264,16 +254,16 @@ describe('job expiry', () => {
   it('sets the retention on every key of the job, and only that job', async () => {
     const blocks = new BlockStore(t.redis, { keys: t.keys });
     const checkpoints = new CheckpointStore(t.redis, { keys: t.keys });
-    const decoderCaches = new DecoderCacheStore(t.redis, { keys: t.keys });
+    const digests = new FrameDigestStore(t.redis, { keys: t.keys });
     const job = t.keys.jobPrefix('expire-me');
     const other = t.keys.jobPrefix('keep-me');
     for (const p of [job, other]) {
       await blocks.put(p, 0, latents(64, 'e0'), 3600);
       await blocks.put(p, 1, latents(64, 'e1'), 3600);
       await checkpoints.save(p, state(), 3600);
-      await decoderCaches.save(p, Buffer.from('opaque decoder cache bytes'), 3600);
+      await digests.save(p, 0, 'cd'.repeat(32), 3600);
     }
-    const jobKeys = [t.keys.blockKey(job, 0), t.keys.blockKey(job, 1), t.keys.checkpointKey(job), t.keys.decoderCacheKey(job)];
+    const jobKeys = [t.keys.blockKey(job, 0), t.keys.blockKey(job, 1), t.keys.checkpointKey(job), t.keys.frameDigestKey(job, 0)];
     // The tracking set lives at least as long as the longest member.
     expect(await t.redis.pttl(t.keys.jobKeysKey(job))).toBeGreaterThan(3_590_000);
     expect((await t.redis.smembers(t.keys.jobKeysKey(job))).sort()).toEqual([...jobKeys].sort());

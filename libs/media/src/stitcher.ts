@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LatentDecoder, type DecoderCache } from '@longshot/model';
+import { rgb24, videoFrameSha256, type VaeBlockDecoder } from '@longshot/model';
 import { Mp4Writer } from './mp4';
 
 export interface StitchGeometry {
@@ -16,28 +16,28 @@ export interface StitchGeometry {
 }
 
 /**
- * Turns finished blocks, taken strictly in order, into the MP4: each block is decoded with the
- * decoder's causal feature cache carried over from the previous one and encoded as it arrives.
- * It also assembles the final latents [16, F, H, W] for the job's fingerprint.
+ * Turns finished blocks, taken strictly in order, into the MP4 in this process (`render
+ * --in-process`, `decode`, test references): each block is decoded by the real VAE decoder with
+ * its feature cache carried over from the previous one, and encoded as it arrives. It also
+ * assembles the final latents [16, F, H, W] and the block frame digests for the fingerprints.
  */
 export class Stitcher {
-  private readonly decoder: LatentDecoder;
   private readonly writer: Mp4Writer;
   private readonly latents: Float32Array;
   private readonly latentFrames: number;
   private readonly frameSize: number;
-  private cache: DecoderCache | null = null;
+  private readonly digests: string[] = [];
   private next = 0;
   private framesWritten = 0;
 
   constructor(
     readonly out: string,
     private readonly g: StitchGeometry,
+    private readonly decoder: VaeBlockDecoder,
   ) {
     this.latentFrames = g.block * g.blocks;
     this.frameSize = (g.height / 8) * (g.width / 8);
     this.latents = new Float32Array(g.latentChannels * this.latentFrames * this.frameSize);
-    this.decoder = new LatentDecoder(g.latentChannels);
     fs.mkdirSync(path.dirname(out), { recursive: true });
     this.writer = new Mp4Writer(out, { width: g.width, height: g.height, fps: g.fps });
   }
@@ -48,7 +48,7 @@ export class Stitcher {
   }
 
   /** Decodes and encodes block `index`, which must be the next one; returns its frames (rgb24). */
-  async add(index: number, block: Float32Array): Promise<{ rgb: Uint8Array; frames: number }> {
+  async add(index: number, block: Float32Array): Promise<{ rgb: Uint8Array; frames: number; sha256: string }> {
     if (index !== this.next) throw new Error(`stitching needs block ${this.next} next, got block ${index}`);
     const B = this.g.block;
     const fs = this.frameSize;
@@ -56,20 +56,31 @@ export class Stitcher {
     for (let c = 0; c < this.g.latentChannels; c++) {
       this.latents.set(block.subarray(c * B * fs, (c + 1) * B * fs), (c * this.latentFrames + index * B) * fs);
     }
-    const decoded = this.decoder.decode(block, B, this.g.height / 8, this.g.width / 8, this.cache);
-    this.cache = decoded.cache;
-    this.framesWritten += decoded.frames;
-    await this.writer.write(decoded.rgb);
+    const decoded = await this.decoder.decodeBlock(index, block, (b) => Promise.resolve(this.block(b)));
+    if (decoded.width !== this.g.width || decoded.height !== this.g.height) throw new Error(`the VAE decodes ${decoded.width}x${decoded.height} frames; the job is ${this.g.width}x${this.g.height}`);
+    const rgb = rgb24(decoded.frames);
+    this.framesWritten += decoded.count;
+    this.digests.push(decoded.sha256);
+    await this.writer.write(rgb);
     this.next++;
-    return { rgb: decoded.rgb, frames: decoded.frames };
+    return { rgb, frames: decoded.count, sha256: decoded.sha256 };
   }
 
-  /** Closes the MP4 and returns the fingerprint of the final latents. */
-  async finish(): Promise<{ latentSha256: string; frames: number }> {
+  /** Block `index` of the latents stitched so far, [C, B, h, w]. */
+  private block(index: number): Float32Array {
+    const B = this.g.block;
+    const fs = this.frameSize;
+    const out = new Float32Array(this.g.latentChannels * B * fs);
+    for (let c = 0; c < this.g.latentChannels; c++) out.set(this.latents.subarray((c * this.latentFrames + index * B) * fs, (c * this.latentFrames + (index + 1) * B) * fs), c * B * fs);
+    return out;
+  }
+
+  /** Closes the MP4 and returns the fingerprints of the final latents and of the decoded frames. */
+  async finish(): Promise<{ latentSha256: string; frameSha256: string; frames: number }> {
     if (this.next !== this.g.blocks) throw new Error(`only ${this.next} of ${this.g.blocks} blocks were stitched`);
     if (this.framesWritten !== this.g.frames) throw new Error(`decoded ${this.framesWritten} frames, the job has ${this.g.frames}`);
     await this.writer.finish();
-    return { latentSha256: latentSha256(this.latents), frames: this.framesWritten };
+    return { latentSha256: latentSha256(this.latents), frameSha256: videoFrameSha256(this.digests), frames: this.framesWritten };
   }
 
   abort(): Promise<void> {

@@ -2,7 +2,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LatentDecoder, deserializeCache, serializeCache, type DecoderCache } from '@longshot/model';
+import { cpuBackend } from '@longshot/engine';
+import { modelBlockDecoder, resolveModel, rgb24, videoFrameSha256 } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { assembleLatents, latentSha256, probeVideo, SegmentDir, Stitcher } from '../src';
 
@@ -18,21 +19,24 @@ const H = 4;
 const W = 6;
 const blocks = Array.from({ length: 3 }, (_, i) => Rng.from('segments-test', i).fillNormal(new Float32Array(C * B * H * W)));
 const geometry = { frames: 4 * (3 * B - 1) + 1, fps: 8, width: W * 8, height: H * 8, block: B, blocks: 3, latentChannels: C };
+const vae = () => modelBlockDecoder(resolveModel('tiny'), { block: B, latentHeight: H, latentWidth: W }, cpuBackend());
 
 describe('SegmentDir', () => {
   it('joins per-block segments into the same frames and fingerprint as the one-pass Stitcher', async () => {
-    const whole = new Stitcher(path.join(dir, 'whole.mp4'), geometry);
+    const whole = new Stitcher(path.join(dir, 'whole.mp4'), geometry, vae());
     for (const [i, b] of blocks.entries()) await whole.add(i, b);
     const reference = await whole.finish();
 
     const segs = new SegmentDir(path.join(dir, 'job'));
-    let cache: DecoderCache | null = null;
+    const digests: string[] = [];
     for (const [i, b] of blocks.entries()) {
-      // Round-trip the cache through bytes at every block, as a replica resuming from Redis would.
-      const decoded = new LatentDecoder(C).decode(b, B, H, W, cache === null ? null : deserializeCache(serializeCache(cache)));
-      cache = decoded.cache;
-      await segs.writeSegment(i, decoded.rgb, { width: W * 8, height: H * 8, fps: 8 });
+      // A fresh decoder for every block, as a new decoding worker after a failure: it rebuilds the cache.
+      const decoded = await vae().decodeBlock(i, b, (j) => Promise.resolve(blocks[j]));
+      expect(decoded.rebuiltLatentFrames).toBe(i * B);
+      digests.push(decoded.sha256);
+      await segs.writeSegment(i, rgb24(decoded.frames), { width: W * 8, height: H * 8, fps: 8 });
     }
+    expect(videoFrameSha256(digests)).toBe(reference.frameSha256);
     expect(segs.hasSegment(2)).toBe(true);
     const out = await segs.concat(3);
     const info = await probeVideo(out);

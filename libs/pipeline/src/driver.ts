@@ -138,8 +138,8 @@ class StageLost extends Error {
   }
 }
 
-/** The request itself is wrong; retrying elsewhere would fail the same way. */
-const PERMANENT = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED]);
+/** gRPC codes meaning the request itself is wrong: retrying elsewhere would fail the same way. */
+export const PERMANENT_GRPC_CODES: ReadonlySet<number> = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED, grpc.status.UNIMPLEMENTED]);
 
 interface OpenedSession {
   worker: DriverWorker;
@@ -184,10 +184,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   let textEncoder: TextEncoderRun | null = null;
   let numerics = job.numerics ?? null;
   const grant = (stage: number, layerBegin: number, layerEnd: number): string =>
-    signGrant(
-      { job: job.jobId, run: o.workers.run, stage, layerBegin, layerEnd, keyPrefix: job.keyPrefix, expiresAt: Date.now() + (o.grantTtlMs ?? 5 * 60_000) } satisfies SessionGrant,
-      o.grantKey,
-    );
+    signJobGrant({ job: job.jobId, run: o.workers.run, keyPrefix: job.keyPrefix, stage, layerBegin, layerEnd }, o.grantKey, o.grantTtlMs);
   for (let attempt = 0; ; attempt++) {
     o.signal?.throwIfAborted();
     const workers = await o.workers.pick(ranges.length, dead, numerics);
@@ -249,7 +246,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       attempts.push({ workers: workers.map((w) => w.id), startIteration, error: error.message });
       if (o.signal?.aborted) throw o.signal.reason ?? error;
       const code = (e as { code?: number }).code;
-      const recoverable = e instanceof StageLost || (code !== undefined && !PERMANENT.has(code));
+      const recoverable = e instanceof StageLost || (code !== undefined && !PERMANENT_GRPC_CODES.has(code));
       if (!recoverable || attempt >= maxRecoveries) throw error;
       for (const w of await lostWorkers(workers, o, e instanceof StageLost ? e.address : null)) dead.add(w.id);
       o.log?.warn('stage lost; resuming from the last checkpoint', { job: job.jobId, attempt, error: error.message, excluded: [...dead] });
@@ -263,6 +260,17 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
  * failing worker is a lost stage: the attempt loop excludes it and picks another. A refused
  * request (INVALID_ARGUMENT: bad prompt or model) fails the job.
  */
+/** Default lifetime of a session grant: a session outlives it, only opening one needs it. */
+const GRANT_TTL_MS = 5 * 60_000;
+
+/**
+ * A session grant of the job's current run: for a stage (its layers) or, with stage -1 and no
+ * layers, for a component call (the text encoder, the VAE decoder).
+ */
+export function signJobGrant(g: Omit<SessionGrant, 'expiresAt'>, key: GrantKey, ttlMs = GRANT_TTL_MS): string {
+  return signGrant({ ...g, expiresAt: Date.now() + ttlMs }, key);
+}
+
 async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: DriverOptions, grant: string): Promise<{ text: TextEmbeddings; run: TextEncoderRun }> {
   const client = createWorkerClient(worker.address, { credentials: o.credentials });
   try {
@@ -282,7 +290,7 @@ async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: Driv
   } catch (e) {
     o.signal?.throwIfAborted();
     const code = (e as { code?: number }).code;
-    if (code !== undefined && PERMANENT.has(code)) throw e;
+    if (code !== undefined && PERMANENT_GRPC_CODES.has(code)) throw e;
     throw new StageLost(`text encoder on ${worker.id} failed: ${(e as Error).message}`, worker.address);
   } finally {
     client.close();

@@ -4,3 +4,4 @@ export * from './local';
 export * from './emulation';
 export * from './driver';
 export * from './leased-workers';
+export * from './decode';

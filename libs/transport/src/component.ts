@@ -6,13 +6,13 @@ import type * as grpc from '@grpc/grpc-js';
 import { TensorDtype, type ComponentOutput, type ComponentRequest, type ComponentSummary, type ComponentTensor } from './gen/longshot/v1/worker';
 import type { WorkerClient } from './client';
 
-export type ComponentValues = Float32Array | Int32Array;
+export type ComponentValues = Float32Array | Int32Array | Uint8Array;
 
 const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 function littleEndianBytes(values: ComponentValues): Buffer {
   const out = Buffer.from(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
-  if (!LITTLE_ENDIAN_HOST) out.swap32();
+  if (!LITTLE_ENDIAN_HOST && !(values instanceof Uint8Array)) out.swap32();
   return out;
 }
 
@@ -20,14 +20,18 @@ function littleEndianBytes(values: ComponentValues): Buffer {
 export function componentTensor(name: string, shape: readonly number[], values: ComponentValues): ComponentTensor {
   const count = shape.reduce((a, b) => a * b, 1);
   if (count !== values.length) throw new Error(`component tensor ${name}: ${values.length} values for shape [${shape.join(', ')}]`);
-  const dtype = values instanceof Float32Array ? TensorDtype.TENSOR_DTYPE_F32 : TensorDtype.TENSOR_DTYPE_I32;
+  const dtype = values instanceof Float32Array ? TensorDtype.TENSOR_DTYPE_F32 : values instanceof Int32Array ? TensorDtype.TENSOR_DTYPE_I32 : TensorDtype.TENSOR_DTYPE_U8;
   return { name, shape: [...shape], dtype, data: littleEndianBytes(values) };
 }
 
 /** The values of a received tensor, checked against its shape and dtype. */
 export function componentValues(t: ComponentTensor): ComponentValues {
   const count = t.shape.reduce((a, b) => a * b, 1);
-  if (t.dtype !== TensorDtype.TENSOR_DTYPE_F32 && t.dtype !== TensorDtype.TENSOR_DTYPE_I32) throw new Error(`component tensor ${t.name}: dtype ${t.dtype} is not F32 or I32`);
+  if (t.dtype === TensorDtype.TENSOR_DTYPE_U8) {
+    if (t.data.length !== count) throw new Error(`component tensor ${t.name}: ${t.data.length} bytes for shape [${t.shape.join(', ')}] of 1-byte values`);
+    return new Uint8Array(t.data);
+  }
+  if (t.dtype !== TensorDtype.TENSOR_DTYPE_F32 && t.dtype !== TensorDtype.TENSOR_DTYPE_I32) throw new Error(`component tensor ${t.name}: dtype ${t.dtype} is not F32, I32 or U8`);
   if (t.data.length !== count * 4) throw new Error(`component tensor ${t.name}: ${t.data.length} bytes for shape [${t.shape.join(', ')}] of 4-byte values`);
   const bytes = Buffer.from(t.data); // aligned copy
   if (!LITTLE_ENDIAN_HOST) bytes.swap32();

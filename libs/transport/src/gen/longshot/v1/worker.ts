@@ -155,6 +155,11 @@ export enum ComponentKind {
   COMPONENT_KIND_UNSPECIFIED = 0,
   /** COMPONENT_KIND_TEXT_ENCODER - Prompt and negative prompt -> token ids and [text_len, text_dim] embeddings (cond, uncond). */
   COMPONENT_KIND_TEXT_ENCODER = 1,
+  /**
+   * COMPONENT_KIND_VAE_DECODER - One finished block of a job's latents (read from Redis) -> its video frames, rgb24
+   * [height, width, 3] one tensor per frame ("frame"), and the block's frame digest in the summary.
+   */
+  COMPONENT_KIND_VAE_DECODER = 2,
 }
 
 export function componentKindFromJSON(object: any): ComponentKind {
@@ -165,6 +170,9 @@ export function componentKindFromJSON(object: any): ComponentKind {
     case 1:
     case "COMPONENT_KIND_TEXT_ENCODER":
       return ComponentKind.COMPONENT_KIND_TEXT_ENCODER;
+    case 2:
+    case "COMPONENT_KIND_VAE_DECODER":
+      return ComponentKind.COMPONENT_KIND_VAE_DECODER;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum ComponentKind");
   }
@@ -176,6 +184,8 @@ export function componentKindToJSON(object: ComponentKind): string {
       return "COMPONENT_KIND_UNSPECIFIED";
     case ComponentKind.COMPONENT_KIND_TEXT_ENCODER:
       return "COMPONENT_KIND_TEXT_ENCODER";
+    case ComponentKind.COMPONENT_KIND_VAE_DECODER:
+      return "COMPONENT_KIND_VAE_DECODER";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum ComponentKind");
   }
@@ -185,6 +195,7 @@ export enum TensorDtype {
   TENSOR_DTYPE_UNSPECIFIED = 0,
   TENSOR_DTYPE_F32 = 1,
   TENSOR_DTYPE_I32 = 2,
+  TENSOR_DTYPE_U8 = 3,
 }
 
 export function tensorDtypeFromJSON(object: any): TensorDtype {
@@ -198,6 +209,9 @@ export function tensorDtypeFromJSON(object: any): TensorDtype {
     case 2:
     case "TENSOR_DTYPE_I32":
       return TensorDtype.TENSOR_DTYPE_I32;
+    case 3:
+    case "TENSOR_DTYPE_U8":
+      return TensorDtype.TENSOR_DTYPE_U8;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum TensorDtype");
   }
@@ -211,6 +225,8 @@ export function tensorDtypeToJSON(object: TensorDtype): string {
       return "TENSOR_DTYPE_F32";
     case TensorDtype.TENSOR_DTYPE_I32:
       return "TENSOR_DTYPE_I32";
+    case TensorDtype.TENSOR_DTYPE_U8:
+      return "TENSOR_DTYPE_U8";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum TensorDtype");
   }
@@ -372,9 +388,26 @@ export interface ComponentRequest {
   jobId: string;
   input:
     | { $case: "text"; value: TextEncoderInput }
+    | { $case: "vae"; value: VaeDecoderInput }
     | undefined;
   /** A session grant for this job (stage -1); required like OpenSession's. */
   grant: string;
+}
+
+/**
+ * Decode block `block_index` of the job whose latents live under `key_prefix` (the head writes
+ * them there). The worker keeps the job's decoder between calls; a decoder that is not at this
+ * block (a new worker, after a failure) is rebuilt from the preceding blocks in Redis.
+ */
+export interface VaeDecoderInput {
+  /** Ignored: the worker reads the job's latents under the grant's key prefix. */
+  keyPrefix: string;
+  blockIndex: number;
+  blocks: number;
+  /** Latent frames per block. */
+  block: number;
+  latentHeight: number;
+  latentWidth: number;
 }
 
 export interface TextEncoderInput {
@@ -400,6 +433,10 @@ export interface ComponentSummary {
   cacheHit: boolean;
   /** Prompt tokens cut off at text_len (text encoder). */
   truncatedTokens: number;
+  /** VAE decoder: SHA-256 (hex) of the block's float32 frames in [-1, 1], before quantisation. */
+  frameSha256: string;
+  /** VAE decoder: latent frames decoded again to rebuild the feature cache (0: the cache was warm). */
+  rebuiltLatentFrames: number;
 }
 
 export interface ComponentOutput {
@@ -2654,9 +2691,12 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
       case "text":
         TextEncoderInput.encode(message.input.value, writer.uint32(34).fork()).join();
         break;
+      case "vae":
+        VaeDecoderInput.encode(message.input.value, writer.uint32(42).fork()).join();
+        break;
     }
     if (message.grant !== "") {
-      writer.uint32(42).string(message.grant);
+      writer.uint32(50).string(message.grant);
     }
     return writer;
   },
@@ -2711,6 +2751,14 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
               break;
             }
 
+            message.input = { $case: "vae", value: VaeDecoderInput.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
             message.grant = reader.string();
             continue;
           }
@@ -2735,7 +2783,11 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
         : isSet(object.job_id)
         ? globalThis.String(object.job_id)
         : "",
-      input: isSet(object.text) ? { $case: "text", value: TextEncoderInput.fromJSON(object.text) } : undefined,
+      input: isSet(object.text)
+        ? { $case: "text", value: TextEncoderInput.fromJSON(object.text) }
+        : isSet(object.vae)
+        ? { $case: "vae", value: VaeDecoderInput.fromJSON(object.vae) }
+        : undefined,
       grant: isSet(object.grant) ? globalThis.String(object.grant) : "",
     };
   },
@@ -2753,6 +2805,8 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
     }
     if (message.input?.$case === "text") {
       obj.text = TextEncoderInput.toJSON(message.input.value);
+    } else if (message.input?.$case === "vae") {
+      obj.vae = VaeDecoderInput.toJSON(message.input.value);
     }
     if (message.grant !== "") {
       obj.grant = message.grant;
@@ -2775,8 +2829,179 @@ export const ComponentRequest: MessageFns<ComponentRequest> = {
         }
         break;
       }
+      case "vae": {
+        if (object.input?.value !== undefined && object.input?.value !== null) {
+          message.input = { $case: "vae", value: VaeDecoderInput.fromPartial(object.input.value) };
+        }
+        break;
+      }
     }
     message.grant = object.grant ?? "";
+    return message;
+  },
+};
+
+function createBaseVaeDecoderInput(): VaeDecoderInput {
+  return { keyPrefix: "", blockIndex: 0, blocks: 0, block: 0, latentHeight: 0, latentWidth: 0 };
+}
+
+export const VaeDecoderInput: MessageFns<VaeDecoderInput> = {
+  encode(message: VaeDecoderInput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.keyPrefix !== "") {
+      writer.uint32(10).string(message.keyPrefix);
+    }
+    if (message.blockIndex !== 0) {
+      writer.uint32(16).uint32(message.blockIndex);
+    }
+    if (message.blocks !== 0) {
+      writer.uint32(24).uint32(message.blocks);
+    }
+    if (message.block !== 0) {
+      writer.uint32(32).uint32(message.block);
+    }
+    if (message.latentHeight !== 0) {
+      writer.uint32(40).uint32(message.latentHeight);
+    }
+    if (message.latentWidth !== 0) {
+      writer.uint32(48).uint32(message.latentWidth);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VaeDecoderInput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVaeDecoderInput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keyPrefix = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.blockIndex = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.blocks = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.block = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.latentHeight = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.latentWidth = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VaeDecoderInput {
+    return {
+      keyPrefix: isSet(object.keyPrefix)
+        ? globalThis.String(object.keyPrefix)
+        : isSet(object.key_prefix)
+        ? globalThis.String(object.key_prefix)
+        : "",
+      blockIndex: isSet(object.blockIndex)
+        ? globalThis.Number(object.blockIndex)
+        : isSet(object.block_index)
+        ? globalThis.Number(object.block_index)
+        : 0,
+      blocks: isSet(object.blocks) ? globalThis.Number(object.blocks) : 0,
+      block: isSet(object.block) ? globalThis.Number(object.block) : 0,
+      latentHeight: isSet(object.latentHeight)
+        ? globalThis.Number(object.latentHeight)
+        : isSet(object.latent_height)
+        ? globalThis.Number(object.latent_height)
+        : 0,
+      latentWidth: isSet(object.latentWidth)
+        ? globalThis.Number(object.latentWidth)
+        : isSet(object.latent_width)
+        ? globalThis.Number(object.latent_width)
+        : 0,
+    };
+  },
+
+  toJSON(message: VaeDecoderInput): unknown {
+    const obj: any = {};
+    if (message.keyPrefix !== "") {
+      obj.keyPrefix = message.keyPrefix;
+    }
+    if (message.blockIndex !== 0) {
+      obj.blockIndex = Math.round(message.blockIndex);
+    }
+    if (message.blocks !== 0) {
+      obj.blocks = Math.round(message.blocks);
+    }
+    if (message.block !== 0) {
+      obj.block = Math.round(message.block);
+    }
+    if (message.latentHeight !== 0) {
+      obj.latentHeight = Math.round(message.latentHeight);
+    }
+    if (message.latentWidth !== 0) {
+      obj.latentWidth = Math.round(message.latentWidth);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<VaeDecoderInput>): VaeDecoderInput {
+    return VaeDecoderInput.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<VaeDecoderInput>): VaeDecoderInput {
+    const message = createBaseVaeDecoderInput();
+    message.keyPrefix = object.keyPrefix ?? "";
+    message.blockIndex = object.blockIndex ?? 0;
+    message.blocks = object.blocks ?? 0;
+    message.block = object.block ?? 0;
+    message.latentHeight = object.latentHeight ?? 0;
+    message.latentWidth = object.latentWidth ?? 0;
     return message;
   },
 };
@@ -3002,7 +3227,15 @@ export const ComponentTensor: MessageFns<ComponentTensor> = {
 };
 
 function createBaseComponentSummary(): ComponentSummary {
-  return { workerId: "", description: "", numerics: "", cacheHit: false, truncatedTokens: 0 };
+  return {
+    workerId: "",
+    description: "",
+    numerics: "",
+    cacheHit: false,
+    truncatedTokens: 0,
+    frameSha256: "",
+    rebuiltLatentFrames: 0,
+  };
 }
 
 export const ComponentSummary: MessageFns<ComponentSummary> = {
@@ -3021,6 +3254,12 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
     }
     if (message.truncatedTokens !== 0) {
       writer.uint32(40).uint32(message.truncatedTokens);
+    }
+    if (message.frameSha256 !== "") {
+      writer.uint32(50).string(message.frameSha256);
+    }
+    if (message.rebuiltLatentFrames !== 0) {
+      writer.uint32(56).uint32(message.rebuiltLatentFrames);
     }
     return writer;
   },
@@ -3078,6 +3317,22 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
             message.truncatedTokens = reader.uint32();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.frameSha256 = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.rebuiltLatentFrames = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3109,6 +3364,16 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
         : isSet(object.truncated_tokens)
         ? globalThis.Number(object.truncated_tokens)
         : 0,
+      frameSha256: isSet(object.frameSha256)
+        ? globalThis.String(object.frameSha256)
+        : isSet(object.frame_sha256)
+        ? globalThis.String(object.frame_sha256)
+        : "",
+      rebuiltLatentFrames: isSet(object.rebuiltLatentFrames)
+        ? globalThis.Number(object.rebuiltLatentFrames)
+        : isSet(object.rebuilt_latent_frames)
+        ? globalThis.Number(object.rebuilt_latent_frames)
+        : 0,
     };
   },
 
@@ -3129,6 +3394,12 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
     if (message.truncatedTokens !== 0) {
       obj.truncatedTokens = Math.round(message.truncatedTokens);
     }
+    if (message.frameSha256 !== "") {
+      obj.frameSha256 = message.frameSha256;
+    }
+    if (message.rebuiltLatentFrames !== 0) {
+      obj.rebuiltLatentFrames = Math.round(message.rebuiltLatentFrames);
+    }
     return obj;
   },
 
@@ -3142,6 +3413,8 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
     message.numerics = object.numerics ?? "";
     message.cacheHit = object.cacheHit ?? false;
     message.truncatedTokens = object.truncatedTokens ?? 0;
+    message.frameSha256 = object.frameSha256 ?? "";
+    message.rebuiltLatentFrames = object.rebuiltLatentFrames ?? 0;
     return message;
   },
 };
