@@ -1,4 +1,5 @@
 import { helpText, table, UsageError, wantsHelp, type CommandSpec } from './args';
+import { DECODE } from './decode-command';
 import { ENCODE } from './encode-command';
 import { MODEL } from './model-command';
 import { RENDER } from './render';
@@ -6,7 +7,7 @@ import { SCHEDULE } from './schedule-command';
 import { CANCEL, FETCH, STATUS, SUBMIT, UP } from './service-commands';
 
 /** Every `longshot` command, in the order `longshot --help` lists them. */
-export const COMMANDS: readonly CommandSpec[] = [RENDER, UP, SUBMIT, STATUS, FETCH, CANCEL, MODEL, SCHEDULE, ENCODE];
+export const COMMANDS: readonly CommandSpec[] = [RENDER, UP, SUBMIT, STATUS, FETCH, CANCEL, MODEL, SCHEDULE, ENCODE, DECODE];
 
 export const ROOT_HELP = `longshot: long-video generation with DualParal
 

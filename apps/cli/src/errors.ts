@@ -62,6 +62,23 @@ export function checkWritable(flag: string, file: string): void {
   if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--${flag}: ${file} is a directory; give a file name`);
 }
 
+/** Runs `fn`; an error it throws becomes a one-line UsageError naming `--flag`. */
+export function flagged<T>(flag: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw new UsageError(`--${flag}: ${(e as Error).message}`);
+  }
+}
+
+export async function flaggedAsync<T>(flag: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw new UsageError(`--${flag}: ${(e as Error).message}`);
+  }
+}
+
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'ECONNRESET', 'ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_SOCKET']);
 
 /** fetch's "fetch failed" for a controller that is not there, as a one-line user error; else null. */

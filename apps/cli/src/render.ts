@@ -8,7 +8,7 @@ import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
 import { intFlag, numberFlag, parseCommand, sizeFlag, UsageError, type CommandSpec, type Flags, type FlagValues } from './args';
 import { ControllerClient, followWithProgress, type VideoStatus } from './client';
-import { checkReadable, checkWritable } from './errors';
+import { checkReadable, checkWritable, flagged, flaggedAsync } from './errors';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
 import { stoppable } from './signals';
@@ -82,7 +82,7 @@ export const RENDER = {
     out: { value: 'FILE', help: 'MP4 path', default: 'out/<id>.mp4' },
     url: { value: 'URL', help: 'send the job to the controller at URL instead of starting an embedded cluster' },
     'in-process': { help: 'run the K stages as objects in this process (the single-process reference)' },
-    'save-latents': { value: 'FILE', help: "also write the final latents [16, F, H, W] ('latents', safetensors; --in-process)" },
+    'save-latents': { value: 'FILE', help: "also write the final latents [16, F, H, W] ('latents', safetensors, with its block and fps as metadata; --in-process); 'longshot decode' decodes it" },
     'init-noise': { value: 'FILE', help: "start from this [16, F, H, W] noise ('noise', safetensors) instead of the seeded draw (--in-process)" },
     json: { help: 'print one JSON object as the last line of stdout' },
   },
@@ -196,7 +196,7 @@ export async function renderLocal({ spec, model, text, id, out, progress, initNo
     if (saveLatents !== undefined) {
       const { latentChannels } = model.config;
       const latents = assembleLatents(finished, latentChannels, spec.block, plan.latentHeight * plan.latentWidth);
-      flagged('save-latents', () => writeSafetensors(path.resolve(saveLatents), [{ name: 'latents', shape: latentShape(plan, model), data: latents }], { sampler: queue.scheduler.kind, shift: String(queue.scheduler.flowShift), seed: String(spec.seed) }));
+      flagged('save-latents', () => writeSafetensors(path.resolve(saveLatents), [{ name: 'latents', shape: latentShape(plan, model), data: latents }], { sampler: queue.scheduler.kind, shift: String(queue.scheduler.flowShift), seed: String(spec.seed), block: String(spec.block), fps: String(spec.fps) }));
     }
   } catch (e) {
     await stitcher.abort();
@@ -284,22 +284,6 @@ function specOrUsage(request: JobRequest): JobSpec {
   } catch (e) {
     if (e instanceof SpecError) throw new UsageError(`--${flagOfField(e.field)}: ${e.message.slice(e.field.length + 2)}`);
     throw e;
-  }
-}
-
-function flagged<T>(flag: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    throw new UsageError(`--${flag}: ${(e as Error).message}`);
-  }
-}
-
-async function flaggedAsync<T>(flag: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    throw new UsageError(`--${flag}: ${(e as Error).message}`);
   }
 }
 

@@ -100,6 +100,15 @@ export function assembleLatents(blocks: readonly Float32Array[], latentChannels:
   return out;
 }
 
+/** Block `index` [C, B, H, W] of latents [C, F, H, W]: the inverse of assembleLatents. */
+export function latentBlock(latents: Float32Array, latentChannels: number, block: number, frameSize: number, index: number): Float32Array {
+  const F = latents.length / (latentChannels * frameSize);
+  if (!Number.isInteger(F) || (index + 1) * block > F) throw new RangeError(`block ${index} of ${block} latent frames is outside latents of ${F} frames`);
+  const out = new Float32Array(latentChannels * block * frameSize);
+  for (let c = 0; c < latentChannels; c++) out.set(latents.subarray((c * F + index * block) * frameSize, (c * F + (index + 1) * block) * frameSize), c * block * frameSize);
+  return out;
+}
+
 function checkIndex(index: number): number {
   if (!Number.isSafeInteger(index) || index < 0) throw new Error(`segment index must be a non-negative integer, got ${index}`);
   return index;

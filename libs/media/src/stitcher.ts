@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { rgb24, videoFrameSha256, type VaeBlockDecoder } from '@longshot/model';
 import { Mp4Writer } from './mp4';
+import { latentBlock } from './segments';
 
 export interface StitchGeometry {
   readonly frames: number;
@@ -47,8 +48,11 @@ export class Stitcher {
     return this.next;
   }
 
-  /** Decodes and encodes block `index`, which must be the next one; returns its frames (rgb24). */
-  async add(index: number, block: Float32Array): Promise<{ rgb: Uint8Array; frames: number; sha256: string }> {
+  /**
+   * Decodes and encodes block `index`, which must be the next one; returns its frames as rgb24
+   * and as the decoder gave them (`values`, [frames, H, W, 3] in [-1, 1], what `sha256` digests).
+   */
+  async add(index: number, block: Float32Array): Promise<{ rgb: Uint8Array; values: Float32Array; frames: number; sha256: string }> {
     if (index !== this.next) throw new Error(`stitching needs block ${this.next} next, got block ${index}`);
     const B = this.g.block;
     const fs = this.frameSize;
@@ -56,23 +60,14 @@ export class Stitcher {
     for (let c = 0; c < this.g.latentChannels; c++) {
       this.latents.set(block.subarray(c * B * fs, (c + 1) * B * fs), (c * this.latentFrames + index * B) * fs);
     }
-    const decoded = await this.decoder.decodeBlock(index, block, (b) => Promise.resolve(this.block(b)));
+    const decoded = await this.decoder.decodeBlock(index, block, (b) => Promise.resolve(latentBlock(this.latents, this.g.latentChannels, B, fs, b)));
     if (decoded.width !== this.g.width || decoded.height !== this.g.height) throw new Error(`the VAE decodes ${decoded.width}x${decoded.height} frames; the job is ${this.g.width}x${this.g.height}`);
     const rgb = rgb24(decoded.frames);
     this.framesWritten += decoded.count;
     this.digests.push(decoded.sha256);
     await this.writer.write(rgb);
     this.next++;
-    return { rgb, frames: decoded.count, sha256: decoded.sha256 };
-  }
-
-  /** Block `index` of the latents stitched so far, [C, B, h, w]. */
-  private block(index: number): Float32Array {
-    const B = this.g.block;
-    const fs = this.frameSize;
-    const out = new Float32Array(this.g.latentChannels * B * fs);
-    for (let c = 0; c < this.g.latentChannels; c++) out.set(this.latents.subarray((c * this.latentFrames + index * B) * fs, (c * this.latentFrames + (index + 1) * B) * fs), c * B * fs);
-    return out;
+    return { rgb, values: decoded.frames, frames: decoded.count, sha256: decoded.sha256 };
   }
 
   /** Closes the MP4 and returns the fingerprints of the final latents and of the decoded frames. */
