@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import { jobPrefix } from '@longshot/cache';
 import { getConfig } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
-import { getProfile, hiddenBytes, normalizeSpec, partitionLayers, planJob, predictPipelineSeconds, stageFlops, velocityBytes, type JobSpec } from '@longshot/planner';
+import { getProfile, jobTiming, normalizeSpec, planJob, predictPipelineSeconds, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../apps/cli/src/local-cluster';
 
 const PROFILE = 'h100-nvlink';
@@ -43,16 +43,12 @@ function jobSpec(stages: number): JobSpec {
   return normalizeSpec({ prompt: 'a long take through a night market', model: 'wan2.1-t2v-1.3b', width: 832, height: 480, frames: 4 * (BLOCKS * 4 - 1) + 1, block: 4, context: 2, steps: STEPS, stages, seed: 1 });
 }
 
-/** The model's prediction: per-stage forward time of an average window, hop time of the activations. */
+/**
+ * The model's prediction: per-stage forward time of an average window, hop time of the
+ * activations (jobTiming without a decoder: the emulated workers do not decode), in bench time.
+ */
 function predict(spec: JobSpec): number {
-  const config = getConfig(spec.model);
-  const plan = planJob(spec);
-  const profile = getProfile(PROFILE);
-  const window = { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
-  const stageSeconds = partitionLayers(config.layers, spec.stages).map((r) => (stageFlops(config, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond) * TIME_SCALE);
-  const hop = (bytes: number) => (bytes / profile.linkBytesPerSecond + profile.linkLatencySeconds) * TIME_SCALE;
-  const hopSeconds = spec.stages === 1 ? [] : [...Array.from({ length: spec.stages - 1 }, () => hop(hiddenBytes(config, window))), hop(velocityBytes(config, window, plan.latentHeight, plan.latentWidth))];
-  return predictPipelineSeconds({ blocks: plan.blocks, steps: spec.steps, stageSeconds, hopSeconds });
+  return predictPipelineSeconds(jobTiming(spec, getConfig(spec.model), spec.stages, getProfile(PROFILE))) * TIME_SCALE;
 }
 
 export async function pipelineBench(opts: { json: boolean }): Promise<object> {

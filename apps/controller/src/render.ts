@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
-import { ModelNameError, videoFrameSha256, type ModelCatalog, type ModelConfig, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { ModelNameError, videoFrameSha256, type ModelCatalog, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { candidates, decodeBlockOnWorker, LeasedWorkers, PERMANENT_GRPC_CODES, runDistributedJob, signJobGrant, type DecodedFrames, type DriverWorker } from '@longshot/pipeline';
 import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
@@ -119,7 +119,6 @@ export class RenderRun {
       await this.fail(rec, e);
       throw new UnrecoverableError(e.message);
     }
-    const model = modelSource.config;
 
     const holder = { job: this.id, run: `${config.id}/${randomUUID()}` };
     const source = new LeasedWorkers({
@@ -134,7 +133,7 @@ export class RenderRun {
       log,
     });
     try {
-      const K = rec.stages ?? (spec.autoStages ? await this.plan(spec, model) : spec.stages);
+      const K = rec.stages ?? (spec.autoStages ? await this.plan(spec, modelSource) : spec.stages);
       // A job that ran before (a retry, a takeover) is pinned to the numerics it started on.
       const reserved = await source.tryLease(K, new Set(), rec.numerics);
       if (!reserved) {
@@ -164,11 +163,11 @@ export class RenderRun {
   }
 
   /** K for a job that left it open: from the cost model and the workers free right now. */
-  private async plan(spec: VideoSpec, model: ModelConfig): Promise<number> {
+  private async plan(spec: VideoSpec, model: ModelSource): Promise<number> {
     const live = candidates(await this.d.registry.list(), spec.model);
     const leased = new Set((await this.d.leases.leases(live)).map((l) => l.worker));
     const free = live.filter((id) => !leased.has(id)).length;
-    return chooseStages(spec, model, Math.max(1, free), this.d.config.plannerProfile);
+    return chooseStages(spec, model.config, model.vae, Math.max(1, free), this.d.config.plannerProfile);
   }
 
   /** `reserved`: the leased workers, head first; the job's numerics are theirs (the record's, when the job already had one). */

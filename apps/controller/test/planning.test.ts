@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { getConfig } from '@longshot/model';
-import { normalizeSpec } from '@longshot/planner';
-import { chooseStages } from '../src/planning';
+import { getConfig, seededVaeConfig, vaeDecodeFlops, WAN21_VAE } from '@longshot/model';
+import { getProfile, jobTiming, normalizeSpec, planJob, predictPipelineSeconds } from '@longshot/planner';
+import { chooseStages, pickStages, predictJobSeconds } from '../src/planning';
 
 const MODELS = ['tiny', 'small', 'wan2.1-t2v-1.3b', 'wan2.1-t2v-14b'];
 const PROFILES = ['h100-nvlink', 'h100-100gbe', 'rtx4090-pcie'];
@@ -15,7 +15,7 @@ describe('chooseStages (K when a job leaves --stages open)', () => {
       for (const profile of PROFILES) {
         let previous = 1;
         for (const free of FREE) {
-          const K = chooseStages(spec480p(model), config, free, profile);
+          const K = chooseStages(spec480p(model), config, seededVaeConfig(config), free, profile);
           expect(Number.isInteger(K), `${model} ${profile} ${free}`).toBe(true);
           expect(K).toBeGreaterThanOrEqual(1);
           expect(K, `${model} ${profile} ${free}`).toBeLessThanOrEqual(Math.min(free, config.layers));
@@ -28,26 +28,58 @@ describe('chooseStages (K when a job leaves --stages open)', () => {
 
   it('uses the free workers when the cost model says they help: a real model at 480p splits', () => {
     for (const model of ['wan2.1-t2v-1.3b', 'wan2.1-t2v-14b']) {
-      expect(chooseStages(spec480p(model), getConfig(model), 1, 'h100-nvlink')).toBe(1);
-      expect(chooseStages(spec480p(model), getConfig(model), 2, 'h100-nvlink')).toBe(2);
-      expect(chooseStages(spec480p(model), getConfig(model), 8, 'h100-nvlink')).toBeGreaterThanOrEqual(4);
+      expect(chooseStages(spec480p(model), getConfig(model), seededVaeConfig(getConfig(model)), 1, 'h100-nvlink')).toBe(1);
+      expect(chooseStages(spec480p(model), getConfig(model), seededVaeConfig(getConfig(model)), 2, 'h100-nvlink')).toBe(2);
+      expect(chooseStages(spec480p(model), getConfig(model), seededVaeConfig(getConfig(model)), 8, 'h100-nvlink')).toBeGreaterThanOrEqual(4);
     }
     // Between pods (100 GbE) too, once the job is large enough.
-    expect(chooseStages(spec480p('wan2.1-t2v-14b'), getConfig('wan2.1-t2v-14b'), 8, 'h100-100gbe')).toBeGreaterThan(1);
+    expect(chooseStages(spec480p('wan2.1-t2v-14b'), getConfig('wan2.1-t2v-14b'), seededVaeConfig(getConfig('wan2.1-t2v-14b')), 8, 'h100-100gbe')).toBeGreaterThan(1);
   });
 
   it('keeps fewer stages where the links cost more than the compute they spread', () => {
     const tiny = getConfig('tiny');
-    const fast = chooseStages(spec480p('tiny'), tiny, 64, 'h100-nvlink');
-    const slow = chooseStages(spec480p('tiny'), tiny, 64, 'h100-100gbe');
+    const fast = chooseStages(spec480p('tiny'), tiny, seededVaeConfig(tiny), 64, 'h100-nvlink');
+    const slow = chooseStages(spec480p('tiny'), tiny, seededVaeConfig(tiny), 64, 'h100-100gbe');
     expect(slow).toBeLessThan(fast);
     // A frame of 16x16 pixels is one token's worth of work per layer: every hop costs more than it saves.
-    expect(chooseStages(normalizeSpec({ prompt: 'x', width: 16, height: 16, seconds: 1 }), tiny, 64, 'h100-100gbe')).toBe(1);
+    expect(chooseStages(normalizeSpec({ prompt: 'x', width: 16, height: 16, seconds: 1 }), tiny, seededVaeConfig(tiny), 64, 'h100-100gbe')).toBe(1);
   });
 
   it('is deterministic and rejects an unknown hardware profile', () => {
     const s = spec480p('small');
-    expect(chooseStages(s, getConfig('small'), 8, 'h100-100gbe')).toBe(chooseStages(s, getConfig('small'), 8, 'h100-100gbe'));
-    expect(() => chooseStages(s, getConfig('small'), 8, 'no-such-gpu')).toThrow(/no-such-gpu/);
+    expect(chooseStages(s, getConfig('small'), seededVaeConfig(getConfig('small')), 8, 'h100-100gbe')).toBe(chooseStages(s, getConfig('small'), seededVaeConfig(getConfig('small')), 8, 'h100-100gbe'));
+    expect(() => chooseStages(s, getConfig('small'), seededVaeConfig(getConfig('small')), 8, 'no-such-gpu')).toThrow(/no-such-gpu/);
+  });
+});
+
+describe('the decoder in the plan (decoding on the tail, docs/vae.md)', () => {
+  const wan = getConfig('wan2.1-t2v-1.3b');
+  const spec = (steps: number) => normalizeSpec({ prompt: 'x', seconds: 5, width: 832, height: 480, steps, model: 'wan2.1-t2v-1.3b' });
+  /** The prediction as it was before the decoder joined the cost model. */
+  const withoutDecoding = (s: ReturnType<typeof spec>, K: number, profile: string) => predictPipelineSeconds(jobTiming(s, wan, K, getProfile(profile), undefined, { blocks: 256, steps: 64 }));
+
+  it('makes the predicted job longer: by all of decoding 24 latent frames at 832x480 with K = 1, by less with K > 1', () => {
+    const s = spec(20);
+    const profile = getProfile('h100-100gbe');
+    expect(planJob(s).latentFrames).toBe(24);
+    const decoding = vaeDecodeFlops(WAN21_VAE, 60, 104, 24) / profile.flopsPerSecond; // 316 TFLOP, 0.71 s
+    const lastSend = (16 * 832 * 480 * 3) / profile.controllerLinkBytesPerSecond;
+    expect(predictJobSeconds(s, wan, WAN21_VAE, 1, 'h100-100gbe') - withoutDecoding(s, 1, 'h100-100gbe')).toBeCloseTo(decoding + lastSend, 6);
+    const added4 = predictJobSeconds(s, wan, WAN21_VAE, 4, 'h100-100gbe') - withoutDecoding(s, 4, 'h100-100gbe');
+    expect(added4).toBeGreaterThan(0);
+    expect(added4).toBeLessThan(decoding);
+  });
+
+  it('changes the chosen K where decoding is a large share of the work (few steps), both ways', () => {
+    const before = (s: ReturnType<typeof spec>, free: number, profile: string) => pickStages(Math.min(free, wan.layers), (K) => withoutDecoding(s, K, profile));
+    // One step: decoding a block (54 TFLOP) is about a block-step; K = 1 would decode between
+    // block-steps, a second stage takes half the layers off the decoding tail.
+    expect(before(spec(1), 2, 'h100-100gbe')).toBe(1);
+    expect(chooseStages(spec(1), wan, WAN21_VAE, 2, 'h100-100gbe')).toBe(2);
+    // Four steps on 8 free workers: with the decoder's serial share an 8th stage no longer gains 10%.
+    expect(before(spec(4), 8, 'rtx4090-pcie')).toBe(8);
+    expect(chooseStages(spec(4), wan, WAN21_VAE, 8, 'rtx4090-pcie')).toBe(7);
+    // Twenty steps: decoding is a few percent of the job; K stays.
+    for (const free of [2, 4, 8]) expect(chooseStages(spec(20), wan, WAN21_VAE, free, 'h100-100gbe')).toBe(before(spec(20), free, 'h100-100gbe'));
   });
 });

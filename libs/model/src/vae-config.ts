@@ -220,6 +220,22 @@ export function vaeDecodeFlops(c: VaeConfig, latentHeight: number, latentWidth: 
 }
 
 /**
+ * What decoding costs per latent frame of a `latentHeight` x `latentWidth` grid, as the planner's
+ * cost model takes it (libs/planner `DecoderShape`): the FLOPs of the video's first latent frame
+ * and of each later one, and the bytes of their video frames as rgb24 (what the decoding worker
+ * streams to the controller). Wan2.1 at 832x480: 4.35 / 13.55 TFLOP, 1.2 / 4.8 MB.
+ */
+export function vaeDecodeCost(c: VaeConfig, latentHeight: number, latentWidth: number): { firstFrameFlops: number; frameFlops: number; firstFrameBytes: number; frameBytes: number } {
+  const frameBytes = latentHeight * latentWidth * vaeSpatialFactor(c) ** 2 * 3;
+  return {
+    firstFrameFlops: vaeDecodeFlops(c, latentHeight, latentWidth, 1),
+    frameFlops: vaeDecodeFlops(c, latentHeight, latentWidth, 1, false),
+    firstFrameBytes: vaeVideoFrames(c, 1) * frameBytes,
+    frameBytes: vaeVideoFrames(c, 1, false) * frameBytes,
+  };
+}
+
+/**
  * Every tensor the decoder reads, with diffusers' names and PyTorch shapes: post_quant_conv and
  * decoder.*. (A checkpoint also holds the encoder and quant_conv, which decoding never reads.)
  */

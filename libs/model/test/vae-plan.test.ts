@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { vaeCacheBytes, vaeCacheSpecs } from '../src/vae';
-import { SEEDED_VAE, WAN21_VAE, vaeDecodeFlops, vaeDecoderPlan, vaeDecoderTensorSpecs, vaeVideoFrames } from '../src/vae-config';
+import { SEEDED_VAE, WAN21_VAE, vaeDecodeCost, vaeDecodeFlops, vaeDecoderPlan, vaeDecoderTensorSpecs, vaeVideoFrames } from '../src/vae-config';
 
 describe('Wan2.1 VAE decoder plan', () => {
   it('has the published widths: 384 through the mid block, up blocks 384/384/192/96 entered at 384/192/192/96', () => {
@@ -51,5 +51,7 @@ describe('Wan2.1 VAE decoder plan', () => {
     expect(later / 1e12).toBeCloseTo(13.55, 2);
     expect(vaeDecodeFlops(WAN21_VAE, 60, 104, 21)).toBeCloseTo(first + 20 * later, -6);
     expect(vaeDecodeFlops(WAN21_VAE, 60, 104, 3, false)).toBeCloseTo(3 * later, -6);
+    // What the planner takes: those FLOPs, and rgb24 bytes of 1 and 4 video frames of 832x480.
+    expect(vaeDecodeCost(WAN21_VAE, 60, 104)).toEqual({ firstFrameFlops: first, frameFlops: later, firstFrameBytes: 832 * 480 * 3, frameBytes: 4 * 832 * 480 * 3 });
   });
 });

@@ -1,8 +1,11 @@
 /**
- * The cost model: FLOPs and bytes of one block-step per stage, hardware profiles, and the
- * pipeline latency the ordering rule allows. Pure: the planner picks K with it, emulated workers
- * sleep for it, and the pipeline benchmark prints it beside what it measures.
+ * The cost model: FLOPs and bytes of one block-step per stage, of decoding a finished block,
+ * hardware profiles, and the pipeline latency the ordering rule allows. Pure: the planner picks K
+ * with it, emulated workers sleep for it, and the pipeline benchmark prints it beside what it
+ * measures.
  */
+import { partitionLayers } from './partition';
+import { planJob, type JobSpec } from './spec';
 
 /** The slice of a model config the cost model needs (a structural subset of ModelConfig). */
 export interface ModelShape {
@@ -49,6 +52,25 @@ export function velocityBytes(m: ModelShape, w: WindowShape, latentHeight: numbe
   return m.latentChannels * w.ownFrames * latentHeight * latentWidth * 4;
 }
 
+/**
+ * The VAE decoder's cost per latent frame (a structural subset of what libs/model
+ * `vaeDecodeCost` gives): the video's first latent frame decodes to one video frame and skips
+ * the temporal upsampling convolutions, every later one to four.
+ */
+export interface DecoderShape {
+  /** FLOPs of decoding the first latent frame, and each later one. */
+  readonly firstFrameFlops: number;
+  readonly frameFlops: number;
+  /** Bytes of the rgb24 video frames the decoding worker streams out for each. */
+  readonly firstFrameBytes: number;
+  readonly frameBytes: number;
+}
+
+/** `latentFrames` latent frames' worth of a per-frame figure, the first block holding the first frame. */
+function perBlock(first: number, later: number, latentFrames: number, isFirst: boolean): number {
+  return isFirst ? first + (latentFrames - 1) * later : latentFrames * later;
+}
+
 export interface HardwareProfile {
   readonly name: string;
   readonly description: string;
@@ -57,17 +79,20 @@ export interface HardwareProfile {
   /** Link between neighbouring stages. */
   readonly linkBytesPerSecond: number;
   readonly linkLatencySeconds: number;
+  /** Link from a worker to the controller (decoded frames go over it). */
+  readonly controllerLinkBytesPerSecond: number;
 }
 
 /**
  * Profiles for emulated compute. H100 SXM: ~989 TFLOP/s dense bf16, taken at 45% utilisation
  * (what video DiTs reach in practice); NVLink 4 ~450 GB/s per direction; 100 Gb/s Ethernet
- * ~12.5 GB/s with RDMA-class latency; PCIe-attached RTX 4090 as in the DualParal paper.
+ * ~12.5 GB/s with RDMA-class latency; PCIe-attached RTX 4090 as in the DualParal paper. The
+ * controller is reached over the data-centre network (100 Gb/s; 10 Gb/s for the 4090 box).
  */
 export const HARDWARE_PROFILES: Readonly<Record<string, HardwareProfile>> = {
-  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 450e9, linkLatencySeconds: 5e-6 },
-  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 12.5e9, linkLatencySeconds: 20e-6 },
-  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6 },
+  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 450e9, linkLatencySeconds: 5e-6, controllerLinkBytesPerSecond: 12.5e9 },
+  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 12.5e9, linkLatencySeconds: 20e-6, controllerLinkBytesPerSecond: 12.5e9 },
+  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6, controllerLinkBytesPerSecond: 1.25e9 },
 };
 
 export function getProfile(name: string): HardwareProfile {
@@ -83,6 +108,23 @@ export interface PipelineTiming {
   readonly stageSeconds: readonly number[];
   /** Seconds for a tensor to cross each hop (stage k to k+1; the last entry is tail to head). */
   readonly hopSeconds: readonly number[];
+  /** Decoding each finished block on the tail stage; absent: decoding is not modelled. */
+  readonly decode?: DecodeTiming;
+}
+
+/**
+ * Decoding a finished block (docs/vae.md, "Where it runs"): the tail stage decodes it once its
+ * last step is applied, in block order, between its block-steps of later blocks (one engine, so
+ * the two queue on the same stage), then streams the frames to the controller over a link of
+ * its own; the job ends when the last block's frames are there.
+ */
+export interface DecodeTiming {
+  /** Seconds the tail decodes block 0 (it holds the video's first latent frame), and each later block. */
+  readonly firstBlockSeconds: number;
+  readonly blockSeconds: number;
+  /** Seconds to stream block 0's frames to the controller, and each later block's. */
+  readonly firstSendSeconds: number;
+  readonly sendSeconds: number;
 }
 
 /**
@@ -96,6 +138,7 @@ export function predictPipelineSeconds(t: PipelineTiming): number {
   const stageFree = new Array<number>(K).fill(0);
   const linkFree = new Array<number>(K).fill(0);
   const appliedAt = new Map<string, number>();
+  let sendFree = 0;
   let end = 0;
   for (let i = 0; i < t.blocks + t.steps - 1; i++) {
     const newest = Math.min(i, t.blocks - 1);
@@ -118,7 +161,38 @@ export function predictPipelineSeconds(t: PipelineTiming): number {
       }
       appliedAt.set(`${b}:${i}`, at);
       end = Math.max(end, at);
+      if (t.decode && i - b === t.steps - 1) {
+        // Finished: decoded on the tail (stage K - 1; the head when K = 1), FIFO with its block-steps.
+        const d = t.decode;
+        const decoded = Math.max(at, stageFree[K - 1]) + (b === 0 ? d.firstBlockSeconds : d.blockSeconds);
+        stageFree[K - 1] = decoded;
+        sendFree = Math.max(decoded, sendFree) + (b === 0 ? d.firstSendSeconds : d.sendSeconds);
+        end = Math.max(end, sendFree);
+      }
     }
   }
   return end;
+}
+
+/**
+ * The timing of a job on K stages of `profile`, as predictPipelineSeconds takes it: every stage's
+ * forward of an average window, the hops between stages, and, given the decoder, the decoding of
+ * each finished block on the tail. `limits` caps the blocks and steps simulated (the prediction
+ * walks every block-step).
+ */
+export function jobTiming(spec: JobSpec, model: ModelShape, stages: number, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }): PipelineTiming {
+  const plan = planJob(spec);
+  const window = { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
+  const stageSeconds = partitionLayers(model.layers, stages).map((r) => stageFlops(model, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond);
+  const hop = (bytes: number) => bytes / profile.linkBytesPerSecond + profile.linkLatencySeconds;
+  const hopSeconds = stages === 1 ? [] : [...Array<number>(stages - 1).fill(hop(hiddenBytes(model, window))), hop(velocityBytes(model, window, plan.latentHeight, plan.latentWidth))];
+  const B = spec.block;
+  const send = (bytes: number) => bytes / profile.controllerLinkBytesPerSecond;
+  const decode = decoder && {
+    firstBlockSeconds: perBlock(decoder.firstFrameFlops, decoder.frameFlops, B, true) / profile.flopsPerSecond,
+    blockSeconds: perBlock(decoder.firstFrameFlops, decoder.frameFlops, B, false) / profile.flopsPerSecond,
+    firstSendSeconds: send(perBlock(decoder.firstFrameBytes, decoder.frameBytes, B, true)),
+    sendSeconds: send(perBlock(decoder.firstFrameBytes, decoder.frameBytes, B, false)),
+  };
+  return { blocks: Math.min(plan.blocks, limits.blocks), steps: Math.min(spec.steps, limits.steps), stageSeconds, hopSeconds, ...(decode ? { decode } : {}) };
 }
