@@ -223,9 +223,13 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
           }
         },
       });
+      // The head is done: every block is in Redis and the stages have nothing left to do. Close
+      // them now, before waiting for deliveries (decoding, stitching) that may lag far behind:
+      // a session left without its watcher closes itself after a grace period and its figures
+      // (peak and retained memory) would be lost.
+      const closed = await closeSessions(sessions);
       await drain();
       if (nextBlock !== plan.blocks) throw new Error(`the head finished but only ${nextBlock} of ${plan.blocks} blocks are in Redis`);
-      const closed = await closeSessions(sessions);
       attempts.push({ workers: workers.map((w) => w.id), startIteration, error: null });
       await o.workers.release?.(workers.map((w) => w.id));
       return {
