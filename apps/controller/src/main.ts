@@ -39,7 +39,13 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
   const doc = SwaggerModule.createDocument(
     app,
-    new DocumentBuilder().setTitle('Longshot').setDescription('Long videos with DualParal on a fleet of workers').setVersion('1').build(),
+    new DocumentBuilder()
+      .setTitle('Longshot')
+      .setDescription('Long videos with DualParal on a fleet of workers')
+      .setVersion('1')
+      .setLicense('Apache-2.0', 'https://www.apache.org/licenses/LICENSE-2.0')
+      .addServer('/', 'This controller (every replica serves the same API)')
+      .build(),
   );
   SwaggerModule.setup('docs', app, doc, { jsonDocumentUrl: 'docs-json' });
   await app.listen(config.port, config.host);

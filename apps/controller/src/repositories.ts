@@ -52,6 +52,11 @@ export class JobDataRepository {
     return this.digests.save(jobPrefix(jobId), index, sha256, this.ttlSeconds);
   }
 
+  /** Deletes the job's pipeline data (a deleted job). */
+  async remove(jobId: string): Promise<void> {
+    await this.keyspace.deleteJob(jobPrefix(jobId));
+  }
+
   /** After a job ends its pipeline data is only kept for the retention period. */
   async expire(jobId: string, seconds: number): Promise<void> {
     await this.keyspace.expireJob(jobPrefix(jobId), seconds);

@@ -8,8 +8,8 @@ import { candidates, workerState } from '@longshot/pipeline';
 import { RenderQueue } from './queue';
 import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
 import { parseSubmit } from './request';
-import type { ResultStore, UploadRepository } from './repositories';
-import { CONFIG, JOBS, LEASES, MODELS, REGISTRY, RESULTS, UPLOADS } from './tokens';
+import type { JobDataRepository, ResultStore, UploadRepository } from './repositories';
+import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REGISTRY, RESULTS, UPLOADS } from './tokens';
 
 export interface SubmitOutcome {
   readonly created: boolean;
@@ -26,8 +26,9 @@ export class VideosService {
     @Inject(REGISTRY) private readonly registry: WorkerRegistry,
     @Inject(LEASES) private readonly leases: WorkerLeases,
     @Inject(RESULTS) private readonly results: ResultStore,
-    @Inject(MODELS) private readonly models: ModelCatalog,
+    @Inject(MODELS) private readonly catalog: ModelCatalog,
     @Inject(UPLOADS) private readonly uploads: UploadRepository,
+    @Inject(JOB_DATA) private readonly jobData: JobDataRepository,
   ) {}
 
   /** Validates everything before writing anything: a rejected request leaves no trace. */
@@ -39,7 +40,7 @@ export class VideosService {
     const spec = normalizeSpec(req.job, { ...DEFAULT_LIMITS, maxFrames: this.config.maxFrames });
     let model: ModelConfig;
     try {
-      model = this.models.resolve(spec.model).config;
+      model = this.catalog.resolve(spec.model).config;
     } catch (e) {
       if (e instanceof ModelNameError) throw new SpecError('model', e.message);
       throw e;
@@ -58,10 +59,11 @@ export class VideosService {
     if (!outcome.created) {
       if (!outcome.sameBody) throw new ConflictException({ error: 'conflict', message: 'this Idempotency-Key was used with a different body' });
       const existing = await this.jobs.get(outcome.existingId);
+      if (!existing) throw new ConflictException({ error: 'conflict', message: `the job this Idempotency-Key created (${outcome.existingId}) was deleted; use another key` });
       // The first submit may have died before enqueueing: a retry puts it in the queue (a no-op
       // when it is there already: the job id is BullMQ's id).
-      if (existing?.status === 'queued') await this.queue.enqueue('render', outcome.existingId, existing.priority);
-      return { created: false, body: { id: outcome.existingId, status: existing?.status ?? 'queued', urls: urlsOf(outcome.existingId) } };
+      if (existing.status === 'queued') await this.queue.enqueue('render', outcome.existingId, existing.priority);
+      return { created: false, body: { id: outcome.existingId, status: existing.status, urls: urlsOf(outcome.existingId) } };
     }
     try {
       await this.queue.enqueue('render', id, req.priority);
@@ -156,6 +158,22 @@ export class VideosService {
     return this.view((await this.jobs.get(id)) ?? rec);
   }
 
+  /**
+   * Deletes a finished job: its result files, pipeline data, queue entry, then its record and
+   * events (last, so a DELETE that fails half-way can be repeated). Queued or running: 409.
+   */
+  async remove(id: string): Promise<void> {
+    const rec = await this.get(id);
+    const active = () => new ConflictException({ error: 'conflict', message: `video ${id} is ${rec.status}; cancel it first` });
+    if (!isTerminal(rec.status)) throw active();
+    this.results.remove(id);
+    await this.jobData.remove(id);
+    await this.queue.remove(id);
+    // A finished record never changes again, so this deletes it; a vanished one was deleted by a concurrent DELETE.
+    const status = await this.jobs.remove(id);
+    if (status === null) throw new NotFoundException({ error: 'not_found', message: `no video ${id}` });
+  }
+
   async contentPath(id: string): Promise<string> {
     const rec = await this.get(id);
     if (rec.status !== 'succeeded') throw new ConflictException({ error: 'not_ready', message: `video ${id} is ${rec.status}` });
@@ -171,6 +189,24 @@ export class VideosService {
     const p = this.results.job(id).previewPath(i);
     if (i >= rec.progress.blocksDone) throw new NotFoundException({ error: 'not_ready', message: `block ${i} of ${id} is not finished` });
     return p;
+  }
+
+  /**
+   * Every model a job may name or a worker advertises: the controller's catalog names, then names
+   * only workers know; each with the live workers serving it ('*' serves every catalog name).
+   */
+  async models() {
+    const live = await this.registry.list();
+    const catalog = this.catalog.names();
+    const advertised = live.flatMap((w) => w.models).filter((m) => m !== '*' && !catalog.includes(m));
+    const names = [...catalog, ...[...new Set(advertised)].sort()];
+    return {
+      items: names.map((name) => ({
+        name,
+        catalog: catalog.includes(name),
+        workers: live.filter((w) => w.models.includes(name) || (w.models.includes('*') && catalog.includes(name))).map((w) => w.id),
+      })),
+    };
   }
 
   async workers() {

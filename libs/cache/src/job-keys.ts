@@ -114,4 +114,9 @@ export class JobKeyspace {
     const ms = ttlMillis(seconds, 'retention seconds');
     return Number(await this.redis.eval(EXPIRE_TRACKED, 1, this.keys.jobKeysKey(prefix), ms));
   }
+
+  /** Deletes every key of the job and the set itself (a deleted job): an expiry of 0 ms is a deletion. */
+  async deleteJob(prefix: string): Promise<number> {
+    return Number(await this.redis.eval(EXPIRE_TRACKED, 1, this.keys.jobKeysKey(prefix), 0));
+  }
 }

@@ -122,6 +122,21 @@ return 1
 
 const ACTIVE = ',queued,running,';
 
+/*
+ * Deletes a finished job's record and events and drops it from the index and the queued list.
+ * KEYS: record, events, index, queued. ARGV: id, active statuses. Returns the status it had
+ * ('' when there was no record); an active job is left as it is.
+ */
+const REMOVE = `
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return '' end
+if string.find(ARGV[2], ',' .. cur .. ',', 1, true) then return cur end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return cur
+`;
+
 export type JobFields<Spec, Result> = Partial<Omit<JobRecord<Spec, Result>, 'id' | 'status' | 'createdAt' | 'progress'>> & { progress?: Partial<JobProgress> };
 
 export type CreateOutcome<Spec, Result> =
@@ -335,6 +350,15 @@ export class JobStore<Spec = unknown, Result = unknown> {
         offset -= gone.length;
       }
     }
+  }
+
+  /**
+   * Deletes a finished job's record and events (queued and running jobs are kept). Returns the
+   * status it had, null when there is no such job: deleted unless that status is active.
+   */
+  async remove(id: string): Promise<JobStatus | null> {
+    const status = (await this.redis.eval(REMOVE, 4, this.key('record', id), this.key('events', id), this.indexKey(), this.queuedKey(), id, ACTIVE)) as string;
+    return status === '' ? null : (status as JobStatus);
   }
 
   /** Asks whichever replica runs `id` to stop it. */

@@ -1,9 +1,11 @@
 import { Body, Controller, HttpCode, Inject, Post } from '@nestjs/common';
-import { ApiBody, ApiConsumes, ApiOperation, ApiResponse, ApiTags } from '@nestjs/swagger';
+import { ApiBody, ApiConsumes, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { VideosService } from '../videos.service';
+import { ApiError, ApiFailures, ApiJson, UPLOAD_SCHEMA } from './schemas';
 
 /** Uploads that jobs reference by id, so no request ever names a file on the server. */
 @ApiTags('videos')
+@ApiFailures()
 @Controller('v1/embeddings')
 export class EmbeddingsController {
   constructor(@Inject(VideosService) private readonly videos: VideosService) {}
@@ -13,9 +15,9 @@ export class EmbeddingsController {
   @ApiOperation({ summary: "Upload text embeddings (safetensors with 'cond' [n, textDim] and optional 'uncond'); submit with textEmbeddingsId" })
   @ApiConsumes('application/octet-stream')
   @ApiBody({ schema: { type: 'string', format: 'binary' } })
-  @ApiResponse({ status: 201, description: '{id, bytes, tensors}: pass id as textEmbeddingsId' })
-  @ApiResponse({ status: 400, description: 'Not a safetensors file with a cond tensor (field: body)' })
-  @ApiResponse({ status: 413, description: 'Larger than LONGSHOT_MAX_UPLOAD_BYTES' })
+  @ApiJson(201, 'Stored: pass id as textEmbeddingsId', UPLOAD_SCHEMA)
+  @ApiError(400, 'Not a safetensors file with a cond tensor (field: body)')
+  @ApiError(413, 'Larger than LONGSHOT_MAX_UPLOAD_BYTES (field: body)')
   upload(@Body() body: unknown) {
     return this.videos.uploadEmbeddings(body);
   }

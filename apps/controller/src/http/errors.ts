@@ -26,23 +26,29 @@ export class ErrorFilter implements ExceptionFilter {
     if (e instanceof HttpException) {
       const body = e.getResponse();
       const status = e.getStatus();
-      reject(res, status, typeof body === 'object' && body !== null && 'error' in body ? (body as { error: string }) : { error: status === 404 ? 'not_found' : 'http_error', message: e.message });
+      // Ours carry {error, message}; the framework's own (an unknown route: {statusCode, error: 'Not Found', message}) get the same shape.
+      const ours = typeof body === 'object' && body !== null && !('statusCode' in body) && 'error' in body;
+      reject(res, status, ours ? (body as { error: string }) : { error: status === 404 ? 'not_found' : 'http_error', message: e.message });
       return;
     }
     if (isRedisUnavailable(e)) {
       // Redis is down or restarting: the job may well exist, so neither 404 nor 500.
       redisUnavailable.inc({ where: 'http' });
       log.warn('Redis unavailable; answering 503', { err: e });
-      res.status(503).set('Retry-After', String(RETRY_AFTER_SECONDS)).json({ error: 'unavailable', message: `the job store (Redis) is unreachable; retry in ${RETRY_AFTER_SECONDS} s` });
+      res.set('Retry-After', String(RETRY_AFTER_SECONDS));
+      reject(res, 503, { error: 'unavailable', message: `the job store (Redis) is unreachable; retry in ${RETRY_AFTER_SECONDS} s` });
       return;
     }
     log.error('request failed', { err: e });
-    res.status(500).json({ error: 'internal', message: (e as Error)?.message ?? String(e) });
+    reject(res, 500, { error: 'internal', message: (e as Error)?.message ?? String(e) });
   }
 }
 
-/** Sends an error response; a 4xx is counted by its error code. */
+/**
+ * Sends an error response (JSON even where the route had set another type, as the file routes
+ * do before sending); a 4xx is counted by its error code.
+ */
 export function reject(res: Response, status: number, body: { error: string; message?: string; field?: string }): void {
   if (status >= 400 && status < 500) rejectedRequests.inc({ reason: body.error });
-  res.status(status).json(body);
+  res.status(status).type('application/json').json(body);
 }

@@ -1,5 +1,5 @@
 import { Controller, Get, Inject, Res } from '@nestjs/common';
-import { ApiOperation, ApiTags } from '@nestjs/swagger';
+import { ApiOperation, ApiResponse, ApiTags } from '@nestjs/swagger';
 import type { Response } from 'express';
 import type { Redis } from 'ioredis';
 import { registry } from '@longshot/telemetry';
@@ -7,6 +7,7 @@ import { RenderQueue } from '../queue';
 import type { ResultStore } from '../repositories';
 import { REDIS, RESULTS } from '../tokens';
 import { VideosService } from '../videos.service';
+import { ApiError, ApiFailures, ApiJson, HEALTH_SCHEMA, MODELS_SCHEMA, READY_SCHEMA, WORKERS_SCHEMA } from './schemas';
 
 @ApiTags('operations')
 @Controller()
@@ -19,19 +20,33 @@ export class OpsController {
   ) {}
 
   @Get('v1/workers')
-  @ApiOperation({ summary: 'Registered workers, their state (free | leased) and leases' })
+  @ApiOperation({ summary: 'Registered workers, their state (free | leased | full) and leases' })
+  @ApiJson(200, 'The live workers', WORKERS_SCHEMA)
+  @ApiFailures()
   workers() {
     return this.videos.workers();
   }
 
+  @Get('v1/models')
+  @ApiOperation({ summary: "Models by name: the controller's catalog and what the registered workers advertise, with the workers serving each" })
+  @ApiJson(200, 'The models', MODELS_SCHEMA)
+  @ApiFailures()
+  models() {
+    return this.videos.models();
+  }
+
   @Get('healthz')
   @ApiOperation({ summary: 'Liveness: the process serves HTTP' })
+  @ApiJson(200, 'Up', HEALTH_SCHEMA)
+  @ApiError(500, 'Unexpected server error')
   healthz() {
     return { status: 'ok' };
   }
 
   @Get('readyz')
   @ApiOperation({ summary: 'Readiness: Redis answers, the queue is usable and the results store has room (503 otherwise, saying which)' })
+  @ApiJson(200, 'Ready', READY_SCHEMA)
+  @ApiJson(503, 'Not ready: checks says which', READY_SCHEMA)
   async readyz(@Res() res: Response): Promise<void> {
     const timeout = new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref());
     const check = async () => (await this.redis.ping()) === 'PONG' && (await this.queue.ready());
@@ -51,6 +66,8 @@ export class OpsController {
 
   @Get('metrics')
   @ApiOperation({ summary: 'Prometheus metrics' })
+  @ApiResponse({ status: 200, description: 'Prometheus text exposition format', content: { 'text/plain': { schema: { type: 'string' } } } })
+  @ApiError(500, 'Unexpected server error')
   async metrics(@Res() res: Response): Promise<void> {
     res.type(registry.contentType).send(await registry.metrics());
   }

@@ -1,7 +1,8 @@
-import { Body, Controller, Get, Headers, HttpCode, HttpException, Inject, NotFoundException, Param, Post, Query, Req, Res } from '@nestjs/common';
+import { Body, Controller, Delete, Get, Headers, HttpCode, HttpException, Inject, NotFoundException, Param, Post, Query, Req, Res } from '@nestjs/common';
 import { ApiBody, ApiHeader, ApiOperation, ApiParam, ApiQuery, ApiResponse, ApiTags } from '@nestjs/swagger';
+import { ApiError, ApiFailures, ApiFile, ApiJson, ApiRange, ApiVideoId, SUBMITTED_SCHEMA, VIDEO_PAGE_SCHEMA, VIDEO_SCHEMA } from './schemas';
 import type { Request, Response } from 'express';
-import { compareEventIds, TERMINAL_STATUSES, type JobEvent, type JobStatus } from '@longshot/cache';
+import { compareEventIds, JOB_STATUSES, TERMINAL_STATUSES, type JobEvent, type JobStatus } from '@longshot/cache';
 import { logger } from '@longshot/telemetry';
 import { EventHub } from '../event-hub';
 import type { VideoStore } from '../render';
@@ -11,9 +12,8 @@ import { VideosService } from '../videos.service';
 
 const log = logger('http');
 
-const ERROR_SCHEMA = { type: 'object', properties: { error: { type: 'string' }, field: { type: 'string' }, message: { type: 'string' } } };
-
 @ApiTags('videos')
+@ApiFailures()
 @Controller('v1/videos')
 export class VideosController {
   constructor(
@@ -26,10 +26,11 @@ export class VideosController {
   @ApiOperation({ summary: 'Submit a video job' })
   @ApiBody({ schema: SUBMIT_SCHEMA as object })
   @ApiHeader({ name: 'Idempotency-Key', required: false, description: 'Same key and body: the same job; same key, other body: 409' })
-  @ApiResponse({ status: 202, description: 'Queued: {id, status, urls}' })
-  @ApiResponse({ status: 200, description: 'Idempotent repeat: the existing job' })
-  @ApiResponse({ status: 400, description: 'Invalid body; `field` names the problem', schema: ERROR_SCHEMA })
-  @ApiResponse({ status: 409, description: 'Idempotency-Key reused with another body' })
+  @ApiJson(202, 'Queued (Location: the job)', SUBMITTED_SCHEMA)
+  @ApiJson(200, 'Idempotent repeat: the existing job', SUBMITTED_SCHEMA)
+  @ApiError(400, 'Invalid body or Idempotency-Key; `field` names the problem')
+  @ApiError(409, 'Idempotency-Key reused with another body')
+  @ApiError(413, 'Body larger than 1 MiB')
   async submit(@Body() body: unknown, @Headers('idempotency-key') key: string | undefined, @Res() res: Response): Promise<void> {
     const out = await this.videos.submit(body, key);
     res.status(out.created ? 202 : 200).location(out.body.urls.self).json(out.body);
@@ -37,17 +38,19 @@ export class VideosController {
 
   @Get()
   @ApiOperation({ summary: 'List videos, newest first' })
-  @ApiQuery({ name: 'status', required: false, enum: ['queued', 'running', 'succeeded', 'failed', 'canceled'] })
-  @ApiQuery({ name: 'limit', required: false, type: Number })
-  @ApiQuery({ name: 'cursor', required: false, type: String })
+  @ApiQuery({ name: 'status', required: false, enum: [...JOB_STATUSES] })
+  @ApiQuery({ name: 'limit', required: false, schema: { type: 'integer', minimum: 1, maximum: 100, default: 20 } })
+  @ApiQuery({ name: 'cursor', required: false, schema: { type: 'string', pattern: '^\\d{1,12}$' }, description: 'nextCursor of the previous page' })
+  @ApiJson(200, 'A page of videos', VIDEO_PAGE_SCHEMA)
+  @ApiError(400, 'Bad query parameter (field: status, limit or cursor)')
   list(@Query('status') status?: string, @Query('limit') limit?: string, @Query('cursor') cursor?: string) {
     return this.videos.list({ status, limit, cursor });
   }
 
   @Get(':id')
   @ApiOperation({ summary: 'A video job: status, progress, result' })
-  @ApiParam({ name: 'id' })
-  @ApiResponse({ status: 404, description: 'Unknown id' })
+  @ApiVideoId()
+  @ApiJson(200, 'The video job', VIDEO_SCHEMA)
   async get(@Param('id') id: string) {
     return this.videos.view(await this.videos.get(id));
   }
@@ -55,17 +58,29 @@ export class VideosController {
   @Post(':id/cancel')
   @HttpCode(200)
   @ApiOperation({ summary: 'Cancel a queued or running job (frees its workers)' })
-  @ApiParam({ name: 'id' })
-  @ApiResponse({ status: 409, description: 'Already finished' })
+  @ApiVideoId()
+  @ApiJson(200, 'The canceled job', VIDEO_SCHEMA)
+  @ApiError(409, 'Already finished')
   cancel(@Param('id') id: string) {
     return this.videos.cancel(id);
   }
 
+  @Delete(':id')
+  @HttpCode(204)
+  @ApiOperation({ summary: "Delete a finished (succeeded, failed or canceled) job: its files, record, events and Redis data" })
+  @ApiVideoId()
+  @ApiResponse({ status: 204, description: 'Deleted' })
+  @ApiError(409, 'Queued or running: cancel it first')
+  async remove(@Param('id') id: string): Promise<void> {
+    await this.videos.remove(id);
+  }
+
   @Get(':id/content')
   @ApiOperation({ summary: 'The MP4 (supports Range requests)' })
-  @ApiParam({ name: 'id' })
-  @ApiResponse({ status: 206, description: 'Partial content' })
-  @ApiResponse({ status: 409, description: 'Not finished' })
+  @ApiVideoId()
+  @ApiFile('video/mp4', 'The whole video')
+  @ApiRange()
+  @ApiError(409, 'Not finished (error: not_ready)')
   async content(@Param('id') id: string, @Res() res: Response): Promise<void> {
     const file = await this.videos.contentPath(id);
     // express's send: Range, 206/416, Accept-Ranges, ETag, Last-Modified.
@@ -74,13 +89,19 @@ export class VideosController {
 
   @Get(':id/blocks/:index/preview.jpg')
   @ApiOperation({ summary: "JPEG of a finished block's first frame" })
+  @ApiVideoId()
+  @ApiParam({ name: 'index', description: 'Block index, from 0', schema: { type: 'integer', minimum: 0 } })
+  @ApiFile('image/jpeg', "The block's first frame")
   async preview(@Param('id') id: string, @Param('index') index: string, @Res() res: Response): Promise<void> {
     await sendFile(res, await this.videos.previewPath(id, index), 'image/jpeg');
   }
 
   @Get(':id/events')
   @ApiOperation({ summary: 'Server-Sent Events: queued, started, block, progress, then succeeded | failed | canceled. Replays from the start; honours Last-Event-ID.' })
-  @ApiParam({ name: 'id' })
+  @ApiVideoId()
+  @ApiHeader({ name: 'Last-Event-ID', required: false, description: 'Resume after this event id (MS-SEQ)' })
+  @ApiResponse({ status: 200, description: 'The event stream', content: { 'text/event-stream': { schema: { type: 'string' } } } })
+  @ApiError(400, 'Malformed Last-Event-ID (field: Last-Event-ID)')
   async events(@Param('id') id: string, @Req() req: Request, @Res() res: Response): Promise<void> {
     await this.videos.get(id);
     // Validated before the stream opens: a malformed Last-Event-ID is a 400.

@@ -1,0 +1,170 @@
+import { applyDecorators } from '@nestjs/common';
+import { ApiHeader, ApiParam, ApiResponse } from '@nestjs/swagger';
+import { JOB_STATUSES } from '@longshot/cache';
+import { SAMPLER_KINDS } from '@longshot/sampler';
+
+/*
+ * The response side of the OpenAPI document: one schema per body the API answers with, each
+ * closed (additionalProperties: false), so a generated client types every field and a body that
+ * grows a field the document does not declare fails the contract test (test/e2e/api-contract.test.ts).
+ * The request side is request.ts's field table.
+ */
+
+type Schema = Record<string, unknown>;
+
+const str = { type: 'string' } as const;
+const int = { type: 'integer' } as const;
+const num = { type: 'number' } as const;
+const nullable = (s: Schema): Schema => ({ ...s, nullable: true });
+const dateTime = { type: 'string', format: 'date-time' } as const;
+
+/** A closed object whose every property is always present (null where it has no value). */
+function object(properties: Record<string, Schema>, description?: string): Schema {
+  return { type: 'object', ...(description ? { description } : {}), additionalProperties: false, required: Object.keys(properties), properties };
+}
+
+/** `{error, message}`, plus `field` for bad input: every 4xx and 5xx body. */
+export const ERROR_SCHEMA: Schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['error', 'message'],
+  properties: {
+    error: { type: 'string', description: 'Machine-readable code: invalid_request, not_found, not_ready, conflict, payload_too_large, range_not_satisfiable, unavailable, internal, ...' },
+    message: { type: 'string', description: 'What went wrong, for people; never a server path or file bytes.' },
+    field: { type: 'string', description: 'The body field, query parameter or header at fault (bad input only).' },
+  },
+};
+
+const URLS = object({ self: str, events: str, content: str, cancel: str });
+
+const PROGRESS = object({ blocksDone: int, blocks: int, blockStepsDone: int, blockSteps: int, etaSeconds: nullable(num) });
+
+const SPEC = object({
+  prompt: str,
+  negativePrompt: str,
+  textEmbeddingsId: nullable(str),
+  frames: int,
+  fps: int,
+  width: int,
+  height: int,
+  steps: int,
+  guidance: num,
+  shift: nullable(num),
+  sampler: { type: 'string', enum: [...SAMPLER_KINDS] },
+  block: int,
+  context: int,
+  stages: nullable(int),
+  seed: int,
+  model: str,
+  autoStages: { type: 'boolean', description: 'True when the planner chose stages.' },
+});
+
+const RESULT = object({
+  frames: int,
+  width: int,
+  height: int,
+  fps: int,
+  latentSha256: str,
+  frameSha256: str,
+  sampler: { type: 'string', enum: [...SAMPLER_KINDS] },
+  shift: num,
+  numerics: str,
+  contentUrl: str,
+  seconds: num,
+});
+
+const STATUS = { type: 'string', enum: [...JOB_STATUSES] };
+
+/** A video job as GET /v1/videos/{id} shows it (VideosService.view). */
+export const VIDEO_SCHEMA = object({
+  id: { type: 'string', format: 'uuid' },
+  status: STATUS,
+  spec: SPEC,
+  priority: int,
+  progress: PROGRESS,
+  stages: nullable(int),
+  workers: { type: 'array', items: str },
+  attempts: int,
+  owner: nullable(str),
+  numerics: nullable(str),
+  result: { ...RESULT, nullable: true },
+  error: { ...object({ message: str }), nullable: true },
+  createdAt: dateTime,
+  startedAt: nullable(dateTime),
+  finishedAt: nullable(dateTime),
+  urls: URLS,
+});
+
+export const SUBMITTED_SCHEMA = object({ id: { type: 'string', format: 'uuid' }, status: STATUS, urls: URLS });
+
+export const VIDEO_PAGE_SCHEMA = object({ items: { type: 'array', items: VIDEO_SCHEMA }, nextCursor: nullable(str) });
+
+export const UPLOAD_SCHEMA = object({ id: { type: 'string', format: 'uuid' }, bytes: int, tensors: { type: 'array', items: str } });
+
+export const WORKERS_SCHEMA = object({
+  items: {
+    type: 'array',
+    items: object({
+      id: str,
+      address: str,
+      state: { type: 'string', enum: ['free', 'leased', 'full'] },
+      lease: { ...object({ job: str, run: str, expiresInMs: int }), nullable: true },
+      sessions: int,
+      capacity: int,
+      models: { type: 'array', items: str, description: "Model names the worker serves; '*' means every name its catalog resolves." },
+      backend: str,
+      numerics: str,
+      startedAt: dateTime,
+    }),
+  },
+});
+
+export const MODELS_SCHEMA = object({
+  items: {
+    type: 'array',
+    items: object({
+      name: str,
+      catalog: { type: 'boolean', description: "In the controller's catalog: jobs may name it." },
+      workers: { type: 'array', items: str, description: 'Ids of the registered workers that serve it.' },
+    }),
+  },
+});
+
+export const HEALTH_SCHEMA = object({ status: { type: 'string', enum: ['ok'] } });
+
+export const READY_SCHEMA = object({
+  status: { type: 'string', enum: ['ready', 'unavailable'] },
+  checks: object({
+    redis: { type: 'string', enum: ['ok', 'unreachable'] },
+    results: { type: 'string', enum: ['ok', 'no space'] },
+    resultsFreeBytes: nullable(int),
+    resultsMinFreeBytes: int,
+  }),
+});
+
+/** A JSON response of `status` with its schema. */
+export const ApiJson = (status: number, description: string, schema: Schema) => ApiResponse({ status, description, content: { 'application/json': { schema } } });
+
+/** An error response of `status`: the one error shape. */
+export const ApiError = (status: number, description: string) => ApiJson(status, description, ERROR_SCHEMA);
+
+/** What any route that reads Redis may answer besides its own statuses. */
+export const ApiFailures = () =>
+  applyDecorators(
+    ApiError(500, 'Unexpected server error'),
+    ApiError(503, 'The job store (Redis) is unreachable; retry after Retry-After seconds'),
+  );
+
+/** The `id` path parameter of /v1/videos/{id}/... */
+export const ApiVideoId = () =>
+  applyDecorators(ApiParam({ name: 'id', description: 'Video id (POST /v1/videos returns it)', schema: { type: 'string', format: 'uuid' } }), ApiError(404, 'No such video'));
+
+/** A binary body (the video or a preview) with its Range support. */
+export const ApiFile = (type: string, description: string) => ApiResponse({ status: 200, description, content: { [type]: { schema: { type: 'string', format: 'binary' } } } });
+
+export const ApiRange = () =>
+  applyDecorators(
+    ApiHeader({ name: 'Range', required: false, description: 'bytes=FIRST-LAST' }),
+    ApiResponse({ status: 206, description: 'Partial content (Content-Range)', content: { 'video/mp4': { schema: { type: 'string', format: 'binary' } } } }),
+    ApiError(416, 'No satisfiable byte range (field: Range)'),
+  );
