@@ -121,7 +121,7 @@ describe('the OpenAPI document and a generated client', () => {
 
     // Redocly: no errors and no warnings (the JSON report counts both).
     const env = { ...process.env, REDOCLY_TELEMETRY: 'off', REDOCLY_SUPPRESS_UPDATE_NOTICE: 'true' };
-    const lint = await run(process.execPath, [bin('@redocly/cli/bin/cli.js'), 'lint', '--config', path.join(root, 'redocly.yaml'), '--format', 'json', docPath], { env, maxBuffer: 1 << 24 }).catch((e: { stdout: string; stderr: string }) => e);
+    const lint = await run(process.execPath, [bin('@redocly/cli/bin/cli.js'), 'lint', '--config', path.join(root, 'apps/controller/redocly.yaml'), '--format', 'json', docPath], { env, maxBuffer: 1 << 24 }).catch((e: { stdout: string; stderr: string }) => e);
     const report = JSON.parse(lint.stdout.slice(lint.stdout.indexOf('{')));
     expect(report.totals, JSON.stringify(report.problems?.slice(0, 5))).toMatchObject({ errors: 0, warnings: 0 });
 
