@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeTensor, getConfig } from '@longshot/model';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { request, type HttpInit } from './http';
 
 /*
  * The API contract (issue 14 item 5) against a real controller, worker and Redis: the OpenAPI
@@ -27,16 +28,7 @@ let url: string;
 
 const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 2, model: 'tiny', seed: 3, frames: 5, stages: 1 };
 
-async function api(method: string, route: string, init: { body?: unknown; raw?: Buffer; headers?: Record<string, string> } = {}) {
-  const json = init.body !== undefined;
-  const res = await fetch(`${url}${route}`, {
-    method,
-    headers: { ...(json ? { 'content-type': 'application/json' } : {}), ...init.headers },
-    body: json ? JSON.stringify(init.body) : init.raw,
-  });
-  const text = await res.text();
-  return { status: res.status, text, json: text && res.headers.get('content-type')?.includes('json') ? JSON.parse(text) : undefined };
-}
+const api = (method: string, route: string, init: HttpInit = {}) => request(url, method, route, init);
 
 const finished = async (id: string) => {
   for (let i = 0; i < 1200; i++) {

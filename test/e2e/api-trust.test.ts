@@ -9,6 +9,7 @@ import { keys } from '@longshot/cache';
 import { encodeTensor, getConfig } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { request, type HttpInit } from './http';
 
 /*
  * The attacks of issue 13 (server paths from clients, input hygiene) replayed against a real
@@ -29,22 +30,7 @@ const SECRET = 'root:*:20000:0:99999:7:::\n';
 const MAX_UPLOAD = 64 * 1024;
 const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 2, model: 'tiny', seed: 3, frames: 5, stages: 1 };
 
-async function api(method: string, route: string, init: { body?: unknown; raw?: Buffer | string; headers?: Record<string, string> } = {}) {
-  const json = init.body !== undefined;
-  const res = await fetch(`${url}${route}`, {
-    method,
-    headers: { ...(json ? { 'content-type': 'application/json' } : {}), ...init.headers },
-    body: json ? JSON.stringify(init.body) : init.raw,
-  });
-  const text = await res.text();
-  let parsed: any = text;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, json: parsed, text, headers: res.headers };
-}
+const api = (method: string, route: string, init: HttpInit = {}) => request(url, method, route, init);
 
 /** A safetensors file of text embeddings for `tiny`: cond [3, textDim]. */
 function embeddingsFile(rows = 3, dim = getConfig('tiny').textDim): Buffer {

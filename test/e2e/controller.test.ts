@@ -12,6 +12,7 @@ import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWe
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { request, waitFor } from './http';
 
 let dir: string;
 let cluster: LocalCluster;
@@ -47,31 +48,9 @@ function metricValue(page: string, sample: string): number {
 
 const controllerUrl = (i = 0): string => [...cluster.controllers.values()][i].url;
 
-async function api(method: string, url: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any; headers: Headers }> {
-  const res = await fetch(url.startsWith('http') ? url : `${controllerUrl()}${url}`, {
-    method,
-    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let json: unknown = text;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, json, headers: res.headers };
-}
+const api = (method: string, url: string, body?: unknown, headers: Record<string, string> = {}) =>
+  request(controllerUrl(), method, url, typeof body === 'string' ? { raw: body, headers: { 'content-type': 'application/json', ...headers } } : { body, headers });
 
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const job = async (id: string, base = controllerUrl()): Promise<any> => (await api('GET', `${base}/v1/videos/${id}`)).json;
 const finished = (id: string, timeoutMs = 120_000, base = controllerUrl()) =>

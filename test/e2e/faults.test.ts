@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { JobStore } from '@longshot/cache';
 import { normalizeSpec, planJob, type JobRequest } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { request, waitFor as waitUntil } from './http';
 
 /**
  * The fault suite: Redis killed mid-job, the API during a Redis outage, a submit that died
@@ -21,27 +22,10 @@ const base = { prompt: 'a harbour at night', size: '64x64', block: 2, context: 1
 const framesFor = (latentFrames: number): number => 4 * (latentFrames - 1) + 1;
 const url = (): string => [...cluster.controllers.values()][0].url;
 
-async function api(method: string, p: string, body?: unknown): Promise<{ status: number; json: any; headers: Headers }> {
-  const res = await fetch(`${url()}${p}`, { method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
-  let json: unknown = text;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    // not JSON
-  }
-  return { status: res.status, json, headers: res.headers };
-}
+const api = (method: string, p: string, body?: unknown) => request(url(), method, p, { body });
 
-async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => null);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Errors while the cluster recovers count as 'not yet'. */
+const waitFor = <T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 90_000): Promise<T> => waitUntil(what, () => fn().catch(() => null), timeoutMs);
 
 const job = async (id: string): Promise<any> => (await api('GET', `/v1/videos/${id}`)).json;
 const finished = (id: string) =>
