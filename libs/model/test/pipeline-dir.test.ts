@@ -12,14 +12,17 @@ import { SEEDED_UMT5, UMT5_XXL } from '../src/umt5-config';
 import { encodeText, seededUmt5Weights } from '../src/umt5';
 import { UMT5_SPECIAL } from '../src/tokenizer';
 import { seededStageWeights } from '../src/weights';
+import { dirVariants, editJson } from './dir-variants';
 
 const tiny = getConfig('tiny');
 let root: string;
+let copyWith: ReturnType<typeof dirVariants>;
 let single: string;
 let sharded: string;
 
 beforeAll(() => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-pipeline-'));
+  copyWith = dirVariants(root);
   single = path.join(root, 'single');
   sharded = path.join(root, 'sharded');
   writeSeededPipeline(single, { config: tiny, seed: 0, shards: 1, dtype: 'F32' });
@@ -27,21 +30,8 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
-let copies = 0;
 /** A copy of a seeded directory with one edit applied. */
-function variant(from: string, edit: (dir: string) => void): string {
-  const dir = path.join(root, `v${copies++}`);
-  fs.cpSync(from, dir, { recursive: true });
-  edit(dir);
-  return dir;
-}
-
-function editJson(dir: string, rel: string, change: (j: Record<string, unknown>) => void): void {
-  const file = path.join(dir, rel);
-  const j = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  change(j);
-  fs.writeFileSync(file, JSON.stringify(j));
-}
+const variant = (from: string, edit: (dir: string) => void): string => copyWith(from, edit);
 
 /** Rewrites a single-file component with extra tensors added. */
 function addTensors(dir: string, rel: string, extra: TensorInput[]): void {

@@ -15,14 +15,17 @@ import { SafetensorsFile, writeSafetensors, type SafetensorsDtype, type TensorIn
 import { resolveModel } from '../src/source';
 import { seededVaeWeights } from '../src/vae';
 import { SEEDED_VAE, WAN21_VAE, vaeDecoderTensorSpecs } from '../src/vae-config';
+import { dirVariants, editJson } from './dir-variants';
 
 const tiny = getConfig('tiny');
 const VAE_FILE = 'vae/diffusion_pytorch_model.safetensors';
 let root: string;
+let copyWith: ReturnType<typeof dirVariants>;
 const dirs: Partial<Record<SafetensorsDtype, string>> = {};
 
 beforeAll(() => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-vae-'));
+  copyWith = dirVariants(root);
   for (const dtype of ['F32', 'BF16', 'F16'] as const) {
     dirs[dtype] = path.join(root, dtype);
     writeSeededPipeline(dirs[dtype]!, { config: tiny, seed: 5, shards: 1, dtype });
@@ -30,20 +33,7 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 
-let copies = 0;
-function variant(edit: (dir: string) => void): string {
-  const dir = path.join(root, `v${copies++}`);
-  fs.cpSync(dirs.F32!, dir, { recursive: true });
-  edit(dir);
-  return dir;
-}
-
-function editJson(dir: string, rel: string, change: (j: Record<string, unknown>) => void): void {
-  const file = path.join(dir, rel);
-  const j = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  change(j);
-  fs.writeFileSync(file, JSON.stringify(j));
-}
+const variant = (edit: (dir: string) => void): string => copyWith(dirs.F32!, edit);
 
 /** Rewrites the VAE file with `change` applied to its tensor list. */
 function editTensors(dir: string, change: (ts: TensorInput[]) => TensorInput[]): void {
