@@ -68,6 +68,10 @@ describe('startRedis', () => {
     const server = await startRedis({ url: null });
     const redis = new Redis(server.url, { maxRetriesPerRequest: null });
     try {
+      // everysec (what Longshot runs) may hold back a write while an earlier fsync is slow, so a
+      // SIGKILL right after it can lose the last second; this test is about the AOF coming back,
+      // so it makes its own writes synchronous.
+      await redis.config('SET', 'appendfsync', 'always');
       await redis.set('durable', 'yes');
       await redis.rpush('list', 'a', 'b');
       const before = server.pid;
@@ -91,6 +95,7 @@ describe('startRedis', () => {
     try {
       const a = await startRedis({ url: null, dataDir });
       const ra = new Redis(a.url);
+      await ra.config('SET', 'appendfsync', 'always'); // as above: the write must be on disk before the kill
       await ra.set('k', 'v');
       ra.disconnect();
       await a.kill('SIGKILL');
