@@ -9,7 +9,7 @@ import { keys } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { probeVideo, Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
-import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
+import { BlockQueue, FAILOVER_REASONS, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { request, waitFor } from './http';
@@ -303,6 +303,37 @@ describe('controller', () => {
     let workerDecodes = 0;
     for (const w of cluster.workers.values()) workerDecodes += metricValue(await fetch(`http://${w.metricsAddress}/metrics`).then((r) => r.text(), () => ''), 'longshot_vae_decodes_total');
     expect(workerDecodes).toBeGreaterThan(0);
+  });
+
+  it('counts a worker SIGKILLed while the job computes as a failover and tells SSE clients which worker was lost', async () => {
+    const id = (await api('POST', '/v1/videos', { ...base, frames: framesFor(48), steps: 8, stages: 2 })).json.id;
+    const running = await waitFor('the job to compute', async () => {
+      const j = await job(id);
+      return j.status === 'running' && j.progress.blockStepsDone >= 1 ? j : null;
+    });
+    expect(running.progress.blockStepsDone).toBeLessThan(running.progress.blockSteps);
+    const head: string = running.workers[0];
+    const failovers = async (): Promise<number> => {
+      let sum = 0;
+      for (const c of cluster.controllers.values()) {
+        const page = await (await fetch(`${c.url}/metrics`)).text();
+        sum += FAILOVER_REASONS.reduce((n, reason) => n + metricValue(page, `longshot_failovers_total{reason="${reason}"}`), 0);
+      }
+      return sum;
+    };
+    const before = await failovers();
+    cluster.kill(head, 'SIGKILL');
+    const done = await finished(id, 120_000);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    expect(done.workers).not.toContain(head);
+    const events = await sse(`${controllerUrl(1)}/v1/videos/${id}/events`);
+    const failover = events.filter((e) => e.event === 'failover');
+    expect(failover).toHaveLength(1);
+    expect(failover[0].data).toMatchObject({ attempt: 2, lost: [head] });
+    expect(FAILOVER_REASONS).toContain(failover[0].data.reason);
+    // After the lost attempt's events, before the job's end.
+    expect(events.findIndex((e) => e.event === 'failover')).toBeGreaterThan(events.findIndex((e) => e.event === 'started'));
+    expect(await failovers()).toBe(before + 1);
   });
 
   it('finishes a job on the other replica when the one running it is killed, with the same result', async () => {

@@ -1,3 +1,4 @@
+import { FAILOVER_REASONS } from '@longshot/pipeline';
 import { counter, gauge, histogram } from '@longshot/telemetry';
 
 /**
@@ -10,6 +11,9 @@ export const jobDuration = histogram<'status'>({
   labelNames: ['status'],
   buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200],
 });
+
+/** Attempts the driver of a job on this replica gave up after losing a stage, by why (FAILOVER_REASONS). */
+export const failovers = counter<'reason'>({ name: 'longshot_failovers_total', help: 'Stages lost mid-job and replaced (a new attempt resuming from the checkpoint), by reason', labelNames: ['reason'], known: { reason: FAILOVER_REASONS } });
 
 export const blockSteps = counter({ name: 'longshot_block_steps_total', help: 'Block-steps applied by the heads of jobs this replica drives' });
 

@@ -9,7 +9,7 @@ import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planne
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
 import type { ControllerConfig } from './config';
-import { blockSteps, jobDuration, resultsStoreFailures, stitchedBlocks, workersDeadlineFailures } from './metrics';
+import { blockSteps, failovers, jobDuration, resultsStoreFailures, stitchedBlocks, workersDeadlineFailures } from './metrics';
 import { chooseStages } from './planning';
 import { isNoSpace, type JobDataRepository, type ResultStore, type UploadRepository } from './repositories';
 
@@ -224,6 +224,14 @@ export class RenderRun {
           livenessIntervalMs: config.livenessIntervalMs,
           onBlock,
           onAttempt: (a) => (decoding = a.workers[a.workers.length - 1]),
+          onFailover: async (f) => {
+            failovers.inc({ reason: f.reason });
+            const lost = f.lost.map((w) => w.id);
+            // Never rejects: a lost event must not fail a job that can go on.
+            await jobs
+              .update(this.id, { from: ['running'], event: { name: 'failover', data: { attempt: f.attempt, lost, reason: f.reason, error: f.error } } })
+              .catch((err: unknown) => log.warn('recording a failover event failed', { job: this.id, err }));
+          },
           onBlockStep: (e) => {
             blockSteps.inc();
             progress.step(e.iteration, e.block);
