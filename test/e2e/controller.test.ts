@@ -256,6 +256,7 @@ describe('controller', () => {
     expect((await job(next.json.id)).status).toBe('queued');
     const leased = (await api('GET', '/v1/workers')).json.items.filter((w: any) => w.lease?.job === id);
     expect(leased).toHaveLength(3);
+    const canceledBefore = metricValue(await (await fetch(`${controllerUrl(1)}/metrics`)).text(), 'longshot_job_duration_seconds_count{status="canceled"}');
     const t0 = Date.now();
     const c = await api('POST', `${controllerUrl(1)}/v1/videos/${id}/cancel`);
     expect(c.status).toBe(200);
@@ -273,6 +274,16 @@ describe('controller', () => {
     expect(freedIn).toBeLessThan(5000);
     expect((await finished(next.json.id)).status).toBe('succeeded');
     expect((await job(id)).status).toBe('canceled');
+    // BullMQ never reports a canceled job as completed: it failed, reason `canceled`.
+    const entry = await waitFor('the canceled job to leave active in BullMQ', async () => {
+      const j = await queue.getJob(id);
+      return j && (await j.getState()) !== 'active' ? j : null;
+    }, 20_000);
+    expect(await entry.getState()).toBe('failed');
+    expect(entry.failedReason).toBe('canceled');
+    expect(entry.attemptsMade).toBe(1);
+    // Its duration is observed by the replica that took the cancel.
+    expect(metricValue(await (await fetch(`${controllerUrl(1)}/metrics`)).text(), 'longshot_job_duration_seconds_count{status="canceled"}')).toBe(canceledBefore + 1);
     expect((await api('POST', `/v1/videos/${id}/cancel`)).status).toBe(409);
     const events = await sse(`${controllerUrl()}/v1/videos/${id}/events`);
     expect(events.at(-1)!.event).toBe('canceled');

@@ -43,6 +43,12 @@ export interface RenderJobData {
   readonly waitingSince?: number;
 }
 
+/** BullMQ's failedReason of a canceled job. */
+export const CANCELED_REASON = 'canceled';
+
+/** Thrown from a canceled job's processor: BullMQ moves it to failed (reason `canceled`), no retry. */
+const canceledInQueue = (): UnrecoverableError => new UnrecoverableError(CANCELED_REASON);
+
 /** Why a run was stopped from outside the pipeline. */
 export class StopRun extends Error {
   constructor(readonly why: 'cancel' | 'shutdown' | 'lease-lost' | 'stitch', cause?: unknown) {
@@ -105,7 +111,8 @@ export class RenderRun {
   async execute(): Promise<void> {
     const { config, jobs } = this.d;
     const rec = await jobs.get(this.id);
-    if (!rec || isTerminal(rec.status)) return; // canceled while queued, or retention ran out
+    if (rec?.status === 'canceled') throw canceledInQueue(); // canceled while queued, after it was dequeued
+    if (!rec || isTerminal(rec.status)) return; // retention ran out
     const spec = rec.spec;
     let modelSource: ModelSource;
     let text: TextEmbeddings | null = null;
@@ -184,7 +191,10 @@ export class RenderRun {
       fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null, numerics },
       event: { name: 'started', data: { stages: spec.stages, workers: source.workers, attempt } },
     });
-    if (!started.changed) return; // canceled between dequeue and start
+    if (!started.changed) {
+      if (started.previous === 'canceled') throw new StopRun('cancel'); // canceled between dequeue and start
+      return; // another run finished it
+    }
     const resume = await data.hasCheckpoint(this.id);
     log.info('job run started', { job: this.id, attempt, stages: spec.stages, workers: source.workers, resume });
 
@@ -274,12 +284,15 @@ export class RenderRun {
       fields: { result, finishedAt, owner: null, workers, progress: { blocksDone: plan.blocks, blockStepsDone: plan.blockSteps, etaSeconds: 0 } },
       event: { name: 'succeeded', data: { result } },
     });
-    if (done.changed) {
-      segments.removeSegments(plan.blocks);
-      jobDuration.observe({ status: 'succeeded' }, (finishedAt - rec.createdAt) / 1000);
-      await data.expire(this.id, config.retentionSeconds);
-      log.info('job succeeded', { job: this.id, latentSha256: result.latentSha256, frameSha256, seconds: result.seconds });
+    if (!done.changed) {
+      // Canceled while the last steps ran; otherwise another run finished it first.
+      if (done.previous === 'canceled') throw new StopRun('cancel');
+      return;
     }
+    segments.removeSegments(plan.blocks);
+    jobDuration.observe({ status: 'succeeded' }, (finishedAt - rec.createdAt) / 1000);
+    await data.expire(this.id, config.retentionSeconds);
+    log.info('job succeeded', { job: this.id, latentSha256: result.latentSha256, frameSha256, seconds: result.seconds });
   }
 
   /** Decides what an ended-early run means for the BullMQ job and the record. */
@@ -288,9 +301,10 @@ export class RenderRun {
     const reason = this.abort.signal.reason as unknown;
     const stop = reason instanceof StopRun ? reason : e instanceof StopRun ? e : null;
     if (stop?.why === 'cancel') {
-      // The record says canceled already; the BullMQ job just completes. Its partial files go.
+      // The record says canceled already (and its duration was observed by the cancel). Its
+      // partial files go, and BullMQ records the job as failed, reason `canceled`, never completed.
       this.d.results.remove(this.id);
-      return;
+      throw canceledInQueue();
     }
     if (stop?.why === 'shutdown') {
       // Hand the job back: straight to the queue, no attempt used; the next run resumes from the checkpoint.
