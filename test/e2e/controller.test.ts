@@ -12,6 +12,7 @@ import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWe
 import { BlockQueue, FAILOVER_REASONS, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { REFUSAL_REASONS } from '../../apps/worker/src/metrics';
 import { request, waitFor } from './http';
 
 let dir: string;
@@ -109,6 +110,21 @@ afterAll(async () => {
 });
 
 describe('controller', () => {
+  it('exports every counter of known label values at 0 before its first event (fresh controller and worker)', async () => {
+    const zero = (page: string, sample: string) => expect(page.split('\n'), sample).toContain(`${sample} 0`);
+    for (const c of cluster.controllers.values()) {
+      const page = await (await fetch(`${c.url}/metrics`)).text();
+      for (const reason of FAILOVER_REASONS) zero(page, `longshot_failovers_total{reason="${reason}"}`);
+      for (const where of ['http', 'sse', 'reconciler']) zero(page, `longshot_redis_unavailable_total{where="${where}"}`);
+      zero(page, 'longshot_results_store_failures_total{code="ENOSPC"}');
+    }
+    for (const w of cluster.workers.values()) {
+      const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
+      for (const result of ['hit', 'miss']) zero(page, `longshot_text_embedding_cache_total{result="${result}"}`);
+      for (const reason of REFUSAL_REASONS) zero(page, `longshot_worker_refused_calls_total{reason="${reason}"}`);
+    }
+  });
+
   it('runs three jobs submitted at once with K = 1, 2, 3 to the single-process result', async () => {
     const req = { ...base, frames: framesFor(8) };
     const reference = await inProcess(req);

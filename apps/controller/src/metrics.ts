@@ -19,13 +19,13 @@ export const blockSteps = counter({ name: 'longshot_block_steps_total', help: 'B
 
 
 /** Redis could not be reached: by where it was noticed (an HTTP request answered 503, the SSE reader, the reconciler). */
-export const redisUnavailable = counter<'where'>({ name: 'longshot_redis_unavailable_total', help: 'Operations that found Redis unreachable (HTTP answered 503 with Retry-After, SSE reader, reconciler)', labelNames: ['where'] });
+export const redisUnavailable = counter<'where'>({ name: 'longshot_redis_unavailable_total', help: 'Operations that found Redis unreachable (HTTP answered 503 with Retry-After, SSE reader, reconciler)', labelNames: ['where'], known: { where: ['http', 'sse', 'reconciler'] } });
 
 export const jobsReenqueued = counter({ name: 'longshot_jobs_reenqueued_total', help: 'Queued job records found without a queue entry and enqueued again by the reconciler' });
 
 export const workersDeadlineFailures = counter({ name: 'longshot_jobs_workers_deadline_total', help: 'Jobs failed because they waited for free workers past LONGSHOT_WORKERS_DEADLINE_MS' });
 
-export const resultsStoreFailures = counter<'code'>({ name: 'longshot_results_store_failures_total', help: 'Results-store writes that failed, by error code (ENOSPC: out of space)', labelNames: ['code'] });
+export const resultsStoreFailures = counter<'code'>({ name: 'longshot_results_store_failures_total', help: 'Results-store writes that failed, by error code (ENOSPC: out of space)', labelNames: ['code'], known: { code: ['ENOSPC'] } });
 
 export const stitchedBlocks = counter({ name: 'longshot_stitched_blocks_total', help: 'Blocks decoded and encoded into segments by this replica' });
 

@@ -1,4 +1,9 @@
 import { counter, gauge, histogram } from '@longshot/telemetry';
+import { GRANT_ERROR_REASONS } from '@longshot/transport';
+
+/** Why an OpenSession or RunComponent call was refused: a bad grant, or one for something else. */
+export const REFUSAL_REASONS = [...GRANT_ERROR_REASONS, 'grant-scope', 'grant-job', 'grant-prefix', 'no-lease'] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
 /** The worker's metrics, on the process's one registry (served at /metrics on the metrics port). */
 export const workerMetrics = {
@@ -38,6 +43,7 @@ export const workerMetrics = {
     name: 'longshot_text_embedding_cache_total',
     help: 'Text-encoder requests answered from the Redis cache (result="hit") or encoded (result="miss")',
     labelNames: ['result'],
+    known: { result: ['hit', 'miss'] },
   }),
   componentSeconds: histogram<'kind'>({
     name: 'longshot_component_seconds',
@@ -49,6 +55,7 @@ export const workerMetrics = {
     name: 'longshot_worker_refused_calls_total',
     help: 'OpenSession and RunComponent calls refused before using capacity: no or bad session grant, or its job does not hold this worker\'s lease',
     labelNames: ['reason'],
+    known: { reason: REFUSAL_REASONS },
   }),
   fencedWrites: counter({
     name: 'longshot_worker_fenced_writes_total',
