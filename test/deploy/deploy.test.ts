@@ -559,6 +559,14 @@ describe('observability references only exported metrics', () => {
     expect(known.kinds.get('longshot_job_duration_seconds')).toBe('histogram');
   });
 
+  it('failovers are alerted on and on the dashboard', () => {
+    expect(known.kinds.get('longshot_failovers_total')).toBe('counter');
+    const alert = allRules.find((r) => r.alert === 'LongshotFailovers');
+    expect(metricRefs(String(alert?.expr ?? '')).metrics).toContain('longshot_failovers_total');
+    const exprs = [...fs.readFileSync(DASHBOARD, 'utf8').matchAll(/"expr":\s*"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
+    expect(exprs.some((e) => metricRefs(e).metrics.includes('longshot_failovers_total'))).toBe(true);
+  });
+
   it('Prometheus rules', () => {
     expect(allRules.filter((r) => r.alert).length).toBeGreaterThanOrEqual(5);
     for (const r of allRules) {
@@ -610,6 +618,15 @@ describe('observability references only exported metrics', () => {
       throw new Error('promtool is not installed: install the Debian package `prometheus` (apt-get install prometheus); deploy/bootstrap.sh should list it');
     }
     const res = spawnSync('promtool', ['check', 'rules', RULES], { encoding: 'utf8' });
+    expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
+  });
+
+  it('promtool test rules deploy/prometheus/rules.test.yml (the alerts it covers fire, and only then)', () => {
+    const tests = path.join(ROOT, 'deploy/prometheus/rules.test.yml');
+    const covered = new Set((docsOf(tests)[0].tests as Obj[]).flatMap((t) => (t.alert_rule_test as Obj[]).map((a) => a.alertname as string)));
+    expect([...covered]).toContain('LongshotFailovers');
+    for (const name of covered) expect(allRules.some((r) => r.alert === name), name).toBe(true);
+    const res = spawnSync('promtool', ['test', 'rules', tests], { encoding: 'utf8' });
     expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
   });
 });
