@@ -13,6 +13,7 @@ import { BlockQueue, FAILOVER_REASONS, runLocalPipeline } from '@longshot/pipeli
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { REFUSAL_REASONS } from '../../apps/worker/src/metrics';
+import { SESSION_ERROR_CODES } from '../../apps/worker/src/session-error';
 import { request, waitFor } from './http';
 
 let dir: string;
@@ -122,6 +123,7 @@ describe('controller', () => {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
       for (const result of ['hit', 'miss']) zero(page, `longshot_text_embedding_cache_total{result="${result}"}`);
       for (const reason of REFUSAL_REASONS) zero(page, `longshot_worker_refused_calls_total{reason="${reason}"}`);
+      for (const code of SESSION_ERROR_CODES) zero(page, `longshot_rejected_tensors_total{code="${code}"}`);
     }
   });
 

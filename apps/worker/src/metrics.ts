@@ -1,5 +1,6 @@
 import { counter, gauge, histogram } from '@longshot/telemetry';
 import { GRANT_ERROR_REASONS } from '@longshot/transport';
+import { SESSION_ERROR_CODES } from './session-error';
 
 /** Why an OpenSession or RunComponent call was refused: a bad grant, or one for something else. */
 export const REFUSAL_REASONS = [...GRANT_ERROR_REASONS, 'grant-scope', 'grant-job', 'grant-prefix', 'no-lease'] as const;
@@ -27,7 +28,7 @@ export const workerMetrics = {
   sessionsOpen: gauge({ name: 'longshot_sessions_open', help: 'Stage sessions open on this worker' }),
   sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),
   sessionFailures: counter({ name: 'longshot_session_failures_total', help: 'Stage sessions that failed (stream error, peer lost)' }),
-  rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'] }),
+  rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'], known: { code: SESSION_ERROR_CODES } }),
   modelRefusals: counter({ name: 'longshot_model_refusals_total', help: 'Sessions and component runs refused because their model is no name this worker serves (a path, a link, a FIFO, unknown)' }),
   checkpoints: counter({ name: 'longshot_checkpoints_written_total', help: 'Head checkpoints written to Redis' }),
   persistSeconds: histogram({
