@@ -49,6 +49,8 @@ WORKDIR /app
 COPY --from=build --chown=longshot:longshot /app/package.json /app/package-lock.json /app/tsconfig.json ./
 COPY --from=build --chown=longshot:longshot /app/node_modules ./node_modules
 COPY --from=build --chown=longshot:longshot /app/libs ./libs
+# HEALTHCHECK probe: GET with node itself (no curl or wget in the image).
+COPY deploy/healthcheck.js deploy/
 ENV NODE_ENV=production
 
 # ---- worker-cpu: the worker without CUDA (compose, dev clusters, CI) --------------------------------
@@ -60,6 +62,8 @@ ENV LONGSHOT_BACKEND=cpu \
     LONGSHOT_METRICS_PORT=9464
 EXPOSE 50051 9464
 USER longshot
+# Healthy while the worker's process serves its metrics endpoint.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 CMD node deploy/healthcheck.js "http://127.0.0.1:${LONGSHOT_METRICS_PORT}/metrics"
 ENTRYPOINT ["/usr/bin/tini", "--", "node", "apps/worker/bin/longshot-worker.js"]
 
 # ---- controller (the default target: last stage) -----------------------------------------------------
@@ -76,4 +80,6 @@ ENV PORT=8080 \
     LONGSHOT_RESULTS_DIR=/var/lib/longshot/results
 EXPOSE 8080
 USER longshot
+# Liveness only (/healthz): /readyz depends on Redis, and an unhealthy Redis is no reason to restart the controller.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD node deploy/healthcheck.js "http://127.0.0.1:${PORT}/healthz"
 ENTRYPOINT ["/usr/bin/tini", "--", "node", "apps/controller/bin/longshot-controller.js"]

@@ -47,6 +47,11 @@ RUN npm prune --omit=dev --no-audit --no-fund
 
 # ---- runtime ---------------------------------------------------------------------------------------
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
+# tini as PID 1: forwards SIGTERM to node (graceful shutdown: sessions closed, registry entry
+# removed) and reaps orphaned children.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 RUN groupadd --system --gid 10001 longshot \
  && useradd --system --uid 10001 --gid longshot --home-dir /app --shell /usr/sbin/nologin longshot
@@ -55,6 +60,8 @@ COPY --from=build --chown=longshot:longshot /app/package.json /app/package-lock.
 COPY --from=build --chown=longshot:longshot /app/node_modules ./node_modules
 COPY --from=build --chown=longshot:longshot /app/libs ./libs
 COPY --from=build --chown=longshot:longshot /app/apps/worker ./apps/worker
+# HEALTHCHECK probe: GET with node itself (no curl or wget in the image).
+COPY deploy/healthcheck.js deploy/
 
 ENV NODE_ENV=production \
     LONGSHOT_BACKEND=auto \
@@ -66,4 +73,6 @@ ENV NODE_ENV=production \
 # gRPC (stage sessions), Prometheus /metrics
 EXPOSE 50051 9464
 USER longshot
-ENTRYPOINT ["node", "apps/worker/bin/longshot-worker.js"]
+# Healthy while the worker's process serves its metrics endpoint.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD node deploy/healthcheck.js "http://127.0.0.1:${LONGSHOT_METRICS_PORT}/metrics"
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "apps/worker/bin/longshot-worker.js"]

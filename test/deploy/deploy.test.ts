@@ -4,7 +4,7 @@
  * so that renaming a metric breaks this test instead of a dashboard in production.
  * Runs without Docker, a cluster or network. Needs `promtool` (Debian package `prometheus`).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadAll } from 'js-yaml';
@@ -476,6 +476,69 @@ describe('compose and Dockerfile', () => {
     expect(last).toMatch(/longshot-controller\.js/);
     for (const stage of f.split('\nFROM ').slice(1).filter((s) => /AS (controller|worker-cpu)/.test(s))) expect(stage).toMatch(/^USER longshot$/m);
   });
+
+  /** A stage's own lines and its base stages', by stage name, for each Dockerfile. */
+  const stagesOf = (file: string): Map<string, string> => {
+    const own = new Map<string, { base: string; text: string }>();
+    for (const chunk of fs.readFileSync(path.join(ROOT, file), 'utf8').split('\nFROM ').slice(1)) {
+      const m = /^(\S+) AS (\S+)/.exec(chunk);
+      if (m) own.set(m[2], { base: m[1], text: chunk });
+    }
+    const chain = (name: string): string => {
+      const s = own.get(name);
+      return s ? `${chain(s.base)}\n${s.text}` : '';
+    };
+    return new Map([...own.keys()].map((n) => [n, chain(n)]));
+  };
+  // The images that run a process: [Dockerfile, stage, entry script, health path].
+  const images: [string, string, string, string][] = [
+    ['deploy/controller.Dockerfile', 'controller', 'apps/controller/bin/longshot-controller.js', '/healthz'],
+    ['deploy/controller.Dockerfile', 'worker-cpu', 'apps/worker/bin/longshot-worker.js', '/metrics'],
+    ['deploy/worker.Dockerfile', 'runtime', 'apps/worker/bin/longshot-worker.js', '/metrics'],
+  ];
+
+  it.each(images)('%s %s: tini as PID 1, a HEALTHCHECK with node on a port the stage sets', (file, stage, entry, healthPath) => {
+    const text = stagesOf(file).get(stage);
+    expect(text, `${file}: stage ${stage}`).toBeDefined();
+    expect(text).toMatch(/install -y --no-install-recommends tini/);
+    const entrypoints = [...text!.matchAll(/^ENTRYPOINT (.*)$/gm)].map((m) => JSON.parse(m[1]) as string[]);
+    expect(entrypoints.at(-1)).toEqual(['/usr/bin/tini', '--', 'node', entry]);
+    const checks = [...text!.matchAll(/^HEALTHCHECK (.*)$/gm)].map((m) => m[1]);
+    expect(checks).toHaveLength(1);
+    const hc = /CMD node deploy\/healthcheck\.js "http:\/\/127\.0\.0\.1:\$\{(\w+)\}(\/\w+)"$/.exec(checks[0]);
+    expect(hc, checks[0]).not.toBeNull();
+    expect(hc![2]).toBe(healthPath);
+    // The port variable is set in the image (to the port it exposes), and the probe is copied in.
+    const port = new RegExp(`\\b${hc![1]}=(\\d+)`).exec(text!);
+    expect(port, `${hc![1]} set in ${stage}`).not.toBeNull();
+    expect(text).toMatch(new RegExp(`^EXPOSE .*\\b${port![1]}\\b`, 'm'));
+    expect(text).toMatch(/^COPY deploy\/healthcheck\.js deploy\/$/m);
+    for (const ignore of ['controller', 'worker']) expect(fs.readFileSync(path.join(ROOT, `deploy/${ignore}.Dockerfile.dockerignore`), 'utf8')).not.toMatch(/^deploy/m);
+  });
+
+  it('the controller serves /healthz, and deploy/healthcheck.js passes on 2xx and fails otherwise', async () => {
+    expect(fs.readFileSync(path.join(ROOT, 'apps/controller/src/http/ops.controller.ts'), 'utf8')).toMatch(/@Get\('healthz'\)/);
+    const { createServer } = await import('node:http');
+    const server = createServer((req, res) => {
+      res.writeHead(req.url === '/ok' ? 200 : 503);
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as { port: number }).port;
+    const probe = (url: string) =>
+      new Promise<number | null>((resolve) => {
+        const child = execFile(process.execPath, [path.join(ROOT, 'deploy/healthcheck.js'), url]);
+        child.on('exit', (code) => resolve(code));
+      });
+    try {
+      expect(await probe(`http://127.0.0.1:${port}/ok`)).toBe(0);
+      expect(await probe(`http://127.0.0.1:${port}/down`)).toBe(1);
+    } finally {
+      server.close();
+    }
+    // Nothing listening: unhealthy, not a hang.
+    expect(await probe(`http://127.0.0.1:${port}/ok`)).toBe(1);
+  });
 });
 
 describe('observability references only exported metrics', () => {
@@ -494,6 +557,14 @@ describe('observability references only exported metrics', () => {
       expect(known.kinds.has(m), m).toBe(true);
     }
     expect(known.kinds.get('longshot_job_duration_seconds')).toBe('histogram');
+  });
+
+  it('failovers are alerted on and on the dashboard', () => {
+    expect(known.kinds.get('longshot_failovers_total')).toBe('counter');
+    const alert = allRules.find((r) => r.alert === 'LongshotFailovers');
+    expect(metricRefs(String(alert?.expr ?? '')).metrics).toContain('longshot_failovers_total');
+    const exprs = [...fs.readFileSync(DASHBOARD, 'utf8').matchAll(/"expr":\s*"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
+    expect(exprs.some((e) => metricRefs(e).metrics.includes('longshot_failovers_total'))).toBe(true);
   });
 
   it('Prometheus rules', () => {
@@ -547,6 +618,15 @@ describe('observability references only exported metrics', () => {
       throw new Error('promtool is not installed: install the Debian package `prometheus` (apt-get install prometheus); deploy/bootstrap.sh should list it');
     }
     const res = spawnSync('promtool', ['check', 'rules', RULES], { encoding: 'utf8' });
+    expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
+  });
+
+  it('promtool test rules deploy/prometheus/rules.test.yml (the alerts it covers fire, and only then)', () => {
+    const tests = path.join(ROOT, 'deploy/prometheus/rules.test.yml');
+    const covered = new Set((docsOf(tests)[0].tests as Obj[]).flatMap((t) => (t.alert_rule_test as Obj[]).map((a) => a.alertname as string)));
+    expect([...covered]).toContain('LongshotFailovers');
+    for (const name of covered) expect(allRules.some((r) => r.alert === name), name).toBe(true);
+    const res = spawnSync('promtool', ['test', 'rules', tests], { encoding: 'utf8' });
     expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
   });
 });

@@ -9,9 +9,11 @@ import { keys } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { probeVideo, Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
-import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
+import { BlockQueue, FAILOVER_REASONS, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { REFUSAL_REASONS } from '../../apps/worker/src/metrics';
+import { SESSION_ERROR_CODES } from '../../apps/worker/src/session-error';
 import { request, waitFor } from './http';
 
 let dir: string;
@@ -109,6 +111,22 @@ afterAll(async () => {
 });
 
 describe('controller', () => {
+  it('exports every counter of known label values at 0 before its first event (fresh controller and worker)', async () => {
+    const zero = (page: string, sample: string) => expect(page.split('\n'), sample).toContain(`${sample} 0`);
+    for (const c of cluster.controllers.values()) {
+      const page = await (await fetch(`${c.url}/metrics`)).text();
+      for (const reason of FAILOVER_REASONS) zero(page, `longshot_failovers_total{reason="${reason}"}`);
+      for (const where of ['http', 'sse', 'reconciler']) zero(page, `longshot_redis_unavailable_total{where="${where}"}`);
+      zero(page, 'longshot_results_store_failures_total{code="ENOSPC"}');
+    }
+    for (const w of cluster.workers.values()) {
+      const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
+      for (const result of ['hit', 'miss']) zero(page, `longshot_text_embedding_cache_total{result="${result}"}`);
+      for (const reason of REFUSAL_REASONS) zero(page, `longshot_worker_refused_calls_total{reason="${reason}"}`);
+      for (const code of SESSION_ERROR_CODES) zero(page, `longshot_rejected_tensors_total{code="${code}"}`);
+    }
+  });
+
   it('runs three jobs submitted at once with K = 1, 2, 3 to the single-process result', async () => {
     const req = { ...base, frames: framesFor(8) };
     const reference = await inProcess(req);
@@ -256,6 +274,7 @@ describe('controller', () => {
     expect((await job(next.json.id)).status).toBe('queued');
     const leased = (await api('GET', '/v1/workers')).json.items.filter((w: any) => w.lease?.job === id);
     expect(leased).toHaveLength(3);
+    const canceledBefore = metricValue(await (await fetch(`${controllerUrl(1)}/metrics`)).text(), 'longshot_job_duration_seconds_count{status="canceled"}');
     const t0 = Date.now();
     const c = await api('POST', `${controllerUrl(1)}/v1/videos/${id}/cancel`);
     expect(c.status).toBe(200);
@@ -273,6 +292,16 @@ describe('controller', () => {
     expect(freedIn).toBeLessThan(5000);
     expect((await finished(next.json.id)).status).toBe('succeeded');
     expect((await job(id)).status).toBe('canceled');
+    // BullMQ never reports a canceled job as completed: it failed, reason `canceled`.
+    const entry = await waitFor('the canceled job to leave active in BullMQ', async () => {
+      const j = await queue.getJob(id);
+      return j && (await j.getState()) !== 'active' ? j : null;
+    }, 20_000);
+    expect(await entry.getState()).toBe('failed');
+    expect(entry.failedReason).toBe('canceled');
+    expect(entry.attemptsMade).toBe(1);
+    // Its duration is observed by the replica that took the cancel.
+    expect(metricValue(await (await fetch(`${controllerUrl(1)}/metrics`)).text(), 'longshot_job_duration_seconds_count{status="canceled"}')).toBe(canceledBefore + 1);
     expect((await api('POST', `/v1/videos/${id}/cancel`)).status).toBe(409);
     const events = await sse(`${controllerUrl()}/v1/videos/${id}/events`);
     expect(events.at(-1)!.event).toBe('canceled');
@@ -303,6 +332,37 @@ describe('controller', () => {
     let workerDecodes = 0;
     for (const w of cluster.workers.values()) workerDecodes += metricValue(await fetch(`http://${w.metricsAddress}/metrics`).then((r) => r.text(), () => ''), 'longshot_vae_decodes_total');
     expect(workerDecodes).toBeGreaterThan(0);
+  });
+
+  it('counts a worker SIGKILLed while the job computes as a failover and tells SSE clients which worker was lost', async () => {
+    const id = (await api('POST', '/v1/videos', { ...base, frames: framesFor(48), steps: 8, stages: 2 })).json.id;
+    const running = await waitFor('the job to compute', async () => {
+      const j = await job(id);
+      return j.status === 'running' && j.progress.blockStepsDone >= 1 ? j : null;
+    });
+    expect(running.progress.blockStepsDone).toBeLessThan(running.progress.blockSteps);
+    const head: string = running.workers[0];
+    const failovers = async (): Promise<number> => {
+      let sum = 0;
+      for (const c of cluster.controllers.values()) {
+        const page = await (await fetch(`${c.url}/metrics`)).text();
+        sum += FAILOVER_REASONS.reduce((n, reason) => n + metricValue(page, `longshot_failovers_total{reason="${reason}"}`), 0);
+      }
+      return sum;
+    };
+    const before = await failovers();
+    cluster.kill(head, 'SIGKILL');
+    const done = await finished(id, 120_000);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    expect(done.workers).not.toContain(head);
+    const events = await sse(`${controllerUrl(1)}/v1/videos/${id}/events`);
+    const failover = events.filter((e) => e.event === 'failover');
+    expect(failover).toHaveLength(1);
+    expect(failover[0].data).toMatchObject({ attempt: 2, lost: [head] });
+    expect(FAILOVER_REASONS).toContain(failover[0].data.reason);
+    // After the lost attempt's events, before the job's end.
+    expect(events.findIndex((e) => e.event === 'failover')).toBeGreaterThan(events.findIndex((e) => e.event === 'started'));
+    expect(await failovers()).toBe(before + 1);
   });
 
   it('finishes a job on the other replica when the one running it is killed, with the same result', async () => {

@@ -9,7 +9,7 @@ import { cpuBackend } from '@longshot/engine';
 import { Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage } from '@longshot/model';
 import { buildSchedule, jobSchedulerConfig, WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
-import { BlockQueue, runDistributedJob, runLocalPipeline, type DistributedResult } from '@longshot/pipeline';
+import { BlockQueue, FAILOVER_REASONS, runDistributedJob, runLocalPipeline, type DistributedResult, type Failover } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
 import { createWorkerClient, encodePayload, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
@@ -45,7 +45,7 @@ function geometry(s: JobSpec) {
 async function distributed(
   s: JobSpec,
   id: string,
-  hooks: { onBlockStep?: (n: number) => void; onAttempt?: (workers: string[]) => void } = {},
+  hooks: { onBlockStep?: (n: number) => void; onAttempt?: (workers: string[]) => void; onFailover?: (f: Failover) => void } = {},
 ): Promise<DistributedResult & { latentSha256: string }> {
   const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), geometry(s), vaeFor(s));
   let steps = 0;
@@ -56,6 +56,7 @@ async function distributed(
       onBlock: async (i, latents) => void (await stitcher.add(i, latents)),
       onBlockStep: () => hooks.onBlockStep?.(++steps),
       onAttempt: (a) => hooks.onAttempt?.(a.workers.map((w) => w.id)),
+      onFailover: (f) => hooks.onFailover?.(f),
       livenessIntervalMs: 200,
     },
   );
@@ -95,7 +96,9 @@ describe('DualParal across worker processes', () => {
     const plan = planJob(s);
     let killed: string | null = null;
     let firstAttempt: string[] = [];
+    const failovers: Failover[] = [];
     const r = await distributed(s, 'killed', {
+      onFailover: (f) => void failovers.push(f),
       onAttempt: (workers) => {
         if (firstAttempt.length === 0) firstAttempt = workers;
       },
@@ -110,6 +113,11 @@ describe('DualParal across worker processes', () => {
     console.log(`killed ${killed} (SIGKILL) mid-job; attempts ${r.attempts.length}, resumed at iteration ${r.attempts[1]?.startIteration}; block-steps redone ${r.recomputedBlockSteps} (bound: one iteration = ${Math.min(plan.blocks, s.steps)})`);
     expect(r.attempts.length).toBeGreaterThanOrEqual(2);
     expect(r.attempts[0].error).toBeTruthy();
+    // One failover per lost attempt, before the attempt that replaced it: the killed worker, and why.
+    expect(failovers.map((f) => f.attempt)).toEqual(r.attempts.slice(1).map((_, i) => i + 2));
+    expect(failovers[0].lost.map((w) => w.id)).toEqual([killed]);
+    expect(FAILOVER_REASONS).toContain(failovers[0].reason);
+    expect(failovers[0].error).toBe(r.attempts[0].error);
     expect(r.workers).not.toContain(killed);
     expect(r.latentSha256).toBe(reference);
     // At most one iteration's block-steps (the queue length) are applied twice.

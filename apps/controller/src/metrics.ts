@@ -1,3 +1,4 @@
+import { FAILOVER_REASONS } from '@longshot/pipeline';
 import { counter, gauge, histogram } from '@longshot/telemetry';
 
 /**
@@ -11,17 +12,20 @@ export const jobDuration = histogram<'status'>({
   buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200],
 });
 
+/** Attempts the driver of a job on this replica gave up after losing a stage, by why (FAILOVER_REASONS). */
+export const failovers = counter<'reason'>({ name: 'longshot_failovers_total', help: 'Stages lost mid-job and replaced (a new attempt resuming from the checkpoint), by reason', labelNames: ['reason'], known: { reason: FAILOVER_REASONS } });
+
 export const blockSteps = counter({ name: 'longshot_block_steps_total', help: 'Block-steps applied by the heads of jobs this replica drives' });
 
 
 /** Redis could not be reached: by where it was noticed (an HTTP request answered 503, the SSE reader, the reconciler). */
-export const redisUnavailable = counter<'where'>({ name: 'longshot_redis_unavailable_total', help: 'Operations that found Redis unreachable (HTTP answered 503 with Retry-After, SSE reader, reconciler)', labelNames: ['where'] });
+export const redisUnavailable = counter<'where'>({ name: 'longshot_redis_unavailable_total', help: 'Operations that found Redis unreachable (HTTP answered 503 with Retry-After, SSE reader, reconciler)', labelNames: ['where'], known: { where: ['http', 'sse', 'reconciler'] } });
 
 export const jobsReenqueued = counter({ name: 'longshot_jobs_reenqueued_total', help: 'Queued job records found without a queue entry and enqueued again by the reconciler' });
 
 export const workersDeadlineFailures = counter({ name: 'longshot_jobs_workers_deadline_total', help: 'Jobs failed because they waited for free workers past LONGSHOT_WORKERS_DEADLINE_MS' });
 
-export const resultsStoreFailures = counter<'code'>({ name: 'longshot_results_store_failures_total', help: 'Results-store writes that failed, by error code (ENOSPC: out of space)', labelNames: ['code'] });
+export const resultsStoreFailures = counter<'code'>({ name: 'longshot_results_store_failures_total', help: 'Results-store writes that failed, by error code (ENOSPC: out of space)', labelNames: ['code'], known: { code: ['ENOSPC'] } });
 
 export const stitchedBlocks = counter({ name: 'longshot_stitched_blocks_total', help: 'Blocks decoded and encoded into segments by this replica' });
 

@@ -9,7 +9,7 @@ import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planne
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
 import type { ControllerConfig } from './config';
-import { blockSteps, jobDuration, resultsStoreFailures, stitchedBlocks, workersDeadlineFailures } from './metrics';
+import { blockSteps, failovers, jobDuration, resultsStoreFailures, stitchedBlocks, workersDeadlineFailures } from './metrics';
 import { chooseStages } from './planning';
 import { isNoSpace, type JobDataRepository, type ResultStore, type UploadRepository } from './repositories';
 
@@ -42,6 +42,12 @@ export interface RenderJobData {
   /** When the job first found too few free workers (cleared once it leases them). */
   readonly waitingSince?: number;
 }
+
+/** BullMQ's failedReason of a canceled job. */
+export const CANCELED_REASON = 'canceled';
+
+/** Thrown from a canceled job's processor: BullMQ moves it to failed (reason `canceled`), no retry. */
+const canceledInQueue = (): UnrecoverableError => new UnrecoverableError(CANCELED_REASON);
 
 /** Why a run was stopped from outside the pipeline. */
 export class StopRun extends Error {
@@ -105,7 +111,8 @@ export class RenderRun {
   async execute(): Promise<void> {
     const { config, jobs } = this.d;
     const rec = await jobs.get(this.id);
-    if (!rec || isTerminal(rec.status)) return; // canceled while queued, or retention ran out
+    if (rec?.status === 'canceled') throw canceledInQueue(); // canceled while queued, after it was dequeued
+    if (!rec || isTerminal(rec.status)) return; // retention ran out
     const spec = rec.spec;
     let modelSource: ModelSource;
     let text: TextEmbeddings | null = null;
@@ -184,7 +191,10 @@ export class RenderRun {
       fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null, numerics },
       event: { name: 'started', data: { stages: spec.stages, workers: source.workers, attempt } },
     });
-    if (!started.changed) return; // canceled between dequeue and start
+    if (!started.changed) {
+      if (started.previous === 'canceled') throw new StopRun('cancel'); // canceled between dequeue and start
+      return; // another run finished it
+    }
     const resume = await data.hasCheckpoint(this.id);
     log.info('job run started', { job: this.id, attempt, stages: spec.stages, workers: source.workers, resume });
 
@@ -224,6 +234,14 @@ export class RenderRun {
           livenessIntervalMs: config.livenessIntervalMs,
           onBlock,
           onAttempt: (a) => (decoding = a.workers[a.workers.length - 1]),
+          onFailover: async (f) => {
+            failovers.inc({ reason: f.reason });
+            const lost = f.lost.map((w) => w.id);
+            // Never rejects: a lost event must not fail a job that can go on.
+            await jobs
+              .update(this.id, { from: ['running'], event: { name: 'failover', data: { attempt: f.attempt, lost, reason: f.reason, error: f.error } } })
+              .catch((err: unknown) => log.warn('recording a failover event failed', { job: this.id, err }));
+          },
           onBlockStep: (e) => {
             blockSteps.inc();
             progress.step(e.iteration, e.block);
@@ -266,12 +284,15 @@ export class RenderRun {
       fields: { result, finishedAt, owner: null, workers, progress: { blocksDone: plan.blocks, blockStepsDone: plan.blockSteps, etaSeconds: 0 } },
       event: { name: 'succeeded', data: { result } },
     });
-    if (done.changed) {
-      segments.removeSegments(plan.blocks);
-      jobDuration.observe({ status: 'succeeded' }, (finishedAt - rec.createdAt) / 1000);
-      await data.expire(this.id, config.retentionSeconds);
-      log.info('job succeeded', { job: this.id, latentSha256: result.latentSha256, frameSha256, seconds: result.seconds });
+    if (!done.changed) {
+      // Canceled while the last steps ran; otherwise another run finished it first.
+      if (done.previous === 'canceled') throw new StopRun('cancel');
+      return;
     }
+    segments.removeSegments(plan.blocks);
+    jobDuration.observe({ status: 'succeeded' }, (finishedAt - rec.createdAt) / 1000);
+    await data.expire(this.id, config.retentionSeconds);
+    log.info('job succeeded', { job: this.id, latentSha256: result.latentSha256, frameSha256, seconds: result.seconds });
   }
 
   /** Decides what an ended-early run means for the BullMQ job and the record. */
@@ -280,9 +301,10 @@ export class RenderRun {
     const reason = this.abort.signal.reason as unknown;
     const stop = reason instanceof StopRun ? reason : e instanceof StopRun ? e : null;
     if (stop?.why === 'cancel') {
-      // The record says canceled already; the BullMQ job just completes. Its partial files go.
+      // The record says canceled already (and its duration was observed by the cancel). Its
+      // partial files go, and BullMQ records the job as failed, reason `canceled`, never completed.
       this.d.results.remove(this.id);
-      return;
+      throw canceledInQueue();
     }
     if (stop?.why === 'shutdown') {
       // Hand the job back: straight to the queue, no attempt used; the next run resumes from the checkpoint.

@@ -5,6 +5,7 @@ import { ModelNameError, SafetensorsFile, type ModelCatalog, type ModelConfig } 
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import type { ControllerConfig } from './config';
 import { candidates, workerState } from '@longshot/pipeline';
+import { jobDuration } from './metrics';
 import { RenderQueue } from './queue';
 import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
 import { parseSubmit } from './request';
@@ -151,8 +152,10 @@ export class VideosService {
   async cancel(id: string) {
     const rec = await this.get(id);
     if (isTerminal(rec.status)) throw new ConflictException({ error: 'conflict', message: `video ${id} is already ${rec.status}` });
-    const r = await this.jobs.update(id, { status: 'canceled', fields: { finishedAt: Date.now(), owner: null }, event: { name: 'canceled', data: {} } });
+    const finishedAt = Date.now();
+    const r = await this.jobs.update(id, { status: 'canceled', fields: { finishedAt, owner: null }, event: { name: 'canceled', data: {} } });
     if (!r.changed) throw new ConflictException({ error: 'conflict', message: `video ${id} is already ${r.previous}` });
+    jobDuration.observe({ status: 'canceled' }, (finishedAt - rec.createdAt) / 1000);
     await this.queue.remove(id);
     await this.jobs.publishCancel(id);
     return this.view((await this.jobs.get(id)) ?? rec);

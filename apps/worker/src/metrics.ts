@@ -1,4 +1,10 @@
 import { counter, gauge, histogram } from '@longshot/telemetry';
+import { GRANT_ERROR_REASONS } from '@longshot/transport';
+import { SESSION_ERROR_CODES } from './session-error';
+
+/** Why an OpenSession or RunComponent call was refused: a bad grant, or one for something else. */
+export const REFUSAL_REASONS = [...GRANT_ERROR_REASONS, 'grant-scope', 'grant-job', 'grant-prefix', 'no-lease'] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
 /** The worker's metrics, on the process's one registry (served at /metrics on the metrics port). */
 export const workerMetrics = {
@@ -22,7 +28,7 @@ export const workerMetrics = {
   sessionsOpen: gauge({ name: 'longshot_sessions_open', help: 'Stage sessions open on this worker' }),
   sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),
   sessionFailures: counter({ name: 'longshot_session_failures_total', help: 'Stage sessions that failed (stream error, peer lost)' }),
-  rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'] }),
+  rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'], known: { code: SESSION_ERROR_CODES } }),
   modelRefusals: counter({ name: 'longshot_model_refusals_total', help: 'Sessions and component runs refused because their model is no name this worker serves (a path, a link, a FIFO, unknown)' }),
   checkpoints: counter({ name: 'longshot_checkpoints_written_total', help: 'Head checkpoints written to Redis' }),
   persistSeconds: histogram({
@@ -38,6 +44,7 @@ export const workerMetrics = {
     name: 'longshot_text_embedding_cache_total',
     help: 'Text-encoder requests answered from the Redis cache (result="hit") or encoded (result="miss")',
     labelNames: ['result'],
+    known: { result: ['hit', 'miss'] },
   }),
   componentSeconds: histogram<'kind'>({
     name: 'longshot_component_seconds',
@@ -49,6 +56,7 @@ export const workerMetrics = {
     name: 'longshot_worker_refused_calls_total',
     help: 'OpenSession and RunComponent calls refused before using capacity: no or bad session grant, or its job does not hold this worker\'s lease',
     labelNames: ['reason'],
+    known: { reason: REFUSAL_REASONS },
   }),
   fencedWrites: counter({
     name: 'longshot_worker_fenced_writes_total',

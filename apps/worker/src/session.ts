@@ -24,17 +24,10 @@ import {
 } from '@longshot/transport';
 import { workerMetrics } from './metrics';
 import type { RetainedMemorySampler } from './retained-memory';
+import { SessionError } from './session-error';
 
-/** A request the worker refuses: becomes a gRPC status with this code's name. */
-export class SessionError extends Error {
-  constructor(
-    readonly code: 'INVALID_ARGUMENT' | 'NOT_FOUND' | 'UNAUTHENTICATED' | 'PERMISSION_DENIED' | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'ALREADY_EXISTS',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'SessionError';
-  }
-}
+export { SessionError };
+
 
 export interface SessionContext {
   readonly workerId: string;

@@ -25,7 +25,7 @@ import {
   type WorkerServer,
 } from '@longshot/transport';
 import { ComponentRunner } from './components';
-import { workerMetrics } from './metrics';
+import { workerMetrics, type RefusalReason } from './metrics';
 import { SessionError, StageSession, waitFor } from './session';
 import { retainedMemorySampler, type RetainedMemorySampler } from './retained-memory';
 
@@ -283,7 +283,7 @@ export class WorkerProcess {
     return grant;
   }
 
-  private refuse(code: 'UNAUTHENTICATED' | 'PERMISSION_DENIED', reason: string, message: string): SessionError {
+  private refuse(code: 'UNAUTHENTICATED' | 'PERMISSION_DENIED', reason: RefusalReason, message: string): SessionError {
     workerMetrics.refusedCalls.inc({ reason });
     return new SessionError(code, message);
   }

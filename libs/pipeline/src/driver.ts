@@ -85,6 +85,8 @@ export interface DriverOptions {
   onBlockStep?(e: { iteration: number; block: number; step: number }): void;
   /** When an attempt's sessions are open: its workers, head first, and where it resumed. */
   onAttempt?(a: { attempt: number; workers: readonly DriverWorker[]; startIteration: number }): void;
+  /** When an attempt was lost and another one is about to start (awaited before it starts). */
+  onFailover?(f: Failover): Promise<void> | void;
   readonly log?: Logger;
   /** Failovers before the job fails. */
   readonly maxRecoveries?: number;
@@ -128,11 +130,32 @@ export interface TextEncoderRun {
   readonly truncatedTokens: number;
 }
 
+/**
+ * Why the driver gave up on an attempt and started another (the `reason` label of the
+ * controller's failover counter, the `reason` of the `failover` event):
+ * heartbeat: a stage's worker stopped heartbeating; stage_failed: a stage reported a failure;
+ * stream: the head's event stream broke or ended early; stall: no progress past the stall
+ * timeout; rpc: a call to a worker (opening sessions, the text encoder) failed.
+ */
+export const FAILOVER_REASONS = ['heartbeat', 'stage_failed', 'stream', 'stall', 'rpc'] as const;
+export type FailoverReason = (typeof FAILOVER_REASONS)[number];
+
+/** A failed attempt the driver recovers from: the next attempt starts without the lost workers. */
+export interface Failover {
+  /** The attempt starting now, counting from 1 (the first failover starts attempt 2). */
+  readonly attempt: number;
+  /** The workers no longer used (dead, or named by the failure). */
+  readonly lost: readonly DriverWorker[];
+  readonly reason: FailoverReason;
+  readonly error: string;
+}
+
 /** A stage was lost (process died, stream broke, stall); the job can resume elsewhere. */
 class StageLost extends Error {
   constructor(
     message: string,
     readonly address: string | null,
+    readonly reason: FailoverReason,
   ) {
     super(message);
   }
@@ -252,8 +275,11 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       const code = (e as { code?: number }).code;
       const recoverable = e instanceof StageLost || (code !== undefined && !PERMANENT_GRPC_CODES.has(code));
       if (!recoverable || attempt >= maxRecoveries) throw error;
-      for (const w of await lostWorkers(workers, o, e instanceof StageLost ? e.address : null)) dead.add(w.id);
-      o.log?.warn('stage lost; resuming from the last checkpoint', { job: job.jobId, attempt, error: error.message, excluded: [...dead] });
+      const lost = await lostWorkers(workers, o, e instanceof StageLost ? e.address : null);
+      for (const w of lost) dead.add(w.id);
+      const reason: FailoverReason = e instanceof StageLost ? e.reason : 'rpc';
+      o.log?.warn('stage lost; resuming from the last checkpoint', { job: job.jobId, attempt, reason, error: error.message, excluded: [...dead] });
+      await o.onFailover?.({ attempt: attempt + 2, lost, reason, error: error.message });
     }
   }
 }
@@ -295,7 +321,7 @@ async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: Driv
     o.signal?.throwIfAborted();
     const code = (e as { code?: number }).code;
     if (code !== undefined && PERMANENT_GRPC_CODES.has(code)) throw e;
-    throw new StageLost(`text encoder on ${worker.id} failed: ${(e as Error).message}`, worker.address);
+    throw new StageLost(`text encoder on ${worker.id} failed: ${(e as Error).message}`, worker.address, 'rpc');
   } finally {
     client.close();
   }
@@ -392,25 +418,25 @@ function watchHead(sessions: OpenedSession[], o: DriverOptions, h: { onEvent(e: 
     call.on('data', (e: SessionEvent) => {
       lastEvent = Date.now();
       if (e.event?.$case === 'done') return finish(null);
-      if (e.event?.$case === 'failed') return finish(new StageLost(`stage failed: ${e.event.value.message}`, e.event.value.address || null));
+      if (e.event?.$case === 'failed') return finish(new StageLost(`stage failed: ${e.event.value.message}`, e.event.value.address || null, 'stage_failed'));
       h.onEvent(e);
     });
     call.on('error', (err: grpc.ServiceError) => {
       if (err.code === grpc.status.CANCELLED && settled) return;
-      finish(new StageLost(`lost the head (${head.worker.id}): ${err.details || err.message}`, head.worker.address));
+      finish(new StageLost(`lost the head (${head.worker.id}): ${err.details || err.message}`, head.worker.address, 'stream'));
     });
-    call.on('end', () => finish(new StageLost(`the head (${head.worker.id}) ended its event stream before the job was done`, head.worker.address)));
+    call.on('end', () => finish(new StageLost(`the head (${head.worker.id}) ended its event stream before the job was done`, head.worker.address, 'stream')));
     const interval = o.livenessIntervalMs ?? 500;
     const stallMs = o.stallTimeoutMs ?? 120_000;
     let checking = false;
     const timer = setInterval(() => {
       if (checking || settled) return;
-      if (Date.now() - lastEvent > stallMs) return finish(new StageLost(`no progress for ${stallMs} ms`, null));
+      if (Date.now() - lastEvent > stallMs) return finish(new StageLost(`no progress for ${stallMs} ms`, null, 'stall'));
       checking = true;
       Promise.all(sessions.map(async (s) => ((await o.workers.alive(s.worker.id)) ? null : s.worker)))
         .then((lost) => {
           const gone = lost.find((w) => w !== null);
-          if (gone) finish(new StageLost(`worker ${gone.id} stopped heartbeating`, gone.address));
+          if (gone) finish(new StageLost(`worker ${gone.id} stopped heartbeating`, gone.address, 'heartbeat'));
         })
         .catch(() => undefined)
         .finally(() => (checking = false));

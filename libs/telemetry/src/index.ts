@@ -41,8 +41,34 @@ function existing<M extends Metric>(name: string, kind: MetricClass<M>, labelNam
   return found;
 }
 
-export function counter<T extends string = string>(config: Omit<CounterConfiguration<T>, 'registers'>): Counter<T> {
-  return existing(config.name, Counter<T>, config.labelNames) ?? new Counter<T>({ ...config, registers: [registry] });
+/**
+ * Every label set of `known` (the cartesian product of each label's values), or none when
+ * `known` is absent. A label left out of `known` would make series without it: an error.
+ */
+export function knownLabelSets<T extends string>(name: string, labelNames: readonly T[] | undefined, known: KnownLabelValues<T> | undefined): Record<T, string>[] {
+  if (!known) return [];
+  const names = labelNames ?? [];
+  const missing = names.filter((n) => !known[n]?.length);
+  const extra = Object.keys(known).filter((k) => !names.includes(k as T));
+  if (missing.length > 0 || extra.length > 0) throw new Error(`metric ${name}: known label values must cover exactly its labels [${names.join(',')}]`);
+  let sets: Record<string, string>[] = [{}];
+  for (const n of names) sets = sets.flatMap((s) => known[n]!.map((v) => ({ ...s, [n]: v })));
+  return sets as Record<T, string>[];
+}
+
+/** For each label, the values it is known to take: their series exist (at 0) from registration on. */
+export type KnownLabelValues<T extends string> = { readonly [K in T]?: readonly string[] };
+
+/**
+ * A counter on the process's registry. With `known`, every label set of the known values is
+ * exported at 0 before its first event, so `rate()` and `increase()` see the first one and an
+ * alert on it is not silently absent.
+ */
+export function counter<T extends string = string>(config: Omit<CounterConfiguration<T>, 'registers'> & { readonly known?: KnownLabelValues<T> }): Counter<T> {
+  const { known, ...rest } = config;
+  const c = existing(rest.name, Counter<T>, rest.labelNames) ?? new Counter<T>({ ...rest, registers: [registry] });
+  for (const labels of knownLabelSets(rest.name, rest.labelNames, known)) c.inc(labels as Parameters<Counter<T>['inc']>[0] & object, 0);
+  return c;
 }
 
 export function gauge<T extends string = string>(config: Omit<GaugeConfiguration<T>, 'registers'>): Gauge<T> {

@@ -56,9 +56,12 @@ export function signGrant(grant: SessionGrant, key: GrantKey): string {
 }
 
 /** Why a grant was refused; `reason` labels the workers' refusal metric. */
+/** Why a grant was refused (the worker's `longshot_worker_refused_calls_total` counts each). */
+export const GRANT_ERROR_REASONS = ['missing', 'malformed', 'unknown-key', 'bad-signature', 'expired'] as const;
+
 export class GrantError extends Error {
   constructor(
-    readonly reason: 'missing' | 'malformed' | 'unknown-key' | 'bad-signature' | 'expired',
+    readonly reason: (typeof GRANT_ERROR_REASONS)[number],
     message: string,
   ) {
     super(message);

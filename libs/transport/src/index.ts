@@ -33,5 +33,5 @@ export {
   type DataPlaneListenerOptions,
   type DataPlaneTransfer,
 } from './dataplane';
-export { GrantError, parseGrantKeys, signGrant, verifyGrant, type GrantKey, type SessionGrant } from './grants';
+export { GRANT_ERROR_REASONS, GrantError, parseGrantKeys, signGrant, verifyGrant, type GrantKey, type SessionGrant } from './grants';
 export { loadTlsFiles, tlsCredentials, type TlsFiles } from './tls';
