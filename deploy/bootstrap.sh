@@ -40,12 +40,16 @@ missing_packages() {
   have python3 || missing+=(python3)
   # OpenBLAS is only the kernel benchmark's baseline (loaded at run time), never a dependency of
   # the engine. ldconfig lives in /sbin, which a non-root PATH may lack.
+  # Debian's PyTorch and NumPy run the trainer (apps/trainer) and its agreement test with the engine.
   if have dpkg-query; then
-    libs=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' libopenblas-dev 2>/dev/null || true)
-    [[ $libs == *'libopenblas-dev ii'* ]] || missing+=(libopenblas-dev)
+    libs=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' libopenblas-dev python3-torch python3-numpy 2>/dev/null || true)
+    for pkg in libopenblas-dev python3-torch python3-numpy; do
+      [[ $libs == *"$pkg ii"* ]] || missing+=("$pkg")
+    done
   else
     libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)
     [[ $libs == *libopenblas.so.0* ]] || missing+=(libopenblas-dev)
+    /usr/bin/python3 -c 'import torch, numpy' >/dev/null 2>&1 || missing+=(python3-torch python3-numpy)
   fi
   printf '%s\n' "${missing[@]}"
 }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MODEL_CONFIGS } from './config';
-import { resolveModel, type ModelSource } from './source';
+import { resolveModel, SHIPPED_PIPELINES, type ModelSource } from './source';
 
 /**
  * A model name a client may send: letters, digits, '.', '_', '-', starting with a letter or
@@ -17,7 +17,8 @@ export class ModelNameError extends Error {}
 const echo = (name: string): string => JSON.stringify(name.length > 64 ? `${name.slice(0, 64)}...` : name);
 
 /**
- * The models a service serves, by name: the seeded built-ins (tiny, small, wan2.1-*) and the
+ * The models a service serves, by name: the seeded built-ins (tiny, small, wan2.1-*), the pipelines
+ * shipped in the repository (longshot-shapes) and the
  * entries of one models directory the operator configures (`--models-dir`): a diffusers pipeline
  * directory, or a transformer-only `.safetensors` file, each named by its entry name. A client
  * names a model and never a path; the controller and every worker resolve names through this
@@ -41,7 +42,7 @@ export class ModelCatalog {
       return st !== null && (st.isDirectory() || (st.isFile() && n.endsWith('.safetensors')));
     };
     const entries = dir === null ? [] : safeReaddir(dir).filter(served);
-    return [...Object.keys(MODEL_CONFIGS), ...entries.sort()];
+    return [...Object.keys(MODEL_CONFIGS), ...Object.keys(SHIPPED_PIPELINES), ...entries.sort()];
   }
 
   /** The model a name stands for; throws ModelNameError with a message safe to show a client. */
@@ -52,7 +53,7 @@ export class ModelCatalog {
     }
     const entry = this.dir === null ? null : lstatOrNull(path.join(this.dir, name));
     if (entry === null) {
-      if (!Object.hasOwn(MODEL_CONFIGS, name)) throw new ModelNameError(`unknown model ${echo(name)} (served: ${this.names().join(', ')})`);
+      if (!Object.hasOwn(MODEL_CONFIGS, name) && !Object.hasOwn(SHIPPED_PIPELINES, name)) throw new ModelNameError(`unknown model ${echo(name)} (served: ${this.names().join(', ')})`);
       return resolveModel(name);
     }
     const p = path.join(this.dir!, name);

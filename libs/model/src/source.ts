@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { WAN_SCHEDULER_CONFIG, type SchedulerConfig } from '@longshot/sampler';
 import { getConfig, type ModelConfig, type StageRange } from './config';
 import { isPipelineDir, loadPipelineStage, loadPipelineVae, openPipelineDir, seededVaeConfig } from './pipeline-dir';
@@ -7,6 +8,14 @@ import { loadStageWeights, readModelConfig, seededStageWeights } from './weights
 import type { StageWeights } from './weights-types';
 import { seededVaeWeights, type VaeWeights } from './vae';
 import type { VaeConfig } from './vae-config';
+
+/**
+ * Pipelines shipped in this repository (libs/model/pipelines), served by name like the seeded
+ * ones: `longshot-shapes` is the model trained here (apps/trainer), the demo's default.
+ */
+export const SHIPPED_PIPELINES: Readonly<Record<string, string>> = {
+  'longshot-shapes': path.resolve(__dirname, '..', 'pipelines', 'longshot-shapes'),
+};
 
 /** Seed of the built-in seeded models: `--model tiny` always means the same weights. */
 export const SEEDED_MODEL_SEED = 0;
@@ -37,10 +46,8 @@ export interface ModelSource {
 }
 
 export function resolveModel(nameOrPath: string): ModelSource {
-  if (isPipelineDir(nameOrPath)) {
-    const p = openPipelineDir(nameOrPath);
-    return { id: nameOrPath, kind: 'pipeline', config: p.config, scheduler: p.scheduler, loadStage: (range) => loadPipelineStage(p, range), textEncoder: new Umt5TextEncoder(nameOrPath, p), vae: p.vae, loadVae: () => loadPipelineVae(p) };
-  }
+  if (Object.hasOwn(SHIPPED_PIPELINES, nameOrPath)) return { ...pipelineSource(SHIPPED_PIPELINES[nameOrPath]), id: nameOrPath };
+  if (isPipelineDir(nameOrPath)) return pipelineSource(nameOrPath);
   const looksLikeFile = nameOrPath.endsWith('.safetensors') || nameOrPath.includes('/');
   if (looksLikeFile || (fs.existsSync(nameOrPath) && fs.statSync(nameOrPath).isFile())) {
     const config = readModelConfig(nameOrPath);
@@ -48,6 +55,11 @@ export function resolveModel(nameOrPath: string): ModelSource {
   }
   const config = getConfig(nameOrPath);
   return { id: nameOrPath, kind: 'seeded', config, scheduler: WAN_SCHEDULER_CONFIG, loadStage: (range) => seededStageWeights(config, range, SEEDED_MODEL_SEED), textEncoder: new StandInTextEncoder(config), ...seededVae(config) };
+}
+
+function pipelineSource(dir: string): ModelSource {
+  const p = openPipelineDir(dir);
+  return { id: dir, kind: 'pipeline', config: p.config, scheduler: p.scheduler, loadStage: (range) => loadPipelineStage(p, range), textEncoder: new Umt5TextEncoder(dir, p), vae: p.vae, loadVae: () => loadPipelineVae(p) };
 }
 
 /** A seeded name or a bare transformer file has no VAE of its own: the seeded one of its config. */

@@ -112,26 +112,50 @@ const SUFFIXES = ['ing', 'ed', 'er', 'est', 'ly', 's', 'es', 'tion', 'al', 'y', 
  * Viterbi segmentation of an ordinary word is the word itself.
  */
 export function seededTokenizerJson(vocabLimit: number): Record<string, unknown> {
-  const pieces: [string, number][] = [
+  const pieces = new UnigramPieces();
+  WORDS.forEach((w, i) => pieces.add(METASPACE + w, -6 - i * 0.001));
+  SUFFIXES.forEach((s, i) => pieces.add(s, -8 - i * 0.001));
+  const chars = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?\'"-:;()';
+  [...chars].forEach((c, i) => {
+    pieces.add(METASPACE + c, -11 - i * 0.001);
+    pieces.add(c, -10 - i * 0.001);
+  });
+  return unigramTokenizerJson(pieces.list, vocabLimit);
+}
+
+/**
+ * A closed-vocabulary tokenizer.json of the same layout: the special tokens, then one whole-word
+ * piece per word and nothing else, so any other word (or a word with other characters) becomes
+ * `<unk>`. The trained pipeline's grammar uses it (apps/trainer).
+ */
+export function vocabularyTokenizerJson(words: readonly string[], vocabLimit: number): Record<string, unknown> {
+  const pieces = new UnigramPieces();
+  words.forEach((w, i) => {
+    if (!/^\S+$/u.test(w)) throw new Error(`vocabulary tokenizer: '${w}' is not one word`);
+    pieces.add(METASPACE + w, -6 - i * 0.001);
+  });
+  return unigramTokenizerJson(pieces.list, vocabLimit);
+}
+
+/** Unigram pieces in id order: umT5's specials first, then each new piece once. */
+class UnigramPieces {
+  readonly list: [string, number][] = [
     ['<pad>', 0],
     ['</s>', 0],
     ['<unk>', 0],
     [METASPACE, -3],
   ];
-  const seen = new Set(pieces.map((p) => p[0]));
-  const add = (piece: string, score: number) => {
-    if (!seen.has(piece)) {
-      seen.add(piece);
-      pieces.push([piece, score]);
+  private readonly seen = new Set(this.list.map((p) => p[0]));
+
+  add(piece: string, score: number): void {
+    if (!this.seen.has(piece)) {
+      this.seen.add(piece);
+      this.list.push([piece, score]);
     }
-  };
-  WORDS.forEach((w, i) => add(METASPACE + w, -6 - i * 0.001));
-  SUFFIXES.forEach((s, i) => add(s, -8 - i * 0.001));
-  const chars = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?\'"-:;()';
-  [...chars].forEach((c, i) => {
-    add(METASPACE + c, -11 - i * 0.001);
-    add(c, -10 - i * 0.001);
-  });
+  }
+}
+
+function unigramTokenizerJson(pieces: readonly [string, number][], vocabLimit: number): Record<string, unknown> {
   if (pieces.length > vocabLimit) throw new Error(`seeded tokenizer: ${pieces.length} pieces do not fit a ${vocabLimit}-row embedding`);
   const special = (id: number, content: string) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
   return {

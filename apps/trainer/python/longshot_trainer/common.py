@@ -1,0 +1,55 @@
+"""Shared pieces of the training stages: the recipe, progress lines, resumable checkpoints."""
+import json
+import os
+import sys
+import time
+
+import torch
+
+RECIPE_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "recipe.json")
+
+
+def load_recipe(path: str = RECIPE_FILE) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def lr_at(step: int, steps: int, lr: float, final: float, warmup: int = 50) -> float:
+    """Linear warm-up, then cosine decay from lr to final."""
+    import math
+
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+class Progress:
+    """One line per report: stage, step/steps, figures, elapsed and ETA (stdout, flushed)."""
+
+    def __init__(self, stage: str, steps: int, start_step: int):
+        self.stage, self.steps, self.start_step = stage, steps, start_step
+        self.t0 = time.time()
+
+    def report(self, step: int, **figures: float) -> None:
+        done = step + 1 - self.start_step
+        elapsed = time.time() - self.t0
+        eta = elapsed / max(1, done) * (self.steps - step - 1)
+        figs = " ".join(f"{k} {v:.4g}" for k, v in figures.items())
+        print(f"[{self.stage}] step {step + 1}/{self.steps} {figs} elapsed {elapsed:.0f}s eta {eta:.0f}s", flush=True)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Written to a temporary file and renamed, so an interrupted save never corrupts the last one."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str):
+    return torch.load(path) if os.path.exists(path) else None
+
+
+def fail(message: str) -> None:
+    print(f"trainer: {message}", file=sys.stderr)
+    sys.exit(2)

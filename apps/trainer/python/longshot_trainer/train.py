@@ -1,0 +1,57 @@
+"""The trainer's command line: python3 -m longshot_trainer.train STAGE --workdir DIR [--steps N].
+
+Stages: captions (every caption of the grammar and its words, for the orchestrator to tokenize
+and encode), vae (AutoencoderKLWan on generated clips), dit (the WanTransformer3D on the VAE's latents
+with flow matching), export (the trained weights as diffusers safetensors). Each stage resumes
+from its last checkpoint in the work directory; the orchestrator (apps/trainer/src/train.ts)
+runs them in order.
+"""
+import argparse
+import os
+
+import torch
+
+from .common import fail, load_recipe
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="longshot_trainer.train")
+    ap.add_argument("stage", choices=["captions", "vae", "dit", "export"])
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--steps", type=int, default=0, help="override the recipe's step count (smoke tests)")
+    ap.add_argument("--clips", type=int, default=0, help="override the DiT's clip count (smoke tests)")
+    ap.add_argument("--smoke", action="store_true", help="small statistics and datasets (the test suite's smoke run)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", help="export: the pipeline directory to write the weights into")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    os.makedirs(a.workdir, exist_ok=True)
+    recipe = load_recipe()
+    if a.smoke:
+        recipe["vae"]["statsClips"] = 16
+    if a.stage == "captions":
+        import json
+
+        from .grammar import Grammar
+
+        g = Grammar()
+        with open(os.path.join(a.workdir, "captions.json"), "w") as f:
+            json.dump({"captions": [c.text(g) for c in g.captions()], "words": g.words()}, f)
+    elif a.stage == "vae":
+        from .train_vae import train_vae
+
+        train_vae(recipe, a.workdir, a.steps)
+    elif a.stage == "dit":
+        from .train_dit import train_dit
+
+        train_dit(recipe, a.workdir, a.steps, a.clips)
+    else:
+        if not a.out:
+            fail("export: --out DIR is required")
+        from .export import export
+
+        export(recipe, a.workdir, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Stage 1: the VAE (AutoencoderKLWan architecture) on short generated clips.
+
+Reconstruction loss L1 + MSE on pixels plus a small KL term, Adam, cosine learning rate. Each
+step's batch is drawn from a generator seeded by (recipe seed, step), so a resumed run draws
+exactly the batches an uninterrupted one would. Checkpoints every 50 steps; at the end the
+per-channel statistics of the latent means over generated clips (the config's latents_mean and
+latents_std) are computed and everything is saved to vae-final.pt.
+"""
+import os
+
+import numpy as np
+import torch
+
+from .clips import render_clip
+from .common import Progress, load_checkpoint, lr_at, save_checkpoint
+from .grammar import Grammar
+from .wan_vae import AutoencoderKLWan
+
+
+def vae_batch(grammar: Grammar, captions, rng: np.random.Generator, batch: int, frames: int) -> torch.Tensor:
+    clips = []
+    for _ in range(batch):
+        cap = captions[int(rng.integers(len(captions)))]
+        start = int(rng.integers(0, grammar.frames - frames + 1))
+        clip, _ = render_clip(grammar, cap, int(rng.integers(2**31)), frames=frames, start=start)
+        clips.append(clip)
+    return torch.from_numpy(np.stack(clips))
+
+
+def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
+    r = recipe["vae"]
+    steps = steps or r["steps"]
+    grammar = Grammar()
+    captions = grammar.captions()
+    torch.manual_seed(recipe["seed"])
+    model = AutoencoderKLWan(r["config"])
+    # Start with a small posterior variance: with logvar 0 the sampling noise (std 1) drowns the
+    # untrained encoder's means and the decoder learns nothing for hundreds of steps.
+    with torch.no_grad():
+        model.quant_conv.bias[r["config"]["z_dim"] :] = -8.0
+    opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+    ckpt_path = os.path.join(workdir, "vae.pt")
+    start = 0
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        start = ckpt["step"]
+        print(f"[vae] resuming at step {start}/{steps}", flush=True)
+    progress = Progress("vae", steps, start)
+    running = None
+    for step in range(start, steps):
+        rng = np.random.default_rng([recipe["seed"], 1, step])
+        x = vae_batch(grammar, captions, rng, r["batch"], r["clipFrames"])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, r["lr"], r["finalLr"])
+        mu, logvar = model.encode(x)
+        torch.manual_seed(recipe["seed"] * 1000003 + step)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        y = model.decode_raw(z)
+        rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
+        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
+        loss = rec + r["klWeight"] * kl
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        mse = float(((y.detach().clamp(-1, 1) - x) ** 2).mean())
+        running = mse if running is None else 0.9 * running + 0.1 * mse
+        if (step + 1) % 10 == 0 or step + 1 == steps:
+            psnr = 10 * np.log10(4.0 / max(running, 1e-10))
+            progress.report(step, loss=float(loss), psnr=psnr, kl=float(kl))
+        if (step + 1) % 50 == 0 or step + 1 == steps:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+    finish_vae(recipe, model, grammar, workdir)
+
+
+@torch.no_grad()
+def finish_vae(recipe: dict, model: AutoencoderKLWan, grammar: Grammar, workdir: str) -> None:
+    """Latent statistics over whole generated clips, and a held-aside reconstruction PSNR."""
+    r = recipe["vae"]
+    rng = np.random.default_rng([recipe["seed"], 2])
+    captions = grammar.captions()
+    mus, errs = [], []
+    for i in range(0, r["statsClips"], 16):
+        x = vae_batch(grammar, captions, rng, 16, grammar.frames)
+        mu, _ = model.encode(x)
+        mus.append(mu)
+        errs.append(float(((model.decode_raw(mu).clamp(-1, 1) - x) ** 2).mean()))
+    mu = torch.cat(mus)
+    mean = mu.mean(dim=(0, 2, 3, 4))
+    std = mu.std(dim=(0, 2, 3, 4))
+    psnr = float(10 * np.log10(4.0 / np.mean(errs)))
+    print(f"[vae] reconstruction PSNR over {mu.shape[0]} whole clips: {psnr:.2f} dB", flush=True)
+    torch.save({"model": model.state_dict(), "latents_mean": mean, "latents_std": std, "psnr": psnr}, os.path.join(workdir, "vae-final.pt"))

@@ -1,0 +1,89 @@
+/**
+ * `npm run train`: trains the shipped pipeline (libs/model/pipelines/longshot-shapes) from
+ * scratch, in resumable stages:
+ *
+ *   captions  the grammar's captions and words (Python, apps/trainer/python)
+ *   text      the closed-vocabulary tokenizer and the seeded umT5 encoder; every caption encoded
+ *             by Longshot's engine, exactly as a render will encode it (this process)
+ *   vae       AutoencoderKLWan on generated clips (Python)
+ *   dit       WanTransformer3D with flow matching on the VAE's latents (Python)
+ *   export    the trained weights as diffusers safetensors (Python)
+ *   assemble  configs, tokenizer, text encoder, scheduler and model card around them (this process)
+ *
+ * A stage that finished leaves `<stage>.done` in the work directory and is skipped on the next
+ * run; the Python stages checkpoint as they go, so an interrupted run continues where it stopped.
+ * `--smoke` runs a few steps of each into a scratch directory (the test suite's smoke test).
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { trainerConfig, type TrainerConfig } from './config';
+import { assemblePipeline } from './assemble';
+import { encodeCaptions } from './text';
+
+const STAGES = ['captions', 'text', 'vae', 'dit', 'export', 'assemble'] as const;
+type Stage = (typeof STAGES)[number];
+
+export async function train(cfg: TrainerConfig): Promise<void> {
+  fs.mkdirSync(cfg.workdir, { recursive: true });
+  const started = Date.now();
+  for (const stage of STAGES) {
+    const done = path.join(cfg.workdir, `${stage}.done`);
+    if (fs.existsSync(done)) {
+      log(`${stage}: done earlier (${path.relative(process.cwd(), done)})`);
+      continue;
+    }
+    const t0 = Date.now();
+    log(`${stage}: starting`);
+    await runStage(stage, cfg);
+    fs.writeFileSync(done, `${new Date().toISOString()}\n`);
+    log(`${stage}: finished in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  }
+  log(`pipeline written to ${path.relative(process.cwd(), cfg.out) || cfg.out} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+
+async function runStage(stage: Stage, cfg: TrainerConfig): Promise<void> {
+  switch (stage) {
+    case 'captions':
+    case 'vae':
+    case 'dit':
+      return python(cfg, [stage, '--workdir', cfg.workdir, ...stepFlags(stage, cfg), ...(cfg.smoke ? ['--smoke'] : [])]);
+    case 'export':
+      return python(cfg, ['export', '--workdir', cfg.workdir, '--out', cfg.out]);
+    case 'text':
+      return encodeCaptions(cfg.workdir, cfg.recipe);
+    case 'assemble':
+      return assemblePipeline(cfg.workdir, cfg.out, cfg.recipe);
+  }
+}
+
+function stepFlags(stage: Stage, cfg: TrainerConfig): string[] {
+  if (stage === 'vae' && cfg.vaeSteps) return ['--steps', String(cfg.vaeSteps)];
+  if (stage === 'dit') return [...(cfg.ditSteps ? ['--steps', String(cfg.ditSteps)] : []), ...(cfg.ditClips ? ['--clips', String(cfg.ditClips)] : [])];
+  return [];
+}
+
+/** Runs a trainer stage in Debian's Python, its progress lines passed through. */
+function python(cfg: TrainerConfig, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cfg.python, ['-m', 'longshot_trainer.train', ...args, '--threads', String(cfg.threads)], {
+      cwd: path.join(cfg.trainerDir, 'python'),
+      stdio: ['ignore', 'inherit', 'inherit'],
+      // Passive OpenMP waits: spinning threads lose badly when the machine is shared.
+      env: { ...process.env, OMP_WAIT_POLICY: 'PASSIVE' },
+    });
+    child.on('error', (e) => reject(new Error(`trainer: cannot run ${cfg.python}: ${e.message} (install python3-torch: npm run setup)`)));
+    child.on('exit', (code, signal) => (code === 0 ? resolve() : reject(new Error(`trainer stage '${args[0]}' failed (${signal ?? `exit ${code}`})`))));
+  });
+}
+
+function log(line: string): void {
+  process.stderr.write(`[train] ${line}\n`);
+}
+
+if (require.main === module) {
+  train(trainerConfig(process.argv.slice(2), process.env)).catch((e: Error) => {
+    process.stderr.write(`train: ${e.message}\n`);
+    process.exit(1);
+  });
+}
