@@ -75,14 +75,16 @@ export const SHAPE_AREA_FACTOR: Readonly<Record<string, number>> = { circle: Mat
 /** Where each shape sits in (fill, topShare): the shape classifier picks the nearest. */
 const SHAPE_FEATURES: Readonly<Record<string, readonly [number, number]>> = { circle: [Math.PI / 4, 0.5], square: [1, 0.5], diamond: [0.5, 0.5], triangle: [0.5, 0.25] };
 
-/** A pixel's value of channel c in 0..255. */
-function reader(v: Video): (i: number) => number {
+/** The frames' values in 0..255 (float frames clamped to [-1, 1] first), read once. */
+function units(v: Video): Float32Array {
   const d = v.data;
-  if (d instanceof Uint8Array) return (i) => d[i];
-  return (i) => {
+  if (d instanceof Uint8Array) return Float32Array.from(d);
+  const out = new Float32Array(d.length);
+  for (let i = 0; i < d.length; i++) {
     const x = (d[i] + 1) * 127.5;
-    return x < 0 ? 0 : x > 255 ? 255 : x;
-  };
+    out[i] = x < 0 ? 0 : x > 255 ? 255 : x;
+  }
+  return out;
 }
 
 function checkVideo(v: Video): void {
@@ -108,12 +110,12 @@ function median3(pixels: readonly number[][]): Rgb {
   return out as unknown as Rgb;
 }
 
-function borderPixels(v: Video, at: (i: number) => number, f: number): number[][] {
+function borderPixels(v: Video, at: Float32Array, f: number): number[][] {
   const { width: W, height: H } = v;
   const px: number[][] = [];
   const push = (x: number, y: number) => {
     const i = ((f * H + y) * W + x) * 3;
-    px.push([at(i), at(i + 1), at(i + 2)]);
+    px.push([at[i], at[i + 1], at[i + 2]]);
   };
   for (let x = 0; x < W; x++) {
     push(x, 0);
@@ -169,12 +171,16 @@ function largestRegion(far: Uint8Array, W: number, H: number): Uint8Array {
       size++;
       const x = p % W;
       const y = (p - x) / W;
-      for (const q of [x > 0 ? p - 1 : -1, x < W - 1 ? p + 1 : -1, y > 0 ? p - W : -1, y < H - 1 ? p + W : -1]) {
-        if (q >= 0 && far[q] && !label[q]) {
+      const visit = (q: number) => {
+        if (far[q] && !label[q]) {
           label[q] = id;
           stack.push(q);
         }
-      }
+      };
+      if (x > 0) visit(p - 1);
+      if (x < W - 1) visit(p + 1);
+      if (y > 0) visit(p - W);
+      if (y < H - 1) visit(p + W);
     }
     if (size > bestSize) [bestLabel, bestSize] = [id, size];
   }
@@ -184,13 +190,15 @@ function largestRegion(far: Uint8Array, W: number, H: number): Uint8Array {
 }
 
 /** Measures frame f against the clip's background colour. */
-export function measureFrame(v: Video, f: number, clipBackground: Rgb, threshold: number, at = reader(v)): FrameMeasure {
+export function measureFrame(v: Video, f: number, clipBackground: Rgb, threshold: number, at = units(v)): FrameMeasure {
   const { width: W, height: H } = v;
   const background = median3(borderPixels(v, at, f));
   const far = new Uint8Array(W * H);
+  const [br, bg, bb] = clipBackground;
   for (let p = 0; p < W * H; p++) {
     const i = (f * H * W + p) * 3;
-    far[p] = rgbDistance([at(i), at(i + 1), at(i + 2)], clipBackground) > threshold ? 1 : 0;
+    const [dr, dg, db] = [at[i] - br, at[i + 1] - bg, at[i + 2] - bb];
+    far[p] = dr * dr + dg * dg + db * db > threshold * threshold ? 1 : 0;
   }
   const mask = largestRegion(far, W, H);
   let area = 0;
@@ -211,8 +219,8 @@ export function measureFrame(v: Video, f: number, clipBackground: Rgb, threshold
       const i = (f * H * W + p) * 3;
       const inside = x > 0 && x < W - 1 && y > 0 && y < H - 1 && mask[p - 1] && mask[p + 1] && mask[p - W] && mask[p + W];
       for (let c = 0; c < 3; c++) {
-        all[c] += at(i + c);
-        if (inside) interior[c] += at(i + c);
+        all[c] += at[i + c];
+        if (inside) interior[c] += at[i + c];
       }
       if (inside) interiorCount++;
     }
@@ -328,7 +336,7 @@ export function classifyMotion(g: Grammar, track: Track, frames: number): string
 /** Measures a decoded clip and names its colour, shape and motion with the grammar's words. */
 export function analyseVideo(g: Grammar, v: Video, threshold = maskThreshold(g)): VideoAnalysis {
   checkVideo(v);
-  const at = reader(v);
+  const at = units(v);
   const border: number[][] = [];
   for (let f = 0; f < v.frames; f++) border.push(...borderPixels(v, at, f));
   const background = median3(border);
@@ -400,14 +408,14 @@ export interface SeamScore {
 export function seamScore(v: Video, block: number): SeamScore {
   checkVideo(v);
   if ((v.frames - 1) % 4 !== 0) throw new RangeError(`a decoded video has 4n+1 frames, got ${v.frames}`);
-  const at = reader(v);
+  const at = units(v);
   const size = v.height * v.width * 3;
   const boundaries = new Set(blockBoundaries(v.frames, block));
   const seams: number[] = [];
   const inside: number[] = [];
   for (let f = 2; f < v.frames; f++) {
     let sum = 0;
-    for (let i = 0; i < size; i++) sum += Math.abs(at(f * size + i) - at((f - 1) * size + i));
+    for (let i = f * size; i < (f + 1) * size; i++) sum += Math.abs(at[i] - at[i - size]);
     (boundaries.has(f) ? seams : inside).push(sum / size);
   }
   if (seams.length === 0) throw new RangeError(`${v.frames} frames are a single block of ${block} latent frames: no seam to measure`);

@@ -151,7 +151,7 @@ export function composeCaption(g: Grammar, parts: CaptionParts): string {
  * the colour the first colour word elsewhere.
  */
 export function parsePrompt(g: Grammar, prompt: string): ParsedPrompt {
-  const words = prompt.toLowerCase().match(/[a-z]+/g) ?? [];
+  const words = prompt.toLowerCase().match(/[a-z0-9]+/g) ?? [];
   const text = ` ${words.join(' ')} `;
   const parts: { -readonly [K in keyof CaptionParts]?: CaptionParts[K] } = {};
   const motion = g.motions.filter((m) => text.includes(` ${m} `)).sort((a, b) => b.length - a.length)[0];
