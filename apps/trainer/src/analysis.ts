@@ -295,11 +295,12 @@ export function classifyShape(frames: readonly FrameMeasure[]): string | null {
 
 /**
  * The grammar motion the track shows, tried in this order (thresholds are halves of the
- * grammar's own amplitudes): growing (radius grows by half the grammar's scale step or more,
- * centroid spread under the smallest size's radius); a straight move (net displacement of half the grammar's or more, along the
- * track, little spread across it); orbiting (both spreads of the orbit radius or more); bouncing
- * (vertical spread of half the bounce height or more, horizontal spread under half of it).
- * Null: no object in half the frames, or none of these.
+ * grammar's own amplitudes): growing (radius grows by half the scale step or more, centroid
+ * spread under the smallest size's radius); a straight move (net displacement of half the
+ * grammar's or more, within 45 degrees of the motion's direction, spread across it under half the
+ * displacement); orbiting (both spreads of the orbit radius or more, net displacement under it);
+ * bouncing (vertical spread of half the bounce height or more, horizontal spread under half of
+ * it). Null: no object in half the frames, or none of these.
  */
 export function classifyMotion(g: Grammar, track: Track, frames: number): string | null {
   if (track.framesWithObject < frames / 2) return null;
