@@ -4,6 +4,9 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { longshot, runNode } from '../../../test/e2e/cli';
 import { UsageError } from '@longshot/cli/src/args';
+import { jobId, renderLocal, textFor } from '@longshot/cli/src/render';
+import { frameDigest, resolveModel, videoFrameSha256 } from '@longshot/model';
+import { normalizeSpec } from '@longshot/planner';
 import { evalCommand, type EvalReport } from '../src/eval';
 import type { ModelFigures } from '../src/evaluation';
 
@@ -33,7 +36,11 @@ function checkFigures(f: ModelFigures, videos: number, seamVideos: number): void
   }
   expect(f.objectFound).toBeGreaterThanOrEqual(0);
   expect(f.objectFound).toBeLessThanOrEqual(videos);
-  for (const v of [f.fidelity.objectColour, f.fidelity.backgroundColour]) if (v !== null) expect(v).toBeGreaterThanOrEqual(0), expect(v).toBeLessThanOrEqual(255 * Math.sqrt(3));
+  for (const v of [f.fidelity.objectColour, f.fidelity.backgroundColour]) {
+    if (v === null) continue;
+    expect(v).toBeGreaterThanOrEqual(0);
+    expect(v).toBeLessThanOrEqual(255 * Math.sqrt(3));
+  }
   if (f.fidelity.radius !== null) expect(f.fidelity.radius).toBeGreaterThanOrEqual(0);
   expect(f.seamVideos).toHaveLength(seamVideos);
   for (const mode of ['dualParal', 'naive', 'onePass'] as const) {
@@ -51,6 +58,16 @@ function checkFigures(f: ModelFigures, videos: number, seamVideos: number): void
 }
 
 describe('npm run eval', () => {
+  it('measures the very frames frameSha256 digests: renderLocal hands them over as it decodes', async () => {
+    const model = resolveModel('tiny');
+    const spec = normalizeSpec({ prompt: 'a big red circle moving left on a black background', frames: 29, width: 64, height: 64, steps: 4, stages: 1 });
+    const digests: string[] = [];
+    const onFrames = (_block: number, frames: Float32Array) => digests.push(frameDigest(frames));
+    const r = await renderLocal({ spec, model, text: await textFor(spec, model), id: jobId(spec), out: path.join(dir, 'frames.mp4'), onFrames });
+    expect(digests).toHaveLength(2);
+    expect(videoFrameSha256(digests)).toBe(r.frameSha256);
+  });
+
   it('renders held-out captions with a pipeline directory and the floor, and reports figures in range', async () => {
     const out = path.join(dir, 'out');
     const r = await evalRun(['--model', modelDir, '--floor', 'tiny', '--prompts', '2', '--seeds', '1', '--seam-prompts', '1', '--seam-frames', '29', '--out', out, '--json']);
