@@ -30,7 +30,7 @@ export const EVAL = {
     prompts: { value: 'N', help: 'held-out captions to render (50 or more for figures worth comparing)', default: String(EVAL_DEFAULTS.prompts) },
     seeds: { value: 'N', help: 'seeds per caption', default: String(EVAL_DEFAULTS.seeds) },
     prompt: { value: 'TEXT', help: 'render this caption instead of the held-out ones (words outside the grammar are ignored, with a warning)' },
-    'seam-prompts': { value: 'N', help: 'captions (seed 0) rendered as long videos for the seam scores, 0 for none', default: String(EVAL_DEFAULTS.seamPrompts) },
+    'seam-prompts': { value: 'N', help: 'the first captions (seed 0) rendered as long videos for the seam scores, 0 for none', default: `${EVAL_DEFAULTS.seamPrompts} or all the captions when fewer` },
     'seam-frames': { value: 'N', help: "frames of the seam videos (4n+1, whole blocks, at least two)", default: '8x the clip length: 253' },
     out: { value: 'DIR', help: 'where the MP4s go, a folder per model', default: 'out/eval' },
     json: { help: 'print one JSON object on stdout instead of the table' },
@@ -87,7 +87,7 @@ export async function evalCommand(argv: string[]): Promise<{ report: EvalReport;
     block: EVAL_DEFAULTS.block,
     context: EVAL_DEFAULTS.context,
     seeds: countFlag('seeds', f.seeds, EVAL_DEFAULTS.seeds, 1),
-    seamPrompts: countFlag('seam-prompts', f['seam-prompts'], EVAL_DEFAULTS.seamPrompts, 0, prompts.length),
+    seamPrompts: countFlag('seam-prompts', f['seam-prompts'], Math.min(EVAL_DEFAULTS.seamPrompts, prompts.length), 0, prompts.length),
     seamFrames: seamFramesFrom(g, f['seam-frames']),
     out: path.resolve(f.out ?? path.join('out', 'eval')),
   };

@@ -108,6 +108,7 @@ describe('npm run eval', () => {
       [['--prompts', '0'], /^--prompts: expected 1 to 360, got 0$/],
       [['--seeds', 'two'], /^--seeds: expected an integer, got 'two'$/],
       [['--seam-frames', '30'], /^--seam-frames: must be 4n\+1/],
+      [['--prompts', '2', '--seam-prompts', '3'], /^--seam-prompts: expected 0 to 2, got 3$/],
       [['--seam-frames', '13'], /^--seam-frames: 13 frames are one block; at least 29 have a seam$/],
       [['--prompt', 'a red circle moving left on a black background', '--prompts', '3'], /^--prompts: not with --prompt/],
       [['--model', 'no-such-model'], /^--model: /],
