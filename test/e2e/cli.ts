@@ -13,9 +13,14 @@ export interface CliResult {
 }
 
 /** Runs the `longshot` command as a user would, in `cwd`, and returns its output and status. */
-export async function longshot(args: readonly string[], cwd: string): Promise<CliResult> {
+export function longshot(args: readonly string[], cwd: string): Promise<CliResult> {
+  return runNode([LONGSHOT_BIN, ...args], cwd);
+}
+
+/** Runs `node ARGS` (a script and its flags; `--import tsx` first for a TypeScript entry point) in `cwd`. */
+export async function runNode(args: readonly string[], cwd: string): Promise<CliResult> {
   try {
-    return { ...(await run(process.execPath, [LONGSHOT_BIN, ...args], { cwd, maxBuffer: 16 << 20 })), code: 0 };
+    return { ...(await run(process.execPath, args, { cwd, maxBuffer: 16 << 20 })), code: 0 };
   } catch (e) {
     const err = e as { stdout: string; stderr: string; code: number };
     return { stdout: err.stdout, stderr: err.stderr, code: err.code };

@@ -161,10 +161,12 @@ export interface RenderInput {
   saveLatents?: string;
   /** Stops the render between block-steps (SIGINT/SIGTERM). */
   signal?: AbortSignal;
+  /** Each block's decoded frames as the stitcher gets them ([frames, H, W, 3] in [-1, 1], in order): what frameSha256 digests. */
+  onFrames?: (block: number, frames: Float32Array) => void;
 }
 
 /** Renders a job with K stage objects chained in this process: the reference every mode matches. */
-export async function renderLocal({ spec, model, text, id, out, progress, initNoise, saveLatents, signal }: RenderInput): Promise<RenderResult> {
+export async function renderLocal({ spec, model, text, id, out, progress, initNoise, saveLatents, signal, onFrames }: RenderInput): Promise<RenderResult> {
   const started = performance.now();
   const plan = planJob(spec);
   const backend = cpuBackend();
@@ -188,7 +190,8 @@ export async function renderLocal({ spec, model, text, id, out, progress, initNo
       },
       onBlockFinished: async (block) => {
         if (saveLatents !== undefined) finished.push(block.latents);
-        await stitcher.add(block.index, block.latents);
+        const decoded = await stitcher.add(block.index, block.latents);
+        onFrames?.(block.index, decoded.values);
       },
     });
     progress?.phase('decoding the last blocks');
@@ -273,7 +276,7 @@ export function jobId(spec: JobSpec): string {
 }
 
 /** The job's embeddings: its file, else the model's text encoder on this machine's engine. */
-async function textFor(spec: JobSpec, model: ModelSource): Promise<TextEmbeddings> {
+export async function textFor(spec: JobSpec, model: ModelSource): Promise<TextEmbeddings> {
   if (spec.textEmbeddings) return loadTextEmbeddings(spec.textEmbeddings, model.config);
   return model.textEncoder.encode(spec.prompt, spec.negativePrompt, cpuBackend());
 }
