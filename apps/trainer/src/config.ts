@@ -54,8 +54,8 @@ export function trainerConfig(argv: readonly string[], env: NodeJS.ProcessEnv): 
     python: env.LONGSHOT_PYTHON || '/usr/bin/python3',
     threads: int('threads') ?? Math.max(1, os.cpus().length),
     smoke,
-    vaeSteps: int('vae-steps') ?? (smoke ? 4 : null),
-    ditSteps: int('dit-steps') ?? (smoke ? 6 : null),
+    vaeSteps: int('vae-steps') ?? (smoke ? 10 : null),
+    ditSteps: int('dit-steps') ?? (smoke ? 30 : null),
     ditClips: int('dit-clips') ?? (smoke ? 16 : null),
   };
 }

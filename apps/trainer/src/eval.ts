@@ -4,12 +4,14 @@
  * saw a clip) and prints how often each shows the asked colour, shape and motion, how close it
  * is to the generator, and how visible the block seams of long videos are (docs/quality.md).
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { helpText, intFlag, parseCommand, UsageError, wantsHelp, type CommandSpec } from '@longshot/cli/src/args';
 import { flagged, reportError } from '@longshot/cli/src/errors';
 import { stoppable, Stopped } from '@longshot/cli/src/signals';
 import { resolveModel } from '@longshot/model';
 import { framesOf, latentFramesOf, normalizeSpec, SpecError } from '@longshot/planner';
+import { pipelineDirOf, SEEDED_FLOOR, seededFloor } from './floor';
 import { EVAL_DEFAULTS, evaluateModel, type EvalSettings, type ModelFigures } from './evaluation';
 import { heldOutPrompts, loadGrammar, requireParts, type CaptionParts, type Grammar } from './grammar';
 
@@ -26,7 +28,7 @@ export const EVAL = {
     'and in one pass. Progress on stderr.',
   flags: {
     model: { value: 'NAME|DIR', help: 'the trained model: a built-in name or a pipeline directory', default: 'longshot-shapes' },
-    floor: { value: 'NAME|DIR', help: 'the model to beat (seeded, never trained)', default: 'tiny' },
+    floor: { value: 'NAME|DIR', help: "the model to beat: 'seeded' is the model's own directory with seeded transformer and VAE weights (never trained), or any model", default: 'seeded' },
     prompts: { value: 'N', help: 'held-out captions to render (50 or more for figures worth comparing)', default: String(EVAL_DEFAULTS.prompts) },
     seeds: { value: 'N', help: 'seeds per caption', default: String(EVAL_DEFAULTS.seeds) },
     prompt: { value: 'TEXT', help: 'render this caption instead of the held-out ones (words outside the grammar are ignored, with a warning)' },
@@ -79,9 +81,16 @@ export async function evalCommand(argv: string[]): Promise<{ report: EvalReport;
   const g = loadGrammar();
   const prompts = promptsFrom(g, f);
   const modelName = f.model ?? 'longshot-shapes';
-  const floorName = f.floor ?? 'tiny';
+  const floorName = f.floor ?? SEEDED_FLOOR;
   const model = flagged('model', () => resolveModel(modelName));
-  const floor = flagged('floor', () => resolveModel(floorName));
+  const floor = flagged('floor', () => {
+    if (floorName !== SEEDED_FLOOR) return resolveModel(floorName);
+    const dir = pipelineDirOf(modelName);
+    if (dir === null) throw new UsageError(`--floor ${SEEDED_FLOOR}: the model must be a pipeline directory or a shipped pipeline; name a floor model instead`);
+    const built = seededFloor(dir);
+    process.once('exit', () => fs.rmSync(built.dir, { recursive: true, force: true }));
+    return built.source;
+  });
   const settings: EvalSettings = {
     steps: EVAL_DEFAULTS.steps,
     block: EVAL_DEFAULTS.block,

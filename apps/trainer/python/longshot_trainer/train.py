@@ -28,15 +28,20 @@ def main() -> None:
     os.makedirs(a.workdir, exist_ok=True)
     recipe = load_recipe()
     if a.smoke:
-        recipe["vae"]["statsClips"] = 16
+        # A few steps on small batches, every step reported: the test suite checks the losses fall.
+        recipe["vae"].update(statsClips=8, batch=2, warmup=2, report=1)
+        recipe["dit"].update(batch=8, warmup=2, report=1)
     if a.stage == "captions":
         import json
 
         from .grammar import Grammar
 
         g = Grammar()
+        captions = [c.text(g) for c in g.captions()]
+        if a.smoke:
+            captions = captions[::40]  # a sample of every colour, shape and motion
         with open(os.path.join(a.workdir, "captions.json"), "w") as f:
-            json.dump({"captions": [c.text(g) for c in g.captions()], "words": g.words()}, f)
+            json.dump({"captions": captions, "words": g.words()}, f)
     elif a.stage == "vae":
         from .train_vae import train_vae
 

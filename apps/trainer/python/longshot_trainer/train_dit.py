@@ -46,7 +46,9 @@ def encode_dataset(recipe: dict, workdir: str, clips: int) -> dict:
     vae.eval()
     mean, std = final["latents_mean"].view(1, -1, 1, 1, 1), final["latents_std"].view(1, -1, 1, 1, 1)
     grammar = Grammar()
-    captions = grammar.training_captions()
+    index, _ = load_text(workdir)
+    # The training captions the orchestrator encoded (all of them, or a sample in a smoke run).
+    captions = [c for c in grammar.training_captions() if c.text(grammar) in index]
     progress = Progress("latents", clips, len(data["captions"]))
     for start in range(len(data["captions"]), clips, 64):
         batch, texts = [], []
@@ -108,7 +110,7 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, r["lr"], r["finalLr"], warmup=100)
+            group["lr"] = lr_at(step, steps, r["lr"], r["finalLr"], r.get("warmup", 100))
         pred = model(xt, sigma * 1000, ctx)
         loss = ((pred - (noise - x0)) ** 2).mean()
         opt.zero_grad()
@@ -116,8 +118,8 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
-        if (step + 1) % 25 == 0 or step + 1 == steps:
-            progress.report(step, loss=running)
+        if (step + 1) % r.get("report", 25) == 0 or step + 1 == steps:
+            progress.report(step, loss=float(loss), smoothed=running)
         if (step + 1) % 100 == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "loss": running})
     torch.save({"model": model.state_dict(), "loss": running}, os.path.join(workdir, "dit-final.pt"))

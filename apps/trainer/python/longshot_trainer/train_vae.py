@@ -1,6 +1,7 @@
 """Stage 1: the VAE (AutoencoderKLWan architecture) on short generated clips.
 
-Reconstruction loss L1 + MSE on pixels plus a small KL term, Adam, cosine learning rate. Each
+Reconstruction loss L1 + MSE on pixels (the shape's pixels, told from the background by the
+clip's corner colour, weighted up) plus a small KL term, Adam, cosine learning rate. Each
 step's batch is drawn from a generator seeded by (recipe seed, step), so a resumed run draws
 exactly the batches an uninterrupted one would. Checkpoints every 50 steps; at the end the
 per-channel statistics of the latent means over generated clips (the config's latents_mean and
@@ -53,12 +54,15 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
         rng = np.random.default_rng([recipe["seed"], 1, step])
         x = vae_batch(grammar, captions, rng, r["batch"], r["clipFrames"])
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, r["lr"], r["finalLr"])
+            g["lr"] = lr_at(step, steps, r["lr"], r["finalLr"], r.get("warmup", 50))
         mu, logvar = model.encode(x)
         torch.manual_seed(recipe["seed"] * 1000003 + step)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         y = model.decode_raw(z)
-        rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
+        # Pixels of the shape weigh more than the background: the background is learned in a few
+        # steps, the shapes (a few percent of the pixels) are what the model is for.
+        weight = 1 + r["foregroundWeight"] * ((x - x[:, :, :, :1, :1]).abs().sum(1, keepdim=True) > 0.05).float()
+        rec = (((y - x).abs() + (y - x) ** 2) * weight).mean() / weight.mean()
         kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).mean()
         loss = rec + r["klWeight"] * kl
         opt.zero_grad()
@@ -67,9 +71,9 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
         opt.step()
         mse = float(((y.detach().clamp(-1, 1) - x) ** 2).mean())
         running = mse if running is None else 0.9 * running + 0.1 * mse
-        if (step + 1) % 10 == 0 or step + 1 == steps:
+        if (step + 1) % r.get("report", 10) == 0 or step + 1 == steps:
             psnr = 10 * np.log10(4.0 / max(running, 1e-10))
-            progress.report(step, loss=float(loss), psnr=psnr, kl=float(kl))
+            progress.report(step, loss=float(rec), psnr=psnr, kl=float(kl))
         if (step + 1) % 50 == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
     finish_vae(recipe, model, grammar, workdir)

@@ -1,0 +1,61 @@
+/**
+ * The trainer's smoke run: every stage of `npm run train` (captions, text, vae, dit, export,
+ * assemble) for a few steps on small batches, in Debian's PyTorch, into a scratch directory.
+ * The losses must fall and the result must be a pipeline directory the engine opens.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveModel } from '@longshot/model';
+import { runNode } from '../../../test/e2e/cli';
+
+const ROOT = path.resolve(__dirname, '../../..');
+let workdir: string;
+let run: { code: number | null; stdout: string; stderr: string };
+
+/** The losses a stage reported, in step order. */
+function losses(stage: string): number[] {
+  const re = new RegExp(`^\\[${stage}\\] step \\d+/\\d+ loss ([0-9.e+-]+)`, 'gm');
+  return [...run.stdout.matchAll(re)].map((m) => Number(m[1]));
+}
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+beforeAll(async () => {
+  workdir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-train-'));
+  run = await runNode(['--import', 'tsx', 'apps/trainer/src/train.ts', '--smoke', '--workdir', workdir], ROOT);
+}, 300_000);
+
+afterAll(() => fs.rmSync(workdir, { recursive: true, force: true }));
+
+describe('npm run train -- --smoke', () => {
+  it('runs every stage and reports each', () => {
+    expect(run.code, run.stderr).toBe(0);
+    for (const stage of ['captions', 'text', 'vae', 'dit', 'export', 'assemble']) expect(run.stderr).toContain(`[train] ${stage}: finished`);
+  });
+
+  it('the VAE and the DiT learn: the last steps lose less than the first', () => {
+    const vae = losses('vae');
+    const dit = losses('dit');
+    expect(vae).toHaveLength(10);
+    expect(dit).toHaveLength(30);
+    expect(mean(vae.slice(-3))).toBeLessThan(mean(vae.slice(0, 3)));
+    expect(mean(dit.slice(-5))).toBeLessThan(mean(dit.slice(0, 5)));
+  });
+
+  it('writes a pipeline directory the engine opens, every file well under 5 MB', () => {
+    const dir = path.join(workdir, 'pipeline');
+    const model = resolveModel(dir);
+    expect(model.kind).toBe('pipeline');
+    expect(model.config.textLen).toBe(16);
+    const files = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
+    for (const f of files) expect(fs.statSync(path.join(f.parentPath, f.name)).size).toBeLessThan(4 * 1024 * 1024);
+  });
+
+  it('a second run finds every stage done and does nothing', async () => {
+    const again = await runNode(['--import', 'tsx', 'apps/trainer/src/train.ts', '--smoke', '--workdir', workdir], ROOT);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toContain('vae: done earlier');
+    expect(again.stdout).not.toContain('[vae] step');
+  });
+});
