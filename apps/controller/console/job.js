@@ -1,0 +1,123 @@
+// A job's live page: GET /v1/videos/{id} once, then its Server-Sent Events (replayed from the
+// start, so a late visit sees every block): progress, ETA and phase; a tile per block that shows
+// the block's preview once it is stitched; the video when the job succeeds; cancel.
+import { api, TERMINAL } from './api.js';
+import { badge, duration, h } from './dom.js';
+
+const SPEC_KEYS = ['prompt', 'negativePrompt', 'model', 'width', 'height', 'frames', 'fps', 'steps', 'guidance', 'sampler', 'shift', 'seed', 'block', 'context', 'stages'];
+
+export async function jobView(root, { signal, params: [id] }) {
+  const job = await api('GET', `/v1/videos/${id}`);
+  const status = h('span', { id: 'job-status' });
+  const phase = h('p', { id: 'job-phase', class: 'phase' });
+  const bar = h('progress', { id: 'job-progress', max: 1, value: 0 });
+  const counts = h('span', { id: 'job-counts' });
+  const eta = h('span', { id: 'job-eta' });
+  const tiles = h('div', { id: 'job-blocks', class: 'blocks' });
+  const player = h('div', { id: 'job-video' });
+  const message = h('p', { id: 'job-message', role: 'alert', hidden: true });
+  const cancel = h('button', { id: 'job-cancel', type: 'button', class: 'danger', onclick: onCancel }, 'Cancel');
+
+  root.append(
+    h('h2', {}, 'Job ', h('span', { class: 'mono' }, id), ' ', status),
+    h('dl', { class: 'spec' }, SPEC_KEYS.filter((k) => job.spec[k] !== null && job.spec[k] !== '').flatMap((k) => [h('dt', {}, k), h('dd', {}, String(job.spec[k]))])),
+    h('div', { class: 'progress-row' }, bar, counts, eta),
+    phase,
+    h('div', { class: 'actions' }, cancel),
+    message,
+    player,
+    h('h3', {}, 'Blocks'),
+    h('p', { class: 'hint' }, 'A block is denoised by the pipeline, then decoded and stitched; its preview is its first frame.'),
+    tiles,
+  );
+
+  let blocksDone = 0;
+  const stitched = new Set();
+  const setStatus = (s) => {
+    status.replaceChildren(badge(s));
+    cancel.disabled = TERMINAL.includes(s);
+  };
+  const tile = (i) => tiles.querySelector(`[data-block="${i}"]`);
+  const layoutTiles = (blocks) => {
+    for (let i = tiles.children.length; i < blocks; i++) tiles.append(h('figure', { class: 'block waiting', 'data-block': i, 'data-state': 'waiting' }, h('div', { class: 'thumb' }), h('figcaption', {}, `block ${i}: waiting`)));
+    for (let i = 0; i < blocks; i++) {
+      const t = tile(i);
+      const state = stitched.has(i) ? 'stitched' : i < blocksDone ? 'denoised' : 'waiting';
+      if (t.dataset.state === state) continue;
+      t.dataset.state = state;
+      t.className = `block ${state}`;
+      t.querySelector('figcaption').textContent = `block ${i}: ${state}`;
+    }
+  };
+  const showProgress = (p) => {
+    blocksDone = p.blocksDone;
+    bar.max = p.blockSteps || 1;
+    bar.value = p.blockStepsDone;
+    counts.textContent = `${p.blocksDone}/${p.blocks} blocks, ${p.blockStepsDone}/${p.blockSteps} block-steps`;
+    eta.textContent = `ETA ${duration(p.etaSeconds)}`;
+    layoutTiles(p.blocks);
+  };
+  const showVideo = () => {
+    const video = h('video', { id: 'video', src: job.urls.content, controls: true, muted: true, autoplay: true, loop: true, playsInline: true });
+    player.replaceChildren(h('h3', {}, 'Video'), video, h('p', {}, h('a', { href: job.urls.content, download: `${id}.mp4` }, 'Download MP4')));
+  };
+  const showMessage = (text) => {
+    message.hidden = false;
+    message.textContent = text;
+  };
+
+  async function onCancel() {
+    cancel.disabled = true;
+    try {
+      setStatus((await api('POST', job.urls.cancel)).status);
+      phase.textContent = 'Canceled.';
+    } catch (err) {
+      showMessage(`Cancel refused: ${err.message}`);
+      cancel.disabled = false;
+    }
+  }
+
+  setStatus(job.status);
+  showProgress(job.progress);
+  phase.textContent = job.status === 'queued' ? 'Waiting in the queue.' : '';
+
+  const events = new EventSource(job.urls.events);
+  signal.addEventListener('abort', () => events.close());
+  const on = (name, fn) => events.addEventListener(name, (e) => fn(JSON.parse(e.data)));
+  on('queued', () => (phase.textContent = 'Waiting in the queue.'));
+  on('started', (d) => {
+    setStatus('running');
+    phase.textContent = `Running, attempt ${d.attempt}: ${d.stages} stage${d.stages === 1 ? '' : 's'} on ${d.workers.join(', ')}.`;
+  });
+  on('progress', showProgress);
+  on('block', (d) => {
+    stitched.add(d.index);
+    layoutTiles(Math.max(tiles.children.length, d.index + 1));
+    const t = tile(d.index);
+    t.querySelector('.thumb').replaceChildren(h('img', { src: d.previewUrl, alt: `first frame of block ${d.index}` }));
+  });
+  on('failover', (d) => (phase.textContent = `Failover (${d.reason}): lost ${d.lost.join(', ')}; attempt ${d.attempt} resumes from the checkpoint.`));
+  on('retrying', (d) => (phase.textContent = `Retrying after: ${d.error}`));
+  on('succeeded', (d) => {
+    events.close();
+    setStatus('succeeded');
+    phase.textContent = `Done: ${d.result.frames} frames at ${d.result.fps} fps (${d.result.seconds} s).`;
+    showVideo();
+  });
+  on('failed', (d) => {
+    events.close();
+    setStatus('failed');
+    phase.textContent = 'Failed.';
+    showMessage(d.error?.message ?? 'failed');
+  });
+  on('canceled', () => {
+    events.close();
+    setStatus('canceled');
+    phase.textContent = 'Canceled.';
+  });
+  // The server's `event: error` (stream interrupted) and the connection's own errors: EventSource
+  // reconnects by itself with Last-Event-ID, so no event is lost.
+  events.addEventListener('error', () => {
+    if (events.readyState !== EventSource.CLOSED) phase.dataset.reconnecting = 'true';
+  });
+}
