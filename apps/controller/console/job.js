@@ -10,8 +10,11 @@ export async function jobView(root, { signal, params: [id] }) {
   const job = await api('GET', `/v1/videos/${id}`);
   const status = h('span', { id: 'job-status' });
   const phase = h('p', { id: 'job-phase', class: 'phase' });
+  // Two measures: block-steps denoised by the pipeline, and blocks decoded and stitched (which lags).
   const bar = h('progress', { id: 'job-progress', max: 1, value: 0 });
+  const stitchedBar = h('progress', { id: 'job-stitched', max: 1, value: 0 });
   const counts = h('span', { id: 'job-counts' });
+  const stage = h('span', { id: 'job-stage', class: 'stage' });
   const eta = h('span', { id: 'job-eta' });
   const tiles = h('div', { id: 'job-blocks', class: 'blocks' });
   const player = h('div', { id: 'job-video' });
@@ -21,13 +24,14 @@ export async function jobView(root, { signal, params: [id] }) {
   root.append(
     h('h2', {}, 'Job ', h('span', { class: 'mono' }, id), ' ', status),
     h('dl', { class: 'spec' }, SPEC_KEYS.filter((k) => job.spec[k] !== null && job.spec[k] !== '').flatMap((k) => [h('dt', {}, k), h('dd', {}, String(job.spec[k]))])),
-    h('div', { class: 'progress-row' }, bar, counts, eta),
+    h('div', { class: 'progress-row' }, h('label', { htmlFor: 'job-progress' }, 'denoised'), bar, h('label', { htmlFor: 'job-stitched' }, 'stitched'), stitchedBar),
+    h('div', { class: 'progress-row' }, counts, stage, eta),
     phase,
     h('div', { class: 'actions' }, cancel),
     message,
     player,
     h('h3', {}, 'Blocks'),
-    h('p', { class: 'hint' }, 'A block is denoised by the pipeline, then decoded and stitched; its preview is its first frame.'),
+    h('p', { class: 'hint' }, "Each block's tile shows the block's first frame once the block is decoded and stitched into the video."),
     tiles,
   );
 
@@ -38,11 +42,12 @@ export async function jobView(root, { signal, params: [id] }) {
     cancel.disabled = TERMINAL.includes(s);
   };
   const tile = (i) => tiles.querySelector(`[data-block="${i}"]`);
+  // progress.blocksDone counts the blocks stitched so far; each one's `block` event brings its preview.
   const layoutTiles = (blocks) => {
     for (let i = tiles.children.length; i < blocks; i++) tiles.append(h('figure', { class: 'block waiting', 'data-block': i, 'data-state': 'waiting' }, h('div', { class: 'thumb' }), h('figcaption', {}, `block ${i}: waiting`)));
     for (let i = 0; i < blocks; i++) {
       const t = tile(i);
-      const state = stitched.has(i) ? 'stitched' : i < blocksDone ? 'denoised' : 'waiting';
+      const state = stitched.has(i) || i < blocksDone ? 'stitched' : 'waiting';
       if (t.dataset.state === state) continue;
       t.dataset.state = state;
       t.className = `block ${state}`;
@@ -53,6 +58,9 @@ export async function jobView(root, { signal, params: [id] }) {
     blocksDone = p.blocksDone;
     bar.max = p.blockSteps || 1;
     bar.value = p.blockStepsDone;
+    stitchedBar.max = p.blocks || 1;
+    stitchedBar.value = p.blocksDone;
+    stage.textContent = !p.blockSteps ? 'not started' : p.blockStepsDone < p.blockSteps ? 'denoising' : p.blocksDone < p.blocks ? 'stitching the last blocks' : 'all blocks stitched';
     counts.textContent = `${p.blocksDone}/${p.blocks} blocks, ${p.blockStepsDone}/${p.blockSteps} block-steps`;
     eta.textContent = `ETA ${duration(p.etaSeconds)}`;
     layoutTiles(p.blocks);
@@ -103,6 +111,8 @@ export async function jobView(root, { signal, params: [id] }) {
     setStatus('succeeded');
     phase.textContent = `Done: ${d.result.frames} frames at ${d.result.fps} fps (${d.result.seconds} s).`;
     showVideo();
+    // The record's final progress (every block and step), whatever the last throttled event said.
+    api('GET', `/v1/videos/${id}`).then((j) => showProgress(j.progress), () => undefined);
   });
   on('failed', (d) => {
     events.close();

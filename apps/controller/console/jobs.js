@@ -8,7 +8,7 @@ const prompt = (job) => h('span', { class: 'prompt', title: job.spec.prompt }, j
 const size = (job) => `${job.spec.width}x${job.spec.height}, ${job.spec.frames} frames`;
 const progress = (job) => {
   const p = job.progress;
-  return p.blockSteps ? h('progress', { max: p.blockSteps, value: p.blockStepsDone, title: `${p.blocksDone}/${p.blocks} blocks` }) : '–';
+  return p.blockSteps ? h('span', {}, h('progress', { max: p.blockSteps, value: p.blockStepsDone }), h('br'), h('span', { class: 'small' }, `${p.blockStepsDone}/${p.blockSteps} steps, ${p.blocksDone}/${p.blocks} blocks stitched`)) : '–';
 };
 
 const QUEUE_COLUMNS = [

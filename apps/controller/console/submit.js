@@ -62,7 +62,7 @@ export async function submitView(root) {
 
   const showError = (err) => {
     banner.hidden = false;
-    banner.textContent = err.field ? `${err.field}: ${err.message}` : err.message;
+    banner.textContent = err.message;
     const row = root.querySelector(`.field[data-field="${CSS.escape(err.field ?? '')}"]`);
     if (row) {
       row.classList.add('invalid');

@@ -3,14 +3,19 @@ import { api } from './api.js';
 import { badge, every, h, table, time } from './dom.js';
 
 const COLUMNS = [
-  ['worker', (w) => h('span', { class: 'mono' }, w.id)],
-  ['address', (w) => h('span', { class: 'mono' }, w.address)],
+  ['worker', (w) => h('span', {}, h('span', { class: 'mono' }, w.id), h('br'), h('span', { class: 'mono small' }, w.address))],
   ['state', (w) => badge(w.state)],
-  ['lease', (w) => (w.lease ? h('span', {}, 'job ', h('a', { href: `#/jobs/${w.lease.job}`, class: 'mono' }, w.lease.job.slice(0, 8)), `, run ${w.lease.run.slice(0, 8)}, expires in ${(w.lease.expiresInMs / 1000).toFixed(1)} s`) : '–')],
+  [
+    'lease',
+    (w) =>
+      w.lease
+        ? h('span', {}, 'job ', h('a', { href: `#/jobs/${w.lease.job}`, class: 'mono' }, w.lease.job.slice(0, 8)), `, expires in ${(w.lease.expiresInMs / 1000).toFixed(1)} s`, h('br'), h('span', { class: 'mono small' }, `run ${w.lease.run}`))
+        : '–',
+  ],
   ['sessions', (w) => `${w.sessions} / ${w.capacity}`],
   ['models', (w) => w.models.join(', ')],
   ['backend', (w) => w.backend],
-  ['numerics', (w) => h('span', { class: 'mono small' }, w.numerics)],
+  ['numerics', (w) => h('span', { class: 'mono small wrap' }, w.numerics)],
   ['started', (w) => time(w.startedAt)],
 ];
 
