@@ -21,7 +21,7 @@ async function main(outDir: string): Promise<void> {
     };
 
     await fillSubmitForm(page, c.url, SHORT_JOB);
-    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.locator('header').scrollIntoViewIfNeeded();
     await shot('submit');
 
     await fillSubmitForm(page, c.url, { ...SHORT_JOB, steps: 'four' });

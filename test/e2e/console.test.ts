@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
-import { fillSubmitForm, launchChromium, LONG_JOB, openConsole, SHORT_JOB, startConsoleCluster, submitForm, videoState, waitForStatus, type ConsoleCluster } from './console';
+import { attributes, fillSubmitForm, launchChromium, LONG_JOB, openConsole, properties, SHORT_JOB, startConsoleCluster, submitForm, videoState, waitForStatus, type ConsoleCluster } from './console';
 import { request, waitFor } from './http';
 
 /*
@@ -55,8 +55,7 @@ describe('web console', () => {
   it("builds the form from the OpenAPI body schema and shows the API's 400 at the field it names, submitting nothing", async () => {
     await fillSubmitForm(page, c.url, { ...SHORT_JOB, steps: 'four' });
     const schema = (await request(c.url, 'GET', '/docs-json')).json.paths['/v1/videos'].post.requestBody.content['application/json'].schema;
-    const fields = await page.locator('#submit-form .field').evaluateAll((rows) => rows.map((r) => (r as HTMLElement).dataset.field));
-    expect(fields).toEqual([...Object.keys(schema.properties), 'Idempotency-Key']);
+    expect(await attributes(page, '#submit-form .field', 'data-field')).toEqual([...Object.keys(schema.properties), 'Idempotency-Key']);
     expect(await page.locator('#submit-form select[name="sampler"] option').allTextContents()).toEqual(['(default)', ...schema.properties.sampler.enum]);
 
     await page.click('#submit-button');
@@ -77,13 +76,16 @@ describe('web console', () => {
     await waitForStatus(page, 'succeeded');
     // Progress reached the end: 3 blocks of 4 steps.
     await waitFor('the final progress', async () => (await page.locator('#job-counts').textContent()) === '3/3 blocks, 12/12 block-steps');
-    expect(await page.locator('#job-progress').evaluate((p: HTMLProgressElement) => [p.value, p.max])).toEqual([12, 12]);
-    expect(await page.locator('#job-stitched').evaluate((p: HTMLProgressElement) => [p.value, p.max])).toEqual([3, 3]);
+    expect(await properties(page, '#job-progress', ['value', 'max'])).toEqual([{ value: 12, max: 12 }]);
+    expect(await properties(page, '#job-stitched', ['value', 'max'])).toEqual([{ value: 3, max: 3 }]);
     expect(await page.locator('#job-eta').textContent()).toMatch(/^ETA /);
     expect(await page.locator('#job-cancel').isDisabled()).toBe(true);
     // One tile per block, each stitched, each preview decoded by the browser.
-    await waitFor('every preview to load', () => page.locator('#job-blocks img').evaluateAll((imgs) => imgs.length === 3 && imgs.every((i) => (i as HTMLImageElement).complete && (i as HTMLImageElement).naturalWidth === 64)));
-    expect(await page.locator('#job-blocks .block').evaluateAll((t) => t.map((e) => (e as HTMLElement).dataset.state))).toEqual(['stitched', 'stitched', 'stitched']);
+    await waitFor('every preview to load', async () => {
+      const previews = await properties(page, '#job-blocks img', ['complete', 'naturalWidth']);
+      return previews.length === 3 && previews.every((p) => p.complete && p.naturalWidth === 64);
+    });
+    expect(await attributes(page, '#job-blocks .block', 'data-state')).toEqual(['stitched', 'stitched', 'stitched']);
     // The MP4 plays: decoded (readyState >= 2), 21 frames at 16 fps, and time moves on.
     const first = await waitFor('the video to be decodable', async () => {
       const v = await videoState(page);
@@ -93,9 +95,12 @@ describe('web console', () => {
     expect(first.width).toBe(64);
     expect(first.duration).toBeCloseTo(21 / 16, 1);
     await waitFor('the video to play', async () => (await videoState(page)).currentTime > 0);
-    // The jobs page lists it among the recent jobs.
+    // The jobs page lists it among the recent jobs; its page, visited afresh, shows the result.
     await page.goto(`${c.url}/#/jobs`);
-    await shown(`#recent a[href="#/jobs/${id}"]`);
+    await page.click(`#recent a[href="#/jobs/${id}"]`);
+    await waitForStatus(page, 'succeeded');
+    await waitFor('the video again', async () => (await videoState(page)).readyState >= 2);
+    expect(await attributes(page, '#job-blocks img', 'src')).toEqual([0, 1, 2].map((i) => `/v1/videos/${id}/blocks/${i}/preview.jpg`));
   });
 
   it('shows a long job running in the queue and its workers leased, then cancels it from its page', async () => {
@@ -118,7 +123,7 @@ describe('web console', () => {
     // Its workers are released, and the workers page says so.
     await page.goto(`${c.url}/#/workers`);
     await waitFor('every worker to show free', async () => {
-      const states = await page.locator('#workers [data-status]').evaluateAll((b) => b.map((e) => (e as HTMLElement).dataset.status));
+      const states = await attributes(page, '#workers [data-status]', 'data-status');
       return states.length === 2 && states.every((s) => s === 'free');
     });
   });

@@ -104,7 +104,30 @@ export function waitForStatus(page: Page, status: string, timeoutMs = 60_000): P
   return waitFor(`the job page to show ${status}`, async () => (await jobStatus(page)) === status, timeoutMs);
 }
 
+/*
+ * Reads from the page. The project compiles without the DOM library, so the element types are
+ * spelled as the few properties read.
+ */
+
+/** An attribute of each element `selector` matches, in document order. */
+export function attributes(page: Page, selector: string, name: string): Promise<(string | null)[]> {
+  return page.locator(selector).evaluateAll((els: { getAttribute(n: string): string | null }[], n: string) => els.map((e) => e.getAttribute(n)), name);
+}
+
+/** Properties of each element `selector` matches (e.g. a progress bar's value and max). */
+export function properties(page: Page, selector: string, names: readonly string[]): Promise<Record<string, unknown>[]> {
+  return page.locator(selector).evaluateAll((els: Record<string, unknown>[], ns: readonly string[]) => els.map((e) => Object.fromEntries(ns.map((n) => [n, e[n]]))), names);
+}
+
+interface VideoElement {
+  readyState: number;
+  duration: number;
+  currentTime: number;
+  videoWidth: number;
+  error: { code: number } | null;
+}
+
 /** The <video> element's playback state. */
 export function videoState(page: Page): Promise<{ readyState: number; duration: number; currentTime: number; error: number | null; width: number }> {
-  return page.locator('#video').evaluate((v: HTMLVideoElement) => ({ readyState: v.readyState, duration: v.duration, currentTime: v.currentTime, error: v.error?.code ?? null, width: v.videoWidth }));
+  return page.locator('#video').evaluate((v: VideoElement) => ({ readyState: v.readyState, duration: v.duration, currentTime: v.currentTime, error: v.error?.code ?? null, width: v.videoWidth }));
 }

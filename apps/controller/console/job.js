@@ -85,6 +85,32 @@ export async function jobView(root, { signal, params: [id] }) {
     }
   }
 
+  const showPreview = (index, url) => {
+    stitched.add(index);
+    layoutTiles(Math.max(tiles.children.length, index + 1));
+    const thumb = tile(index).querySelector('.thumb');
+    if (!thumb.firstChild) thumb.append(h('img', { src: url, alt: `first frame of block ${index}` }));
+  };
+  // A finished job, from its record: the final progress, then the video or the error.
+  const finish = (rec) => {
+    setStatus(rec.status);
+    showProgress(rec.progress);
+    if (rec.status === 'succeeded') {
+      for (let i = 0; i < rec.progress.blocks; i++) showPreview(i, `${rec.urls.self}/blocks/${i}/preview.jpg`);
+      phase.textContent = `Done: ${rec.result.frames} frames at ${rec.result.fps} fps (${rec.result.seconds} s).`;
+      showVideo();
+    } else if (rec.status === 'failed') {
+      phase.textContent = 'Failed.';
+      showMessage(rec.error?.message ?? 'failed');
+    } else {
+      phase.textContent = 'Canceled.';
+    }
+  };
+
+  if (TERMINAL.includes(job.status)) {
+    finish(job);
+    return;
+  }
   setStatus(job.status);
   showProgress(job.progress);
   phase.textContent = job.status === 'queued' ? 'Waiting in the queue.' : '';
@@ -98,36 +124,21 @@ export async function jobView(root, { signal, params: [id] }) {
     phase.textContent = `Running, attempt ${d.attempt}: ${d.stages} stage${d.stages === 1 ? '' : 's'} on ${d.workers.join(', ')}.`;
   });
   on('progress', showProgress);
-  on('block', (d) => {
-    stitched.add(d.index);
-    layoutTiles(Math.max(tiles.children.length, d.index + 1));
-    const t = tile(d.index);
-    t.querySelector('.thumb').replaceChildren(h('img', { src: d.previewUrl, alt: `first frame of block ${d.index}` }));
-  });
+  on('block', (d) => showPreview(d.index, d.previewUrl));
   on('failover', (d) => (phase.textContent = `Failover (${d.reason}): lost ${d.lost.join(', ')}; attempt ${d.attempt} resumes from the checkpoint.`));
   on('retrying', (d) => (phase.textContent = `Retrying after: ${d.error}`));
-  on('succeeded', (d) => {
-    events.close();
-    setStatus('succeeded');
-    phase.textContent = `Done: ${d.result.frames} frames at ${d.result.fps} fps (${d.result.seconds} s).`;
-    showVideo();
-    // The record's final progress (every block and step), whatever the last throttled event said.
-    api('GET', `/v1/videos/${id}`).then((j) => showProgress(j.progress), () => undefined);
-  });
-  on('failed', (d) => {
-    events.close();
-    setStatus('failed');
-    phase.textContent = 'Failed.';
-    showMessage(d.error?.message ?? 'failed');
-  });
-  on('canceled', () => {
-    events.close();
-    setStatus('canceled');
-    phase.textContent = 'Canceled.';
-  });
+  // A terminal event ends the stream; the record has the final word (progress, result, error).
+  for (const name of TERMINAL) {
+    on(name, () => {
+      events.close();
+      setStatus(name);
+      api('GET', `/v1/videos/${id}`).then(finish, (err) => showMessage(`The job ${name}, but its record could not be read: ${err.message}`));
+    });
+  }
   // The server's `event: error` (stream interrupted) and the connection's own errors: EventSource
   // reconnects by itself with Last-Event-ID, so no event is lost.
   events.addEventListener('error', () => {
     if (events.readyState !== EventSource.CLOSED) phase.dataset.reconnecting = 'true';
   });
+  events.addEventListener('open', () => delete phase.dataset.reconnecting);
 }
