@@ -97,7 +97,7 @@ export async function jobView(root, { signal, params: [id] }) {
     showProgress(rec.progress);
     if (rec.status === 'succeeded') {
       for (let i = 0; i < rec.progress.blocks; i++) showPreview(i, `${rec.urls.self}/blocks/${i}/preview.jpg`);
-      phase.textContent = `Done: ${rec.result.frames} frames at ${rec.result.fps} fps (${rec.result.seconds} s).`;
+      phase.textContent = `Done: ${rec.result.frames} frames at ${rec.result.fps} fps, rendered in ${duration(rec.result.seconds)}.`;
       showVideo();
     } else if (rec.status === 'failed') {
       phase.textContent = 'Failed.';
