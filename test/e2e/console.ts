@@ -13,11 +13,11 @@ import { waitFor } from './http';
 /** Debian's chromium package; playwright-core never downloads a browser of its own. */
 export const CHROMIUM = '/usr/bin/chromium';
 
-/** A job that finishes in a few seconds on the tiny model: 3 blocks of 2 latent frames. */
+/** A job that finishes in a few seconds on the tiny model: 3 blocks of 2 latent frames, 4 steps. */
 export const SHORT_JOB = { prompt: 'a paper boat drifting down a rain-soaked street at dusk', size: '64x64', frames: '21', block: '2', context: '1', steps: '4', model: 'tiny', seed: '7' };
 
-/** A job that runs long enough to be watched and canceled: many blocks, many steps. */
-export const LONG_JOB = { prompt: 'a lighthouse in a storm, waves breaking', size: '64x64', frames: '157', block: '2', context: '1', steps: '40', model: 'tiny', seed: '9' };
+/** A job that runs long enough to be watched and canceled: 40 blocks of 40 steps. */
+export const LONG_JOB = { prompt: 'a lighthouse in a storm, waves breaking', size: '64x64', frames: '317', block: '2', context: '1', steps: '40', model: 'tiny', seed: '9' };
 
 export interface ConsoleCluster {
   readonly cluster: LocalCluster;

@@ -77,8 +77,7 @@ export async function jobView(root, { signal, params: [id] }) {
   async function onCancel() {
     cancel.disabled = true;
     try {
-      setStatus((await api('POST', job.urls.cancel)).status);
-      phase.textContent = 'Canceled.';
+      finish(await api('POST', job.urls.cancel)); // the canceled record
     } catch (err) {
       showMessage(`Cancel refused: ${err.message}`);
       cancel.disabled = false;
@@ -91,8 +90,13 @@ export async function jobView(root, { signal, params: [id] }) {
     const thumb = tile(index).querySelector('.thumb');
     if (!thumb.firstChild) thumb.append(h('img', { src: url, alt: `first frame of block ${index}` }));
   };
-  // A finished job, from its record: the final progress, then the video or the error.
+  // A finished job, from its record: the final progress, then the video or the error. From then on
+  // the page no longer moves: events still arriving (a replay racing a cancel) change nothing.
+  let finished = false;
   const finish = (rec) => {
+    if (finished) return;
+    finished = true;
+    events?.close();
     setStatus(rec.status);
     showProgress(rec.progress);
     if (rec.status === 'succeeded') {
@@ -107,6 +111,7 @@ export async function jobView(root, { signal, params: [id] }) {
     }
   };
 
+  let events = null;
   if (TERMINAL.includes(job.status)) {
     finish(job);
     return;
@@ -115,9 +120,9 @@ export async function jobView(root, { signal, params: [id] }) {
   showProgress(job.progress);
   phase.textContent = job.status === 'queued' ? 'Waiting in the queue.' : '';
 
-  const events = new EventSource(job.urls.events);
+  events = new EventSource(job.urls.events);
   signal.addEventListener('abort', () => events.close());
-  const on = (name, fn) => events.addEventListener(name, (e) => fn(JSON.parse(e.data)));
+  const on = (name, fn) => events.addEventListener(name, (e) => finished || fn(JSON.parse(e.data)));
   on('queued', () => (phase.textContent = 'Waiting in the queue.'));
   on('started', (d) => {
     setStatus('running');
@@ -131,8 +136,10 @@ export async function jobView(root, { signal, params: [id] }) {
   for (const name of TERMINAL) {
     on(name, () => {
       events.close();
-      setStatus(name);
-      api('GET', `/v1/videos/${id}`).then(finish, (err) => showMessage(`The job ${name}, but its record could not be read: ${err.message}`));
+      api('GET', `/v1/videos/${id}`).then(finish, (err) => {
+        setStatus(name);
+        showMessage(`The job ${name}, but its record could not be read: ${err.message}`);
+      });
     });
   }
   // The server's `event: error` (stream interrupted) and the connection's own errors: EventSource
