@@ -38,6 +38,8 @@ missing_packages() {
   have g++ && have make || missing+=(g++ make)
   have cmake || missing+=(cmake)  # the native driver (deploy/gpu-check.sh)
   have python3 || missing+=(python3)
+  # Headless Chromium drives the web console's end-to-end test (test/e2e/console.test.ts).
+  have chromium || missing+=(chromium)
   # OpenBLAS is only the kernel benchmark's baseline (loaded at run time), never a dependency of
   # the engine. ldconfig lives in /sbin, which a non-root PATH may lack.
   # Debian's PyTorch and NumPy run the trainer (apps/trainer) and its agreement test with the engine.

@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { JobStore, WorkerLeases, WorkerRegistry } from '@longshot/cache';
 import type { ControllerConfig } from './config';
 import { EventHub } from './event-hub';
+import { ConsoleController } from './http/console.controller';
 import { ErrorFilter } from './http/errors';
 import { OpsController } from './http/ops.controller';
 import { VideosController } from './http/videos.controller';
@@ -40,7 +41,7 @@ class Gauges {
 
 export function appModule(config: ControllerConfig) {
   @Module({
-    controllers: [VideosController, EmbeddingsController, OpsController],
+    controllers: [VideosController, EmbeddingsController, OpsController, ConsoleController],
     providers: [
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
