@@ -61,8 +61,9 @@ export class WebhookDispatcher implements OnApplicationBootstrap, OnApplicationS
 
   private async run(): Promise<void> {
     const w = this.config.webhooks;
-    // Long enough for one look at a job: two Redis reads, one attempt, the settle.
-    const holdMs = w.timeoutMs * 2 + 5000;
+    // Long enough for one look at a job: two Redis reads, one attempt (its deadline covers DNS
+    // too), the settle. A replica that dies holds its jobs this long.
+    const holdMs = w.timeoutMs * 2 + 1000;
     while (!this.closed) {
       const free = w.concurrency - this.inflight.size;
       let claimed: WebhookClaim[] = [];
