@@ -64,7 +64,7 @@ export function appModule(config: ControllerConfig) {
       { provide: MODELS, useValue: new ModelCatalog(config.modelsDir) },
       { provide: UPLOADS, useFactory: (r: Redis) => new UploadRepository(r, config.retentionSeconds), inject: [REDIS] },
       { provide: WEBHOOK_OUTBOX, useFactory: (r: Redis) => new WebhookOutbox(r), inject: [REDIS] },
-      { provide: WEBHOOK_GUARD, useValue: new DestinationGuard(new AddressPolicy(config.webhooks.allowCidrs)) },
+      { provide: WEBHOOK_GUARD, useValue: new DestinationGuard(new AddressPolicy(config.webhooks.allowCidrs), config.webhooks.timeoutMs) },
       { provide: WEBHOOK_SENDER, useFactory: (guard: DestinationGuard) => new WebhookSender(guard), inject: [WEBHOOK_GUARD] },
       { provide: WEBHOOK_SECRETS, useValue: singleSecret(config.webhooks.secret) },
       { provide: APP_FILTER, useClass: ErrorFilter },

@@ -1,8 +1,13 @@
-import { describe, expect, it } from 'vitest';
+import * as http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SpecError } from '@longshot/planner';
 import { AddressPolicy, parseCidr, parseIp, specialKind } from '../src/webhooks/addresses';
 import { DestinationGuard, DestinationRefused, DestinationUnresolved, type Resolver } from '../src/webhooks/destination';
 import { retryDelayMs } from '../src/webhooks/dispatcher';
-import { verifyWebhookSignature, webhookSignature } from '../src/webhooks/signing';
+import { WebhookSender } from '../src/webhooks/sender';
+import { singleSecret, verifyWebhookSignature, webhookSignature } from '../src/webhooks/signing';
+import { WebhookService } from '../src/webhooks/webhook.service';
 
 const kind = (ip: string) => {
   const parsed = parseIp(ip);
@@ -101,7 +106,7 @@ describe('webhook destination guard', () => {
   const dns = resolver({ 'public.test': ['93.184.216.34', '2606:2800::1'], 'inside.test': ['10.0.0.7'], 'split.test': ['93.184.216.34', '127.0.0.1'], 'meta.test': ['169.254.169.254'] });
 
   it('returns every address of a public host, refuses a host with any special address, and says what kind, never which', async () => {
-    const guard = new DestinationGuard(new AddressPolicy([]), dns);
+    const guard = new DestinationGuard(new AddressPolicy([]), 5000, dns);
     expect(await guard.vet(new URL('https://public.test/x'))).toEqual([
       { address: '93.184.216.34', family: 4 },
       { address: '2606:2800::1', family: 6 },
@@ -125,7 +130,7 @@ describe('webhook destination guard', () => {
   });
 
   it('connects to allowed ranges when the operator allows them', async () => {
-    const guard = new DestinationGuard(new AddressPolicy(['127.0.0.0/8', '10.0.0.0/8']), dns);
+    const guard = new DestinationGuard(new AddressPolicy(['127.0.0.0/8', '10.0.0.0/8']), 5000, dns);
     expect(await guard.vet(new URL('https://inside.test/'))).toEqual([{ address: '10.0.0.7', family: 4 }]);
     expect(await guard.vet(new URL('http://127.0.0.1:9/'))).toEqual([{ address: '127.0.0.1', family: 4 }]);
     await expect(guard.vet(new URL('http://meta.test/'))).rejects.toBeInstanceOf(DestinationRefused);
@@ -168,5 +173,72 @@ describe('webhook retry back-off', () => {
     }
     const spread = new Set(Array.from({ length: 20 }, (_, i) => retryDelayMs(`j:${i}-0`, 3, 1000, 60_000)));
     expect(spread.size).toBeGreaterThan(10);
+  });
+});
+
+describe('webhook sender', () => {
+  /** A local receiver: `/redirect` answers 302, `/silent` never answers, anything else 204. It records what it got. */
+  const seen: { url: string; host: string; body: string }[] = [];
+  let server: http.Server;
+  let port: number;
+  beforeAll(async () => {
+    server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        seen.push({ url: req.url ?? '', host: req.headers.host ?? '', body: Buffer.concat(chunks).toString() });
+        if (req.url === '/silent') return;
+        if (req.url === '/redirect') res.writeHead(302, { location: `http://127.0.0.1:${port}/elsewhere` }).end();
+        else res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    port = (server.address() as AddressInfo).port;
+  });
+  afterAll(() => {
+    server.closeAllConnections();
+    server.close();
+  });
+  const sender = (allow: string[], table: Record<string, string[]>) =>
+    new WebhookSender(new DestinationGuard(new AddressPolicy(allow), 5000, async (host) => (table[host] ?? []).map((address) => ({ address, family: 4 as const }))));
+
+  it('connects to the vetted address with the URL host in Host, and follows no redirect', async () => {
+    seen.length = 0;
+    const s = sender(['127.0.0.0/8'], { 'hooks.test': ['127.0.0.1'] });
+    expect(await s.post(new URL(`http://hooks.test:${port}/in?k=v`), '{"a":1}', { 'x-test': '1' }, 5000)).toEqual({ kind: 'response', status: 204 });
+    expect(seen).toEqual([{ url: '/in?k=v', host: `hooks.test:${port}`, body: '{"a":1}' }]);
+    expect(await s.post(new URL(`http://hooks.test:${port}/redirect`), '{}', {}, 5000)).toEqual({ kind: 'response', status: 302 });
+    expect(seen.map((r) => r.url)).toEqual(['/in?k=v', '/redirect']);
+  });
+
+  it('tries the next address of the host when one refuses the connection', async () => {
+    seen.length = 0;
+    // Nothing listens on 127.0.0.2 at that port.
+    const s = sender(['127.0.0.0/8'], { 'hooks.test': ['127.0.0.2', '127.0.0.1'] });
+    expect(await s.post(new URL(`http://hooks.test:${port}/in`), '{}', {}, 5000)).toEqual({ kind: 'response', status: 204 });
+    expect(seen).toHaveLength(1);
+  });
+
+  it('refuses at delivery a host that resolves to a refused address now, without connecting', async () => {
+    seen.length = 0;
+    const r = await sender([], { 'hooks.test': ['127.0.0.1'] }).post(new URL(`http://hooks.test:${port}/in`), '{}', {}, 5000);
+    expect(r.kind).toBe('refused');
+    expect(await sender([], {}).post(new URL(`http://nowhere.test:${port}/in`), '{}', {}, 5000)).toMatchObject({ kind: 'error', message: expect.stringMatching(/does not resolve/) });
+    expect(seen).toEqual([]);
+  });
+
+  it('gives up on a receiver that does not answer within the timeout', async () => {
+    const r = await sender(['127.0.0.0/8'], {}).post(new URL(`http://127.0.0.1:${port}/silent`), '{}', {}, 300);
+    expect(r).toEqual({ kind: 'error', message: 'no answer within 300 ms' });
+  });
+});
+
+describe('webhook submit checks', () => {
+  it('refuses a webhook when the controller has no signing secret, naming the field', async () => {
+    const service = new WebhookService(null as never, new DestinationGuard(new AddressPolicy([]), 5000), singleSecret(null));
+    const e = await service.check({ url: new URL('https://hooks.example.com/'), events: ['succeeded'] }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(SpecError);
+    expect((e as SpecError).field).toBe('webhook');
+    expect((e as Error).message).toMatch(/LONGSHOT_WEBHOOK_SECRET/);
   });
 });

@@ -53,6 +53,8 @@ export const systemResolver: Resolver = async (host) => (await lookup(host, { al
 export class DestinationGuard {
   constructor(
     private readonly policy: AddressPolicy,
+    /** A resolver that hangs must not hold a submit or an attempt longer than this. */
+    private readonly resolveTimeoutMs: number,
     private readonly resolve: Resolver = systemResolver,
   ) {}
 
@@ -62,10 +64,14 @@ export class DestinationGuard {
     let addresses: ResolvedAddress[];
     if (literal) addresses = [{ address: host, family: literal.version }];
     else {
+      let timer: NodeJS.Timeout | undefined;
       try {
-        addresses = await this.resolve(host);
+        const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('timeout')), this.resolveTimeoutMs)));
+        addresses = await Promise.race([this.resolve(host), late]);
       } catch {
-        throw new DestinationUnresolved('the webhook host does not resolve');
+        throw new DestinationUnresolved(`the webhook host does not resolve (within ${this.resolveTimeoutMs} ms)`);
+      } finally {
+        clearTimeout(timer);
       }
       if (addresses.length === 0) throw new DestinationUnresolved('the webhook host does not resolve');
     }

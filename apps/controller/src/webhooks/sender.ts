@@ -24,12 +24,11 @@ const MAX_RESPONSE_BYTES = 64 * 1024;
 export class WebhookSender {
   constructor(private readonly guard: DestinationGuard) {}
 
-  /** One attempt; `timeoutMs` bounds all of it (resolving included). */
+  /** One attempt: the guard resolves (bounded by its own deadline), then the answer must come within `timeoutMs`. */
   async post(url: URL, body: string, headers: Record<string, string>, timeoutMs: number): Promise<AttemptResult> {
-    const deadline = Date.now() + timeoutMs;
     let addresses: ResolvedAddress[];
     try {
-      addresses = await withDeadline(this.guard.vet(url), timeoutMs);
+      addresses = await this.guard.vet(url);
     } catch (e) {
       if (e instanceof DestinationRefused) return { kind: 'refused', message: e.message };
       if (e instanceof DestinationUnresolved) return { kind: 'error', message: e.message };
@@ -38,23 +37,13 @@ export class WebhookSender {
     let last: AttemptResult = { kind: 'error', message: 'no address' };
     for (const address of addresses) {
       try {
-        return { kind: 'response', status: await postTo(url, address, body, headers, Math.max(1, deadline - Date.now())) };
+        return { kind: 'response', status: await postTo(url, address, body, headers, timeoutMs) };
       } catch (e) {
         last = { kind: 'error', message: (e as Error).message };
         if (!CONNECT_ERRORS.has((e as NodeJS.ErrnoException).code ?? '')) break;
       }
     }
     return last;
-  }
-}
-
-/** `p`, or a DestinationUnresolved after `ms` (a resolver that hangs must not hold the attempt). */
-async function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new DestinationUnresolved(`the webhook host did not resolve within ${ms} ms`)), ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 
