@@ -120,6 +120,11 @@ describe('webhook destination guard', () => {
       ['http://[::ffff:127.0.0.1]/', 'loopback'],
       ['http://[fe80::1]/', 'link-local'],
       ['http://0.0.0.0/', 'unspecified'],
+      // Obfuscated forms the URL parser normalises to dotted quads.
+      ['http://2130706433/', 'loopback'],
+      ['http://0x7f.1/', 'loopback'],
+      ['http://0177.0.0.1/', 'loopback'],
+      ['http://[0:0:0:0:0:ffff:7f00:1]/', 'loopback'],
     ] as const) {
       const e = await guard.vet(new URL(url)).catch((x: unknown) => x);
       expect(e, url).toBeInstanceOf(DestinationRefused);
