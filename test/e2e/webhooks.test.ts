@@ -138,7 +138,8 @@ beforeAll(async () => {
       LONGSHOT_WEBHOOK_MAX_BACKOFF_MS: '200',
       LONGSHOT_WEBHOOK_MAX_ATTEMPTS: '5',
       LONGSHOT_WEBHOOK_POLL_MS: '100',
-      LONGSHOT_WEBHOOK_TIMEOUT_MS: '1000',
+      // A claim is held for twice this plus 1 s: long enough that a loaded machine never sees one expire mid-attempt.
+      LONGSHOT_WEBHOOK_TIMEOUT_MS: '2000',
     },
   });
   redis = new Redis(cluster.redisUrl);
