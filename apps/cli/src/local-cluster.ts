@@ -112,11 +112,11 @@ export class LocalCluster {
     return this.redis.url;
   }
 
-  /** Starts one more controller replica and resolves once it serves HTTP. */
-  spawnController(port = 0): Promise<LocalController> {
+  /** Starts one more controller replica and resolves once it serves HTTP; `env` adds to (or overrides) controllerEnv for this one. */
+  spawnController(port = 0, env: NodeJS.ProcessEnv = {}): Promise<LocalController> {
     const id = `${this.options.name ?? 'local'}-controller-${this.controllers.size}-${this.spawned++}`;
     const args = [CONTROLLER_BIN, '--host', '127.0.0.1', '--port', String(port), '--redis', this.redis.url, '--id', id, ...this.modelsDirArgs()];
-    return this.spawnReady(id, args, { ...process.env, LONGSHOT_GRANT_KEYS: this.grantKeys, ...this.options.controllerEnv }, (msg, child) => {
+    return this.spawnReady(id, args, { ...process.env, LONGSHOT_GRANT_KEYS: this.grantKeys, ...this.options.controllerEnv, ...env }, (msg, child) => {
       const c: LocalController = { id, url: msg.url as string, process: child };
       this.controllers.set(id, c);
       return c;

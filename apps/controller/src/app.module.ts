@@ -1,6 +1,6 @@
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
-import { JobStore, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { JobStore, WebhookOutbox, WorkerLeases, WorkerRegistry } from '@longshot/cache';
 import type { ControllerConfig } from './config';
 import { EventHub } from './event-hub';
 import { ConsoleController } from './http/console.controller';
@@ -14,7 +14,13 @@ import { EmbeddingsController } from './http/embeddings.controller';
 import { diskFiles, JobDataRepository, quotaFiles, ResultStore, UploadRepository } from './repositories';
 import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
-import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS } from './tokens';
+import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS, WEBHOOK_GUARD, WEBHOOK_OUTBOX, WEBHOOK_SECRETS, WEBHOOK_SENDER } from './tokens';
+import { AddressPolicy } from './webhooks/addresses';
+import { DestinationGuard } from './webhooks/destination';
+import { WebhookDispatcher } from './webhooks/dispatcher';
+import { WebhookSender } from './webhooks/sender';
+import { singleSecret } from './webhooks/signing';
+import { WebhookService } from './webhooks/webhook.service';
 import { VideosService } from './videos.service';
 import { APP_FILTER } from '@nestjs/core';
 
@@ -28,8 +34,9 @@ class Connections implements OnApplicationShutdown {
 
 /** Gauges that read Redis on scrape. */
 class Gauges {
-  constructor(@Inject(RenderQueue) queue: RenderQueue, @Inject(REGISTRY) registry: WorkerRegistry, @Inject(LEASES) leases: WorkerLeases) {
+  constructor(@Inject(RenderQueue) queue: RenderQueue, @Inject(REGISTRY) registry: WorkerRegistry, @Inject(LEASES) leases: WorkerLeases, @Inject(WEBHOOK_OUTBOX) outbox: WebhookOutbox) {
     registerClusterGauges({
+      webhookJobs: () => outbox.pending(),
       queueCounts: () => queue.counts(),
       async workers() {
         const live = await registry.list();
@@ -57,12 +64,18 @@ export function appModule(config: ControllerConfig) {
       },
       { provide: MODELS, useValue: new ModelCatalog(config.modelsDir) },
       { provide: UPLOADS, useFactory: (r: Redis) => new UploadRepository(r, config.retentionSeconds), inject: [REDIS] },
+      { provide: WEBHOOK_OUTBOX, useFactory: (r: Redis) => new WebhookOutbox(r), inject: [REDIS] },
+      { provide: WEBHOOK_GUARD, useValue: new DestinationGuard(new AddressPolicy(config.webhooks.allowCidrs), config.webhooks.timeoutMs) },
+      { provide: WEBHOOK_SENDER, useFactory: (guard: DestinationGuard) => new WebhookSender(guard), inject: [WEBHOOK_GUARD] },
+      { provide: WEBHOOK_SECRETS, useValue: singleSecret(config.webhooks.secret) },
       { provide: APP_FILTER, useClass: ErrorFilter },
       Connections,
       RenderQueue,
       RunnerService,
       EventHub,
       ReconcilerService,
+      WebhookService,
+      WebhookDispatcher,
       VideosService,
       Gauges,
     ],

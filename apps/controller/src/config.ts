@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { modelsDirFlag } from '@longshot/model';
+import { parseCidr } from './webhooks/addresses';
 import { loadTlsFiles, parseGrantKeys, type GrantKey, type TlsFiles } from '@longshot/transport';
 
 /** Everything the controller reads from its flags and environment, checked once at start-up. */
@@ -49,6 +50,26 @@ export interface ControllerConfig {
   readonly grantKey: GrantKey;
   /** mTLS client certificate for the links to workers (LONGSHOT_TLS_CERT/KEY/CA); null = plaintext. */
   readonly tls: TlsFiles | null;
+  readonly webhooks: WebhookConfig;
+}
+
+/** Job webhooks (docs/api.md, Webhooks). */
+export interface WebhookConfig {
+  /** Signs every payload (LONGSHOT_WEBHOOK_SECRET, at least 16 characters); null: jobs with a webhook are refused. */
+  readonly secret: string | null;
+  /** Ranges webhooks may reach although loopback, private, link-local... (LONGSHOT_WEBHOOK_ALLOW_CIDRS); checked CIDRs. */
+  readonly allowCidrs: readonly string[];
+  /** Attempts per event before it is given up. */
+  readonly maxAttempts: number;
+  /** Delay before the second attempt; doubled each time up to maxBackoffMs (with +-20% jitter). */
+  readonly backoffMs: number;
+  readonly maxBackoffMs: number;
+  /** Deadline of one attempt (connect, send, answer). */
+  readonly timeoutMs: number;
+  /** How often a job with nothing to deliver is looked at again. */
+  readonly pollMs: number;
+  /** Deliveries one replica runs at once (each to a different job). */
+  readonly concurrency: number;
 }
 
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerConfig {
@@ -93,7 +114,36 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     // Wan2.1's cond + uncond as float32 safetensors is 16 MiB.
     maxUploadBytes: int('LONGSHOT_MAX_UPLOAD_BYTES', env.LONGSHOT_MAX_UPLOAD_BYTES, 64 * 1024 * 1024),
     grantKey: parseGrantKeys(env.LONGSHOT_GRANT_KEYS ?? '', 'LONGSHOT_GRANT_KEYS')[0],
+    webhooks: {
+      secret: webhookSecret(env.LONGSHOT_WEBHOOK_SECRET),
+      allowCidrs: cidrList('LONGSHOT_WEBHOOK_ALLOW_CIDRS', env.LONGSHOT_WEBHOOK_ALLOW_CIDRS),
+      maxAttempts: int('LONGSHOT_WEBHOOK_MAX_ATTEMPTS', env.LONGSHOT_WEBHOOK_MAX_ATTEMPTS, 10),
+      backoffMs: int('LONGSHOT_WEBHOOK_BACKOFF_MS', env.LONGSHOT_WEBHOOK_BACKOFF_MS, 1000),
+      maxBackoffMs: int('LONGSHOT_WEBHOOK_MAX_BACKOFF_MS', env.LONGSHOT_WEBHOOK_MAX_BACKOFF_MS, 300_000),
+      timeoutMs: int('LONGSHOT_WEBHOOK_TIMEOUT_MS', env.LONGSHOT_WEBHOOK_TIMEOUT_MS, 10_000, 100),
+      pollMs: int('LONGSHOT_WEBHOOK_POLL_MS', env.LONGSHOT_WEBHOOK_POLL_MS, 1000, 10),
+      concurrency: int('LONGSHOT_WEBHOOK_CONCURRENCY', env.LONGSHOT_WEBHOOK_CONCURRENCY, 16),
+    },
     tls: loadTlsFiles({ cert: env.LONGSHOT_TLS_CERT, key: env.LONGSHOT_TLS_KEY, ca: env.LONGSHOT_TLS_CA }, { cert: 'LONGSHOT_TLS_CERT', key: 'LONGSHOT_TLS_KEY', ca: 'LONGSHOT_TLS_CA' }),
   };
 }
 
+
+function webhookSecret(raw: string | undefined): string | null {
+  if (raw === undefined || raw === '') return null;
+  if (raw.length < 16) throw new Error(`LONGSHOT_WEBHOOK_SECRET must be at least 16 characters (got ${raw.length})`);
+  return raw;
+}
+
+/** A comma-separated list of CIDR ranges, each checked (the error names the variable and the entry). */
+function cidrList(name: string, raw: string | undefined): string[] {
+  const list = (raw ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
+  for (const c of list) {
+    try {
+      parseCidr(c);
+    } catch (e) {
+      throw new Error(`${name}: ${(e as Error).message}`);
+    }
+  }
+  return list;
+}

@@ -18,8 +18,8 @@ export const failovers = counter<'reason'>({ name: 'longshot_failovers_total', h
 export const blockSteps = counter({ name: 'longshot_block_steps_total', help: 'Block-steps applied by the heads of jobs this replica drives' });
 
 
-/** Redis could not be reached: by where it was noticed (an HTTP request answered 503, the SSE reader, the reconciler). */
-export const redisUnavailable = counter<'where'>({ name: 'longshot_redis_unavailable_total', help: 'Operations that found Redis unreachable (HTTP answered 503 with Retry-After, SSE reader, reconciler)', labelNames: ['where'], known: { where: ['http', 'sse', 'reconciler'] } });
+/** Redis could not be reached: by where it was noticed (an HTTP request answered 503, the SSE reader, the reconciler, the webhook loop). */
+export const redisUnavailable = counter<'where'>({ name: 'longshot_redis_unavailable_total', help: 'Operations that found Redis unreachable (HTTP answered 503 with Retry-After, SSE reader, reconciler, webhook delivery)', labelNames: ['where'], known: { where: ['http', 'sse', 'reconciler', 'webhooks'] } });
 
 export const jobsReenqueued = counter({ name: 'longshot_jobs_reenqueued_total', help: 'Queued job records found without a queue entry and enqueued again by the reconciler' });
 
@@ -35,10 +35,28 @@ export const stitchedBlocks = counter({ name: 'longshot_stitched_blocks_total', 
  */
 export const rejectedRequests = counter<'reason'>({ name: 'longshot_http_rejected_total', help: 'Requests refused with a 4xx, by error code', labelNames: ['reason'] });
 
+/** How a webhook delivery attempt ended (exhausted: it failed or was refused, and it was the event's last). */
+export const WEBHOOK_OUTCOMES = ['delivered', 'failed', 'refused', 'exhausted'] as const;
+
+export const webhookDeliveries = counter<'outcome'>({
+  name: 'longshot_webhook_deliveries_total',
+  help: 'Webhook delivery attempts by outcome: delivered (2xx), failed (retried), refused (destination not allowed at delivery; retried), exhausted (the last attempt failed: the event was given up)',
+  labelNames: ['outcome'],
+  known: { outcome: WEBHOOK_OUTCOMES },
+});
+
+export const webhookAttemptDuration = histogram({
+  name: 'longshot_webhook_attempt_duration_seconds',
+  help: 'Duration of one webhook delivery attempt (resolve, connect, send, answer)',
+  buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+});
+
 /** What the scrape-time gauges read. */
 export interface ClusterState {
   queueCounts(): Promise<Record<string, number>>;
   workers(): Promise<{ registered: number; leased: number }>;
+  /** Jobs whose webhook still has (or may get) events to deliver. */
+  webhookJobs(): Promise<number>;
 }
 
 /** Registers the gauges that mirror cluster state; their collect() runs on every scrape. */
@@ -66,6 +84,13 @@ export function registerClusterGauges(state: ClusterState): void {
     help: 'Workers leased to jobs now',
     async collect() {
       this.set((await read()).leased);
+    },
+  });
+  gauge({
+    name: 'longshot_webhook_jobs_pending',
+    help: 'Jobs in the webhook outbox: events still owed to their receiver, or the job not finished yet',
+    async collect() {
+      this.set(await state.webhookJobs());
     },
   });
   let last = { at: Date.now(), total: 0 };

@@ -14,7 +14,11 @@ import { chooseStages } from './planning';
 import { isNoSpace, type JobDataRepository, type ResultStore, type UploadRepository } from './repositories';
 
 /** What a job record's spec holds: the normalised spec, and whether K was left to the planner. */
-export type VideoSpec = JobSpec & { readonly autoStages: boolean };
+export type VideoSpec = JobSpec & {
+  readonly autoStages: boolean;
+  /** The events the job's webhook gets; null (or absent, in older records) when it has none. */
+  readonly webhookEvents?: readonly string[] | null;
+};
 
 export interface VideoResult {
   readonly frames: number;

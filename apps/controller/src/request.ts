@@ -1,5 +1,8 @@
 import { MODEL_NAME_PATTERN } from '@longshot/model';
 import { SpecError, type JobRequest } from '@longshot/planner';
+import { MAX_WEBHOOK_URL_LENGTH, parseWebhookUrl, WEBHOOK_FIELD } from './webhooks/destination';
+import { DEFAULT_WEBHOOK_EVENTS, JOB_EVENT_NAMES, type JobEventName } from './webhooks/events';
+import type { WebhookRequest } from './webhooks/webhook.service';
 
 /** A validated POST /v1/videos body, before the spec is normalised. */
 export interface SubmitRequest {
@@ -10,6 +13,8 @@ export interface SubmitRequest {
   readonly priority: number;
   /** The upload (POST /v1/embeddings) whose embeddings condition the job; job.textEmbeddings is it too. */
   readonly textEmbeddingsId: string | null;
+  /** Where the job's events are POSTed, and which (null: no webhook). */
+  readonly webhook: WebhookRequest | null;
 }
 
 /** Ids POST /v1/embeddings returns (UUIDs). */
@@ -24,13 +29,19 @@ export const MAX_PRIORITY = 2_097_152;
  * schema below is it, and parseSubmit checks exactly what it declares.
  */
 interface FieldSpec {
-  readonly type: 'string' | 'number' | 'integer';
+  readonly type: 'string' | 'number' | 'integer' | 'array';
   readonly description?: string;
-  readonly example?: string | number;
+  readonly example?: string | number | readonly string[];
   readonly enum?: readonly string[];
   readonly pattern?: string;
+  readonly format?: 'uri';
+  readonly maxLength?: number;
   readonly minimum?: number;
   readonly maximum?: number;
+  /** An array's items: strings, each one of `enum`, no repeats. */
+  readonly items?: { readonly type: 'string'; readonly enum: readonly string[] };
+  readonly minItems?: number;
+  readonly uniqueItems?: boolean;
 }
 
 const SUBMIT_FIELDS = {
@@ -61,6 +72,22 @@ const SUBMIT_FIELDS = {
   block: { type: 'integer', description: 'Latent frames per block (B).' },
   context: { type: 'integer', description: 'Context frames shared with each neighbour block (C).' },
   priority: { type: 'integer', minimum: 1, maximum: MAX_PRIORITY, description: 'Lower runs sooner (BullMQ semantics); default 1000.' },
+  webhook: {
+    type: 'string',
+    format: 'uri',
+    maxLength: MAX_WEBHOOK_URL_LENGTH,
+    example: 'https://hooks.example.com/longshot',
+    description:
+      'http(s) URL the job\'s events are POSTed to, signed (Longshot-Webhook-Signature), retried with back-off until a 2xx. No credentials in it; loopback, private and link-local destinations are refused unless the operator allows them. Not shown back.',
+  },
+  webhookEvents: {
+    type: 'array',
+    items: { type: 'string', enum: JOB_EVENT_NAMES },
+    minItems: 1,
+    uniqueItems: true,
+    example: ['started', 'succeeded', 'failed', 'canceled'],
+    description: 'The events the webhook gets (needs webhook); default: every event but progress.',
+  },
 } as const satisfies Readonly<Record<string, FieldSpec>>;
 
 /** JSON schema of the body, for the OpenAPI document: the field table itself. */
@@ -69,14 +96,25 @@ export const SUBMIT_SCHEMA = { type: 'object', additionalProperties: false, prop
 /** Throws a SpecError naming the field unless the value satisfies the field's spec. */
 function checkField(name: string, spec: FieldSpec, v: unknown): void {
   if (v === null || v === undefined) throw new SpecError(name, 'must not be null');
+  if (spec.type === 'array') return checkArray(name, spec, v);
   const ok = spec.type === 'string' ? typeof v === 'string' : spec.type === 'number' ? typeof v === 'number' && Number.isFinite(v) : typeof v === 'number' && Number.isInteger(v);
   if (!ok) throw new SpecError(name, `must be ${spec.type === 'integer' ? 'an integer' : `a ${spec.type}`}, got ${echo(v)}`);
+  if (spec.maxLength !== undefined && (v as string).length > spec.maxLength) throw new SpecError(name, `must be at most ${spec.maxLength} characters`);
   if (spec.enum && !spec.enum.includes(v as string)) throw new SpecError(name, `must be one of ${spec.enum.join(', ')}, got ${echo(v)}`);
   // Not echoed: a value that fails a pattern may be a path, and the answer must not repeat it.
   if (spec.pattern && !new RegExp(spec.pattern).test(v as string)) throw new SpecError(name, `must match ${spec.pattern}`);
   if ((spec.minimum !== undefined && (v as number) < spec.minimum) || (spec.maximum !== undefined && (v as number) > spec.maximum)) {
     throw new SpecError(name, `must be in ${spec.minimum ?? '-inf'}..${spec.maximum ?? 'inf'}, got ${v as number}`);
   }
+}
+
+function checkArray(name: string, spec: FieldSpec, v: unknown): void {
+  if (!Array.isArray(v)) throw new SpecError(name, `must be an array, got ${echo(v)}`);
+  if (spec.minItems !== undefined && v.length < spec.minItems) throw new SpecError(name, `must have at least ${spec.minItems} item(s)`);
+  for (const item of v) {
+    if (typeof item !== 'string' || !spec.items!.enum.includes(item)) throw new SpecError(name, `items must be among ${spec.items!.enum.join(', ')}, got ${echo(item)}`);
+  }
+  if (spec.uniqueItems && new Set(v).size !== v.length) throw new SpecError(name, 'must not repeat an item');
 }
 
 export const DEFAULT_PRIORITY = 1000;
@@ -127,5 +165,14 @@ export function parseSubmit(body: unknown): SubmitRequest {
     seed: b.seed as number | undefined,
     model: b.model as string | undefined,
   };
-  return { job, autoStages: b.stages === undefined, priority, textEmbeddingsId: (b.textEmbeddingsId as string | undefined) ?? null };
+  return { job, autoStages: b.stages === undefined, priority, textEmbeddingsId: (b.textEmbeddingsId as string | undefined) ?? null, webhook: webhookOf(b) };
+}
+
+/** The webhook fields' meaning beyond their types: a usable URL, and events only with it. */
+function webhookOf(b: Record<string, unknown>): WebhookRequest | null {
+  if (b.webhook === undefined) {
+    if (b.webhookEvents !== undefined) throw new SpecError('webhookEvents', `needs ${WEBHOOK_FIELD}`);
+    return null;
+  }
+  return { url: parseWebhookUrl(b.webhook as string), events: (b.webhookEvents as JobEventName[] | undefined) ?? DEFAULT_WEBHOOK_EVENTS };
 }

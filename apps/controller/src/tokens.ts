@@ -16,3 +16,11 @@ export const RESULTS = Symbol('ResultStore');
 /** The ModelCatalog: model names clients may send. */
 export const MODELS = Symbol('ModelCatalog');
 export const UPLOADS = Symbol('UploadRepository');
+/** The WebhookOutbox (Redis): jobs with a webhook and how far their delivery got. */
+export const WEBHOOK_OUTBOX = Symbol('WebhookOutbox');
+/** The DestinationGuard: which addresses webhooks may reach. */
+export const WEBHOOK_GUARD = Symbol('DestinationGuard');
+/** The WebhookSender: the outbound HTTP adapter. */
+export const WEBHOOK_SENDER = Symbol('WebhookSender');
+/** WebhookSecrets: the signing secret of each tenant. */
+export const WEBHOOK_SECRETS = Symbol('WebhookSecrets');

@@ -11,6 +11,7 @@ import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './ren
 import { parseSubmit } from './request';
 import type { JobDataRepository, ResultStore, UploadRepository } from './repositories';
 import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REGISTRY, RESULTS, UPLOADS } from './tokens';
+import { WebhookService } from './webhooks/webhook.service';
 
 export interface SubmitOutcome {
   readonly created: boolean;
@@ -30,6 +31,7 @@ export class VideosService {
     @Inject(MODELS) private readonly catalog: ModelCatalog,
     @Inject(UPLOADS) private readonly uploads: UploadRepository,
     @Inject(JOB_DATA) private readonly jobData: JobDataRepository,
+    @Inject(WebhookService) private readonly webhooks: WebhookService,
   ) {}
 
   /** Validates everything before writing anything: a rejected request leaves no trace. */
@@ -53,11 +55,17 @@ export class VideosService {
       if (spec.stages > serving) throw new SpecError('stages', `${spec.stages} stages but only ${serving} registered workers serve model ${spec.model}`);
     }
     const plan = planJob(spec);
-    const stored: VideoSpec = { ...spec, autoStages: req.autoStages };
+    if (req.webhook) await this.webhooks.check(req.webhook);
+    // The webhook's URL is kept in the outbox only: the record (GET, SSE) names its events.
+    const stored: VideoSpec = { ...spec, autoStages: req.autoStages, webhookEvents: req.webhook?.events ?? null };
     const id = randomUUID();
     const idem = idempotencyKey === undefined ? null : { key: sha256(idempotencyKey), bodyHash: sha256(canonicalJson(body)) };
+    // Subscribed before the record exists, so no event is missed; a record that never comes
+    // (a crash in between) leaves an orphan the delivery loop drops.
+    if (req.webhook) await this.webhooks.subscribe(id, req.webhook);
     const outcome = await this.jobs.create({ id, spec: stored, priority: req.priority, stages: req.autoStages ? null : spec.stages, blocks: plan.blocks, blockSteps: plan.blockSteps }, idem);
     if (!outcome.created) {
+      if (req.webhook) await this.webhooks.unsubscribe(id);
       if (!outcome.sameBody) throw new ConflictException({ error: 'conflict', message: 'this Idempotency-Key was used with a different body' });
       const existing = await this.jobs.get(outcome.existingId);
       if (!existing) throw new ConflictException({ error: 'conflict', message: `the job this Idempotency-Key created (${outcome.existingId}) was deleted; use another key` });
@@ -108,11 +116,11 @@ export class VideosService {
   }
 
   view(rec: VideoRecord) {
-    const { autoStages, textEmbeddings, ...spec } = rec.spec;
+    const { autoStages, textEmbeddings, webhookEvents, ...spec } = rec.spec;
     return {
       id: rec.id,
       status: rec.status,
-      spec: { ...spec, textEmbeddingsId: textEmbeddings, stages: rec.stages, autoStages },
+      spec: { ...spec, textEmbeddingsId: textEmbeddings, stages: rec.stages, autoStages, webhookEvents: webhookEvents ?? null },
       priority: rec.priority,
       progress: rec.progress,
       stages: rec.stages,
@@ -172,6 +180,8 @@ export class VideosService {
     this.results.remove(id);
     await this.jobData.remove(id);
     await this.queue.remove(id);
+    // Events not delivered yet are gone with the record: so is the job's webhook.
+    await this.webhooks.unsubscribe(id);
     // A finished record never changes again, so this deletes it; a vanished one was deleted by a concurrent DELETE.
     const status = await this.jobs.remove(id);
     if (status === null) throw new NotFoundException({ error: 'not_found', message: `no video ${id}` });

@@ -15,11 +15,14 @@ function refusedField(body: unknown): string | null {
 
 describe('POST /v1/videos body', () => {
   it('accepts every field the OpenAPI schema declares, with a value of its type', () => {
-    const sample = { string: 'x', number: 1.5, integer: 2 } as const;
+    const sample = { string: 'x', number: 1.5, integer: 2, array: ['x'] } as const;
+    const hook = 'https://hooks.example.com/longshot?token=abc';
+    const special: Record<string, unknown> = { size: '256x128', textEmbeddingsId: '123e4567-e89b-42d3-a456-426614174000', model: 'wan2.1-t2v-1.3b', webhook: hook, webhookEvents: ['succeeded'] };
+    // Fields that are only accepted beside another.
+    const companion: Record<string, object> = { webhookEvents: { webhook: hook } };
     for (const [name, spec] of Object.entries(SUBMIT_SCHEMA.properties)) {
-      const special: Record<string, string> = { size: '256x128', textEmbeddingsId: '123e4567-e89b-42d3-a456-426614174000', model: 'wan2.1-t2v-1.3b' };
       const value = 'enum' in spec ? spec.enum[0] : (special[name] ?? sample[spec.type]);
-      expect(refusedField({ [name]: value }), name).toBeNull();
+      expect(refusedField({ ...companion[name], [name]: value }), name).toBeNull();
     }
   });
 
@@ -48,6 +51,22 @@ describe('POST /v1/videos body', () => {
       [JSON.parse('{"toString": "x"}'), 'toString'],
       [JSON.parse('{"__proto__": {"prompt": "x"}}'), '__proto__'],
       [JSON.parse('{"hasOwnProperty": 2}'), 'hasOwnProperty'],
+      // Webhooks: an absolute http(s) URL without credentials or fragment; known events, with a URL.
+      [{ webhook: 'not a url' }, 'webhook'],
+      [{ webhook: '/relative/path' }, 'webhook'],
+      [{ webhook: 'ftp://hooks.example.com/x' }, 'webhook'],
+      [{ webhook: 'file:///etc/passwd' }, 'webhook'],
+      [{ webhook: 'https://user:secret@hooks.example.com/x' }, 'webhook'],
+      [{ webhook: 'https://token@hooks.example.com/x' }, 'webhook'],
+      [{ webhook: 'https://hooks.example.com/x#frag' }, 'webhook'],
+      [{ webhook: `https://hooks.example.com/${'a'.repeat(2048)}` }, 'webhook'],
+      [{ webhook: 42 }, 'webhook'],
+      [{ webhookEvents: ['succeeded'] }, 'webhookEvents'],
+      [{ webhook: 'https://hooks.example.com/x', webhookEvents: 'succeeded' }, 'webhookEvents'],
+      [{ webhook: 'https://hooks.example.com/x', webhookEvents: [] }, 'webhookEvents'],
+      [{ webhook: 'https://hooks.example.com/x', webhookEvents: ['completed'] }, 'webhookEvents'],
+      [{ webhook: 'https://hooks.example.com/x', webhookEvents: [3] }, 'webhookEvents'],
+      [{ webhook: 'https://hooks.example.com/x', webhookEvents: ['failed', 'failed'] }, 'webhookEvents'],
     ];
     for (const [body, field] of cases) expect(refusedField(body), JSON.stringify(body)).toBe(field);
   });
@@ -58,6 +77,21 @@ describe('POST /v1/videos body', () => {
     expect(r.priority).toBe(DEFAULT_PRIORITY);
     expect(r.autoStages).toBe(true);
     expect(parseSubmit({ stages: 2 }).autoStages).toBe(false);
+  });
+
+  it('reads a webhook: its URL, and every event but progress unless webhookEvents chooses', () => {
+    expect(parseSubmit({ prompt: 'a boat' }).webhook).toBeNull();
+    const plain = parseSubmit({ webhook: 'http://hooks.example.com:8443/in?k=v' }).webhook!;
+    expect(plain.url.href).toBe('http://hooks.example.com:8443/in?k=v');
+    expect(plain.events).toEqual(['queued', 'started', 'block', 'failover', 'retrying', 'succeeded', 'failed', 'canceled']);
+    expect(parseSubmit({ webhook: 'https://[2001:db8::1]/in', webhookEvents: ['progress', 'succeeded'] }).webhook!.events).toEqual(['progress', 'succeeded']);
+  });
+
+  it('never echoes a refused webhook URL (it may carry a token)', () => {
+    for (const webhook of ['https://user:hunter2@hooks.example.com/x', 'gopher://hunter2.example.com/', 'https://hooks.example.com/hunter2#hunter2']) {
+      expect(() => parseSubmit({ webhook })).toThrow(SpecError);
+      expect(() => parseSubmit({ webhook })).not.toThrow(/hunter2/);
+    }
   });
 
 });

@@ -8,4 +8,5 @@ export { CorruptValueError } from './codec';
 export * from './leases';
 export * from './jobs';
 export * from './text-embeddings';
+export * from './webhook-outbox';
 export { isRedisUnavailable } from './unavailable';

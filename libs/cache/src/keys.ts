@@ -14,6 +14,8 @@
  *   R:job:{<jobId>}:<key>~<run>     a fenced value on its way to <key> (exists for one round trip)
  *   R:text-embedding:<hash>         cached text encoder output
  *   R:upload:<id>                   bytes a client uploaded (POST /v1/embeddings), with a TTL
+ *   R:{webhooks}:due                sorted set: jobs with a webhook, by when their next delivery is due
+ *   R:{webhooks}:job:<jobId>        a job's webhook (url, events, tenant) and delivery state (cursor, attempts, claim)
  *
  * Braces are Redis Cluster hash tags: all of a job's keys hash to one slot, as do the registry's,
  * which lets the stores update several keys in one MULTI or script on a cluster too.
@@ -76,6 +78,16 @@ export class KeySchema {
 
   uploadKey(id: string): string {
     return `${this.root}:upload:${checkId('upload id', id)}`;
+  }
+
+  /** The webhook outbox's worklist: job ids by the time their next delivery is due (WebhookOutbox). */
+  webhooksDueKey(): string {
+    return `${this.root}:{webhooks}:due`;
+  }
+
+  /** A job's webhook subscription and delivery state; same hash tag as the worklist. */
+  webhookKey(jobId: string): string {
+    return `${this.root}:{webhooks}:job:${checkId('job id', jobId)}`;
   }
 
   /** The job's current run: fenced writes of any other run are dropped (see JobKeyspace.put). */

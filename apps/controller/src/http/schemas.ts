@@ -57,6 +57,7 @@ const SPEC = object({
   seed: int,
   model: str,
   autoStages: { type: 'boolean', description: 'True when the planner chose stages.' },
+  webhookEvents: { type: 'array', items: str, nullable: true, description: "The events the job's webhook gets (its URL is not shown); null without a webhook." },
 });
 
 const RESULT = object({
