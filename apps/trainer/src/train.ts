@@ -69,8 +69,9 @@ function python(cfg: TrainerConfig, args: string[]): Promise<void> {
     const child = spawn(cfg.python, ['-m', 'longshot_trainer.train', ...args, '--threads', String(cfg.threads)], {
       cwd: path.join(cfg.trainerDir, 'python'),
       stdio: ['ignore', 'inherit', 'inherit'],
-      // Passive OpenMP waits: spinning threads lose badly when the machine is shared.
-      env: { ...process.env, OMP_WAIT_POLICY: 'PASSIVE' },
+      // Passive OpenMP waits and single-threaded OpenBLAS (torch parallelises around it):
+      // spinning BLAS threads made the DiT's small matrix products 20x slower on a shared machine.
+      env: { ...process.env, OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_NUM_THREADS: '1' },
     });
     child.on('error', (e) => reject(new Error(`trainer: cannot run ${cfg.python}: ${e.message} (install python3-torch: npm run setup)`)));
     child.on('exit', (code, signal) => (code === 0 ? resolve() : reject(new Error(`trainer stage '${args[0]}' failed (${signal ?? `exit ${code}`})`))));

@@ -255,3 +255,13 @@ export async function previewJpeg(rgb: Uint8Array, width: number, height: number
   if (stdout.length < 4 || stdout[0] !== 0xff || stdout[1] !== 0xd8) throw new Error('previewJpeg: ffmpeg did not produce a JPEG');
   return stdout;
 }
+
+/** Every frame of the first video stream as rgb24 bytes [frames, height, width, 3]. */
+export async function readRgbFrames(file: string): Promise<{ data: Uint8Array; frames: number; width: number; height: number }> {
+  const info = await probeVideo(file);
+  const ffmpeg = requireBinary('ffmpeg');
+  const { stdout } = await run(ffmpeg, ['-v', 'error', '-i', file, '-map', '0:v:0', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']);
+  const frameBytes = info.width * info.height * 3;
+  if (frameBytes === 0 || stdout.length % frameBytes !== 0) throw new Error(`readRgbFrames ${file}: ${stdout.length} bytes are not whole ${info.width}x${info.height} frames`);
+  return { data: new Uint8Array(stdout.buffer, stdout.byteOffset, stdout.length), frames: stdout.length / frameBytes, width: info.width, height: info.height };
+}

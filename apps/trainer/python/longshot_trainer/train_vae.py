@@ -1,6 +1,7 @@
 """Stage 1: the VAE (AutoencoderKLWan architecture) on short generated clips.
 
-Reconstruction loss L1 + MSE on pixels (the shape's pixels, told from the background by the
+The first `imageSteps` steps train on single frames (the image path, a ninth of a clip's cost),
+the rest on clips. Reconstruction loss L1 + MSE on pixels (the shape's pixels, told from the background by the
 clip's corner colour, weighted up) plus a small KL term, Adam, cosine learning rate. Each
 step's batch is drawn from a generator seeded by (recipe seed, step), so a resumed run draws
 exactly the batches an uninterrupted one would. Checkpoints every 50 steps; at the end the
@@ -52,7 +53,10 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
     running = None
     for step in range(start, steps):
         rng = np.random.default_rng([recipe["seed"], 1, step])
-        x = vae_batch(grammar, captions, rng, r["batch"], r["clipFrames"])
+        # A curriculum: single frames first (the spatial path, cheap), then clips (the causal
+        # temporal path through the feature cache).
+        image = step < r.get("imageSteps", 0)
+        x = vae_batch(grammar, captions, rng, r["imageBatch"] if image else r["batch"], 1 if image else r["clipFrames"])
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, r["lr"], r["finalLr"], r.get("warmup", 50))
         mu, logvar = model.encode(x)

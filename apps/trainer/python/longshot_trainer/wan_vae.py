@@ -96,10 +96,22 @@ class Resample(nn.Module):
             self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(dim, dim // 2, 3, padding=1))
             if mode == "upsample3d":
                 self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+                # Wan's init: both output frames start as copies of the current input frame.
+                with torch.no_grad():
+                    self.time_conv.weight.zero_()
+                    self.time_conv.bias.zero_()
+                    eye = torch.eye(dim)
+                    self.time_conv.weight[:dim, :, -1, 0, 0] = eye
+                    self.time_conv.weight[dim:, :, -1, 0, 0] = eye
         else:
             self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
             if mode == "downsample3d":
                 self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
+                # Wan's init: the output starts as the middle frame of its window.
+                with torch.no_grad():
+                    self.time_conv.weight.zero_()
+                    self.time_conv.bias.zero_()
+                    self.time_conv.weight[:, :, 1, 0, 0] = torch.eye(dim)
 
     def forward(self, x):
         if self.mode == "upsample3d" and x.shape[2] > 1:
