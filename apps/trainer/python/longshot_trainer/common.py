@@ -50,6 +50,17 @@ def load_checkpoint(path: str):
     return torch.load(path) if os.path.exists(path) else None
 
 
+def resume(path: str, stage: str, model, opt, steps: int) -> int:
+    """Loads the stage's last checkpoint into model and optimiser; the step to continue at (0: none)."""
+    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        return 0
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    print(f"[{stage}] resuming at step {ckpt['step']}/{steps}", flush=True)
+    return ckpt["step"]
+
+
 def fail(message: str) -> None:
     print(f"trainer: {message}", file=sys.stderr)
     sys.exit(2)

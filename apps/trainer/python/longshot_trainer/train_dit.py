@@ -18,7 +18,7 @@ import torch
 
 from . import safetensors_io
 from .clips import render_clip
-from .common import Progress, fail, load_checkpoint, lr_at, save_checkpoint
+from .common import Progress, fail, load_checkpoint, lr_at, resume, save_checkpoint
 from .grammar import Grammar
 from .wan_dit import WanTransformer3DModel
 from .wan_vae import AutoencoderKLWan
@@ -84,13 +84,7 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
     model = WanTransformer3DModel(recipe["transformer"])
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
     ckpt_path = os.path.join(workdir, "dit.pt")
-    start = 0
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        start = ckpt["step"]
-        print(f"[dit] resuming at step {start}/{steps}", flush=True)
+    start = resume(ckpt_path, "dit", model, opt, steps)
     progress = Progress("dit", steps, start)
     running = None
     shift = r["flowShift"]

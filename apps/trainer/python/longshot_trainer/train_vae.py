@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .clips import render_clip
-from .common import Progress, load_checkpoint, lr_at, save_checkpoint
+from .common import Progress, lr_at, resume, save_checkpoint
 from .grammar import Grammar
 from .wan_vae import AutoencoderKLWan
 
@@ -42,13 +42,7 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
         model.quant_conv.bias[r["config"]["z_dim"] :] = -8.0
     opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
     ckpt_path = os.path.join(workdir, "vae.pt")
-    start = 0
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        start = ckpt["step"]
-        print(f"[vae] resuming at step {start}/{steps}", flush=True)
+    start = resume(ckpt_path, "vae", model, opt, steps)
     progress = Progress("vae", steps, start)
     running = None
     for step in range(start, steps):
