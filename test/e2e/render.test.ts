@@ -97,6 +97,17 @@ describe('longshot render', () => {
     expect(negSharded.latentSha256).toBe(negRef.latentSha256);
   });
 
+  it('renders the shipped trained model (longshot-shapes) with the same bits in process and on 2 and 4 workers', async () => {
+    const shapes = ['--model', 'longshot-shapes', '--prompt', 'a small green square moving right on a gray background', '--frames', '29', '--size', '64x64', '--steps', '6', '--block', '2', '--context', '1'];
+    const reference = await render([...shapes, '--in-process', '--out', 'shapes-ref.mp4']);
+    for (const K of [2, 4]) {
+      const r = await render([...shapes, '--stages', String(K), '--out', `shapes-${K}.mp4`]);
+      expect((r.workers as string[]).length).toBe(K);
+      expect(r.latentSha256, `K = ${K}`).toBe(reference.latentSha256);
+      expect(r.frameSha256, `K = ${K}`).toBe(reference.frameSha256);
+    }
+  });
+
   it('rejects bad flags and bad files with a message naming them', async () => {
     const cases: [string[], RegExp][] = [
       [['--prompt', 'x', '--frames', '10'], /--frames/],
