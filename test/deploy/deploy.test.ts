@@ -185,6 +185,8 @@ async function knownMetrics(): Promise<Known> {
   const defaults = new Registry();
   collectDefaultMetrics({ register: defaults });
   for (const m of await defaults.getMetricsAsJSON()) kinds.set(m.name, String(m.type));
+  // Prometheus' own per-target series (`up`: 1 when the last scrape succeeded).
+  kinds.set('up', 'gauge');
   const series = new Set<string>();
   for (const [name, kind] of kinds) {
     series.add(name);
@@ -202,7 +204,7 @@ function metricRefs(expr: string): { metrics: string[]; recorded: string[] } {
     .replace(/\[[^\]]*\]/g, '');
   const ids = [...cleaned.matchAll(/[A-Za-z_:][A-Za-z0-9_:]*/g)].map((m) => m[0]);
   return {
-    metrics: ids.filter((id) => /^(longshot_|process_|nodejs_)/.test(id)),
+    metrics: ids.filter((id) => /^(longshot_|process_|nodejs_)/.test(id) || id === 'up'),
     recorded: ids.filter((id) => id.includes(':')),
   };
 }
@@ -213,10 +215,11 @@ const yamlFiles = [...walk(path.join(ROOT, 'k8s'), (f) => /\.ya?ml$/.test(f)), .
 const kustomizations = walk(path.join(ROOT, 'k8s'), (f) => path.basename(f) === 'kustomization.yaml').map(path.dirname);
 const RULES = path.join(ROOT, 'deploy/prometheus/rules.yml');
 const DASHBOARD = path.join(ROOT, 'deploy/grafana/longshot.json');
+const PROMETHEUS_CONFIG = path.join(ROOT, 'deploy/prometheus/prometheus.yml');
 
 describe('deployment files parse', () => {
   it('finds the expected files', () => {
-    for (const f of ['k8s/base/kustomization.yaml', 'k8s/overlays/dev/kustomization.yaml', 'k8s/overlays/prod/kustomization.yaml', 'deploy/compose.yaml', 'deploy/prometheus/rules.yml']) {
+    for (const f of ['k8s/base/kustomization.yaml', 'k8s/overlays/dev/kustomization.yaml', 'k8s/overlays/prod/kustomization.yaml', 'deploy/compose.yaml', 'deploy/prometheus/rules.yml', 'deploy/prometheus/prometheus.yml']) {
       expect(yamlFiles.map(rel), f).toContain(f);
     }
   });
@@ -440,6 +443,10 @@ describe('compose and Dockerfile', () => {
       expect(flagValue(s[n].command, '--advertise'), n).toBe(n);
     }
     expect(s.controller.ports).toContain('8080:8080');
+    // Prometheus with deploy/prometheus/, reaching the controller (and through it the workers) by service name.
+    expect(s.prometheus.volumes).toContain('./prometheus:/etc/prometheus:ro');
+    const scrape = docsOf(PROMETHEUS_CONFIG)[0].scrape_configs as Obj[];
+    expect(scrape.find((j) => j.job_name === 'longshot-controller').static_configs[0].targets).toEqual(['controller:8080']);
   });
 
   it('npm ci accepts the committed lock (every workspace, every platform\'s optional binaries)', () => {
@@ -612,6 +619,24 @@ describe('observability references only exported metrics', () => {
     }
   });
 
+  it('prometheus.yml: the controller by address, the workers by HTTP SD from the route the controller serves; promtool check config', () => {
+    const config = docsOf(PROMETHEUS_CONFIG)[0];
+    expect(config.rule_files).toEqual(['rules.yml']);
+    const jobs = new Map<string, Obj>((config.scrape_configs as Obj[]).map((j) => [j.job_name, j]));
+    expect([...jobs.keys()].sort()).toEqual(['longshot-controller', 'longshot-workers']);
+    const sd = jobs.get('longshot-workers')!.http_sd_configs;
+    expect(sd).toHaveLength(1);
+    const url = new URL(sd[0].url);
+    expect(url.pathname).toBe('/v1/workers/prometheus-sd');
+    expect(fs.readFileSync(path.join(ROOT, 'apps/controller/src/http/ops.controller.ts'), 'utf8')).toContain(`@Get('${url.pathname.slice(1)}')`);
+    expect(jobs.get('longshot-controller')!.static_configs[0].targets).toEqual([url.host]);
+    // The worker-down alert selects the job that discovers workers.
+    const down = allRules.find((r) => r.alert === 'LongshotWorkerDown');
+    expect(String(down?.expr)).toContain('up{job="longshot-workers"}');
+    const res = spawnSync('promtool', ['check', 'config', PROMETHEUS_CONFIG], { encoding: 'utf8' });
+    expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
+  });
+
   it('promtool check rules deploy/prometheus/rules.yml', () => {
     const probe = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
     if (probe.error) {
@@ -624,7 +649,7 @@ describe('observability references only exported metrics', () => {
   it('promtool test rules deploy/prometheus/rules.test.yml (the alerts it covers fire, and only then)', () => {
     const tests = path.join(ROOT, 'deploy/prometheus/rules.test.yml');
     const covered = new Set((docsOf(tests)[0].tests as Obj[]).flatMap((t) => (t.alert_rule_test as Obj[]).map((a) => a.alertname as string)));
-    expect([...covered]).toContain('LongshotFailovers');
+    expect([...covered]).toEqual(expect.arrayContaining(['LongshotFailovers', 'LongshotWorkerDown']));
     for (const name of covered) expect(allRules.some((r) => r.alert === name), name).toBe(true);
     const res = spawnSync('promtool', ['test', 'rules', tests], { encoding: 'utf8' });
     expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
