@@ -446,7 +446,7 @@ describe('compose and Dockerfile', () => {
     // Prometheus with deploy/prometheus/, reaching the controller (and through it the workers) by service name.
     expect(s.prometheus.volumes).toContain('./prometheus:/etc/prometheus:ro');
     const scrape = docsOf(PROMETHEUS_CONFIG)[0].scrape_configs as Obj[];
-    expect(scrape.find((j) => j.job_name === 'longshot-controller').static_configs[0].targets).toEqual(['controller:8080']);
+    expect(scrape.find((j) => j.job_name === 'longshot-controller')?.static_configs[0].targets).toEqual(['controller:8080']);
   });
 
   it('npm ci accepts the committed lock (every workspace, every platform\'s optional binaries)', () => {
