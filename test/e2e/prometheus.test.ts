@@ -121,8 +121,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await prometheus?.stop();
-  await cluster?.stop();
+  await Promise.all([prometheus?.stop(), cluster?.stop()]);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
