@@ -170,7 +170,7 @@ describe('the OpenAPI document and a generated client', () => {
     expect(workers.json.items.map((w: { id: string; metricsAddress: string }) => [w.id, w.metricsAddress])).toEqual([[only.id, only.metricsAddress]]);
     const sd = await api('GET', '/v1/workers/prometheus-sd');
     expect(sd.status).toBe(200);
-    expect(sd.json).toEqual([{ targets: [only.metricsAddress], labels: { worker: only.id, backend: 'cpu', registration: 'live' } }]);
+    expect(sd.json).toEqual([{ targets: [only.metricsAddress], labels: { worker: only.id, registration: 'live' } }]);
     capture(R('/v1/workers/prometheus-sd', 'get', 200), sd.json);
     capture(R('/healthz', 'get', 200), (await api('GET', '/healthz')).json);
     capture(R('/readyz', 'get', 200), (await api('GET', '/readyz')).json);

@@ -237,13 +237,13 @@ export class VideosService {
 
   /**
    * Prometheus HTTP service discovery (http_sd_configs): one target group per worker, its /metrics
-   * address with its id and backend as labels. Lost workers (gone without deregistering, within
+   * address with its id as a label. Lost workers (gone without deregistering, within
    * their retention) stay listed with registration="lost", so their failing scrapes raise
    * LongshotWorkerDown; a worker that stopped on purpose is dropped at once.
    */
   async metricsTargets(): Promise<MetricsTargetGroup[]> {
     const { live, lost } = await this.registry.listWithLost();
-    const group = (w: WorkerInfo, registration: 'live' | 'lost'): MetricsTargetGroup => ({ targets: [w.metricsAddress], labels: { worker: w.id, backend: w.backend, registration } });
+    const group = (w: WorkerInfo, registration: 'live' | 'lost'): MetricsTargetGroup => ({ targets: [w.metricsAddress], labels: { worker: w.id, registration } });
     return [...live.map((w) => group(w, 'live')), ...lost.map((w) => group(w, 'lost'))];
   }
 }
@@ -251,7 +251,7 @@ export class VideosService {
 /** A target group of Prometheus' HTTP service discovery format. */
 export interface MetricsTargetGroup {
   readonly targets: string[];
-  readonly labels: { worker: string; backend: string; registration: 'live' | 'lost' };
+  readonly labels: { worker: string; registration: 'live' | 'lost' };
 }
 
 /** Idempotency-Key: visible ASCII (and inner spaces), 1..255 characters, never empty. */

@@ -128,7 +128,6 @@ export const METRICS_TARGETS_SCHEMA: Schema = {
       targets: { type: 'array', items: str, description: "The worker's metrics address (host:port), one per group." },
       labels: object({
         worker: { type: 'string', description: 'Worker id' },
-        backend: str,
         registration: { type: 'string', enum: ['live', 'lost'], description: 'lost: its registration expired without a deregistration (a crash); listed until its retention ends' },
       }),
     },
