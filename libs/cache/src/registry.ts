@@ -34,7 +34,7 @@ export interface RegisterOptions {
   sessions?: () => number;
   /**
    * How long the last registration outlives a worker that stops heartbeating without
-   * deregistering (a crash, a kill, a lost node): `lost()` lists it meanwhile, so its metrics
+   * deregistering (a crash, a kill, a lost node): `listWithLost()` lists it meanwhile, so its metrics
    * target stays discovered and scrapes of it fail (LongshotWorkerDown) instead of vanishing.
    */
   lostRetentionMs?: number;
