@@ -6,6 +6,7 @@
  */
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadAll } from 'js-yaml';
 import { Registry, collectDefaultMetrics } from 'prom-client';
@@ -185,6 +186,8 @@ async function knownMetrics(): Promise<Known> {
   const defaults = new Registry();
   collectDefaultMetrics({ register: defaults });
   for (const m of await defaults.getMetricsAsJSON()) kinds.set(m.name, String(m.type));
+  // Prometheus' own per-target series (`up`: 1 when the last scrape succeeded).
+  kinds.set('up', 'gauge');
   const series = new Set<string>();
   for (const [name, kind] of kinds) {
     series.add(name);
@@ -202,7 +205,7 @@ function metricRefs(expr: string): { metrics: string[]; recorded: string[] } {
     .replace(/\[[^\]]*\]/g, '');
   const ids = [...cleaned.matchAll(/[A-Za-z_:][A-Za-z0-9_:]*/g)].map((m) => m[0]);
   return {
-    metrics: ids.filter((id) => /^(longshot_|process_|nodejs_)/.test(id)),
+    metrics: ids.filter((id) => /^(longshot_|process_|nodejs_)/.test(id) || id === 'up'),
     recorded: ids.filter((id) => id.includes(':')),
   };
 }
@@ -213,10 +216,11 @@ const yamlFiles = [...walk(path.join(ROOT, 'k8s'), (f) => /\.ya?ml$/.test(f)), .
 const kustomizations = walk(path.join(ROOT, 'k8s'), (f) => path.basename(f) === 'kustomization.yaml').map(path.dirname);
 const RULES = path.join(ROOT, 'deploy/prometheus/rules.yml');
 const DASHBOARD = path.join(ROOT, 'deploy/grafana/longshot.json');
+const PROMETHEUS_CONFIG = path.join(ROOT, 'deploy/prometheus/prometheus.yml');
 
 describe('deployment files parse', () => {
   it('finds the expected files', () => {
-    for (const f of ['k8s/base/kustomization.yaml', 'k8s/overlays/dev/kustomization.yaml', 'k8s/overlays/prod/kustomization.yaml', 'deploy/compose.yaml', 'deploy/prometheus/rules.yml']) {
+    for (const f of ['k8s/base/kustomization.yaml', 'k8s/overlays/dev/kustomization.yaml', 'k8s/overlays/prod/kustomization.yaml', 'deploy/compose.yaml', 'deploy/prometheus/rules.yml', 'deploy/prometheus/prometheus.yml']) {
       expect(yamlFiles.map(rel), f).toContain(f);
     }
   });
@@ -326,6 +330,33 @@ describe.each(variants)('k8s/%s workloads', (variant) => {
     expect(one(r, 'PodDisruptionBudget', 'longshot-worker').spec.selector.matchLabels).toEqual(d.spec.selector.matchLabels);
   });
 
+  it('controller and worker: REDIS_URL from the generated Secret by key; the model weights volume read-only at LONGSHOT_MODELS_DIR', () => {
+    const base = docsOf(path.join(ROOT, 'k8s/base/kustomization.yaml'))[0];
+    const literal = (gens: Obj[], name: string, key: string) => (gens.find((g) => g.name === name)?.literals as string[] | undefined)?.find((l) => l.startsWith(`${key}=`))?.slice(key.length + 1);
+    expect(literal(base.secretGenerator, 'longshot-redis', 'REDIS_URL')).toMatch(/^rediss?:\/\//);
+    const modelsDir = literal(base.configMapGenerator, 'longshot-shared', 'LONGSHOT_MODELS_DIR');
+    expect(modelsDir).toMatch(/^\//);
+    for (const [name, containerName] of [['longshot-controller', 'controller'], ['longshot-worker', 'worker']]) {
+      const d = one(r, 'Deployment', name);
+      const c = container(d, containerName);
+      const where = `${name}: `;
+      expect(c.env.find((e: Obj) => e.name === 'REDIS_URL')?.valueFrom?.secretKeyRef, `${where}REDIS_URL`).toEqual({ name: 'longshot-redis', key: 'REDIS_URL' });
+      expect(r.generated.has('longshot-redis')).toBe(true);
+      // One source: not also the whole Secret as environment.
+      expect((c.envFrom ?? []).map((e: Obj) => e.secretRef?.name), where).not.toContain('longshot-redis');
+      expect(c.envFrom.map((e: Obj) => e.configMapRef?.name), `${where}reads LONGSHOT_MODELS_DIR`).toContain('longshot-shared');
+      const mount = c.volumeMounts.find((m: Obj) => m.mountPath === modelsDir);
+      expect(mount, `${where}a volume at ${modelsDir}`).toBeDefined();
+      expect(mount.readOnly, `${where}models mounted read-only`).toBe(true);
+      const volume = d.spec.template.spec.volumes.find((v: Obj) => v.name === mount.name);
+      expect(volume.persistentVolumeClaim, `${where}models volume`).toMatchObject({ claimName: 'longshot-models', readOnly: true });
+    }
+    // Every worker pod, on any node, mounts it: shared storage (a one-node dev cluster shares RWO).
+    const modes = one(r, 'PersistentVolumeClaim', 'longshot-models').spec.accessModes as string[];
+    if (variant === 'overlays/dev') expect(modes).toEqual(['ReadWriteOnce']);
+    else expect(modes.some((m) => m === 'ReadWriteMany' || m === 'ReadOnlyMany'), modes.join()).toBe(true);
+  });
+
   it('worker gRPC port: a NetworkPolicy admits only the controller and other workers; metrics stay scrapeable', () => {
     const d = one(r, 'Deployment', 'longshot-worker');
     const controller = one(r, 'Deployment', 'longshot-controller');
@@ -393,6 +424,11 @@ describe('overlays', () => {
   });
 
   const kubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
+  /** An env entry with a generated Secret's or ConfigMap's hash suffix removed from its reference. */
+  const unhashed = (e: Obj): Obj => {
+    const ref = e.valueFrom?.secretKeyRef ?? e.valueFrom?.configMapKeyRef;
+    return ref ? { ...e, valueFrom: { [Object.keys(e.valueFrom)[0]]: { ...ref, name: String(ref.name).replace(/-[a-z0-9]{10}$/, '') } } } : e;
+  };
   it.skipIf(!kubectl).each(variants)('kubectl kustomize k8s/%s agrees with this test’s rendering', (variant) => {
     const out = execFileSync('kubectl', ['kustomize', path.join(ROOT, 'k8s', variant)], { encoding: 'utf8' });
     const real = (loadAll(out) as Obj[]).filter(isObj);
@@ -411,10 +447,57 @@ describe('overlays', () => {
           nodeSelector: s.nodeSelector,
           tolerations: s.tolerations,
           grace: s.terminationGracePeriodSeconds,
-          containers: s.containers.map((c: Obj) => ({ image: c.image, args: c.args, resources: c.resources, ports: c.ports, readiness: c.readinessProbe, env: c.env })),
+          containers: s.containers.map((c: Obj) => ({ image: c.image, args: c.args, resources: c.resources, ports: c.ports, readiness: c.readinessProbe, liveness: c.livenessProbe, env: c.env?.map(unhashed), mounts: c.volumeMounts })),
         };
       };
       expect(pick(k), key(d)).toEqual(pick(d));
+    }
+  });
+});
+
+describe('Redis probes', () => {
+  const redis = container(one(render(path.join(ROOT, 'k8s/base')), 'StatefulSet', 'redis'), 'redis');
+
+  /** Runs an exec probe's command here, its `redis-cli` pointed at `port`; resolves to its exit status. */
+  const probe = (command: string[], port: number, dir: string): Promise<number | null> => {
+    const wrapper = path.join(dir, 'redis-cli');
+    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${JSON.stringify(execFileSync('sh', ['-c', 'command -v redis-cli'], { encoding: 'utf8' }).trim())} -p ${port} "$@"\n`, { mode: 0o755 });
+    return new Promise((resolve) => execFile(command[0], command.slice(1), { env: { ...process.env, PATH: `${dir}:${process.env.PATH}` } }, (err) => resolve(err ? ((err as { code?: number }).code ?? -1) : 0)));
+  };
+
+  it('readiness and liveness read the PING reply: pass on PONG, fail on an error reply (redis-cli exits 0 on those) or no answer', async () => {
+    const { startRedis } = await import('@longshot/cache');
+    const { Redis } = await import('ioredis');
+    const ready = redis.readinessProbe.exec.command as string[];
+    const live = redis.livenessProbe.exec.command as string[];
+    const composeCheck = (docsOf(path.join(ROOT, 'deploy/compose.yaml'))[0].services.redis.healthcheck.test as string[]);
+    expect(composeCheck[0]).toBe('CMD-SHELL');
+    const compose = ['sh', '-c', composeCheck[1]];
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-probe-'));
+    const server = await startRedis({ url: null });
+    const port = Number(new URL(server.url).port);
+    const client = new Redis(server.url);
+    try {
+      expect(await probe(ready, port, dir)).toBe(0);
+      expect(await probe(compose, port, dir)).toBe(0);
+      expect(await probe(live, port, dir)).toBe(0);
+      // An error reply to PING (NOAUTH here; LOADING, MASTERDOWN... alike).
+      await client.config('SET', 'requirepass', 'probe-test-password');
+      expect(execFileSync(path.join(dir, 'redis-cli'), ['ping'], { encoding: 'utf8' }).trim()).toMatch(/^NOAUTH/);
+      expect(await probe(ready, port, dir)).not.toBe(0);
+      expect(await probe(compose, port, dir)).not.toBe(0);
+      expect(await probe(live, port, dir)).not.toBe(0);
+      await client.config('SET', 'requirepass', '');
+      client.disconnect();
+      await server.stop();
+      // Nothing listening.
+      expect(await probe(ready, port, dir)).not.toBe(0);
+      expect(await probe(compose, port, dir)).not.toBe(0);
+      expect(await probe(live, port, dir)).not.toBe(0);
+    } finally {
+      client.disconnect();
+      await server.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
@@ -440,6 +523,10 @@ describe('compose and Dockerfile', () => {
       expect(flagValue(s[n].command, '--advertise'), n).toBe(n);
     }
     expect(s.controller.ports).toContain('8080:8080');
+    // Prometheus with deploy/prometheus/, reaching the controller (and through it the workers) by service name.
+    expect(s.prometheus.volumes).toContain('./prometheus:/etc/prometheus:ro');
+    const scrape = docsOf(PROMETHEUS_CONFIG)[0].scrape_configs as Obj[];
+    expect(scrape.find((j) => j.job_name === 'longshot-controller')?.static_configs[0].targets).toEqual(['controller:8080']);
   });
 
   it('npm ci accepts the committed lock (every workspace, every platform\'s optional binaries)', () => {
@@ -612,6 +699,24 @@ describe('observability references only exported metrics', () => {
     }
   });
 
+  it('prometheus.yml: the controller by address, the workers by HTTP SD from the route the controller serves; promtool check config', () => {
+    const config = docsOf(PROMETHEUS_CONFIG)[0];
+    expect(config.rule_files).toEqual(['rules.yml']);
+    const jobs = new Map<string, Obj>((config.scrape_configs as Obj[]).map((j) => [j.job_name, j]));
+    expect([...jobs.keys()].sort()).toEqual(['longshot-controller', 'longshot-workers']);
+    const sd = jobs.get('longshot-workers')!.http_sd_configs;
+    expect(sd).toHaveLength(1);
+    const url = new URL(sd[0].url);
+    expect(url.pathname).toBe('/v1/workers/prometheus-sd');
+    expect(fs.readFileSync(path.join(ROOT, 'apps/controller/src/http/ops.controller.ts'), 'utf8')).toContain(`@Get('${url.pathname.slice(1)}')`);
+    expect(jobs.get('longshot-controller')!.static_configs[0].targets).toEqual([url.host]);
+    // The worker-down alert selects the job that discovers workers.
+    const down = allRules.find((r) => r.alert === 'LongshotWorkerDown');
+    expect(String(down?.expr)).toContain('up{job="longshot-workers"}');
+    const res = spawnSync('promtool', ['check', 'config', PROMETHEUS_CONFIG], { encoding: 'utf8' });
+    expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
+  });
+
   it('promtool check rules deploy/prometheus/rules.yml', () => {
     const probe = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
     if (probe.error) {
@@ -624,7 +729,7 @@ describe('observability references only exported metrics', () => {
   it('promtool test rules deploy/prometheus/rules.test.yml (the alerts it covers fire, and only then)', () => {
     const tests = path.join(ROOT, 'deploy/prometheus/rules.test.yml');
     const covered = new Set((docsOf(tests)[0].tests as Obj[]).flatMap((t) => (t.alert_rule_test as Obj[]).map((a) => a.alertname as string)));
-    expect([...covered]).toContain('LongshotFailovers');
+    expect([...covered]).toEqual(expect.arrayContaining(['LongshotFailovers', 'LongshotWorkerDown']));
     for (const name of covered) expect(allRules.some((r) => r.alert === name), name).toBe(true);
     const res = spawnSync('promtool', ['test', 'rules', tests], { encoding: 'utf8' });
     expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);

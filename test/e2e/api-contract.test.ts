@@ -165,6 +165,13 @@ describe('the OpenAPI document and a generated client', () => {
     capture(R('/v1/embeddings', 'post', 400), badUpload.json);
     const workers = await api('GET', '/v1/workers');
     capture(R('/v1/workers', 'get', 200), workers.json);
+    // Each worker's metrics address, and the same as Prometheus HTTP service discovery targets.
+    const [only] = [...cluster.workers.values()];
+    expect(workers.json.items.map((w: { id: string; metricsAddress: string }) => [w.id, w.metricsAddress])).toEqual([[only.id, only.metricsAddress]]);
+    const sd = await api('GET', '/v1/workers/prometheus-sd');
+    expect(sd.status).toBe(200);
+    expect(sd.json).toEqual([{ targets: [only.metricsAddress], labels: { worker: only.id, registration: 'live' } }]);
+    capture(R('/v1/workers/prometheus-sd', 'get', 200), sd.json);
     capture(R('/healthz', 'get', 200), (await api('GET', '/healthz')).json);
     capture(R('/readyz', 'get', 200), (await api('GET', '/readyz')).json);
 

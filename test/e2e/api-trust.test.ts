@@ -9,6 +9,7 @@ import { keys } from '@longshot/cache';
 import { encodeTensor, getConfig } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { queuePrefix } from '../../apps/controller/src/queue';
 import { request, type HttpInit } from './http';
 
 /*
@@ -86,7 +87,7 @@ beforeAll(async () => {
   url = [...cluster.controllers.values()][0].url;
   redis = new Redis(cluster.redisUrl);
   queueConnection = redis.duplicate();
-  queue = new Queue('render', { connection: queueConnection, prefix: `${keys.root}:bull` });
+  queue = new Queue('render', { connection: queueConnection, prefix: queuePrefix() });
 });
 
 afterAll(async () => {

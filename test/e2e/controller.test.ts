@@ -12,6 +12,7 @@ import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWe
 import { BlockQueue, FAILOVER_REASONS, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { queuePrefix } from '../../apps/controller/src/queue';
 import { REFUSAL_REASONS } from '../../apps/worker/src/metrics';
 import { SESSION_ERROR_CODES } from '../../apps/worker/src/session-error';
 import { request, waitFor } from './http';
@@ -100,7 +101,7 @@ beforeAll(async () => {
     },
   });
   redis = new Redis(cluster.redisUrl);
-  queue = new Queue('render', { connection: redis.duplicate(), prefix: `${keys.root}:bull` });
+  queue = new Queue('render', { connection: redis.duplicate(), prefix: queuePrefix() });
 });
 
 afterAll(async () => {

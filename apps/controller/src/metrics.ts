@@ -1,3 +1,4 @@
+import { TERMINAL_STATUSES } from '@longshot/cache';
 import { FAILOVER_REASONS } from '@longshot/pipeline';
 import { counter, gauge, histogram } from '@longshot/telemetry';
 
@@ -10,6 +11,9 @@ export const jobDuration = histogram<'status'>({
   help: 'Time from submission to the end of a job, by final status',
   labelNames: ['status'],
   buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200],
+  // At 0 from start-up: the failure ratio (rules.yml) and the dashboard's Failed panel need the
+  // failed series before the first failure.
+  known: { status: TERMINAL_STATUSES },
 });
 
 /** Attempts the driver of a job on this replica gave up after losing a stage, by why (FAILOVER_REASONS). */

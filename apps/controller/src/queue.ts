@@ -11,8 +11,13 @@ export const JOB_NAMES = ['render'] as const;
 export type JobName = (typeof JOB_NAMES)[number];
 
 export const QUEUE_NAME = 'render';
-/** BullMQ's keys under our root, so tenants sharing a Redis (LONGSHOT_KEY_ROOT) stay apart. */
-export const queuePrefix = (): string => `${keys.root}:bull`;
+/**
+ * BullMQ's keys under our root, so tenants sharing a Redis (LONGSHOT_KEY_ROOT) stay apart. The
+ * braces are a Redis Cluster hash tag: every key of the queue (BullMQ's Lua scripts touch many at
+ * once) hashes to one slot, as a cluster requires (docs/operations.md "Redis Cluster"). Before
+ * this, the prefix was `<root>:bull`; docs/operations.md says how to upgrade.
+ */
+export const queuePrefix = (): string => `${keys.root}:{bull}`;
 
 /** The BullMQ queue `render`: the only place jobs are enqueued or removed. */
 @Injectable()

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ConflictException, Inject, Injectable, NotFoundException } from '@nestjs/common';
-import { isTerminal, jobPrefix, JOB_STATUSES, type JobStatus, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
+import { isTerminal, jobPrefix, JOB_STATUSES, type JobStatus, type WorkerInfo, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { ModelNameError, SafetensorsFile, type ModelCatalog, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import type { ControllerConfig } from './config';
@@ -231,6 +231,7 @@ export class VideosService {
         return {
           id: w.id,
           address: w.address,
+          metricsAddress: w.metricsAddress,
           state: workerState(w, l !== undefined),
           lease: l ? { job: l.holder.job, run: l.holder.run, expiresInMs: l.ttlMs } : null,
           sessions: w.sessions,
@@ -243,6 +244,24 @@ export class VideosService {
       }),
     };
   }
+
+  /**
+   * Prometheus HTTP service discovery (http_sd_configs): one target group per worker, its /metrics
+   * address with its id as a label. Lost workers (gone without deregistering, within
+   * their retention) stay listed with registration="lost", so their failing scrapes raise
+   * LongshotWorkerDown; a worker that stopped on purpose is dropped at once.
+   */
+  async metricsTargets(): Promise<MetricsTargetGroup[]> {
+    const { live, lost } = await this.registry.listWithLost();
+    const group = (w: WorkerInfo, registration: 'live' | 'lost'): MetricsTargetGroup => ({ targets: [w.metricsAddress], labels: { worker: w.id, registration } });
+    return [...live.map((w) => group(w, 'live')), ...lost.map((w) => group(w, 'lost'))];
+  }
+}
+
+/** A target group of Prometheus' HTTP service discovery format. */
+export interface MetricsTargetGroup {
+  readonly targets: string[];
+  readonly labels: { worker: string; registration: 'live' | 'lost' };
 }
 
 /** Idempotency-Key: visible ASCII (and inner spaces), 1..255 characters, never empty. */

@@ -5,6 +5,7 @@
  * Layout under root R (default `longshot`):
  *   R:{registry}:workers            set of registered worker ids
  *   R:{registry}:worker:<id>        one worker's info (JSON, expires without heartbeats)
+ *   R:{registry}:last-seen:<id>     the same info, kept for a while after a worker is lost (metrics discovery)
  *   R:job:{<jobId>}                 a job's prefix; never a key itself
  *   R:job:{<jobId>}:checkpoint      the head's QueueState at the last iteration boundary
  *   R:job:{<jobId>}:block:<n>       finished block latents
@@ -43,6 +44,11 @@ export class KeySchema {
 
   workerKey(id: string): string {
     return `${this.root}:{registry}:worker:${checkId('worker id', id)}`;
+  }
+
+  /** A worker's last registration, outliving it so a crashed worker stays visible (WorkerRegistry.lost). */
+  workerLastSeenKey(id: string): string {
+    return `${this.root}:{registry}:last-seen:${checkId('worker id', id)}`;
   }
 
   workersIndexKey(): string {

@@ -38,6 +38,8 @@ export interface StartRedisOptions {
    * gets the same data back); default a temporary folder that lives as long as this handle.
    */
   dataDir?: string;
+  /** More redis-server arguments, after ours (e.g. ['--cluster-enabled', 'yes'] for a one-node Redis Cluster). */
+  args?: readonly string[];
 }
 
 const HOST = '127.0.0.1';
@@ -63,7 +65,7 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Redis
   const readyTimeoutMs = options.readyTimeoutMs ?? 10_000;
   if (options.port !== undefined) {
     if (!Number.isInteger(options.port) || options.port < 1 || options.port > 65535) throw new Error(`redis-server: port must be 1..65535, got ${options.port}`);
-    return handle(binary, options.port, readyTimeoutMs, options.dataDir);
+    return handle(binary, options.port, readyTimeoutMs, options.dataDir, options.args ?? []);
   }
   let lastError: Error | null = null;
   // The port is free when we look, but another process can take it before redis binds it;
@@ -71,7 +73,7 @@ export async function startRedis(options: StartRedisOptions = {}): Promise<Redis
   for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt++) {
     const port = await freePort();
     try {
-      return await handle(binary, port, readyTimeoutMs, options.dataDir);
+      return await handle(binary, port, readyTimeoutMs, options.dataDir, options.args ?? []);
     } catch (err) {
       if (!(err instanceof AddressInUseError)) throw err;
       lastError = err;
@@ -96,7 +98,7 @@ function freePort(): Promise<number> {
 }
 
 /** The handle over successive server processes on one port and data dir. */
-async function handle(binary: string, port: number, readyTimeoutMs: number, dataDir: string | undefined): Promise<RedisHandle> {
+async function handle(binary: string, port: number, readyTimeoutMs: number, dataDir: string | undefined, extraArgs: readonly string[]): Promise<RedisHandle> {
   const dir = dataDir ?? mkdtempSync(join(tmpdir(), 'longshot-redis-'));
   if (dataDir) mkdirSync(dataDir, { recursive: true });
   const removeDir = (): void => {
@@ -104,7 +106,7 @@ async function handle(binary: string, port: number, readyTimeoutMs: number, data
   };
   let server: Server;
   try {
-    server = await spawnRedis(binary, port, dir, readyTimeoutMs);
+    server = await spawnRedis(binary, port, dir, readyTimeoutMs, extraArgs);
   } catch (e) {
     removeDir();
     throw e;
@@ -123,7 +125,7 @@ async function handle(binary: string, port: number, readyTimeoutMs: number, data
     async restart() {
       if (stopping) throw new Error('redis-server: restart after stop');
       await server.kill('SIGTERM');
-      server = await spawnRedis(binary, port, dir, readyTimeoutMs);
+      server = await spawnRedis(binary, port, dir, readyTimeoutMs, extraArgs);
     },
     stop() {
       stopping ??= server.stop().finally(removeDir);
@@ -139,8 +141,8 @@ interface Server {
   stop(): Promise<void>;
 }
 
-async function spawnRedis(binary: string, port: number, dir: string, readyTimeoutMs: number): Promise<Server> {
-  const args = ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', dir, '--daemonize', 'no', '--logfile', ''];
+async function spawnRedis(binary: string, port: number, dir: string, readyTimeoutMs: number, extraArgs: readonly string[]): Promise<Server> {
+  const args = ['--bind', HOST, '--port', String(port), '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', dir, '--daemonize', 'no', '--logfile', '', ...extraArgs];
   // Tied to this process: a CLI or test runner that is SIGKILLed leaves no redis behind.
   const child = spawnTied(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';

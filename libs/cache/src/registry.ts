@@ -32,7 +32,16 @@ export interface RegisterOptions {
   heartbeatMs?: number;
   /** Current open sessions, read at each heartbeat. */
   sessions?: () => number;
+  /**
+   * How long the last registration outlives a worker that stops heartbeating without
+   * deregistering (a crash, a kill, a lost node): `listWithLost()` lists it meanwhile, so its metrics
+   * target stays discovered and scrapes of it fail (LongshotWorkerDown) instead of vanishing.
+   */
+  lostRetentionMs?: number;
 }
+
+/** Default of RegisterOptions.lostRetentionMs: longer than the worker-down alert's `for`. */
+export const LOST_WORKER_RETENTION_MS = 15 * 60_000;
 
 const heartbeatFailures = counter({
   name: 'longshot_registry_heartbeat_failures_total',
@@ -76,13 +85,14 @@ function pick(w: WorkerInfo): WorkerInfo {
 }
 
 /**
- * Removes index entries whose worker key has expired. A script, so an id re-added by a heartbeat
- * between our read and the removal is not lost. Registry keys share a hash slot (keys.ts).
+ * Removes index entries whose worker key and last-seen key have both expired (KEYS: the index,
+ * then each id's two keys). A script, so an id re-added by a heartbeat between our read and the
+ * removal is not lost. Registry keys share a hash slot (keys.ts).
  */
 const PRUNE = `
 local removed = 0
 for i, id in ipairs(ARGV) do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+  if redis.call('EXISTS', KEYS[2 * i], KEYS[2 * i + 1]) == 0 then
     removed = removed + redis.call('SREM', KEYS[1], id)
   end
 end
@@ -93,6 +103,7 @@ interface Registration {
   info: WorkerInfo;
   ttlMs: number;
   heartbeatMs: number;
+  lostRetentionMs: number;
   sessions: (() => number) | undefined;
   timer: NodeJS.Timeout | null;
   inFlight: Promise<void> | null;
@@ -129,11 +140,14 @@ export class WorkerRegistry {
     if (!Number.isInteger(heartbeatMs) || heartbeatMs < 1) throw new Error(`heartbeatMs must be a positive integer, got ${heartbeatMs}`);
     // A heartbeat slower than the TTL lets a live worker flicker out of the registry.
     if (heartbeatMs >= ttlMs) throw new Error(`heartbeatMs (${heartbeatMs}) must be shorter than ttlMs (${ttlMs})`);
+    const lostRetentionMs = options.lostRetentionMs ?? LOST_WORKER_RETENTION_MS;
+    if (!Number.isInteger(lostRetentionMs) || lostRetentionMs < 0) throw new Error(`lostRetentionMs must be a non-negative integer, got ${lostRetentionMs}`);
 
     const reg: Registration = {
       info: pick(info),
       ttlMs,
       heartbeatMs,
+      lostRetentionMs,
       sessions: options.sessions,
       timer: null,
       inFlight: null,
@@ -155,27 +169,45 @@ export class WorkerRegistry {
     if (reg.timer) clearTimeout(reg.timer);
     // A heartbeat still in flight would re-create the key after the delete.
     await reg.inFlight;
-    await this.redis.multi().del(this.keys.workerKey(reg.info.id)).srem(this.keys.workersIndexKey(), reg.info.id).exec();
+    // A worker that leaves on purpose is not lost: its last-seen record goes too.
+    const id = reg.info.id;
+    await this.redis.multi().del(this.keys.workerKey(id), this.keys.workerLastSeenKey(id)).srem(this.keys.workersIndexKey(), id).exec();
   }
 
   /** Live workers (registration present and well-formed); prunes index entries of expired ones. */
   async list(): Promise<WorkerInfo[]> {
-    const ids = (await this.redis.smembers(this.keys.workersIndexKey())).filter((id) => this.validId(id)).sort();
-    if (ids.length === 0) return [];
-    const values = await this.redis.mget(ids.map((id) => this.keys.workerKey(id)));
+    return (await this.scan(false)).live;
+  }
+
+  /**
+   * Live workers, and lost ones: those whose registration expired without a deregistration
+   * (crashed, killed, partitioned) less than their lostRetentionMs ago, as last registered.
+   */
+  async listWithLost(): Promise<{ live: WorkerInfo[]; lost: WorkerInfo[] }> {
+    return this.scan(true);
+  }
+
+  private async scan(withLost: boolean): Promise<{ live: WorkerInfo[]; lost: WorkerInfo[] }> {
     const live: WorkerInfo[] = [];
-    const dead: string[] = [];
+    const lost: WorkerInfo[] = [];
+    const ids = (await this.redis.smembers(this.keys.workersIndexKey())).filter((id) => this.validId(id)).sort();
+    if (ids.length === 0) return { live, lost };
+    const values = await this.redis.mget(ids.map((id) => this.keys.workerKey(id)));
+    const expired = ids.filter((_, i) => values[i] === null);
     ids.forEach((id, i) => {
-      const value = values[i];
-      if (value === null) {
-        dead.push(id);
-        return;
-      }
-      const info = this.parse(id, value);
+      const info = values[i] === null ? null : this.parse(id, values[i]!);
       if (info) live.push(info);
     });
-    if (dead.length) await this.prune(dead);
-    return live;
+    if (expired.length === 0) return { live, lost };
+    if (withLost) {
+      const last = await this.redis.mget(expired.map((id) => this.keys.workerLastSeenKey(id)));
+      expired.forEach((id, i) => {
+        const info = last[i] === null ? null : this.parse(id, last[i]!);
+        if (info) lost.push(info);
+      });
+    }
+    await this.prune(expired);
+    return { live, lost };
   }
 
   async get(id: string): Promise<WorkerInfo | null> {
@@ -199,7 +231,8 @@ export class WorkerRegistry {
   }
 
   private async prune(ids: string[]): Promise<void> {
-    const removed = Number(await this.redis.eval(PRUNE, ids.length + 1, this.keys.workersIndexKey(), ...ids.map((id) => this.keys.workerKey(id)), ...ids));
+    const perId = ids.flatMap((id) => [this.keys.workerKey(id), this.keys.workerLastSeenKey(id)]);
+    const removed = Number(await this.redis.eval(PRUNE, perId.length + 1, this.keys.workersIndexKey(), ...perId, ...ids));
     if (removed) this.log.info('pruned expired workers from the index', { workers: ids, removed });
   }
 
@@ -223,7 +256,7 @@ export class WorkerRegistry {
     return pick(raw as WorkerInfo);
   }
 
-  /** SET and SADD together, so a key that expired during an outage comes back with its index entry. */
+  /** SETs and SADD together, so a key that expired during an outage comes back with its index entry. */
   private async write(reg: Registration): Promise<void> {
     let sessions = reg.info.sessions;
     if (reg.sessions) {
@@ -232,9 +265,11 @@ export class WorkerRegistry {
       else this.log.warn('sessions getter returned an invalid count; keeping the last one', { worker: reg.info.id, value: now });
     }
     reg.info = { ...reg.info, sessions };
+    const value = JSON.stringify(reg.info);
     const results = await this.redis
       .multi()
-      .set(this.keys.workerKey(reg.info.id), JSON.stringify(reg.info), 'PX', reg.ttlMs)
+      .set(this.keys.workerKey(reg.info.id), value, 'PX', reg.ttlMs)
+      .set(this.keys.workerLastSeenKey(reg.info.id), value, 'PX', reg.ttlMs + reg.lostRetentionMs)
       .sadd(this.keys.workersIndexKey(), reg.info.id)
       .exec();
     const failed = results?.find(([err]) => err);

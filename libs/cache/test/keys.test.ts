@@ -13,6 +13,7 @@ describe('KeySchema', () => {
     expect(k.jobKeysKey(p)).toBe('longshot:job:{job-1}:keys');
     expect(k.workerKey('w1')).toBe('longshot:{registry}:worker:w1');
     expect(k.workersIndexKey()).toBe('longshot:{registry}:workers');
+    expect(k.workerLastSeenKey('w1')).toBe('longshot:{registry}:last-seen:w1');
     expect(k.textEmbeddingKey('ab12')).toBe('longshot:text-embedding:ab12');
     expect(k.jobIdOf(p)).toBe('job-1');
     expect(new KeySchema('tenant').jobPrefix('j')).toBe('tenant:job:{j}');

@@ -53,6 +53,9 @@ describe('WorkerRegistry', () => {
 
     await a.deregister();
     expect(await reader.isAlive('w-a')).toBe(false);
+    // Leaving on purpose is not getting lost.
+    expect(await t.redis.exists(t.keys.workerLastSeenKey('w-a'))).toBe(0);
+    expect((await reader.listWithLost()).lost).toEqual([]);
     expect(await t.redis.smembers(t.keys.workersIndexKey())).toEqual(['w-b']);
     expect((await reader.list()).map((w) => w.id)).toEqual(['w-b']);
     await b.deregister();
@@ -83,9 +86,9 @@ describe('WorkerRegistry', () => {
     await r.deregister();
   });
 
-  it('a worker process that dies disappears within its TTL and is pruned from the index', async () => {
+  it('a worker process that dies disappears within its TTL, is listed as lost for its retention, then pruned from the index', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, 'fixtures', 'worker-process.ts')], {
-      env: { ...process.env, REDIS_URL: t.server.url, KEY_ROOT: t.keys.root, WORKER_ID: 'w-doomed', TTL_MS: '500', HEARTBEAT_MS: '100' },
+      env: { ...process.env, REDIS_URL: t.server.url, KEY_ROOT: t.keys.root, WORKER_ID: 'w-doomed', TTL_MS: '500', HEARTBEAT_MS: '100', LOST_MS: '4000' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
@@ -111,6 +114,11 @@ describe('WorkerRegistry', () => {
       expect(Date.now() - killedAt).toBeLessThan(1500);
       expect(await t.redis.sismember(t.keys.workersIndexKey(), 'w-doomed')).toBe(1);
       expect((await reader.list()).map((w) => w.id)).not.toContain('w-doomed');
+      // Lost, not gone: its last registration (metrics address included) outlives it.
+      const seen = await reader.listWithLost();
+      expect(seen.live.map((w) => w.id)).not.toContain('w-doomed');
+      expect(seen.lost.find((w) => w.id === 'w-doomed')).toMatchObject({ id: 'w-doomed', metricsAddress: '127.0.0.1:9464', pid: child.pid });
+      await eventually('the lost worker to be forgotten', async () => !(await reader.listWithLost()).lost.some((w) => w.id === 'w-doomed'), 15_000);
       expect(await t.redis.sismember(t.keys.workersIndexKey(), 'w-doomed')).toBe(0);
     } finally {
       child.kill('SIGKILL');

@@ -75,8 +75,12 @@ export function gauge<T extends string = string>(config: Omit<GaugeConfiguration
   return existing(config.name, Gauge<T>, config.labelNames) ?? new Gauge<T>({ ...config, registers: [registry] });
 }
 
-export function histogram<T extends string = string>(config: Omit<HistogramConfiguration<T>, 'registers'>): Histogram<T> {
-  return existing(config.name, Histogram<T>, config.labelNames) ?? new Histogram<T>({ ...config, registers: [registry] });
+/** A histogram on the process's registry; with `known`, as `counter` does, every known label set exported at 0 (buckets, sum and count). */
+export function histogram<T extends string = string>(config: Omit<HistogramConfiguration<T>, 'registers'> & { readonly known?: KnownLabelValues<T> }): Histogram<T> {
+  const { known, ...rest } = config;
+  const h = existing(rest.name, Histogram<T>, rest.labelNames) ?? new Histogram<T>({ ...rest, registers: [registry] });
+  for (const labels of knownLabelSets(rest.name, rest.labelNames, known)) h.zero(labels as Parameters<Histogram<T>['zero']>[0]);
+  return h;
 }
 
 export interface MetricsServer {

@@ -29,6 +29,16 @@ describe('metric factories', () => {
     expect(gauge({ name: 'longshot_test_level', help: 'level' })).toBe(gauge({ name: 'longshot_test_level', help: 'level' }));
   });
 
+  it('export the known label sets at 0 before any event (counters and histograms)', async () => {
+    counter({ name: 'longshot_test_known_total', help: 'k', labelNames: ['reason'] as const, known: { reason: ['a', 'b'] } });
+    histogram({ name: 'longshot_test_known_seconds', help: 'k', labelNames: ['status'] as const, buckets: [1], known: { status: ['ok', 'failed'] } });
+    const page = (await registry.metrics()).split('\n');
+    for (const line of ['longshot_test_known_total{reason="a"} 0', 'longshot_test_known_total{reason="b"} 0', 'longshot_test_known_seconds_count{status="failed"} 0', 'longshot_test_known_seconds_bucket{le="+Inf",status="ok"} 0', 'longshot_test_known_seconds_sum{status="ok"} 0']) {
+      expect(page).toContain(line);
+    }
+    expect(() => histogram({ name: 'longshot_test_known_bad', help: 'k', labelNames: ['status'] as const, known: {} })).toThrow(/known label values must cover exactly/);
+  });
+
   it('refuse a name reused for another kind or label set', () => {
     counter({ name: 'longshot_test_clash', help: 'c' });
     expect(() => gauge({ name: 'longshot_test_clash', help: 'c' })).toThrow(/already registered as a different kind \(Counter\)/);

@@ -7,7 +7,7 @@ import { RenderQueue } from '../queue';
 import type { ResultStore } from '../repositories';
 import { REDIS, RESULTS } from '../tokens';
 import { VideosService } from '../videos.service';
-import { ApiError, ApiFailures, ApiJson, HEALTH_SCHEMA, MODELS_SCHEMA, READY_SCHEMA, WORKERS_SCHEMA } from './schemas';
+import { ApiError, ApiFailures, ApiJson, HEALTH_SCHEMA, METRICS_TARGETS_SCHEMA, MODELS_SCHEMA, READY_SCHEMA, WORKERS_SCHEMA } from './schemas';
 
 @ApiTags('operations')
 @Controller()
@@ -25,6 +25,14 @@ export class OpsController {
   @ApiFailures()
   workers() {
     return this.videos.workers();
+  }
+
+  @Get('v1/workers/prometheus-sd')
+  @ApiOperation({ summary: "Prometheus HTTP service discovery: every worker's /metrics address (for http_sd_configs), lost workers included" })
+  @ApiJson(200, 'Target groups, one per worker', METRICS_TARGETS_SCHEMA)
+  @ApiFailures()
+  metricsTargets() {
+    return this.videos.metricsTargets();
   }
 
   @Get('v1/models')

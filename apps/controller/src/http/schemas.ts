@@ -107,7 +107,8 @@ export const WORKERS_SCHEMA = object({
     type: 'array',
     items: object({
       id: str,
-      address: str,
+      address: { type: 'string', description: 'host:port of its gRPC server' },
+      metricsAddress: { type: 'string', description: 'host:port where it serves Prometheus /metrics' },
       state: { type: 'string', enum: ['free', 'leased', 'full'] },
       lease: { ...object({ job: str, run: str, expiresInMs: int }), nullable: true },
       sessions: int,
@@ -119,6 +120,21 @@ export const WORKERS_SCHEMA = object({
     }),
   },
 });
+
+/** Prometheus HTTP service discovery: a bare array of target groups (Prometheus' format, not ours). */
+export const METRICS_TARGETS_SCHEMA: Schema = {
+  type: 'array',
+  items: object(
+    {
+      targets: { type: 'array', items: str, description: "The worker's metrics address (host:port), one per group." },
+      labels: object({
+        worker: { type: 'string', description: 'Worker id' },
+        registration: { type: 'string', enum: ['live', 'lost'], description: 'lost: its registration expired without a deregistration (a crash); listed until its retention ends' },
+      }),
+    },
+    'One worker',
+  ),
+};
 
 export const MODELS_SCHEMA = object({
   items: {
