@@ -28,7 +28,7 @@ export const EVAL = {
     'and in one pass. Progress on stderr.',
   flags: {
     model: { value: 'NAME|DIR', help: 'the trained model: a built-in name or a pipeline directory', default: 'longshot-shapes' },
-    floor: { value: 'NAME|DIR', help: "the model to beat: 'seeded' is the model's own directory with seeded transformer and VAE weights (never trained), or any model", default: 'seeded' },
+    floor: { value: 'NAME|DIR', help: "the model to beat: 'seeded' is the model's own directory with seeded transformer and VAE weights (never trained), or any model", default: "'seeded' for a pipeline, else tiny" },
     prompts: { value: 'N', help: 'held-out captions to render (50 or more for figures worth comparing)', default: String(EVAL_DEFAULTS.prompts) },
     seeds: { value: 'N', help: 'seeds per caption', default: String(EVAL_DEFAULTS.seeds) },
     prompt: { value: 'TEXT', help: 'render this caption instead of the held-out ones (words outside the grammar are ignored, with a warning)' },
@@ -81,7 +81,8 @@ export async function evalCommand(argv: string[]): Promise<{ report: EvalReport;
   const g = loadGrammar();
   const prompts = promptsFrom(g, f);
   const modelName = f.model ?? 'longshot-shapes';
-  const floorName = f.floor ?? SEEDED_FLOOR;
+  // The seeded floor needs a pipeline directory to copy; a seeded model name is compared with tiny.
+  const floorName = f.floor ?? (pipelineDirOf(modelName) !== null ? SEEDED_FLOOR : 'tiny');
   const model = flagged('model', () => resolveModel(modelName));
   const floor = flagged('floor', () => {
     if (floorName !== SEEDED_FLOOR) return resolveModel(floorName);
