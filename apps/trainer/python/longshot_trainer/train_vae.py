@@ -23,7 +23,7 @@ def vae_batch(grammar: Grammar, captions, rng: np.random.Generator, batch: int, 
     clips = []
     for _ in range(batch):
         cap = captions[int(rng.integers(len(captions)))]
-        start = int(rng.integers(0, grammar.frames - frames + 1))
+        start = int(rng.integers(0, max(1, grammar.frames - frames + 1)))  # longer clips start at 0 and run past the grammar length
         clip, _ = render_clip(grammar, cap, int(rng.integers(2**31)), frames=frames, start=start)
         clips.append(clip)
     return torch.from_numpy(np.stack(clips))
@@ -42,17 +42,29 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
         model.quant_conv.bias[r["config"]["z_dim"] :] = -8.0
     opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
     ckpt_path = os.path.join(workdir, "vae.pt")
-    start = resume(ckpt_path, "vae", model, opt, steps)
-    progress = Progress("vae", steps, start)
+    decoder_steps = r.get("decoderSteps", 0)
+    total = steps + decoder_steps
+    start = resume(ckpt_path, "vae", model, opt, total)
+    progress = Progress("vae", total, start)
     running = None
-    for step in range(start, steps):
+    for step in range(start, total):
         rng = np.random.default_rng([recipe["seed"], 1, step])
-        # A curriculum: single frames first (the spatial path, cheap), then clips (the causal
-        # temporal path through the feature cache).
+        # A curriculum: single frames first (the spatial path, cheap), then short clips (the
+        # causal temporal path through the feature cache), then the decoder alone on long clips:
+        # a frame's output depends on latent frames far back (the decoder's receptive field), so
+        # a decoder that saw only short clips drifts further from the truth frame after frame.
         image = step < r.get("imageSteps", 0)
-        x = vae_batch(grammar, captions, rng, r["imageBatch"] if image else r["batch"], 1 if image else r["clipFrames"])
+        decoder_only = step >= steps
+        if decoder_only:
+            model.encoder.requires_grad_(False)
+            model.quant_conv.requires_grad_(False)
+            x = vae_batch(grammar, captions, rng, r["decoderBatch"], r["decoderClipFrames"])
+            lr = lr_at(step - steps, decoder_steps, r["decoderLr"], r["decoderFinalLr"], 10)
+        else:
+            x = vae_batch(grammar, captions, rng, r["imageBatch"] if image else r["batch"], 1 if image else r["clipFrames"])
+            lr = lr_at(step, steps, r["lr"], r["finalLr"], r.get("warmup", 50))
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, r["lr"], r["finalLr"], r.get("warmup", 50))
+            g["lr"] = lr
         mu, logvar = model.encode(x)
         torch.manual_seed(recipe["seed"] * 1000003 + step)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
@@ -69,10 +81,10 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
         opt.step()
         mse = float(((y.detach().clamp(-1, 1) - x) ** 2).mean())
         running = mse if running is None else 0.9 * running + 0.1 * mse
-        if (step + 1) % r.get("report", 10) == 0 or step + 1 == steps:
+        if (step + 1) % r.get("report", 10) == 0 or step + 1 == total:
             psnr = 10 * np.log10(4.0 / max(running, 1e-10))
             progress.report(step, loss=float(rec), psnr=psnr, kl=float(kl))
-        if (step + 1) % 50 == 0 or step + 1 == steps:
+        if (step + 1) % (10 if decoder_only else 50) == 0 or step + 1 == total:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
     finish_vae(recipe, model, grammar, workdir)
 
