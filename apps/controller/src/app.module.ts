@@ -1,6 +1,8 @@
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
-import { JobStore, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { ApiKeyStore, JobStore, RateLimiter, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { AuthGuard, AuthService } from './auth';
+import { SessionController } from './http/session.controller';
 import type { ControllerConfig } from './config';
 import { EventHub } from './event-hub';
 import { ConsoleController } from './http/console.controller';
@@ -14,9 +16,9 @@ import { EmbeddingsController } from './http/embeddings.controller';
 import { diskFiles, JobDataRepository, quotaFiles, ResultStore, UploadRepository } from './repositories';
 import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
-import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS } from './tokens';
+import { API_KEYS, CONFIG, JOB_DATA, RATE_LIMITER, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS } from './tokens';
 import { VideosService } from './videos.service';
-import { APP_FILTER } from '@nestjs/core';
+import { APP_FILTER, APP_GUARD } from '@nestjs/core';
 
 /** Closes the Redis connections last, after the runner and queue have let go of them. */
 class Connections implements OnApplicationShutdown {
@@ -28,8 +30,9 @@ class Connections implements OnApplicationShutdown {
 
 /** Gauges that read Redis on scrape. */
 class Gauges {
-  constructor(@Inject(RenderQueue) queue: RenderQueue, @Inject(REGISTRY) registry: WorkerRegistry, @Inject(LEASES) leases: WorkerLeases) {
+  constructor(@Inject(RenderQueue) queue: RenderQueue, @Inject(REGISTRY) registry: WorkerRegistry, @Inject(LEASES) leases: WorkerLeases, @Inject(API_KEYS) apiKeys: ApiKeyStore) {
     registerClusterGauges({
+      apiKeys: async () => (await apiKeys.list()).map((k) => ({ role: k.role, revoked: k.revokedAt !== null })),
       queueCounts: () => queue.counts(),
       async workers() {
         const live = await registry.list();
@@ -41,7 +44,7 @@ class Gauges {
 
 export function appModule(config: ControllerConfig) {
   @Module({
-    controllers: [VideosController, EmbeddingsController, OpsController, ConsoleController],
+    controllers: [VideosController, EmbeddingsController, OpsController, SessionController, ConsoleController],
     providers: [
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
@@ -57,7 +60,11 @@ export function appModule(config: ControllerConfig) {
       },
       { provide: MODELS, useValue: new ModelCatalog(config.modelsDir) },
       { provide: UPLOADS, useFactory: (r: Redis) => new UploadRepository(r, config.retentionSeconds), inject: [REDIS] },
+      { provide: API_KEYS, useFactory: (r: Redis) => new ApiKeyStore(r), inject: [REDIS] },
+      { provide: RATE_LIMITER, useFactory: (r: Redis) => new RateLimiter(r), inject: [REDIS] },
       { provide: APP_FILTER, useClass: ErrorFilter },
+      { provide: APP_GUARD, useClass: AuthGuard },
+      AuthService,
       Connections,
       RenderQueue,
       RunnerService,

@@ -16,3 +16,6 @@ export const RESULTS = Symbol('ResultStore');
 /** The ModelCatalog: model names clients may send. */
 export const MODELS = Symbol('ModelCatalog');
 export const UPLOADS = Symbol('UploadRepository');
+/** The ApiKeyStore: API keys (hashes) in Redis. */
+export const API_KEYS = Symbol('ApiKeyStore');
+export const RATE_LIMITER = Symbol('RateLimiter');

@@ -9,3 +9,4 @@ export * from './leases';
 export * from './jobs';
 export * from './text-embeddings';
 export { isRedisUnavailable } from './unavailable';
+export * from './api-keys';

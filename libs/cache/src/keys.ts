@@ -14,6 +14,8 @@
  *   R:job:{<jobId>}:<key>~<run>     a fenced value on its way to <key> (exists for one round trip)
  *   R:text-embedding:<hash>         cached text encoder output
  *   R:upload:<id>                   bytes a client uploaded (POST /v1/embeddings), with a TTL
+ *   R:{apikeys}:...                 API keys (api-keys.ts: hashes only, never a secret)
+ *   R:{ratelimit}:<tenant>          a tenant's request token bucket (api-keys.ts)
  *
  * Braces are Redis Cluster hash tags: all of a job's keys hash to one slot, as do the registry's,
  * which lets the stores update several keys in one MULTI or script on a cluster too.

@@ -1,11 +1,12 @@
 import { Body, Controller, HttpCode, Inject, Post } from '@nestjs/common';
 import { ApiBody, ApiConsumes, ApiOperation, ApiTags } from '@nestjs/swagger';
 import { VideosService } from '../videos.service';
-import { ApiError, ApiFailures, ApiJson, UPLOAD_SCHEMA } from './schemas';
+import { ApiAuthenticated, ApiError, ApiFailures, ApiJson, UPLOAD_SCHEMA } from './schemas';
 
 /** Uploads that jobs reference by id, so no request ever names a file on the server. */
 @ApiTags('videos')
 @ApiFailures()
+@ApiAuthenticated()
 @Controller('v1/embeddings')
 export class EmbeddingsController {
   constructor(@Inject(VideosService) private readonly videos: VideosService) {}
