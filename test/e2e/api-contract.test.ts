@@ -51,7 +51,7 @@ function embeddingsFile(): Buffer {
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-contract-'));
   results = path.join(dir, 'results');
-  cluster = await LocalCluster.start({ workers: 1, controllers: 1, name: 'contract', controllerEnv: { LONGSHOT_RESULTS_DIR: results, LONGSHOT_WAIT_FOR_WORKERS_MS: '200' } });
+  cluster = await LocalCluster.start({ workers: 1, controllers: 1, auth: 'none', name: 'contract', controllerEnv: { LONGSHOT_RESULTS_DIR: results, LONGSHOT_WAIT_FOR_WORKERS_MS: '200' } });
   url = [...cluster.controllers.values()][0].url;
   redis = new Redis(cluster.redisUrl);
 });

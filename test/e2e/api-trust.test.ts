@@ -77,6 +77,7 @@ beforeAll(async () => {
   fs.symlinkSync(dir, path.join(models, 'up'));
   execFileSync('mkfifo', [path.join(models, 'fifo.safetensors')]);
   cluster = await LocalCluster.start({
+    auth: 'none', // the API without identities; test/e2e/auth.test.ts covers keys
     workers: 1,
     controllers: 1,
     name: 'trust',

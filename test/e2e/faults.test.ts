@@ -43,6 +43,7 @@ beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-faults-'));
   results = path.join(dir, 'results');
   cluster = await LocalCluster.start({
+    auth: 'none', // the API without identities; test/e2e/auth.test.ts covers keys
     workers: 2,
     controllers: 1,
     name: 'faults',

@@ -7,7 +7,7 @@ import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
 import { intFlag, numberFlag, parseCommand, sizeFlag, UsageError, type CommandSpec, type Flags, type FlagValues } from './args';
-import { ControllerClient, followWithProgress, type VideoStatus } from './client';
+import { apiKeyFromEnv, ControllerClient, followWithProgress, type VideoStatus } from './client';
 import { checkReadable, checkWritable, flagged, flaggedAsync } from './errors';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
@@ -316,7 +316,8 @@ export async function renderViaService(request: JobRequest, opts: { url?: string
       opts.signal?.throwIfAborted();
     }
     const url = opts.url ?? [...cluster!.controllers.values()][0].url;
-    const client = new ControllerClient(url);
+    // The embedded cluster's own operator key, or the user's for a controller of theirs.
+    const client = new ControllerClient(url, cluster ? cluster.apiKey : apiKeyFromEnv());
     const job = await client.submit(request);
     let status: VideoStatus;
     try {

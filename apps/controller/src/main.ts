@@ -51,15 +51,19 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
       .addCookieAuth('longshot_session', { type: 'apiKey', in: 'cookie', description: 'The HttpOnly session POST /v1/session sets' }, COOKIE_AUTH)
       .build(),
   );
-  // The API document and its UI are for operators: outside Nest's routes, so checked here.
+  // The API document is for any caller with a key (the console builds its submit form from it;
+  // it holds nothing secret); its interactive UI is for operators. Both sit outside Nest's
+  // routes, so they are checked here.
   const auth = app.get(AuthService);
   const errors = new ErrorFilter();
-  server.use(['/docs', '/docs-json'], (req: Request, res: Response, next: NextFunction) => {
+  const guard = (operator: boolean) => (req: Request, res: Response, next: NextFunction) => {
     auth
       .identify(req)
-      .then((caller) => auth.requireOperator(caller))
+      .then((caller) => operator && auth.requireOperator(caller))
       .then(() => next(), (e: unknown) => errors.catch(e, { switchToHttp: () => ({ getResponse: () => res }) } as never));
-  });
+  };
+  server.use('/docs-json', guard(false));
+  server.use('/docs', guard(true));
   SwaggerModule.setup('docs', app, doc, { jsonDocumentUrl: 'docs-json' });
   await app.listen(config.port, config.host);
   const address = app.getHttpServer().address() as AddressInfo;
