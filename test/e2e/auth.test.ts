@@ -10,12 +10,11 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { signedUrl } from '../../apps/controller/src/signing';
-import { longshot, runNode } from './cli';
+import { longshot } from './cli';
 import { request, waitFor, type HttpInit } from './http';
 
 const SESSION_SECRET = randomBytes(32).toString('base64url');
 const JOB = { prompt: 'a paper boat', size: '64x64', frames: 21, block: 2, context: 1, steps: 4, model: 'tiny', seed: 7 };
-const CONTROLLER_BIN = path.resolve(__dirname, '../../apps/controller/bin/longshot-controller.js');
 
 let cluster: LocalCluster;
 let dir: string;
@@ -43,15 +42,7 @@ beforeAll(async () => {
   });
   url = [...cluster.controllers.values()][0].url;
   keys.operator = cluster.apiKey!;
-  for (const tenant of ['red', 'blue', 'limited', 'capped']) {
-    const r = await keysCli('create', '--tenant', tenant);
-    expect(r.code, r.stderr).toBe(0);
-    keys[tenant] = r.stdout.trim();
-    // The creation is one structured log line naming the key and tenant, never the secret.
-    const line = JSON.parse(r.stderr.trim().split('\n').pop()!) as { msg: string; key: string; tenant: string };
-    expect(line).toMatchObject({ msg: 'API key created', tenant, key: keys[tenant].split('_')[1] });
-    expect(r.stderr).not.toContain(keys[tenant]);
-  }
+  for (const tenant of ['red', 'blue', 'limited', 'capped']) keys[tenant] = await cluster.createApiKey({ tenant, role: 'tenant' });
 });
 
 afterAll(async () => {
@@ -75,8 +66,12 @@ describe('API keys', () => {
 
   it('lists keys without secrets, and a revoked key (and its session) is refused', async () => {
     const made = await keysCli('create', '--tenant', 'gone');
+    expect(made.code, made.stderr).toBe(0);
     const key = made.stdout.trim();
     const id = key.split('_')[1];
+    // The creation is one structured log line naming the key and tenant, never the secret.
+    expect(JSON.parse(made.stderr.trim().split('\n').pop()!)).toMatchObject({ msg: 'API key created', tenant: 'gone', key: id });
+    expect(made.stderr).not.toContain(key);
     const session = await as(key, 'POST', '/v1/session');
     const cookie = session.headers.get('set-cookie')!.split(';')[0];
     expect((await as(key, 'GET', '/v1/videos')).status).toBe(200);
@@ -89,7 +84,6 @@ describe('API keys', () => {
     expect(JSON.parse(revoked.stderr.trim()).msg).toBe('API key revoked');
     expect((await as(key, 'GET', '/v1/videos')).status).toBe(401);
     expect((await as(null, 'GET', '/v1/videos', { headers: { cookie } })).status).toBe(401);
-    expect((await keysCli('revoke', '000000000000')).code).toBe(2);
   });
 
   it('needs an operator key for workers, metrics and the docs UI (403 for a tenant)', async () => {
@@ -103,12 +97,6 @@ describe('API keys', () => {
     expect((await as(keys.red, 'GET', '/docs-json')).status).toBe(200);
     expect((await as(null, 'GET', '/docs-json')).status).toBe(401);
     expect((await as(keys.operator, 'GET', '/metrics')).text).toMatch(/longshot_api_keys\{role="tenant",state="active"\} \d+/);
-  });
-
-  it('refuses --no-auth on a non-loopback bind', async () => {
-    const r = await runNode([CONTROLLER_BIN, '--no-auth', '--host', '0.0.0.0', '--port', '0', '--redis', cluster.redisUrl], dir);
-    expect(r.code).not.toBe(0);
-    expect(r.stderr).toContain('--no-auth is only allowed on a loopback bind');
   });
 });
 
