@@ -41,7 +41,7 @@ export class OpsController {
 
   @Get('healthz')
   @Public()
-  @ApiOperation({ summary: 'Liveness: the process serves HTTP' })
+  @ApiOperation({ summary: 'Liveness: the process serves HTTP', security: [] })
   @ApiJson(200, 'Up', HEALTH_SCHEMA)
   @ApiError(500, 'Unexpected server error')
   healthz() {
@@ -50,7 +50,7 @@ export class OpsController {
 
   @Get('readyz')
   @Public()
-  @ApiOperation({ summary: 'Readiness: Redis answers, the queue is usable and the results store has room (503 otherwise, saying which)' })
+  @ApiOperation({ summary: 'Readiness: Redis answers, the queue is usable and the results store has room (503 otherwise, saying which)', security: [] })
   @ApiJson(200, 'Ready', READY_SCHEMA)
   @ApiJson(503, 'Not ready: checks says which', READY_SCHEMA)
   async readyz(@Res() res: Response): Promise<void> {

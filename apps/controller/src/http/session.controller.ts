@@ -34,7 +34,7 @@ export class SessionController {
   @Delete()
   @Public()
   @HttpCode(204)
-  @ApiOperation({ summary: 'End the browser session (clears the cookie)' })
+  @ApiOperation({ summary: 'End the browser session (clears the cookie)', security: [] })
   @ApiResponse({ status: 204, description: 'Signed out' })
   end(@Req() req: Request, @Res() res: Response): void {
     res.clearCookie(SESSION_COOKIE, { httpOnly: true, sameSite: 'strict', secure: isTls(req), path: '/' });
