@@ -5,9 +5,9 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeTensor, getConfig } from '@longshot/model';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { request, type HttpInit } from './http';
+import { embeddingsFile } from './uploads';
 
 /*
  * The API contract (issue 14 item 5) against a real controller, worker and Redis: the OpenAPI
@@ -39,15 +39,6 @@ const finished = async (id: string) => {
   }
   throw new Error(`job ${id} did not finish`);
 };
-
-/** A safetensors file of text embeddings for `tiny`: cond [3, textDim]. */
-function embeddingsFile(): Buffer {
-  const data = new Float32Array(3 * getConfig('tiny').textDim).map((_, i) => Math.sin(i));
-  const header = Buffer.from(JSON.stringify({ cond: { dtype: 'F32', shape: [3, getConfig('tiny').textDim], data_offsets: [0, data.byteLength] } }));
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([len, header, encodeTensor(data, 'F32')]);
-}
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-contract-'));

@@ -6,10 +6,10 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keys } from '@longshot/cache';
-import { encodeTensor, getConfig } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { request, type HttpInit } from './http';
+import { embeddingsFile } from './uploads';
 
 /*
  * The attacks of issue 13 (server paths from clients, input hygiene) replayed against a real
@@ -31,15 +31,6 @@ const MAX_UPLOAD = 64 * 1024;
 const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 2, model: 'tiny', seed: 3, frames: 5, stages: 1 };
 
 const api = (method: string, route: string, init: HttpInit = {}) => request(url, method, route, init);
-
-/** A safetensors file of text embeddings for `tiny`: cond [3, textDim]. */
-function embeddingsFile(rows = 3, dim = getConfig('tiny').textDim): Buffer {
-  const data = new Float32Array(rows * dim).map((_, i) => Math.sin(i));
-  const header = Buffer.from(JSON.stringify({ cond: { dtype: 'F32', shape: [rows, dim], data_offsets: [0, data.byteLength] } }));
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([len, header, encodeTensor(data, 'F32')]);
-}
 
 /** What must not change when a request is refused: jobs, queue and uploads. */
 async function state() {

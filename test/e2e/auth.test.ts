@@ -12,6 +12,7 @@ import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { signedUrl } from '../../apps/controller/src/signing';
 import { longshot } from './cli';
 import { request, waitFor, type HttpInit } from './http';
+import { embeddingsFile } from './uploads';
 
 const SESSION_SECRET = randomBytes(32).toString('base64url');
 const JOB = { prompt: 'a paper boat', size: '64x64', frames: 21, block: 2, context: 1, steps: 4, model: 'tiny', seed: 7 };
@@ -127,6 +128,15 @@ describe('tenants', () => {
     // The operator sees every tenant's jobs.
     expect((await as(keys.operator, 'GET', '/v1/videos')).json.items.map((j: { id: string }) => j.id)).toContain(id);
     expect((await as(keys.operator, 'GET', `/v1/videos/${id}`)).status).toBe(200);
+  });
+
+  it("cannot use another tenant's upload of text embeddings", async () => {
+    const up = await as(keys.red, 'POST', '/v1/embeddings', { raw: embeddingsFile(), headers: { 'content-type': 'application/octet-stream' } });
+    expect(up.status, up.text).toBe(201);
+    const { prompt: _, ...rest } = JOB;
+    const r = await as(keys.blue, 'POST', '/v1/videos', { body: { ...rest, textEmbeddingsId: up.json.id } });
+    expect(r.status).toBe(400);
+    expect(r.json).toMatchObject({ field: 'textEmbeddingsId', message: expect.stringMatching(/^textEmbeddingsId: no upload/) });
   });
 
   it('keep Idempotency-Keys apart: the same key of another tenant is another job', async () => {

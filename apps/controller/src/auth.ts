@@ -75,16 +75,17 @@ export class AuthService {
       if (!rec) throw unauthenticated('the API key is unknown, malformed or revoked');
       return asCaller(rec);
     }
+    // A signed URL is for exactly its path; it wins over a stale session cookie the browser still sends.
+    if (req.query.sig !== undefined) {
+      const keyId = verifyPath(req.path, req.query as Record<string, unknown>, this.config.sessionSecret, nowSeconds());
+      if (keyId === null) throw unauthenticated('the signed URL expired or was made for another path');
+      return this.activeKey(keyId, 'the API key that signed this URL was revoked');
+    }
     const session = cookie(req, SESSION_COOKIE);
     if (session !== null) {
       const keyId = verifySession(session, this.config.sessionSecret, nowSeconds());
       if (keyId === null) throw unauthenticated('the session expired or is not valid; sign in again (POST /v1/session)');
       return this.activeKey(keyId, 'the API key of this session was revoked');
-    }
-    if (req.query.sig !== undefined) {
-      const keyId = verifyPath(req.path, req.query as Record<string, unknown>, this.config.sessionSecret, nowSeconds());
-      if (keyId === null) throw unauthenticated('the signed URL expired or was made for another path');
-      return this.activeKey(keyId, 'the API key that signed this URL was revoked');
     }
     throw unauthenticated(NO_CREDENTIALS);
   }

@@ -48,7 +48,7 @@ export class VideosService {
       if (e instanceof ModelNameError) throw new SpecError('model', e.message);
       throw e;
     }
-    if (req.textEmbeddingsId !== null) await this.uploads.textEmbeddings(req.textEmbeddingsId, model);
+    if (req.textEmbeddingsId !== null) await this.uploads.textEmbeddings(req.textEmbeddingsId, caller.tenant, model);
     if (!req.autoStages) {
       if (spec.stages > model.layers) throw new SpecError('stages', `${spec.stages} stages for a model of ${model.layers} layers; at most one stage per layer`);
       const serving = candidates(await this.registry.list(), spec.model).length;
@@ -100,7 +100,7 @@ export class VideosService {
    * Stores an upload of text embeddings (a safetensors file with 'cond' and optional 'uncond')
    * for jobs to reference as textEmbeddingsId; its shapes are checked against the model at submit.
    */
-  async uploadEmbeddings(body: unknown): Promise<{ id: string; bytes: number; tensors: string[] }> {
+  async uploadEmbeddings(body: unknown, caller: Caller): Promise<{ id: string; bytes: number; tensors: string[] }> {
     if (!Buffer.isBuffer(body) || body.length === 0) throw new SpecError('body', 'send the safetensors file as the request body (Content-Type: application/octet-stream)');
     let tensors: string[];
     try {
@@ -111,7 +111,7 @@ export class VideosService {
       throw new SpecError('body', (e as Error).message);
     }
     if (!tensors.includes('cond')) throw new SpecError('body', `tensor 'cond' not found (text embeddings need 'cond' [n, textDim] and optionally 'uncond')`);
-    const id = await this.uploads.put(body);
+    const id = await this.uploads.put(body, caller.tenant);
     return { id, bytes: body.length, tensors };
   }
 

@@ -13,7 +13,7 @@
  *   R:job:{<jobId>}:run             the job's current run (fencing: writes of other runs are refused)
  *   R:job:{<jobId>}:<key>~<run>     a fenced value on its way to <key> (exists for one round trip)
  *   R:text-embedding:<hash>         cached text encoder output
- *   R:upload:<id>                   bytes a client uploaded (POST /v1/embeddings), with a TTL
+ *   R:upload:<tenant>:<id>          bytes a client of <tenant> uploaded (POST /v1/embeddings), with a TTL
  *   R:{apikeys}:...                 API keys (api-keys.ts: hashes only, never a secret)
  *   R:{ratelimit}:<tenant>          a tenant's request token bucket (api-keys.ts)
  *
@@ -76,8 +76,8 @@ export class KeySchema {
     return `${this.root}:text-embedding:${checkId('text embedding hash', hash)}`;
   }
 
-  uploadKey(id: string): string {
-    return `${this.root}:upload:${checkId('upload id', id)}`;
+  uploadKey(tenant: string, id: string): string {
+    return `${this.root}:upload:${checkId('tenant', tenant)}:${checkId('upload id', id)}`;
   }
 
   /** The job's current run: fenced writes of any other run are dropped (see JobKeyspace.put). */
