@@ -80,7 +80,7 @@ export const RENDER = {
   flags: {
     ...JOB_FLAGS,
     out: { value: 'FILE', help: 'MP4 path', default: 'out/<id>.mp4' },
-    url: { value: 'URL', help: 'send the job to the controller at URL instead of starting an embedded cluster' },
+    url: { value: 'URL', help: 'send the job to the controller at URL (its API key in LONGSHOT_API_KEY) instead of starting an embedded cluster' },
     'in-process': { help: 'run the K stages as objects in this process (the single-process reference)' },
     'save-latents': { value: 'FILE', help: "also write the final latents [16, F, H, W] ('latents', safetensors, with its block and fps as metadata; --in-process); 'longshot decode' decodes it" },
     'init-noise': { value: 'FILE', help: "start from this [16, F, H, W] noise ('noise', safetensors) instead of the seeded draw (--in-process)" },

@@ -10,7 +10,7 @@ import { Progress } from './progress';
 import { flagOfField, JOB_FLAGS, requestFromFlags } from './render';
 import { aborted, stoppable } from './signals';
 
-const URL_FLAG = { value: 'URL', help: 'the controller (or set LONGSHOT_URL), e.g. http://127.0.0.1:8080 from `longshot up`' } as const;
+const URL_FLAG = { value: 'URL', help: 'the controller (or set LONGSHOT_URL), e.g. http://127.0.0.1:8080 from `longshot up`; the API key goes in LONGSHOT_API_KEY' } as const;
 
 export const UP = {
   name: 'up',
