@@ -92,7 +92,7 @@ export async function upCommand(argv: string[]): Promise<void> {
       const pids = [cluster.redis.pid, ...[...cluster.controllers.values(), ...cluster.workers.values()].map((p) => p.process.pid)].filter((p) => p !== undefined);
       process.stdout.write(
         `longshot is up: controller ${controller.url} (API docs ${controller.url}/docs), ${workers} workers, redis ${cluster.redisUrl}\n` +
-          `  operator API key (shown once; the console's sign-in, or Authorization: Bearer): ${apiKey}\n` +
+          `  operator API key: ${apiKey} (shown once: the console's sign-in, LONGSHOT_API_KEY, or Authorization: Bearer)\n` +
           `  processes (pids): ${pids.join(' ')}\n` +
           `  try: LONGSHOT_API_KEY=${apiKey} npx longshot render --url ${controller.url} --prompt "a paper boat" --seconds 2\n` +
           `  tenant keys: npx longshot keys create --redis ${cluster.redisUrl} --tenant NAME\n  Ctrl-C stops everything.\n`,

@@ -91,7 +91,7 @@ async function upReady(up: Cli): Promise<{ url: string; apiKey: string; pids: nu
   await until('longshot up to be ready', () => /processes \(pids\): [\d ]+\n/.test(up.stdout()) || up.child.exitCode !== null);
   expect(up.child.exitCode, up.stderr()).toBeNull();
   const url = /controller (http:\/\/\S+)/.exec(up.stdout())![1];
-  const apiKey = /operator API key[^:]*: (lsk_\S+)\n/.exec(up.stdout())![1];
+  const apiKey = /operator API key: (lsk_\S+) /.exec(up.stdout())![1];
   const pids = /processes \(pids\): ([\d ]+)\n/.exec(up.stdout())![1].trim().split(' ').map(Number);
   return { url, apiKey, pids };
 }
