@@ -13,7 +13,10 @@ function mac(secret: Buffer, ...lines: string[]): Buffer {
   return createHmac('sha256', secret).update(lines.join('\n')).digest();
 }
 
-function same(a: Buffer, b: Buffer): boolean {
+/** Constant-time comparison of a presented signature with the expected one, as text: only the canonical encoding passes. */
+function same(presented: string, expected: Buffer): boolean {
+  const a = Buffer.from(presented, 'utf8');
+  const b = Buffer.from(b64(expected), 'utf8');
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
@@ -29,7 +32,7 @@ export function signSession(keyId: string, expiresAt: number, secret: Buffer): s
 export function verifySession(value: string, secret: Buffer, nowSeconds: number): string | null {
   const m = /^([0-9a-f]{12})\.(\d{1,12})\.([A-Za-z0-9_-]{43})$/.exec(value);
   if (!m || Number(m[2]) <= nowSeconds) return null;
-  return same(Buffer.from(m[3], 'base64url'), mac(secret, 'longshot-session', m[1], m[2])) ? m[1] : null;
+  return same(m[3], mac(secret, 'longshot-session', m[1], m[2])) ? m[1] : null;
 }
 
 /** The query a signed URL of `path` carries: `key`, `exp` (unix seconds) and `sig`. */
@@ -57,5 +60,5 @@ export function verifyPath(path: string, q: Partial<Record<keyof UrlSignature, u
   const { key, exp, sig } = q;
   if (typeof key !== 'string' || typeof exp !== 'string' || typeof sig !== 'string') return null;
   if (!KEY_ID.test(key) || !/^\d{1,12}$/.test(exp) || !/^[A-Za-z0-9_-]{43}$/.test(sig) || Number(exp) <= nowSeconds) return null;
-  return same(Buffer.from(sig, 'base64url'), mac(secret, 'longshot-url', path, key, exp)) ? key : null;
+  return same(sig, mac(secret, 'longshot-url', path, key, exp)) ? key : null;
 }

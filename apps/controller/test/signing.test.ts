@@ -15,8 +15,14 @@ describe('session values', () => {
     expect(verifySession(v, other, now)).toBeNull();
   });
 
-  it('refuse an edited expiry or key id, and any other shape', () => {
+  it('refuse an edited expiry, key id or signature, and any other shape', () => {
     const v = signSession(key, now + 60, secret);
+    // Every character of the signature counts, the last one too (its low bits are padding in
+    // base64url: a byte-wise comparison would accept a neighbouring character).
+    for (const i of [v.length - 1, v.length - 20]) {
+      const edited = `${v.slice(0, i)}${v[i] === 'A' ? 'B' : String.fromCharCode(v.charCodeAt(i) ^ 1)}${v.slice(i + 1)}`;
+      expect(verifySession(edited, secret, now)).toBeNull();
+    }
     expect(verifySession(v.replace(`.${now + 60}.`, `.${now + 99999}.`), secret, now)).toBeNull();
     expect(verifySession(v.replace(key, 'ba9876543210'), secret, now)).toBeNull();
     for (const bad of ['', 'x', `${v}x`, v.split('.').slice(0, 2).join('.')]) expect(verifySession(bad, secret, now)).toBeNull();
