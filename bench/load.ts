@@ -22,7 +22,7 @@ export async function loadBench(opts: { json: boolean }): Promise<object> {
   const sseClients = int('LOAD_SSE_CLIENTS', 500);
   const keys = Math.ceil(submissions / 2);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-load-'));
-  const cluster = await LocalCluster.start({ workers: 2, controllers: 1, name: 'load', controllerEnv: { LONGSHOT_RESULTS_DIR: path.join(dir, 'results'), LONGSHOT_WAIT_FOR_WORKERS_MS: '200' } });
+  const cluster = await LocalCluster.start({ workers: 2, controllers: 1, auth: 'none', name: 'load', controllerEnv: { LONGSHOT_RESULTS_DIR: path.join(dir, 'results'), LONGSHOT_WAIT_FOR_WORKERS_MS: '200' } });
   const redis = new Redis(cluster.redisUrl);
   const base = [...cluster.controllers.values()][0].url;
   try {

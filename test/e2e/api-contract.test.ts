@@ -5,9 +5,9 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeTensor, getConfig } from '@longshot/model';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { request, type HttpInit } from './http';
+import { embeddingsFile } from './uploads';
 
 /*
  * The API contract (issue 14 item 5) against a real controller, worker and Redis: the OpenAPI
@@ -28,7 +28,8 @@ let url: string;
 
 const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 2, model: 'tiny', seed: 3, frames: 5, stages: 1 };
 
-const api = (method: string, route: string, init: HttpInit = {}) => request(url, method, route, init);
+/** A request with the cluster's operator key. */
+const api = (method: string, route: string, init: HttpInit = {}) => request(url, method, route, { ...init, headers: { authorization: `Bearer ${cluster.apiKey}`, ...init.headers } });
 
 const finished = async (id: string) => {
   for (let i = 0; i < 1200; i++) {
@@ -39,19 +40,15 @@ const finished = async (id: string) => {
   throw new Error(`job ${id} did not finish`);
 };
 
-/** A safetensors file of text embeddings for `tiny`: cond [3, textDim]. */
-function embeddingsFile(): Buffer {
-  const data = new Float32Array(3 * getConfig('tiny').textDim).map((_, i) => Math.sin(i));
-  const header = Buffer.from(JSON.stringify({ cond: { dtype: 'F32', shape: [3, getConfig('tiny').textDim], data_offsets: [0, data.byteLength] } }));
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([len, header, encodeTensor(data, 'F32')]);
-}
-
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-contract-'));
   results = path.join(dir, 'results');
-  cluster = await LocalCluster.start({ workers: 1, controllers: 1, name: 'contract', controllerEnv: { LONGSHOT_RESULTS_DIR: results, LONGSHOT_WAIT_FOR_WORKERS_MS: '200' } });
+  cluster = await LocalCluster.start({
+    workers: 1,
+    controllers: 1,
+    name: 'contract',
+    controllerEnv: { LONGSHOT_RESULTS_DIR: results, LONGSHOT_WAIT_FOR_WORKERS_MS: '200', LONGSHOT_TENANT_LIMITS: JSON.stringify({ limited: { requestsPerMinute: 1 } }) },
+  });
   url = [...cluster.controllers.values()][0].url;
   redis = new Redis(cluster.redisUrl);
 });
@@ -173,6 +170,24 @@ describe('the OpenAPI document and a generated client', () => {
     expect(sd.json).toEqual([{ targets: [only.metricsAddress], labels: { worker: only.id, registration: 'live' } }]);
     capture(R('/v1/workers/prometheus-sd', 'get', 200), sd.json);
     capture(R('/healthz', 'get', 200), (await api('GET', '/healthz')).json);
+
+    // Identity: no key (401), a tenant key on an operator route (403), a spent rate limit (429), a session.
+    const anonymous = await request(url, 'GET', '/v1/videos');
+    expect(anonymous.status).toBe(401);
+    capture(R('/v1/videos', 'get', 401), anonymous.json);
+    const limited = await cluster.createApiKey({ tenant: 'limited', role: 'tenant' });
+    const asLimited = (route: string) => request(url, 'GET', route, { headers: { authorization: `Bearer ${limited}` } });
+    const forbidden = await asLimited('/v1/workers');
+    expect(forbidden.status).toBe(403);
+    capture(R('/v1/workers', 'get', 403), forbidden.json);
+    expect((await asLimited('/v1/models')).status).toBe(200); // its one request a minute
+    const spent = await asLimited('/v1/models');
+    expect(spent.status).toBe(429);
+    capture(R('/v1/models', 'get', 429), spent.json);
+    const session = await api('POST', '/v1/session');
+    expect(session.status).toBe(200);
+    capture(R('/v1/session', 'post', 200), session.json);
+    expect(doc.json.components.securitySchemes).toMatchObject({ bearerAuth: { type: 'http', scheme: 'bearer' }, cookie: { type: 'apiKey', in: 'cookie', name: 'longshot_session' } });
     capture(R('/readyz', 'get', 200), (await api('GET', '/readyz')).json);
 
     // GET /v1/models: the catalog's names, each with the worker that serves it.

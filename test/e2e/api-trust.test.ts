@@ -6,11 +6,11 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { keys } from '@longshot/cache';
-import { encodeTensor, getConfig } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { queuePrefix } from '../../apps/controller/src/queue';
 import { request, type HttpInit } from './http';
+import { embeddingsFile } from './uploads';
 
 /*
  * The attacks of issue 13 (server paths from clients, input hygiene) replayed against a real
@@ -32,15 +32,6 @@ const MAX_UPLOAD = 64 * 1024;
 const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 2, model: 'tiny', seed: 3, frames: 5, stages: 1 };
 
 const api = (method: string, route: string, init: HttpInit = {}) => request(url, method, route, init);
-
-/** A safetensors file of text embeddings for `tiny`: cond [3, textDim]. */
-function embeddingsFile(rows = 3, dim = getConfig('tiny').textDim): Buffer {
-  const data = new Float32Array(rows * dim).map((_, i) => Math.sin(i));
-  const header = Buffer.from(JSON.stringify({ cond: { dtype: 'F32', shape: [rows, dim], data_offsets: [0, data.byteLength] } }));
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(header.length));
-  return Buffer.concat([len, header, encodeTensor(data, 'F32')]);
-}
 
 /** What must not change when a request is refused: jobs, queue and uploads. */
 async function state() {
@@ -78,6 +69,7 @@ beforeAll(async () => {
   fs.symlinkSync(dir, path.join(models, 'up'));
   execFileSync('mkfifo', [path.join(models, 'fifo.safetensors')]);
   cluster = await LocalCluster.start({
+    auth: 'none', // the API without identities; test/e2e/auth.test.ts covers keys
     workers: 1,
     controllers: 1,
     name: 'trust',

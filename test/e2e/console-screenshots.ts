@@ -14,7 +14,7 @@ async function main(outDir: string): Promise<void> {
   const c = await startConsoleCluster();
   const browser = await launchChromium();
   try {
-    const { page, problems } = await openConsole(browser, c.url);
+    const { page, problems } = await openConsole(browser, c.url, c.apiKey);
     const shot = async (name: string) => {
       await page.screenshot({ path: path.join(outDir, `${name}.png`) });
       process.stdout.write(`${path.join(outDir, `${name}.png`)}\n`);

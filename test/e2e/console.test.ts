@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
 import { attributes, fillSubmitForm, launchChromium, LONG_JOB, openConsole, properties, SHORT_JOB, startConsoleCluster, submitForm, videoState, waitForStatus, type ConsoleCluster } from './console';
-import { request, waitFor } from './http';
+import { waitFor } from './http';
 
 /*
  * The web console (docs/console.md) in headless Chromium against a real cluster: Redis, a
@@ -15,7 +15,7 @@ let problems: string[];
 
 beforeAll(async () => {
   [c, browser] = await Promise.all([startConsoleCluster(), launchChromium()]);
-  ({ page, problems } = await openConsole(browser, c.url));
+  ({ page, problems } = await openConsole(browser, c.url, c.apiKey));
 });
 
 afterAll(async () => {
@@ -27,7 +27,7 @@ const shown = (selector: string, timeoutMs = 30_000) => page.waitForSelector(sel
 
 describe('web console', () => {
   it('is served at / and /console/* with its content types and a strict CSP, outside the OpenAPI document', async () => {
-    const index = await request(c.url, 'GET', '/');
+    const index = await c.request('GET', '/');
     expect(index.status).toBe(200);
     expect(index.headers.get('content-type')).toBe('text/html; charset=utf-8');
     const csp = index.headers.get('content-security-policy') ?? '';
@@ -38,36 +38,36 @@ describe('web console', () => {
     // Scripts are files of this origin, never inline.
     for (const tag of index.text.match(/<script[^>]*>/g) ?? []) expect(tag).toMatch(/src="\/console\/[a-z-]+\.js"/);
     for (const [file, type] of [['app.js', 'text/javascript; charset=utf-8'], ['console.css', 'text/css; charset=utf-8'], ['favicon.svg', 'image/svg+xml']]) {
-      const r = await request(c.url, 'GET', `/console/${file}`);
+      const r = await c.request('GET', `/console/${file}`);
       expect(r.status, file).toBe(200);
       expect(r.headers.get('content-type'), file).toBe(type);
       expect(r.headers.get('content-security-policy'), file).toBe(csp);
     }
     for (const route of ['/console/nope.js', '/console/..%2Fsrc%2Fmain.ts', '/console/__proto__']) {
-      const r = await request(c.url, 'GET', route);
+      const r = await c.request('GET', route);
       expect(r.status, route).toBe(404);
       expect(r.json, route).toEqual({ error: 'not_found', message: 'no such console file' });
     }
-    const doc = (await request(c.url, 'GET', '/docs-json')).json;
+    const doc = (await c.request('GET', '/docs-json')).json;
     expect(Object.keys(doc.paths).filter((p) => p === '/' || p.startsWith('/console'))).toEqual([]);
   });
 
   it("builds the form from the OpenAPI body schema and shows the API's 400 at the field it names, submitting nothing", async () => {
     await fillSubmitForm(page, c.url, { ...SHORT_JOB, steps: 'four' });
-    const schema = (await request(c.url, 'GET', '/docs-json')).json.paths['/v1/videos'].post.requestBody.content['application/json'].schema;
+    const schema = (await c.request('GET', '/docs-json')).json.paths['/v1/videos'].post.requestBody.content['application/json'].schema;
     expect(await attributes(page, '#submit-form .field', 'data-field')).toEqual([...Object.keys(schema.properties), 'Idempotency-Key']);
     expect(await page.locator('#submit-form select[name="sampler"] option').allTextContents()).toEqual(['(default)', ...schema.properties.sampler.enum]);
 
     await page.click('#submit-button');
     await shown('.field[data-field="steps"].invalid');
     // The very message the API answers for that body.
-    const direct = await request(c.url, 'POST', '/v1/videos', { body: { steps: 'four' } });
+    const direct = await c.request('POST', '/v1/videos', { body: { steps: 'four' } });
     expect(direct.status).toBe(400);
     expect(direct.json.field).toBe('steps');
     expect(await page.locator('#submit-error').textContent()).toBe(direct.json.message);
     expect(await page.locator('.field[data-field="steps"] .field-error').textContent()).toBe(direct.json.message);
     expect(page.url()).toMatch(/#\/submit$/);
-    expect((await request(c.url, 'GET', '/v1/videos')).json.items).toEqual([]);
+    expect((await c.request('GET', '/v1/videos')).json.items).toEqual([]);
   });
 
   it('submits a short job, follows it to done over SSE with every block preview, and plays the video', async () => {
@@ -119,7 +119,7 @@ describe('web console', () => {
     await page.click('#job-cancel');
     await waitForStatus(page, 'canceled');
     expect(await page.locator('#job-phase').textContent()).toBe('Canceled.');
-    expect((await request(c.url, 'GET', `/v1/videos/${id}`)).json.status).toBe('canceled');
+    expect((await c.request('GET', `/v1/videos/${id}`)).json.status).toBe('canceled');
     // Its workers are released, and the workers page says so.
     await page.goto(`${c.url}/#/workers`);
     await waitFor('every worker to show free', async () => {

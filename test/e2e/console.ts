@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
-import { waitFor } from './http';
+import { request, waitFor, type HttpInit, type HttpResult } from './http';
 
 /** Debian's chromium package; playwright-core never downloads a browser of its own. */
 export const CHROMIUM = '/usr/bin/chromium';
@@ -23,6 +23,10 @@ export interface ConsoleCluster {
   readonly cluster: LocalCluster;
   /** The controller's base URL, http://127.0.0.1:PORT */
   readonly url: string;
+  /** The cluster's operator key: the console signs in with it. */
+  readonly apiKey: string;
+  /** A request to the controller with the operator key as Authorization: Bearer. */
+  request(method: string, route: string, init?: HttpInit): Promise<HttpResult>;
   stop(): Promise<void>;
 }
 
@@ -34,9 +38,13 @@ export async function startConsoleCluster(workers = 2): Promise<ConsoleCluster> 
     name: 'console',
     controllerEnv: { LONGSHOT_RESULTS_DIR: path.join(dir, 'results'), LONGSHOT_WAIT_FOR_WORKERS_MS: '300' },
   });
+  const url = [...cluster.controllers.values()][0].url;
+  const apiKey = cluster.apiKey!;
   return {
     cluster,
-    url: [...cluster.controllers.values()][0].url,
+    url,
+    apiKey,
+    request: (method, route, init = {}) => request(url, method, route, { ...init, headers: { authorization: `Bearer ${apiKey}`, ...init.headers } }),
     async stop() {
       await cluster.stop();
       fs.rmSync(dir, { recursive: true, force: true });
@@ -66,14 +74,25 @@ export interface ConsolePage {
   readonly problems: string[];
 }
 
-/** A 1000x700 page on the console that records what should never happen. */
-export async function openConsole(browser: Browser, url: string): Promise<ConsolePage> {
+/**
+ * A 1000x700 page on the console that records what should never happen, signed in with `apiKey`
+ * through the console's own form (the first page's 401 that shows the form is expected, so it is
+ * not recorded).
+ */
+export async function openConsole(browser: Browser, url: string, apiKey: string): Promise<ConsolePage> {
   const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
   const problems: string[] = [];
   page.on('console', (m) => m.type() === 'error' && !m.text().startsWith('Failed to load resource') && problems.push(`console: ${m.text()}`));
   page.on('response', (r) => r.status() >= 400 && problems.push(`${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`));
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('request', (r) => !r.url().startsWith(`${url}/`) && problems.push(`request to another origin: ${r.url()}`));
+  await page.goto(`${url}/#/submit`);
+  await page.waitForSelector('#signin-form');
+  await page.fill('#signin-form [name="key"]', apiKey);
+  await page.click('#signin-button');
+  await page.waitForSelector('#submit-form');
+  const unexpected = problems.filter((p) => !/^401 GET /.test(p) && !/status of 401/.test(p));
+  problems.splice(0, problems.length, ...unexpected);
   return { page, problems };
 }
 

@@ -83,6 +83,7 @@ beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-controller-'));
   fs.mkdirSync(path.join(dir, 'models'));
   cluster = await LocalCluster.start({
+    auth: 'none', // the API without identities; test/e2e/auth.test.ts covers keys
     workers: 3,
     // Models clients may name besides the built-ins: the entries of this directory.
     modelsDir: path.join(dir, 'models'),

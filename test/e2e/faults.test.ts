@@ -43,6 +43,7 @@ beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-faults-'));
   results = path.join(dir, 'results');
   cluster = await LocalCluster.start({
+    auth: 'none', // the API without identities; test/e2e/auth.test.ts covers keys
     workers: 2,
     controllers: 1,
     name: 'faults',
@@ -80,7 +81,7 @@ describe('faults', () => {
     const plan = planJob(spec);
     const id = '11111111-2222-3333-4444-555555555555';
     // What submit writes first; the enqueue that should follow never happens.
-    await new JobStore(redis).create({ id, spec: { ...spec, autoStages: false }, priority: 5, stages: 1, blocks: plan.blocks, blockSteps: plan.blockSteps }, null);
+    await new JobStore(redis).create({ id, tenant: 'faults', spec: { ...spec, autoStages: false }, priority: 5, stages: 1, blocks: plan.blocks, blockSteps: plan.blockSteps }, null);
     const done = await finished(id);
     expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
     const metrics = await (await fetch(`${url()}/metrics`)).text();

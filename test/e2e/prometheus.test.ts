@@ -111,7 +111,7 @@ function dashboardQueries(): string[] {
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-prometheus-'));
-  cluster = await LocalCluster.start({ workers: 2, controllers: 1, name: 'prom', controllerEnv: { LONGSHOT_RESULTS_DIR: path.join(dir, 'results') } });
+  cluster = await LocalCluster.start({ workers: 2, controllers: 1, name: 'prom', auth: 'none', controllerEnv: { LONGSHOT_RESULTS_DIR: path.join(dir, 'results') } });
   controllerUrl = [...cluster.controllers.values()][0].url;
   const rulesFile = path.join(dir, 'rules.yml');
   fs.writeFileSync(rulesFile, dump(testRules()));

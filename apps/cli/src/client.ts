@@ -37,11 +37,21 @@ export class ControllerError extends Error {
   }
 }
 
+/** LONGSHOT_API_KEY (an lsk_... key from `longshot keys create` or `longshot up`), or null. Never a flag: flags show in `ps`. */
+export function apiKeyFromEnv(): string | null {
+  const k = process.env.LONGSHOT_API_KEY?.trim();
+  return k ? k : null;
+}
+
 /** The controller's REST + SSE API, as the `longshot` commands use it. */
 export class ControllerClient {
   readonly base: string;
 
-  constructor(url: string) {
+  /** `apiKey`: sent as Authorization: Bearer on every request (null: none, for a --no-auth controller). */
+  constructor(
+    url: string,
+    private readonly apiKey: string | null = null,
+  ) {
     let u: URL;
     try {
       u = new URL(url);
@@ -127,7 +137,8 @@ export class ControllerClient {
   /** Every request goes through here: a controller that is not there is a one-line user error. */
   private async fetch(route: string, init?: RequestInit): Promise<Response> {
     try {
-      return await fetch(`${this.base}${route}`, init);
+      const auth: Record<string, string> = this.apiKey === null ? {} : { authorization: `Bearer ${this.apiKey}` };
+      return await fetch(`${this.base}${route}`, { ...init, headers: { ...(init?.headers as Record<string, string> | undefined), ...auth } });
     } catch (e) {
       throw unreachable(e, this.base) ?? e;
     }

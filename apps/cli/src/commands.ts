@@ -1,13 +1,14 @@
 import { helpText, table, UsageError, wantsHelp, type CommandSpec } from './args';
 import { DECODE } from './decode-command';
 import { ENCODE } from './encode-command';
+import { KEYS } from './keys-command';
 import { MODEL } from './model-command';
 import { RENDER } from './render';
 import { SCHEDULE } from './schedule-command';
 import { CANCEL, FETCH, STATUS, SUBMIT, UP } from './service-commands';
 
 /** Every `longshot` command, in the order `longshot --help` lists them. */
-export const COMMANDS: readonly CommandSpec[] = [RENDER, UP, SUBMIT, STATUS, FETCH, CANCEL, MODEL, SCHEDULE, ENCODE, DECODE];
+export const COMMANDS: readonly CommandSpec[] = [RENDER, UP, SUBMIT, STATUS, FETCH, CANCEL, KEYS, MODEL, SCHEDULE, ENCODE, DECODE];
 
 export const ROOT_HELP = `longshot: long-video generation with DualParal
 

@@ -3,8 +3,8 @@ import { randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import type { Redis } from 'ioredis';
-import { BlockStore, spawnTied, startRedis, WorkerLeases, WorkerRegistry, type RedisHandle } from '@longshot/cache';
+import { Redis } from 'ioredis';
+import { ApiKeyStore, BlockStore, spawnTied, startRedis, WorkerLeases, WorkerRegistry, type RedisHandle } from '@longshot/cache';
 import { registryWorkers, type LeasedWorkers } from '@longshot/pipeline';
 import { parseGrantKeys, type GrantKey } from '@longshot/transport';
 
@@ -46,6 +46,12 @@ export interface LocalClusterOptions {
    * fresh random key per cluster (see docs/operations.md "Worker trust").
    */
   readonly grantKeys?: string;
+  /**
+   * 'key' (the default): controllers require API keys, and the cluster makes one operator key
+   * (apiKey) for its own clients. 'none': controllers run with --no-auth, which they accept
+   * only because they bind to loopback (tests that exercise the API without identities).
+   */
+  readonly auth?: 'key' | 'none';
   /** Called once Redis answers and once each worker and controller is ready (a progress bar). */
   readonly onStarted?: () => void;
 }
@@ -70,6 +76,8 @@ export class LocalCluster {
   private stopping = false;
   private spawned = 0;
   private readonly grantKeys: string;
+  /** The operator key (lsk_...) this cluster's controllers accept; null with auth 'none' or no controllers. */
+  apiKey: string | null = null;
 
   private constructor(
     readonly redis: RedisHandle,
@@ -96,6 +104,7 @@ export class LocalCluster {
     options.onStarted?.();
     const cluster = new LocalCluster(redis, options);
     try {
+      if ((options.controllers ?? 0) > 0 && options.auth !== 'none') cluster.apiKey = await cluster.createApiKey({ tenant: 'local', role: 'operator' });
       await Promise.all(Array.from({ length: options.workers }, () => cluster.spawnWorker().then(() => options.onStarted?.())));
       for (let i = 0; i < (options.controllers ?? 0); i++) {
         await cluster.spawnController(i === 0 ? (options.controllerPort ?? 0) : 0);
@@ -112,10 +121,20 @@ export class LocalCluster {
     return this.redis.url;
   }
 
+  /** Stores a new API key in this cluster's Redis and returns it (lsk_...). */
+  async createApiKey(input: { tenant: string; role: 'tenant' | 'operator' }): Promise<string> {
+    const redis = new Redis(this.redis.url, { maxRetriesPerRequest: 3 });
+    try {
+      return (await new ApiKeyStore(redis).create(input)).token;
+    } finally {
+      redis.disconnect();
+    }
+  }
+
   /** Starts one more controller replica and resolves once it serves HTTP; `env` adds to (or overrides) controllerEnv for this one. */
   spawnController(port = 0, env: NodeJS.ProcessEnv = {}): Promise<LocalController> {
     const id = `${this.options.name ?? 'local'}-controller-${this.controllers.size}-${this.spawned++}`;
-    const args = [CONTROLLER_BIN, '--host', '127.0.0.1', '--port', String(port), '--redis', this.redis.url, '--id', id, ...this.modelsDirArgs()];
+    const args = [CONTROLLER_BIN, '--host', '127.0.0.1', '--port', String(port), '--redis', this.redis.url, '--id', id, ...this.modelsDirArgs(), ...(this.options.auth === 'none' ? ['--no-auth'] : [])];
     return this.spawnReady(id, args, { ...process.env, LONGSHOT_GRANT_KEYS: this.grantKeys, ...this.options.controllerEnv, ...env }, (msg, child) => {
       const c: LocalController = { id, url: msg.url as string, process: child };
       this.controllers.set(id, c);

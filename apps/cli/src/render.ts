@@ -7,7 +7,7 @@ import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
 import { intFlag, numberFlag, parseCommand, sizeFlag, UsageError, type CommandSpec, type Flags, type FlagValues } from './args';
-import { ControllerClient, followWithProgress, type VideoStatus } from './client';
+import { apiKeyFromEnv, ControllerClient, followWithProgress, type VideoStatus } from './client';
 import { checkReadable, checkWritable, flagged, flaggedAsync } from './errors';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
@@ -80,7 +80,7 @@ export const RENDER = {
   flags: {
     ...JOB_FLAGS,
     out: { value: 'FILE', help: 'MP4 path', default: 'out/<id>.mp4' },
-    url: { value: 'URL', help: 'send the job to the controller at URL instead of starting an embedded cluster' },
+    url: { value: 'URL', help: 'send the job to the controller at URL (its API key in LONGSHOT_API_KEY) instead of starting an embedded cluster' },
     'in-process': { help: 'run the K stages as objects in this process (the single-process reference)' },
     'save-latents': { value: 'FILE', help: "also write the final latents [16, F, H, W] ('latents', safetensors, with its block and fps as metadata; --in-process); 'longshot decode' decodes it" },
     'init-noise': { value: 'FILE', help: "start from this [16, F, H, W] noise ('noise', safetensors) instead of the seeded draw (--in-process)" },
@@ -316,7 +316,8 @@ export async function renderViaService(request: JobRequest, opts: { url?: string
       opts.signal?.throwIfAborted();
     }
     const url = opts.url ?? [...cluster!.controllers.values()][0].url;
-    const client = new ControllerClient(url);
+    // The embedded cluster's own operator key, or the user's for a controller of theirs.
+    const client = new ControllerClient(url, cluster ? cluster.apiKey : apiKeyFromEnv());
     const job = await client.submit(request);
     let status: VideoStatus;
     try {

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { JobRequest } from '@longshot/planner';
 import { intFlag, parseCommand, UsageError, type CommandSpec } from './args';
-import { ControllerClient, ControllerError, followWithProgress } from './client';
+import { apiKeyFromEnv, ControllerClient, ControllerError, followWithProgress } from './client';
 import { checkWritable } from './errors';
 import { JobLog } from './job-log';
 import { LocalCluster } from './local-cluster';
@@ -10,7 +10,7 @@ import { Progress } from './progress';
 import { flagOfField, JOB_FLAGS, requestFromFlags } from './render';
 import { aborted, stoppable } from './signals';
 
-const URL_FLAG = { value: 'URL', help: 'the controller (or set LONGSHOT_URL), e.g. http://127.0.0.1:8080 from `longshot up`' } as const;
+const URL_FLAG = { value: 'URL', help: 'the controller (or set LONGSHOT_URL), e.g. http://127.0.0.1:8080 from `longshot up`; the API key goes in LONGSHOT_API_KEY' } as const;
 
 export const UP = {
   name: 'up',
@@ -88,13 +88,16 @@ export async function upCommand(argv: string[]): Promise<void> {
       progress.stop();
       signal.throwIfAborted();
       const [controller] = [...cluster.controllers.values()];
+      const apiKey = cluster.apiKey!;
       const pids = [cluster.redis.pid, ...[...cluster.controllers.values(), ...cluster.workers.values()].map((p) => p.process.pid)].filter((p) => p !== undefined);
       process.stdout.write(
         `longshot is up: controller ${controller.url} (API docs ${controller.url}/docs), ${workers} workers, redis ${cluster.redisUrl}\n` +
+          `  operator API key: ${apiKey} (shown once: the console's sign-in, LONGSHOT_API_KEY, or Authorization: Bearer)\n` +
           `  processes (pids): ${pids.join(' ')}\n` +
-          `  try: npx longshot render --url ${controller.url} --prompt "a paper boat" --seconds 2\n  Ctrl-C stops everything.\n`,
+          `  try: LONGSHOT_API_KEY=${apiKey} npx longshot render --url ${controller.url} --prompt "a paper boat" --seconds 2\n` +
+          `  tenant keys: npx longshot keys create --redis ${cluster.redisUrl} --tenant NAME\n  Ctrl-C stops everything.\n`,
       );
-      await logJobs(new ControllerClient(controller.url), signal);
+      await logJobs(new ControllerClient(controller.url, apiKey), signal);
     } finally {
       if (cluster) {
         process.stdout.write('stopping...\n');
@@ -174,7 +177,7 @@ export async function cancelCommand(argv: string[]): Promise<void> {
 function clientFor(url: string | undefined): ControllerClient {
   const u = url ?? process.env.LONGSHOT_URL;
   if (!u) throw new UsageError('--url: required (or set LONGSHOT_URL), e.g. http://127.0.0.1:8080 from `longshot up`');
-  return new ControllerClient(u);
+  return new ControllerClient(u, apiKeyFromEnv());
 }
 
 
@@ -188,6 +191,7 @@ async function withField<T>(fn: () => Promise<T>, job?: string): Promise<T> {
   } catch (e) {
     if (!(e instanceof ControllerError)) throw e;
     const body = typeof e.body === 'object' ? e.body : { message: e.body };
+    if (e.status === 401 || e.status === 403) throw new UsageError(`LONGSHOT_API_KEY: ${body.message ?? body.error ?? `HTTP ${e.status}`}`);
     if (e.status === 400 && body.field) throw new UsageError(`--${flagOfField(body.field)}: ${body.message ?? body.error}`);
     if (job !== undefined && (e.status === 404 || e.status === 409)) throw new UsageError(`job ${job}: ${body.message ?? body.error ?? `HTTP ${e.status}`}`);
     throw e;

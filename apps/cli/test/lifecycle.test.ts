@@ -86,13 +86,14 @@ async function noSurvivors(pids: { pid: number; comm: string }[]): Promise<void>
   await until(`${pids.map((p) => `${p.comm}:${p.pid}`).join(' ')} to exit`, () => pids.every((p) => !alive(p.pid)), 30_000);
 }
 
-/** `longshot up` ready: the controller's URL and the processes it printed. */
-async function upReady(up: Cli): Promise<{ url: string; pids: number[] }> {
+/** `longshot up` ready: the controller's URL, the operator key and the processes it printed. */
+async function upReady(up: Cli): Promise<{ url: string; apiKey: string; pids: number[] }> {
   await until('longshot up to be ready', () => /processes \(pids\): [\d ]+\n/.test(up.stdout()) || up.child.exitCode !== null);
   expect(up.child.exitCode, up.stderr()).toBeNull();
   const url = /controller (http:\/\/\S+)/.exec(up.stdout())![1];
+  const apiKey = /operator API key: (lsk_\S+) /.exec(up.stdout())![1];
   const pids = /processes \(pids\): ([\d ]+)\n/.exec(up.stdout())![1].trim().split(' ').map(Number);
-  return { url, pids };
+  return { url, apiKey, pids };
 }
 
 describe('children die with the CLI', () => {
@@ -111,9 +112,11 @@ describe('children die with the CLI', () => {
 
   it('`up` logs a job from queued to succeeded, and stops everything on SIGINT with status 130', async () => {
     const up = cli(['up', '--workers', '1', '--port', '0']);
-    const { url } = await upReady(up);
+    const { url, apiKey } = await upReady(up);
     const tree = descendants(up.child.pid!);
-    const job = await new ControllerClient(url).submit({ prompt: 'a lighthouse', frames: 13, width: 32, height: 32, steps: 2, block: 4, context: 0 });
+    // Auth is on: without the printed key the controller refuses; with it, the job runs.
+    await expect(new ControllerClient(url).submit({ prompt: 'x' })).rejects.toMatchObject({ status: 401 });
+    const job = await new ControllerClient(url, apiKey).submit({ prompt: 'a lighthouse', frames: 13, width: 32, height: 32, steps: 2, block: 4, context: 0 });
     await until('the job to succeed in the log', () => new RegExp(`job ${job.id} succeeded`).test(up.stdout()) || /job \S+ failed/.test(up.stdout()));
     const log = up.stdout().split('\n').filter((l) => l.includes(job.id));
     expect(log.map((l) => /job \S+ (\w+)/.exec(l)![1])).toEqual(expect.arrayContaining(['queued', 'running', 'succeeded']));

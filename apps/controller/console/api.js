@@ -43,3 +43,15 @@ export async function submitOperation() {
 }
 
 export const TERMINAL = ['succeeded', 'failed', 'canceled'];
+
+/**
+ * Trades an API key for the session cookie (POST /v1/session): HttpOnly, so this page never
+ * holds the key after this call, and EventSource and <video src> send the cookie by themselves.
+ */
+export function signIn(key) {
+  return api('POST', '/v1/session', { headers: { authorization: `Bearer ${key}` } });
+}
+
+export function signOut() {
+  return api('DELETE', '/v1/session');
+}

@@ -3,6 +3,7 @@
 import { h } from './dom.js';
 import { jobView } from './job.js';
 import { jobsView } from './jobs.js';
+import { signInView } from './signin.js';
 import { submitView } from './submit.js';
 import { workersView } from './workers.js';
 
@@ -31,7 +32,10 @@ async function route() {
   try {
     await match.r.view(section, { signal, params: match.m.slice(1) });
   } catch (err) {
-    if (!signal.aborted) section.append(h('p', { class: 'error', role: 'alert' }, err.message));
+    if (signal.aborted) return;
+    // No session (or an expired one, or a revoked key): sign in, then show the page asked for.
+    if (err.status === 401) signInView(section, 'Enter an API key (longshot keys create, or the one longshot up printed).', () => void route());
+    else section.append(h('p', { class: 'error', role: 'alert' }, err.message));
   }
 }
 

@@ -1,6 +1,8 @@
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
-import { JobStore, WebhookOutbox, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { ApiKeyStore, JobStore, RateLimiter, WebhookOutbox, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { AuthGuard, AuthService } from './auth';
+import { SessionController } from './http/session.controller';
 import type { ControllerConfig } from './config';
 import { EventHub } from './event-hub';
 import { ConsoleController } from './http/console.controller';
@@ -14,7 +16,7 @@ import { EmbeddingsController } from './http/embeddings.controller';
 import { diskFiles, JobDataRepository, quotaFiles, ResultStore, UploadRepository } from './repositories';
 import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
-import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS, WEBHOOK_GUARD, WEBHOOK_OUTBOX, WEBHOOK_SECRETS, WEBHOOK_SENDER } from './tokens';
+import { API_KEYS, CONFIG, JOB_DATA, RATE_LIMITER, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS, WEBHOOK_GUARD, WEBHOOK_OUTBOX, WEBHOOK_SECRETS, WEBHOOK_SENDER } from './tokens';
 import { AddressPolicy } from './webhooks/addresses';
 import { DestinationGuard } from './webhooks/destination';
 import { WebhookDispatcher } from './webhooks/dispatcher';
@@ -22,7 +24,7 @@ import { WebhookSender } from './webhooks/sender';
 import { singleSecret } from './webhooks/signing';
 import { WebhookService } from './webhooks/webhook.service';
 import { VideosService } from './videos.service';
-import { APP_FILTER } from '@nestjs/core';
+import { APP_FILTER, APP_GUARD } from '@nestjs/core';
 
 /** Closes the Redis connections last, after the runner and queue have let go of them. */
 class Connections implements OnApplicationShutdown {
@@ -34,9 +36,10 @@ class Connections implements OnApplicationShutdown {
 
 /** Gauges that read Redis on scrape. */
 class Gauges {
-  constructor(@Inject(RenderQueue) queue: RenderQueue, @Inject(REGISTRY) registry: WorkerRegistry, @Inject(LEASES) leases: WorkerLeases, @Inject(WEBHOOK_OUTBOX) outbox: WebhookOutbox) {
+  constructor(@Inject(RenderQueue) queue: RenderQueue, @Inject(REGISTRY) registry: WorkerRegistry, @Inject(LEASES) leases: WorkerLeases, @Inject(WEBHOOK_OUTBOX) outbox: WebhookOutbox, @Inject(API_KEYS) apiKeys: ApiKeyStore) {
     registerClusterGauges({
       webhookJobs: () => outbox.pending(),
+      apiKeys: async () => (await apiKeys.list()).map((k) => ({ role: k.role, revoked: k.revokedAt !== null })),
       queueCounts: () => queue.counts(),
       async workers() {
         const live = await registry.list();
@@ -48,7 +51,7 @@ class Gauges {
 
 export function appModule(config: ControllerConfig) {
   @Module({
-    controllers: [VideosController, EmbeddingsController, OpsController, ConsoleController],
+    controllers: [VideosController, EmbeddingsController, OpsController, SessionController, ConsoleController],
     providers: [
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
@@ -68,7 +71,11 @@ export function appModule(config: ControllerConfig) {
       { provide: WEBHOOK_GUARD, useValue: new DestinationGuard(new AddressPolicy(config.webhooks.allowCidrs), config.webhooks.timeoutMs) },
       { provide: WEBHOOK_SENDER, useFactory: (guard: DestinationGuard) => new WebhookSender(guard), inject: [WEBHOOK_GUARD] },
       { provide: WEBHOOK_SECRETS, useValue: singleSecret(config.webhooks.secret) },
+      { provide: API_KEYS, useFactory: (r: Redis) => new ApiKeyStore(r), inject: [REDIS] },
+      { provide: RATE_LIMITER, useFactory: (r: Redis) => new RateLimiter(r), inject: [REDIS] },
       { provide: APP_FILTER, useClass: ErrorFilter },
+      { provide: APP_GUARD, useClass: AuthGuard },
+      AuthService,
       Connections,
       RenderQueue,
       RunnerService,

@@ -1,3 +1,4 @@
+import { hkdfSync } from 'node:crypto';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { modelsDirFlag } from '@longshot/model';
@@ -50,7 +51,54 @@ export interface ControllerConfig {
   readonly grantKey: GrantKey;
   /** mTLS client certificate for the links to workers (LONGSHOT_TLS_CERT/KEY/CA); null = plaintext. */
   readonly tls: TlsFiles | null;
+  /** API keys required (the default); false only with --no-auth on a loopback bind. */
+  readonly auth: boolean;
+  /** Signs session cookies and signed URLs (LONGSHOT_SESSION_SECRET, else derived from the grant key). */
+  readonly sessionSecret: Buffer;
+  readonly sessionSeconds: number;
+  /** Lifetime of the signed URLs a job resource carries. */
+  readonly signedUrlSeconds: number;
+  /** Every tenant's limits unless LONGSHOT_TENANT_LIMITS names it. */
+  readonly limits: TenantLimits;
+  readonly tenantLimits: ReadonlyMap<string, TenantLimits>;
   readonly webhooks: WebhookConfig;
+}
+
+/** What one tenant may use (operators are not limited). 0: no limit. */
+export interface TenantLimits {
+  /** Requests a minute (a token bucket in Redis, shared by every replica). */
+  readonly requestsPerMinute: number;
+  /** Admission cost cap: block-steps x model parameters of one job. */
+  readonly maxJobCost: number;
+}
+
+/** Hosts that only this machine can reach: --no-auth is refused on any other bind. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+/** LONGSHOT_TENANT_LIMITS: {"tenant": {"requestsPerMinute": N, "maxJobCost": N}, ...}; a missing field keeps the default. */
+export function parseTenantLimits(raw: string, defaults: TenantLimits): Map<string, TenantLimits> {
+  const out = new Map<string, TenantLimits>();
+  if (raw.trim() === '') return out;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new Error('LONGSHOT_TENANT_LIMITS must be a JSON object {"tenant": {"requestsPerMinute": N, "maxJobCost": N}}');
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('LONGSHOT_TENANT_LIMITS must be a JSON object keyed by tenant');
+  for (const [tenant, v] of Object.entries(parsed as Record<string, unknown>)) {
+    const o = (v ?? {}) as Record<string, unknown>;
+    const field = (name: keyof TenantLimits): number => {
+      const x = o[name] ?? defaults[name];
+      if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new Error(`LONGSHOT_TENANT_LIMITS: ${tenant}.${name} must be an integer >= 0`);
+      return x;
+    };
+    for (const k of Object.keys(o)) if (k !== 'requestsPerMinute' && k !== 'maxJobCost') throw new Error(`LONGSHOT_TENANT_LIMITS: ${tenant}.${k} is not a limit (requestsPerMinute, maxJobCost)`);
+    out.set(tenant, { requestsPerMinute: field('requestsPerMinute'), maxJobCost: field('maxJobCost') });
+  }
+  return out;
 }
 
 /** Job webhooks (docs/api.md, Webhooks). */
@@ -75,7 +123,7 @@ export interface WebhookConfig {
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerConfig {
   const { values: f } = parseArgs({
     args: argv,
-    options: { host: { type: 'string' }, port: { type: 'string' }, redis: { type: 'string' }, id: { type: 'string' }, 'results-dir': { type: 'string' }, 'models-dir': { type: 'string' } },
+    options: { 'no-auth': { type: 'boolean' }, host: { type: 'string' }, port: { type: 'string' }, redis: { type: 'string' }, id: { type: 'string' }, 'results-dir': { type: 'string' }, 'models-dir': { type: 'string' } },
     strict: true,
   });
   const int = (name: string, raw: string | undefined, fallback: number, min = 1): number => {
@@ -85,9 +133,19 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     return v;
   };
   const lockMs = int('LONGSHOT_JOB_LOCK_MS', env.LONGSHOT_JOB_LOCK_MS, 30_000);
+  const host = f.host ?? env.HOST ?? '0.0.0.0';
+  const auth = f['no-auth'] !== true;
+  if (!auth && !isLoopback(host)) throw new Error(`--no-auth is only allowed on a loopback bind (127.0.0.1, ::1, localhost), not on ${host}: anyone who can reach it would act as an operator`);
+  const grantKey = parseGrantKeys(env.LONGSHOT_GRANT_KEYS ?? '', 'LONGSHOT_GRANT_KEYS')[0];
+  const sessionSecret = env.LONGSHOT_SESSION_SECRET ?? '';
+  if (sessionSecret !== '' && sessionSecret.length < 32) throw new Error('LONGSHOT_SESSION_SECRET must be at least 32 characters');
+  const limits: TenantLimits = {
+    requestsPerMinute: int('LONGSHOT_RATE_LIMIT_PER_MINUTE', env.LONGSHOT_RATE_LIMIT_PER_MINUTE, 600, 0),
+    maxJobCost: int('LONGSHOT_MAX_JOB_COST', env.LONGSHOT_MAX_JOB_COST, 0, 0),
+  };
   return {
     id: f.id ?? env.LONGSHOT_CONTROLLER_ID ?? `controller-${process.pid}`,
-    host: f.host ?? env.HOST ?? '0.0.0.0',
+    host,
     port: int('--port', f.port ?? env.PORT, 8080, 0),
     redisUrl: f.redis ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
     resultsDir: path.resolve(f['results-dir'] ?? env.LONGSHOT_RESULTS_DIR ?? './out/results'),
@@ -113,7 +171,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     modelsDir: modelsDirFlag(f['models-dir'] ?? env.LONGSHOT_MODELS_DIR),
     // Wan2.1's cond + uncond as float32 safetensors is 16 MiB.
     maxUploadBytes: int('LONGSHOT_MAX_UPLOAD_BYTES', env.LONGSHOT_MAX_UPLOAD_BYTES, 64 * 1024 * 1024),
-    grantKey: parseGrantKeys(env.LONGSHOT_GRANT_KEYS ?? '', 'LONGSHOT_GRANT_KEYS')[0],
+    grantKey,
     webhooks: {
       secret: webhookSecret(env.LONGSHOT_WEBHOOK_SECRET),
       allowCidrs: cidrList('LONGSHOT_WEBHOOK_ALLOW_CIDRS', env.LONGSHOT_WEBHOOK_ALLOW_CIDRS),
@@ -125,6 +183,14 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
       concurrency: int('LONGSHOT_WEBHOOK_CONCURRENCY', env.LONGSHOT_WEBHOOK_CONCURRENCY, 16),
     },
     tls: loadTlsFiles({ cert: env.LONGSHOT_TLS_CERT, key: env.LONGSHOT_TLS_KEY, ca: env.LONGSHOT_TLS_CA }, { cert: 'LONGSHOT_TLS_CERT', key: 'LONGSHOT_TLS_KEY', ca: 'LONGSHOT_TLS_CA' }),
+    auth,
+    // Every replica shares the grant key, so a secret derived from it (a distinct HKDF label:
+    // never the grant key itself) lets any replica check a session another one issued.
+    sessionSecret: sessionSecret !== '' ? Buffer.from(sessionSecret, 'utf8') : Buffer.from(hkdfSync('sha256', grantKey.secret, Buffer.alloc(0), 'longshot-session-v1', 32)),
+    sessionSeconds: int('LONGSHOT_SESSION_SECONDS', env.LONGSHOT_SESSION_SECONDS, 12 * 3600, 60),
+    signedUrlSeconds: int('LONGSHOT_SIGNED_URL_SECONDS', env.LONGSHOT_SIGNED_URL_SECONDS, 900, 10),
+    limits,
+    tenantLimits: parseTenantLimits(env.LONGSHOT_TENANT_LIMITS ?? '', limits),
   };
 }
 

@@ -6,8 +6,10 @@ import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { logger } from '@longshot/telemetry';
 import { appModule } from './app.module';
+import { AuthService } from './auth';
 import { loadConfig } from './config';
-import { reject } from './http/errors';
+import { ErrorFilter, reject } from './http/errors';
+import { BEARER_AUTH, COOKIE_AUTH } from './http/schemas';
 import { httpDuration } from './metrics';
 
 const log = logger('controller');
@@ -45,14 +47,30 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
       .setVersion('1')
       .setLicense('Apache-2.0', 'https://www.apache.org/licenses/LICENSE-2.0')
       .addServer('/', 'This controller (every replica serves the same API)')
+      .addBearerAuth({ type: 'http', scheme: 'bearer', description: 'An API key, lsk_<id>_<secret> (longshot keys create)' }, BEARER_AUTH)
+      .addCookieAuth('longshot_session', { type: 'apiKey', in: 'cookie', description: 'The HttpOnly session POST /v1/session sets' }, COOKIE_AUTH)
       .build(),
   );
+  // The API document is for any caller with a key (the console builds its submit form from it;
+  // it holds nothing secret); its interactive UI is for operators. Both sit outside Nest's
+  // routes, so they are checked here.
+  const auth = app.get(AuthService);
+  const errors = new ErrorFilter();
+  const guard = (operator: boolean) => (req: Request, res: Response, next: NextFunction) => {
+    auth
+      .identify(req)
+      .then((caller) => operator && auth.requireOperator(caller))
+      .then(() => next(), (e: unknown) => errors.catch(e, { switchToHttp: () => ({ getResponse: () => res }) } as never));
+  };
+  server.use('/docs-json', guard(false));
+  server.use('/docs', guard(true));
   SwaggerModule.setup('docs', app, doc, { jsonDocumentUrl: 'docs-json' });
   await app.listen(config.port, config.host);
   const address = app.getHttpServer().address() as AddressInfo;
   const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
   process.stdout.write(`${JSON.stringify({ event: 'ready', url: `http://${host}:${address.port}`, id: config.id, pid: process.pid })}\n`);
-  log.info('controller ready', { id: config.id, port: address.port, redis: config.redisUrl, resultsDir: config.resultsDir });
+  log.info('controller ready', { id: config.id, port: address.port, redis: config.redisUrl, resultsDir: config.resultsDir, auth: config.auth });
+  if (!config.auth) log.warn('--no-auth: every request acts as an operator (loopback only)', { host: config.host });
 }
 
 /** body-parser's verify hook: invalid UTF-8 is refused, never silently replaced with U+FFFD. */

@@ -61,6 +61,8 @@ export interface ClusterState {
   workers(): Promise<{ registered: number; leased: number }>;
   /** Jobs whose webhook still has (or may get) events to deliver. */
   webhookJobs(): Promise<number>;
+  /** API keys by role, active and revoked. */
+  apiKeys(): Promise<readonly { role: string; revoked: boolean }[]>;
 }
 
 /** Registers the gauges that mirror cluster state; their collect() runs on every scrape. */
@@ -97,6 +99,16 @@ export function registerClusterGauges(state: ClusterState): void {
       this.set(await state.webhookJobs());
     },
   });
+  gauge<'role' | 'state'>({
+    name: 'longshot_api_keys',
+    help: 'API keys by role and state (active | revoked): every `longshot keys create` adds one, every revoke moves one to revoked',
+    labelNames: ['role', 'state'],
+    async collect() {
+      this.reset();
+      for (const role of ['tenant', 'operator']) for (const state of ['active', 'revoked']) this.set({ role, state }, 0);
+      for (const k of await state.apiKeys()) this.inc({ role: k.role, state: k.revoked ? 'revoked' : 'active' });
+    },
+  });
   let last = { at: Date.now(), total: 0 };
   gauge({
     name: 'longshot_block_steps_per_second',
@@ -115,4 +127,12 @@ export const httpDuration = histogram<'method' | 'route' | 'status'>({
   help: 'HTTP request duration by route and status',
   labelNames: ['method', 'route', 'status'],
   buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+});
+
+/** Requests refused by authentication or authorization (401, 403, 429), by why. */
+export const authRefusals = counter<'reason'>({
+  name: 'longshot_auth_refused_total',
+  help: 'Requests refused for their identity: no or bad credentials (401), not an operator (403), over the rate limit (429)',
+  labelNames: ['reason'],
+  known: { reason: ['unauthenticated', 'forbidden', 'rate_limited'] },
 });

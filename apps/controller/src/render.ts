@@ -122,7 +122,7 @@ export class RenderRun {
     let text: TextEmbeddings | null = null;
     try {
       modelSource = this.d.models.resolve(spec.model);
-      if (spec.textEmbeddings) text = await this.d.uploads.textEmbeddings(spec.textEmbeddings, modelSource.config);
+      if (spec.textEmbeddings) text = await this.d.uploads.textEmbeddings(spec.textEmbeddings, rec.tenant, modelSource.config);
     } catch (e) {
       // A Redis blip is retried; anything else was checked at submit, so the model changed or the
       // upload expired since, and retrying cannot help.

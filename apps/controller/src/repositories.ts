@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { Redis } from 'ioredis';
-import { BlockStore, FrameDigestStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
+import { BlockStore, checkTenant, FrameDigestStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
 import { SegmentDir } from '@longshot/media';
 import { loadTextEmbeddings, SafetensorsFile, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { SpecError } from '@longshot/planner';
@@ -113,7 +113,8 @@ const FIELD = 'textEmbeddingsId';
 /**
  * Bytes clients upload (POST /v1/embeddings) for later requests to reference by id: kept in
  * Redis for the retention period, so every replica finds them and nothing is read from a path a
- * client names.
+ * client names. Each upload belongs to the uploader's tenant:
+ * another tenant's id is "no upload".
  */
 export class UploadRepository {
   constructor(
@@ -121,22 +122,22 @@ export class UploadRepository {
     private readonly ttlSeconds: number,
   ) {}
 
-  async put(bytes: Buffer): Promise<string> {
+  async put(bytes: Buffer, tenant: string): Promise<string> {
     const id = randomUUID();
-    await this.redis.set(keys.uploadKey(id), bytes, 'EX', this.ttlSeconds);
+    await this.redis.set(keys.uploadKey(checkTenant(tenant), id), bytes, 'EX', this.ttlSeconds);
     return id;
   }
 
-  get(id: string): Promise<Buffer | null> {
-    return this.redis.getBuffer(keys.uploadKey(id));
+  get(id: string, tenant: string): Promise<Buffer | null> {
+    return this.redis.getBuffer(keys.uploadKey(checkTenant(tenant), id));
   }
 
   /**
    * The text embeddings of an upload, checked against the model. Errors are SpecErrors naming
    * the request field and saying what is wrong with the upload, never its bytes.
    */
-  async textEmbeddings(id: string, model: ModelConfig): Promise<TextEmbeddings> {
-    const bytes = await this.get(id);
+  async textEmbeddings(id: string, tenant: string, model: ModelConfig): Promise<TextEmbeddings> {
+    const bytes = await this.get(id, tenant);
     if (!bytes) throw new SpecError(FIELD, `no upload ${id} (POST /v1/embeddings first; uploads expire after the retention period)`);
     try {
       return loadTextEmbeddings(SafetensorsFile.fromBytes(bytes, FIELD), model);

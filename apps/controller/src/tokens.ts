@@ -24,3 +24,6 @@ export const WEBHOOK_GUARD = Symbol('DestinationGuard');
 export const WEBHOOK_SENDER = Symbol('WebhookSender');
 /** WebhookSecrets: the signing secret of each tenant. */
 export const WEBHOOK_SECRETS = Symbol('WebhookSecrets');
+/** The ApiKeyStore: API keys (hashes) in Redis. */
+export const API_KEYS = Symbol('ApiKeyStore');
+export const RATE_LIMITER = Symbol('RateLimiter');

@@ -1,8 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ConflictException, Inject, Injectable, NotFoundException } from '@nestjs/common';
 import { isTerminal, jobPrefix, JOB_STATUSES, type JobStatus, type WorkerInfo, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
-import { ModelNameError, SafetensorsFile, type ModelCatalog, type ModelConfig } from '@longshot/model';
+import { ModelNameError, parameterCount, SafetensorsFile, type ModelCatalog, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
+import { AuthService, type Caller } from './auth';
 import type { ControllerConfig } from './config';
 import { candidates, workerState } from '@longshot/pipeline';
 import { jobDuration } from './metrics';
@@ -32,10 +33,11 @@ export class VideosService {
     @Inject(UPLOADS) private readonly uploads: UploadRepository,
     @Inject(JOB_DATA) private readonly jobData: JobDataRepository,
     @Inject(WebhookService) private readonly webhooks: WebhookService,
+    @Inject(AuthService) private readonly auth: AuthService,
   ) {}
 
   /** Validates everything before writing anything: a rejected request leaves no trace. */
-  async submit(body: unknown, idempotencyKey: string | undefined): Promise<SubmitOutcome> {
+  async submit(body: unknown, idempotencyKey: string | undefined, caller: Caller): Promise<SubmitOutcome> {
     if (idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(idempotencyKey)) {
       throw new SpecError('Idempotency-Key', 'must be 1..255 visible ASCII characters (an empty key would be one every client shares)');
     }
@@ -48,22 +50,24 @@ export class VideosService {
       if (e instanceof ModelNameError) throw new SpecError('model', e.message);
       throw e;
     }
-    if (req.textEmbeddingsId !== null) await this.uploads.textEmbeddings(req.textEmbeddingsId, model);
+    if (req.textEmbeddingsId !== null) await this.uploads.textEmbeddings(req.textEmbeddingsId, caller.tenant, model);
     if (!req.autoStages) {
       if (spec.stages > model.layers) throw new SpecError('stages', `${spec.stages} stages for a model of ${model.layers} layers; at most one stage per layer`);
       const serving = candidates(await this.registry.list(), spec.model).length;
       if (spec.stages > serving) throw new SpecError('stages', `${spec.stages} stages but only ${serving} registered workers serve model ${spec.model}`);
     }
     const plan = planJob(spec);
+    this.checkCost(req.job, plan.blockSteps, spec.model, model, caller);
     if (req.webhook) await this.webhooks.check(req.webhook);
     // The webhook's URL is kept in the outbox only: the record (GET, SSE) names its events.
     const stored: VideoSpec = { ...spec, autoStages: req.autoStages, webhookEvents: req.webhook?.events ?? null };
     const id = randomUUID();
-    const idem = idempotencyKey === undefined ? null : { key: sha256(idempotencyKey), bodyHash: sha256(canonicalJson(body)) };
+    // Keys are per tenant: another tenant's identical key is another job, and never names this one.
+    const idem = idempotencyKey === undefined ? null : { key: sha256(`${caller.tenant}\n${idempotencyKey}`), bodyHash: sha256(canonicalJson(body)) };
     // Subscribed before the record exists, so no event is missed; a record that never comes
     // (a crash in between) leaves an orphan the delivery loop drops.
     if (req.webhook) await this.webhooks.subscribe(id, req.webhook);
-    const outcome = await this.jobs.create({ id, spec: stored, priority: req.priority, stages: req.autoStages ? null : spec.stages, blocks: plan.blocks, blockSteps: plan.blockSteps }, idem);
+    const outcome = await this.jobs.create({ id, tenant: caller.tenant, spec: stored, priority: req.priority, stages: req.autoStages ? null : spec.stages, blocks: plan.blocks, blockSteps: plan.blockSteps }, idem);
     if (!outcome.created) {
       if (req.webhook) await this.webhooks.unsubscribe(id);
       if (!outcome.sameBody) throw new ConflictException({ error: 'conflict', message: 'this Idempotency-Key was used with a different body' });
@@ -84,10 +88,27 @@ export class VideosService {
   }
 
   /**
+   * The admission cost cap: block-steps x model parameters, against the tenant's maxJobCost
+   * (operators are not capped). A 400 names the fields that set the cost and the cap.
+   */
+  private checkCost(job: { seconds?: number }, blockSteps: number, modelName: string, model: ModelConfig, caller: Caller): void {
+    if (caller.role === 'operator') return;
+    const cap = this.auth.limitsOf(caller.tenant).maxJobCost;
+    const params = parameterCount(model);
+    const cost = blockSteps * params;
+    if (cap === 0 || cost <= cap) return;
+    const field = job.seconds !== undefined ? 'seconds' : 'frames';
+    throw new SpecError(
+      field,
+      `job cost ${cost.toExponential(3)} (${blockSteps} block-steps x ${params.toExponential(3)} parameters of ${modelName}) is over tenant ${caller.tenant}'s cap of ${cap.toExponential(3)} (maxJobCost); ask for fewer ${field}, fewer steps or a smaller model`,
+    );
+  }
+
+  /**
    * Stores an upload of text embeddings (a safetensors file with 'cond' and optional 'uncond')
    * for jobs to reference as textEmbeddingsId; its shapes are checked against the model at submit.
    */
-  async uploadEmbeddings(body: unknown): Promise<{ id: string; bytes: number; tensors: string[] }> {
+  async uploadEmbeddings(body: unknown, caller: Caller): Promise<{ id: string; bytes: number; tensors: string[] }> {
     if (!Buffer.isBuffer(body) || body.length === 0) throw new SpecError('body', 'send the safetensors file as the request body (Content-Type: application/octet-stream)');
     let tensors: string[];
     try {
@@ -98,11 +119,12 @@ export class VideosService {
       throw new SpecError('body', (e as Error).message);
     }
     if (!tensors.includes('cond')) throw new SpecError('body', `tensor 'cond' not found (text embeddings need 'cond' [n, textDim] and optionally 'uncond')`);
-    const id = await this.uploads.put(body);
+    const id = await this.uploads.put(body, caller.tenant);
     return { id, bytes: body.length, tensors };
   }
 
-  async get(id: string): Promise<VideoRecord> {
+  /** The job when the caller may see it: another tenant's job is not found (its id says nothing). */
+  async get(id: string, caller: Caller): Promise<VideoRecord> {
     const notFound = () => new NotFoundException({ error: 'not_found', message: `no video ${id}` });
     try {
       jobPrefix(id); // an id that cannot name a job is not found, without asking Redis
@@ -111,16 +133,17 @@ export class VideosService {
     }
     // A Redis error is not "no such job": it propagates (503 with Retry-After when unreachable).
     const rec = await this.jobs.get(id);
-    if (!rec) throw notFound();
+    if (!rec || (caller.role !== 'operator' && rec.tenant !== caller.tenant)) throw notFound();
     return rec;
   }
 
-  view(rec: VideoRecord) {
+  view(rec: VideoRecord, caller: Caller) {
     const { autoStages, textEmbeddings, webhookEvents, ...spec } = rec.spec;
     return {
       id: rec.id,
       status: rec.status,
       spec: { ...spec, textEmbeddingsId: textEmbeddings, stages: rec.stages, autoStages, webhookEvents: webhookEvents ?? null },
+      tenant: rec.tenant,
       priority: rec.priority,
       progress: rec.progress,
       stages: rec.stages,
@@ -134,6 +157,7 @@ export class VideosService {
       startedAt: iso(rec.startedAt),
       finishedAt: iso(rec.finishedAt),
       urls: urlsOf(rec.id),
+      signedUrls: this.auth.sign(caller, { events: urlsOf(rec.id).events, content: urlsOf(rec.id).content }),
     };
   }
 
@@ -147,18 +171,19 @@ export class VideosService {
     return lastEventId;
   }
 
-  async list(query: { status?: string; limit?: string; cursor?: string }) {
+  async list(query: { status?: string; limit?: string; cursor?: string }, caller: Caller) {
     if (query.status !== undefined && !JOB_STATUSES.includes(query.status as JobStatus)) throw new SpecError('status', `must be one of ${JOB_STATUSES.join(', ')}`);
     const limit = query.limit === undefined ? 20 : Number(query.limit);
     if (!Number.isInteger(limit) || limit < 1 || limit > 100) throw new SpecError('limit', `must be an integer in 1..100, got ${JSON.stringify(query.limit)}`);
     if (query.cursor !== undefined && !/^\d{1,12}$/.test(query.cursor)) throw new SpecError('cursor', 'must be a cursor returned by a previous page');
-    const page = await this.jobs.list({ status: query.status as JobStatus | undefined, limit, cursor: query.cursor });
-    return { items: page.items.map((r) => this.view(r)), nextCursor: page.cursor };
+    const tenant = caller.role === 'operator' ? undefined : caller.tenant;
+    const page = await this.jobs.list({ status: query.status as JobStatus | undefined, tenant, limit, cursor: query.cursor });
+    return { items: page.items.map((r) => this.view(r, caller)), nextCursor: page.cursor };
   }
 
   /** Marks the job canceled (wherever it is) and tells the replica running it to stop. */
-  async cancel(id: string) {
-    const rec = await this.get(id);
+  async cancel(id: string, caller: Caller) {
+    const rec = await this.get(id, caller);
     if (isTerminal(rec.status)) throw new ConflictException({ error: 'conflict', message: `video ${id} is already ${rec.status}` });
     const finishedAt = Date.now();
     const r = await this.jobs.update(id, { status: 'canceled', fields: { finishedAt, owner: null }, event: { name: 'canceled', data: {} } });
@@ -166,15 +191,15 @@ export class VideosService {
     jobDuration.observe({ status: 'canceled' }, (finishedAt - rec.createdAt) / 1000);
     await this.queue.remove(id);
     await this.jobs.publishCancel(id);
-    return this.view((await this.jobs.get(id)) ?? rec);
+    return this.view((await this.jobs.get(id)) ?? rec, caller);
   }
 
   /**
    * Deletes a finished job: its result files, pipeline data, queue entry, then its record and
    * events (last, so a DELETE that fails half-way can be repeated). Queued or running: 409.
    */
-  async remove(id: string): Promise<void> {
-    const rec = await this.get(id);
+  async remove(id: string, caller: Caller): Promise<void> {
+    const rec = await this.get(id, caller);
     const active = () => new ConflictException({ error: 'conflict', message: `video ${id} is ${rec.status}; cancel it first` });
     if (!isTerminal(rec.status)) throw active();
     this.results.remove(id);
@@ -187,16 +212,16 @@ export class VideosService {
     if (status === null) throw new NotFoundException({ error: 'not_found', message: `no video ${id}` });
   }
 
-  async contentPath(id: string): Promise<string> {
-    const rec = await this.get(id);
+  async contentPath(id: string, caller: Caller): Promise<string> {
+    const rec = await this.get(id, caller);
     if (rec.status !== 'succeeded') throw new ConflictException({ error: 'not_ready', message: `video ${id} is ${rec.status}` });
     const dir = this.results.job(id);
     if (!dir.hasVideo()) throw new NotFoundException({ error: 'not_found', message: `the video file of ${id} is no longer in the result store` });
     return dir.videoPath;
   }
 
-  async previewPath(id: string, index: string): Promise<string> {
-    const rec = await this.get(id);
+  async previewPath(id: string, index: string, caller: Caller): Promise<string> {
+    const rec = await this.get(id, caller);
     const i = Number(index);
     if (!/^\d{1,9}$/.test(index) || i >= rec.progress.blocks) throw new NotFoundException({ error: 'not_found', message: `no block ${index} in video ${id}` });
     const p = this.results.job(id).previewPath(i);

@@ -10,3 +10,4 @@ export * from './jobs';
 export * from './text-embeddings';
 export * from './webhook-outbox';
 export { isRedisUnavailable } from './unavailable';
+export * from './api-keys';

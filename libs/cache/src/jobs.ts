@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { checkTenant } from './api-keys';
 import { keys as defaultKeys, type KeySchema } from './keys';
 
 export type JobStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'canceled';
@@ -19,6 +20,8 @@ export interface JobRecord<Spec = unknown, Result = unknown> {
   readonly id: string;
   readonly status: JobStatus;
   readonly spec: Spec;
+  /** The tenant whose API key submitted it: only that tenant (and operators) see it. */
+  readonly tenant: string;
   readonly priority: number;
   readonly progress: JobProgress;
   /** Stages the job runs on; null until chosen (the planner picks K when the request left it open). */
@@ -58,12 +61,13 @@ export interface JobStoreOptions {
  *   R:{jobs}:record:<id>        hash: one field per JobRecord field (JSON where not a plain string)
  *   R:{jobs}:events:<id>        stream: the job's events, in order (event, data)
  *   R:{jobs}:index              sorted set: job ids by creation time (listing)
+ *   R:{jobs}:index:<tenant>     the same, one tenant's jobs only
  *   R:{jobs}:idempotency:<key>  "<jobId>\x1f<body hash>"
  *   R:{jobs}:queued             sorted set: ids of `queued` records by creation time (the reconciler's worklist)
  *   R:{jobs}:cancel             pub/sub channel: ids of jobs to stop wherever they run
  */
 
-/** KEYS: record, index, idempotency (or ''), events, queued. ARGV: id, createdAt, idem value, ttl ms, queued data, fields... */
+/** KEYS: record, index, idempotency (or ''), events, queued, tenant index. ARGV: id, createdAt, idem value, ttl ms, queued data, fields... */
 const CREATE = `
 if ARGV[3] ~= '' then
   local cur = redis.call('GET', KEYS[3])
@@ -75,6 +79,8 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[4]))
 redis.call('XADD', KEYS[4], '*', 'event', 'queued', 'data', ARGV[5])
 return {1, ''}
 `;
@@ -124,7 +130,7 @@ const ACTIVE = ',queued,running,';
 
 /*
  * Deletes a finished job's record and events and drops it from the index and the queued list.
- * KEYS: record, events, index, queued. ARGV: id, active statuses. Returns the status it had
+ * KEYS: record, events, index, queued, tenant index. ARGV: id, active statuses. Returns the status it had
  * ('' when there was no record); an active job is left as it is.
  */
 const REMOVE = `
@@ -134,6 +140,7 @@ if string.find(ARGV[2], ',' .. cur .. ',', 1, true) then return cur end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 return cur
 `;
 
@@ -162,8 +169,9 @@ export class JobStore<Spec = unknown, Result = unknown> {
     return `${this.keys.root}:{jobs}:${kind}:${id}`;
   }
 
-  private indexKey(): string {
-    return `${this.keys.root}:{jobs}:index`;
+  /** Every job, or one tenant's. */
+  private indexKey(tenant?: string): string {
+    return tenant === undefined ? `${this.keys.root}:{jobs}:index` : `${this.keys.root}:{jobs}:index:${checkTenant(tenant)}`;
   }
 
   private queuedKey(): string {
@@ -183,7 +191,7 @@ export class JobStore<Spec = unknown, Result = unknown> {
    * the caller) that was used before, stores nothing and names the earlier job instead.
    */
   async create(
-    input: { id: string; spec: Spec; priority: number; stages: number | null; blocks: number; blockSteps: number },
+    input: { id: string; tenant: string; spec: Spec; priority: number; stages: number | null; blocks: number; blockSteps: number },
     idempotency: { key: string; bodyHash: string } | null,
   ): Promise<CreateOutcome<Spec, Result>> {
     const now = Date.now();
@@ -191,6 +199,7 @@ export class JobStore<Spec = unknown, Result = unknown> {
       id: input.id,
       status: 'queued',
       spec: input.spec,
+      tenant: input.tenant,
       priority: input.priority,
       progress: { blocksDone: 0, blocks: input.blocks, blockStepsDone: 0, blockSteps: input.blockSteps, etaSeconds: null },
       stages: input.stages,
@@ -207,12 +216,13 @@ export class JobStore<Spec = unknown, Result = unknown> {
     const idemValue = idempotency ? `${input.id}\u001f${idempotency.bodyHash}` : '';
     const [created, existing] = (await this.redis.eval(
       CREATE,
-      5,
+      6,
       this.key('record', input.id),
       this.indexKey(),
       idempotency ? this.idempotencyKey(idempotency.key) : this.idempotencyKey('-'),
       this.key('events', input.id),
       this.queuedKey(),
+      this.indexKey(input.tenant),
       input.id,
       now,
       idemValue,
@@ -316,14 +326,15 @@ export class JobStore<Spec = unknown, Result = unknown> {
     return out;
   }
 
-  /** Jobs, newest first; `cursor` is what the previous page returned (null at the end). */
-  async list(options: { status?: JobStatus; limit: number; cursor?: string }): Promise<{ items: JobRecord<Spec, Result>[]; cursor: string | null }> {
+  /** Jobs (of `tenant`, or all), newest first; `cursor` is what the previous page returned (null at the end). */
+  async list(options: { status?: JobStatus; tenant?: string; limit: number; cursor?: string }): Promise<{ items: JobRecord<Spec, Result>[]; cursor: string | null }> {
+    const index = this.indexKey(options.tenant);
     let offset = options.cursor ? Number(options.cursor) : 0;
     if (!Number.isSafeInteger(offset) || offset < 0) throw new Error(`bad cursor ${options.cursor}`);
     const items: JobRecord<Spec, Result>[] = [];
     const page = Math.max(options.limit, 50);
     for (;;) {
-      const ids = await this.redis.zrevrange(this.indexKey(), offset, offset + page - 1);
+      const ids = await this.redis.zrevrange(index, offset, offset + page - 1);
       if (ids.length === 0) return { items, cursor: null };
       const multi = this.redis.multi();
       for (const id of ids) multi.hgetall(this.key('record', id));
@@ -340,13 +351,13 @@ export class JobStore<Spec = unknown, Result = unknown> {
         if (options.status && rec.status !== options.status) continue;
         items.push(rec);
         if (items.length === options.limit) {
-          if (gone.length) await this.redis.zrem(this.indexKey(), ...gone);
+          if (gone.length) await this.redis.zrem(index, ...gone);
           return { items, cursor: String(offset - gone.length) };
         }
       }
       // Records past their retention: drop them from the index as we meet them.
       if (gone.length) {
-        await this.redis.zrem(this.indexKey(), ...gone);
+        await this.redis.zrem(index, ...gone);
         offset -= gone.length;
       }
     }
@@ -357,7 +368,9 @@ export class JobStore<Spec = unknown, Result = unknown> {
    * status it had, null when there is no such job: deleted unless that status is active.
    */
   async remove(id: string): Promise<JobStatus | null> {
-    const status = (await this.redis.eval(REMOVE, 4, this.key('record', id), this.key('events', id), this.indexKey(), this.queuedKey(), id, ACTIVE)) as string;
+    const tenant = await this.redis.hget(this.key('record', id), 'tenant');
+    const tenantIndex = tenant ? this.indexKey(tenant) : `${this.indexKey()}:-`;
+    const status = (await this.redis.eval(REMOVE, 5, this.key('record', id), this.key('events', id), this.indexKey(), this.queuedKey(), tenantIndex, id, ACTIVE)) as string;
     return status === '' ? null : (status as JobStatus);
   }
 
@@ -403,6 +416,7 @@ function decodeRecord<Spec, Result>(h: Record<string, string>): JobRecord<Spec, 
     id: h.id,
     status: h.status as JobStatus,
     spec: json<Spec>('spec', null as Spec),
+    tenant: h.tenant ?? '',
     priority: num('priority'),
     progress: { blocksDone: num('blocksDone'), blocks: num('blocks'), blockStepsDone: num('blockStepsDone'), blockSteps: num('blockSteps'), etaSeconds: nnum('etaSeconds') },
     stages: nnum('stages'),

@@ -14,9 +14,11 @@
  *   R:job:{<jobId>}:run             the job's current run (fencing: writes of other runs are refused)
  *   R:job:{<jobId>}:<key>~<run>     a fenced value on its way to <key> (exists for one round trip)
  *   R:text-embedding:<hash>         cached text encoder output
- *   R:upload:<id>                   bytes a client uploaded (POST /v1/embeddings), with a TTL
+ *   R:upload:<tenant>:<id>          bytes a client of <tenant> uploaded (POST /v1/embeddings), with a TTL
  *   R:{webhooks}:due                sorted set: jobs with a webhook, by when their next delivery is due
  *   R:{webhooks}:job:<jobId>        a job's webhook (url, events, tenant) and delivery state (cursor, attempts, claim)
+ *   R:{apikeys}:...                 API keys (api-keys.ts: hashes only, never a secret)
+ *   R:{ratelimit}:<tenant>          a tenant's request token bucket (api-keys.ts)
  *
  * Braces are Redis Cluster hash tags: all of a job's keys hash to one slot, as do the registry's,
  * which lets the stores update several keys in one MULTI or script on a cluster too.
@@ -82,8 +84,8 @@ export class KeySchema {
     return `${this.root}:text-embedding:${checkId('text embedding hash', hash)}`;
   }
 
-  uploadKey(id: string): string {
-    return `${this.root}:upload:${checkId('upload id', id)}`;
+  uploadKey(tenant: string, id: string): string {
+    return `${this.root}:upload:${checkId('tenant', tenant)}:${checkId('upload id', id)}`;
   }
 
   /** The webhook outbox's worklist: job ids by the time their next delivery is due (WebhookOutbox). */

@@ -10,7 +10,7 @@ afterAll(async () => {
   await t?.close();
 });
 
-const input = (id: string) => ({ id, spec: { prompt: 'p' }, priority: 5, stages: null, blocks: 3, blockSteps: 12 });
+const input = (id: string, tenant = 'acme') => ({ id, tenant, spec: { prompt: 'p' }, priority: 5, stages: null, blocks: 3, blockSteps: 12 });
 
 describe('JobStore', () => {
   it('creates, updates with events, and never changes a terminal record', async () => {
@@ -51,6 +51,21 @@ describe('JobStore', () => {
     const second = await jobs.list({ status: 'queued', limit: 1, cursor: first.cursor! });
     expect(second.items.map((r) => r.id)).toEqual(['l1']);
     expect((await jobs.list({ status: 'failed', limit: 10 })).items.map((r) => r.error)).toEqual([{ message: 'x' }]);
+  });
+
+  it("lists one tenant's jobs from its own index, and a delete drops them from it", async () => {
+    const jobs = new JobStore(t.redis, { keys: t.keys });
+    await jobs.create(input('t1', 'red'), null);
+    await jobs.create(input('t2', 'blue'), null);
+    await jobs.create(input('t3', 'red'), null);
+    const ids = async (tenant?: string) => (await jobs.list({ tenant, limit: 10 })).items.map((r) => r.id).sort();
+    expect(await ids('red')).toEqual(['t1', 't3']);
+    expect(await ids('blue')).toEqual(['t2']);
+    expect((await jobs.get('t2'))!.tenant).toBe('blue');
+    await jobs.update('t1', { status: 'canceled' });
+    expect(await jobs.remove('t1')).toBe('canceled');
+    expect(await ids('red')).toEqual(['t3']);
+    expect(await t.redis.zrange(`${t.keys.root}:{jobs}:index:red`, 0, -1)).toEqual(['t3']);
   });
 
   it('keeps the list of queued records the reconciler walks: in on create and retry, out on start and end', async () => {

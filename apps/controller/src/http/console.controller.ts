@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { Controller, Get, NotFoundException, Param, Res } from '@nestjs/common';
 import { ApiExcludeController } from '@nestjs/swagger';
 import type { Response } from 'express';
+import { Public } from '../auth';
 
 /*
  * The web console (docs/console.md): static HTML, ES modules and CSS from apps/controller/console,
@@ -54,6 +55,7 @@ function loadAssets(dir: string): ReadonlyMap<string, Asset> {
 }
 
 @ApiExcludeController()
+@Public()
 @Controller()
 export class ConsoleController {
   private readonly assets = loadAssets(CONSOLE_DIR);

@@ -1,11 +1,13 @@
 import { Body, Controller, HttpCode, Inject, Post } from '@nestjs/common';
 import { ApiBody, ApiConsumes, ApiOperation, ApiTags } from '@nestjs/swagger';
+import { Identity, type Caller } from '../auth';
 import { VideosService } from '../videos.service';
-import { ApiError, ApiFailures, ApiJson, UPLOAD_SCHEMA } from './schemas';
+import { ApiAuthenticated, ApiError, ApiFailures, ApiJson, UPLOAD_SCHEMA } from './schemas';
 
 /** Uploads that jobs reference by id, so no request ever names a file on the server. */
 @ApiTags('videos')
 @ApiFailures()
+@ApiAuthenticated()
 @Controller('v1/embeddings')
 export class EmbeddingsController {
   constructor(@Inject(VideosService) private readonly videos: VideosService) {}
@@ -18,7 +20,7 @@ export class EmbeddingsController {
   @ApiJson(201, 'Stored: pass id as textEmbeddingsId', UPLOAD_SCHEMA)
   @ApiError(400, 'Not a safetensors file with a cond tensor (field: body)')
   @ApiError(413, 'Larger than LONGSHOT_MAX_UPLOAD_BYTES (field: body)')
-  upload(@Body() body: unknown) {
-    return this.videos.uploadEmbeddings(body);
+  upload(@Body() body: unknown, @Identity() caller: Caller) {
+    return this.videos.uploadEmbeddings(body, caller);
   }
 }

@@ -27,6 +27,7 @@ export class ErrorFilter implements ExceptionFilter {
       const body = e.getResponse();
       const status = e.getStatus();
       // Ours carry {error, message}; the framework's own (an unknown route: {statusCode, error: 'Not Found', message}) get the same shape.
+      if (status === 401) res.set('WWW-Authenticate', 'Bearer realm="longshot"');
       const ours = typeof body === 'object' && body !== null && !('statusCode' in body) && 'error' in body;
       reject(res, status, ours ? (body as { error: string }) : { error: status === 404 ? 'not_found' : 'http_error', message: e.message });
       return;

@@ -7,7 +7,8 @@ import { RenderQueue } from '../queue';
 import type { ResultStore } from '../repositories';
 import { REDIS, RESULTS } from '../tokens';
 import { VideosService } from '../videos.service';
-import { ApiError, ApiFailures, ApiJson, HEALTH_SCHEMA, METRICS_TARGETS_SCHEMA, MODELS_SCHEMA, READY_SCHEMA, WORKERS_SCHEMA } from './schemas';
+import { OperatorOnly, Public } from '../auth';
+import { ApiAuthenticated, ApiError, ApiFailures, ApiJson, ApiOperator, HEALTH_SCHEMA, METRICS_TARGETS_SCHEMA, MODELS_SCHEMA, READY_SCHEMA, WORKERS_SCHEMA } from './schemas';
 
 @ApiTags('operations')
 @Controller()
@@ -20,6 +21,8 @@ export class OpsController {
   ) {}
 
   @Get('v1/workers')
+  @OperatorOnly()
+  @ApiOperator()
   @ApiOperation({ summary: 'Registered workers, their state (free | leased | full) and leases' })
   @ApiJson(200, 'The live workers', WORKERS_SCHEMA)
   @ApiFailures()
@@ -28,6 +31,8 @@ export class OpsController {
   }
 
   @Get('v1/workers/prometheus-sd')
+  @OperatorOnly()
+  @ApiOperator()
   @ApiOperation({ summary: "Prometheus HTTP service discovery: every worker's /metrics address (for http_sd_configs), lost workers included" })
   @ApiJson(200, 'Target groups, one per worker', METRICS_TARGETS_SCHEMA)
   @ApiFailures()
@@ -36,6 +41,7 @@ export class OpsController {
   }
 
   @Get('v1/models')
+  @ApiAuthenticated()
   @ApiOperation({ summary: "Models by name: the controller's catalog and what the registered workers advertise, with the workers serving each" })
   @ApiJson(200, 'The models', MODELS_SCHEMA)
   @ApiFailures()
@@ -44,7 +50,8 @@ export class OpsController {
   }
 
   @Get('healthz')
-  @ApiOperation({ summary: 'Liveness: the process serves HTTP' })
+  @Public()
+  @ApiOperation({ summary: 'Liveness: the process serves HTTP', security: [] })
   @ApiJson(200, 'Up', HEALTH_SCHEMA)
   @ApiError(500, 'Unexpected server error')
   healthz() {
@@ -52,7 +59,8 @@ export class OpsController {
   }
 
   @Get('readyz')
-  @ApiOperation({ summary: 'Readiness: Redis answers, the queue is usable and the results store has room (503 otherwise, saying which)' })
+  @Public()
+  @ApiOperation({ summary: 'Readiness: Redis answers, the queue is usable and the results store has room (503 otherwise, saying which)', security: [] })
   @ApiJson(200, 'Ready', READY_SCHEMA)
   @ApiJson(503, 'Not ready: checks says which', READY_SCHEMA)
   async readyz(@Res() res: Response): Promise<void> {
@@ -73,6 +81,8 @@ export class OpsController {
   }
 
   @Get('metrics')
+  @OperatorOnly()
+  @ApiOperator()
   @ApiOperation({ summary: 'Prometheus metrics' })
   @ApiResponse({ status: 200, description: 'Prometheus text exposition format', content: { 'text/plain': { schema: { type: 'string' } } } })
   @ApiError(500, 'Unexpected server error')

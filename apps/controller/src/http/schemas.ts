@@ -1,5 +1,5 @@
 import { applyDecorators } from '@nestjs/common';
-import { ApiHeader, ApiParam, ApiResponse } from '@nestjs/swagger';
+import { ApiBearerAuth, ApiCookieAuth, ApiHeader, ApiParam, ApiResponse } from '@nestjs/swagger';
 import { JOB_STATUSES } from '@longshot/cache';
 import { SAMPLER_KINDS } from '@longshot/sampler';
 
@@ -29,7 +29,7 @@ export const ERROR_SCHEMA: Schema = {
   additionalProperties: false,
   required: ['error', 'message'],
   properties: {
-    error: { type: 'string', description: 'Machine-readable code: invalid_request, not_found, not_ready, conflict, payload_too_large, range_not_satisfiable, unavailable, internal, ...' },
+    error: { type: 'string', description: 'Machine-readable code: invalid_request, unauthorized, forbidden, rate_limited, not_found, not_ready, conflict, payload_too_large, range_not_satisfiable, unavailable, internal, ...' },
     message: { type: 'string', description: 'What went wrong, for people; never a server path or file bytes.' },
     field: { type: 'string', description: 'The body field, query parameter or header at fault (bad input only).' },
   },
@@ -94,6 +94,14 @@ export const VIDEO_SCHEMA = object({
   startedAt: nullable(dateTime),
   finishedAt: nullable(dateTime),
   urls: URLS,
+  tenant: { type: 'string', description: 'The tenant of the API key that submitted it (local with --no-auth).' },
+  signedUrls: {
+    ...object(
+      { events: str, content: str, expiresAt: dateTime },
+      'The event stream and the MP4 as short-lived URLs signed for this job and path (for <video src>, EventSource or a download without headers); null with --no-auth',
+    ),
+    nullable: true,
+  },
 });
 
 export const SUBMITTED_SCHEMA = object({ id: { type: 'string', format: 'uuid' }, status: STATUS, urls: URLS });
@@ -147,6 +155,8 @@ export const MODELS_SCHEMA = object({
   },
 });
 
+export const SESSION_SCHEMA = object({ tenant: str, role: { type: 'string', enum: ['tenant', 'operator'] }, expiresAt: dateTime });
+
 export const HEALTH_SCHEMA = object({ status: { type: 'string', enum: ['ok'] } });
 
 export const READY_SCHEMA = object({
@@ -171,6 +181,22 @@ export const ApiFailures = () =>
     ApiError(500, 'Unexpected server error'),
     ApiError(503, 'The job store (Redis) is unreachable; retry after Retry-After seconds'),
   );
+
+/** Security scheme names of the OpenAPI document (main.ts declares them). */
+export const BEARER_AUTH = 'bearerAuth';
+export const COOKIE_AUTH = 'cookie';
+
+/** A route that needs an API key (or the session cookie), counted against the tenant's rate limit. */
+export const ApiAuthenticated = () =>
+  applyDecorators(
+    ApiBearerAuth(BEARER_AUTH),
+    ApiCookieAuth(COOKIE_AUTH),
+    ApiError(401, 'No API key, session or signed URL, or a revoked or unknown one (WWW-Authenticate: Bearer)'),
+    ApiError(429, "Over the tenant's requests per minute (Retry-After says when to retry)"),
+  );
+
+/** A route only operator keys may use. */
+export const ApiOperator = () => applyDecorators(ApiAuthenticated(), ApiError(403, 'The key is not an operator key'));
 
 /** The `id` path parameter of /v1/videos/{id}/... */
 export const ApiVideoId = () =>

@@ -1,9 +1,10 @@
 import { Body, Controller, Delete, Get, Headers, HttpCode, HttpException, Inject, NotFoundException, Param, Post, Query, Req, Res } from '@nestjs/common';
 import { ApiBody, ApiHeader, ApiOperation, ApiParam, ApiQuery, ApiResponse, ApiTags } from '@nestjs/swagger';
-import { ApiError, ApiFailures, ApiFile, ApiJson, ApiRange, ApiVideoId, SUBMITTED_SCHEMA, VIDEO_PAGE_SCHEMA, VIDEO_SCHEMA } from './schemas';
+import { ApiAuthenticated, ApiError, ApiFailures, ApiFile, ApiJson, ApiRange, ApiVideoId, SUBMITTED_SCHEMA, VIDEO_PAGE_SCHEMA, VIDEO_SCHEMA } from './schemas';
 import type { Request, Response } from 'express';
 import { compareEventIds, JOB_STATUSES, TERMINAL_STATUSES, type JobEvent, type JobStatus } from '@longshot/cache';
 import { logger } from '@longshot/telemetry';
+import { Identity, type Caller } from '../auth';
 import { EventHub } from '../event-hub';
 import type { VideoStore } from '../render';
 import { SUBMIT_SCHEMA } from '../request';
@@ -14,6 +15,7 @@ const log = logger('http');
 
 @ApiTags('videos')
 @ApiFailures()
+@ApiAuthenticated()
 @Controller('v1/videos')
 export class VideosController {
   constructor(
@@ -31,8 +33,8 @@ export class VideosController {
   @ApiError(400, 'Invalid body or Idempotency-Key; `field` names the problem')
   @ApiError(409, 'Idempotency-Key reused with another body')
   @ApiError(413, 'Body larger than 1 MiB')
-  async submit(@Body() body: unknown, @Headers('idempotency-key') key: string | undefined, @Res() res: Response): Promise<void> {
-    const out = await this.videos.submit(body, key);
+  async submit(@Body() body: unknown, @Headers('idempotency-key') key: string | undefined, @Identity() caller: Caller, @Res() res: Response): Promise<void> {
+    const out = await this.videos.submit(body, key, caller);
     res.status(out.created ? 202 : 200).location(out.body.urls.self).json(out.body);
   }
 
@@ -43,16 +45,16 @@ export class VideosController {
   @ApiQuery({ name: 'cursor', required: false, schema: { type: 'string', pattern: '^\\d{1,12}$' }, description: 'nextCursor of the previous page' })
   @ApiJson(200, 'A page of videos', VIDEO_PAGE_SCHEMA)
   @ApiError(400, 'Bad query parameter (field: status, limit or cursor)')
-  list(@Query('status') status?: string, @Query('limit') limit?: string, @Query('cursor') cursor?: string) {
-    return this.videos.list({ status, limit, cursor });
+  list(@Identity() caller: Caller, @Query('status') status?: string, @Query('limit') limit?: string, @Query('cursor') cursor?: string) {
+    return this.videos.list({ status, limit, cursor }, caller);
   }
 
   @Get(':id')
   @ApiOperation({ summary: 'A video job: status, progress, result' })
   @ApiVideoId()
   @ApiJson(200, 'The video job', VIDEO_SCHEMA)
-  async get(@Param('id') id: string) {
-    return this.videos.view(await this.videos.get(id));
+  async get(@Param('id') id: string, @Identity() caller: Caller) {
+    return this.videos.view(await this.videos.get(id, caller), caller);
   }
 
   @Post(':id/cancel')
@@ -61,8 +63,8 @@ export class VideosController {
   @ApiVideoId()
   @ApiJson(200, 'The canceled job', VIDEO_SCHEMA)
   @ApiError(409, 'Already finished')
-  cancel(@Param('id') id: string) {
-    return this.videos.cancel(id);
+  cancel(@Param('id') id: string, @Identity() caller: Caller) {
+    return this.videos.cancel(id, caller);
   }
 
   @Delete(':id')
@@ -71,8 +73,8 @@ export class VideosController {
   @ApiVideoId()
   @ApiResponse({ status: 204, description: 'Deleted' })
   @ApiError(409, 'Queued or running: cancel it first')
-  async remove(@Param('id') id: string): Promise<void> {
-    await this.videos.remove(id);
+  async remove(@Param('id') id: string, @Identity() caller: Caller): Promise<void> {
+    await this.videos.remove(id, caller);
   }
 
   @Get(':id/content')
@@ -81,8 +83,8 @@ export class VideosController {
   @ApiFile('video/mp4', 'The whole video')
   @ApiRange()
   @ApiError(409, 'Not finished (error: not_ready)')
-  async content(@Param('id') id: string, @Res() res: Response): Promise<void> {
-    const file = await this.videos.contentPath(id);
+  async content(@Param('id') id: string, @Identity() caller: Caller, @Res() res: Response): Promise<void> {
+    const file = await this.videos.contentPath(id, caller);
     // express's send: Range, 206/416, Accept-Ranges, ETag, Last-Modified.
     await sendFile(res, file, 'video/mp4');
   }
@@ -92,8 +94,8 @@ export class VideosController {
   @ApiVideoId()
   @ApiParam({ name: 'index', description: 'Block index, from 0', schema: { type: 'integer', minimum: 0 } })
   @ApiFile('image/jpeg', "The block's first frame")
-  async preview(@Param('id') id: string, @Param('index') index: string, @Res() res: Response): Promise<void> {
-    await sendFile(res, await this.videos.previewPath(id, index), 'image/jpeg');
+  async preview(@Param('id') id: string, @Param('index') index: string, @Identity() caller: Caller, @Res() res: Response): Promise<void> {
+    await sendFile(res, await this.videos.previewPath(id, index, caller), 'image/jpeg');
   }
 
   @Get(':id/events')
@@ -102,8 +104,8 @@ export class VideosController {
   @ApiHeader({ name: 'Last-Event-ID', required: false, description: 'Resume after this event id (MS-SEQ)' })
   @ApiResponse({ status: 200, description: 'The event stream', content: { 'text/event-stream': { schema: { type: 'string' } } } })
   @ApiError(400, 'Malformed Last-Event-ID (field: Last-Event-ID)')
-  async events(@Param('id') id: string, @Req() req: Request, @Res() res: Response): Promise<void> {
-    await this.videos.get(id);
+  async events(@Param('id') id: string, @Identity() caller: Caller, @Req() req: Request, @Res() res: Response): Promise<void> {
+    await this.videos.get(id, caller);
     // Validated before the stream opens: a malformed Last-Event-ID is a 400.
     const after = this.videos.eventsAfter(req.header('last-event-id'));
     res.status(200).set({ 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive', 'X-Accel-Buffering': 'no' });

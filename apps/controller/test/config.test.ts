@@ -1,0 +1,36 @@
+import { describe, expect, it } from 'vitest';
+import { isLoopback, loadConfig, parseTenantLimits } from '../src/config';
+
+const env = { LONGSHOT_GRANT_KEYS: `k:${'s'.repeat(32)}` };
+
+describe('controller config: identity', () => {
+  it('requires API keys unless --no-auth, which only a loopback bind accepts', () => {
+    expect(loadConfig([], env).auth).toBe(true);
+    expect(loadConfig(['--no-auth', '--host', '127.0.0.1'], env).auth).toBe(false);
+    expect(loadConfig(['--no-auth', '--host', '::1'], env).auth).toBe(false);
+    for (const host of ['0.0.0.0', '::', '10.0.0.5', 'controller.example']) {
+      expect(() => loadConfig(['--no-auth', '--host', host], env)).toThrow(/--no-auth is only allowed on a loopback bind/);
+    }
+    // The default bind is every interface: --no-auth alone is refused.
+    expect(() => loadConfig(['--no-auth'], env)).toThrow(/loopback/);
+    expect(isLoopback('127.1.2.3')).toBe(true);
+    expect(isLoopback('128.0.0.1')).toBe(false);
+  });
+
+  it('derives one session secret from the shared grant key unless LONGSHOT_SESSION_SECRET is set', () => {
+    const a = loadConfig([], env).sessionSecret;
+    expect(loadConfig([], env).sessionSecret.equals(a)).toBe(true);
+    expect(a.equals(Buffer.from('s'.repeat(32)))).toBe(false);
+    expect(loadConfig([], { ...env, LONGSHOT_SESSION_SECRET: 'x'.repeat(32) }).sessionSecret.toString()).toBe('x'.repeat(32));
+    expect(() => loadConfig([], { ...env, LONGSHOT_SESSION_SECRET: 'short' })).toThrow(/LONGSHOT_SESSION_SECRET/);
+  });
+
+  it('reads per-tenant limits over the defaults, naming a bad entry', () => {
+    const defaults = { requestsPerMinute: 600, maxJobCost: 0 };
+    expect(parseTenantLimits('{"acme":{"maxJobCost":5}}', defaults).get('acme')).toEqual({ requestsPerMinute: 600, maxJobCost: 5 });
+    expect(() => parseTenantLimits('{"acme":{"rpm":5}}', defaults)).toThrow(/acme\.rpm is not a limit/);
+    expect(() => parseTenantLimits('{"acme":{"maxJobCost":-1}}', defaults)).toThrow(/acme\.maxJobCost/);
+    expect(() => parseTenantLimits('[', defaults)).toThrow(/LONGSHOT_TENANT_LIMITS/);
+    expect(loadConfig([], { ...env, LONGSHOT_RATE_LIMIT_PER_MINUTE: '0' }).limits.requestsPerMinute).toBe(0);
+  });
+});
