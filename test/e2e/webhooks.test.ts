@@ -121,6 +121,7 @@ beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-webhooks-'));
   receiver = await Receiver.start();
   cluster = await LocalCluster.start({
+    auth: 'none', // webhooks, not API keys, are under test here
     workers: 1,
     controllers: 1,
     name: 'hooks',
