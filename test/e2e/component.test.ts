@@ -87,7 +87,7 @@ describe('RunComponent (text encoder on a worker)', () => {
         [textRequest('x', '', 'no-such-model'), /^model: /],
         [textRequest('x', '', ''), /^model is required/],
         // The worker applies the controller's rule: a model is a name, never a path.
-        [textRequest('x', '', pipe), /^model: not a model name: .*; served: .*tiny, pipe$/],
+        [textRequest('x', '', pipe), /^model: not a model name: .*; served: .*tiny, longshot-shapes, pipe$/],
         [textRequest('x', '', '/etc/passwd'), /^model: not a model name/],
         [textRequest('x', '', '../pipe'), /^model: not a model name/],
       ];

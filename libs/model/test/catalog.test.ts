@@ -40,7 +40,7 @@ describe('ModelCatalog', () => {
     const pipe = c.resolve('pipe');
     expect([pipe.kind, pipe.id, pipe.config.layers]).toEqual(['pipeline', 'pipe', getConfig('tiny').layers]);
     // Links, FIFOs and other files are not listed either.
-    expect(c.names()).toEqual(['wan2.1-t2v-1.3b', 'wan2.1-t2v-14b', 'small', 'tiny', 'empty', 'pipe']);
+    expect(c.names()).toEqual(['wan2.1-t2v-1.3b', 'wan2.1-t2v-14b', 'small', 'tiny', 'longshot-shapes', 'empty', 'pipe']);
   });
 
   it('refuses paths, traversal, links, FIFOs and other entries without opening them or naming where they are', () => {
@@ -68,7 +68,7 @@ describe('ModelCatalog', () => {
       expect(m, name).not.toContain('root:');
     }
     // Without a models directory only the built-ins exist.
-    expect(refusal(new ModelCatalog(null), 'pipe')).toMatch(/^unknown model "pipe" \(served: wan2\.1-t2v-1\.3b, wan2\.1-t2v-14b, small, tiny\)$/);
+    expect(refusal(new ModelCatalog(null), 'pipe')).toMatch(/^unknown model "pipe" \(served: wan2\.1-t2v-1\.3b, wan2\.1-t2v-14b, small, tiny, longshot-shapes\)$/);
   });
 
   it('serves a regular transformer file by its entry name', () => {
