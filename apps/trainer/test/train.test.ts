@@ -37,9 +37,9 @@ describe('npm run train -- --smoke', () => {
   it('the VAE and the DiT learn: the last steps lose less than the first', () => {
     const vae = losses('vae');
     const dit = losses('dit');
-    expect(vae).toHaveLength(10);
+    expect(vae).toHaveLength(12); // 10 steps, then 2 of the decoder alone
     expect(dit).toHaveLength(30);
-    expect(mean(vae.slice(-3))).toBeLessThan(mean(vae.slice(0, 3)));
+    expect(mean(vae.slice(7, 10))).toBeLessThan(mean(vae.slice(0, 3))); // within the first phase (single frames)
     expect(mean(dit.slice(-5))).toBeLessThan(mean(dit.slice(0, 5)));
   });
 

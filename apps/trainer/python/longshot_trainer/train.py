@@ -29,7 +29,7 @@ def main() -> None:
     recipe = load_recipe()
     if a.smoke:
         # A few steps on small batches, every step reported: the test suite checks the losses fall.
-        recipe["vae"].update(statsClips=8, batch=2, warmup=2, report=1)
+        recipe["vae"].update(statsClips=8, batch=2, imageBatch=4, warmup=2, report=1, decoderSteps=2, decoderClipFrames=9)
         recipe["dit"].update(batch=8, warmup=2, report=1)
     if a.stage == "captions":
         import json
