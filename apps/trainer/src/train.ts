@@ -14,9 +14,9 @@
  * run; the Python stages checkpoint as they go, so an interrupted run continues where it stopped.
  * `--smoke` runs a few steps of each into a scratch directory (the test suite's smoke test).
  */
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnTied } from '@longshot/cache';
 import { trainerConfig, type TrainerConfig } from './config';
 import { assemblePipeline } from './assemble';
 import { encodeCaptions } from './text';
@@ -63,10 +63,10 @@ function stepFlags(stage: Stage, cfg: TrainerConfig): string[] {
   return [];
 }
 
-/** Runs a trainer stage in Debian's Python, its progress lines passed through. */
+/** Runs a trainer stage in Debian's Python, its progress lines passed through; it dies with this process. */
 function python(cfg: TrainerConfig, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cfg.python, ['-m', 'longshot_trainer.train', ...args, '--threads', String(cfg.threads)], {
+    const child = spawnTied(cfg.python, ['-m', 'longshot_trainer.train', ...args, '--threads', String(cfg.threads)], {
       cwd: path.join(cfg.trainerDir, 'python'),
       stdio: ['ignore', 'inherit', 'inherit'],
       // Passive OpenMP waits and single-threaded OpenBLAS (torch parallelises around it):

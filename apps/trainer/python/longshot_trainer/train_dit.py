@@ -90,7 +90,7 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
     shift = r["flowShift"]
     total = latents.shape[2]
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(recipe["seed"] * 7919 + step)
+        g = torch.Generator().manual_seed(recipe["seed"] * 7919 + (0 if r.get("fixedBatch") else step))
         idx = torch.randint(0, latents.shape[0], (r["batch"],), generator=g)
         length = int(torch.randint(4, total + 1, (1,), generator=g))
         first = int(torch.randint(0, total - length + 1, (1,), generator=g))

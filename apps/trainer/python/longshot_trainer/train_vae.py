@@ -48,7 +48,7 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
     progress = Progress("vae", total, start)
     running = None
     for step in range(start, total):
-        rng = np.random.default_rng([recipe["seed"], 1, step])
+        rng = np.random.default_rng([recipe["seed"], 1, 0 if r.get("fixedBatch") else step])
         # A curriculum: single frames first (the spatial path, cheap), then short clips (the
         # causal temporal path through the feature cache), then the decoder alone on long clips:
         # a frame's output depends on latent frames far back (the decoder's receptive field), so
