@@ -1,6 +1,7 @@
 /** The trainer's one validated configuration: flags over environment over defaults. */
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { intFlag, parseCommand, UsageError, type CommandSpec } from '@longshot/cli/src/args';
 import { loadRecipe, TRAINER_DIR, type Recipe } from './recipe';
 
 export interface TrainerConfig {
@@ -21,36 +22,36 @@ export interface TrainerConfig {
 }
 
 export const SHIPPED_PIPELINE_DIR = path.resolve(TRAINER_DIR, '..', '..', 'libs', 'model', 'pipelines', 'longshot-shapes');
-const USAGE = 'usage: npm run train -- [--workdir DIR] [--out DIR] [--threads N] [--smoke] [--vae-steps N] [--dit-steps N] [--dit-clips N]';
 
-export function trainerConfig(argv: readonly string[], env: NodeJS.ProcessEnv): TrainerConfig {
-  const flags = new Map<string, string | true>();
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) throw new Error(`unexpected argument '${a}'\n${USAGE}`);
-    const name = a.slice(2);
-    if (name === 'smoke') flags.set(name, true);
-    else if (['workdir', 'out', 'threads', 'vae-steps', 'dit-steps', 'dit-clips'].includes(name)) {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`--${name}: needs a value\n${USAGE}`);
-      flags.set(name, v);
-    } else throw new Error(`unknown flag --${name}\n${USAGE}`);
-  }
-  const int = (name: string): number | null => {
-    const v = flags.get(name);
-    if (v === undefined) return null;
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name}: expected a positive integer, got '${String(v)}'`);
-    return n;
+export const TRAIN = {
+  name: 'train',
+  summary: 'train the shipped longshot-shapes pipeline from scratch, in resumable stages',
+  usage: 'npm run train -- [--workdir DIR] [--out DIR] [--threads N] [--smoke] [--vae-steps N] [--dit-steps N] [--dit-clips N]',
+  flags: {
+    workdir: { value: 'DIR', help: 'checkpoints, latents and embeddings (a rerun resumes from them)', default: '.longshot/train' },
+    out: { value: 'DIR', help: 'the pipeline directory to write', default: 'libs/model/pipelines/longshot-shapes' },
+    threads: { value: 'N', help: "PyTorch's threads", default: 'the CPU count' },
+    smoke: { help: 'a few steps of every stage on small batches into a scratch directory (the test suite)' },
+    'vae-steps': { value: 'N', help: "override the recipe's VAE steps" },
+    'dit-steps': { value: 'N', help: "override the recipe's DiT steps" },
+    'dit-clips': { value: 'N', help: "override the recipe's DiT clips" },
+  },
+} satisfies CommandSpec;
+
+export function trainerConfig(argv: string[], env: NodeJS.ProcessEnv): TrainerConfig {
+  const f = parseCommand(TRAIN, argv).values;
+  const int = (name: 'threads' | 'vae-steps' | 'dit-steps' | 'dit-clips'): number | null => {
+    const n = intFlag(name, f[name]);
+    if (n !== undefined && n < 1) throw new UsageError(`--${name}: expected a positive integer, got ${n}`);
+    return n ?? null;
   };
-  const smoke = flags.get('smoke') === true;
-  const str = (name: string): string | null => (typeof flags.get(name) === 'string' ? (flags.get(name) as string) : null);
-  const workdir = path.resolve(str('workdir') ?? (smoke ? path.join(os.tmpdir(), `longshot-train-smoke-${process.pid}`) : path.join('.longshot', 'train')));
+  const smoke = f.smoke === true;
+  const workdir = path.resolve(f.workdir ?? (smoke ? path.join(os.tmpdir(), `longshot-train-smoke-${process.pid}`) : path.join('.longshot', 'train')));
   return {
     trainerDir: TRAINER_DIR,
     recipe: loadRecipe(),
     workdir,
-    out: path.resolve(str('out') ?? (smoke ? path.join(workdir, 'pipeline') : SHIPPED_PIPELINE_DIR)),
+    out: path.resolve(f.out ?? (smoke ? path.join(workdir, 'pipeline') : SHIPPED_PIPELINE_DIR)),
     python: env.LONGSHOT_PYTHON || '/usr/bin/python3',
     threads: int('threads') ?? Math.max(1, os.cpus().length),
     smoke,

@@ -4,6 +4,8 @@
  * what the prompt asked for. With --strict, exits 1 when the colour, shape or motion differ; 2 on
  * a usage error.
  */
+import { helpText, parseCommand, UsageError, wantsHelp, type CommandSpec } from '@longshot/cli/src/args';
+import { reportError } from '@longshot/cli/src/errors';
 import { readRgbFrames } from '@longshot/media';
 import { analyseVideo } from './analysis';
 import { loadGrammar, requireParts, type CaptionParts } from './grammar';
@@ -23,14 +25,25 @@ export async function describeVideo(file: string, prompt: string): Promise<Descr
   return { asked: parts, drawn: { colour: a.colour, shape: a.shape, motion: a.motion, background: a.background }, adheres };
 }
 
+export const DESCRIBE = {
+  name: 'describe',
+  summary: 'what a rendered shapes video shows, next to what the prompt asked for',
+  usage: 'node --import tsx apps/trainer/src/describe.ts VIDEO.mp4 --prompt TEXT [--strict]',
+  flags: {
+    prompt: { value: 'TEXT', help: 'the prompt the video was rendered from (required)' },
+    strict: { help: 'exit 1 when the colour, shape or motion differ' },
+  },
+  positionals: ['VIDEO'],
+} satisfies CommandSpec;
+
 async function main(argv: string[]): Promise<number> {
-  const file = argv[0];
-  const at = argv.indexOf('--prompt');
-  if (!file || file.startsWith('--') || at < 0 || argv[at + 1] === undefined) {
-    process.stderr.write('usage: describe.ts VIDEO.mp4 --prompt TEXT [--strict]\n');
-    return 2;
+  if (wantsHelp(argv)) {
+    process.stdout.write(helpText(DESCRIBE));
+    return 0;
   }
-  const d = await describeVideo(file, argv[at + 1]);
+  const { values: f, positionals } = parseCommand(DESCRIBE, argv);
+  if (f.prompt === undefined) throw new UsageError('--prompt: required');
+  const d = await describeVideo(positionals[0], f.prompt);
   const mark = (ok: boolean) => (ok ? 'yes' : 'NO');
   const w = (v: string | null) => v ?? 'nothing';
   process.stdout.write(
@@ -38,15 +51,16 @@ async function main(argv: string[]): Promise<number> {
       `asked: a ${d.asked.colour} ${d.asked.shape} ${d.asked.motion} on a ${d.asked.background} background\n` +
       `adherence: colour ${mark(d.drawn.colour === d.asked.colour)}, shape ${mark(d.drawn.shape === d.asked.shape)}, motion ${mark(d.drawn.motion === d.asked.motion)}\n`,
   );
-  return d.adheres || !argv.includes('--strict') ? 0 : 1;
+  return d.adheres || !f.strict ? 0 : 1;
 }
 
 if (require.main === module) {
   main(process.argv.slice(2)).then(
     (code) => process.exit(code),
-    (e: Error) => {
-      process.stderr.write(`describe: ${e.message}\n`);
-      process.exit(2);
+    (e: unknown) => {
+      const { message, exitCode } = reportError(e);
+      process.stderr.write(`${message.replace(/^longshot: (describe: )?/, 'describe: ')}\n`);
+      process.exit(exitCode);
     },
   );
 }

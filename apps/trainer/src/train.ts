@@ -17,7 +17,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnTied } from '@longshot/cache';
-import { trainerConfig, type TrainerConfig } from './config';
+import { helpText, wantsHelp } from '@longshot/cli/src/args';
+import { reportError } from '@longshot/cli/src/errors';
+import { TRAIN, trainerConfig, type TrainerConfig } from './config';
 import { assemblePipeline } from './assemble';
 import { encodeCaptions } from './text';
 
@@ -82,9 +84,18 @@ function log(line: string): void {
   process.stderr.write(`[train] ${line}\n`);
 }
 
+async function main(argv: string[]): Promise<void> {
+  if (wantsHelp(argv)) {
+    process.stdout.write(helpText(TRAIN));
+    return;
+  }
+  await train(trainerConfig(argv, process.env));
+}
+
 if (require.main === module) {
-  train(trainerConfig(process.argv.slice(2), process.env)).catch((e: Error) => {
-    process.stderr.write(`train: ${e.message}\n`);
-    process.exit(1);
+  main(process.argv.slice(2)).catch((e: unknown) => {
+    const { message, exitCode } = reportError(e);
+    process.stderr.write(`${message.replace(/^longshot:/, 'train:')}\n`);
+    process.exit(exitCode);
   });
 }

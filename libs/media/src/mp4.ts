@@ -258,7 +258,16 @@ export async function previewJpeg(rgb: Uint8Array, width: number, height: number
 
 /** Every frame of the first video stream as rgb24 bytes [frames, height, width, 3]. */
 export async function readRgbFrames(file: string): Promise<{ data: Uint8Array; frames: number; width: number; height: number }> {
-  const info = await probeVideo(file);
+  // The size from the stream header; the frame count follows from the bytes (probeVideo would
+  // decode the whole stream a second time to count them).
+  const { stdout: probe } = await run(requireBinary('ffprobe'), ['-v', 'error', '-select_streams', 'v:0', '-show_entries', 'stream=width,height', '-of', 'json', file]);
+  let info: { width: number; height: number };
+  try {
+    const s = (JSON.parse(probe.toString('utf8')) as { streams?: { width?: number; height?: number }[] }).streams?.[0];
+    info = { width: s?.width ?? 0, height: s?.height ?? 0 };
+  } catch {
+    throw new Error(`readRgbFrames ${file}: ffprobe output is not JSON`);
+  }
   const ffmpeg = requireBinary('ffmpeg');
   const { stdout } = await run(ffmpeg, ['-v', 'error', '-i', file, '-map', '0:v:0', '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-']);
   const frameBytes = info.width * info.height * 3;

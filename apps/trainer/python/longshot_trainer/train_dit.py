@@ -34,7 +34,7 @@ def load_text(workdir: str):
 
 
 @torch.no_grad()
-def encode_dataset(recipe: dict, workdir: str, clips: int) -> dict:
+def encode_dataset(recipe: dict, workdir: str, clips: int, index: dict) -> dict:
     """Latents of `clips` generated training clips; resumable in chunks of 64 clips."""
     path = os.path.join(workdir, "latents.pt")
     data = load_checkpoint(path) or {"latents": [], "captions": []}
@@ -46,7 +46,6 @@ def encode_dataset(recipe: dict, workdir: str, clips: int) -> dict:
     vae.eval()
     mean, std = final["latents_mean"].view(1, -1, 1, 1, 1), final["latents_std"].view(1, -1, 1, 1, 1)
     grammar = Grammar()
-    index, _ = load_text(workdir)
     # The training captions the orchestrator encoded (all of them, or a sample in a smoke run).
     captions = [c for c in grammar.training_captions() if c.text(grammar) in index]
     progress = Progress("latents", clips, len(data["captions"]))
@@ -73,7 +72,7 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
     index, emb = load_text(workdir)
     if "" not in index:
         fail("text-embeddings.safetensors has no embedding of the empty prompt")
-    data = encode_dataset(recipe, workdir, clips)
+    data = encode_dataset(recipe, workdir, clips, index)
     latents = torch.cat(data["latents"]).to(torch.float32)[:clips]
     missing = [c for c in data["captions"] if c not in index]
     if missing:
