@@ -13,6 +13,7 @@ import { BlockQueue, FAILOVER_REASONS, runDistributedJob, runLocalPipeline, type
 import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
 import { createWorkerClient, encodePayload, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { renderLocal, textFor } from '../../apps/cli/src/render';
 import { leaseAndGrant } from './grants';
 
 let dir: string;
@@ -90,39 +91,54 @@ describe('DualParal across worker processes', () => {
     expect((await distributed(spec({ stages: 2, sampler: 'euler' }), 'same-euler-2')).latentSha256).toBe(euler);
   });
 
-  it('survives a worker killed mid-job, redoing at most one iteration (UniPC history resumed from the checkpoint)', async () => {
-    const s = spec({ stages: 3, frames: 4 * (24 - 1) + 1, steps: 8, sampler: 'unipc' });
-    const reference = await inProcess({ ...s, stages: 1 });
+  /** Runs `s` on its workers and SIGKILLs the middle (or last) stage's worker a third of the way through. */
+  async function killedMidJob(s: JobSpec, id: string): Promise<{ r: Awaited<ReturnType<typeof distributed>>; killed: string; failovers: Failover[] }> {
     const plan = planJob(s);
     let killed: string | null = null;
     let firstAttempt: string[] = [];
     const failovers: Failover[] = [];
-    const r = await distributed(s, 'killed', {
+    const r = await distributed(s, id, {
       onFailover: (f) => void failovers.push(f),
       onAttempt: (workers) => {
         if (firstAttempt.length === 0) firstAttempt = workers;
       },
       onBlockStep: (n) => {
         if (killed || n < plan.blockSteps / 3) return;
-        // Kill the middle stage's worker: the head only notices through the lost stream or the registry.
-        killed = firstAttempt[1];
+        // A stage after the head: the head only notices through the lost stream or the registry.
+        killed = firstAttempt[Math.min(1, firstAttempt.length - 1)];
         cluster.kill(killed, 'SIGKILL');
       },
     });
     expect(killed).not.toBeNull();
-    console.log(`killed ${killed} (SIGKILL) mid-job; attempts ${r.attempts.length}, resumed at iteration ${r.attempts[1]?.startIteration}; block-steps redone ${r.recomputedBlockSteps} (bound: one iteration = ${Math.min(plan.blocks, s.steps)})`);
+    console.log(`${id}: killed ${killed} (SIGKILL) mid-job; attempts ${r.attempts.length}, resumed at iteration ${r.attempts[1]?.startIteration}; block-steps redone ${r.recomputedBlockSteps} (bound: one iteration = ${Math.min(plan.blocks, s.steps)})`);
     expect(r.attempts.length).toBeGreaterThanOrEqual(2);
+    expect(r.workers).not.toContain(killed);
+    // At most one iteration's block-steps (the queue length) are applied twice.
+    expect(r.recomputedBlockSteps).toBeLessThanOrEqual(Math.min(plan.blocks, s.steps));
+    expect(r.attempts[1].startIteration).toBeGreaterThan(0);
+    return { r, killed: killed!, failovers };
+  }
+
+  it('survives a worker killed mid-job, redoing at most one iteration (UniPC history resumed from the checkpoint)', async () => {
+    const s = spec({ stages: 3, frames: 4 * (24 - 1) + 1, steps: 8, sampler: 'unipc' });
+    const reference = await inProcess({ ...s, stages: 1 });
+    const { r, killed, failovers } = await killedMidJob(s, 'killed');
     expect(r.attempts[0].error).toBeTruthy();
     // One failover per lost attempt, before the attempt that replaced it: the killed worker, and why.
     expect(failovers.map((f) => f.attempt)).toEqual(r.attempts.slice(1).map((_, i) => i + 2));
     expect(failovers[0].lost.map((w) => w.id)).toEqual([killed]);
     expect(FAILOVER_REASONS).toContain(failovers[0].reason);
     expect(failovers[0].error).toBe(r.attempts[0].error);
-    expect(r.workers).not.toContain(killed);
     expect(r.latentSha256).toBe(reference);
-    // At most one iteration's block-steps (the queue length) are applied twice.
-    expect(r.recomputedBlockSteps).toBeLessThanOrEqual(Math.min(plan.blocks, s.steps));
-    expect(r.attempts[1].startIteration).toBeGreaterThan(0);
+  });
+
+  it('resumes the shipped trained model (longshot-shapes) after a worker is killed mid-job, with the in-process bits', async () => {
+    const s = spec({ model: 'longshot-shapes', prompt: 'a small green square moving right on a gray background', stages: 2, steps: 6 });
+    const model = resolveModel(s.model);
+    const local = { ...s, stages: 1 };
+    const reference = await renderLocal({ spec: local, model, text: await textFor(local, model), id: 'shapes-local', out: path.join(dir, 'shapes-local.mp4') });
+    const { r } = await killedMidJob(s, 'shapes-killed');
+    expect(r.latentSha256).toBe(reference.latentSha256);
   });
 
   it('refuses malformed activation streams with the right status and keeps serving other sessions', async () => {
