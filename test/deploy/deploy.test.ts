@@ -713,8 +713,20 @@ describe('observability references only exported metrics', () => {
     // The worker-down alert selects the job that discovers workers.
     const down = allRules.find((r) => r.alert === 'LongshotWorkerDown');
     expect(String(down?.expr)).toContain('up{job="longshot-workers"}');
-    const res = spawnSync('promtool', ['check', 'config', PROMETHEUS_CONFIG], { encoding: 'utf8' });
-    expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
+    // Both controller endpoints are operator-only: the key comes from a file beside the config.
+    for (const client of [jobs.get('longshot-controller')!, sd[0]]) expect(client.authorization).toEqual({ type: 'Bearer', credentials_file: 'secrets/operator-key' });
+    // promtool checks that the key file exists: check a copy with a key in place (the checkout has none).
+    const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-promtool-'));
+    try {
+      fs.copyFileSync(PROMETHEUS_CONFIG, path.join(copy, 'prometheus.yml'));
+      fs.copyFileSync(RULES, path.join(copy, 'rules.yml'));
+      fs.mkdirSync(path.join(copy, 'secrets'));
+      fs.writeFileSync(path.join(copy, 'secrets/operator-key'), 'lsk_example_key\n');
+      const res = spawnSync('promtool', ['check', 'config', path.join(copy, 'prometheus.yml')], { encoding: 'utf8' });
+      expect(res.status, `${res.stdout}\n${res.stderr}`).toBe(0);
+    } finally {
+      fs.rmSync(copy, { recursive: true, force: true });
+    }
   });
 
   it('promtool check rules deploy/prometheus/rules.yml', () => {

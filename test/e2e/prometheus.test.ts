@@ -26,6 +26,7 @@ let dir: string;
 let cluster: LocalCluster;
 let prometheus: Prometheus;
 let controllerUrl: string;
+let operator: Record<string, string>;
 
 interface Prometheus {
   readonly url: string;
@@ -64,17 +65,24 @@ async function startPrometheus(configFile: string, dataDir: string): Promise<Pro
   };
 }
 
-/** The shipped config, scraping this cluster every second and discovering its workers every second. */
-function testConfig(controller: URL, rulesFile: string): Obj {
+/** The shipped config, scraping this cluster every second and discovering its workers every second, with this cluster's operator key. */
+function testConfig(controller: URL, rulesFile: string, keyFile: string): Obj {
   const config = load(fs.readFileSync(path.join(ROOT, 'deploy/prometheus/prometheus.yml'), 'utf8')) as Obj;
   config.global = { ...config.global, scrape_interval: '1s', scrape_timeout: '1s', evaluation_interval: '1s' };
   config.rule_files = [rulesFile];
+  // Every controller endpoint it reads is operator-only: the shipped file must send a key there.
+  const withKey = (o: Obj): void => {
+    expect(o.authorization?.type).toBe('Bearer');
+    o.authorization.credentials_file = keyFile;
+  };
   for (const job of config.scrape_configs as Obj[]) {
     for (const s of job.static_configs ?? []) s.targets = [controller.host];
+    if (job.static_configs) withKey(job);
     for (const sd of job.http_sd_configs ?? []) {
       expect(new URL(sd.url).pathname).toBe(SD_PATH);
       sd.url = `${controller.origin}${SD_PATH}`;
       sd.refresh_interval = '1s';
+      withKey(sd);
     }
   }
   return config;
@@ -111,12 +119,16 @@ function dashboardQueries(): string[] {
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-prometheus-'));
-  cluster = await LocalCluster.start({ workers: 2, controllers: 1, name: 'prom', auth: 'none', controllerEnv: { LONGSHOT_RESULTS_DIR: path.join(dir, 'results') } });
+  // API keys on, as deployed: Prometheus scrapes and discovers with the cluster's operator key.
+  cluster = await LocalCluster.start({ workers: 2, controllers: 1, name: 'prom', controllerEnv: { LONGSHOT_RESULTS_DIR: path.join(dir, 'results') } });
   controllerUrl = [...cluster.controllers.values()][0].url;
+  operator = { authorization: `Bearer ${cluster.apiKey}` };
+  const keyFile = path.join(dir, 'operator-key');
+  fs.writeFileSync(keyFile, `${cluster.apiKey}\n`, { mode: 0o600 });
   const rulesFile = path.join(dir, 'rules.yml');
   fs.writeFileSync(rulesFile, dump(testRules()));
   const configFile = path.join(dir, 'prometheus.yml');
-  fs.writeFileSync(configFile, dump(testConfig(new URL(controllerUrl), rulesFile)));
+  fs.writeFileSync(configFile, dump(testConfig(new URL(controllerUrl), rulesFile, keyFile)));
   prometheus = await startPrometheus(configFile, path.join(dir, 'data'));
 });
 
@@ -139,10 +151,10 @@ describe('Prometheus on the shipped config, rules and dashboard', () => {
     expect(discovered.sort()).toEqual(workers.map((w) => [w.id, w.metricsAddress, 'live']).sort());
 
     const job = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 3, model: 'tiny', seed: 5, frames: 13, stages: 2 };
-    const sub = await request(controllerUrl, 'POST', '/v1/videos', { body: job });
+    const sub = await request(controllerUrl, 'POST', '/v1/videos', { body: job, headers: operator });
     expect(sub.status, sub.text).toBe(202);
     const done = await waitFor('the job to finish', async () => {
-      const j = (await request(controllerUrl, 'GET', `/v1/videos/${sub.json.id}`)).json;
+      const j = (await request(controllerUrl, 'GET', `/v1/videos/${sub.json.id}`, { headers: operator })).json;
       return ['succeeded', 'failed', 'canceled'].includes(j.status) ? j : null;
     });
     expect(done.status).toBe('succeeded');
@@ -176,7 +188,7 @@ describe('Prometheus on the shipped config, rules and dashboard', () => {
     expect(firing.labels).toMatchObject({ job: 'longshot-workers', instance: victim.metricsAddress, severity: 'warning' });
     // Its registration expired without a deregistration: discovery lists it as lost, the other as live.
     const sd = await waitFor('the killed worker to be listed as lost', async () => {
-      const r = await request(controllerUrl, 'GET', SD_PATH);
+      const r = await request(controllerUrl, 'GET', SD_PATH, { headers: operator });
       return r.json.some((g: Obj) => g.labels.worker === victim.id && g.labels.registration === 'lost') ? r.json : null;
     });
     expect(sd.map((g: Obj) => [g.labels.worker, g.labels.registration]).sort()).toEqual([[survivor.id, 'live'], [victim.id, 'lost']].sort());
