@@ -19,6 +19,8 @@ export interface TrainerConfig {
   readonly vaeSteps: number | null;
   readonly ditSteps: number | null;
   readonly ditClips: number | null;
+  /** Prometheus /metrics on 127.0.0.1 while the run lasts (--metrics-port; 0 = any free port). */
+  readonly metricsPort: number;
 }
 
 export const SHIPPED_PIPELINE_DIR = path.resolve(TRAINER_DIR, '..', '..', 'libs', 'model', 'pipelines', 'longshot-shapes');
@@ -26,7 +28,7 @@ export const SHIPPED_PIPELINE_DIR = path.resolve(TRAINER_DIR, '..', '..', 'libs'
 export const TRAIN = {
   name: 'train',
   summary: 'train the shipped longshot-shapes pipeline from scratch, in resumable stages',
-  usage: 'npm run train -- [--workdir DIR] [--out DIR] [--threads N] [--smoke] [--vae-steps N] [--dit-steps N] [--dit-clips N]',
+  usage: 'npm run train -- [--workdir DIR] [--out DIR] [--threads N] [--smoke] [--vae-steps N] [--dit-steps N] [--dit-clips N] [--metrics-port N]',
   flags: {
     workdir: { value: 'DIR', help: 'checkpoints, latents and embeddings (a rerun resumes from them)', default: '.longshot/train' },
     out: { value: 'DIR', help: 'the pipeline directory to write', default: 'libs/model/pipelines/longshot-shapes' },
@@ -35,6 +37,7 @@ export const TRAIN = {
     'vae-steps': { value: 'N', help: "override the recipe's VAE steps" },
     'dit-steps': { value: 'N', help: "override the recipe's DiT steps" },
     'dit-clips': { value: 'N', help: "override the recipe's DiT clips" },
+    'metrics-port': { value: 'N', help: 'Prometheus /metrics on 127.0.0.1 during the run, 0 = any free port; the last state is also written to <workdir>/metrics.prom', default: '9467 (0 with --smoke)' },
   },
 } satisfies CommandSpec;
 
@@ -44,6 +47,11 @@ export function trainerConfig(argv: string[], env: NodeJS.ProcessEnv): TrainerCo
     const n = intFlag(name, f[name]);
     if (n !== undefined && n < 1) throw new UsageError(`--${name}: expected a positive integer, got ${n}`);
     return n ?? null;
+  };
+  const port = (name: 'metrics-port'): number | undefined => {
+    const n = intFlag(name, f[name]);
+    if (n !== undefined && (n < 0 || n > 65535)) throw new UsageError(`--${name}: expected a port in 0..65535, got ${n}`);
+    return n;
   };
   const smoke = f.smoke === true;
   const workdir = path.resolve(f.workdir ?? (smoke ? path.join(os.tmpdir(), `longshot-train-smoke-${process.pid}`) : path.join('.longshot', 'train')));
@@ -58,5 +66,6 @@ export function trainerConfig(argv: string[], env: NodeJS.ProcessEnv): TrainerCo
     vaeSteps: int('vae-steps') ?? (smoke ? 10 : null),
     ditSteps: int('dit-steps') ?? (smoke ? 30 : null),
     ditClips: int('dit-clips') ?? (smoke ? 16 : null),
+    metricsPort: port('metrics-port') ?? (smoke ? 0 : 9467),
   };
 }

@@ -16,32 +16,51 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { createInterface } from 'node:readline';
 import { spawnTied } from '@longshot/cache';
-import { helpText, wantsHelp } from '@longshot/cli/src/args';
+import { startMetricsServer } from '@longshot/telemetry';
+import { helpText, UsageError, wantsHelp } from '@longshot/cli/src/args';
 import { reportError } from '@longshot/cli/src/errors';
 import { TRAIN, trainerConfig, type TrainerConfig } from './config';
 import { assemblePipeline } from './assemble';
+import { metricsText, observeProgressLine, stageFinished, TRAINER_STAGES, type TrainerStage } from './metrics';
 import { encodeCaptions } from './text';
 
-const STAGES = ['captions', 'text', 'vae', 'dit', 'export', 'assemble'] as const;
-type Stage = (typeof STAGES)[number];
+type Stage = TrainerStage;
 
 export async function train(cfg: TrainerConfig): Promise<void> {
   fs.mkdirSync(cfg.workdir, { recursive: true });
+  const metrics = await startMetricsServer({ port: cfg.metricsPort }).catch((e: Error) => {
+    throw new UsageError(`--metrics-port: ${e.message.replace(/^metrics server: /, '')} (choose another port, or 0 for any free one)`);
+  });
+  log(`metrics on http://127.0.0.1:${metrics.port}/metrics`);
   const started = Date.now();
-  for (const stage of STAGES) {
-    const done = path.join(cfg.workdir, `${stage}.done`);
-    if (fs.existsSync(done)) {
-      log(`${stage}: done earlier (${path.relative(process.cwd(), done)})`);
-      continue;
+  try {
+    for (const stage of TRAINER_STAGES) {
+      const done = path.join(cfg.workdir, `${stage}.done`);
+      if (fs.existsSync(done)) {
+        log(`${stage}: done earlier (${path.relative(process.cwd(), done)})`);
+        stageFinished(stage, 'skipped');
+        continue;
+      }
+      const t0 = Date.now();
+      log(`${stage}: starting`);
+      try {
+        await runStage(stage, cfg);
+      } catch (e) {
+        stageFinished(stage, 'failed');
+        throw e;
+      }
+      fs.writeFileSync(done, `${new Date().toISOString()}\n`);
+      stageFinished(stage, 'ok', (Date.now() - t0) / 1000);
+      log(`${stage}: finished in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     }
-    const t0 = Date.now();
-    log(`${stage}: starting`);
-    await runStage(stage, cfg);
-    fs.writeFileSync(done, `${new Date().toISOString()}\n`);
-    log(`${stage}: finished in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    log(`pipeline written to ${path.relative(process.cwd(), cfg.out) || cfg.out} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+  } finally {
+    // The run's last state for node_exporter's textfile collector, failed or not.
+    fs.writeFileSync(path.join(cfg.workdir, 'metrics.prom'), await metricsText());
+    await metrics.close();
   }
-  log(`pipeline written to ${path.relative(process.cwd(), cfg.out) || cfg.out} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
 }
 
 async function runStage(stage: Stage, cfg: TrainerConfig): Promise<void> {
@@ -70,13 +89,18 @@ function python(cfg: TrainerConfig, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawnTied(cfg.python, ['-m', 'longshot_trainer.train', ...args, '--threads', String(cfg.threads)], {
       cwd: path.join(cfg.trainerDir, 'python'),
-      stdio: ['ignore', 'inherit', 'inherit'],
+      stdio: ['ignore', 'pipe', 'inherit'],
       // Passive OpenMP waits and single-threaded OpenBLAS (torch parallelises around it):
       // spinning BLAS threads made the DiT's small matrix products 20x slower on a shared machine.
       env: { ...process.env, OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_NUM_THREADS: '1' },
     });
+    // Progress lines pass through to stdout and feed the metrics.
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      process.stdout.write(`${line}\n`);
+      observeProgressLine(line);
+    });
     child.on('error', (e) => reject(new Error(`trainer: cannot run ${cfg.python}: ${e.message} (install python3-torch: npm run setup)`)));
-    child.on('exit', (code, signal) => (code === 0 ? resolve() : reject(new Error(`trainer stage '${args[0]}' failed (${signal ?? `exit ${code}`})`))));
+    child.on('close', (code, signal) => (code === 0 ? resolve() : reject(new Error(`trainer stage '${args[0]}' failed (${signal ?? `exit ${code}`})`))));
   });
 }
 

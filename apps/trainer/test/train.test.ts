@@ -46,6 +46,24 @@ describe('npm run train -- --smoke', () => {
     expect(mean(dit.slice(-5))).toBeLessThan(mean(dit.slice(0, 5)));
   });
 
+  it('serves Prometheus metrics during the run and leaves its last state in metrics.prom', () => {
+    expect(run.stderr).toMatch(/\[train\] metrics on http:\/\/127\.0\.0\.1:\d+\/metrics/);
+    const prom = fs.readFileSync(path.join(workdir, 'metrics.prom'), 'utf8');
+    const value = (series: string): number => {
+      const line = prom.split('\n').find((l) => l.startsWith(`${series} `));
+      expect(line, `${series} in metrics.prom`).toBeDefined();
+      return Number(line!.split(' ')[1]);
+    };
+    // The last progress line of each Python stage, and every stage finished in this run.
+    expect(value('longshot_trainer_step{stage="dit"}')).toBe(30);
+    expect(value('longshot_trainer_steps{stage="dit"}')).toBe(30);
+    expect(value('longshot_trainer_loss{stage="dit",kind="last"}')).toBe(losses('dit').at(-1));
+    for (const stage of ['captions', 'text', 'vae', 'dit', 'export', 'assemble']) {
+      expect(value(`longshot_trainer_stages_total{stage="${stage}",result="ok"}`)).toBe(1);
+      expect(value(`longshot_trainer_stages_total{stage="${stage}",result="failed"}`)).toBe(0);
+    }
+  });
+
   it('writes a pipeline directory the engine opens, every file well under 5 MB', () => {
     const dir = path.join(workdir, 'pipeline');
     const model = resolveModel(dir);
