@@ -9,8 +9,10 @@ import { appModule } from './app.module';
 import { AuthService } from './auth';
 import { loadConfig } from './config';
 import { ErrorFilter, reject } from './http/errors';
+import { QUEUE_BOARD_PATH, queueBoard } from './http/queue-board';
 import { BEARER_AUTH, COOKIE_AUTH } from './http/schemas';
 import { httpDuration } from './metrics';
+import { RenderQueue } from './queue';
 
 const log = logger('controller');
 
@@ -52,8 +54,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
       .build(),
   );
   // The API document is for any caller with a key (the console builds its submit form from it;
-  // it holds nothing secret); its interactive UI is for operators. Both sit outside Nest's
-  // routes, so they are checked here.
+  // it holds nothing secret); its interactive UI and the queue board are for operators. They sit
+  // outside Nest's routes, so they are checked here.
   const auth = app.get(AuthService);
   const errors = new ErrorFilter();
   const guard = (operator: boolean) => (req: Request, res: Response, next: NextFunction) => {
@@ -65,6 +67,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   server.use('/docs-json', guard(false));
   server.use('/docs', guard(true));
   SwaggerModule.setup('docs', app, doc, { jsonDocumentUrl: 'docs-json' });
+  server.use(QUEUE_BOARD_PATH, guard(true), queueBoard([app.get(RenderQueue).queue]));
   await app.listen(config.port, config.host);
   const address = app.getHttpServer().address() as AddressInfo;
   const host = config.host === '0.0.0.0' || config.host === '::' ? '127.0.0.1' : config.host;
