@@ -349,6 +349,7 @@ describe('per-tenant webhook secrets', () => {
     // The default grace period: a day.
     expect(Date.parse(rotated.json.previous.expiresAt) - Date.now()).toBeGreaterThan(86_000_000);
     expect(await secretOf(acme)).toEqual(rotated.json);
+    expect(await metric('longshot_webhook_secret_rotations_total')).toBe(1);
     // Redis keeps the generation, never a secret.
     expect(await redis.hgetall(keys.webhookSecretKey('acme'))).toEqual({ generation: '1', rotatedAt: expect.stringMatching(/^\d+$/) });
 
