@@ -47,7 +47,7 @@ beforeAll(async () => {
     workers: 1,
     controllers: 1,
     name: 'contract',
-    controllerEnv: { LONGSHOT_RESULTS_DIR: results, LONGSHOT_WAIT_FOR_WORKERS_MS: '200', LONGSHOT_TENANT_LIMITS: JSON.stringify({ limited: { requestsPerMinute: 1 } }) },
+    controllerEnv: { LONGSHOT_RESULTS_DIR: results, LONGSHOT_WAIT_FOR_WORKERS_MS: '200', LONGSHOT_WEBHOOK_SECRET: 'contract-webhook-master-key', LONGSHOT_TENANT_LIMITS: JSON.stringify({ limited: { requestsPerMinute: 1 } }) },
   });
   url = [...cluster.controllers.values()][0].url;
   redis = new Redis(cluster.redisUrl);
@@ -189,6 +189,21 @@ describe('the OpenAPI document and a generated client', () => {
     capture(R('/v1/session', 'post', 200), session.json);
     expect(doc.json.components.securitySchemes).toMatchObject({ bearerAuth: { type: 'http', scheme: 'bearer' }, cookie: { type: 'apiKey', in: 'cookie', name: 'longshot_session' } });
     capture(R('/readyz', 'get', 200), (await api('GET', '/readyz')).json);
+
+    // A tenant's webhook signing secret: read, rotate, a malformed, another (403) and an unknown (404) tenant.
+    const secretRoute = '/v1/webhooks/secret';
+    const webhookStatuses: [string, string, string, number, string?][] = [
+      ['GET', secretRoute, secretRoute, 200],
+      ['POST', `${secretRoute}/rotate`, `${secretRoute}/rotate`, 200],
+      ['GET', `${secretRoute}?tenant=Bad!`, secretRoute, 400],
+      ['POST', `${secretRoute}/rotate?tenant=local`, `${secretRoute}/rotate`, 403, await cluster.createApiKey({ tenant: 'other', role: 'tenant' })],
+      ['GET', `${secretRoute}?tenant=nobody`, secretRoute, 404],
+    ];
+    for (const [method, route, documented, status, key] of webhookStatuses) {
+      const r = await api(method, route, key ? { headers: { authorization: `Bearer ${key}` } } : {});
+      expect(r.status, `${method} ${route}: ${r.text}`).toBe(status);
+      capture(R(documented, method.toLowerCase(), status), r.json);
+    }
 
     // GET /v1/models: the catalog's names, each with the worker that serves it.
     const models = await api('GET', '/v1/models');

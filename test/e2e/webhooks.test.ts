@@ -16,10 +16,12 @@ import { request, waitFor, type HttpInit } from './http';
  * that fails at first: every selected event arrives signed, with the same id and body on every
  * attempt; the filter holds; an event is given up after its last attempt; loopback and private
  * destinations are refused unless allowed; a controller killed mid-delivery is replaced by
- * another that resumes where the first stopped.
+ * another that resumes where the first stopped. Each tenant's jobs are signed with that tenant's
+ * own secret (GET /v1/webhooks/secret), and a rotation signs with both secrets for a while.
  */
 
-const SECRET = 'e2e-webhook-secret-0123456789';
+/** The master key the tenants' secrets derive from. */
+const MASTER = 'e2e-webhook-secret-0123456789';
 const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 2, model: 'tiny', seed: 3, frames: 5, stages: 1 };
 
 interface Attempt {
@@ -35,7 +37,7 @@ interface Attempt {
 
 /**
  * The receiver: `/flaky/*` answers 503 to the first two attempts of each event id, then 204;
- * `/gate` answers 503 until the gate opens; `/never` always 500. It records every attempt.
+ * `/ok/*` 204; `/gate` answers 503 until the gate opens; `/never` always 500. It records every attempt.
  */
 class Receiver {
   readonly attempts: Attempt[] = [];
@@ -53,7 +55,7 @@ class Receiver {
         const id = header('Longshot-Webhook-Id');
         const url = req.url ?? '/';
         const tries = r.attempts.filter((a) => a.path === url && a.id === id).length;
-        const status = url.startsWith('/flaky/') ? (tries < 2 ? 503 : 204) : url === '/gate' ? (r.gateOpen ? 200 : 503) : 500;
+        const status = url.startsWith('/flaky/') ? (tries < 2 ? 503 : 204) : url.startsWith('/ok/') ? 204 : url === '/gate' ? (r.gateOpen ? 200 : 503) : 500;
         r.attempts.push({ path: url, id, timestamp: header('Longshot-Webhook-Timestamp'), signature: header('Longshot-Webhook-Signature'), body: Buffer.concat(chunks).toString(), host: header('host'), status });
         res.writeHead(status).end();
       });
@@ -87,9 +89,13 @@ let cluster: LocalCluster;
 let redis: Redis;
 let receiver: Receiver;
 let jobs: JobStore;
+/** The signing secret of tenant `local`, the operator key's (GET /v1/webhooks/secret). */
+let localSecret: string;
 
 const controllerUrl = (): string => [...cluster.controllers.values()].at(-1)!.url;
-const api = (method: string, route: string, init: HttpInit = {}, url = controllerUrl()) => request(url, method, route, init);
+const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
+/** A request with `key` (default: the cluster's operator key, tenant local). */
+const api = (method: string, route: string, init: HttpInit = {}, url = controllerUrl(), key = cluster.apiKey!) => request(url, method, route, { ...init, headers: { ...bearer(key), ...init.headers } });
 const finished = (id: string) =>
   waitFor(`${id} to finish`, async () => {
     const j = (await api('GET', `/v1/videos/${id}`)).json;
@@ -101,18 +107,21 @@ const webhookKeys = () => redis.keys(`${keys.root}:{webhooks}:*`);
 const metric = async (sample: string): Promise<number> => {
   let sum = 0;
   for (const c of cluster.controllers.values()) {
-    const line = (await (await fetch(`${c.url}/metrics`)).text()).split('\n').find((l) => l.startsWith(`${sample} `));
+    const line = (await api('GET', '/metrics', {}, c.url)).text.split('\n').find((l) => l.startsWith(`${sample} `));
     sum += line ? Number(line.slice(sample.length + 1)) : 0;
   }
   return sum;
 };
 
-/** Every attempt's signature checks out against the shared secret, for the id, timestamp and body it came with. */
-function expectSigned(attempts: readonly Attempt[]): void {
+/** Whether the attempt's signature header checks out with `secret` for the id, timestamp and body it came with. */
+const verifies = (a: Attempt, secret: string): boolean => verifyWebhookSignature(secret, a.signature, a.id, a.timestamp, a.body);
+
+/** Every attempt carries one signature, made with `secret` (and not with another key), for its id, timestamp and body. */
+function expectSigned(attempts: readonly Attempt[], secret = localSecret): void {
   for (const a of attempts) {
     expect(a.signature).toMatch(/^v1=[0-9a-f]{64}$/);
-    expect(verifyWebhookSignature(SECRET, a.signature, a.id, a.timestamp, a.body), a.id).toBe(true);
-    expect(verifyWebhookSignature('not-the-secret-0123456789', a.signature, a.id, a.timestamp, a.body)).toBe(false);
+    expect(verifies(a, secret), a.id).toBe(true);
+    expect(verifies(a, MASTER)).toBe(false);
     expect(JSON.parse(a.body).id).toBe(a.id);
   }
 }
@@ -121,7 +130,6 @@ beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-webhooks-'));
   receiver = await Receiver.start();
   cluster = await LocalCluster.start({
-    auth: 'none', // webhooks, not API keys, are under test here
     workers: 1,
     controllers: 1,
     name: 'hooks',
@@ -132,7 +140,7 @@ beforeAll(async () => {
       LONGSHOT_JOB_LOCK_MS: '3000',
       LONGSHOT_JOB_STALLED_MS: '1000',
       LONGSHOT_LEASE_MS: '3000',
-      LONGSHOT_WEBHOOK_SECRET: SECRET,
+      LONGSHOT_WEBHOOK_SECRET: MASTER,
       // The receiver is on loopback: allowed here, refused by default.
       LONGSHOT_WEBHOOK_ALLOW_CIDRS: '127.0.0.0/8',
       LONGSHOT_WEBHOOK_BACKOFF_MS: '50',
@@ -145,6 +153,7 @@ beforeAll(async () => {
   });
   redis = new Redis(cluster.redisUrl);
   jobs = new JobStore(redis);
+  localSecret = (await api('GET', '/v1/webhooks/secret')).json.secret;
 });
 
 afterAll(async () => {
@@ -193,11 +202,12 @@ describe('webhooks', () => {
     const view = await api('GET', `/v1/videos/${all.json.id}`);
     expect(view.json.spec.webhookEvents).toEqual([...DEFAULT_WEBHOOK_EVENTS]);
     expect((await api('GET', `/v1/videos/${some.json.id}`)).json.spec.webhookEvents).toEqual(['started', 'succeeded']);
-    const stream = await (await fetch(`${controllerUrl()}/v1/videos/${all.json.id}/events`)).text();
+    const stream = (await api('GET', `/v1/videos/${all.json.id}/events`)).text;
     for (const text of [view.text, stream, (await api('GET', '/v1/videos?limit=10')).text]) {
       expect(text).not.toContain('s3cret-token');
       expect(text).not.toContain('/flaky/');
-      expect(text).not.toContain(SECRET);
+      expect(text).not.toContain(MASTER);
+      expect(text).not.toContain(localSecret);
     }
     const delivered = receiver.attempts.filter((a) => a.status < 300).length;
     expect(await metric('longshot_webhook_deliveries_total{outcome="delivered"}')).toBe(delivered);
@@ -286,5 +296,71 @@ describe('webhooks', () => {
     expect(accepted[0].id).toBe(refused.id);
     expect(accepted[0].type).toBe('queued');
     expectSigned(receiver.on('/gate'));
+  });
+});
+
+describe('per-tenant webhook secrets', () => {
+  /** A job that is still queued or running when its `queued` webhook arrives (canceled then), delivered to `/ok/<route>`. */
+  const queuedHook = async (route: string, key: string, seed: number): Promise<Attempt> => {
+    const sub = await api('POST', '/v1/videos', { body: { ...base, seed, steps: 500, frames: 29, webhook: receiver.url(`/ok/${route}`), webhookEvents: ['queued'] } }, undefined, key);
+    expect(sub.status, sub.text).toBe(202);
+    const [attempt] = await waitFor(`the queued webhook of ${route}`, async () => receiver.on(`/ok/${route}`).length > 0 && receiver.on(`/ok/${route}`));
+    expect((await api('POST', `/v1/videos/${sub.json.id}/cancel`, {}, undefined, key)).status).toBe(200);
+    return attempt;
+  };
+
+  it("signs each tenant's jobs with that tenant's secret only; after a rotation deliveries carry both signatures; no tenant sees another's", async () => {
+    const acme = await cluster.createApiKey({ tenant: 'acme', role: 'tenant' });
+    const globex = await cluster.createApiKey({ tenant: 'globex', role: 'tenant' });
+    const secretOf = async (key: string, query = '') => {
+      const r = await api('GET', `/v1/webhooks/secret${query}`, {}, undefined, key);
+      expect(r.status, r.text).toBe(200);
+      expect(r.headers.get('cache-control')).toBe('no-store');
+      return r.json;
+    };
+    const a = await secretOf(acme);
+    const g = await secretOf(globex);
+    expect(a).toEqual({ tenant: 'acme', secret: expect.stringMatching(/^whsec_[A-Za-z0-9_-]{43}$/), generation: 0, previous: null });
+    expect(g).toMatchObject({ tenant: 'globex', generation: 0, previous: null });
+    expect(new Set([a.secret, g.secret, localSecret]).size).toBe(3);
+    // A tenant names only itself; an operator names any tenant that has a key.
+    expect(await secretOf(acme, '?tenant=acme')).toEqual(a);
+    expect(await secretOf(cluster.apiKey!, '?tenant=globex')).toEqual(g);
+    const other = await api('GET', '/v1/webhooks/secret?tenant=globex', {}, undefined, acme);
+    expect(other.status).toBe(403);
+    expect(other.json.error).toBe('forbidden');
+    expect(other.text).not.toContain(g.secret);
+    expect((await api('POST', '/v1/webhooks/secret/rotate?tenant=globex', {}, undefined, acme)).status).toBe(403);
+    expect((await api('GET', '/v1/webhooks/secret?tenant=nobody')).json).toMatchObject({ error: 'not_found' });
+    expect((await api('GET', '/v1/webhooks/secret?tenant=Not%20One')).json).toMatchObject({ error: 'invalid_request', field: 'tenant' });
+
+    const fromAcme = await queuedHook('acme', acme, 20);
+    const fromGlobex = await queuedHook('globex', globex, 21);
+    expectSigned([fromAcme], a.secret);
+    expectSigned([fromGlobex], g.secret);
+    expect(verifies(fromAcme, g.secret)).toBe(false);
+    expect(verifies(fromGlobex, a.secret)).toBe(false);
+    expect(verifies(fromAcme, localSecret)).toBe(false);
+
+    const rotated = await api('POST', '/v1/webhooks/secret/rotate', {}, undefined, acme);
+    expect(rotated.status, rotated.text).toBe(200);
+    expect(rotated.json).toMatchObject({ tenant: 'acme', generation: 1, previous: { secret: a.secret } });
+    expect(rotated.json.secret).not.toBe(a.secret);
+    // The default grace period: a day.
+    expect(Date.parse(rotated.json.previous.expiresAt) - Date.now()).toBeGreaterThan(86_000_000);
+    expect(await secretOf(acme)).toEqual(rotated.json);
+    expect(await metric('longshot_webhook_secret_rotations_total')).toBe(1);
+    // Redis keeps the generation, never a secret.
+    expect(await redis.hgetall(keys.webhookSecretKey('acme'))).toEqual({ generation: '1', rotatedAt: expect.stringMatching(/^\d+$/) });
+
+    const afterRotation = await queuedHook('acme-rotated', acme, 22);
+    const [current, previous] = afterRotation.signature.split(' ');
+    expect(previous).toBeDefined();
+    for (const [secret, yes] of [[rotated.json.secret, true], [a.secret, true], [g.secret, false]] as const) expect(verifies(afterRotation, secret), secret).toBe(yes);
+    // The current secret's signature comes first.
+    expect(verifies({ ...afterRotation, signature: current }, rotated.json.secret)).toBe(true);
+    expect(verifies({ ...afterRotation, signature: previous }, a.secret)).toBe(true);
+    // Other tenants are untouched.
+    expect(await secretOf(globex)).toEqual(g);
   });
 });

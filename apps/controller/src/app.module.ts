@@ -1,6 +1,6 @@
 import { Inject, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { Redis } from 'ioredis';
-import { ApiKeyStore, JobStore, RateLimiter, WebhookOutbox, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { ApiKeyStore, JobStore, RateLimiter, WebhookOutbox, WebhookSecretGenerations, WorkerLeases, WorkerRegistry } from '@longshot/cache';
 import { AuthGuard, AuthService } from './auth';
 import { SessionController } from './http/session.controller';
 import type { ControllerConfig } from './config';
@@ -16,13 +16,14 @@ import { EmbeddingsController } from './http/embeddings.controller';
 import { diskFiles, JobDataRepository, quotaFiles, ResultStore, UploadRepository } from './repositories';
 import { ReconcilerService } from './reconciler';
 import { RunnerService } from './runner';
-import { API_KEYS, CONFIG, JOB_DATA, RATE_LIMITER, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS, WEBHOOK_GUARD, WEBHOOK_OUTBOX, WEBHOOK_SECRETS, WEBHOOK_SENDER } from './tokens';
+import { API_KEYS, CONFIG, JOB_DATA, RATE_LIMITER, JOBS, LEASES, MODELS, REDIS, REDIS_EVENTS, REDIS_SUBSCRIBER, REGISTRY, RESULTS, UPLOADS, WEBHOOK_GUARD, WEBHOOK_OUTBOX, WEBHOOK_SECRET_GENERATIONS, WEBHOOK_SENDER } from './tokens';
 import { AddressPolicy } from './webhooks/addresses';
 import { DestinationGuard } from './webhooks/destination';
 import { WebhookDispatcher } from './webhooks/dispatcher';
 import { WebhookSender } from './webhooks/sender';
-import { singleSecret } from './webhooks/signing';
+import { TenantSecretService } from './webhooks/tenant-secrets';
 import { WebhookService } from './webhooks/webhook.service';
+import { WebhooksController } from './http/webhooks.controller';
 import { VideosService } from './videos.service';
 import { APP_FILTER, APP_GUARD } from '@nestjs/core';
 
@@ -51,7 +52,7 @@ class Gauges {
 
 export function appModule(config: ControllerConfig) {
   @Module({
-    controllers: [VideosController, EmbeddingsController, OpsController, SessionController, ConsoleController],
+    controllers: [VideosController, EmbeddingsController, OpsController, SessionController, ConsoleController, WebhooksController],
     providers: [
       { provide: CONFIG, useValue: config },
       { provide: REDIS, useFactory: () => new Redis(config.redisUrl, { maxRetriesPerRequest: 3 }) },
@@ -70,7 +71,7 @@ export function appModule(config: ControllerConfig) {
       { provide: WEBHOOK_OUTBOX, useFactory: (r: Redis) => new WebhookOutbox(r), inject: [REDIS] },
       { provide: WEBHOOK_GUARD, useValue: new DestinationGuard(new AddressPolicy(config.webhooks.allowCidrs), config.webhooks.timeoutMs) },
       { provide: WEBHOOK_SENDER, useFactory: (guard: DestinationGuard) => new WebhookSender(guard), inject: [WEBHOOK_GUARD] },
-      { provide: WEBHOOK_SECRETS, useValue: singleSecret(config.webhooks.secret) },
+      { provide: WEBHOOK_SECRET_GENERATIONS, useFactory: (r: Redis) => new WebhookSecretGenerations(r), inject: [REDIS] },
       { provide: API_KEYS, useFactory: (r: Redis) => new ApiKeyStore(r), inject: [REDIS] },
       { provide: RATE_LIMITER, useFactory: (r: Redis) => new RateLimiter(r), inject: [REDIS] },
       { provide: APP_FILTER, useClass: ErrorFilter },
@@ -81,6 +82,7 @@ export function appModule(config: ControllerConfig) {
       RunnerService,
       EventHub,
       ReconcilerService,
+      TenantSecretService,
       WebhookService,
       WebhookDispatcher,
       VideosService,

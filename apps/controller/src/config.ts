@@ -103,8 +103,13 @@ export function parseTenantLimits(raw: string, defaults: TenantLimits): Map<stri
 
 /** Job webhooks (docs/api.md, Webhooks). */
 export interface WebhookConfig {
-  /** Signs every payload (LONGSHOT_WEBHOOK_SECRET, at least 16 characters); null: jobs with a webhook are refused. */
-  readonly secret: string | null;
+  /**
+   * The master key every tenant's signing secret is derived from (LONGSHOT_WEBHOOK_SECRET, at least
+   * 16 characters; webhooks/tenant-secrets.ts); null: webhooks are off and jobs with one are refused.
+   */
+  readonly masterSecret: string | null;
+  /** After a tenant rotates its secret, payloads carry the old one's signature too for this long (LONGSHOT_WEBHOOK_ROTATION_GRACE_S). */
+  readonly rotationGraceSeconds: number;
   /** Ranges webhooks may reach although loopback, private, link-local... (LONGSHOT_WEBHOOK_ALLOW_CIDRS); checked CIDRs. */
   readonly allowCidrs: readonly string[];
   /** Attempts per event before it is given up. */
@@ -173,7 +178,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     maxUploadBytes: int('LONGSHOT_MAX_UPLOAD_BYTES', env.LONGSHOT_MAX_UPLOAD_BYTES, 64 * 1024 * 1024),
     grantKey,
     webhooks: {
-      secret: webhookSecret(env.LONGSHOT_WEBHOOK_SECRET),
+      masterSecret: webhookSecret(env.LONGSHOT_WEBHOOK_SECRET),
+      rotationGraceSeconds: int('LONGSHOT_WEBHOOK_ROTATION_GRACE_S', env.LONGSHOT_WEBHOOK_ROTATION_GRACE_S, 86_400, 0),
       allowCidrs: cidrList('LONGSHOT_WEBHOOK_ALLOW_CIDRS', env.LONGSHOT_WEBHOOK_ALLOW_CIDRS),
       maxAttempts: int('LONGSHOT_WEBHOOK_MAX_ATTEMPTS', env.LONGSHOT_WEBHOOK_MAX_ATTEMPTS, 10),
       backoffMs: int('LONGSHOT_WEBHOOK_BACKOFF_MS', env.LONGSHOT_WEBHOOK_BACKOFF_MS, 1000),

@@ -55,6 +55,8 @@ export const webhookAttemptDuration = histogram({
   buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
 });
 
+export const webhookSecretRotations = counter({ name: 'longshot_webhook_secret_rotations_total', help: "Tenants' webhook signing secrets rotated (POST /v1/webhooks/secret/rotate)" });
+
 /** What the scrape-time gauges read. */
 export interface ClusterState {
   queueCounts(): Promise<Record<string, number>>;

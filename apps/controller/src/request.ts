@@ -1,3 +1,4 @@
+import { TENANT_PATTERN } from '@longshot/cache';
 import { MODEL_NAME_PATTERN } from '@longshot/model';
 import { SpecError, type JobRequest } from '@longshot/planner';
 import { MAX_WEBHOOK_URL_LENGTH, parseWebhookUrl, WEBHOOK_FIELD } from './webhooks/destination';
@@ -175,4 +176,22 @@ function webhookOf(b: Record<string, unknown>): WebhookRequest | null {
     return null;
   }
   return { url: parseWebhookUrl(b.webhook as string), events: (b.webhookEvents as JobEventName[] | undefined) ?? DEFAULT_WEBHOOK_EVENTS };
+}
+
+/**
+ * The query of GET /v1/webhooks/secret and POST /v1/webhooks/secret/rotate: the field table (the
+ * OpenAPI parameters are it) and its check. Other parameters are ignored, as on the other routes.
+ */
+export const WEBHOOK_SECRET_QUERY = {
+  tenant: {
+    type: 'string',
+    pattern: TENANT_PATTERN.source,
+    description: "Whose secret: default the API key's own tenant. Only an operator key may name another tenant (a tenant key gets 403).",
+  },
+} as const satisfies Readonly<Record<string, FieldSpec>>;
+
+export function parseWebhookSecretQuery(query: Record<string, unknown>): { tenant: string | null } {
+  if (query.tenant === undefined) return { tenant: null };
+  checkField('tenant', WEBHOOK_SECRET_QUERY.tenant, query.tenant);
+  return { tenant: query.tenant as string };
 }

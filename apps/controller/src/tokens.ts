@@ -22,8 +22,8 @@ export const WEBHOOK_OUTBOX = Symbol('WebhookOutbox');
 export const WEBHOOK_GUARD = Symbol('DestinationGuard');
 /** The WebhookSender: the outbound HTTP adapter. */
 export const WEBHOOK_SENDER = Symbol('WebhookSender');
-/** WebhookSecrets: the signing secret of each tenant. */
-export const WEBHOOK_SECRETS = Symbol('WebhookSecrets');
+/** WebhookSecretGenerations (Redis): the generation of each tenant's webhook signing secret. */
+export const WEBHOOK_SECRET_GENERATIONS = Symbol('WebhookSecretGenerations');
 /** The ApiKeyStore: API keys (hashes) in Redis. */
 export const API_KEYS = Symbol('ApiKeyStore');
 export const RATE_LIMITER = Symbol('RateLimiter');

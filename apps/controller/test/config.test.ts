@@ -34,3 +34,13 @@ describe('controller config: identity', () => {
     expect(loadConfig([], { ...env, LONGSHOT_RATE_LIMIT_PER_MINUTE: '0' }).limits.requestsPerMinute).toBe(0);
   });
 });
+
+describe('controller config: webhooks', () => {
+  it('takes LONGSHOT_WEBHOOK_SECRET as the master key (off without it) and a rotation grace of a day unless set', () => {
+    expect(loadConfig([], env).webhooks).toMatchObject({ masterSecret: null, rotationGraceSeconds: 86_400 });
+    const on = loadConfig([], { ...env, LONGSHOT_WEBHOOK_SECRET: 'm'.repeat(16), LONGSHOT_WEBHOOK_ROTATION_GRACE_S: '0' }).webhooks;
+    expect(on).toMatchObject({ masterSecret: 'm'.repeat(16), rotationGraceSeconds: 0 });
+    expect(() => loadConfig([], { ...env, LONGSHOT_WEBHOOK_SECRET: 'short' })).toThrow(/LONGSHOT_WEBHOOK_SECRET/);
+    expect(() => loadConfig([], { ...env, LONGSHOT_WEBHOOK_ROTATION_GRACE_S: '-1' })).toThrow(/LONGSHOT_WEBHOOK_ROTATION_GRACE_S/);
+  });
+});

@@ -6,7 +6,10 @@ import { AddressPolicy, parseCidr, parseIp, specialKind } from '../src/webhooks/
 import { DestinationGuard, DestinationRefused, DestinationUnresolved, type Resolver } from '../src/webhooks/destination';
 import { retryDelayMs } from '../src/webhooks/dispatcher';
 import { WebhookSender } from '../src/webhooks/sender';
-import { singleSecret, verifyWebhookSignature, webhookSignature } from '../src/webhooks/signing';
+import type { ControllerConfig } from '../src/config';
+import { parseWebhookSecretQuery } from '../src/request';
+import { verifyWebhookSignature, webhookSignature, webhookSignatures } from '../src/webhooks/signing';
+import { deriveTenantSecret, signingSecretsOf, tenantSecret, TenantSecretService } from '../src/webhooks/tenant-secrets';
 import { WebhookService } from '../src/webhooks/webhook.service';
 
 const kind = (ip: string) => {
@@ -167,6 +170,77 @@ describe('webhook signatures', () => {
   });
 });
 
+describe('per-tenant webhook secrets', () => {
+  const master = 'master-key-0123456789';
+
+  it('derives whsec_ + base64url(HMAC-SHA256(master, "longshot.webhook.tenant\\0<tenant>\\0<generation>"))', () => {
+    // A vector computed outside this code:
+    // printf 'longshot.webhook.tenant\000acme\000%s' 0 | openssl dgst -sha256 -hmac <master> -binary | base64 | tr '+/' '-_' | tr -d =
+    expect(deriveTenantSecret(master, 'acme', 0)).toBe('whsec_YzV41goaVBDhK0Qyh4aMS1zOL83GNUfbqFOwsJ57bcg');
+  });
+
+  it('gives every tenant, generation and master key its own secret', () => {
+    const secrets = [
+      deriveTenantSecret(master, 'acme', 0),
+      deriveTenantSecret(master, 'globex', 0),
+      deriveTenantSecret(master, 'acme', 1),
+      deriveTenantSecret('another-master-key-0123', 'acme', 0),
+      // The separators keep "tenant + generation" from being read another way.
+      deriveTenantSecret(master, 'acme1', 0),
+    ];
+    expect(new Set(secrets).size).toBe(secrets.length);
+    for (const s of secrets) expect(s).toMatch(/^whsec_[A-Za-z0-9_-]{43}$/);
+    expect(deriveTenantSecret(master, 'acme', 0)).toBe(secrets[0]);
+  });
+
+  it('keeps the previous secret signing until the grace period after a rotation ends (injected clock)', () => {
+    const graceMs = 86_400_000;
+    const rotatedAt = Date.UTC(2026, 0, 1);
+    expect(tenantSecret(master, 'acme', { generation: 0, rotatedAt: null }, graceMs, rotatedAt)).toEqual({ tenant: 'acme', secret: deriveTenantSecret(master, 'acme', 0), generation: 0, previous: null });
+    const rotated = { generation: 2, rotatedAt };
+    const during = tenantSecret(master, 'acme', rotated, graceMs, rotatedAt + graceMs - 1);
+    expect(during).toEqual({
+      tenant: 'acme',
+      secret: deriveTenantSecret(master, 'acme', 2),
+      generation: 2,
+      previous: { secret: deriveTenantSecret(master, 'acme', 1), expiresAt: '2026-01-02T00:00:00.000Z' },
+    });
+    expect(signingSecretsOf(during)).toEqual([during.secret, during.previous!.secret]);
+    const after = tenantSecret(master, 'acme', rotated, graceMs, rotatedAt + graceMs);
+    expect(after.previous).toBeNull();
+    expect(signingSecretsOf(after)).toEqual([deriveTenantSecret(master, 'acme', 2)]);
+    // No grace: the old secret stops at once.
+    expect(tenantSecret(master, 'acme', rotated, 0, rotatedAt).previous).toBeNull();
+  });
+
+  it('signs with every secret of a rotation, current first; a receiver with either verifies', () => {
+    const [current, previous] = [deriveTenantSecret(master, 'acme', 1), deriveTenantSecret(master, 'acme', 0)];
+    const body = '{"id":"j:1-0"}';
+    const header = webhookSignatures([current, previous], 'j:1-0', 1_700_000_000, body);
+    expect(header.split(' ')).toEqual([webhookSignature(current, 'j:1-0', 1_700_000_000, body), webhookSignature(previous, 'j:1-0', 1_700_000_000, body)]);
+    const verify = (secret: string) => verifyWebhookSignature(secret, header, 'j:1-0', '1700000000', body, { nowSeconds: 1_700_000_000 });
+    expect(verify(current)).toBe(true);
+    expect(verify(previous)).toBe(true);
+    expect(verify(deriveTenantSecret(master, 'globex', 0))).toBe(false);
+  });
+
+  it('checks the tenant query parameter against its field table', () => {
+    expect(parseWebhookSecretQuery({})).toEqual({ tenant: null });
+    expect(parseWebhookSecretQuery({ tenant: 'acme', other: 'ignored' })).toEqual({ tenant: 'acme' });
+    for (const bad of ['Acme', '', '-x', 'a'.repeat(65), ['acme', 'globex']]) {
+      const e = (() => {
+        try {
+          return parseWebhookSecretQuery({ tenant: bad });
+        } catch (x) {
+          return x;
+        }
+      })();
+      expect(e, JSON.stringify(bad)).toBeInstanceOf(SpecError);
+      expect((e as SpecError).field).toBe('tenant');
+    }
+  });
+});
+
 describe('webhook retry back-off', () => {
   it('doubles from the base up to the cap, with a jitter of +-20% that is the same for the same event and attempt', () => {
     for (let attempt = 1; attempt <= 12; attempt++) {
@@ -240,7 +314,8 @@ describe('webhook sender', () => {
 
 describe('webhook submit checks', () => {
   it('refuses a webhook when the controller has no signing secret, naming the field', async () => {
-    const service = new WebhookService(null as never, new DestinationGuard(new AddressPolicy([]), 5000), singleSecret(null));
+    const off = new TenantSecretService({ webhooks: { masterSecret: null } } as ControllerConfig, null as never, null as never, null as never);
+    const service = new WebhookService(null as never, new DestinationGuard(new AddressPolicy([]), 5000), off);
     const e = await service.check({ url: new URL('https://hooks.example.com/'), events: ['succeeded'] }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(SpecError);
     expect((e as SpecError).field).toBe('webhook');

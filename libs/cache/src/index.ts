@@ -11,3 +11,4 @@ export * from './text-embeddings';
 export * from './webhook-outbox';
 export { isRedisUnavailable } from './unavailable';
 export * from './api-keys';
+export * from './webhook-secrets';

@@ -16,7 +16,8 @@
  *   R:text-embedding:<hash>         cached text encoder output
  *   R:upload:<tenant>:<id>          bytes a client of <tenant> uploaded (POST /v1/embeddings), with a TTL
  *   R:{webhooks}:due                sorted set: jobs with a webhook, by when their next delivery is due
- *   R:{webhooks}:job:<jobId>        a job's webhook (url, events, tenant) and delivery state (cursor, attempts, claim)
+ *   R:{webhooks}:job:<jobId>        a job's webhook (url, events) and delivery state (cursor, attempts, claim)
+ *   R:{webhooks}:secret:<tenant>    the generation of a tenant's webhook signing secret and when it was rotated (never the secret)
  *   R:{apikeys}:...                 API keys (api-keys.ts: hashes only, never a secret)
  *   R:{ratelimit}:<tenant>          a tenant's request token bucket (api-keys.ts)
  *
@@ -96,6 +97,11 @@ export class KeySchema {
   /** A job's webhook subscription and delivery state; same hash tag as the worklist. */
   webhookKey(jobId: string): string {
     return `${this.root}:{webhooks}:job:${checkId('job id', jobId)}`;
+  }
+
+  /** A tenant's webhook secret generation (WebhookSecretGenerations); the secret itself is derived, never stored. */
+  webhookSecretKey(tenant: string): string {
+    return `${this.root}:{webhooks}:secret:${checkId('tenant', tenant)}`;
   }
 
   /** The job's current run: fenced writes of any other run are dropped (see JobKeyspace.put). */

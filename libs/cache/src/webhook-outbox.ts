@@ -11,8 +11,6 @@ export interface WebhookSubscription {
   readonly url: string;
   /** Event names to deliver; the others are skipped. */
   readonly events: readonly string[];
-  /** Whose signing secret signs the payloads ('' while there are no tenants). */
-  readonly tenant: string;
   /** Stream id of the last event dealt with (delivered, skipped or given up); '0' before the first. */
   readonly cursor: string;
   /** Failed attempts at the first selected event after the cursor. */
@@ -82,11 +80,11 @@ export class WebhookOutbox {
   }
 
   /** Registers a job's webhook, due now, from the start of its event stream. */
-  async subscribe(jobId: string, hook: { url: string; events: readonly string[]; tenant: string }): Promise<void> {
+  async subscribe(jobId: string, hook: { url: string; events: readonly string[] }): Promise<void> {
     const now = Date.now();
     await this.redis
       .multi()
-      .hset(this.keys.webhookKey(jobId), { jobId, url: hook.url, events: hook.events.join(','), tenant: hook.tenant, cursor: '0', attempts: '0', createdAt: String(now), claim: '' })
+      .hset(this.keys.webhookKey(jobId), { jobId, url: hook.url, events: hook.events.join(','), cursor: '0', attempts: '0', createdAt: String(now), claim: '' })
       .zadd(this.keys.webhooksDueKey(), now, jobId)
       .exec();
   }
@@ -140,7 +138,6 @@ function decode(h: Record<string, string>): WebhookSubscription {
     jobId: h.jobId,
     url: h.url,
     events: h.events ? h.events.split(',') : [],
-    tenant: h.tenant ?? '',
     cursor: h.cursor || '0',
     attempts: Number(h.attempts ?? 0),
     createdAt: Number(h.createdAt ?? 0),

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { WebhookOutbox } from '../src';
+import { WebhookOutbox, WebhookSecretGenerations } from '../src';
 import { sleep, testRedis, type TestRedis } from './helpers';
 
 let t: TestRedis;
@@ -10,7 +10,7 @@ afterAll(async () => {
   await t?.close();
 });
 
-const hook = { url: 'https://hooks.example.com/in', events: ['started', 'succeeded'], tenant: '' };
+const hook = { url: 'https://hooks.example.com/in', events: ['started', 'succeeded'] };
 
 describe('WebhookOutbox', () => {
   it('claims a due subscription once, holds it, and lets only the claim holder settle it', async () => {
@@ -18,7 +18,7 @@ describe('WebhookOutbox', () => {
     await outbox.subscribe('w1', hook);
     const [claim, ...rest] = await outbox.claimDue(10, 60_000);
     expect(rest).toEqual([]);
-    expect(claim.subscription).toMatchObject({ jobId: 'w1', url: hook.url, events: hook.events, tenant: '', cursor: '0', attempts: 0 });
+    expect(claim.subscription).toMatchObject({ jobId: 'w1', url: hook.url, events: hook.events, cursor: '0', attempts: 0 });
     // Held: not due for anyone else.
     expect(await outbox.claimDue(10, 60_000)).toEqual([]);
     expect(await outbox.settle(claim, { cursor: '5-0', attempts: 2, dueAt: Date.now() })).toBe(true);
@@ -57,5 +57,22 @@ describe('WebhookOutbox', () => {
     for (const id of ['a1', 'a2', 'a3']) await outbox.unsubscribe(id);
     expect(await outbox.pending()).toBe(0);
     expect(await t.redis.keys(`${t.keys.root}:{webhooks}:*`)).toEqual([]);
+  });
+});
+
+describe('WebhookSecretGenerations', () => {
+  it('starts every tenant at generation 0, rotates atomically, and keeps only the generation and its time', async () => {
+    const generations = new WebhookSecretGenerations(t.redis, t.keys);
+    expect(await generations.get('acme')).toEqual({ generation: 0, rotatedAt: null });
+    expect(await generations.rotate('acme', 1_000)).toEqual({ generation: 1, rotatedAt: 1_000 });
+    // Concurrent rotations each get their own generation.
+    const many = await Promise.all([2_000, 2_001, 2_002].map((at) => generations.rotate('acme', at)));
+    expect(many.map((g) => g.generation).sort()).toEqual([2, 3, 4]);
+    expect((await generations.get('acme')).generation).toBe(4);
+    expect(await generations.get('globex')).toEqual({ generation: 0, rotatedAt: null });
+    const key = t.keys.webhookSecretKey('acme');
+    expect(key).toBe(`${t.keys.root}:{webhooks}:secret:acme`);
+    expect(Object.keys(await t.redis.hgetall(key)).sort()).toEqual(['generation', 'rotatedAt']);
+    await expect(generations.rotate('Not A Tenant', 1)).rejects.toThrow(/tenant/);
   });
 });

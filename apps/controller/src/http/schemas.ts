@@ -157,6 +157,17 @@ export const MODELS_SCHEMA = object({
 
 export const SESSION_SCHEMA = object({ tenant: str, role: { type: 'string', enum: ['tenant', 'operator'] }, expiresAt: dateTime });
 
+/** A tenant's webhook signing secret (TenantSecretService). */
+export const WEBHOOK_SECRET_SCHEMA = object({
+  tenant: str,
+  secret: { type: 'string', description: 'whsec_<base64url>: the HMAC-SHA256 key of Longshot-Webhook-Signature, the whole string as UTF-8 bytes.' },
+  generation: { type: 'integer', minimum: 0, description: 'Rotations so far (0: never rotated).' },
+  previous: {
+    ...object({ secret: str, expiresAt: { ...dateTime, description: 'When payloads stop carrying its signature.' } }, 'The secret before the last rotation, while payloads are still signed with it too; null otherwise'),
+    nullable: true,
+  },
+});
+
 export const HEALTH_SCHEMA = object({ status: { type: 'string', enum: ['ok'] } });
 
 export const READY_SCHEMA = object({

@@ -5,10 +5,11 @@ import { logger } from '@longshot/telemetry';
 import type { ControllerConfig } from '../config';
 import { redisUnavailable, webhookAttemptDuration, webhookDeliveries } from '../metrics';
 import type { VideoStore } from '../render';
-import { CONFIG, JOBS, WEBHOOK_OUTBOX, WEBHOOK_SECRETS, WEBHOOK_SENDER } from '../tokens';
+import { CONFIG, JOBS, WEBHOOK_OUTBOX, WEBHOOK_SENDER } from '../tokens';
 import { webhookPayload } from './events';
 import type { AttemptResult, WebhookSender } from './sender';
-import { WEBHOOK_HEADERS, webhookSignature, type WebhookSecrets } from './signing';
+import { WEBHOOK_HEADERS, webhookSignatures } from './signing';
+import { TenantSecretService } from './tenant-secrets';
 
 const log = logger('webhooks');
 /** Events one look at a job reads. */
@@ -45,7 +46,7 @@ export class WebhookDispatcher implements OnApplicationBootstrap, OnApplicationS
     @Inject(JOBS) private readonly jobs: VideoStore,
     @Inject(WEBHOOK_OUTBOX) private readonly outbox: WebhookOutbox,
     @Inject(WEBHOOK_SENDER) private readonly sender: WebhookSender,
-    @Inject(WEBHOOK_SECRETS) private readonly secrets: WebhookSecrets,
+    @Inject(TenantSecretService) private readonly secrets: TenantSecretService,
   ) {}
 
   onApplicationBootstrap(): void {
@@ -124,7 +125,7 @@ export class WebhookDispatcher implements OnApplicationBootstrap, OnApplicationS
     // The events before it were not selected: passed.
     const before = next > 0 ? events[next - 1].id : sub.cursor;
     const attempt = sub.attempts + 1;
-    const { id, result } = await this.attempt(sub, event);
+    const { id, result } = await this.attempt(sub, event, rec.tenant);
     const passed = result.kind === 'response' && result.status >= 200 && result.status < 300;
     const last = !passed && attempt >= w.maxAttempts;
     webhookDeliveries.inc({ outcome: passed ? 'delivered' : last ? 'exhausted' : result.kind === 'refused' ? 'refused' : 'failed' });
@@ -139,13 +140,16 @@ export class WebhookDispatcher implements OnApplicationBootstrap, OnApplicationS
     if (!settled) log.warn('a webhook claim expired during an attempt; another loop took the job over', { job: sub.jobId, event: id });
   }
 
-  /** Signs and sends one attempt (a fresh timestamp each time; the id and body never change). */
-  private async attempt(sub: WebhookSubscription, event: JobEvent): Promise<{ id: string; result: AttemptResult }> {
+  /**
+   * Signs and sends one attempt (a fresh timestamp each time; the id and body never change) with
+   * the secrets of the job's tenant as they are now (a rotation applies to the next attempt).
+   */
+  private async attempt(sub: WebhookSubscription, event: JobEvent, tenant: string): Promise<{ id: string; result: AttemptResult }> {
     const { id, body } = webhookPayload(sub.jobId, event);
-    const secret = this.secrets.secretFor(sub.tenant);
-    if (secret === null) return { id, result: { kind: 'error', message: 'no signing secret for the tenant (LONGSHOT_WEBHOOK_SECRET unset)' } };
+    const secrets = await this.secrets.signingSecrets(tenant);
+    if (secrets === null) return { id, result: { kind: 'error', message: 'webhooks are not enabled on this replica (LONGSHOT_WEBHOOK_SECRET unset)' } };
     const timestamp = Math.floor(Date.now() / 1000);
-    const headers = { [WEBHOOK_HEADERS.id]: id, [WEBHOOK_HEADERS.timestamp]: String(timestamp), [WEBHOOK_HEADERS.signature]: webhookSignature(secret, id, timestamp, body) };
+    const headers = { [WEBHOOK_HEADERS.id]: id, [WEBHOOK_HEADERS.timestamp]: String(timestamp), [WEBHOOK_HEADERS.signature]: webhookSignatures(secrets, id, timestamp, body) };
     const end = webhookAttemptDuration.startTimer();
     try {
       return { id, result: await this.sender.post(new URL(sub.url), body, headers, this.config.webhooks.timeoutMs) };

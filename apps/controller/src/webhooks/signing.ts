@@ -2,15 +2,21 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 
 /**
  * Webhook signatures (Standard-Webhooks-like): HMAC-SHA256 over "<id>.<timestamp>.<body>" with the
- * tenant's secret, sent as `Longshot-Webhook-Signature: v1=<hex>`. The id and the Unix timestamp
+ * job's tenant's secret (tenant-secrets.ts), sent as `Longshot-Webhook-Signature: v1=<hex>` (two,
+ * space-separated, while a rotated-out secret is in its grace period). The id and the Unix timestamp
  * (seconds) are signed too, so a receiver can drop replays and stale deliveries.
  */
 
 export const WEBHOOK_HEADERS = { id: 'Longshot-Webhook-Id', timestamp: 'Longshot-Webhook-Timestamp', signature: 'Longshot-Webhook-Signature' } as const;
 
-/** The signature header value of one delivery attempt. */
+/** One signature of a delivery attempt. */
 export function webhookSignature(secret: string, id: string, timestamp: number, body: string): string {
   return `v1=${createHmac('sha256', secret).update(`${id}.${timestamp}.${body}`).digest('hex')}`;
+}
+
+/** The signature header value: one signature per secret (two during a rotation's grace period), space-separated. */
+export function webhookSignatures(secrets: readonly string[], id: string, timestamp: number, body: string): string {
+  return secrets.map((secret) => webhookSignature(secret, id, timestamp, body)).join(' ');
 }
 
 /**
@@ -27,16 +33,3 @@ export function verifyWebhookSignature(secret: string, header: string, id: strin
     return got.length === expected.length && timingSafeEqual(got, expected);
   });
 }
-
-/**
- * The signing secret of a tenant. There are no tenants yet: every job is tenant '' and signed with
- * the controller's one secret (LONGSHOT_WEBHOOK_SECRET); per-tenant secrets replace this lookup.
- */
-export interface WebhookSecrets {
-  secretFor(tenant: string): string | null;
-}
-
-/** The tenant of every job until API keys bring tenants. */
-export const NO_TENANT = '';
-
-export const singleSecret = (secret: string | null): WebhookSecrets => ({ secretFor: () => secret });

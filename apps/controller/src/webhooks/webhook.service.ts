@@ -1,10 +1,10 @@
 import { Inject, Injectable } from '@nestjs/common';
 import type { WebhookOutbox } from '@longshot/cache';
 import { SpecError } from '@longshot/planner';
-import { WEBHOOK_GUARD, WEBHOOK_OUTBOX, WEBHOOK_SECRETS } from '../tokens';
+import { WEBHOOK_GUARD, WEBHOOK_OUTBOX } from '../tokens';
 import { DestinationRefused, DestinationUnresolved, WEBHOOK_FIELD, type DestinationGuard } from './destination';
 import type { JobEventName } from './events';
-import { NO_TENANT, type WebhookSecrets } from './signing';
+import { TenantSecretService } from './tenant-secrets';
 
 /** A job's webhook as the request asked for it (request.ts checked its form). */
 export interface WebhookRequest {
@@ -18,7 +18,7 @@ export class WebhookService {
   constructor(
     @Inject(WEBHOOK_OUTBOX) private readonly outbox: WebhookOutbox,
     @Inject(WEBHOOK_GUARD) private readonly guard: DestinationGuard,
-    @Inject(WEBHOOK_SECRETS) private readonly secrets: WebhookSecrets,
+    @Inject(TenantSecretService) private readonly secrets: TenantSecretService,
   ) {}
 
   /**
@@ -26,7 +26,7 @@ export class WebhookService {
    * checked again at each delivery). SpecErrors name `webhook` and never echo the URL or its addresses.
    */
   async check(hook: WebhookRequest): Promise<void> {
-    if (this.secrets.secretFor(NO_TENANT) === null) throw new SpecError(WEBHOOK_FIELD, 'webhooks are not enabled on this controller (it has no signing secret, LONGSHOT_WEBHOOK_SECRET)');
+    if (!this.secrets.enabled) throw new SpecError(WEBHOOK_FIELD, 'webhooks are not enabled on this controller (it has no master signing key, LONGSHOT_WEBHOOK_SECRET)');
     try {
       await this.guard.vet(hook.url);
     } catch (e) {
@@ -35,8 +35,9 @@ export class WebhookService {
     }
   }
 
+  /** Payloads are signed with the secret of the job's tenant (its record says which). */
   subscribe(jobId: string, hook: WebhookRequest): Promise<void> {
-    return this.outbox.subscribe(jobId, { url: hook.url.href, events: hook.events, tenant: NO_TENANT });
+    return this.outbox.subscribe(jobId, { url: hook.url.href, events: hook.events });
   }
 
   unsubscribe(jobId: string): Promise<void> {
