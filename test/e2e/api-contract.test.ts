@@ -187,6 +187,12 @@ describe('the OpenAPI document and a generated client', () => {
     const session = await api('POST', '/v1/session');
     expect(session.status).toBe(200);
     capture(R('/v1/session', 'post', 200), session.json);
+    const me = await api('GET', '/v1/session');
+    expect(me.json).toMatchObject({ tenant: 'local', role: 'operator' });
+    capture(R('/v1/session', 'get', 200), me.json);
+    const nobody = await request(url, 'GET', '/v1/session');
+    expect(nobody.status).toBe(401);
+    capture(R('/v1/session', 'get', 401), nobody.json);
     expect(doc.json.components.securitySchemes).toMatchObject({ bearerAuth: { type: 'http', scheme: 'bearer' }, cookie: { type: 'apiKey', in: 'cookie', name: 'longshot_session' } });
     capture(R('/readyz', 'get', 200), (await api('GET', '/readyz')).json);
 

@@ -1,6 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
-import { attributes, fillSubmitForm, launchChromium, LONG_JOB, openConsole, properties, SHORT_JOB, startConsoleCluster, submitForm, videoState, waitForStatus, type ConsoleCluster } from './console';
+import { parseApiKey } from '@longshot/cache';
+import { QUEUE_BOARD_PATH } from '../../apps/controller/src/http/queue-board';
+import { attributes, callerShown, fetchStatus, fillSubmitForm, isUnauthorized, launchChromium, LONG_JOB, openConsole, properties, SHORT_JOB, signInThroughForm, startConsoleCluster, submitForm, videoState, waitForStatus, type ConsoleCluster } from './console';
 import { waitFor } from './http';
 
 /*
@@ -126,6 +128,43 @@ describe('web console', () => {
       const states = await attributes(page, '#workers [data-status]', 'data-status');
       return states.length === 2 && states.every((s) => s === 'free');
     });
+  });
+
+  it('names the operator in the header, with Sign out and the Queues link to the board', async () => {
+    expect(await callerShown(page)).toEqual({ tenant: 'local', role: 'operator', queues: true, signOut: true });
+    expect(await page.locator('#nav-queues').getAttribute('href')).toBe(QUEUE_BOARD_PATH);
+    // The link opens the board with the page's session cookie (the board itself: queue-board.test.ts).
+    expect(await fetchStatus(page, QUEUE_BOARD_PATH)).toBe(200);
+    // What the header is drawn from: GET /v1/session names the key by its id, never its secret.
+    const { id, secret } = parseApiKey(c.apiKey)!;
+    const me = await c.request('GET', '/v1/session');
+    expect(me.json).toEqual({ tenant: 'local', role: 'operator', keyId: id });
+    expect(me.text).not.toContain(secret);
+  });
+
+  it('shows a tenant key its tenant without the Queues link; Sign out ends the session and asks for a key again', async () => {
+    const key = await c.cluster.createApiKey({ tenant: 'red', role: 'tenant' });
+    const tenant = await openConsole(browser, c.url, key);
+    const p = tenant.page;
+    try {
+      expect(await callerShown(p)).toEqual({ tenant: 'red', role: 'tenant', queues: false, signOut: true });
+      expect(await fetchStatus(p, '/v1/videos')).toBe(200);
+
+      await p.click('#signout');
+      await p.waitForSelector('#signin-form');
+      expect(await p.locator('#caller').isHidden()).toBe(true);
+      expect(await p.context().cookies()).toEqual([]);
+      expect(await fetchStatus(p, '/v1/videos')).toBe(401);
+      // The signed-out page got 401s (the view asking again, the fetch above) and nothing else.
+      expect(tenant.problems).toContain('401 GET /v1/videos');
+      expect(tenant.problems.filter((x) => !isUnauthorized(x))).toEqual([]);
+
+      // The form signs in again, and the header follows.
+      await signInThroughForm(p, key);
+      expect(await callerShown(p)).toEqual({ tenant: 'red', role: 'tenant', queues: false, signOut: true });
+    } finally {
+      await p.context().close();
+    }
   });
 
   it('made no request to another origin, logged no error (no CSP violation), and got no error answer but the bad field', () => {

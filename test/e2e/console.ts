@@ -87,13 +87,36 @@ export async function openConsole(browser: Browser, url: string, apiKey: string)
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   page.on('request', (r) => !r.url().startsWith(`${url}/`) && problems.push(`request to another origin: ${r.url()}`));
   await page.goto(`${url}/#/submit`);
+  await signInThroughForm(page, apiKey);
+  problems.splice(0, problems.length, ...problems.filter((p) => !isUnauthorized(p)));
+  return { page, problems };
+}
+
+/** Signs in on the sign-in form the page shows, and waits for the page it then shows (the header names the caller). */
+export async function signInThroughForm(page: Page, apiKey: string): Promise<void> {
   await page.waitForSelector('#signin-form');
   await page.fill('#signin-form [name="key"]', apiKey);
   await page.click('#signin-button');
   await page.waitForSelector('#submit-form');
-  const unexpected = problems.filter((p) => !/^401 GET /.test(p) && !/status of 401/.test(p));
-  problems.splice(0, problems.length, ...unexpected);
-  return { page, problems };
+  await page.waitForSelector('#caller');
+}
+
+/** A recorded problem that is only the API's 401 of a page with no session (expected before sign-in and after sign-out). */
+export const isUnauthorized = (problem: string): boolean => /^401 GET /.test(problem) || /status of 401/.test(problem);
+
+/** The status of a fetch of `route` by the page itself, with its session cookie. */
+export function fetchStatus(page: Page, route: string): Promise<number> {
+  return page.evaluate((r: string) => fetch(r).then((res) => res.status), route);
+}
+
+/** The header's "signed in as": tenant and role, whether the Queues link and Sign out show. */
+export async function callerShown(page: Page): Promise<{ tenant: string | null; role: string | null; queues: boolean; signOut: boolean }> {
+  return {
+    tenant: await page.locator('#caller-tenant').textContent(),
+    role: await page.locator('#caller-role').textContent(),
+    queues: await page.locator('#nav-queues').isVisible(),
+    signOut: await page.locator('#signout').isVisible(),
+  };
 }
 
 /** Opens the submit page and fills the form: text fields typed, enums selected. */

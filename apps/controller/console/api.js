@@ -52,6 +52,12 @@ export function signIn(key) {
   return api('POST', '/v1/session', { headers: { authorization: `Bearer ${key}` } });
 }
 
+/** Ends the session (DELETE /v1/session expires the cookie); the next call answers 401. */
 export function signOut() {
   return api('DELETE', '/v1/session');
+}
+
+/** Who the page is signed in as: `{tenant, role, keyId}` (GET /v1/session); 401 when no one. */
+export function whoAmI() {
+  return api('GET', '/v1/session');
 }

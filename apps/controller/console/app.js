@@ -1,5 +1,6 @@
 // The console's router: one view per hash route, each rendered into a fresh section and stopped
-// (its polls and event stream closed) when the route changes.
+// (its polls and event stream closed) when the route changes; and the header's "signed in as".
+import { signOut, whoAmI } from './api.js';
 import { h } from './dom.js';
 import { jobView } from './job.js';
 import { jobsView } from './jobs.js';
@@ -34,10 +35,55 @@ async function route() {
   } catch (err) {
     if (signal.aborted) return;
     // No session (or an expired one, or a revoked key): sign in, then show the page asked for.
-    if (err.status === 401) signInView(section, 'Enter an API key (longshot keys create, or the one longshot up printed).', () => void route());
-    else section.append(h('p', { class: 'error', role: 'alert' }, err.message));
+    if (err.status === 401) {
+      showCaller(null);
+      signInView(section, 'Enter an API key (longshot keys create, or the one longshot up printed).', () => {
+        void refreshCaller();
+        void route();
+      });
+    } else section.append(h('p', { class: 'error', role: 'alert' }, err.message));
   }
 }
 
+/** How many times the header was drawn: tells a stale answer of GET /v1/session. */
+let callerShown = 0;
+
+/**
+ * The header for `caller` (`{tenant, role, keyId}`, or null when no one is signed in): who it is,
+ * the Queues link for an operator, and Sign out where there is a session (none with --no-auth).
+ */
+function showCaller(caller) {
+  callerShown++;
+  document.getElementById('caller').hidden = caller === null;
+  document.getElementById('caller-tenant').textContent = caller?.tenant ?? '';
+  document.getElementById('caller-role').textContent = caller?.role ?? '';
+  document.getElementById('nav-queues').hidden = caller?.role !== 'operator';
+  document.getElementById('signout').hidden = !caller?.keyId;
+}
+
+/**
+ * Asks the controller who the page is signed in as (no one on a 401 or any other failure). An
+ * answer that arrives after the header changed (a later sign-in, a sign-out) is stale and dropped.
+ */
+async function refreshCaller() {
+  const before = callerShown;
+  const caller = await whoAmI().catch(() => null);
+  if (callerShown === before) showCaller(caller);
+}
+
+/** Sign out: the controller expires the cookie, and the page asks for a key again. */
+async function endSession() {
+  try {
+    await signOut();
+  } catch (err) {
+    document.getElementById('view').replaceChildren(h('p', { class: 'error', role: 'alert' }, `Signing out failed: ${err.message}`));
+    return;
+  }
+  showCaller(null);
+  void route();
+}
+
+document.getElementById('signout').addEventListener('click', () => void endSession());
 window.addEventListener('hashchange', route);
+void refreshCaller();
 void route();

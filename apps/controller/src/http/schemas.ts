@@ -1,6 +1,6 @@
 import { applyDecorators } from '@nestjs/common';
 import { ApiBearerAuth, ApiCookieAuth, ApiHeader, ApiParam, ApiResponse } from '@nestjs/swagger';
-import { JOB_STATUSES } from '@longshot/cache';
+import { API_ROLES, JOB_STATUSES } from '@longshot/cache';
 import { SAMPLER_KINDS } from '@longshot/sampler';
 
 /*
@@ -155,7 +155,16 @@ export const MODELS_SCHEMA = object({
   },
 });
 
-export const SESSION_SCHEMA = object({ tenant: str, role: { type: 'string', enum: ['tenant', 'operator'] }, expiresAt: dateTime });
+const ROLE = { type: 'string', enum: [...API_ROLES], description: "operator: every tenant's jobs, the workers, the docs UI and the queue board" };
+
+export const SESSION_SCHEMA = object({ tenant: str, role: ROLE, expiresAt: dateTime });
+
+/** Who the request's credentials are: GET /v1/session (never the key's secret). */
+export const CALLER_SCHEMA = object({
+  tenant: str,
+  role: ROLE,
+  keyId: { type: 'string', nullable: true, description: 'The id of the API key behind the request (the part of lsk_<id>_<secret> before the secret); null with --no-auth' },
+});
 
 /** A tenant's webhook signing secret (TenantSecretService). */
 export const WEBHOOK_SECRET_SCHEMA = object({

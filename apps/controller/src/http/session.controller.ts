@@ -1,9 +1,9 @@
-import { Controller, Delete, HttpCode, Inject, Post, Req, Res } from '@nestjs/common';
+import { Controller, Delete, Get, HttpCode, Inject, Post, Req, Res } from '@nestjs/common';
 import { ApiBearerAuth, ApiOperation, ApiResponse, ApiTags } from '@nestjs/swagger';
 import type { Request, Response } from 'express';
 import { logger } from '@longshot/telemetry';
-import { AuthService, Public, SESSION_COOKIE } from '../auth';
-import { ApiError, ApiFailures, ApiJson, BEARER_AUTH, SESSION_SCHEMA } from './schemas';
+import { AuthService, Identity, Public, SESSION_COOKIE, type Caller } from '../auth';
+import { ApiAuthenticated, ApiError, ApiFailures, ApiJson, BEARER_AUTH, CALLER_SCHEMA, SESSION_SCHEMA } from './schemas';
 
 const log = logger('auth');
 
@@ -29,6 +29,14 @@ export class SessionController {
     res.cookie(SESSION_COOKIE, s.value, { httpOnly: true, sameSite: 'strict', secure: isTls(req), path: '/', maxAge: s.maxAgeMs });
     log.info('session started', { tenant: s.caller.tenant, role: s.caller.role, key: s.caller.keyId });
     res.status(200).json({ tenant: s.caller.tenant, role: s.caller.role, expiresAt: new Date(Date.now() + s.maxAgeMs).toISOString() });
+  }
+
+  @Get()
+  @ApiAuthenticated()
+  @ApiOperation({ summary: 'Who is asking: the tenant, role and key id of the credentials sent (key, session cookie or signed URL)' })
+  @ApiJson(200, 'The caller', CALLER_SCHEMA)
+  whoAmI(@Identity() caller: Caller): Caller {
+    return { tenant: caller.tenant, role: caller.role, keyId: caller.keyId };
   }
 
   @Delete()
