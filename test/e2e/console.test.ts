@@ -130,8 +130,8 @@ describe('web console', () => {
     });
   });
 
-  it('names the operator in the header, with Sign out and the Queues link to the board', async () => {
-    expect(await callerShown(page)).toEqual({ tenant: 'local', role: 'operator', queues: true, signOut: true });
+  it('names the operator in the header, with Sign out and the operators\' links (Workers, API, Queues to the board)', async () => {
+    expect(await callerShown(page)).toEqual({ tenant: 'local', role: 'operator', operatorLinks: true, signOut: true });
     expect(await page.locator('#nav-queues').getAttribute('href')).toBe(QUEUE_BOARD_PATH);
     // The link opens the board with the page's session cookie (the board itself: queue-board.test.ts).
     expect(await fetchStatus(page, QUEUE_BOARD_PATH)).toBe(200);
@@ -142,12 +142,12 @@ describe('web console', () => {
     expect(me.text).not.toContain(secret);
   });
 
-  it('shows a tenant key its tenant without the Queues link; Sign out ends the session and asks for a key again', async () => {
+  it('shows a tenant key its tenant without the operators\' links; Sign out ends the session and asks for a key again', async () => {
     const key = await c.cluster.createApiKey({ tenant: 'red', role: 'tenant' });
     const tenant = await openConsole(browser, c.url, key);
     const p = tenant.page;
     try {
-      expect(await callerShown(p)).toEqual({ tenant: 'red', role: 'tenant', queues: false, signOut: true });
+      expect(await callerShown(p)).toEqual({ tenant: 'red', role: 'tenant', operatorLinks: false, signOut: true });
       expect(await fetchStatus(p, '/v1/videos')).toBe(200);
 
       await p.click('#signout');
@@ -161,7 +161,7 @@ describe('web console', () => {
 
       // The form signs in again, and the header follows.
       await signInThroughForm(p, key);
-      expect(await callerShown(p)).toEqual({ tenant: 'red', role: 'tenant', queues: false, signOut: true });
+      expect(await callerShown(p)).toEqual({ tenant: 'red', role: 'tenant', operatorLinks: false, signOut: true });
     } finally {
       await p.context().close();
     }

@@ -110,11 +110,14 @@ export function fetchStatus(page: Page, route: string): Promise<number> {
 }
 
 /** The header's "signed in as": tenant and role, whether the Queues link and Sign out show. */
-export async function callerShown(page: Page): Promise<{ tenant: string | null; role: string | null; queues: boolean; signOut: boolean }> {
+export async function callerShown(page: Page): Promise<{ tenant: string | null; role: string | null; operatorLinks: boolean; signOut: boolean }> {
+  // Workers, API and Queues show together or not at all.
+  const links = await Promise.all((await page.locator('nav .operator-only').all()).map((l) => l.isVisible()));
+  if (links.length !== 3 || new Set(links).size !== 1) throw new Error(`operator links: expected Workers, API and Queues all shown or all hidden, got ${JSON.stringify(links)}`);
   return {
     tenant: await page.locator('#caller-tenant').textContent(),
     role: await page.locator('#caller-role').textContent(),
-    queues: await page.locator('#nav-queues').isVisible(),
+    operatorLinks: links[0],
     signOut: await page.locator('#signout').isVisible(),
   };
 }

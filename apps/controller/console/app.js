@@ -50,14 +50,15 @@ let callerShown = 0;
 
 /**
  * The header for `caller` (`{tenant, role, keyId}`, or null when no one is signed in): who it is,
- * the Queues link for an operator, and Sign out where there is a session (none with --no-auth).
+ * the operators' links (Workers, API, Queues) for an operator, and Sign out where there is a session (none with --no-auth).
  */
 function showCaller(caller) {
   callerShown++;
   document.getElementById('caller').hidden = caller === null;
   document.getElementById('caller-tenant').textContent = caller?.tenant ?? '';
   document.getElementById('caller-role').textContent = caller?.role ?? '';
-  document.getElementById('nav-queues').hidden = caller?.role !== 'operator';
+  // Workers, the API document and the queue board are operators' (a tenant key gets 403 there).
+  for (const link of document.querySelectorAll('nav .operator-only')) link.hidden = caller?.role !== 'operator';
   document.getElementById('signout').hidden = !caller?.keyId;
 }
 
