@@ -72,7 +72,7 @@ describe('ProgressReporter', () => {
     now += 1000;
     p.step(0, 0); // the run's first block-step: 1 done in 1 s
     await p.flush();
-    now += 100;
+    now += PROGRESS_INTERVAL_MS - 150;
     p.step(1, 1); // within the interval: not written
     await p.flush();
     now += 400;

@@ -10,11 +10,11 @@ import { normalizeSpec, planJob } from '@longshot/planner';
 import { ResultStore } from '../src/repositories';
 import { BlockStitcher, type StitchData } from '../src/render/stitcher';
 
-// 3 blocks of one latent frame at 32x32; the decoder below makes 4 frames per block.
-const spec = normalizeSpec({ prompt: 'x', frames: 9, width: 32, height: 32, block: 1, context: 0, steps: 2 });
+// 3 blocks of one latent frame at 16x16; the decoder below makes 2 frames per block (ffmpeg's work kept small).
+const spec = normalizeSpec({ prompt: 'x', frames: 9, width: 16, height: 16, block: 1, context: 0, steps: 2 });
 const plan = planJob(spec);
 const LATENT_CHANNELS = 2;
-const FRAMES = 4;
+const FRAMES = 2;
 
 /** The job data the stitcher reads and writes, in memory: frame digests and blocks' latents. */
 function jobData(): StitchData & { digests: Map<number, string> } {
@@ -77,10 +77,11 @@ describe('BlockStitcher', () => {
   it('a later run continues after the leading blocks with a segment and a digest, re-recording earlier blocks\' events without decoding', async () => {
     const results = store();
     const data = jobData();
-    const first = new BlockStitcher('job-b', spec, plan, data, results, { blockDone: async () => true }, decoder([]));
-    await first.add(0);
-    await first.add(1);
-    data.digests.delete(1); // the run died between block 1's segment and its digest
+    // An earlier run stitched block 0, and died between block 1's segment and its digest.
+    const dir = results.job('job-b');
+    fs.mkdirSync(dir.dir, { recursive: true });
+    for (const i of [0, 1]) fs.writeFileSync(dir.segmentPath(i), 'an earlier run\'s segment');
+    data.digests.set(0, 'a'.repeat(64));
 
     const events: number[] = [];
     const decoded: number[] = [];
@@ -90,11 +91,13 @@ describe('BlockStitcher', () => {
     for (let i = 0; i < plan.blocks; i++) await again.add(i);
     expect(decoded).toEqual([1, 2]);
     expect(events).toEqual([0, 1, 2]);
+    expect(fs.readFileSync(dir.segmentPath(0), 'utf8')).toBe('an earlier run\'s segment');
+    expect(fs.readFileSync(dir.segmentPath(1), 'utf8')).not.toBe('an earlier run\'s segment');
   });
 
   it('refuses frames of another size than the job\'s', async () => {
-    const wrong = async (): Promise<DecodedFrames> => ({ rgb: new Uint8Array(16 * 16 * 3), frames: 1, width: 16, height: 16, sha256: '0'.repeat(64), rebuiltLatentFrames: 0, worker: 'w' });
+    const wrong = async (): Promise<DecodedFrames> => ({ rgb: new Uint8Array(8 * 8 * 3), frames: 1, width: 8, height: 8, sha256: '0'.repeat(64), rebuiltLatentFrames: 0, worker: 'w' });
     const stitcher = new BlockStitcher('job-c', spec, plan, jobData(), store(), { blockDone: async () => true }, wrong);
-    await expect(stitcher.add(0)).rejects.toThrow('the VAE decoded 16x16 frames; the job is 32x32');
+    await expect(stitcher.add(0)).rejects.toThrow('the VAE decoded 8x8 frames; the job is 16x16');
   });
 });

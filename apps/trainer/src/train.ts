@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { spawnTied } from '@longshot/cache';
 import { helpText, wantsHelp } from '@longshot/cli/src/args';
 import { reportError } from '@longshot/cli/src/errors';
-import { TRAIN, trainerConfig, type TrainerConfig } from './config';
+import { applyTrainerEnvironment, TRAIN, trainerConfig, trainerEnvironment, type TrainerConfig } from './config';
 import { assemblePipeline } from './assemble';
 import { encodeCaptions } from './text';
 
@@ -89,7 +89,9 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(helpText(TRAIN));
     return;
   }
-  await train(trainerConfig(argv, process.env));
+  const config = trainerConfig(argv, process.env);
+  applyTrainerEnvironment(trainerEnvironment(process.env));
+  await train(config);
 }
 
 if (require.main === module) {
