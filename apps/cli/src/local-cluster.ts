@@ -77,7 +77,7 @@ export class LocalCluster {
   private spawned = 0;
   private readonly grantKeys: string;
   /** The keys' root the cluster's processes use (LONGSHOT_KEY_ROOT of the environment they get). */
-  private readonly keys: KeySchema;
+  readonly keys: KeySchema;
   /** The operator key (lsk_...) this cluster's controllers accept; null with auth 'none' or no controllers. */
   apiKey: string | null = null;
 
