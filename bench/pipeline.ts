@@ -6,7 +6,6 @@
  * time stands the latency model's prediction for the same schedule.
  */
 import { Redis } from 'ioredis';
-import { jobPrefix } from '@longshot/cache';
 import { getConfig } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
 import { getProfile, jobTiming, normalizeSpec, planJob, predictPipelineSeconds, type JobSpec } from '@longshot/planner';
@@ -61,7 +60,7 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
       const id = `bench-pipeline-k${K}`;
       const t0 = performance.now();
       await runDistributedJob(
-        { jobId: id, spec, keyPrefix: jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
+        { jobId: id, spec, keyPrefix: cluster.keys.jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
         { ...cluster.driver(redis, id), onBlock: () => undefined },
       );
       const seconds = (performance.now() - t0) / 1000;

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { keys } from '@longshot/cache';
+import { DEFAULT_KEYS as keys } from '@longshot/cache';
 import { Rng } from '@longshot/random';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { queuePrefix } from '../../apps/controller/src/queue';

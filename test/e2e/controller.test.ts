@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { keys } from '@longshot/cache';
+import { DEFAULT_KEYS as keys } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { probeVideo, Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';

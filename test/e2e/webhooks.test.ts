@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { JobStore, keys } from '@longshot/cache';
+import { DEFAULT_KEYS as keys, JobStore } from '@longshot/cache';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { DEFAULT_WEBHOOK_EVENTS } from '../../apps/controller/src/webhooks/events';
 import { verifyWebhookSignature } from '../../apps/controller/src/webhooks/signing';

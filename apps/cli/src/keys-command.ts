@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { ApiKeyStore, TENANT_PATTERN, type ApiKeyRecord } from '@longshot/cache';
 import { logger } from '@longshot/telemetry';
 import { parseCommand, table, UsageError, type CommandSpec } from './args';
+import { loadCliConfig } from './config';
 
 /*
  * `longshot keys`: API key management. Operator tooling that talks to the cluster's Redis
@@ -59,7 +60,7 @@ async function withStore<T>(url: string | undefined, fn: (store: ApiKeyStore) =>
     await redis.connect().catch((e: Error) => {
       throw new UsageError(`--redis: cannot reach ${u}: ${e.message}`);
     });
-    return await fn(new ApiKeyStore(redis));
+    return await fn(new ApiKeyStore(redis, loadCliConfig(process.env).keys));
   } finally {
     redis.disconnect();
   }

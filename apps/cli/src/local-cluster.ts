@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { Redis } from 'ioredis';
-import { ApiKeyStore, BlockStore, spawnTied, startRedis, WorkerLeases, WorkerRegistry, type RedisHandle } from '@longshot/cache';
+import { ApiKeyStore, BlockStore, keySchemaOf, spawnTied, startRedis, WorkerLeases, WorkerRegistry, type KeySchema, type RedisHandle } from '@longshot/cache';
 import { registryWorkers, type LeasedWorkers } from '@longshot/pipeline';
 import { parseGrantKeys, type GrantKey } from '@longshot/transport';
 
@@ -76,6 +76,8 @@ export class LocalCluster {
   private stopping = false;
   private spawned = 0;
   private readonly grantKeys: string;
+  /** The keys' root the cluster's processes use (LONGSHOT_KEY_ROOT of the environment they get). */
+  readonly keys: KeySchema;
   /** The operator key (lsk_...) this cluster's controllers accept; null with auth 'none' or no controllers. */
   apiKey: string | null = null;
 
@@ -84,6 +86,7 @@ export class LocalCluster {
     private readonly options: LocalClusterOptions,
   ) {
     this.grantKeys = options.grantKeys ?? `local:${randomBytes(32).toString('base64url')}`;
+    this.keys = keySchemaOf({ ...process.env, ...options.env }.LONGSHOT_KEY_ROOT, 'LONGSHOT_KEY_ROOT');
   }
 
   /** The key this cluster's drivers sign session grants with (an embedded driver needs it too). */
@@ -96,11 +99,13 @@ export class LocalCluster {
    * run job `job` on this cluster: its block store, workers leased for the job, the grant key.
    */
   driver(redis: Redis, job: string, o: { waitMs?: number } = {}): { blocks: BlockStore; workers: LeasedWorkers; grantKey: GrantKey } {
-    return { blocks: new BlockStore(redis), workers: registryWorkers({ registry: new WorkerRegistry(redis), leases: new WorkerLeases(redis), job, waitMs: o.waitMs }), grantKey: this.grantKey };
+    const keys = this.keys;
+    return { blocks: new BlockStore(redis, { keys }), workers: registryWorkers({ registry: new WorkerRegistry(redis, { keys }), leases: new WorkerLeases(redis, { keys }), job, waitMs: o.waitMs }), grantKey: this.grantKey };
   }
 
   static async start(options: LocalClusterOptions): Promise<LocalCluster> {
-    const redis = await startRedis();
+    // REDIS_URL: an existing server (which stop leaves alone); else a private one.
+    const redis = await startRedis({ url: process.env.REDIS_URL });
     options.onStarted?.();
     const cluster = new LocalCluster(redis, options);
     try {
@@ -125,7 +130,7 @@ export class LocalCluster {
   async createApiKey(input: { tenant: string; role: 'tenant' | 'operator' }): Promise<string> {
     const redis = new Redis(this.redis.url, { maxRetriesPerRequest: 3 });
     try {
-      return (await new ApiKeyStore(redis).create(input)).token;
+      return (await new ApiKeyStore(redis, this.keys).create(input)).token;
     } finally {
       redis.disconnect();
     }

@@ -1,7 +1,9 @@
 import { hkdfSync } from 'node:crypto';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
+import { keySchemaOf, type KeySchema } from '@longshot/cache';
 import { modelsDirFlag } from '@longshot/model';
+import { parseLogLevel, type LogLevel } from '@longshot/telemetry';
 import { parseCidr } from './webhooks/addresses';
 import { loadTlsFiles, parseGrantKeys, type GrantKey, type TlsFiles } from '@longshot/transport';
 
@@ -11,6 +13,10 @@ export interface ControllerConfig {
   readonly host: string;
   readonly port: number;
   readonly redisUrl: string;
+  /** Every Redis key the controller writes is under this schema's root (LONGSHOT_KEY_ROOT, default `longshot`). */
+  readonly keys: KeySchema;
+  /** LONGSHOT_LOG_LEVEL (debug|info|warn|error; a typo falls back to info with a warning). */
+  readonly logLevel: LogLevel;
   readonly resultsDir: string;
   readonly maxFrames: number;
   /** Jobs one replica runs at once (each holds its own leased workers). */
@@ -153,6 +159,8 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     host,
     port: int('--port', f.port ?? env.PORT, 8080, 0),
     redisUrl: f.redis ?? env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    keys: keySchemaOf(env.LONGSHOT_KEY_ROOT, 'LONGSHOT_KEY_ROOT'),
+    logLevel: parseLogLevel(env.LONGSHOT_LOG_LEVEL),
     resultsDir: path.resolve(f['results-dir'] ?? env.LONGSHOT_RESULTS_DIR ?? './out/results'),
     maxFrames: int('LONGSHOT_MAX_FRAMES', env.LONGSHOT_MAX_FRAMES, 4097),
     concurrency: int('LONGSHOT_RUNNER_CONCURRENCY', env.LONGSHOT_RUNNER_CONCURRENCY, 4),

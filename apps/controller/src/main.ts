@@ -4,7 +4,7 @@ import { NestFactory } from '@nestjs/core';
 import { ExpressAdapter, type NestExpressApplication } from '@nestjs/platform-express';
 import { DocumentBuilder, SwaggerModule } from '@nestjs/swagger';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { logger } from '@longshot/telemetry';
+import { logger, setLogLevel } from '@longshot/telemetry';
 import { appModule } from './app.module';
 import { AuthService } from './auth';
 import { loadConfig } from './config';
@@ -18,6 +18,7 @@ const log = logger('controller');
 
 export async function main(argv: string[] = process.argv.slice(2)): Promise<void> {
   const config = loadConfig(argv, process.env);
+  setLogLevel(config.logLevel);
   const server = express();
   server.disable('x-powered-by');
   // Request timing by route template (not raw path, which would explode the label set).

@@ -1,7 +1,7 @@
 import { Inject, Injectable, type OnApplicationShutdown } from '@nestjs/common';
 import { Queue, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { keys } from '@longshot/cache';
+import { DEFAULT_KEYS, type KeySchema } from '@longshot/cache';
 import { CONFIG, REDIS } from './tokens';
 import type { ControllerConfig } from './config';
 import type { RenderJobData } from './render';
@@ -17,7 +17,7 @@ export const QUEUE_NAME = 'render';
  * once) hashes to one slot, as a cluster requires (docs/operations.md "Redis Cluster"). Before
  * this, the prefix was `<root>:bull`; docs/operations.md says how to upgrade.
  */
-export const queuePrefix = (): string => `${keys.root}:{bull}`;
+export const queuePrefix = (keys: KeySchema = DEFAULT_KEYS): string => `${keys.root}:{bull}`;
 
 /** The BullMQ queue `render`: the only place jobs are enqueued or removed. */
 @Injectable()
@@ -34,7 +34,7 @@ export class RenderQueue implements OnApplicationShutdown {
       removeOnComplete: { age, count: config.keepCompletedJobs },
       removeOnFail: { age, count: config.keepCompletedJobs },
     };
-    this.queue = new Queue<RenderJobData>(QUEUE_NAME, { connection: redis.duplicate({ maxRetriesPerRequest: null }), prefix: queuePrefix(), defaultJobOptions });
+    this.queue = new Queue<RenderJobData>(QUEUE_NAME, { connection: redis.duplicate({ maxRetriesPerRequest: null }), prefix: queuePrefix(config.keys), defaultJobOptions });
   }
 
   async enqueue(name: JobName, id: string, priority: number): Promise<void> {

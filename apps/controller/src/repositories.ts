@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { Redis } from 'ioredis';
-import { BlockStore, checkTenant, FrameDigestStore, JobKeyspace, keys, jobPrefix } from '@longshot/cache';
+import { BlockStore, checkTenant, FrameDigestStore, JobKeyspace, type KeySchema } from '@longshot/cache';
 import { SegmentDir } from '@longshot/media';
 import { loadTextEmbeddings, SafetensorsFile, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { SpecError } from '@longshot/planner';
@@ -18,48 +18,50 @@ export class JobDataRepository {
 
   constructor(
     private readonly redis: Redis,
+    private readonly keys: KeySchema,
     private readonly ttlSeconds: number,
   ) {
-    this.blocks = new BlockStore(redis);
-    this.digests = new FrameDigestStore(redis);
-    this.keyspace = new JobKeyspace(redis);
+    this.blocks = new BlockStore(redis, { keys });
+    this.digests = new FrameDigestStore(redis, { keys });
+    this.keyspace = new JobKeyspace(redis, keys);
   }
 
+  /** The job's key prefix; also checks that `jobId` can name a job. */
   prefix(jobId: string): string {
-    return jobPrefix(jobId);
+    return this.keys.jobPrefix(jobId);
   }
 
   /** Whether the head wrote a checkpoint, i.e. whether a new run must resume rather than start over. */
   async hasCheckpoint(jobId: string): Promise<boolean> {
-    return (await this.redis.exists(keys.checkpointKey(jobPrefix(jobId)))) === 1;
+    return (await this.redis.exists(this.keys.checkpointKey(this.prefix(jobId)))) === 1;
   }
 
   async hasAllBlocks(jobId: string, count: number): Promise<boolean> {
-    for (let i = 0; i < count; i++) if (!(await this.blocks.has(jobPrefix(jobId), i))) return false;
+    for (let i = 0; i < count; i++) if (!(await this.blocks.has(this.prefix(jobId), i))) return false;
     return true;
   }
 
   block(jobId: string, index: number): Promise<Float32Array | null> {
-    return this.blocks.get(jobPrefix(jobId), index);
+    return this.blocks.get(this.prefix(jobId), index);
   }
 
   /** Block `index`'s decoded-frame digest, once stitched. */
   frameDigest(jobId: string, index: number): Promise<string | null> {
-    return this.digests.load(jobPrefix(jobId), index);
+    return this.digests.load(this.prefix(jobId), index);
   }
 
   saveFrameDigest(jobId: string, index: number, sha256: string): Promise<void> {
-    return this.digests.save(jobPrefix(jobId), index, sha256, this.ttlSeconds);
+    return this.digests.save(this.prefix(jobId), index, sha256, this.ttlSeconds);
   }
 
   /** Deletes the job's pipeline data (a deleted job). */
   async remove(jobId: string): Promise<void> {
-    await this.keyspace.deleteJob(jobPrefix(jobId));
+    await this.keyspace.deleteJob(this.prefix(jobId));
   }
 
   /** After a job ends its pipeline data is only kept for the retention period. */
   async expire(jobId: string, seconds: number): Promise<void> {
-    await this.keyspace.expireJob(jobPrefix(jobId), seconds);
+    await this.keyspace.expireJob(this.prefix(jobId), seconds);
   }
 }
 
@@ -119,17 +121,18 @@ const FIELD = 'textEmbeddingsId';
 export class UploadRepository {
   constructor(
     private readonly redis: Redis,
+    private readonly keys: KeySchema,
     private readonly ttlSeconds: number,
   ) {}
 
   async put(bytes: Buffer, tenant: string): Promise<string> {
     const id = randomUUID();
-    await this.redis.set(keys.uploadKey(checkTenant(tenant), id), bytes, 'EX', this.ttlSeconds);
+    await this.redis.set(this.keys.uploadKey(checkTenant(tenant), id), bytes, 'EX', this.ttlSeconds);
     return id;
   }
 
   get(id: string, tenant: string): Promise<Buffer | null> {
-    return this.redis.getBuffer(keys.uploadKey(checkTenant(tenant), id));
+    return this.redis.getBuffer(this.keys.uploadKey(checkTenant(tenant), id));
   }
 
   /**

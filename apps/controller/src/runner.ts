@@ -51,7 +51,7 @@ export class RunnerService implements OnApplicationBootstrap, OnApplicationShutd
     });
     this.worker = new Worker<RenderJobData>(QUEUE_NAME, (job, token) => this.dispatch(job, token), {
       connection: this.redis.duplicate({ maxRetriesPerRequest: null }),
-      prefix: queuePrefix(),
+      prefix: queuePrefix(this.config.keys),
       concurrency: this.config.concurrency,
       lockDuration: this.config.lockMs,
       stalledInterval: this.config.stalledIntervalMs,

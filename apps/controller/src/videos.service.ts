@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ConflictException, Inject, Injectable, NotFoundException } from '@nestjs/common';
-import { isTerminal, jobPrefix, JOB_STATUSES, type JobStatus, type WorkerInfo, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
+import { isTerminal, JOB_STATUSES, type JobStatus, type WorkerInfo, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { ModelNameError, parameterCount, SafetensorsFile, type ModelCatalog, type ModelConfig } from '@longshot/model';
 import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
 import { AuthService, type Caller } from './auth';
@@ -127,7 +127,7 @@ export class VideosService {
   async get(id: string, caller: Caller): Promise<VideoRecord> {
     const notFound = () => new NotFoundException({ error: 'not_found', message: `no video ${id}` });
     try {
-      jobPrefix(id); // an id that cannot name a job is not found, without asking Redis
+      this.jobData.prefix(id); // an id that cannot name a job is not found, without asking Redis
     } catch {
       throw notFound();
     }

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isLoopback, loadConfig, parseTenantLimits } from '../src/config';
+import { queuePrefix } from '../src/queue';
 
 const env = { LONGSHOT_GRANT_KEYS: `k:${'s'.repeat(32)}` };
 
@@ -42,5 +43,24 @@ describe('controller config: webhooks', () => {
     expect(on).toMatchObject({ masterSecret: 'm'.repeat(16), rotationGraceSeconds: 0 });
     expect(() => loadConfig([], { ...env, LONGSHOT_WEBHOOK_SECRET: 'short' })).toThrow(/LONGSHOT_WEBHOOK_SECRET/);
     expect(() => loadConfig([], { ...env, LONGSHOT_WEBHOOK_ROTATION_GRACE_S: '-1' })).toThrow(/LONGSHOT_WEBHOOK_ROTATION_GRACE_S/);
+  });
+});
+
+describe('controller config: keys the libraries used to read themselves', () => {
+  it('LONGSHOT_KEY_ROOT: the root of every Redis key (and the queue\'s), default longshot; a bad root names the variable', () => {
+    expect(loadConfig([], env).keys.root).toBe('longshot');
+    expect(loadConfig([], { ...env, LONGSHOT_KEY_ROOT: '' }).keys.root).toBe('longshot');
+    const tenant = loadConfig([], { ...env, LONGSHOT_KEY_ROOT: 'tenant-a' });
+    expect(tenant.keys.jobPrefix('j1')).toBe('tenant-a:job:{j1}');
+    expect(queuePrefix(tenant.keys)).toBe('tenant-a:{bull}');
+    expect(() => loadConfig([], { ...env, LONGSHOT_KEY_ROOT: 'a:b' })).toThrow(/^LONGSHOT_KEY_ROOT: key root "a:b" must not contain ':'/);
+    expect(() => loadConfig([], { ...env, LONGSHOT_KEY_ROOT: 'a b' })).toThrow(/^LONGSHOT_KEY_ROOT: .*whitespace/);
+  });
+
+  it('LONGSHOT_LOG_LEVEL: any case, default info; a typo falls back to info (with one warning line)', () => {
+    expect(loadConfig([], env).logLevel).toBe('info');
+    expect(loadConfig([], { ...env, LONGSHOT_LOG_LEVEL: 'WARN' }).logLevel).toBe('warn');
+    expect(loadConfig([], { ...env, LONGSHOT_LOG_LEVEL: 'debug' }).logLevel).toBe('debug');
+    expect(loadConfig([], { ...env, LONGSHOT_LOG_LEVEL: 'verbose' }).logLevel).toBe('info');
   });
 });

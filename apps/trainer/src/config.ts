@@ -2,6 +2,8 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { intFlag, parseCommand, UsageError, type CommandSpec } from '@longshot/cli/src/args';
+import { configureEngine, engineSettingsFromEnv, type EngineSettings } from '@longshot/engine';
+import { parseLogLevel, setLogLevel, type LogLevel } from '@longshot/telemetry';
 import { loadRecipe, TRAINER_DIR, type Recipe } from './recipe';
 
 export interface TrainerConfig {
@@ -68,4 +70,24 @@ export function trainerConfig(argv: string[], env: NodeJS.ProcessEnv): TrainerCo
     ditClips: int('dit-clips') ?? (smoke ? 16 : null),
     metricsPort: port('metrics-port') ?? (smoke ? 0 : 9467),
   };
+}
+
+/**
+ * What every trainer command (train, eval, describe) reads from its environment besides its
+ * flags (docs/configuration.md), checked and applied by each one's main before it runs: the
+ * libraries read no environment.
+ */
+export interface TrainerEnvironment {
+  readonly logLevel: LogLevel;
+  /** The engine the text encoder and the evaluation's renders run on. */
+  readonly engine: EngineSettings;
+}
+
+export function trainerEnvironment(env: NodeJS.ProcessEnv): TrainerEnvironment {
+  return { logLevel: parseLogLevel(env.LONGSHOT_LOG_LEVEL), engine: engineSettingsFromEnv(env) };
+}
+
+export function applyTrainerEnvironment(e: TrainerEnvironment): void {
+  setLogLevel(e.logLevel);
+  configureEngine(e.engine);
 }

@@ -8,6 +8,7 @@ import { helpText, parseCommand, UsageError, wantsHelp, type CommandSpec } from 
 import { reportError } from '@longshot/cli/src/errors';
 import { readRgbFrames } from '@longshot/media';
 import { analyseVideo } from './analysis';
+import { applyTrainerEnvironment, trainerEnvironment } from './config';
 import { loadGrammar, requireParts, type CaptionParts } from './grammar';
 
 export interface Description {
@@ -41,6 +42,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(helpText(DESCRIBE));
     return 0;
   }
+  applyTrainerEnvironment(trainerEnvironment(process.env));
   const { values: f, positionals } = parseCommand(DESCRIBE, argv);
   if (f.prompt === undefined) throw new UsageError('--prompt: required');
   const d = await describeVideo(positionals[0], f.prompt);

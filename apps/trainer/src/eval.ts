@@ -11,6 +11,7 @@ import { flagged, reportError } from '@longshot/cli/src/errors';
 import { stoppable, Stopped } from '@longshot/cli/src/signals';
 import { resolveModel } from '@longshot/model';
 import { framesOf, latentFramesOf, normalizeSpec, SpecError } from '@longshot/planner';
+import { applyTrainerEnvironment, trainerEnvironment } from './config';
 import { pipelineDirOf, SEEDED_FLOOR, seededFloor } from './floor';
 import { EVAL_DEFAULTS, evaluateModel, type EvalSettings, type ModelFigures } from './evaluation';
 import { heldOutPrompts, loadGrammar, requireParts, type CaptionParts, type Grammar } from './grammar';
@@ -153,6 +154,7 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(helpText(EVAL));
     return;
   }
+  applyTrainerEnvironment(trainerEnvironment(process.env));
   const { report, json } = await evalCommand(argv);
   process.stdout.write(json ? `${JSON.stringify(report)}\n` : reportTable(report));
 }

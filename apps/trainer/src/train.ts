@@ -21,7 +21,7 @@ import { spawnTied } from '@longshot/cache';
 import { startMetricsServer } from '@longshot/telemetry';
 import { helpText, UsageError, wantsHelp } from '@longshot/cli/src/args';
 import { reportError } from '@longshot/cli/src/errors';
-import { TRAIN, trainerConfig, type TrainerConfig } from './config';
+import { applyTrainerEnvironment, TRAIN, trainerConfig, trainerEnvironment, type TrainerConfig } from './config';
 import { assemblePipeline } from './assemble';
 import { metricsText, observeProgressLine, stageFinished, TRAINER_STAGES, type TrainerStage } from './metrics';
 import { encodeCaptions } from './text';
@@ -113,7 +113,9 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(helpText(TRAIN));
     return;
   }
-  await train(trainerConfig(argv, process.env));
+  const config = trainerConfig(argv, process.env);
+  applyTrainerEnvironment(trainerEnvironment(process.env));
+  await train(config);
 }
 
 if (require.main === module) {

@@ -1,4 +1,4 @@
-import { BlockStore, DEFAULT_TEXT_EMBEDDING_MAX_BYTES, DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, keys, TextEmbeddingCache, type CachedTextEmbeddings } from '@longshot/cache';
+import { BlockStore, DEFAULT_TEXT_EMBEDDING_MAX_BYTES, DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, TextEmbeddingCache, type CachedTextEmbeddings, type KeySchema } from '@longshot/cache';
 import type { Redis } from 'ioredis';
 import { backendNumerics, type Backend } from '@longshot/engine';
 import { rgb24, VaeBlockDecoder, type ModelCatalog } from '@longshot/model';
@@ -32,6 +32,7 @@ export interface ComponentContext {
   /** Resolves req.model: a model name, never a path. */
   readonly catalog: ModelCatalog;
   readonly redis: Redis;
+  readonly keys: KeySchema;
   readonly log: Logger;
 }
 
@@ -47,8 +48,8 @@ export class ComponentRunner {
   private readonly decoders = new Map<string, DecodeSession>();
 
   constructor(private readonly ctx: ComponentContext) {
-    this.textCache = new TextEmbeddingCache(ctx.redis, { ttlSeconds: DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, maxEntryBytes: DEFAULT_TEXT_EMBEDDING_MAX_BYTES });
-    this.blocks = new BlockStore(ctx.redis);
+    this.textCache = new TextEmbeddingCache(ctx.redis, { ttlSeconds: DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, maxEntryBytes: DEFAULT_TEXT_EMBEDDING_MAX_BYTES, keys: ctx.keys });
+    this.blocks = new BlockStore(ctx.redis, { keys: ctx.keys });
   }
 
   async run(req: ComponentRequest, send: (o: ComponentOutput) => void): Promise<void> {
@@ -115,7 +116,7 @@ export class ComponentRunner {
     if (req.input?.$case !== 'vae') throw new SessionError('INVALID_ARGUMENT', 'vae is required for COMPONENT_KIND_VAE_DECODER');
     const v = req.input.value;
     try {
-      keys.jobIdOf(v.keyPrefix);
+      this.ctx.keys.jobIdOf(v.keyPrefix);
     } catch {
       throw new SessionError('INVALID_ARGUMENT', 'vae.key_prefix is not a job prefix');
     }

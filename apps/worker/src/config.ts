@@ -1,7 +1,10 @@
 import * as os from 'node:os';
 import { parseArgs } from 'node:util';
+import { keySchemaOf } from '@longshot/cache';
+import { engineSettingsFromEnv, type EngineSettings } from '@longshot/engine';
 import { modelsDirFlag } from '@longshot/model';
 import { getProfile } from '@longshot/planner';
+import { parseLogLevel, type LogLevel } from '@longshot/telemetry';
 import { loadTlsFiles, parseGrantKeys } from '@longshot/transport';
 import type { WorkerConfig } from './worker';
 
@@ -29,12 +32,18 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --tls-key FILE       mTLS: its private key (LONGSHOT_TLS_KEY)
   --tls-ca FILE        mTLS: CA that signs every worker's and driver's certificate (LONGSHOT_TLS_CA)
   --memory-probe       sample retained memory (after a forced GC) at every finished block; needs node --expose-gc (leak tests)
+
+  Environment only (docs/configuration.md): LONGSHOT_KEY_ROOT, LONGSHOT_LOG_LEVEL, LONGSHOT_THREADS,
+  LONGSHOT_SIMD, LONGSHOT_CUDA_DEVICE, LONGSHOT_CUDA_CACHE_MB
 `;
 
 export type BackendKind = 'cpu' | 'cuda' | 'auto';
 
-/** Flags win over environment variables, which win over defaults; every value is checked here. */
-export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: WorkerConfig; backend: BackendKind; help: boolean } {
+/**
+ * Flags win over environment variables, which win over defaults; every value is checked here.
+ * `engine` and `logLevel` are applied by main before anything runs (the libraries read no environment).
+ */
+export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: WorkerConfig; backend: BackendKind; engine: EngineSettings; logLevel: LogLevel; help: boolean } {
   const { values: f } = parseArgs({
     args: argv,
     strict: true,
@@ -97,6 +106,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     port: int('port', f.port ?? env.LONGSHOT_WORKER_PORT, 50051, 0, 65535),
     metricsPort: int('metrics-port', f['metrics-port'] ?? env.LONGSHOT_METRICS_PORT, 9464, 0, 65535),
     redisUrl: redisUrl ?? '',
+    keys: keySchemaOf(env.LONGSHOT_KEY_ROOT, 'LONGSHOT_KEY_ROOT'),
     capacity: int('capacity', f.capacity ?? env.LONGSHOT_WORKER_CAPACITY, 4, 1, 1024),
     models,
     modelsDir: modelsDirFlag(f['models-dir'] ?? env.LONGSHOT_MODELS_DIR),
@@ -108,5 +118,5 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     grantKeys,
     tls,
   };
-  return { config, backend, help: f.help ?? false };
+  return { config, backend, engine: engineSettingsFromEnv(env), logLevel: parseLogLevel(env.LONGSHOT_LOG_LEVEL), help: f.help ?? false };
 }

@@ -1,5 +1,5 @@
-import { createBackend } from '@longshot/engine';
-import { logger } from '@longshot/telemetry';
+import { configureEngine, createBackend } from '@longshot/engine';
+import { logger, setLogLevel } from '@longshot/telemetry';
 import { WORKER_HELP, workerConfig } from './config';
 import { WorkerProcess } from './worker';
 
@@ -7,11 +7,13 @@ const log = logger('worker');
 
 
 async function main(): Promise<void> {
-  const { config, backend, help } = workerConfig(process.argv.slice(2), process.env);
+  const { config, backend, engine, logLevel, help } = workerConfig(process.argv.slice(2), process.env);
   if (help) {
     process.stdout.write(WORKER_HELP);
     return;
   }
+  setLogLevel(logLevel);
+  configureEngine(engine);
   let engineBackend;
   try {
     engineBackend = createBackend(backend);

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
-import { BlockStore, CheckpointStore, keys, WorkerLeases, WorkerRegistry } from '@longshot/cache';
+import { BlockStore, CheckpointStore, WorkerLeases, WorkerRegistry, type KeySchema } from '@longshot/cache';
 import { numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
@@ -38,6 +38,8 @@ export interface WorkerConfig {
   readonly port: number;
   readonly metricsPort: number;
   readonly redisUrl: string;
+  /** The Redis keys' root (LONGSHOT_KEY_ROOT): the same as the controllers'. */
+  readonly keys: KeySchema;
   readonly capacity: number;
   readonly models: readonly string[];
   /** Where models named by jobs live besides the built-ins (ModelCatalog); null: built-ins only. */
@@ -89,15 +91,16 @@ export class WorkerProcess {
   ) {
     this.redis = new Redis(config.redisUrl, { maxRetriesPerRequest: 3, lazyConnect: false });
     this.redis.on('error', (e) => log.warn('redis error', { error: e.message }));
-    this.registry = new WorkerRegistry(this.redis);
-    this.checkpoints = new CheckpointStore(this.redis);
-    this.blocks = new BlockStore(this.redis);
-    this.leases = new WorkerLeases(this.redis);
+    const keys = config.keys;
+    this.registry = new WorkerRegistry(this.redis, { keys });
+    this.checkpoints = new CheckpointStore(this.redis, { keys });
+    this.blocks = new BlockStore(this.redis, { keys });
+    this.leases = new WorkerLeases(this.redis, { keys });
     this.credentials = tlsCredentials(config.tls);
     this.numerics = numericsFingerprint(backend);
     this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
     this.catalog = new ModelCatalog(config.modelsDir);
-    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, log });
+    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, keys, log });
   }
 
   async start(): Promise<void> {
@@ -271,7 +274,7 @@ export class WorkerProcess {
     if (grant.job !== jobId) throw this.refuse('PERMISSION_DENIED', 'grant-job', 'the session grant is for another job');
     let prefixJob: string | null = null;
     try {
-      prefixJob = keys.jobIdOf(grant.keyPrefix);
+      prefixJob = this.config.keys.jobIdOf(grant.keyPrefix);
     } catch {
       prefixJob = null;
     }

@@ -3,7 +3,7 @@ import type { BlockState, NoiseState, QueueState } from '@longshot/planner';
 import { SAMPLER_KINDS, type SamplerKind } from '@longshot/sampler';
 import { CHECKSUM_BYTES, CorruptValueError, float32Bytes, readFloat32, checksum, writeFloat32 } from './codec';
 import { JobKeyspace } from './job-keys';
-import { keys as defaultKeys, type KeySchema } from './keys';
+import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 export interface StoreOptions {
   keys?: KeySchema;

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { keys as defaultKeys, type KeySchema } from './keys';
+import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 import { ttlMillis } from './codec';
 
 /**

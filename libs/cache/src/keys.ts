@@ -132,16 +132,26 @@ export class KeySchema {
 }
 
 /**
- * The process's schema. The root comes from LONGSHOT_KEY_ROOT so that test suites and tenants
- * sharing one Redis stay apart without code changes.
+ * The schema under the default root. Stores use it unless given one: apps build theirs from their
+ * config (LONGSHOT_KEY_ROOT, keySchemaOf) and pass it to every store, so tenants sharing one
+ * Redis stay apart. The helpers below are the default root's (tests, benches).
  */
-export const keys = new KeySchema(process.env.LONGSHOT_KEY_ROOT || DEFAULT_KEY_ROOT);
+export const DEFAULT_KEYS = new KeySchema(DEFAULT_KEY_ROOT);
 
-export const workerKey = (id: string): string => keys.workerKey(id);
-export const workersIndexKey = (): string => keys.workersIndexKey();
-export const jobPrefix = (jobId: string): string => keys.jobPrefix(jobId);
-export const checkpointKey = (prefix: string): string => keys.checkpointKey(prefix);
-export const blockKey = (prefix: string, index: number): string => keys.blockKey(prefix, index);
-export const frameDigestKey = (prefix: string, index: number): string => keys.frameDigestKey(prefix, index);
-export const jobKeysKey = (prefix: string): string => keys.jobKeysKey(prefix);
-export const textEmbeddingKey = (hash: string): string => keys.textEmbeddingKey(hash);
+/** The schema for a configured root; a bad one is an error naming where it came from (e.g. LONGSHOT_KEY_ROOT). */
+export function keySchemaOf(root: string | undefined, name: string): KeySchema {
+  try {
+    return new KeySchema(root || DEFAULT_KEY_ROOT);
+  } catch (e) {
+    throw new Error(`${name}: ${(e as Error).message}`);
+  }
+}
+
+export const workerKey = (id: string): string => DEFAULT_KEYS.workerKey(id);
+export const workersIndexKey = (): string => DEFAULT_KEYS.workersIndexKey();
+export const jobPrefix = (jobId: string): string => DEFAULT_KEYS.jobPrefix(jobId);
+export const checkpointKey = (prefix: string): string => DEFAULT_KEYS.checkpointKey(prefix);
+export const blockKey = (prefix: string, index: number): string => DEFAULT_KEYS.blockKey(prefix, index);
+export const frameDigestKey = (prefix: string, index: number): string => DEFAULT_KEYS.frameDigestKey(prefix, index);
+export const jobKeysKey = (prefix: string): string => DEFAULT_KEYS.jobKeysKey(prefix);
+export const textEmbeddingKey = (hash: string): string => DEFAULT_KEYS.textEmbeddingKey(hash);

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { keys as defaultKeys, type KeySchema } from './keys';
+import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 /**
  * Who holds a worker: the job it serves and one run of that job (a controller replica's attempt).

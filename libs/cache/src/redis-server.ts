@@ -8,7 +8,7 @@ import { spawnTied } from './tied-process';
 export interface RedisHandle {
   /** redis://host:port of the server to use. */
   readonly url: string;
-  /** True when REDIS_URL named an existing server (which `stop` then leaves alone). */
+  /** True when `url` named an existing server (which `stop` then leaves alone). */
   readonly external: boolean;
   /** The spawned redis-server's PID now (undefined for an external server); changes on restart. */
   readonly pid?: number;
@@ -25,7 +25,7 @@ export interface RedisHandle {
 }
 
 export interface StartRedisOptions {
-  /** Overrides REDIS_URL (pass null to always spawn). */
+  /** An existing server to use as is (the app's REDIS_URL); unset, null or empty: spawn one. */
   url?: string | null;
   /** How long to wait for the spawned server to answer PING. */
   readyTimeoutMs?: number;
@@ -48,14 +48,14 @@ const PORT_ATTEMPTS = 5;
 const OUTPUT_TAIL = 8192;
 
 /**
- * A Redis to talk to: REDIS_URL when set, else a private redis-server on a free loopback port
+ * A Redis to talk to: `url` when given, else a private redis-server on a free loopback port
  * with AOF on (`appendonly yes`, `appendfsync everysec`, as compose and k8s run it): a server
  * that is killed and restarted (`restart`) within the handle's life comes back with its queue,
  * records, leases and checkpoints, less at most the last second of writes. Without AOF a
  * restart loses every queued and running job (docs/operations.md).
  */
 export async function startRedis(options: StartRedisOptions = {}): Promise<RedisHandle> {
-  const url = options.url === undefined ? process.env.REDIS_URL : options.url;
+  const url = options.url;
   if (url) {
     const external = (): Promise<void> => Promise.reject(new Error('an external Redis (REDIS_URL) is not ours to kill or restart'));
     return { url, external: true, kill: external, restart: external, stop: async () => {} };

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { counter, logger, type Logger } from '@longshot/telemetry';
-import { keys as defaultKeys, type KeySchema } from './keys';
+import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 export interface WorkerInfo {
   readonly id: string;

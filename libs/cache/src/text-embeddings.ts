@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { CHECKSUM_BYTES, CorruptValueError, checksum, ttlMillis } from './codec';
-import { keys as defaultKeys, type KeySchema } from './keys';
+import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 /** What identifies one text-encoder output: everything it is a pure function of. */
 export interface TextEmbeddingKeyParts {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { keys as defaultKeys, type KeySchema } from './keys';
+import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 /**
  * A job's webhook and how far its delivery got. The job's event stream (JobStore) is the log;

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { checkTenant } from './api-keys';
-import { keys as defaultKeys, type KeySchema } from './keys';
+import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 /**
  * Where a tenant's webhook signing secret stands: its generation (0 until the first rotation) and

@@ -11,7 +11,8 @@ export interface TestRedis {
 }
 
 export async function testRedis(): Promise<TestRedis> {
-  const server = await startRedis();
+  // The suite's REDIS_URL, when CI gives one; else a private server.
+  const server = await startRedis({ url: process.env.REDIS_URL });
   const redis = new Redis(server.url, { lazyConnect: true });
   await redis.connect();
   const keys = new KeySchema(`test-${randomBytes(6).toString('hex')}`);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { KeySchema, jobPrefix, keys } from '../src';
+import { DEFAULT_KEYS, KeySchema, jobPrefix, keySchemaOf } from '../src';
 
 describe('KeySchema', () => {
   const k = new KeySchema();
@@ -19,8 +19,16 @@ describe('KeySchema', () => {
     expect(new KeySchema('tenant').jobPrefix('j')).toBe('tenant:job:{j}');
   });
 
-  it('exports functions over the process schema', () => {
-    expect(jobPrefix('x')).toBe(keys.jobPrefix('x'));
+  it('exports functions over the default root\'s schema, which reads no environment', () => {
+    expect(jobPrefix('x')).toBe(DEFAULT_KEYS.jobPrefix('x'));
+    expect(DEFAULT_KEYS.root).toBe('longshot');
+  });
+
+  it('keySchemaOf: an app\'s configured root, the default when unset or empty; a bad one names where it came from', () => {
+    expect(keySchemaOf(undefined, 'LONGSHOT_KEY_ROOT').root).toBe('longshot');
+    expect(keySchemaOf('', 'LONGSHOT_KEY_ROOT').root).toBe('longshot');
+    expect(keySchemaOf('tenant', 'LONGSHOT_KEY_ROOT').root).toBe('tenant');
+    expect(() => keySchemaOf('a:b', 'LONGSHOT_KEY_ROOT')).toThrow(/^LONGSHOT_KEY_ROOT: key root "a:b" must not contain ':'/);
   });
 
   it.each([

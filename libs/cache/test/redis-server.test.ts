@@ -48,15 +48,19 @@ describe('startRedis', () => {
     await a.stop();
   });
 
-  it('uses REDIS_URL (or an explicit url) as is, and leaves that server alone on stop', async () => {
+  it('uses an explicit url as is, and leaves that server alone on stop; it never reads REDIS_URL itself', async () => {
     const local = await startRedis({ url: null });
     const saved = process.env.REDIS_URL;
     process.env.REDIS_URL = local.url;
     try {
-      const ext = await startRedis();
+      const ext = await startRedis({ url: local.url });
       expect(ext).toMatchObject({ url: local.url, external: true });
       await ext.stop();
       expect(await accepts(portOf(local.url))).toBe(true);
+      const own = await startRedis();
+      expect(own.external).toBe(false);
+      expect(own.url).not.toBe(local.url);
+      await own.stop();
     } finally {
       if (saved === undefined) delete process.env.REDIS_URL;
       else process.env.REDIS_URL = saved;

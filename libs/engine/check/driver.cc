@@ -753,6 +753,31 @@ int usage() {
 
 }  // namespace
 
+// The engine reads no environment: this program, like the apps, passes the settings in
+// (LONGSHOT_THREADS, LONGSHOT_SIMD, LONGSHOT_CUDA_DEVICE, LONGSHOT_CUDA_CACHE_MB; docs/configuration.md).
+static void configure_engine_from_env() {
+  auto integer = [](const char* name, long long lo, long long hi, long long* out) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return false;
+    char* end = nullptr;
+    const long long n = std::strtoll(v, &end, 10);
+    if (*end != '\0' || n < lo || n > hi) throw std::runtime_error(std::string(name) + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + v + "'");
+    *out = n;
+    return true;
+  };
+  long long n = 0;
+  if (integer("LONGSHOT_THREADS", 1, 4096, &n)) cpu_backend().set_threads(static_cast<int>(n));
+  if (const char* v = std::getenv("LONGSHOT_SIMD"); v && *v) {
+    SimdLevel wanted;
+    if (!parse_simd(v, &wanted)) throw std::runtime_error(std::string("LONGSHOT_SIMD must be scalar, avx2 or avx512, got '") + v + "'");
+    cpu_backend().set_simd(std::min(wanted, simd_available().back()));
+  }
+  cuda::Options o;
+  if (integer("LONGSHOT_CUDA_DEVICE", 0, 1024, &n)) o.device = static_cast<int>(n);
+  if (integer("LONGSHOT_CUDA_CACHE_MB", 0, 1LL << 40, &n)) o.cache_mb = n;
+  cuda::configure(o);
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
   const std::string mode = argv[1];
@@ -763,6 +788,7 @@ int main(int argc, char** argv) {
   }
   auto get = [&](const char* k) { return opt.count(k) ? opt[k] : std::string(); };
   try {
+    configure_engine_from_env();
     if (mode == "conformance" && opt.count("cases")) return conformance(get("cases"), get("stage"), get("dump"));
     if (mode == "validate" && argc > 2) return validate_fixtures(std::vector<std::string>(argv + 2, argv + argc));
     if (mode == "bench" && opt.count("fixture"))

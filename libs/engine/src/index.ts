@@ -10,12 +10,12 @@ import * as path from 'node:path';
 import type { Backend, BackendKind, CudaStorage, EngineInfo } from './backend';
 import { OPS, OP_NAMES, type OpName, type OpNode } from './ops';
 import type { NativeDataPlane } from './dataplane';
+import { DEFAULT_ENGINE_SETTINGS, SIMD_LEVELS, type EngineSettings, type SimdLevel } from './settings';
 
 export * from './ops';
 export * from './backend';
 export * from './dataplane';
-
-export type SimdLevel = 'scalar' | 'avx2' | 'avx512';
+export * from './settings';
 
 interface NativeNode {
   op: number;
@@ -39,6 +39,7 @@ interface NativeAddon {
   info(): EngineInfo;
   setSimd(level: string): void;
   setThreads(threads: number): void;
+  initCuda(device: number, cacheMb: number): void;
   blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void;
   releaseDeviceCache(): void;
   cudaLastRun(): CudaRunStats;
@@ -85,7 +86,38 @@ function checkOpTable(native: NativeOpSpec[]): void {
   }
 }
 
-const addon = loadAddon();
+const loaded = loadAddon();
+let cudaSettings: Pick<EngineSettings, 'cudaDevice' | 'cudaCacheMb'> | null = null;
+
+/** The addon, with CUDA probed (once, on first use) with the settings configureEngine was given. */
+function native(): NativeAddon {
+  if (cudaSettings === null) {
+    cudaSettings = { cudaDevice: DEFAULT_ENGINE_SETTINGS.cudaDevice, cudaCacheMb: DEFAULT_ENGINE_SETTINGS.cudaCacheMb };
+    loaded.initCuda(cudaSettings.cudaDevice, cudaSettings.cudaCacheMb ?? -1);
+  }
+  return loaded;
+}
+
+/**
+ * Applies the app's engine settings (from its config): call it at start-up, before the engine's
+ * first use. Threads and SIMD can change later; the CUDA device and cache are fixed by the first
+ * use, and asking for others then is an error.
+ */
+export function configureEngine(settings: EngineSettings): void {
+  if (cudaSettings === null) {
+    cudaSettings = { cudaDevice: settings.cudaDevice, cudaCacheMb: settings.cudaCacheMb };
+    loaded.initCuda(settings.cudaDevice, settings.cudaCacheMb ?? -1);
+  } else if (cudaSettings.cudaDevice !== settings.cudaDevice || cudaSettings.cudaCacheMb !== settings.cudaCacheMb) {
+    throw new Error('configureEngine: the CUDA device and cache are set at the engine\'s first use; configure it before');
+  }
+  if (settings.threads !== null) setThreads(settings.threads);
+  if (settings.simd !== null) {
+    // A level the CPU cannot run is capped at the best it can (the kernels' results are the same family).
+    const available = native().info().simdAvailable;
+    const best = SIMD_LEVELS.filter((l) => available.includes(l)).at(-1) ?? 'scalar';
+    setSimd(SIMD_LEVELS.indexOf(settings.simd) <= SIMD_LEVELS.indexOf(best) ? settings.simd : best);
+  }
+}
 const OP_INDEX = new Map<OpName, number>(OP_NAMES.map((name, i) => [name, i]));
 
 function toNative(nodes: readonly OpNode[]): NativeNode[] {
@@ -102,7 +134,7 @@ function toNative(nodes: readonly OpNode[]): NativeNode[] {
  * the CUDA kernels' limits on a machine without a device. A malformed node throws, as run does.
  */
 export function unsupportedReason(backend: string, node: OpNode): string | null {
-  return addon.supportsNode(backend, toNative([node])[0]);
+  return native().supportsNode(backend, toNative([node])[0]);
 }
 
 class NativeBackend implements Backend {
@@ -115,14 +147,14 @@ class NativeBackend implements Backend {
   run(nodes: readonly OpNode[]): Promise<void> {
     // Validation errors surface as a rejected promise, like failures during the run.
     try {
-      return addon.run(this.name, toNative(nodes));
+      return native().run(this.name, toNative(nodes));
     } catch (err) {
       return Promise.reject(err);
     }
   }
 
   runSync(nodes: readonly OpNode[]): void {
-    addon.runSync(this.name, toNative(nodes));
+    native().runSync(this.name, toNative(nodes));
   }
 }
 
@@ -130,10 +162,10 @@ const cpu = new NativeBackend('cpu');
 
 /** The addon's data plane (see dataplane.ts); used by @longshot/transport's adapter. */
 export function nativeDataPlane(): NativeDataPlane {
-  return addon.dataplane;
+  return loaded.dataplane;
 }
 
-/** The CPU backend (SIMD level and thread count from LONGSHOT_SIMD / LONGSHOT_THREADS). */
+/** The CPU backend (SIMD level and thread count: the best this CPU runs, one thread per core, unless configureEngine says otherwise). */
 export function cpuBackend(): Backend {
   return cpu;
 }
@@ -143,7 +175,7 @@ const cudaBackends = new Map<CudaStorage, NativeBackend>();
 
 /** Whether the CUDA backend can run here (built with nvcc, and a driver and a capable GPU found). */
 export function cudaUsable(): boolean {
-  return addon.info().backends.includes('cuda');
+  return native().info().backends.includes('cuda');
 }
 
 /**
@@ -156,7 +188,7 @@ export function cudaBackend(opts: { storage?: CudaStorage } = {}): Backend {
   const storage = opts.storage ?? 'f32';
   if (!CUDA_STORAGES.includes(storage)) throw new RangeError(`cudaBackend: storage must be one of ${CUDA_STORAGES.join(', ')}, got '${String(storage)}'`);
   if (!cudaUsable()) {
-    const info = addon.info();
+    const info = native().info();
     throw new Error(`@longshot/engine: the CUDA backend is not usable here: ${info.cudaUnavailable ?? 'unknown reason'}`);
   }
   let b = cudaBackends.get(storage);
@@ -190,16 +222,16 @@ export function createBackend(kind: BackendKind, opts: { storage?: CudaStorage }
  * read, or to return device memory. A no-op without CUDA.
  */
 export function releaseDeviceCache(): void {
-  addon.releaseDeviceCache();
+  native().releaseDeviceCache();
 }
 
 /** Where the last CUDA graph run spent its time (all zeros without CUDA); for benchmarks. */
 export function cudaLastRunStats(): CudaRunStats {
-  return addon.cudaLastRun();
+  return native().cudaLastRun();
 }
 
 export function engineInfo(): EngineInfo {
-  return addon.info();
+  return native().info();
 }
 
 /**
@@ -208,7 +240,7 @@ export function engineInfo(): EngineInfo {
  * computed results (text embeddings) key on it.
  */
 export function backendNumerics(backend: Backend): string {
-  const info = addon.info();
+  const info = native().info();
   return backend.name === 'cpu' ? `cpu:simd=${info.simd}` : `${backend.name}:device=${info.cudaDevice ?? 'unknown'}`;
 }
 
@@ -232,17 +264,17 @@ export function numericsFingerprint(backend: Backend): string {
 
 /** Selects the CPU kernels' SIMD level; throws a RangeError if this CPU cannot run it. */
 export function setSimd(level: SimdLevel): void {
-  addon.setSimd(level);
+  loaded.setSimd(level);
 }
 
 /** Resizes the CPU thread pool (results are identical for any size; used by tests and benches). */
 export function setThreads(threads: number): void {
-  addon.setThreads(threads);
+  loaded.setThreads(threads);
 }
 
 /** OpenBLAS C[M, N] = A[M, K] . W[N, K]^T with `threads` threads: the benchmark baseline. */
 export function blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void {
-  addon.blasSgemm(m, n, k, a, w, c, threads);
+  loaded.blasSgemm(m, n, k, a, w, c, threads);
 }
 
 /** Runs one op synchronously, allocating its output from `OPS[op].outputSize`. */

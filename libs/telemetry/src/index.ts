@@ -150,16 +150,25 @@ export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
-function configuredLevel(): LogLevel {
-  const raw = process.env.LONGSHOT_LOG_LEVEL?.trim().toLowerCase();
-  if (!raw) return 'info';
-  if (raw in LEVELS) return raw as LogLevel;
-  // A typo in the level must not silence logs; fall back to the default and say so once.
+/** Where loggers write from: info until the app sets its configured level (setLogLevel). */
+let threshold = LEVELS.info;
+
+/** The process's log level, set by the app from its validated config before it does any work. */
+export function setLogLevel(level: LogLevel): void {
+  threshold = LEVELS[level];
+}
+
+/**
+ * A log level as an app's config reads it (LONGSHOT_LOG_LEVEL: debug|info|warn|error, any case;
+ * unset: info). A typo in the level must not silence logs: it falls back to info and says so once.
+ */
+export function parseLogLevel(raw: string | undefined, name = 'LONGSHOT_LOG_LEVEL'): LogLevel {
+  const v = raw?.trim().toLowerCase();
+  if (!v) return 'info';
+  if (v in LEVELS) return v as LogLevel;
   if (!warnedLevel) {
     warnedLevel = true;
-    process.stderr.write(
-      `${JSON.stringify({ time: new Date().toISOString(), level: 'warn', component: 'telemetry', msg: `unknown LONGSHOT_LOG_LEVEL ${JSON.stringify(raw)}, using info` })}\n`,
-    );
+    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level: 'warn', component: 'telemetry', msg: `unknown ${name} ${JSON.stringify(v)}, using info` })}\n`);
   }
   return 'info';
 }
@@ -177,7 +186,6 @@ function serializable(value: unknown): unknown {
 
 /** JSON lines on stderr (stdout may carry a command's real output, e.g. `longshot render -`). */
 export function logger(component: string): Logger {
-  const threshold = LEVELS[configuredLevel()];
   const write = (level: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (LEVELS[level] < threshold) return;
     const record: Record<string, unknown> = { time: new Date().toISOString(), level, component, msg };

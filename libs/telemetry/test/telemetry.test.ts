@@ -1,7 +1,7 @@
 import { request } from 'node:http';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Counter, Histogram } from 'prom-client';
-import { counter, gauge, histogram, logger, registry, startMetricsServer } from '../src';
+import { counter, gauge, histogram, logger, parseLogLevel, registry, setLogLevel, startMetricsServer } from '../src';
 
 function get(port: number, path: string): Promise<{ status: number; type: string | undefined; body: string }> {
   return new Promise((resolve, reject) => {
@@ -81,11 +81,9 @@ describe('startMetricsServer', () => {
 });
 
 describe('logger', () => {
-  const saved = process.env.LONGSHOT_LOG_LEVEL;
   afterEach(() => {
     vi.restoreAllMocks();
-    if (saved === undefined) delete process.env.LONGSHOT_LOG_LEVEL;
-    else process.env.LONGSHOT_LOG_LEVEL = saved;
+    setLogLevel('info');
   });
 
   function capture(): string[] {
@@ -98,7 +96,6 @@ describe('logger', () => {
   }
 
   it('writes JSON lines to stderr at info and above by default', () => {
-    delete process.env.LONGSHOT_LOG_LEVEL;
     const lines = capture();
     const log = logger('test');
     log.debug('hidden');
@@ -113,27 +110,29 @@ describe('logger', () => {
     expect(error.err.stack).toContain('boom');
   });
 
-  it('follows LONGSHOT_LOG_LEVEL, and falls back to info on a typo', () => {
-    process.env.LONGSHOT_LOG_LEVEL = 'warn';
+  it('follows the level the app sets, also in loggers made before it was set', () => {
+    const early = logger('test');
+    setLogLevel(parseLogLevel('warn'));
     let lines = capture();
-    const quiet = logger('test');
-    quiet.info('no');
-    quiet.warn('yes');
+    early.info('no');
+    logger('test').warn('yes');
     expect(lines.map((l) => JSON.parse(l).msg)).toEqual(['yes']);
 
-    process.env.LONGSHOT_LOG_LEVEL = 'DEBUG';
+    setLogLevel(parseLogLevel(' DEBUG '));
     vi.restoreAllMocks();
     lines = capture();
-    logger('test').debug('shown');
+    early.debug('shown');
     expect(lines.map((l) => JSON.parse(l).msg)).toEqual(['shown']);
+  });
 
-    process.env.LONGSHOT_LOG_LEVEL = 'verbose';
-    vi.restoreAllMocks();
-    lines = capture();
-    const fallback = logger('test');
-    fallback.debug('no');
-    fallback.info('yes');
-    expect(lines.map((l) => JSON.parse(l).msg)).toEqual([expect.stringContaining('unknown LONGSHOT_LOG_LEVEL "verbose"'), 'yes']);
+  it('parseLogLevel: unset is info, and a typo falls back to info saying so once (naming the variable)', () => {
+    expect(parseLogLevel(undefined)).toBe('info');
+    expect(parseLogLevel('')).toBe('info');
+    const lines = capture();
+    expect(parseLogLevel('verbose')).toBe('info');
+    expect(parseLogLevel('loud')).toBe('info');
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0])).toMatchObject({ level: 'warn', msg: 'unknown LONGSHOT_LOG_LEVEL "verbose", using info' });
   });
 
   it('does not throw on circular fields', () => {

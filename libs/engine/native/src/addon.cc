@@ -275,6 +275,23 @@ Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// initCuda(device, cacheMb): probes CUDA with the app's settings and registers the cuda:<storage>
+// backends when a device is usable. Called once, before anything else touches CUDA (index.ts).
+Napi::Value InitCuda(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const double device = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1.0;
+  const double cache_mb = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -2.0;
+  if (!(device >= 0 && device <= 1024 && device == static_cast<int>(device)))
+    throw Napi::RangeError::New(env, "initCuda: device must be an integer in [0, 1024]");
+  if (!(cache_mb >= -1 && cache_mb <= 1e12 && cache_mb == static_cast<double>(static_cast<long long>(cache_mb))))
+    throw Napi::RangeError::New(env, "initCuda: cacheMb must be -1 (default) or an integer >= 0");
+  std::lock_guard<std::mutex> lock(g_engine_mutex);
+  if (!ls::cuda::configure({static_cast<int>(device), static_cast<long long>(cache_mb)}))
+    throw Napi::Error::New(env, "initCuda: CUDA was probed already; configure the engine before its first use");
+  ls::cuda::register_backends();  // no-op without a usable device (or without CUDA in the build)
+  return env.Undefined();
+}
+
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   const Napi::Env env = info.Env();
   const double n = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0.0;
@@ -350,8 +367,7 @@ Napi::Value CudaLastRun(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  ls::cpu_backend();  // registers it
-  ls::cuda::register_backends();  // no-op without a usable device (or without CUDA in the build)
+  ls::cpu_backend();  // registers it; the CUDA backends register in initCuda, with the app's settings
 
   Napi::Array specs = Napi::Array::New(env);
   for (int i = 0; i < ls::kOpCount; ++i) {
@@ -375,6 +391,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info, "info"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
+  exports.Set("initCuda", Napi::Function::New(env, InitCuda, "initCuda"));
   exports.Set("blasSgemm", Napi::Function::New(env, BlasSgemm, "blasSgemm"));
   exports.Set("releaseDeviceCache", Napi::Function::New(env, ReleaseDeviceCache, "releaseDeviceCache"));
   exports.Set("cudaLastRun", Napi::Function::New(env, CudaLastRun, "cudaLastRun"));

@@ -43,12 +43,8 @@ std::vector<SimdLevel> simd_available() {
 }
 
 SimdLevel simd_default() {
-  const auto levels = simd_available();
-  SimdLevel best = levels.back();
-  SimdLevel wanted;
-  if (const char* env = std::getenv("LONGSHOT_SIMD"); env && parse_simd(env, &wanted))
-    best = std::min(best, wanted);
-  return best;
+  // The best this CPU runs; the app caps it from its config (setSimd). No environment is read.
+  return simd_available().back();
 }
 
 const CpuKernels& cpu_kernels(SimdLevel level) {

@@ -146,6 +146,9 @@ struct CacheEntry {
   uint64_t last_use = 0;   // run counter, for LRU and to protect entries in use
 };
 
+Options g_options;
+bool g_probed = false;
+
 class Device {
  public:
   Device() { probe(); }
@@ -212,6 +215,7 @@ class Device {
 };
 
 void Device::probe() {
+  g_probed = true;
   status_.built = true;
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
@@ -226,7 +230,7 @@ void Device::probe() {
     return;
   }
   status_.devices = count;
-  if (const char* env = std::getenv("LONGSHOT_CUDA_DEVICE")) device_ = std::atoi(env);
+  device_ = g_options.device;
   if (count == 0 || device_ < 0 || device_ >= count) {
     status_.reason = count == 0 ? "no CUDA device"
                                 : "LONGSHOT_CUDA_DEVICE=" + std::to_string(device_) + " but only " +
@@ -249,7 +253,7 @@ void Device::probe() {
   status_.device = prop.name;
   total_mem_ = prop.totalGlobalMem;
   cache_limit_ = total_mem_ / 10 * 4;
-  if (const char* env = std::getenv("LONGSHOT_CUDA_CACHE_MB")) cache_limit_ = static_cast<size_t>(std::atoll(env)) << 20;
+  if (g_options.cache_mb >= 0) cache_limit_ = static_cast<size_t>(g_options.cache_mb) << 20;
 }
 
 void Device::init_stream() {
@@ -715,6 +719,12 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+bool configure(const Options& options) {
+  if (g_probed) return false;
+  g_options = options;
+  return true;
+}
 
 const Status& status() { return device().status(); }
 

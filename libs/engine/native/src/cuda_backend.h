@@ -20,6 +20,14 @@ struct Status {
   std::string reason;     // why not usable, when not
 };
 
+// Which device to use and how much of it the weight cache may hold: the app's settings, given
+// before the first status() (which probes with them); later calls change nothing and return false.
+struct Options {
+  int device = 0;
+  long long cache_mb = -1;  // < 0: 40% of the device's memory; 0 disables the cache
+};
+bool configure(const Options& options);
+
 // Probed once (the first call initialises the CUDA driver when there is one); never throws.
 const Status& status();
 

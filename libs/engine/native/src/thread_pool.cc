@@ -68,11 +68,7 @@ void ThreadPool::worker(int t) {
 }
 
 int default_thread_count() {
-  if (const char* env = std::getenv("LONGSHOT_THREADS")) {
-    char* end = nullptr;
-    const long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n > 0 && n <= 4096) return static_cast<int>(n);
-  }
+  // The app sets another count from its config (setThreads); the engine reads no environment.
   const unsigned hw = std::thread::hardware_concurrency();
   return hw == 0 ? 1 : static_cast<int>(hw);
 }

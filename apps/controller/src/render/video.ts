@@ -1,0 +1,47 @@
+import type { JobRecord, JobStore } from '@longshot/cache';
+import type { SamplerKind } from '@longshot/sampler';
+import type { JobSpec } from '@longshot/planner';
+
+/** What a job record's spec holds: the normalised spec, and whether K was left to the planner. */
+export type VideoSpec = JobSpec & {
+  readonly autoStages: boolean;
+  /** The events the job's webhook gets; null (or absent, in older records) when it has none. */
+  readonly webhookEvents?: readonly string[] | null;
+};
+
+export interface VideoResult {
+  readonly frames: number;
+  readonly width: number;
+  readonly height: number;
+  readonly fps: number;
+  readonly latentSha256: string;
+  /** SHA-256 over the blocks' decoded-frame digests (docs/vae.md): the same in every mode, resume or not. */
+  readonly frameSha256: string;
+  /** The solver and schedule shift the job ran with (the shift resolved from the model's scheduler). */
+  readonly sampler: SamplerKind;
+  readonly shift: number;
+  /** The numerics fingerprint every run of the job computed with: latentSha256 is reproducible on workers of that fingerprint. */
+  readonly numerics: string;
+  readonly contentUrl: string;
+  /** Wall time from the first start to the end. */
+  readonly seconds: number;
+}
+
+export type VideoStore = JobStore<VideoSpec, VideoResult>;
+export type VideoRecord = JobRecord<VideoSpec, VideoResult>;
+
+export interface RenderJobData {
+  readonly id: string;
+  /** When the job first found too few free workers (cleared once it leases them). */
+  readonly waitingSince?: number;
+}
+
+export const urlsOf = (id: string) => ({
+  self: `/v1/videos/${id}`,
+  events: `/v1/videos/${id}/events`,
+  content: `/v1/videos/${id}/content`,
+  cancel: `/v1/videos/${id}/cancel`,
+});
+
+/** Where block `index`'s preview is served (its `block` event names it). */
+export const previewUrlOf = (id: string, index: number): string => `/v1/videos/${id}/blocks/${index}/preview.jpg`;
