@@ -9,6 +9,12 @@ import * as path from 'node:path';
 import { fillSubmitForm, launchChromium, LONG_JOB, openConsole, SHORT_JOB, startConsoleCluster, submitForm, videoState, waitForStatus } from './console';
 import { waitFor } from './http';
 
+/** The screenshots show the model trained here drawing (the tests use the seeded tiny model, which draws noise). */
+const SHAPES = { prompt: 'a big red circle bouncing on a blue background', model: 'longshot-shapes', block: '4', context: '2' };
+const SHOT_SHORT_JOB = { ...SHORT_JOB, ...SHAPES, frames: '61', steps: '20' };
+/** 40 blocks of 40 steps, as LONG_JOB: long enough to be caught running. */
+const SHOT_LONG_JOB = { ...LONG_JOB, ...SHAPES, frames: '637', steps: '40' };
+
 async function main(outDir: string): Promise<void> {
   fs.mkdirSync(outDir, { recursive: true });
   const c = await startConsoleCluster();
@@ -20,23 +26,23 @@ async function main(outDir: string): Promise<void> {
       process.stdout.write(`${path.join(outDir, `${name}.png`)}\n`);
     };
 
-    await fillSubmitForm(page, c.url, SHORT_JOB);
+    await fillSubmitForm(page, c.url, SHOT_SHORT_JOB);
     await page.locator('header').scrollIntoViewIfNeeded();
     await shot('submit');
 
-    await fillSubmitForm(page, c.url, { ...SHORT_JOB, steps: 'four' });
+    await fillSubmitForm(page, c.url, { ...SHOT_SHORT_JOB, steps: 'four' });
     await page.click('#submit-button');
     await page.waitForSelector('.field[data-field="steps"].invalid');
     await page.locator('.field[data-field="steps"]').scrollIntoViewIfNeeded();
     await shot('submit-error');
 
-    await fillSubmitForm(page, c.url, SHORT_JOB);
+    await fillSubmitForm(page, c.url, SHOT_SHORT_JOB);
     await submitForm(page);
     await waitForStatus(page, 'succeeded');
     await waitFor('the video to play', async () => (await videoState(page)).currentTime > 0);
     await shot('job-done');
 
-    await fillSubmitForm(page, c.url, LONG_JOB);
+    await fillSubmitForm(page, c.url, SHOT_LONG_JOB);
     const long = await submitForm(page);
     await waitFor('two stitched blocks', async () => (await page.locator('#job-blocks img').count()) >= 2);
     await shot('job-running');
