@@ -1,0 +1,84 @@
+/**
+ * Where the data plane binds and where compute does, for pipelines longer than this machine can
+ * run: the latency model (libs/planner cost.ts, a discrete-event walk of the DualParal schedule
+ * with FIFO stages and links) for K = 1, 8, 16, 32 stages of wan2.1-t2v-14b (40 layers) at
+ * 832x480 and 1280x720, over NVLink and 100 Gb/s Ethernet profiles. Per row: the predicted
+ * seconds, the efficiency against K = 1 on the same profile, the slowest stage's and the slowest
+ * hop's seconds per block-step, and what binds the pipeline's throughput:
+ *   - `data plane`: a hop takes longer than the slowest stage (bandwidth binds);
+ *   - `round trip`: a block-step's trip through every stage and hop is longer than the work the
+ *     queue holds (min(blocks, steps) block-steps at the slowest stage's pace), so stages idle
+ *     waiting for their inputs; the hops' latency and transfer time add to that trip;
+ *   - `compute`: otherwise, the slowest stage (layers divide unevenly: `balance` is the ideal
+ *     stage time, K = 1's over K, against the slowest stage's).
+ * That is the steady state; the same job with every hop free (compute alone) beside each shows what
+ * the links cost in all, including the fill and drain of each job (the first and last iterations
+ * hold few blocks, so there the round trip, hops included, sets the pace). Part of
+ * `npm run bench -- pipeline`.
+ */
+import { getConfig } from '@longshot/model';
+import { getProfile, jobTiming, normalizeSpec, predictPipelineSeconds, type JobSpec } from '@longshot/planner';
+
+export interface ScalingRow {
+  profile: string;
+  size: string;
+  stages: number;
+  /** Predicted job seconds, and with every hop free (compute alone). */
+  seconds: number;
+  computeOnlySeconds: number;
+  /** Speedup over K = 1 on the same profile and size, divided by K. */
+  efficiency: number;
+  /** Per block-step: the slowest stage's forward and the slowest hop's transfer. */
+  stageSeconds: number;
+  hopSeconds: number;
+  /** One block-step through every stage and hop, and the work the queue holds ahead of it. */
+  roundTripSeconds: number;
+  queuedSeconds: number;
+  balance: number;
+  /** seconds / computeOnlySeconds - 1: what the hops add to the job. */
+  linkCost: number;
+  binds: 'compute' | 'data plane' | 'round trip';
+}
+
+const MODEL = 'wan2.1-t2v-14b';
+const PROFILES = ['h100-nvlink', 'h100-100gbe'];
+const SIZES: [number, number][] = [[832, 480], [1280, 720]];
+const STAGES = [1, 8, 16, 32];
+/** A minute at 16 fps: 241 latent frames, 60 blocks of 4 (about 2K for K = 32), 50 steps as Wan samples. */
+const FRAMES = 4 * (60 * 4 - 1) + 1;
+const STEPS = 50;
+
+const spec = (width: number, height: number, stages: number): JobSpec =>
+  normalizeSpec({ prompt: 'a minute-long take', model: MODEL, width, height, frames: FRAMES, block: 4, context: 2, steps: STEPS, stages, seed: 0 });
+
+export function scalingTable(): { model: string; frames: number; steps: number; rows: ScalingRow[] } {
+  const model = getConfig(MODEL);
+  const rows: ScalingRow[] = [];
+  for (const name of PROFILES) {
+    const profile = getProfile(name);
+    for (const [w, h] of SIZES) {
+      let base = { seconds: 0, stageSeconds: 0 };
+      for (const K of STAGES) {
+        const t = jobTiming(spec(w, h, K), model, K, profile);
+        const seconds = predictPipelineSeconds(t);
+        const computeOnlySeconds = predictPipelineSeconds({ ...t, hopSeconds: t.hopSeconds.map(() => 0) });
+        const stageSeconds = Math.max(...t.stageSeconds);
+        if (K === 1) base = { seconds, stageSeconds };
+        const hopSeconds = Math.max(0, ...t.hopSeconds);
+        const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
+        const roundTripSeconds = sum(t.stageSeconds) + sum(t.hopSeconds);
+        const queuedSeconds = Math.min(t.blocks, t.steps) * stageSeconds;
+        const binds = hopSeconds > stageSeconds ? 'data plane' : roundTripSeconds > queuedSeconds ? 'round trip' : 'compute';
+        rows.push({ profile: name, size: `${w}x${h}`, stages: K, seconds, computeOnlySeconds, efficiency: base.seconds / seconds / K, stageSeconds, hopSeconds, roundTripSeconds, queuedSeconds, balance: base.stageSeconds / K / stageSeconds, linkCost: seconds / computeOnlySeconds - 1, binds });
+      }
+    }
+  }
+  return { model: MODEL, frames: FRAMES, steps: STEPS, rows };
+}
+
+export function printScaling(table: ReturnType<typeof scalingTable>): void {
+  console.log(`\nlatency model, ${table.model}, ${table.frames} frames, ${table.steps} steps (seconds per job; per block-step: slowest stage / slowest hop; binds: the steady state)`);
+  for (const r of table.rows) {
+    console.log(`  ${r.profile.padEnd(12)} ${r.size.padEnd(9)} K=${String(r.stages).padEnd(3)} ${r.seconds.toFixed(0).padStart(6)} s (compute alone ${r.computeOnlySeconds.toFixed(0)} s: links +${(r.linkCost * 100).toFixed(1)}%), efficiency ${r.efficiency.toFixed(3)}, stage ${(r.stageSeconds * 1e3).toFixed(1)} ms (balance ${r.balance.toFixed(2)}) / hop ${(r.hopSeconds * 1e3).toFixed(1)} ms, round trip ${r.roundTripSeconds.toFixed(2)} s / queued ${r.queuedSeconds.toFixed(2)} s: ${r.binds} binds`);
+  }
+}
