@@ -4,7 +4,7 @@ import { isTerminal, type JobRecord, type JobStore, type WorkerLeases, type Work
 import { assembleLatents, latentSha256, previewJpeg, type SegmentDir } from '@longshot/media';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { ModelNameError, videoFrameSha256, type ModelCatalog, type ModelSource, type TextEmbeddings } from '@longshot/model';
-import { candidates, decodeBlockOnWorker, LeasedWorkers, PERMANENT_GRPC_CODES, runDistributedJob, signJobGrant, type DecodedFrames, type DriverWorker } from '@longshot/pipeline';
+import { candidates, decodeBlockOnWorker, LeasedWorkers, PERMANENT_GRPC_CODES, runDistributedJob, signJobGrant, type DecodedFrames, type DriverWorker, type Hop } from '@longshot/pipeline';
 import { planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
@@ -36,6 +36,8 @@ export interface VideoResult {
   readonly contentUrl: string;
   /** Wall time from the first start to the end. */
   readonly seconds: number;
+  /** How each stage-to-stage hop of the run that finished moved its tensor bytes (empty for K = 1, or when no stage ran). */
+  readonly hops: readonly Hop[];
 }
 
 export type VideoStore = JobStore<VideoSpec, VideoResult>;
@@ -218,6 +220,7 @@ export class RenderRun {
         },
       );
     let workers = source.workers;
+    let hops: Hop[] = [];
     if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
       // The pipeline finished before the previous run died (stitching lags compute): only the
       // stitch is left, and there is nothing for workers to do.
@@ -254,6 +257,7 @@ export class RenderRun {
         },
       );
       workers = run.workers;
+      hops = run.hops;
     }
     this.abort.signal.throwIfAborted();
     await progress.flush();
@@ -282,6 +286,7 @@ export class RenderRun {
       numerics,
       contentUrl: urlsOf(this.id).content,
       seconds: (finishedAt - first) / 1000,
+      hops,
     };
     const done = await jobs.update(this.id, {
       status: 'succeeded',

@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { status as Status } from '@grpc/grpc-js';
 import { nativeDataPlane, type DataPlaneError, type DataPlaneTransfer, type NativeDataPlaneListener, type NativeDataPlaneSender } from '@longshot/engine';
 import { TransportError } from './errors';
+import { DataPlaneTransport, type DataPlaneEndpoint } from './gen/longshot/v1/worker';
 
 export type { DataPlaneTransfer };
 
@@ -108,6 +109,7 @@ export class DataPlaneListener {
 
 /** One data-plane connection to a listener at `host:port`; sends tensors in call order. */
 export class DataPlaneSender {
+  readonly transport = 'tcp' as const;
   private readonly native: NativeDataPlaneSender;
   private readonly keys = new Map<string, DataPlaneKeys>();
 
@@ -139,4 +141,49 @@ export class DataPlaneSender {
   close(): void {
     this.native.close();
   }
+}
+
+/**
+ * How a worker moves tensor bytes (`--data-plane`): 'grpc' only in chunk frames; 'tcp' or 'shm'
+ * over that path where the peer accepts it; 'auto' the best the peer accepts (shm on one host,
+ * tcp otherwise). Whatever the choice, gRPC carries the tensor header and the acknowledgements.
+ */
+export const DATA_PLANE_MODES = ['grpc', 'tcp', 'shm', 'auto'] as const;
+export type DataPlaneMode = (typeof DATA_PLANE_MODES)[number];
+
+/** How one hop's tensor bytes travel, as the job result and metrics name it. */
+export const HOP_TRANSPORTS = ['grpc', 'tcp', 'shm'] as const;
+export type HopTransport = (typeof HOP_TRANSPORTS)[number];
+
+const ACCEPTS: Record<DataPlaneMode, readonly HopTransport[]> = { grpc: [], tcp: ['tcp'], shm: ['shm'], auto: ['shm', 'tcp'] };
+
+/** What a worker in `mode` with these listeners advertises (registry, then OpenSession of its upstream). */
+export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddress: string | null, shm: boolean): DataPlaneEndpoint {
+  return { tcpAddress: ACCEPTS[mode].includes('tcp') && tcpAddress ? tcpAddress : '', hostId, shm: ACCEPTS[mode].includes('shm') && shm };
+}
+
+/**
+ * The transport of a hop from a worker in `mode` on host `hostId` to one advertising `next`:
+ * the first of shm (same host only), tcp, grpc that both ends accept. gRPC is always possible.
+ */
+export function chooseHopTransport(mode: DataPlaneMode, hostId: string, next: DataPlaneEndpoint | undefined): HopTransport {
+  const mine = ACCEPTS[mode];
+  if (next && mine.includes('shm') && next.shm && next.hostId !== '' && next.hostId === hostId) return 'shm';
+  if (next && mine.includes('tcp') && next.tcpAddress !== '') return 'tcp';
+  return 'grpc';
+}
+
+const WIRE_TRANSPORTS: Record<HopTransport, DataPlaneTransport> = {
+  grpc: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC,
+  tcp: DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP,
+  shm: DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM,
+};
+
+export function toWireTransport(t: HopTransport): DataPlaneTransport {
+  return WIRE_TRANSPORTS[t];
+}
+
+/** The hop transport of a wire value, or null for one this build does not know. */
+export function fromWireTransport(t: DataPlaneTransport): HopTransport | null {
+  return HOP_TRANSPORTS.find((h) => WIRE_TRANSPORTS[h] === t) ?? null;
 }
