@@ -154,9 +154,9 @@ describe('controller', () => {
       expect(r.numerics).toBe(r.result.numerics);
       // The solver and the shift the job used: Wan's UniPC and the scheduler's flow_shift.
       expect([r.result.sampler, r.result.shift]).toEqual(['unipc', 3]);
-      // Each hop's transport: workers of one host on --data-plane auto move tensors natively.
+      // Each hop's transport: workers of one host on --data-plane auto share memory.
       const K = i + 1;
-      expect(r.result.hops).toEqual(K === 1 ? [] : Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: 'tcp' })));
+      expect(r.result.hops).toEqual(K === 1 ? [] : Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: 'shm' })));
       expect(r.progress.blocksDone).toBe(plan.blocks);
       const events = await streams[i];
       expect(events[0].event).toBe('queued');
@@ -187,9 +187,9 @@ describe('controller', () => {
     const metrics = await (await fetch(`${controllerUrl()}/metrics`)).text();
     expect(metrics).toMatch(/longshot_queue_jobs\{state="completed"\} \d+/);
     expect(metrics).toMatch(/longshot_workers_registered 3/);
-    let native = 0;
-    for (const w of cluster.workers.values()) native += metricValue(await (await fetch(`http://${w.metricsAddress}/metrics`)).text(), 'longshot_dataplane_bytes_total{transport="tcp"}');
-    expect(native).toBeGreaterThan(0);
+    let shared = 0;
+    for (const w of cluster.workers.values()) shared += metricValue(await (await fetch(`http://${w.metricsAddress}/metrics`)).text(), 'longshot_dataplane_bytes_total{transport="shm"}');
+    expect(shared).toBeGreaterThan(0);
     expect(metrics).toMatch(/longshot_http_request_duration_seconds_count\{method="POST",route="\/v1\/videos",status="202"\}/);
   });
 

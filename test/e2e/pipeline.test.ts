@@ -20,7 +20,7 @@ let cluster: LocalCluster;
 let redis: Redis;
 
 /** What --data-plane auto picks between two workers of one host. */
-const DEFAULT_HOP = 'tcp';
+const DEFAULT_HOP = 'shm';
 
 const base = { prompt: 'a lighthouse in a storm', width: 64, height: 64, block: 2, context: 1, steps: 6, model: 'tiny', seed: 11, sampler: 'unipc' };
 const spec = (over: Partial<Parameters<typeof normalizeSpec>[0]> = {}): JobSpec => normalizeSpec({ ...base, frames: 4 * (12 - 1) + 1, ...over });
@@ -201,35 +201,36 @@ function sendOne(client: WorkerClient, header: object, bytes: number): Promise<n
   });
 }
 
-describe('the gRPC fallback (--data-plane grpc)', () => {
-  let fallback: LocalCluster;
-  let fallbackRedis: Redis;
+// The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
+describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
+  let forced: LocalCluster;
+  let forcedRedis: Redis;
   beforeAll(async () => {
-    fallback = await LocalCluster.start({ workers: 2, name: 'grpc-only', workerArgs: ['--data-plane', 'grpc'] });
-    fallbackRedis = new Redis(fallback.redisUrl);
+    forced = await LocalCluster.start({ workers: 2, name: `${mode}-only`, workerArgs: ['--data-plane', mode] });
+    forcedRedis = new Redis(forced.redisUrl);
   });
   afterAll(async () => {
-    fallbackRedis?.disconnect();
-    await fallback?.stop();
+    forcedRedis?.disconnect();
+    await forced?.stop();
   });
 
-  it('gives the same latents with every tensor byte in gRPC chunk frames, and counts them as grpc', async () => {
+  it('gives the same latents with every tensor byte on that transport, and counts them under it', async () => {
     const s = spec({ stages: 2 });
-    const r = await distributed(s, 'grpc-only', {}, { cluster: fallback, redis: fallbackRedis });
+    const r = await distributed(s, `${mode}-only`, {}, { cluster: forced, redis: forcedRedis });
     expect(r.latentSha256).toBe(await inProcess(s));
     expect(r.hops).toEqual([
-      { from: 0, to: 1, transport: 'grpc' },
-      { from: 1, to: 0, transport: 'grpc' },
+      { from: 0, to: 1, transport: mode },
+      { from: 1, to: 0, transport: mode },
     ]);
     const bytes = { grpc: 0, tcp: 0, shm: 0 };
-    for (const w of fallback.workers.values()) {
+    for (const w of forced.workers.values()) {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
       for (const t of HOP_TRANSPORTS) {
         const line = page.split('\n').find((l) => l.startsWith(`longshot_dataplane_bytes_total{transport="${t}"} `));
         bytes[t] += Number(line?.split(' ')[1] ?? NaN);
       }
     }
-    expect(bytes.grpc).toBeGreaterThan(0);
-    expect([bytes.tcp, bytes.shm]).toEqual([0, 0]);
+    expect(bytes[mode]).toBeGreaterThan(0);
+    expect(HOP_TRANSPORTS.filter((t) => t !== mode).map((t) => bytes[t])).toEqual([0, 0]);
   });
 });

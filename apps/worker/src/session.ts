@@ -463,8 +463,8 @@ export class StageSession {
 
   /** The data-plane path of the hop; none when its bytes go in gRPC chunk frames. */
   private bytesSender(): TensorBytesSender | undefined {
-    if (this.hop === 'tcp') return new DataPlaneSender(this.nextDataPlane!.tcpAddress);
-    return undefined;
+    if (this.hop === 'grpc') return undefined;
+    return new DataPlaneSender(this.nextDataPlane!.tcpAddress, { shm: this.hop === 'shm' });
   }
 
   private fail(e: unknown): void {

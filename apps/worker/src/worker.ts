@@ -94,8 +94,8 @@ export class WorkerProcess {
   private readonly retainedMemory: RetainedMemorySampler | null;
   private readonly components: ComponentRunner;
   private readonly catalog: ModelCatalog;
-  /** The native TCP data plane's listener (null in grpc mode). */
-  private tcpListener: DataPlaneListener | null = null;
+  /** The native data plane's listener: TCP payloads and shared-memory doorbells (null in grpc mode). */
+  private dataPlaneListener: DataPlaneListener | null = null;
   /** What this worker's data plane accepts, as registered. */
   private endpoint: DataPlaneEndpoint | null = null;
   address = '';
@@ -184,8 +184,8 @@ export class WorkerProcess {
     this.server = server;
     this.address = `${this.config.advertiseHost}:${port}`;
     const dp = this.config.dataPlane;
-    if (dp.mode === 'tcp' || dp.mode === 'auto') this.tcpListener = new DataPlaneListener({ host: this.config.host, port: dp.port });
-    this.endpoint = dataPlaneEndpoint(dp.mode, dp.hostId, this.tcpListener ? `${this.config.advertiseHost}:${this.tcpListener.port}` : null, false);
+    if (dp.mode !== 'grpc') this.dataPlaneListener = new DataPlaneListener({ host: this.config.host, port: dp.port, shm: dp.mode === 'shm' || dp.mode === 'auto' });
+    this.endpoint = dataPlaneEndpoint(dp.mode, dp.hostId, this.dataPlaneListener ? `${this.config.advertiseHost}:${this.dataPlaneListener.port}` : null, true);
     this.metrics = await startMetricsServer({ port: this.config.metricsPort, host: this.config.host });
     this.metricsAddress = `${this.config.advertiseHost}:${this.metrics.port}`;
     workerMetrics.backend.set({ backend: this.backend.name }, 1);
@@ -232,7 +232,7 @@ export class WorkerProcess {
         resolve();
       });
     });
-    this.tcpListener?.close();
+    this.dataPlaneListener?.close();
     await this.metrics?.close();
     this.redis.disconnect();
   }
@@ -268,7 +268,7 @@ export class WorkerProcess {
     });
     this.sessions.set(session.id, session);
     // Its upstream's data-plane frames must carry keys derived from this session's token.
-    this.tcpListener?.addSession(session.id, session.token);
+    this.dataPlaneListener?.addSession(session.id, session.token);
     workerMetrics.sessionsOpened.inc();
     workerMetrics.sessionsOpen.set(this.sessions.size);
     try {
@@ -277,7 +277,7 @@ export class WorkerProcess {
       return { workerId: this.config.id, backend: this.backend.name, startIteration, nextTransport: session.nextTransport };
     } catch (e) {
       this.sessions.delete(session.id);
-      this.tcpListener?.removeSession(session.id);
+      this.dataPlaneListener?.removeSession(session.id);
       workerMetrics.sessionsOpen.set(this.sessions.size);
       await session.close();
       throw e;
@@ -289,7 +289,8 @@ export class WorkerProcess {
    * data plane, into `destination`. A transport this worker does not accept is refused.
    */
   private receiveBytes(header: TensorHeader, transport: DataPlaneTransport, destination: Buffer): Promise<unknown> {
-    if (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP && this.tcpListener) return this.tcpListener.receive(header.sessionId, header.seq, destination);
+    const accepted = (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP && this.endpoint?.tcp) || (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM && this.endpoint?.shm);
+    if (accepted && this.dataPlaneListener) return this.dataPlaneListener.receive(header.sessionId, header.seq, destination);
     return Promise.reject(new TransportError(grpc.status.FAILED_PRECONDITION, `worker ${this.config.id} does not take tensor bytes over ${DataPlaneTransport[transport]} (--data-plane ${this.config.dataPlane.mode})`, 'data plane'));
   }
 
@@ -361,7 +362,7 @@ export class WorkerProcess {
   private async drop(s: StageSession, why: string): Promise<void> {
     if (this.sessions.get(s.id) !== s) return;
     this.sessions.delete(s.id);
-    this.tcpListener?.removeSession(s.id);
+    this.dataPlaneListener?.removeSession(s.id);
     workerMetrics.sessionsOpen.set(this.sessions.size);
     await s.close();
     this.log.info('session closed', { job: s.jobId, session: s.id, blockSteps: s.blockSteps, why });

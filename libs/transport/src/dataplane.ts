@@ -1,6 +1,6 @@
 /**
- * The data plane's adapter: tensor bytes between stages over the addon's native TCP path
- * (libs/engine/native/src/dataplane.h), while gRPC carries the control messages (the tensor
+ * The data plane's adapter: tensor bytes between stages over the addon's native TCP path or,
+ * between processes of one host, its shared-memory ring (libs/engine/native/src/dataplane.h), while gRPC carries the control messages (the tensor
  * header with its seq and byte length, acknowledgements, errors). Native threads write from the
  * sender's buffer and read into the receiver's preallocated buffer; no JavaScript runs per chunk.
  *
@@ -45,6 +45,8 @@ export interface DataPlaneListenerOptions {
   host?: string;
   port?: number;
   stallMs?: number;
+  /** Also take tensors through senders' shared-memory rings (senders on this host). */
+  shm?: boolean;
 }
 
 /** Accepts data-plane connections and lands announced tensors in the buffers given for them. */
@@ -56,7 +58,7 @@ export class DataPlaneListener {
   constructor(options: DataPlaneListenerOptions = {}) {
     const DP = nativeDataPlane();
     this.host = options.host ?? '127.0.0.1';
-    this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS);
+    this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, options.shm ?? false);
   }
 
   get port(): number {
@@ -107,21 +109,35 @@ export class DataPlaneListener {
   }
 }
 
+/** Slots of a shared-memory ring and their size: chunks copied in while others are copied out. */
+export const DEFAULT_SHM_RING = { slotBytes: 4 * 1024 * 1024, slots: 4 };
+
+export interface DataPlaneSenderOptions {
+  stallMs?: number;
+  /**
+   * Send through a shared-memory ring instead of the socket (a listener on this host that takes
+   * shm): the connection then only rings doorbells. true: DEFAULT_SHM_RING.
+   */
+  shm?: boolean | { slotBytes: number; slots: number };
+}
+
 /** One data-plane connection to a listener at `host:port`; sends tensors in call order. */
 export class DataPlaneSender {
-  readonly transport = 'tcp' as const;
+  readonly transport: 'tcp' | 'shm';
   private readonly native: NativeDataPlaneSender;
   private readonly keys = new Map<string, DataPlaneKeys>();
 
   constructor(
     readonly address: string,
-    options: { stallMs?: number } = {},
+    options: DataPlaneSenderOptions = {},
   ) {
     const at = address.lastIndexOf(':');
     const host = address.slice(0, at).replace(/^\[|\]$/g, '');
     const port = Number(address.slice(at + 1));
     if (at < 1 || !Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`data-plane address must be host:port, got '${address}'`);
-    this.native = new (nativeDataPlane().Sender)(host, port, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS);
+    const ring = options.shm === true ? DEFAULT_SHM_RING : options.shm || null;
+    this.transport = ring ? 'shm' : 'tcp';
+    this.native = new (nativeDataPlane().Sender)(host, port, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, ring?.slotBytes ?? 0, ring?.slots ?? 0);
   }
 
   /**
@@ -159,7 +175,8 @@ const ACCEPTS: Record<DataPlaneMode, readonly HopTransport[]> = { grpc: [], tcp:
 
 /** What a worker in `mode` with these listeners advertises (registry, then OpenSession of its upstream). */
 export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddress: string | null, shm: boolean): DataPlaneEndpoint {
-  return { tcpAddress: ACCEPTS[mode].includes('tcp') && tcpAddress ? tcpAddress : '', hostId, shm: ACCEPTS[mode].includes('shm') && shm };
+  // The listener's address serves shared memory too (its connection rings the doorbells).
+  return { tcpAddress: ACCEPTS[mode].length > 0 && tcpAddress ? tcpAddress : '', tcp: ACCEPTS[mode].includes('tcp') && tcpAddress !== null, hostId, shm: ACCEPTS[mode].includes('shm') && shm && tcpAddress !== null };
 }
 
 /**
@@ -168,8 +185,9 @@ export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddres
  */
 export function chooseHopTransport(mode: DataPlaneMode, hostId: string, next: DataPlaneEndpoint | undefined): HopTransport {
   const mine = ACCEPTS[mode];
-  if (next && mine.includes('shm') && next.shm && next.hostId !== '' && next.hostId === hostId) return 'shm';
-  if (next && mine.includes('tcp') && next.tcpAddress !== '') return 'tcp';
+  if (!next || next.tcpAddress === '') return 'grpc';
+  if (mine.includes('shm') && next.shm && next.hostId !== '' && next.hostId === hostId) return 'shm';
+  if (mine.includes('tcp') && next.tcp) return 'tcp';
   return 'grpc';
 }
 

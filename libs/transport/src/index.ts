@@ -29,6 +29,7 @@ export {
   DataPlaneListener,
   DataPlaneSender,
   DEFAULT_DATA_PLANE_STALL_MS,
+  DEFAULT_SHM_RING,
   DATA_PLANE_MODES,
   HOP_TRANSPORTS,
   chooseHopTransport,
@@ -40,6 +41,7 @@ export {
   type HopTransport,
   type DataPlaneKeys,
   type DataPlaneListenerOptions,
+  type DataPlaneSenderOptions,
   type DataPlaneTransfer,
 } from './dataplane';
 export { GRANT_ERROR_REASONS, GrantError, parseGrantKeys, signGrant, verifyGrant, type GrantKey, type SessionGrant } from './grants';

@@ -66,7 +66,9 @@ describe('hop transport choice', () => {
     expect(chooseHopTransport('grpc', 'host-a', both)).toBe('grpc');
     expect(chooseHopTransport('auto', 'host-a', undefined)).toBe('grpc');
     // A receiver's mode limits what it advertises.
-    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true)).toEqual({ tcpAddress: '10.0.0.1:7000', hostId: 'host-a', shm: false });
+    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true)).toEqual({ tcpAddress: '10.0.0.1:7000', tcp: true, hostId: 'host-a', shm: false });
+    // A shm-only receiver on another host: nothing native fits.
+    expect(chooseHopTransport('auto', 'host-b', dataPlaneEndpoint('shm', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', 'host-a', dataPlaneEndpoint('grpc', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', '', dataPlaneEndpoint('auto', '', null, true))).toBe('grpc');
   });

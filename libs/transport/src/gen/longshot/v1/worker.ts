@@ -332,12 +332,17 @@ export interface OpenSessionRequest {
 
 /** What a worker's data plane accepts; it registers this, drivers pass it upstream. */
 export interface DataPlaneEndpoint {
-  /** host:port of its native TCP listener; empty: none. */
+  /**
+   * host:port of its native listener (payloads over TCP, and the doorbells of shared memory);
+   * empty: none.
+   */
   tcpAddress: string;
   /** Identity of its host (boot id and hostname): shared memory only between equal ones. */
   hostId: string;
   /** Whether it accepts tensors through shared memory. */
   shm: boolean;
+  /** Whether it accepts tensor payloads over TCP. */
+  tcp: boolean;
 }
 
 export interface OpenSessionResponse {
@@ -1286,7 +1291,7 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
 };
 
 function createBaseDataPlaneEndpoint(): DataPlaneEndpoint {
-  return { tcpAddress: "", hostId: "", shm: false };
+  return { tcpAddress: "", hostId: "", shm: false, tcp: false };
 }
 
 export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
@@ -1299,6 +1304,9 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
     }
     if (message.shm !== false) {
       writer.uint32(24).bool(message.shm);
+    }
+    if (message.tcp !== false) {
+      writer.uint32(32).bool(message.tcp);
     }
     return writer;
   },
@@ -1340,6 +1348,14 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
             message.shm = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.tcp = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1365,6 +1381,7 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
         ? globalThis.String(object.host_id)
         : "",
       shm: isSet(object.shm) ? globalThis.Boolean(object.shm) : false,
+      tcp: isSet(object.tcp) ? globalThis.Boolean(object.tcp) : false,
     };
   },
 
@@ -1379,6 +1396,9 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
     if (message.shm !== false) {
       obj.shm = message.shm;
     }
+    if (message.tcp !== false) {
+      obj.tcp = message.tcp;
+    }
     return obj;
   },
 
@@ -1390,6 +1410,7 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
     message.tcpAddress = object.tcpAddress ?? "";
     message.hostId = object.hostId ?? "";
     message.shm = object.shm ?? false;
+    message.tcp = object.tcp ?? false;
     return message;
   },
 };
