@@ -28,6 +28,9 @@ afterEach(() => {
   for (const x of open.splice(0)) x.close();
 });
 
+/** Small slots, so tensors wrap around the ring many times and end mid-slot. */
+const SHM_RING = { slotBytes: 64 * 1024, slots: 3 };
+
 function listener(stallMs = 2000): DataPlaneListener {
   return track(new DataPlaneListener({ stallMs }));
 }
@@ -132,45 +135,6 @@ describe('native TCP data plane', () => {
     }
   });
 
-  it('refuses an unknown session and a wrong token, leaving the real session untouched', async () => {
-    const l = listener();
-    l.addSession('s1', TOKEN);
-    const dst = new Float32Array(1024).fill(7);
-    const mine = l.receive('s1', 1, dst);
-
-    const stranger = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    const unknown = await rejection(stranger.send('nobody', TOKEN, 1, new Float32Array(1024)));
-    expect(unknown.code).toBe(Status.NOT_FOUND);
-    expect(unknown.details).toMatch(/unknown session/);
-
-    const thief = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    const wrong = await rejection(thief.send('s1', OTHER, 1, new Float32Array(1024)));
-    expect(wrong.code).toBe(Status.UNAUTHENTICATED);
-    expect(wrong.details).toMatch(/wrong grant/);
-    // A refused connection is not used again.
-    const again = await rejection(thief.send('s1', TOKEN, 2, new Float32Array(1024)));
-    expect(again.code).toBe(Status.UNAVAILABLE);
-
-    expect(dst.every((v) => v === 7)).toBe(true);
-    const honest = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    await honest.send('s1', TOKEN, 1, pattern(1, 1024));
-    await mine;
-    expect(Buffer.from(dst.buffer).equals(Buffer.from(pattern(1, 1024).buffer))).toBe(true);
-  });
-
-  it('refuses a byte length other than the announced one before writing', async () => {
-    const l = listener();
-    l.addSession('s1', TOKEN);
-    const dst = new Float32Array(256).fill(7);
-    const mine = rejection(l.receive('s1', 1, dst));
-    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    const sent = await rejection(s.send('s1', TOKEN, 1, new Float32Array(512)));
-    expect(sent.code).toBe(Status.INVALID_ARGUMENT);
-    expect(sent.details).toMatch(/byte_length 2048 does not match the 1024 bytes announced/);
-    expect((await mine).code).toBe(Status.INVALID_ARGUMENT);
-    expect(dst.every((v) => v === 7)).toBe(true);
-  });
-
   it('refuses bytes no control-plane header announced', async () => {
     const l = listener(300);
     l.addSession('s1', TOKEN);
@@ -242,9 +206,53 @@ describe('native TCP data plane', () => {
   });
 });
 
+/** Both paths of the data plane refuse the same way before any byte reaches a buffer. */
+describe.each([
+  { name: 'TCP', shm: false as const },
+  { name: 'shared memory', shm: SHM_RING },
+])('refusals over $name', (via) => {
+  it('refuses an unknown session and a wrong token, leaving the real session untouched', async () => {
+    const l = track(new DataPlaneListener({ stallMs: 2000, shm: via.shm !== false }));
+    l.addSession('s1', TOKEN);
+    const dst = new Float32Array(1024).fill(7);
+    const mine = l.receive('s1', 1, dst);
+
+    const stranger = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    const unknown = await rejection(stranger.send('nobody', TOKEN, 1, new Float32Array(1024)));
+    expect(unknown.code).toBe(Status.NOT_FOUND);
+    expect(unknown.details).toMatch(/unknown session/);
+
+    const thief = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    const wrong = await rejection(thief.send('s1', OTHER, 1, new Float32Array(1024)));
+    expect(wrong.code).toBe(Status.UNAUTHENTICATED);
+    expect(wrong.details).toMatch(/wrong grant/);
+    // A refused connection is not used again.
+    const again = await rejection(thief.send('s1', TOKEN, 2, new Float32Array(1024)));
+    expect(again.code).toBe(Status.UNAVAILABLE);
+
+    expect(dst.every((v) => v === 7)).toBe(true);
+    const honest = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    await honest.send('s1', TOKEN, 1, pattern(1, 1024));
+    await mine;
+    expect(Buffer.from(dst.buffer).equals(Buffer.from(pattern(1, 1024).buffer))).toBe(true);
+  });
+
+  it('refuses a byte length other than the announced one before writing', async () => {
+    const l = track(new DataPlaneListener({ stallMs: 2000, shm: via.shm !== false }));
+    l.addSession('s1', TOKEN);
+    const dst = new Float32Array(256).fill(7);
+    const mine = rejection(l.receive('s1', 1, dst));
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    const sent = await rejection(s.send('s1', TOKEN, 1, new Float32Array(512)));
+    expect(sent.code).toBe(Status.INVALID_ARGUMENT);
+    expect(sent.details).toMatch(/byte_length 2048 does not match the 1024 bytes announced/);
+    expect((await mine).code).toBe(Status.INVALID_ARGUMENT);
+    expect(dst.every((v) => v === 7)).toBe(true);
+  });
+});
+
 describe('native shared-memory data plane', () => {
-  // Small slots, so tensors wrap around the ring many times and end mid-slot.
-  const ring = { slotBytes: 64 * 1024, slots: 3 };
+  const ring = SHM_RING;
 
   function shmListener(stallMs = 2000): DataPlaneListener {
     return track(new DataPlaneListener({ stallMs, shm: true }));
@@ -294,36 +302,6 @@ describe('native shared-memory data plane', () => {
     for (let i = 0; i < 3; i++) expect(Buffer.from(far[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
     // The receiver unlinks a segment's name once mapped: nothing is left in /dev/shm.
     expect(fs.readdirSync('/dev/shm').filter((f) => f.startsWith('longshot-dp-'))).toEqual(before);
-  });
-
-  it('refuses an unknown session, a wrong token and a wrong length before copying, leaving the real session untouched', async () => {
-    const l = shmListener();
-    l.addSession('s1', TOKEN);
-    const dst = new Float32Array(1024).fill(7);
-    const mine = l.receive('s1', 1, dst);
-
-    const stranger = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
-    const unknown = await rejection(stranger.send('nobody', TOKEN, 1, new Float32Array(1024)));
-    expect(unknown.code).toBe(Status.NOT_FOUND);
-    const thief = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
-    const wrong = await rejection(thief.send('s1', OTHER, 1, new Float32Array(1024)));
-    expect(wrong.code).toBe(Status.UNAUTHENTICATED);
-    expect(dst.every((v) => v === 7)).toBe(true);
-
-    const other = new Float32Array(256).fill(9);
-    l.addSession('s2', TOKEN);
-    const theirs = rejection(l.receive('s2', 1, other));
-    const long = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
-    const sent = await rejection(long.send('s2', TOKEN, 1, new Float32Array(512)));
-    expect(sent.code).toBe(Status.INVALID_ARGUMENT);
-    expect(sent.details).toMatch(/byte_length 2048 does not match the 1024 bytes announced/);
-    expect((await theirs).code).toBe(Status.INVALID_ARGUMENT);
-    expect(other.every((v) => v === 9)).toBe(true);
-
-    const honest = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
-    await honest.send('s1', TOKEN, 1, pattern(1, 1024));
-    await mine;
-    expect(Buffer.from(dst.buffer).equals(Buffer.from(pattern(1, 1024).buffer))).toBe(true);
   });
 
   it('a listener without shared memory refuses it, and a segment that is not there is named', async () => {
