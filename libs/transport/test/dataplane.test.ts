@@ -323,6 +323,25 @@ describe('native shared-memory data plane', () => {
     expect(replyOf(await reply).message).toMatch(/cannot open the sender's shared memory .* \(not on this host\?\)/);
   });
 
+  it('a peer that dies mid-tensor fails the receive at once (UNAVAILABLE), not after the stall time', async () => {
+    const l = shmListener(60_000);
+    l.addSession('s1', TOKEN);
+    const mine = rejection(l.receive('s1', 1, new Uint8Array(3 * 4096)));
+    const name = `longshot-test-${process.pid}-death`;
+    const file = handMadeSegment(name, 2, 4096, 1);
+    try {
+      const { socket } = await rawPeer(l);
+      socket.write(DP.encodeHeader({ seq: 1, byteLength: 3 * 4096, ...dataPlaneKeys('s1', TOKEN), shm: true }));
+      socket.write(ringDescriptor(name, 2, 4096));
+      socket.end(Buffer.from('D')); // one chunk, then the process is gone
+      const err = await mine;
+      expect(err.code).toBe(Status.UNAVAILABLE);
+      expect(err.details).toMatch(/the peer closed the connection mid-tensor/);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  });
+
   it('times out a peer that stops mid-tensor; chunks already copied stay in its own buffer only', async () => {
     const l = shmListener(300);
     l.addSession('s1', TOKEN);
