@@ -32,26 +32,35 @@ afterEach(async () => {
 });
 
 /** A gRPC receiver whose data-plane bytes land through `listener`, counting what came that way. */
-async function serve(listener: DataPlaneListener, options: Omit<TensorReceiverOptions, 'dataPlane'>): Promise<{ server: TestServer; landed: number[] }> {
+async function serve(listener: DataPlaneListener, options: Omit<TensorReceiverOptions, 'dataPlane'>): Promise<{ server: TestServer; landed: number[]; paths: Set<DataPlaneTransport> }> {
   const landed: number[] = [];
+  const paths = new Set<DataPlaneTransport>();
   const server = await startServer({
     ...options,
     dataPlane: async (h, transport, destination) => {
-      expect(transport).toBe(DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP);
       await listener.receive(h.sessionId, h.seq, destination);
       landed.push(h.seq);
+      paths.add(transport);
     },
   });
   open.push(server);
-  return { server, landed };
+  return { server, landed, paths };
 }
 
 function listen(token = TOKEN): DataPlaneListener {
   // Long enough that a refusal on the stream always reaches the sender before the data plane's.
-  const l = new DataPlaneListener({ stallMs: 10_000 });
+  const l = new DataPlaneListener({ stallMs: 10_000, shm: true });
   l.addSession(SESSION, token);
   open.push(l);
   return l;
+}
+
+/** Resolves once `done()` holds (checked every 10 ms); fails the test after 10 s. */
+async function until(done: () => boolean): Promise<void> {
+  for (let waited = 0; !done(); waited += 10) {
+    if (waited > 10_000) throw new Error('condition not reached within 10 s');
+    await sleep(10);
+  }
 }
 
 const bytes = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
@@ -74,20 +83,24 @@ describe('hop transport choice', () => {
   });
 });
 
-describe('TensorSender -> TensorReceiver over the native TCP data plane', () => {
-  it('moves every tensor bit-exact and in order; the stream carries only headers and acks', async () => {
+describe('TensorSender -> TensorReceiver over the native data plane', () => {
+  it.each([
+    ['TCP', false, DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP],
+    ['shared memory', true, DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM],
+  ] as const)('moves every tensor bit-exact and in order over %s; the stream carries only headers and acks', async (_, shm, wire) => {
     const l = listen();
     const received: ReceivedTensor[] = [];
-    const { server, landed } = await serve(l, { handler: (t) => void received.push(t) });
-    const sender = TensorSender.open(server.client(), { bytes: new DataPlaneSender(`127.0.0.1:${l.port}`) });
-    expect(sender.transport).toBe('tcp');
+    const { server, landed, paths } = await serve(l, { handler: (t) => void received.push(t) });
+    const sender = TensorSender.open(server.client(), { bytes: new DataPlaneSender(`127.0.0.1:${l.port}`, { shm }) });
+    expect(sender.transport).toBe(shm ? 'shm' : 'tcp');
     const tensors = [pattern(2 * 1_200_000, 1), pattern(3 * 7 * 11, 2), new Float32Array(0), pattern(1_000_003, 4)];
     for (const t of tensors) await sender.send(header([t.length]), encodePayload(t, 'f32'));
     await sender.close();
     expect(landed).toEqual([1, 2, 3, 4]);
+    expect([...paths]).toEqual([wire]);
     expect(received.map((t) => t.header.seq)).toEqual([1, 2, 3, 4]);
     for (let i = 0; i < tensors.length; i++) {
-      expect(received[i].header.transport).toBe(DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP);
+      expect(received[i].header.transport).toBe(wire);
       expect(bytes(decodePayload(received[i].payload, 'f32', tensors[i].length)).equals(bytes(tensors[i]))).toBe(true);
     }
   });
@@ -109,7 +122,9 @@ describe('TensorSender -> TensorReceiver over the native TCP data plane', () => 
     // Tensor 1 is being handled, 2 acknowledged and queued, 3 landed but unacknowledged: the
     // window of 1 keeps tensor 4 from starting until the handler moves.
     await Promise.all(sends.slice(0, 3));
-    await sleep(300);
+    await until(() => landed.length === 3 && sender.unacknowledged === 1);
+    // Had tensor 4 been let through, it would have landed by now.
+    await sleep(200);
     expect(landed).toEqual([1, 2, 3]);
     expect(sender.unacknowledged).toBe(1);
     open();
