@@ -11,9 +11,9 @@
  *
  * Second section, at real tensor sizes (100 MB, the hidden states of one wan2.1-1.3b 832x480
  * block-step): the native data plane (libs/transport DataPlaneSender -> DataPlaneListener, a
- * persistent connection, each tensor landing in the child's preallocated buffer and checked) next
- * to the raw socket moving the same bytes, and next to a memcpy of them (Buffer.copy into a
- * preallocated buffer), all in the same run.
+ * persistent connection, each tensor landing in the child's preallocated buffer and checked)
+ * over TCP and through its shared-memory ring, next to the raw socket moving the same bytes and
+ * to a memcpy of them (Buffer.copy into a preallocated buffer), all in the same run.
  *
  * This file is also the child: `node --import tsx bench/transport.ts stream|raw|native`.
  */
@@ -24,6 +24,7 @@ import {
   DEFAULT_CHUNK_BYTES,
   DataPlaneListener,
   DataPlaneSender,
+  DEFAULT_SHM_RING,
   PayloadKind,
   TensorSender,
   WireDtype,
@@ -48,10 +49,14 @@ export interface TransportReport {
     tensorBytes: number;
     tensors: number;
     nativeTcp: { bytesPerSecond: number; seconds: number[] };
+    /** The shared-memory ring into another process of this host (slots of ring.slotBytes). */
+    shm: { bytesPerSecond: number; seconds: number[]; ring: { slotBytes: number; slots: number } };
     rawTcp: { bytesPerSecond: number; seconds: number[] };
     memcpy: { bytesPerSecond: number; seconds: number[] };
     /** nativeTcp / rawTcp (target >= 0.9). */
     tcpRatio: number;
+    /** shm / memcpy (target >= 0.8). */
+    shmRatio: number;
   };
 }
 
@@ -112,7 +117,7 @@ function childRaw(): void {
 function childNative(): void {
   // Receives seqs 1, 2, ... forever, each into the same preallocated buffer (as a stage would
   // into its input buffer), and acknowledges nothing beyond the data plane's own reply.
-  const listener = new DataPlaneListener();
+  const listener = new DataPlaneListener({ shm: true });
   listener.addSession(DP_SESSION, DP_TOKEN);
   const destination = new Float32Array(DP_TENSOR_BYTES / 4);
   void (async () => {
@@ -202,24 +207,28 @@ async function dataPlaneBench(rawPort: number): Promise<TransportReport['dataPla
   const destination = Buffer.alloc(DP_TENSOR_BYTES, 1);
   const child = await startChild('native');
   const sender = new DataPlaneSender(`127.0.0.1:${child.port}`);
+  // The child takes seqs in order whichever connection brings them: sends never overlap.
+  const shmSender = new DataPlaneSender(`127.0.0.1:${child.port}`, { shm: DEFAULT_SHM_RING });
   let seq = 0;
   const nextSeq = (): number => ++seq;
   try {
     await timeNative(sender, values, nextSeq);
+    await timeNative(shmSender, values, nextSeq);
     await timeRaw(rawPort, bytes, DP_TENSORS);
     timeMemcpy(bytes, destination);
     const native: number[] = [];
+    const shm: number[] = [];
     const raw: number[] = [];
     const memcpy: number[] = [];
     for (let r = 0; r < REPS; r++) {
-      if (r % 2 === 0) {
-        native.push(await timeNative(sender, values, nextSeq));
-        raw.push(await timeRaw(rawPort, bytes, DP_TENSORS));
-      } else {
-        raw.push(await timeRaw(rawPort, bytes, DP_TENSORS));
-        native.push(await timeNative(sender, values, nextSeq));
-      }
-      memcpy.push(timeMemcpy(bytes, destination));
+      // Alternate the order so no path always runs on a machine another just warmed.
+      const runs = [
+        async () => native.push(await timeNative(sender, values, nextSeq)),
+        async () => raw.push(await timeRaw(rawPort, bytes, DP_TENSORS)),
+        async () => shm.push(await timeNative(shmSender, values, nextSeq)),
+        async () => memcpy.push(timeMemcpy(bytes, destination)),
+      ];
+      for (const run of r % 2 === 0 ? runs : runs.reverse()) await run();
     }
     const total = DP_TENSORS * DP_TENSOR_BYTES;
     const bps = (xs: number[]): number => Math.round(total / median(xs));
@@ -228,11 +237,14 @@ async function dataPlaneBench(rawPort: number): Promise<TransportReport['dataPla
       tensors: DP_TENSORS,
       nativeTcp: { bytesPerSecond: bps(native), seconds: native },
       rawTcp: { bytesPerSecond: bps(raw), seconds: raw },
+      shm: { bytesPerSecond: bps(shm), seconds: shm, ring: DEFAULT_SHM_RING },
       memcpy: { bytesPerSecond: bps(memcpy), seconds: memcpy },
       tcpRatio: Number((bps(native) / bps(raw)).toFixed(3)),
+      shmRatio: Number((bps(shm) / bps(memcpy)).toFixed(3)),
     };
   } finally {
     sender.close();
+    shmSender.close();
     stopChild(child);
   }
 }
@@ -293,7 +305,8 @@ export async function transportBench(opts: { json: boolean }): Promise<Transport
           `  stage stream  ${gb(streamBps)}\n  raw tcp       ${gb(rawBps)}\n  ratio         ${report.ratio}\n` +
           `data plane: ${DP_TENSORS} x ${DP_TENSOR_BYTES / 1e6} MB f32, median of ${REPS}\n` +
           `  native tcp    ${gb(dataPlane.nativeTcp.bytesPerSecond)}\n  raw tcp       ${gb(dataPlane.rawTcp.bytesPerSecond)}\n` +
-          `  memcpy        ${gb(dataPlane.memcpy.bytesPerSecond)}\n  tcp ratio     ${dataPlane.tcpRatio}\n`,
+          `  shm           ${gb(dataPlane.shm.bytesPerSecond)}\n  memcpy        ${gb(dataPlane.memcpy.bytesPerSecond)}\n` +
+          `  tcp ratio     ${dataPlane.tcpRatio}\n  shm ratio     ${dataPlane.shmRatio}\n`,
       );
     }
     return report;

@@ -67,11 +67,12 @@ ENV NODE_ENV=production \
     LONGSHOT_BACKEND=auto \
     LONGSHOT_WORKER_HOST=0.0.0.0 \
     LONGSHOT_WORKER_PORT=50051 \
+    LONGSHOT_DATA_PLANE_PORT=50052 \
     LONGSHOT_METRICS_PORT=9464 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
-# gRPC (stage sessions), Prometheus /metrics
-EXPOSE 50051 9464
+# gRPC (stage sessions), the native data plane (tensor bytes), Prometheus /metrics
+EXPOSE 50051 50052 9464
 USER longshot
 # Healthy while the worker's process serves its metrics endpoint.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD node deploy/healthcheck.js "http://127.0.0.1:${LONGSHOT_METRICS_PORT}/metrics"

@@ -314,8 +314,10 @@ describe.each(variants)('k8s/%s workloads', (variant) => {
     const pod = d.spec.template.spec;
     const c = container(d, 'worker');
     expect(c.readinessProbe.grpc?.port).toBe(50051);
-    expect(Object.fromEntries(c.ports.map((p: Obj) => [p.name, p.containerPort]))).toMatchObject({ grpc: 50051, metrics: 9464 });
+    expect(Object.fromEntries(c.ports.map((p: Obj) => [p.name, p.containerPort]))).toMatchObject({ grpc: 50051, dataplane: 50052, metrics: 9464 });
     const env = Object.fromEntries(c.env.map((e: Obj) => [e.name, e]));
+    // The data-plane listener on the port the pod declares (and the NetworkPolicy opens).
+    expect(env.LONGSHOT_DATA_PLANE_PORT.value).toBe('50052');
     expect(env.POD_IP.valueFrom.fieldRef.fieldPath).toBe('status.podIP');
     expect(env.LONGSHOT_WORKER_ADVERTISE.value).toBe('$(POD_IP)');
     // $(POD_IP) expands only when POD_IP is defined earlier in the list.
@@ -376,9 +378,13 @@ describe.each(variants)('k8s/%s workloads', (variant) => {
       expect(matches.length, JSON.stringify(peer)).toBe(1);
     }
     expect(from.map((p) => p.podSelector.matchLabels['app.kubernetes.io/name']).sort()).toEqual(['longshot-controller', 'longshot-worker']);
+    // The data plane admits other workers only (the previous stage sends there).
+    const dataPlane = np.spec.ingress.filter((i: Obj) => i.ports.some((p: Obj) => p.port === 50052));
+    expect(dataPlane).toHaveLength(1);
+    expect(dataPlane[0].from).toEqual([{ podSelector: { matchLabels: { 'app.kubernetes.io/name': 'longshot-worker' } } }]);
     // The metrics port is a separate rule; no rule opens any other port.
     const ports = np.spec.ingress.flatMap((i: Obj) => i.ports.map((p: Obj) => p.port)).sort((a: number, b: number) => a - b);
-    expect(ports).toEqual([9464, 50051]);
+    expect(ports).toEqual([9464, 50051, 50052]);
     // Workers and controllers read the same grant keys (the controller signs, workers verify).
     for (const [w, name] of [[d, 'worker'], [controller, 'controller']] as const) {
       expect(container(w, name).envFrom.map((e: Obj) => e.secretRef?.name)).toContain('longshot-grant-keys');

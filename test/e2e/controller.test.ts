@@ -11,6 +11,7 @@ import { probeVideo, Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage, writeSeededPipeline } from '@longshot/model';
 import { BlockQueue, FAILOVER_REASONS, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobRequest, type JobSpec } from '@longshot/planner';
+import { HOP_TRANSPORTS } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { queuePrefix } from '../../apps/controller/src/queue';
 import { REFUSAL_REASONS } from '../../apps/worker/src/metrics';
@@ -126,6 +127,7 @@ describe('controller', () => {
       for (const result of ['hit', 'miss']) zero(page, `longshot_text_embedding_cache_total{result="${result}"}`);
       for (const reason of REFUSAL_REASONS) zero(page, `longshot_worker_refused_calls_total{reason="${reason}"}`);
       for (const code of SESSION_ERROR_CODES) zero(page, `longshot_rejected_tensors_total{code="${code}"}`);
+      for (const transport of HOP_TRANSPORTS) zero(page, `longshot_dataplane_bytes_total{transport="${transport}"}`);
     }
   });
 
@@ -152,6 +154,9 @@ describe('controller', () => {
       expect(r.numerics).toBe(r.result.numerics);
       // The solver and the shift the job used: Wan's UniPC and the scheduler's flow_shift.
       expect([r.result.sampler, r.result.shift]).toEqual(['unipc', 3]);
+      // Each hop's transport: workers of one host on --data-plane auto share memory.
+      const K = i + 1;
+      expect(r.result.hops).toEqual(K === 1 ? [] : Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: 'shm' })));
       expect(r.progress.blocksDone).toBe(plan.blocks);
       const events = await streams[i];
       expect(events[0].event).toBe('queued');
@@ -182,6 +187,9 @@ describe('controller', () => {
     const metrics = await (await fetch(`${controllerUrl()}/metrics`)).text();
     expect(metrics).toMatch(/longshot_queue_jobs\{state="completed"\} \d+/);
     expect(metrics).toMatch(/longshot_workers_registered 3/);
+    let shared = 0;
+    for (const w of cluster.workers.values()) shared += metricValue(await (await fetch(`http://${w.metricsAddress}/metrics`)).text(), 'longshot_dataplane_bytes_total{transport="shm"}');
+    expect(shared).toBeGreaterThan(0);
     expect(metrics).toMatch(/longshot_http_request_duration_seconds_count\{method="POST",route="\/v1\/videos",status="202"\}/);
   });
 

@@ -11,7 +11,7 @@ import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWe
 import { buildSchedule, jobSchedulerConfig, WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 import { BlockQueue, FAILOVER_REASONS, runDistributedJob, runLocalPipeline, type DistributedResult, type Failover } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
-import { createWorkerClient, encodePayload, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
+import { createWorkerClient, DataPlaneTransport, encodePayload, HOP_TRANSPORTS, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { renderLocal, textFor } from '../../apps/cli/src/render';
 import { leaseAndGrant } from './grants';
@@ -19,6 +19,9 @@ import { leaseAndGrant } from './grants';
 let dir: string;
 let cluster: LocalCluster;
 let redis: Redis;
+
+/** What --data-plane auto picks between two workers of one host. */
+const DEFAULT_HOP = 'shm';
 
 const base = { prompt: 'a lighthouse in a storm', width: 64, height: 64, block: 2, context: 1, steps: 6, model: 'tiny', seed: 11, sampler: 'unipc' };
 const spec = (over: Partial<Parameters<typeof normalizeSpec>[0]> = {}): JobSpec => normalizeSpec({ ...base, frames: 4 * (12 - 1) + 1, ...over });
@@ -47,13 +50,14 @@ async function distributed(
   s: JobSpec,
   id: string,
   hooks: { onBlockStep?: (n: number) => void; onAttempt?: (workers: string[]) => void; onFailover?: (f: Failover) => void } = {},
+  on: { cluster: LocalCluster; redis: Redis } = { cluster, redis },
 ): Promise<DistributedResult & { latentSha256: string }> {
   const stitcher = new Stitcher(path.join(dir, `${id}.mp4`), geometry(s), vaeFor(s));
   let steps = 0;
   const run = await runDistributedJob(
     { jobId: id, spec: s, keyPrefix: jobPrefix(id), text: null },
     {
-      ...cluster.driver(redis, id),
+      ...on.cluster.driver(on.redis, id),
       onBlock: async (i, latents) => void (await stitcher.add(i, latents)),
       onBlockStep: () => hooks.onBlockStep?.(++steps),
       onAttempt: (a) => hooks.onAttempt?.(a.workers.map((w) => w.id)),
@@ -84,6 +88,8 @@ describe('DualParal across worker processes', () => {
       expect(r.latentSha256, `K = ${K}`).toBe(reference);
       expect(new Set(r.workers).size).toBe(K);
       expect(r.recomputedBlockSteps).toBe(0);
+      // --data-plane auto (the default): every hop, the tail's back to the head included, is native.
+      expect(r.hops, `K = ${K}`).toEqual(Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: DEFAULT_HOP })));
     }
     // Euler stays selectable and distributes the same way; it is a different solve.
     const euler = await inProcess(spec({ sampler: 'euler' }));
@@ -168,6 +174,7 @@ describe('DualParal across worker processes', () => {
           keyPrefix: '',
           payloadScale: 1,
           grant: lease.grant,
+          nextDataPlane: undefined,
         },
         (err) => (err ? reject(err) : resolve()),
       ),
@@ -175,7 +182,7 @@ describe('DualParal across worker processes', () => {
     const tokens = 2 * (0 + s.block) * 16; // block 0: no prefix, (64/8/2)^2 = 16 tokens per frame
     const timestep = buildSchedule(jobSchedulerConfig(WAN_SCHEDULER_CONFIG, s), s.steps).timesteps[0];
     const goodStep = { iteration: 0, block: 0, step: 0, timestep, prefixFrames: 0, ownFrames: s.block, contextFrames: s.context, height: 8, width: 8 };
-    const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, ...over });
+    const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ...over });
     const cases: [string, object, number][] = [
       ['unknown session', { sessionId: 'nope' }, grpc.status.NOT_FOUND],
       ['wrong token', { token: 'y'.repeat(32) }, grpc.status.UNAUTHENTICATED],
@@ -184,6 +191,7 @@ describe('DualParal across worker processes', () => {
       ['dtype', { dtype: toWireDtype('bf16'), byteLength: tokens * 64 * 2 }, grpc.status.INVALID_ARGUMENT],
       ['block-step the job does not have', { step: { ...goodStep, block: 99 } }, grpc.status.INVALID_ARGUMENT],
       ['velocity into a tail', { kind: PayloadKind.PAYLOAD_KIND_VELOCITY }, grpc.status.INVALID_ARGUMENT],
+      ['a transport this build does not know', { transport: 7 }, grpc.status.INVALID_ARGUMENT],
     ];
     // A real job runs on the same workers while the bad streams arrive.
     const job = distributed(s, 'beside-probes');
@@ -208,3 +216,37 @@ function sendOne(client: WorkerClient, header: object, bytes: number): Promise<n
     call.end();
   });
 }
+
+// The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
+describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
+  let forced: LocalCluster;
+  let forcedRedis: Redis;
+  beforeAll(async () => {
+    forced = await LocalCluster.start({ workers: 2, name: `${mode}-only`, workerArgs: ['--data-plane', mode] });
+    forcedRedis = new Redis(forced.redisUrl);
+  });
+  afterAll(async () => {
+    forcedRedis?.disconnect();
+    await forced?.stop();
+  });
+
+  it('gives the same latents with every tensor byte on that transport, and counts them under it', async () => {
+    const s = spec({ stages: 2 });
+    const r = await distributed(s, `${mode}-only`, {}, { cluster: forced, redis: forcedRedis });
+    expect(r.latentSha256).toBe(await inProcess(s));
+    expect(r.hops).toEqual([
+      { from: 0, to: 1, transport: mode },
+      { from: 1, to: 0, transport: mode },
+    ]);
+    const bytes = { grpc: 0, tcp: 0, shm: 0 };
+    for (const w of forced.workers.values()) {
+      const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
+      for (const t of HOP_TRANSPORTS) {
+        const line = page.split('\n').find((l) => l.startsWith(`longshot_dataplane_bytes_total{transport="${t}"} `));
+        bytes[t] += Number(line?.split(' ')[1] ?? NaN);
+      }
+    }
+    expect(bytes[mode]).toBeGreaterThan(0);
+    expect(HOP_TRANSPORTS.filter((t) => t !== mode).map((t) => bytes[t])).toEqual([0, 0]);
+  });
+});

@@ -93,6 +93,7 @@ function headTail(s: JobSpec, job: string, over: Partial<OpenSessionRequest> = {
     keyPrefix: '',
     payloadScale: 1,
     grant: '',
+    nextDataPlane: undefined,
     ...over,
   };
 }

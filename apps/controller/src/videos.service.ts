@@ -151,7 +151,8 @@ export class VideosService {
       attempts: rec.attempts,
       owner: rec.owner,
       numerics: rec.numerics,
-      result: rec.result,
+      // Records written before hops were reported have none.
+      result: rec.result ? { ...rec.result, hops: rec.result.hops ?? [] } : null,
       error: rec.error,
       createdAt: iso(rec.createdAt),
       startedAt: iso(rec.startedAt),

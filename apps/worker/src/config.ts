@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { keySchemaOf } from '@longshot/cache';
@@ -5,7 +6,7 @@ import { engineSettingsFromEnv, type EngineSettings } from '@longshot/engine';
 import { modelsDirFlag } from '@longshot/model';
 import { getProfile } from '@longshot/planner';
 import { parseLogLevel, type LogLevel } from '@longshot/telemetry';
-import { loadTlsFiles, parseGrantKeys } from '@longshot/transport';
+import { DATA_PLANE_MODES, loadTlsFiles, parseGrantKeys, type DataPlaneMode } from '@longshot/transport';
 import type { WorkerConfig } from './worker';
 
 export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
@@ -31,6 +32,12 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --tls-cert FILE      mTLS: this worker's certificate (PEM); with --tls-key and --tls-ca (LONGSHOT_TLS_CERT)
   --tls-key FILE       mTLS: its private key (LONGSHOT_TLS_KEY)
   --tls-ca FILE        mTLS: CA that signs every worker's and driver's certificate (LONGSHOT_TLS_CA)
+  --data-plane MODE    how tensor bytes travel between stages: grpc | tcp | shm | auto (LONGSHOT_DATA_PLANE, auto);
+                       gRPC always carries headers, acks and errors; auto: shared memory to a worker of the
+                       same host, native TCP otherwise (docs/dataplane.md)
+  --data-plane-port N  port of the native TCP data-plane listener, 0 = any free port (LONGSHOT_DATA_PLANE_PORT, 0)
+  --host-id ID         identity of this host for the data plane: workers with equal ones share memory
+                       (default: the kernel boot id and the hostname)
   --memory-probe       sample retained memory (after a forced GC) at every finished block; needs node --expose-gc (leak tests)
 
   Environment only (docs/configuration.md): LONGSHOT_KEY_ROOT, LONGSHOT_LOG_LEVEL, LONGSHOT_THREADS,
@@ -65,6 +72,9 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
       drain: { type: 'string' },
       'checkpoint-every': { type: 'string' },
       'memory-probe': { type: 'boolean', default: false },
+      'data-plane': { type: 'string' },
+      'data-plane-port': { type: 'string' },
+      'host-id': { type: 'string' },
       'grant-keys': { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -99,6 +109,10 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
   if (!grantSpec && !f.help) throw new Error('--grant-keys: required (or set LONGSHOT_GRANT_KEYS): workers open sessions only for drivers holding a grant signed with one of these keys');
   const grantKeys = grantSpec ? parseGrantKeys(grantSpec, '--grant-keys') : [];
   const tls = loadTlsFiles({ cert: f['tls-cert'] ?? env.LONGSHOT_TLS_CERT, key: f['tls-key'] ?? env.LONGSHOT_TLS_KEY, ca: f['tls-ca'] ?? env.LONGSHOT_TLS_CA });
+  const dataPlaneMode = (f['data-plane'] ?? env.LONGSHOT_DATA_PLANE ?? 'auto') as DataPlaneMode;
+  if (!DATA_PLANE_MODES.includes(dataPlaneMode)) throw new Error(`--data-plane: expected ${DATA_PLANE_MODES.join(', ')}, got '${dataPlaneMode}'`);
+  const hostId = f['host-id'] ?? hostIdentity();
+  if (hostId.length === 0 || hostId.length > 256) throw new Error(`--host-id: expected 1 to 256 characters, got ${hostId.length}`);
   const config: WorkerConfig = {
     id: f.id ?? env.LONGSHOT_WORKER_ID ?? `worker-${os.hostname()}-${process.pid}`,
     host,
@@ -115,8 +129,23 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     drainSeconds: int('drain', f.drain, 30, 0, 3600),
     checkpointEvery: int('checkpoint-every', f['checkpoint-every'] ?? env.LONGSHOT_CHECKPOINT_EVERY, 1, 1, 1_000_000),
     memoryProbe: f['memory-probe'] ?? false,
+    dataPlane: { mode: dataPlaneMode, port: int('data-plane-port', f['data-plane-port'] ?? env.LONGSHOT_DATA_PLANE_PORT, 0, 0, 65535), hostId },
     grantKeys,
     tls,
   };
   return { config, backend, engine: engineSettingsFromEnv(env), logLevel: parseLogLevel(env.LONGSHOT_LOG_LEVEL), help: f.help ?? false };
+}
+
+/**
+ * This host as the data plane tells hosts apart: the kernel's boot id (new at every boot, shared
+ * by every container of the node) and the hostname. Without /proc (not Linux) the hostname only.
+ */
+export function hostIdentity(): string {
+  let boot = '';
+  try {
+    boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    boot = '';
+  }
+  return boot ? `${boot}/${os.hostname()}` : os.hostname();
 }

@@ -1,5 +1,5 @@
 import { counter, gauge, histogram } from '@longshot/telemetry';
-import { GRANT_ERROR_REASONS } from '@longshot/transport';
+import { GRANT_ERROR_REASONS, HOP_TRANSPORTS } from '@longshot/transport';
 import { SESSION_ERROR_CODES } from './session-error';
 
 /** Why an OpenSession or RunComponent call was refused: a bad grant, or one for something else. */
@@ -24,6 +24,12 @@ export const workerMetrics = {
     help: 'Time stages of this worker spent idle waiting for input while a session was open',
   }),
   bytesSent: counter({ name: 'longshot_activation_bytes_sent_total', help: 'Activation payload bytes sent to the next stage' }),
+  dataPlaneBytes: counter<'transport'>({
+    name: 'longshot_dataplane_bytes_total',
+    help: 'Tensor payload bytes this worker sent to the next stage, by how they travelled (grpc chunk frames, native tcp, shared memory shm)',
+    labelNames: ['transport'],
+    known: { transport: HOP_TRANSPORTS },
+  }),
   bytesReceived: counter({ name: 'longshot_activation_bytes_received_total', help: 'Activation payload bytes received from the previous stage' }),
   sessionsOpen: gauge({ name: 'longshot_sessions_open', help: 'Stage sessions open on this worker' }),
   sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),

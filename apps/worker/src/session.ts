@@ -8,15 +8,23 @@ import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
 import type { Logger } from '@longshot/telemetry';
 import {
+  chooseHopTransport,
   createWorkerClient,
+  DataPlaneSender,
   decodePayload,
   encodePayload,
   fromWireDtype,
   PayloadKind,
   Role,
   toWireDtype,
+  toWireTransport,
   TensorSender,
+  type DataPlaneEndpoint,
+  type DataPlaneMode,
+  type DataPlaneTransport,
+  type HopTransport,
   type OpenSessionRequest,
+  type TensorBytesSender,
   type PayloadDtype,
   type SessionEvent,
   type TensorHeader,
@@ -47,6 +55,8 @@ export interface SessionContext {
   /** Samples retained memory after each block's last step on this stage (null: not sampled). */
   readonly retainedMemory: RetainedMemorySampler | null;
   readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
+  /** This worker's data-plane mode and host: with the next stage's endpoint, they choose the hop's transport. */
+  readonly dataPlane: { readonly mode: DataPlaneMode; readonly hostId: string };
   readonly log: Logger;
   /** Called when the session has lost its driver or upstream for longer than the grace period. */
   readonly onOrphaned: (s: StageSession) => void;
@@ -91,6 +101,9 @@ export class StageSession {
   private readonly nextAddress: string;
   private readonly nextSessionId: string;
   private readonly nextToken: string;
+  private readonly nextDataPlane: DataPlaneEndpoint | undefined;
+  /** How tensor bytes travel to the next stage (chosen at open; 'grpc' for K = 1). */
+  readonly hop: HopTransport;
   private client: WorkerClient | null = null;
   private sender: TensorSender | null = null;
   private link: EmulatedLink | null = null;
@@ -184,6 +197,8 @@ export class StageSession {
     this.nextAddress = req.nextAddress;
     this.nextSessionId = req.nextSessionId;
     this.nextToken = req.nextToken;
+    this.nextDataPlane = req.nextDataPlane;
+    this.hop = req.role === Role.ROLE_HEAD_TAIL ? 'grpc' : chooseHopTransport(ctx.dataPlane.mode, ctx.dataPlane.hostId, req.nextDataPlane);
     this.resume = req.resume;
     const fields = { job: this.jobId, session: this.id };
     this.log = {
@@ -200,6 +215,11 @@ export class StageSession {
       const text = this.textOf(req);
       this.runner = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance });
     }
+  }
+
+  /** The hop's transport as OpenSessionResponse reports it. */
+  get nextTransport(): DataPlaneTransport {
+    return toWireTransport(this.hop);
   }
 
   get isHead(): boolean {
@@ -427,6 +447,7 @@ export class StageSession {
           payload,
         );
         workerMetrics.bytesSent.inc(payload.length);
+        workerMetrics.dataPlaneBytes.inc({ transport: this.hop }, payload.length);
         workerMetrics.stepLatencySeconds.observe((performance.now() - since) / 1000);
       })
       .catch((e) => this.fail(e));
@@ -435,9 +456,15 @@ export class StageSession {
   private openSender(): TensorSender {
     if (!this.sender) {
       this.client = createWorkerClient(this.nextAddress, { credentials: this.ctx.credentials });
-      this.sender = TensorSender.open(this.client, { peer: this.nextAddress });
+      this.sender = TensorSender.open(this.client, { peer: this.nextAddress, bytes: this.bytesSender() });
     }
     return this.sender;
+  }
+
+  /** The data-plane path of the hop; none when its bytes go in gRPC chunk frames. */
+  private bytesSender(): TensorBytesSender | undefined {
+    if (this.hop === 'grpc') return undefined;
+    return new DataPlaneSender(this.nextDataPlane!.tcpAddress, { shm: this.hop === 'shm' });
   }
 
   private fail(e: unknown): void {

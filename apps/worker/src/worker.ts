@@ -7,8 +7,15 @@ import type { EmulationOptions } from '@longshot/pipeline';
 import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
 import {
   addHealthService,
+  DataPlaneListener,
+  DataPlaneTransport,
+  dataPlaneEndpoint,
   GrantError,
+  type DataPlaneEndpoint,
+  type DataPlaneMode,
+  type TensorHeader,
   TensorReceiver,
+  TransportError,
   verifyGrant,
   tlsCredentials,
   type GrantKey,
@@ -57,6 +64,14 @@ export interface WorkerConfig {
   readonly grantKeys: readonly GrantKey[];
   /** mTLS: serve with this certificate and require client certificates signed by `ca`; null = plaintext. */
   readonly tls: TlsFiles | null;
+  /** How tensor bytes travel to and from this worker's stages (docs/dataplane.md). */
+  readonly dataPlane: {
+    readonly mode: DataPlaneMode;
+    /** Port of the native TCP listener (0: any free one). */
+    readonly port: number;
+    /** This host's identity: shared memory only between workers with equal ones. */
+    readonly hostId: string;
+  };
 }
 
 /**
@@ -81,6 +96,10 @@ export class WorkerProcess {
   private readonly retainedMemory: RetainedMemorySampler | null;
   private readonly components: ComponentRunner;
   private readonly catalog: ModelCatalog;
+  /** The native data plane's listener: TCP payloads and shared-memory doorbells (null in grpc mode). */
+  private dataPlaneListener: DataPlaneListener | null = null;
+  /** What this worker's data plane accepts, as registered. */
+  private endpoint: DataPlaneEndpoint | null = null;
   address = '';
   metricsAddress = '';
 
@@ -122,6 +141,7 @@ export class WorkerProcess {
             workerMetrics.rejectedTensors.inc({ code: err.code });
             return { code: grpc.status[err.code], message: err.message };
           },
+          dataPlane: (header, transport, destination) => this.receiveBytes(header, transport, destination),
           handler: async ({ header, payload }) => {
             workerMetrics.bytesReceived.inc(payload.length);
             const s = this.sessions.get(header.sessionId);
@@ -166,6 +186,9 @@ export class WorkerProcess {
     );
     this.server = server;
     this.address = `${this.config.advertiseHost}:${port}`;
+    const dp = this.config.dataPlane;
+    if (dp.mode !== 'grpc') this.dataPlaneListener = new DataPlaneListener({ host: this.config.host, port: dp.port, shm: dp.mode === 'shm' || dp.mode === 'auto' });
+    this.endpoint = dataPlaneEndpoint(dp.mode, dp.hostId, this.dataPlaneListener ? `${this.config.advertiseHost}:${this.dataPlaneListener.port}` : null, true);
     this.metrics = await startMetricsServer({ port: this.config.metricsPort, host: this.config.host });
     this.metricsAddress = `${this.config.advertiseHost}:${this.metrics.port}`;
     workerMetrics.backend.set({ backend: this.backend.name }, 1);
@@ -181,10 +204,11 @@ export class WorkerProcess {
         numerics: this.numerics,
         pid: process.pid,
         startedAt: Date.now(),
+        ...(dp.mode === 'grpc' ? {} : { dataPlane: this.endpoint }),
       },
       { sessions: () => this.sessions.size },
     );
-    this.log.info('worker ready', { id: this.config.id, address: this.address, metrics: this.metricsAddress, backend: this.backend.name, numerics: this.numerics, tls: this.config.tls !== null, emulation: this.config.emulation?.profile.name ?? null });
+    this.log.info('worker ready', { id: this.config.id, address: this.address, metrics: this.metricsAddress, dataPlane: this.endpoint, backend: this.backend.name, numerics: this.numerics, tls: this.config.tls !== null, emulation: this.config.emulation?.profile.name ?? null });
   }
 
   /**
@@ -211,6 +235,7 @@ export class WorkerProcess {
         resolve();
       });
     });
+    this.dataPlaneListener?.close();
     await this.metrics?.close();
     this.redis.disconnect();
   }
@@ -240,22 +265,36 @@ export class WorkerProcess {
       checkpointEvery: this.config.checkpointEvery,
       retainedMemory: this.retainedMemory,
       emulation: this.config.emulation,
+      dataPlane: { mode: this.config.dataPlane.mode, hostId: this.config.dataPlane.hostId },
       log: this.log,
       onOrphaned: (s) => this.drop(s, 'orphaned'),
     });
     this.sessions.set(session.id, session);
+    // Its upstream's data-plane frames must carry keys derived from this session's token.
+    this.dataPlaneListener?.addSession(session.id, session.token);
     workerMetrics.sessionsOpened.inc();
     workerMetrics.sessionsOpen.set(this.sessions.size);
     try {
       const startIteration = await session.start();
       this.log.info('session opened', { job: session.jobId, session: session.id, role: req.role, layers: [req.layerBegin, req.layerEnd] });
-      return { workerId: this.config.id, backend: this.backend.name, startIteration };
+      return { workerId: this.config.id, backend: this.backend.name, startIteration, nextTransport: session.nextTransport };
     } catch (e) {
       this.sessions.delete(session.id);
+      this.dataPlaneListener?.removeSession(session.id);
       workerMetrics.sessionsOpen.set(this.sessions.size);
       await session.close();
       throw e;
     }
+  }
+
+  /**
+   * The bytes of a tensor whose header (already admitted by its session) says they travel on a
+   * data plane, into `destination`. A transport this worker does not accept is refused.
+   */
+  private receiveBytes(header: TensorHeader, transport: DataPlaneTransport, destination: Buffer): Promise<unknown> {
+    const accepted = (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP && this.endpoint?.tcp) || (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM && this.endpoint?.shm);
+    if (accepted && this.dataPlaneListener) return this.dataPlaneListener.receive(header.sessionId, header.seq, destination);
+    return Promise.reject(new TransportError(grpc.status.FAILED_PRECONDITION, `worker ${this.config.id} does not take tensor bytes over ${DataPlaneTransport[transport]} (--data-plane ${this.config.dataPlane.mode})`, 'data plane'));
   }
 
   /**
@@ -326,6 +365,7 @@ export class WorkerProcess {
   private async drop(s: StageSession, why: string): Promise<void> {
     if (this.sessions.get(s.id) !== s) return;
     this.sessions.delete(s.id);
+    this.dataPlaneListener?.removeSession(s.id);
     workerMetrics.sessionsOpen.set(this.sessions.size);
     await s.close();
     this.log.info('session closed', { job: s.jobId, session: s.id, blockSteps: s.blockSteps, why });

@@ -24,6 +24,19 @@ export interface WorkerInfo {
   readonly pid: number;
   /** Epoch milliseconds. */
   readonly startedAt: number;
+  /**
+   * What its data plane accepts (docs/dataplane.md): its native listener's host:port ('' for
+   * none), payloads over TCP, shared memory, and its host's identity. Absent: tensor bytes
+   * reach it over gRPC only.
+   */
+  readonly dataPlane?: WorkerDataPlane;
+}
+
+export interface WorkerDataPlane {
+  readonly tcpAddress: string;
+  readonly tcp: boolean;
+  readonly hostId: string;
+  readonly shm: boolean;
 }
 
 export interface RegisterOptions {
@@ -65,6 +78,13 @@ export function workerInfoProblem(v: unknown): string | null {
   if (!isText(w.numerics)) return 'numerics must be a non-empty string';
   if (!isCount(w.pid)) return `pid must be a non-negative integer, got ${w.pid}`;
   if (!isCount(w.startedAt)) return `startedAt must be epoch milliseconds, got ${w.startedAt}`;
+  if (w.dataPlane !== undefined) {
+    const d = w.dataPlane as Partial<WorkerDataPlane> | null;
+    if (typeof d !== 'object' || d === null) return 'dataPlane must be an object';
+    if (typeof d.tcpAddress !== 'string' || (d.tcpAddress !== '' && !/^.+:\d{1,5}$/.test(d.tcpAddress))) return `dataPlane.tcpAddress must be host:port or empty, got ${JSON.stringify(d.tcpAddress)}`;
+    if (typeof d.hostId !== 'string') return 'dataPlane.hostId must be a string';
+    if (typeof d.shm !== 'boolean' || typeof d.tcp !== 'boolean') return 'dataPlane.tcp and dataPlane.shm must be booleans';
+  }
   return null;
 }
 
@@ -81,6 +101,7 @@ function pick(w: WorkerInfo): WorkerInfo {
     numerics: w.numerics,
     pid: w.pid,
     startedAt: w.startedAt,
+    ...(w.dataPlane ? { dataPlane: { tcpAddress: w.dataPlane.tcpAddress, tcp: w.dataPlane.tcp, hostId: w.dataPlane.hostId, shm: w.dataPlane.shm } } : {}),
   };
 }
 

@@ -41,9 +41,11 @@ describe('WorkerRegistry', () => {
     const a = new WorkerRegistry(t.redis, { keys: t.keys });
     const b = new WorkerRegistry(t.redis, { keys: t.keys });
     const reader = new WorkerRegistry(t.redis, { keys: t.keys });
-    await a.register(info('w-a', { models: ['*'], backend: 'cuda' }));
+    const dataPlane = { tcpAddress: '127.0.0.1:50052', tcp: true, shm: true, hostId: 'boot/host' };
+    await a.register(info('w-a', { models: ['*'], backend: 'cuda', dataPlane }));
     await b.register({ ...info('w-b'), extra: 'not stored' } as WorkerInfo);
-    expect(await reader.list()).toEqual([info('w-a', { models: ['*'], backend: 'cuda' }), info('w-b')]);
+    // A data-plane endpoint is stored as given; a worker without one registers none.
+    expect(await reader.list()).toEqual([info('w-a', { models: ['*'], backend: 'cuda', dataPlane }), info('w-b')]);
     expect(await reader.get('w-b')).toEqual(info('w-b'));
     expect(await reader.get('nobody')).toBeNull();
     expect(await reader.isAlive('w-a')).toBe(true);
@@ -68,6 +70,8 @@ describe('WorkerRegistry', () => {
     await expect(r.register(info('w', { capacity: 0 }))).rejects.toThrow(/capacity/);
     await expect(r.register(info('w', { models: [] }))).rejects.toThrow(/models/);
     await expect(r.register(info('bad id'))).rejects.toThrow(/whitespace/);
+    await expect(r.register(info('w', { dataPlane: { tcpAddress: 'nohost', tcp: true, shm: false, hostId: 'h' } }))).rejects.toThrow(/dataPlane.tcpAddress must be host:port or empty/);
+    await expect(r.register(info('w', { dataPlane: { tcpAddress: '', tcp: 'yes', shm: false, hostId: 'h' } as never }))).rejects.toThrow(/dataPlane.tcp and dataPlane.shm must be booleans/);
     await expect(r.register(info('w'), { ttlMs: 1000, heartbeatMs: 1000 })).rejects.toThrow(/shorter than ttlMs/);
     await r.register(info('w-once'));
     await expect(r.register(info('w-twice'))).rejects.toThrow(/already registered worker w-once/);

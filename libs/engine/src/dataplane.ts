@@ -31,9 +31,11 @@ export interface NativeDataPlaneSender {
 }
 
 export interface NativeDataPlane {
-  Listener: new (host: string, port: number, stallMs: number) => NativeDataPlaneListener;
-  Sender: new (host: string, port: number, stallMs: number) => NativeDataPlaneSender;
-  encodeHeader(h: { seq: number; byteLength: number; session: Uint8Array; grant: Uint8Array }): Buffer;
+  /** `shm`: also take tensors through a sender's shared-memory ring (same host only). */
+  Listener: new (host: string, port: number, stallMs: number, shm: boolean) => NativeDataPlaneListener;
+  /** `slotBytes` > 0: send through a shared-memory ring of `slots` slots of that many bytes. */
+  Sender: new (host: string, port: number, stallMs: number, slotBytes?: number, slots?: number) => NativeDataPlaneSender;
+  encodeHeader(h: { seq: number; byteLength: number; session: Uint8Array; grant: Uint8Array; shm?: boolean }): Buffer;
   checksum(bytes: ArrayBufferView): number;
-  constants: { headerBytes: number; trailerBytes: number; replyBytes: number; keyBytes: number; trailerMagic: number; replyMagic: number };
+  constants: { headerBytes: number; trailerBytes: number; replyBytes: number; keyBytes: number; trailerMagic: number; replyMagic: number; ringBytes: number; ringMagic: number };
 }

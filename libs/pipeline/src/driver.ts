@@ -8,11 +8,14 @@ import {
   ComponentKind,
   createWorkerClient,
   encodePayload,
+  fromWireTransport,
   Role,
   runComponent,
   signGrant,
   toWireDtype,
+  type DataPlaneEndpoint,
   type GrantKey,
+  type HopTransport,
   type SessionGrant,
   type PayloadDtype,
   type SessionEvent,
@@ -24,6 +27,15 @@ export interface DriverWorker {
   readonly address: string;
   /** The worker's numerics fingerprint (see numericsFingerprint in @longshot/engine). */
   readonly numerics: string;
+  /** What its data plane accepts, as registered; absent: tensor bytes reach it over gRPC only. */
+  readonly dataPlane?: DataPlaneEndpoint;
+}
+
+/** One stage-to-stage link of a job and how its tensor bytes travel (the tail's goes to the head). */
+export interface Hop {
+  readonly from: number;
+  readonly to: number;
+  readonly transport: HopTransport;
 }
 
 /** Where the driver gets workers from: leases on registered workers (LeasedWorkers). */
@@ -119,6 +131,8 @@ export interface DistributedResult {
   readonly textEncoder: TextEncoderRun | null;
   /** The numerics fingerprint every stage of every attempt computed with. */
   readonly numerics: string;
+  /** The hops of the attempt that finished, as each sending stage chose them (none for K = 1). */
+  readonly hops: Hop[];
 }
 
 export interface TextEncoderRun {
@@ -169,6 +183,8 @@ interface OpenedSession {
   client: WorkerClient;
   sessionId: string;
   token: string;
+  /** How it sends to the next stage, once open. */
+  nextTransport?: HopTransport;
 }
 
 /**
@@ -265,6 +281,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         retainedBytes: closed.retainedBytes,
         textEncoder,
         numerics,
+        hops: sessions.length > 1 ? sessions.map((x, k) => ({ from: k, to: (k + 1) % sessions.length, transport: x.nextTransport ?? 'grpc' })) : [],
       };
     } catch (e) {
       await closeSessions(sessions).catch(() => undefined);
@@ -367,6 +384,7 @@ async function openSessions(
       nextAddress: K === 1 ? '' : next.worker.address,
       nextSessionId: K === 1 ? '' : next.sessionId,
       nextToken: K === 1 ? '' : next.token,
+      nextDataPlane: K === 1 ? undefined : next.worker.dataPlane,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text: wireText,
       resume: failover || job.resume === true,
@@ -378,7 +396,11 @@ async function openSessions(
   };
   const open = (k: number) =>
     new Promise<number>((resolve, reject) =>
-      sessions[k].client.openSession(request(k), new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (err, res) => (err ? reject(err) : resolve(res.startIteration))),
+      sessions[k].client.openSession(request(k), new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (err, res) => {
+        if (err) return reject(err);
+        sessions[k].nextTransport = fromWireTransport(res.nextTransport) ?? undefined;
+        resolve(res.startIteration);
+      }),
     );
   // Downstream stages first: the head starts streaming as soon as it is open.
   const opened: OpenedSession[] = [];

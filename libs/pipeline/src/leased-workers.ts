@@ -70,7 +70,10 @@ export class LeasedWorkers implements WorkerSource {
       for (const id of ids) this.held.add(id);
       this.timer ??= setInterval(() => void this.renew(), Math.max(100, Math.floor(this.o.leaseMs / 3)));
       this.timer.unref();
-      return ids.map((id) => ({ id, address: this.info.get(id)!.address, numerics: group }));
+      return ids.map((id) => {
+        const w = this.info.get(id)!;
+        return { id, address: w.address, numerics: group, ...(w.dataPlane ? { dataPlane: w.dataPlane } : {}) };
+      });
     }
     return null;
   }

@@ -1,6 +1,6 @@
 /**
- * The data plane's adapter: tensor bytes between stages over the addon's native TCP path
- * (libs/engine/native/src/dataplane.h), while gRPC carries the control messages (the tensor
+ * The data plane's adapter: tensor bytes between stages over the addon's native TCP path or,
+ * between processes of one host, its shared-memory ring (libs/engine/native/src/dataplane.h), while gRPC carries the control messages (the tensor
  * header with its seq and byte length, acknowledgements, errors). Native threads write from the
  * sender's buffer and read into the receiver's preallocated buffer; no JavaScript runs per chunk.
  *
@@ -14,6 +14,7 @@ import { createHash } from 'node:crypto';
 import { status as Status } from '@grpc/grpc-js';
 import { nativeDataPlane, type DataPlaneError, type DataPlaneTransfer, type NativeDataPlaneListener, type NativeDataPlaneSender } from '@longshot/engine';
 import { TransportError } from './errors';
+import { DataPlaneTransport, type DataPlaneEndpoint } from './gen/longshot/v1/worker';
 
 export type { DataPlaneTransfer };
 
@@ -44,6 +45,8 @@ export interface DataPlaneListenerOptions {
   host?: string;
   port?: number;
   stallMs?: number;
+  /** Also take tensors through senders' shared-memory rings (senders on this host). */
+  shm?: boolean;
 }
 
 /** Accepts data-plane connections and lands announced tensors in the buffers given for them. */
@@ -55,7 +58,7 @@ export class DataPlaneListener {
   constructor(options: DataPlaneListenerOptions = {}) {
     const DP = nativeDataPlane();
     this.host = options.host ?? '127.0.0.1';
-    this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS);
+    this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, options.shm ?? false);
   }
 
   get port(): number {
@@ -106,20 +109,35 @@ export class DataPlaneListener {
   }
 }
 
+/** Slots of a shared-memory ring and their size: chunks copied in while others are copied out. */
+export const DEFAULT_SHM_RING = { slotBytes: 4 * 1024 * 1024, slots: 4 };
+
+export interface DataPlaneSenderOptions {
+  stallMs?: number;
+  /**
+   * Send through a shared-memory ring instead of the socket (a listener on this host that takes
+   * shm): the connection then only rings doorbells. true: DEFAULT_SHM_RING.
+   */
+  shm?: boolean | { slotBytes: number; slots: number };
+}
+
 /** One data-plane connection to a listener at `host:port`; sends tensors in call order. */
 export class DataPlaneSender {
+  readonly transport: 'tcp' | 'shm';
   private readonly native: NativeDataPlaneSender;
   private readonly keys = new Map<string, DataPlaneKeys>();
 
   constructor(
     readonly address: string,
-    options: { stallMs?: number } = {},
+    options: DataPlaneSenderOptions = {},
   ) {
     const at = address.lastIndexOf(':');
     const host = address.slice(0, at).replace(/^\[|\]$/g, '');
     const port = Number(address.slice(at + 1));
     if (at < 1 || !Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`data-plane address must be host:port, got '${address}'`);
-    this.native = new (nativeDataPlane().Sender)(host, port, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS);
+    const ring = options.shm === true ? DEFAULT_SHM_RING : options.shm || null;
+    this.transport = ring ? 'shm' : 'tcp';
+    this.native = new (nativeDataPlane().Sender)(host, port, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, ring?.slotBytes ?? 0, ring?.slots ?? 0);
   }
 
   /**
@@ -139,4 +157,51 @@ export class DataPlaneSender {
   close(): void {
     this.native.close();
   }
+}
+
+/**
+ * How a worker moves tensor bytes (`--data-plane`): 'grpc' only in chunk frames; 'tcp' or 'shm'
+ * over that path where the peer accepts it; 'auto' the best the peer accepts (shm on one host,
+ * tcp otherwise). Whatever the choice, gRPC carries the tensor header and the acknowledgements.
+ */
+export const DATA_PLANE_MODES = ['grpc', 'tcp', 'shm', 'auto'] as const;
+export type DataPlaneMode = (typeof DATA_PLANE_MODES)[number];
+
+/** How one hop's tensor bytes travel, as the job result and metrics name it. */
+export const HOP_TRANSPORTS = ['grpc', 'tcp', 'shm'] as const;
+export type HopTransport = (typeof HOP_TRANSPORTS)[number];
+
+const ACCEPTS: Record<DataPlaneMode, readonly HopTransport[]> = { grpc: [], tcp: ['tcp'], shm: ['shm'], auto: ['shm', 'tcp'] };
+
+/** What a worker in `mode` with these listeners advertises (registry, then OpenSession of its upstream). */
+export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddress: string | null, shm: boolean): DataPlaneEndpoint {
+  // The listener's address serves shared memory too (its connection rings the doorbells).
+  return { tcpAddress: ACCEPTS[mode].length > 0 && tcpAddress ? tcpAddress : '', tcp: ACCEPTS[mode].includes('tcp') && tcpAddress !== null, hostId, shm: ACCEPTS[mode].includes('shm') && shm && tcpAddress !== null };
+}
+
+/**
+ * The transport of a hop from a worker in `mode` on host `hostId` to one advertising `next`:
+ * the first of shm (same host only), tcp, grpc that both ends accept. gRPC is always possible.
+ */
+export function chooseHopTransport(mode: DataPlaneMode, hostId: string, next: DataPlaneEndpoint | undefined): HopTransport {
+  const mine = ACCEPTS[mode];
+  if (!next || next.tcpAddress === '') return 'grpc';
+  if (mine.includes('shm') && next.shm && next.hostId !== '' && next.hostId === hostId) return 'shm';
+  if (mine.includes('tcp') && next.tcp) return 'tcp';
+  return 'grpc';
+}
+
+const WIRE_TRANSPORTS: Record<HopTransport, DataPlaneTransport> = {
+  grpc: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC,
+  tcp: DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP,
+  shm: DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM,
+};
+
+export function toWireTransport(t: HopTransport): DataPlaneTransport {
+  return WIRE_TRANSPORTS[t];
+}
+
+/** The hop transport of a wire value, or null for one this build does not know. */
+export function fromWireTransport(t: DataPlaneTransport): HopTransport | null {
+  return HOP_TRANSPORTS.find((h) => WIRE_TRANSPORTS[h] === t) ?? null;
 }

@@ -8,6 +8,7 @@ export {
   DEFAULT_ACK_TIMEOUT_MS,
   DEFAULT_CHUNK_BYTES,
   DEFAULT_SEND_WINDOW,
+  type TensorBytesSender,
   type TensorSendHeader,
   type TensorSenderOptions,
 } from './sender';
@@ -28,9 +29,19 @@ export {
   DataPlaneListener,
   DataPlaneSender,
   DEFAULT_DATA_PLANE_STALL_MS,
+  DEFAULT_SHM_RING,
+  DATA_PLANE_MODES,
+  HOP_TRANSPORTS,
+  chooseHopTransport,
+  dataPlaneEndpoint,
   dataPlaneKeys,
+  fromWireTransport,
+  toWireTransport,
+  type DataPlaneMode,
+  type HopTransport,
   type DataPlaneKeys,
   type DataPlaneListenerOptions,
+  type DataPlaneSenderOptions,
   type DataPlaneTransfer,
 } from './dataplane';
 export { GRANT_ERROR_REASONS, GrantError, parseGrantKeys, signGrant, verifyGrant, type GrantKey, type SessionGrant } from './grants';

@@ -8,6 +8,7 @@
  */
 import { status as Status, type handleBidiStreamingCall, type ServerDuplexStream } from '@grpc/grpc-js';
 import {
+  DataPlaneTransport,
   PayloadKind,
   type ActivationAck,
   type ActivationFrame,
@@ -43,6 +44,12 @@ export interface TensorReceiverOptions {
   maxQueued?: number;
   /** Largest tensor accepted (default 2 GiB); a header beyond it is refused before allocating. */
   maxTensorBytes?: number;
+  /**
+   * Receives the bytes of a tensor whose header says they travel on a data plane (TCP, shared
+   * memory) straight into `destination` (exactly byte_length bytes, then the handler's payload);
+   * resolves once they are in and checked. Without it such headers are refused.
+   */
+  dataPlane?: (header: TensorHeader, transport: DataPlaneTransport, destination: Buffer) => Promise<unknown>;
 }
 
 export interface StreamOutcome {
@@ -84,6 +91,11 @@ function ownsAlignedBuffer(data: Buffer): boolean {
 }
 const MAX_MESSAGE_SLACK = 64;
 
+/** A thrown error's gRPC status: its own when it has one, else INTERNAL. */
+function statusOf(code: unknown): Status {
+  return typeof code === 'number' && Number.isInteger(code) && code > 0 && code <= 16 ? (code as Status) : Status.INTERNAL;
+}
+
 export class TensorReceiver {
   /** Settles when the stream has ended, with the status this side ended it with. */
   readonly finished: Promise<StreamOutcome>;
@@ -92,7 +104,19 @@ export class TensorReceiver {
   private readonly authorize: TensorReceiverOptions['authorize'];
   private readonly maxQueued: number;
   private readonly maxTensorBytes: number;
+  private readonly dataPlane: TensorReceiverOptions['dataPlane'];
   private lastSeq = 0;
+  /** Tensors land in header order, whichever way their bytes travel: each waits for this. */
+  private landed: Promise<void> = Promise.resolve();
+  /** Data-plane tensors landing now (their bytes are being received). */
+  private landing = 0;
+  /**
+   * Seqs queued but not yet acknowledged, oldest first. A data-plane tensor's header and bytes
+   * do not wait for the stream to be read, so its stage is held back by acknowledging it only
+   * once fewer than maxQueued acknowledged tensors wait for the handler: the sender's window
+   * then stops it (as a paused stream does for chunk frames).
+   */
+  private readonly heldAcks: number[] = [];
   private open: OpenTensor | null = null;
   private readonly queue: ReceivedTensor[] = [];
   private handling = false;
@@ -109,6 +133,7 @@ export class TensorReceiver {
     this.authorize = options.authorize;
     this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
     this.maxTensorBytes = options.maxTensorBytes ?? DEFAULT_MAX_TENSOR_BYTES;
+    this.dataPlane = options.dataPlane;
     if (!Number.isInteger(this.maxQueued) || this.maxQueued < 1) throw new RangeError(`maxQueued must be a positive integer, got ${this.maxQueued}`);
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
     raiseReceiveWindow(call);
@@ -158,10 +183,19 @@ export class TensorReceiver {
     if (header.byteLength > this.maxTensorBytes) {
       throw new StreamRefused(Status.RESOURCE_EXHAUSTED, `tensor seq ${seq}: ${header.byteLength} bytes exceed this receiver's limit of ${this.maxTensorBytes}`);
     }
+    const transport = header.transport;
+    if (transport !== DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC) {
+      if (DataPlaneTransport[transport] === undefined) throw invalid(`tensor seq ${seq}: unknown transport ${transport}`);
+      if (!this.dataPlane) throw new StreamRefused(Status.FAILED_PRECONDITION, `tensor seq ${seq}: this receiver takes tensor bytes over gRPC only, not ${DataPlaneTransport[transport]}`);
+    }
     const rejection = this.authorize?.(header) ?? null;
     if (rejection) throw new StreamRefused(rejection.code, rejection.message);
 
     this.lastSeq = seq;
+    if (transport !== DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC) {
+      this.receiveDataPlane(header, transport);
+      return;
+    }
     this.open = { header, payload: null, received: 0 };
     if (header.byteLength === 0) {
       this.open.payload = Buffer.alloc(0);
@@ -194,16 +228,66 @@ export class TensorReceiver {
     if (end === o.header.byteLength) this.complete();
   }
 
+  /**
+   * Bytes of `header` over a data plane, into a buffer of their own that becomes the handler's
+   * payload (no copy on this side). The stream keeps being read meanwhile: the next header must
+   * be seen for its bytes to be taken.
+   */
+  private receiveDataPlane(header: TensorHeader, transport: DataPlaneTransport): void {
+    // allocUnsafeSlow: aligned and tensor-sized, so decodePayload views it without a copy.
+    const destination = Buffer.allocUnsafeSlow(header.byteLength);
+    this.landing++;
+    const bytes = this.dataPlane!(header, transport, destination);
+    const previous = this.landed;
+    this.landed = (async () => {
+      let failure: { code?: unknown; details?: string; message?: string } | null = null;
+      try {
+        await bytes;
+      } catch (err) {
+        // A TransportError's details are the data plane's own words (they name the tensor).
+        failure = err as { code?: unknown; details?: string; message?: string };
+        this.refuse(statusOf(failure.code), failure.details ?? failure.message ?? `tensor seq ${header.seq}: ${String(err)}`);
+      }
+      await previous;
+      // Counted as landing until queued, so the stream cannot end OK in between.
+      this.landing--;
+      if (!failure && !this.done) this.enqueue(header, destination, true);
+      this.maybeFinish();
+    })();
+  }
+
   private complete(): void {
     const o = this.open!;
     this.open = null;
-    this.call.write({ seq: o.header.seq });
-    this.queue.push({ header: o.header, payload: o.payload! });
-    if (this.queue.length >= this.maxQueued && !this.paused) {
+    const previous = this.landed;
+    if (this.landing === 0) {
+      this.enqueue(o.header, o.payload!, false);
+      return;
+    }
+    // Behind a data-plane tensor still landing: keep the order.
+    this.landed = previous.then(() => {
+      if (!this.done) this.enqueue(o.header, o.payload!, false);
+    });
+  }
+
+  private enqueue(header: TensorHeader, payload: Buffer, viaDataPlane: boolean): void {
+    this.queue.push({ header, payload });
+    if (viaDataPlane || this.heldAcks.length > 0) {
+      this.heldAcks.push(header.seq);
+      this.releaseAcks();
+    } else {
+      this.call.write({ seq: header.seq });
+    }
+    if (!viaDataPlane && this.queue.length >= this.maxQueued && !this.paused) {
       this.paused = true;
       this.call.pause();
     }
     void this.pump();
+  }
+
+  /** Acknowledges held tensors while fewer than maxQueued acknowledged ones wait for the handler. */
+  private releaseAcks(): void {
+    while (this.heldAcks.length > 0 && this.queue.length - this.heldAcks.length < this.maxQueued) this.call.write({ seq: this.heldAcks.shift()! });
   }
 
   private async pump(): Promise<void> {
@@ -212,6 +296,7 @@ export class TensorReceiver {
     try {
       while (!this.done && this.queue.length > 0) {
         const tensor = this.queue.shift()!;
+        this.releaseAcks();
         if (this.paused && this.queue.length < this.maxQueued) {
           this.paused = false;
           this.call.resume();
@@ -220,8 +305,7 @@ export class TensorReceiver {
           await this.handler(tensor);
         } catch (err) {
           const e = err as { code?: unknown; message?: string };
-          const code = typeof e.code === 'number' && Number.isInteger(e.code) && e.code > 0 && e.code <= 16 ? (e.code as Status) : Status.INTERNAL;
-          this.refuse(code, `tensor seq ${tensor.header.seq}: handler failed: ${e.message ?? String(err)}`);
+          this.refuse(statusOf(e.code), `tensor seq ${tensor.header.seq}: handler failed: ${e.message ?? String(err)}`);
           return;
         }
       }
@@ -232,7 +316,7 @@ export class TensorReceiver {
   }
 
   private maybeFinish(): void {
-    if (this.done || !this.inputEnded || this.handling || this.queue.length > 0) return;
+    if (this.done || !this.inputEnded || this.handling || this.queue.length > 0 || this.landing > 0) return;
     if (this.open) {
       const o = this.open;
       this.refuse(Status.INVALID_ARGUMENT, `tensor seq ${o.header.seq}: stream ended after ${o.received} of ${o.header.byteLength} bytes`);
@@ -248,6 +332,7 @@ export class TensorReceiver {
     this.settle({ code, details });
     this.open = null;
     this.queue.length = 0;
+    this.heldAcks.length = 0;
     // grpc-js turns an 'error' with {code, details} into the call's final status.
     this.call.emit('error', { code, details });
     // Keep draining so the sender is not stalled on flow control while the status goes out.

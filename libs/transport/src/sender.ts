@@ -13,6 +13,18 @@ import type { WorkerClient } from './gen/longshot/v1/worker';
 import { TransportError } from './errors';
 import { GRPC_LIMITS } from './limits';
 import { PRE_ENCODED, chunkFrameLength, encodeChunkFrameInto, type PreEncodedFrame } from './frames';
+import { DataPlaneTransport } from './gen/longshot/v1/worker';
+import { toWireTransport, type HopTransport } from './dataplane';
+
+/**
+ * Moves a tensor's bytes outside the gRPC stream (DataPlaneSender: the native data plane),
+ * keyed by the receiving session and the tensor's seq; resolves once the receiver has them whole.
+ */
+export interface TensorBytesSender {
+  readonly transport: Exclude<HopTransport, 'grpc'>;
+  send(sessionId: string, token: string, seq: number, payload: Buffer): Promise<unknown>;
+  close(): void;
+}
 
 /** Room for a chunk frame's tag, length and seq/offset varints at their largest. */
 const CHUNK_FRAME_MAX_OVERHEAD = 32;
@@ -29,7 +41,7 @@ export const DEFAULT_ACK_TIMEOUT_MS = 60_000;
 const FRAME_POOL_BYTES = 32 * 1024 * 1024;
 const EMPTY = Buffer.alloc(0);
 
-export type TensorSendHeader = Omit<TensorHeader, 'seq' | 'byteLength'>;
+export type TensorSendHeader = Omit<TensorHeader, 'seq' | 'byteLength' | 'transport'>;
 
 export interface TensorSenderOptions {
   /** Tensors sent but not yet acknowledged before `send` waits (default 4). */
@@ -44,6 +56,11 @@ export interface TensorSenderOptions {
   chunkBytes?: number;
   /** Names the peer in errors; defaults to the call's peer as grpc-js reports it. */
   peer?: string;
+  /**
+   * Sends tensor bytes over this instead of chunk frames: the stream then carries only headers
+   * and acknowledgements. The sender owns it (closes it with the stream).
+   */
+  bytes?: TensorBytesSender;
 }
 
 interface Outstanding {
@@ -62,6 +79,7 @@ export class TensorSender {
   private readonly ackTimeoutMs: number;
   private readonly chunkBytes: number;
   private readonly peerName: string | undefined;
+  private readonly bytes: TensorBytesSender | null;
   private nextSeq = 1;
   /** Unacknowledged tensors, oldest first (Map keeps insertion order). */
   private readonly outstanding = new Map<number, Outstanding>();
@@ -91,6 +109,7 @@ export class TensorSender {
     this.ackTimeoutMs = options.ackTimeoutMs ?? DEFAULT_ACK_TIMEOUT_MS;
     this.chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     this.peerName = options.peer;
+    this.bytes = options.bytes ?? null;
     this.framePoolSize = Math.max(2, Math.floor(FRAME_POOL_BYTES / (this.chunkBytes + CHUNK_FRAME_MAX_OVERHEAD)));
     if (!Number.isInteger(this.window) || this.window < 1) throw new RangeError(`window must be a positive integer, got ${this.window}`);
     if (!(this.ackTimeoutMs > 0)) throw new RangeError(`ackTimeoutMs must be positive, got ${this.ackTimeoutMs}`);
@@ -111,6 +130,11 @@ export class TensorSender {
   /** Tensors sent and not yet acknowledged. */
   get unacknowledged(): number {
     return this.outstanding.size;
+  }
+
+  /** How tensor bytes travel on this stream. */
+  get transport(): HopTransport {
+    return this.bytes?.transport ?? 'grpc';
   }
 
   /** The error that ended the stream, if it has failed. */
@@ -163,7 +187,19 @@ export class TensorSender {
       }, this.ackTimeoutMs),
     });
 
-    let ok = this.stream.write({ frame: { $case: 'header', value: { ...header, seq, byteLength } } });
+    if (this.bytes) {
+      // The header announces the tensor on the control plane; its bytes go straight from
+      // `payload` to the receiver's buffer, and this resolves once they are there.
+      this.stream.write({ frame: { $case: 'header', value: { ...header, seq, byteLength, transport: toWireTransport(this.bytes.transport) } } });
+      const sent = this.bytes.send(header.sessionId, header.token, seq, payload).then(
+        () => undefined,
+        (e: unknown) => this.fail(e instanceof TransportError ? e : new TransportError(Status.INTERNAL, String(e), this.peer, { cause: e })),
+      );
+      await this.race(sent);
+      this.throwIfFailed();
+      return;
+    }
+    let ok = this.stream.write({ frame: { $case: 'header', value: { ...header, seq, byteLength, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC } } });
     let lastWritten: Promise<void> | null = null;
     for (let offset = 0; offset < byteLength; offset += this.chunkBytes) {
       if (!ok) await this.drain();
@@ -205,6 +241,14 @@ export class TensorSender {
   }
 
   private async closeNow(): Promise<void> {
+    try {
+      await this.closeStream();
+    } finally {
+      this.bytes?.close();
+    }
+  }
+
+  private async closeStream(): Promise<void> {
     await this.tail;
     this.throwIfFailed();
     this.stream.end();
@@ -252,6 +296,7 @@ export class TensorSender {
   private fail(error: TransportError): void {
     if (this.failure) return;
     this.failure = error;
+    this.bytes?.close();
     for (const entry of this.outstanding.values()) clearTimeout(entry.timer);
     if (!this.finalStatus) this.stream.cancel();
     this.wake();

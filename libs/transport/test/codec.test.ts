@@ -4,6 +4,7 @@ import {
   ActivationFrame,
   PayloadKind,
   WireDtype,
+  DataPlaneTransport,
   decodePayload,
   deserializeActivationFrame,
   encodePayload,
@@ -75,6 +76,7 @@ describe('ActivationFrame wire codec', () => {
         shape: [2, 3, 4],
         dtype: WireDtype.WIRE_DTYPE_F32,
         byteLength: 96,
+        transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC,
       },
     },
   };

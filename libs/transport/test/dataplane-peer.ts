@@ -1,7 +1,8 @@
 /**
  * The other process of the data-plane tests: `node --import tsx dataplane-peer.ts HOST:PORT
- * SESSION TOKEN COUNT FLOATS` sends COUNT tensors of FLOATS float32 values (`pattern`) as seqs
- * 1..COUNT, then prints one JSON line with the transfers and exits.
+ * SESSION TOKEN COUNT FLOATS [SLOT_BYTES SLOTS]` sends COUNT tensors of FLOATS float32 values
+ * (`pattern`) as seqs 1..COUNT, through a shared-memory ring when SLOT_BYTES is given, then
+ * prints one JSON line with the transfers and exits.
  */
 import { DataPlaneSender } from '../src/dataplane';
 
@@ -13,8 +14,8 @@ export function pattern(seq: number, floats: number): Float32Array {
 }
 
 async function main(argv: string[]): Promise<void> {
-  const [address, session, token, count, floats] = argv;
-  const sender = new DataPlaneSender(address);
+  const [address, session, token, count, floats, slotBytes, slots] = argv;
+  const sender = new DataPlaneSender(address, { shm: slotBytes ? { slotBytes: Number(slotBytes), slots: Number(slots) } : false });
   const transfers = [];
   for (let seq = 1; seq <= Number(count); seq++) transfers.push(await sender.send(session, token, seq, pattern(seq, Number(floats))));
   sender.close();

@@ -5,6 +5,7 @@
  * without touching any other session's buffer. Hand-built traffic goes over real sockets.
  */
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -26,6 +27,9 @@ function track<T extends { close(): void }>(x: T): T {
 afterEach(() => {
   for (const x of open.splice(0)) x.close();
 });
+
+/** Small slots, so tensors wrap around the ring many times and end mid-slot. */
+const SHM_RING = { slotBytes: 64 * 1024, slots: 3 };
 
 function listener(stallMs = 2000): DataPlaneListener {
   return track(new DataPlaneListener({ stallMs }));
@@ -131,45 +135,6 @@ describe('native TCP data plane', () => {
     }
   });
 
-  it('refuses an unknown session and a wrong token, leaving the real session untouched', async () => {
-    const l = listener();
-    l.addSession('s1', TOKEN);
-    const dst = new Float32Array(1024).fill(7);
-    const mine = l.receive('s1', 1, dst);
-
-    const stranger = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    const unknown = await rejection(stranger.send('nobody', TOKEN, 1, new Float32Array(1024)));
-    expect(unknown.code).toBe(Status.NOT_FOUND);
-    expect(unknown.details).toMatch(/unknown session/);
-
-    const thief = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    const wrong = await rejection(thief.send('s1', OTHER, 1, new Float32Array(1024)));
-    expect(wrong.code).toBe(Status.UNAUTHENTICATED);
-    expect(wrong.details).toMatch(/wrong grant/);
-    // A refused connection is not used again.
-    const again = await rejection(thief.send('s1', TOKEN, 2, new Float32Array(1024)));
-    expect(again.code).toBe(Status.UNAVAILABLE);
-
-    expect(dst.every((v) => v === 7)).toBe(true);
-    const honest = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    await honest.send('s1', TOKEN, 1, pattern(1, 1024));
-    await mine;
-    expect(Buffer.from(dst.buffer).equals(Buffer.from(pattern(1, 1024).buffer))).toBe(true);
-  });
-
-  it('refuses a byte length other than the announced one before writing', async () => {
-    const l = listener();
-    l.addSession('s1', TOKEN);
-    const dst = new Float32Array(256).fill(7);
-    const mine = rejection(l.receive('s1', 1, dst));
-    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
-    const sent = await rejection(s.send('s1', TOKEN, 1, new Float32Array(512)));
-    expect(sent.code).toBe(Status.INVALID_ARGUMENT);
-    expect(sent.details).toMatch(/byte_length 2048 does not match the 1024 bytes announced/);
-    expect((await mine).code).toBe(Status.INVALID_ARGUMENT);
-    expect(dst.every((v) => v === 7)).toBe(true);
-  });
-
   it('refuses bytes no control-plane header announced', async () => {
     const l = listener(300);
     l.addSession('s1', TOKEN);
@@ -238,5 +203,177 @@ describe('native TCP data plane', () => {
     const err = await rejection(s.send('s1', TOKEN, 1, new Float32Array(4)));
     expect(err.code).toBe(Status.UNAVAILABLE);
     expect(err.details).toMatch(/cannot connect/);
+  });
+});
+
+/** Both paths of the data plane refuse the same way before any byte reaches a buffer. */
+describe.each([
+  { name: 'TCP', shm: false as const },
+  { name: 'shared memory', shm: SHM_RING },
+])('refusals over $name', (via) => {
+  it('refuses an unknown session and a wrong token, leaving the real session untouched', async () => {
+    const l = track(new DataPlaneListener({ stallMs: 2000, shm: via.shm !== false }));
+    l.addSession('s1', TOKEN);
+    const dst = new Float32Array(1024).fill(7);
+    const mine = l.receive('s1', 1, dst);
+
+    const stranger = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    const unknown = await rejection(stranger.send('nobody', TOKEN, 1, new Float32Array(1024)));
+    expect(unknown.code).toBe(Status.NOT_FOUND);
+    expect(unknown.details).toMatch(/unknown session/);
+
+    const thief = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    const wrong = await rejection(thief.send('s1', OTHER, 1, new Float32Array(1024)));
+    expect(wrong.code).toBe(Status.UNAUTHENTICATED);
+    expect(wrong.details).toMatch(/wrong grant/);
+    // A refused connection is not used again.
+    const again = await rejection(thief.send('s1', TOKEN, 2, new Float32Array(1024)));
+    expect(again.code).toBe(Status.UNAVAILABLE);
+
+    expect(dst.every((v) => v === 7)).toBe(true);
+    const honest = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    await honest.send('s1', TOKEN, 1, pattern(1, 1024));
+    await mine;
+    expect(Buffer.from(dst.buffer).equals(Buffer.from(pattern(1, 1024).buffer))).toBe(true);
+  });
+
+  it('refuses a byte length other than the announced one before writing', async () => {
+    const l = track(new DataPlaneListener({ stallMs: 2000, shm: via.shm !== false }));
+    l.addSession('s1', TOKEN);
+    const dst = new Float32Array(256).fill(7);
+    const mine = rejection(l.receive('s1', 1, dst));
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: via.shm }));
+    const sent = await rejection(s.send('s1', TOKEN, 1, new Float32Array(512)));
+    expect(sent.code).toBe(Status.INVALID_ARGUMENT);
+    expect(sent.details).toMatch(/byte_length 2048 does not match the 1024 bytes announced/);
+    expect((await mine).code).toBe(Status.INVALID_ARGUMENT);
+    expect(dst.every((v) => v === 7)).toBe(true);
+  });
+});
+
+describe('native shared-memory data plane', () => {
+  const ring = SHM_RING;
+
+  function shmListener(stallMs = 2000): DataPlaneListener {
+    return track(new DataPlaneListener({ stallMs, shm: true }));
+  }
+
+  /** A sender's segment made by hand (POSIX shared memory is a file of /dev/shm on Linux). */
+  function handMadeSegment(name: string, slots: number, slotBytes: number, fill: number): string {
+    const bytes = Buffer.alloc(64 + slots * slotBytes, fill);
+    bytes.writeUInt32LE(0x4d44534c, 0); // "LSDM"
+    bytes.writeUInt32LE(slots, 4);
+    bytes.writeBigUInt64LE(BigInt(slotBytes), 8);
+    bytes.fill(0, 16, 64);
+    const file = `/dev/shm/${name}`;
+    fs.writeFileSync(file, bytes, { mode: 0o600 });
+    return file;
+  }
+
+  function ringDescriptor(name: string, slots: number, slotBytes: number): Buffer {
+    const d = Buffer.alloc(DP.constants.ringBytes);
+    d.writeUInt32LE(DP.constants.ringMagic, 0);
+    d.writeUInt32LE(slots, 4);
+    d.writeBigUInt64LE(BigInt(slotBytes), 8);
+    d.write(`/${name}`, 16, 'latin1');
+    return d;
+  }
+
+  it('moves tensors bit-exact through the ring, in process and from another process, and leaves no segment behind', async () => {
+    const l = shmListener();
+    l.addSession('s1', TOKEN);
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
+    expect(s.transport).toBe('shm');
+    const sizes = [3 * 1024 * 1024 + 5, 16 * 1024, 1, 0];
+    const dst = sizes.map((n) => new Float32Array(n));
+    const got = await Promise.all([...sizes.map((n, i) => s.send('s1', TOKEN, i + 1, pattern(i + 1, n))), ...dst.map((d, i) => l.receive('s1', i + 1, d))]);
+    for (let i = 0; i < sizes.length; i++) {
+      expect(got[i].bytes).toBe(sizes[i] * 4);
+      expect(Buffer.from(dst[i].buffer).equals(Buffer.from(pattern(i + 1, sizes[i]).buffer))).toBe(true);
+    }
+
+    l.addSession('job-8/stage-2', TOKEN);
+    const floats = 1024 * 1024 + 3;
+    const far = [1, 2, 3].map(() => new Float32Array(floats));
+    const before = fs.readdirSync('/dev/shm').filter((f) => f.startsWith('longshot-dp-'));
+    const child = promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), `127.0.0.1:${l.port}`, 'job-8/stage-2', TOKEN, '3', String(floats), String(ring.slotBytes), String(ring.slots)]);
+    await Promise.all(far.map((d, i) => l.receive('job-8/stage-2', i + 1, d)));
+    await child;
+    for (let i = 0; i < 3; i++) expect(Buffer.from(far[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
+    // The receiver unlinks a segment's name once mapped: nothing is left in /dev/shm.
+    expect(fs.readdirSync('/dev/shm').filter((f) => f.startsWith('longshot-dp-'))).toEqual(before);
+  });
+
+  it('a listener without shared memory refuses it, and a segment that is not there is named', async () => {
+    const tcpOnly = listener();
+    tcpOnly.addSession('s1', TOKEN);
+    const s = track(new DataPlaneSender(`127.0.0.1:${tcpOnly.port}`, { shm: ring }));
+    const refused = await rejection(s.send('s1', TOKEN, 1, new Float32Array(64)));
+    expect(refused.code).toBe(Status.FAILED_PRECONDITION);
+    expect(refused.details).toMatch(/does not take shared memory/);
+
+    const l = shmListener();
+    l.addSession('s1', TOKEN);
+    const mine = rejection(l.receive('s1', 1, new Float32Array(64)));
+    const { socket, reply } = await rawPeer(l);
+    socket.write(DP.encodeHeader({ seq: 1, byteLength: 256, ...dataPlaneKeys('s1', TOKEN), shm: true }));
+    socket.write(ringDescriptor(`longshot-test-missing-${process.pid}`, 2, 4096));
+    expect((await mine).code).toBe(Status.FAILED_PRECONDITION);
+    socket.end();
+    expect(replyOf(await reply).message).toMatch(/cannot open the sender's shared memory .* \(not on this host\?\)/);
+  });
+
+  it('a peer that dies mid-tensor fails the receive at once (UNAVAILABLE), not after the stall time', async () => {
+    const l = shmListener(60_000);
+    l.addSession('s1', TOKEN);
+    const mine = rejection(l.receive('s1', 1, new Uint8Array(3 * 4096)));
+    const name = `longshot-test-${process.pid}-death`;
+    const file = handMadeSegment(name, 2, 4096, 1);
+    try {
+      const { socket } = await rawPeer(l);
+      socket.write(DP.encodeHeader({ seq: 1, byteLength: 3 * 4096, ...dataPlaneKeys('s1', TOKEN), shm: true }));
+      socket.write(ringDescriptor(name, 2, 4096));
+      socket.end(Buffer.from('D')); // one chunk, then the process is gone
+      const err = await mine;
+      expect(err.code).toBe(Status.UNAVAILABLE);
+      expect(err.details).toMatch(/the peer closed the connection mid-tensor/);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  });
+
+  it('times out a peer that stops mid-tensor; chunks already copied stay in its own buffer only', async () => {
+    const l = shmListener(300);
+    l.addSession('s1', TOKEN);
+    l.addSession('s2', TOKEN);
+    const slotBytes = 4096;
+    const dst = new Uint8Array(3 * slotBytes);
+    const bystander = new Uint8Array(slotBytes).fill(5);
+    const theirs = l.receive('s2', 1, bystander);
+    const mine = rejection(l.receive('s1', 1, dst));
+    const name = `longshot-test-${process.pid}-stall`;
+    const file = handMadeSegment(name, 2, slotBytes, 0xab);
+    try {
+      const { socket, reply } = await rawPeer(l);
+      socket.write(DP.encodeHeader({ seq: 1, byteLength: dst.length, ...dataPlaneKeys('s1', TOKEN), shm: true }));
+      socket.write(ringDescriptor(name, 2, slotBytes));
+      socket.write(Buffer.from('D')); // one chunk of three, then silence
+      const err = await mine;
+      expect(err.code).toBe(Status.DEADLINE_EXCEEDED);
+      expect(err.details).toMatch(/stopped mid-tensor/);
+      socket.end();
+      const r = replyOf((await reply).subarray(1)); // after the one 'C' that freed the slot
+      expect(r.code).toBe(Status.DEADLINE_EXCEEDED);
+      expect(dst.subarray(0, slotBytes).every((v) => v === 0xab)).toBe(true);
+      expect(bystander.every((v) => v === 5)).toBe(true);
+      // The receiver unlinked the name as soon as it mapped the segment.
+      expect(fs.existsSync(file)).toBe(false);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
+    await s.send('s2', TOKEN, 1, new Uint8Array(slotBytes).fill(6));
+    await theirs;
+    expect(bystander.every((v) => v === 6)).toBe(true);
   });
 });

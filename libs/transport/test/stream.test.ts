@@ -6,6 +6,7 @@ import {
   TensorSender,
   TransportError,
   WireDtype,
+  DataPlaneTransport,
   GRPC_LIMITS,
   activationsHandler,
   addHealthService,
@@ -216,7 +217,7 @@ async function rawStream(s: TestServer, frames: ActivationFrame[], endAfter = tr
 
 function h(seq: number, shape: number[], over: Partial<TensorHeader> = {}): ActivationFrame {
   return {
-    frame: { $case: 'header', value: { ...header(shape), seq, byteLength: shape.reduce((a, b) => a * b, 1) * 4, ...over } },
+    frame: { $case: 'header', value: { ...header(shape), seq, byteLength: shape.reduce((a, b) => a * b, 1) * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ...over } },
   };
 }
 

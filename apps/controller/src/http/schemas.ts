@@ -2,6 +2,7 @@ import { applyDecorators } from '@nestjs/common';
 import { ApiBearerAuth, ApiCookieAuth, ApiHeader, ApiParam, ApiResponse } from '@nestjs/swagger';
 import { API_ROLES, JOB_STATUSES } from '@longshot/cache';
 import { SAMPLER_KINDS } from '@longshot/sampler';
+import { HOP_TRANSPORTS } from '@longshot/transport';
 
 /*
  * The response side of the OpenAPI document: one schema per body the API answers with, each
@@ -72,6 +73,11 @@ const RESULT = object({
   numerics: str,
   contentUrl: str,
   seconds: num,
+  hops: {
+    type: 'array',
+    description: "How each stage-to-stage hop (the tail's to the head included) of the run that finished moved its tensor bytes; empty for one stage.",
+    items: object({ from: int, to: int, transport: { type: 'string', enum: [...HOP_TRANSPORTS] } }),
+  },
 });
 
 const STATUS = { type: 'string', enum: [...JOB_STATUSES] };

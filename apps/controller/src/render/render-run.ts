@@ -3,7 +3,7 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { isTerminal, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { jobSchedulerConfig } from '@longshot/sampler';
 import type { ModelCatalog, ModelSource, TextEmbeddings } from '@longshot/model';
-import { candidates, LeasedWorkers, runDistributedJob, signJobGrant, type DriverWorker } from '@longshot/pipeline';
+import { candidates, LeasedWorkers, runDistributedJob, signJobGrant, type DriverWorker, type Hop } from '@longshot/pipeline';
 import { planJob, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
@@ -161,6 +161,7 @@ export class RenderRun {
         },
       );
     let workers = source.workers;
+    let hops: Hop[] = [];
     if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
       // The pipeline finished before the previous run died (stitching lags compute): only the
       // stitch is left, and there is nothing for workers to do.
@@ -187,6 +188,7 @@ export class RenderRun {
         },
       );
       workers = run.workers;
+      hops = run.hops;
     }
     this.abort.signal.throwIfAborted();
     await progress.flush();
@@ -206,6 +208,7 @@ export class RenderRun {
       numerics,
       contentUrl: urlsOf(this.id).content,
       seconds: (finishedAt - first) / 1000,
+      hops,
     };
     const done = await jobs.update(this.id, {
       status: 'succeeded',

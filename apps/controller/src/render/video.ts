@@ -1,4 +1,5 @@
 import type { JobRecord, JobStore } from '@longshot/cache';
+import type { Hop } from '@longshot/pipeline';
 import type { SamplerKind } from '@longshot/sampler';
 import type { JobSpec } from '@longshot/planner';
 
@@ -25,6 +26,8 @@ export interface VideoResult {
   readonly contentUrl: string;
   /** Wall time from the first start to the end. */
   readonly seconds: number;
+  /** How each stage-to-stage hop of the run that finished moved its tensor bytes (empty for K = 1, or when no stage ran). */
+  readonly hops: readonly Hop[];
 }
 
 export type VideoStore = JobStore<VideoSpec, VideoResult>;

@@ -7,8 +7,12 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <random>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace ls::dp {
@@ -42,13 +46,16 @@ void encode_header(const Header& h, uint8_t out[kHeaderBytes]) {
   put64(out + 16, h.byte_length);
   std::memcpy(out + 24, h.session.data(), kKeyBytes);
   std::memcpy(out + 40, h.grant.data(), kKeyBytes);
+  out[56] = h.path;
 }
 
 std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
   if (get32(in) != kMagic) return "not a data-plane frame (bad magic)";
   if (get16(in + 4) != kVersion) return "data-plane version " + std::to_string(get16(in + 4)) + " is not supported (this build speaks " + std::to_string(kVersion) + ")";
   if (get16(in + 6) != kHeaderBytes) return "header length " + std::to_string(get16(in + 6)) + ", expected " + std::to_string(kHeaderBytes);
-  if (get64(in + 56) != 0) return "reserved header bytes are not zero";
+  if (in[56] > kPathShm) return "unknown path " + std::to_string(in[56]);
+  if ((get64(in + 56) >> 8) != 0) return "reserved header bytes are not zero";
+  h->path = static_cast<Path>(in[56]);
   h->seq = get64(in + 8);
   h->byte_length = get64(in + 16);
   std::memcpy(h->session.data(), in + 24, kKeyBytes);
@@ -226,7 +233,7 @@ const char* io_name(Io io) {
 
 // ---- Listener ----------------------------------------------------------------------------------
 
-Listener::Listener(const std::string& host, int port, int stall_ms) : stall_ms_(stall_ms) {
+Listener::Listener(const std::string& host, int port, int stall_ms, unsigned paths) : stall_ms_(stall_ms), paths_(paths) {
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -377,13 +384,84 @@ void Listener::accept_loop() {
   }
 }
 
+Listener::Segment::~Segment() {
+  if (base) ::munmap(const_cast<uint8_t*>(base), size);
+}
+
 void Listener::serve(Conn* c) {
-  while (!closing_ && serve_one(c->fd)) {
+  while (!closing_ && serve_one(c)) {
   }
+  c->segment.reset();
   c->finished = true;
 }
 
-bool Listener::serve_one(int fd) {
+std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const std::atomic<bool>* stop) {
+  const int fd = c->fd;
+  auto io_error = [&](Io io, const char* where) {
+    if (io == Io::kCancelled) *code = kCancelled;
+    else if (io == Io::kStalled) *code = kDeadlineExceeded;
+    else *code = kUnavailable;
+    if (io == Io::kCancelled) return e->cancel_why;
+    if (io == Io::kStalled) return std::string("the sender stopped mid-tensor (no chunk for ") + std::to_string(stall_ms_) + " ms)";
+    return std::string(io_name(io)) + " " + where;
+  };
+  uint8_t rd[kRingBytes];
+  Io io = read_exact(fd, rd, kRingBytes, stall_ms_, true, stop);
+  if (io != Io::kOk) return io_error(io, "before the ring descriptor");
+  const uint32_t slots = get32(rd + 4);
+  const uint64_t slot_bytes = get64(rd + 8);
+  char raw[kSegmentNameBytes + 1] = {0};
+  std::memcpy(raw, rd + 16, kSegmentNameBytes);
+  const std::string name(raw);
+  *code = kInvalidArgument;
+  if (get32(rd) != kRingMagic) return "not a ring descriptor (bad magic)";
+  if (slots < 1 || slots > 1024 || slot_bytes < 4096 || slot_bytes > (1ull << 30) || slot_bytes % 64 != 0) return "ring of " + std::to_string(slots) + " slots of " + std::to_string(slot_bytes) + " bytes is out of range";
+  if (name.size() < 2 || name[0] != '/' || name.find('/', 1) != std::string::npos) return "segment name is not a POSIX shared-memory name";
+  if (!c->segment || c->segment->name != name) {
+    c->segment.reset();
+    const size_t need = kSegmentHeaderBytes + static_cast<size_t>(slots) * slot_bytes;
+    int sfd = ::shm_open(name.c_str(), O_RDONLY | O_CLOEXEC, 0);
+    *code = kFailedPrecondition;
+    if (sfd < 0) return "cannot open the sender's shared memory " + name + ": " + std::strerror(errno) + " (not on this host?)";
+    // Nothing else attaches from now on; the mapping outlives the name.
+    ::shm_unlink(name.c_str());
+    struct stat st {};
+    if (::fstat(sfd, &st) != 0 || static_cast<size_t>(st.st_size) < need) {
+      ::close(sfd);
+      *code = kInvalidArgument;
+      return "shared memory " + name + " is smaller than its ring";
+    }
+    void* m = ::mmap(nullptr, need, PROT_READ, MAP_SHARED, sfd, 0);
+    ::close(sfd);
+    if (m == MAP_FAILED) return std::string("cannot map the sender's shared memory: ") + std::strerror(errno);
+    auto seg = std::make_unique<Segment>();
+    seg->name = name, seg->base = static_cast<const uint8_t*>(m), seg->size = need, seg->slots = slots, seg->slot_bytes = slot_bytes;
+    if (get32(seg->base) != kSegmentMagic || get32(seg->base + 4) != slots || get64(seg->base + 8) != slot_bytes) {
+      *code = kInvalidArgument;
+      return "shared memory " + name + " does not hold the ring its descriptor names";
+    }
+    c->segment = std::move(seg);
+  } else if (c->segment->slots != slots || c->segment->slot_bytes != slot_bytes) {
+    return "the ring of " + name + " changed shape";
+  }
+  const uint8_t* ring = c->segment->base + kSegmentHeaderBytes;
+  const uint8_t free_byte = kChunkFree;
+  for (uint64_t off = 0, i = 0; off < e->len; off += slot_bytes, ++i) {
+    uint8_t b = 0;
+    io = read_exact(fd, &b, 1, stall_ms_, true, stop);
+    if (io != Io::kOk) return io_error(io, "mid-tensor");
+    *code = kInvalidArgument;
+    if (b != kChunkReady) return "expected the doorbell of chunk " + std::to_string(i);
+    std::memcpy(e->dst + off, ring + (i % slots) * slot_bytes, std::min<uint64_t>(slot_bytes, e->len - off));
+    io = write_all(fd, &free_byte, 1, stall_ms_);
+    if (io != Io::kOk) return io_error(io, "mid-tensor");
+  }
+  *code = kOk;
+  return "";
+}
+
+bool Listener::serve_one(Conn* c) {
+  const int fd = c->fd;
   uint8_t hb[kHeaderBytes];
   std::vector<uint8_t> reply;
   Io io = read_exact(fd, hb, kHeaderBytes, stall_ms_, false, &closing_);
@@ -409,6 +487,7 @@ bool Listener::serve_one(int fd) {
   std::string bad = decode_header(hb, &h);
   if (!bad.empty()) return refuse(kInvalidArgument, 0, "data plane: " + bad);
   const std::string tensor = "tensor seq " + std::to_string(h.seq);
+  if (!(paths_ & (1u << h.path))) return refuse(kFailedPrecondition, h.seq, "data plane: " + tensor + ": this listener does not take " + (h.path == kPathShm ? "shared memory" : "TCP payloads"));
 
   std::shared_ptr<Expectation> e;
   Code refusal = kOk;
@@ -451,19 +530,28 @@ bool Listener::serve_one(int fd) {
   // Header accepted: the payload goes straight into the destination.
   Checksum sum;
   size_t summed = 0;
-  io = read_exact(fd, e->dst, e->len, stall_ms_, true, &e->cancelled, [&](size_t got) { summed += sum.update(e->dst + summed, got - summed); });
-  uint8_t trailer[kTrailerBytes];
-  if (io == Io::kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
   Result r;
+  uint8_t trailer[kTrailerBytes];
+  if (h.path == kPathShm) {
+    Code code = kOk;
+    std::string why = receive_ring(c, e.get(), &code, &e->cancelled);
+    if (code == kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
+    else r.code = code, r.message = "data plane: " + tensor + ": " + why, io = code == kDeadlineExceeded ? Io::kStalled : Io::kError;
+  } else {
+    io = read_exact(fd, e->dst, e->len, stall_ms_, true, &e->cancelled, [&](size_t got) { summed += sum.update(e->dst + summed, got - summed); });
+    if (io == Io::kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
+  }
   r.bytes = e->len;
   r.seconds = since(t0);
-  if (io != Io::kOk) {
+  if (r.code != kOk) {
+    // The ring said why.
+  } else if (io != Io::kOk) {
     if (io == Io::kCancelled) r.code = kCancelled, r.message = "data plane: " + tensor + ": " + e->cancel_why;
     else if (io == Io::kStalled) r.code = kDeadlineExceeded, r.message = "data plane: " + tensor + ": the sender stopped mid-tensor (no bytes for " + std::to_string(stall_ms_) + " ms)";
     else r.code = kUnavailable, r.message = "data plane: " + tensor + ": " + io_name(io) + " mid-tensor";
   } else if (get32(trailer + 4) != kTrailerMagic) {
     r.code = kInvalidArgument, r.message = "data plane: " + tensor + ": bad trailer (payload longer than byte_length?)";
-  } else {
+  } else if (h.path == kPathTcp) {
     uint32_t want = get32(trailer), got = sum.finish(e->dst + summed, e->len - summed);
     if (want != got) r.code = kDataLoss, r.message = "data plane: " + tensor + ": checksum mismatch (payload corrupted in transit)";
   }
@@ -473,7 +561,7 @@ bool Listener::serve_one(int fd) {
   }
   e->done(r);
   if (r.code != kOk) {
-    if (io == Io::kOk || io == Io::kStalled) refuse(r.code, h.seq, r.message);
+    if (io == Io::kOk || io == Io::kStalled || (h.path == kPathShm && r.code == kInvalidArgument) || r.code == kFailedPrecondition) refuse(r.code, h.seq, r.message);
     return false;
   }
   encode_reply(&reply, kOk, h.seq, "");
@@ -482,8 +570,70 @@ bool Listener::serve_one(int fd) {
 
 // ---- Sender ------------------------------------------------------------------------------------
 
-Sender::Sender(const std::string& host, int port, int stall_ms) : host_(host), port_(port), stall_ms_(stall_ms) {
+Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_bytes, uint32_t slots)
+    : host_(host), slot_bytes_(slot_bytes), slots_(slots), port_(port), stall_ms_(stall_ms) {
   thread_ = std::thread([this] { run(); });
+}
+
+std::string Sender::create_segment() {
+  std::random_device rd;
+  char name[kSegmentNameBytes];
+  std::snprintf(name, sizeof name, "/longshot-dp-%d-%08x%08x", static_cast<int>(::getpid()), rd(), rd());
+  segment_size_ = kSegmentHeaderBytes + static_cast<size_t>(slots_) * slot_bytes_;
+  int fd = ::shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) return std::string("data plane: cannot create shared memory: ") + std::strerror(errno);
+  segment_name_ = name;
+  if (::ftruncate(fd, static_cast<off_t>(segment_size_)) != 0) {
+    std::string err = std::strerror(errno);
+    ::close(fd);
+    return "data plane: cannot size shared memory to " + std::to_string(segment_size_) + " bytes: " + err;
+  }
+  void* m = ::mmap(nullptr, segment_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (m == MAP_FAILED) return std::string("data plane: cannot map shared memory: ") + std::strerror(errno);
+  segment_ = static_cast<uint8_t*>(m);
+  put32(segment_, kSegmentMagic);
+  put32(segment_ + 4, slots_);
+  put64(segment_ + 8, slot_bytes_);
+  return "";
+}
+
+int Sender::send_ring(const Job& j, bool* reply_early) {
+  const size_t n = j.h.byte_length;
+  uint8_t* ring = segment_ + kSegmentHeaderBytes;
+  uint64_t freed = 0;
+  // A slot comes back with one 'C'; anything else starts the receiver's reply (a refusal).
+  auto take_free = [&]() -> Io {
+    Io w = wait_fd(fd_, POLLIN, stall_ms_, nullptr);
+    if (w != Io::kOk) return w;
+    uint8_t b = 0;
+    ssize_t r = ::recv(fd_, &b, 1, MSG_PEEK);
+    if (r == 0) return Io::kClosed;
+    if (r < 0) return errno == EINTR || errno == EAGAIN ? Io::kOk : Io::kError;
+    if (b != kChunkFree) {
+      *reply_early = true;
+      return Io::kOk;
+    }
+    ::recv(fd_, &b, 1, 0);
+    ++freed;
+    return Io::kOk;
+  };
+  const uint8_t ready = kChunkReady;
+  uint64_t i = 0;
+  for (size_t off = 0; off < n; off += slot_bytes_, ++i) {
+    while (i >= slots_ && freed + slots_ <= i) {
+      Io io = take_free();
+      if (io != Io::kOk || *reply_early) return static_cast<int>(io);
+    }
+    std::memcpy(ring + (i % slots_) * slot_bytes_, j.src + off, std::min(slot_bytes_, n - off));
+    Io io = write_all(fd_, &ready, 1, stall_ms_);
+    if (io != Io::kOk) return static_cast<int>(io);
+  }
+  while (freed < i) {
+    Io io = take_free();
+    if (io != Io::kOk || *reply_early) return static_cast<int>(io);
+  }
+  return static_cast<int>(Io::kOk);
 }
 
 Sender::~Sender() { close(); }
@@ -511,6 +661,10 @@ void Sender::close() {
   if (thread_.joinable()) thread_.join();
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
+  if (segment_) ::munmap(segment_, segment_size_);
+  segment_ = nullptr;
+  // Normally the receiver unlinked it already; not if it never took a tensor.
+  if (!segment_name_.empty()) ::shm_unlink(segment_name_.c_str());
 }
 
 void Sender::run() {
@@ -569,23 +723,40 @@ Result Sender::send_one(const Job& j) {
   auto t0 = Clock::now();
   const std::string tensor = "tensor seq " + std::to_string(j.h.seq);
   uint8_t hb[kHeaderBytes];
-  encode_header(j.h, hb);
+  Header h = j.h;
+  h.path = slot_bytes_ > 0 ? kPathShm : kPathTcp;
+  if (h.path == kPathShm && !segment_) {
+    std::string err = create_segment();
+    if (!err.empty()) return {kFailedPrecondition, err, 0, since(t0)};
+  }
+  encode_header(h, hb);
   Io io = write_all(fd_, hb, kHeaderBytes, stall_ms_);
   Checksum sum;
   size_t off = 0;
   const size_t n = j.h.byte_length;
+  bool reply_early = false;
+  if (h.path == kPathShm) {
+    uint8_t rd[kRingBytes] = {0};
+    put32(rd, kRingMagic);
+    put32(rd + 4, slots_);
+    put64(rd + 8, slot_bytes_);
+    std::memcpy(rd + 16, segment_name_.data(), std::min(segment_name_.size(), kSegmentNameBytes - 1));
+    if (io == Io::kOk) io = write_all(fd_, rd, kRingBytes, stall_ms_);
+    if (io == Io::kOk) io = static_cast<Io>(send_ring(j, &reply_early));
+    off = n;  // no checksum on this path: the trailer carries 0
+  }
   // Checksum each piece just before writing it, while it is in cache.
-  while (io == Io::kOk && n - off >= 32) {
+  while (io == Io::kOk && !reply_early && n - off >= 32) {
     size_t piece = std::min(n - off, kIoBytes) & ~size_t(31);
     sum.update(j.src + off, piece);
     io = write_all(fd_, j.src + off, piece, stall_ms_);
     off += piece;
   }
   uint8_t trailer[kTrailerBytes];
-  put32(trailer, sum.finish(j.src + off, n - off));
+  put32(trailer, h.path == kPathShm ? 0 : sum.finish(j.src + off, n - off));
   put32(trailer + 4, kTrailerMagic);
   if (io == Io::kOk && off < n) io = write_all(fd_, j.src + off, n - off, stall_ms_);
-  if (io == Io::kOk) io = write_all(fd_, trailer, kTrailerBytes, stall_ms_);
+  if (io == Io::kOk && !reply_early) io = write_all(fd_, trailer, kTrailerBytes, stall_ms_);
   // The reply; after a failed write the receiver may still have said why it refused.
   uint8_t rb[kReplyBytes];
   Io rio = read_exact(fd_, rb, kReplyBytes, io == Io::kOk ? stall_ms_ * 4 : 1000, true, nullptr);

@@ -117,10 +117,11 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
                         InstanceMethod<&ListenerWrap::RemoveSession>("removeSession"), InstanceMethod<&ListenerWrap::Expect>("expect"),
                         InstanceMethod<&ListenerWrap::Cancel>("cancel"), InstanceMethod<&ListenerWrap::Close>("close")});
   }
-  // new DataPlaneListener(host, port, stallMs)
+  // new DataPlaneListener(host, port, stallMs, shm): shm also takes tensors through shared memory.
   ListenerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ListenerWrap>(info), completer_(info.Env()) {
     try {
-      listener_ = std::make_unique<Listener>(info[0].ToString().Utf8Value(), int_arg(info[1], "port", 0, 65535), int_arg(info[2], "stallMs", 1, 3600000));
+      unsigned paths = (1u << kPathTcp) | (info[3].ToBoolean().Value() ? 1u << kPathShm : 0u);
+      listener_ = std::make_unique<Listener>(info[0].ToString().Utf8Value(), int_arg(info[1], "port", 0, 65535), int_arg(info[2], "stallMs", 1, 3600000), paths);
     } catch (const std::runtime_error& e) {
       throw Napi::Error::New(info.Env(), e.what());
     }
@@ -152,9 +153,13 @@ class SenderWrap : public Napi::ObjectWrap<SenderWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "DataPlaneSender", {InstanceMethod<&SenderWrap::Send>("send"), InstanceMethod<&SenderWrap::Close>("close")});
   }
-  // new DataPlaneSender(host, port, stallMs): connects in the background.
+  // new DataPlaneSender(host, port, stallMs, slotBytes, slots): connects in the background;
+  // slotBytes > 0 sends through a shared-memory ring of `slots` slots.
   SenderWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SenderWrap>(info), completer_(info.Env()) {
-    sender_ = std::make_unique<Sender>(info[0].ToString().Utf8Value(), int_arg(info[1], "port", 1, 65535), int_arg(info[2], "stallMs", 1, 3600000));
+    int slot_bytes = info.Length() > 3 ? int_arg(info[3], "slotBytes", 0, 1 << 30) : 0;
+    int slots = info.Length() > 4 ? int_arg(info[4], "slots", 0, 1024) : 0;
+    if (slot_bytes > 0 && (slot_bytes < 4096 || slot_bytes % 64 != 0 || slots < 1)) throw Napi::RangeError::New(info.Env(), "slotBytes must be a multiple of 64 of at least 4096, with at least one slot");
+    sender_ = std::make_unique<Sender>(info[0].ToString().Utf8Value(), int_arg(info[1], "port", 1, 65535), int_arg(info[2], "stallMs", 1, 3600000), static_cast<size_t>(slot_bytes), static_cast<uint32_t>(slots));
   }
   ~SenderWrap() override { sender_->close(); }
 
@@ -186,6 +191,7 @@ Napi::Value EncodeHeader(const Napi::CallbackInfo& info) {
   h.byte_length = static_cast<uint64_t>(o.Get("byteLength").ToNumber().DoubleValue());
   h.session = key_arg(o.Get("session"), "session");
   h.grant = key_arg(o.Get("grant"), "grant");
+  h.path = o.Get("shm").ToBoolean().Value() ? kPathShm : kPathTcp;
   Napi::Buffer<uint8_t> out = Napi::Buffer<uint8_t>::New(info.Env(), kHeaderBytes);
   encode_header(h, out.Data());
   return out;
@@ -211,6 +217,8 @@ void register_dataplane(Napi::Env env, Napi::Object exports) {
   c.Set("keyBytes", static_cast<double>(kKeyBytes));
   c.Set("trailerMagic", static_cast<double>(kTrailerMagic));
   c.Set("replyMagic", static_cast<double>(kReplyMagic));
+  c.Set("ringBytes", static_cast<double>(kRingBytes));
+  c.Set("ringMagic", static_cast<double>(kRingMagic));
   dp.Set("constants", c);
   exports.Set("dataplane", dp);
 }

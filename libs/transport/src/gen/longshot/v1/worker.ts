@@ -114,6 +114,45 @@ export function wireDtypeToJSON(object: WireDtype): string {
   }
 }
 
+/** How tensor bytes of one hop travel (docs/dataplane.md). gRPC always carries the header. */
+export enum DataPlaneTransport {
+  /** DATA_PLANE_TRANSPORT_GRPC - In TensorChunk frames on the Activations stream (the fallback; old peers). */
+  DATA_PLANE_TRANSPORT_GRPC = 0,
+  /** DATA_PLANE_TRANSPORT_TCP - Over the native TCP data plane. */
+  DATA_PLANE_TRANSPORT_TCP = 1,
+  /** DATA_PLANE_TRANSPORT_SHM - Through shared memory between two processes of one host. */
+  DATA_PLANE_TRANSPORT_SHM = 2,
+}
+
+export function dataPlaneTransportFromJSON(object: any): DataPlaneTransport {
+  switch (object) {
+    case 0:
+    case "DATA_PLANE_TRANSPORT_GRPC":
+      return DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC;
+    case 1:
+    case "DATA_PLANE_TRANSPORT_TCP":
+      return DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP;
+    case 2:
+    case "DATA_PLANE_TRANSPORT_SHM":
+      return DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM;
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DataPlaneTransport");
+  }
+}
+
+export function dataPlaneTransportToJSON(object: DataPlaneTransport): string {
+  switch (object) {
+    case DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC:
+      return "DATA_PLANE_TRANSPORT_GRPC";
+    case DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP:
+      return "DATA_PLANE_TRANSPORT_TCP";
+    case DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM:
+      return "DATA_PLANE_TRANSPORT_SHM";
+    default:
+      throw new globalThis.Error("Unrecognized enum value " + object + " for enum DataPlaneTransport");
+  }
+}
+
 export enum PayloadKind {
   PAYLOAD_KIND_UNSPECIFIED = 0,
   /** PAYLOAD_KIND_HIDDEN - Hidden states [2, tokens, dim] into a middle or tail stage. */
@@ -287,6 +326,23 @@ export interface OpenSessionRequest {
    * the call is refused before it uses any capacity.
    */
   grant: string;
+  /** The next stage's worker's data plane, as it registered it; absent: tensors go over gRPC. */
+  nextDataPlane: DataPlaneEndpoint | undefined;
+}
+
+/** What a worker's data plane accepts; it registers this, drivers pass it upstream. */
+export interface DataPlaneEndpoint {
+  /**
+   * host:port of its native listener (payloads over TCP, and the doorbells of shared memory);
+   * empty: none.
+   */
+  tcpAddress: string;
+  /** Identity of its host (boot id and hostname): shared memory only between equal ones. */
+  hostId: string;
+  /** Whether it accepts tensors through shared memory. */
+  shm: boolean;
+  /** Whether it accepts tensor payloads over TCP. */
+  tcp: boolean;
 }
 
 export interface OpenSessionResponse {
@@ -294,6 +350,8 @@ export interface OpenSessionResponse {
   backend: string;
   /** Head on resume: the iteration it restarts at. */
   startIteration: number;
+  /** How this stage sends its tensors to the next one (GRPC for K = 1: no hop). */
+  nextTransport: DataPlaneTransport;
 }
 
 export interface BlockStepHeader {
@@ -325,6 +383,11 @@ export interface TensorHeader {
   shape: number[];
   dtype: WireDtype;
   byteLength: number;
+  /**
+   * GRPC: chunk frames follow; TCP or SHM: no chunks, the bytes come over that data plane
+   * (keyed by session and seq) and the ack follows their arrival.
+   */
+  transport: DataPlaneTransport;
 }
 
 export interface TensorChunk {
@@ -854,6 +917,7 @@ function createBaseOpenSessionRequest(): OpenSessionRequest {
     keyPrefix: "",
     payloadScale: 0,
     grant: "",
+    nextDataPlane: undefined,
   };
 }
 
@@ -906,6 +970,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     }
     if (message.grant !== "") {
       writer.uint32(130).string(message.grant);
+    }
+    if (message.nextDataPlane !== undefined) {
+      DataPlaneEndpoint.encode(message.nextDataPlane, writer.uint32(138).fork()).join();
     }
     return writer;
   },
@@ -1051,6 +1118,14 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
             message.grant = reader.string();
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.nextDataPlane = DataPlaneEndpoint.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1121,6 +1196,11 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
         ? globalThis.Number(object.payload_scale)
         : 0,
       grant: isSet(object.grant) ? globalThis.String(object.grant) : "",
+      nextDataPlane: isSet(object.nextDataPlane)
+        ? DataPlaneEndpoint.fromJSON(object.nextDataPlane)
+        : isSet(object.next_data_plane)
+        ? DataPlaneEndpoint.fromJSON(object.next_data_plane)
+        : undefined,
     };
   },
 
@@ -1174,6 +1254,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     if (message.grant !== "") {
       obj.grant = message.grant;
     }
+    if (message.nextDataPlane !== undefined) {
+      obj.nextDataPlane = DataPlaneEndpoint.toJSON(message.nextDataPlane);
+    }
     return obj;
   },
 
@@ -1200,12 +1283,140 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     message.keyPrefix = object.keyPrefix ?? "";
     message.payloadScale = object.payloadScale ?? 0;
     message.grant = object.grant ?? "";
+    message.nextDataPlane = (object.nextDataPlane !== undefined && object.nextDataPlane !== null)
+      ? DataPlaneEndpoint.fromPartial(object.nextDataPlane)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDataPlaneEndpoint(): DataPlaneEndpoint {
+  return { tcpAddress: "", hostId: "", shm: false, tcp: false };
+}
+
+export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
+  encode(message: DataPlaneEndpoint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tcpAddress !== "") {
+      writer.uint32(10).string(message.tcpAddress);
+    }
+    if (message.hostId !== "") {
+      writer.uint32(18).string(message.hostId);
+    }
+    if (message.shm !== false) {
+      writer.uint32(24).bool(message.shm);
+    }
+    if (message.tcp !== false) {
+      writer.uint32(32).bool(message.tcp);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DataPlaneEndpoint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDataPlaneEndpoint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tcpAddress = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hostId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.shm = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.tcp = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DataPlaneEndpoint {
+    return {
+      tcpAddress: isSet(object.tcpAddress)
+        ? globalThis.String(object.tcpAddress)
+        : isSet(object.tcp_address)
+        ? globalThis.String(object.tcp_address)
+        : "",
+      hostId: isSet(object.hostId)
+        ? globalThis.String(object.hostId)
+        : isSet(object.host_id)
+        ? globalThis.String(object.host_id)
+        : "",
+      shm: isSet(object.shm) ? globalThis.Boolean(object.shm) : false,
+      tcp: isSet(object.tcp) ? globalThis.Boolean(object.tcp) : false,
+    };
+  },
+
+  toJSON(message: DataPlaneEndpoint): unknown {
+    const obj: any = {};
+    if (message.tcpAddress !== "") {
+      obj.tcpAddress = message.tcpAddress;
+    }
+    if (message.hostId !== "") {
+      obj.hostId = message.hostId;
+    }
+    if (message.shm !== false) {
+      obj.shm = message.shm;
+    }
+    if (message.tcp !== false) {
+      obj.tcp = message.tcp;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DataPlaneEndpoint>): DataPlaneEndpoint {
+    return DataPlaneEndpoint.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DataPlaneEndpoint>): DataPlaneEndpoint {
+    const message = createBaseDataPlaneEndpoint();
+    message.tcpAddress = object.tcpAddress ?? "";
+    message.hostId = object.hostId ?? "";
+    message.shm = object.shm ?? false;
+    message.tcp = object.tcp ?? false;
     return message;
   },
 };
 
 function createBaseOpenSessionResponse(): OpenSessionResponse {
-  return { workerId: "", backend: "", startIteration: 0 };
+  return { workerId: "", backend: "", startIteration: 0, nextTransport: 0 };
 }
 
 export const OpenSessionResponse: MessageFns<OpenSessionResponse> = {
@@ -1218,6 +1429,9 @@ export const OpenSessionResponse: MessageFns<OpenSessionResponse> = {
     }
     if (message.startIteration !== 0) {
       writer.uint32(24).uint32(message.startIteration);
+    }
+    if (message.nextTransport !== 0) {
+      writer.uint32(32).int32(message.nextTransport);
     }
     return writer;
   },
@@ -1259,6 +1473,14 @@ export const OpenSessionResponse: MessageFns<OpenSessionResponse> = {
             message.startIteration = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.nextTransport = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1284,6 +1506,11 @@ export const OpenSessionResponse: MessageFns<OpenSessionResponse> = {
         : isSet(object.start_iteration)
         ? globalThis.Number(object.start_iteration)
         : 0,
+      nextTransport: isSet(object.nextTransport)
+        ? dataPlaneTransportFromJSON(object.nextTransport)
+        : isSet(object.next_transport)
+        ? dataPlaneTransportFromJSON(object.next_transport)
+        : 0,
     };
   },
 
@@ -1298,6 +1525,9 @@ export const OpenSessionResponse: MessageFns<OpenSessionResponse> = {
     if (message.startIteration !== 0) {
       obj.startIteration = Math.round(message.startIteration);
     }
+    if (message.nextTransport !== 0) {
+      obj.nextTransport = dataPlaneTransportToJSON(message.nextTransport);
+    }
     return obj;
   },
 
@@ -1309,6 +1539,7 @@ export const OpenSessionResponse: MessageFns<OpenSessionResponse> = {
     message.workerId = object.workerId ?? "";
     message.backend = object.backend ?? "";
     message.startIteration = object.startIteration ?? 0;
+    message.nextTransport = object.nextTransport ?? 0;
     return message;
   },
 };
@@ -1634,7 +1865,17 @@ export const ActivationFrame: MessageFns<ActivationFrame> = {
 };
 
 function createBaseTensorHeader(): TensorHeader {
-  return { sessionId: "", token: "", seq: 0, kind: 0, step: undefined, shape: [], dtype: 0, byteLength: 0 };
+  return {
+    sessionId: "",
+    token: "",
+    seq: 0,
+    kind: 0,
+    step: undefined,
+    shape: [],
+    dtype: 0,
+    byteLength: 0,
+    transport: 0,
+  };
 }
 
 export const TensorHeader: MessageFns<TensorHeader> = {
@@ -1666,6 +1907,9 @@ export const TensorHeader: MessageFns<TensorHeader> = {
     }
     if (message.byteLength !== 0) {
       writer.uint32(64).uint64(message.byteLength);
+    }
+    if (message.transport !== 0) {
+      writer.uint32(72).int32(message.transport);
     }
     return writer;
   },
@@ -1757,6 +2001,14 @@ export const TensorHeader: MessageFns<TensorHeader> = {
             message.byteLength = longToNumber(reader.uint64());
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.transport = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1787,6 +2039,7 @@ export const TensorHeader: MessageFns<TensorHeader> = {
         : isSet(object.byte_length)
         ? globalThis.Number(object.byte_length)
         : 0,
+      transport: isSet(object.transport) ? dataPlaneTransportFromJSON(object.transport) : 0,
     };
   },
 
@@ -1816,6 +2069,9 @@ export const TensorHeader: MessageFns<TensorHeader> = {
     if (message.byteLength !== 0) {
       obj.byteLength = Math.round(message.byteLength);
     }
+    if (message.transport !== 0) {
+      obj.transport = dataPlaneTransportToJSON(message.transport);
+    }
     return obj;
   },
 
@@ -1834,6 +2090,7 @@ export const TensorHeader: MessageFns<TensorHeader> = {
     message.shape = object.shape?.map((e) => e) || [];
     message.dtype = object.dtype ?? 0;
     message.byteLength = object.byteLength ?? 0;
+    message.transport = object.transport ?? 0;
     return message;
   },
 };

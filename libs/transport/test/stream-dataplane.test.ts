@@ -1,0 +1,165 @@
+/**
+ * Activations streams whose tensor bytes travel on the native data plane: gRPC carries the
+ * headers and acknowledgements, the bytes go from the sender's buffer into one the receiver
+ * allocated for them, in header order, with the receiver's back-pressure intact.
+ */
+import { status as Status } from '@grpc/grpc-js';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  DataPlaneListener,
+  DataPlaneSender,
+  DataPlaneTransport,
+  TensorSender,
+  TransportError,
+  chooseHopTransport,
+  dataPlaneEndpoint,
+  decodePayload,
+  encodePayload,
+  type ReceivedTensor,
+  type TensorReceiverOptions,
+} from '../src/index';
+import { header, pattern, sleep, startServer, type TestServer } from './helpers';
+
+const SESSION = 'session-a';
+const TOKEN = 'token-a';
+
+const open: { stop?(): Promise<void>; close?(): void }[] = [];
+afterEach(async () => {
+  for (const x of open.splice(0)) {
+    await x.stop?.();
+    x.close?.();
+  }
+});
+
+/** A gRPC receiver whose data-plane bytes land through `listener`, counting what came that way. */
+async function serve(listener: DataPlaneListener, options: Omit<TensorReceiverOptions, 'dataPlane'>): Promise<{ server: TestServer; landed: number[]; paths: Set<DataPlaneTransport> }> {
+  const landed: number[] = [];
+  const paths = new Set<DataPlaneTransport>();
+  const server = await startServer({
+    ...options,
+    dataPlane: async (h, transport, destination) => {
+      await listener.receive(h.sessionId, h.seq, destination);
+      landed.push(h.seq);
+      paths.add(transport);
+    },
+  });
+  open.push(server);
+  return { server, landed, paths };
+}
+
+function listen(token = TOKEN): DataPlaneListener {
+  // Long enough that a refusal on the stream always reaches the sender before the data plane's.
+  const l = new DataPlaneListener({ stallMs: 10_000, shm: true });
+  l.addSession(SESSION, token);
+  open.push(l);
+  return l;
+}
+
+/** Resolves once `done()` holds (checked every 10 ms); fails the test after 10 s. */
+async function until(done: () => boolean): Promise<void> {
+  for (let waited = 0; !done(); waited += 10) {
+    if (waited > 10_000) throw new Error('condition not reached within 10 s');
+    await sleep(10);
+  }
+}
+
+const bytes = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+describe('hop transport choice', () => {
+  it('takes shared memory on one host, TCP between hosts, gRPC when either end has no data plane', () => {
+    const both = dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true);
+    expect(chooseHopTransport('auto', 'host-a', both)).toBe('shm');
+    expect(chooseHopTransport('auto', 'host-b', both)).toBe('tcp');
+    expect(chooseHopTransport('tcp', 'host-a', both)).toBe('tcp');
+    expect(chooseHopTransport('shm', 'host-b', both)).toBe('grpc');
+    expect(chooseHopTransport('grpc', 'host-a', both)).toBe('grpc');
+    expect(chooseHopTransport('auto', 'host-a', undefined)).toBe('grpc');
+    // A receiver's mode limits what it advertises.
+    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true)).toEqual({ tcpAddress: '10.0.0.1:7000', tcp: true, hostId: 'host-a', shm: false });
+    // A shm-only receiver on another host: nothing native fits.
+    expect(chooseHopTransport('auto', 'host-b', dataPlaneEndpoint('shm', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
+    expect(chooseHopTransport('auto', 'host-a', dataPlaneEndpoint('grpc', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
+    expect(chooseHopTransport('auto', '', dataPlaneEndpoint('auto', '', null, true))).toBe('grpc');
+  });
+});
+
+describe('TensorSender -> TensorReceiver over the native data plane', () => {
+  it.each([
+    ['TCP', false, DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP],
+    ['shared memory', true, DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM],
+  ] as const)('moves every tensor bit-exact and in order over %s; the stream carries only headers and acks', async (_, shm, wire) => {
+    const l = listen();
+    const received: ReceivedTensor[] = [];
+    const { server, landed, paths } = await serve(l, { handler: (t) => void received.push(t) });
+    const sender = TensorSender.open(server.client(), { bytes: new DataPlaneSender(`127.0.0.1:${l.port}`, { shm }) });
+    expect(sender.transport).toBe(shm ? 'shm' : 'tcp');
+    const tensors = [pattern(2 * 1_200_000, 1), pattern(3 * 7 * 11, 2), new Float32Array(0), pattern(1_000_003, 4)];
+    for (const t of tensors) await sender.send(header([t.length]), encodePayload(t, 'f32'));
+    await sender.close();
+    expect(landed).toEqual([1, 2, 3, 4]);
+    expect([...paths]).toEqual([wire]);
+    expect(received.map((t) => t.header.seq)).toEqual([1, 2, 3, 4]);
+    for (let i = 0; i < tensors.length; i++) {
+      expect(received[i].header.transport).toBe(wire);
+      expect(bytes(decodePayload(received[i].payload, 'f32', tensors[i].length)).equals(bytes(tensors[i]))).toBe(true);
+    }
+  });
+
+  it('holds the sender back while the handler is behind: acknowledgements wait for queue room', async () => {
+    const l = listen();
+    let open = (): void => undefined;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const handled: number[] = [];
+    const { server, landed } = await serve(l, {
+      maxQueued: 1,
+      handler: async (t) => {
+        await gate;
+        handled.push(t.header.seq);
+      },
+    });
+    const sender = TensorSender.open(server.client(), { window: 1, bytes: new DataPlaneSender(`127.0.0.1:${l.port}`) });
+    const sends = [1, 2, 3, 4, 5].map((seed) => sender.send(header([1000]), encodePayload(pattern(1000, seed), 'f32')));
+    // Tensor 1 is being handled, 2 acknowledged and queued, 3 landed but unacknowledged: the
+    // window of 1 keeps tensor 4 from starting until the handler moves.
+    await Promise.all(sends.slice(0, 3));
+    await until(() => landed.length === 3 && sender.unacknowledged === 1);
+    // Had tensor 4 been let through, it would have landed by now.
+    await sleep(200);
+    expect(landed).toEqual([1, 2, 3]);
+    expect(sender.unacknowledged).toBe(1);
+    open();
+    await Promise.all(sends);
+    await sender.close();
+    expect(handled).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  it('a receiver without a data plane refuses such headers', async () => {
+    const server = await startServer({ handler: () => undefined });
+    open.push(server);
+    const l = listen();
+    const sender = TensorSender.open(server.client(), { bytes: new DataPlaneSender(`127.0.0.1:${l.port}`) });
+    const err = await sender.send(header([16]), encodePayload(pattern(16, 1), 'f32')).then(
+      () => null,
+      (e: unknown) => e as TransportError,
+    );
+    expect(err).toBeInstanceOf(TransportError);
+    expect(err!.code).toBe(Status.FAILED_PRECONDITION);
+    expect(err!.details).toMatch(/takes tensor bytes over gRPC only, not DATA_PLANE_TRANSPORT_TCP/);
+  });
+
+  it('bytes refused by the data plane (keys of another token) fail the stream with its status on both ends', async () => {
+    const l = listen('the-token-the-receiver-granted');
+    const received: ReceivedTensor[] = [];
+    const { server } = await serve(l, { handler: (t) => void received.push(t) });
+    const sender = TensorSender.open(server.client(), { bytes: new DataPlaneSender(`127.0.0.1:${l.port}`) });
+    const err = await sender.send({ ...header([64]), sessionId: SESSION, token: TOKEN }, encodePayload(pattern(64, 1), 'f32')).then(
+      () => null,
+      (e: unknown) => e as TransportError,
+    );
+    expect(err).toBeInstanceOf(TransportError);
+    expect(err!.code).toBe(Status.UNAUTHENTICATED);
+    expect(err!.details).toMatch(/wrong grant/);
+    expect(received).toEqual([]);
+    await expect(sender.close()).rejects.toBeInstanceOf(TransportError);
+  });
+});
