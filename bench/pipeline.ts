@@ -23,6 +23,8 @@ if (STAGES[0] !== 1 || STAGES.some((k) => !Number.isInteger(k) || k < 1 || k > 8
 
 export interface PipelineRow {
   stages: number;
+  /** The head worker's host CPU per block-step (its /metrics before and after the run): JS thread, kernels, data plane. */
+  headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number };
   seconds: number;
   speedup: number;
   efficiency: number;
@@ -47,6 +49,14 @@ function jobSpec(stages: number): JobSpec {
  * The model's prediction: per-stage forward time of an average window, hop time of the
  * activations (jobTiming without a decoder: the emulated workers do not decode), in bench time.
  */
+/** A worker's host CPU totals (seconds, by part) and forward count, from its /metrics. */
+async function hostCpuOf(metricsAddress: string): Promise<{ js: number; kernels: number; dataplane: number; forwards: number }> {
+  const text = await (await fetch(`http://${metricsAddress}/metrics`)).text();
+  const sum = (re: RegExp) => [...text.matchAll(re)].reduce((n, m) => n + Number(m[1]), 0);
+  const part = (p: string) => sum(new RegExp(`^longshot_host_cpu_seconds_total\\{part="${p}"\\} (\\S+)$`, 'gm'));
+  return { js: part('js'), kernels: part('kernels'), dataplane: part('dataplane'), forwards: sum(/^longshot_stage_forward_seconds_count\{[^}]*\} (\S+)$/gm) };
+}
+
 function predict(spec: JobSpec): number {
   return predictPipelineSeconds(jobTiming(spec, getConfig(spec.model), spec.stages, getProfile(PROFILE))) * TIME_SCALE;
 }
@@ -59,18 +69,24 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
     for (const K of STAGES) {
       const spec = jobSpec(K);
       const id = `bench-pipeline-k${K}`;
+      const before = new Map(await Promise.all([...cluster.workers.values()].map(async (w) => [w.id, await hostCpuOf(w.metricsAddress)] as const)));
       const t0 = performance.now();
-      await runDistributedJob(
+      const run = await runDistributedJob(
         { jobId: id, spec, keyPrefix: cluster.keys.jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
         { ...cluster.driver(redis, id), onBlock: () => undefined },
       );
       const seconds = (performance.now() - t0) / 1000;
+      const head = cluster.workers.get(run.workers[0])!;
+      const [b, a] = [before.get(head.id)!, await hostCpuOf(head.metricsAddress)];
+      const steps = a.forwards - b.forwards;
+      const perStepMs = (x: 'js' | 'kernels' | 'dataplane') => ((a[x] - b[x]) / steps) * 1000;
+      const headCpuPerBlockStep = { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane') };
       const predicted = predict(spec);
       const base = rows[0];
       const speedup = base ? base.seconds / seconds : 1;
       const predictedSpeedup = base ? base.predicted / predicted : 1;
-      rows.push({ stages: K, seconds, speedup, efficiency: speedup / K, predicted, predictedEfficiency: predictedSpeedup / K });
-      if (!opts.json) console.log(`K=${K}: ${seconds.toFixed(2)} s, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / K).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / K).toFixed(3)})`);
+      rows.push({ stages: K, headCpuPerBlockStep, seconds, speedup, efficiency: speedup / K, predicted, predictedEfficiency: predictedSpeedup / K });
+      if (!opts.json) console.log(`K=${K}: ${seconds.toFixed(2)} s, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / K).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / K).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms`);
     }
   } finally {
     redis.disconnect();

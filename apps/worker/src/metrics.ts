@@ -1,3 +1,4 @@
+import { hostCpuSeconds, type HostCpuSeconds } from '@longshot/engine';
 import { counter, gauge, histogram } from '@longshot/telemetry';
 import { GRANT_ERROR_REASONS, HOP_TRANSPORTS } from '@longshot/transport';
 import { SESSION_ERROR_CODES } from './session-error';
@@ -6,8 +7,29 @@ import { SESSION_ERROR_CODES } from './session-error';
 export const REFUSAL_REASONS = [...GRANT_ERROR_REASONS, 'grant-scope', 'grant-job', 'grant-prefix', 'no-lease'] as const;
 export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
+/** The parts of the host CPU time a worker reports (HostCpuSeconds, libs/engine). */
+export const HOST_CPU_PARTS = ['js', 'kernels', 'dataplane'] as const;
+const HOST_CPU_FIELDS: Record<(typeof HOST_CPU_PARTS)[number], keyof HostCpuSeconds> = { js: 'jsThread', kernels: 'kernels', dataplane: 'dataPlane' };
+/** What the counter has been told so far: each scrape adds the growth since. */
+const hostCpuSeen: Record<string, number> = { js: 0, kernels: 0, dataplane: 0 };
+
 /** The worker's metrics, on the process's one registry (served at /metrics on the metrics port). */
 export const workerMetrics = {
+  hostCpu: counter<'part'>({
+    name: 'longshot_host_cpu_seconds_total',
+    help: 'Host CPU time of this worker by part: js (the JS thread, without graphs it ran itself), kernels (compute graphs, every thread), dataplane (the native data plane threads). Per block-step: divide its rate by that of longshot_stage_forward_seconds_count (recording rule longshot:host_cpu_seconds_per_block_step)',
+    labelNames: ['part'],
+    known: { part: HOST_CPU_PARTS },
+    // Read at scrape time, on the JS thread (the js part is that thread's own clock).
+    collect() {
+      const now = hostCpuSeconds();
+      for (const part of HOST_CPU_PARTS) {
+        const total = now[HOST_CPU_FIELDS[part]];
+        if (total > hostCpuSeen[part]) this.inc({ part }, total - hostCpuSeen[part]);
+        hostCpuSeen[part] = Math.max(hostCpuSeen[part], total);
+      }
+    },
+  }),
   forwardSeconds: histogram<'role'>({
     name: 'longshot_stage_forward_seconds',
     help: 'Time of one block-step forward on a stage of this worker',

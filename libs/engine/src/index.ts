@@ -37,6 +37,7 @@ interface NativeAddon {
   supportsNode(backend: string, node: NativeNode): string | null;
   runSync(backend: string, nodes: NativeNode[]): void;
   info(): EngineInfo;
+  hostCpu(): HostCpuSeconds;
   setSimd(level: string): void;
   setThreads(threads: number): void;
   initCuda(device: number, cacheMb: number): void;
@@ -232,6 +233,22 @@ export function cudaLastRunStats(): CudaRunStats {
 
 export function engineInfo(): EngineInfo {
   return native().info();
+}
+
+/**
+ * Host CPU seconds of this process by part (native/src/cpu_time.h): `jsThread`, the calling
+ * thread's own time (call it on the JS thread) without the graphs it ran synchronously;
+ * `kernels`, every compute graph run on any thread (the running thread and the pool threads);
+ * `dataPlane`, the data plane's sending and receiving threads. Monotonic totals.
+ */
+export interface HostCpuSeconds {
+  readonly jsThread: number;
+  readonly kernels: number;
+  readonly dataPlane: number;
+}
+
+export function hostCpuSeconds(): HostCpuSeconds {
+  return native().hostCpu();
 }
 
 /**

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { cpuBackend, engineInfo, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
+import { cpuBackend, engineInfo, hostCpuSeconds, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
 import { Rng } from '@longshot/random';
 
 /** Deterministic uniform values in [-1, 1). */
@@ -182,5 +182,38 @@ describe('engine addon', () => {
     } finally {
       setSimd(levels[levels.length - 1]);
     }
+  });
+});
+
+describe('host CPU accounting (hostCpuSeconds)', () => {
+  // A GEMM of 1.07 GFLOP: at least 3 ms of CPU even at this machine's peak (2 cores x 32 FLOP/cycle x 5 GHz).
+  const [m, k, n] = [512, 1024, 1024];
+  const x = random(m * k, 1);
+  const w = random(n * k, 2);
+  const out = new Float32Array(m * n);
+  const gemm: OpNode = { op: 'linear', inputs: [x, w, null], output: out, params: [m, k, n] };
+
+  it('counts graph runs as kernels, off the JS thread\'s own time even when it ran them itself', async () => {
+    const t0 = hostCpuSeconds();
+    cpu.runSync([gemm]);
+    const t1 = hostCpuSeconds();
+    await cpu.run([gemm]);
+    const t2 = hostCpuSeconds();
+    const syncKernels = t1.kernels - t0.kernels;
+    expect(syncKernels).toBeGreaterThan(0.001);
+    expect(t2.kernels - t1.kernels).toBeGreaterThan(0.001);
+    // The synchronous run was on this thread, yet its time is not the JS thread's.
+    expect(t1.jsThread - t0.jsThread).toBeLessThan(syncKernels / 2);
+    expect(t2.dataPlane).toBe(t0.dataPlane);
+  });
+
+  it('counts the JS thread\'s own work', () => {
+    const t0 = hostCpuSeconds();
+    let spin = 0;
+    for (let i = 0; i < 1e8; i++) spin += Math.sqrt(i);
+    const t1 = hostCpuSeconds();
+    expect(spin).toBeGreaterThan(0);
+    expect(t1.jsThread - t0.jsThread).toBeGreaterThan(0.001);
+    expect(t1.kernels).toBe(t0.kernels);
   });
 });

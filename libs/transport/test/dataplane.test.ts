@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { status as Status } from '@grpc/grpc-js';
-import { nativeDataPlane } from '@longshot/engine';
+import { hostCpuSeconds, nativeDataPlane } from '@longshot/engine';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DataPlaneListener, DataPlaneSender, TransportError, dataPlaneKeys } from '../src/index';
 import { pattern } from './dataplane-peer';
@@ -110,6 +110,7 @@ describe('native TCP data plane', () => {
     const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
     const floats = 3 * 1024 * 1024 + 5; // not a multiple of the checksum block
     const dst = [new Float32Array(floats), new Float32Array(floats), new Float32Array(floats)];
+    const cpuBefore = hostCpuSeconds().dataPlane;
     const recv1 = l.receive('s1', 1, dst[0]);
     const sends = [1, 2, 3].map((seq) => s.send('s1', TOKEN, seq, pattern(seq, floats)));
     // Seqs 2 and 3 are announced after their bytes started arriving.
@@ -118,6 +119,8 @@ describe('native TCP data plane', () => {
     const got = await Promise.all([...sends, ...recvs]);
     for (const t of got) expect(t.bytes).toBe(floats * 4);
     for (let i = 0; i < 3; i++) expect(Buffer.from(dst[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
+    // Both ends' threads are this process's: their CPU time is the data plane's (checksums and copies of 38 MB).
+    expect(hostCpuSeconds().dataPlane - cpuBefore).toBeGreaterThan(0.001);
   });
 
   it('receives from another process', async () => {

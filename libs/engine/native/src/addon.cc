@@ -13,6 +13,7 @@
 #include "dataplane_napi.h"
 #include "blas.h"
 #include "cpu_backend.h"
+#include "cpu_time.h"
 #include "cuda_backend.h"
 #include "cuda_limits.h"
 #include "engine.h"
@@ -153,7 +154,10 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Ke
 
 void execute(ls::Backend* backend, const std::vector<Node>& nodes, std::vector<ls::HostPin>* pins) {
   std::lock_guard<std::mutex> lock(g_engine_mutex);
+  const uint64_t start = ls::thread_cpu_ns();
+  ls::CpuSpan span(ls::kernel_cpu_ns());
   backend->run_graph(nodes, pins);
+  ls::thread_kernel_cpu_ns() += ls::thread_cpu_ns() - start;
 }
 
 class RunWorker : public Napi::AsyncWorker {
@@ -232,6 +236,17 @@ Napi::Value RunSync(const Napi::CallbackInfo& info) {
   }
   apply_pins(pins, keep);
   return info.Env().Undefined();
+}
+
+// Host CPU seconds by part: the calling (JS) thread's own time without the graphs it ran
+// synchronously, all graph runs (kernels, on every thread), and the data plane's threads.
+Napi::Value HostCpu(const Napi::CallbackInfo& info) {
+  Napi::Object out = Napi::Object::New(info.Env());
+  const double ns = 1e-9;
+  out.Set("jsThread", static_cast<double>(ls::thread_cpu_ns() - ls::thread_kernel_cpu_ns()) * ns);
+  out.Set("kernels", static_cast<double>(ls::kernel_cpu_ns().load(std::memory_order_relaxed)) * ns);
+  out.Set("dataPlane", static_cast<double>(ls::dataplane_cpu_ns().load(std::memory_order_relaxed)) * ns);
+  return out;
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -389,6 +404,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("supportsNode", Napi::Function::New(env, SupportsNode, "supportsNode"));
   exports.Set("runSync", Napi::Function::New(env, RunSync, "runSync"));
   exports.Set("info", Napi::Function::New(env, Info, "info"));
+  exports.Set("hostCpu", Napi::Function::New(env, HostCpu, "hostCpu"));
   exports.Set("setSimd", Napi::Function::New(env, SetSimd, "setSimd"));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
   exports.Set("initCuda", Napi::Function::New(env, InitCuda, "initCuda"));

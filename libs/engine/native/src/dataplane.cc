@@ -1,5 +1,7 @@
 #include "dataplane.h"
 
+#include "cpu_time.h"
+
 #include <arpa/inet.h>
 #include <cerrno>
 #include <chrono>
@@ -389,7 +391,10 @@ Listener::Segment::~Segment() {
 }
 
 void Listener::serve(Conn* c) {
-  while (!closing_ && serve_one(c)) {
+  // CPU time of this connection's thread (blocking reads cost none), one tensor at a time.
+  for (;;) {
+    CpuSpan span(dataplane_cpu_ns());
+    if (closing_ || !serve_one(c)) break;
   }
   c->segment.reset();
   c->finished = true;
@@ -713,7 +718,11 @@ void Sender::run() {
       j.done({kUnavailable, broken_, 0, 0});
       continue;
     }
-    Result r = send_one(j);
+    Result r;
+    {
+      CpuSpan span(dataplane_cpu_ns());
+      r = send_one(j);
+    }
     if (r.code != kOk) broken_ = "data plane: connection unusable after an earlier failure: " + r.message;
     j.done(r);
   }

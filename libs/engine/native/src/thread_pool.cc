@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 
+#include "cpu_time.h"
+
 namespace ls {
 
 ThreadPool::ThreadPool(int threads) : size_(threads < 1 ? 1 : threads) {
@@ -57,6 +59,8 @@ void ThreadPool::worker(int t) {
     }
     std::exception_ptr error;
     try {
+      // Pool threads only ever run kernels; the thread that called run() counts its own share.
+      CpuSpan span(kernel_cpu_ns());
       (*job)(t);
     } catch (...) {
       error = std::current_exception();
