@@ -15,14 +15,24 @@ import { printScaling, scalingTable } from './scaling';
 const PROFILE = 'h100-nvlink';
 /** Modelled seconds are not sped up: the head's own work (windows, sampler, checkpoints) keeps its real cost. */
 const TIME_SCALE = 1;
-/** Tensors on the wire are 1000x smaller: loopback copies must not stand in for NVLink. */
-const PAYLOAD_SCALE = 1000;
+/**
+ * Tensors on the wire are 1000x smaller by default: loopback copies must not stand in for NVLink.
+ * LONGSHOT_BENCH_PAYLOAD_SCALE=1 sends real-size hidden states (about 100 MB per hop at 832x480)
+ * through the data plane instead.
+ */
+const PAYLOAD_SCALE = Number(process.env.LONGSHOT_BENCH_PAYLOAD_SCALE ?? 1000);
+if (!Number.isInteger(PAYLOAD_SCALE) || PAYLOAD_SCALE < 1) throw new Error('LONGSHOT_BENCH_PAYLOAD_SCALE: a positive integer (1 = real-size tensors)');
+/** Runs per K (LONGSHOT_BENCH_REPEAT); each row reports the median run's figures and every run's seconds. */
+const REPEAT = Number(process.env.LONGSHOT_BENCH_REPEAT ?? 1);
+if (!Number.isInteger(REPEAT) || REPEAT < 1) throw new Error('LONGSHOT_BENCH_REPEAT: a positive integer');
 /** K values to run (LONGSHOT_BENCH_STAGES=1,8 for a quick look); K = 1 is always the baseline. */
 const STAGES = (process.env.LONGSHOT_BENCH_STAGES ?? '1,2,4,8').split(',').map(Number);
 if (STAGES[0] !== 1 || STAGES.some((k) => !Number.isInteger(k) || k < 1 || k > 8)) throw new Error('LONGSHOT_BENCH_STAGES: a comma list of stage counts in 1..8 starting with 1');
 
 export interface PipelineRow {
   stages: number;
+  /** Seconds of every run (LONGSHOT_BENCH_REPEAT); `seconds` is their median. */
+  runs: number[];
   /** The head worker's host CPU per block-step (its /metrics before and after the run): JS thread, kernels, data plane. */
   headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number };
   seconds: number;
@@ -68,25 +78,30 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
   try {
     for (const K of STAGES) {
       const spec = jobSpec(K);
-      const id = `bench-pipeline-k${K}`;
-      const before = new Map(await Promise.all([...cluster.workers.values()].map(async (w) => [w.id, await hostCpuOf(w.metricsAddress)] as const)));
-      const t0 = performance.now();
-      const run = await runDistributedJob(
-        { jobId: id, spec, keyPrefix: cluster.keys.jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
-        { ...cluster.driver(redis, id), onBlock: () => undefined },
-      );
-      const seconds = (performance.now() - t0) / 1000;
-      const head = cluster.workers.get(run.workers[0])!;
-      const [b, a] = [before.get(head.id)!, await hostCpuOf(head.metricsAddress)];
-      const steps = a.forwards - b.forwards;
-      const perStepMs = (x: 'js' | 'kernels' | 'dataplane') => ((a[x] - b[x]) / steps) * 1000;
-      const headCpuPerBlockStep = { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane') };
+      const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep'] }[] = [];
+      for (let r = 0; r < REPEAT; r++) {
+        const id = `bench-pipeline-k${K}-${r}`;
+        const before = new Map(await Promise.all([...cluster.workers.values()].map(async (w) => [w.id, await hostCpuOf(w.metricsAddress)] as const)));
+        const t0 = performance.now();
+        const run = await runDistributedJob(
+          { jobId: id, spec, keyPrefix: cluster.keys.jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
+          { ...cluster.driver(redis, id), onBlock: () => undefined },
+        );
+        const seconds = (performance.now() - t0) / 1000;
+        const head = cluster.workers.get(run.workers[0])!;
+        const [b, a] = [before.get(head.id)!, await hostCpuOf(head.metricsAddress)];
+        const steps = a.forwards - b.forwards;
+        const perStepMs = (x: 'js' | 'kernels' | 'dataplane') => ((a[x] - b[x]) / steps) * 1000;
+        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane') } });
+      }
+      const runs = measured.map((m) => m.seconds);
+      const { seconds, headCpuPerBlockStep } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
       const predicted = predict(spec);
       const base = rows[0];
       const speedup = base ? base.seconds / seconds : 1;
       const predictedSpeedup = base ? base.predicted / predicted : 1;
-      rows.push({ stages: K, headCpuPerBlockStep, seconds, speedup, efficiency: speedup / K, predicted, predictedEfficiency: predictedSpeedup / K });
-      if (!opts.json) console.log(`K=${K}: ${seconds.toFixed(2)} s, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / K).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / K).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms`);
+      rows.push({ stages: K, runs, headCpuPerBlockStep, seconds, speedup, efficiency: speedup / K, predicted, predictedEfficiency: predictedSpeedup / K });
+      if (!opts.json) console.log(`K=${K}: ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / K).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / K).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms`);
     }
   } finally {
     redis.disconnect();
@@ -100,6 +115,7 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
     profile: getProfile(PROFILE).description,
     timeScale: TIME_SCALE,
     payloadScale: PAYLOAD_SCALE,
+    repeat: REPEAT,
     job: { model: spec.model, width: spec.width, height: spec.height, frames: spec.frames, blocks: plan.blocks, block: spec.block, context: spec.context, steps: spec.steps, blockSteps: plan.blockSteps },
     results: rows,
     scaling,
