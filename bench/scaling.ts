@@ -48,6 +48,8 @@ const STAGES = [1, 8, 16, 32];
 const FRAMES = 4 * (60 * 4 - 1) + 1;
 const STEPS = 50;
 
+const sum = (xs: readonly number[]): number => xs.reduce((a, b) => a + b, 0);
+
 const spec = (width: number, height: number, stages: number): JobSpec =>
   normalizeSpec({ prompt: 'a minute-long take', model: MODEL, width, height, frames: FRAMES, block: 4, context: 2, steps: STEPS, stages, seed: 0 });
 
@@ -65,7 +67,6 @@ export function scalingTable(): { model: string; frames: number; steps: number; 
         const stageSeconds = Math.max(...t.stageSeconds);
         if (K === 1) base = { seconds, stageSeconds };
         const hopSeconds = Math.max(0, ...t.hopSeconds);
-        const sum = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0);
         const roundTripSeconds = sum(t.stageSeconds) + sum(t.hopSeconds);
         const queuedSeconds = Math.min(t.blocks, t.steps) * stageSeconds;
         const binds = hopSeconds > stageSeconds ? 'data plane' : roundTripSeconds > queuedSeconds ? 'round trip' : 'compute';

@@ -154,10 +154,9 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Ke
 
 void execute(ls::Backend* backend, const std::vector<Node>& nodes, std::vector<ls::HostPin>* pins) {
   std::lock_guard<std::mutex> lock(g_engine_mutex);
-  const uint64_t start = ls::thread_cpu_ns();
   ls::CpuSpan span(ls::kernel_cpu_ns());
   backend->run_graph(nodes, pins);
-  ls::thread_kernel_cpu_ns() += ls::thread_cpu_ns() - start;
+  ls::thread_kernel_cpu_ns() += span.elapsed();
 }
 
 class RunWorker : public Napi::AsyncWorker {
