@@ -15,41 +15,15 @@
  * stages agree) so that a norm weight applied to the wrong tensor, or not at all, shows up.
  */
 import { describe, expect, it } from 'vitest';
-import { cpuBackend } from '@longshot/engine';
-import { Stage, getConfig, type KvEntry } from '@longshot/model';
+import { getConfig, type KvEntry } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import type { ModelConfig, StageRange } from '@longshot/model';
 import { referenceStageForward, type BlockStep } from '../reference/stage';
 import { relError } from '../reference/error';
 import { testWeights } from '../reference/weights';
+import { GUIDANCE, SEED, bytes, expectSameChain, hwOf, latentsFor, makeStage, midStep, normal, runChain, split, successorFor, textFor, type ChainResult } from './stage-cases';
 
 const TOLERANCE = 1e-4;
-const SEED = 1234;
-const GUIDANCE = 5;
-const backend = cpuBackend();
-
-
-const normal = (rng: Rng, n: number, std = 1): Float32Array => rng.fillNormal(new Float32Array(n), std);
-const bytes = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-const hwOf = (s: BlockStep): number => (s.height / 2) * (s.width / 2);
-
-function textFor(config: ModelConfig, key: string): { cond: Float32Array; uncond: Float32Array } {
-  const rng = Rng.from(SEED, 'text', key);
-  return { cond: normal(rng, config.textLen * config.textDim), uncond: normal(rng, config.textLen * config.textDim) };
-}
-
-/** Window latents [16, p+B, height, width]. */
-function latentsFor(config: ModelConfig, s: BlockStep, key: string): Float32Array {
-  return normal(Rng.from(SEED, 'latents', key), config.latentChannels * (s.prefixFrames + s.ownFrames) * s.height * s.width);
-}
-
-/** A newer block's raw K/V for `layers` layers, [2, C*hw, D] each (what its stage would cache). */
-function successorFor(config: ModelConfig, s: BlockStep, layers: number, key: string): { k: Float32Array[]; v: Float32Array[] } {
-  const rng = Rng.from(SEED, 'successor', key);
-  const n = 2 * s.contextFrames * hwOf(s) * config.dim;
-  return { k: Array.from({ length: layers }, () => normal(rng, n)), v: Array.from({ length: layers }, () => normal(rng, n)) };
-}
-
 
 function expectClose(got: Float32Array, ref: Float64Array, what: string): void {
   const err = relError(got, ref);
@@ -67,22 +41,6 @@ function expectCacheClose(cache: KvEntry | null, step: BlockStep, ref: { k: Floa
 }
 
 const fullRange = (config: ModelConfig): StageRange => ({ l0: 0, l1: config.layers, head: true, tail: true });
-
-function makeStage(config: ModelConfig, range: StageRange, text: { cond: Float32Array; uncond: Float32Array }): Stage {
-  return new Stage({ config, range, weights: testWeights(config, range, SEED), backend, text, guidance: GUIDANCE });
-}
-
-/**
- * A block-step in the middle of a job: a prefix of C frames from the older neighbour. 'small' gets
- * a smaller window so its float64 reference stays around a second.
- */
-function midStep(config: ModelConfig, over: Partial<BlockStep> = {}): BlockStep {
-  const base: BlockStep =
-    config.name === 'small'
-      ? { iteration: 4, block: 1, step: 3, timestep: 620, prefixFrames: 1, ownFrames: 2, contextFrames: 1, height: 4, width: 4 }
-      : { iteration: 4, block: 1, step: 3, timestep: 620, prefixFrames: 2, ownFrames: 3, contextFrames: 2, height: 4, width: 6 };
-  return { ...base, ...over };
-}
 
 describe('stage vs float64 reference', () => {
   it.each(['tiny', 'small'])('%s: head+tail stage with a prefix window and an injected successor cache', async (name) => {
@@ -148,57 +106,6 @@ describe('stage vs float64 reference', () => {
   });
 });
 
-/** Splits [0, layers) into `k` contiguous, nearly equal ranges; first is head, last is tail. */
-function split(layers: number, k: number): StageRange[] {
-  return Array.from({ length: k }, (_, i) => ({
-    l0: Math.floor((i * layers) / k),
-    l1: Math.floor(((i + 1) * layers) / k),
-    head: i === 0,
-    tail: i === k - 1,
-  }));
-}
-
-interface ChainResult {
-  outputs: Float32Array[];
-  /** The caches after each block-step, concatenated over stages (one entry per model layer). */
-  caches: { k: Float32Array[]; v: Float32Array[] }[];
-}
-
-/**
- * Runs two block-steps of one iteration (the newer block with an injected successor, then the
- * older one, which must pick up the newer block's cache) through a ring of stages.
- */
-async function runChain(config: ModelConfig, ranges: StageRange[]): Promise<ChainResult> {
-  const text = textFor(config, 'chain');
-  const stages = ranges.map((r) => makeStage(config, r, text));
-  const newer = midStep(config, { iteration: 6, block: 3, step: 2, timestep: 800 });
-  const older = midStep(config, { iteration: 6, block: 2, step: 3, timestep: 650 });
-  const successor = successorFor(config, newer, config.layers, 'chain');
-  stages.forEach((s, i) => {
-    const { l0, l1 } = ranges[i];
-    s.kvCache = { iteration: newer.iteration, block: newer.block + 1, k: successor.k.slice(l0, l1), v: successor.v.slice(l0, l1) };
-  });
-
-  const result: ChainResult = { outputs: [], caches: [] };
-  for (const step of [newer, older]) {
-    let x = latentsFor(config, step, `chain ${step.block}`);
-    for (const [i, s] of stages.entries()) {
-      x = await s.forward(step, x);
-      const Lw = (step.prefixFrames + step.ownFrames) * hwOf(step);
-      const expected = ranges[i].tail ? config.latentChannels * step.ownFrames * step.height * step.width : 2 * Lw * config.dim;
-      expect(x.length, `stage ${i} output size`).toBe(expected);
-    }
-    result.outputs.push(x);
-    const caches = stages.map((s) => s.kvCache!);
-    for (const c of caches) {
-      expect(c.iteration).toBe(step.iteration);
-      expect(c.block).toBe(step.block);
-    }
-    result.caches.push({ k: caches.flatMap((c) => c.k), v: caches.flatMap((c) => c.v) });
-  }
-  return result;
-}
-
 describe('K-stage chaining is bit-identical to one stage', () => {
   const config = getConfig('tiny');
   let single: Promise<ChainResult> | undefined;
@@ -207,13 +114,7 @@ describe('K-stage chaining is bit-identical to one stage', () => {
   it.each([2, 3, config.layers])('K = %i', async (k) => {
     const ranges = split(config.layers, k);
     expect(ranges.every((r) => r.l1 > r.l0)).toBe(true);
-    const [want, got] = [await one(), await runChain(config, ranges)];
-    want.outputs.forEach((o, i) => expect(bytes(got.outputs[i]).equals(bytes(o)), `output of block-step ${i}`).toBe(true));
-    want.caches.forEach((c, i) => {
-      expect(got.caches[i].k.length).toBe(config.layers);
-      c.k.forEach((t, l) => expect(bytes(got.caches[i].k[l]).equals(bytes(t)), `K cache of layer ${l} after block-step ${i}`).toBe(true));
-      c.v.forEach((t, l) => expect(bytes(got.caches[i].v[l]).equals(bytes(t)), `V cache of layer ${l} after block-step ${i}`).toBe(true));
-    });
+    expectSameChain(await runChain(config, ranges), await one(), config.layers);
   });
 });
 

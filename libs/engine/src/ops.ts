@@ -250,6 +250,15 @@ export const OPS = {
   },
 } as const satisfies Record<string, OpSpec>;
 
+/**
+ * `linear` computes every output row from its input row alone, in an order fixed by the shapes, so
+ * a row's bits do not depend on the other rows of the call, with one exception on the CPU: a call
+ * of at most this many rows takes a dot-product path (memory-bound, no packing) whose summation
+ * order differs from the GEMM path's. Code that splits one call's rows over several calls (a
+ * sequence-parallel stage, docs/parallelism.md) pads a piece this small to one row more.
+ */
+export const LINEAR_DOT_ROWS = 4;
+
 export type OpName = keyof typeof OPS;
 export const OP_NAMES = Object.keys(OPS) as OpName[];
 

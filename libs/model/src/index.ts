@@ -1,5 +1,6 @@
 export * from './config';
 export * from './stage';
+export * from './parallel';
 export * from './weights-types';
 export * from './safetensors';
 export * from './weights';

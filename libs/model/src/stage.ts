@@ -1,5 +1,6 @@
-import { OPS, type Backend, type OpName, type OpNode } from '@longshot/engine';
+import { LINEAR_DOT_ROWS, OPS, type Backend, type OpName, type OpNode } from '@longshot/engine';
 import { headDim, weightSpecs, type ModelConfig, type StageRange } from './config';
+import { SINGLE_LAYOUT, assembleSpan, evenSplit, groupSize, joinColumns, joinTokens, memberShard, memberSpan, shardFrames, splitColumns, splitTokens, validateLayout, type GroupMember, type MemberShard } from './parallel';
 import type { StageWeights } from './weights-types';
 
 /** One block-step as a stage sees it (dualparal.md, "One block-step"). */
@@ -22,13 +23,17 @@ export interface BlockStep {
 
 /**
  * The DualParal feature cache of one stage: the raw (pre-norm, pre-rotary) K and V of the first C
- * own frames of the last block processed, one [2, C*hw, D] pair per held layer.
+ * own frames of the last block processed, one [2, C*hw, D] pair per held layer. A member of a
+ * Ulysses group holds only the cached frames inside its token shard, [halves, frames*hw, D], from
+ * cached frame `firstFrame` on.
  */
 export interface KvEntry {
   readonly iteration: number;
   readonly block: number;
   readonly k: Float32Array[];
   readonly v: Float32Array[];
+  /** Group members only: the first of the C cached frames these rows hold (0 when absent). */
+  firstFrame?: number;
 }
 
 export interface TextEmbeddings {
@@ -45,6 +50,8 @@ export interface StageOptions {
   readonly backend: Backend;
   readonly text: TextEmbeddings;
   readonly guidance: number;
+  /** When the stage is one member of a stage group (docs/parallelism.md); absent: the whole stage. */
+  readonly group?: GroupMember;
 }
 
 /**
@@ -66,6 +73,10 @@ export class Stage {
   private cross: { k: Float32Array; v: Float32Array }[] | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly workspace = new Workspace();
+  private readonly group: GroupMember | null;
+  /** Whether this stage is one of several members sharing the work (exchanges split the graph). */
+  private readonly sharded: boolean;
+  private readonly member: MemberShard;
 
   constructor(o: StageOptions) {
     const c = o.config;
@@ -89,6 +100,10 @@ export class Stage {
     this.backend = o.backend;
     this.text = o.text;
     this.guidance = o.guidance;
+    this.group = o.group ?? null;
+    if (this.group) validateLayout(this.group.layout, c.heads);
+    this.sharded = this.group !== null && groupSize(this.group.layout) > 1;
+    this.member = this.group ? memberShard(this.group.layout, this.group.rank, c.heads) : { rank: 0, shard: 0, halves: [0, 1], heads: [0, c.heads] };
   }
 
   /**
@@ -104,9 +119,11 @@ export class Stage {
     return run;
   }
 
-  /** Sizes of the hidden states entering or leaving a non-head/non-tail side of this stage. */
+  /** Sizes of the hidden states entering or leaving a non-head/non-tail side of this stage (this member's shard in a group). */
   hiddenSize(step: BlockStep): number {
-    return 2 * (step.prefixFrames + step.ownFrames) * (step.height / 2) * (step.width / 2) * this.config.dim;
+    const U = this.group?.layout.ulysses ?? 1;
+    const [f0, f1] = shardFrames(step.prefixFrames + step.ownFrames, U, this.member.shard);
+    return this.member.halves.length * (f1 - f0) * (step.height / 2) * (step.width / 2) * this.config.dim;
   }
 
   private checkStep(s: BlockStep, input: Float32Array): Geometry {
@@ -119,10 +136,12 @@ export class Stage {
     if (s.height < 2 || s.width < 2 || s.height % 2 || s.width % 2) throw new RangeError(`latent grid ${s.height}x${s.width} must be even (patch 2x2)`);
     const hw = (s.height / 2) * (s.width / 2);
     const frames = s.prefixFrames + s.ownFrames;
-    const g: Geometry = { hw, frames, tokens: frames * hw };
-    const expected = this.range.head ? this.config.latentChannels * frames * s.height * s.width : 2 * g.tokens * this.config.dim;
+    const [f0, f1] = shardFrames(frames, this.group?.layout.ulysses ?? 1, this.member.shard);
+    const batch = this.member.halves.length;
+    const g: Geometry = { hw, frames, tokens: frames * hw, batch, f0, f1, localTokens: (f1 - f0) * hw, rows: batch * (f1 - f0) * hw };
+    const expected = this.range.head ? this.config.latentChannels * frames * s.height * s.width : g.rows * this.config.dim;
     if (input.length !== expected) {
-      const what = this.range.head ? `window latents [${this.config.latentChannels}, ${frames}, ${s.height}, ${s.width}]` : `hidden states [2, ${g.tokens}, ${this.config.dim}]`;
+      const what = this.range.head ? `window latents [${this.config.latentChannels}, ${frames}, ${s.height}, ${s.width}]` : `hidden states [${batch}, ${g.localTokens}, ${this.config.dim}]`;
       throw new RangeError(`stage [${this.range.l0}, ${this.range.l1}) block ${s.block} step ${s.step}: input has ${input.length} values, expected ${what} = ${expected}`);
     }
     return g;
@@ -132,8 +151,11 @@ export class Stage {
     if (!this.cross) await this.prepareCrossAttention();
     const c = this.config;
     const D = c.dim;
-    const M = 2 * g.tokens;
-    const b = new GraphBuilder(c.eps, this.workspace);
+    const hd = headDim(c);
+    const m = this.member;
+    const { batch: Bt, f0, f1, rows: M } = g;
+    const localFrames = f1 - f0;
+    const b = new GraphBuilder(c.eps, this.workspace, this.sharded);
     const w = (name: string) => this.weight(name);
 
     // Conditioning: every stage derives it from the timestep, so only hidden states travel.
@@ -145,66 +167,67 @@ export class Stage {
     if (this.range.head) {
       x = new Float32Array(M * D);
       const patches = b.op('patchify', [input], [c.latentChannels, g.frames, s.height, s.width]);
+      const local = this.sharded ? b.op('copy_rows', [patches], [1, g.tokens, 4 * c.latentChannels, f0 * g.hw, g.localTokens]) : patches;
       // Both guidance halves start from the same embedded window.
-      for (const half of [0, 1]) {
-        b.into('linear', [patches, w('patch_embedding.weight'), w('patch_embedding.bias')], [g.tokens, 4 * c.latentChannels, D], x.subarray(half * g.tokens * D, (half + 1) * g.tokens * D));
+      for (let i = 0; i < Bt; i++) {
+        b.linearInto(local, w('patch_embedding.weight'), w('patch_embedding.bias'), g.localTokens, g.tokens, 4 * c.latentChannels, D, x.subarray(i * g.localTokens * D, (i + 1) * g.localTokens * D));
       }
     } else {
       x = input.slice();
     }
 
-    const successor = s.contextFrames > 0 && this.kvCache && this.kvCache.iteration === s.iteration && this.kvCache.block === s.block + 1 ? this.kvCache : null;
-    const extraRows = successor ? 2 * s.contextFrames * g.hw : 0;
-    if (successor) {
-      const layers = this.range.l1 - this.range.l0;
-      const size = extraRows * D;
-      const bad = successor.k.length !== layers || successor.v.length !== layers || [...successor.k, ...successor.v].some((t) => t.length !== size);
-      if (bad) throw new RangeError(`stage [${this.range.l0}, ${this.range.l1}): the K/V cache of block ${successor.block} has the wrong shape: expected ${layers} layers of [2, ${s.contextFrames * g.hw}, ${D}]`);
-    }
+    const successor = this.successorFor(s, g);
     const own: KvEntry = { iteration: s.iteration, block: s.block, k: [], v: [] };
-    const hd = headDim(c);
-    const grid = (frames: number, offset: number) => [2, frames, s.height / 2, s.width / 2, c.heads, hd, offset, c.ropeTheta];
+    // The own frames [p, p + C) this member caches for the older neighbour, as window frames.
+    const cached = this.localSpan(g, s.prefixFrames, s.prefixFrames + s.contextFrames);
+    if (this.sharded) own.firstFrame = cached.a - s.prefixFrames;
+    const grid = (frames: number, offset: number) => [Bt, frames, s.height / 2, s.width / 2, c.heads, hd, offset, c.ropeTheta];
 
     for (let l = this.range.l0; l < this.range.l1; l++) {
       const p = `blocks.${l}`;
       const i = l - this.range.l0;
       b.scope('layer');
-      const m = b.op('gated_add', [w(`${p}.scale_shift_table`), e0, null], [1, 6 * D]);
-      const mod = (k: number) => m.subarray(k * D, (k + 1) * D);
+      const mod6 = b.op('gated_add', [w(`${p}.scale_shift_table`), e0, null], [1, 6 * D]);
+      const mod = (k: number) => mod6.subarray(k * D, (k + 1) * D);
+      const lin = (t: Float32Array, name: string, inF: number, outF: number) => b.rowLinear(t, w(`${name}.weight`), w(`${name}.bias`), M, 2 * g.tokens, inF, outF);
 
       // Self-attention over the window, plus the newer neighbour's cached first C frames.
       const h = b.modulate(b.op('layer_norm', [x, null, null], [M, D, c.eps]), mod(0), mod(1), M, D);
-      const q = b.ropeInPlace(b.rmsInPlace(b.linear(h, w(`${p}.attn1.to_q.weight`), w(`${p}.attn1.to_q.bias`), M, D, D), w(`${p}.attn1.norm_q.weight`), M, D), grid(g.frames, 0));
-      const kRaw = b.linear(h, w(`${p}.attn1.to_k.weight`), w(`${p}.attn1.to_k.bias`), M, D, D);
-      const k = b.ropeInPlace(b.op('rms_norm', [kRaw, w(`${p}.attn1.norm_k.weight`)], [M, D, c.eps]), grid(g.frames, 0));
-      const v = b.linear(h, w(`${p}.attn1.to_v.weight`), w(`${p}.attn1.to_v.bias`), M, D, D);
+      const q = b.ropeInPlace(b.rmsInPlace(lin(h, `${p}.attn1.to_q`, D, D), w(`${p}.attn1.norm_q.weight`), M, D), grid(localFrames, f0));
+      const kRaw = lin(h, `${p}.attn1.to_k`, D, D);
+      const k = b.ropeInPlace(b.op('rms_norm', [kRaw, w(`${p}.attn1.norm_k.weight`)], [M, D, c.eps]), grid(localFrames, f0));
+      const v = lin(h, `${p}.attn1.to_v`, D, D);
       let extraK: Float32Array | null = null;
       let extraV: Float32Array | null = null;
-      if (successor) {
-        extraK = b.ropeInPlace(b.op('rms_norm', [successor.k[i], w(`${p}.attn1.norm_k.weight`)], [extraRows, D, c.eps]), grid(s.contextFrames, g.frames));
-        extraV = successor.v[i];
+      if (successor && successor.frames > 0) {
+        const rows = Bt * successor.frames * g.hw;
+        extraK = b.ropeInPlace(b.op('rms_norm', [successor.entry.k[i], w(`${p}.attn1.norm_k.weight`)], [rows, D, c.eps]), grid(successor.frames, g.frames + successor.first));
+        extraV = successor.entry.v[i];
       }
-      const attn = b.op('attention', [q, k, v, extraK, extraV], [2, g.tokens, g.tokens, extraRows / 2, c.heads, hd]);
-      b.gatedAddInPlace(x, b.linear(attn, w(`${p}.attn1.to_out.0.weight`), w(`${p}.attn1.to_out.0.bias`), M, D, D), mod(2), M, D);
-      const cacheRows = [2, g.tokens, D, s.prefixFrames * g.hw, s.contextFrames * g.hw];
+      const heads = this.sharded ? await this.tokensToHeads(b, g, [q, k, v], successor ? [extraK, extraV] : null) : { qkv: [q, k, v], extra: [extraK, extraV], extraTokens: successor ? successor.frames * g.hw : 0 };
+      const localHeads = m.heads[1] - m.heads[0];
+      const attnHeads = b.op('attention', [...heads.qkv, ...heads.extra], [Bt, g.tokens, g.tokens, heads.extraTokens, localHeads, hd]);
+      const attn = this.sharded ? await this.headsToTokens(b, g, attnHeads) : attnHeads;
+      b.gatedAddInPlace(x, lin(attn, `${p}.attn1.to_out.0`, D, D), mod(2), M, D);
+      const cacheRows = [Bt, g.localTokens, D, cached.offset, cached.tokens];
       own.k.push(b.fresh('copy_rows', [kRaw], cacheRows));
       own.v.push(b.fresh('copy_rows', [v], cacheRows));
 
-      // Cross-attention to the text (no gate, affine LayerNorm).
+      // Cross-attention to the text (no gate, affine LayerNorm), on the local tokens.
       const hc = b.op('layer_norm', [x, w(`${p}.norm2.weight`), w(`${p}.norm2.bias`)], [M, D, c.eps]);
-      const qc = b.rmsInPlace(b.linear(hc, w(`${p}.attn2.to_q.weight`), w(`${p}.attn2.to_q.bias`), M, D, D), w(`${p}.attn2.norm_q.weight`), M, D);
-      const cross = this.cross![i];
-      const ac = b.op('attention', [qc, cross.k, cross.v, null, null], [2, g.tokens, c.textLen, 0, c.heads, hd]);
-      b.gatedAddInPlace(x, b.linear(ac, w(`${p}.attn2.to_out.0.weight`), w(`${p}.attn2.to_out.0.bias`), M, D, D), null, M, D);
+      const qc = b.rmsInPlace(lin(hc, `${p}.attn2.to_q`, D, D), w(`${p}.attn2.norm_q.weight`), M, D);
+      const cross = this.crossFor(i);
+      const ac = b.op('attention', [qc, cross.k, cross.v, null, null], [Bt, g.localTokens, c.textLen, 0, c.heads, hd]);
+      b.gatedAddInPlace(x, lin(ac, `${p}.attn2.to_out.0`, D, D), null, M, D);
 
       // Feed-forward.
       const hf = b.modulate(b.op('layer_norm', [x, null, null], [M, D, c.eps]), mod(3), mod(4), M, D);
-      const f = b.geluInPlace(b.linear(hf, w(`${p}.ffn.net.0.proj.weight`), w(`${p}.ffn.net.0.proj.bias`), M, D, c.ffnDim));
-      b.gatedAddInPlace(x, b.linear(f, w(`${p}.ffn.net.2.weight`), w(`${p}.ffn.net.2.bias`), M, c.ffnDim, D), mod(5), M, D);
+      const f = b.geluInPlace(lin(hf, `${p}.ffn.net.0.proj`, D, c.ffnDim));
+      b.gatedAddInPlace(x, lin(f, `${p}.ffn.net.2`, c.ffnDim, D), mod(5), M, D);
     }
 
     if (!this.range.tail) {
-      await this.backend.run(b.nodes);
+      await this.backend.run(b.take());
       if (this.range.l1 > this.range.l0) this.kvCache = own;
       return x;
     }
@@ -212,21 +235,106 @@ export class Stage {
     // Output head on the own frames only, then guidance.
     b.scope('tail');
     const ownTokens = s.ownFrames * g.hw;
-    const xo = b.op('copy_rows', [x], [2, g.tokens, D, s.prefixFrames * g.hw, ownTokens]);
+    const { offset: outOffset, tokens: outTokens } = this.localSpan(g, s.prefixFrames, g.frames);
+    const xo = b.op('copy_rows', [x], [Bt, g.localTokens, D, outOffset, outTokens]);
     const table = w('scale_shift_table');
     const shift = b.op('gated_add', [table.subarray(0, D), temb, null], [1, D]);
     const scale = b.op('gated_add', [table.subarray(D, 2 * D), temb, null], [1, D]);
-    const ho = b.modulate(b.op('layer_norm', [xo, null, null], [2 * ownTokens, D, c.eps]), shift, scale, 2 * ownTokens, D);
-    const out = b.linear(ho, w('proj_out.weight'), w('proj_out.bias'), 2 * ownTokens, D, 4 * c.latentChannels);
+    const ho = b.modulate(b.op('layer_norm', [xo, null, null], [Bt * outTokens, D, c.eps]), shift, scale, Bt * outTokens, D);
+    const patchDim = 4 * c.latentChannels;
+    let out = b.rowLinear(ho, w('proj_out.weight'), w('proj_out.bias'), Bt * outTokens, 2 * ownTokens, D, patchDim);
+    if (this.sharded) {
+      await this.backend.run(b.take());
+      const parts = await this.group!.collective.gather(out);
+      if (this.range.l1 > this.range.l0) this.kvCache = own;
+      if (!parts) return new Float32Array(0);
+      out = assembleSpan(parts, this.group!.layout, c.heads, { windowFrames: g.frames, from: s.prefixFrames, to: g.frames, hw: g.hw, width: patchDim });
+    }
     const latentSize = c.latentChannels * s.ownFrames * s.height * s.width;
     const both = b.scratch(2 * latentSize);
     for (const half of [0, 1]) {
-      b.into('unpatchify', [out.subarray(half * ownTokens * 4 * c.latentChannels, (half + 1) * ownTokens * 4 * c.latentChannels)], [c.latentChannels, s.ownFrames, s.height, s.width], both.subarray(half * latentSize, (half + 1) * latentSize));
+      b.into('unpatchify', [out.subarray(half * ownTokens * patchDim, (half + 1) * ownTokens * patchDim)], [c.latentChannels, s.ownFrames, s.height, s.width], both.subarray(half * latentSize, (half + 1) * latentSize));
     }
     const velocity = b.fresh('cfg_combine', [both], [latentSize, this.guidance]);
-    await this.backend.run(b.nodes);
-    if (this.range.l1 > this.range.l0) this.kvCache = own;
+    await this.backend.run(b.take());
+    if (!this.sharded && this.range.l1 > this.range.l0) this.kvCache = own;
     return velocity;
+  }
+
+  /**
+   * Window frames [from, to) inside this member's shard: the first such frame `a` (clamped into the
+   * span, so `a - from` is where its rows start in the whole span), and their token offset and
+   * count in the shard.
+   */
+  private localSpan(g: Geometry, from: number, to: number): { a: number; offset: number; tokens: number } {
+    const { a, z } = memberSpan(this.group?.layout ?? SINGLE_LAYOUT, this.member.rank, this.config.heads, { windowFrames: g.frames, from, to, hw: g.hw, width: 0 });
+    return { a, offset: (Math.min(Math.max(a, g.f0), g.f1) - g.f0) * g.hw, tokens: (z - a) * g.hw };
+  }
+
+  /** The successor cache entry this block-step uses, and which of the C cached frames this member holds. */
+  private successorFor(s: BlockStep, g: Geometry): { entry: KvEntry; first: number; frames: number } | null {
+    const e = this.kvCache;
+    if (!(s.contextFrames > 0 && e && e.iteration === s.iteration && e.block === s.block + 1)) return null;
+    const layers = this.range.l1 - this.range.l0;
+    const rowSize = g.batch * g.hw * this.config.dim;
+    const first = e.firstFrame ?? 0;
+    const frames = layers > 0 && e.k.length > 0 ? e.k[0].length / rowSize : this.sharded ? 0 : s.contextFrames;
+    const fits = this.sharded ? Number.isInteger(frames) && first + frames <= s.contextFrames : first === 0 && frames === s.contextFrames;
+    const bad = !fits || e.k.length !== layers || e.v.length !== layers || [...e.k, ...e.v].some((t) => t.length !== frames * rowSize);
+    if (bad) {
+      const want = this.sharded ? `at most ${s.contextFrames} frames of [${g.batch}, frames*${g.hw}, ${this.config.dim}]` : `[2, ${s.contextFrames * g.hw}, ${this.config.dim}]`;
+      throw new RangeError(`stage [${this.range.l0}, ${this.range.l1}): the K/V cache of block ${e.block} has the wrong shape: expected ${layers} layers of ${want}`);
+    }
+    return { entry: e, first, frames };
+  }
+
+  /** Cross-attention K and V of layer i for the guidance halves this member holds. */
+  private crossFor(i: number): { k: Float32Array; v: Float32Array } {
+    const all = this.cross![i];
+    if (this.member.halves.length === 2) return all;
+    const n = this.config.textLen * this.config.dim;
+    const h = this.member.halves[0];
+    return { k: all.k.subarray(h * n, (h + 1) * n), v: all.v.subarray(h * n, (h + 1) * n) };
+  }
+
+  /**
+   * Ulysses, forward: this member's tokens x all heads of q, k, v (and its cached successor rows)
+   * become all tokens x this member's heads. One all-to-all; per destination the parts are packed
+   * q | k | v | extraK | extraV.
+   */
+  private async tokensToHeads(b: GraphBuilder, g: Geometry, qkv: Float32Array[], extra: (Float32Array | null)[] | null): Promise<{ qkv: Float32Array[]; extra: (Float32Array | null)[]; extraTokens: number }> {
+    await this.backend.run(b.take());
+    const hd = headDim(this.config);
+    const U = this.group!.layout.ulysses;
+    const cols = Array.from({ length: U }, (_, j) => evenSplit(this.config.heads, U, j)).map(([h0, h1]) => [h0 * hd, h1 * hd] as const);
+    const extraRows = extra && extra[0] ? extra[0].length / this.config.dim : 0;
+    const pieces = [...qkv.map((t) => splitColumns(t, g.rows, this.config.dim, cols)), ...(extra ? extra.map((t) => (t ? splitColumns(t, extraRows, this.config.dim, cols) : cols.map(() => new Float32Array(0)))) : [])];
+    const send = cols.map((_, j) => concat(pieces.map((p) => p[j])));
+    const recv = await this.group!.collective.allToAll(send);
+    const width = (this.member.heads[1] - this.member.heads[0]) * hd;
+    const split = recv.map((r, j) => {
+      const [a, z] = shardFrames(g.frames, U, j);
+      const n = g.batch * (z - a) * g.hw * width;
+      const e = (r.length - 3 * n) / 2;
+      return [0, 1, 2].map((t) => r.subarray(t * n, (t + 1) * n)).concat(extra ? [r.subarray(3 * n, 3 * n + e), r.subarray(3 * n + e)] : []);
+    });
+    const joined = (t: number) => {
+      const parts = split.map((p) => p[t]);
+      const total = parts.reduce((a, p) => a + p.length, 0);
+      return joinTokens(parts, g.batch, width, b.scratch(total));
+    };
+    const extraJoined = extra ? [joined(3), joined(4)] : [null, null];
+    const extraTokens = extraJoined[0] ? extraJoined[0].length / Math.max(1, g.batch * width) : 0;
+    return { qkv: [joined(0), joined(1), joined(2)], extra: extraTokens > 0 ? extraJoined : [null, null], extraTokens };
+  }
+
+  /** Ulysses, back: all tokens x this member's heads of the attention output become this member's tokens x all heads. */
+  private async headsToTokens(b: GraphBuilder, g: Geometry, attn: Float32Array): Promise<Float32Array> {
+    await this.backend.run(b.take());
+    const U = this.group!.layout.ulysses;
+    const ranges = Array.from({ length: U }, (_, j) => shardFrames(g.frames, U, j)).map(([a, z]) => [a * g.hw, z * g.hw] as const);
+    const recv = await this.group!.collective.allToAll(splitTokens(attn, g.batch, g.tokens, ranges));
+    return joinColumns(recv, g.rows, b.scratch(g.rows * this.config.dim));
   }
 
   /** Text context and its per-layer cross-attention K/V: computed once per job on first use. */
@@ -266,6 +374,15 @@ interface Geometry {
   frames: number;
   /** Window tokens. */
   tokens: number;
+  /** Guidance halves this stage (member) holds: 2, or 1 under CFG parallel. */
+  batch: number;
+  /** Window frames [f0, f1) of this member's token shard (the whole window when not sharded). */
+  f0: number;
+  f1: number;
+  /** Tokens of the shard per half. */
+  localTokens: number;
+  /** Rows of the shard's hidden states: batch * localTokens. */
+  rows: number;
 }
 
 /**
@@ -296,7 +413,14 @@ class GraphBuilder {
   constructor(
     private readonly eps: number,
     private readonly workspace: Workspace | null,
+    /** Whether row counts may be a shard of what the unsharded stage uses (see rowLinear). */
+    private readonly sharded = false,
   ) {}
+
+  /** The nodes built so far, to run now; building goes on with an empty list (at an exchange). */
+  take(): OpNode[] {
+    return this.nodes.splice(0, this.nodes.length);
+  }
 
   /** Starts a scope whose slots are reused each time the scope starts again (e.g. every layer). */
   scope(name: string): void {
@@ -325,6 +449,27 @@ class GraphBuilder {
 
   linear(x: Float32Array, w: Float32Array, bias: Float32Array | null, rows: number, inF: number, outF: number): Float32Array {
     return this.op('linear', [x, w, bias], [rows, inF, outF]);
+  }
+
+  /**
+   * A linear over token rows whose result must not depend on how many rows the call holds.
+   * `fullRows`: the rows the unsharded stage passes. The CPU kernel computes every row
+   * independently of the others, except that a call of at most LINEAR_DOT_ROWS rows takes a
+   * dot-product path with another summation order: a shard that small of a call that large is
+   * padded to LINEAR_DOT_ROWS + 1 rows, so it takes the GEMM path the unsharded call takes.
+   */
+  rowLinear(x: Float32Array, w: Float32Array, bias: Float32Array | null, rows: number, fullRows: number, inF: number, outF: number): Float32Array {
+    return this.linearInto(x, w, bias, rows, fullRows, inF, outF, this.scratch(rows * outF));
+  }
+
+  linearInto(x: Float32Array, w: Float32Array, bias: Float32Array | null, rows: number, fullRows: number, inF: number, outF: number, output: Float32Array): Float32Array {
+    if (!(this.sharded && rows > 0 && rows <= LINEAR_DOT_ROWS && fullRows > LINEAR_DOT_ROWS)) return this.into('linear', [x, w, bias], [rows, inF, outF], output);
+    const padded = LINEAR_DOT_ROWS + 1;
+    const xp = this.scratch(padded * inF);
+    xp.fill(0, rows * inF);
+    this.into('copy_rows', [x], [1, rows, inF, 0, rows], xp.subarray(0, rows * inF));
+    const yp = this.op('linear', [xp, w, bias], [padded, inF, outF]);
+    return this.into('copy_rows', [yp], [1, padded, outF, 0, rows], output);
   }
 
   copy(x: Float32Array): Float32Array {
@@ -358,4 +503,14 @@ class GraphBuilder {
 
 function sizeOf(op: OpName, params: number[]): number {
   return (OPS[op].outputSize as (p: readonly number[]) => number)(params);
+}
+
+function concat(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
 }
