@@ -10,7 +10,7 @@ import { getConfig } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
 import { getProfile, jobTiming, normalizeSpec, planJob, predictPipelineSeconds, type JobSpec } from '@longshot/planner';
 import { LocalCluster } from '../apps/cli/src/local-cluster';
-import { printScaling, scalingTable } from './scaling';
+import { layoutTable, printLayouts, printScaling, scalingTable } from './scaling';
 
 const PROFILE = 'h100-nvlink';
 /** Modelled seconds are not sped up: the head's own work (windows, sampler, checkpoints) keeps its real cost. */
@@ -110,7 +110,11 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
   const spec = jobSpec(1);
   const plan = planJob(spec);
   const scaling = scalingTable();
-  if (!opts.json) printScaling(scaling);
+  const layouts = layoutTable();
+  if (!opts.json) {
+    printScaling(scaling);
+    printLayouts(layouts);
+  }
   return {
     profile: getProfile(PROFILE).description,
     timeScale: TIME_SCALE,
@@ -119,5 +123,6 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
     job: { model: spec.model, width: spec.width, height: spec.height, frames: spec.frames, blocks: plan.blocks, block: spec.block, context: spec.context, steps: spec.steps, blockSteps: plan.blockSteps },
     results: rows,
     scaling,
+    layouts,
   };
 }

@@ -1,34 +1,38 @@
 import { vaeDecodeCost, type ModelConfig, type VaeConfig } from '@longshot/model';
-import { getProfile, jobTiming, planJob, predictPipelineSeconds, type JobSpec } from '@longshot/planner';
+import { candidateLayouts, getProfile, jobTiming, pickLayout, planJob, predictPipelineSeconds, type JobSpec, type PipelineLayout } from '@longshot/planner';
 
-/** A larger K must beat the best smaller one by this much: each stage is a whole leased worker. */
-const MIN_GAIN = 0.1;
+/** A layout with more workers must beat the best smaller one by this much: each is a whole leased worker. */
+export const MIN_GAIN = 0.1;
 
 /** The prediction walks every block-step: the job length it simulates is capped (the ratio between K values settles after a few hundred blocks). */
 const SIMULATED = { blocks: 256, steps: 64 };
 
 /**
- * The cost model's latency of a job on K stages of `profileName`: denoising through the pipeline
- * and decoding every finished block on the tail (docs/vae.md), up to the last block's frames
- * reaching the controller. (Simulated over at most SIMULATED blocks and steps.)
+ * The cost model's latency of a job on K stages (or a layout of stage groups) of `profileName`:
+ * denoising through the pipeline and decoding every finished block on the tail (docs/vae.md), up
+ * to the last block's frames reaching the controller. (Simulated over at most SIMULATED blocks
+ * and steps.)
  */
-export function predictJobSeconds(spec: JobSpec, config: ModelConfig, vae: VaeConfig, K: number, profileName: string): number {
+export function predictJobSeconds(spec: JobSpec, config: ModelConfig, vae: VaeConfig, layout: number | PipelineLayout, profileName: string): number {
   const plan = planJob(spec);
-  return predictPipelineSeconds(jobTiming(spec, config, K, getProfile(profileName), vaeDecodeCost(vae, plan.latentHeight, plan.latentWidth), SIMULATED));
+  return predictPipelineSeconds(jobTiming(spec, config, layout, getProfile(profileName), vaeDecodeCost(vae, plan.latentHeight, plan.latentWidth), SIMULATED));
 }
 
 /** The smallest K in 1..maxK whose latency (`seconds(K)`) is within MIN_GAIN of every smaller K's best. */
 export function pickStages(maxK: number, seconds: (K: number) => number): number {
-  let best = 1;
-  let bestSeconds = seconds(1);
-  for (let K = 2; K <= maxK; K++) {
-    const s = seconds(K);
-    if (s < bestSeconds * (1 - MIN_GAIN)) {
-      best = K;
-      bestSeconds = s;
-    }
-  }
-  return best;
+  const candidates = Array.from({ length: maxK }, (_, i) => ({ stages: i + 1, ulysses: 1, cfgParallel: false }));
+  return pickLayout(candidates, (l) => seconds(l.stages), MIN_GAIN).layout.stages;
+}
+
+/**
+ * K stages of U-member Ulysses groups (and CFG parallel or not) for `freeWorkers` workers
+ * (docs/parallelism.md): the cost model's latency of every candidate layout, keeping the one with
+ * the fewest workers within MIN_GAIN of the best. Not yet what jobs run with: the driver leases
+ * K single workers (chooseStages) until stage groups run across processes.
+ */
+export function chooseLayout(spec: JobSpec, config: ModelConfig, vae: VaeConfig, freeWorkers: number, profileName: string): PipelineLayout {
+  const candidates = candidateLayouts(Math.max(1, freeWorkers), config.layers, config.heads);
+  return pickLayout(candidates, (l) => predictJobSeconds(spec, config, vae, l, profileName), MIN_GAIN).layout;
 }
 
 /**

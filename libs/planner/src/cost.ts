@@ -4,6 +4,7 @@
  * with it, emulated workers sleep for it, and the pipeline benchmark prints it beside what it
  * measures.
  */
+import { SINGLE_STAGE_GROUP, groupWorkers, type PipelineLayout, type StageGroupShape } from './layout';
 import { partitionLayers } from './partition';
 import { planJob, type JobSpec } from './spec';
 
@@ -14,6 +15,8 @@ export interface ModelShape {
   readonly layers: number;
   readonly textLen: number;
   readonly latentChannels: number;
+  /** Attention heads: needed only for Ulysses layouts (heads are what its members split). */
+  readonly heads?: number;
 }
 
 export interface WindowShape {
@@ -27,19 +30,87 @@ export interface WindowShape {
 
 /** FLOPs of one block-step on one stage (classifier-free guidance doubles everything). */
 export function stageFlops(m: ModelShape, layers: number, w: WindowShape, head: boolean, tail: boolean): number {
+  const f = stageFlopParts(m, layers, w, head, tail);
+  return f.tokenwise + f.selfAttention;
+}
+
+/**
+ * stageFlops in two parts, as a Ulysses group splits them: `tokenwise` (projections, cross-attention,
+ * feed-forward, patch embedding, output head) scales with the tokens a member holds;
+ * `selfAttention` (scores and weighted values over every window and cached key) with its heads.
+ */
+export function stageFlopParts(m: ModelShape, layers: number, w: WindowShape, head: boolean, tail: boolean): { tokenwise: number; selfAttention: number } {
   const L = (w.prefixFrames + w.ownFrames) * w.tokensPerFrame;
   const keys = L + w.successorFrames * w.tokensPerFrame;
   const D = m.dim;
   const perLayer =
     2 * L * D * D * 4 + // q, k, v, out projections
-    4 * L * keys * D + // scores and weighted values
     2 * L * D * D * 2 + // cross-attention q and out (text K/V are computed once per job)
     4 * L * m.textLen * D + // cross-attention scores and values
     2 * L * D * m.ffnDim * 2; // feed-forward
-  let flops = layers * perLayer;
-  if (head) flops += 2 * L * 4 * m.latentChannels * D;
-  if (tail) flops += 2 * w.ownFrames * w.tokensPerFrame * D * 4 * m.latentChannels;
-  return 2 * flops;
+  let tokenwise = layers * perLayer;
+  if (head) tokenwise += 2 * L * 4 * m.latentChannels * D;
+  if (tail) tokenwise += 2 * w.ownFrames * w.tokensPerFrame * D * 4 * m.latentChannels;
+  return { tokenwise: 2 * tokenwise, selfAttention: 2 * layers * 4 * L * keys * D };
+}
+
+/**
+ * Rows at which a GEMM reaches half its sustained rate (an assumption, not a measurement: H100
+ * GEMMs of a few thousand rows run near peak, a few hundred well below). A group member's shard
+ * has fewer rows than the whole stage's; its compute is charged u(whole) / u(shard), with
+ * u(r) = r / (r + GEMM_HALF_RATE_ROWS).
+ */
+export const GEMM_HALF_RATE_ROWS = 256;
+
+/** One block-step on one member of a stage group: compute, the Ulysses exchanges, and why. */
+export interface GroupStageCost {
+  /** compute + exchange: the member's forward, exchanges on its critical path. */
+  readonly seconds: number;
+  readonly computeSeconds: number;
+  /** The all-to-alls (two per layer) over the group's link, and the tail's gather. */
+  readonly exchangeSeconds: number;
+  /** Bytes one member sends to the others per block-step. */
+  readonly exchangeBytes: number;
+  /** Slowest member's work against an even split (whole frames and heads do not always divide). */
+  readonly imbalance: number;
+  /** u(whole rows) / u(shard rows): the smaller GEMMs' lost rate. */
+  readonly rateLoss: number;
+}
+
+/**
+ * A stage's block-step on a group (docs/parallelism.md): Ulysses members hold ceil(frames / U)
+ * frames of tokens for the token-wise work and ceil(heads / U) heads of self-attention over all
+ * tokens; CFG parallel halves everything. Per layer, the forward all-to-all moves (U-1)/U of the
+ * member's q, k, v and cached successor K/V, the backward one (U-1)/U of its attention output,
+ * each over the group link (bytes / bandwidth + latency), not overlapped with compute (it sits
+ * between the projections and the attention that needs it). The tail gathers the output head's
+ * rows at one member.
+ */
+export function groupStageCost(m: ModelShape, layers: number, w: WindowShape, head: boolean, tail: boolean, group: StageGroupShape, profile: HardwareProfile): GroupStageCost {
+  const U = group.ulysses;
+  const halves = group.cfgParallel ? 1 : 2;
+  const frames = w.prefixFrames + w.ownFrames;
+  const heads = m.heads ?? (U === 1 ? 1 : NaN);
+  if (!(heads >= U)) throw new RangeError(`a Ulysses layout of ${U} needs the model's head count (at least ${U})`);
+  const tokenShare = Math.ceil(frames / U) / frames;
+  const headShare = Math.ceil(heads / U) / heads;
+  const parts = stageFlopParts(m, layers, w, head, tail);
+  const share = (halves / 2) * (tokenShare * parts.tokenwise + headShare * parts.selfAttention);
+  const even = (parts.tokenwise + parts.selfAttention) / groupWorkers(group);
+  const rate = (rows: number) => rows / (rows + GEMM_HALF_RATE_ROWS);
+  const wholeRows = 2 * frames * w.tokensPerFrame;
+  const shardRows = halves * Math.ceil(frames / U) * w.tokensPerFrame;
+  const rateLoss = rate(wholeRows) / rate(shardRows);
+  const computeSeconds = (share * rateLoss) / profile.flopsPerSecond;
+  const D = m.dim;
+  const others = (U - 1) / U;
+  const extraRows = halves * Math.ceil(w.successorFrames / U) * w.tokensPerFrame;
+  const perLayerBytes = U > 1 ? (4 * shardRows + 2 * extraRows) * D * 4 * others : 0;
+  const gatherBytes = tail && groupWorkers(group) > 1 ? halves * Math.ceil(w.ownFrames / U) * w.tokensPerFrame * 4 * m.latentChannels * 4 : 0;
+  const exchangeBytes = layers * perLayerBytes + gatherBytes;
+  const link = (bytes: number) => bytes / profile.groupLinkBytesPerSecond + profile.groupLinkLatencySeconds;
+  const exchangeSeconds = (U > 1 ? layers * 2 * link(perLayerBytes / 2) : 0) + (gatherBytes > 0 ? link(gatherBytes) : 0);
+  return { seconds: computeSeconds + exchangeSeconds, computeSeconds, exchangeSeconds, exchangeBytes, imbalance: share / even, rateLoss };
 }
 
 /** Bytes of the hidden states one stage hands the next: [2, tokens, dim]. */
@@ -81,18 +152,23 @@ export interface HardwareProfile {
   readonly linkLatencySeconds: number;
   /** Link from a worker to the controller (decoded frames go over it). */
   readonly controllerLinkBytesPerSecond: number;
+  /** Link between the members of one stage group (Ulysses all-to-alls; one node's GPUs). */
+  readonly groupLinkBytesPerSecond: number;
+  readonly groupLinkLatencySeconds: number;
 }
 
 /**
  * Profiles for emulated compute. H100 SXM: ~989 TFLOP/s dense bf16, taken at 45% utilisation
  * (what video DiTs reach in practice); NVLink 4 ~450 GB/s per direction; 100 Gb/s Ethernet
  * ~12.5 GB/s with RDMA-class latency; PCIe-attached RTX 4090 as in the DualParal paper. The
- * controller is reached over the data-centre network (100 Gb/s; 10 Gb/s for the 4090 box).
+ * controller is reached over the data-centre network (100 Gb/s; 10 Gb/s for the 4090 box). A stage
+ * group's members sit in one node: NVLink for the H100s (also where stages talk over Ethernet),
+ * PCIe for the 4090s.
  */
 export const HARDWARE_PROFILES: Readonly<Record<string, HardwareProfile>> = {
-  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 450e9, linkLatencySeconds: 5e-6, controllerLinkBytesPerSecond: 12.5e9 },
-  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 12.5e9, linkLatencySeconds: 20e-6, controllerLinkBytesPerSecond: 12.5e9 },
-  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6, controllerLinkBytesPerSecond: 1.25e9 },
+  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 450e9, linkLatencySeconds: 5e-6, controllerLinkBytesPerSecond: 12.5e9, groupLinkBytesPerSecond: 450e9, groupLinkLatencySeconds: 5e-6 },
+  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 12.5e9, linkLatencySeconds: 20e-6, controllerLinkBytesPerSecond: 12.5e9, groupLinkBytesPerSecond: 450e9, groupLinkLatencySeconds: 5e-6 },
+  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6, controllerLinkBytesPerSecond: 1.25e9, groupLinkBytesPerSecond: 25e9, groupLinkLatencySeconds: 10e-6 },
 };
 
 export function getProfile(name: string): HardwareProfile {
@@ -175,17 +251,24 @@ export function predictPipelineSeconds(t: PipelineTiming): number {
 }
 
 /**
- * The timing of a job on K stages of `profile`, as predictPipelineSeconds takes it: every stage's
- * forward of an average window, the hops between stages, and, given the decoder, the decoding of
- * each finished block on the tail. `limits` caps the blocks and steps simulated (the prediction
- * walks every block-step).
+ * The timing of a job on K stages of `profile` (or a layout: K stages of groups), as
+ * predictPipelineSeconds takes it: every stage's forward of an average window, the hops between
+ * stages, and, given the decoder, the decoding of each finished block on the tail. `limits` caps
+ * the blocks and steps simulated (the prediction walks every block-step). In a group every member
+ * sends its own shard of the hidden states to its counterpart in the next stage, in parallel.
  */
-export function jobTiming(spec: JobSpec, model: ModelShape, stages: number, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }): PipelineTiming {
+export function jobTiming(spec: JobSpec, model: ModelShape, layout: number | PipelineLayout, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }): PipelineTiming {
   const plan = planJob(spec);
+  const { stages, ...group } = typeof layout === 'number' ? { stages: layout, ...SINGLE_STAGE_GROUP } : layout;
   const window = { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
-  const stageSeconds = partitionLayers(model.layers, stages).map((r) => stageFlops(model, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond);
+  const grouped = groupWorkers(group) > 1;
+  const stageSeconds = partitionLayers(model.layers, stages).map((r) =>
+    grouped ? groupStageCost(model, r.l1 - r.l0, window, r.head, r.tail, group, profile).seconds : stageFlops(model, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond,
+  );
+  const frames = window.prefixFrames + window.ownFrames;
+  const shardShare = ((group.cfgParallel ? 1 : 2) / 2) * (Math.ceil(frames / group.ulysses) / frames);
   const hop = (bytes: number) => bytes / profile.linkBytesPerSecond + profile.linkLatencySeconds;
-  const hopSeconds = stages === 1 ? [] : [...Array<number>(stages - 1).fill(hop(hiddenBytes(model, window))), hop(velocityBytes(model, window, plan.latentHeight, plan.latentWidth))];
+  const hopSeconds = stages === 1 ? [] : [...Array<number>(stages - 1).fill(hop(hiddenBytes(model, window) * shardShare)), hop(velocityBytes(model, window, plan.latentHeight, plan.latentWidth))];
   const B = spec.block;
   const send = (bytes: number) => bytes / profile.controllerLinkBytesPerSecond;
   const decode = decoder && {
