@@ -1,6 +1,7 @@
 export * from './config';
 export * from './stage';
 export * from './parallel';
+export * from './stage-group';
 export * from './weights-types';
 export * from './safetensors';
 export * from './weights';

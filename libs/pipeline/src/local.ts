@@ -1,4 +1,4 @@
-import type { Stage } from '@longshot/model';
+import type { StageRunner } from './emulation';
 import type { BlockQueue, FinishedBlock } from './queue';
 
 export interface PipelineEvents {
@@ -11,11 +11,11 @@ export interface PipelineEvents {
 }
 
 /**
- * Runs the block queue through K stage objects chained in this process, one block-step at a
- * time in the schedule's order. The distributed pipeline keeps that order on every stage, which
- * is why both give bit-identical latents.
+ * Runs the block queue through K stage objects chained in this process (Stage, or a StageGroup
+ * of members), one block-step at a time in the schedule's order. The distributed pipeline keeps
+ * that order on every stage, which is why both give bit-identical latents.
  */
-export async function runLocalPipeline(queue: BlockQueue, stages: readonly Stage[], events: PipelineEvents = {}): Promise<void> {
+export async function runLocalPipeline(queue: BlockQueue, stages: readonly StageRunner[], events: PipelineEvents = {}): Promise<void> {
   if (stages.length === 0) throw new Error('a pipeline needs at least one stage');
   if (!stages[0].range.head || !stages[stages.length - 1].range.tail) throw new Error('the first stage must be the head and the last the tail');
   for (let issued = queue.issue(); issued; issued = queue.issue()) {
