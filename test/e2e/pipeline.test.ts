@@ -175,6 +175,7 @@ describe('DualParal across worker processes', () => {
           payloadScale: 1,
           grant: lease.grant,
           nextDataPlane: undefined,
+          group: undefined,
         },
         (err) => (err ? reject(err) : resolve()),
       ),

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type * as grpc from '@grpc/grpc-js';
 import { FencedWriteError, type BlockStore, type CheckpointStore } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
-import { Stage, type ModelCatalog, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
@@ -33,6 +33,7 @@ import {
 import { workerMetrics } from './metrics';
 import type { RetainedMemorySampler } from './retained-memory';
 import { SessionError } from './session-error';
+import { GroupFront, GroupLink, groupMessageBound, groupPlace, serveGroupMember } from './stage-group';
 
 export { SessionError };
 
@@ -126,6 +127,10 @@ export class StageSession {
   private orphanTimer: NodeJS.Timeout | null = null;
   private zeroVelocity: Float32Array | null = null;
   private readonly log: Logger;
+  /** The channels to the other members when this stage is a group (docs/parallelism.md). */
+  private readonly group: GroupLink | null = null;
+  /** A group member of rank > 0: takes group tensors only, never talks to other stages. */
+  private readonly member: boolean = false;
 
   constructor(
     req: OpenSessionRequest,
@@ -182,7 +187,17 @@ export class StageSession {
     if (range.l0 >= range.l1 || range.l1 > this.config.layers) throw new SessionError('INVALID_ARGUMENT', `layer range [${range.l0}, ${range.l1}) is not inside the model's ${this.config.layers} layers`);
     if (head !== (range.l0 === 0)) throw new SessionError('INVALID_ARGUMENT', 'the head holds layer 0 and only the head does');
     if (tail !== (range.l1 === this.config.layers)) throw new SessionError('INVALID_ARGUMENT', 'the tail holds the last layer and only the tail does');
-    if (req.role !== Role.ROLE_HEAD_TAIL && !req.nextAddress) throw new SessionError('INVALID_ARGUMENT', 'next_address is required for a stage with a successor');
+    const place = req.group ? groupPlace(req.group, req.sessionId, req.token) : null;
+    if (place) {
+      try {
+        validateLayout(place.layout, this.config.heads);
+      } catch (e) {
+        throw new SessionError('INVALID_ARGUMENT', `group: ${(e as Error).message}`);
+      }
+      if (ctx.emulation) throw new SessionError('INVALID_ARGUMENT', 'group: stage groups need real compute, not --emulate');
+      this.member = place.rank > 0;
+    }
+    if (req.role !== Role.ROLE_HEAD_TAIL && !this.member && !req.nextAddress) throw new SessionError('INVALID_ARGUMENT', 'next_address is required for a stage with a successor');
     if (head && !req.keyPrefix) throw new SessionError('INVALID_ARGUMENT', 'key_prefix is required on the head');
     const payloadScale = req.payloadScale || 1;
     if (payloadScale !== 1 && !ctx.emulation) throw new SessionError('INVALID_ARGUMENT', 'payload_scale needs a worker in emulated-compute mode');
@@ -213,8 +228,17 @@ export class StageSession {
       this.link = new EmulatedLink({ ...ctx.emulation, payloadScale });
     } else {
       const text = this.textOf(req);
-      this.runner = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance });
+      const link = place && new GroupLink(place, { credentials: ctx.credentials, dataPlane: ctx.dataPlane, onFailure: (e) => this.fail(e) });
+      const group = link ? { layout: link.place.layout, rank: link.rank, collective: link.collective() } : undefined;
+      const stage = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance, group });
+      this.group = link;
+      this.runner = link && !this.member ? new GroupFront(stage, link) : stage;
     }
+  }
+
+  /** Session ids this session also takes tensors on: one per other member of its stage group. */
+  get inboxes(): string[] {
+    return this.group?.inboxes() ?? [];
   }
 
   /** The hop's transport as OpenSessionResponse reports it. */
@@ -223,7 +247,7 @@ export class StageSession {
   }
 
   get isHead(): boolean {
-    return this.runner.range.head;
+    return this.runner.range.head && !this.member;
   }
 
   get failed(): Error | null {
@@ -234,6 +258,10 @@ export class StageSession {
   async start(): Promise<number> {
     // Until the driver watches (head) or the upstream sends (others), nothing claims this session.
     this.orphan('never claimed by a driver or an upstream stage', UNCLAIMED_GRACE_MS);
+    if (this.member) {
+      void serveGroupMember(this.runner as Stage, this.group!, () => this.blockSteps++).catch((e) => this.fail(e));
+      return 0;
+    }
     if (!this.isHead) return 0;
     const state = this.resume ? await this.ctx.checkpoints.load(this.keyPrefix) : null;
     this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined });
@@ -253,6 +281,7 @@ export class StageSession {
   admit(h: TensorHeader): SessionError | null {
     if (h.token !== this.token) return new SessionError('UNAUTHENTICATED', `session ${this.id}: wrong token`);
     if (this.closed) return new SessionError('FAILED_PRECONDITION', `session ${this.id} is closed`);
+    if (h.sessionId !== this.id || this.member) return this.admitGroup(h);
     const expectKind = this.isHead ? PayloadKind.PAYLOAD_KIND_VELOCITY : PayloadKind.PAYLOAD_KIND_HIDDEN;
     if (h.kind !== expectKind) return new SessionError('INVALID_ARGUMENT', `session ${this.id} takes ${PayloadKind[expectKind]} tensors, got ${PayloadKind[h.kind] ?? h.kind}`);
     if (!h.step) return new SessionError('INVALID_ARGUMENT', 'tensor header has no block-step');
@@ -271,12 +300,31 @@ export class StageSession {
     return null;
   }
 
+  /** A group tensor (on one of this member's inboxes): the peer, and why it is refused if it is. */
+  private admitGroup(h: TensorHeader): SessionError | null {
+    const peer = this.group?.peerOf(h.sessionId) ?? null;
+    if (peer === null) return new SessionError('INVALID_ARGUMENT', `session ${this.id} is a stage group member: it takes tensors from its group only`);
+    if (h.kind !== PayloadKind.PAYLOAD_KIND_GROUP) return new SessionError('INVALID_ARGUMENT', `session ${this.id} takes PAYLOAD_KIND_GROUP tensors from its group, got ${PayloadKind[h.kind] ?? h.kind}`);
+    if (!h.step) return new SessionError('INVALID_ARGUMENT', 'tensor header has no block-step');
+    const expected = this.expectedStep(h.step.block, h.step.iteration);
+    if (typeof expected === 'string') return new SessionError('INVALID_ARGUMENT', expected);
+    if (fromWireDtype(h.dtype) !== 'f32') return new SessionError('INVALID_ARGUMENT', `group tensors are f32, got ${fromWireDtype(h.dtype) ?? h.dtype}`);
+    const bound = groupMessageBound(expected, this.group!.place.layout, this.config.heads, this.config.dim, this.config.latentChannels);
+    if (h.shape.length !== 1 || h.shape[0] > bound) return new SessionError('INVALID_ARGUMENT', `group tensor shape [${h.shape.join(', ')}]: expected [n] with n <= ${bound}`);
+    return null;
+  }
+
   /** A whole tensor for this stage, in arrival order. Resolves when the next one may be read. */
   async receive(h: TensorHeader, payload: Buffer): Promise<void> {
     this.adopt();
     const s = h.step!;
     const step = this.expectedStep(s.block, s.iteration) as BlockStep;
     const count = h.shape.reduce((a, b) => a * b, 1);
+    const peer = this.group?.peerOf(h.sessionId) ?? null;
+    if (peer !== null) {
+      this.group!.deliver(peer, step, decodePayload(payload, 'f32', count));
+      return;
+    }
     const received = performance.now();
     const x = this.expand(decodePayload(payload, this.dtype, count), step);
     if (this.isHead) {
@@ -330,6 +378,7 @@ export class StageSession {
     this.closed = true;
     this.adopt();
     this.finishEvents();
+    await this.group?.close();
     try {
       await this.sender?.close();
     } catch {

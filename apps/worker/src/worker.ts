@@ -81,6 +81,8 @@ export interface WorkerConfig {
  */
 export class WorkerProcess {
   readonly sessions = new Map<string, StageSession>();
+  /** Stage group members' inbox ids (one per peer member) to their sessions. */
+  private readonly inboxes = new Map<string, StageSession>();
   private server: grpc.Server | null = null;
   private metrics: MetricsServer | null = null;
   private readonly redis: Redis;
@@ -135,7 +137,7 @@ export class WorkerProcess {
         const fed = new Set<string>();
         const receiver = new TensorReceiver(call, {
           authorize: (h) => {
-            const s = this.sessions.get(h.sessionId);
+            const s = this.sessionFor(h.sessionId);
             const err = s ? s.admit(h) : new SessionError('NOT_FOUND', `no session ${h.sessionId} on worker ${this.config.id}`);
             if (!err) return null;
             workerMetrics.rejectedTensors.inc({ code: err.code });
@@ -144,7 +146,7 @@ export class WorkerProcess {
           dataPlane: (header, transport, destination) => this.receiveBytes(header, transport, destination),
           handler: async ({ header, payload }) => {
             workerMetrics.bytesReceived.inc(payload.length);
-            const s = this.sessions.get(header.sessionId);
+            const s = this.sessionFor(header.sessionId);
             if (!s) return;
             fed.add(s.id);
             await s.receive(header, payload);
@@ -272,6 +274,10 @@ export class WorkerProcess {
     this.sessions.set(session.id, session);
     // Its upstream's data-plane frames must carry keys derived from this session's token.
     this.dataPlaneListener?.addSession(session.id, session.token);
+    for (const id of session.inboxes) {
+      this.inboxes.set(id, session);
+      this.dataPlaneListener?.addSession(id, session.token);
+    }
     workerMetrics.sessionsOpened.inc();
     workerMetrics.sessionsOpen.set(this.sessions.size);
     try {
@@ -279,9 +285,7 @@ export class WorkerProcess {
       this.log.info('session opened', { job: session.jobId, session: session.id, role: req.role, layers: [req.layerBegin, req.layerEnd] });
       return { workerId: this.config.id, backend: this.backend.name, startIteration, nextTransport: session.nextTransport };
     } catch (e) {
-      this.sessions.delete(session.id);
-      this.dataPlaneListener?.removeSession(session.id);
-      workerMetrics.sessionsOpen.set(this.sessions.size);
+      this.forget(session);
       await session.close();
       throw e;
     }
@@ -364,11 +368,24 @@ export class WorkerProcess {
 
   private async drop(s: StageSession, why: string): Promise<void> {
     if (this.sessions.get(s.id) !== s) return;
-    this.sessions.delete(s.id);
-    this.dataPlaneListener?.removeSession(s.id);
-    workerMetrics.sessionsOpen.set(this.sessions.size);
+    this.forget(s);
     await s.close();
     this.log.info('session closed', { job: s.jobId, session: s.id, blockSteps: s.blockSteps, why });
+  }
+
+  /** The session a tensor header's session id names: a session, or a group member's inbox. */
+  private sessionFor(id: string): StageSession | undefined {
+    return this.sessions.get(id) ?? this.inboxes.get(id);
+  }
+
+  private forget(s: StageSession): void {
+    this.sessions.delete(s.id);
+    this.dataPlaneListener?.removeSession(s.id);
+    for (const id of s.inboxes) {
+      this.inboxes.delete(id);
+      this.dataPlaneListener?.removeSession(id);
+    }
+    workerMetrics.sessionsOpen.set(this.sessions.size);
   }
 
   private toStatus(e: unknown): Partial<grpc.StatusObject> {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { BlockStore } from '@longshot/cache';
-import { resolveModel, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { SINGLE_LAYOUT, groupSize, resolveModel, validateLayout, type ModelConfig, type StageLayout, type TextEmbeddings } from '@longshot/model';
 import { partitionLayers, planJob, type JobSpec, type LayerRange } from '@longshot/planner';
 import type { Logger } from '@longshot/telemetry';
 import {
@@ -68,6 +68,11 @@ export interface DistributedJob {
    */
   readonly text: TextEmbeddings | null;
   readonly wireDtype?: PayloadDtype;
+  /**
+   * Each of the K stages as a group of workers (docs/parallelism.md): Ulysses and/or CFG
+   * parallel. Absent: one worker per stage. The latents do not depend on it.
+   */
+  readonly layout?: StageLayout;
   /** Emulated compute only: tensors on the wire are this many times smaller. */
   readonly payloadScale?: number;
   /**
@@ -115,8 +120,10 @@ export interface Attempt {
 }
 
 export interface DistributedResult {
-  /** Workers of the attempt that finished, head first. */
+  /** Workers of the attempt that finished, stage by stage (head first), each stage's group in rank order. */
   readonly workers: string[];
+  /** K stages of groups of `ulysses` x (cfgParallel ? 2 : 1) workers. */
+  readonly layout: { readonly stages: number } & StageLayout;
   readonly layers: [number, number][];
   readonly attempts: Attempt[];
   /** Block-step results the head applied, over all attempts, as reported to this driver. */
@@ -196,6 +203,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   const config = job.model ?? resolveModel(job.spec.model).config;
   const plan = planJob(job.spec);
   const ranges = partitionLayers(config.layers, job.spec.stages);
+  const layout = validateLayout(job.layout ?? SINGLE_LAYOUT, config.heads);
   const attempts: Attempt[] = [];
   const dead = new Set<string>();
   const maxRecoveries = o.maxRecoveries ?? 3;
@@ -226,7 +234,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
     signJobGrant({ job: job.jobId, run: o.workers.run, keyPrefix: job.keyPrefix, stage, layerBegin, layerEnd }, o.grantKey, o.grantTtlMs);
   for (let attempt = 0; ; attempt++) {
     o.signal?.throwIfAborted();
-    const workers = await o.workers.pick(ranges.length, dead, numerics);
+    const workers = await o.workers.pick(ranges.length * groupSize(layout), dead, numerics);
     const mixed = workers.find((w) => w.numerics !== workers[0].numerics || (numerics !== null && w.numerics !== numerics));
     if (mixed) {
       await o.workers.release?.(workers.map((w) => w.id));
@@ -244,7 +252,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         text = encoded.text;
         textEncoder = encoded.run;
       }
-      const opened = await openSessions(job, text, workers, ranges, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
+      const opened = await openSessions(job, text, workers, ranges, layout, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
       o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration });
@@ -271,8 +279,10 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       if (nextBlock !== plan.blocks) throw new Error(`the head finished but only ${nextBlock} of ${plan.blocks} blocks are in Redis`);
       attempts.push({ workers: workers.map((w) => w.id), startIteration, error: null });
       await o.workers.release?.(workers.map((w) => w.id));
+      const K = ranges.length;
       return {
         workers: workers.map((w) => w.id),
+        layout: { stages: K, ...layout },
         layers: ranges.map((r) => [r.l0, r.l1]),
         attempts,
         blockStepsApplied: applied,
@@ -281,7 +291,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         retainedBytes: closed.retainedBytes,
         textEncoder,
         numerics,
-        hops: sessions.length > 1 ? sessions.map((x, k) => ({ from: k, to: (k + 1) % sessions.length, transport: x.nextTransport ?? 'grpc' })) : [],
+        hops: K > 1 ? sessions.slice(0, K).map((x, k) => ({ from: k, to: (k + 1) % K, transport: x.nextTransport ?? 'grpc' })) : [],
       };
     } catch (e) {
       await closeSessions(sessions).catch(() => undefined);
@@ -350,41 +360,48 @@ const CLAIM_TTL_SECONDS = 7 * 86400;
 /** The encoder of a 5-billion-parameter umT5 on CPU takes minutes; a hung worker must not hold a job forever. */
 const TEXT_ENCODER_DEADLINE_MS = 30 * 60_000;
 
+/**
+ * Opens every stage's sessions. `workers` holds each stage's group in turn (rank 0 first); the
+ * result lists the K rank-0 sessions (the stages as the pipeline sees them, head first), then
+ * the other members.
+ */
 async function openSessions(
   job: DistributedJob,
   text: TextEmbeddings,
   workers: DriverWorker[],
   ranges: LayerRange[],
+  layout: StageLayout,
   attemptName: string,
   failover: boolean,
   grant: (stage: number) => string,
   credentials: grpc.ChannelCredentials | undefined,
 ): Promise<{ sessions: OpenedSession[]; startIteration: number }> {
   const K = ranges.length;
-  if (workers.length !== K) throw new Error(`need ${K} workers, got ${workers.length}`);
-  const sessions: OpenedSession[] = workers.map((worker, k) => ({
-    worker,
-    client: createWorkerClient(worker.address, { credentials }),
-    sessionId: `${job.jobId}.${attemptName}.s${k}`,
-    token: randomBytes(24).toString('hex'),
-  }));
+  const G = groupSize(layout);
+  if (workers.length !== K * G) throw new Error(`need ${K * G} workers, got ${workers.length}`);
+  const open1 = (worker: DriverWorker, id: string): OpenedSession => ({ worker, client: createWorkerClient(worker.address, { credentials }), sessionId: id, token: randomBytes(24).toString('hex') });
+  const groups = ranges.map((_, k) => Array.from({ length: G }, (_, r) => open1(workers[k * G + r], `${job.jobId}.${attemptName}.s${k}${r === 0 ? '' : `.m${r}`}`)));
+  const sessions: OpenedSession[] = [...groups.map((g) => g[0]), ...groups.flatMap((g) => g.slice(1))];
   const s = job.spec;
   const wireText = { cond: encodePayload(text.cond, 'f32'), uncond: encodePayload(text.uncond, 'f32') };
-  const request = (k: number) => {
-    const next = sessions[(k + 1) % K];
+  const groupSpec = (k: number, rank: number) =>
+    G === 1 ? undefined : { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel, rank, members: groups[k].map((m) => ({ address: m.worker.address, sessionId: m.sessionId, token: m.token, dataPlane: m.worker.dataPlane })) };
+  const request = (k: number, rank: number) => {
+    const next = groups[(k + 1) % K][0];
     const r = ranges[k];
+    const hop = K > 1 && rank === 0;
     return {
       jobId: job.jobId,
-      sessionId: sessions[k].sessionId,
-      token: sessions[k].token,
+      sessionId: groups[k][rank].sessionId,
+      token: groups[k][rank].token,
       spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height: s.height, steps: s.steps, guidance: s.guidance, shift: s.shift ?? 0, sampler: s.sampler, block: s.block, context: s.context, stages: s.stages, seed: s.seed, model: s.model },
       layerBegin: r.l0,
       layerEnd: r.l1,
       role: K === 1 ? Role.ROLE_HEAD_TAIL : k === 0 ? Role.ROLE_HEAD : k === K - 1 ? Role.ROLE_TAIL : Role.ROLE_MIDDLE,
-      nextAddress: K === 1 ? '' : next.worker.address,
-      nextSessionId: K === 1 ? '' : next.sessionId,
-      nextToken: K === 1 ? '' : next.token,
-      nextDataPlane: K === 1 ? undefined : next.worker.dataPlane,
+      nextAddress: hop ? next.worker.address : '',
+      nextSessionId: hop ? next.sessionId : '',
+      nextToken: hop ? next.token : '',
+      nextDataPlane: hop ? next.worker.dataPlane : undefined,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text: wireText,
       resume: failover || job.resume === true,
@@ -392,25 +409,24 @@ async function openSessions(
       keyPrefix: '',
       payloadScale: job.payloadScale ?? 1,
       grant: grant(k),
+      group: groupSpec(k, rank),
     };
   };
-  const open = (k: number) =>
-    new Promise<number>((resolve, reject) =>
-      sessions[k].client.openSession(request(k), new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (err, res) => {
-        if (err) return reject(err);
-        sessions[k].nextTransport = fromWireTransport(res.nextTransport) ?? undefined;
-        resolve(res.startIteration);
-      }),
-    );
-  // Downstream stages first: the head starts streaming as soon as it is open.
   const opened: OpenedSession[] = [];
+  const open = (k: number, rank: number) =>
+    new Promise<number>((resolve, reject) => {
+      const x = groups[k][rank];
+      x.client.openSession(request(k, rank), new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (err, res) => {
+        if (err) return reject(err);
+        x.nextTransport = fromWireTransport(res.nextTransport) ?? undefined;
+        opened.push(x);
+        resolve(res.startIteration);
+      });
+    });
+  // Every group member and downstream stage first: the head starts streaming as soon as it is open.
   try {
-    await Promise.all(sessions.slice(1).map(async (_, i) => {
-      await open(i + 1);
-      opened.push(sessions[i + 1]);
-    }));
-    const startIteration = await open(0);
-    opened.push(sessions[0]);
+    await Promise.all(groups.flatMap((g, k) => g.map((_, rank) => (k === 0 && rank === 0 ? null : open(k, rank)))));
+    const startIteration = await open(0, 0);
     return { sessions, startIteration };
   } catch (e) {
     await closeSessions(opened).catch(() => undefined);

@@ -159,6 +159,11 @@ export enum PayloadKind {
   PAYLOAD_KIND_HIDDEN = 1,
   /** PAYLOAD_KIND_VELOCITY - Guided velocity [16, own frames, h, w] from the tail back to the head. */
   PAYLOAD_KIND_VELOCITY = 2,
+  /**
+   * PAYLOAD_KIND_GROUP - Between the members of a stage group, flat: inputs, all-to-all parts, gathered outputs, in
+   * the order every member's forward sends and takes them.
+   */
+  PAYLOAD_KIND_GROUP = 3,
 }
 
 export function payloadKindFromJSON(object: any): PayloadKind {
@@ -172,6 +177,9 @@ export function payloadKindFromJSON(object: any): PayloadKind {
     case 2:
     case "PAYLOAD_KIND_VELOCITY":
       return PayloadKind.PAYLOAD_KIND_VELOCITY;
+    case 3:
+    case "PAYLOAD_KIND_GROUP":
+      return PayloadKind.PAYLOAD_KIND_GROUP;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PayloadKind");
   }
@@ -185,6 +193,8 @@ export function payloadKindToJSON(object: PayloadKind): string {
       return "PAYLOAD_KIND_HIDDEN";
     case PayloadKind.PAYLOAD_KIND_VELOCITY:
       return "PAYLOAD_KIND_VELOCITY";
+    case PayloadKind.PAYLOAD_KIND_GROUP:
+      return "PAYLOAD_KIND_GROUP";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PayloadKind");
   }
@@ -327,7 +337,31 @@ export interface OpenSessionRequest {
    */
   grant: string;
   /** The next stage's worker's data plane, as it registered it; absent: tensors go over gRPC. */
-  nextDataPlane: DataPlaneEndpoint | undefined;
+  nextDataPlane:
+    | DataPlaneEndpoint
+    | undefined;
+  /**
+   * Absent: the stage runs on this worker alone. Present: the stage is a group of workers
+   * (docs/parallelism.md) and this session is member `rank`; rank 0 fronts the stage (the hops
+   * to the previous and next stage), the others hold shards and only talk to their group.
+   */
+  group: StageGroupSpec | undefined;
+}
+
+/** A stage run by ulysses x (cfg_parallel ? 2 : 1) workers; members[rank] is this session. */
+export interface StageGroupSpec {
+  ulysses: number;
+  cfgParallel: boolean;
+  rank: number;
+  members: StageGroupMember[];
+}
+
+/** Where a group member's session takes tensors from member r: session `<session_id>/from<r>`. */
+export interface StageGroupMember {
+  address: string;
+  sessionId: string;
+  token: string;
+  dataPlane: DataPlaneEndpoint | undefined;
 }
 
 /** What a worker's data plane accepts; it registers this, drivers pass it upstream. */
@@ -918,6 +952,7 @@ function createBaseOpenSessionRequest(): OpenSessionRequest {
     payloadScale: 0,
     grant: "",
     nextDataPlane: undefined,
+    group: undefined,
   };
 }
 
@@ -973,6 +1008,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     }
     if (message.nextDataPlane !== undefined) {
       DataPlaneEndpoint.encode(message.nextDataPlane, writer.uint32(138).fork()).join();
+    }
+    if (message.group !== undefined) {
+      StageGroupSpec.encode(message.group, writer.uint32(146).fork()).join();
     }
     return writer;
   },
@@ -1126,6 +1164,14 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
             message.nextDataPlane = DataPlaneEndpoint.decode(reader, reader.uint32());
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.group = StageGroupSpec.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1201,6 +1247,7 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
         : isSet(object.next_data_plane)
         ? DataPlaneEndpoint.fromJSON(object.next_data_plane)
         : undefined,
+      group: isSet(object.group) ? StageGroupSpec.fromJSON(object.group) : undefined,
     };
   },
 
@@ -1257,6 +1304,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     if (message.nextDataPlane !== undefined) {
       obj.nextDataPlane = DataPlaneEndpoint.toJSON(message.nextDataPlane);
     }
+    if (message.group !== undefined) {
+      obj.group = StageGroupSpec.toJSON(message.group);
+    }
     return obj;
   },
 
@@ -1285,6 +1335,259 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     message.grant = object.grant ?? "";
     message.nextDataPlane = (object.nextDataPlane !== undefined && object.nextDataPlane !== null)
       ? DataPlaneEndpoint.fromPartial(object.nextDataPlane)
+      : undefined;
+    message.group = (object.group !== undefined && object.group !== null)
+      ? StageGroupSpec.fromPartial(object.group)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStageGroupSpec(): StageGroupSpec {
+  return { ulysses: 0, cfgParallel: false, rank: 0, members: [] };
+}
+
+export const StageGroupSpec: MessageFns<StageGroupSpec> = {
+  encode(message: StageGroupSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.ulysses !== 0) {
+      writer.uint32(8).uint32(message.ulysses);
+    }
+    if (message.cfgParallel !== false) {
+      writer.uint32(16).bool(message.cfgParallel);
+    }
+    if (message.rank !== 0) {
+      writer.uint32(24).uint32(message.rank);
+    }
+    for (const v of message.members) {
+      StageGroupMember.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StageGroupSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStageGroupSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.ulysses = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.cfgParallel = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.rank = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.members.push(StageGroupMember.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StageGroupSpec {
+    return {
+      ulysses: isSet(object.ulysses) ? globalThis.Number(object.ulysses) : 0,
+      cfgParallel: isSet(object.cfgParallel)
+        ? globalThis.Boolean(object.cfgParallel)
+        : isSet(object.cfg_parallel)
+        ? globalThis.Boolean(object.cfg_parallel)
+        : false,
+      rank: isSet(object.rank) ? globalThis.Number(object.rank) : 0,
+      members: globalThis.Array.isArray(object?.members)
+        ? object.members.map((e: any) => StageGroupMember.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: StageGroupSpec): unknown {
+    const obj: any = {};
+    if (message.ulysses !== 0) {
+      obj.ulysses = Math.round(message.ulysses);
+    }
+    if (message.cfgParallel !== false) {
+      obj.cfgParallel = message.cfgParallel;
+    }
+    if (message.rank !== 0) {
+      obj.rank = Math.round(message.rank);
+    }
+    if (message.members?.length) {
+      obj.members = message.members.map((e) => StageGroupMember.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StageGroupSpec>): StageGroupSpec {
+    return StageGroupSpec.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StageGroupSpec>): StageGroupSpec {
+    const message = createBaseStageGroupSpec();
+    message.ulysses = object.ulysses ?? 0;
+    message.cfgParallel = object.cfgParallel ?? false;
+    message.rank = object.rank ?? 0;
+    message.members = object.members?.map((e) => StageGroupMember.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseStageGroupMember(): StageGroupMember {
+  return { address: "", sessionId: "", token: "", dataPlane: undefined };
+}
+
+export const StageGroupMember: MessageFns<StageGroupMember> = {
+  encode(message: StageGroupMember, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.sessionId !== "") {
+      writer.uint32(18).string(message.sessionId);
+    }
+    if (message.token !== "") {
+      writer.uint32(26).string(message.token);
+    }
+    if (message.dataPlane !== undefined) {
+      DataPlaneEndpoint.encode(message.dataPlane, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StageGroupMember {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStageGroupMember();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sessionId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.token = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.dataPlane = DataPlaneEndpoint.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StageGroupMember {
+    return {
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      sessionId: isSet(object.sessionId)
+        ? globalThis.String(object.sessionId)
+        : isSet(object.session_id)
+        ? globalThis.String(object.session_id)
+        : "",
+      token: isSet(object.token) ? globalThis.String(object.token) : "",
+      dataPlane: isSet(object.dataPlane)
+        ? DataPlaneEndpoint.fromJSON(object.dataPlane)
+        : isSet(object.data_plane)
+        ? DataPlaneEndpoint.fromJSON(object.data_plane)
+        : undefined,
+    };
+  },
+
+  toJSON(message: StageGroupMember): unknown {
+    const obj: any = {};
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.sessionId !== "") {
+      obj.sessionId = message.sessionId;
+    }
+    if (message.token !== "") {
+      obj.token = message.token;
+    }
+    if (message.dataPlane !== undefined) {
+      obj.dataPlane = DataPlaneEndpoint.toJSON(message.dataPlane);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StageGroupMember>): StageGroupMember {
+    return StageGroupMember.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StageGroupMember>): StageGroupMember {
+    const message = createBaseStageGroupMember();
+    message.address = object.address ?? "";
+    message.sessionId = object.sessionId ?? "";
+    message.token = object.token ?? "";
+    message.dataPlane = (object.dataPlane !== undefined && object.dataPlane !== null)
+      ? DataPlaneEndpoint.fromPartial(object.dataPlane)
       : undefined;
     return message;
   },
