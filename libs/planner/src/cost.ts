@@ -67,7 +67,7 @@ export interface GroupStageCost {
   /** compute + exchange: the member's forward, exchanges on its critical path. */
   readonly seconds: number;
   readonly computeSeconds: number;
-  /** The all-to-alls (two per layer) over the group's link, and the tail's gather. */
+  /** Rank 0's scatter and gather of the shards, the all-to-alls (two per layer) and the tail's gather, over the group's link. */
   readonly exchangeSeconds: number;
   /** Bytes one member sends to the others per block-step. */
   readonly exchangeBytes: number;
@@ -83,8 +83,10 @@ export interface GroupStageCost {
  * tokens; CFG parallel halves everything. Per layer, the forward all-to-all moves (U-1)/U of the
  * member's q, k, v and cached successor K/V, the backward one (U-1)/U of its attention output,
  * each over the group link (bytes / bandwidth + latency), not overlapped with compute (it sits
- * between the projections and the attention that needs it). The tail gathers the output head's
- * rows at one member.
+ * between the projections and the attention that needs it). Rank 0 fronts the stage: it takes the
+ * whole hidden states from the previous stage, sends each member its shard and gathers theirs
+ * back ((G-1)/G of the hidden states each way through its link; the head sends the window's
+ * latents, which are small); the tail gathers the output head's rows at rank 0 instead.
  */
 export function groupStageCost(m: ModelShape, layers: number, w: WindowShape, head: boolean, tail: boolean, group: StageGroupShape, profile: HardwareProfile): GroupStageCost {
   const U = group.ulysses;
@@ -107,9 +109,12 @@ export function groupStageCost(m: ModelShape, layers: number, w: WindowShape, he
   const extraRows = halves * Math.ceil(w.successorFrames / U) * w.tokensPerFrame;
   const perLayerBytes = U > 1 ? (4 * shardRows + 2 * extraRows) * D * 4 * others : 0;
   const gatherBytes = tail && groupWorkers(group) > 1 ? halves * Math.ceil(w.ownFrames / U) * w.tokensPerFrame * 4 * m.latentChannels * 4 : 0;
-  const exchangeBytes = layers * perLayerBytes + gatherBytes;
+  const G = groupWorkers(group);
+  const hidden = 2 * frames * w.tokensPerFrame * D * 4 * ((G - 1) / G);
+  const frontBytes = G > 1 ? (head ? 0 : hidden) + (tail ? 0 : hidden) : 0;
+  const exchangeBytes = layers * perLayerBytes + gatherBytes + frontBytes;
   const link = (bytes: number) => bytes / profile.groupLinkBytesPerSecond + profile.groupLinkLatencySeconds;
-  const exchangeSeconds = (U > 1 ? layers * 2 * link(perLayerBytes / 2) : 0) + (gatherBytes > 0 ? link(gatherBytes) : 0);
+  const exchangeSeconds = (U > 1 ? layers * 2 * link(perLayerBytes / 2) : 0) + (gatherBytes > 0 ? link(gatherBytes) : 0) + (frontBytes > 0 ? link(frontBytes) : 0);
   return { seconds: computeSeconds + exchangeSeconds, computeSeconds, exchangeSeconds, exchangeBytes, imbalance: share / even, rateLoss };
 }
 
@@ -254,8 +259,8 @@ export function predictPipelineSeconds(t: PipelineTiming): number {
  * The timing of a job on K stages of `profile` (or a layout: K stages of groups), as
  * predictPipelineSeconds takes it: every stage's forward of an average window, the hops between
  * stages, and, given the decoder, the decoding of each finished block on the tail. `limits` caps
- * the blocks and steps simulated (the prediction walks every block-step). In a group every member
- * sends its own shard of the hidden states to its counterpart in the next stage, in parallel.
+ * the blocks and steps simulated (the prediction walks every block-step). A group's rank 0 takes
+ * and sends the whole hidden states on the hops (groupStageCost charges its scatter and gather).
  */
 export function jobTiming(spec: JobSpec, model: ModelShape, layout: number | PipelineLayout, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }): PipelineTiming {
   const plan = planJob(spec);
@@ -265,10 +270,8 @@ export function jobTiming(spec: JobSpec, model: ModelShape, layout: number | Pip
   const stageSeconds = partitionLayers(model.layers, stages).map((r) =>
     grouped ? groupStageCost(model, r.l1 - r.l0, window, r.head, r.tail, group, profile).seconds : stageFlops(model, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond,
   );
-  const frames = window.prefixFrames + window.ownFrames;
-  const shardShare = ((group.cfgParallel ? 1 : 2) / 2) * (Math.ceil(frames / group.ulysses) / frames);
   const hop = (bytes: number) => bytes / profile.linkBytesPerSecond + profile.linkLatencySeconds;
-  const hopSeconds = stages === 1 ? [] : [...Array<number>(stages - 1).fill(hop(hiddenBytes(model, window) * shardShare)), hop(velocityBytes(model, window, plan.latentHeight, plan.latentWidth))];
+  const hopSeconds = stages === 1 ? [] : [...Array<number>(stages - 1).fill(hop(hiddenBytes(model, window))), hop(velocityBytes(model, window, plan.latentHeight, plan.latentWidth))];
   const B = spec.block;
   const send = (bytes: number) => bytes / profile.controllerLinkBytesPerSecond;
   const decode = decoder && {
