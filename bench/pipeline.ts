@@ -1,14 +1,15 @@
 /**
  * Pipeline benchmark: a long job (blocks >= 4K) of wan2.1-t2v-1.3b at 480p on K = 1, 2, 4, 8
- * emulated-compute workers (real processes, real gRPC streams, real Redis; each forward sleeps
- * for the modelled time of an H100 stage and each hop for the modelled NVLink transfer). What is
+ * emulated-compute workers, then layouts of stage groups (K=4 x U=2, K=2 x CFG; real processes,
+ * real gRPC streams, real Redis; each forward sleeps for the modelled time of an H100 stage or
+ * group member and each hop for the modelled NVLink transfer). What is
  * measured is what Longshot adds: scheduling, ordering, framing, bubbles. Beside each measured
  * time stands the latency model's prediction for the same schedule.
  */
 import { Redis } from 'ioredis';
 import { getConfig } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
-import { getProfile, jobTiming, normalizeSpec, planJob, predictPipelineSeconds, type JobSpec } from '@longshot/planner';
+import { describeLayout, getProfile, jobTiming, layoutWorkers, normalizeSpec, planJob, predictPipelineSeconds, type JobSpec, type PipelineLayout } from '@longshot/planner';
 import { LocalCluster } from '../apps/cli/src/local-cluster';
 import { layoutTable, printLayouts, printScaling, scalingTable } from './scaling';
 
@@ -28,15 +29,31 @@ if (!Number.isInteger(REPEAT) || REPEAT < 1) throw new Error('LONGSHOT_BENCH_REP
 /** K values to run (LONGSHOT_BENCH_STAGES=1,8 for a quick look); K = 1 is always the baseline. */
 const STAGES = (process.env.LONGSHOT_BENCH_STAGES ?? '1,2,4,8').split(',').map(Number);
 if (STAGES[0] !== 1 || STAGES.some((k) => !Number.isInteger(k) || k < 1 || k > 8)) throw new Error('LONGSHOT_BENCH_STAGES: a comma list of stage counts in 1..8 starting with 1');
+/**
+ * Layouts of stage groups to run after the K rows (docs/parallelism.md), LONGSHOT_BENCH_LAYOUTS:
+ * a comma list of K x U (x cfg), e.g. `4x2,2xcfg,2x2xcfg`; empty for none. At most 8 workers.
+ */
+const LAYOUTS = (process.env.LONGSHOT_BENCH_LAYOUTS ?? '4x2,2xcfg').split(',').filter(Boolean).map(parseLayout);
+
+function parseLayout(text: string): PipelineLayout {
+  const m = /^(\d+)(?:x(\d+))?(xcfg)?$/.exec(text.trim());
+  const layout = m ? { stages: Number(m[1]), ulysses: Number(m[2] ?? 1), cfgParallel: m[3] !== undefined } : null;
+  if (!layout || layout.stages < 1 || layout.ulysses < 1 || layoutWorkers(layout) > 8) throw new Error(`LONGSHOT_BENCH_LAYOUTS: '${text}' is not K x U (x cfg) of at most 8 workers, e.g. 4x2 or 2xcfg`);
+  return layout;
+}
 
 export interface PipelineRow {
   stages: number;
+  /** "K=4 x U=2": the stages' groups (docs/parallelism.md); "K=4" for single-worker stages. */
+  layout: string;
+  workers: number;
   /** Seconds of every run (LONGSHOT_BENCH_REPEAT); `seconds` is their median. */
   runs: number[];
   /** The head worker's host CPU per block-step (its /metrics before and after the run): JS thread, kernels, data plane. */
   headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number };
   seconds: number;
   speedup: number;
+  /** Speedup over K = 1 divided by the workers used. */
   efficiency: number;
   /** Seconds the latency model predicts for this schedule (same time scale). */
   predicted: number;
@@ -67,24 +84,28 @@ async function hostCpuOf(metricsAddress: string): Promise<{ js: number; kernels:
   return { js: part('js'), kernels: part('kernels'), dataplane: part('dataplane'), forwards: sum(/^longshot_stage_forward_seconds_count\{[^}]*\} (\S+)$/gm) };
 }
 
-function predict(spec: JobSpec): number {
-  return predictPipelineSeconds(jobTiming(spec, getConfig(spec.model), spec.stages, getProfile(PROFILE))) * TIME_SCALE;
+function predict(spec: JobSpec, layout: PipelineLayout): number {
+  return predictPipelineSeconds(jobTiming(spec, getConfig(spec.model), layout, getProfile(PROFILE))) * TIME_SCALE;
 }
 
 export async function pipelineBench(opts: { json: boolean }): Promise<object> {
-  const cluster = await LocalCluster.start({ workers: Math.max(...STAGES), name: 'bench', workerArgs: ['--emulate', PROFILE, '--time-scale', String(TIME_SCALE), '--capacity', '1', ...(process.env.LONGSHOT_BENCH_WORKER_ARGS ?? '').split(' ').filter(Boolean)] });
+  const measuredLayouts: PipelineLayout[] = [...STAGES.map((stages) => ({ stages, ulysses: 1, cfgParallel: false })), ...LAYOUTS];
+  const cluster = await LocalCluster.start({ workers: Math.max(...measuredLayouts.map(layoutWorkers)), name: 'bench', workerArgs: ['--emulate', PROFILE, '--time-scale', String(TIME_SCALE), '--capacity', '1', ...(process.env.LONGSHOT_BENCH_WORKER_ARGS ?? '').split(' ').filter(Boolean)] });
   const redis = new Redis(cluster.redisUrl);
   const rows: PipelineRow[] = [];
   try {
-    for (const K of STAGES) {
+    for (const layout of measuredLayouts) {
+      const K = layout.stages;
+      const workers = layoutWorkers(layout);
+      const name = describeLayout(layout);
       const spec = jobSpec(K);
       const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep'] }[] = [];
       for (let r = 0; r < REPEAT; r++) {
-        const id = `bench-pipeline-k${K}-${r}`;
+        const id = `bench-pipeline-${name.replace(/[^A-Za-z0-9]+/g, '-')}-${r}`;
         const before = new Map(await Promise.all([...cluster.workers.values()].map(async (w) => [w.id, await hostCpuOf(w.metricsAddress)] as const)));
         const t0 = performance.now();
         const run = await runDistributedJob(
-          { jobId: id, spec, keyPrefix: cluster.keys.jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE },
+          { jobId: id, spec, keyPrefix: cluster.keys.jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE, layout: { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel } },
           { ...cluster.driver(redis, id), onBlock: () => undefined },
         );
         const seconds = (performance.now() - t0) / 1000;
@@ -96,12 +117,12 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
       }
       const runs = measured.map((m) => m.seconds);
       const { seconds, headCpuPerBlockStep } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
-      const predicted = predict(spec);
+      const predicted = predict(spec, layout);
       const base = rows[0];
       const speedup = base ? base.seconds / seconds : 1;
       const predictedSpeedup = base ? base.predicted / predicted : 1;
-      rows.push({ stages: K, runs, headCpuPerBlockStep, seconds, speedup, efficiency: speedup / K, predicted, predictedEfficiency: predictedSpeedup / K });
-      if (!opts.json) console.log(`K=${K}: ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / K).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / K).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms`);
+      rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
+      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms`);
     }
   } finally {
     redis.disconnect();

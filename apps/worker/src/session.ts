@@ -33,7 +33,7 @@ import {
 import { workerMetrics } from './metrics';
 import type { RetainedMemorySampler } from './retained-memory';
 import { SessionError } from './session-error';
-import { GroupFront, GroupLink, groupMessageBound, groupPlace, serveGroupMember } from './stage-group';
+import { GroupFront, GroupLink, emulatedShapes, groupMessageBound, groupPlace, serveGroupMember, tensorShapes, type GroupShapes } from './stage-group';
 
 export { SessionError };
 
@@ -194,7 +194,6 @@ export class StageSession {
       } catch (e) {
         throw new SessionError('INVALID_ARGUMENT', `group: ${(e as Error).message}`);
       }
-      if (ctx.emulation) throw new SessionError('INVALID_ARGUMENT', 'group: stage groups need real compute, not --emulate');
       this.member = place.rank > 0;
     }
     if (req.role !== Role.ROLE_HEAD_TAIL && !this.member && !req.nextAddress) throw new SessionError('INVALID_ARGUMENT', 'next_address is required for a stage with a successor');
@@ -223,17 +222,23 @@ export class StageSession {
       error: (m, f) => ctx.log.error(m, { ...fields, ...f }),
     };
 
+    const link = place && new GroupLink(place, { credentials: ctx.credentials, dataPlane: ctx.dataPlane, onFailure: (e) => this.fail(e) });
+    this.group = link;
+    let stage: StageRunner;
+    let shapes: GroupShapes | null = null;
     if (ctx.emulation) {
-      this.runner = new EmulatedStage(this.config, range, { ...ctx.emulation, payloadScale });
-      this.link = new EmulatedLink({ ...ctx.emulation, payloadScale });
+      const emulation = { ...ctx.emulation, payloadScale };
+      const member = (rank: number) => new EmulatedStage(this.config, range, emulation, link ? { layout: link.place.layout, rank } : null);
+      stage = member(link?.rank ?? 0);
+      if (link) shapes = emulatedShapes(link.place.members.map((_, r) => member(r)), payloadScale, this.config);
+      this.link = new EmulatedLink(emulation);
     } else {
       const text = this.textOf(req);
-      const link = place && new GroupLink(place, { credentials: ctx.credentials, dataPlane: ctx.dataPlane, onFailure: (e) => this.fail(e) });
       const group = link ? { layout: link.place.layout, rank: link.rank, collective: link.collective() } : undefined;
-      const stage = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance, group });
-      this.group = link;
-      this.runner = link && !this.member ? new GroupFront(stage, link) : stage;
+      stage = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance, group });
+      if (link) shapes = tensorShapes(this.config, link.place.layout, range.head);
     }
+    this.runner = link && !this.member ? new GroupFront(stage, link, shapes!) : stage;
   }
 
   /** Session ids this session also takes tensors on: one per other member of its stage group. */
@@ -259,7 +264,7 @@ export class StageSession {
     // Until the driver watches (head) or the upstream sends (others), nothing claims this session.
     this.orphan('never claimed by a driver or an upstream stage', UNCLAIMED_GRACE_MS);
     if (this.member) {
-      void serveGroupMember(this.runner as Stage, this.group!, () => this.blockSteps++).catch((e) => this.fail(e));
+      void serveGroupMember(this.runner, this.group!, () => this.blockSteps++).catch((e) => this.fail(e));
       return 0;
     }
     if (!this.isHead) return 0;

@@ -1,5 +1,6 @@
 import type * as grpc from '@grpc/grpc-js';
-import { assembleSpan, groupSize, memberShard, shardSpan, type BlockStep, type Collective, type Stage, type StageLayout } from '@longshot/model';
+import { assembleSpan, groupSize, memberShard, shardSpan, type BlockStep, type Collective, type ModelConfig, type StageLayout } from '@longshot/model';
+import type { StageRunner } from '@longshot/pipeline';
 import {
   chooseHopTransport,
   createWorkerClient,
@@ -197,21 +198,46 @@ export class GroupLink {
   }
 }
 
+/** How rank 0 cuts a stage's input into the members' inputs and joins their outputs. */
+export interface GroupShapes {
+  inputs(step: BlockStep, input: Float32Array): Float32Array[];
+  join(step: BlockStep, parts: Float32Array[]): Float32Array;
+}
+
+/** Real tensors: token shards of the hidden states (the head's members: the whole window). */
+export function tensorShapes(config: ModelConfig, layout: StageLayout, head: boolean): GroupShapes {
+  const size = groupSize(layout);
+  return {
+    inputs: (step, input) => Array.from({ length: size }, (_, r) => (head ? input : shardSpan(input, layout, r, config.heads, windowSpan(step, config.dim)))),
+    join: (step, parts) => assembleSpan(parts, layout, config.heads, windowSpan(step, config.dim)),
+  };
+}
+
+/** Emulated compute: zeros of each member's (scaled) input size; the output is the stage's (scaled) size. */
+export function emulatedShapes(members: readonly { shardShare(step: BlockStep): number }[], payloadScale: number, config: ModelConfig): GroupShapes {
+  const hidden = (step: BlockStep) => 2 * (step.prefixFrames + step.ownFrames) * (step.height / 2) * (step.width / 2) * config.dim;
+  return {
+    inputs: (step, input) => members.map((m, r) => (r === 0 ? input : new Float32Array(Math.max(1, Math.ceil((hidden(step) * m.shardShare(step)) / payloadScale))))),
+    join: (step) => new Float32Array(Math.max(1, Math.ceil(hidden(step) / payloadScale))),
+  };
+}
+
 /**
  * Rank 0 of a stage group: from the pipeline's side the whole stage (it takes the stage's input
  * and returns its output, as a Stage does). It sends every other member its input (its token
  * shard; the head's members the whole window), runs its own shard, and gathers the members'
  * output shards (the tail's velocity is gathered inside the Stage).
  */
-export class GroupFront {
+export class GroupFront implements StageRunner {
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
-    private readonly stage: Stage,
+    private readonly stage: StageRunner,
     private readonly link: GroupLink,
+    private readonly shapes: GroupShapes,
   ) {}
 
-  get range(): Stage['range'] {
+  get range(): StageRunner['range'] {
     return this.stage.range;
   }
 
@@ -222,17 +248,15 @@ export class GroupFront {
   }
 
   private async run(step: BlockStep, input: Float32Array): Promise<Float32Array> {
-    const { layout, members } = this.link.place;
-    const c = this.stage.config;
-    const span = windowSpan(step, c.dim);
+    const { members } = this.link.place;
     this.link.current = step;
-    const inputs = members.map((_, r) => (this.range.head ? input : shardSpan(input, layout, r, c.heads, span)));
+    const inputs = this.shapes.inputs(step, input);
     const sent = Promise.all(members.map((_, r) => (r === 0 ? null : this.link.send(r, inputs[r]))));
     const own = await this.stage.forward(step, inputs[0]);
     await sent;
     if (this.range.tail) return own;
     const parts = [own, ...(await Promise.all(members.slice(1).map(async (_, i) => (await this.link.receive(i + 1)).data)))];
-    return assembleSpan(parts, layout, c.heads, span);
+    return this.shapes.join(step, parts);
   }
 }
 
@@ -241,7 +265,7 @@ export class GroupFront {
  * inside the forward), returns its output shard to rank 0 (not on the tail: the Stage gathers
  * there). Runs until the link fails or closes.
  */
-export async function serveGroupMember(stage: Stage, link: GroupLink, onForward: (step: BlockStep) => void): Promise<void> {
+export async function serveGroupMember(stage: StageRunner, link: GroupLink, onForward: (step: BlockStep) => void): Promise<void> {
   for (;;) {
     const { step, data } = await link.receive(0);
     link.current = step;

@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { BlockStep, ModelConfig, StageRange } from '@longshot/model';
-import { hiddenBytes, stageFlops, type HardwareProfile, type WindowShape } from '@longshot/planner';
+import { groupSize, memberShard, shardFrames, type BlockStep, type ModelConfig, type StageLayout, type StageRange } from '@longshot/model';
+import { groupStageCost, hiddenBytes, stageFlops, type HardwareProfile, type WindowShape } from '@longshot/planner';
 
 /** What a worker session computes with: a real Stage or its emulation. */
 export interface StageRunner {
@@ -40,21 +40,36 @@ export class EmulatedStage implements StageRunner {
     readonly config: ModelConfig,
     readonly range: StageRange,
     readonly options: EmulationOptions,
+    /** Member `rank` of a stage group (docs/parallelism.md): it takes a member's modelled time, exchanges included. */
+    readonly group: { readonly layout: StageLayout; readonly rank: number } | null = null,
   ) {}
 
   /** Modelled forward seconds of a block-step on this stage (already time-scaled). */
   forwardSeconds(step: BlockStep): number {
     const successor = this.lastBlock !== null && this.lastBlock.iteration === step.iteration && this.lastBlock.block === step.block + 1;
-    const flops = stageFlops(this.config, this.range.l1 - this.range.l0, windowOf(step, successor), this.range.head, this.range.tail);
-    return (flops / this.options.profile.flopsPerSecond) * this.options.timeScale;
+    const [layers, window, p] = [this.range.l1 - this.range.l0, windowOf(step, successor), this.options.profile];
+    const seconds =
+      this.group && groupSize(this.group.layout) > 1
+        ? groupStageCost(this.config, layers, window, this.range.head, this.range.tail, this.group.layout, p).seconds
+        : stageFlops(this.config, layers, window, this.range.head, this.range.tail) / p.flopsPerSecond;
+    return seconds * this.options.timeScale;
   }
 
-  /** Elements of this stage's output on the wire. */
+  /** Elements of this stage's output on the wire (a group member's: its shard; the tail's rank 0: the velocity). */
   outputSize(step: BlockStep): number {
     const full = this.range.tail
       ? this.config.latentChannels * step.ownFrames * step.height * step.width
-      : hiddenBytes(this.config, windowOf(step, false)) / 4;
+      : (hiddenBytes(this.config, windowOf(step, false)) / 4) * this.shardShare(step);
     return Math.max(1, Math.ceil(full / this.options.payloadScale));
+  }
+
+  /** The share of the whole hidden states a group member holds (1 outside a group). */
+  shardShare(step: BlockStep): number {
+    if (!this.group) return 1;
+    const m = memberShard(this.group.layout, this.group.rank, this.config.heads);
+    const frames = step.prefixFrames + step.ownFrames;
+    const [f0, f1] = shardFrames(frames, this.group.layout.ulysses, m.shard);
+    return (m.halves.length / 2) * ((f1 - f0) / frames);
   }
 
   /**

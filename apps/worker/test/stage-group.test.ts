@@ -1,0 +1,46 @@
+import { describe, expect, it } from 'vitest';
+import { getConfig } from '@longshot/model';
+import { GroupLink, groupMessageBound, groupPlace, inboxId } from '../src/stage-group';
+
+const member = (i: number) => ({ address: `127.0.0.1:${5000 + i}`, sessionId: `job.s1.m${i}`, token: `t${i}`.padEnd(24, 'x'), dataPlane: undefined });
+
+describe('stage group sessions (docs/parallelism.md)', () => {
+  it('groupPlace checks the layout, the member list and that this session is members[rank]', () => {
+    const members = [0, 1, 2, 3].map(member);
+    const spec = { ulysses: 2, cfgParallel: true, rank: 1, members };
+    expect(groupPlace(spec, members[1].sessionId, members[1].token)).toEqual({ layout: { ulysses: 2, cfgParallel: true }, rank: 1, members });
+    expect(() => groupPlace({ ...spec, members: members.slice(0, 3) }, members[1].sessionId, members[1].token)).toThrow(/group\.members lists 3 members, the layout has 4/);
+    expect(() => groupPlace({ ...spec, rank: 4 }, members[1].sessionId, members[1].token)).toThrow(/group\.rank must be in 0\.\.3, got 4/);
+    expect(() => groupPlace(spec, 'another', members[1].token)).toThrow(/group\.members\[1\] is not this session/);
+    expect(() => groupPlace({ ...spec, ulysses: 0 }, members[1].sessionId, members[1].token)).toThrow(/group\.ulysses must be a positive integer/);
+    const noToken = members.map((m, i) => (i === 2 ? { ...m, token: 'short' } : m));
+    expect(() => groupPlace({ ...spec, members: noToken }, members[1].sessionId, members[1].token)).toThrow(/group\.members\[2\] needs/);
+  });
+
+  it('a member takes each peer on its own inbox and delivers in order, before or after the receive', async () => {
+    const members = [0, 1, 2].map(member);
+    const link = new GroupLink(groupPlace({ ulysses: 3, cfgParallel: false, rank: 1, members }, members[1].sessionId, members[1].token), { dataPlane: { mode: 'grpc', hostId: '' }, onFailure: () => undefined });
+    expect(link.inboxes()).toEqual([inboxId(members[1].sessionId, 0), inboxId(members[1].sessionId, 2)]);
+    expect(link.peerOf(inboxId(members[1].sessionId, 2))).toBe(2);
+    expect(link.peerOf(inboxId(members[1].sessionId, 1))).toBeNull();
+    expect(link.peerOf(members[1].sessionId)).toBeNull();
+    const step = { iteration: 0, block: 0, step: 0, timestep: 999, prefixFrames: 0, ownFrames: 2, contextFrames: 1, height: 8, width: 8 };
+    link.deliver(0, step, Float32Array.of(1));
+    const waiting = link.receive(2);
+    link.deliver(2, step, Float32Array.of(2));
+    link.deliver(0, step, Float32Array.of(3));
+    expect((await link.receive(0)).data[0]).toBe(1);
+    expect((await waiting).data[0]).toBe(2);
+    expect((await link.receive(0)).data[0]).toBe(3);
+    const pending = link.receive(0);
+    await link.close();
+    await expect(pending).rejects.toThrow(/the stage group closed/);
+  });
+
+  it('bounds a group message by the block-step (five hidden states, or the window latents)', () => {
+    const c = getConfig('tiny');
+    const step = { iteration: 1, block: 1, step: 0, timestep: 999, prefixFrames: 1, ownFrames: 2, contextFrames: 1, height: 8, width: 8 };
+    expect(groupMessageBound(step, { ulysses: 2, cfgParallel: false }, c.heads, c.dim, c.latentChannels)).toBe(5 * 2 * 3 * 16 * 64);
+    expect(groupMessageBound(step, { ulysses: 1, cfgParallel: true }, c.heads, c.dim, c.latentChannels)).toBe((5 * 2 * 3 * 16 * 64) / 2);
+  });
+});
