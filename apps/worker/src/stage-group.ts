@@ -143,6 +143,8 @@ export class GroupLink {
       allToAll: async (parts) => {
         const peers = parts.map((_, j) => half * U + j);
         const sent = Promise.all(peers.map((r, j) => (r === this.rank ? null : this.send(r, parts[j]))));
+        // A failed send also fails the receives below; this one is awaited after them.
+        sent.catch(() => undefined);
         const got = await Promise.all(peers.map(async (r, j) => (r === this.rank ? parts[j] : (await this.receive(r)).data)));
         await sent;
         return got;
@@ -252,6 +254,7 @@ export class GroupFront implements StageRunner {
     this.link.current = step;
     const inputs = this.shapes.inputs(step, input);
     const sent = Promise.all(members.map((_, r) => (r === 0 ? null : this.link.send(r, inputs[r]))));
+    sent.catch(() => undefined);
     const own = await this.stage.forward(step, inputs[0]);
     await sent;
     if (this.range.tail) return own;
