@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { keySchemaOf, type KeySchema } from '@longshot/cache';
 import { modelsDirFlag } from '@longshot/model';
+import { DEFAULT_PLANNER_PROFILE } from '@longshot/planner';
 import { parseLogLevel, type LogLevel } from '@longshot/telemetry';
 import { parseCidr } from './webhooks/addresses';
 import { loadTlsFiles, parseGrantKeys, type GrantKey, type TlsFiles } from '@longshot/transport';
@@ -174,7 +175,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     replacementWaitMs: int('LONGSHOT_REPLACEMENT_WAIT_MS', env.LONGSHOT_REPLACEMENT_WAIT_MS, 30_000),
     retentionSeconds: int('LONGSHOT_RETENTION_SECONDS', env.LONGSHOT_RETENTION_SECONDS, 7 * 24 * 3600),
     keepCompletedJobs: int('LONGSHOT_KEEP_JOBS', env.LONGSHOT_KEEP_JOBS, 1000),
-    plannerProfile: env.LONGSHOT_PLANNER_PROFILE ?? 'h100-100gbe',
+    plannerProfile: env.LONGSHOT_PLANNER_PROFILE ?? DEFAULT_PLANNER_PROFILE,
     livenessIntervalMs: int('LONGSHOT_LIVENESS_MS', env.LONGSHOT_LIVENESS_MS, 500),
     reconcileIntervalMs: int('LONGSHOT_RECONCILE_MS', env.LONGSHOT_RECONCILE_MS, 10_000, 100),
     reconcileGraceMs: int('LONGSHOT_RECONCILE_GRACE_MS', env.LONGSHOT_RECONCILE_GRACE_MS, 5_000, 0),
