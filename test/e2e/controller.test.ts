@@ -156,7 +156,10 @@ describe('controller', () => {
       expect([r.result.sampler, r.result.shift]).toEqual(['unipc', 3]);
       // Each hop's transport: workers of one host on --data-plane auto share memory.
       const K = i + 1;
-      expect(r.result.hops).toEqual(K === 1 ? [] : Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: 'shm' })));
+      // Their modelled link: one host, no NVLink domain.
+      expect(r.result.hops).toEqual(K === 1 ? [] : Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: 'shm', link: expect.objectContaining({ kind: 'host' }) })));
+      expect(r.result.placement.map((p: any) => p.worker)).toEqual(r.workers);
+      expect(r.result.placement.every((p: any) => p.host === r.result.placement[0].host && p.host !== null && p.nvlinkDomain === null && p.gpu === null)).toBe(true);
       expect(r.progress.blocksDone).toBe(plan.blocks);
       const events = await streams[i];
       expect(events[0].event).toBe('queued');
