@@ -100,13 +100,13 @@ describe('placement by NVLink domain, then host', () => {
   });
 });
 
-describe('LeasedWorkers places a job in one NVLink domain (real Redis)', () => {
+/** Registers `fleet` in a Redis of its own around the enclosing describe block; `source(job)` leases from it. */
+function registeredFleet(fleet: () => WorkerInfo[]): { source(job: string): LeasedWorkers } {
   let t: TestRedis;
   const registries: WorkerRegistry[] = [];
   beforeAll(async () => {
     t = await testRedis();
-    // Least busy first alternates: a host without a domain (A) and a rack domain over hosts B and C.
-    for (const w of [on('A', 'a1'), inDomain('R', 'B', 'b1'), on('A', 'a2'), inDomain('R', 'C', 'c1'), inDomain('R', 'C', 'c2')]) {
+    for (const w of fleet()) {
       const r = new WorkerRegistry(t.redis, { keys: t.keys });
       await r.register(w);
       registries.push(r);
@@ -116,12 +116,19 @@ describe('LeasedWorkers places a job in one NVLink domain (real Redis)', () => {
     for (const r of registries) await r.deregister();
     await t?.close();
   });
+  return {
+    source: (job) =>
+      new LeasedWorkers({ leases: new WorkerLeases(t.redis, { keys: t.keys }), registry: new WorkerRegistry(t.redis, { keys: t.keys }), holder: { job, run: `${job}-run` }, model: 'tiny', leaseMs: 10_000, waitMs: 0 }),
+  };
+}
+
+describe('LeasedWorkers places a job in one NVLink domain (real Redis)', () => {
+  // Least busy first alternates: a host without a domain (A) and a rack domain over hosts B and C.
+  const { source } = registeredFleet(() => [on('A', 'a1'), inDomain('R', 'B', 'b1'), on('A', 'a2'), inDomain('R', 'C', 'c1'), inDomain('R', 'C', 'c2')]);
 
   it('leases three stages in the domain (one host first), hands out their topology, and the next job the rest', async () => {
-    const leases = new WorkerLeases(t.redis, { keys: t.keys });
-    const registry = new WorkerRegistry(t.redis, { keys: t.keys });
-    const first = new LeasedWorkers({ leases, registry, holder: { job: 'job-r', run: 'job-r-run' }, model: 'tiny', leaseMs: 10_000, waitMs: 0 });
-    const second = new LeasedWorkers({ leases, registry, holder: { job: 'job-a', run: 'job-a-run' }, model: 'tiny', leaseMs: 10_000, waitMs: 0 });
+    const first = source('job-r');
+    const second = source('job-a');
     try {
       const got = await first.tryLease(3);
       expect(got?.map((w) => w.id)).toEqual(['c1', 'c2', 'b1']);
@@ -136,24 +143,8 @@ describe('LeasedWorkers places a job in one NVLink domain (real Redis)', () => {
 });
 
 describe('LeasedWorkers places a job on one host (real Redis)', () => {
-  let t: TestRedis;
-  const registries: WorkerRegistry[] = [];
-  beforeAll(async () => {
-    t = await testRedis();
-    // Registered in an order that alternates hosts.
-    for (const w of [on('A', 'x1'), on('B', 'x2'), on('A', 'x3'), on('B', 'x4')]) {
-      const r = new WorkerRegistry(t.redis, { keys: t.keys });
-      await r.register(w);
-      registries.push(r);
-    }
-  });
-  afterAll(async () => {
-    for (const r of registries) await r.deregister();
-    await t?.close();
-  });
-
-  const source = (job: string) =>
-    new LeasedWorkers({ leases: new WorkerLeases(t.redis, { keys: t.keys }), registry: new WorkerRegistry(t.redis, { keys: t.keys }), holder: { job, run: `${job}-run` }, model: 'tiny', leaseMs: 10_000, waitMs: 0 });
+  // Registered in an order that alternates hosts.
+  const { source } = registeredFleet(() => [on('A', 'x1'), on('B', 'x2'), on('A', 'x3'), on('B', 'x4')]);
 
   it('leases two stages on one host, and the next job the other host', async () => {
     const first = source('job-1');
