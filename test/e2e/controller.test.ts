@@ -287,6 +287,8 @@ describe('controller', () => {
     expect((await job(next.json.id)).status).toBe('queued');
     const leased = (await api('GET', '/v1/workers')).json.items.filter((w: any) => w.lease?.job === id);
     expect(leased).toHaveLength(3);
+    // Their topology as registered: one host, CPU workers without an NVLink domain or a link speed.
+    expect(leased.map((w: any) => [w.host === leased[0].host && w.host !== null, w.nvlinkDomain, w.gpu, w.linkGbps])).toEqual(leased.map(() => [true, null, null, null]));
     const canceledBefore = metricValue(await (await fetch(`${controllerUrl(1)}/metrics`)).text(), 'longshot_job_duration_seconds_count{status="canceled"}');
     const t0 = Date.now();
     const c = await api('POST', `${controllerUrl(1)}/v1/videos/${id}/cancel`);
