@@ -4,6 +4,7 @@
  * with it, emulated workers sleep for it, and the pipeline benchmark prints it beside what it
  * measures.
  */
+import type { Link, ProfileLinks } from './links';
 import { partitionLayers } from './partition';
 import { planJob, type JobSpec } from './spec';
 
@@ -76,24 +77,51 @@ export interface HardwareProfile {
   readonly description: string;
   /** Sustained FLOP/s of a stage's forward (dense bf16 at a realistic utilisation). */
   readonly flopsPerSecond: number;
-  /** Link between neighbouring stages. */
+  /** Link between neighbouring stages when where they run is not known (the profile's typical interconnect). */
   readonly linkBytesPerSecond: number;
   readonly linkLatencySeconds: number;
+  /** Links by placement (links.ts `hopLink`): what a job's hops cross once its workers are known. */
+  readonly links: ProfileLinks;
   /** Link from a worker to the controller (decoded frames go over it). */
   readonly controllerLinkBytesPerSecond: number;
 }
 
 /**
- * Profiles for emulated compute. H100 SXM: ~989 TFLOP/s dense bf16, taken at 45% utilisation
- * (what video DiTs reach in practice); NVLink 4 ~450 GB/s per direction; 100 Gb/s Ethernet
- * ~12.5 GB/s with RDMA-class latency; PCIe-attached RTX 4090 as in the DualParal paper. The
- * controller is reached over the data-centre network (100 Gb/s; 10 Gb/s for the 4090 box).
+ * H100 SXM links by placement: one GPU (a device-to-device copy at about half of HBM3's
+ * 3.35 TB/s), NVLink 4 (~450 GB/s per direction), one host without a shared NVLink domain
+ * (through host memory over PCIe 5.0, ~25 GB/s after staging), and 100 Gb/s Ethernet (~12.5 GB/s,
+ * RDMA-class latency) when a worker did not register its link speed.
+ */
+const H100_LINKS: ProfileLinks = {
+  device: { bytesPerSecond: 1.5e12, latencySeconds: 5e-6 },
+  nvlink: { bytesPerSecond: 450e9, latencySeconds: 5e-6 },
+  host: { bytesPerSecond: 25e9, latencySeconds: 10e-6 },
+  network: { bytesPerSecond: 12.5e9, latencySeconds: 20e-6 },
+};
+
+/** RTX 4090 links: no NVLink (a reported domain is PCIe peer-to-peer), PCIe 4.0 x16, 10 Gb/s Ethernet. */
+const RTX4090_LINKS: ProfileLinks = {
+  device: { bytesPerSecond: 0.5e12, latencySeconds: 5e-6 },
+  nvlink: { bytesPerSecond: 25e9, latencySeconds: 10e-6 },
+  host: { bytesPerSecond: 12e9, latencySeconds: 10e-6 },
+  network: { bytesPerSecond: 1.25e9, latencySeconds: 50e-6 },
+};
+
+/**
+ * Profiles for emulated compute and the planner. H100 SXM: ~989 TFLOP/s dense bf16, taken at 45%
+ * utilisation (what video DiTs reach in practice); the two H100 profiles differ only in the link
+ * assumed where the placement is not known (NVLink, or 100 Gb/s Ethernet between pods);
+ * PCIe-attached RTX 4090 as in the DualParal paper. The controller is reached over the
+ * data-centre network (100 Gb/s; 10 Gb/s for the 4090 box).
  */
 export const HARDWARE_PROFILES: Readonly<Record<string, HardwareProfile>> = {
-  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 450e9, linkLatencySeconds: 5e-6, controllerLinkBytesPerSecond: 12.5e9 },
-  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 12.5e9, linkLatencySeconds: 20e-6, controllerLinkBytesPerSecond: 12.5e9 },
-  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6, controllerLinkBytesPerSecond: 1.25e9 },
+  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: H100_LINKS.nvlink.bytesPerSecond, linkLatencySeconds: H100_LINKS.nvlink.latencySeconds, links: H100_LINKS, controllerLinkBytesPerSecond: 12.5e9 },
+  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: H100_LINKS.network.bytesPerSecond, linkLatencySeconds: H100_LINKS.network.latencySeconds, links: H100_LINKS, controllerLinkBytesPerSecond: 12.5e9 },
+  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6, links: RTX4090_LINKS, controllerLinkBytesPerSecond: 1.25e9 },
 };
+
+/** The profile the controller plans with unless LONGSHOT_PLANNER_PROFILE says otherwise. */
+export const DEFAULT_PLANNER_PROFILE = 'h100-100gbe';
 
 export function getProfile(name: string): HardwareProfile {
   const p = HARDWARE_PROFILES[name];
@@ -174,18 +202,36 @@ export function predictPipelineSeconds(t: PipelineTiming): number {
   return end;
 }
 
+/** Bytes each hop of a job on K stages carries per block-step: hidden states, and the velocity tail to head (none for K = 1). */
+export function hopBytes(spec: JobSpec, model: ModelShape, stages: number): number[] {
+  const plan = planJob(spec);
+  const window = windowOf(spec);
+  return stages === 1 ? [] : [...Array<number>(stages - 1).fill(hiddenBytes(model, window)), velocityBytes(model, window, plan.latentHeight, plan.latentWidth)];
+}
+
+/** Seconds for `bytes` to cross `link`. */
+export const linkSeconds = (bytes: number, link: Link): number => bytes / link.bytesPerSecond + link.latencySeconds;
+
+function windowOf(spec: JobSpec): WindowShape {
+  const plan = planJob(spec);
+  return { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
+}
+
 /**
  * The timing of a job on K stages of `profile`, as predictPipelineSeconds takes it: every stage's
  * forward of an average window, the hops between stages, and, given the decoder, the decoding of
  * each finished block on the tail. `limits` caps the blocks and steps simulated (the prediction
- * walks every block-step).
+ * walks every block-step). `links`: each hop's link in ring order (`placementLinks` of the
+ * workers a job leased); without, every hop crosses the profile's default link.
  */
-export function jobTiming(spec: JobSpec, model: ModelShape, stages: number, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }): PipelineTiming {
+export function jobTiming(spec: JobSpec, model: ModelShape, stages: number, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }, links?: readonly Link[]): PipelineTiming {
   const plan = planJob(spec);
-  const window = { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
+  const window = windowOf(spec);
   const stageSeconds = partitionLayers(model.layers, stages).map((r) => stageFlops(model, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond);
-  const hop = (bytes: number) => bytes / profile.linkBytesPerSecond + profile.linkLatencySeconds;
-  const hopSeconds = stages === 1 ? [] : [...Array<number>(stages - 1).fill(hop(hiddenBytes(model, window))), hop(velocityBytes(model, window, plan.latentHeight, plan.latentWidth))];
+  const bytes = hopBytes(spec, model, stages);
+  if (links && links.length !== bytes.length) throw new RangeError(`need one link per hop: ${bytes.length} hops for ${stages} stages, got ${links.length} links`);
+  const defaultLink = { bytesPerSecond: profile.linkBytesPerSecond, latencySeconds: profile.linkLatencySeconds };
+  const hopSeconds = bytes.map((b, k) => linkSeconds(b, links?.[k] ?? defaultLink));
   const B = spec.block;
   const send = (bytes: number) => bytes / profile.controllerLinkBytesPerSecond;
   const decode = decoder && {

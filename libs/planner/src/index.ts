@@ -3,3 +3,4 @@ export * from './partition';
 export * from './spec';
 export * from './cost';
 export * from './checkpoint';
+export * from './links';
