@@ -9,6 +9,7 @@ const BENCHES: Record<string, () => Promise<(opts: { json: boolean }) => Promise
   kernels: async () => (await import('./kernels')).kernelsBench,
   transport: async () => (await import('./transport')).transportBench,
   pipeline: async () => (await import('./pipeline')).pipelineBench,
+  scaling: async () => (await import('./scaling')).scalingBench,
   gpu: async () => (await import('./gpu')).gpuBench,
   load: async () => (await import('./load')).loadBench,
   vae: async () => (await import('./vae')).vaeBench,

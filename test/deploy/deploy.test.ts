@@ -51,14 +51,16 @@ const isObj = (v: unknown): v is Obj => v !== null && typeof v === 'object' && !
 function smpMerge(base: unknown, patch: unknown): unknown {
   if (!isObj(base) || !isObj(patch)) {
     if (Array.isArray(base) && Array.isArray(patch) && [...base, ...patch].every((e) => isObj(e) && typeof e.name === 'string')) {
-      // Lists of named items (containers, env, ports, volumes, volumeMounts) merge by name.
+      // Lists of named items (containers, env, ports, volumes, volumeMounts) merge by name; items
+      // only the patch has come first, in its order (as kubectl kustomize puts them).
       const out = base.map((e) => ({ ...e }));
+      const added: Obj[] = [];
       for (const p of patch as Obj[]) {
         const i = out.findIndex((e) => e.name === p.name);
         if (i >= 0) out[i] = smpMerge(out[i], p) as Obj;
-        else out.push(p);
+        else added.push(p);
       }
-      return out;
+      return [...added, ...out];
     }
     return patch;
   }
@@ -410,6 +412,12 @@ describe('overlays', () => {
     expect(w.spec.template.spec.nodeSelector['nvidia.com/gpu.product']).toMatch(/H100/);
     expect(w.spec.template.spec.tolerations.some((t: Obj) => t.key === 'nvidia.com/gpu')).toBe(true);
     expect(flagValue(c.args, '--backend')).not.toBe('cpu');
+    // Topology: the node is the NVLink domain (one NVSwitch per HGX node), 100 Gb/s between nodes;
+    // the base's env stays (merged by name).
+    const env = (name: string) => c.env.find((e: Obj) => e.name === name);
+    expect(env('LONGSHOT_NVLINK_DOMAIN')).toEqual({ name: 'LONGSHOT_NVLINK_DOMAIN', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } });
+    expect(env('LONGSHOT_LINK_GBPS').value).toBe('100');
+    expect(env('POD_IP')).toBeDefined();
     const so = one(r, 'ScaledObject', 'longshot-worker');
     expect(so.spec.scaleTargetRef).toMatchObject({ kind: 'Deployment', name: 'longshot-worker' });
     expect(so.spec.triggers.length).toBeGreaterThan(0);

@@ -156,7 +156,10 @@ describe('controller', () => {
       expect([r.result.sampler, r.result.shift]).toEqual(['unipc', 3]);
       // Each hop's transport: workers of one host on --data-plane auto share memory.
       const K = i + 1;
-      expect(r.result.hops).toEqual(K === 1 ? [] : Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: 'shm' })));
+      // Their modelled link: one host, no NVLink domain.
+      expect(r.result.hops).toEqual(K === 1 ? [] : Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: 'shm', link: expect.objectContaining({ kind: 'host' }) })));
+      expect(r.result.placement.map((p: any) => p.worker)).toEqual(r.workers);
+      expect(r.result.placement.every((p: any) => p.host === r.result.placement[0].host && p.host !== null && p.nvlinkDomain === null && p.gpu === null)).toBe(true);
       expect(r.progress.blocksDone).toBe(plan.blocks);
       const events = await streams[i];
       expect(events[0].event).toBe('queued');
@@ -284,6 +287,8 @@ describe('controller', () => {
     expect((await job(next.json.id)).status).toBe('queued');
     const leased = (await api('GET', '/v1/workers')).json.items.filter((w: any) => w.lease?.job === id);
     expect(leased).toHaveLength(3);
+    // Their topology as registered: one host, CPU workers without an NVLink domain or a link speed.
+    expect(leased.map((w: any) => [w.host === leased[0].host && w.host !== null, w.nvlinkDomain, w.gpu, w.linkGbps])).toEqual(leased.map(() => [true, null, null, null]));
     const canceledBefore = metricValue(await (await fetch(`${controllerUrl(1)}/metrics`)).text(), 'longshot_job_duration_seconds_count{status="canceled"}');
     const t0 = Date.now();
     const c = await api('POST', `${controllerUrl(1)}/v1/videos/${id}/cancel`);

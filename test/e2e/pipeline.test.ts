@@ -10,7 +10,7 @@ import { Stitcher } from '@longshot/media';
 import { encodePrompt, getConfig, modelBlockDecoder, resolveModel, seededStageWeights, Stage } from '@longshot/model';
 import { buildSchedule, jobSchedulerConfig, WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 import { BlockQueue, FAILOVER_REASONS, runDistributedJob, runLocalPipeline, type DistributedResult, type Failover } from '@longshot/pipeline';
-import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
+import { DEFAULT_PLANNER_PROFILE, getProfile, normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
 import { createWorkerClient, DataPlaneTransport, encodePayload, HOP_TRANSPORTS, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { renderLocal, textFor } from '../../apps/cli/src/render';
@@ -88,8 +88,11 @@ describe('DualParal across worker processes', () => {
       expect(r.latentSha256, `K = ${K}`).toBe(reference);
       expect(new Set(r.workers).size).toBe(K);
       expect(r.recomputedBlockSteps).toBe(0);
-      // --data-plane auto (the default): every hop, the tail's back to the head included, is native.
-      expect(r.hops, `K = ${K}`).toEqual(Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: DEFAULT_HOP })));
+      // --data-plane auto (the default): every hop, the tail's back to the head included, is native;
+      // one host without NVLink domains, so the cost model gives every hop the host link.
+      expect(r.hops, `K = ${K}`).toEqual(Array.from({ length: K }, (_, k) => ({ from: k, to: (k + 1) % K, transport: DEFAULT_HOP, link: expect.objectContaining({ kind: 'host' }) })));
+      expect(r.placement.map((p) => [p.stage, p.worker, p.nvlinkDomain, p.gpu])).toEqual(r.workers.map((w, k) => [k, w, null, null]));
+      expect(new Set(r.placement.map((p) => p.host)).size).toBe(1);
     }
     // Euler stays selectable and distributes the same way; it is a different solve.
     const euler = await inProcess(spec({ sampler: 'euler' }));
@@ -223,7 +226,8 @@ describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
   let forced: LocalCluster;
   let forcedRedis: Redis;
   beforeAll(async () => {
-    forced = await LocalCluster.start({ workers: 2, name: `${mode}-only`, workerArgs: ['--data-plane', mode] });
+    // Registered in one NVLink domain: the hops' modelled links are NVLink whatever moves the bytes.
+    forced = await LocalCluster.start({ workers: 2, name: `${mode}-only`, workerArgs: ['--data-plane', mode, '--nvlink-domain', `e2e-${mode}`, '--link-gbps', '100'] });
     forcedRedis = new Redis(forced.redisUrl);
   });
   afterAll(async () => {
@@ -235,10 +239,12 @@ describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
     const s = spec({ stages: 2 });
     const r = await distributed(s, `${mode}-only`, {}, { cluster: forced, redis: forcedRedis });
     expect(r.latentSha256).toBe(await inProcess(s));
+    const nvlink = { kind: 'nvlink', ...getProfile(DEFAULT_PLANNER_PROFILE).links.nvlink, seconds: expect.any(Number) };
     expect(r.hops).toEqual([
-      { from: 0, to: 1, transport: mode },
-      { from: 1, to: 0, transport: mode },
+      { from: 0, to: 1, transport: mode, link: nvlink },
+      { from: 1, to: 0, transport: mode, link: nvlink },
     ]);
+    expect(r.placement.map((p) => p.nvlinkDomain)).toEqual([`e2e-${mode}`, `e2e-${mode}`]);
     const bytes = { grpc: 0, tcp: 0, shm: 0 };
     for (const w of forced.workers.values()) {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();

@@ -14,7 +14,12 @@ const COLUMNS = [
   ],
   ['sessions', (w) => `${w.sessions} / ${w.capacity}`],
   ['models', (w) => w.models.join(', ')],
-  ['backend', (w) => w.backend],
+  ['backend', (w) => (w.gpu ? h('span', {}, w.backend, h('br'), h('span', { class: 'small' }, `GPU ${w.gpu.index}: ${w.gpu.name}`)) : w.backend)],
+  [
+    'placement',
+    (w) =>
+      h('span', { class: 'mono small wrap' }, `host ${w.host ?? '–'}`, h('br'), `NVLink ${w.nvlinkDomain ?? '–'}`, h('br'), `link ${w.linkGbps === null ? '–' : `${w.linkGbps} Gb/s`}`),
+  ],
   ['numerics', (w) => h('span', { class: 'mono small wrap' }, w.numerics)],
   ['started', (w) => time(w.startedAt)],
 ];

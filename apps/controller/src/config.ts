@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { keySchemaOf, type KeySchema } from '@longshot/cache';
 import { modelsDirFlag } from '@longshot/model';
+import { DEFAULT_PLANNER_PROFILE, getProfile } from '@longshot/planner';
 import { parseLogLevel, type LogLevel } from '@longshot/telemetry';
 import { parseCidr } from './webhooks/addresses';
 import { loadTlsFiles, parseGrantKeys, type GrantKey, type TlsFiles } from '@longshot/transport';
@@ -174,7 +175,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): ControllerCo
     replacementWaitMs: int('LONGSHOT_REPLACEMENT_WAIT_MS', env.LONGSHOT_REPLACEMENT_WAIT_MS, 30_000),
     retentionSeconds: int('LONGSHOT_RETENTION_SECONDS', env.LONGSHOT_RETENTION_SECONDS, 7 * 24 * 3600),
     keepCompletedJobs: int('LONGSHOT_KEEP_JOBS', env.LONGSHOT_KEEP_JOBS, 1000),
-    plannerProfile: env.LONGSHOT_PLANNER_PROFILE ?? 'h100-100gbe',
+    plannerProfile: plannerProfile(env.LONGSHOT_PLANNER_PROFILE),
     livenessIntervalMs: int('LONGSHOT_LIVENESS_MS', env.LONGSHOT_LIVENESS_MS, 500),
     reconcileIntervalMs: int('LONGSHOT_RECONCILE_MS', env.LONGSHOT_RECONCILE_MS, 10_000, 100),
     reconcileGraceMs: int('LONGSHOT_RECONCILE_GRACE_MS', env.LONGSHOT_RECONCILE_GRACE_MS, 5_000, 0),
@@ -213,6 +214,16 @@ function webhookSecret(raw: string | undefined): string | null {
   if (raw === undefined || raw === '') return null;
   if (raw.length < 16) throw new Error(`LONGSHOT_WEBHOOK_SECRET must be at least 16 characters (got ${raw.length})`);
   return raw;
+}
+
+/** A known hardware profile (every job's modelled hop links use it, not only the planner's K). */
+function plannerProfile(raw: string | undefined): string {
+  const name = raw || DEFAULT_PLANNER_PROFILE;
+  try {
+    return getProfile(name).name;
+  } catch (e) {
+    throw new Error(`LONGSHOT_PLANNER_PROFILE: ${(e as Error).message}`);
+  }
 }
 
 /** A comma-separated list of CIDR ranges, each checked (the error names the variable and the entry). */

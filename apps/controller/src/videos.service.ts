@@ -151,8 +151,8 @@ export class VideosService {
       attempts: rec.attempts,
       owner: rec.owner,
       numerics: rec.numerics,
-      // Records written before hops were reported have none.
-      result: rec.result ? { ...rec.result, hops: rec.result.hops ?? [] } : null,
+      // Records written before hops, their links or the placement were reported lack them.
+      result: rec.result ? { ...rec.result, hops: (rec.result.hops ?? []).map((h) => ({ ...h, link: h.link ?? null })), placement: rec.result.placement ?? [] } : null,
       error: rec.error,
       createdAt: iso(rec.createdAt),
       startedAt: iso(rec.startedAt),
@@ -266,6 +266,10 @@ export class VideosService {
           backend: w.backend,
           numerics: w.numerics,
           startedAt: iso(w.startedAt),
+          host: w.dataPlane?.hostId || null,
+          nvlinkDomain: w.topology?.nvlinkDomain || null,
+          gpu: w.topology?.gpu ?? null,
+          linkGbps: w.topology?.linkGbps || null,
         };
       }),
     };

@@ -26,6 +26,12 @@ describe('controller config: identity', () => {
     expect(() => loadConfig([], { ...env, LONGSHOT_SESSION_SECRET: 'short' })).toThrow(/LONGSHOT_SESSION_SECRET/);
   });
 
+  it('plans on a known hardware profile, h100-100gbe by default, naming the variable of an unknown one', () => {
+    expect(loadConfig([], env).plannerProfile).toBe('h100-100gbe');
+    expect(loadConfig([], { ...env, LONGSHOT_PLANNER_PROFILE: 'h100-nvlink' }).plannerProfile).toBe('h100-nvlink');
+    expect(() => loadConfig([], { ...env, LONGSHOT_PLANNER_PROFILE: 'a100' })).toThrow(/^LONGSHOT_PLANNER_PROFILE: unknown hardware profile 'a100' \(known: h100-nvlink, h100-100gbe, rtx4090-pcie\)/);
+  });
+
   it('reads per-tenant limits over the defaults, naming a bad entry', () => {
     const defaults = { requestsPerMinute: 600, maxJobCost: 0 };
     expect(parseTenantLimits('{"acme":{"maxJobCost":5}}', defaults).get('acme')).toEqual({ requestsPerMinute: 600, maxJobCost: 5 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { getConfig, seededVaeConfig, vaeDecodeFlops, WAN21_VAE } from '@longshot/model';
-import { getProfile, jobTiming, normalizeSpec, planJob, predictPipelineSeconds } from '@longshot/planner';
+import { getProfile, jobTiming, normalizeSpec, placementLinks, planJob, predictPipelineSeconds } from '@longshot/planner';
 import { chooseStages, pickStages, predictJobSeconds } from '../src/planning';
 
 const MODELS = ['tiny', 'small', 'wan2.1-t2v-1.3b', 'wan2.1-t2v-14b'];
@@ -43,6 +43,22 @@ describe('chooseStages (K when a job leaves --stages open)', () => {
     expect(slow).toBeLessThan(fast);
     // A frame of 16x16 pixels is one token's worth of work per layer: every hop costs more than it saves.
     expect(chooseStages(normalizeSpec({ prompt: 'x', width: 16, height: 16, seconds: 1 }), tiny, seededVaeConfig(tiny), 64, 'h100-100gbe')).toBe(1);
+  });
+
+  it('prices each K on the links of the workers it would lease, not the profile\'s one link', () => {
+    const tiny = getConfig('tiny');
+    const s = spec480p('tiny');
+    const vae = seededVaeConfig(tiny);
+    const L = getProfile('h100-100gbe').links;
+    const all = (link: typeof L.nvlink) => (K: number) => (K === 1 ? [] : Array(K).fill(link));
+    // Leased in one NVLink domain, the 100 GbE profile chooses as the NVLink profile does, and the other way round.
+    expect(chooseStages(s, tiny, vae, 64, 'h100-100gbe', all(L.nvlink))).toBe(chooseStages(s, tiny, vae, 64, 'h100-nvlink'));
+    expect(chooseStages(s, tiny, vae, 64, 'h100-nvlink', all(L.network))).toBe(chooseStages(s, tiny, vae, 64, 'h100-100gbe'));
+    // Nodes of 8 GPUs, each its own NVLink domain, 100 GbE between them: in between.
+    const nodes = (K: number) => placementLinks(Array.from({ length: K }, (_, k) => ({ host: `n${k >> 3}`, nvlinkDomain: `n${k >> 3}`, gpu: `GPU-${k}`, nicBytesPerSecond: 12.5e9 })), L);
+    const mixed = chooseStages(s, tiny, vae, 64, 'h100-100gbe', nodes);
+    expect(mixed).toBeGreaterThanOrEqual(chooseStages(s, tiny, vae, 64, 'h100-100gbe'));
+    expect(mixed).toBeLessThanOrEqual(chooseStages(s, tiny, vae, 64, 'h100-nvlink'));
   });
 
   it('is deterministic and rejects an unknown hardware profile', () => {

@@ -43,17 +43,19 @@ export const TRAIN = {
   },
 } satisfies CommandSpec;
 
+/** `--metrics-port N` of the trainer's commands: a TCP port, 0 for any free one. */
+export function metricsPortFlag(raw: string | undefined): number | undefined {
+  const n = intFlag('metrics-port', raw);
+  if (n !== undefined && (n < 0 || n > 65535)) throw new UsageError(`--metrics-port: expected a port in 0..65535, got ${n}`);
+  return n;
+}
+
 export function trainerConfig(argv: string[], env: NodeJS.ProcessEnv): TrainerConfig {
   const f = parseCommand(TRAIN, argv).values;
   const int = (name: 'threads' | 'vae-steps' | 'dit-steps' | 'dit-clips'): number | null => {
     const n = intFlag(name, f[name]);
     if (n !== undefined && n < 1) throw new UsageError(`--${name}: expected a positive integer, got ${n}`);
     return n ?? null;
-  };
-  const port = (name: 'metrics-port'): number | undefined => {
-    const n = intFlag(name, f[name]);
-    if (n !== undefined && (n < 0 || n > 65535)) throw new UsageError(`--${name}: expected a port in 0..65535, got ${n}`);
-    return n;
   };
   const smoke = f.smoke === true;
   const workdir = path.resolve(f.workdir ?? (smoke ? path.join(os.tmpdir(), `longshot-train-smoke-${process.pid}`) : path.join('.longshot', 'train')));
@@ -68,7 +70,7 @@ export function trainerConfig(argv: string[], env: NodeJS.ProcessEnv): TrainerCo
     vaeSteps: int('vae-steps') ?? (smoke ? 10 : null),
     ditSteps: int('dit-steps') ?? (smoke ? 30 : null),
     ditClips: int('dit-clips') ?? (smoke ? 16 : null),
-    metricsPort: port('metrics-port') ?? (smoke ? 0 : 9467),
+    metricsPort: metricsPortFlag(f['metrics-port']) ?? (smoke ? 0 : 9467),
   };
 }
 

@@ -1,5 +1,5 @@
 /**
- * `npm run eval -- [--model NAME|DIR] [--floor NAME|DIR] [--prompts N] [--seeds N] [--json]`:
+ * `npm run eval -- [--model NAME|DIR] [--floor NAME|DIR] [--prompts N] [--seeds N] [--metrics-port N] [--json]`:
  * renders the held-out captions with the trained model and with the floor (a model that never
  * saw a clip) and prints how often each shows the asked colour, shape and motion, how close it
  * is to the generator, and how visible the block seams of long videos are (docs/quality.md).
@@ -11,17 +11,20 @@ import { flagged, reportError } from '@longshot/cli/src/errors';
 import { stoppable, Stopped } from '@longshot/cli/src/signals';
 import { resolveModel } from '@longshot/model';
 import { framesOf, latentFramesOf, normalizeSpec, SpecError } from '@longshot/planner';
-import { applyTrainerEnvironment, trainerEnvironment } from './config';
+import { applyTrainerEnvironment, metricsPortFlag, trainerEnvironment } from './config';
+import { withMetrics } from './metrics';
 import { pipelineDirOf, SEEDED_FLOOR, seededFloor } from './floor';
 import { EVAL_DEFAULTS, evaluateModel, type EvalSettings, type ModelFigures } from './evaluation';
 import { heldOutPrompts, loadGrammar, requireParts, type CaptionParts, type Grammar } from './grammar';
 
+/** Next to the trainer's 9467, so a training run and an evaluation can be scraped side by side. */
+const EVAL_METRICS_PORT = 9468;
 const DEFAULT_SEAM_FRAMES = (g: Grammar) => framesOf(EVAL_DEFAULTS.seamFactor * latentFramesOf(g.frames));
 
 export const EVAL = {
   name: 'eval',
   summary: 'quality of a shapes model on the held-out captions, against the floor',
-  usage: 'npm run eval -- [--model NAME|DIR] [--floor NAME|DIR] [--prompts N] [--seeds N] [--json]',
+  usage: 'npm run eval -- [--model NAME|DIR] [--floor NAME|DIR] [--prompts N] [--seeds N] [--metrics-port N] [--json]',
   description:
     'Renders each held-out caption x seed in this process (one stage, blocks of 4, context 2, 20 steps, ' +
     "the grammar's size, frames and fps) with the model and with the floor, measures colour, shape and motion " +
@@ -36,6 +39,7 @@ export const EVAL = {
     'seam-prompts': { value: 'N', help: 'the first captions (seed 0) rendered as long videos for the seam scores, 0 for none', default: `${EVAL_DEFAULTS.seamPrompts} or all the captions when fewer` },
     'seam-frames': { value: 'N', help: "frames of the seam videos (4n+1, whole blocks, at least two)", default: '8x the clip length: 253' },
     out: { value: 'DIR', help: 'where the MP4s go, a folder per model', default: 'out/eval' },
+    'metrics-port': { value: 'N', help: 'Prometheus /metrics on 127.0.0.1 while it runs, 0 = any free port; the last state is also written to <out>/metrics.prom', default: String(EVAL_METRICS_PORT) },
     json: { help: 'print one JSON object on stdout instead of the table' },
   },
 } satisfies CommandSpec;
@@ -102,12 +106,16 @@ export async function evalCommand(argv: string[]): Promise<{ report: EvalReport;
     seamFrames: seamFramesFrom(g, f['seam-frames']),
     out: path.resolve(f.out ?? path.join('out', 'eval')),
   };
+  const metricsPort = metricsPortFlag(f['metrics-port']) ?? EVAL_METRICS_PORT;
   const started = performance.now();
   const progress = (line: string) => process.stderr.write(`eval: ${line}\n`);
-  const figures = await stoppable(async (signal) => ({
-    model: await evaluateModel(g, model, modelName, 'model', prompts, settings, progress, signal),
-    floor: await evaluateModel(g, floor, floorName, 'floor', prompts, settings, progress, signal),
-  }));
+  fs.mkdirSync(settings.out, { recursive: true });
+  const figures = await withMetrics(metricsPort, path.join(settings.out, 'metrics.prom'), (url) => progress(`metrics on ${url}`), () =>
+    stoppable(async (signal) => ({
+      model: await evaluateModel(g, model, modelName, 'model', prompts, settings, progress, signal),
+      floor: await evaluateModel(g, floor, floorName, 'floor', prompts, settings, progress, signal),
+    })),
+  );
   const { out: _out, ...rest } = settings;
   const report = {
     model: modelName,

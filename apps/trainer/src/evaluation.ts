@@ -11,6 +11,7 @@ import type { ModelSource, TextEmbeddings } from '@longshot/model';
 import { hiddenBytes, latentFramesOf, normalizeSpec, type JobSpec } from '@longshot/planner';
 import { analyseVideo, fidelityOf, seamScore, type Fidelity, type SeamScore, type Video } from './analysis';
 import { composeCaption, type CaptionParts, type Grammar } from './grammar';
+import { evalMetrics, type EvalRole } from './metrics';
 
 /** How every clip is rendered: the grammar's geometry, DualParal with blocks of 4 and context 2. */
 export interface EvalSettings {
@@ -160,7 +161,7 @@ export async function evaluateModel(
   g: Grammar,
   model: ModelSource,
   modelName: string,
-  label: string,
+  label: EvalRole,
   prompts: readonly CaptionParts[],
   s: EvalSettings,
   progress: EvalProgress,
@@ -171,20 +172,6 @@ export async function evaluateModel(
   const dir = path.join(s.out, label);
   const perVideo: VideoFigures[] = [];
   const total = prompts.length * s.seeds;
-  for (const parts of prompts) {
-    const prompt = composeCaption(g, parts);
-    for (let seed = 0; seed < s.seeds; seed++) {
-      const spec = renderer.spec(prompt, seed, g.frames, s.block, s.context, s.steps);
-      const { video, seconds } = await renderer.render(spec, path.join(dir, `${slug(parts)}-seed${seed}.mp4`));
-      const a = analyseVideo(g, video);
-      const correct = { colour: a.colour === parts.colour, shape: a.shape === parts.shape, motion: a.motion === parts.motion };
-      perVideo.push({ prompt, seed, colour: a.colour, shape: a.shape, motion: a.motion, correct, fidelity: fidelityOf(g, a, parts), seconds });
-      const mark = (ok: boolean, got: string | null) => `${ok ? '+' : '-'}${got ?? 'none'}`;
-      progress(`${label} ${perVideo.length}/${total} ${seconds.toFixed(1)}s '${prompt}' seed ${seed}: colour ${mark(correct.colour, a.colour)} shape ${mark(correct.shape, a.shape)} motion ${mark(correct.motion, a.motion)}`);
-    }
-  }
-
-  const seamVideos: SeamVideo[] = [];
   const seamLatents = latentFramesOf(s.seamFrames);
   const modes: { mode: SeamMode; block: number; context: number }[] = [
     { mode: 'dualParal', block: s.block, context: s.context },
@@ -194,6 +181,29 @@ export async function evaluateModel(
   const seamParts = prompts.slice(0, s.seamPrompts);
   const onePass = onePassFits(model, renderer.spec(composeCaption(g, prompts[0]), 0, s.seamFrames, seamLatents, 0, s.steps));
   const onePassSkipped = onePass.fits ? null : `one block of ${seamLatents} latent frames needs about ${(onePass.bytes / 2 ** 30).toFixed(1)} GiB, over half the free memory`;
+  const seamTotal = seamParts.length * (onePassSkipped ? 2 : 3);
+  evalMetrics.planned(label, total, seamTotal);
+  const share = (ok: (v: VideoFigures) => boolean) => perVideo.filter(ok).length / perVideo.length;
+  for (const parts of prompts) {
+    const prompt = composeCaption(g, parts);
+    for (let seed = 0; seed < s.seeds; seed++) {
+      const spec = renderer.spec(prompt, seed, g.frames, s.block, s.context, s.steps);
+      const { video, seconds } = await renderer.render(spec, path.join(dir, `${slug(parts)}-seed${seed}.mp4`));
+      const a = analyseVideo(g, video);
+      const correct = { colour: a.colour === parts.colour, shape: a.shape === parts.shape, motion: a.motion === parts.motion };
+      perVideo.push({ prompt, seed, colour: a.colour, shape: a.shape, motion: a.motion, correct, fidelity: fidelityOf(g, a, parts), seconds });
+      const mark = (ok: boolean, got: string | null) => `${ok ? '+' : '-'}${got ?? 'none'}`;
+      evalMetrics.clip(label, seconds, {
+        colour: share((v) => v.correct.colour),
+        shape: share((v) => v.correct.shape),
+        motion: share((v) => v.correct.motion),
+        all: share((v) => v.correct.colour && v.correct.shape && v.correct.motion),
+      });
+      progress(`${label} ${perVideo.length}/${total} ${seconds.toFixed(1)}s '${prompt}' seed ${seed}: colour ${mark(correct.colour, a.colour)} shape ${mark(correct.shape, a.shape)} motion ${mark(correct.motion, a.motion)}`);
+    }
+  }
+
+  const seamVideos: SeamVideo[] = [];
   for (const parts of seamParts) {
     const prompt = composeCaption(g, parts);
     for (const { mode, block, context } of modes) {
@@ -203,7 +213,8 @@ export async function evaluateModel(
       // Every mode is scored at the same frames: the boundaries of the DualParal blocks.
       const seam = seamScore(video, s.block);
       seamVideos.push({ prompt, mode, block, context, seam, seconds });
-      progress(`${label} seams ${seamVideos.length}/${seamParts.length * (onePassSkipped ? 2 : 3)} ${seconds.toFixed(1)}s '${prompt}' ${mode} (block ${block}, context ${context}): ${seam.score === null ? 'no change inside blocks' : seam.score.toFixed(3)}`);
+      evalMetrics.seam(label, mode, seconds, seamFigure(seamVideos, mode)?.score ?? null);
+      progress(`${label} seams ${seamVideos.length}/${seamTotal} ${seconds.toFixed(1)}s '${prompt}' ${mode} (block ${block}, context ${context}): ${seam.score === null ? 'no change inside blocks' : seam.score.toFixed(3)}`);
     }
   }
 

@@ -1,12 +1,19 @@
 /**
- * The trainer's Prometheus metrics. Served live on `--metrics-port` while `npm run train` runs
- * (a run takes about an hour) and written at the end, in the text exposition format, to
- * `<workdir>/metrics.prom` (for node_exporter's textfile collector: a batch job's last state).
- * The figures come from the progress lines the Python stages print:
+ * The trainer's Prometheus metrics, for its two batch commands. Each serves them live on
+ * `--metrics-port` while it runs and writes its last state at the end, in the text exposition
+ * format, to a `metrics.prom` file (for node_exporter's textfile collector):
  *
- *   [dit] step 3850/6000 loss 0.4424 smoothed 0.4602 elapsed 503s eta 1272s
+ * - `npm run train` (about an hour; `<workdir>/metrics.prom`): figures read from the progress
+ *   lines the Python stages print,
+ *
+ *     [dit] step 3850/6000 loss 0.4424 smoothed 0.4602 elapsed 503s eta 1272s
+ *
+ * - `npm run eval` (`<out>/metrics.prom`): videos rendered and measured, and the accuracies and
+ *   seam scores so far, per role (the trained model, the floor).
  */
-import { counter, gauge, registry } from '@longshot/telemetry';
+import * as fs from 'node:fs';
+import { counter, gauge, registry, startMetricsServer } from '@longshot/telemetry';
+import { UsageError } from '@longshot/cli/src/args';
 
 export const TRAINER_STAGES = ['captions', 'text', 'vae', 'dit', 'export', 'assemble'] as const;
 export type TrainerStage = (typeof TRAINER_STAGES)[number];
@@ -50,5 +57,57 @@ export function stageFinished(stage: TrainerStage, result: 'ok' | 'skipped' | 'f
   if (result === 'ok') stageSeconds.set({ stage }, seconds);
 }
 
+export const EVAL_ROLES = ['model', 'floor'] as const;
+export type EvalRole = (typeof EVAL_ROLES)[number];
+export const EVAL_FIGURES = ['colour', 'shape', 'motion', 'all'] as const;
+export type EvalFigure = (typeof EVAL_FIGURES)[number];
+
+const evalVideos = counter<'role' | 'kind'>({
+  name: 'longshot_eval_videos_total',
+  help: 'Videos the evaluation rendered and measured: kind=clip (a held-out caption and seed) or seam (a long video)',
+  labelNames: ['role', 'kind'],
+  known: { role: EVAL_ROLES, kind: ['clip', 'seam'] },
+});
+const evalVideosPlanned = gauge<'role' | 'kind'>({ name: 'longshot_eval_videos', help: 'Videos the evaluation renders in all, per role and kind', labelNames: ['role', 'kind'] });
+const evalRenderSeconds = counter<'role'>({ name: 'longshot_eval_render_seconds_total', help: 'Wall seconds spent rendering evaluation videos', labelNames: ['role'], known: { role: EVAL_ROLES } });
+const evalAccuracy = gauge<'role' | 'figure'>({ name: 'longshot_eval_accuracy', help: 'Share of the clips measured so far that show the asked colour, shape, motion, or all three', labelNames: ['role', 'figure'] });
+const evalSeamScore = gauge<'role' | 'mode'>({ name: 'longshot_eval_seam_score', help: 'Mean seam score of the long videos so far (frame change at block seams over inside blocks; 1 = invisible)', labelNames: ['role', 'mode'] });
+
+export const evalMetrics = {
+  planned(role: EvalRole, clips: number, seams: number): void {
+    evalVideosPlanned.set({ role, kind: 'clip' }, clips);
+    evalVideosPlanned.set({ role, kind: 'seam' }, seams);
+  },
+  /** One clip measured; `accuracy` is over every clip of this role so far. */
+  clip(role: EvalRole, seconds: number, accuracy: Record<EvalFigure, number>): void {
+    evalVideos.inc({ role, kind: 'clip' });
+    evalRenderSeconds.inc({ role }, seconds);
+    for (const figure of EVAL_FIGURES) evalAccuracy.set({ role, figure }, accuracy[figure]);
+  },
+  /** One seam video measured; `score` is the mean of this role's videos of this mode so far (null: none scored). */
+  seam(role: EvalRole, mode: string, seconds: number, score: number | null): void {
+    evalVideos.inc({ role, kind: 'seam' });
+    evalRenderSeconds.inc({ role }, seconds);
+    if (score !== null) evalSeamScore.set({ role, mode }, score);
+  },
+};
+
 /** The registry's current exposition text (what /metrics serves). */
 export const metricsText = (): Promise<string> => registry.metrics();
+
+/**
+ * Runs `work` with /metrics served on 127.0.0.1:`port` (0 = any free port; `announce` gets the
+ * address), then writes the last state to `file`, whether the work succeeded or not.
+ */
+export async function withMetrics<T>(port: number, file: string, announce: (url: string) => void, work: () => Promise<T>): Promise<T> {
+  const server = await startMetricsServer({ port }).catch((e: Error) => {
+    throw new UsageError(`--metrics-port: ${e.message.replace(/^metrics server: /, '')} (choose another port, or 0 for any free one)`);
+  });
+  announce(`http://127.0.0.1:${server.port}/metrics`);
+  try {
+    return await work();
+  } finally {
+    fs.writeFileSync(file, await metricsText());
+    await server.close();
+  }
+}

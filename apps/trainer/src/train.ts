@@ -18,24 +18,20 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import { spawnTied } from '@longshot/cache';
-import { startMetricsServer } from '@longshot/telemetry';
-import { helpText, UsageError, wantsHelp } from '@longshot/cli/src/args';
+import { helpText, wantsHelp } from '@longshot/cli/src/args';
 import { reportError } from '@longshot/cli/src/errors';
 import { applyTrainerEnvironment, TRAIN, trainerConfig, trainerEnvironment, type TrainerConfig } from './config';
 import { assemblePipeline } from './assemble';
-import { metricsText, observeProgressLine, stageFinished, TRAINER_STAGES, type TrainerStage } from './metrics';
+import { observeProgressLine, stageFinished, TRAINER_STAGES, withMetrics, type TrainerStage } from './metrics';
 import { encodeCaptions } from './text';
 
 type Stage = TrainerStage;
 
 export async function train(cfg: TrainerConfig): Promise<void> {
   fs.mkdirSync(cfg.workdir, { recursive: true });
-  const metrics = await startMetricsServer({ port: cfg.metricsPort }).catch((e: Error) => {
-    throw new UsageError(`--metrics-port: ${e.message.replace(/^metrics server: /, '')} (choose another port, or 0 for any free one)`);
-  });
-  log(`metrics on http://127.0.0.1:${metrics.port}/metrics`);
-  const started = Date.now();
-  try {
+  // The run's last state goes to metrics.prom for node_exporter's textfile collector, failed or not.
+  await withMetrics(cfg.metricsPort, path.join(cfg.workdir, 'metrics.prom'), (url) => log(`metrics on ${url}`), async () => {
+    const started = Date.now();
     for (const stage of TRAINER_STAGES) {
       const done = path.join(cfg.workdir, `${stage}.done`);
       if (fs.existsSync(done)) {
@@ -56,11 +52,7 @@ export async function train(cfg: TrainerConfig): Promise<void> {
       log(`${stage}: finished in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
     }
     log(`pipeline written to ${path.relative(process.cwd(), cfg.out) || cfg.out} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
-  } finally {
-    // The run's last state for node_exporter's textfile collector, failed or not.
-    fs.writeFileSync(path.join(cfg.workdir, 'metrics.prom'), await metricsText());
-    await metrics.close();
-  }
+  });
 }
 
 async function runStage(stage: Stage, cfg: TrainerConfig): Promise<void> {

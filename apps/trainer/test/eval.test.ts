@@ -12,7 +12,8 @@ import type { ModelFigures } from '../src/evaluation';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const EVAL = path.join(ROOT, 'apps/trainer/src/eval.ts');
-const evalRun = (args: readonly string[]) => runNode(['--import', 'tsx', EVAL, ...args], ROOT);
+// Any free port for /metrics: the default one may be taken by a run outside the tests.
+const evalRun = (args: readonly string[]) => runNode(['--import', 'tsx', EVAL, '--metrics-port', '0', ...args], ROOT);
 
 let dir: string;
 let modelDir: string;
@@ -92,6 +93,18 @@ describe('npm run eval', () => {
       'small-red-square-growing-gray-seed0.mp4',
     ]);
     expect(report.seconds).toBeGreaterThan(report.figures.model.seconds);
+    // Metrics served while it ran, their last state left next to the MP4s.
+    expect(r.stderr).toMatch(/^eval: metrics on http:\/\/127\.0\.0\.1:\d+\/metrics$/m);
+    const prom = fs.readFileSync(path.join(out, 'metrics.prom'), 'utf8');
+    const value = (series: string) => Number(prom.split('\n').find((l) => l.startsWith(`${series} `))?.split(' ')[1]);
+    for (const role of ['model', 'floor'] as const) {
+      expect(value(`longshot_eval_videos_total{role="${role}",kind="clip"}`)).toBe(2);
+      expect(value(`longshot_eval_videos_total{role="${role}",kind="seam"}`)).toBe(3);
+      expect(value(`longshot_eval_videos{role="${role}",kind="clip"}`)).toBe(2);
+      expect(value(`longshot_eval_accuracy{role="${role}",figure="colour"}`)).toBe(report.figures[role].accuracy.colour);
+      expect(value(`longshot_eval_accuracy{role="${role}",figure="motion"}`)).toBe(report.figures[role].accuracy.motion);
+      expect(value(`longshot_eval_render_seconds_total{role="${role}"}`)).toBeGreaterThan(0);
+    }
   });
 
   it('warns about words outside the grammar and prints a table without --json', async () => {
@@ -112,6 +125,7 @@ describe('npm run eval', () => {
       [['--seam-frames', '13'], /^--seam-frames: 13 frames are one block; at least 29 have a seam$/],
       [['--prompt', 'a red circle moving left on a black background', '--prompts', '3'], /^--prompts: not with --prompt/],
       [['--model', 'no-such-model'], /^--model: /],
+      [['--metrics-port', '70000'], /^--metrics-port: expected a port in 0\.\.65535, got 70000$/],
       [['--prompt', 'a red blob'], /^--prompt: 'a red blob' names no shape, no motion, no background of the grammar$/],
     ];
     for (const [args, message] of cases) {

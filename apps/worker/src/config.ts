@@ -38,6 +38,11 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --data-plane-port N  port of the native TCP data-plane listener, 0 = any free port (LONGSHOT_DATA_PLANE_PORT, 0)
   --host-id ID         identity of this host for the data plane: workers with equal ones share memory
                        (default: the kernel boot id and the hostname)
+  --nvlink-domain ID   NVLink domain of this worker's GPU: workers with equal ones reach each other over
+                       NVLink, and leasing keeps a job's consecutive stages in one (LONGSHOT_NVLINK_DOMAIN;
+                       default none; on Kubernetes the node name, k8s/overlays/prod)
+  --link-gbps N        bandwidth of this worker's network link in Gb/s, for the planner's per-hop links
+                       between hosts (LONGSHOT_LINK_GBPS; default: the planner profile's network link)
   --memory-probe       sample retained memory (after a forced GC) at every finished block; needs node --expose-gc (leak tests)
 
   Environment only (docs/configuration.md): LONGSHOT_KEY_ROOT, LONGSHOT_LOG_LEVEL, LONGSHOT_THREADS,
@@ -75,6 +80,8 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
       'data-plane': { type: 'string' },
       'data-plane-port': { type: 'string' },
       'host-id': { type: 'string' },
+      'nvlink-domain': { type: 'string' },
+      'link-gbps': { type: 'string' },
       'grant-keys': { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -113,6 +120,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
   if (!DATA_PLANE_MODES.includes(dataPlaneMode)) throw new Error(`--data-plane: expected ${DATA_PLANE_MODES.join(', ')}, got '${dataPlaneMode}'`);
   const hostId = f['host-id'] ?? hostIdentity();
   if (hostId.length === 0 || hostId.length > 256) throw new Error(`--host-id: expected 1 to 256 characters, got ${hostId.length}`);
+  const topology = topologyFlags(f['nvlink-domain'] ?? env.LONGSHOT_NVLINK_DOMAIN, f['link-gbps'] ?? env.LONGSHOT_LINK_GBPS);
   const config: WorkerConfig = {
     id: f.id ?? env.LONGSHOT_WORKER_ID ?? `worker-${os.hostname()}-${process.pid}`,
     host,
@@ -130,10 +138,26 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     checkpointEvery: int('checkpoint-every', f['checkpoint-every'] ?? env.LONGSHOT_CHECKPOINT_EVERY, 1, 1, 1_000_000),
     memoryProbe: f['memory-probe'] ?? false,
     dataPlane: { mode: dataPlaneMode, port: int('data-plane-port', f['data-plane-port'] ?? env.LONGSHOT_DATA_PLANE_PORT, 0, 0, 65535), hostId },
+    topology,
     grantKeys,
     tls,
   };
   return { config, backend, engine: engineSettingsFromEnv(env), logLevel: parseLogLevel(env.LONGSHOT_LOG_LEVEL), help: f.help ?? false };
+}
+
+/** Most Gb/s a link may claim (a 3.2 Tb/s multi-rail node is well inside). */
+const MAX_LINK_GBPS = 100_000;
+
+/** --nvlink-domain and --link-gbps, checked; empty values mean none (an unset variable in a manifest). */
+function topologyFlags(domain: string | undefined, gbps: string | undefined): WorkerConfig['topology'] {
+  const nvlinkDomain = (domain ?? '').trim();
+  if (nvlinkDomain.length > 256 || /\s|[\x00-\x1f]/.test(nvlinkDomain)) throw new Error(`--nvlink-domain: expected at most 256 characters without whitespace, got ${JSON.stringify(domain)}`);
+  let linkGbps = 0;
+  if (gbps !== undefined && gbps.trim() !== '') {
+    linkGbps = Number(gbps);
+    if (!/^\d+(\.\d+)?$/.test(gbps.trim()) || !(linkGbps > 0) || linkGbps > MAX_LINK_GBPS) throw new Error(`--link-gbps: expected a positive number of Gb/s up to ${MAX_LINK_GBPS}, got '${gbps}'`);
+  }
+  return { nvlinkDomain, linkGbps };
 }
 
 /**

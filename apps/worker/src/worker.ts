@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
-import { BlockStore, CheckpointStore, WorkerLeases, WorkerRegistry, type KeySchema } from '@longshot/cache';
-import { numericsFingerprint, type Backend } from '@longshot/engine';
+import { BlockStore, CheckpointStore, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
+import { backendDevice, numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
 import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
@@ -72,6 +72,13 @@ export interface WorkerConfig {
     /** This host's identity: shared memory only between workers with equal ones. */
     readonly hostId: string;
   };
+  /** What it registers of its interconnect (docs/dataplane.md "Placement"); its GPU comes from the backend. */
+  readonly topology: {
+    /** '' for none. */
+    readonly nvlinkDomain: string;
+    /** Gb/s of its network link; 0 when not given. */
+    readonly linkGbps: number;
+  };
 }
 
 /**
@@ -93,6 +100,8 @@ export class WorkerProcess {
   private readonly credentials: ReturnType<typeof tlsCredentials>;
   /** This worker's numerics fingerprint (registered; drivers pin a job to one). */
   readonly numerics: string;
+  /** Its GPU, NVLink domain and network link (registered; leasing and the planner place stages by them). */
+  readonly topology: WorkerTopology;
   private health: ReturnType<typeof addHealthService> | null = null;
   private draining = false;
   private readonly retainedMemory: RetainedMemorySampler | null;
@@ -119,6 +128,7 @@ export class WorkerProcess {
     this.leases = new WorkerLeases(this.redis, { keys });
     this.credentials = tlsCredentials(config.tls);
     this.numerics = numericsFingerprint(backend);
+    this.topology = { gpu: backendDevice(backend), ...config.topology };
     this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
     this.catalog = new ModelCatalog(config.modelsDir);
     this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, keys, log });
@@ -207,10 +217,11 @@ export class WorkerProcess {
         pid: process.pid,
         startedAt: Date.now(),
         ...(dp.mode === 'grpc' ? {} : { dataPlane: this.endpoint }),
+        topology: this.topology,
       },
       { sessions: () => this.sessions.size },
     );
-    this.log.info('worker ready', { id: this.config.id, address: this.address, metrics: this.metricsAddress, dataPlane: this.endpoint, backend: this.backend.name, numerics: this.numerics, tls: this.config.tls !== null, emulation: this.config.emulation?.profile.name ?? null });
+    this.log.info('worker ready', { id: this.config.id, address: this.address, metrics: this.metricsAddress, dataPlane: this.endpoint, topology: this.topology, backend: this.backend.name, numerics: this.numerics, tls: this.config.tls !== null, emulation: this.config.emulation?.profile.name ?? null });
   }
 
   /**

@@ -60,3 +60,26 @@ describe('worker config: data plane', () => {
     expect(() => workerConfig([...base, '--host-id', ''], {})).toThrow('--host-id: expected 1 to 256 characters');
   });
 });
+
+describe('worker config: topology', () => {
+  it('registers no NVLink domain and no link speed by default', () => {
+    expect(workerConfig(base, {}).config.topology).toEqual({ nvlinkDomain: '', linkGbps: 0 });
+  });
+
+  it('takes --nvlink-domain and --link-gbps over LONGSHOT_NVLINK_DOMAIN and LONGSHOT_LINK_GBPS; empty variables mean none', () => {
+    const env = { LONGSHOT_NVLINK_DOMAIN: 'gpu-node-3', LONGSHOT_LINK_GBPS: '100' };
+    expect(workerConfig(base, env).config.topology).toEqual({ nvlinkDomain: 'gpu-node-3', linkGbps: 100 });
+    expect(workerConfig([...base, '--nvlink-domain', 'nvl72-rack-2', '--link-gbps', '400'], env).config.topology).toEqual({ nvlinkDomain: 'nvl72-rack-2', linkGbps: 400 });
+    expect(workerConfig(base, { LONGSHOT_NVLINK_DOMAIN: '', LONGSHOT_LINK_GBPS: '' }).config.topology).toEqual({ nvlinkDomain: '', linkGbps: 0 });
+    expect(workerConfig([...base, '--link-gbps', '12.5'], {}).config.topology.linkGbps).toBe(12.5);
+  });
+
+  it('names the flag of a bad value', () => {
+    expect(() => workerConfig([...base, '--link-gbps', 'fast'], {})).toThrow("--link-gbps: expected a positive number of Gb/s up to 100000, got 'fast'");
+    expect(() => workerConfig([...base, '--link-gbps', '0'], {})).toThrow(/^--link-gbps: expected a positive number/);
+    expect(() => workerConfig(base, { LONGSHOT_LINK_GBPS: '-100' })).toThrow(/^--link-gbps: .* got '-100'/);
+    expect(() => workerConfig([...base, '--link-gbps', '1e9'], {})).toThrow(/^--link-gbps/);
+    expect(() => workerConfig([...base, '--nvlink-domain', 'rack 2'], {})).toThrow('--nvlink-domain: expected at most 256 characters without whitespace, got "rack 2"');
+    expect(() => workerConfig([...base, '--nvlink-domain', 'x'.repeat(257)], {})).toThrow(/^--nvlink-domain: expected at most 256 characters/);
+  });
+});

@@ -30,6 +30,29 @@ export interface WorkerInfo {
    * reach it over gRPC only.
    */
   readonly dataPlane?: WorkerDataPlane;
+  /**
+   * Where it computes (docs/dataplane.md "Placement"): its GPU, NVLink domain and network link.
+   * Absent in records of workers older than this field.
+   */
+  readonly topology?: WorkerTopology;
+}
+
+export interface WorkerTopology {
+  /** The CUDA device it computes on; null on the CPU. */
+  readonly gpu: WorkerGpu | null;
+  /** Workers with equal non-empty domains reach each other over NVLink; '' for none. */
+  readonly nvlinkDomain: string;
+  /** Bandwidth of its network link in Gb/s; 0 when not given. */
+  readonly linkGbps: number;
+}
+
+export interface WorkerGpu {
+  /** CUDA device index on its host. */
+  readonly index: number;
+  /** The device's UUID ("GPU-..."), unique across hosts; '' when the driver did not report one. */
+  readonly uuid: string;
+  /** Its model, e.g. "NVIDIA H100 80GB HBM3". */
+  readonly name: string;
 }
 
 export interface WorkerDataPlane {
@@ -85,6 +108,21 @@ export function workerInfoProblem(v: unknown): string | null {
     if (typeof d.hostId !== 'string') return 'dataPlane.hostId must be a string';
     if (typeof d.shm !== 'boolean' || typeof d.tcp !== 'boolean') return 'dataPlane.tcp and dataPlane.shm must be booleans';
   }
+  if (w.topology !== undefined) return topologyProblem(w.topology);
+  return null;
+}
+
+function topologyProblem(v: unknown): string | null {
+  const t = v as Partial<WorkerTopology> | null;
+  if (typeof t !== 'object' || t === null) return 'topology must be an object';
+  if (typeof t.nvlinkDomain !== 'string' || t.nvlinkDomain.length > 256) return 'topology.nvlinkDomain must be a string of at most 256 characters';
+  if (typeof t.linkGbps !== 'number' || !Number.isFinite(t.linkGbps) || t.linkGbps < 0) return `topology.linkGbps must be a non-negative number, got ${JSON.stringify(t.linkGbps)}`;
+  if (t.gpu !== null) {
+    const g = t.gpu as Partial<WorkerGpu> | undefined;
+    if (typeof g !== 'object' || g === null) return 'topology.gpu must be an object or null';
+    if (!isCount(g.index)) return `topology.gpu.index must be a non-negative integer, got ${JSON.stringify(g.index)}`;
+    if (typeof g.uuid !== 'string' || typeof g.name !== 'string') return 'topology.gpu.uuid and topology.gpu.name must be strings';
+  }
   return null;
 }
 
@@ -102,6 +140,9 @@ function pick(w: WorkerInfo): WorkerInfo {
     pid: w.pid,
     startedAt: w.startedAt,
     ...(w.dataPlane ? { dataPlane: { tcpAddress: w.dataPlane.tcpAddress, tcp: w.dataPlane.tcp, hostId: w.dataPlane.hostId, shm: w.dataPlane.shm } } : {}),
+    ...(w.topology
+      ? { topology: { gpu: w.topology.gpu ? { index: w.topology.gpu.index, uuid: w.topology.gpu.uuid, name: w.topology.gpu.name } : null, nvlinkDomain: w.topology.nvlinkDomain, linkGbps: w.topology.linkGbps } }
+      : {}),
   };
 }
 

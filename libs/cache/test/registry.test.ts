@@ -42,10 +42,11 @@ describe('WorkerRegistry', () => {
     const b = new WorkerRegistry(t.redis, { keys: t.keys });
     const reader = new WorkerRegistry(t.redis, { keys: t.keys });
     const dataPlane = { tcpAddress: '127.0.0.1:50052', tcp: true, shm: true, hostId: 'boot/host' };
-    await a.register(info('w-a', { models: ['*'], backend: 'cuda', dataPlane }));
+    const topology = { gpu: { index: 3, uuid: 'GPU-8f1e2d3c-0000-1111-2222-333344445555', name: 'NVIDIA H100 80GB HBM3' }, nvlinkDomain: 'node-7', linkGbps: 400 };
+    await a.register(info('w-a', { models: ['*'], backend: 'cuda', dataPlane, topology }));
     await b.register({ ...info('w-b'), extra: 'not stored' } as WorkerInfo);
-    // A data-plane endpoint is stored as given; a worker without one registers none.
-    expect(await reader.list()).toEqual([info('w-a', { models: ['*'], backend: 'cuda', dataPlane }), info('w-b')]);
+    // A data-plane endpoint and a topology are stored as given; a worker without them registers none.
+    expect(await reader.list()).toEqual([info('w-a', { models: ['*'], backend: 'cuda', dataPlane, topology }), info('w-b')]);
     expect(await reader.get('w-b')).toEqual(info('w-b'));
     expect(await reader.get('nobody')).toBeNull();
     expect(await reader.isAlive('w-a')).toBe(true);
@@ -72,6 +73,9 @@ describe('WorkerRegistry', () => {
     await expect(r.register(info('bad id'))).rejects.toThrow(/whitespace/);
     await expect(r.register(info('w', { dataPlane: { tcpAddress: 'nohost', tcp: true, shm: false, hostId: 'h' } }))).rejects.toThrow(/dataPlane.tcpAddress must be host:port or empty/);
     await expect(r.register(info('w', { dataPlane: { tcpAddress: '', tcp: 'yes', shm: false, hostId: 'h' } as never }))).rejects.toThrow(/dataPlane.tcp and dataPlane.shm must be booleans/);
+    await expect(r.register(info('w', { topology: { gpu: null, nvlinkDomain: 'n', linkGbps: -1 } }))).rejects.toThrow('topology.linkGbps must be a non-negative number, got -1');
+    await expect(r.register(info('w', { topology: { gpu: { index: -1, uuid: '', name: 'x' }, nvlinkDomain: '', linkGbps: 0 } }))).rejects.toThrow('topology.gpu.index must be a non-negative integer, got -1');
+    await expect(r.register(info('w', { topology: { gpu: null, nvlinkDomain: 7, linkGbps: 0 } as never }))).rejects.toThrow(/topology.nvlinkDomain must be a string/);
     await expect(r.register(info('w'), { ttlMs: 1000, heartbeatMs: 1000 })).rejects.toThrow(/shorter than ttlMs/);
     await r.register(info('w-once'));
     await expect(r.register(info('w-twice'))).rejects.toThrow(/already registered worker w-once/);

@@ -29,6 +29,10 @@ export interface EngineInfo {
   cudaDevices: number;
   /** Name of the device the CUDA backend uses, when usable. */
   cudaDevice?: string;
+  /** Its index among the CUDA devices (LONGSHOT_CUDA_DEVICE), when usable. */
+  cudaDeviceIndex?: number;
+  /** Its UUID as nvidia-smi prints it ("GPU-xxxxxxxx-..."), when usable. */
+  cudaDeviceUuid?: string;
   /** Whether `linear` runs on cuBLAS (false before the first CUDA run, or on the fallback GEMM). */
   cublas?: boolean;
   /** Why the CUDA backend is not usable, when it is not. */

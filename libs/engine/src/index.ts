@@ -261,6 +261,14 @@ export function backendNumerics(backend: Backend): string {
   return backend.name === 'cpu' ? `cpu:simd=${info.simd}` : `${backend.name}:device=${info.cudaDevice ?? 'unknown'}`;
 }
 
+/** The GPU a backend computes on (index, UUID and model, as the CUDA backend reports it); null on the CPU. */
+export function backendDevice(backend: Backend): { index: number; uuid: string; name: string } | null {
+  if (backend.name === 'cpu') return null;
+  const info = native().info();
+  if (info.cudaDevice === undefined) return null;
+  return { index: info.cudaDeviceIndex ?? 0, uuid: info.cudaDeviceUuid ?? '', name: info.cudaDevice };
+}
+
 let buildId: string | null = null;
 /** The engine build: a digest of the loaded native addon (a rebuild with other flags or compiler is another build). */
 export function engineBuildId(): string {

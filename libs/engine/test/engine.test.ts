@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { cpuBackend, engineInfo, hostCpuSeconds, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
+import { backendDevice, createBackend, cpuBackend, engineInfo, hostCpuSeconds, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
 import { Rng } from '@longshot/random';
 
 /** Deterministic uniform values in [-1, 1). */
@@ -40,6 +40,20 @@ describe('engine addon', () => {
     expect(levels).toContain('scalar');
     expect(info.simdAvailable).toContain(info.simd);
     expect(info.threads).toBeGreaterThan(0);
+  });
+
+  it('reports the GPU a backend computes on: none on the CPU; index, UUID and model on CUDA', () => {
+    expect(backendDevice(cpu)).toBeNull();
+    const info = engineInfo();
+    if (info.backends.includes('cuda')) {
+      const device = backendDevice(createBackend('cuda'));
+      expect(device).toEqual({ index: info.cudaDeviceIndex, uuid: info.cudaDeviceUuid, name: info.cudaDevice });
+      expect(device!.uuid).toMatch(/^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+    } else {
+      // Not usable (no driver or device here): nothing to report, and the reason says why.
+      expect([info.cudaDevice, info.cudaDeviceIndex, info.cudaDeviceUuid]).toEqual([undefined, undefined, undefined]);
+      expect(info.cudaUnavailable).toMatch(/CUDA/);
+    }
   });
 
   it('names the node, op and slot in validation errors', () => {

@@ -1,8 +1,20 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import type { BlockStore } from '@longshot/cache';
+import type { BlockStore, WorkerGpu, WorkerTopology } from '@longshot/cache';
 import { SINGLE_LAYOUT, groupSize, resolveModel, validateLayout, type ModelConfig, type StageLayout, type TextEmbeddings } from '@longshot/model';
-import { partitionLayers, planJob, type JobSpec, type LayerRange } from '@longshot/planner';
+import {
+  DEFAULT_PLANNER_PROFILE,
+  getProfile,
+  hopBytes,
+  linkSeconds,
+  partitionLayers,
+  placementLinks,
+  planJob,
+  type HardwareProfile,
+  type JobSpec,
+  type LayerRange,
+  type LinkKind,
+} from '@longshot/planner';
 import type { Logger } from '@longshot/telemetry';
 import {
   ComponentKind,
@@ -21,6 +33,7 @@ import {
   type SessionEvent,
   type WorkerClient,
 } from '@longshot/transport';
+import { stagePlacement } from './placement';
 
 export interface DriverWorker {
   readonly id: string;
@@ -29,6 +42,8 @@ export interface DriverWorker {
   readonly numerics: string;
   /** What its data plane accepts, as registered; absent: tensor bytes reach it over gRPC only. */
   readonly dataPlane?: DataPlaneEndpoint;
+  /** Its GPU, NVLink domain and network link, as registered (placement.ts `stagePlacement`). */
+  readonly topology?: WorkerTopology;
 }
 
 /** One stage-to-stage link of a job and how its tensor bytes travel (the tail's goes to the head). */
@@ -36,6 +51,26 @@ export interface Hop {
   readonly from: number;
   readonly to: number;
   readonly transport: HopTransport;
+  /** The link the planner's cost model gives it from where the two stages run (docs/dataplane.md "Placement"). */
+  readonly link: ModelledLink;
+}
+
+export interface ModelledLink {
+  readonly kind: LinkKind;
+  readonly bytesPerSecond: number;
+  readonly latencySeconds: number;
+  /** Modelled seconds for the hop's tensor of one block-step to cross it. */
+  readonly seconds: number;
+}
+
+/** Where one stage of a job ran, as its worker registered. */
+export interface StagePlace {
+  readonly stage: number;
+  readonly worker: string;
+  /** Its data plane's host id; null for a worker on gRPC only. */
+  readonly host: string | null;
+  readonly nvlinkDomain: string | null;
+  readonly gpu: WorkerGpu | null;
 }
 
 /** Where the driver gets workers from: leases on registered workers (LeasedWorkers). */
@@ -107,6 +142,8 @@ export interface DriverOptions {
   readonly log?: Logger;
   /** Failovers before the job fails. */
   readonly maxRecoveries?: number;
+  /** The hardware profile of the cost model the hops' links are modelled with (default DEFAULT_PLANNER_PROFILE). */
+  readonly plannerProfile?: HardwareProfile;
   readonly livenessIntervalMs?: number;
   /** No event from the head for this long counts as a lost stage. */
   readonly stallTimeoutMs?: number;
@@ -138,8 +175,10 @@ export interface DistributedResult {
   readonly textEncoder: TextEncoderRun | null;
   /** The numerics fingerprint every stage of every attempt computed with. */
   readonly numerics: string;
-  /** The hops of the attempt that finished, as each sending stage chose them (none for K = 1). */
+  /** The hops of the attempt that finished, as each sending stage chose them, with their modelled links (none for K = 1). */
   readonly hops: Hop[];
+  /** Where each stage of the attempt that finished ran, head first; a stage group: one entry per member, in rank order. */
+  readonly placement: StagePlace[];
 }
 
 export interface TextEncoderRun {
@@ -255,7 +294,9 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       const opened = await openSessions(job, text, workers, ranges, layout, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
-      o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration });
+      // The hops run between the stages' rank-0 workers (each group's first).
+      const links = modelledLinks(job.spec, config, workers.filter((_, i) => i % groupSize(layout) === 0), o.plannerProfile ?? getProfile(DEFAULT_PLANNER_PROFILE));
+      o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration, links: links.map((l) => l.kind) });
       o.onAttempt?.({ attempt, workers, startIteration });
       await watchHead(sessions, o, {
         onEvent: (e) => {
@@ -291,7 +332,8 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         retainedBytes: closed.retainedBytes,
         textEncoder,
         numerics,
-        hops: K > 1 ? sessions.slice(0, K).map((x, k) => ({ from: k, to: (k + 1) % K, transport: x.nextTransport ?? 'grpc' })) : [],
+        hops: K > 1 ? sessions.slice(0, K).map((x, k) => ({ from: k, to: (k + 1) % K, transport: x.nextTransport ?? 'grpc', link: links[k] })) : [],
+        placement: workers.map((w, i) => ({ stage: Math.floor(i / groupSize(layout)), worker: w.id, host: w.dataPlane?.hostId || null, nvlinkDomain: w.topology?.nvlinkDomain || null, gpu: w.topology?.gpu ?? null })),
       };
     } catch (e) {
       await closeSessions(sessions).catch(() => undefined);
@@ -309,6 +351,15 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       await o.onFailover?.({ attempt: attempt + 2, lost, reason, error: error.message });
     }
   }
+}
+
+/**
+ * The planner's view of an attempt's hops: each hop's link from where its two stages run
+ * (placementLinks), with the modelled seconds of its tensor per block-step.
+ */
+export function modelledLinks(spec: JobSpec, model: ModelConfig, workers: readonly DriverWorker[], profile: HardwareProfile): ModelledLink[] {
+  const bytes = hopBytes(spec, model, workers.length);
+  return placementLinks(workers.map(stagePlacement), profile.links).map((l, k) => ({ kind: l.kind, bytesPerSecond: l.bytesPerSecond, latencySeconds: l.latencySeconds, seconds: linkSeconds(bytes[k], l) }));
 }
 
 /**

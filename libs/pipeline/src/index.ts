@@ -5,3 +5,4 @@ export * from './emulation';
 export * from './driver';
 export * from './leased-workers';
 export * from './decode';
+export * from './placement';

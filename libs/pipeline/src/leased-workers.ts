@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { LeaseHolder, WorkerInfo, WorkerLeases, WorkerRegistry } from '@longshot/cache';
 import type { Logger } from '@longshot/telemetry';
 import type { DriverWorker, WorkerSource } from './driver';
+import { placeByTopology } from './placement';
 
 export interface LeasedWorkersOptions {
   readonly leases: WorkerLeases;
@@ -36,34 +37,6 @@ export function candidates(workers: readonly WorkerInfo[], model: string, exclud
     .map((w) => w.id);
 }
 
-/** The host a worker's data plane reports (workers without one are each a host of their own). */
-const hostOf = (w: WorkerInfo): string => w.dataPlane?.hostId || `worker:${w.id}`;
-
-/**
- * Topology-aware placement (docs/dataplane.md "Placement"): `ids` (candidates, least busy first)
- * reordered so that a job's `count` stages land on as few hosts as possible, consecutively. Hosts
- * that can take every stage come first (the least busy of them), then the others by how many
- * candidates they have; within a host the candidates keep their order. Leases are taken in this
- * order and stages assigned in it, so consecutive stages share a host and their hop goes over
- * shared memory wherever the workers allow it; only the hops between hosts cross the network.
- */
-export function placeByHost(ids: readonly string[], info: ReadonlyMap<string, WorkerInfo>, count: number): string[] {
-  const hosts = new Map<string, string[]>();
-  for (const id of ids) {
-    const host = hostOf(info.get(id)!);
-    hosts.set(host, [...(hosts.get(host) ?? []), id]);
-  }
-  const busy = (members: string[]) => members.slice(0, count).reduce((n, id) => n + info.get(id)!.sessions, 0);
-  const ranked = [...hosts.entries()].sort(([ha, a], [hb, b]) => {
-    const fitsA = a.length >= count;
-    const fitsB = b.length >= count;
-    if (fitsA !== fitsB) return fitsA ? -1 : 1;
-    if (!fitsA && a.length !== b.length) return b.length - a.length;
-    return busy(a) - busy(b) || ha.localeCompare(hb);
-  });
-  return ranked.flatMap(([, members]) => members);
-}
-
 /**
  * The driver's WorkerSource for one job run, on leases: `pick` leases workers (all or none, all of
  * one numerics fingerprint), `release` drops them, and a timer renews every held lease at a third
@@ -93,14 +66,14 @@ export class LeasedWorkers implements WorkerSource {
     for (const w of live) this.info.set(w.id, w);
     const groups = numerics !== null ? [numerics] : [...new Set(candidates(live, this.o.model, exclude).map((id) => this.info.get(id)!.numerics))];
     for (const group of groups) {
-      const ids = await this.o.leases.acquire(this.o.holder, placeByHost(candidates(live, this.o.model, exclude, group), this.info, count), count, this.o.leaseMs);
+      const ids = await this.o.leases.acquire(this.o.holder, placeByTopology(candidates(live, this.o.model, exclude, group), this.info, count), count, this.o.leaseMs);
       if (!ids) continue;
       for (const id of ids) this.held.add(id);
       this.timer ??= setInterval(() => void this.renew(), Math.max(100, Math.floor(this.o.leaseMs / 3)));
       this.timer.unref();
       return ids.map((id) => {
         const w = this.info.get(id)!;
-        return { id, address: w.address, numerics: group, ...(w.dataPlane ? { dataPlane: w.dataPlane } : {}) };
+        return { id, address: w.address, numerics: group, ...(w.dataPlane ? { dataPlane: w.dataPlane } : {}), ...(w.topology ? { topology: w.topology } : {}) };
       });
     }
     return null;

@@ -5,6 +5,7 @@
  * measures.
  */
 import { SINGLE_STAGE_GROUP, groupWorkers, type PipelineLayout, type StageGroupShape } from './layout';
+import type { Link, ProfileLinks } from './links';
 import { partitionLayers } from './partition';
 import { planJob, type JobSpec } from './spec';
 
@@ -82,7 +83,8 @@ export interface GroupStageCost {
  * frames of tokens for the token-wise work and ceil(heads / U) heads of self-attention over all
  * tokens; CFG parallel halves everything. Per layer, the forward all-to-all moves (U-1)/U of the
  * member's q, k, v and cached successor K/V, the backward one (U-1)/U of its attention output,
- * each over the group link (bytes / bandwidth + latency), not overlapped with compute (it sits
+ * each over the group's link (the profile's NVLink: leasing keeps a group in one NVLink domain;
+ * bytes / bandwidth + latency), not overlapped with compute (it sits
  * between the projections and the attention that needs it). Rank 0 fronts the stage: it takes the
  * whole hidden states from the previous stage, sends each member its shard and gathers theirs
  * back ((G-1)/G of the hidden states each way through its link; the head sends the window's
@@ -113,7 +115,8 @@ export function groupStageCost(m: ModelShape, layers: number, w: WindowShape, he
   const hidden = 2 * frames * w.tokensPerFrame * D * 4 * ((G - 1) / G);
   const frontBytes = G > 1 ? (head ? 0 : hidden) + (tail ? 0 : hidden) : 0;
   const exchangeBytes = layers * perLayerBytes + gatherBytes + frontBytes;
-  const link = (bytes: number) => bytes / profile.groupLinkBytesPerSecond + profile.groupLinkLatencySeconds;
+  // A group's members sit in one NVLink domain (one node): leasing places them there.
+  const link = (bytes: number) => linkSeconds(bytes, profile.links.nvlink);
   const exchangeSeconds = (U > 1 ? layers * 2 * link(perLayerBytes / 2) : 0) + (gatherBytes > 0 ? link(gatherBytes) : 0) + (frontBytes > 0 ? link(frontBytes) : 0);
   return { seconds: computeSeconds + exchangeSeconds, computeSeconds, exchangeSeconds, exchangeBytes, imbalance: share / even, rateLoss };
 }
@@ -152,29 +155,51 @@ export interface HardwareProfile {
   readonly description: string;
   /** Sustained FLOP/s of a stage's forward (dense bf16 at a realistic utilisation). */
   readonly flopsPerSecond: number;
-  /** Link between neighbouring stages. */
+  /** Link between neighbouring stages when where they run is not known (the profile's typical interconnect). */
   readonly linkBytesPerSecond: number;
   readonly linkLatencySeconds: number;
+  /** Links by placement (links.ts `hopLink`): what a job's hops cross once its workers are known. */
+  readonly links: ProfileLinks;
   /** Link from a worker to the controller (decoded frames go over it). */
   readonly controllerLinkBytesPerSecond: number;
-  /** Link between the members of one stage group (Ulysses all-to-alls; one node's GPUs). */
-  readonly groupLinkBytesPerSecond: number;
-  readonly groupLinkLatencySeconds: number;
 }
 
 /**
- * Profiles for emulated compute. H100 SXM: ~989 TFLOP/s dense bf16, taken at 45% utilisation
- * (what video DiTs reach in practice); NVLink 4 ~450 GB/s per direction; 100 Gb/s Ethernet
- * ~12.5 GB/s with RDMA-class latency; PCIe-attached RTX 4090 as in the DualParal paper. The
- * controller is reached over the data-centre network (100 Gb/s; 10 Gb/s for the 4090 box). A stage
- * group's members sit in one node: NVLink for the H100s (also where stages talk over Ethernet),
- * PCIe for the 4090s.
+ * H100 SXM links by placement: one GPU (a device-to-device copy at about half of HBM3's
+ * 3.35 TB/s), NVLink 4 (~450 GB/s per direction), one host without a shared NVLink domain
+ * (through host memory over PCIe 5.0, ~25 GB/s after staging), and 100 Gb/s Ethernet (~12.5 GB/s,
+ * RDMA-class latency) when a worker did not register its link speed.
+ */
+const H100_LINKS: ProfileLinks = {
+  device: { bytesPerSecond: 1.5e12, latencySeconds: 5e-6 },
+  nvlink: { bytesPerSecond: 450e9, latencySeconds: 5e-6 },
+  host: { bytesPerSecond: 25e9, latencySeconds: 10e-6 },
+  network: { bytesPerSecond: 12.5e9, latencySeconds: 20e-6 },
+};
+
+/** RTX 4090 links: no NVLink (a reported domain is PCIe peer-to-peer), PCIe 4.0 x16, 10 Gb/s Ethernet. */
+const RTX4090_LINKS: ProfileLinks = {
+  device: { bytesPerSecond: 0.5e12, latencySeconds: 5e-6 },
+  nvlink: { bytesPerSecond: 25e9, latencySeconds: 10e-6 },
+  host: { bytesPerSecond: 12e9, latencySeconds: 10e-6 },
+  network: { bytesPerSecond: 1.25e9, latencySeconds: 50e-6 },
+};
+
+/**
+ * Profiles for emulated compute and the planner. H100 SXM: ~989 TFLOP/s dense bf16, taken at 45%
+ * utilisation (what video DiTs reach in practice); the two H100 profiles differ only in the link
+ * assumed where the placement is not known (NVLink, or 100 Gb/s Ethernet between pods);
+ * PCIe-attached RTX 4090 as in the DualParal paper. The controller is reached over the
+ * data-centre network (100 Gb/s; 10 Gb/s for the 4090 box).
  */
 export const HARDWARE_PROFILES: Readonly<Record<string, HardwareProfile>> = {
-  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 450e9, linkLatencySeconds: 5e-6, controllerLinkBytesPerSecond: 12.5e9, groupLinkBytesPerSecond: 450e9, groupLinkLatencySeconds: 5e-6 },
-  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: 12.5e9, linkLatencySeconds: 20e-6, controllerLinkBytesPerSecond: 12.5e9, groupLinkBytesPerSecond: 450e9, groupLinkLatencySeconds: 5e-6 },
-  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6, controllerLinkBytesPerSecond: 1.25e9, groupLinkBytesPerSecond: 25e9, groupLinkLatencySeconds: 10e-6 },
+  'h100-nvlink': { name: 'h100-nvlink', description: 'H100 SXM, NVLink 4', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: H100_LINKS.nvlink.bytesPerSecond, linkLatencySeconds: H100_LINKS.nvlink.latencySeconds, links: H100_LINKS, controllerLinkBytesPerSecond: 12.5e9 },
+  'h100-100gbe': { name: 'h100-100gbe', description: 'H100 SXM, 100 Gb/s Ethernet between pods', flopsPerSecond: 0.45 * 989e12, linkBytesPerSecond: H100_LINKS.network.bytesPerSecond, linkLatencySeconds: H100_LINKS.network.latencySeconds, links: H100_LINKS, controllerLinkBytesPerSecond: 12.5e9 },
+  'rtx4090-pcie': { name: 'rtx4090-pcie', description: 'RTX 4090, PCIe 4.0 x16', flopsPerSecond: 0.45 * 165e12, linkBytesPerSecond: 25e9, linkLatencySeconds: 10e-6, links: RTX4090_LINKS, controllerLinkBytesPerSecond: 1.25e9 },
 };
+
+/** The profile the controller plans with unless LONGSHOT_PLANNER_PROFILE says otherwise. */
+export const DEFAULT_PLANNER_PROFILE = 'h100-100gbe';
 
 export function getProfile(name: string): HardwareProfile {
   const p = HARDWARE_PROFILES[name];
@@ -255,23 +280,42 @@ export function predictPipelineSeconds(t: PipelineTiming): number {
   return end;
 }
 
+/** Bytes each hop of a job on K stages carries per block-step: hidden states, and the velocity tail to head (none for K = 1). */
+export function hopBytes(spec: JobSpec, model: ModelShape, stages: number): number[] {
+  const plan = planJob(spec);
+  const window = windowOf(spec);
+  return stages === 1 ? [] : [...Array<number>(stages - 1).fill(hiddenBytes(model, window)), velocityBytes(model, window, plan.latentHeight, plan.latentWidth)];
+}
+
+/** Seconds for `bytes` to cross `link`. */
+export const linkSeconds = (bytes: number, link: Link): number => bytes / link.bytesPerSecond + link.latencySeconds;
+
+function windowOf(spec: JobSpec): WindowShape {
+  const plan = planJob(spec);
+  return { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
+}
+
 /**
  * The timing of a job on K stages of `profile` (or a layout: K stages of groups), as
  * predictPipelineSeconds takes it: every stage's forward of an average window, the hops between
  * stages, and, given the decoder, the decoding of each finished block on the tail. `limits` caps
- * the blocks and steps simulated (the prediction walks every block-step). A group's rank 0 takes
- * and sends the whole hidden states on the hops (groupStageCost charges its scatter and gather).
+ * the blocks and steps simulated (the prediction walks every block-step). `links`: each hop's link
+ * in ring order (`placementLinks` of the workers a job leased); without, every hop crosses the
+ * profile's default link. A group's rank 0 takes and sends the whole hidden states on the hops
+ * (groupStageCost charges its scatter and gather).
  */
-export function jobTiming(spec: JobSpec, model: ModelShape, layout: number | PipelineLayout, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }): PipelineTiming {
+export function jobTiming(spec: JobSpec, model: ModelShape, layout: number | PipelineLayout, profile: HardwareProfile, decoder?: DecoderShape, limits = { blocks: Infinity, steps: Infinity }, links?: readonly Link[]): PipelineTiming {
   const plan = planJob(spec);
+  const window = windowOf(spec);
   const { stages, ...group } = typeof layout === 'number' ? { stages: layout, ...SINGLE_STAGE_GROUP } : layout;
-  const window = { tokensPerFrame: (plan.latentHeight / 2) * (plan.latentWidth / 2), prefixFrames: spec.context, ownFrames: spec.block, successorFrames: spec.context };
   const grouped = groupWorkers(group) > 1;
   const stageSeconds = partitionLayers(model.layers, stages).map((r) =>
     grouped ? groupStageCost(model, r.l1 - r.l0, window, r.head, r.tail, group, profile).seconds : stageFlops(model, r.l1 - r.l0, window, r.head, r.tail) / profile.flopsPerSecond,
   );
-  const hop = (bytes: number) => bytes / profile.linkBytesPerSecond + profile.linkLatencySeconds;
-  const hopSeconds = stages === 1 ? [] : [...Array<number>(stages - 1).fill(hop(hiddenBytes(model, window))), hop(velocityBytes(model, window, plan.latentHeight, plan.latentWidth))];
+  const bytes = hopBytes(spec, model, stages);
+  if (links && links.length !== bytes.length) throw new RangeError(`need one link per hop: ${bytes.length} hops for ${stages} stages, got ${links.length} links`);
+  const defaultLink = { bytesPerSecond: profile.linkBytesPerSecond, latencySeconds: profile.linkLatencySeconds };
+  const hopSeconds = bytes.map((b, k) => linkSeconds(b, links?.[k] ?? defaultLink));
   const B = spec.block;
   const send = (bytes: number) => bytes / profile.controllerLinkBytesPerSecond;
   const decode = decoder && {

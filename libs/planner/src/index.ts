@@ -4,3 +4,4 @@ export * from './spec';
 export * from './cost';
 export * from './layout';
 export * from './checkpoint';
+export * from './links';

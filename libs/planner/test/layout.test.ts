@@ -32,7 +32,7 @@ describe('groupStageCost (a stage group member per block-step)', () => {
     const front = 2 * ((2 * 6 * 3600 * 5120 * 4) / 2);
     expect(u2.exchangeBytes).toBe(5 * (4 * rows + 2 * cached) * 5120 * 4 * 0.5 + front);
     expect(u2.imbalance).toBe(1);
-    expect(u2.exchangeSeconds).toBeCloseTo(u2.exchangeBytes / nvlink.groupLinkBytesPerSecond + 11 * nvlink.groupLinkLatencySeconds, 12);
+    expect(u2.exchangeSeconds).toBeCloseTo(u2.exchangeBytes / nvlink.links.nvlink.bytesPerSecond + 11 * nvlink.links.nvlink.latencySeconds, 12);
     // 6 frames over 4 members: the largest shard holds 2 frames where an even split holds 1.5.
     const u4 = groupStageCost(WAN_14B, 5, WINDOW, false, false, { ulysses: 4, cfgParallel: false }, nvlink);
     // Token-wise work 2/6 where 1/4 is even (1.33), self-attention 10 of 40 heads (1.00): between the two.

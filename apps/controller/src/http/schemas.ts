@@ -2,6 +2,7 @@ import { applyDecorators } from '@nestjs/common';
 import { ApiBearerAuth, ApiCookieAuth, ApiHeader, ApiParam, ApiResponse } from '@nestjs/swagger';
 import { API_ROLES, JOB_STATUSES } from '@longshot/cache';
 import { SAMPLER_KINDS } from '@longshot/sampler';
+import { LINK_KINDS } from '@longshot/planner';
 import { HOP_TRANSPORTS } from '@longshot/transport';
 
 /*
@@ -61,6 +62,8 @@ const SPEC = object({
   webhookEvents: { type: 'array', items: str, nullable: true, description: "The events the job's webhook gets (its URL is not shown); null without a webhook." },
 });
 
+const GPU = object({ index: int, uuid: str, name: str }, 'The CUDA device: index on its host, UUID, model.');
+
 const RESULT = object({
   frames: int,
   width: int,
@@ -75,8 +78,24 @@ const RESULT = object({
   seconds: num,
   hops: {
     type: 'array',
-    description: "How each stage-to-stage hop (the tail's to the head included) of the run that finished moved its tensor bytes; empty for one stage.",
-    items: object({ from: int, to: int, transport: { type: 'string', enum: [...HOP_TRANSPORTS] } }),
+    description: "How each stage-to-stage hop (the tail's to the head included) of the run that finished moved its tensor bytes, and the link the cost model gives it from the placement; empty for one stage.",
+    items: object({
+      from: int,
+      to: int,
+      transport: { type: 'string', enum: [...HOP_TRANSPORTS] },
+      link: {
+        ...object(
+          { kind: { type: 'string', enum: [...LINK_KINDS] }, bytesPerSecond: num, latencySeconds: num, seconds: { ...num, description: "Modelled seconds for the hop's tensor of one block-step." } },
+          'The modelled link: one GPU (device), one NVLink domain, one host, or the network at the smaller registered link speed; null in results recorded before links were modelled.',
+        ),
+        nullable: true,
+      },
+    }),
+  },
+  placement: {
+    type: 'array',
+    description: 'Where each stage of the run that finished ran, head first, as its worker registered.',
+    items: object({ stage: int, worker: str, host: nullable(str), nvlinkDomain: nullable(str), gpu: { ...GPU, nullable: true } }),
   },
 });
 
@@ -131,6 +150,10 @@ export const WORKERS_SCHEMA = object({
       backend: str,
       numerics: str,
       startedAt: dateTime,
+      host: { ...nullable(str), description: "Its data plane's host id (workers with equal ones share memory); null on gRPC only." },
+      nvlinkDomain: { ...nullable(str), description: 'Its NVLink domain (--nvlink-domain); null for none.' },
+      gpu: { ...GPU, nullable: true },
+      linkGbps: { ...nullable(num), description: 'Its network link in Gb/s (--link-gbps); null when not given.' },
     }),
   },
 });

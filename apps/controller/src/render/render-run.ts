@@ -3,8 +3,8 @@ import { DelayedError, UnrecoverableError, WaitingError, type Job } from 'bullmq
 import { isTerminal, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
 import { jobSchedulerConfig } from '@longshot/sampler';
 import type { ModelCatalog, ModelSource, TextEmbeddings } from '@longshot/model';
-import { candidates, LeasedWorkers, runDistributedJob, signJobGrant, type DriverWorker, type Hop } from '@longshot/pipeline';
-import { planJob, type JobSpec } from '@longshot/planner';
+import { candidates, LeasedWorkers, placeByTopology, runDistributedJob, signJobGrant, stagePlacement, type DriverWorker, type Hop, type StagePlace } from '@longshot/pipeline';
+import { getProfile, placementLinks, planJob, type JobSpec } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
 import type { ControllerConfig } from '../config';
@@ -108,12 +108,19 @@ export class RenderRun {
     }
   }
 
-  /** K for a job that left it open: from the cost model and the workers free right now. */
+  /**
+   * K for a job that left it open: from the cost model and the workers free right now, each K
+   * priced on the links between the workers leasing would give it (placeByTopology).
+   */
   private async plan(spec: VideoSpec, model: ModelSource): Promise<number> {
-    const live = candidates(await this.d.registry.list(), spec.model);
+    const workers = await this.d.registry.list();
+    const info = new Map(workers.map((w) => [w.id, w]));
+    const live = candidates(workers, spec.model);
     const leased = new Set((await this.d.leases.leases(live)).map((l) => l.worker));
-    const free = live.filter((id) => !leased.has(id)).length;
-    return chooseStages(spec, model.config, model.vae, Math.max(1, free), this.d.config.plannerProfile);
+    const free = live.filter((id) => !leased.has(id));
+    const profile = getProfile(this.d.config.plannerProfile);
+    const linksFor = (K: number) => placementLinks(placeByTopology(free, info, K).slice(0, K).map((id) => stagePlacement(info.get(id)!)), profile.links);
+    return chooseStages(spec, model.config, model.vae, Math.max(1, free.length), this.d.config.plannerProfile, linksFor);
   }
 
   /** `reserved`: the leased workers, head first; the job's numerics are theirs (the record's, when the job already had one). */
@@ -162,6 +169,7 @@ export class RenderRun {
       );
     let workers = source.workers;
     let hops: Hop[] = [];
+    let placement: StagePlace[] = [];
     if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
       // The pipeline finished before the previous run died (stitching lags compute): only the
       // stitch is left, and there is nothing for workers to do.
@@ -180,6 +188,7 @@ export class RenderRun {
           credentials: tlsCredentials(config.tls).client,
           signal: this.abort.signal,
           livenessIntervalMs: config.livenessIntervalMs,
+          plannerProfile: getProfile(config.plannerProfile),
           onBlock,
           onAttempt: (a) => (decoding = a.workers[a.workers.length - 1]),
           onFailover: (f) => progress.failover(f),
@@ -189,6 +198,7 @@ export class RenderRun {
       );
       workers = run.workers;
       hops = run.hops;
+      placement = run.placement;
     }
     this.abort.signal.throwIfAborted();
     await progress.flush();
@@ -209,6 +219,7 @@ export class RenderRun {
       contentUrl: urlsOf(this.id).content,
       seconds: (finishedAt - first) / 1000,
       hops,
+      placement,
     };
     const done = await jobs.update(this.id, {
       status: 'succeeded',

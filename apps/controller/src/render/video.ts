@@ -1,5 +1,5 @@
 import type { JobRecord, JobStore } from '@longshot/cache';
-import type { Hop } from '@longshot/pipeline';
+import type { Hop, StagePlace } from '@longshot/pipeline';
 import type { SamplerKind } from '@longshot/sampler';
 import type { JobSpec } from '@longshot/planner';
 
@@ -28,6 +28,8 @@ export interface VideoResult {
   readonly seconds: number;
   /** How each stage-to-stage hop of the run that finished moved its tensor bytes (empty for K = 1, or when no stage ran). */
   readonly hops: readonly Hop[];
+  /** Where each stage of the run that finished ran (host, NVLink domain, GPU), head first; empty when no stage ran. */
+  readonly placement: readonly StagePlace[];
 }
 
 export type VideoStore = JobStore<VideoSpec, VideoResult>;

@@ -263,6 +263,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   out.Set("cudaDevices", cuda.devices);
   if (cuda.usable) {
     out.Set("cudaDevice", cuda.device);
+    out.Set("cudaDeviceIndex", cuda.index);
+    out.Set("cudaDeviceUuid", cuda.uuid);
     out.Set("cublas", ls::cuda::cublas_loaded());
   } else {
     out.Set("cudaUnavailable", cuda.reason);

@@ -29,6 +29,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -251,6 +252,13 @@ void Device::probe() {
   }
   status_.usable = true;
   status_.device = prop.name;
+  status_.index = device_;
+  // 16 bytes as 8-4-4-4-12 hex digits, the form nvidia-smi and NVML report.
+  char uuid[48];
+  const unsigned char* u = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
+  std::snprintf(uuid, sizeof uuid, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
+                u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  status_.uuid = uuid;
   total_mem_ = prop.totalGlobalMem;
   cache_limit_ = total_mem_ / 10 * 4;
   if (g_options.cache_mb >= 0) cache_limit_ = static_cast<size_t>(g_options.cache_mb) << 20;

@@ -17,6 +17,8 @@ struct Status {
   int devices = 0;        // CUDA devices the driver reports (0 without a driver)
   bool usable = false;    // a device the kernels can run on was found
   std::string device;     // its name, when usable
+  int index = -1;         // its index among the devices, when usable
+  std::string uuid;       // its UUID as nvidia-smi prints it ("GPU-xxxxxxxx-xxxx-..."), when usable
   std::string reason;     // why not usable, when not
 };
 
