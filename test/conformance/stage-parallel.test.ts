@@ -55,9 +55,10 @@ describe('exchange packing', () => {
   it('the in-process collective matches calls by order and keeps the two guidance halves apart', async () => {
     const [a, b, c, d] = new LocalCollectiveGroup({ ulysses: 2, cfgParallel: true }).members();
     const part = (v: number) => Float32Array.of(v);
-    const got = await Promise.all([a.allToAll([part(0), part(1)]), b.allToAll([part(10), part(11)]), c.allToAll([part(20), part(21)]), d.allToAll([part(30), part(31)])]);
+    const step = midStep(getConfig('tiny'));
+    const got = await Promise.all([a.allToAll([part(0), part(1)], step), b.allToAll([part(10), part(11)], step), c.allToAll([part(20), part(21)], step), d.allToAll([part(30), part(31)], step)]);
     expect(got.map((r) => r.map((t) => t[0]))).toEqual([[0, 10], [1, 11], [20, 30], [21, 31]]);
-    const gathered = await Promise.all([a, b, c, d].map((m, i) => m.gather(part(i))));
+    const gathered = await Promise.all([a, b, c, d].map((m, i) => m.gather(part(i), step)));
     expect(gathered[0]!.map((t) => t[0])).toEqual([0, 1, 2, 3]);
     expect(gathered.slice(1)).toEqual([null, null, null]);
   });

@@ -325,9 +325,9 @@ export class StageSession {
     const s = h.step!;
     const step = this.expectedStep(s.block, s.iteration) as BlockStep;
     const count = h.shape.reduce((a, b) => a * b, 1);
-    const peer = this.group?.peerOf(h.sessionId) ?? null;
-    if (peer !== null) {
-      this.group!.deliver(peer, step, decodePayload(payload, 'f32', count));
+    const from = this.group?.peerOf(h.sessionId) ?? null;
+    if (from !== null) {
+      this.group!.deliver(from.peer, from.channel, step, decodePayload(payload, 'f32', count));
       return;
     }
     const received = performance.now();

@@ -17,10 +17,19 @@ import {
 import { workerMetrics } from './metrics';
 import { SessionError } from './session-error';
 
-/** The session id member `to` takes member `from`'s tensors on (its own data-plane key and stream). */
-export function inboxId(sessionId: string, from: number): string {
-  return `${sessionId}/from${from}`;
+/**
+ * A group's two channels per ordered pair of members: `stage` carries rank 0's inputs and the
+ * members' outputs, `exchange` what a forward's collectives send. Apart, rank 0 can send the next
+ * block-step's inputs while the members still exchange for this one.
+ */
+export type GroupChannel = 'stage' | 'exchange';
+
+/** The session id member `to` (session `sessionId`) takes member `from`'s tensors of `channel` on (its own data-plane key and stream). */
+export function inboxId(sessionId: string, from: number, channel: GroupChannel = 'stage'): string {
+  return `${sessionId}/from${from}${channel === 'exchange' ? '/x' : ''}`;
 }
+
+const CHANNELS: readonly GroupChannel[] = ['stage', 'exchange'];
 
 /** A validated StageGroupSpec: the layout and this member's place in it. */
 export interface GroupPlace {
@@ -52,15 +61,14 @@ interface Message {
 /**
  * Ordered point-to-point tensor channels between this member and the others of its stage group
  * (one Activations stream per peer, bytes over the data plane like a hop), and the `Collective`
- * the Stage's exchanges use on top of them. Every member sends and takes its messages in the
- * order of one shared program (the forward), so a channel needs no tags.
+ * the Stage's exchanges use on top of them. On each channel every member sends and takes its
+ * messages in the order of one shared program (block-steps in order; within one, the forward's
+ * collectives), so a channel needs no tags.
  */
 export class GroupLink {
-  /** Block-step the current forward runs: group messages carry it (workers check it like a hop's). */
-  current: BlockStep | null = null;
-  private readonly senders = new Map<number, { client: WorkerClient; sender: TensorSender }>();
-  private readonly inbox = new Map<number, Message[]>();
-  private readonly waiting = new Map<number, ((m: Message) => void)[]>();
+  private readonly senders = new Map<string, { client: WorkerClient; sender: TensorSender }>();
+  private readonly inbox = new Map<string, Message[]>();
+  private readonly waiting = new Map<string, ((m: Message) => void)[]>();
   private failure: Error | null = null;
   private readonly failWaiters = new Set<(e: Error) => void>();
 
@@ -73,36 +81,38 @@ export class GroupLink {
     return this.place.rank;
   }
 
-  /** The inbox session ids of this member, one per peer. */
+  /** The inbox session ids of this member: two per peer (one per channel). */
   inboxes(): string[] {
     const self = this.place.members[this.rank].sessionId;
-    return this.place.members.flatMap((_, r) => (r === this.rank ? [] : [inboxId(self, r)]));
+    return this.place.members.flatMap((_, r) => (r === this.rank ? [] : CHANNELS.map((c) => inboxId(self, r, c))));
   }
 
-  /** Which peer an inbox id belongs to, or null when it is none of this member's. */
-  peerOf(sessionId: string): number | null {
+  /** Which peer and channel an inbox id belongs to, or null when it is none of this member's. */
+  peerOf(sessionId: string): { peer: number; channel: GroupChannel } | null {
     const self = this.place.members[this.rank].sessionId;
-    const r = this.place.members.findIndex((_, i) => i !== this.rank && inboxId(self, i) === sessionId);
-    return r < 0 ? null : r;
+    for (let peer = 0; peer < this.place.members.length; peer++) {
+      if (peer === this.rank) continue;
+      for (const channel of CHANNELS) if (inboxId(self, peer, channel) === sessionId) return { peer, channel };
+    }
+    return null;
   }
 
-  /** A message from peer `from` arrived (in that peer's send order). */
-  deliver(from: number, step: BlockStep, data: Float32Array): void {
-    const waiter = this.waiting.get(from)?.shift();
+  /** A message from peer `from` on `channel` arrived (in that peer's send order). */
+  deliver(from: number, channel: GroupChannel, step: BlockStep, data: Float32Array): void {
+    const key = `${from}:${channel}`;
+    const waiter = this.waiting.get(key)?.shift();
     if (waiter) waiter({ step, data });
-    else this.queueOf(from).push({ step, data });
+    else this.queueOf(key).push({ step, data });
   }
 
-  async send(to: number, data: Float32Array): Promise<void> {
+  async send(to: number, channel: GroupChannel, step: BlockStep, data: Float32Array): Promise<void> {
     if (this.failure) throw this.failure;
-    const step = this.current;
-    if (!step) throw new Error('group send outside a forward');
     const peer = this.place.members[to];
     const payload = encodePayload(data, 'f32');
     try {
-      await this.senderTo(to).send(
+      await this.senderTo(to, channel).send(
         {
-          sessionId: inboxId(peer.sessionId, this.rank),
+          sessionId: inboxId(peer.sessionId, this.rank, channel),
           token: peer.token,
           kind: PayloadKind.PAYLOAD_KIND_GROUP,
           step: { iteration: step.iteration, block: step.block, step: step.step, timestep: step.timestep, prefixFrames: step.prefixFrames, ownFrames: step.ownFrames, contextFrames: step.contextFrames, height: step.height, width: step.width },
@@ -118,19 +128,20 @@ export class GroupLink {
     workerMetrics.bytesSent.inc(payload.length);
   }
 
-  receive(from: number): Promise<Message> {
-    const queued = this.queueOf(from).shift();
+  receive(from: number, channel: GroupChannel): Promise<Message> {
+    const key = `${from}:${channel}`;
+    const queued = this.queueOf(key).shift();
     if (queued) return Promise.resolve(queued);
     if (this.failure) return Promise.reject(this.failure);
     return new Promise<Message>((resolve, reject) => {
       const onFail = (e: Error) => reject(e);
       this.failWaiters.add(onFail);
-      const list = this.waiting.get(from) ?? [];
+      const list = this.waiting.get(key) ?? [];
       list.push((m) => {
         this.failWaiters.delete(onFail);
         resolve(m);
       });
-      this.waiting.set(from, list);
+      this.waiting.set(key, list);
     });
   }
 
@@ -140,21 +151,21 @@ export class GroupLink {
     const half = Math.floor(this.rank / U);
     const size = this.place.members.length;
     return {
-      allToAll: async (parts) => {
+      allToAll: async (parts, step) => {
         const peers = parts.map((_, j) => half * U + j);
-        const sent = Promise.all(peers.map((r, j) => (r === this.rank ? null : this.send(r, parts[j]))));
+        const sent = Promise.all(peers.map((r, j) => (r === this.rank ? null : this.send(r, 'exchange', step, parts[j]))));
         // A failed send also fails the receives below; this one is awaited after them.
         sent.catch(() => undefined);
-        const got = await Promise.all(peers.map(async (r, j) => (r === this.rank ? parts[j] : (await this.receive(r)).data)));
+        const got = await Promise.all(peers.map(async (r, j) => (r === this.rank ? parts[j] : (await this.receive(r, 'exchange')).data)));
         await sent;
         return got;
       },
-      gather: async (part) => {
+      gather: async (part, step) => {
         if (this.rank !== 0) {
-          await this.send(0, part);
+          await this.send(0, 'exchange', step, part);
           return null;
         }
-        return [part, ...(await Promise.all(Array.from({ length: size - 1 }, async (_, i) => (await this.receive(i + 1)).data)))];
+        return [part, ...(await Promise.all(Array.from({ length: size - 1 }, async (_, i) => (await this.receive(i + 1, 'exchange')).data)))];
       },
     };
   }
@@ -177,24 +188,25 @@ export class GroupLink {
     );
   }
 
-  private queueOf(from: number): Message[] {
-    let q = this.inbox.get(from);
+  private queueOf(key: string): Message[] {
+    let q = this.inbox.get(key);
     if (!q) {
       q = [];
-      this.inbox.set(from, q);
+      this.inbox.set(key, q);
     }
     return q;
   }
 
-  private senderTo(to: number): TensorSender {
-    let s = this.senders.get(to);
+  private senderTo(to: number, channel: GroupChannel): TensorSender {
+    const key = `${to}:${channel}`;
+    let s = this.senders.get(key);
     if (!s) {
       const peer = this.place.members[to];
       const client = createWorkerClient(peer.address, { credentials: this.o.credentials });
       const hop = chooseHopTransport(this.o.dataPlane.mode, this.o.dataPlane.hostId, peer.dataPlane);
       const bytes = hop === 'grpc' ? undefined : new DataPlaneSender(peer.dataPlane!.tcpAddress, { shm: hop === 'shm' });
       s = { client, sender: TensorSender.open(client, { peer: peer.address, bytes }) };
-      this.senders.set(to, s);
+      this.senders.set(key, s);
     }
     return s.sender;
   }
@@ -231,6 +243,7 @@ export function emulatedShapes(members: readonly { shardShare(step: BlockStep): 
  * output shards (the tail's velocity is gathered inside the Stage).
  */
 export class GroupFront implements StageRunner {
+  /** Gathers outputs in block-step order. */
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -243,23 +256,26 @@ export class GroupFront implements StageRunner {
     return this.stage.range;
   }
 
+  /**
+   * Called in arrival order: the members get their inputs at once (their stage channels queue
+   * them), this member's own shard queues on its Stage, and the outputs are gathered in order.
+   */
   forward(step: BlockStep, input: Float32Array): Promise<Float32Array> {
-    const run = this.queue.then(() => this.run(step, input));
+    const { members } = this.link.place;
+    const inputs = this.shapes.inputs(step, input);
+    const sent = Promise.all(members.map((_, r) => (r === 0 ? null : this.link.send(r, 'stage', step, inputs[r]))));
+    sent.catch(() => undefined);
+    const own = this.stage.forward(step, inputs[0]);
+    own.catch(() => undefined);
+    const run = this.queue.then(async () => {
+      const mine = await own;
+      await sent;
+      if (this.range.tail) return mine;
+      const parts = [mine, ...(await Promise.all(members.slice(1).map(async (_, i) => (await this.link.receive(i + 1, 'stage')).data)))];
+      return this.shapes.join(step, parts);
+    });
     this.queue = run.catch(() => undefined);
     return run;
-  }
-
-  private async run(step: BlockStep, input: Float32Array): Promise<Float32Array> {
-    const { members } = this.link.place;
-    this.link.current = step;
-    const inputs = this.shapes.inputs(step, input);
-    const sent = Promise.all(members.map((_, r) => (r === 0 ? null : this.link.send(r, inputs[r]))));
-    sent.catch(() => undefined);
-    const own = await this.stage.forward(step, inputs[0]);
-    await sent;
-    if (this.range.tail) return own;
-    const parts = [own, ...(await Promise.all(members.slice(1).map(async (_, i) => (await this.link.receive(i + 1)).data)))];
-    return this.shapes.join(step, parts);
   }
 }
 
@@ -270,11 +286,10 @@ export class GroupFront implements StageRunner {
  */
 export async function serveGroupMember(stage: StageRunner, link: GroupLink, onForward: (step: BlockStep) => void): Promise<void> {
   for (;;) {
-    const { step, data } = await link.receive(0);
-    link.current = step;
+    const { step, data } = await link.receive(0, 'stage');
     const out = await stage.forward(step, data);
     onForward(step);
-    if (!stage.range.tail) await link.send(0, out);
+    if (!stage.range.tail) await link.send(0, 'stage', step, out);
   }
 }
 

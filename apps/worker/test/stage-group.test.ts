@@ -17,22 +17,27 @@ describe('stage group sessions (docs/parallelism.md)', () => {
     expect(() => groupPlace({ ...spec, members: noToken }, members[1].sessionId, members[1].token)).toThrow(/group\.members\[2\] needs/);
   });
 
-  it('a member takes each peer on its own inbox and delivers in order, before or after the receive', async () => {
+  it('a member takes each peer and channel on its own inbox and delivers in order, before or after the receive', async () => {
     const members = [0, 1, 2].map(member);
     const link = new GroupLink(groupPlace({ ulysses: 3, cfgParallel: false, rank: 1, members }, members[1].sessionId, members[1].token), { dataPlane: { mode: 'grpc', hostId: '' }, onFailure: () => undefined });
-    expect(link.inboxes()).toEqual([inboxId(members[1].sessionId, 0), inboxId(members[1].sessionId, 2)]);
-    expect(link.peerOf(inboxId(members[1].sessionId, 2))).toBe(2);
-    expect(link.peerOf(inboxId(members[1].sessionId, 1))).toBeNull();
-    expect(link.peerOf(members[1].sessionId)).toBeNull();
+    const self = members[1].sessionId;
+    expect(link.inboxes()).toEqual([inboxId(self, 0), inboxId(self, 0, 'exchange'), inboxId(self, 2), inboxId(self, 2, 'exchange')]);
+    expect(new Set(link.inboxes()).size).toBe(4);
+    expect(link.peerOf(inboxId(self, 2, 'exchange'))).toEqual({ peer: 2, channel: 'exchange' });
+    expect(link.peerOf(inboxId(self, 0))).toEqual({ peer: 0, channel: 'stage' });
+    expect(link.peerOf(inboxId(self, 1))).toBeNull();
+    expect(link.peerOf(self)).toBeNull();
     const step = { iteration: 0, block: 0, step: 0, timestep: 999, prefixFrames: 0, ownFrames: 2, contextFrames: 1, height: 8, width: 8 };
-    link.deliver(0, step, Float32Array.of(1));
-    const waiting = link.receive(2);
-    link.deliver(2, step, Float32Array.of(2));
-    link.deliver(0, step, Float32Array.of(3));
-    expect((await link.receive(0)).data[0]).toBe(1);
+    link.deliver(0, 'stage', step, Float32Array.of(1));
+    link.deliver(0, 'exchange', step, Float32Array.of(10));
+    const waiting = link.receive(2, 'exchange');
+    link.deliver(2, 'exchange', step, Float32Array.of(2));
+    link.deliver(0, 'stage', step, Float32Array.of(3));
+    expect((await link.receive(0, 'stage')).data[0]).toBe(1);
+    expect((await link.receive(0, 'exchange')).data[0]).toBe(10);
     expect((await waiting).data[0]).toBe(2);
-    expect((await link.receive(0)).data[0]).toBe(3);
-    const pending = link.receive(0);
+    expect((await link.receive(0, 'stage')).data[0]).toBe(3);
+    const pending = link.receive(0, 'stage');
     await link.close();
     await expect(pending).rejects.toThrow(/the stage group closed/);
   });

@@ -1,3 +1,5 @@
+import type { BlockStep } from './stage';
+
 /**
  * Parallelism inside a stage (docs/parallelism.md): a stage may be a group of workers that share
  * its layers. Two ways to split one block-step's work, combinable:
@@ -83,11 +85,12 @@ export function shardFrames(windowFrames: number, ulysses: number, shard: number
 export interface Collective {
   /**
    * All-to-all among the U members of this member's guidance half: `send[j]` goes to shard j
-   * (send[own shard] stays here); resolves to what each shard j sent to this member.
+   * (send[own shard] stays here); resolves to what each shard j sent to this member. `step`: the
+   * block-step whose forward exchanges (the wire carries it).
    */
-  allToAll(send: Float32Array[]): Promise<Float32Array[]>;
+  allToAll(send: Float32Array[], step: BlockStep): Promise<Float32Array[]>;
   /** Every member's `part` at rank 0, in rank order; other members get null. */
-  gather(part: Float32Array): Promise<Float32Array[] | null>;
+  gather(part: Float32Array, step: BlockStep): Promise<Float32Array[] | null>;
 }
 
 /** Where a stage sits in its group. */

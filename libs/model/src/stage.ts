@@ -204,10 +204,10 @@ export class Stage {
         extraK = b.ropeInPlace(b.op('rms_norm', [successor.entry.k[i], w(`${p}.attn1.norm_k.weight`)], [rows, D, c.eps]), grid(successor.frames, g.frames + successor.first));
         extraV = successor.entry.v[i];
       }
-      const heads = this.sharded ? await this.tokensToHeads(b, g, [q, k, v], successor ? [extraK, extraV] : null) : { qkv: [q, k, v], extra: [extraK, extraV], extraTokens: successor ? successor.frames * g.hw : 0 };
+      const heads = this.sharded ? await this.tokensToHeads(s, b, g, [q, k, v], successor ? [extraK, extraV] : null) : { qkv: [q, k, v], extra: [extraK, extraV], extraTokens: successor ? successor.frames * g.hw : 0 };
       const localHeads = m.heads[1] - m.heads[0];
       const attnHeads = b.op('attention', [...heads.qkv, ...heads.extra], [Bt, g.tokens, g.tokens, heads.extraTokens, localHeads, hd]);
-      const attn = this.sharded ? await this.headsToTokens(b, g, attnHeads) : attnHeads;
+      const attn = this.sharded ? await this.headsToTokens(s, b, g, attnHeads) : attnHeads;
       b.gatedAddInPlace(x, lin(attn, `${p}.attn1.to_out.0`, D, D), mod(2), M, D);
       const cacheRows = [Bt, g.localTokens, D, cached.offset, cached.tokens];
       own.k.push(b.fresh('copy_rows', [kRaw], cacheRows));
@@ -245,7 +245,7 @@ export class Stage {
     let out = b.rowLinear(ho, w('proj_out.weight'), w('proj_out.bias'), Bt * outTokens, 2 * ownTokens, D, patchDim);
     if (this.sharded) {
       await this.backend.run(b.take());
-      const parts = await this.group!.collective.gather(out);
+      const parts = await this.group!.collective.gather(out, s);
       if (this.range.l1 > this.range.l0) this.kvCache = own;
       if (!parts) return new Float32Array(0);
       out = assembleSpan(parts, this.group!.layout, c.heads, { windowFrames: g.frames, from: s.prefixFrames, to: g.frames, hw: g.hw, width: patchDim });
@@ -302,7 +302,7 @@ export class Stage {
    * become all tokens x this member's heads. One all-to-all; per destination the parts are packed
    * q | k | v | extraK | extraV.
    */
-  private async tokensToHeads(b: GraphBuilder, g: Geometry, qkv: Float32Array[], extra: (Float32Array | null)[] | null): Promise<{ qkv: Float32Array[]; extra: (Float32Array | null)[]; extraTokens: number }> {
+  private async tokensToHeads(step: BlockStep, b: GraphBuilder, g: Geometry, qkv: Float32Array[], extra: (Float32Array | null)[] | null): Promise<{ qkv: Float32Array[]; extra: (Float32Array | null)[]; extraTokens: number }> {
     await this.backend.run(b.take());
     const hd = headDim(this.config);
     const U = this.group!.layout.ulysses;
@@ -310,7 +310,7 @@ export class Stage {
     const extraRows = extra && extra[0] ? extra[0].length / this.config.dim : 0;
     const pieces = [...qkv.map((t) => splitColumns(t, g.rows, this.config.dim, cols)), ...(extra ? extra.map((t) => (t ? splitColumns(t, extraRows, this.config.dim, cols) : cols.map(() => new Float32Array(0)))) : [])];
     const send = cols.map((_, j) => concat(pieces.map((p) => p[j])));
-    const recv = await this.group!.collective.allToAll(send);
+    const recv = await this.group!.collective.allToAll(send, step);
     const width = (this.member.heads[1] - this.member.heads[0]) * hd;
     const split = recv.map((r, j) => {
       const [a, z] = shardFrames(g.frames, U, j);
@@ -329,11 +329,11 @@ export class Stage {
   }
 
   /** Ulysses, back: all tokens x this member's heads of the attention output become this member's tokens x all heads. */
-  private async headsToTokens(b: GraphBuilder, g: Geometry, attn: Float32Array): Promise<Float32Array> {
+  private async headsToTokens(step: BlockStep, b: GraphBuilder, g: Geometry, attn: Float32Array): Promise<Float32Array> {
     await this.backend.run(b.take());
     const U = this.group!.layout.ulysses;
     const ranges = Array.from({ length: U }, (_, j) => shardFrames(g.frames, U, j)).map(([a, z]) => [a * g.hw, z * g.hw] as const);
-    const recv = await this.group!.collective.allToAll(splitTokens(attn, g.batch, g.tokens, ranges));
+    const recv = await this.group!.collective.allToAll(splitTokens(attn, g.batch, g.tokens, ranges), step);
     return joinColumns(recv, g.rows, b.scratch(g.rows * this.config.dim));
   }
 
