@@ -195,6 +195,9 @@ describe('DualParal across worker processes', () => {
       ['dtype', { dtype: toWireDtype('bf16'), byteLength: tokens * 64 * 2 }, grpc.status.INVALID_ARGUMENT],
       ['block-step the job does not have', { step: { ...goodStep, block: 99 } }, grpc.status.INVALID_ARGUMENT],
       ['velocity into a tail', { kind: PayloadKind.PAYLOAD_KIND_VELOCITY }, grpc.status.INVALID_ARGUMENT],
+      // Stage groups (docs/parallelism.md): a session without one has no inboxes and takes no group tensors.
+      ['a group tensor into a stage without a group', { kind: PayloadKind.PAYLOAD_KIND_GROUP, shape: [tokens * 64] }, grpc.status.INVALID_ARGUMENT],
+      ['the inbox of a group member this session is not', { sessionId: 'probe.s1/from0', kind: PayloadKind.PAYLOAD_KIND_GROUP, shape: [tokens * 64] }, grpc.status.NOT_FOUND],
       ['a transport this build does not know', { transport: 7 }, grpc.status.INVALID_ARGUMENT],
     ];
     // A real job runs on the same workers while the bad streams arrive.
