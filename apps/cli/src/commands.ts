@@ -17,7 +17,8 @@ Usage: longshot COMMAND [flags]
 Commands:
 ${table(COMMANDS.map((c) => [c.name, c.summary])).join('\n')}
 
-Benchmarks: npm run bench -- kernels|transport|pipeline|scaling|gpu|load|vae [--json]
+Benchmarks: npm run bench -- kernels|transport|pipeline|scaling|gpu|load|vae
+            [--json]
 
 'longshot COMMAND --help' for its flags.
 Exit status: 2 for a mistake in a flag, a file or a job id (one line naming
