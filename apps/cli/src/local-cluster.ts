@@ -64,7 +64,7 @@ const CONTROLLER_BIN = path.resolve(__dirname, '../../controller/bin/longshot-co
  * first minutes of traffic), so a worker's footprint is flat from its first job on, as a pod's
  * memory request assumes. The worker image starts node with the same flags.
  */
-export const WORKER_NODE_FLAGS = ['--min-semi-space-size=4', '--max-semi-space-size=4'];
+export const WORKER_NODE_FLAGS = ['--min-semi-space-size=4', '--max-semi-space-size=4', ...(process.env.PROF_DIR ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.PROF_DIR] : [])];
 
 /**
  * Redis plus N worker processes on loopback: what `longshot render --stages K`, `longshot up`,

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
-import { BlockStore, CheckpointStore, WorkerLeases, WorkerRegistry, type KeySchema } from '@longshot/cache';
+import { CheckpointStore, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema } from '@longshot/cache';
 import { numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
@@ -86,7 +86,8 @@ export class WorkerProcess {
   private readonly redis: Redis;
   private readonly registry: WorkerRegistry;
   private readonly checkpoints: CheckpointStore;
-  private readonly blocks: BlockStore;
+  /** The heads' checkpoint pieces and finished blocks, written on a thread of their own. */
+  private readonly checkpointWrites: ThreadCheckpointWrites;
   private readonly leases: WorkerLeases;
   private readonly credentials: ReturnType<typeof tlsCredentials>;
   /** This worker's numerics fingerprint (registered; drivers pin a job to one). */
@@ -113,7 +114,7 @@ export class WorkerProcess {
     const keys = config.keys;
     this.registry = new WorkerRegistry(this.redis, { keys });
     this.checkpoints = new CheckpointStore(this.redis, { keys });
-    this.blocks = new BlockStore(this.redis, { keys });
+    this.checkpointWrites = new ThreadCheckpointWrites({ redisUrl: config.redisUrl, keyRoot: keys.root });
     this.leases = new WorkerLeases(this.redis, { keys });
     this.credentials = tlsCredentials(config.tls);
     this.numerics = numericsFingerprint(backend);
@@ -237,6 +238,7 @@ export class WorkerProcess {
     });
     this.dataPlaneListener?.close();
     await this.metrics?.close();
+    await this.checkpointWrites.close();
     this.redis.disconnect();
   }
 
@@ -259,7 +261,7 @@ export class WorkerProcess {
       credentials: this.credentials.client,
       backend: this.backend,
       checkpoints: this.checkpoints,
-      blocks: this.blocks,
+      writes: this.checkpointWrites,
       keyTtlSeconds: this.config.keyTtlSeconds,
       catalog: this.catalog,
       checkpointEvery: this.config.checkpointEvery,

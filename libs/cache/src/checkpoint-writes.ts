@@ -1,0 +1,183 @@
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { CheckpointManifest, PieceId, QueueState } from '@longshot/planner';
+import { BlockStore, CheckpointStore, pieceName, type PieceRef } from './checkpoints';
+import { FencedWriteError } from './job-keys';
+
+/** Where the head's checkpoint tensors go: pieces as they are computed, finished blocks. */
+export interface CheckpointWrites {
+  putPiece(prefix: string, run: string, piece: PieceId, values: Float32Array, ttlSeconds: number): Promise<PieceRef>;
+  /** A fenced write of a finished block (FencedWriteError once `run` no longer owns the job). */
+  putBlock(prefix: string, index: number, latents: Float32Array, ttlSeconds: number, run: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The writes on the calling thread, through the stores. */
+export class DirectCheckpointWrites implements CheckpointWrites {
+  constructor(
+    private readonly checkpoints: CheckpointStore,
+    private readonly blocks: BlockStore,
+  ) {}
+
+  putPiece(prefix: string, run: string, piece: PieceId, values: Float32Array, ttlSeconds: number): Promise<PieceRef> {
+    return this.checkpoints.putPiece(prefix, run, piece, values, ttlSeconds);
+  }
+
+  putBlock(prefix: string, index: number, latents: Float32Array, ttlSeconds: number, run: string): Promise<void> {
+    return this.blocks.put(prefix, index, latents, ttlSeconds, run);
+  }
+
+  async close(): Promise<void> {}
+}
+
+/** A call to the writer thread and its answer (checkpoint-writer-thread.ts). */
+export type WriterRequest =
+  | { seq: number; op: 'piece'; prefix: string; run: string; piece: PieceId; values: Float32Array; ttlSeconds: number }
+  | { seq: number; op: 'block'; prefix: string; index: number; latents: Float32Array; ttlSeconds: number; run: string };
+export type WriterReply = { seq: number; ok: true; ref?: PieceRef } | { seq: number; ok: false; error: { name: string; message: string; key?: string; run?: string } };
+
+export interface WriterThreadOptions {
+  readonly redisUrl: string;
+  /** The key schema's root (KeySchema.root). */
+  readonly keyRoot: string;
+}
+
+/**
+ * The writes on a thread of their own, with its own Redis connection: checksums, the client's
+ * copy of each value and the socket writes stay off the JS thread that runs the head. Tensors in
+ * shared memory (SharedArrayBuffer, as the head's block queue keeps them) cross without a copy;
+ * others are copied by postMessage. The caller must leave a tensor unchanged until its write
+ * has resolved. Started on the first write; a thread that dies fails every write in flight and
+ * the next one starts another.
+ */
+export class ThreadCheckpointWrites implements CheckpointWrites {
+  private worker: Worker | null = null;
+  private seq = 0;
+  private readonly calls = new Map<number, { resolve: (r: WriterReply) => void; reject: (e: Error) => void }>();
+
+  constructor(private readonly options: WriterThreadOptions) {}
+
+  async putPiece(prefix: string, run: string, piece: PieceId, values: Float32Array, ttlSeconds: number): Promise<PieceRef> {
+    const reply = await this.call({ seq: 0, op: 'piece', prefix, run, piece, values, ttlSeconds });
+    if (!reply.ok || !reply.ref) throw new Error('checkpoint writer thread: no piece reference in its reply');
+    return reply.ref;
+  }
+
+  async putBlock(prefix: string, index: number, latents: Float32Array, ttlSeconds: number, run: string): Promise<void> {
+    await this.call({ seq: 0, op: 'block', prefix, index, latents, ttlSeconds, run });
+  }
+
+  async close(): Promise<void> {
+    const w = this.worker;
+    this.worker = null;
+    if (w) await w.terminate();
+  }
+
+  private call(request: WriterRequest): Promise<WriterReply> {
+    const worker = this.started();
+    const seq = ++this.seq;
+    return new Promise<WriterReply>((resolve, reject) => {
+      this.calls.set(seq, { resolve, reject });
+      worker.postMessage({ ...request, seq });
+    }).then((reply) => {
+      if (reply.ok) return reply;
+      const e = reply.error;
+      if (e.name === 'FencedWriteError' && e.key && e.run) throw new FencedWriteError(e.key, e.run);
+      const err = new Error(e.message);
+      err.name = e.name;
+      throw err;
+    });
+  }
+
+  private started(): Worker {
+    if (this.worker) return this.worker;
+    // The thread runs TypeScript source like the rest of the process (tsx's require hook).
+    const entry = join(__dirname, 'checkpoint-writer-thread.ts');
+    const worker = new Worker(`require('tsx/cjs'); require(${JSON.stringify(entry)});`, { eval: true, workerData: this.options, name: 'checkpoint-writer' });
+    worker.unref();
+    worker.on('message', (reply: WriterReply) => {
+      const call = this.calls.get(reply.seq);
+      this.calls.delete(reply.seq);
+      call?.resolve(reply);
+    });
+    const fail = (e: Error) => {
+      if (this.worker === worker) this.worker = null;
+      for (const c of this.calls.values()) c.reject(new Error(`checkpoint writer thread failed: ${e.message}`));
+      this.calls.clear();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => fail(new Error(`exited with code ${code}`)));
+    this.worker = worker;
+    return worker;
+  }
+}
+
+/**
+ * One head's checkpoints of one job (incremental: checkpoints.ts): stores each piece as the queue
+ * hands it out, keeps what was stored (and what the loaded checkpoint named), and commits
+ * manifests that name them, deleting the pieces no manifest names any more.
+ */
+export class JobCheckpoint {
+  /** Stored pieces by name (block, kind, step), the latest write of each. */
+  private readonly stored = new Map<string, PieceRef>();
+  /** Stored pieces the next commit deletes unless its manifest names them (older writes included). */
+  private unnamed: PieceRef[] = [];
+  private pending: Promise<void>[] = [];
+  private failure: unknown = null;
+
+  constructor(
+    private readonly store: CheckpointStore,
+    private readonly writes: CheckpointWrites,
+    readonly prefix: string,
+    readonly run: string,
+    readonly ttlSeconds: number,
+  ) {}
+
+  /** The job's last checkpoint (null: none); its pieces count as stored from now on. */
+  async load(): Promise<QueueState | null> {
+    const loaded = await this.store.load(this.prefix);
+    if (!loaded) return null;
+    for (const p of loaded.pieces) this.remember(p);
+    return loaded.state;
+  }
+
+  /** Starts storing a piece; `flush` waits for it. `values` must stay unchanged until then. */
+  put(piece: PieceId, values: Float32Array): void {
+    const write = this.writes.putPiece(this.prefix, this.run, piece, values, this.ttlSeconds).then(
+      (ref) => this.remember(ref),
+      (e: unknown) => {
+        this.failure ??= e;
+      },
+    );
+    this.pending.push(write);
+  }
+
+  /** Waits until every piece put so far is stored; rejects with the first failed write. */
+  async flush(): Promise<void> {
+    while (this.pending.length) {
+      const pending = this.pending;
+      this.pending = [];
+      await Promise.all(pending);
+    }
+    if (this.failure) throw this.failure;
+  }
+
+  /** A finished block (fenced). */
+  putBlock(index: number, latents: Float32Array): Promise<void> {
+    return this.writes.putBlock(this.prefix, index, latents, this.ttlSeconds, this.run);
+  }
+
+  /** Stores what was put, then commits `manifest` (fenced; FencedWriteError once superseded). */
+  async commit(manifest: CheckpointManifest): Promise<void> {
+    await this.flush();
+    const named = await this.store.commit(this.prefix, this.run, manifest, (p) => this.stored.get(pieceName(p)), this.unnamed, this.ttlSeconds);
+    const keep = new Set(named.map((p) => `${p.run}/${pieceName(p)}`));
+    this.unnamed = this.unnamed.filter((p) => keep.has(`${p.run}/${pieceName(p)}`));
+    for (const [name, p] of this.stored) if (!keep.has(`${p.run}/${name}`)) this.stored.delete(name);
+  }
+
+  private remember(ref: PieceRef): void {
+    this.stored.set(pieceName(ref), ref);
+    this.unnamed.push(ref);
+  }
+}
