@@ -378,7 +378,7 @@ export class StageSession {
       workerMetrics.persistWaitSeconds.inc((performance.now() - waitStart) / 1000);
     }
     const r = q.apply(step.iteration, step.block, velocity);
-    for (const p of r.pieces) checkpoint.put(p.id, p.values);
+    checkpoint.put(r.pieces);
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
     if (r.completedIteration !== null) {
       const boundary = r.completedIteration + 1;

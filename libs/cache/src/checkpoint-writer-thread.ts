@@ -19,7 +19,7 @@ const blocks = new BlockStore(redis, { keys });
 
 async function handle(r: WriterRequest): Promise<WriterReply> {
   try {
-    if (r.op === 'piece') return { seq: r.seq, ok: true, ref: await checkpoints.putPiece(r.prefix, r.run, r.piece, r.values, r.ttlSeconds) };
+    if (r.op === 'pieces') return { seq: r.seq, ok: true, refs: await Promise.all(r.pieces.map((p) => checkpoints.putPiece(r.prefix, r.run, p.id, p.values, r.ttlSeconds))) };
     await blocks.put(r.prefix, r.index, r.latents, r.ttlSeconds, r.run);
     return { seq: r.seq, ok: true };
   } catch (e) {

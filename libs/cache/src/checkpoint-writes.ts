@@ -5,8 +5,15 @@ import { BlockStore, CheckpointStore, pieceName, type PieceRef } from './checkpo
 import { FencedWriteError } from './job-keys';
 
 /** Where the head's checkpoint tensors go: pieces as they are computed, finished blocks. */
+/** A tensor to store as a checkpoint piece. */
+export interface PieceValues {
+  readonly id: PieceId;
+  readonly values: Float32Array;
+}
+
 export interface CheckpointWrites {
-  putPiece(prefix: string, run: string, piece: PieceId, values: Float32Array, ttlSeconds: number): Promise<PieceRef>;
+  /** Stores the pieces (concurrently) and returns their references in the same order. */
+  putPieces(prefix: string, run: string, pieces: readonly PieceValues[], ttlSeconds: number): Promise<PieceRef[]>;
   /** A fenced write of a finished block (FencedWriteError once `run` no longer owns the job). */
   putBlock(prefix: string, index: number, latents: Float32Array, ttlSeconds: number, run: string): Promise<void>;
   close(): Promise<void>;
@@ -19,8 +26,8 @@ export class DirectCheckpointWrites implements CheckpointWrites {
     private readonly blocks: BlockStore,
   ) {}
 
-  putPiece(prefix: string, run: string, piece: PieceId, values: Float32Array, ttlSeconds: number): Promise<PieceRef> {
-    return this.checkpoints.putPiece(prefix, run, piece, values, ttlSeconds);
+  putPieces(prefix: string, run: string, pieces: readonly PieceValues[], ttlSeconds: number): Promise<PieceRef[]> {
+    return Promise.all(pieces.map((p) => this.checkpoints.putPiece(prefix, run, p.id, p.values, ttlSeconds)));
   }
 
   putBlock(prefix: string, index: number, latents: Float32Array, ttlSeconds: number, run: string): Promise<void> {
@@ -32,9 +39,9 @@ export class DirectCheckpointWrites implements CheckpointWrites {
 
 /** A call to the writer thread and its answer (checkpoint-writer-thread.ts). */
 export type WriterRequest =
-  | { seq: number; op: 'piece'; prefix: string; run: string; piece: PieceId; values: Float32Array; ttlSeconds: number }
+  | { seq: number; op: 'pieces'; prefix: string; run: string; pieces: readonly PieceValues[]; ttlSeconds: number }
   | { seq: number; op: 'block'; prefix: string; index: number; latents: Float32Array; ttlSeconds: number; run: string };
-export type WriterReply = { seq: number; ok: true; ref?: PieceRef } | { seq: number; ok: false; error: { name: string; message: string; key?: string; run?: string } };
+export type WriterReply = { seq: number; ok: true; refs?: PieceRef[] } | { seq: number; ok: false; error: { name: string; message: string; key?: string; run?: string } };
 
 export interface WriterThreadOptions {
   readonly redisUrl: string;
@@ -57,10 +64,11 @@ export class ThreadCheckpointWrites implements CheckpointWrites {
 
   constructor(private readonly options: WriterThreadOptions) {}
 
-  async putPiece(prefix: string, run: string, piece: PieceId, values: Float32Array, ttlSeconds: number): Promise<PieceRef> {
-    const reply = await this.call({ seq: 0, op: 'piece', prefix, run, piece, values, ttlSeconds });
-    if (!reply.ok || !reply.ref) throw new Error('checkpoint writer thread: no piece reference in its reply');
-    return reply.ref;
+  async putPieces(prefix: string, run: string, pieces: readonly PieceValues[], ttlSeconds: number): Promise<PieceRef[]> {
+    // One message for all of a block-step's pieces: fewer wake-ups of either thread.
+    const reply = await this.call({ seq: 0, op: 'pieces', prefix, run, pieces, ttlSeconds });
+    if (!reply.ok || reply.refs?.length !== pieces.length) throw new Error('checkpoint writer thread: its reply does not reference every piece');
+    return reply.refs;
   }
 
   async putBlock(prefix: string, index: number, latents: Float32Array, ttlSeconds: number, run: string): Promise<void> {
@@ -141,10 +149,11 @@ export class JobCheckpoint {
     return loaded.state;
   }
 
-  /** Starts storing a piece; `flush` waits for it. `values` must stay unchanged until then. */
-  put(piece: PieceId, values: Float32Array): void {
-    const write = this.writes.putPiece(this.prefix, this.run, piece, values, this.ttlSeconds).then(
-      (ref) => this.remember(ref),
+  /** Starts storing pieces; `flush` waits for them. Their values must stay unchanged until then. */
+  put(pieces: readonly PieceValues[]): void {
+    if (pieces.length === 0) return;
+    const write = this.writes.putPieces(this.prefix, this.run, pieces, this.ttlSeconds).then(
+      (refs) => refs.forEach((ref) => this.remember(ref)),
       (e: unknown) => {
         this.failure ??= e;
       },

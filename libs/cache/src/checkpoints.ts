@@ -91,6 +91,11 @@ function checkPieceId(p: unknown, what: string, fail: (msg: string) => Error): a
  * was never stored: the manifest would name nothing).
  */
 export function encodeManifest(m: CheckpointManifest, ref: (p: PieceId) => PieceRef | undefined): Buffer {
+  return encodeManifestNaming(m, ref).value;
+}
+
+/** `encodeManifest`, and the pieces the value names. */
+function encodeManifestNaming(m: CheckpointManifest, ref: (p: PieceId) => PieceRef | undefined): { value: Buffer; pieces: PieceRef[] } {
   const fail = (msg: string): Error => new Error(`checkpoint: ${msg}`);
   if (!isCount(m.iteration)) throw fail(`iteration must be a non-negative integer, got ${m.iteration}`);
   if (!SAMPLER_KINDS.includes(m.sampler)) throw fail(`sampler must be one of ${SAMPLER_KINDS.join(', ')}, got ${String(m.sampler)}`);
@@ -132,7 +137,7 @@ export function encodeManifest(m: CheckpointManifest, ref: (p: PieceId) => Piece
   body.writeUInt32LE(CHECKPOINT_VERSION, 4);
   body.writeUInt32LE(json.length, 8);
   json.copy(body, CHECKPOINT_PREAMBLE);
-  return Buffer.concat([body, checksum(body)]);
+  return { value: Buffer.concat([body, checksum(body)]), pieces };
 }
 
 /** Decodes and validates a manifest; every failure is a CorruptValueError naming `key`. */
@@ -246,8 +251,7 @@ export class CheckpointStore {
    */
   async commit(prefix: string, run: string, manifest: CheckpointManifest, ref: (p: PieceId) => PieceRef | undefined, drop: readonly PieceRef[], ttlSeconds: number): Promise<PieceRef[]> {
     const key = this.keys.checkpointKey(prefix);
-    const value = encodeManifest(manifest, ref);
-    const named = decodeManifest(key, value).pieces;
+    const { value, pieces: named } = encodeManifestNaming(manifest, ref);
     const keep = named.map((p) => this.keys.pieceKey(prefix, p.run, p));
     const keepSet = new Set(keep);
     const dropKeys = [...new Set(drop.map((p) => this.keys.pieceKey(prefix, p.run, p)))].filter((k) => !keepSet.has(k));

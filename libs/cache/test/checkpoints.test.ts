@@ -143,7 +143,7 @@ describe('incremental checkpoints', () => {
     const s = checkpointState();
     const job = await saveCheckpoint(t, prefix, 'run-a', s);
     const next = nextState(s);
-    await job.put({ block: 4, kind: 'latents', step: 4 }, next.blocks[0].latents);
+    job.put([{ id: { block: 4, kind: 'latents', step: 4 }, values: next.blocks[0].latents }]);
     await job.flush();
     await new BlockStore(t.redis, { keys: t.keys }).claimRun(prefix, 'run-b', 60);
     const keys = await pieceKeys(prefix);
@@ -172,7 +172,7 @@ describe('incremental checkpoints', () => {
       expectSameState((await store().load(prefix))?.state, s);
       await new BlockStore(t.redis, { keys: t.keys }).claimRun(prefix, 'run-b', 60);
       await expect(writes.putBlock(prefix, 9, latents(16, 'late'), 60, 'run-a')).rejects.toThrow(FencedWriteError);
-      await expect(writes.putPiece(prefix, 'run-a', { block: 1, kind: 'nope' as never, step: 0 }, latents(8, 'z'), 60)).rejects.toThrow(/must name a piece/);
+      await expect(writes.putPieces(prefix, 'run-a', [{ id: { block: 1, kind: 'nope' as never, step: 0 }, values: latents(8, 'z') }], 60)).rejects.toThrow(/must name a piece/);
     } finally {
       await writes.close();
     }

@@ -101,7 +101,7 @@ export async function putState(job: JobCheckpoint, s: QueueState): Promise<void>
     const p = piecesOf(b);
     const tensors: [PieceId, Float32Array][] = [[p.latents, b.latents], ...p.modelOutputs.map((id, j): [PieceId, Float32Array] => [id, b.history.modelOutputs[j]])];
     if (p.lastSample && b.history.lastSample) tensors.push([p.lastSample, b.history.lastSample]);
-    for (const [id, values] of tensors) job.put(id, values);
+    job.put(tensors.map(([id, values]) => ({ id, values })));
   }
   if (s.finishedTail) await job.putBlock(s.finishedTail.index, s.finishedTail.latents);
   await job.flush();
