@@ -118,16 +118,7 @@ function encodeManifestNaming(m: CheckpointManifest, ref: (p: PieceId) => PieceR
   };
   const blocks = m.blocks.map((b) => {
     if (!isCount(b.index) || !isCount(b.step) || !isCount(b.lowerOrderNums) || !isCount(b.lastOrder)) throw fail(`block ${b.index} needs non-negative integer index, step and solver counters`);
-    const p = b.pieces;
-    return {
-      index: b.index,
-      step: b.step,
-      lowerOrderNums: b.lowerOrderNums,
-      lastOrder: b.lastOrder,
-      latents: piece(p.latents, `block ${b.index}'s latents`),
-      modelOutputs: p.modelOutputs.map((x, j) => piece(x, `block ${b.index}'s x0 history ${j}`)),
-      lastSample: p.lastSample ? piece(p.lastSample, `block ${b.index}'s last sample`) : null,
-    };
+    return blockEntry(b, b.pieces, piece);
   });
   const header: ManifestHeader = { iteration: m.iteration, sampler: m.sampler, noise: { rng: [...m.noise.rng], previous: [...m.noise.previous] }, finishedTail: m.finishedTail, pieces, blocks };
   const json = Buffer.from(JSON.stringify(header), 'utf8');
@@ -138,6 +129,23 @@ function encodeManifestNaming(m: CheckpointManifest, ref: (p: PieceId) => PieceR
   body.writeUInt32LE(json.length, 8);
   json.copy(body, CHECKPOINT_PREAMBLE);
   return { value: Buffer.concat([body, checksum(body)]), pieces };
+}
+
+/** A block's header entry: its counters, and each of its tensors as `index` numbers the piece (naming the tensor in errors). */
+function blockEntry<T>(
+  b: { index: number; step: number; lowerOrderNums: number; lastOrder: number },
+  tensors: { latents: T; modelOutputs: readonly T[]; lastSample: T | null },
+  index: (t: T, what: string) => number,
+): ManifestHeader['blocks'][number] {
+  return {
+    index: b.index,
+    step: b.step,
+    lowerOrderNums: b.lowerOrderNums,
+    lastOrder: b.lastOrder,
+    latents: index(tensors.latents, `block ${b.index}'s latents`),
+    modelOutputs: tensors.modelOutputs.map((t, j) => index(t, `block ${b.index}'s x0 history ${j}`)),
+    lastSample: tensors.lastSample === null ? null : index(tensors.lastSample, `block ${b.index}'s last sample`),
+  };
 }
 
 /** Decodes and validates a manifest; every failure is a CorruptValueError naming `key`. */
@@ -192,15 +200,7 @@ function parseHeader(bytes: Buffer): ManifestHeader {
       throw fail(`block ${i} needs non-negative integer index, step, lowerOrderNums and lastOrder`);
     }
     if (!Array.isArray(x.modelOutputs) || x.modelOutputs.length > MAX_HISTORY) throw fail(`block ${x.index} needs at most ${MAX_HISTORY} x0 history pieces`);
-    const block = {
-      index: x.index,
-      step: x.step,
-      lowerOrderNums: x.lowerOrderNums,
-      lastOrder: x.lastOrder,
-      latents: at(x.latents, `block ${x.index}'s latents`),
-      modelOutputs: x.modelOutputs.map((j, k) => at(j, `block ${x.index}'s x0 history ${k}`)),
-      lastSample: x.lastSample === null ? null : at(x.lastSample, `block ${x.index}'s last sample`),
-    };
+    const block = blockEntry({ index: x.index, step: x.step, lowerOrderNums: x.lowerOrderNums, lastOrder: x.lastOrder }, { latents: x.latents, modelOutputs: x.modelOutputs, lastSample: x.lastSample as unknown }, at);
     const bytes = pieces[block.latents].bytes;
     for (const j of [...block.modelOutputs, ...(block.lastSample === null ? [] : [block.lastSample])]) {
       if (pieces[j].bytes !== bytes) throw fail(`block ${x.index}'s pieces differ in length (${pieces[j].bytes} and ${bytes} bytes)`);
