@@ -217,12 +217,12 @@ export class BlockQueue {
   /**
    * The state at the last completed iteration boundary. Block-steps of later iterations may
    * already be issued: issuing draws noise but changes no latents, so the boundary is exact.
-   * With `copy: false` the latents are the live arrays, valid until the next `apply` (the head
-   * persists a checkpoint before it applies more, and saves it a copy of tens of MB).
+   * Every tensor is a copy (the head itself stores pieces as they are computed and commits
+   * `manifest()`; this whole state is for in-process resumes and tests).
    */
-  checkpoint({ copy = true }: { copy?: boolean } = {}): QueueState {
+  checkpoint(): QueueState {
     const next = this.nextIteration;
-    const take = (t: Float32Array) => (copy ? t.slice() : t);
+    const take = (t: Float32Array) => t.slice();
     return {
       iteration: next,
       sampler: this.scheduler.kind,
