@@ -218,6 +218,29 @@ function sendOne(client: WorkerClient, header: object, bytes: number): Promise<n
 }
 
 // The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
+describe('--checkpoint-every 3', () => {
+  let sparse: LocalCluster;
+  let sparseRedis: Redis;
+  beforeAll(async () => {
+    sparse = await LocalCluster.start({ workers: 2, name: 'sparse-checkpoints', workerArgs: ['--checkpoint-every', '3'] });
+    sparseRedis = new Redis(sparse.redisUrl);
+  });
+  afterAll(async () => {
+    sparseRedis?.disconnect();
+    await sparse?.stop();
+  });
+
+  it('gives the same latents, and the last manifest leaves no checkpoint piece behind', async () => {
+    const s = spec({ stages: 2 });
+    const r = await distributed(s, 'sparse', {}, { cluster: sparse, redis: sparseRedis });
+    expect(r.latentSha256).toBe(await inProcess(s));
+    // Pieces were stored at every block-step, pruned at the boundaries without a manifest, and the
+    // final manifest (no queued block left) names none: its commit deleted the rest.
+    expect(await sparseRedis.keys(`${jobPrefix('sparse')}:piece:*`)).toEqual([]);
+    expect(await sparseRedis.exists(sparse.keys.checkpointKey(jobPrefix('sparse')))).toBe(1);
+  });
+});
+
 describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
   let forced: LocalCluster;
   let forcedRedis: Redis;

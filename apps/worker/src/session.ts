@@ -383,7 +383,8 @@ export class StageSession {
     if (r.completedIteration !== null) {
       const boundary = r.completedIteration + 1;
       const finished = r.finished;
-      const manifest = boundary % this.ctx.checkpointEvery === 0 || q.done ? q.manifest() : null;
+      const commit = boundary % this.ctx.checkpointEvery === 0 || q.done;
+      const manifest = q.manifest();
       this.persisting = (async () => {
         const end = workerMetrics.persistSeconds.startTimer();
         await Promise.all([
@@ -391,12 +392,14 @@ export class StageSession {
           finished &&
             checkpoint.putBlock(finished.index, finished.latents).then(() => this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } })),
         ]);
-        if (manifest) {
+        if (commit) {
           await checkpoint.commit(manifest);
           workerMetrics.checkpoints.inc();
+        } else {
+          await checkpoint.prune(manifest);
         }
         end();
-        if (!manifest) return;
+        if (!commit) return;
         this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
       })();
       this.persisting.catch((e) => {

@@ -120,6 +120,14 @@ export class ThreadCheckpointWrites implements CheckpointWrites {
   }
 }
 
+/** A stored piece as a set member: the run that wrote it and its name. */
+const refKey = (p: PieceRef): string => `${p.run}/${pieceName(p)}`;
+
+/** Every piece a manifest names. */
+function namedPieces(m: CheckpointManifest): PieceId[] {
+  return m.blocks.flatMap((b) => [b.pieces.latents, ...b.pieces.modelOutputs, ...(b.pieces.lastSample ? [b.pieces.lastSample] : [])]);
+}
+
 /**
  * One head's checkpoints of one job (incremental: checkpoints.ts): stores each piece as the queue
  * hands it out, keeps what was stored (and what the loaded checkpoint named), and commits
@@ -128,8 +136,10 @@ export class ThreadCheckpointWrites implements CheckpointWrites {
 export class JobCheckpoint {
   /** Stored pieces by name (block, kind, step), the latest write of each. */
   private readonly stored = new Map<string, PieceRef>();
-  /** Stored pieces the next commit deletes unless its manifest names them (older writes included). */
-  private unnamed: PieceRef[] = [];
+  /** Every stored piece not deleted yet (older writes of a name included). */
+  private known: PieceRef[] = [];
+  /** The pieces the last committed (or loaded) manifest names (refKey). */
+  private committed = new Set<string>();
   private pending: Promise<void>[] = [];
   private failure: unknown = null;
 
@@ -146,6 +156,7 @@ export class JobCheckpoint {
     const loaded = await this.store.load(this.prefix);
     if (!loaded) return null;
     for (const p of loaded.pieces) this.remember(p);
+    this.committed = new Set(loaded.pieces.map(refKey));
     return loaded.state;
   }
 
@@ -176,17 +187,42 @@ export class JobCheckpoint {
     return this.writes.putBlock(this.prefix, index, latents, this.ttlSeconds, this.run);
   }
 
-  /** Stores what was put, then commits `manifest` (fenced; FencedWriteError once superseded). */
+  /**
+   * Stores what was put, then commits `manifest` (fenced; FencedWriteError once superseded),
+   * deleting every other piece this head knows of.
+   */
   async commit(manifest: CheckpointManifest): Promise<void> {
     await this.flush();
-    const named = await this.store.commit(this.prefix, this.run, manifest, (p) => this.stored.get(pieceName(p)), this.unnamed, this.ttlSeconds);
-    const keep = new Set(named.map((p) => `${p.run}/${pieceName(p)}`));
-    this.unnamed = this.unnamed.filter((p) => keep.has(`${p.run}/${pieceName(p)}`));
-    for (const [name, p] of this.stored) if (!keep.has(`${p.run}/${name}`)) this.stored.delete(name);
+    const named = await this.store.commit(this.prefix, this.run, manifest, (p) => this.stored.get(pieceName(p)), this.known, this.ttlSeconds);
+    this.committed = new Set(named.map(refKey));
+    this.keepOnly(this.committed);
+  }
+
+  /**
+   * At a boundary without a commit (`--checkpoint-every` > 1): deletes the pieces stored since the
+   * last commit that neither it nor `current` (the queue's state now) names, such as latents a
+   * later step has superseded, so that Redis holds about two states' pieces, never the job's.
+   */
+  async prune(current: CheckpointManifest): Promise<void> {
+    await this.flush();
+    const keep = new Set(this.committed);
+    for (const id of namedPieces(current)) {
+      const ref = this.stored.get(pieceName(id));
+      if (ref) keep.add(refKey(ref));
+    }
+    const drop = this.known.filter((p) => !keep.has(refKey(p)));
+    if (drop.length === 0) return;
+    await this.store.dropPieces(this.prefix, drop);
+    this.keepOnly(keep);
+  }
+
+  private keepOnly(keep: ReadonlySet<string>): void {
+    this.known = this.known.filter((p) => keep.has(refKey(p)));
+    for (const [name, p] of this.stored) if (!keep.has(refKey(p))) this.stored.delete(name);
   }
 
   private remember(ref: PieceRef): void {
     this.stored.set(pieceName(ref), ref);
-    this.unnamed.push(ref);
+    this.known.push(ref);
   }
 }

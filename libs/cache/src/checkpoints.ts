@@ -259,6 +259,11 @@ export class CheckpointStore {
     return named;
   }
 
+  /** Deletes (and untracks) stored pieces that no manifest names (unfenced: a run deletes only its own, superseded pieces). */
+  async dropPieces(prefix: string, pieces: readonly PieceRef[]): Promise<void> {
+    await this.jobKeys.deleteKeys(prefix, pieces.map((p) => this.keys.pieceKey(prefix, p.run, p)));
+  }
+
   /**
    * The last checkpoint with every piece it names read back and checked, or null when the job
    * has none (never started, or expired). A missing or corrupt piece, or a missing finished

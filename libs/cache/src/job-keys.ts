@@ -62,6 +62,15 @@ if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) en
 return 1
 `;
 
+/** Deletes KEYS[2..] and removes them from the job key set KEYS[1]. */
+const DELETE_TRACKED = `
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('SREM', KEYS[1], KEYS[i])
+end
+return 1
+`;
+
 /** A manifest whose named key is gone (expired, evicted, deleted): it was not committed. */
 export class MissingKeyError extends Error {
   constructor(
@@ -146,6 +155,13 @@ export class JobKeyspace {
     const result = Number(reply);
     if (result === 0) throw new FencedWriteError(key, run);
     if (result < 0) throw new MissingKeyError(keep[-result - 1], key);
+  }
+
+  /** Deletes keys of the job and drops them from its key set, in one script. */
+  async deleteKeys(prefix: string, keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return;
+    for (const k of keys) if (!k.startsWith(`${prefix}:`)) throw new Error(`key ${k} is not under job prefix ${prefix}`);
+    await this.redis.eval(DELETE_TRACKED, keys.length + 1, this.keys.jobKeysKey(prefix), ...keys);
   }
 
   /**

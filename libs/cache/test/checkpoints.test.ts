@@ -121,6 +121,28 @@ describe('incremental checkpoints', () => {
     expect(left.filter((k) => k.includes(':run-a:')).every((k) => k.includes(':4:') || k.includes(':5:') || k.includes(':6:'))).toBe(true);
   });
 
+  it('between commits (--checkpoint-every > 1), deletes at each boundary what neither the last manifest nor the current state names', async () => {
+    const prefix = await claimed('ckpt-prune');
+    const s = checkpointState();
+    const job = await saveCheckpoint(t, prefix, 'run-a', s);
+    const committed = await pieceKeys(prefix);
+    const next = nextState(s);
+    await putState(job, next);
+    // A superseded piece: stored during the iteration, named by neither state.
+    job.put([{ id: { block: 6, kind: 'latents', step: 9 }, values: latents(16, 'stale') }]);
+    await job.prune(manifestOf(next));
+    const left = await pieceKeys(prefix);
+    expect(left).not.toContain(t.keys.pieceKey(prefix, 'run-a', { block: 6, kind: 'latents', step: 9 }));
+    for (const k of committed) expect(left).toContain(k);
+    for (const b of manifestOf(next).blocks) expect(left).toContain(t.keys.pieceKey(prefix, 'run-a', b.pieces.latents));
+    expect(await t.redis.sismember(t.keys.jobKeysKey(prefix), t.keys.pieceKey(prefix, 'run-a', { block: 6, kind: 'latents', step: 9 }))).toBe(0);
+    expectSameState((await store().load(prefix))?.state, s);
+    // The next commit names the current state and deletes the rest of the last one.
+    await job.commit(manifestOf(next));
+    expectSameState((await store().load(prefix))?.state, next);
+    expect(await pieceKeys(prefix)).toHaveLength(8);
+  });
+
   it('refuses a manifest naming a piece never stored, or one gone from Redis, without writing', async () => {
     const prefix = await claimed('ckpt-missing');
     const s = checkpointState();
