@@ -217,52 +217,48 @@ function sendOne(client: WorkerClient, header: object, bytes: number): Promise<n
   });
 }
 
-// The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
-describe('--checkpoint-every 3', () => {
-  let sparse: LocalCluster;
-  let sparseRedis: Redis;
+/** A two-worker cluster of its own, with these worker flags, for the describe block that calls it. */
+function ownCluster(name: string, workerArgs: string[]): { cluster: LocalCluster; redis: Redis } {
+  const own = {} as { cluster: LocalCluster; redis: Redis };
   beforeAll(async () => {
-    sparse = await LocalCluster.start({ workers: 2, name: 'sparse-checkpoints', workerArgs: ['--checkpoint-every', '3'] });
-    sparseRedis = new Redis(sparse.redisUrl);
+    own.cluster = await LocalCluster.start({ workers: 2, name, workerArgs });
+    own.redis = new Redis(own.cluster.redisUrl);
   });
   afterAll(async () => {
-    sparseRedis?.disconnect();
-    await sparse?.stop();
+    own.redis?.disconnect();
+    await own.cluster?.stop();
   });
+  return own;
+}
+
+describe('--checkpoint-every 3', () => {
+  const sparse = ownCluster('sparse-checkpoints', ['--checkpoint-every', '3']);
 
   it('gives the same latents, and the last manifest leaves no checkpoint piece behind', async () => {
     const s = spec({ stages: 2 });
-    const r = await distributed(s, 'sparse', {}, { cluster: sparse, redis: sparseRedis });
+    const r = await distributed(s, 'sparse', {}, sparse);
     expect(r.latentSha256).toBe(await inProcess(s));
     // Pieces were stored at every block-step, pruned at the boundaries without a manifest, and the
     // final manifest (no queued block left) names none: its commit deleted the rest.
-    expect(await sparseRedis.keys(`${jobPrefix('sparse')}:piece:*`)).toEqual([]);
-    expect(await sparseRedis.exists(sparse.keys.checkpointKey(jobPrefix('sparse')))).toBe(1);
+    expect(await sparse.redis.keys(`${jobPrefix('sparse')}:piece:*`)).toEqual([]);
+    expect(await sparse.redis.exists(sparse.cluster.keys.checkpointKey(jobPrefix('sparse')))).toBe(1);
   });
 });
 
+// The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
 describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
-  let forced: LocalCluster;
-  let forcedRedis: Redis;
-  beforeAll(async () => {
-    forced = await LocalCluster.start({ workers: 2, name: `${mode}-only`, workerArgs: ['--data-plane', mode] });
-    forcedRedis = new Redis(forced.redisUrl);
-  });
-  afterAll(async () => {
-    forcedRedis?.disconnect();
-    await forced?.stop();
-  });
+  const forced = ownCluster(`${mode}-only`, ['--data-plane', mode]);
 
   it('gives the same latents with every tensor byte on that transport, and counts them under it', async () => {
     const s = spec({ stages: 2 });
-    const r = await distributed(s, `${mode}-only`, {}, { cluster: forced, redis: forcedRedis });
+    const r = await distributed(s, `${mode}-only`, {}, forced);
     expect(r.latentSha256).toBe(await inProcess(s));
     expect(r.hops).toEqual([
       { from: 0, to: 1, transport: mode },
       { from: 1, to: 0, transport: mode },
     ]);
     const bytes = { grpc: 0, tcp: 0, shm: 0 };
-    for (const w of forced.workers.values()) {
+    for (const w of forced.cluster.workers.values()) {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
       for (const t of HOP_TRANSPORTS) {
         const line = page.split('\n').find((l) => l.startsWith(`longshot_dataplane_bytes_total{transport="${t}"} `));
