@@ -90,7 +90,13 @@ function predict(spec: JobSpec, layout: PipelineLayout): number {
 
 export async function pipelineBench(opts: { json: boolean }): Promise<object> {
   const measuredLayouts: PipelineLayout[] = [...STAGES.map((stages) => ({ stages, ulysses: 1, cfgParallel: false })), ...LAYOUTS];
-  const cluster = await LocalCluster.start({ workers: Math.max(...measuredLayouts.map(layoutWorkers)), name: 'bench', workerArgs: ['--emulate', PROFILE, '--time-scale', String(TIME_SCALE), '--capacity', '1', ...(process.env.LONGSHOT_BENCH_WORKER_ARGS ?? '').split(' ').filter(Boolean)] });
+  const cluster = await LocalCluster.start({
+    workers: Math.max(...measuredLayouts.map(layoutWorkers)),
+    name: 'bench',
+    workerArgs: ['--emulate', PROFILE, '--time-scale', String(TIME_SCALE), '--capacity', '1', ...(process.env.LONGSHOT_BENCH_WORKER_ARGS ?? '').split(' ').filter(Boolean)],
+    // E.g. LONGSHOT_BENCH_NODE_FLAGS="--cpu-prof --cpu-prof-dir=/tmp/prof": a V8 CPU profile of every worker (written when it exits).
+    workerNodeFlags: (process.env.LONGSHOT_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean),
+  });
   const redis = new Redis(cluster.redisUrl);
   const rows: PipelineRow[] = [];
   try {

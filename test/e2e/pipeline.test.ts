@@ -224,23 +224,42 @@ function sendOne(client: WorkerClient, header: object, bytes: number): Promise<n
   });
 }
 
-// The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
-describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
-  let forced: LocalCluster;
-  let forcedRedis: Redis;
+/** A two-worker cluster of its own, with these worker flags, for the describe block that calls it. */
+function ownCluster(name: string, workerArgs: string[]): { cluster: LocalCluster; redis: Redis } {
+  const own = {} as { cluster: LocalCluster; redis: Redis };
   beforeAll(async () => {
-    // Registered in one NVLink domain: the hops' modelled links are NVLink whatever moves the bytes.
-    forced = await LocalCluster.start({ workers: 2, name: `${mode}-only`, workerArgs: ['--data-plane', mode, '--nvlink-domain', `e2e-${mode}`, '--link-gbps', '100'] });
-    forcedRedis = new Redis(forced.redisUrl);
+    own.cluster = await LocalCluster.start({ workers: 2, name, workerArgs });
+    own.redis = new Redis(own.cluster.redisUrl);
   });
   afterAll(async () => {
-    forcedRedis?.disconnect();
-    await forced?.stop();
+    own.redis?.disconnect();
+    await own.cluster?.stop();
   });
+  return own;
+}
+
+describe('--checkpoint-every 3', () => {
+  const sparse = ownCluster('sparse-checkpoints', ['--checkpoint-every', '3']);
+
+  it('gives the same latents, and the last manifest leaves no checkpoint piece behind', async () => {
+    const s = spec({ stages: 2 });
+    const r = await distributed(s, 'sparse', {}, sparse);
+    expect(r.latentSha256).toBe(await inProcess(s));
+    // Pieces were stored at every block-step, pruned at the boundaries without a manifest, and the
+    // final manifest (no queued block left) names none: its commit deleted the rest.
+    expect(await sparse.redis.keys(`${jobPrefix('sparse')}:piece:*`)).toEqual([]);
+    expect(await sparse.redis.exists(sparse.cluster.keys.checkpointKey(jobPrefix('sparse')))).toBe(1);
+  });
+});
+
+// The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
+describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
+  // Registered in one NVLink domain: the hops' modelled links are NVLink whatever moves the bytes.
+  const forced = ownCluster(`${mode}-only`, ['--data-plane', mode, '--nvlink-domain', `e2e-${mode}`, '--link-gbps', '100']);
 
   it('gives the same latents with every tensor byte on that transport, and counts them under it', async () => {
     const s = spec({ stages: 2 });
-    const r = await distributed(s, `${mode}-only`, {}, { cluster: forced, redis: forcedRedis });
+    const r = await distributed(s, `${mode}-only`, {}, forced);
     expect(r.latentSha256).toBe(await inProcess(s));
     const nvlink = { kind: 'nvlink', ...getProfile(DEFAULT_PLANNER_PROFILE).links.nvlink, seconds: expect.any(Number) };
     expect(r.hops).toEqual([
@@ -249,7 +268,7 @@ describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
     ]);
     expect(r.placement.map((p) => p.nvlinkDomain)).toEqual([`e2e-${mode}`, `e2e-${mode}`]);
     const bytes = { grpc: 0, tcp: 0, shm: 0 };
-    for (const w of forced.workers.values()) {
+    for (const w of forced.cluster.workers.values()) {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
       for (const t of HOP_TRANSPORTS) {
         const line = page.split('\n').find((l) => l.startsWith(`longshot_dataplane_bytes_total{transport="${t}"} `));

@@ -34,6 +34,8 @@ export interface LocalClusterOptions {
   readonly modelsDir?: string;
   /** Extra flags for every worker (e.g. ['--emulate', 'h100-nvlink']). */
   readonly workerArgs?: readonly string[];
+  /** Extra Node flags for every worker process (e.g. ['--cpu-prof', '--cpu-prof-dir=/tmp/prof']). */
+  readonly workerNodeFlags?: readonly string[];
   /** Start a fresh worker when one exits unexpectedly, as a Kubernetes Deployment would. */
   readonly respawn?: boolean;
   readonly env?: NodeJS.ProcessEnv;
@@ -156,7 +158,7 @@ export class LocalCluster {
     // would wait on the OS scheduler. Results do not depend on the thread count.
     const threads = String(Math.max(1, Math.floor(os.availableParallelism() / this.options.workers)));
     const env = { LONGSHOT_THREADS: threads, ...process.env, LONGSHOT_GRANT_KEYS: this.grantKeys, ...this.options.env, ...extra.env };
-    return this.spawnReady(id, [...WORKER_NODE_FLAGS, ...(probe ? ['--expose-gc'] : []), ...args], env, (msg, child) => {
+    return this.spawnReady(id, [...WORKER_NODE_FLAGS, ...(this.options.workerNodeFlags ?? []), ...(probe ? ['--expose-gc'] : []), ...args], env, (msg, child) => {
       const w: LocalWorker = { id, address: msg.address as string, metricsAddress: msg.metricsAddress as string, process: child };
       this.workers.set(id, w);
       return w;

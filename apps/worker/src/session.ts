@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type * as grpc from '@grpc/grpc-js';
-import { FencedWriteError, type BlockStore, type CheckpointStore } from '@longshot/cache';
+import { FencedWriteError, JobCheckpoint, type CheckpointStore, type CheckpointWrites } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
 import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
@@ -42,7 +42,8 @@ export interface SessionContext {
   readonly workerId: string;
   readonly backend: Backend;
   readonly checkpoints: CheckpointStore;
-  readonly blocks: BlockStore;
+  /** Where the head stores checkpoint pieces and finished blocks (a thread of their own in a worker). */
+  readonly writes: CheckpointWrites;
   /** The run whose grant opened this session: its Redis writes are fenced by it (see JobKeyspace.put). */
   readonly run: string;
   /** Credentials of the link to the next stage (mTLS when the worker is configured for it). */
@@ -112,6 +113,8 @@ export class StageSession {
   private queued = 0;
   private queueWaiters: (() => void)[] = [];
   private queue: BlockQueue | null = null;
+  /** Head: the job's checkpoints (pieces stored as they are computed, a manifest per boundary). */
+  private checkpoint: JobCheckpoint | null = null;
   /** Persistence of the last completed iteration boundary, while it is in flight. */
   private persisting: Promise<void> | null = null;
   private readonly resume: boolean;
@@ -268,7 +271,8 @@ export class StageSession {
       return 0;
     }
     if (!this.isHead) return 0;
-    const state = this.resume ? await this.ctx.checkpoints.load(this.keyPrefix) : null;
+    this.checkpoint = new JobCheckpoint(this.ctx.checkpoints, this.ctx.writes, this.keyPrefix, this.ctx.run, this.ctx.keyTtlSeconds);
+    const state = this.resume ? await this.checkpoint.load() : null;
     this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined });
     const startIteration = this.queue.nextIteration;
     this.log.info('head started', { startIteration, resumed: state !== null });
@@ -412,37 +416,44 @@ export class StageSession {
   }
 
   /**
-   * Applies one result. A completed iteration's boundary (its finished block, then the
-   * checkpoint) is persisted in the background while the head keeps issuing the next iteration;
-   * the next iteration's first result waits for it, so a failure never loses more than the
-   * iteration in progress.
+   * Applies one result. The tensors it computed are stored as checkpoint pieces right away, in
+   * the background. A completed iteration's boundary (its pieces and finished block stored, then
+   * the checkpoint manifest naming them) is persisted in the background while the head keeps
+   * issuing the next iteration; the next iteration's first result waits for it (the queue
+   * changes no stored tensor before then), so a failure never loses more than the iteration in
+   * progress.
    */
   private async applyVelocity(step: BlockStep, velocity: Float32Array): Promise<void> {
     const q = this.queue!;
+    const checkpoint = this.checkpoint!;
     if (this.persisting) {
       const waitStart = performance.now();
       await this.persisting;
       workerMetrics.persistWaitSeconds.inc((performance.now() - waitStart) / 1000);
     }
     const r = q.apply(step.iteration, step.block, velocity);
+    checkpoint.put(r.pieces);
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
     if (r.completedIteration !== null) {
       const boundary = r.completedIteration + 1;
       const finished = r.finished;
-      // No copy: the next apply waits for this save, and nothing else changes latents.
-      const state = boundary % this.ctx.checkpointEvery === 0 || q.done ? q.checkpoint({ copy: false }) : null;
+      const commit = boundary % this.ctx.checkpointEvery === 0 || q.done;
+      const manifest = q.manifest();
       this.persisting = (async () => {
         const end = workerMetrics.persistSeconds.startTimer();
-        if (finished) {
-          await this.ctx.blocks.put(this.keyPrefix, finished.index, finished.latents, this.ctx.keyTtlSeconds, this.ctx.run);
-          this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } });
-        }
-        if (state) {
-          await this.ctx.checkpoints.save(this.keyPrefix, state, this.ctx.keyTtlSeconds, this.ctx.run);
+        await Promise.all([
+          checkpoint.flush(),
+          finished &&
+            checkpoint.putBlock(finished.index, finished.latents).then(() => this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } })),
+        ]);
+        if (commit) {
+          await checkpoint.commit(manifest);
           workerMetrics.checkpoints.inc();
+        } else {
+          await checkpoint.prune(manifest);
         }
         end();
-        if (!state) return;
+        if (!commit) return;
         this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
       })();
       this.persisting.catch((e) => {

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
-import { BlockStore, CheckpointStore, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
+import { CheckpointStore, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
 import { backendDevice, numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
@@ -95,7 +95,8 @@ export class WorkerProcess {
   private readonly redis: Redis;
   private readonly registry: WorkerRegistry;
   private readonly checkpoints: CheckpointStore;
-  private readonly blocks: BlockStore;
+  /** The heads' checkpoint pieces and finished blocks, written on a thread of their own. */
+  private readonly checkpointWrites: ThreadCheckpointWrites;
   private readonly leases: WorkerLeases;
   private readonly credentials: ReturnType<typeof tlsCredentials>;
   /** This worker's numerics fingerprint (registered; drivers pin a job to one). */
@@ -124,7 +125,7 @@ export class WorkerProcess {
     const keys = config.keys;
     this.registry = new WorkerRegistry(this.redis, { keys });
     this.checkpoints = new CheckpointStore(this.redis, { keys });
-    this.blocks = new BlockStore(this.redis, { keys });
+    this.checkpointWrites = new ThreadCheckpointWrites({ redisUrl: config.redisUrl, keyRoot: keys.root });
     this.leases = new WorkerLeases(this.redis, { keys });
     this.credentials = tlsCredentials(config.tls);
     this.numerics = numericsFingerprint(backend);
@@ -250,6 +251,7 @@ export class WorkerProcess {
     });
     this.dataPlaneListener?.close();
     await this.metrics?.close();
+    await this.checkpointWrites.close();
     this.redis.disconnect();
   }
 
@@ -272,7 +274,7 @@ export class WorkerProcess {
       credentials: this.credentials.client,
       backend: this.backend,
       checkpoints: this.checkpoints,
-      blocks: this.blocks,
+      writes: this.checkpointWrites,
       keyTtlSeconds: this.config.keyTtlSeconds,
       catalog: this.catalog,
       checkpointEvery: this.config.checkpointEvery,

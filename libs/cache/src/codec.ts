@@ -30,6 +30,11 @@ export function float32Bytes(values: Float32Array): Buffer {
   return out;
 }
 
+/** Like `float32Bytes`, but a view of the values' own memory (no copy) on little-endian hosts. */
+export function float32View(values: Float32Array): Buffer {
+  return HOST_IS_LE ? Buffer.from(values.buffer, values.byteOffset, values.byteLength) : float32Bytes(values);
+}
+
 /** Writes `values` as little-endian bytes into `dst` at `offset`; returns the offset after them. */
 export function writeFloat32(dst: Buffer, offset: number, values: Float32Array): number {
   const src = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);

@@ -33,6 +33,55 @@ if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) en
 return 1
 `;
 
+/**
+ * COMMIT_FENCED for a manifest and the keys it names. KEYS: manifest, job key set, run key,
+ * staged manifest, ARGV[3] kept keys, dropped keys. ARGV: ttl ms, run, kept count. Returns 1,
+ * 0 (fenced off) or -i (kept key i, counting from 1, is missing).
+ */
+const COMMIT_MANIFEST = `
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then
+  redis.call('DEL', KEYS[4])
+  return 0
+end
+local kept = tonumber(ARGV[3])
+for i = 5, 4 + kept do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('DEL', KEYS[4])
+    return -(i - 4)
+  end
+end
+local ttl = tonumber(ARGV[1])
+redis.call('RENAME', KEYS[4], KEYS[1])
+redis.call('SADD', KEYS[2], KEYS[1])
+for i = 5, 4 + kept do redis.call('PEXPIRE', KEYS[i], ttl) end
+for i = 5 + kept, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('SREM', KEYS[2], KEYS[i])
+end
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+`;
+
+/** Deletes KEYS[2..] and removes them from the job key set KEYS[1]. */
+const DELETE_TRACKED = `
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
+  redis.call('SREM', KEYS[1], KEYS[i])
+end
+return 1
+`;
+
+/** A manifest whose named key is gone (expired, evicted, deleted): it was not committed. */
+export class MissingKeyError extends Error {
+  constructor(
+    readonly key: string,
+    readonly manifest: string,
+  ) {
+    super(`checkpoint ${manifest} not written: the piece it names at ${key} is missing from Redis`);
+    this.name = 'MissingKeyError';
+  }
+}
+
 /** A write of a run that no longer owns the job (another run took it over): nothing was written. */
 export class FencedWriteError extends Error {
   constructor(
@@ -69,27 +118,50 @@ export class JobKeyspace {
    * Writes `value` at `key` (a key under `prefix`) with a TTL and tracks the key, in one round
    * trip. Tracking comes first: a key is never written untracked, and if the SET fails the set
    * merely names a missing key, which `expireJob` drops. The value carries its own TTL either way.
+   * The two commands are sent back to back on the connection, not as a pipeline: a pipeline
+   * would copy the value (megabytes for tensors) once more to concatenate the commands.
    */
   async put(prefix: string, key: string, value: Buffer | string, ttlSeconds: number, run?: string): Promise<void> {
     const ms = ttlMillis(ttlSeconds);
     if (!key.startsWith(`${prefix}:`)) throw new Error(`key ${key} is not under job prefix ${prefix}`);
     if (run !== undefined) return this.putFenced(prefix, key, value, ms, run);
-    const results = await this.redis.pipeline().eval(TRACK, 2, key, this.keys.jobKeysKey(prefix), ms).set(key, value, 'PX', ms).exec();
-    const failed = results?.find(([err]) => err);
-    if (!results || failed) throw failed?.[0] ?? new Error(`writing ${key}: Redis returned no reply`);
+    await Promise.all([this.redis.eval(TRACK, 2, key, this.keys.jobKeysKey(prefix), ms), this.redis.set(key, value, 'PX', ms)]);
   }
 
   /**
    * The fenced write: a plain SET of the value to a run-specific staging key, then the tiny
-   * COMMIT_FENCED script, pipelined (one round trip). Throws FencedWriteError when `run` is not
-   * the job's current run (see `claimRun`); the job's value is then untouched.
+   * COMMIT_FENCED script, back to back (one round trip). Throws FencedWriteError when `run` is
+   * not the job's current run (see `claimRun`); the job's value is then untouched.
    */
   private async putFenced(prefix: string, key: string, value: Buffer | string, ms: number, run: string): Promise<void> {
     const staged = this.keys.stagingKey(prefix, key, run);
-    const results = await this.redis.pipeline().set(staged, value, 'PX', ms).eval(COMMIT_FENCED, 4, key, this.keys.jobKeysKey(prefix), this.keys.runKey(prefix), staged, ms, run).exec();
-    const failed = results?.find(([err]) => err);
-    if (!results || failed) throw failed?.[0] ?? new Error(`writing ${key}: Redis returned no reply`);
-    if (Number(results[1][1]) !== 1) throw new FencedWriteError(key, run);
+    const [, committed] = await Promise.all([this.redis.set(staged, value, 'PX', ms), this.redis.eval(COMMIT_FENCED, 4, key, this.keys.jobKeysKey(prefix), this.keys.runKey(prefix), staged, ms, run)]);
+    if (Number(committed) !== 1) throw new FencedWriteError(key, run);
+  }
+
+  /**
+   * A fenced write of a checkpoint manifest (`key`) that names other keys of the job (its
+   * pieces): committed only while `run` owns the job and every key of `keep` exists; then the
+   * kept keys get the TTL again and every key of `drop` (pieces no manifest names any more) is
+   * deleted and untracked, in the same script. Throws FencedWriteError when superseded, and an
+   * error naming the first missing kept key; either way nothing changed.
+   */
+  async commitManifest(prefix: string, key: string, value: Buffer, ttlSeconds: number, run: string, keep: readonly string[], drop: readonly string[]): Promise<void> {
+    const ms = ttlMillis(ttlSeconds);
+    for (const k of [key, ...keep, ...drop]) if (!k.startsWith(`${prefix}:`)) throw new Error(`key ${k} is not under job prefix ${prefix}`);
+    const staged = this.keys.stagingKey(prefix, key, run);
+    const keys = [key, this.keys.jobKeysKey(prefix), this.keys.runKey(prefix), staged, ...keep, ...drop];
+    const [, reply] = await Promise.all([this.redis.set(staged, value, 'PX', ms), this.redis.eval(COMMIT_MANIFEST, keys.length, ...keys, ms, run, keep.length)]);
+    const result = Number(reply);
+    if (result === 0) throw new FencedWriteError(key, run);
+    if (result < 0) throw new MissingKeyError(keep[-result - 1], key);
+  }
+
+  /** Deletes keys of the job and drops them from its key set, in one script. */
+  async deleteKeys(prefix: string, keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return;
+    for (const k of keys) if (!k.startsWith(`${prefix}:`)) throw new Error(`key ${k} is not under job prefix ${prefix}`);
+    await this.redis.eval(DELETE_TRACKED, keys.length + 1, this.keys.jobKeysKey(prefix), ...keys);
   }
 
   /**

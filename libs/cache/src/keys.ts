@@ -7,7 +7,8 @@
  *   R:{registry}:worker:<id>        one worker's info (JSON, expires without heartbeats)
  *   R:{registry}:last-seen:<id>     the same info, kept for a while after a worker is lost (metrics discovery)
  *   R:job:{<jobId>}                 a job's prefix; never a key itself
- *   R:job:{<jobId>}:checkpoint      the head's QueueState at the last iteration boundary
+ *   R:job:{<jobId>}:checkpoint      the head's checkpoint manifest at the last iteration boundary
+ *   R:job:{<jobId>}:piece:<run>:<block>:<kind>:<step>  one tensor of a queued block, stored by run <run> (checkpoints.ts)
  *   R:job:{<jobId>}:block:<n>       finished block latents
  *   R:job:{<jobId>}:frames:<i>      block i's decoded-frame digest (SHA-256, 32 bytes)
  *   R:job:{<jobId>}:keys            set of the job's keys (so they can all be expired together)
@@ -64,6 +65,15 @@ export class KeySchema {
 
   checkpointKey(prefix: string): string {
     return `${this.checkPrefix(prefix)}:checkpoint`;
+  }
+
+  /** One stored tensor of a queued block (a checkpoint piece), written by `run`. */
+  pieceKey(prefix: string, run: string, piece: { block: number; kind: string; step: number }): string {
+    for (const [name, v] of [['block', piece.block], ['step', piece.step]] as const) {
+      if (!Number.isSafeInteger(v) || v < 0) throw new Error(`piece ${name} must be a non-negative integer, got ${v}`);
+    }
+    if (!/^[a-z0-9]+$/.test(piece.kind)) throw new Error(`piece kind ${JSON.stringify(piece.kind)} must be lower-case letters and digits`);
+    return `${this.checkPrefix(prefix)}:piece:${checkId('run id', run)}:${piece.block}:${piece.kind}:${piece.step}`;
   }
 
   blockKey(prefix: string, index: number): string {

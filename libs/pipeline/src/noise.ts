@@ -33,15 +33,15 @@ export class CoordinatedNoise {
     return { rng: this.rng.state(), previous: [...this.previous] };
   }
 
-  /** The next block's initial noise, [channels, block, height, width]. */
-  next(): Float32Array {
+  /** The next block's initial noise, [channels, block, height, width], into `out` when given (every element is written). */
+  next(out: Float32Array = new Float32Array(this.channels * this.block * this.frameSize)): Float32Array {
     const B = this.block;
     const C = this.context;
     const carried = this.previous.length ? this.previous.slice(B - C) : [];
     const free = this.rng.permutation(B + C).filter((i) => !carried.includes(i));
     const order = [...carried, ...free].slice(0, B);
     this.previous = order;
-    const out = new Float32Array(this.channels * B * this.frameSize);
+    if (out.length !== this.channels * B * this.frameSize) throw new RangeError(`noise of a block has ${this.channels * B * this.frameSize} values, the buffer ${out.length}`);
     const fs = this.frameSize;
     for (let c = 0; c < this.channels; c++) {
       for (let f = 0; f < B; f++) {

@@ -1,4 +1,4 @@
-import { iteration as iterationAt, iterationCount, type BlockState, type JobPlan, type JobSpec, type QueueState } from '@longshot/planner';
+import { canonicalPieces, iteration as iterationAt, iterationCount, type BlockPieces, type BlockState, type CheckpointManifest, type JobPlan, type JobSpec, type PieceId, type QueueState } from '@longshot/planner';
 import type { BlockStep } from '@longshot/model';
 import { cpuBackend, type Backend, type OpNode } from '@longshot/engine';
 import { buildSchedule, eulerStepSize, historyCountersAt, jobSchedulerConfig, unipcStep, type Combination, type Schedule, type SchedulerConfig, type SolverHistory } from '@longshot/sampler';
@@ -8,12 +8,26 @@ import { CoordinatedNoise } from './noise';
 /** A block's solver history while it is in the queue: SolverHistory, updated in place. */
 type LiveHistory = { -readonly [K in keyof SolverHistory]: K extends 'modelOutputs' ? Float32Array[] : SolverHistory[K] };
 
+/** Which piece holds each tensor of a queued block, updated with them. */
+type LivePieces = { latents: PieceId; modelOutputs: PieceId[]; lastSample: PieceId | null };
+
 /** A block in the head's queue: its latents [16, B, H, W] after `step` denoising steps. */
 interface QueuedBlock {
   readonly index: number;
   step: number;
   latents: Float32Array;
   readonly history: LiveHistory;
+  readonly pieces: LivePieces;
+}
+
+/** A tensor the head should store now, under its piece name (incremental checkpoints). */
+export interface ProducedPiece {
+  readonly id: PieceId;
+  /**
+   * The values, shared memory the queue keeps: unchanged until the first `apply` of the next
+   * iteration, so the head stores them before it applies the next iteration's results.
+   */
+  readonly values: Float32Array;
 }
 
 export interface BlockQueueOptions {
@@ -47,6 +61,8 @@ export interface Applied {
   readonly completedIteration: number | null;
   /** The block that left the queue with that iteration, if any. */
   readonly finished: FinishedBlock | null;
+  /** Tensors this step computed that a checkpoint of a later boundary may name (none on a block's last step). */
+  readonly pieces: readonly ProducedPiece[];
 }
 
 /**
@@ -113,7 +129,8 @@ export class BlockQueue {
       for (const b of state.blocks) {
         if (b.latents.length !== this.blockSize) throw new RangeError(`checkpoint block ${b.index} has ${b.latents.length} latents, expected ${this.blockSize}`);
         if (b.step !== start - b.index) throw new RangeError(`checkpoint block ${b.index} is at step ${b.step}, iteration ${start} expects ${start - b.index}`);
-        this.blocks.push({ index: b.index, step: b.step, latents: b.latents.slice(), history: this.restoreHistory(b) });
+        const history = this.restoreHistory(b);
+        this.blocks.push({ index: b.index, step: b.step, latents: this.copyBlock(b.latents), history, pieces: clonePieces(b.pieces ?? canonicalPieces(b.index, b.step, history.modelOutputs.length, history.lastSample !== null)) });
       }
       this.finishedTail = state.finishedTail ? { index: state.finishedTail.index, latents: state.finishedTail.latents.slice() } : null;
     }
@@ -151,7 +168,13 @@ export class BlockQueue {
     }
     if (it.added === block && !this.blocks.some((q) => q.index === block)) {
       this.noiseBefore.set(i, this.noise.state());
-      this.blocks.push({ index: block, step: 0, latents: this.initialLatents(block), history: { modelOutputs: [], lastSample: null, lowerOrderNums: 0, lastOrder: 0 } });
+      this.blocks.push({
+        index: block,
+        step: 0,
+        latents: this.initialLatents(block),
+        history: { modelOutputs: [], lastSample: null, lowerOrderNums: 0, lastOrder: 0 },
+        pieces: { latents: { block, kind: 'latents', step: 0 }, modelOutputs: [], lastSample: null },
+      });
     }
     const result = this.window(block, i);
     this.issued++;
@@ -168,12 +191,17 @@ export class BlockQueue {
     }
     const q = this.find(block);
     if (velocity.length !== q.latents.length) throw new RangeError(`velocity of block ${block} has ${velocity.length} elements, its latents ${q.latents.length}`);
-    if (this.scheduler.kind === 'unipc') this.unipcStep(q, velocity);
+    const produced: ProducedPiece[] = [];
+    if (this.scheduler.kind === 'unipc') this.unipcStep(q, velocity, produced);
     else this.host.runSync([axpy(q.latents, velocity, eulerStepSize(this.schedule.sigmas[q.step], this.schedule.sigmas[q.step + 1]), q.latents)]);
     q.step++;
+    q.pieces.latents = { block, kind: 'latents', step: q.step };
+    produced.push({ id: q.pieces.latents, values: q.latents });
+    // The block's last step: it leaves the queue at this boundary and is stored as a finished block.
+    const pieces = q.step === this.spec.steps ? [] : produced;
     this.inFlight.shift();
     this.applied++;
-    if (this.applied !== this.firstOrdinal[iteration + 1]) return { completedIteration: null, finished: null };
+    if (this.applied !== this.firstOrdinal[iteration + 1]) return { completedIteration: null, finished: null, pieces };
     const it = iterationAt(iteration, this.plan.blocks, this.spec.steps);
     let finished: FinishedBlock | null = null;
     if (it.finished !== null) {
@@ -183,19 +211,18 @@ export class BlockQueue {
       this.finishedTail = { index: f.index, latents: f.latents };
       finished = { index: f.index, latents: f.latents };
     }
-    return { completedIteration: iteration, finished };
+    return { completedIteration: iteration, finished, pieces };
   }
 
   /**
    * The state at the last completed iteration boundary. Block-steps of later iterations may
    * already be issued: issuing draws noise but changes no latents, so the boundary is exact.
-   * With `copy: false` the latents are the live arrays, valid until the next `apply` (the head
-   * persists a checkpoint before it applies more, and saves it a copy of tens of MB).
+   * Every tensor is a copy (the head itself stores pieces as they are computed and commits
+   * `manifest()`; this whole state is for in-process resumes and tests).
    */
-  checkpoint({ copy = true }: { copy?: boolean } = {}): QueueState {
+  checkpoint(): QueueState {
     const next = this.nextIteration;
-    for (const i of [...this.noiseBefore.keys()]) if (i < next) this.noiseBefore.delete(i);
-    const take = (t: Float32Array) => (copy ? t.slice() : t);
+    const take = (t: Float32Array) => t.slice();
     return {
       iteration: next,
       sampler: this.scheduler.kind,
@@ -211,10 +238,35 @@ export class BlockQueue {
             lowerOrderNums: b.history.lowerOrderNums,
             lastOrder: b.history.lastOrder,
           },
+          pieces: clonePieces(b.pieces),
         })),
-      noise: this.noiseBefore.get(next) ?? this.noise.state(),
+      noise: this.boundaryNoise(next),
       finishedTail: this.finishedTail ? { index: this.finishedTail.index, latents: take(this.finishedTail.latents) } : null,
     };
+  }
+
+  /**
+   * The last completed iteration boundary as a checkpoint manifest: every tensor named by the
+   * piece that holds it (each was handed out by `apply` when it was computed), the prefix source
+   * by its block index (a finished block, stored as such). No tensor is copied.
+   */
+  manifest(): CheckpointManifest {
+    const next = this.nextIteration;
+    return {
+      iteration: next,
+      sampler: this.scheduler.kind,
+      blocks: this.blocks
+        .filter((b) => b.index < next)
+        .map((b) => ({ index: b.index, step: b.step, lowerOrderNums: b.history.lowerOrderNums, lastOrder: b.history.lastOrder, pieces: clonePieces(b.pieces) })),
+      noise: this.boundaryNoise(next),
+      finishedTail: this.finishedTail?.index ?? null,
+    };
+  }
+
+  /** The noise position at boundary `next`; forgets the positions of earlier boundaries. */
+  private boundaryNoise(next: number): NoiseState {
+    for (const i of [...this.noiseBefore.keys()]) if (i < next) this.noiseBefore.delete(i);
+    return this.noiseBefore.get(next) ?? this.noise.state();
   }
 
   /** Hands a window back once its forward has read it, so the next window reuses the memory. */
@@ -281,21 +333,38 @@ export class BlockQueue {
    * UniC corrects the sample the model saw (from the last sample and the stored x0s), UniP
    * predicts the next sample. Every combination runs as engine `axpy` ops in one call.
    */
-  private unipcStep(q: QueuedBlock, velocity: Float32Array): void {
+  private unipcStep(q: QueuedBlock, velocity: Float32Array, produced: ProducedPiece[]): void {
     const h = q.history;
     const u = unipcStep(this.scheduler, this.schedule, q.step, { outputs: h.modelOutputs.length, lowerOrderNums: h.lowerOrderNums, lastOrder: h.lastOrder, lastSample: h.lastSample !== null });
-    const x0 = this.spareBlocks.pop() ?? new Float32Array(this.blockSize);
+    const x0 = this.spareBlocks.pop() ?? this.newBlock();
     const nodes: OpNode[] = [axpy(q.latents, velocity, u.x0FromVelocity, x0)];
     // UniC needs only the last sample, so the corrected sample overwrites the model's input.
     if (u.corrector) this.combine(nodes, q.latents, h.lastSample!, u.corrector, h.modelOutputs, x0);
     // The last sample is consumed: its buffer takes the next sample.
-    const next = h.lastSample ?? this.spareBlocks.pop() ?? new Float32Array(this.blockSize);
+    const next = h.lastSample ?? this.spareBlocks.pop() ?? this.newBlock();
     this.combine(nodes, next, q.latents, u.predictor, h.modelOutputs, x0);
     this.host.runSync(nodes);
+    const p = q.pieces;
+    const block = q.index;
+    // The sample this step started from: corrected (a new tensor) or the latents as they were
+    // (already stored, except a new block's initial noise).
+    if (u.corrector) {
+      p.lastSample = { block, kind: 'sample', step: q.step };
+      produced.push({ id: p.lastSample, values: q.latents });
+    } else {
+      p.lastSample = p.latents;
+      if (q.step === 0) produced.push({ id: p.latents, values: q.latents });
+    }
+    const x0Piece: PieceId = { block, kind: 'x0', step: q.step };
+    produced.push({ id: x0Piece, values: x0 });
     h.lastSample = q.latents;
     q.latents = next;
     h.modelOutputs.push(x0);
-    while (h.modelOutputs.length > this.scheduler.solverOrder) this.recycleBlock(h.modelOutputs.shift()!);
+    p.modelOutputs.push(x0Piece);
+    while (h.modelOutputs.length > this.scheduler.solverOrder) {
+      this.recycleBlock(h.modelOutputs.shift()!);
+      p.modelOutputs.shift();
+    }
     h.lowerOrderNums = u.lowerOrderNums;
     h.lastOrder = u.order;
   }
@@ -313,12 +382,26 @@ export class BlockQueue {
     if (this.spareBlocks.length < 8) this.spareBlocks.push(t);
   }
 
+  /**
+   * A block-sized tensor in shared memory: the head stores the pieces it hands out from another
+   * thread, without copying them (recycled buffers are reused before new ones are made).
+   */
+  private newBlock(): Float32Array {
+    return new Float32Array(new SharedArrayBuffer(this.blockSize * Float32Array.BYTES_PER_ELEMENT));
+  }
+
+  private copyBlock(values: Float32Array): Float32Array {
+    const out = this.newBlock();
+    out.set(values);
+    return out;
+  }
+
   private initialLatents(block: number): Float32Array {
-    if (!this.initNoise) return this.noise.next();
+    if (!this.initNoise) return this.noise.next(this.spareBlocks.pop() ?? this.newBlock());
     const B = this.spec.block;
     const fs = this.frameSize;
     const frames = this.plan.latentFrames;
-    const out = new Float32Array(this.blockSize);
+    const out = this.spareBlocks.pop() ?? this.newBlock();
     for (let c = 0; c < this.channels; c++) out.set(this.initNoise.subarray((c * frames + block * B) * fs, (c * frames + (block + 1) * B) * fs), c * B * fs);
     return out;
   }
@@ -336,7 +419,7 @@ export class BlockQueue {
     for (const t of [...h.modelOutputs, ...(h.lastSample ? [h.lastSample] : [])]) {
       if (t.length !== this.blockSize) throw new RangeError(`checkpoint block ${b.index}: a solver history tensor has ${t.length} values, expected ${this.blockSize}`);
     }
-    return { modelOutputs: h.modelOutputs.map((t) => t.slice()), lastSample: h.lastSample ? h.lastSample.slice() : null, lowerOrderNums: h.lowerOrderNums, lastOrder: h.lastOrder };
+    return { modelOutputs: h.modelOutputs.map((t) => this.copyBlock(t)), lastSample: h.lastSample ? this.copyBlock(h.lastSample) : null, lowerOrderNums: h.lowerOrderNums, lastOrder: h.lastOrder };
   }
 
   private prefixSource(block: number): Float32Array {
@@ -355,3 +438,8 @@ export class BlockQueue {
 function axpy(x: Float32Array, y: Float32Array, alpha: number, out: Float32Array): OpNode {
   return { op: 'axpy', inputs: [x, y], output: out, params: [out.length, alpha] };
 }
+
+function clonePieces(p: BlockPieces): LivePieces {
+  return { latents: p.latents, modelOutputs: [...p.modelOutputs], lastSample: p.lastSample };
+}
+

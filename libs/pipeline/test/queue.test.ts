@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BlockQueue, CoordinatedNoise, seededInitialNoise, type IssuedStep } from '@longshot/pipeline';
-import { normalizeSpec, planJob, type JobSpec, type QueueState } from '@longshot/planner';
+import { normalizeSpec, planJob, type JobSpec, type PieceId, type QueueState } from '@longshot/planner';
 import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 
 const spec = normalizeSpec({ prompt: 'x', frames: 4 * (24 - 1) + 1, block: 4, context: 2, steps: 3, width: 32, height: 32, seed: 7 });
@@ -90,6 +90,52 @@ describe('block queue', () => {
     expect(resumed.length).toBe(plan.blocks - Math.max(0, 4 - s.steps + 1));
     // UniPC carries a per-block history: the x0 predictions of the last steps and the last sample.
     if (sampler === 'unipc') expect(state.blocks.map((b) => b.history.modelOutputs.length)).toEqual([2, 2, 2, 1]);
+  });
+
+  it.each(['unipc', 'euler'] as const)('resumes %s from a manifest and the pieces apply handed out, each unchanged until the next iteration applies', (sampler) => {
+    const s = { ...spec, sampler, steps: 5 };
+    const whole = run(queue(s), 1).finished;
+    // The head's store: a copy of each piece taken when apply hands it out.
+    const stored = new Map<string, Float32Array>();
+    const name = (p: PieceId) => `${p.block}:${p.kind}:${p.step}`;
+    let handedOut: { id: PieceId; values: Float32Array; iteration: number }[] = [];
+    const finished = new Map<number, Float32Array>();
+    const first = queue(s);
+    const flight: IssuedStep[] = [];
+    let boundary = 0;
+    while (boundary < 6) {
+      for (let x = first.issue(); x; x = flight.length < 100 ? first.issue() : null) flight.push(x);
+      const step = flight.shift()!;
+      // Pieces of this iteration and the last are still what was handed out (the head stores
+      // them meanwhile); after this apply, those of the last may change.
+      for (const p of handedOut) expect(p.values, name(p.id)).toEqual(stored.get(name(p.id)));
+      handedOut = handedOut.filter((p) => p.iteration === step.step.iteration);
+      const r = first.apply(step.step.iteration, step.step.block, velocity(step));
+      for (const p of r.pieces) {
+        expect(stored.has(name(p.id)), `${name(p.id)} handed out twice`).toBe(false);
+        stored.set(name(p.id), p.values.slice());
+        handedOut.push({ ...p, iteration: step.step.iteration });
+      }
+      if (r.finished) finished.set(r.finished.index, r.finished.latents.slice());
+      if (r.completedIteration !== null) boundary = r.completedIteration + 1;
+    }
+    const m = first.manifest();
+    expect(m.iteration).toBe(6);
+    const get = (p: PieceId): Float32Array => {
+      const v = stored.get(name(p));
+      if (!v) throw new Error(`the manifest names ${name(p)}, never handed out`);
+      return v;
+    };
+    const state: QueueState = {
+      iteration: m.iteration,
+      sampler: m.sampler,
+      noise: m.noise,
+      blocks: m.blocks.map((b) => ({ index: b.index, step: b.step, latents: get(b.pieces.latents), history: { modelOutputs: b.pieces.modelOutputs.map(get), lastSample: b.pieces.lastSample && get(b.pieces.lastSample), lowerOrderNums: b.lowerOrderNums, lastOrder: b.lastOrder }, pieces: b.pieces })),
+      finishedTail: m.finishedTail === null ? null : { index: m.finishedTail, latents: finished.get(m.finishedTail)! },
+    };
+    expect(m.finishedTail).toBe(1);
+    const resumed = run(queue(s, state), 3).finished;
+    expect(resumed).toEqual(whole.slice(2));
   });
 
   it('refuses a checkpoint of another sampler or with a history its step does not imply', () => {
