@@ -47,6 +47,7 @@
         "native/src/thread_pool.cc",
         "native/src/blas.cc",
         "native/src/kernels_scalar.cc",
+        "native/src/crc32c.cc",
         "native/src/dataplane.cc",
         "native/src/dataplane_napi.cc",
       ],

@@ -36,6 +36,9 @@ export interface NativeDataPlane {
   /** `slotBytes` > 0: send through a shared-memory ring of `slots` slots of that many bytes. */
   Sender: new (host: string, port: number, stallMs: number, slotBytes?: number, slots?: number) => NativeDataPlaneSender;
   encodeHeader(h: { seq: number; byteLength: number; session: Uint8Array; grant: Uint8Array; shm?: boolean }): Buffer;
-  checksum(bytes: ArrayBufferView): number;
+  /** CRC-32C of `bytes` (the TCP trailer's checksum), by the fastest implementation or the named one. */
+  checksum(bytes: ArrayBufferView, variant?: string): number;
+  /** The checksum implementations this CPU runs, fastest first ('avx512', 'sse42', 'table'). */
+  checksumVariants(): string[];
   constants: { headerBytes: number; trailerBytes: number; replyBytes: number; keyBytes: number; trailerMagic: number; replyMagic: number; ringBytes: number; ringMagic: number };
 }

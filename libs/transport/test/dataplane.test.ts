@@ -44,23 +44,27 @@ async function rejection(p: Promise<unknown>): Promise<TransportError> {
   return err as TransportError;
 }
 
-/** crc32c4 as dataplane.h defines it, bit by bit: the native (SSE4.2 or table) one must agree. */
-function crc32c4Reference(bytes: Uint8Array): number {
-  const step = (c: number, b: number): number => {
+/** CRC-32C bit by bit: every native implementation must agree with it. */
+function crc32cReference(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) {
     c ^= b;
     for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    return c >>> 0;
-  };
-  const lanes = [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff];
-  const whole = bytes.length - (bytes.length % 32);
-  for (let i = 0; i < whole; i++) lanes[(i >> 3) & 3] = step(lanes[(i >> 3) & 3], bytes[i]);
-  for (let i = whole; i < bytes.length; i++) lanes[0] = step(lanes[0], bytes[i]);
-  const tail = Buffer.alloc(24);
-  lanes.forEach((l, j) => tail.writeUInt32LE(l, 4 * j));
-  tail.writeBigUInt64LE(BigInt(bytes.length), 16);
-  let c = 0xffffffff;
-  for (const b of tail) c = step(c, b);
+  }
   return ~c >>> 0;
+}
+
+/** A deterministic xorshift byte stream. */
+function randomBytes(n: number, seed: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
 }
 
 /** A hand-built connection to a listener: the header, then whatever the test writes. */
@@ -83,15 +87,33 @@ function replyOf(bytes: Buffer): { code: number; seq: number; message: string } 
 }
 
 describe('framing', () => {
-  it('the native checksum is crc32c4 as specified, for whole blocks and tails', () => {
-    const bytes = new Uint8Array(5000);
-    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 131 + 7) & 0xff;
-    for (const n of [0, 1, 7, 31, 32, 33, 64, 100, 4096, 5000]) expect(DP.checksum(bytes.subarray(0, n))).toBe(crc32c4Reference(bytes.subarray(0, n)));
+  it('the native checksum is CRC-32C in every implementation the CPU runs', () => {
+    const variants = DP.checksumVariants();
+    expect(variants.at(-1)).toBe('table'); // the portable one is always there
+    const check = Buffer.from('123456789');
+    for (const v of variants) {
+      expect(DP.checksum(check, v)).toBe(0xe3069283); // the published check value
+      expect(DP.checksum(new Uint8Array(0), v)).toBe(0);
+    }
+    expect(DP.checksum(check)).toBe(0xe3069283);
+    // Random lengths (below, around and well above each implementation's block sizes) at every
+    // alignment modulo 64.
+    const pool = randomBytes(70_000, 12345);
+    const lengths = [1, 7, 8, 15, 16, 255, 256, 767, 768, 1023, 1024, 1025, 12_287, 12_288, 12_289, 65_536];
+    const rnd = randomBytes(200, 99);
+    for (let i = 0; i < 40; i++) lengths.push(((rnd[2 * i] << 8) | rnd[2 * i + 1]) % 69_000);
+    lengths.forEach((n, i) => {
+      const offset = i % 64;
+      const bytes = pool.subarray(offset, offset + n);
+      const want = crc32cReference(bytes);
+      for (const v of variants) expect([v, n, offset, DP.checksum(bytes, v)]).toEqual([v, n, offset, want]);
+    });
     // Any change to the bytes or their length changes it.
-    const flipped = bytes.slice(0, 100);
-    flipped[50] ^= 1;
-    expect(DP.checksum(flipped)).not.toBe(DP.checksum(bytes.subarray(0, 100)));
+    const flipped = pool.slice(0, 5000);
+    flipped[2500] ^= 1;
+    expect(DP.checksum(flipped)).not.toBe(DP.checksum(pool.subarray(0, 5000)));
     expect(DP.checksum(new Uint8Array(33))).not.toBe(DP.checksum(new Uint8Array(32)));
+    expect(() => DP.checksum(check, 'no-such')).toThrow(/variant 'no-such' is not available/);
   });
 
   it('keys identify the session and prove its token without carrying it', () => {

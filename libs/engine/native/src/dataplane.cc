@@ -1,6 +1,7 @@
 #include "dataplane.h"
 
 #include "cpu_time.h"
+#include "crc32c.h"
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -66,75 +67,12 @@ std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
   return "";
 }
 
-// ---- crc32c4 -----------------------------------------------------------------------------------
+// ---- checksum ----------------------------------------------------------------------------------
 
-namespace {
-
-uint32_t g_table[8][256];
-bool g_hw = false;
-
-struct CrcInit {
-  CrcInit() {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1)));
-      g_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; ++i)
-      for (int t = 1; t < 8; ++t) g_table[t][i] = (g_table[t - 1][i] >> 8) ^ g_table[0][g_table[t - 1][i] & 0xff];
-    __builtin_cpu_init();
-    g_hw = __builtin_cpu_supports("sse4.2");
-  }
-} g_crc_init;
-
-inline uint32_t sw_u8(uint32_t c, uint8_t b) { return (c >> 8) ^ g_table[0][(c ^ b) & 0xff]; }
-inline uint32_t sw_u64(uint32_t c, uint64_t v) {
-  v ^= c;
-  return g_table[7][v & 0xff] ^ g_table[6][(v >> 8) & 0xff] ^ g_table[5][(v >> 16) & 0xff] ^ g_table[4][(v >> 24) & 0xff] ^
-         g_table[3][(v >> 32) & 0xff] ^ g_table[2][(v >> 40) & 0xff] ^ g_table[1][(v >> 48) & 0xff] ^ g_table[0][v >> 56];
+void Checksum::update(const uint8_t* p, size_t n) {
+  static const crc::UpdateFn f = crc::best();
+  state_ = f(state_, p, n);
 }
-
-__attribute__((target("sse4.2"))) void blocks_hw(uint32_t lane[4], const uint8_t* p, size_t blocks) {
-  uint64_t a = lane[0], b = lane[1], c = lane[2], d = lane[3];
-  for (size_t i = 0; i < blocks; ++i, p += 32) {
-    a = __builtin_ia32_crc32di(a, get64(p));
-    b = __builtin_ia32_crc32di(b, get64(p + 8));
-    c = __builtin_ia32_crc32di(c, get64(p + 16));
-    d = __builtin_ia32_crc32di(d, get64(p + 24));
-  }
-  lane[0] = static_cast<uint32_t>(a), lane[1] = static_cast<uint32_t>(b), lane[2] = static_cast<uint32_t>(c), lane[3] = static_cast<uint32_t>(d);
-}
-
-void blocks_sw(uint32_t lane[4], const uint8_t* p, size_t blocks) {
-  for (size_t i = 0; i < blocks; ++i, p += 32)
-    for (int j = 0; j < 4; ++j) lane[j] = sw_u64(lane[j], get64(p + 8 * j));
-}
-
-}  // namespace
-
-Checksum::Checksum() { lane_[0] = lane_[1] = lane_[2] = lane_[3] = 0xffffffffu; }
-
-size_t Checksum::update(const uint8_t* p, size_t n) {
-  size_t blocks = n / 32;
-  if (g_hw) blocks_hw(lane_, p, blocks);
-  else blocks_sw(lane_, p, blocks);
-  length_ += blocks * 32;
-  return blocks * 32;
-}
-
-uint32_t Checksum::finish(const uint8_t* p, size_t n) {
-  size_t done = update(p, n);
-  for (size_t i = done; i < n; ++i) lane_[0] = sw_u8(lane_[0], p[i]);
-  length_ += n - done;
-  uint8_t tail[24];
-  for (int j = 0; j < 4; ++j) put32(tail + 4 * j, lane_[j]);
-  put64(tail + 16, length_);
-  uint32_t c = 0xffffffffu;
-  for (uint8_t b : tail) c = sw_u8(c, b);
-  return ~c;
-}
-
-uint32_t crc32c4(const uint8_t* p, size_t n) { return Checksum().finish(p, n); }
 
 // ---- sockets -----------------------------------------------------------------------------------
 
@@ -534,7 +472,7 @@ bool Listener::serve_one(Conn* c) {
 
   // Header accepted: the payload goes straight into the destination.
   Checksum sum;
-  size_t summed = 0;
+  size_t summed = 0;  // bytes of the payload checksummed so far (each piece as it lands, still in cache)
   Result r;
   uint8_t trailer[kTrailerBytes];
   if (h.path == kPathShm) {
@@ -543,7 +481,7 @@ bool Listener::serve_one(Conn* c) {
     if (code == kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
     else r.code = code, r.message = "data plane: " + tensor + ": " + why, io = code == kDeadlineExceeded ? Io::kStalled : Io::kError;
   } else {
-    io = read_exact(fd, e->dst, e->len, stall_ms_, true, &e->cancelled, [&](size_t got) { summed += sum.update(e->dst + summed, got - summed); });
+    io = read_exact(fd, e->dst, e->len, stall_ms_, true, &e->cancelled, [&](size_t got) { sum.update(e->dst + summed, got - summed), summed = got; });
     if (io == Io::kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
   }
   r.bytes = e->len;
@@ -557,7 +495,7 @@ bool Listener::serve_one(Conn* c) {
   } else if (get32(trailer + 4) != kTrailerMagic) {
     r.code = kInvalidArgument, r.message = "data plane: " + tensor + ": bad trailer (payload longer than byte_length?)";
   } else if (h.path == kPathTcp) {
-    uint32_t want = get32(trailer), got = sum.finish(e->dst + summed, e->len - summed);
+    uint32_t want = get32(trailer), got = sum.value();
     if (want != got) r.code = kDataLoss, r.message = "data plane: " + tensor + ": checksum mismatch (payload corrupted in transit)";
   }
   {
@@ -755,16 +693,15 @@ Result Sender::send_one(const Job& j) {
     off = n;  // no checksum on this path: the trailer carries 0
   }
   // Checksum each piece just before writing it, while it is in cache.
-  while (io == Io::kOk && !reply_early && n - off >= 32) {
-    size_t piece = std::min(n - off, kIoBytes) & ~size_t(31);
+  while (io == Io::kOk && !reply_early && off < n) {
+    size_t piece = std::min(n - off, kIoBytes);
     sum.update(j.src + off, piece);
     io = write_all(fd_, j.src + off, piece, stall_ms_);
     off += piece;
   }
   uint8_t trailer[kTrailerBytes];
-  put32(trailer, h.path == kPathShm ? 0 : sum.finish(j.src + off, n - off));
+  put32(trailer, h.path == kPathShm ? 0 : sum.value());
   put32(trailer + 4, kTrailerMagic);
-  if (io == Io::kOk && off < n) io = write_all(fd_, j.src + off, n - off, stall_ms_);
   if (io == Io::kOk && !reply_early) io = write_all(fd_, trailer, kTrailerBytes, stall_ms_);
   // The reply; after a failed write the receiver may still have said why it refused.
   uint8_t rb[kReplyBytes];

@@ -13,7 +13,7 @@
 //                       then per chunk i (slot i % slots, slot bytes each but the last) the
 //                       sender writes one byte 'D' when the chunk is in its slot and the receiver
 //                       one byte 'C' once it has copied it out (the socket is the doorbell)
-//   trailer (8 bytes)   checksum u32 (crc32c4, below; 0 on path 1) | magic "LSDE" u32
+//   trailer (8 bytes)   checksum u32 (CRC-32C of the payload, crc32c.h; 0 on path 1) | magic "LSDE" u32
 // and the receiver answers each tensor with
 //   reply   (24 bytes)  magic "LSDR" u32 | version u16 | code u16 (gRPC status) | seq u64 |
 //                       message bytes u32 | reserved u32; then the message (UTF-8)
@@ -30,10 +30,8 @@
 // chunk from its slot into the destination. Path 1 carries no checksum: the bytes never leave
 // the host's memory, and a second copy pass would cost a fifth of the bandwidth.
 //
-// crc32c4: CRC-32C in four interleaved lanes so it keeps up with memory bandwidth (one CRC
-// stream is latency-bound at ~8 bytes / 3 cycles). 8-byte word i of each 32-byte block goes to
-// lane i % 4; bytes after the last whole block go to lane 0; the result is the CRC-32C (initial
-// and final inversion) of the four lane states (u32 LE each) followed by the length (u64 LE).
+// Version 2 checksums the payload with the standard CRC-32C (version 1 used four interleaved
+// lanes combined by a second CRC; a version-1 peer is refused with a clear message).
 #pragma once
 
 #include <array>
@@ -55,7 +53,7 @@ namespace ls::dp {
 constexpr uint32_t kMagic = 0x5044534cu;         // "LSDP"
 constexpr uint32_t kTrailerMagic = 0x4544534cu;  // "LSDE"
 constexpr uint32_t kReplyMagic = 0x5244534cu;    // "LSDR"
-constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersion = 2;
 constexpr size_t kHeaderBytes = 64;
 constexpr size_t kTrailerBytes = 8;
 constexpr size_t kReplyBytes = 24;
@@ -99,20 +97,15 @@ void encode_header(const Header& h, uint8_t out[kHeaderBytes]);
 // Empty on success, else why the bytes are not a header of this version.
 std::string decode_header(const uint8_t in[kHeaderBytes], Header* h);
 
+// CRC-32C of a payload fed in pieces (crc32c.h picks the fastest implementation once).
 class Checksum {
  public:
-  Checksum();
-  // Consumes the longest prefix of [p, p + n) that is a whole number of 32-byte blocks and
-  // returns its length; the caller passes the rest again later (or to finish).
-  size_t update(const uint8_t* p, size_t n);
-  // The checksum of everything consumed plus [p, p + n) (n < 32 after update, any n otherwise).
-  uint32_t finish(const uint8_t* p, size_t n);
+  void update(const uint8_t* p, size_t n);
+  uint32_t value() const { return ~state_; }
 
  private:
-  uint32_t lane_[4];
-  uint64_t length_ = 0;
+  uint32_t state_ = 0xffffffffu;
 };
-uint32_t crc32c4(const uint8_t* p, size_t n);
 
 struct Result {
   Code code = kOk;

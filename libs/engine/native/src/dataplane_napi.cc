@@ -6,6 +6,7 @@
 #include <cstring>
 #include <memory>
 
+#include "crc32c.h"
 #include "dataplane.h"
 
 namespace ls::dp {
@@ -197,9 +198,26 @@ Napi::Value EncodeHeader(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// checksum(bytes, variant?): the payload checksum (CRC-32C) by the fastest implementation, or by
+// the named one of checksumVariants() (the tests compare them all with a reference).
 Napi::Value ChecksumOf(const Napi::CallbackInfo& info) {
   View v = view_arg(info[0], "bytes");
-  return Napi::Number::New(info.Env(), crc32c4(v.data, v.length));
+  crc::UpdateFn f = crc::best();
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    std::string want = info[1].ToString().Utf8Value();
+    f = nullptr;
+    for (const auto& var : crc::variants())
+      if (want == var.name) f = var.update;
+    if (!f) throw Napi::RangeError::New(info.Env(), "checksum variant '" + want + "' is not available on this CPU");
+  }
+  return Napi::Number::New(info.Env(), ~f(0xffffffffu, v.data, v.length));
+}
+
+Napi::Value ChecksumVariants(const Napi::CallbackInfo& info) {
+  const auto& vs = crc::variants();
+  Napi::Array out = Napi::Array::New(info.Env(), vs.size());
+  for (size_t i = 0; i < vs.size(); ++i) out.Set(static_cast<uint32_t>(i), vs[i].name);
+  return out;
 }
 
 }  // namespace
@@ -210,6 +228,7 @@ void register_dataplane(Napi::Env env, Napi::Object exports) {
   dp.Set("Sender", SenderWrap::Define(env));
   dp.Set("encodeHeader", Napi::Function::New(env, EncodeHeader, "encodeHeader"));
   dp.Set("checksum", Napi::Function::New(env, ChecksumOf, "checksum"));
+  dp.Set("checksumVariants", Napi::Function::New(env, ChecksumVariants, "checksumVariants"));
   Napi::Object c = Napi::Object::New(env);
   c.Set("headerBytes", static_cast<double>(kHeaderBytes));
   c.Set("trailerBytes", static_cast<double>(kTrailerBytes));
