@@ -28,7 +28,7 @@ export interface DriverWorker {
   /** The worker's numerics fingerprint (see numericsFingerprint in @longshot/engine). */
   readonly numerics: string;
   /** What its data plane accepts, as registered; absent: tensor bytes reach it over gRPC only. */
-  readonly dataPlane?: DataPlaneEndpoint;
+  readonly dataPlane?: Omit<DataPlaneEndpoint, 'nccl'> & { readonly nccl?: boolean };
 }
 
 /** One stage-to-stage link of a job and how its tensor bytes travel (the tail's goes to the head). */
@@ -384,7 +384,7 @@ async function openSessions(
       nextAddress: K === 1 ? '' : next.worker.address,
       nextSessionId: K === 1 ? '' : next.sessionId,
       nextToken: K === 1 ? '' : next.token,
-      nextDataPlane: K === 1 ? undefined : next.worker.dataPlane,
+      nextDataPlane: K === 1 || !next.worker.dataPlane ? undefined : { ...next.worker.dataPlane, nccl: next.worker.dataPlane.nccl === true },
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text: wireText,
       resume: failover || job.resume === true,

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { status as Status } from '@grpc/grpc-js';
 import { hostCpuSeconds, nativeDataPlane } from '@longshot/engine';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DataPlaneListener, DataPlaneSender, TransportError, dataPlaneKeys } from '../src/index';
+import { DataPlaneListener, DataPlaneSender, TransportError, chooseHopTransport, dataPlaneEndpoint, dataPlaneKeys, ncclAvailability } from '../src/index';
 import { pattern } from './dataplane-peer';
 
 const DP = nativeDataPlane();
@@ -400,5 +400,75 @@ describe('native shared-memory data plane', () => {
     await s.send('s2', TOKEN, 1, new Uint8Array(slotBytes).fill(6));
     await theirs;
     expect(bystander.every((v) => v === 6)).toBe(true);
+  });
+});
+
+describe('device paths (NCCL, CUDA IPC) on a machine without them', () => {
+  const links = DP.deviceLinks();
+  const ipcHeader = { seq: 3, byteLength: 4096, path: 'cuda-ipc' as const };
+
+  it('the device descriptor names its tensor: seq, byte_length and path must be the header\'s', () => {
+    const handle = Buffer.alloc(64, 7);
+    const d = DP.encodeDeviceDescriptor({ ...ipcHeader, offset: 256, handle });
+    expect(d.length).toBe(DP.constants.deviceDescriptorBytes);
+    expect(DP.checkDeviceDescriptor(ipcHeader, d)).toBe('');
+    expect(DP.checkDeviceDescriptor({ ...ipcHeader, seq: 4 }, d)).toMatch(/descriptor is for seq 3, the header for 4/);
+    expect(DP.checkDeviceDescriptor({ ...ipcHeader, byteLength: 4097 }, d)).toMatch(/byte_length 4096 is not the header's 4097/);
+    expect(DP.checkDeviceDescriptor({ ...ipcHeader, path: 'nccl' }, d)).toMatch(/descriptor is for CUDA IPC handles, the header for NCCL/);
+    const nccl = { seq: 1, byteLength: 100, path: 'nccl' as const };
+    expect(DP.checkDeviceDescriptor(nccl, DP.encodeDeviceDescriptor(nccl))).toBe('');
+    expect(DP.checkDeviceDescriptor(nccl, DP.encodeDeviceDescriptor({ ...nccl, handle }))).toMatch(/NCCL descriptor carries no offset or handle/);
+    const reserved = Buffer.from(d);
+    reserved[40] = 1;
+    expect(DP.checkDeviceDescriptor(ipcHeader, reserved)).toMatch(/reserved device-descriptor bytes/);
+    const magic = Buffer.from(d);
+    magic[0] ^= 1;
+    expect(DP.checkDeviceDescriptor(ipcHeader, magic)).toMatch(/bad magic/);
+  });
+
+  it('NCCL loading fails with an error naming the library, and the hop falls back to shared memory or TCP', () => {
+    expect(links.nccl.library).toBe('libnccl.so.2');
+    expect(links.nccl.reason).toMatch(/^NCCL is not available: cannot load libnccl\.so\.2 \(/);
+    expect(DP.deviceLinks(0, 'libc.so.6').nccl.reason).toMatch(/libc\.so\.6 has no ncclGetVersion/);
+    expect(links.cuda).toMatch(/no CUDA device/);
+    const here = ncclAvailability();
+    expect(here.available).toBe(false);
+    expect(here.reason).toMatch(/no CUDA device/);
+    // A peer that takes NCCL gets TCP (another host) or shared memory (this host) from this worker.
+    const peer = dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true, true);
+    expect(peer.nccl).toBe(true);
+    expect(chooseHopTransport('auto', 'host-b', peer, here.available)).toBe('tcp');
+    expect(chooseHopTransport('auto', 'host-a', peer, here.available)).toBe('shm');
+    expect(() => listener().close()).not.toThrow();
+    expect(() => new DataPlaneListener({ nccl: true })).toThrow(/cannot take NCCL transfers: no CUDA device/);
+    expect(() => new DataPlaneSender('127.0.0.1:9', { nccl: {} })).toThrow(/cannot send through NCCL: no CUDA device/);
+    expect(() => new DP.Sender('127.0.0.1', 9, 1000, 0, 0, 'cuda-ipc', 0)).toThrow(/cannot send through CUDA IPC handles: no CUDA device/);
+    expect(() => new DP.Listener('127.0.0.1', 0, 1000, false, false, true, 0)).toThrow(/cannot take CUDA IPC transfers: no CUDA device/);
+  });
+
+  it('a listener without a device refuses NCCL and CUDA IPC frames after the key check, before any byte lands', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    l.addSession('other', OTHER);
+    const keys = dataPlaneKeys('s1', TOKEN);
+    const bystander = new Uint8Array(4096).fill(0x5a);
+    const untouched = l.receive('other', 3, bystander, 60_000).catch((e: unknown) => e);
+    for (const path of ['cuda-ipc', 'nccl'] as const) {
+      const header = { ...ipcHeader, path };
+      const wrong = await rawPeer(l);
+      wrong.socket.write(DP.encodeHeader({ ...header, ...dataPlaneKeys('s1', OTHER) }));
+      wrong.socket.end(DP.encodeDeviceDescriptor(header));
+      const r1 = replyOf(await wrong.reply);
+      expect([r1.code, r1.seq]).toEqual([Status.UNAUTHENTICATED, 3]);
+      const right = await rawPeer(l);
+      right.socket.write(DP.encodeHeader({ ...header, ...keys }));
+      right.socket.end(DP.encodeDeviceDescriptor({ ...header, handle: path === 'cuda-ipc' ? Buffer.alloc(64, 1) : undefined }));
+      const r2 = replyOf(await right.reply);
+      expect([r2.code, r2.seq]).toEqual([Status.FAILED_PRECONDITION, 3]);
+      expect(r2.message).toMatch(new RegExp(`does not take ${path === 'nccl' ? 'NCCL' : 'CUDA IPC handles'} \\(it has no CUDA device or NCCL`));
+    }
+    l.removeSession('other');
+    expect(((await untouched) as TransportError).code).toBe(Status.CANCELLED);
+    expect(bystander.every((b) => b === 0x5a)).toBe(true);
   });
 });

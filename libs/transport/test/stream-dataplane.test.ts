@@ -12,6 +12,8 @@ import {
   TensorSender,
   TransportError,
   chooseHopTransport,
+  fromWireTransport,
+  toWireTransport,
   dataPlaneEndpoint,
   decodePayload,
   encodePayload,
@@ -75,11 +77,26 @@ describe('hop transport choice', () => {
     expect(chooseHopTransport('grpc', 'host-a', both)).toBe('grpc');
     expect(chooseHopTransport('auto', 'host-a', undefined)).toBe('grpc');
     // A receiver's mode limits what it advertises.
-    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true)).toEqual({ tcpAddress: '10.0.0.1:7000', tcp: true, hostId: 'host-a', shm: false });
+    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true, true)).toEqual({ tcpAddress: '10.0.0.1:7000', tcp: true, hostId: 'host-a', shm: false, nccl: false });
     // A shm-only receiver on another host: nothing native fits.
     expect(chooseHopTransport('auto', 'host-b', dataPlaneEndpoint('shm', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', 'host-a', dataPlaneEndpoint('grpc', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', '', dataPlaneEndpoint('auto', '', null, true))).toBe('grpc');
+  });
+
+  it('takes NCCL only between two CUDA workers that both have it, after shared memory on one host', () => {
+    const cuda = dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true, true);
+    expect(cuda.nccl).toBe(true);
+    expect(chooseHopTransport('auto', 'host-b', cuda, true)).toBe('nccl');
+    expect(chooseHopTransport('auto', 'host-a', cuda, true)).toBe('shm');
+    // Either end without NCCL: TCP.
+    expect(chooseHopTransport('auto', 'host-b', cuda, false)).toBe('tcp');
+    expect(chooseHopTransport('auto', 'host-b', dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true, false), true)).toBe('tcp');
+    // Only in 'auto': a forced mode is what it says, and a receiver with no listener takes nothing native.
+    expect(chooseHopTransport('tcp', 'host-b', cuda, true)).toBe('tcp');
+    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true, true).nccl).toBe(false);
+    expect(dataPlaneEndpoint('auto', 'host-a', null, true, true).nccl).toBe(false);
+    expect(fromWireTransport(toWireTransport('nccl'))).toBe('nccl');
   });
 });
 

@@ -2,6 +2,7 @@
 
 #include "cpu_time.h"
 #include "crc32c.h"
+#include "nccl_loader.h"
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -56,7 +57,7 @@ std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
   if (get32(in) != kMagic) return "not a data-plane frame (bad magic)";
   if (get16(in + 4) != kVersion) return "data-plane version " + std::to_string(get16(in + 4)) + " is not supported (this build speaks " + std::to_string(kVersion) + ")";
   if (get16(in + 6) != kHeaderBytes) return "header length " + std::to_string(get16(in + 6)) + ", expected " + std::to_string(kHeaderBytes);
-  if (in[56] > kPathShm) return "unknown path " + std::to_string(in[56]);
+  if (in[56] > kPathCudaIpc) return "unknown path " + std::to_string(in[56]);
   if ((get64(in + 56) >> 8) != 0) return "reserved header bytes are not zero";
   h->path = static_cast<Path>(in[56]);
   h->seq = get64(in + 8);
@@ -64,6 +65,47 @@ std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
   std::memcpy(h->session.data(), in + 24, kKeyBytes);
   std::memcpy(h->grant.data(), in + 40, kKeyBytes);
   if (h->seq == 0) return "seq must be at least 1";
+  return "";
+}
+
+const char* path_name(Path p) {
+  switch (p) {
+    case kPathTcp: return "TCP payloads";
+    case kPathShm: return "shared memory";
+    case kPathNccl: return "NCCL";
+    case kPathCudaIpc: return "CUDA IPC handles";
+  }
+  return "an unknown path";
+}
+
+void encode_device_descriptor(const Header& h, const DeviceDescriptor& d, uint8_t out[kDeviceDescriptorBytes]) {
+  std::memset(out, 0, kDeviceDescriptorBytes);
+  put32(out, kDeviceMagic);
+  out[4] = h.path;
+  put64(out + 8, h.seq);
+  put64(out + 16, h.byte_length);
+  put64(out + 24, d.offset);
+  std::memcpy(out + 64, d.ipc_handle.data(), d.ipc_handle.size());
+}
+
+std::string decode_device_descriptor(const Header& h, const uint8_t in[kDeviceDescriptorBytes], DeviceDescriptor* d) {
+  if (get32(in) != kDeviceMagic) return "not a device descriptor (bad magic)";
+  if (in[4] != h.path) return std::string("the device descriptor is for ") + path_name(static_cast<Path>(in[4] <= kPathCudaIpc ? in[4] : 255)) + ", the header for " + path_name(h.path);
+  if (get64(in + 8) != h.seq) return "the device descriptor is for seq " + std::to_string(get64(in + 8)) + ", the header for " + std::to_string(h.seq);
+  if (get64(in + 16) != h.byte_length) return "the device descriptor's byte_length " + std::to_string(get64(in + 16)) + " is not the header's " + std::to_string(h.byte_length);
+  for (size_t i = 5; i < 8; ++i)
+    if (in[i]) return "reserved device-descriptor bytes are not zero";
+  for (size_t i = 32; i < 64; ++i)
+    if (in[i]) return "reserved device-descriptor bytes are not zero";
+  d->offset = get64(in + 24);
+  std::memcpy(d->ipc_handle.data(), in + 64, d->ipc_handle.size());
+  if (h.path == kPathNccl) {
+    bool zero = d->offset == 0;
+    for (uint8_t b : d->ipc_handle) zero = zero && b == 0;
+    if (!zero) return "an NCCL descriptor carries no offset or handle";
+  } else if (d->offset > UINT64_MAX - h.byte_length) {
+    return "offset " + std::to_string(d->offset) + " + byte_length overflows";
+  }
   return "";
 }
 
@@ -173,7 +215,12 @@ const char* io_name(Io io) {
 
 // ---- Listener ----------------------------------------------------------------------------------
 
-Listener::Listener(const std::string& host, int port, int stall_ms, unsigned paths) : stall_ms_(stall_ms), paths_(paths) {
+Listener::Listener(const std::string& host, int port, int stall_ms, unsigned paths, int device) : stall_ms_(stall_ms), paths_(paths), device_(device) {
+  if (paths & ((1u << kPathNccl) | (1u << kPathCudaIpc))) {
+    std::string why = cuda::link::usable(device);
+    if (why.empty() && (paths & (1u << kPathNccl))) nccl_ = nccl::load(&why);
+    if (!why.empty()) throw std::runtime_error("data plane: cannot take " + std::string(paths & (1u << kPathNccl) ? "NCCL" : "CUDA IPC") + " transfers: " + why);
+  }
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -230,9 +277,10 @@ void Listener::remove_session(const Key& session) {
   for (auto& [k, e] : unclaimed) e->done({kCancelled, "tensor seq " + std::to_string(k.second) + ": session closed", 0, 0});
 }
 
-void Listener::expect(const Key& session, uint64_t seq, uint8_t* dst, size_t len, Done done) {
+void Listener::expect(const Key& session, uint64_t seq, uint8_t* dst, size_t len, Done done, const nccl::UniqueId* nccl_id) {
   auto e = std::make_shared<Expectation>();
   e->dst = dst, e->len = len, e->done = std::move(done);
+  if (nccl_id) e->has_nccl_id = true, e->nccl_id = *nccl_id;
   std::string refused;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -403,6 +451,38 @@ std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const st
   return "";
 }
 
+std::string Listener::receive_device(Conn* c, const Header& h, Expectation* e, Code* code) {
+  uint8_t dd[kDeviceDescriptorBytes];
+  Io io = read_exact(c->fd, dd, kDeviceDescriptorBytes, stall_ms_, true, &e->cancelled);
+  if (io != Io::kOk) {
+    *code = io == Io::kCancelled ? kCancelled : io == Io::kStalled ? kDeadlineExceeded : kUnavailable;
+    return io == Io::kCancelled ? e->cancel_why : std::string(io_name(io)) + " before the device descriptor";
+  }
+  DeviceDescriptor d;
+  std::string bad = decode_device_descriptor(h, dd, &d);
+  if (!bad.empty()) return *code = kInvalidArgument, bad;
+  std::string why;
+  if (h.path == kPathCudaIpc) {
+    why = cuda::link::ipc_copy(device_, d.ipc_handle, d.offset, e->dst, e->len);
+  } else {
+    if (!e->has_nccl_id) return *code = kFailedPrecondition, "no NCCL id was announced with this tensor on the control plane";
+    if (c->nccl && std::memcmp(c->nccl_id.internal, e->nccl_id.internal, nccl::kUniqueIdBytes) != 0)
+      return *code = kFailedPrecondition, "the NCCL id announced for this tensor is not the one of this connection's communicator";
+    // Header and descriptor passed: tell the sender to go, then join (first tensor) and receive.
+    const uint8_t go = kDeviceGo;
+    io = write_all(c->fd, &go, 1, stall_ms_);
+    if (io != Io::kOk) return *code = kUnavailable, std::string(io_name(io)) + " before the transfer";
+    if (!c->nccl) {
+      c->nccl = cuda::link::nccl_join(nccl_, e->nccl_id, 1, device_, stall_ms_, &why);
+      c->nccl_id = e->nccl_id;
+    }
+    if (c->nccl) why = c->nccl->recv(e->dst, e->len);
+  }
+  if (!why.empty()) return *code = kInternal, why;
+  *code = kOk;
+  return "";
+}
+
 bool Listener::serve_one(Conn* c) {
   const int fd = c->fd;
   uint8_t hb[kHeaderBytes];
@@ -430,8 +510,6 @@ bool Listener::serve_one(Conn* c) {
   std::string bad = decode_header(hb, &h);
   if (!bad.empty()) return refuse(kInvalidArgument, 0, "data plane: " + bad);
   const std::string tensor = "tensor seq " + std::to_string(h.seq);
-  if (!(paths_ & (1u << h.path))) return refuse(kFailedPrecondition, h.seq, "data plane: " + tensor + ": this listener does not take " + (h.path == kPathShm ? "shared memory" : "TCP payloads"));
-
   std::shared_ptr<Expectation> e;
   Code refusal = kOk;
   std::string why;
@@ -446,6 +524,9 @@ bool Listener::serve_one(Conn* c) {
       refusal = kNotFound, why = "data plane: " + tensor + ": unknown session " + hex(h.session);
     } else if (diff) {
       refusal = kUnauthenticated, why = "data plane: " + tensor + ": wrong grant for session " + hex(h.session);
+    } else if (!(paths_ & (1u << h.path))) {
+      refusal = kFailedPrecondition, why = "data plane: " + tensor + ": this listener does not take " + path_name(h.path) +
+                                           (h.path >= kPathNccl ? " (it has no CUDA device or NCCL to take them with)" : "");
     } else if (!cv_.wait_for(lock, std::chrono::milliseconds(stall_ms_), [&] {
                  // The control-plane announcement may lag the bytes a little; wait, not forever.
                  auto it = expected_.find(key);
@@ -475,9 +556,9 @@ bool Listener::serve_one(Conn* c) {
   size_t summed = 0;  // bytes of the payload checksummed so far (each piece as it lands, still in cache)
   Result r;
   uint8_t trailer[kTrailerBytes];
-  if (h.path == kPathShm) {
+  if (h.path == kPathShm || h.path >= kPathNccl) {
     Code code = kOk;
-    std::string why = receive_ring(c, e.get(), &code, &e->cancelled);
+    std::string why = h.path == kPathShm ? receive_ring(c, e.get(), &code, &e->cancelled) : receive_device(c, h, e.get(), &code);
     if (code == kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
     else r.code = code, r.message = "data plane: " + tensor + ": " + why, io = code == kDeadlineExceeded ? Io::kStalled : Io::kError;
   } else {
@@ -504,7 +585,7 @@ bool Listener::serve_one(Conn* c) {
   }
   e->done(r);
   if (r.code != kOk) {
-    if (io == Io::kOk || io == Io::kStalled || (h.path == kPathShm && r.code == kInvalidArgument) || r.code == kFailedPrecondition) refuse(r.code, h.seq, r.message);
+    if (io == Io::kOk || io == Io::kStalled || (h.path != kPathTcp && r.code == kInvalidArgument) || r.code == kFailedPrecondition || (h.path >= kPathNccl && r.code == kInternal)) refuse(r.code, h.seq, r.message);
     return false;
   }
   encode_reply(&reply, kOk, h.seq, "");
@@ -513,9 +594,46 @@ bool Listener::serve_one(Conn* c) {
 
 // ---- Sender ------------------------------------------------------------------------------------
 
-Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_bytes, uint32_t slots)
-    : host_(host), slot_bytes_(slot_bytes), slots_(slots), port_(port), stall_ms_(stall_ms) {
+Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_bytes, uint32_t slots, Path device_path, int device)
+    : host_(host), slot_bytes_(slot_bytes), slots_(slots), device_path_(device_path), device_(device), port_(port), stall_ms_(stall_ms) {
+  if (device_path >= kPathNccl) {
+    std::string why = cuda::link::usable(device);
+    if (why.empty() && device_path == kPathNccl) {
+      nccl_ = nccl::load(&why);
+      if (nccl_ && nccl_->GetUniqueId(&nccl_id_) != nccl::kSuccess) why = "ncclGetUniqueId failed";
+    }
+    if (!why.empty()) throw std::runtime_error(std::string("data plane: cannot send through ") + path_name(device_path) + ": " + why);
+  }
   thread_ = std::thread([this] { run(); });
+}
+
+std::string Sender::send_device(const Job& j, Code* code, bool* reply_early) {
+  DeviceDescriptor d;
+  if (device_path_ == kPathCudaIpc) {
+    const uint8_t* base = j.base ? j.base : j.src;
+    d.offset = static_cast<uint64_t>(j.src - base);
+    std::string why = cuda::link::ipc_export(device_, base, &d.ipc_handle);
+    if (!why.empty()) return *code = kFailedPrecondition, why;
+  }
+  Header h = j.h;
+  h.path = device_path_;
+  uint8_t dd[kDeviceDescriptorBytes];
+  encode_device_descriptor(h, d, dd);
+  Io io = write_all(fd_, dd, kDeviceDescriptorBytes, stall_ms_);
+  if (io != Io::kOk) return *code = io == Io::kStalled ? kDeadlineExceeded : kUnavailable, std::string(io_name(io)) + " while sending";
+  if (device_path_ == kPathCudaIpc) return *code = kOk, "";
+  // NCCL: the receiver's go (its checks passed), or its reply (a refusal).
+  io = wait_fd(fd_, POLLIN, stall_ms_ * 4, nullptr);
+  uint8_t b = 0;
+  ssize_t r = io == Io::kOk ? ::recv(fd_, &b, 1, MSG_PEEK) : -1;
+  if (r <= 0) return *code = io == Io::kStalled ? kDeadlineExceeded : kUnavailable, "no go from the receiver before the NCCL transfer";
+  if (b != kDeviceGo) return *reply_early = true, *code = kOk, "";
+  ::recv(fd_, &b, 1, 0);
+  std::string why;
+  if (!nccl_peer_) nccl_peer_ = cuda::link::nccl_join(nccl_, nccl_id_, 0, device_, stall_ms_, &why);
+  if (nccl_peer_) why = nccl_peer_->send(j.src, j.h.byte_length);
+  if (!why.empty()) return *code = kInternal, why;
+  return *code = kOk, "";
 }
 
 std::string Sender::create_segment() {
@@ -581,11 +699,11 @@ int Sender::send_ring(const Job& j, bool* reply_early) {
 
 Sender::~Sender() { close(); }
 
-void Sender::send(const Header& h, const uint8_t* src, Done done) {
+void Sender::send(const Header& h, const uint8_t* src, Done done, const uint8_t* base) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!closing_) {
-      queue_.push_back({h, src, std::move(done)});
+      queue_.push_back({h, src, std::move(done), base});
       cv_.notify_all();
       return;
     }
@@ -671,7 +789,7 @@ Result Sender::send_one(const Job& j) {
   const std::string tensor = "tensor seq " + std::to_string(j.h.seq);
   uint8_t hb[kHeaderBytes];
   Header h = j.h;
-  h.path = slot_bytes_ > 0 ? kPathShm : kPathTcp;
+  h.path = device_path_ >= kPathNccl ? device_path_ : slot_bytes_ > 0 ? kPathShm : kPathTcp;
   if (h.path == kPathShm && !segment_) {
     std::string err = create_segment();
     if (!err.empty()) return {kFailedPrecondition, err, 0, since(t0)};
@@ -691,6 +809,22 @@ Result Sender::send_one(const Job& j) {
     if (io == Io::kOk) io = write_all(fd_, rd, kRingBytes, stall_ms_);
     if (io == Io::kOk) io = static_cast<Io>(send_ring(j, &reply_early));
     off = n;  // no checksum on this path: the trailer carries 0
+  } else if (h.path >= kPathNccl && io == Io::kOk) {
+    Code code = kOk;
+    std::string why = send_device(j, &code, &reply_early);
+    if (code != kOk) {
+      // The receiver may have said why (a refusal); otherwise this is the error.
+      uint8_t rb[kReplyBytes];
+      if (code == kInternal || code == kFailedPrecondition) {
+        if (read_exact(fd_, rb, kReplyBytes, 1000, true, nullptr) == Io::kOk && get32(rb) == kReplyMagic && get16(rb + 6) != kOk) {
+          uint32_t len = std::min(get32(rb + 16), kMaxReplyMessage);
+          std::string msg(len, '\0');
+          if (len && read_exact(fd_, reinterpret_cast<uint8_t*>(msg.data()), len, stall_ms_, true, nullptr) == Io::kOk) why += " (the receiver: " + msg + ")";
+        }
+      }
+      return {code, "data plane: " + tensor + ": " + why, n, since(t0)};
+    }
+    off = n;  // no checksum: the bytes never cross this socket
   }
   // Checksum each piece just before writing it, while it is in cache.
   while (io == Io::kOk && !reply_early && off < n) {
@@ -700,7 +834,7 @@ Result Sender::send_one(const Job& j) {
     off += piece;
   }
   uint8_t trailer[kTrailerBytes];
-  put32(trailer, h.path == kPathShm ? 0 : sum.value());
+  put32(trailer, h.path == kPathTcp ? sum.value() : 0);
   put32(trailer + 4, kTrailerMagic);
   if (io == Io::kOk && !reply_early) io = write_all(fd_, trailer, kTrailerBytes, stall_ms_);
   // The reply; after a failed write the receiver may still have said why it refused.
