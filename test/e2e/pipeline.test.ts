@@ -182,7 +182,7 @@ describe('DualParal across worker processes', () => {
     const tokens = 2 * (0 + s.block) * 16; // block 0: no prefix, (64/8/2)^2 = 16 tokens per frame
     const timestep = buildSchedule(jobSchedulerConfig(WAN_SCHEDULER_CONFIG, s), s.steps).timesteps[0];
     const goodStep = { iteration: 0, block: 0, step: 0, timestep, prefixFrames: 0, ownFrames: s.block, contextFrames: s.context, height: 8, width: 8 };
-    const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ...over });
+    const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ncclId: Buffer.alloc(0), ...over });
     const cases: [string, object, number][] = [
       ['unknown session', { sessionId: 'nope' }, grpc.status.NOT_FOUND],
       ['wrong token', { token: 'y'.repeat(32) }, grpc.status.UNAUTHENTICATED],
