@@ -41,7 +41,7 @@ describe('WorkerRegistry', () => {
     const a = new WorkerRegistry(t.redis, { keys: t.keys });
     const b = new WorkerRegistry(t.redis, { keys: t.keys });
     const reader = new WorkerRegistry(t.redis, { keys: t.keys });
-    const dataPlane = { tcpAddress: '127.0.0.1:50052', tcp: true, shm: true, hostId: 'boot/host' };
+    const dataPlane = { tcpAddress: '127.0.0.1:50052', tcp: true, shm: true, hostId: 'boot/host', nccl: true };
     await a.register(info('w-a', { models: ['*'], backend: 'cuda', dataPlane }));
     await b.register({ ...info('w-b'), extra: 'not stored' } as WorkerInfo);
     // A data-plane endpoint is stored as given; a worker without one registers none.
@@ -72,6 +72,7 @@ describe('WorkerRegistry', () => {
     await expect(r.register(info('bad id'))).rejects.toThrow(/whitespace/);
     await expect(r.register(info('w', { dataPlane: { tcpAddress: 'nohost', tcp: true, shm: false, hostId: 'h' } }))).rejects.toThrow(/dataPlane.tcpAddress must be host:port or empty/);
     await expect(r.register(info('w', { dataPlane: { tcpAddress: '', tcp: 'yes', shm: false, hostId: 'h' } as never }))).rejects.toThrow(/dataPlane.tcp and dataPlane.shm must be booleans/);
+    await expect(r.register(info('w', { dataPlane: { tcpAddress: '', tcp: true, shm: false, hostId: 'h', nccl: 'yes' } as never }))).rejects.toThrow(/dataPlane.nccl must be a boolean/);
     await expect(r.register(info('w'), { ttlMs: 1000, heartbeatMs: 1000 })).rejects.toThrow(/shorter than ttlMs/);
     await r.register(info('w-once'));
     await expect(r.register(info('w-twice'))).rejects.toThrow(/already registered worker w-once/);
