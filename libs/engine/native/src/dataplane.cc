@@ -607,14 +607,7 @@ Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_byte
   thread_ = std::thread([this] { run(); });
 }
 
-std::string Sender::send_device(const Job& j, Code* code, bool* reply_early) {
-  DeviceDescriptor d;
-  if (device_path_ == kPathCudaIpc) {
-    const uint8_t* base = j.base ? j.base : j.src;
-    d.offset = static_cast<uint64_t>(j.src - base);
-    std::string why = cuda::link::ipc_export(device_, base, &d.ipc_handle);
-    if (!why.empty()) return *code = kFailedPrecondition, why;
-  }
+std::string Sender::send_device(const Job& j, const DeviceDescriptor& d, Code* code, bool* reply_early) {
   Header h = j.h;
   h.path = device_path_;
   uint8_t dd[kDeviceDescriptorBytes];
@@ -794,6 +787,13 @@ Result Sender::send_one(const Job& j) {
     std::string err = create_segment();
     if (!err.empty()) return {kFailedPrecondition, err, 0, since(t0)};
   }
+  DeviceDescriptor device_descriptor;
+  if (h.path == kPathCudaIpc) {
+    const uint8_t* base = j.base ? j.base : j.src;
+    device_descriptor.offset = static_cast<uint64_t>(j.src - base);
+    std::string err = cuda::link::ipc_export(device_, base, &device_descriptor.ipc_handle);
+    if (!err.empty()) return {kFailedPrecondition, "data plane: " + tensor + ": " + err, 0, since(t0)};
+  }
   encode_header(h, hb);
   Io io = write_all(fd_, hb, kHeaderBytes, stall_ms_);
   Checksum sum;
@@ -811,7 +811,7 @@ Result Sender::send_one(const Job& j) {
     off = n;  // no checksum on this path: the trailer carries 0
   } else if (h.path >= kPathNccl && io == Io::kOk) {
     Code code = kOk;
-    std::string why = send_device(j, &code, &reply_early);
+    std::string why = send_device(j, device_descriptor, &code, &reply_early);
     if (code != kOk) {
       // The receiver may have said why (a refusal); otherwise this is the error.
       uint8_t rb[kReplyBytes];

@@ -247,9 +247,10 @@ class Sender {
   // Path 1's payload through the ring; returns the I/O outcome, `*reply_early` when the
   // receiver answered instead of freeing a slot (a refusal).
   int send_ring(const Job& j, bool* reply_early);
-  // Paths 2 and 3: the descriptor and the bytes. Empty, or why it failed (`*code` set);
-  // `*reply_early` when the receiver refused instead of saying go.
-  std::string send_device(const Job& j, Code* code, bool* reply_early);
+  // Paths 2 and 3: the descriptor `d` (prepared before the header, so that a buffer CUDA IPC
+  // cannot export fails the tensor without touching the connection) and the bytes. Empty, or
+  // why it failed (`*code` set); `*reply_early` when the receiver refused instead of saying go.
+  std::string send_device(const Job& j, const DeviceDescriptor& d, Code* code, bool* reply_early);
   std::string create_segment();
 
   std::string host_;
