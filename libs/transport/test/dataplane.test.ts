@@ -160,6 +160,12 @@ describe('native TCP data plane', () => {
     }
   });
 
+  it('a process with both ends exits cleanly after a transfer (no abort in the addon at exit)', async () => {
+    // Node may delete a completion function before the object that owns it at exit.
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), 'both-ends']);
+    expect(JSON.parse(stdout)).toEqual({ bytes: 4096 });
+  });
+
   it('refuses bytes no control-plane header announced', async () => {
     const l = listener(300);
     l.addSession('s1', TOKEN);
@@ -320,13 +326,13 @@ describe('native shared-memory data plane', () => {
     l.addSession('job-8/stage-2', TOKEN);
     const floats = 1024 * 1024 + 3;
     const far = [1, 2, 3].map(() => new Float32Array(floats));
-    const before = fs.readdirSync('/dev/shm').filter((f) => f.startsWith('longshot-dp-'));
     const child = promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), `127.0.0.1:${l.port}`, 'job-8/stage-2', TOKEN, '3', String(floats), String(ring.slotBytes), String(ring.slots)]);
     await Promise.all(far.map((d, i) => l.receive('job-8/stage-2', i + 1, d)));
     await child;
     for (let i = 0; i < 3; i++) expect(Buffer.from(far[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
-    // The receiver unlinks a segment's name once mapped: nothing is left in /dev/shm.
-    expect(fs.readdirSync('/dev/shm').filter((f) => f.startsWith('longshot-dp-'))).toEqual(before);
+    // The receiver unlinks a segment's name once mapped: nothing of the child's is left in
+    // /dev/shm (only its own segments: other processes of this machine may be using theirs).
+    expect(fs.readdirSync('/dev/shm').filter((f) => f.startsWith(`longshot-dp-${child.child.pid}-`))).toEqual([]);
   });
 
   it('a listener without shared memory refuses it, and a segment that is not there is named', async () => {

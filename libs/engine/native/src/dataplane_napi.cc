@@ -90,11 +90,18 @@ struct Op {
 // Settles operations on the JS thread; keeps the event loop alive while any is pending.
 class Completer {
  public:
-  explicit Completer(Napi::Env env) {
-    tsfn_ = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "longshot.dataplane", 0, 1);
+  explicit Completer(Napi::Env env) : finalized_(std::make_shared<bool>(false)) {
+    auto finalized = finalized_;
+    tsfn_ = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), "longshot.dataplane", 0, 1,
+                                          [finalized](Napi::Env) { *finalized = true; });
     tsfn_.Unref(env);
   }
-  ~Completer() { tsfn_.Release(); }
+  // At process exit Node may delete this function before it finalizes the object that owns it
+  // (the environment goes once its last thread-safe function is gone, finalizing what is left):
+  // releasing it then would touch freed memory (an abort at exit).
+  ~Completer() {
+    if (!*finalized_) tsfn_.Release();
+  }
 
   // A new operation on `buffer`; the returned callback may run on any thread, once.
   std::pair<Napi::Promise, Done> start(Napi::Env env, Napi::Value buffer) {
@@ -127,6 +134,7 @@ class Completer {
   }
 
   Napi::ThreadSafeFunction tsfn_;
+  std::shared_ptr<bool> finalized_;  // set by the function's finalizer (JS thread)
   int pending_ = 0;
 };
 
