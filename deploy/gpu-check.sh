@@ -11,6 +11,10 @@
 #    the `small` stage window on CUDA vs the CPU) -> OUT/conformance.json;
 # 3. times one wan2.1-t2v-1.3b stage block-step at 832x480 on CUDA (bf16) against
 #    bench/gpu_pytorch.py on the same GPU -> OUT/bench.json;
+# 4. moves 100 MB tensors through the data plane's device paths between two processes, through the
+#    real sender and listener (libs/engine/check/dataplane_device.cc): a CUDA IPC handle on one
+#    GPU (when >= 1 is visible) and NCCL send/recv from GPU 0 to GPU 1 (when >= 2 are visible and
+#    libnccl.so.2 is found: the system's, or the one PyTorch's wheels bring) -> OUT/dataplane.json;
 # and writes OUT/gpu-check.json (timings, exit status). Without a GPU the CUDA cases and the
 # benchmark are reported as skipped, with the reason. Exit status: non-zero when a check failed.
 #
@@ -21,7 +25,8 @@
 # kernel cannot eat a short GPU lease.
 # Environment: LONGSHOT_CUDA_ARCHS (e.g. "80;90") overrides the detected architecture;
 # LONGSHOT_CUDA=ON|OFF|AUTO; LONGSHOT_CHECK_BUILD (build directory); PYTHON (default python3);
-# LONGSHOT_GPU_CHECK_BENCH=0 skips the benchmark (npm test does on a GPU machine).
+# LONGSHOT_GPU_CHECK_BENCH=0 skips the benchmark (npm test does on a GPU machine);
+# LONGSHOT_DATAPLANE_TIMEOUT caps step 4 (default 120 s).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -95,17 +100,19 @@ for dir in "$cuda_home/lib64" "$cuda_home/targets/$(uname -m)-linux/lib"; do
     break
   fi
 done
-if [ -z "$cublas_dir" ]; then
-  # The nvidia-* wheels PyTorch depends on (nvidia/cublas/lib, nvidia/cu13/lib, ...), or torch/lib.
-  py_dirs=$("${PYTHON:-python3}" -c 'import importlib.util as u
+# The directory of the first file named like $1 in the nvidia-* wheels PyTorch depends on
+# (nvidia/cublas/lib, nvidia/cu13/lib, nvidia/nccl/lib, ...) or torch/lib; empty if none.
+wheel_lib_dir() {
+  local lib
+  lib=$("${PYTHON:-python3}" -c 'import importlib.util as u
 for n in ("nvidia", "torch"):
     s = u.find_spec(n)
-    print("\n".join(s.submodule_search_locations or []) if s else "")' 2>/dev/null || true)
-  lib=$(printf '%s\n' "$py_dirs" | while read -r d; do
-    if [ -d "$d" ]; then find "$d" -maxdepth 4 -name 'libcublas.so*' 2>/dev/null || true; fi
+    print("\n".join(s.submodule_search_locations or []) if s else "")' 2>/dev/null | while read -r d; do
+    if [ -d "$d" ]; then find "$d" -maxdepth 4 -name "$1" 2>/dev/null || true; fi
   done | sort | head -n1 || true)
-  if [ -n "$lib" ]; then cublas_dir=$(dirname "$lib"); fi
-fi
+  if [ -n "$lib" ]; then dirname "$lib"; fi
+}
+if [ -z "$cublas_dir" ]; then cublas_dir=$(wheel_lib_dir 'libcublas.so*'); fi
 say "cuBLAS: ${cublas_dir:-not found, left to the system library path}"
 check=("$build/longshot-check")
 if [ -n "$cublas_dir" ]; then
@@ -138,12 +145,31 @@ set -e
 bench_s=$(secs "$t0")
 say "bench: exit $bench_rc in ${bench_s}s -> $out/bench.json"
 
+# --- 3. the data plane's device paths ------------------------------------------------------------------
+# NCCL is opened at run time like cuBLAS: the system's libnccl.so.2, else the nvidia-nccl wheel's.
+t0=$(now_ms)
+gpus=0
+if command -v nvidia-smi >/dev/null 2>&1; then gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true); fi
+nccl_dir=""
+system_libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)  # whole, then matched (no early-exit pipe)
+if [[ $system_libs != *libnccl.so.2* ]]; then
+  nccl_dir=$(wheel_lib_dir 'libnccl.so.2')
+fi
+set +e
+LD_LIBRARY_PATH="${nccl_dir:+$nccl_dir:}${LD_LIBRARY_PATH:-}" timeout "${LONGSHOT_DATAPLANE_TIMEOUT:-120}" "$build/longshot-dataplane-check" \
+  --devices "$gpus" --bytes 100000000 --reps 4 >"$out/dataplane.json"
+dataplane_rc=$?
+set -e
+dataplane_s=$(secs "$t0")
+say "data plane: exit $dataplane_rc in ${dataplane_s}s ($gpus GPU(s), NCCL from ${nccl_dir:-the system library path}) -> $out/dataplane.json"
+
 total_s=$(secs "$t_start")
 rc=0
 [ "$conformance_rc" -eq 0 ] || rc=1
 [ "$bench_rc" -eq 0 ] || rc=1
-printf '{"check":"gpu-check","gpu":"%s","cuda_archs":"%s","cuda_home":"%s","cublas_dir":"%s","build_s":%s,"conformance_s":%s,"bench_s":%s,"total_s":%s,"conformance_rc":%d,"bench_rc":%d,"ok":%s}\n' \
-  "$gpu" "$archs" "$cuda_home" "$cublas_dir" "$build_s" "$conformance_s" "$bench_s" "$total_s" "$conformance_rc" "$bench_rc" \
+[ "$dataplane_rc" -eq 0 ] || rc=1
+printf '{"check":"gpu-check","gpu":"%s","cuda_archs":"%s","cuda_home":"%s","cublas_dir":"%s","build_s":%s,"conformance_s":%s,"bench_s":%s,"dataplane_s":%s,"total_s":%s,"conformance_rc":%d,"bench_rc":%d,"dataplane_rc":%d,"ok":%s}\n' \
+  "$gpu" "$archs" "$cuda_home" "$cublas_dir" "$build_s" "$conformance_s" "$bench_s" "$dataplane_s" "$total_s" "$conformance_rc" "$bench_rc" "$dataplane_rc" \
   "$([ $rc -eq 0 ] && echo true || echo false)" >"$out/gpu-check.json"
-cat "$out/conformance.json" "$out/bench.json" "$out/gpu-check.json"
+cat "$out/conformance.json" "$out/bench.json" "$out/dataplane.json" "$out/gpu-check.json"
 exit $rc

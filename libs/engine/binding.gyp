@@ -47,8 +47,10 @@
         "native/src/thread_pool.cc",
         "native/src/blas.cc",
         "native/src/kernels_scalar.cc",
+        "native/src/crc32c.cc",
         "native/src/dataplane.cc",
         "native/src/dataplane_napi.cc",
+        "native/src/nccl_loader.cc",
       ],
       "dependencies": [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except",
@@ -74,7 +76,7 @@
         {
           "target_name": "longshot_cuda",
           "type": "static_library",
-          "sources": ["native/src/cuda_kernels.cu", "native/src/cuda_backend.cc"],
+          "sources": ["native/src/cuda_kernels.cu", "native/src/cuda_backend.cc", "native/src/cuda_link.cc"],
           "include_dirs": ["<(cuda_home)/include"],
           "rules": [
             {

@@ -186,7 +186,7 @@ describe('DualParal across worker processes', () => {
     const tokens = 2 * (0 + s.block) * 16; // block 0: no prefix, (64/8/2)^2 = 16 tokens per frame
     const timestep = buildSchedule(jobSchedulerConfig(WAN_SCHEDULER_CONFIG, s), s.steps).timesteps[0];
     const goodStep = { iteration: 0, block: 0, step: 0, timestep, prefixFrames: 0, ownFrames: s.block, contextFrames: s.context, height: 8, width: 8 };
-    const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ...over });
+    const header = (over: object) => ({ sessionId: 'probe.s1', token, seq: 1, kind: PayloadKind.PAYLOAD_KIND_HIDDEN, step: goodStep, shape: [2, tokens / 2, 64], dtype: toWireDtype('f32'), byteLength: tokens * 64 * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ncclId: Buffer.alloc(0), ...over });
     const cases: [string, object, number][] = [
       ['unknown session', { sessionId: 'nope' }, grpc.status.NOT_FOUND],
       ['wrong token', { token: 'y'.repeat(32) }, grpc.status.UNAUTHENTICATED],
@@ -267,7 +267,7 @@ describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
       { from: 1, to: 0, transport: mode, link: nvlink },
     ]);
     expect(r.placement.map((p) => p.nvlinkDomain)).toEqual([`e2e-${mode}`, `e2e-${mode}`]);
-    const bytes = { grpc: 0, tcp: 0, shm: 0 };
+    const bytes = { grpc: 0, tcp: 0, shm: 0, nccl: 0 };
     for (const w of forced.cluster.workers.values()) {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
       for (const t of HOP_TRANSPORTS) {
@@ -276,6 +276,6 @@ describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
       }
     }
     expect(bytes[mode]).toBeGreaterThan(0);
-    expect(HOP_TRANSPORTS.filter((t) => t !== mode).map((t) => bytes[t])).toEqual([0, 0]);
+    expect(HOP_TRANSPORTS.filter((t) => t !== mode).map((t) => bytes[t])).toEqual([0, 0, 0]);
   });
 });

@@ -57,8 +57,23 @@ describe('bash deploy/gpu-check.sh OUT', () => {
   it('builds and exits 0, writing one JSON line per report', () => {
     expect(run.status, `gpu-check.sh failed:\n${run.stderr.slice(-4000)}`).toBe(0);
     const summary = read<{ ok: boolean; conformance_rc: number; bench_rc: number }>('gpu-check.json');
-    expect(summary).toMatchObject({ ok: true, conformance_rc: 0, bench_rc: 0 });
-    for (const f of ['conformance.json', 'bench.json']) expect(fs.readFileSync(path.join(out, f), 'utf8').trim().split('\n')).toHaveLength(1);
+    expect(summary).toMatchObject({ ok: true, conformance_rc: 0, bench_rc: 0, dataplane_rc: 0 });
+    for (const f of ['conformance.json', 'bench.json', 'dataplane.json']) expect(fs.readFileSync(path.join(out, f), 'utf8').trim().split('\n')).toHaveLength(1);
+  });
+
+  it('runs the data plane\'s device paths where the GPUs are, and says why not elsewhere', () => {
+    type Path = { ok?: boolean; skipped?: boolean; skip_reason?: string; gb_per_s?: number; error?: string };
+    const d = read<{ check: string; devices: number; nccl_library: string; cuda_ipc: Path; nccl: Path; ok: boolean }>('dataplane.json');
+    expect(d).toMatchObject({ check: 'dataplane', ok: true });
+    if (d.devices === 0) {
+      expect(d.cuda_ipc.skip_reason).toMatch(/no CUDA device|built without CUDA/);
+      expect(d.nccl.skip_reason).toMatch(/needs two|built without CUDA/);
+    } else {
+      expect(d.cuda_ipc, d.cuda_ipc.error).toMatchObject({ ok: true });
+      if (d.devices >= 2 && !d.nccl.skipped) expect(d.nccl, d.nccl.error).toMatchObject({ ok: true });
+    }
+    // The library is named either way: its version, or why it could not be loaded.
+    expect(d.nccl_library).toMatch(/^NCCL 2\.|libnccl\.so\.2/);
   });
 
   it('runs every op and case on every CPU SIMD level, with zero failures, on the inputs the TypeScript suites draw', () => {

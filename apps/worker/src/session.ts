@@ -57,8 +57,11 @@ export interface SessionContext {
   /** Samples retained memory after each block's last step on this stage (null: not sampled). */
   readonly retainedMemory: RetainedMemorySampler | null;
   readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
-  /** This worker's data-plane mode and host: with the next stage's endpoint, they choose the hop's transport. */
-  readonly dataPlane: { readonly mode: DataPlaneMode; readonly hostId: string };
+  /**
+   * This worker's data-plane mode, host and NCCL device (null: no NCCL): with the next stage's
+   * endpoint, they choose the hop's transport.
+   */
+  readonly dataPlane: { readonly mode: DataPlaneMode; readonly hostId: string; readonly ncclDevice: number | null };
   readonly log: Logger;
   /** Called when the session has lost its driver or upstream for longer than the grace period. */
   readonly onOrphaned: (s: StageSession) => void;
@@ -215,7 +218,7 @@ export class StageSession {
     this.nextSessionId = req.nextSessionId;
     this.nextToken = req.nextToken;
     this.nextDataPlane = req.nextDataPlane;
-    this.hop = req.role === Role.ROLE_HEAD_TAIL ? 'grpc' : chooseHopTransport(ctx.dataPlane.mode, ctx.dataPlane.hostId, req.nextDataPlane);
+    this.hop = req.role === Role.ROLE_HEAD_TAIL ? 'grpc' : chooseHopTransport(ctx.dataPlane.mode, ctx.dataPlane.hostId, req.nextDataPlane, ctx.dataPlane.ncclDevice !== null);
     this.resume = req.resume;
     const fields = { job: this.jobId, session: this.id };
     this.log = {
@@ -529,7 +532,8 @@ export class StageSession {
   /** The data-plane path of the hop; none when its bytes go in gRPC chunk frames. */
   private bytesSender(): TensorBytesSender | undefined {
     if (this.hop === 'grpc') return undefined;
-    return new DataPlaneSender(this.nextDataPlane!.tcpAddress, { shm: this.hop === 'shm' });
+    const nccl = this.hop === 'nccl' ? { device: this.ctx.dataPlane.ncclDevice ?? 0 } : undefined;
+    return new DataPlaneSender(this.nextDataPlane!.tcpAddress, { shm: this.hop === 'shm', nccl });
   }
 
   private fail(e: unknown): void {

@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
 import { CheckpointStore, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
-import { backendDevice, numericsFingerprint, type Backend } from '@longshot/engine';
+import { backendDevice, configuredCudaDevice, numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
 import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
@@ -10,6 +10,7 @@ import {
   DataPlaneListener,
   DataPlaneTransport,
   dataPlaneEndpoint,
+  ncclAvailability,
   GrantError,
   type DataPlaneEndpoint,
   type DataPlaneMode,
@@ -110,6 +111,8 @@ export class WorkerProcess {
   private readonly catalog: ModelCatalog;
   /** The native data plane's listener: TCP payloads and shared-memory doorbells (null in grpc mode). */
   private dataPlaneListener: DataPlaneListener | null = null;
+  /** The CUDA device of this worker's NCCL data plane; null without one. */
+  private ncclDevice: number | null = null;
   /** What this worker's data plane accepts, as registered. */
   private endpoint: DataPlaneEndpoint | null = null;
   address = '';
@@ -200,8 +203,14 @@ export class WorkerProcess {
     this.server = server;
     this.address = `${this.config.advertiseHost}:${port}`;
     const dp = this.config.dataPlane;
-    if (dp.mode !== 'grpc') this.dataPlaneListener = new DataPlaneListener({ host: this.config.host, port: dp.port, shm: dp.mode === 'shm' || dp.mode === 'auto' });
-    this.endpoint = dataPlaneEndpoint(dp.mode, dp.hostId, this.dataPlaneListener ? `${this.config.advertiseHost}:${this.dataPlaneListener.port}` : null, true);
+    // NCCL between CUDA workers in 'auto' mode, when this machine has it; otherwise (a missing
+    // libnccl.so.2, no device) the hops fall back to shared memory or TCP, and the log says why.
+    const nccl = dp.mode === 'auto' && this.backend.name.startsWith('cuda') ? ncclAvailability(configuredCudaDevice()) : null;
+    if (nccl && !nccl.available) this.log.info('no NCCL data plane', { reason: nccl.reason });
+    this.ncclDevice = nccl?.available ? configuredCudaDevice() : null;
+    if (dp.mode !== 'grpc')
+      this.dataPlaneListener = new DataPlaneListener({ host: this.config.host, port: dp.port, shm: dp.mode === 'shm' || dp.mode === 'auto', nccl: this.ncclDevice !== null, device: this.ncclDevice ?? 0 });
+    this.endpoint = dataPlaneEndpoint(dp.mode, dp.hostId, this.dataPlaneListener ? `${this.config.advertiseHost}:${this.dataPlaneListener.port}` : null, true, this.ncclDevice !== null);
     this.metrics = await startMetricsServer({ port: this.config.metricsPort, host: this.config.host });
     this.metricsAddress = `${this.config.advertiseHost}:${this.metrics.port}`;
     workerMetrics.backend.set({ backend: this.backend.name }, 1);
@@ -280,7 +289,7 @@ export class WorkerProcess {
       checkpointEvery: this.config.checkpointEvery,
       retainedMemory: this.retainedMemory,
       emulation: this.config.emulation,
-      dataPlane: { mode: this.config.dataPlane.mode, hostId: this.config.dataPlane.hostId },
+      dataPlane: { mode: this.config.dataPlane.mode, hostId: this.config.dataPlane.hostId, ncclDevice: this.ncclDevice },
       log: this.log,
       onOrphaned: (s) => this.drop(s, 'orphaned'),
     });
@@ -309,8 +318,11 @@ export class WorkerProcess {
    * data plane, into `destination`. A transport this worker does not accept is refused.
    */
   private receiveBytes(header: TensorHeader, transport: DataPlaneTransport, destination: Buffer): Promise<unknown> {
-    const accepted = (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP && this.endpoint?.tcp) || (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM && this.endpoint?.shm);
-    if (accepted && this.dataPlaneListener) return this.dataPlaneListener.receive(header.sessionId, header.seq, destination);
+    const accepted =
+      (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP && this.endpoint?.tcp) ||
+      (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM && this.endpoint?.shm) ||
+      (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_NCCL && this.endpoint?.nccl);
+    if (accepted && this.dataPlaneListener) return this.dataPlaneListener.receive(header.sessionId, header.seq, destination, undefined, header.ncclId);
     return Promise.reject(new TransportError(grpc.status.FAILED_PRECONDITION, `worker ${this.config.id} does not take tensor bytes over ${DataPlaneTransport[transport]} (--data-plane ${this.config.dataPlane.mode})`, 'data plane'));
   }
 

@@ -60,6 +60,8 @@ export interface WorkerDataPlane {
   readonly tcp: boolean;
   readonly hostId: string;
   readonly shm: boolean;
+  /** Takes tensors by NCCL (a CUDA worker that loaded it); absent in records of older workers. */
+  readonly nccl?: boolean;
 }
 
 export interface RegisterOptions {
@@ -107,6 +109,7 @@ export function workerInfoProblem(v: unknown): string | null {
     if (typeof d.tcpAddress !== 'string' || (d.tcpAddress !== '' && !/^.+:\d{1,5}$/.test(d.tcpAddress))) return `dataPlane.tcpAddress must be host:port or empty, got ${JSON.stringify(d.tcpAddress)}`;
     if (typeof d.hostId !== 'string') return 'dataPlane.hostId must be a string';
     if (typeof d.shm !== 'boolean' || typeof d.tcp !== 'boolean') return 'dataPlane.tcp and dataPlane.shm must be booleans';
+    if (d.nccl !== undefined && typeof d.nccl !== 'boolean') return 'dataPlane.nccl must be a boolean';
   }
   if (w.topology !== undefined) return topologyProblem(w.topology);
   return null;
@@ -139,7 +142,7 @@ function pick(w: WorkerInfo): WorkerInfo {
     numerics: w.numerics,
     pid: w.pid,
     startedAt: w.startedAt,
-    ...(w.dataPlane ? { dataPlane: { tcpAddress: w.dataPlane.tcpAddress, tcp: w.dataPlane.tcp, hostId: w.dataPlane.hostId, shm: w.dataPlane.shm } } : {}),
+    ...(w.dataPlane ? { dataPlane: { tcpAddress: w.dataPlane.tcpAddress, tcp: w.dataPlane.tcp, hostId: w.dataPlane.hostId, shm: w.dataPlane.shm, ...(w.dataPlane.nccl ? { nccl: true } : {}) } } : {}),
     ...(w.topology
       ? { topology: { gpu: w.topology.gpu ? { index: w.topology.gpu.index, uuid: w.topology.gpu.uuid, name: w.topology.gpu.name } : null, nvlinkDomain: w.topology.nvlinkDomain, linkGbps: w.topology.linkGbps } }
       : {}),

@@ -41,7 +41,7 @@ describe('WorkerRegistry', () => {
     const a = new WorkerRegistry(t.redis, { keys: t.keys });
     const b = new WorkerRegistry(t.redis, { keys: t.keys });
     const reader = new WorkerRegistry(t.redis, { keys: t.keys });
-    const dataPlane = { tcpAddress: '127.0.0.1:50052', tcp: true, shm: true, hostId: 'boot/host' };
+    const dataPlane = { tcpAddress: '127.0.0.1:50052', tcp: true, shm: true, hostId: 'boot/host', nccl: true };
     const topology = { gpu: { index: 3, uuid: 'GPU-8f1e2d3c-0000-1111-2222-333344445555', name: 'NVIDIA H100 80GB HBM3' }, nvlinkDomain: 'node-7', linkGbps: 400 };
     await a.register(info('w-a', { models: ['*'], backend: 'cuda', dataPlane, topology }));
     await b.register({ ...info('w-b'), extra: 'not stored' } as WorkerInfo);
@@ -76,6 +76,7 @@ describe('WorkerRegistry', () => {
     await expect(r.register(info('w', { topology: { gpu: null, nvlinkDomain: 'n', linkGbps: -1 } }))).rejects.toThrow('topology.linkGbps must be a non-negative number, got -1');
     await expect(r.register(info('w', { topology: { gpu: { index: -1, uuid: '', name: 'x' }, nvlinkDomain: '', linkGbps: 0 } }))).rejects.toThrow('topology.gpu.index must be a non-negative integer, got -1');
     await expect(r.register(info('w', { topology: { gpu: null, nvlinkDomain: 7, linkGbps: 0 } as never }))).rejects.toThrow(/topology.nvlinkDomain must be a string/);
+    await expect(r.register(info('w', { dataPlane: { tcpAddress: '', tcp: true, shm: false, hostId: 'h', nccl: 'yes' } as never }))).rejects.toThrow(/dataPlane.nccl must be a boolean/);
     await expect(r.register(info('w'), { ttlMs: 1000, heartbeatMs: 1000 })).rejects.toThrow(/shorter than ttlMs/);
     await r.register(info('w-once'));
     await expect(r.register(info('w-twice'))).rejects.toThrow(/already registered worker w-once/);

@@ -20,7 +20,8 @@ export interface NativeDataPlaneListener {
   readonly port: number;
   addSession(session: Uint8Array, grant: Uint8Array): void;
   removeSession(session: Uint8Array): void;
-  expect(session: Uint8Array, seq: number, destination: ArrayBufferView): Promise<DataPlaneTransfer>;
+  /** `ncclId`: the rendezvous id the control plane announced with an NCCL tensor. */
+  expect(session: Uint8Array, seq: number, destination: ArrayBufferView, ncclId?: Uint8Array): Promise<DataPlaneTransfer>;
   cancel(session: Uint8Array, seq: number, why: string): void;
   close(): void;
 }
@@ -28,14 +29,51 @@ export interface NativeDataPlaneListener {
 export interface NativeDataPlaneSender {
   send(session: Uint8Array, grant: Uint8Array, seq: number, payload: ArrayBufferView): Promise<DataPlaneTransfer>;
   close(): void;
+  /** The NCCL communicator's rendezvous id (128 bytes) on the NCCL path, else null. */
+  readonly ncclId: Buffer | null;
+}
+
+/** A data-plane path by name, as the native side takes it. */
+export type NativeDataPlanePath = 'tcp' | 'shm' | 'nccl' | 'cuda-ipc';
+
+/** What the device paths would find on this machine: '' or why not, per part. */
+export interface DeviceLinks {
+  cuda: string;
+  nccl: { library: string; version?: string; reason?: string };
 }
 
 export interface NativeDataPlane {
-  /** `shm`: also take tensors through a sender's shared-memory ring (same host only). */
-  Listener: new (host: string, port: number, stallMs: number, shm: boolean) => NativeDataPlaneListener;
-  /** `slotBytes` > 0: send through a shared-memory ring of `slots` slots of that many bytes. */
-  Sender: new (host: string, port: number, stallMs: number, slotBytes?: number, slots?: number) => NativeDataPlaneSender;
-  encodeHeader(h: { seq: number; byteLength: number; session: Uint8Array; grant: Uint8Array; shm?: boolean }): Buffer;
-  checksum(bytes: ArrayBufferView): number;
-  constants: { headerBytes: number; trailerBytes: number; replyBytes: number; keyBytes: number; trailerMagic: number; replyMagic: number; ringBytes: number; ringMagic: number };
+  /**
+   * `shm`: also take tensors through a sender's shared-memory ring (same host only); `nccl`,
+   * `cudaIpc`: through those, on CUDA device `device` (throws why when this machine cannot).
+   */
+  Listener: new (host: string, port: number, stallMs: number, shm: boolean, nccl?: boolean, cudaIpc?: boolean, device?: number) => NativeDataPlaneListener;
+  /**
+   * `slotBytes` > 0: send through a shared-memory ring of `slots` slots of that many bytes;
+   * `devicePath` 'nccl' or 'cuda-ipc': through that, on CUDA device `device` (throws why when it cannot).
+   */
+  Sender: new (host: string, port: number, stallMs: number, slotBytes?: number, slots?: number, devicePath?: 'nccl' | 'cuda-ipc', device?: number) => NativeDataPlaneSender;
+  encodeHeader(h: { seq: number; byteLength: number; session: Uint8Array; grant: Uint8Array; shm?: boolean; path?: NativeDataPlanePath }): Buffer;
+  /** The 128-byte descriptor that follows the header on the device paths. */
+  encodeDeviceDescriptor(d: { seq: number; byteLength: number; path: 'nccl' | 'cuda-ipc'; offset?: number; handle?: Uint8Array }): Buffer;
+  /** '' when `descriptor` belongs to that header, else why a listener refuses it. */
+  checkDeviceDescriptor(header: { seq: number; byteLength: number; path: 'nccl' | 'cuda-ipc' }, descriptor: Uint8Array): string;
+  /** CUDA device `device` (default 0) and NCCL (`library`, default libnccl.so.2) as the device paths would find them. */
+  deviceLinks(device?: number, library?: string): DeviceLinks;
+  /** CRC-32C of `bytes` (the TCP trailer's checksum), by the fastest implementation or the named one. */
+  checksum(bytes: ArrayBufferView, variant?: string): number;
+  /** The checksum implementations this CPU runs, fastest first ('avx512', 'sse42', 'table'). */
+  checksumVariants(): string[];
+  constants: {
+    headerBytes: number;
+    trailerBytes: number;
+    replyBytes: number;
+    keyBytes: number;
+    trailerMagic: number;
+    replyMagic: number;
+    ringBytes: number;
+    ringMagic: number;
+    deviceDescriptorBytes: number;
+    ncclIdBytes: number;
+  };
 }

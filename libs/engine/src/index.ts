@@ -162,6 +162,11 @@ class NativeBackend implements Backend {
 const cpu = new NativeBackend('cpu');
 
 /** The addon's data plane (see dataplane.ts); used by @longshot/transport's adapter. */
+/** The CUDA device the engine runs on (configureEngine's `cudaDevice`; default 0). */
+export function configuredCudaDevice(): number {
+  return (cudaSettings ?? DEFAULT_ENGINE_SETTINGS).cudaDevice;
+}
+
 export function nativeDataPlane(): NativeDataPlane {
   return loaded.dataplane;
 }

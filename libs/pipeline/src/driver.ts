@@ -41,7 +41,7 @@ export interface DriverWorker {
   /** The worker's numerics fingerprint (see numericsFingerprint in @longshot/engine). */
   readonly numerics: string;
   /** What its data plane accepts, as registered; absent: tensor bytes reach it over gRPC only. */
-  readonly dataPlane?: DataPlaneEndpoint;
+  readonly dataPlane?: Omit<DataPlaneEndpoint, 'nccl'> & { readonly nccl?: boolean };
   /** Its GPU, NVLink domain and network link, as registered (placement.ts `stagePlacement`). */
   readonly topology?: WorkerTopology;
 }
@@ -435,8 +435,10 @@ async function openSessions(
   const sessions: OpenedSession[] = [...groups.map((g) => g[0]), ...groups.flatMap((g) => g.slice(1))];
   const s = job.spec;
   const wireText = { cond: encodePayload(text.cond, 'f32'), uncond: encodePayload(text.uncond, 'f32') };
+  // Records written before NCCL existed have no nccl flag: the wire message always carries one.
+  const wireDataPlane = (w: DriverWorker): DataPlaneEndpoint | undefined => (w.dataPlane ? { ...w.dataPlane, nccl: w.dataPlane.nccl === true } : undefined);
   const groupSpec = (k: number, rank: number) =>
-    G === 1 ? undefined : { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel, rank, members: groups[k].map((m) => ({ address: m.worker.address, sessionId: m.sessionId, token: m.token, dataPlane: m.worker.dataPlane })) };
+    G === 1 ? undefined : { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel, rank, members: groups[k].map((m) => ({ address: m.worker.address, sessionId: m.sessionId, token: m.token, dataPlane: wireDataPlane(m.worker) })) };
   const request = (k: number, rank: number) => {
     const next = groups[(k + 1) % K][0];
     const r = ranges[k];
@@ -452,7 +454,7 @@ async function openSessions(
       nextAddress: hop ? next.worker.address : '',
       nextSessionId: hop ? next.sessionId : '',
       nextToken: hop ? next.token : '',
-      nextDataPlane: hop ? next.worker.dataPlane : undefined,
+      nextDataPlane: hop ? wireDataPlane(next.worker) : undefined,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text: wireText,
       resume: failover || job.resume === true,

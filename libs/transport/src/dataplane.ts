@@ -47,6 +47,12 @@ export interface DataPlaneListenerOptions {
   stallMs?: number;
   /** Also take tensors through senders' shared-memory rings (senders on this host). */
   shm?: boolean;
+  /**
+   * Also take tensors by NCCL on CUDA device `device` (default 0); the constructor throws why
+   * (no CUDA device, libnccl.so.2 missing or too old) when this machine cannot.
+   */
+  nccl?: boolean;
+  device?: number;
 }
 
 /** Accepts data-plane connections and lands announced tensors in the buffers given for them. */
@@ -58,7 +64,7 @@ export class DataPlaneListener {
   constructor(options: DataPlaneListenerOptions = {}) {
     const DP = nativeDataPlane();
     this.host = options.host ?? '127.0.0.1';
-    this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, options.shm ?? false);
+    this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, options.shm ?? false, options.nccl ?? false, false, options.device ?? 0);
   }
 
   get port(): number {
@@ -83,9 +89,10 @@ export class DataPlaneListener {
   /**
    * Receives tensor `seq` of a session straight into `destination`, whose byte length must be
    * the announced one. Rejects with DEADLINE_EXCEEDED if it has not started within `timeoutMs`;
-   * once it settles, `destination` is never written again.
+   * once it settles, `destination` is never written again. `ncclId`: the rendezvous id the
+   * control plane announced with an NCCL tensor (TensorHeader.nccl_id).
    */
-  async receive(sessionId: string, seq: number, destination: ArrayBufferView, timeoutMs = DEFAULT_DATA_PLANE_STALL_MS): Promise<DataPlaneTransfer> {
+  async receive(sessionId: string, seq: number, destination: ArrayBufferView, timeoutMs = DEFAULT_DATA_PLANE_STALL_MS, ncclId?: Uint8Array): Promise<DataPlaneTransfer> {
     const keys = this.sessions.get(sessionId);
     if (!keys) throw new TransportError(Status.FAILED_PRECONDITION, `session ${sessionId} is not open on this data-plane listener`, 'data plane');
     let timedOut = false;
@@ -94,7 +101,7 @@ export class DataPlaneListener {
       this.native.cancel(keys.session, seq, `tensor seq ${seq} did not arrive within ${timeoutMs} ms`);
     }, timeoutMs);
     try {
-      return await this.native.expect(keys.session, seq, destination);
+      return await this.native.expect(keys.session, seq, destination, ncclId && ncclId.length > 0 ? ncclId : undefined);
     } catch (e) {
       const err = transportError(e, 'data plane');
       if (timedOut && err.code === Status.CANCELLED) throw new TransportError(Status.DEADLINE_EXCEEDED, err.details, err.peer, { cause: e });
@@ -119,11 +126,18 @@ export interface DataPlaneSenderOptions {
    * shm): the connection then only rings doorbells. true: DEFAULT_SHM_RING.
    */
   shm?: boolean | { slotBytes: number; slots: number };
+  /**
+   * Send by NCCL from CUDA device `device` (a listener that takes NCCL): the connection carries
+   * the header and the checks, NCCL the bytes. The constructor throws why when it cannot.
+   */
+  nccl?: { device?: number };
 }
 
 /** One data-plane connection to a listener at `host:port`; sends tensors in call order. */
 export class DataPlaneSender {
-  readonly transport: 'tcp' | 'shm';
+  readonly transport: 'tcp' | 'shm' | 'nccl';
+  /** NCCL: the communicator's rendezvous id, announced with each tensor on the control plane. */
+  readonly ncclId: Buffer | null;
   private readonly native: NativeDataPlaneSender;
   private readonly keys = new Map<string, DataPlaneKeys>();
 
@@ -136,8 +150,12 @@ export class DataPlaneSender {
     const port = Number(address.slice(at + 1));
     if (at < 1 || !Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`data-plane address must be host:port, got '${address}'`);
     const ring = options.shm === true ? DEFAULT_SHM_RING : options.shm || null;
-    this.transport = ring ? 'shm' : 'tcp';
-    this.native = new (nativeDataPlane().Sender)(host, port, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, ring?.slotBytes ?? 0, ring?.slots ?? 0);
+    if (ring && options.nccl) throw new RangeError('a data-plane sender uses shared memory or NCCL, not both');
+    this.transport = options.nccl ? 'nccl' : ring ? 'shm' : 'tcp';
+    const stallMs = options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS;
+    const Sender = nativeDataPlane().Sender;
+    this.native = options.nccl ? new Sender(host, port, stallMs, 0, 0, 'nccl', options.nccl.device ?? 0) : new Sender(host, port, stallMs, ring?.slotBytes ?? 0, ring?.slots ?? 0);
+    this.ncclId = this.native.ncclId;
   }
 
   /**
@@ -168,33 +186,64 @@ export const DATA_PLANE_MODES = ['grpc', 'tcp', 'shm', 'auto'] as const;
 export type DataPlaneMode = (typeof DATA_PLANE_MODES)[number];
 
 /** How one hop's tensor bytes travel, as the job result and metrics name it. */
-export const HOP_TRANSPORTS = ['grpc', 'tcp', 'shm'] as const;
+export const HOP_TRANSPORTS = ['grpc', 'tcp', 'shm', 'nccl'] as const;
 export type HopTransport = (typeof HOP_TRANSPORTS)[number];
 
 const ACCEPTS: Record<DataPlaneMode, readonly HopTransport[]> = { grpc: [], tcp: ['tcp'], shm: ['shm'], auto: ['shm', 'tcp'] };
 
-/** What a worker in `mode` with these listeners advertises (registry, then OpenSession of its upstream). */
-export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddress: string | null, shm: boolean): DataPlaneEndpoint {
-  // The listener's address serves shared memory too (its connection rings the doorbells).
-  return { tcpAddress: ACCEPTS[mode].length > 0 && tcpAddress ? tcpAddress : '', tcp: ACCEPTS[mode].includes('tcp') && tcpAddress !== null, hostId, shm: ACCEPTS[mode].includes('shm') && shm && tcpAddress !== null };
+/**
+ * What a worker in `mode` with these listeners advertises (registry, then OpenSession of its
+ * upstream). `nccl`: its listener takes NCCL transfers (a CUDA worker that loaded NCCL; 'auto' only).
+ */
+export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddress: string | null, shm: boolean, nccl = false): DataPlaneEndpoint {
+  // The listener's address serves shared memory and NCCL too (its connection carries the doorbells, headers and checks).
+  const listening = tcpAddress !== null;
+  return {
+    tcpAddress: ACCEPTS[mode].length > 0 && tcpAddress ? tcpAddress : '',
+    tcp: ACCEPTS[mode].includes('tcp') && listening,
+    hostId,
+    shm: ACCEPTS[mode].includes('shm') && shm && listening,
+    nccl: mode === 'auto' && nccl && listening,
+  };
 }
 
 /**
  * The transport of a hop from a worker in `mode` on host `hostId` to one advertising `next`:
- * the first of shm (same host only), tcp, grpc that both ends accept. gRPC is always possible.
+ * the first of shm (same host only), nccl (both ends CUDA workers with NCCL: `ncclHere` for this
+ * one, 'auto' only), tcp, grpc that both ends accept. gRPC is always possible. Shared memory
+ * comes before NCCL while stage tensors are host buffers: on one host two memcpys beat staging
+ * through both devices.
  */
-export function chooseHopTransport(mode: DataPlaneMode, hostId: string, next: DataPlaneEndpoint | undefined): HopTransport {
+export function chooseHopTransport(mode: DataPlaneMode, hostId: string, next: DataPlaneEndpoint | undefined, ncclHere = false): HopTransport {
   const mine = ACCEPTS[mode];
   if (!next || next.tcpAddress === '') return 'grpc';
   if (mine.includes('shm') && next.shm && next.hostId !== '' && next.hostId === hostId) return 'shm';
+  if (mode === 'auto' && ncclHere && next.nccl) return 'nccl';
   if (mine.includes('tcp') && next.tcp) return 'tcp';
   return 'grpc';
+}
+
+/** Whether this machine can move tensors by NCCL on CUDA device `device`, and if not, why. */
+export interface NcclAvailability {
+  available: boolean;
+  /** NCCL's version when available ("2.21.5"). */
+  version: string;
+  /** Why not, naming what is missing (the device, or the library and what was wrong with it). */
+  reason: string;
+}
+
+export function ncclAvailability(device = 0, library?: string): NcclAvailability {
+  const links = nativeDataPlane().deviceLinks(device, library);
+  if (links.cuda !== '') return { available: false, version: links.nccl.version ?? '', reason: `no NCCL data plane: ${links.cuda}` };
+  if (links.nccl.reason) return { available: false, version: '', reason: links.nccl.reason };
+  return { available: true, version: links.nccl.version ?? '', reason: '' };
 }
 
 const WIRE_TRANSPORTS: Record<HopTransport, DataPlaneTransport> = {
   grpc: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC,
   tcp: DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP,
   shm: DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM,
+  nccl: DataPlaneTransport.DATA_PLANE_TRANSPORT_NCCL,
 };
 
 export function toWireTransport(t: HopTransport): DataPlaneTransport {

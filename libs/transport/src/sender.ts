@@ -22,6 +22,8 @@ import { toWireTransport, type HopTransport } from './dataplane';
  */
 export interface TensorBytesSender {
   readonly transport: Exclude<HopTransport, 'grpc'>;
+  /** NCCL: the communicator's rendezvous id, announced in every header (TensorHeader.nccl_id). */
+  readonly ncclId?: Buffer | null;
   send(sessionId: string, token: string, seq: number, payload: Buffer): Promise<unknown>;
   close(): void;
 }
@@ -41,7 +43,7 @@ export const DEFAULT_ACK_TIMEOUT_MS = 60_000;
 const FRAME_POOL_BYTES = 32 * 1024 * 1024;
 const EMPTY = Buffer.alloc(0);
 
-export type TensorSendHeader = Omit<TensorHeader, 'seq' | 'byteLength' | 'transport'>;
+export type TensorSendHeader = Omit<TensorHeader, 'seq' | 'byteLength' | 'transport' | 'ncclId'>;
 
 export interface TensorSenderOptions {
   /** Tensors sent but not yet acknowledged before `send` waits (default 4). */
@@ -190,7 +192,7 @@ export class TensorSender {
     if (this.bytes) {
       // The header announces the tensor on the control plane; its bytes go straight from
       // `payload` to the receiver's buffer, and this resolves once they are there.
-      this.stream.write({ frame: { $case: 'header', value: { ...header, seq, byteLength, transport: toWireTransport(this.bytes.transport) } } });
+      this.stream.write({ frame: { $case: 'header', value: { ...header, seq, byteLength, transport: toWireTransport(this.bytes.transport), ncclId: this.bytes.ncclId ?? EMPTY } } });
       const sent = this.bytes.send(header.sessionId, header.token, seq, payload).then(
         () => undefined,
         (e: unknown) => this.fail(e instanceof TransportError ? e : new TransportError(Status.INTERNAL, String(e), this.peer, { cause: e })),
@@ -199,7 +201,7 @@ export class TensorSender {
       this.throwIfFailed();
       return;
     }
-    let ok = this.stream.write({ frame: { $case: 'header', value: { ...header, seq, byteLength, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC } } });
+    let ok = this.stream.write({ frame: { $case: 'header', value: { ...header, seq, byteLength, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ncclId: EMPTY } } });
     let lastWritten: Promise<void> | null = null;
     for (let offset = 0; offset < byteLength; offset += this.chunkBytes) {
       if (!ok) await this.drain();

@@ -77,6 +77,7 @@ describe('ActivationFrame wire codec', () => {
         dtype: WireDtype.WIRE_DTYPE_F32,
         byteLength: 96,
         transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC,
+        ncclId: Buffer.alloc(0),
       },
     },
   };

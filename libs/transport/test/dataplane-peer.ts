@@ -4,7 +4,7 @@
  * (`pattern`) as seqs 1..COUNT, through a shared-memory ring when SLOT_BYTES is given, then
  * prints one JSON line with the transfers and exits.
  */
-import { DataPlaneSender } from '../src/dataplane';
+import { DataPlaneListener, DataPlaneSender } from '../src/dataplane';
 
 /** Tensor `seq` of the tests: distinct per seq and per element, exactly representable. */
 export function pattern(seq: number, floats: number): Float32Array {
@@ -22,8 +22,20 @@ async function main(argv: string[]): Promise<void> {
   process.stdout.write(`${JSON.stringify({ transfers })}\n`);
 }
 
+/** Both ends in this process, one tensor, then a natural exit, which must be clean (exit code 0). */
+async function bothEnds(): Promise<void> {
+  const token = 'both-ends-token-0123456789';
+  const listener = new DataPlaneListener({});
+  listener.addSession('both-ends', token);
+  const sender = new DataPlaneSender(`127.0.0.1:${listener.port}`);
+  const [got] = await Promise.all([listener.receive('both-ends', 1, new Float32Array(1024)), sender.send('both-ends', token, 1, pattern(1, 1024))]);
+  sender.close();
+  listener.close();
+  process.stdout.write(`${JSON.stringify({ bytes: got.bytes })}\n`);
+}
+
 if (require.main === module) {
-  main(process.argv.slice(2)).catch((e: Error) => {
+  (process.argv[2] === 'both-ends' ? bothEnds() : main(process.argv.slice(2))).catch((e: Error) => {
     process.stderr.write(`${e.message}\n`);
     process.exit(1);
   });

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { status as Status } from '@grpc/grpc-js';
 import { hostCpuSeconds, nativeDataPlane } from '@longshot/engine';
 import { afterEach, describe, expect, it } from 'vitest';
-import { DataPlaneListener, DataPlaneSender, TransportError, dataPlaneKeys } from '../src/index';
+import { DataPlaneListener, DataPlaneSender, TransportError, chooseHopTransport, dataPlaneEndpoint, dataPlaneKeys, ncclAvailability } from '../src/index';
 import { pattern } from './dataplane-peer';
 
 const DP = nativeDataPlane();
@@ -44,23 +44,27 @@ async function rejection(p: Promise<unknown>): Promise<TransportError> {
   return err as TransportError;
 }
 
-/** crc32c4 as dataplane.h defines it, bit by bit: the native (SSE4.2 or table) one must agree. */
-function crc32c4Reference(bytes: Uint8Array): number {
-  const step = (c: number, b: number): number => {
+/** CRC-32C bit by bit: every native implementation must agree with it. */
+function crc32cReference(bytes: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const b of bytes) {
     c ^= b;
     for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    return c >>> 0;
-  };
-  const lanes = [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff];
-  const whole = bytes.length - (bytes.length % 32);
-  for (let i = 0; i < whole; i++) lanes[(i >> 3) & 3] = step(lanes[(i >> 3) & 3], bytes[i]);
-  for (let i = whole; i < bytes.length; i++) lanes[0] = step(lanes[0], bytes[i]);
-  const tail = Buffer.alloc(24);
-  lanes.forEach((l, j) => tail.writeUInt32LE(l, 4 * j));
-  tail.writeBigUInt64LE(BigInt(bytes.length), 16);
-  let c = 0xffffffff;
-  for (const b of tail) c = step(c, b);
+  }
   return ~c >>> 0;
+}
+
+/** A deterministic xorshift byte stream. */
+function randomBytes(n: number, seed: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
 }
 
 /** A hand-built connection to a listener: the header, then whatever the test writes. */
@@ -83,15 +87,33 @@ function replyOf(bytes: Buffer): { code: number; seq: number; message: string } 
 }
 
 describe('framing', () => {
-  it('the native checksum is crc32c4 as specified, for whole blocks and tails', () => {
-    const bytes = new Uint8Array(5000);
-    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 131 + 7) & 0xff;
-    for (const n of [0, 1, 7, 31, 32, 33, 64, 100, 4096, 5000]) expect(DP.checksum(bytes.subarray(0, n))).toBe(crc32c4Reference(bytes.subarray(0, n)));
+  it('the native checksum is CRC-32C in every implementation the CPU runs', () => {
+    const variants = DP.checksumVariants();
+    expect(variants.at(-1)).toBe('table'); // the portable one is always there
+    const check = Buffer.from('123456789');
+    for (const v of variants) {
+      expect(DP.checksum(check, v)).toBe(0xe3069283); // the published check value
+      expect(DP.checksum(new Uint8Array(0), v)).toBe(0);
+    }
+    expect(DP.checksum(check)).toBe(0xe3069283);
+    // Random lengths (below, around and well above each implementation's block sizes) at every
+    // alignment modulo 64.
+    const pool = randomBytes(70_000, 12345);
+    const lengths = [1, 7, 8, 15, 16, 255, 256, 767, 768, 1023, 1024, 1025, 12_287, 12_288, 12_289, 65_536];
+    const rnd = randomBytes(200, 99);
+    for (let i = 0; i < 40; i++) lengths.push(((rnd[2 * i] << 8) | rnd[2 * i + 1]) % 69_000);
+    lengths.forEach((n, i) => {
+      const offset = i % 64;
+      const bytes = pool.subarray(offset, offset + n);
+      const want = crc32cReference(bytes);
+      for (const v of variants) expect([v, n, offset, DP.checksum(bytes, v)]).toEqual([v, n, offset, want]);
+    });
     // Any change to the bytes or their length changes it.
-    const flipped = bytes.slice(0, 100);
-    flipped[50] ^= 1;
-    expect(DP.checksum(flipped)).not.toBe(DP.checksum(bytes.subarray(0, 100)));
+    const flipped = pool.slice(0, 5000);
+    flipped[2500] ^= 1;
+    expect(DP.checksum(flipped)).not.toBe(DP.checksum(pool.subarray(0, 5000)));
     expect(DP.checksum(new Uint8Array(33))).not.toBe(DP.checksum(new Uint8Array(32)));
+    expect(() => DP.checksum(check, 'no-such')).toThrow(/variant 'no-such' is not available/);
   });
 
   it('keys identify the session and prove its token without carrying it', () => {
@@ -136,6 +158,12 @@ describe('native TCP data plane', () => {
       expect(got[i].bytes).toBe(floats * 4);
       expect(Buffer.from(dst[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
     }
+  });
+
+  it('a process with both ends exits cleanly after a transfer (no abort in the addon at exit)', async () => {
+    // Node may delete a completion function before the object that owns it at exit.
+    const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), 'both-ends']);
+    expect(JSON.parse(stdout)).toEqual({ bytes: 4096 });
   });
 
   it('refuses bytes no control-plane header announced', async () => {
@@ -298,13 +326,13 @@ describe('native shared-memory data plane', () => {
     l.addSession('job-8/stage-2', TOKEN);
     const floats = 1024 * 1024 + 3;
     const far = [1, 2, 3].map(() => new Float32Array(floats));
-    const before = fs.readdirSync('/dev/shm').filter((f) => f.startsWith('longshot-dp-'));
     const child = promisify(execFile)(process.execPath, ['--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), `127.0.0.1:${l.port}`, 'job-8/stage-2', TOKEN, '3', String(floats), String(ring.slotBytes), String(ring.slots)]);
     await Promise.all(far.map((d, i) => l.receive('job-8/stage-2', i + 1, d)));
     await child;
     for (let i = 0; i < 3; i++) expect(Buffer.from(far[i].buffer).equals(Buffer.from(pattern(i + 1, floats).buffer))).toBe(true);
-    // The receiver unlinks a segment's name once mapped: nothing is left in /dev/shm.
-    expect(fs.readdirSync('/dev/shm').filter((f) => f.startsWith('longshot-dp-'))).toEqual(before);
+    // The receiver unlinks a segment's name once mapped: nothing of the child's is left in
+    // /dev/shm (only its own segments: other processes of this machine may be using theirs).
+    expect(fs.readdirSync('/dev/shm').filter((f) => f.startsWith(`longshot-dp-${child.child.pid}-`))).toEqual([]);
   });
 
   it('a listener without shared memory refuses it, and a segment that is not there is named', async () => {
@@ -378,5 +406,75 @@ describe('native shared-memory data plane', () => {
     await s.send('s2', TOKEN, 1, new Uint8Array(slotBytes).fill(6));
     await theirs;
     expect(bystander.every((v) => v === 6)).toBe(true);
+  });
+});
+
+describe('device paths (NCCL, CUDA IPC) on a machine without them', () => {
+  const links = DP.deviceLinks();
+  const ipcHeader = { seq: 3, byteLength: 4096, path: 'cuda-ipc' as const };
+
+  it('the device descriptor names its tensor: seq, byte_length and path must be the header\'s', () => {
+    const handle = Buffer.alloc(64, 7);
+    const d = DP.encodeDeviceDescriptor({ ...ipcHeader, offset: 256, handle });
+    expect(d.length).toBe(DP.constants.deviceDescriptorBytes);
+    expect(DP.checkDeviceDescriptor(ipcHeader, d)).toBe('');
+    expect(DP.checkDeviceDescriptor({ ...ipcHeader, seq: 4 }, d)).toMatch(/descriptor is for seq 3, the header for 4/);
+    expect(DP.checkDeviceDescriptor({ ...ipcHeader, byteLength: 4097 }, d)).toMatch(/byte_length 4096 is not the header's 4097/);
+    expect(DP.checkDeviceDescriptor({ ...ipcHeader, path: 'nccl' }, d)).toMatch(/descriptor is for CUDA IPC handles, the header for NCCL/);
+    const nccl = { seq: 1, byteLength: 100, path: 'nccl' as const };
+    expect(DP.checkDeviceDescriptor(nccl, DP.encodeDeviceDescriptor(nccl))).toBe('');
+    expect(DP.checkDeviceDescriptor(nccl, DP.encodeDeviceDescriptor({ ...nccl, handle }))).toMatch(/NCCL descriptor carries no offset or handle/);
+    const reserved = Buffer.from(d);
+    reserved[40] = 1;
+    expect(DP.checkDeviceDescriptor(ipcHeader, reserved)).toMatch(/reserved device-descriptor bytes/);
+    const magic = Buffer.from(d);
+    magic[0] ^= 1;
+    expect(DP.checkDeviceDescriptor(ipcHeader, magic)).toMatch(/bad magic/);
+  });
+
+  it('NCCL loading fails with an error naming the library, and the hop falls back to shared memory or TCP', () => {
+    expect(links.nccl.library).toBe('libnccl.so.2');
+    expect(links.nccl.reason).toMatch(/^NCCL is not available: cannot load libnccl\.so\.2 \(/);
+    expect(DP.deviceLinks(0, 'libc.so.6').nccl.reason).toMatch(/libc\.so\.6 has no ncclGetVersion/);
+    expect(links.cuda).toMatch(/no CUDA device/);
+    const here = ncclAvailability();
+    expect(here.available).toBe(false);
+    expect(here.reason).toMatch(/no CUDA device/);
+    // A peer that takes NCCL gets TCP (another host) or shared memory (this host) from this worker.
+    const peer = dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true, true);
+    expect(peer.nccl).toBe(true);
+    expect(chooseHopTransport('auto', 'host-b', peer, here.available)).toBe('tcp');
+    expect(chooseHopTransport('auto', 'host-a', peer, here.available)).toBe('shm');
+    expect(() => listener().close()).not.toThrow();
+    expect(() => new DataPlaneListener({ nccl: true })).toThrow(/cannot take NCCL transfers: no CUDA device/);
+    expect(() => new DataPlaneSender('127.0.0.1:9', { nccl: {} })).toThrow(/cannot send through NCCL: no CUDA device/);
+    expect(() => new DP.Sender('127.0.0.1', 9, 1000, 0, 0, 'cuda-ipc', 0)).toThrow(/cannot send through CUDA IPC handles: no CUDA device/);
+    expect(() => new DP.Listener('127.0.0.1', 0, 1000, false, false, true, 0)).toThrow(/cannot take CUDA IPC transfers: no CUDA device/);
+  });
+
+  it('a listener without a device refuses NCCL and CUDA IPC frames after the key check, before any byte lands', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    l.addSession('other', OTHER);
+    const keys = dataPlaneKeys('s1', TOKEN);
+    const bystander = new Uint8Array(4096).fill(0x5a);
+    const untouched = l.receive('other', 3, bystander, 60_000).catch((e: unknown) => e);
+    for (const path of ['cuda-ipc', 'nccl'] as const) {
+      const header = { ...ipcHeader, path };
+      const wrong = await rawPeer(l);
+      wrong.socket.write(DP.encodeHeader({ ...header, ...dataPlaneKeys('s1', OTHER) }));
+      wrong.socket.end(DP.encodeDeviceDescriptor(header));
+      const r1 = replyOf(await wrong.reply);
+      expect([r1.code, r1.seq]).toEqual([Status.UNAUTHENTICATED, 3]);
+      const right = await rawPeer(l);
+      right.socket.write(DP.encodeHeader({ ...header, ...keys }));
+      right.socket.end(DP.encodeDeviceDescriptor({ ...header, handle: path === 'cuda-ipc' ? Buffer.alloc(64, 1) : undefined }));
+      const r2 = replyOf(await right.reply);
+      expect([r2.code, r2.seq]).toEqual([Status.FAILED_PRECONDITION, 3]);
+      expect(r2.message).toMatch(new RegExp(`does not take ${path === 'nccl' ? 'NCCL' : 'CUDA IPC handles'} \\(it has no CUDA device or NCCL`));
+    }
+    l.removeSession('other');
+    expect(((await untouched) as TransportError).code).toBe(Status.CANCELLED);
+    expect(bystander.every((b) => b === 0x5a)).toBe(true);
   });
 });

@@ -4,6 +4,7 @@
  * allocated for them, in header order, with the receiver's back-pressure intact.
  */
 import { status as Status } from '@grpc/grpc-js';
+import { nativeDataPlane } from '@longshot/engine';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   DataPlaneListener,
@@ -12,10 +13,13 @@ import {
   TensorSender,
   TransportError,
   chooseHopTransport,
+  fromWireTransport,
+  toWireTransport,
   dataPlaneEndpoint,
   decodePayload,
   encodePayload,
   type ReceivedTensor,
+  type TensorBytesSender,
   type TensorReceiverOptions,
 } from '../src/index';
 import { header, pattern, sleep, startServer, type TestServer } from './helpers';
@@ -32,19 +36,24 @@ afterEach(async () => {
 });
 
 /** A gRPC receiver whose data-plane bytes land through `listener`, counting what came that way. */
-async function serve(listener: DataPlaneListener, options: Omit<TensorReceiverOptions, 'dataPlane'>): Promise<{ server: TestServer; landed: number[]; paths: Set<DataPlaneTransport> }> {
+async function serve(
+  listener: DataPlaneListener,
+  options: Omit<TensorReceiverOptions, 'dataPlane'>,
+): Promise<{ server: TestServer; landed: number[]; paths: Set<DataPlaneTransport>; ncclIds: Buffer[] }> {
   const landed: number[] = [];
   const paths = new Set<DataPlaneTransport>();
+  const ncclIds: Buffer[] = [];
   const server = await startServer({
     ...options,
     dataPlane: async (h, transport, destination) => {
-      await listener.receive(h.sessionId, h.seq, destination);
+      ncclIds.push(h.ncclId);
+      await listener.receive(h.sessionId, h.seq, destination, undefined, h.ncclId);
       landed.push(h.seq);
       paths.add(transport);
     },
   });
   open.push(server);
-  return { server, landed, paths };
+  return { server, landed, paths, ncclIds };
 }
 
 function listen(token = TOKEN): DataPlaneListener {
@@ -75,11 +84,26 @@ describe('hop transport choice', () => {
     expect(chooseHopTransport('grpc', 'host-a', both)).toBe('grpc');
     expect(chooseHopTransport('auto', 'host-a', undefined)).toBe('grpc');
     // A receiver's mode limits what it advertises.
-    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true)).toEqual({ tcpAddress: '10.0.0.1:7000', tcp: true, hostId: 'host-a', shm: false });
+    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true, true)).toEqual({ tcpAddress: '10.0.0.1:7000', tcp: true, hostId: 'host-a', shm: false, nccl: false });
     // A shm-only receiver on another host: nothing native fits.
     expect(chooseHopTransport('auto', 'host-b', dataPlaneEndpoint('shm', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', 'host-a', dataPlaneEndpoint('grpc', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', '', dataPlaneEndpoint('auto', '', null, true))).toBe('grpc');
+  });
+
+  it('takes NCCL only between two CUDA workers that both have it, after shared memory on one host', () => {
+    const cuda = dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true, true);
+    expect(cuda.nccl).toBe(true);
+    expect(chooseHopTransport('auto', 'host-b', cuda, true)).toBe('nccl');
+    expect(chooseHopTransport('auto', 'host-a', cuda, true)).toBe('shm');
+    // Either end without NCCL: TCP.
+    expect(chooseHopTransport('auto', 'host-b', cuda, false)).toBe('tcp');
+    expect(chooseHopTransport('auto', 'host-b', dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true, false), true)).toBe('tcp');
+    // Only in 'auto': a forced mode is what it says, and a receiver with no listener takes nothing native.
+    expect(chooseHopTransport('tcp', 'host-b', cuda, true)).toBe('tcp');
+    expect(dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true, true).nccl).toBe(false);
+    expect(dataPlaneEndpoint('auto', 'host-a', null, true, true).nccl).toBe(false);
+    expect(fromWireTransport(toWireTransport('nccl'))).toBe('nccl');
   });
 });
 
@@ -103,6 +127,27 @@ describe('TensorSender -> TensorReceiver over the native data plane', () => {
       expect(received[i].header.transport).toBe(wire);
       expect(bytes(decodePayload(received[i].payload, 'f32', tensors[i].length)).equals(bytes(tensors[i]))).toBe(true);
     }
+  });
+
+  it('announces the NCCL rendezvous id in every header of an NCCL hop, and none on the others', async () => {
+    // The NCCL path itself needs GPUs (deploy/gpu-check.sh); the control stream is the same on
+    // any machine, so a TCP connection stands in for NCCL's bytes here while the headers say NCCL.
+    const l = listen();
+    const { server, landed, paths, ncclIds } = await serve(l, { handler: () => undefined });
+    const id = Buffer.from(Array.from({ length: nativeDataPlane().constants.ncclIdBytes }, (_, i) => (i * 29 + 3) & 0xff));
+    const tcp = new DataPlaneSender(`127.0.0.1:${l.port}`);
+    const asNccl: TensorBytesSender = { transport: 'nccl', ncclId: id, send: (...a) => tcp.send(...a), close: () => tcp.close() };
+    const sender = TensorSender.open(server.client(), { bytes: asNccl });
+    for (const seed of [1, 2, 3]) await sender.send(header([500]), encodePayload(pattern(500, seed), 'f32'));
+    await sender.close();
+    expect(landed).toEqual([1, 2, 3]);
+    expect([...paths]).toEqual([DataPlaneTransport.DATA_PLANE_TRANSPORT_NCCL]);
+    expect(ncclIds.map((x) => x.equals(id))).toEqual([true, true, true]);
+
+    const plain = TensorSender.open(server.client(), { bytes: new DataPlaneSender(`127.0.0.1:${l.port}`) });
+    await plain.send(header([500]), encodePayload(pattern(500, 4), 'f32'));
+    await plain.close();
+    expect(ncclIds.at(-1)!.length).toBe(0);
   });
 
   it('holds the sender back while the handler is behind: acknowledgements wait for queue room', async () => {

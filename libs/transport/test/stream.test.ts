@@ -217,7 +217,7 @@ async function rawStream(s: TestServer, frames: ActivationFrame[], endAfter = tr
 
 function h(seq: number, shape: number[], over: Partial<TensorHeader> = {}): ActivationFrame {
   return {
-    frame: { $case: 'header', value: { ...header(shape), seq, byteLength: shape.reduce((a, b) => a * b, 1) * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ...over } },
+    frame: { $case: 'header', value: { ...header(shape), seq, byteLength: shape.reduce((a, b) => a * b, 1) * 4, transport: DataPlaneTransport.DATA_PLANE_TRANSPORT_GRPC, ncclId: Buffer.alloc(0), ...over } },
   };
 }
 

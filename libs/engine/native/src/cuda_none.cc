@@ -28,3 +28,23 @@ void set_profiling(bool) {}
 
 }  // namespace cuda
 }  // namespace ls
+
+// ---- the data plane's device paths (device_link.h) -----------------------------------------------
+
+#include "device_link.h"
+
+namespace ls::cuda::link {
+
+namespace {
+const char* kNoCuda = "no CUDA device: the engine was built without CUDA";
+}
+
+std::string usable(int) { return kNoCuda; }
+std::string ipc_export(int, const void*, IpcHandle*) { return kNoCuda; }
+std::string ipc_copy(int, const IpcHandle&, uint64_t, void*, size_t) { return kNoCuda; }
+std::unique_ptr<NcclPeer> nccl_join(const nccl::Api*, const nccl::UniqueId&, int, int, int, std::string* why) {
+  *why = kNoCuda;
+  return nullptr;
+}
+
+}  // namespace ls::cuda::link

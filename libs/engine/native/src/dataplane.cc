@@ -1,6 +1,8 @@
 #include "dataplane.h"
 
 #include "cpu_time.h"
+#include "crc32c.h"
+#include "nccl_loader.h"
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -55,7 +57,7 @@ std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
   if (get32(in) != kMagic) return "not a data-plane frame (bad magic)";
   if (get16(in + 4) != kVersion) return "data-plane version " + std::to_string(get16(in + 4)) + " is not supported (this build speaks " + std::to_string(kVersion) + ")";
   if (get16(in + 6) != kHeaderBytes) return "header length " + std::to_string(get16(in + 6)) + ", expected " + std::to_string(kHeaderBytes);
-  if (in[56] > kPathShm) return "unknown path " + std::to_string(in[56]);
+  if (in[56] > kPathCudaIpc) return "unknown path " + std::to_string(in[56]);
   if ((get64(in + 56) >> 8) != 0) return "reserved header bytes are not zero";
   h->path = static_cast<Path>(in[56]);
   h->seq = get64(in + 8);
@@ -66,75 +68,53 @@ std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
   return "";
 }
 
-// ---- crc32c4 -----------------------------------------------------------------------------------
-
-namespace {
-
-uint32_t g_table[8][256];
-bool g_hw = false;
-
-struct CrcInit {
-  CrcInit() {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82f63b78u & (0u - (c & 1)));
-      g_table[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; ++i)
-      for (int t = 1; t < 8; ++t) g_table[t][i] = (g_table[t - 1][i] >> 8) ^ g_table[0][g_table[t - 1][i] & 0xff];
-    __builtin_cpu_init();
-    g_hw = __builtin_cpu_supports("sse4.2");
+const char* path_name(Path p) {
+  switch (p) {
+    case kPathTcp: return "TCP payloads";
+    case kPathShm: return "shared memory";
+    case kPathNccl: return "NCCL";
+    case kPathCudaIpc: return "CUDA IPC handles";
   }
-} g_crc_init;
-
-inline uint32_t sw_u8(uint32_t c, uint8_t b) { return (c >> 8) ^ g_table[0][(c ^ b) & 0xff]; }
-inline uint32_t sw_u64(uint32_t c, uint64_t v) {
-  v ^= c;
-  return g_table[7][v & 0xff] ^ g_table[6][(v >> 8) & 0xff] ^ g_table[5][(v >> 16) & 0xff] ^ g_table[4][(v >> 24) & 0xff] ^
-         g_table[3][(v >> 32) & 0xff] ^ g_table[2][(v >> 40) & 0xff] ^ g_table[1][(v >> 48) & 0xff] ^ g_table[0][v >> 56];
+  return "an unknown path";
 }
 
-__attribute__((target("sse4.2"))) void blocks_hw(uint32_t lane[4], const uint8_t* p, size_t blocks) {
-  uint64_t a = lane[0], b = lane[1], c = lane[2], d = lane[3];
-  for (size_t i = 0; i < blocks; ++i, p += 32) {
-    a = __builtin_ia32_crc32di(a, get64(p));
-    b = __builtin_ia32_crc32di(b, get64(p + 8));
-    c = __builtin_ia32_crc32di(c, get64(p + 16));
-    d = __builtin_ia32_crc32di(d, get64(p + 24));
+void encode_device_descriptor(const Header& h, const DeviceDescriptor& d, uint8_t out[kDeviceDescriptorBytes]) {
+  std::memset(out, 0, kDeviceDescriptorBytes);
+  put32(out, kDeviceMagic);
+  out[4] = h.path;
+  put64(out + 8, h.seq);
+  put64(out + 16, h.byte_length);
+  put64(out + 24, d.offset);
+  std::memcpy(out + 64, d.ipc_handle.data(), d.ipc_handle.size());
+}
+
+std::string decode_device_descriptor(const Header& h, const uint8_t in[kDeviceDescriptorBytes], DeviceDescriptor* d) {
+  if (get32(in) != kDeviceMagic) return "not a device descriptor (bad magic)";
+  if (in[4] != h.path) return std::string("the device descriptor is for ") + path_name(static_cast<Path>(in[4] <= kPathCudaIpc ? in[4] : 255)) + ", the header for " + path_name(h.path);
+  if (get64(in + 8) != h.seq) return "the device descriptor is for seq " + std::to_string(get64(in + 8)) + ", the header for " + std::to_string(h.seq);
+  if (get64(in + 16) != h.byte_length) return "the device descriptor's byte_length " + std::to_string(get64(in + 16)) + " is not the header's " + std::to_string(h.byte_length);
+  for (size_t i = 5; i < 8; ++i)
+    if (in[i]) return "reserved device-descriptor bytes are not zero";
+  for (size_t i = 32; i < 64; ++i)
+    if (in[i]) return "reserved device-descriptor bytes are not zero";
+  d->offset = get64(in + 24);
+  std::memcpy(d->ipc_handle.data(), in + 64, d->ipc_handle.size());
+  if (h.path == kPathNccl) {
+    bool zero = d->offset == 0;
+    for (uint8_t b : d->ipc_handle) zero = zero && b == 0;
+    if (!zero) return "an NCCL descriptor carries no offset or handle";
+  } else if (d->offset > UINT64_MAX - h.byte_length) {
+    return "offset " + std::to_string(d->offset) + " + byte_length overflows";
   }
-  lane[0] = static_cast<uint32_t>(a), lane[1] = static_cast<uint32_t>(b), lane[2] = static_cast<uint32_t>(c), lane[3] = static_cast<uint32_t>(d);
+  return "";
 }
 
-void blocks_sw(uint32_t lane[4], const uint8_t* p, size_t blocks) {
-  for (size_t i = 0; i < blocks; ++i, p += 32)
-    for (int j = 0; j < 4; ++j) lane[j] = sw_u64(lane[j], get64(p + 8 * j));
+// ---- checksum ----------------------------------------------------------------------------------
+
+void Checksum::update(const uint8_t* p, size_t n) {
+  static const crc::UpdateFn f = crc::best();
+  state_ = f(state_, p, n);
 }
-
-}  // namespace
-
-Checksum::Checksum() { lane_[0] = lane_[1] = lane_[2] = lane_[3] = 0xffffffffu; }
-
-size_t Checksum::update(const uint8_t* p, size_t n) {
-  size_t blocks = n / 32;
-  if (g_hw) blocks_hw(lane_, p, blocks);
-  else blocks_sw(lane_, p, blocks);
-  length_ += blocks * 32;
-  return blocks * 32;
-}
-
-uint32_t Checksum::finish(const uint8_t* p, size_t n) {
-  size_t done = update(p, n);
-  for (size_t i = done; i < n; ++i) lane_[0] = sw_u8(lane_[0], p[i]);
-  length_ += n - done;
-  uint8_t tail[24];
-  for (int j = 0; j < 4; ++j) put32(tail + 4 * j, lane_[j]);
-  put64(tail + 16, length_);
-  uint32_t c = 0xffffffffu;
-  for (uint8_t b : tail) c = sw_u8(c, b);
-  return ~c;
-}
-
-uint32_t crc32c4(const uint8_t* p, size_t n) { return Checksum().finish(p, n); }
 
 // ---- sockets -----------------------------------------------------------------------------------
 
@@ -235,7 +215,12 @@ const char* io_name(Io io) {
 
 // ---- Listener ----------------------------------------------------------------------------------
 
-Listener::Listener(const std::string& host, int port, int stall_ms, unsigned paths) : stall_ms_(stall_ms), paths_(paths) {
+Listener::Listener(const std::string& host, int port, int stall_ms, unsigned paths, int device) : stall_ms_(stall_ms), paths_(paths), device_(device) {
+  if (paths & ((1u << kPathNccl) | (1u << kPathCudaIpc))) {
+    std::string why = cuda::link::usable(device);
+    if (why.empty() && (paths & (1u << kPathNccl))) nccl_ = nccl::load(&why);
+    if (!why.empty()) throw std::runtime_error("data plane: cannot take " + std::string(paths & (1u << kPathNccl) ? "NCCL" : "CUDA IPC") + " transfers: " + why);
+  }
   addrinfo hints{}, *res = nullptr;
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -292,9 +277,10 @@ void Listener::remove_session(const Key& session) {
   for (auto& [k, e] : unclaimed) e->done({kCancelled, "tensor seq " + std::to_string(k.second) + ": session closed", 0, 0});
 }
 
-void Listener::expect(const Key& session, uint64_t seq, uint8_t* dst, size_t len, Done done) {
+void Listener::expect(const Key& session, uint64_t seq, uint8_t* dst, size_t len, Done done, const nccl::UniqueId* nccl_id) {
   auto e = std::make_shared<Expectation>();
   e->dst = dst, e->len = len, e->done = std::move(done);
+  if (nccl_id) e->has_nccl_id = true, e->nccl_id = *nccl_id;
   std::string refused;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -465,6 +451,38 @@ std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const st
   return "";
 }
 
+std::string Listener::receive_device(Conn* c, const Header& h, Expectation* e, Code* code) {
+  uint8_t dd[kDeviceDescriptorBytes];
+  Io io = read_exact(c->fd, dd, kDeviceDescriptorBytes, stall_ms_, true, &e->cancelled);
+  if (io != Io::kOk) {
+    *code = io == Io::kCancelled ? kCancelled : io == Io::kStalled ? kDeadlineExceeded : kUnavailable;
+    return io == Io::kCancelled ? e->cancel_why : std::string(io_name(io)) + " before the device descriptor";
+  }
+  DeviceDescriptor d;
+  std::string bad = decode_device_descriptor(h, dd, &d);
+  if (!bad.empty()) return *code = kInvalidArgument, bad;
+  std::string why;
+  if (h.path == kPathCudaIpc) {
+    why = cuda::link::ipc_copy(device_, d.ipc_handle, d.offset, e->dst, e->len);
+  } else {
+    if (!e->has_nccl_id) return *code = kFailedPrecondition, "no NCCL id was announced with this tensor on the control plane";
+    if (c->nccl && std::memcmp(c->nccl_id.internal, e->nccl_id.internal, nccl::kUniqueIdBytes) != 0)
+      return *code = kFailedPrecondition, "the NCCL id announced for this tensor is not the one of this connection's communicator";
+    // Header and descriptor passed: tell the sender to go, then join (first tensor) and receive.
+    const uint8_t go = kDeviceGo;
+    io = write_all(c->fd, &go, 1, stall_ms_);
+    if (io != Io::kOk) return *code = kUnavailable, std::string(io_name(io)) + " before the transfer";
+    if (!c->nccl) {
+      c->nccl = cuda::link::nccl_join(nccl_, e->nccl_id, 1, device_, stall_ms_, &why);
+      c->nccl_id = e->nccl_id;
+    }
+    if (c->nccl) why = c->nccl->recv(e->dst, e->len);
+  }
+  if (!why.empty()) return *code = kInternal, why;
+  *code = kOk;
+  return "";
+}
+
 bool Listener::serve_one(Conn* c) {
   const int fd = c->fd;
   uint8_t hb[kHeaderBytes];
@@ -492,8 +510,6 @@ bool Listener::serve_one(Conn* c) {
   std::string bad = decode_header(hb, &h);
   if (!bad.empty()) return refuse(kInvalidArgument, 0, "data plane: " + bad);
   const std::string tensor = "tensor seq " + std::to_string(h.seq);
-  if (!(paths_ & (1u << h.path))) return refuse(kFailedPrecondition, h.seq, "data plane: " + tensor + ": this listener does not take " + (h.path == kPathShm ? "shared memory" : "TCP payloads"));
-
   std::shared_ptr<Expectation> e;
   Code refusal = kOk;
   std::string why;
@@ -508,6 +524,9 @@ bool Listener::serve_one(Conn* c) {
       refusal = kNotFound, why = "data plane: " + tensor + ": unknown session " + hex(h.session);
     } else if (diff) {
       refusal = kUnauthenticated, why = "data plane: " + tensor + ": wrong grant for session " + hex(h.session);
+    } else if (!(paths_ & (1u << h.path))) {
+      refusal = kFailedPrecondition, why = "data plane: " + tensor + ": this listener does not take " + path_name(h.path) +
+                                           (h.path >= kPathNccl ? " (it has no CUDA device or NCCL to take them with)" : "");
     } else if (!cv_.wait_for(lock, std::chrono::milliseconds(stall_ms_), [&] {
                  // The control-plane announcement may lag the bytes a little; wait, not forever.
                  auto it = expected_.find(key);
@@ -534,16 +553,16 @@ bool Listener::serve_one(Conn* c) {
 
   // Header accepted: the payload goes straight into the destination.
   Checksum sum;
-  size_t summed = 0;
+  size_t summed = 0;  // bytes of the payload checksummed so far (each piece as it lands, still in cache)
   Result r;
   uint8_t trailer[kTrailerBytes];
-  if (h.path == kPathShm) {
+  if (h.path == kPathShm || h.path >= kPathNccl) {
     Code code = kOk;
-    std::string why = receive_ring(c, e.get(), &code, &e->cancelled);
+    std::string why = h.path == kPathShm ? receive_ring(c, e.get(), &code, &e->cancelled) : receive_device(c, h, e.get(), &code);
     if (code == kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
     else r.code = code, r.message = "data plane: " + tensor + ": " + why, io = code == kDeadlineExceeded ? Io::kStalled : Io::kError;
   } else {
-    io = read_exact(fd, e->dst, e->len, stall_ms_, true, &e->cancelled, [&](size_t got) { summed += sum.update(e->dst + summed, got - summed); });
+    io = read_exact(fd, e->dst, e->len, stall_ms_, true, &e->cancelled, [&](size_t got) { sum.update(e->dst + summed, got - summed), summed = got; });
     if (io == Io::kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
   }
   r.bytes = e->len;
@@ -557,7 +576,7 @@ bool Listener::serve_one(Conn* c) {
   } else if (get32(trailer + 4) != kTrailerMagic) {
     r.code = kInvalidArgument, r.message = "data plane: " + tensor + ": bad trailer (payload longer than byte_length?)";
   } else if (h.path == kPathTcp) {
-    uint32_t want = get32(trailer), got = sum.finish(e->dst + summed, e->len - summed);
+    uint32_t want = get32(trailer), got = sum.value();
     if (want != got) r.code = kDataLoss, r.message = "data plane: " + tensor + ": checksum mismatch (payload corrupted in transit)";
   }
   {
@@ -566,7 +585,7 @@ bool Listener::serve_one(Conn* c) {
   }
   e->done(r);
   if (r.code != kOk) {
-    if (io == Io::kOk || io == Io::kStalled || (h.path == kPathShm && r.code == kInvalidArgument) || r.code == kFailedPrecondition) refuse(r.code, h.seq, r.message);
+    if (io == Io::kOk || io == Io::kStalled || (h.path != kPathTcp && r.code == kInvalidArgument) || r.code == kFailedPrecondition || (h.path >= kPathNccl && r.code == kInternal)) refuse(r.code, h.seq, r.message);
     return false;
   }
   encode_reply(&reply, kOk, h.seq, "");
@@ -575,9 +594,39 @@ bool Listener::serve_one(Conn* c) {
 
 // ---- Sender ------------------------------------------------------------------------------------
 
-Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_bytes, uint32_t slots)
-    : host_(host), slot_bytes_(slot_bytes), slots_(slots), port_(port), stall_ms_(stall_ms) {
+Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_bytes, uint32_t slots, Path device_path, int device)
+    : host_(host), slot_bytes_(slot_bytes), slots_(slots), device_path_(device_path), device_(device), port_(port), stall_ms_(stall_ms) {
+  if (device_path >= kPathNccl) {
+    std::string why = cuda::link::usable(device);
+    if (why.empty() && device_path == kPathNccl) {
+      nccl_ = nccl::load(&why);
+      if (nccl_ && nccl_->GetUniqueId(&nccl_id_) != nccl::kSuccess) why = "ncclGetUniqueId failed";
+    }
+    if (!why.empty()) throw std::runtime_error(std::string("data plane: cannot send through ") + path_name(device_path) + ": " + why);
+  }
   thread_ = std::thread([this] { run(); });
+}
+
+std::string Sender::send_device(const Job& j, const DeviceDescriptor& d, Code* code, bool* reply_early) {
+  Header h = j.h;
+  h.path = device_path_;
+  uint8_t dd[kDeviceDescriptorBytes];
+  encode_device_descriptor(h, d, dd);
+  Io io = write_all(fd_, dd, kDeviceDescriptorBytes, stall_ms_);
+  if (io != Io::kOk) return *code = io == Io::kStalled ? kDeadlineExceeded : kUnavailable, std::string(io_name(io)) + " while sending";
+  if (device_path_ == kPathCudaIpc) return *code = kOk, "";
+  // NCCL: the receiver's go (its checks passed), or its reply (a refusal).
+  io = wait_fd(fd_, POLLIN, stall_ms_ * 4, nullptr);
+  uint8_t b = 0;
+  ssize_t r = io == Io::kOk ? ::recv(fd_, &b, 1, MSG_PEEK) : -1;
+  if (r <= 0) return *code = io == Io::kStalled ? kDeadlineExceeded : kUnavailable, "no go from the receiver before the NCCL transfer";
+  if (b != kDeviceGo) return *reply_early = true, *code = kOk, "";
+  ::recv(fd_, &b, 1, 0);
+  std::string why;
+  if (!nccl_peer_) nccl_peer_ = cuda::link::nccl_join(nccl_, nccl_id_, 0, device_, stall_ms_, &why);
+  if (nccl_peer_) why = nccl_peer_->send(j.src, j.h.byte_length);
+  if (!why.empty()) return *code = kInternal, why;
+  return *code = kOk, "";
 }
 
 std::string Sender::create_segment() {
@@ -643,11 +692,11 @@ int Sender::send_ring(const Job& j, bool* reply_early) {
 
 Sender::~Sender() { close(); }
 
-void Sender::send(const Header& h, const uint8_t* src, Done done) {
+void Sender::send(const Header& h, const uint8_t* src, Done done, const uint8_t* base) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!closing_) {
-      queue_.push_back({h, src, std::move(done)});
+      queue_.push_back({h, src, std::move(done), base});
       cv_.notify_all();
       return;
     }
@@ -733,10 +782,17 @@ Result Sender::send_one(const Job& j) {
   const std::string tensor = "tensor seq " + std::to_string(j.h.seq);
   uint8_t hb[kHeaderBytes];
   Header h = j.h;
-  h.path = slot_bytes_ > 0 ? kPathShm : kPathTcp;
+  h.path = device_path_ >= kPathNccl ? device_path_ : slot_bytes_ > 0 ? kPathShm : kPathTcp;
   if (h.path == kPathShm && !segment_) {
     std::string err = create_segment();
     if (!err.empty()) return {kFailedPrecondition, err, 0, since(t0)};
+  }
+  DeviceDescriptor device_descriptor;
+  if (h.path == kPathCudaIpc) {
+    const uint8_t* base = j.base ? j.base : j.src;
+    device_descriptor.offset = static_cast<uint64_t>(j.src - base);
+    std::string err = cuda::link::ipc_export(device_, base, &device_descriptor.ipc_handle);
+    if (!err.empty()) return {kFailedPrecondition, "data plane: " + tensor + ": " + err, 0, since(t0)};
   }
   encode_header(h, hb);
   Io io = write_all(fd_, hb, kHeaderBytes, stall_ms_);
@@ -753,18 +809,33 @@ Result Sender::send_one(const Job& j) {
     if (io == Io::kOk) io = write_all(fd_, rd, kRingBytes, stall_ms_);
     if (io == Io::kOk) io = static_cast<Io>(send_ring(j, &reply_early));
     off = n;  // no checksum on this path: the trailer carries 0
+  } else if (h.path >= kPathNccl && io == Io::kOk) {
+    Code code = kOk;
+    std::string why = send_device(j, device_descriptor, &code, &reply_early);
+    if (code != kOk) {
+      // The receiver may have said why (a refusal); otherwise this is the error.
+      uint8_t rb[kReplyBytes];
+      if (code == kInternal || code == kFailedPrecondition) {
+        if (read_exact(fd_, rb, kReplyBytes, 1000, true, nullptr) == Io::kOk && get32(rb) == kReplyMagic && get16(rb + 6) != kOk) {
+          uint32_t len = std::min(get32(rb + 16), kMaxReplyMessage);
+          std::string msg(len, '\0');
+          if (len && read_exact(fd_, reinterpret_cast<uint8_t*>(msg.data()), len, stall_ms_, true, nullptr) == Io::kOk) why += " (the receiver: " + msg + ")";
+        }
+      }
+      return {code, "data plane: " + tensor + ": " + why, n, since(t0)};
+    }
+    off = n;  // no checksum: the bytes never cross this socket
   }
   // Checksum each piece just before writing it, while it is in cache.
-  while (io == Io::kOk && !reply_early && n - off >= 32) {
-    size_t piece = std::min(n - off, kIoBytes) & ~size_t(31);
+  while (io == Io::kOk && !reply_early && off < n) {
+    size_t piece = std::min(n - off, kIoBytes);
     sum.update(j.src + off, piece);
     io = write_all(fd_, j.src + off, piece, stall_ms_);
     off += piece;
   }
   uint8_t trailer[kTrailerBytes];
-  put32(trailer, h.path == kPathShm ? 0 : sum.finish(j.src + off, n - off));
+  put32(trailer, h.path == kPathTcp ? sum.value() : 0);
   put32(trailer + 4, kTrailerMagic);
-  if (io == Io::kOk && off < n) io = write_all(fd_, j.src + off, n - off, stall_ms_);
   if (io == Io::kOk && !reply_early) io = write_all(fd_, trailer, kTrailerBytes, stall_ms_);
   // The reply; after a failed write the receiver may still have said why it refused.
   uint8_t rb[kReplyBytes];

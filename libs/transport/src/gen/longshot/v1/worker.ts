@@ -122,6 +122,11 @@ export enum DataPlaneTransport {
   DATA_PLANE_TRANSPORT_TCP = 1,
   /** DATA_PLANE_TRANSPORT_SHM - Through shared memory between two processes of one host. */
   DATA_PLANE_TRANSPORT_SHM = 2,
+  /**
+   * DATA_PLANE_TRANSPORT_NCCL - By NCCL send/recv between two CUDA workers (the data-plane connection carries the header
+   * and the checks; the header's nccl_id names the communicator).
+   */
+  DATA_PLANE_TRANSPORT_NCCL = 3,
 }
 
 export function dataPlaneTransportFromJSON(object: any): DataPlaneTransport {
@@ -135,6 +140,9 @@ export function dataPlaneTransportFromJSON(object: any): DataPlaneTransport {
     case 2:
     case "DATA_PLANE_TRANSPORT_SHM":
       return DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM;
+    case 3:
+    case "DATA_PLANE_TRANSPORT_NCCL":
+      return DataPlaneTransport.DATA_PLANE_TRANSPORT_NCCL;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum DataPlaneTransport");
   }
@@ -148,6 +156,8 @@ export function dataPlaneTransportToJSON(object: DataPlaneTransport): string {
       return "DATA_PLANE_TRANSPORT_TCP";
     case DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM:
       return "DATA_PLANE_TRANSPORT_SHM";
+    case DataPlaneTransport.DATA_PLANE_TRANSPORT_NCCL:
+      return "DATA_PLANE_TRANSPORT_NCCL";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum DataPlaneTransport");
   }
@@ -377,6 +387,8 @@ export interface DataPlaneEndpoint {
   shm: boolean;
   /** Whether it accepts tensor payloads over TCP. */
   tcp: boolean;
+  /** Whether it accepts tensors by NCCL: a CUDA worker that loaded libnccl.so.2. */
+  nccl: boolean;
 }
 
 export interface OpenSessionResponse {
@@ -422,6 +434,11 @@ export interface TensorHeader {
    * (keyed by session and seq) and the ack follows their arrival.
    */
   transport: DataPlaneTransport;
+  /**
+   * NCCL: the rendezvous id (ncclUniqueId, 128 bytes) of the sender's two-rank communicator,
+   * which the receiver joins as rank 1 with its first NCCL tensor; empty otherwise.
+   */
+  ncclId: Buffer;
 }
 
 export interface TensorChunk {
@@ -1594,7 +1611,7 @@ export const StageGroupMember: MessageFns<StageGroupMember> = {
 };
 
 function createBaseDataPlaneEndpoint(): DataPlaneEndpoint {
-  return { tcpAddress: "", hostId: "", shm: false, tcp: false };
+  return { tcpAddress: "", hostId: "", shm: false, tcp: false, nccl: false };
 }
 
 export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
@@ -1610,6 +1627,9 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
     }
     if (message.tcp !== false) {
       writer.uint32(32).bool(message.tcp);
+    }
+    if (message.nccl !== false) {
+      writer.uint32(40).bool(message.nccl);
     }
     return writer;
   },
@@ -1659,6 +1679,14 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
             message.tcp = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.nccl = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1685,6 +1713,7 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
         : "",
       shm: isSet(object.shm) ? globalThis.Boolean(object.shm) : false,
       tcp: isSet(object.tcp) ? globalThis.Boolean(object.tcp) : false,
+      nccl: isSet(object.nccl) ? globalThis.Boolean(object.nccl) : false,
     };
   },
 
@@ -1702,6 +1731,9 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
     if (message.tcp !== false) {
       obj.tcp = message.tcp;
     }
+    if (message.nccl !== false) {
+      obj.nccl = message.nccl;
+    }
     return obj;
   },
 
@@ -1714,6 +1746,7 @@ export const DataPlaneEndpoint: MessageFns<DataPlaneEndpoint> = {
     message.hostId = object.hostId ?? "";
     message.shm = object.shm ?? false;
     message.tcp = object.tcp ?? false;
+    message.nccl = object.nccl ?? false;
     return message;
   },
 };
@@ -2178,6 +2211,7 @@ function createBaseTensorHeader(): TensorHeader {
     dtype: 0,
     byteLength: 0,
     transport: 0,
+    ncclId: Buffer.alloc(0),
   };
 }
 
@@ -2213,6 +2247,9 @@ export const TensorHeader: MessageFns<TensorHeader> = {
     }
     if (message.transport !== 0) {
       writer.uint32(72).int32(message.transport);
+    }
+    if (message.ncclId.length !== 0) {
+      writer.uint32(82).bytes(message.ncclId);
     }
     return writer;
   },
@@ -2312,6 +2349,14 @@ export const TensorHeader: MessageFns<TensorHeader> = {
             message.transport = reader.int32() as any;
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.ncclId = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2343,6 +2388,11 @@ export const TensorHeader: MessageFns<TensorHeader> = {
         ? globalThis.Number(object.byte_length)
         : 0,
       transport: isSet(object.transport) ? dataPlaneTransportFromJSON(object.transport) : 0,
+      ncclId: isSet(object.ncclId)
+        ? Buffer.from(bytesFromBase64(object.ncclId))
+        : isSet(object.nccl_id)
+        ? Buffer.from(bytesFromBase64(object.nccl_id))
+        : Buffer.alloc(0),
     };
   },
 
@@ -2375,6 +2425,9 @@ export const TensorHeader: MessageFns<TensorHeader> = {
     if (message.transport !== 0) {
       obj.transport = dataPlaneTransportToJSON(message.transport);
     }
+    if (message.ncclId.length !== 0) {
+      obj.ncclId = base64FromBytes(message.ncclId);
+    }
     return obj;
   },
 
@@ -2394,6 +2447,7 @@ export const TensorHeader: MessageFns<TensorHeader> = {
     message.dtype = object.dtype ?? 0;
     message.byteLength = object.byteLength ?? 0;
     message.transport = object.transport ?? 0;
+    message.ncclId = object.ncclId ?? Buffer.alloc(0);
     return message;
   },
 };

@@ -1,0 +1,165 @@
+// device_link.h on the CUDA runtime (linked statically, as the backend's) and NCCL (opened at run
+// time, nccl_loader.h). Compiled only in CUDA builds; cuda_none.cc stands in otherwise.
+#include "device_link.h"
+
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+namespace ls::cuda::link {
+
+namespace {
+
+std::string cuda_error(cudaError_t err, const char* what) {
+  cudaGetLastError();  // clear a non-sticky error so the next call starts clean
+  return std::string(what) + ": " + cudaGetErrorString(err);
+}
+
+bool on_device(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+}  // namespace
+
+std::string usable(int device) {
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return "no CUDA device: " + cuda_error(err, "cudaGetDeviceCount");
+  if (device < 0 || device >= count) return "no CUDA device " + std::to_string(device) + " (" + std::to_string(count) + " visible)";
+  return "";
+}
+
+std::string ipc_export(int device, const void* base, IpcHandle* out) {
+  std::string why = usable(device);
+  if (!why.empty()) return why;
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) return cuda_error(err, "cudaSetDevice");
+  if (!on_device(base)) return "CUDA IPC needs a device buffer (this one is host memory)";
+  cudaIpcMemHandle_t h;
+  err = cudaIpcGetMemHandle(&h, const_cast<void*>(base));
+  if (err != cudaSuccess) return cuda_error(err, "cudaIpcGetMemHandle");
+  static_assert(sizeof h == kIpcHandleBytes, "cudaIpcMemHandle_t is 64 bytes");
+  std::memcpy(out->data(), &h, kIpcHandleBytes);
+  return "";
+}
+
+std::string ipc_copy(int device, const IpcHandle& handle, uint64_t offset, void* dst, size_t n) {
+  std::string why = usable(device);
+  if (!why.empty()) return why;
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) return cuda_error(err, "cudaSetDevice");
+  cudaIpcMemHandle_t h;
+  std::memcpy(&h, handle.data(), kIpcHandleBytes);
+  void* peer = nullptr;
+  err = cudaIpcOpenMemHandle(&peer, h, cudaIpcMemLazyEnablePeerAccess);
+  if (err != cudaSuccess) return cuda_error(err, "cudaIpcOpenMemHandle");
+  err = cudaMemcpy(dst, static_cast<const uint8_t*>(peer) + offset, n, cudaMemcpyDefault);
+  std::string out = err == cudaSuccess ? "" : cuda_error(err, "cudaMemcpy (CUDA IPC)");
+  cudaIpcCloseMemHandle(peer);
+  return out;
+}
+
+namespace {
+
+class Peer final : public NcclPeer {
+ public:
+  Peer(const nccl::Api* api, int rank, int device, int stall_ms) : api_(api), rank_(rank), device_(device), stall_ms_(stall_ms) {}
+  ~Peer() override {
+    if (comm_) (failed_ ? api_->CommAbort : api_->CommDestroy)(comm_);
+    if (stage_) cudaFree(stage_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  std::string init(const nccl::UniqueId& id) {
+    cudaError_t err = cudaSetDevice(device_);
+    if (err != cudaSuccess) return cuda_error(err, "cudaSetDevice");
+    err = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
+    if (err != cudaSuccess) return cuda_error(err, "cudaStreamCreate");
+    nccl::Result r = api_->CommInitRank(&comm_, 2, id, rank_);
+    if (r != nccl::kSuccess) {
+      comm_ = nullptr;
+      return nccl_error(r, "ncclCommInitRank");
+    }
+    return "";
+  }
+
+  std::string send(const void* src, size_t n) override { return move(const_cast<void*>(src), n, true); }
+  std::string recv(void* dst, size_t n) override { return move(dst, n, false); }
+
+ private:
+  std::string nccl_error(nccl::Result r, const char* what) { return std::string(what) + ": " + api_->GetErrorString(r); }
+
+  // Waits for the stream, watching the communicator's asynchronous errors and the stall time.
+  std::string wait() {
+    auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+      cudaError_t q = cudaStreamQuery(stream_);
+      if (q == cudaSuccess) return "";
+      if (q != cudaErrorNotReady) return failed_ = true, cuda_error(q, "NCCL transfer");
+      nccl::Result async = nccl::kSuccess;
+      api_->CommGetAsyncError(comm_, &async);
+      if (async != nccl::kSuccess && async != nccl::kInProgress) return failed_ = true, nccl_error(async, "NCCL transfer");
+      if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(stall_ms_))
+        return failed_ = true, "NCCL transfer made no progress for " + std::to_string(stall_ms_) + " ms";
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+
+  std::string move(void* p, size_t n, bool sending) {
+    if (failed_) return "the NCCL communicator failed earlier";
+    cudaError_t err = cudaSetDevice(device_);
+    if (err != cudaSuccess) return cuda_error(err, "cudaSetDevice");
+    const bool device = on_device(p);
+    if (!device && !stage_) {
+      err = cudaMalloc(&stage_, kNcclMessageBytes);
+      if (err != cudaSuccess) return stage_ = nullptr, cuda_error(err, "cudaMalloc (NCCL staging)");
+    }
+    const int peer = 1 - rank_;
+    for (size_t off = 0; off < n; off += kNcclMessageBytes) {
+      const size_t len = std::min(kNcclMessageBytes, n - off);
+      uint8_t* at = static_cast<uint8_t*>(p) + off;
+      void* buf = device ? at : stage_;
+      if (sending && !device) {
+        err = cudaMemcpyAsync(buf, at, len, cudaMemcpyHostToDevice, stream_);
+        if (err != cudaSuccess) return cuda_error(err, "cudaMemcpyAsync (NCCL staging)");
+      }
+      nccl::Result r = sending ? api_->Send(buf, len, nccl::kUint8, peer, comm_, reinterpret_cast<nccl::Stream>(stream_))
+                               : api_->Recv(buf, len, nccl::kUint8, peer, comm_, reinterpret_cast<nccl::Stream>(stream_));
+      if (r != nccl::kSuccess) return failed_ = true, nccl_error(r, sending ? "ncclSend" : "ncclRecv");
+      if (!sending && !device) {
+        err = cudaMemcpyAsync(at, buf, len, cudaMemcpyDeviceToHost, stream_);
+        if (err != cudaSuccess) return cuda_error(err, "cudaMemcpyAsync (NCCL staging)");
+      }
+      std::string why = wait();
+      if (!why.empty()) return why;
+    }
+    return "";
+  }
+
+  const nccl::Api* api_;
+  int rank_, device_, stall_ms_;
+  nccl::Comm comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* stage_ = nullptr;
+  bool failed_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<NcclPeer> nccl_join(const nccl::Api* api, const nccl::UniqueId& id, int rank, int device, int stall_ms, std::string* why) {
+  *why = usable(device);
+  if (!why->empty()) return nullptr;
+  auto p = std::make_unique<Peer>(api, rank, device, stall_ms);
+  *why = p->init(id);
+  if (!why->empty()) return nullptr;
+  return p;
+}
+
+}  // namespace ls::cuda::link
