@@ -196,6 +196,32 @@ describe('controller', () => {
     expect(metrics).toMatch(/longshot_http_request_duration_seconds_count\{method="POST",route="\/v1\/videos",status="202"\}/);
   });
 
+  it('runs stage groups asked for over the API, and the layout the planner picks, to the single-process result', async () => {
+    const req = { ...base, frames: framesFor(4) };
+    const reference = await inProcess(req);
+    // Asked for: one stage of two Ulysses workers. Left to the planner with CFG parallel fixed: K
+    // from the cost model and the free workers (3 at most, so one stage of two).
+    const asked = await api('POST', '/v1/videos', { ...req, stages: 1, ulysses: 2 });
+    const planned = await api('POST', '/v1/videos', { ...req, cfgParallel: true });
+    expect([asked.status, planned.status]).toEqual([202, 202]);
+    const [a, p] = await Promise.all([finished(asked.json.id), finished(planned.json.id)]);
+    for (const [r, layout] of [
+      [a, { stages: 1, ulysses: 2, cfgParallel: false }],
+      [p, { stages: 1, ulysses: 1, cfgParallel: true }],
+    ] as const) {
+      expect(r.status, JSON.stringify(r.error)).toBe('succeeded');
+      expect(r.result.latentSha256).toBe(reference);
+      expect(r.result.layout).toEqual(layout);
+      expect([r.stages, r.layout]).toEqual([layout.stages, { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel }]);
+      // Both members of the one group, rank 0 first.
+      expect(r.workers).toHaveLength(2);
+      expect(r.result.placement.map((m: any) => [m.stage, m.worker])).toEqual(r.workers.map((w: string) => [0, w]));
+      expect(r.result.hops).toEqual([]);
+    }
+    expect(a.spec).toMatchObject({ autoStages: false, stages: 1, ulysses: 2, cfgParallel: false });
+    expect(p.spec).toMatchObject({ autoStages: true, stages: 1, ulysses: null, cfgParallel: true });
+  });
+
   it("encodes a pipeline directory's prompts once, on a worker, never on the controller; repeats hit the Redis cache", async () => {
     const pipe = path.join(dir, 'models', 'pipe');
     writeSeededPipeline(pipe, { config: getConfig('tiny'), seed: 0, shards: 2, dtype: 'F32' });
@@ -245,6 +271,13 @@ describe('controller', () => {
       [{ ...base, frames: 13, steps: 2.5 }, 'steps'],
       [{ ...base, frames: 13, colour: 'red' }, 'colour'],
       [{ ...base, frames: 13, stages: 7 }, 'stages'],
+      // Layouts: U within the tiny model's 2 heads, no more workers than the 3 that serve it.
+      [{ ...base, frames: 13, ulysses: 3 }, 'ulysses'],
+      [{ ...base, frames: 13, ulysses: 0 }, 'ulysses'],
+      [{ ...base, frames: 13, stages: 2, ulysses: 2 }, 'ulysses'],
+      [{ ...base, frames: 13, stages: 2, cfgParallel: true }, 'cfgParallel'],
+      [{ ...base, frames: 13, ulysses: 2, cfgParallel: true }, 'ulysses'],
+      [{ ...base, frames: 13, cfgParallel: 'yes' }, 'cfgParallel'],
       [{ ...base, frames: 13, priority: 0 }, 'priority'],
       [{ ...base, frames: 13, sampler: 'ddim' }, 'sampler'],
       [{ ...base, frames: 13, negativePrompt: 5 }, 'negativePrompt'],

@@ -115,6 +115,11 @@ describe('longshot render', () => {
       [['--prompt', 'x', '--size', 'big'], /--size/],
       [['--prompt', 'x', '--steps', 'many'], /--steps/],
       [['--prompt', 'x', '--stages', '7'], /--stages/],
+      // The tiny model has 2 heads; groups run on the service only.
+      [['--prompt', 'x', '--ulysses', '3'], /--ulysses: .*2 attention heads/],
+      [['--prompt', 'x', '--ulysses', 'two'], /--ulysses/],
+      [['--prompt', 'x', '--in-process', '--ulysses', '2'], /--ulysses/],
+      [['--prompt', 'x', '--in-process', '--cfg-parallel'], /--cfg-parallel/],
       [['--prompt', 'x', '--model', 'nope'], /--model/],
       [['--frames', '9'], /--prompt/],
       [['--prompt', 'x', '--bogus'], /--bogus/],

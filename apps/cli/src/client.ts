@@ -8,6 +8,12 @@ import { UsageError } from './args';
 import { unreachable } from './errors';
 import type { Progress } from './progress';
 
+/** What POST /v1/videos takes beyond the spec: each stage's group (docs/parallelism.md). */
+export interface LayoutRequest {
+  ulysses?: number;
+  cfgParallel?: boolean;
+}
+
 /** A job as the controller reports it (GET /v1/videos/:id). */
 export interface VideoStatus {
   id: string;
@@ -17,7 +23,19 @@ export interface VideoStatus {
   stages: number | null;
   workers: string[];
   attempts: number;
-  result: { frames: number; width: number; height: number; fps: number; latentSha256: string; frameSha256: string; sampler: SamplerKind; shift: number; contentUrl: string; seconds: number } | null;
+  result: {
+    frames: number;
+    width: number;
+    height: number;
+    fps: number;
+    latentSha256: string;
+    frameSha256: string;
+    sampler: SamplerKind;
+    shift: number;
+    contentUrl: string;
+    seconds: number;
+    layout: { stages: number; ulysses: number; cfgParallel: boolean };
+  } | null;
   error: { message: string } | null;
 }
 
@@ -66,7 +84,7 @@ export class ControllerClient {
    * Submits a job. A local `textEmbeddings` file is uploaded first (POST /v1/embeddings) and the
    * job references the upload: the controller never reads a path a client names.
    */
-  async submit(request: JobRequest & { priority?: number }, idempotencyKey?: string): Promise<{ id: string; status: string }> {
+  async submit(request: JobRequest & LayoutRequest & { priority?: number }, idempotencyKey?: string): Promise<{ id: string; status: string }> {
     const headers: Record<string, string> = { 'content-type': 'application/json' };
     if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
     const { textEmbeddings, ...rest } = request;

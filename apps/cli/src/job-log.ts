@@ -1,3 +1,4 @@
+import { describeLayout, groupWorkers, type StageGroupShape } from '@longshot/planner';
 import type { ServerEvent, VideoStatus } from './client';
 
 /**
@@ -18,7 +19,10 @@ export class JobLog {
       case 'started': {
         this.quarters.set(job.id, 0);
         const workers = (d.workers as string[] | undefined) ?? [];
-        return `job ${job.id} running: ${String(d.stages ?? workers.length)} stage(s) on ${workers.join(', ') || '?'} (attempt ${String(d.attempt ?? 1)})`;
+        // Stage groups (docs/parallelism.md) are named; one worker per stage (or an event before layouts) is not.
+        const layout = d.layout as StageGroupShape | undefined;
+        const groups = layout && groupWorkers(layout) > 1 ? ` (${describeLayout({ stages: Number(d.stages), ...layout })})` : '';
+        return `job ${job.id} running: ${String(d.stages ?? workers.length)} stage(s)${groups} on ${workers.join(', ') || '?'} (attempt ${String(d.attempt ?? 1)})`;
       }
       case 'progress': {
         const done = Number(d.blockStepsDone);

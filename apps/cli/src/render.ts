@@ -2,19 +2,19 @@ import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import { cpuBackend } from '@longshot/engine';
 import { assembleLatents, Stitcher } from '@longshot/media';
-import { loadTextEmbeddings, MODEL_CONFIGS, resolveModel, SafetensorsFile, Stage, VaeBlockDecoder, writeSafetensors, type ModelSource, type TextEmbeddings } from '@longshot/model';
+import { loadTextEmbeddings, MODEL_CONFIGS, resolveModel, SafetensorsFile, Stage, validateLayout, VaeBlockDecoder, writeSafetensors, type ModelSource, type TextEmbeddings } from '@longshot/model';
 import { jobSchedulerConfig, type SamplerKind } from '@longshot/sampler';
 import { BlockQueue, runLocalPipeline } from '@longshot/pipeline';
 import { normalizeSpec, partitionLayers, planJob, SpecError, type JobPlan, type JobRequest, type JobSpec } from '@longshot/planner';
 import { intFlag, numberFlag, parseCommand, sizeFlag, UsageError, type CommandSpec, type Flags, type FlagValues } from './args';
-import { apiKeyFromEnv, ControllerClient, followWithProgress, type VideoStatus } from './client';
+import { apiKeyFromEnv, ControllerClient, followWithProgress, type LayoutRequest, type VideoStatus } from './client';
 import { checkReadable, checkWritable, flagged, flaggedAsync } from './errors';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
 import { stoppable } from './signals';
 
 /** Spec fields and the flags that set them, so a spec error names what the user typed. */
-const FLAG_OF: Record<string, string> = { negativePrompt: 'negative-prompt', textEmbeddings: 'text-embeddings', textEmbeddingsId: 'text-embeddings', width: 'size', height: 'size' };
+const FLAG_OF: Record<string, string> = { cfgParallel: 'cfg-parallel', negativePrompt: 'negative-prompt', textEmbeddings: 'text-embeddings', textEmbeddingsId: 'text-embeddings', width: 'size', height: 'size' };
 
 /** The flag that sets a spec field (the field's own name when they agree). */
 export const flagOfField = (field: string): string => FLAG_OF[field] ?? field;
@@ -40,6 +40,8 @@ export interface RenderResult {
   block: number;
   context: number;
   stages: number;
+  /** The service's layout: K stages, each a group of ulysses x (cfgParallel ? 2 : 1) workers (in-process: one object per stage). */
+  layout?: { stages: number; ulysses: number; cfgParallel: boolean };
   layers: number[][];
   seed: number;
   latentSha256: string;
@@ -65,7 +67,9 @@ export const JOB_FLAGS = {
   shift: { value: 'K', help: "schedule shift; overrides the model scheduler's flow_shift (Wan: 3, 5 for 720p)" },
   block: { value: 'B', help: 'latent frames per block', default: '4' },
   context: { value: 'C', help: 'context frames shared with each neighbour block, 0..B', default: '2' },
-  stages: { value: 'K', help: "pipeline stages (contiguous layer ranges, one worker each); default: the controller's choice from the cost model and free workers (1 with --in-process)" },
+  stages: { value: 'K', help: "pipeline stages (contiguous layer ranges); default: the controller's choice from the cost model and free workers (1 with --in-process)" },
+  ulysses: { value: 'U', help: "Ulysses workers per stage, 1..the model's heads (same latents); default 1 with --stages, else the controller's choice" },
+  'cfg-parallel': { help: "each stage's two guidance halves on two workers (doubles the group); default off with --stages, else the controller's choice" },
   seed: { value: 'N', help: 'job seed', default: '0' },
   model: { value: 'NAME|DIR|FILE', help: "tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b, a diffusers pipeline directory or a transformer safetensors file (with --url: a name the controller's --models-dir serves)", default: 'tiny' },
 } as const satisfies Flags;
@@ -114,23 +118,32 @@ export function requestFromFlags(f: JobFlags): JobRequest {
   };
 }
 
+/** The stage groups the flags ask for (the service runs them; in-process renders have one object per stage). */
+export function layoutFromFlags(f: JobFlags): LayoutRequest {
+  const ulysses = intFlag('ulysses', f.ulysses);
+  return { ...(ulysses !== undefined ? { ulysses } : {}), ...(f['cfg-parallel'] ? { cfgParallel: true } : {}) };
+}
+
 export async function renderCommand(argv: string[]): Promise<void> {
   const f = parseCommand(RENDER, argv).values;
   const request = requestFromFlags(f);
+  const layout = layoutFromFlags(f);
   // Everything that needs no cluster is checked before one starts; the controller checks again.
   const spec = specOrUsage(request);
   if (f['in-process'] && f.url) throw new UsageError('--in-process: renders on this machine, without --url');
+  if (f['in-process'] && (f.ulysses !== undefined || f['cfg-parallel'])) throw new UsageError(`--${f.ulysses !== undefined ? 'ulysses' : 'cfg-parallel'}: stage groups run on the service's workers, not --in-process (the latents are the same)`);
   if (!f['in-process']) for (const flag of ['save-latents', 'init-noise'] as const) if (f[flag] !== undefined) throw new UsageError(`--${flag}: needs --in-process (the tensors stay on this machine)`);
   // With --url the model and the embeddings are the controller's to find, under its paths.
   const model = f.url ? null : flagged('model', () => resolveModel(spec.model));
   if (model && spec.stages > model.config.layers) throw new UsageError(`--stages: ${spec.stages} stages for a model of ${model.config.layers} layers; at most one stage per layer`);
+  if (model && layout.ulysses !== undefined) flagged('ulysses', () => validateLayout({ ulysses: layout.ulysses!, cfgParallel: false }, model.config.heads));
   if (!f.url && spec.textEmbeddings) checkReadable('text-embeddings', spec.textEmbeddings);
   if (f['init-noise'] !== undefined) checkReadable('init-noise', path.resolve(f['init-noise']));
   if (f['save-latents'] !== undefined) checkWritable('save-latents', path.resolve(f['save-latents']));
   if (f.out !== undefined) checkWritable('out', path.resolve(f.out));
   const progress = new Progress(process.stderr);
   const r = await stoppable(async (signal) => {
-    if (!f['in-process']) return renderViaService(request, { url: f.url, out: f.out, progress, signal });
+    if (!f['in-process']) return renderViaService({ ...request, ...layout }, { url: f.url, out: f.out, progress, signal });
     const text = await flaggedAsync(spec.textEmbeddings ? 'text-embeddings' : 'prompt', () => {
       progress.phase('encoding the prompt');
       return textFor(spec, model!);
@@ -302,12 +315,13 @@ function servedByName(model: string | undefined): { model: string | undefined; m
   return { model: path.basename(abs), modelsDir: path.dirname(abs) };
 }
 
-export async function renderViaService(request: JobRequest, opts: { url?: string; out?: string; progress?: Progress; signal?: AbortSignal }): Promise<RenderResult> {
+export async function renderViaService(request: JobRequest & LayoutRequest, opts: { url?: string; out?: string; progress?: Progress; signal?: AbortSignal }): Promise<RenderResult> {
   const started = performance.now();
   let cluster: LocalCluster | null = null;
   try {
     if (!opts.url) {
-      const workers = request.stages ?? EMBEDDED_WORKERS;
+      const group = (request.ulysses ?? 1) * (request.cfgParallel ? 2 : 1);
+      const workers = request.stages !== undefined ? request.stages * group : Math.max(EMBEDDED_WORKERS, group);
       opts.progress?.start('starting the cluster', workers + 2, 'processes');
       // A local model directory or file is served by name: its parent is the cluster's models directory.
       const served = servedByName(request.model);
@@ -349,6 +363,7 @@ export async function renderViaService(request: JobRequest, opts: { url?: string
       block: Number(status.spec.block),
       context: Number(status.spec.context),
       stages: status.stages ?? Number(status.spec.stages),
+      layout: r.layout,
       layers: [],
       seed: Number(status.spec.seed),
       latentSha256: r.latentSha256,
@@ -369,5 +384,5 @@ export async function renderViaService(request: JobRequest, opts: { url?: string
   }
 }
 
-/** Workers of the embedded cluster when --stages is not given: the controller chooses K among them. */
+/** Workers of the embedded cluster when --stages is not given (at least one group of --ulysses/--cfg-parallel): the controller chooses the layout among them. */
 const EMBEDDED_WORKERS = 2;

@@ -1,13 +1,13 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { JobRequest } from '@longshot/planner';
+import { describeLayout, type JobRequest } from '@longshot/planner';
 import { intFlag, parseCommand, UsageError, type CommandSpec } from './args';
-import { apiKeyFromEnv, ControllerClient, ControllerError, followWithProgress } from './client';
+import { apiKeyFromEnv, ControllerClient, ControllerError, followWithProgress, type LayoutRequest } from './client';
 import { checkWritable } from './errors';
 import { JobLog } from './job-log';
 import { LocalCluster } from './local-cluster';
 import { Progress } from './progress';
-import { flagOfField, JOB_FLAGS, requestFromFlags } from './render';
+import { flagOfField, JOB_FLAGS, layoutFromFlags, requestFromFlags } from './render';
 import { aborted, stoppable } from './signals';
 
 const URL_FLAG = { value: 'URL', help: 'the controller (or set LONGSHOT_URL), e.g. http://127.0.0.1:8080 from `longshot up`; the API key goes in LONGSHOT_API_KEY' } as const;
@@ -141,7 +141,7 @@ async function logJobs(client: ControllerClient, signal: AbortSignal): Promise<v
 export async function submitCommand(argv: string[]): Promise<void> {
   const f = parseCommand(SUBMIT, argv).values;
   const client = clientFor(f.url);
-  const request: JobRequest & { priority?: number } = { ...requestFromFlags(f), priority: intFlag('priority', f.priority) };
+  const request: JobRequest & LayoutRequest & { priority?: number } = { ...requestFromFlags(f), ...layoutFromFlags(f), priority: intFlag('priority', f.priority) };
   const job = await withField(() => client.submit(request, f['idempotency-key']));
   if (!f.wait) {
     process.stdout.write(f.json ? `${JSON.stringify(job)}\n` : `${job.id} ${job.status}\n`);
@@ -157,7 +157,7 @@ export async function statusCommand(argv: string[]): Promise<void> {
   const s = await withField(() => clientFor(f.url).status(id), id);
   if (f.json) return void process.stdout.write(`${JSON.stringify(s)}\n`);
   const p = s.progress;
-  process.stdout.write(`${s.id} ${s.status}: blocks ${p.blocksDone}/${p.blocks}, block-steps ${p.blockStepsDone}/${p.blockSteps}${p.etaSeconds !== null ? `, eta ${Math.round(p.etaSeconds)} s` : ''}${s.error ? `\nerror: ${s.error.message}` : ''}${s.result ? `\nlatentSha256 ${s.result.latentSha256}` : ''}\n`);
+  process.stdout.write(`${s.id} ${s.status}: blocks ${p.blocksDone}/${p.blocks}, block-steps ${p.blockStepsDone}/${p.blockSteps}${p.etaSeconds !== null ? `, eta ${Math.round(p.etaSeconds)} s` : ''}${s.error ? `\nerror: ${s.error.message}` : ''}${s.result ? `\nlayout ${describeLayout(s.result.layout)}\nlatentSha256 ${s.result.latentSha256}` : ''}\n`);
 }
 
 export async function fetchCommand(argv: string[]): Promise<void> {

@@ -70,7 +70,7 @@ describe("up's job log", () => {
       ev('block', { index: 0 }),
       ...Array.from({ length: 8 }, (_, i) => ev('progress', { blockStepsDone: i + 1, blockSteps: 8, etaSeconds: 7 - i })),
       ev('retrying', { error: 'worker w-1 lost' }),
-      ev('started', { stages: 2, workers: ['w-0', 'w-2'], attempt: 2 }),
+      ev('started', { stages: 2, layout: { ulysses: 1, cfgParallel: false }, workers: ['w-0', 'w-2'], attempt: 2 }),
       ev('progress', { blockStepsDone: 4, blockSteps: 8, etaSeconds: 2 }),
       ev('succeeded', { result: { seconds: 3.25, frames: 13, latentSha256: 'ab'.repeat(32) } }),
     ];
@@ -85,6 +85,9 @@ describe("up's job log", () => {
       'job job-1 denoising: 50% (4/8 block-steps, eta 2 s)',
       'job job-1 succeeded in 3.3 s: 13 frames, latentSha256 abababababababab…',
     ]);
+    expect(log.line(job, ev('started', { stages: 1, layout: { ulysses: 2, cfgParallel: true }, workers: ['w-0', 'w-1', 'w-2', 'w-3'], attempt: 1 }))).toBe(
+      'job job-1 running: 1 stage(s) (K=1 x U=2 x CFG) on w-0, w-1, w-2, w-3 (attempt 1)',
+    );
     expect(log.line(job, ev('failed', { error: { message: 'out of memory' } }))).toBe('job job-1 failed: out of memory');
     expect(log.line(job, ev('canceled'))).toBe('job job-1 canceled');
   });

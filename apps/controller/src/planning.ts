@@ -1,5 +1,5 @@
 import { vaeDecodeCost, type ModelConfig, type VaeConfig } from '@longshot/model';
-import { candidateLayouts, getProfile, jobTiming, pickLayout, planJob, predictPipelineSeconds, type JobSpec, type Link, type PipelineLayout } from '@longshot/planner';
+import { candidateLayouts, getProfile, jobTiming, pickLayout, planJob, predictPipelineSeconds, SINGLE_STAGE_GROUP, type JobSpec, type Link, type PipelineLayout, type StageGroupShape } from '@longshot/planner';
 
 /** A layout with more workers must beat the best smaller one by this much: each is a whole leased worker. */
 export const MIN_GAIN = 0.1;
@@ -25,27 +25,33 @@ export function pickStages(maxK: number, seconds: (K: number) => number): number
   return pickLayout(candidates, (l) => seconds(l.stages), MIN_GAIN).layout.stages;
 }
 
-/**
- * K stages of U-member Ulysses groups (and CFG parallel or not) for `freeWorkers` workers
- * (docs/parallelism.md): the cost model's latency of every candidate layout, keeping the one with
- * the fewest workers within MIN_GAIN of the best. Not yet what the controller's jobs run with:
- * they lease K single workers (chooseStages); a layout runs through the driver's
- * `DistributedJob.layout` (the embedded driver, the pipeline bench).
- */
-export function chooseLayout(spec: JobSpec, config: ModelConfig, vae: VaeConfig, freeWorkers: number, profileName: string): PipelineLayout {
-  const candidates = candidateLayouts(Math.max(1, freeWorkers), config.layers, config.heads);
-  return pickLayout(candidates, (l) => predictJobSeconds(spec, config, vae, l, profileName), MIN_GAIN).layout;
+/** What the request fixed of a job's layout, and what the leased workers' links are. */
+export interface LayoutChoice {
+  /** The group shape's fields the request set (`ulysses`, `cfgParallel`); the planner chooses the others. */
+  readonly fixed?: Partial<StageGroupShape>;
+  /**
+   * The links between the stages' rank-0 workers that leasing `layoutWorkers(layout)` workers
+   * would give (planner `placementLinks`); without, every hop takes the profile's default link.
+   */
+  readonly linksFor?: (layout: PipelineLayout) => readonly Link[];
 }
 
 /**
- * K for a job that left `stages` open: the cost model's predicted latency (predictJobSeconds,
- * decoding included) for every K the free workers allow (at most the layer count), keeping the
- * smallest K within MIN_GAIN of the best. Deterministic output does not depend on K, so this is
- * purely a speed/fleet trade-off. `linksFor(K)`: the links between the K workers a job of K
- * stages would lease; without, every hop takes the profile's default link.
+ * K stages of U-member Ulysses groups (and CFG parallel or not) for a job that left `stages` open
+ * (docs/parallelism.md): the cost model's latency (predictJobSeconds, decoding included) of every
+ * candidate layout of at most `freeWorkers` workers, keeping the one with the fewest workers
+ * within MIN_GAIN of the best. Deterministic output does not depend on the layout, so this is
+ * purely a speed/fleet trade-off. When the free workers are too few for the request's fixed
+ * group shape, one stage of that shape (the job waits for its workers).
  */
+export function chooseLayout(spec: JobSpec, config: ModelConfig, vae: VaeConfig, freeWorkers: number, profileName: string, choice: LayoutChoice = {}): PipelineLayout {
+  const fixed = choice.fixed ?? {};
+  const candidates = candidateLayouts(Math.max(1, freeWorkers), config.layers, config.heads, fixed);
+  if (candidates.length === 0) return { stages: 1, ulysses: fixed.ulysses ?? 1, cfgParallel: fixed.cfgParallel ?? false };
+  return pickLayout(candidates, (l) => predictJobSeconds(spec, config, vae, l, profileName, choice.linksFor?.(l)), MIN_GAIN).layout;
+}
+
+/** K single-worker stages for a job that left `stages` open (chooseLayout with one worker per stage). `linksFor(K)`: as LayoutChoice.linksFor. */
 export function chooseStages(spec: JobSpec, config: ModelConfig, vae: VaeConfig, freeWorkers: number, profileName: string, linksFor?: (K: number) => readonly Link[]): number {
-  const maxK = Math.min(config.layers, freeWorkers);
-  if (maxK <= 1) return 1;
-  return pickStages(maxK, (K) => predictJobSeconds(spec, config, vae, K, profileName, linksFor?.(K)));
+  return chooseLayout(spec, config, vae, freeWorkers, profileName, { fixed: SINGLE_STAGE_GROUP, linksFor: linksFor && ((l) => linksFor(l.stages)) }).stages;
 }

@@ -10,12 +10,22 @@ export interface SubmitRequest {
   readonly job: JobRequest;
   /** True when the client left `stages` to the planner. */
   readonly autoStages: boolean;
+  /**
+   * Each stage's group shape (docs/parallelism.md) as the request set it. With `stages` given, an
+   * omitted field is 1 or false; with `stages` left open, null: the planner's choice.
+   */
+  readonly layout: RequestedLayout;
   /** BullMQ priority: lower runs sooner; 0 (the default) is the lowest of all in BullMQ, so we map it. */
   readonly priority: number;
   /** The upload (POST /v1/embeddings) whose embeddings condition the job; job.textEmbeddings is it too. */
   readonly textEmbeddingsId: string | null;
   /** Where the job's events are POSTed, and which (null: no webhook). */
   readonly webhook: WebhookRequest | null;
+}
+
+export interface RequestedLayout {
+  readonly ulysses: number | null;
+  readonly cfgParallel: boolean | null;
 }
 
 /** Ids POST /v1/embeddings returns (UUIDs). */
@@ -30,7 +40,7 @@ export const MAX_PRIORITY = 2_097_152;
  * schema below is it, and parseSubmit checks exactly what it declares.
  */
 interface FieldSpec {
-  readonly type: 'string' | 'number' | 'integer' | 'array';
+  readonly type: 'string' | 'number' | 'integer' | 'boolean' | 'array';
   readonly description?: string;
   readonly example?: string | number | readonly string[];
   readonly enum?: readonly string[];
@@ -69,7 +79,17 @@ const SUBMIT_FIELDS = {
   sampler: { type: 'string', enum: ['unipc', 'euler'], description: 'Solver: unipc (default, what Wan ships) or euler.' },
   seed: { type: 'integer' },
   model: { type: 'string', pattern: MODEL_NAME_PATTERN, description: 'A model the workers serve, by name: tiny, small, wan2.1-t2v-1.3b, wan2.1-t2v-14b, or an entry of the models directory. Never a path.' },
-  stages: { type: 'integer', description: 'Pipeline stages K; omit to let the planner choose.' },
+  stages: { type: 'integer', description: 'Pipeline stages K; omit to let the planner choose K (and the fields of ulysses and cfgParallel left out).' },
+  ulysses: {
+    type: 'integer',
+    minimum: 1,
+    description:
+      "Ulysses (sequence-parallel) workers per stage U, at most the model's attention heads: each stage runs on a group of U (x2 with cfgParallel) workers; the latents are the same. Default 1 with stages; the planner's choice without.",
+  },
+  cfgParallel: {
+    type: 'boolean',
+    description: "Run each stage's two guidance halves on two workers (doubles the group). Default false with stages; the planner's choice without.",
+  },
   block: { type: 'integer', description: 'Latent frames per block (B).' },
   context: { type: 'integer', description: 'Context frames shared with each neighbour block (C).' },
   priority: { type: 'integer', minimum: 1, maximum: MAX_PRIORITY, description: 'Lower runs sooner (BullMQ semantics); default 1000.' },
@@ -98,14 +118,26 @@ export const SUBMIT_SCHEMA = { type: 'object', additionalProperties: false, prop
 function checkField(name: string, spec: FieldSpec, v: unknown): void {
   if (v === null || v === undefined) throw new SpecError(name, 'must not be null');
   if (spec.type === 'array') return checkArray(name, spec, v);
-  const ok = spec.type === 'string' ? typeof v === 'string' : spec.type === 'number' ? typeof v === 'number' && Number.isFinite(v) : typeof v === 'number' && Number.isInteger(v);
-  if (!ok) throw new SpecError(name, `must be ${spec.type === 'integer' ? 'an integer' : `a ${spec.type}`}, got ${echo(v)}`);
+  if (!hasType(spec.type, v)) throw new SpecError(name, `must be ${spec.type === 'integer' ? 'an integer' : `a ${spec.type}`}, got ${echo(v)}`);
   if (spec.maxLength !== undefined && (v as string).length > spec.maxLength) throw new SpecError(name, `must be at most ${spec.maxLength} characters`);
   if (spec.enum && !spec.enum.includes(v as string)) throw new SpecError(name, `must be one of ${spec.enum.join(', ')}, got ${echo(v)}`);
   // Not echoed: a value that fails a pattern may be a path, and the answer must not repeat it.
   if (spec.pattern && !new RegExp(spec.pattern).test(v as string)) throw new SpecError(name, `must match ${spec.pattern}`);
   if ((spec.minimum !== undefined && (v as number) < spec.minimum) || (spec.maximum !== undefined && (v as number) > spec.maximum)) {
     throw new SpecError(name, `must be in ${spec.minimum ?? '-inf'}..${spec.maximum ?? 'inf'}, got ${v as number}`);
+  }
+}
+
+function hasType(type: Exclude<FieldSpec['type'], 'array'>, v: unknown): boolean {
+  switch (type) {
+    case 'string':
+      return typeof v === 'string';
+    case 'boolean':
+      return typeof v === 'boolean';
+    case 'number':
+      return typeof v === 'number' && Number.isFinite(v);
+    case 'integer':
+      return typeof v === 'number' && Number.isInteger(v);
   }
 }
 
@@ -166,7 +198,12 @@ export function parseSubmit(body: unknown): SubmitRequest {
     seed: b.seed as number | undefined,
     model: b.model as string | undefined,
   };
-  return { job, autoStages: b.stages === undefined, priority, textEmbeddingsId: (b.textEmbeddingsId as string | undefined) ?? null, webhook: webhookOf(b) };
+  const autoStages = b.stages === undefined;
+  const layout: RequestedLayout = {
+    ulysses: (b.ulysses as number | undefined) ?? (autoStages ? null : 1),
+    cfgParallel: (b.cfgParallel as boolean | undefined) ?? (autoStages ? null : false),
+  };
+  return { job, autoStages, layout, priority, textEmbeddingsId: (b.textEmbeddingsId as string | undefined) ?? null, webhook: webhookOf(b) };
 }
 
 /** The webhook fields' meaning beyond their types: a usable URL, and events only with it. */

@@ -1,15 +1,15 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { ConflictException, Inject, Injectable, NotFoundException } from '@nestjs/common';
-import { isTerminal, JOB_STATUSES, type JobStatus, type WorkerInfo, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
-import { ModelNameError, parameterCount, SafetensorsFile, type ModelCatalog, type ModelConfig } from '@longshot/model';
-import { DEFAULT_LIMITS, normalizeSpec, planJob, SpecError } from '@longshot/planner';
+import { isTerminal, JOB_STATUSES, type JobLayout, type JobStatus, type WorkerInfo, type WorkerLeases, type WorkerRegistry } from '@longshot/cache';
+import { ModelNameError, parameterCount, SafetensorsFile, validateLayout, type ModelCatalog, type ModelConfig } from '@longshot/model';
+import { DEFAULT_LIMITS, describeLayout, groupWorkers, layoutWorkers, normalizeSpec, planJob, SpecError, type JobSpec } from '@longshot/planner';
 import { AuthService, type Caller } from './auth';
 import type { ControllerConfig } from './config';
 import { candidates, workerState } from '@longshot/pipeline';
 import { jobDuration } from './metrics';
 import { RenderQueue } from './queue';
 import { urlsOf, type VideoRecord, type VideoSpec, type VideoStore } from './render';
-import { parseSubmit } from './request';
+import { parseSubmit, type RequestedLayout, type SubmitRequest } from './request';
 import type { JobDataRepository, ResultStore, UploadRepository } from './repositories';
 import { CONFIG, JOB_DATA, JOBS, LEASES, MODELS, REGISTRY, RESULTS, UPLOADS } from './tokens';
 import { WebhookService } from './webhooks/webhook.service';
@@ -51,23 +51,19 @@ export class VideosService {
       throw e;
     }
     if (req.textEmbeddingsId !== null) await this.uploads.textEmbeddings(req.textEmbeddingsId, caller.tenant, model);
-    if (!req.autoStages) {
-      if (spec.stages > model.layers) throw new SpecError('stages', `${spec.stages} stages for a model of ${model.layers} layers; at most one stage per layer`);
-      const serving = candidates(await this.registry.list(), spec.model).length;
-      if (spec.stages > serving) throw new SpecError('stages', `${spec.stages} stages but only ${serving} registered workers serve model ${spec.model}`);
-    }
+    await this.checkLayout(req, spec, model);
     const plan = planJob(spec);
     this.checkCost(req.job, plan.blockSteps, spec.model, model, caller);
     if (req.webhook) await this.webhooks.check(req.webhook);
     // The webhook's URL is kept in the outbox only: the record (GET, SSE) names its events.
-    const stored: VideoSpec = { ...spec, autoStages: req.autoStages, webhookEvents: req.webhook?.events ?? null };
+    const stored: VideoSpec = { ...spec, autoStages: req.autoStages, ...req.layout, webhookEvents: req.webhook?.events ?? null };
     const id = randomUUID();
     // Keys are per tenant: another tenant's identical key is another job, and never names this one.
     const idem = idempotencyKey === undefined ? null : { key: sha256(`${caller.tenant}\n${idempotencyKey}`), bodyHash: sha256(canonicalJson(body)) };
     // Subscribed before the record exists, so no event is missed; a record that never comes
     // (a crash in between) leaves an orphan the delivery loop drops.
     if (req.webhook) await this.webhooks.subscribe(id, req.webhook);
-    const outcome = await this.jobs.create({ id, tenant: caller.tenant, spec: stored, priority: req.priority, stages: req.autoStages ? null : spec.stages, blocks: plan.blocks, blockSteps: plan.blockSteps }, idem);
+    const outcome = await this.jobs.create({ id, tenant: caller.tenant, spec: stored, priority: req.priority, stages: req.autoStages ? null : spec.stages, layout: req.autoStages ? null : fixedLayout(req.layout), blocks: plan.blocks, blockSteps: plan.blockSteps }, idem);
     if (!outcome.created) {
       if (req.webhook) await this.webhooks.unsubscribe(id);
       if (!outcome.sameBody) throw new ConflictException({ error: 'conflict', message: 'this Idempotency-Key was used with a different body' });
@@ -85,6 +81,28 @@ export class VideosService {
       throw e;
     }
     return { created: true, body: { id, status: 'queued', urls: urlsOf(id) } };
+  }
+
+  /**
+   * The layout against the model and the fleet (docs/parallelism.md): U within the model's heads
+   * (libs/model validateLayout), K within its layers, and no more workers than serve the model
+   * (with stages left open: one stage of the group shape the request fixed, if it fixed one).
+   */
+  private async checkLayout(req: SubmitRequest, spec: JobSpec, model: ModelConfig): Promise<void> {
+    const shape = fixedLayout(req.layout);
+    try {
+      validateLayout(shape, model.heads);
+    } catch (e) {
+      throw new SpecError('ulysses', (e as Error).message);
+    }
+    if (!req.autoStages && spec.stages > model.layers) throw new SpecError('stages', `${spec.stages} stages for a model of ${model.layers} layers; at most one stage per layer`);
+    const layout = { stages: req.autoStages ? 1 : spec.stages, ...shape };
+    const needed = layoutWorkers(layout);
+    if (req.autoStages && needed === 1) return; // the planner fits the job to the workers it finds
+    const serving = candidates(await this.registry.list(), spec.model).length;
+    if (needed <= serving) return;
+    if (groupWorkers(shape) === 1) throw new SpecError('stages', `${spec.stages} stages but only ${serving} registered workers serve model ${spec.model}`);
+    throw new SpecError(shape.ulysses > 1 ? 'ulysses' : 'cfgParallel', `${describeLayout(layout)} needs ${needed} workers but only ${serving} registered workers serve model ${spec.model}`);
   }
 
   /**
@@ -138,21 +156,29 @@ export class VideosService {
   }
 
   view(rec: VideoRecord, caller: Caller) {
-    const { autoStages, textEmbeddings, webhookEvents, ...spec } = rec.spec;
+    const { autoStages, textEmbeddings, webhookEvents, ulysses, cfgParallel, ...spec } = rec.spec;
     return {
       id: rec.id,
       status: rec.status,
-      spec: { ...spec, textEmbeddingsId: textEmbeddings, stages: rec.stages, autoStages, webhookEvents: webhookEvents ?? null },
+      spec: { ...spec, textEmbeddingsId: textEmbeddings, stages: rec.stages, ulysses: ulysses ?? (autoStages ? null : 1), cfgParallel: cfgParallel ?? (autoStages ? null : false), autoStages, webhookEvents: webhookEvents ?? null },
       tenant: rec.tenant,
       priority: rec.priority,
       progress: rec.progress,
       stages: rec.stages,
+      layout: rec.layout ?? null,
       workers: rec.workers,
       attempts: rec.attempts,
       owner: rec.owner,
       numerics: rec.numerics,
-      // Records written before hops, their links or the placement were reported lack them.
-      result: rec.result ? { ...rec.result, hops: (rec.result.hops ?? []).map((h) => ({ ...h, link: h.link ?? null })), placement: rec.result.placement ?? [] } : null,
+      // Records written before hops, their links, the placement or the layout were reported lack them (those ran one worker per stage).
+      result: rec.result
+        ? {
+            ...rec.result,
+            hops: (rec.result.hops ?? []).map((h) => ({ ...h, link: h.link ?? null })),
+            placement: rec.result.placement ?? [],
+            layout: rec.result.layout ?? { stages: rec.stages ?? 1, ulysses: 1, cfgParallel: false },
+          }
+        : null,
       error: rec.error,
       createdAt: iso(rec.createdAt),
       startedAt: iso(rec.startedAt),
@@ -298,6 +324,11 @@ export interface MetricsTargetGroup {
 const IDEMPOTENCY_KEY = /^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$/;
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+/** The group shape a request fixed, its open fields taken as one worker per stage. */
+function fixedLayout(l: RequestedLayout): JobLayout {
+  return { ulysses: l.ulysses ?? 1, cfgParallel: l.cfgParallel ?? false };
+}
+
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 /** JSON with sorted keys: the same body in any key order hashes the same. */

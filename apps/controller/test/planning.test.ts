@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { getConfig, seededVaeConfig, vaeDecodeFlops, WAN21_VAE } from '@longshot/model';
-import { getProfile, jobTiming, normalizeSpec, placementLinks, planJob, predictPipelineSeconds } from '@longshot/planner';
-import { chooseStages, pickStages, predictJobSeconds } from '../src/planning';
+import { describeLayout, getProfile, jobTiming, layoutWorkers, normalizeSpec, placementLinks, planJob, predictPipelineSeconds, type PipelineLayout } from '@longshot/planner';
+import { chooseLayout, chooseStages, pickStages, predictJobSeconds } from '../src/planning';
 
 const MODELS = ['tiny', 'small', 'wan2.1-t2v-1.3b', 'wan2.1-t2v-14b'];
 const PROFILES = ['h100-nvlink', 'h100-100gbe', 'rtx4090-pcie'];
@@ -97,5 +97,70 @@ describe('the decoder in the plan (decoding on the tail, docs/vae.md)', () => {
     expect(chooseStages(spec(4), wan, WAN21_VAE, 8, 'rtx4090-pcie')).toBe(7);
     // Twenty steps: decoding is a few percent of the job; K stays.
     for (const free of [2, 4, 8]) expect(chooseStages(spec(20), wan, WAN21_VAE, free, 'h100-100gbe')).toBe(before(spec(20), free, 'h100-100gbe'));
+  });
+});
+
+describe('chooseLayout (K, U and CFG parallel when a job leaves stages open)', () => {
+  const spec720p = (model: string) => normalizeSpec({ prompt: 'x', seconds: 5, width: 1280, height: 720, model });
+
+  it('stays within the free workers, the layers and the heads, and honours the fields the request fixed', () => {
+    for (const model of MODELS) {
+      const config = getConfig(model);
+      const vae = seededVaeConfig(config);
+      for (const free of [1, 2, 3, 4, 8, 16]) {
+        for (const fixed of [{}, { cfgParallel: true }, { cfgParallel: false }, { ulysses: 2 }, { ulysses: 1, cfgParallel: false }]) {
+          const l = chooseLayout(spec480p(model), config, vae, free, 'h100-nvlink', { fixed });
+          const what = `${model} ${free} ${JSON.stringify(fixed)}: ${describeLayout(l)}`;
+          expect(l, what).toMatchObject(fixed);
+          expect(l.stages, what).toBeLessThanOrEqual(config.layers);
+          expect(l.ulysses, what).toBeLessThanOrEqual(config.heads);
+          // Too few free workers for the fixed group: one stage of it (the job waits for its workers).
+          const group = (fixed.ulysses ?? 1) * (fixed.cfgParallel ? 2 : 1);
+          if (group > free) expect(l, what).toEqual({ stages: 1, ulysses: fixed.ulysses ?? 1, cfgParallel: fixed.cfgParallel ?? false });
+          else expect(layoutWorkers(l), what).toBeLessThanOrEqual(free);
+        }
+      }
+    }
+  });
+
+  it('spends workers on groups where the cost model says they beat more stages: a real model at 720p', () => {
+    for (const model of ['wan2.1-t2v-1.3b', 'wan2.1-t2v-14b']) {
+      const config = getConfig(model);
+      const vae = seededVaeConfig(config);
+      const s = spec720p(model);
+      expect(chooseLayout(s, config, vae, 1, 'h100-nvlink')).toEqual({ stages: 1, ulysses: 1, cfgParallel: false });
+      for (const free of [4, 8, 16]) {
+        const l = chooseLayout(s, config, vae, free, 'h100-nvlink');
+        const K = chooseStages(s, config, vae, free, 'h100-nvlink');
+        expect(l.ulysses > 1 || l.cfgParallel, `${model} ${free}: ${describeLayout(l)}`).toBe(true);
+        // At least MIN_GAIN faster than the best stages-only choice, or it would not use more workers than K.
+        expect(predictJobSeconds(s, config, vae, l, 'h100-nvlink')).toBeLessThan(predictJobSeconds(s, config, vae, K, 'h100-nvlink'));
+      }
+    }
+    // With one worker per stage fixed, it is chooseStages' K.
+    const wan = getConfig('wan2.1-t2v-14b');
+    expect(chooseLayout(spec720p('wan2.1-t2v-14b'), wan, WAN21_VAE, 8, 'h100-nvlink', { fixed: { ulysses: 1, cfgParallel: false } }).stages).toBe(chooseStages(spec720p('wan2.1-t2v-14b'), wan, WAN21_VAE, 8, 'h100-nvlink'));
+  });
+
+  it("prices each layout on the links between its stages' rank-0 workers, as leasing would place them", () => {
+    const tiny = getConfig('tiny');
+    const vae = seededVaeConfig(tiny);
+    const L = getProfile('h100-100gbe').links;
+    const seen: PipelineLayout[] = [];
+    const network = (l: PipelineLayout) => {
+      seen.push(l);
+      return l.stages === 1 ? [] : Array(l.stages).fill(L.network);
+    };
+    let differs = false;
+    for (const s of [spec480p('tiny'), spec720p('tiny')]) {
+      for (const free of [2, 4, 8, 16]) {
+        // Stages a network apart under the NVLink profile choose as the 100 GbE profile does.
+        const onNetwork = chooseLayout(s, tiny, vae, free, 'h100-nvlink', { linksFor: network });
+        expect(onNetwork, `${free}`).toEqual(chooseLayout(s, tiny, vae, free, 'h100-100gbe'));
+        differs ||= describeLayout(onNetwork) !== describeLayout(chooseLayout(s, tiny, vae, free, 'h100-nvlink'));
+      }
+    }
+    expect(differs).toBe(true);
+    expect(seen.some((l) => l.ulysses > 1 && l.cfgParallel)).toBe(true);
   });
 });

@@ -15,7 +15,7 @@ function refusedField(body: unknown): string | null {
 
 describe('POST /v1/videos body', () => {
   it('accepts every field the OpenAPI schema declares, with a value of its type', () => {
-    const sample = { string: 'x', number: 1.5, integer: 2, array: ['x'] } as const;
+    const sample = { string: 'x', number: 1.5, integer: 2, boolean: true, array: ['x'] } as const;
     const hook = 'https://hooks.example.com/longshot?token=abc';
     const special: Record<string, unknown> = { size: '256x128', textEmbeddingsId: '123e4567-e89b-42d3-a456-426614174000', model: 'wan2.1-t2v-1.3b', webhook: hook, webhookEvents: ['succeeded'] };
     // Fields that are only accepted beside another.
@@ -67,6 +67,14 @@ describe('POST /v1/videos body', () => {
       [{ webhook: 'https://hooks.example.com/x', webhookEvents: ['completed'] }, 'webhookEvents'],
       [{ webhook: 'https://hooks.example.com/x', webhookEvents: [3] }, 'webhookEvents'],
       [{ webhook: 'https://hooks.example.com/x', webhookEvents: ['failed', 'failed'] }, 'webhookEvents'],
+      // Layout: U a whole number from 1, CFG parallel a JSON boolean (not "true", not 1).
+      [{ ulysses: 0 }, 'ulysses'],
+      [{ ulysses: -2 }, 'ulysses'],
+      [{ ulysses: 1.5 }, 'ulysses'],
+      [{ ulysses: '2' }, 'ulysses'],
+      [{ cfgParallel: 'true' }, 'cfgParallel'],
+      [{ cfgParallel: 1 }, 'cfgParallel'],
+      [{ cfgParallel: null }, 'cfgParallel'],
     ];
     for (const [body, field] of cases) expect(refusedField(body), JSON.stringify(body)).toBe(field);
   });
@@ -77,6 +85,17 @@ describe('POST /v1/videos body', () => {
     expect(r.priority).toBe(DEFAULT_PRIORITY);
     expect(r.autoStages).toBe(true);
     expect(parseSubmit({ stages: 2 }).autoStages).toBe(false);
+  });
+
+  it('takes the layout fields as given; with stages, the omitted ones are one worker per stage, without, the planner\'s (null)', () => {
+    expect(parseSubmit({ stages: 2, ulysses: 2, cfgParallel: true }).layout).toEqual({ ulysses: 2, cfgParallel: true });
+    expect(parseSubmit({ stages: 2 }).layout).toEqual({ ulysses: 1, cfgParallel: false });
+    expect(parseSubmit({ stages: 2, cfgParallel: true }).layout).toEqual({ ulysses: 1, cfgParallel: true });
+    expect(parseSubmit({}).layout).toEqual({ ulysses: null, cfgParallel: null });
+    expect(parseSubmit({ ulysses: 3 }).layout).toEqual({ ulysses: 3, cfgParallel: null });
+    expect(parseSubmit({ cfgParallel: false })).toMatchObject({ autoStages: true, layout: { ulysses: null, cfgParallel: false } });
+    expect(SUBMIT_SCHEMA.properties.cfgParallel.type).toBe('boolean');
+    expect(SUBMIT_SCHEMA.properties.ulysses.minimum).toBe(1);
   });
 
   it('reads a webhook: its URL, and every event but progress unless webhookEvents chooses', () => {

@@ -15,6 +15,12 @@ export interface JobProgress {
   readonly etaSeconds: number | null;
 }
 
+/** Each stage as a group of `ulysses` x (cfgParallel ? 2 : 1) workers (libs/model StageLayout has the same shape). */
+export interface JobLayout {
+  readonly ulysses: number;
+  readonly cfgParallel: boolean;
+}
+
 /** A job's durable record: what GET /v1/videos/:id shows, whichever replica answers. */
 export interface JobRecord<Spec = unknown, Result = unknown> {
   readonly id: string;
@@ -26,6 +32,8 @@ export interface JobRecord<Spec = unknown, Result = unknown> {
   readonly progress: JobProgress;
   /** Stages the job runs on; null until chosen (the planner picks K when the request left it open). */
   readonly stages: number | null;
+  /** How each of the stages is split among a group of workers (docs/parallelism.md); null until chosen, with `stages`. */
+  readonly layout: JobLayout | null;
   readonly workers: readonly string[];
   /** Runs started (a retry or a takeover by another replica is another run). */
   readonly attempts: number;
@@ -191,7 +199,7 @@ export class JobStore<Spec = unknown, Result = unknown> {
    * the caller) that was used before, stores nothing and names the earlier job instead.
    */
   async create(
-    input: { id: string; tenant: string; spec: Spec; priority: number; stages: number | null; blocks: number; blockSteps: number },
+    input: { id: string; tenant: string; spec: Spec; priority: number; stages: number | null; layout?: JobLayout | null; blocks: number; blockSteps: number },
     idempotency: { key: string; bodyHash: string } | null,
   ): Promise<CreateOutcome<Spec, Result>> {
     const now = Date.now();
@@ -203,6 +211,7 @@ export class JobStore<Spec = unknown, Result = unknown> {
       priority: input.priority,
       progress: { blocksDone: 0, blocks: input.blocks, blockStepsDone: 0, blockSteps: input.blockSteps, etaSeconds: null },
       stages: input.stages,
+      layout: input.layout ?? null,
       workers: [],
       attempts: 0,
       result: null,
@@ -394,7 +403,7 @@ export function compareEventIds(a: string, b: string): number {
   return d < 0n ? -1 : d > 0n ? 1 : 0;
 }
 
-const JSON_FIELDS = new Set(['spec', 'workers', 'result', 'error']);
+const JSON_FIELDS = new Set(['spec', 'layout', 'workers', 'result', 'error']);
 
 function encodeFields(fields: Record<string, unknown>): string[] {
   const out: string[] = [];
@@ -420,6 +429,7 @@ function decodeRecord<Spec, Result>(h: Record<string, string>): JobRecord<Spec, 
     priority: num('priority'),
     progress: { blocksDone: num('blocksDone'), blocks: num('blocks'), blockStepsDone: num('blockStepsDone'), blockSteps: num('blockSteps'), etaSeconds: nnum('etaSeconds') },
     stages: nnum('stages'),
+    layout: json<JobLayout | null>('layout', null),
     workers: json<string[]>('workers', []),
     attempts: num('attempts'),
     result: json<Result | null>('result', null),

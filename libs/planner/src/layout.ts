@@ -34,11 +34,15 @@ export function describeLayout(l: PipelineLayout): string {
 /** Ulysses degrees the planner considers: at most one node's 8 GPUs, and never more than the heads. */
 export const ULYSSES_DEGREES = [1, 2, 3, 4, 6, 8] as const;
 
-/** Every layout of at most `workers` workers for a model of `layers` layers and `heads` heads, fewest workers first. */
-export function candidateLayouts(workers: number, layers: number, heads: number): PipelineLayout[] {
+/**
+ * Every layout of at most `workers` workers for a model of `layers` layers and `heads` heads,
+ * fewest workers first. `fixed`: the group shape's fields a request set (any U from 1 to the heads);
+ * the others range over ULYSSES_DEGREES and CFG parallel or not.
+ */
+export function candidateLayouts(workers: number, layers: number, heads: number, fixed: Partial<StageGroupShape> = {}): PipelineLayout[] {
   const out: PipelineLayout[] = [];
-  for (const cfgParallel of [false, true]) {
-    for (const ulysses of ULYSSES_DEGREES) {
+  for (const cfgParallel of fixed.cfgParallel === undefined ? [false, true] : [fixed.cfgParallel]) {
+    for (const ulysses of fixed.ulysses === undefined ? ULYSSES_DEGREES : [fixed.ulysses]) {
       if (ulysses > heads) continue;
       const per = groupWorkers({ ulysses, cfgParallel });
       for (let stages = 1; stages <= Math.min(layers, Math.floor(workers / per)); stages++) out.push({ stages, ulysses, cfgParallel });

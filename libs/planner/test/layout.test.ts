@@ -68,6 +68,12 @@ describe('choosing a layout', () => {
     expect(c.map(describeLayout)).not.toContain('K=1 x U=3');
   });
 
+  it('candidates keep the fields a request fixed, any U up to the heads', () => {
+    expect(candidateLayouts(8, 6, 6, { cfgParallel: true }).map(describeLayout)).toEqual(['K=1 x CFG', 'K=2 x CFG', 'K=1 x U=2 x CFG', 'K=3 x CFG', 'K=1 x U=3 x CFG', 'K=4 x CFG', 'K=2 x U=2 x CFG', 'K=1 x U=4 x CFG']);
+    expect(candidateLayouts(10, 6, 6, { ulysses: 5 }).map(describeLayout)).toEqual(['K=1 x U=5', 'K=2 x U=5', 'K=1 x U=5 x CFG']);
+    expect(candidateLayouts(3, 6, 6, { ulysses: 2, cfgParallel: true })).toEqual([]);
+  });
+
   it('takes more workers only for MIN_GAIN less time', () => {
     const layouts: PipelineLayout[] = [
       { stages: 1, ulysses: 1, cfgParallel: false },

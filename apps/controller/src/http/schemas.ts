@@ -56,11 +56,18 @@ const SPEC = object({
   block: int,
   context: int,
   stages: nullable(int),
+  ulysses: { ...int, nullable: true, description: 'Ulysses workers per stage the request set; null when left to the planner.' },
+  cfgParallel: { type: 'boolean', nullable: true, description: 'CFG parallel as the request set it; null when left to the planner.' },
   seed: int,
   model: str,
   autoStages: { type: 'boolean', description: 'True when the planner chose stages.' },
   webhookEvents: { type: 'array', items: str, nullable: true, description: "The events the job's webhook gets (its URL is not shown); null without a webhook." },
 });
+
+const GROUP_SHAPE = {
+  ulysses: { ...int, description: 'Ulysses (sequence-parallel) workers per stage.' },
+  cfgParallel: { type: 'boolean', description: "Whether each stage's two guidance halves run on two workers (doubling the group)." },
+} as const;
 
 const GPU = object({ index: int, uuid: str, name: str }, 'The CUDA device: index on its host, UUID, model.');
 
@@ -76,6 +83,7 @@ const RESULT = object({
   numerics: str,
   contentUrl: str,
   seconds: num,
+  layout: object({ stages: int, ...GROUP_SHAPE }, 'The layout the job ran on (docs/parallelism.md): K stages, each a group of ulysses x (cfgParallel ? 2 : 1) workers.'),
   hops: {
     type: 'array',
     description: "How each stage-to-stage hop (the tail's to the head included) of the run that finished moved its tensor bytes, and the link the cost model gives it from the placement; empty for one stage.",
@@ -94,7 +102,7 @@ const RESULT = object({
   },
   placement: {
     type: 'array',
-    description: 'Where each stage of the run that finished ran, head first, as its worker registered.',
+    description: 'Where each worker of the run that finished ran, as it registered: stage by stage, head first, each group in rank order.',
     items: object({ stage: int, worker: str, host: nullable(str), nvlinkDomain: nullable(str), gpu: { ...GPU, nullable: true } }),
   },
 });
@@ -109,6 +117,7 @@ export const VIDEO_SCHEMA = object({
   priority: int,
   progress: PROGRESS,
   stages: nullable(int),
+  layout: { ...object(GROUP_SHAPE, "How each stage is split among its group's workers; null until chosen, with stages."), nullable: true },
   workers: { type: 'array', items: str },
   attempts: int,
   owner: nullable(str),

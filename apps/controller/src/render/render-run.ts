@@ -4,17 +4,17 @@ import { isTerminal, type WorkerLeases, type WorkerRegistry } from '@longshot/ca
 import { jobSchedulerConfig } from '@longshot/sampler';
 import type { ModelCatalog, ModelSource, TextEmbeddings } from '@longshot/model';
 import { candidates, LeasedWorkers, placeByTopology, runDistributedJob, signJobGrant, stagePlacement, type DriverWorker, type Hop, type StagePlace } from '@longshot/pipeline';
-import { getProfile, placementLinks, planJob, type JobSpec } from '@longshot/planner';
+import { describeLayout, getProfile, groupWorkers, layoutWorkers, placementLinks, planJob, SINGLE_STAGE_GROUP, type JobSpec, type PipelineLayout } from '@longshot/planner';
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
 import type { ControllerConfig } from '../config';
 import { jobDuration, resultsStoreFailures, workersDeadlineFailures } from '../metrics';
-import { chooseStages } from '../planning';
+import { chooseLayout } from '../planning';
 import type { JobDataRepository, ResultStore, UploadRepository } from '../repositories';
 import { ProgressReporter } from './progress';
 import { canceledInQueue, isPermanentSpecFailure, settle, StopRun, waitForWorkers } from './retry-policy';
 import { BlockStitcher, workerBlockDecoder } from './stitcher';
-import { urlsOf, type RenderJobData, type VideoRecord, type VideoResult, type VideoSpec, type VideoStore } from './video';
+import { urlsOf, type RenderJobData, type ResultLayout, type VideoRecord, type VideoResult, type VideoSpec, type VideoStore } from './video';
 
 const log = logger('render');
 
@@ -81,9 +81,11 @@ export class RenderRun {
       log,
     });
     try {
-      const K = rec.stages ?? (spec.autoStages ? await this.plan(spec, modelSource) : spec.stages);
-      // A job that ran before (a retry, a takeover) is pinned to the numerics it started on.
-      const reserved = await source.tryLease(K, new Set(), rec.numerics);
+      // A job that ran before (a retry, a takeover) keeps the layout it started on.
+      const layout: PipelineLayout = rec.stages !== null ? { stages: rec.stages, ...(rec.layout ?? SINGLE_STAGE_GROUP) } : await this.plan(spec, modelSource);
+      const count = layoutWorkers(layout);
+      // ... and is pinned to the numerics it started on.
+      const reserved = await source.tryLease(count, new Set(), rec.numerics);
       if (!reserved) {
         const wait = waitForWorkers(this.job.data.waitingSince, Date.now(), { deadlineMs: config.workersDeadlineMs, retryMs: config.waitForWorkersMs });
         if (wait.kind === 'deadline') {
@@ -91,7 +93,7 @@ export class RenderRun {
           const serving = candidates(await this.d.registry.list(), spec.model).length;
           workersDeadlineFailures.inc();
           throw new UnrecoverableError(
-            `no ${K} free workers for model ${spec.model} within ${Math.round(config.workersDeadlineMs / 1000)} s (LONGSHOT_WORKERS_DEADLINE_MS); ${serving} registered workers serve it`,
+            `no ${count} free workers (${describeLayout(layout)}) for model ${spec.model} within ${Math.round(config.workersDeadlineMs / 1000)} s (LONGSHOT_WORKERS_DEADLINE_MS); ${serving} registered workers serve it`,
           );
         }
         if (this.job.data.waitingSince === undefined) await this.job.updateData({ ...this.job.data, waitingSince: wait.since });
@@ -100,7 +102,7 @@ export class RenderRun {
       }
       if (this.job.data.waitingSince !== undefined) await this.job.updateData({ id: this.id });
       source.reserve(reserved);
-      await this.runPipeline(rec, { ...spec, stages: K }, modelSource, text, source, reserved);
+      await this.runPipeline(rec, { ...spec, stages: layout.stages }, layout, modelSource, text, source, reserved);
     } catch (e) {
       await this.settleFailure(rec, e);
     } finally {
@@ -109,40 +111,52 @@ export class RenderRun {
   }
 
   /**
-   * K for a job that left it open: from the cost model and the workers free right now, each K
-   * priced on the links between the workers leasing would give it (placeByTopology).
+   * The layout of a job that has none yet: the request's, or where it left stages open the cost
+   * model's for the workers free right now (chooseLayout), each candidate priced on the links
+   * between the stages' rank-0 workers leasing would give it (placeByTopology: stage k takes the
+   * consecutive workers k*G .. k*G+G-1, as the driver assigns them).
    */
-  private async plan(spec: VideoSpec, model: ModelSource): Promise<number> {
+  private async plan(spec: VideoSpec, model: ModelSource): Promise<PipelineLayout> {
+    const requested = { ulysses: spec.ulysses ?? null, cfgParallel: spec.cfgParallel ?? null };
+    if (!spec.autoStages) return { stages: spec.stages, ulysses: requested.ulysses ?? 1, cfgParallel: requested.cfgParallel ?? false };
     const workers = await this.d.registry.list();
     const info = new Map(workers.map((w) => [w.id, w]));
     const live = candidates(workers, spec.model);
     const leased = new Set((await this.d.leases.leases(live)).map((l) => l.worker));
     const free = live.filter((id) => !leased.has(id));
     const profile = getProfile(this.d.config.plannerProfile);
-    const linksFor = (K: number) => placementLinks(placeByTopology(free, info, K).slice(0, K).map((id) => stagePlacement(info.get(id)!)), profile.links);
-    return chooseStages(spec, model.config, model.vae, Math.max(1, free.length), this.d.config.plannerProfile, linksFor);
+    const linksFor = (l: PipelineLayout) => {
+      const G = groupWorkers(l);
+      const placed = placeByTopology(free, info, layoutWorkers(l)).slice(0, layoutWorkers(l));
+      return placementLinks(placed.filter((_, i) => i % G === 0).map((id) => stagePlacement(info.get(id)!)), profile.links);
+    };
+    const fixed = { ...(requested.ulysses !== null ? { ulysses: requested.ulysses } : {}), ...(requested.cfgParallel !== null ? { cfgParallel: requested.cfgParallel } : {}) };
+    const layout = chooseLayout(spec, model.config, model.vae, free.length, this.d.config.plannerProfile, { fixed, linksFor });
+    log.info('layout chosen', { job: this.id, layout: describeLayout(layout), free: free.length });
+    return layout;
   }
 
   /** `reserved`: the leased workers, head first; the job's numerics are theirs (the record's, when the job already had one). */
-  private async runPipeline(rec: VideoRecord, spec: JobSpec, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers, reserved: DriverWorker[]): Promise<void> {
+  private async runPipeline(rec: VideoRecord, spec: JobSpec, layout: PipelineLayout, modelSource: ModelSource, text: TextEmbeddings | null, source: LeasedWorkers, reserved: DriverWorker[]): Promise<void> {
     const numerics = reserved[0].numerics;
     const { config, jobs, data } = this.d;
     const model = modelSource.config;
     const plan = planJob(spec);
     const now = Date.now();
     const attempt = rec.attempts + 1;
+    const group = { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel };
     const started = await jobs.update(this.id, {
       status: 'running',
-      // The numerics are recorded with the start, before any block is computed: later runs pin to them.
-      fields: { stages: spec.stages, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null, numerics },
-      event: { name: 'started', data: { stages: spec.stages, workers: source.workers, attempt } },
+      // The numerics and the layout are recorded with the start, before any block is computed: later runs pin to them.
+      fields: { stages: spec.stages, layout: group, workers: source.workers, attempts: attempt, owner: config.id, startedAt: rec.startedAt ?? now, error: null, numerics },
+      event: { name: 'started', data: { stages: spec.stages, layout: group, workers: source.workers, attempt } },
     });
     if (!started.changed) {
       if (started.previous === 'canceled') throw new StopRun('cancel'); // canceled between dequeue and start
       return; // another run finished it
     }
     const resume = await data.hasCheckpoint(this.id);
-    log.info('job run started', { job: this.id, attempt, stages: spec.stages, workers: source.workers, resume });
+    log.info('job run started', { job: this.id, attempt, layout: describeLayout(layout), workers: source.workers, resume });
 
     // Blocks are decoded on the tail worker of the current attempt (docs/vae.md, "Where it runs").
     let decoding = reserved[reserved.length - 1];
@@ -170,6 +184,7 @@ export class RenderRun {
     let workers = source.workers;
     let hops: Hop[] = [];
     let placement: StagePlace[] = [];
+    let ran: ResultLayout = { stages: spec.stages, ...group };
     if (resume && (await data.hasAllBlocks(this.id, plan.blocks))) {
       // The pipeline finished before the previous run died (stitching lags compute): only the
       // stitch is left, and there is nothing for workers to do.
@@ -180,7 +195,7 @@ export class RenderRun {
       const run = await runDistributedJob(
         // Session ids derive from the driver's job id: a run-unique one keeps a takeover's
         // sessions apart from the dead run's, which workers may still be closing.
-        { jobId: this.id, spec, model, keyPrefix: data.prefix(this.id), text, resume, numerics },
+        { jobId: this.id, spec, model, layout: group, keyPrefix: data.prefix(this.id), text, resume, numerics },
         {
           blocks: data.blocks,
           workers: source,
@@ -199,6 +214,7 @@ export class RenderRun {
       workers = run.workers;
       hops = run.hops;
       placement = run.placement;
+      ran = { stages: run.layout.stages, ulysses: run.layout.ulysses, cfgParallel: run.layout.cfgParallel };
     }
     this.abort.signal.throwIfAborted();
     await progress.flush();
@@ -218,6 +234,7 @@ export class RenderRun {
       numerics,
       contentUrl: urlsOf(this.id).content,
       seconds: (finishedAt - first) / 1000,
+      layout: ran,
       hops,
       placement,
     };

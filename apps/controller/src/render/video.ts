@@ -1,11 +1,16 @@
-import type { JobRecord, JobStore } from '@longshot/cache';
+import type { JobLayout, JobRecord, JobStore } from '@longshot/cache';
 import type { Hop, StagePlace } from '@longshot/pipeline';
 import type { SamplerKind } from '@longshot/sampler';
 import type { JobSpec } from '@longshot/planner';
 
-/** What a job record's spec holds: the normalised spec, and whether K was left to the planner. */
+/**
+ * What a job record's spec holds: the normalised spec, whether K was left to the planner, and
+ * the group shape the request set (null: the planner's; absent in records older than layouts: 1, false).
+ */
 export type VideoSpec = JobSpec & {
   readonly autoStages: boolean;
+  readonly ulysses?: number | null;
+  readonly cfgParallel?: boolean | null;
   /** The events the job's webhook gets; null (or absent, in older records) when it has none. */
   readonly webhookEvents?: readonly string[] | null;
 };
@@ -24,12 +29,18 @@ export interface VideoResult {
   /** The numerics fingerprint every run of the job computed with: latentSha256 is reproducible on workers of that fingerprint. */
   readonly numerics: string;
   readonly contentUrl: string;
+  /** The layout the job ran on: K stages, each a group of `ulysses` x (cfgParallel ? 2 : 1) workers. */
+  readonly layout: ResultLayout;
   /** Wall time from the first start to the end. */
   readonly seconds: number;
   /** How each stage-to-stage hop of the run that finished moved its tensor bytes (empty for K = 1, or when no stage ran). */
   readonly hops: readonly Hop[];
   /** Where each stage of the run that finished ran (host, NVLink domain, GPU), head first; empty when no stage ran. */
   readonly placement: readonly StagePlace[];
+}
+
+export interface ResultLayout extends JobLayout {
+  readonly stages: number;
 }
 
 export type VideoStore = JobStore<VideoSpec, VideoResult>;
