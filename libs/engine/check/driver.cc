@@ -294,6 +294,8 @@ size_t cuda_op_conformance(const CaseTable& table, Report& r) {
 // range's output must equal the full call's rows bit for bit. Shapes: 1.3B's model dim and
 // feed-forward width, and a small K whose rows are not 16-byte aligned.
 
+void run_graph(Backend& b, const std::vector<Node>& nodes);
+
 struct RowShape {
   size_t k, n;
 };
