@@ -693,10 +693,15 @@ const Device::PinnedGemm& Device::pinned_gemm(Storage storage, size_t n, size_t 
       cublas_.desc_set(g.desc, kLtDescTransB, &op_n, sizeof op_n) != 0 ||
       cublas_.layout_create(&g.w, t, k, n, static_cast<int64_t>(k)) != 0 ||
       cublas_.layout_create(&g.x, t, k, kGemmChunkRows, static_cast<int64_t>(k)) != 0 ||
-      cublas_.layout_create(&g.y, t, n, kGemmChunkRows, static_cast<int64_t>(n)) != 0)
+      cublas_.layout_create(&g.y, t, n, kGemmChunkRows, static_cast<int64_t>(n)) != 0) {
+    pinned_gemms_.erase(key);  // not pinned: the next call tries again rather than falling back
     throw std::runtime_error("cuBLASLt: cannot describe a " + std::to_string(n) + " x " + std::to_string(k) + " GEMM");
+  }
   cublasLtMatmulPreference_t pref = nullptr;
-  if (cublas_.pref_create(&pref) != 0) throw std::runtime_error("cuBLASLt: cublasLtMatmulPreferenceCreate failed");
+  if (cublas_.pref_create(&pref) != 0) {
+    pinned_gemms_.erase(key);
+    throw std::runtime_error("cuBLASLt: cublasLtMatmulPreferenceCreate failed");
+  }
   const uint64_t no_workspace = 0;
   const uint32_t no_reduction = kLtReductionNone;
   const uint32_t align = kGemmAlign;
