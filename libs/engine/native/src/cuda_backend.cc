@@ -117,6 +117,7 @@ struct CublasLt {
   void* lib = nullptr;
   cublasLtHandle_t handle = nullptr;
   cublasStatus_t (*create)(cublasLtHandle_t*) = nullptr;
+  size_t (*get_version)() = nullptr;
   cublasStatus_t (*desc_create)(cublasLtMatmulDesc_t*, int, cudaDataType_t) = nullptr;
   cublasStatus_t (*desc_set)(cublasLtMatmulDesc_t, int, const void*, size_t) = nullptr;
   cublasStatus_t (*layout_create)(cublasLtMatrixLayout_t*, cudaDataType_t, uint64_t, uint64_t, int64_t) = nullptr;
@@ -165,6 +166,7 @@ struct CublasLt {
     sym(heuristic, "cublasLtMatmulAlgoGetHeuristic");
     sym(algo_get, "cublasLtMatmulAlgoConfigGetAttribute");
     sym(matmul, "cublasLtMatmul");
+    sym(get_version, "cublasLtGetVersion");
     if (!all) {
       error = "libcublasLt lacks a cublasLt matmul, layout, preference or heuristic entry point";
     } else if (create(&handle) != 0) {
@@ -332,6 +334,15 @@ void Device::probe() {
   std::snprintf(uuid, sizeof uuid, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
                 u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
   status_.uuid = uuid;
+  status_.sms = prop.multiProcessorCount;
+  // cuBLASLt is opened here rather than at the first GEMM: its version belongs to the status (the
+  // numerics fingerprint), since its heuristic picks the pinned algorithms.
+  if (cudaSetDevice(device_) == cudaSuccess) {
+    cublas_tried_ = true;
+    cublas_.load();
+  }
+  cudaGetLastError();
+  status_.gemm = cublas_.ok() ? "cublaslt-" + std::to_string(cublas_.get_version()) : "tiled";
   total_mem_ = prop.totalGlobalMem;
   cache_limit_ = total_mem_ / 10 * 4;
   if (g_options.cache_mb >= 0) cache_limit_ = static_cast<size_t>(g_options.cache_mb) << 20;
