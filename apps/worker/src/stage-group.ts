@@ -119,6 +119,7 @@ export class GroupLink {
 
   /** Rank 0: member `from` reported its own failure; the group (and so the stage) fails with it at once. */
   deliverFailure(from: number, message: string): void {
+    workerMetrics.groupFailureReports.inc({ direction: 'received' });
     this.fail(new Error(`stage group member ${from} (${this.place.members[from].address}) failed: ${message}`));
   }
 
@@ -144,6 +145,7 @@ export class GroupLink {
       },
       payload,
     );
+    workerMetrics.groupFailureReports.inc({ direction: 'sent' });
   }
 
   /** A message from peer `from` on `channel` arrived (in that peer's send order). */
