@@ -9,7 +9,13 @@
 # 2. runs the op and stage-window conformance (every op x case of libs/engine/check/cases.json on
 #    each CPU SIMD level vs the float64 reference, and on CUDA vs the CPU for f32, bf16 and f16;
 #    the `small` stage window on CUDA vs the CPU) -> OUT/conformance.json;
-# 3. times one wan2.1-t2v-1.3b stage block-step at 832x480 on CUDA (bf16) against
+#    and, on CUDA, that a linear's rows do not depend on how many rows share the call
+#    (row_independence: the pinned GEMMs of docs/cuda.md, what stage groups need for the same bits);
+# 3. where the repository has Node and node_modules: the stage-group conformance on the CUDA
+#    backend (test/conformance/stage-parallel.test.ts, "on CUDA": a group's shards give the single
+#    stage's bits) on a machine with a GPU -> OUT/stage-parallel.json; reported as skipped, with
+#    the reason, otherwise;
+# 4. times one wan2.1-t2v-1.3b stage block-step at 832x480 on CUDA (bf16) against
 #    bench/gpu_pytorch.py on the same GPU -> OUT/bench.json;
 # 4. moves 100 MB tensors through the data plane's device paths between two processes, through the
 #    real sender and listener (libs/engine/check/dataplane_device.cc): a CUDA IPC handle on one
@@ -95,7 +101,7 @@ say "built in ${build_s}s"
 # cuBLAS was used (`cublas`); without it `linear` runs on the slow fallback GEMM.
 cublas_dir=""
 for dir in "$cuda_home/lib64" "$cuda_home/targets/$(uname -m)-linux/lib"; do
-  if [ -n "$cuda_home" ] && compgen -G "$dir/libcublas.so*" >/dev/null; then
+  if [ -n "$cuda_home" ] && compgen -G "$dir/libcublasLt.so*" >/dev/null; then
     cublas_dir=$dir
     break
   fi
@@ -112,7 +118,7 @@ for n in ("nvidia", "torch"):
   done | sort | head -n1 || true)
   if [ -n "$lib" ]; then dirname "$lib"; fi
 }
-if [ -z "$cublas_dir" ]; then cublas_dir=$(wheel_lib_dir 'libcublas.so*'); fi
+if [ -z "$cublas_dir" ]; then cublas_dir=$(wheel_lib_dir 'libcublasLt.so*'); fi
 say "cuBLAS: ${cublas_dir:-not found, left to the system library path}"
 check=("$build/longshot-check")
 if [ -n "$cublas_dir" ]; then
@@ -130,7 +136,27 @@ set -e
 conformance_s=$(secs "$t0")
 say "conformance: exit $conformance_rc in ${conformance_s}s -> $out/conformance.json"
 
-# --- 2. stage benchmark ---------------------------------------------------------------------------------
+# --- 2. stage groups on CUDA (needs Node) ----------------------------------------------------------
+t0=$(now_ms)
+set +e
+if [ "$gpu" = none ]; then
+  echo '{"check":"stage-parallel","skipped":true,"skip_reason":"no GPU (nvidia-smi)"}' >"$out/stage-parallel.json"
+  groups_rc=0
+elif ! command -v node >/dev/null 2>&1 || [ ! -x node_modules/.bin/vitest ] || [ ! -f libs/engine/build/Release/longshot_engine.node ]; then
+  echo '{"check":"stage-parallel","skipped":true,"skip_reason":"no Node, node_modules or built addon here (npm ci && bash deploy/bootstrap.sh); conformance.json row_independence is the device-side check"}' >"$out/stage-parallel.json"
+  groups_rc=0
+else
+  node_env=(env)
+  if [ -n "$cublas_dir" ]; then node_env+=("LD_LIBRARY_PATH=$cublas_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"); fi
+  "${node_env[@]}" timeout "${LONGSHOT_GROUPS_TIMEOUT:-180}" node_modules/.bin/vitest run --config test/vitest.config.ts \
+    test/conformance/stage-parallel.test.ts -t 'on CUDA' --reporter=json --outputFile="$out/stage-parallel.json" >&2
+  groups_rc=$?
+fi
+set -e
+groups_s=$(secs "$t0")
+say "stage groups on CUDA: exit $groups_rc in ${groups_s}s -> $out/stage-parallel.json"
+
+# --- 3. stage benchmark ---------------------------------------------------------------------------------
 t0=$(now_ms)
 set +e
 if [ "${LONGSHOT_GPU_CHECK_BENCH:-1}" = 0 ]; then
@@ -145,7 +171,7 @@ set -e
 bench_s=$(secs "$t0")
 say "bench: exit $bench_rc in ${bench_s}s -> $out/bench.json"
 
-# --- 3. the data plane's device paths ------------------------------------------------------------------
+# --- 4. the data plane's device paths ------------------------------------------------------------------
 # NCCL is opened at run time like cuBLAS: the system's libnccl.so.2, else the nvidia-nccl wheel's.
 t0=$(now_ms)
 gpus=0
@@ -167,9 +193,10 @@ total_s=$(secs "$t_start")
 rc=0
 [ "$conformance_rc" -eq 0 ] || rc=1
 [ "$bench_rc" -eq 0 ] || rc=1
+[ "$groups_rc" -eq 0 ] || rc=1
 [ "$dataplane_rc" -eq 0 ] || rc=1
-printf '{"check":"gpu-check","gpu":"%s","cuda_archs":"%s","cuda_home":"%s","cublas_dir":"%s","build_s":%s,"conformance_s":%s,"bench_s":%s,"dataplane_s":%s,"total_s":%s,"conformance_rc":%d,"bench_rc":%d,"dataplane_rc":%d,"ok":%s}\n' \
-  "$gpu" "$archs" "$cuda_home" "$cublas_dir" "$build_s" "$conformance_s" "$bench_s" "$dataplane_s" "$total_s" "$conformance_rc" "$bench_rc" "$dataplane_rc" \
+printf '{"check":"gpu-check","gpu":"%s","cuda_archs":"%s","cuda_home":"%s","cublas_dir":"%s","build_s":%s,"conformance_s":%s,"groups_s":%s,"bench_s":%s,"dataplane_s":%s,"total_s":%s,"conformance_rc":%d,"groups_rc":%d,"bench_rc":%d,"dataplane_rc":%d,"ok":%s}\n' \
+  "$gpu" "$archs" "$cuda_home" "$cublas_dir" "$build_s" "$conformance_s" "$groups_s" "$bench_s" "$dataplane_s" "$total_s" "$conformance_rc" "$groups_rc" "$bench_rc" "$dataplane_rc" \
   "$([ $rc -eq 0 ] && echo true || echo false)" >"$out/gpu-check.json"
-cat "$out/conformance.json" "$out/bench.json" "$out/dataplane.json" "$out/gpu-check.json"
+cat "$out/conformance.json" "$out/stage-parallel.json" "$out/bench.json" "$out/dataplane.json" "$out/gpu-check.json"
 exit $rc

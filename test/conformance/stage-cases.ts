@@ -4,7 +4,7 @@
  * stage optionally a group of members (docs/parallelism.md).
  */
 import { expect } from 'vitest';
-import { cpuBackend } from '@longshot/engine';
+import { cpuBackend, type Backend } from '@longshot/engine';
 import { LocalCollectiveGroup, Stage, assembleSpan, groupSize, memberSpan, shardSpan, type BlockStep, type FrameSpan, type GroupMember, type KvEntry, type ModelConfig, type StageLayout, type StageRange } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import { testWeights } from '../reference/weights';
@@ -34,8 +34,8 @@ export function successorFor(config: ModelConfig, s: BlockStep, layers: number, 
   return { k: Array.from({ length: layers }, () => normal(rng, n)), v: Array.from({ length: layers }, () => normal(rng, n)) };
 }
 
-export function makeStage(config: ModelConfig, range: StageRange, text: { cond: Float32Array; uncond: Float32Array }, group?: GroupMember): Stage {
-  return new Stage({ config, range, weights: testWeights(config, range, SEED), backend, text, guidance: GUIDANCE, group });
+export function makeStage(config: ModelConfig, range: StageRange, text: { cond: Float32Array; uncond: Float32Array }, group?: GroupMember, on: Backend = backend): Stage {
+  return new Stage({ config, range, weights: testWeights(config, range, SEED), backend: on, text, guidance: GUIDANCE, group });
 }
 
 /**
@@ -73,12 +73,12 @@ export interface ChainResult {
  * successor, then the older one, which must pick up the newer block's cache; `extra` steps follow.
  * With a layout every stage is a group of members (an in-process collective), each fed its shard.
  */
-export async function runChain(config: ModelConfig, ranges: StageRange[], layout?: StageLayout, extra: BlockStep[] = [], window: Partial<BlockStep> = {}): Promise<ChainResult> {
+export async function runChain(config: ModelConfig, ranges: StageRange[], layout?: StageLayout, extra: BlockStep[] = [], window: Partial<BlockStep> = {}, on: Backend = backend): Promise<ChainResult> {
   const text = textFor(config, 'chain');
   const members = layout ? groupSize(layout) : 1;
   const stages = ranges.map((r) => {
     const collectives = layout ? new LocalCollectiveGroup(layout).members() : [null];
-    return collectives.map((collective, rank) => makeStage(config, r, text, collective && layout ? { layout, rank, collective } : undefined));
+    return collectives.map((collective, rank) => makeStage(config, r, text, collective && layout ? { layout, rank, collective } : undefined, on));
   });
   const newer = midStep(config, { iteration: 6, block: 3, step: 2, timestep: 800, ...window });
   const older = midStep(config, { iteration: 6, block: 2, step: 3, timestep: 650, ...window });

@@ -7,6 +7,7 @@
  * (block 0).
  */
 import { describe, expect, it } from 'vitest';
+import { cudaBackend, engineInfo, type CudaStorage } from '@longshot/engine';
 import { LocalCollectiveGroup, evenSplit, getConfig, joinColumns, joinTokens, splitColumns, splitTokens, type ModelConfig, type StageLayout } from '@longshot/model';
 import { bytes, expectSameChain, makeStage, midStep, runChain, split, textFor } from './stage-cases';
 
@@ -39,6 +40,28 @@ describe('a stage group gives the unsharded bits', () => {
     const want = await runChain(config, ranges, undefined, [block0], grid);
     const got = await runChain(config, ranges, layout, [block0], grid);
     expect(got.outputs.length).toBe(3);
+    expectSameChain(got, want, config.layers);
+  });
+});
+
+/**
+ * The same cases on the CUDA backend (docs/cuda.md "Pinned GEMMs"): each linear runs one pinned
+ * cuBLASLt algorithm in fixed 1024-row chunks, every other kernel computes a row (a query, a head)
+ * from that row alone, so a group's shards give the single stage's bits on the device too. The
+ * case with the 2x2 grid has shards of 1 to 2 rows; a chain over 1.3B-sized rows is not needed, as
+ * the chunking is the same for any row count (longshot-check's row-independence case covers
+ * 1024-row boundaries). Without a device each case is reported as skipped with the reason.
+ */
+const cudaUsable = engineInfo().backends.includes('cuda');
+const CUDA_STORAGES: readonly CudaStorage[] = ['f32', 'bf16'];
+describe.each(CUDA_STORAGES)('a stage group gives the unsharded bits on CUDA, %s storage', (storage) => {
+  const named = (name: string): string => (cudaUsable ? name : `${name} (skipped: no CUDA device)`);
+  it.skipIf(!cudaUsable).each(cases.map((c) => ({ ...c, name: named(c.name) })))('$name', async ({ config, stages, layout, grid }) => {
+    const on = cudaBackend({ storage });
+    const ranges = split(config.layers, stages);
+    const block0 = midStep(config, { iteration: 6, block: 0, step: 5, timestep: 300, prefixFrames: 0, ...grid });
+    const want = await runChain(config, ranges, undefined, [block0], grid, on);
+    const got = await runChain(config, ranges, layout, [block0], grid, on);
     expectSameChain(got, want, config.layers);
   });
 });

@@ -128,6 +128,7 @@ describe('controller', () => {
       for (const reason of REFUSAL_REASONS) zero(page, `longshot_worker_refused_calls_total{reason="${reason}"}`);
       for (const code of SESSION_ERROR_CODES) zero(page, `longshot_rejected_tensors_total{code="${code}"}`);
       for (const transport of HOP_TRANSPORTS) zero(page, `longshot_dataplane_bytes_total{transport="${transport}"}`);
+      for (const direction of ['sent', 'received']) zero(page, `longshot_group_failure_reports_total{direction="${direction}"}`);
     }
   });
 

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jobPrefix } from '@longshot/cache';
@@ -16,7 +17,9 @@ import { BlockQueue, runDistributedJob, runLocalPipeline, type DistributedResult
 import { normalizeSpec, partitionLayers, planJob, type JobSpec } from '@longshot/planner';
 import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 import { Rng } from '@longshot/random';
+import { createWorkerClient, encodePayload, Role, toWireDtype, type SessionEvent, type WorkerClient } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
+import { leaseAndGrant } from './grants';
 
 /** 'tiny' widened to 6 heads of 12: three Ulysses members hold two heads each. */
 const SIX_HEADS: ModelConfig = { ...getConfig('tiny'), name: 'tiny-6-heads', dim: 72, heads: 6, layers: 3 };
@@ -93,6 +96,60 @@ describe('stage groups across worker processes give the in-process bits', () => 
     const workers = stages * layout.ulysses * (layout.cfgParallel ? 2 : 1);
     expect(new Set(r.workers).size).toBe(workers);
     expect(r.recomputedBlockSteps).toBe(0);
+  });
+
+  it("a member whose forward throws fails its group's rank 0 at once with the member's error", async () => {
+    // K=1 x U=2 opened by hand on two real workers: rank 1 is opened for 48x48 frames, rank 0 (the
+    // head) for 64x64, so the window rank 0 sends passes rank 1's admission but not its forward.
+    // Without the member's failure report rank 0 would wait for rank 1's exchange until a stall.
+    const config = getConfig('tiny');
+    const s = spec(TINY_FILE, 1);
+    const [w0, w1] = [...cluster.workers.values()];
+    const job = 'member-fails';
+    const clients: WorkerClient[] = [w0, w1].map((w) => createWorkerClient(w.address));
+    const leases = await Promise.all([w0, w1].map((w) => leaseAndGrant(redis, cluster.grantKey, w.id, { job, stage: 0, layerBegin: 0, layerEnd: config.layers })));
+    const members = [w0, w1].map((w, r) => ({ address: w.address, sessionId: `${job}.s0${r === 0 ? '' : `.m${r}`}`, token: `${'t'.repeat(23)}${r}`, dataPlane: undefined }));
+    const text = textFor(config);
+    const open = (rank: number, height: number) =>
+      new Promise<void>((resolve, reject) =>
+        clients[rank].openSession(
+          {
+            jobId: job,
+            sessionId: members[rank].sessionId,
+            token: members[rank].token,
+            spec: { prompt: s.prompt, frames: s.frames, fps: s.fps, width: s.width, height, steps: s.steps, guidance: s.guidance, shift: s.shift ?? 0, sampler: s.sampler, block: s.block, context: s.context, stages: 1, seed: s.seed, model: s.model },
+            layerBegin: 0,
+            layerEnd: config.layers,
+            role: Role.ROLE_HEAD_TAIL,
+            nextAddress: '',
+            nextSessionId: '',
+            nextToken: '',
+            nextDataPlane: undefined,
+            wireDtype: toWireDtype('f32'),
+            text: { cond: encodePayload(text.cond, 'f32'), uncond: encodePayload(text.uncond, 'f32') },
+            resume: false,
+            keyPrefix: '',
+            payloadScale: 1,
+            grant: leases[rank].grant,
+            group: { ulysses: 2, cfgParallel: false, rank, members },
+          },
+          (err) => (err ? reject(err) : resolve()),
+        ),
+      );
+    await open(1, 48);
+    await open(0, s.height);
+    const failed = await new Promise<string>((resolve, reject) => {
+      const call = clients[0].watchSession({ sessionId: members[0].sessionId, token: members[0].token });
+      call.on('data', (e: SessionEvent) => {
+        if (e.event?.$case === 'failed') resolve(e.event.value.message);
+        if (e.event?.$case === 'done') reject(new Error('the job finished'));
+      });
+      call.on('error', (e: grpc.ServiceError) => reject(e));
+    });
+    expect(failed).toMatch(new RegExp(`^stage group member 1 \\(${w1.address.replace(/\./g, '\\.')}\\) failed: .+`));
+    await Promise.all(clients.map((c, r) => new Promise<void>((resolve) => c.closeSession({ sessionId: members[r].sessionId, token: members[r].token }, () => resolve()))));
+    await Promise.all(leases.map((l) => l.release()));
+    clients.forEach((c) => c.close());
   });
 
   it('a Ulysses member SIGKILLed mid-job: failover, same bits', async () => {

@@ -38,6 +38,7 @@ interface Conformance {
   cpu: { simd: string[]; cases: number; failures: number };
   cuda: { built: boolean; usable: boolean; skip_reason?: string; op_cases: number; op_failures: number };
   stage: { cpu: string; cuda: Record<string, number | string>; skip_reason?: string };
+  row_independence: { skip_reason?: string; results?: { storage: string; k: number; n: number; identical: boolean }[] };
   worst: Record<string, Record<string, number>>;
 }
 
@@ -99,6 +100,9 @@ describe('bash deploy/gpu-check.sh OUT', () => {
     expect(c.inputs_digest).toBe(h.toString(16).padStart(8, '0'));
   });
 
+  /** Shapes of longshot-check's CUDA linear row-independence case (kRowShapes in check/driver.cc), per storage. */
+  const ROW_INDEPENDENCE_SHAPES = 3;
+
   it(cudaUsable ? 'runs the CUDA cases and passes their bounds' : 'reports every CUDA case as skipped, with the reason', () => {
     const c = read<Conformance>('conformance.json');
     const bench = read<{ skipped?: boolean; skip_reason?: string; ratio?: number | null }>('bench.json');
@@ -109,13 +113,17 @@ describe('bash deploy/gpu-check.sh OUT', () => {
       expect(c.cuda.usable).toBe(true);
       expect(c.cuda.op_failures).toBe(0);
       expect(c.skipped).toBe(0);
+      // docs/cuda.md "Pinned GEMMs": every row range of a linear equals the full call's rows.
+      expect(c.row_independence.results?.length).toBe(3 * ROW_INDEPENDENCE_SHAPES);
+      expect(c.row_independence.results?.every((x) => x.identical)).toBe(true);
       expect(bench).toMatchObject({ skipped: true, skip_reason: 'LONGSHOT_GPU_CHECK_BENCH=0' });
     } else {
       expect(c.cuda.usable).toBe(false);
       expect(c.cuda.skip_reason).toMatch(/\w+/);
       expect(c.stage.skip_reason).toBe(c.cuda.skip_reason);
       expect(Object.values(c.stage.cuda)).toEqual(['skipped', 'skipped', 'skipped']);
-      expect(c.skipped).toBe(3 * tableCases + 3);
+      expect(c.row_independence.skip_reason).toBe(c.cuda.skip_reason);
+      expect(c.skipped).toBe(3 * tableCases + 3 + 3 * ROW_INDEPENDENCE_SHAPES);
       expect(c.passed + c.skipped).toBe(c.cases);
       expect(bench).toMatchObject({ skipped: true, skip_reason: c.cuda.skip_reason });
     }

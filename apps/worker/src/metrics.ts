@@ -56,6 +56,7 @@ export const workerMetrics = {
   sessionsOpen: gauge({ name: 'longshot_sessions_open', help: 'Stage sessions open on this worker' }),
   sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),
   sessionFailures: counter({ name: 'longshot_session_failures_total', help: 'Stage sessions that failed (stream error, peer lost)' }),
+  groupFailureReports: counter<'direction'>({ name: 'longshot_group_failure_reports_total', help: "Stage group members' failure reports: sent to rank 0, or received from a member (docs/parallelism.md)", labelNames: ['direction'], known: { direction: ['sent', 'received'] } }),
   rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'], known: { code: SESSION_ERROR_CODES } }),
   modelRefusals: counter({ name: 'longshot_model_refusals_total', help: 'Sessions and component runs refused because their model is no name this worker serves (a path, a link, a FIFO, unknown)' }),
   checkpoints: counter({ name: 'longshot_checkpoints_written_total', help: 'Head checkpoints written to Redis' }),

@@ -33,7 +33,7 @@ import {
 import { workerMetrics } from './metrics';
 import type { RetainedMemorySampler } from './retained-memory';
 import { SessionError } from './session-error';
-import { GroupFront, GroupLink, emulatedShapes, groupMessageBound, groupPlace, serveGroupMember, tensorShapes, type GroupShapes } from './stage-group';
+import { FAILURE_REPORT_BYTES, GroupFront, GroupLink, decodeFailureReport, emulatedShapes, groupMessageBound, groupPlace, serveGroupMember, tensorShapes, type GroupShapes } from './stage-group';
 
 export { SessionError };
 
@@ -316,6 +316,11 @@ export class StageSession {
   private admitGroup(h: TensorHeader): SessionError | null {
     const peer = this.group?.peerOf(h.sessionId) ?? null;
     if (peer === null) return new SessionError('INVALID_ARGUMENT', `session ${this.id} is a stage group member: it takes tensors from its group only`);
+    if (h.kind === PayloadKind.PAYLOAD_KIND_GROUP_FAILURE) {
+      if (this.group!.rank !== 0 || peer.channel !== 'stage') return new SessionError('INVALID_ARGUMENT', `session ${this.id}: only rank 0 takes failure reports, on a stage channel`);
+      if (fromWireDtype(h.dtype) !== 'f32' || h.shape.length !== 1 || h.shape[0] > FAILURE_REPORT_BYTES / 4) return new SessionError('INVALID_ARGUMENT', `group failure report shape [${h.shape.join(', ')}]: expected f32 [n] with n <= ${FAILURE_REPORT_BYTES / 4}`);
+      return null;
+    }
     if (h.kind !== PayloadKind.PAYLOAD_KIND_GROUP) return new SessionError('INVALID_ARGUMENT', `session ${this.id} takes PAYLOAD_KIND_GROUP tensors from its group, got ${PayloadKind[h.kind] ?? h.kind}`);
     if (!h.step) return new SessionError('INVALID_ARGUMENT', 'tensor header has no block-step');
     const expected = this.expectedStep(h.step.block, h.step.iteration);
@@ -329,6 +334,10 @@ export class StageSession {
   /** A whole tensor for this stage, in arrival order. Resolves when the next one may be read. */
   async receive(h: TensorHeader, payload: Buffer): Promise<void> {
     this.adopt();
+    if (h.kind === PayloadKind.PAYLOAD_KIND_GROUP_FAILURE) {
+      this.group!.deliverFailure(this.group!.peerOf(h.sessionId)!.peer, decodeFailureReport(payload));
+      return;
+    }
     const s = h.step!;
     const step = this.expectedStep(s.block, s.iteration) as BlockStep;
     const count = h.shape.reduce((a, b) => a * b, 1);
@@ -541,6 +550,9 @@ export class StageSession {
     this.failure = e instanceof Error ? e : new Error(String(e));
     workerMetrics.sessionFailures.inc();
     this.log.error('stage failed', { error: this.failure.message, next: this.nextAddress });
+    if (this.member) {
+      this.group!.reportFailure(this.failure).catch((e: Error) => this.log.warn('could not report the failure to rank 0', { error: e.message }));
+    }
     this.emit({ event: { $case: 'failed', value: { message: this.failure.message, address: this.nextAddress } } });
     this.finishEvents();
   }

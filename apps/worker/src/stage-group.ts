@@ -31,6 +31,25 @@ export function inboxId(sessionId: string, from: number, channel: GroupChannel =
 
 const CHANNELS: readonly GroupChannel[] = ['stage', 'exchange'];
 
+/** The most bytes of a member's error message a failure report carries (longer ones are cut). */
+export const FAILURE_REPORT_BYTES = 2048;
+
+/** A member's error message as a PAYLOAD_KIND_GROUP_FAILURE payload: UTF-8, zero-padded to whole 4-byte words. */
+export function encodeFailureReport(message: string): Buffer {
+  let text = Buffer.from(message, 'utf8');
+  if (text.length > FAILURE_REPORT_BYTES) text = Buffer.from(text.subarray(0, FAILURE_REPORT_BYTES).toString('utf8').replace(/\uFFFD$/, ''), 'utf8');
+  const out = Buffer.alloc(Math.ceil(text.length / 4) * 4 || 4);
+  text.copy(out);
+  return out;
+}
+
+/** The message of a failure report (its zero padding dropped). */
+export function decodeFailureReport(payload: Buffer): string {
+  let end = payload.length;
+  while (end > 0 && payload[end - 1] === 0) end--;
+  return payload.subarray(0, end).toString('utf8');
+}
+
 /** A validated StageGroupSpec: the layout and this member's place in it. */
 export interface GroupPlace {
   readonly layout: StageLayout;
@@ -70,6 +89,7 @@ export class GroupLink {
   private readonly inbox = new Map<string, Message[]>();
   private readonly waiting = new Map<string, ((m: Message) => void)[]>();
   private failure: Error | null = null;
+  private reported = false;
   private readonly failWaiters = new Set<(e: Error) => void>();
 
   constructor(
@@ -95,6 +115,37 @@ export class GroupLink {
       for (const channel of CHANNELS) if (inboxId(self, peer, channel) === sessionId) return { peer, channel };
     }
     return null;
+  }
+
+  /** Rank 0: member `from` reported its own failure; the group (and so the stage) fails with it at once. */
+  deliverFailure(from: number, message: string): void {
+    workerMetrics.groupFailureReports.inc({ direction: 'received' });
+    this.fail(new Error(`stage group member ${from} (${this.place.members[from].address}) failed: ${message}`));
+  }
+
+  /**
+   * A member of rank > 0 tells rank 0 that it failed (its forward threw, a tensor it sent was
+   * refused, a peer went away), so the stage fails now rather than when rank 0's wait stalls.
+   * Best effort, once: it goes on the stage channel even after this link failed, and when rank 0
+   * itself is gone the driver finds out another way (heartbeats, its own sends).
+   */
+  async reportFailure(e: Error): Promise<void> {
+    if (this.rank === 0 || this.reported) return;
+    this.reported = true;
+    const peer = this.place.members[0];
+    const payload = encodeFailureReport(e.message);
+    await this.senderTo(0, 'stage').send(
+      {
+        sessionId: inboxId(peer.sessionId, this.rank, 'stage'),
+        token: peer.token,
+        kind: PayloadKind.PAYLOAD_KIND_GROUP_FAILURE,
+        step: undefined,
+        shape: [payload.length / 4],
+        dtype: toWireDtype('f32'),
+      },
+      payload,
+    );
+    workerMetrics.groupFailureReports.inc({ direction: 'sent' });
   }
 
   /** A message from peer `from` on `channel` arrived (in that peer's send order). */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { getConfig } from '@longshot/model';
-import { GroupLink, groupMessageBound, groupPlace, inboxId } from '../src/stage-group';
+import { FAILURE_REPORT_BYTES, GroupLink, decodeFailureReport, encodeFailureReport, groupMessageBound, groupPlace, inboxId } from '../src/stage-group';
 
 const member = (i: number) => ({ address: `127.0.0.1:${5000 + i}`, sessionId: `job.s1.m${i}`, token: `t${i}`.padEnd(24, 'x'), dataPlane: undefined });
 
@@ -40,6 +40,33 @@ describe('stage group sessions (docs/parallelism.md)', () => {
     const pending = link.receive(0, 'stage');
     await link.close();
     await expect(pending).rejects.toThrow(/the stage group closed/);
+  });
+
+  it("a member's failure report: padded UTF-8 on the wire; rank 0's group fails at once with the member's error", async () => {
+    const report = encodeFailureReport('forward threw: déjà vu');
+    expect(report.length % 4).toBe(0);
+    expect(decodeFailureReport(report)).toBe('forward threw: déjà vu');
+    expect(encodeFailureReport('').length).toBe(4);
+    const long = encodeFailureReport('é'.repeat(FAILURE_REPORT_BYTES));
+    expect(long.length).toBeLessThanOrEqual(FAILURE_REPORT_BYTES);
+    expect(decodeFailureReport(long)).toBe('é'.repeat(FAILURE_REPORT_BYTES / 2));
+
+    const members = [0, 1, 2].map(member);
+    const failures: Error[] = [];
+    const front = new GroupLink(groupPlace({ ulysses: 3, cfgParallel: false, rank: 0, members }, members[0].sessionId, members[0].token), { dataPlane: { mode: 'grpc', hostId: '' }, onFailure: (e) => failures.push(e) });
+    // Rank 0 waits for member 1's output and member 2's exchange part, as its forward does.
+    const output = front.receive(1, 'stage');
+    const part = front.receive(2, 'exchange');
+    front.deliverFailure(2, 'block 3 iteration 1: the forward threw');
+    await expect(output).rejects.toThrow('stage group member 2 (127.0.0.1:5002) failed: block 3 iteration 1: the forward threw');
+    await expect(part).rejects.toThrow(/member 2 .* failed/);
+    front.deliverFailure(1, 'a second report');
+    expect(failures.map((e) => e.message)).toEqual(['stage group member 2 (127.0.0.1:5002) failed: block 3 iteration 1: the forward threw']);
+    await expect(front.receive(1, 'stage')).rejects.toThrow(/member 2/);
+    await expect(front.send(1, 'stage', { iteration: 0, block: 0, step: 0, timestep: 999, prefixFrames: 0, ownFrames: 2, contextFrames: 1, height: 8, width: 8 }, Float32Array.of(1))).rejects.toThrow(/member 2/);
+    // Rank 0 has nobody to report to.
+    await expect(front.reportFailure(new Error('x'))).resolves.toBeUndefined();
+    await front.close();
   });
 
   it('bounds a group message by the block-step (five hidden states, or the window latents)', () => {

@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -283,6 +284,87 @@ size_t cuda_op_conformance(const CaseTable& table, Report& r) {
   return cases;
 }
 
+// ---- conformance: CUDA linear rows independent of M ------------------------------------------------
+// A stage group's member runs each linear on a shard of the rows the single stage has
+// (docs/parallelism.md), so a row's bits must not depend on how many rows share the call, on
+// where the call starts, or on the row's place in a 1024-row GEMM chunk (docs/cuda.md, "Pinned
+// GEMMs"). One graph per shape: the linear of all M rows, and the same linear on views of row
+// ranges of the same x (single rows, a few rows, a whole chunk's worth starting off a chunk
+// boundary, the rest), whose device addresses are as (mis)aligned as their host offsets; every
+// range's output must equal the full call's rows bit for bit. Shapes: 1.3B's model dim and
+// feed-forward width, and a small K whose rows are not 16-byte aligned.
+
+void run_graph(Backend& b, const std::vector<Node>& nodes);
+
+struct RowShape {
+  size_t k, n;
+};
+const RowShape kRowShapes[] = {{66, 40}, {1536, 1536}, {1536, 8960}};
+constexpr size_t kRowRows = 2 * 1024 + 300;
+const size_t kRowRanges[][2] = {{0, 1}, {1, 4}, {4, 5}, {5, 1029}, {1029, 1030}, {1030, kRowRows}, {2047, 2049}};
+
+size_t cuda_row_independence(Report& r, Writer& w) {
+  size_t cases = 0;
+  w.key("row_independence").begin_object();
+  w.key("rows").value(kRowRows);
+  w.key("results").begin_array();
+  for (const char* storage : kStorages) {
+    Backend* cuda = find_backend(std::string("cuda:") + storage);
+    if (!cuda) throw std::runtime_error(std::string("backend cuda:") + storage + " is not registered");
+    for (const RowShape& sh : kRowShapes) {
+      const std::string what = std::string("linear rows independent of M, k ") + std::to_string(sh.k) + " n " +
+                               std::to_string(sh.n) + " cuda:" + storage;
+      ++r.cases;
+      ++cases;
+      size_t mismatched = 0;
+      try {
+        Rng rng = Rng::from({"row independence", RngKey::number(static_cast<long long>(sh.k)), RngKey::number(static_cast<long long>(sh.n))});
+        std::vector<float> x(kRowRows * sh.k), wt(sh.n * sh.k), bias(sh.n);
+        rng.fill_normal(x.data(), x.size(), 1.0);
+        rng.fill_normal(wt.data(), wt.size(), 1.0 / std::sqrt(static_cast<double>(sh.k)));
+        rng.fill_normal(bias.data(), bias.size(), 0.1);
+        std::vector<float> full(kRowRows * sh.n);
+        std::vector<std::vector<float>> parts;
+        for (const auto& range : kRowRanges) parts.emplace_back((range[1] - range[0]) * sh.n);
+        std::vector<Node> nodes;
+        auto linear = [&](size_t r0, size_t r1, std::vector<float>& out) {
+          Node n;
+          n.op = Op::linear;
+          n.n_inputs = 3;
+          n.inputs[0] = Tensor{x.data() + r0 * sh.k, (r1 - r0) * sh.k, true};
+          n.inputs[1] = Tensor{wt.data(), wt.size(), true};
+          n.inputs[2] = Tensor{bias.data(), bias.size(), true};
+          n.output = Tensor{out.data(), out.size(), true};
+          n.params = {static_cast<double>(r1 - r0), static_cast<double>(sh.k), static_cast<double>(sh.n)};
+          validate(n, nodes.size());
+          nodes.push_back(n);
+        };
+        linear(0, kRowRows, full);
+        for (size_t i = 0; i < parts.size(); ++i) linear(kRowRanges[i][0], kRowRanges[i][1], parts[i]);
+        run_graph(*cuda, nodes);
+        std::vector<HostPin> pins;
+        cuda::release_device_cache(&pins);
+        for (size_t i = 0; i < parts.size(); ++i)
+          if (std::memcmp(parts[i].data(), full.data() + kRowRanges[i][0] * sh.n, parts[i].size() * sizeof(float)) != 0)
+            ++mismatched;
+        if (mismatched == 0)
+          ++r.passed;
+        else
+          r.fail(what + ": " + std::to_string(mismatched) + " of " + std::to_string(parts.size()) +
+                 " row ranges differ from the full call's rows");
+      } catch (const std::exception& e) {
+        r.fail(what + ": " + e.what());
+        mismatched = SIZE_MAX;
+      }
+      w.begin_object().key("storage").value(storage).key("k").value(sh.k).key("n").value(sh.n);
+      w.key("identical").value(mismatched == 0).end_object();
+    }
+  }
+  w.end_array();
+  w.end_object();
+  return cases;
+}
+
 // ---- conformance: stage window ---------------------------------------------------------------------
 
 void run_graph(Backend& b, const std::vector<Node>& nodes) {
@@ -446,6 +528,17 @@ int conformance(const std::string& cases_path, const std::string& stage_path, co
   std::fprintf(stderr, "cuda ops: %s\n",
                usable ? (std::to_string(cuda_cases) + " cases, " + std::to_string(cuda_op_failures) + " failed").c_str()
                       : ("skipped: " + reason).c_str());
+
+  if (usable) {
+    const size_t passed_before = r.passed;
+    const size_t row_cases = cuda_row_independence(r, w);
+    std::fprintf(stderr, "cuda linear row independence: %zu cases, %zu failed\n", row_cases, row_cases - (r.passed - passed_before));
+  } else {
+    const size_t row_cases = std::size(kStorages) * std::size(kRowShapes);
+    r.cases += row_cases;
+    r.skipped += row_cases;
+    w.key("row_independence").begin_object().key("skip_reason").value(reason).end_object();
+  }
 
   if (!stage_path.empty()) {
     const Fixture f = load_fixture(stage_path);

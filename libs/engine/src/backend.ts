@@ -33,6 +33,10 @@ export interface EngineInfo {
   cudaDeviceIndex?: number;
   /** Its UUID as nvidia-smi prints it ("GPU-xxxxxxxx-..."), when usable. */
   cudaDeviceUuid?: string;
+  /** Its multiprocessor count, when usable (a MIG slice has fewer: cuBLAS heuristics differ). */
+  cudaSms?: number;
+  /** What runs `linear` on CUDA: `cublaslt-<version>` (pinned algorithms, docs/cuda.md) or `tiled`, when usable. */
+  cudaGemm?: string;
   /** Whether `linear` runs on cuBLAS (false before the first CUDA run, or on the fallback GEMM). */
   cublas?: boolean;
   /** Why the CUDA backend is not usable, when it is not. */

@@ -263,7 +263,9 @@ export function hostCpuSeconds(): HostCpuSeconds {
  */
 export function backendNumerics(backend: Backend): string {
   const info = native().info();
-  return backend.name === 'cpu' ? `cpu:simd=${info.simd}` : `${backend.name}:device=${info.cudaDevice ?? 'unknown'}`;
+  // On CUDA the GEMM algorithms are pinned per process by cuBLASLt's heuristic (docs/cuda.md), which
+  // depends on the device model, its multiprocessor count and the library version.
+  return backend.name === 'cpu' ? `cpu:simd=${info.simd}` : `${backend.name}:device=${info.cudaDevice ?? 'unknown'}:sms=${info.cudaSms ?? 0}:gemm=${info.cudaGemm ?? 'unknown'}`;
 }
 
 /** The GPU a backend computes on (index, UUID and model, as the CUDA backend reports it); null on the CPU. */

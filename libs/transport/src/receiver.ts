@@ -60,7 +60,7 @@ export interface StreamOutcome {
 export const DEFAULT_MAX_QUEUED = 2;
 export const DEFAULT_MAX_TENSOR_BYTES = 2 * 1024 * 1024 * 1024;
 
-const KNOWN_KINDS: ReadonlySet<PayloadKind> = new Set([PayloadKind.PAYLOAD_KIND_HIDDEN, PayloadKind.PAYLOAD_KIND_VELOCITY, PayloadKind.PAYLOAD_KIND_GROUP]);
+const KNOWN_KINDS: ReadonlySet<PayloadKind> = new Set([PayloadKind.PAYLOAD_KIND_HIDDEN, PayloadKind.PAYLOAD_KIND_VELOCITY, PayloadKind.PAYLOAD_KIND_GROUP, PayloadKind.PAYLOAD_KIND_GROUP_FAILURE]);
 
 class StreamRefused extends Error {
   constructor(readonly code: Status, message: string) {

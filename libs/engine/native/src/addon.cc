@@ -265,6 +265,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     out.Set("cudaDevice", cuda.device);
     out.Set("cudaDeviceIndex", cuda.index);
     out.Set("cudaDeviceUuid", cuda.uuid);
+    out.Set("cudaSms", cuda.sms);
+    out.Set("cudaGemm", cuda.gemm);
     out.Set("cublas", ls::cuda::cublas_loaded());
   } else {
     out.Set("cudaUnavailable", cuda.reason);

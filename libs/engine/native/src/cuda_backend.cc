@@ -36,6 +36,8 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,58 +64,114 @@ const char* storage_name(Storage s) {
   return "f32";
 }
 
-// ---- cuBLAS, opened at run time ----------------------------------------------------------------
-// The headers are not needed: the handful of prototypes and enum values below are cuBLAS's stable
-// C ABI (cublas_api.h, unchanged across 11, 12 and 13).
+// ---- cuBLASLt, opened at run time --------------------------------------------------------------
+// The headers are not needed: the handful of prototypes and enum values below are cuBLASLt's
+// stable C ABI (cublasLt.h, unchanged across 12 and 13).
+//
+// Pinned GEMMs. cublasGemmEx picks its algorithm per call from (M, N, K), and for some shapes a
+// split-K or stream-K variant that sums a row's products in another order, so a row's bits would
+// depend on how many rows share the call (a stage group's member holds a shard of the rows the
+// single stage has). Instead every linear with the same (N, K, storage) runs ONE algorithm, chosen
+// once per process by cublasLtMatmulAlgoGetHeuristic for a fixed shape class: M = kGemmChunkRows,
+// no workspace and CUBLASLT_REDUCTION_SCHEME_NONE (so no split-K and no partial-sum reduction),
+// 16-byte aligned buffers, and a returned configuration whose SPLITK_NUM is 1. A call runs over
+// chunks of exactly kGemmChunkRows rows with that algorithm: every launch has the same problem
+// (M, N, K), the same tiling and one K loop per output, so a row's result depends only on that
+// row and W, not on M, on the chunk's other rows or on the row's place in it. Full aligned chunks
+// run in place; the last partial chunk (and any chunk whose buffers are not 16-byte aligned) is
+// copied into a zero-padded scratch chunk and its rows copied back.
 
-using cublasHandle_t = struct cublasContext*;
+using cublasLtHandle_t = struct cublasLtContext*;
 using cublasStatus_t = int;
-constexpr int kCublasOpN = 0;          // CUBLAS_OP_N
-constexpr int kCublasOpT = 1;          // CUBLAS_OP_T
-constexpr int kCublasCompute32F = 68;  // CUBLAS_COMPUTE_32F: float32 accumulation, no TF32
-constexpr int kCublasGemmDefault = -1; // CUBLAS_GEMM_DEFAULT
-// CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION: split-K partial sums stay float32.
-constexpr int kCublasNoReducedPrecision = 16;
+using cublasLtMatmulDesc_t = struct cublasLtMatmulDescOpaque_t*;
+using cublasLtMatrixLayout_t = struct cublasLtMatrixLayoutOpaque_t*;
+using cublasLtMatmulPreference_t = struct cublasLtMatmulPreferenceOpaque_t*;
+struct cublasLtMatmulAlgo_t {
+  uint64_t data[8];
+};
+struct cublasLtMatmulHeuristicResult_t {
+  cublasLtMatmulAlgo_t algo;
+  size_t workspaceSize;
+  cublasStatus_t state;
+  float wavesCount;
+  int reserved[4];
+};
+constexpr int kCublasOpN = 0;                 // CUBLAS_OP_N
+constexpr int kCublasOpT = 1;                 // CUBLAS_OP_T
+constexpr int kCublasCompute32F = 68;         // CUBLAS_COMPUTE_32F: float32 accumulation, no TF32
+constexpr int kLtDescTransA = 3;              // CUBLASLT_MATMUL_DESC_TRANSA (int32)
+constexpr int kLtDescTransB = 4;              // CUBLASLT_MATMUL_DESC_TRANSB (int32)
+constexpr int kLtPrefMaxWorkspace = 1;        // CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES (uint64)
+constexpr int kLtPrefReductionMask = 3;       // CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK (uint32)
+constexpr int kLtPrefMinAlignA = 5;           // ..._MIN_ALIGNMENT_A_BYTES; B, C, D follow (uint32)
+constexpr int kLtAlgoSplitK = 2;              // CUBLASLT_ALGO_CONFIG_SPLITK_NUM (uint32)
+constexpr int kLtAlgoReduction = 3;           // CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME (uint32)
+constexpr uint32_t kLtReductionNone = 0;      // CUBLASLT_REDUCTION_SCHEME_NONE
+constexpr size_t kGemmAlign = 16;             // the alignment every pinned GEMM's buffers have
+constexpr int kGemmCandidates = 8;            // heuristic results examined for a configuration
+// Rows of every pinned GEMM launch: the shape class. 1024 rows keep a chunk large enough for the
+// tensor-core tiles to fill an H100/H200 at N, K >= 1536 while padding at most 1023 rows per call.
+constexpr size_t kGemmChunkRows = 1024;
 
-struct Cublas {
+struct CublasLt {
   void* lib = nullptr;
-  cublasHandle_t handle = nullptr;
-  cublasStatus_t (*create)(cublasHandle_t*) = nullptr;
-  cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t) = nullptr;
-  cublasStatus_t (*set_math_mode)(cublasHandle_t, int) = nullptr;
-  cublasStatus_t (*gemm_ex)(cublasHandle_t, int, int, int, int, int, const void*, const void*,
-                            cudaDataType_t, int, const void*, cudaDataType_t, int, const void*,
-                            void*, cudaDataType_t, int, int, int) = nullptr;
+  cublasLtHandle_t handle = nullptr;
+  cublasStatus_t (*create)(cublasLtHandle_t*) = nullptr;
+  size_t (*get_version)() = nullptr;
+  cublasStatus_t (*desc_create)(cublasLtMatmulDesc_t*, int, cudaDataType_t) = nullptr;
+  cublasStatus_t (*desc_set)(cublasLtMatmulDesc_t, int, const void*, size_t) = nullptr;
+  cublasStatus_t (*layout_create)(cublasLtMatrixLayout_t*, cudaDataType_t, uint64_t, uint64_t, int64_t) = nullptr;
+  cublasStatus_t (*pref_create)(cublasLtMatmulPreference_t*) = nullptr;
+  cublasStatus_t (*pref_set)(cublasLtMatmulPreference_t, int, const void*, size_t) = nullptr;
+  cublasStatus_t (*pref_destroy)(cublasLtMatmulPreference_t) = nullptr;
+  cublasStatus_t (*heuristic)(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatmulPreference_t, int,
+                              cublasLtMatmulHeuristicResult_t*, int*) = nullptr;
+  cublasStatus_t (*algo_get)(const cublasLtMatmulAlgo_t*, int, void*, size_t, size_t*) = nullptr;
+  cublasStatus_t (*matmul)(cublasLtHandle_t, cublasLtMatmulDesc_t, const void*, const void*, cublasLtMatrixLayout_t,
+                           const void*, cublasLtMatrixLayout_t, const void*, const void*, cublasLtMatrixLayout_t,
+                           void*, cublasLtMatrixLayout_t, const cublasLtMatmulAlgo_t*, void*, size_t,
+                           cudaStream_t) = nullptr;
   std::string error;  // why it is not loaded
 
-  // Opens the cuBLAS matching the runtime's major version first. Never throws.
-  void load(cudaStream_t stream) {
+  // Opens the cuBLASLt matching the runtime's major version first. Never throws.
+  void load() {
     const char* names[] = {
 #if CUDART_VERSION >= 13000
-        "libcublas.so.13", "libcublas.so.12",
+        "libcublasLt.so.13", "libcublasLt.so.12",
 #else
-        "libcublas.so.12", "libcublas.so.13",
+        "libcublasLt.so.12", "libcublasLt.so.13",
 #endif
-        "libcublas.so"};
+        "libcublasLt.so"};
     for (const char* n : names) {
       lib = dlopen(n, RTLD_NOW | RTLD_LOCAL);
       if (lib) break;
     }
     if (!lib) {
-      error = "libcublas.so.12/.13 not found";
+      error = "libcublasLt.so.12/.13 not found";
       return;
     }
-    create = reinterpret_cast<decltype(create)>(dlsym(lib, "cublasCreate_v2"));
-    set_stream = reinterpret_cast<decltype(set_stream)>(dlsym(lib, "cublasSetStream_v2"));
-    set_math_mode = reinterpret_cast<decltype(set_math_mode)>(dlsym(lib, "cublasSetMathMode"));
-    gemm_ex = reinterpret_cast<decltype(gemm_ex)>(dlsym(lib, "cublasGemmEx"));
-    if (!create || !set_stream || !set_math_mode || !gemm_ex) {
-      error = "libcublas lacks cublasCreate_v2/cublasSetStream_v2/cublasSetMathMode/cublasGemmEx";
+    bool all = true;
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (!fn) all = false;
+    };
+    sym(create, "cublasLtCreate");
+    sym(desc_create, "cublasLtMatmulDescCreate");
+    sym(desc_set, "cublasLtMatmulDescSetAttribute");
+    sym(layout_create, "cublasLtMatrixLayoutCreate");
+    sym(pref_create, "cublasLtMatmulPreferenceCreate");
+    sym(pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    sym(pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    sym(heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    sym(algo_get, "cublasLtMatmulAlgoConfigGetAttribute");
+    sym(matmul, "cublasLtMatmul");
+    sym(get_version, "cublasLtGetVersion");
+    if (!all) {
+      error = "libcublasLt lacks a cublasLt matmul, layout, preference or heuristic entry point";
     } else if (create(&handle) != 0) {
-      error = "cublasCreate failed";
+      error = "cublasLtCreate failed";
       handle = nullptr;
-    } else if (set_stream(handle, stream) != 0 || set_math_mode(handle, kCublasNoReducedPrecision) != 0) {
-      error = "cublasSetStream/cublasSetMathMode failed";
     } else {
       return;
     }
@@ -195,8 +253,25 @@ class Device {
   int device_ = 0;
   size_t total_mem_ = 0;
   cudaStream_t stream_ = nullptr;
-  Cublas cublas_;
+  CublasLt cublas_;
   bool cublas_tried_ = false;
+
+  // One pinned GEMM per (N, K, storage): descriptors for an M = kGemmChunkRows launch and the
+  // algorithm every launch of that (N, K, storage) uses. usable = false: no configuration without
+  // a K split was offered, and such linears run the tiled fallback kernel (also row-independent).
+  struct PinnedGemm {
+    bool usable = false;
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t w = nullptr, x = nullptr, y = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  std::map<std::tuple<size_t, size_t, int>, PinnedGemm> pinned_gemms_;
+  char* gemm_scratch_ = nullptr;  // a padded chunk of x and of y (and W when misaligned)
+  size_t gemm_scratch_bytes_ = 0;
+  const PinnedGemm& pinned_gemm(Storage storage, size_t n, size_t k);
+  char* ensure_gemm_scratch(size_t bytes);
+  void linear(Storage storage, const void* x, const void* w, const void* bias, void* y, size_t m, size_t k,
+              size_t n, size_t node_index);
 
   char* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
@@ -259,6 +334,15 @@ void Device::probe() {
   std::snprintf(uuid, sizeof uuid, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3],
                 u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
   status_.uuid = uuid;
+  status_.sms = prop.multiProcessorCount;
+  // cuBLASLt is opened here rather than at the first GEMM: its version belongs to the status (the
+  // numerics fingerprint), since its heuristic picks the pinned algorithms.
+  if (cudaSetDevice(device_) == cudaSuccess) {
+    cublas_tried_ = true;
+    cublas_.load();
+  }
+  cudaGetLastError();
+  status_.gemm = cublas_.ok() ? "cublaslt-" + std::to_string(cublas_.get_version()) : "tiled";
   total_mem_ = prop.totalGlobalMem;
   cache_limit_ = total_mem_ / 10 * 4;
   if (g_options.cache_mb >= 0) cache_limit_ = static_cast<size_t>(g_options.cache_mb) << 20;
@@ -409,7 +493,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
   init_stream();
   if (!cublas_tried_) {
     cublas_tried_ = true;
-    cublas_.load(stream_);
+    cublas_.load();
   }
   ++run_counter_;
 
@@ -605,6 +689,125 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
   }
 }
 
+const Device::PinnedGemm& Device::pinned_gemm(Storage storage, size_t n, size_t k) {
+  const auto key = std::make_tuple(n, k, static_cast<int>(storage));
+  auto found = pinned_gemms_.find(key);
+  if (found != pinned_gemms_.end()) return found->second;
+  PinnedGemm& g = pinned_gemms_[key];
+  const cudaDataType_t t = cuda_type(storage);
+  // Row-major y[m, n] = x[m, k] W[n, k]^T is column-major y^T[n, m] = W^T' x^T' with W read
+  // transposed: A = W (op T, stored k x n, ld k), B = x (op N, stored k x m, ld k), C = D = y
+  // (n x m, ld n). Descriptors and layouts live as long as the process, like the handle.
+  const int op_t = kCublasOpT, op_n = kCublasOpN;
+  if (cublas_.desc_create(&g.desc, kCublasCompute32F, CUDA_R_32F) != 0 ||
+      cublas_.desc_set(g.desc, kLtDescTransA, &op_t, sizeof op_t) != 0 ||
+      cublas_.desc_set(g.desc, kLtDescTransB, &op_n, sizeof op_n) != 0 ||
+      cublas_.layout_create(&g.w, t, k, n, static_cast<int64_t>(k)) != 0 ||
+      cublas_.layout_create(&g.x, t, k, kGemmChunkRows, static_cast<int64_t>(k)) != 0 ||
+      cublas_.layout_create(&g.y, t, n, kGemmChunkRows, static_cast<int64_t>(n)) != 0) {
+    pinned_gemms_.erase(key);  // not pinned: the next call tries again rather than falling back
+    throw std::runtime_error("cuBLASLt: cannot describe a " + std::to_string(n) + " x " + std::to_string(k) + " GEMM");
+  }
+  cublasLtMatmulPreference_t pref = nullptr;
+  if (cublas_.pref_create(&pref) != 0) {
+    pinned_gemms_.erase(key);
+    throw std::runtime_error("cuBLASLt: cublasLtMatmulPreferenceCreate failed");
+  }
+  const uint64_t no_workspace = 0;
+  const uint32_t no_reduction = kLtReductionNone;
+  const uint32_t align = kGemmAlign;
+  bool set = cublas_.pref_set(pref, kLtPrefMaxWorkspace, &no_workspace, sizeof no_workspace) == 0 &&
+             cublas_.pref_set(pref, kLtPrefReductionMask, &no_reduction, sizeof no_reduction) == 0;
+  for (int i = 0; i < 4; ++i) set = set && cublas_.pref_set(pref, kLtPrefMinAlignA + i, &align, sizeof align) == 0;
+  cublasLtMatmulHeuristicResult_t results[kGemmCandidates] = {};
+  int returned = 0;
+  if (set)
+    cublas_.heuristic(cublas_.handle, g.desc, g.w, g.x, g.y, g.y, pref, kGemmCandidates, results, &returned);
+  cublas_.pref_destroy(pref);
+  for (int i = 0; i < returned && !g.usable; ++i) {
+    uint32_t split_k = 0, reduction = 1;
+    size_t written = 0;
+    if (results[i].state != 0 || results[i].workspaceSize != 0) continue;
+    if (cublas_.algo_get(&results[i].algo, kLtAlgoSplitK, &split_k, sizeof split_k, &written) != 0) continue;
+    if (cublas_.algo_get(&results[i].algo, kLtAlgoReduction, &reduction, sizeof reduction, &written) != 0) continue;
+    if (split_k > 1 || reduction != kLtReductionNone) continue;
+    g.algo = results[i].algo;
+    g.usable = true;
+  }
+  return g;
+}
+
+char* Device::ensure_gemm_scratch(size_t bytes) {
+  if (bytes <= gemm_scratch_bytes_) return gemm_scratch_;
+  if (gemm_scratch_) {
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    check(cudaFree(gemm_scratch_), "cudaFree");
+    gemm_scratch_ = nullptr;
+    gemm_scratch_bytes_ = 0;
+  }
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes), "GEMM scratch");
+  gemm_scratch_ = static_cast<char*>(p);
+  gemm_scratch_bytes_ = bytes;
+  return gemm_scratch_;
+}
+
+// y = x W^T + bias through the pinned GEMM of (N, K, storage), in chunks of kGemmChunkRows rows
+// (see "Pinned GEMMs" above). The bias is written into y first and accumulated with beta = 1, so
+// the output is rounded once.
+void Device::linear(Storage storage, const void* x, const void* w, const void* bias, void* y, size_t m, size_t k,
+                    size_t n, size_t node_index) {
+  if (m == 0 || n == 0) return;
+  cudaStream_t st = stream_;
+  if (k == 0) {
+    fill_rows(storage, bias, y, m, n, st);
+    return;
+  }
+  const PinnedGemm* g = (cublas_.ok() && k <= INT_MAX && n <= INT_MAX) ? &pinned_gemm(storage, n, k) : nullptr;
+  if (!g || !g->usable) {
+    linear_fallback(storage, x, w, bias, y, m, k, n, st);
+    return;
+  }
+  const size_t es = storage_bytes(storage);
+  const size_t chunk_x = round_up(kGemmChunkRows * k * es, kAlign), chunk_y = round_up(kGemmChunkRows * n * es, kAlign);
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % kGemmAlign == 0; };
+  const bool w_aligned = aligned(w);
+  char* scratch = ensure_gemm_scratch(chunk_x + chunk_y + (w_aligned ? 0 : n * k * es));
+  char* xs = scratch;
+  char* ys = scratch + chunk_x;
+  const void* wp = w;
+  if (!w_aligned) {
+    check(cudaMemcpyAsync(ys + chunk_y, w, n * k * es, cudaMemcpyDeviceToDevice, st), "GEMM weight staging");
+    wp = ys + chunk_y;
+  }
+  if (bias) fill_rows(storage, bias, y, m, n, st);
+  const float one = 1.0f, zero = 0.0f;
+  const float* beta = bias ? &one : &zero;
+  for (size_t r0 = 0; r0 < m; r0 += kGemmChunkRows) {
+    const size_t rows = std::min(kGemmChunkRows, m - r0);
+    const char* xc = static_cast<const char*>(x) + r0 * k * es;
+    char* yc = static_cast<char*>(y) + r0 * n * es;
+    const bool direct = rows == kGemmChunkRows && aligned(xc) && aligned(yc);
+    const void* xa = xc;
+    void* ya = yc;
+    if (!direct) {
+      // A padded chunk: the real rows, then zeros (their outputs are computed and dropped).
+      check(cudaMemcpyAsync(xs, xc, rows * k * es, cudaMemcpyDeviceToDevice, st), "GEMM chunk staging");
+      if (rows < kGemmChunkRows)
+        check(cudaMemsetAsync(xs + rows * k * es, 0, (kGemmChunkRows - rows) * k * es, st), "GEMM chunk padding");
+      if (bias) check(cudaMemcpyAsync(ys, yc, rows * n * es, cudaMemcpyDeviceToDevice, st), "GEMM chunk staging");
+      xa = xs;
+      ya = ys;
+    }
+    const int rc = cublas_.matmul(cublas_.handle, g->desc, &one, wp, g->w, xa, g->x, beta, ya, g->y, ya, g->y,
+                                  &g->algo, nullptr, 0, st);
+    if (rc != 0)
+      throw std::runtime_error("node " + std::to_string(node_index) + " (linear): cublasLtMatmul failed with status " +
+                               std::to_string(rc));
+    if (!direct) check(cudaMemcpyAsync(yc, ys, rows * n * es, cudaMemcpyDeviceToDevice, st), "GEMM chunk result");
+  }
+}
+
 void Device::compute(Storage storage, const Node& n, const std::vector<Region>& regions,
                      const std::vector<int>& slot_region, size_t node_index) {
   const int* sr = &slot_region[node_index * (kMaxInputs + 1)];
@@ -619,32 +822,7 @@ void Device::compute(Storage storage, const Node& n, const std::vector<Region>& 
   void* out = dev(n.output, sr[kMaxInputs]);
   cudaStream_t st = stream_;
   switch (n.op) {
-    case Op::linear: {
-      const size_t m = n.p(0), k = n.p(1), nn = n.p(2);
-      if (m == 0 || nn == 0) break;
-      if (k == 0 || !cublas_.ok() || m > INT_MAX || k > INT_MAX || nn > INT_MAX) {
-        if (k == 0)
-          fill_rows(storage, in[2], out, m, nn, st);
-        else
-          linear_fallback(storage, in[0], in[1], in[2], out, m, k, nn, st);
-        break;
-      }
-      // Row-major y[m, n] = x[m, k] W[n, k]^T is column-major y^T[n, m] = W^T' x^T' with W read
-      // transposed: cuBLAS (op T on W, lda k; op N on x, ldb k; ldc n). The bias is written into
-      // y first and accumulated with beta = 1, so the output is rounded once.
-      const float one = 1.0f, zero = 0.0f;
-      if (in[2]) fill_rows(storage, in[2], out, m, nn, st);
-      const cudaDataType_t t = cuda_type(storage);
-      const int rc = cublas_.gemm_ex(cublas_.handle, kCublasOpT, kCublasOpN, static_cast<int>(nn),
-                                     static_cast<int>(m), static_cast<int>(k), &one, in[1], t,
-                                     static_cast<int>(k), in[0], t, static_cast<int>(k),
-                                     in[2] ? &one : &zero, out, t, static_cast<int>(nn),
-                                     kCublasCompute32F, kCublasGemmDefault);
-      if (rc != 0)
-        throw std::runtime_error("node " + std::to_string(node_index) + " (linear): cublasGemmEx failed with status " +
-                                 std::to_string(rc));
-      break;
-    }
+    case Op::linear: linear(storage, in[0], in[1], in[2], out, n.p(0), n.p(1), n.p(2), node_index); break;
     case Op::layer_norm: layer_norm(storage, in[0], in[1], in[2], out, n.p(0), n.p(1), n.pf(2), st); break;
     case Op::rms_norm: rms_norm(storage, in[0], in[1], out, n.p(0), n.p(1), n.pf(2), st); break;
     case Op::modulate: modulate(storage, in[0], in[1], in[2], out, n.p(0), n.p(1), st); break;

@@ -19,6 +19,10 @@ struct Status {
   std::string device;     // its name, when usable
   int index = -1;         // its index among the devices, when usable
   std::string uuid;       // its UUID as nvidia-smi prints it ("GPU-xxxxxxxx-xxxx-..."), when usable
+  int sms = 0;            // its multiprocessors (a MIG slice has fewer), when usable
+  // What runs `linear`, when usable: "cublaslt-<version>" (the library whose heuristic picks the
+  // pinned GEMM algorithms) or "tiled" (the fallback kernel). Part of the numerics fingerprint.
+  std::string gemm;
   std::string reason;     // why not usable, when not
 };
 

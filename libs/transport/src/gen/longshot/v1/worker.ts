@@ -174,6 +174,12 @@ export enum PayloadKind {
    * the order every member's forward sends and takes them.
    */
   PAYLOAD_KIND_GROUP = 3,
+  /**
+   * PAYLOAD_KIND_GROUP_FAILURE - From a group member (rank > 0) to rank 0 on its stage channel, once, when the member failed:
+   * its error message as UTF-8, zero-padded to whole 4-byte words (dtype F32, shape [words],
+   * no block-step). Rank 0 fails its stage with it at once.
+   */
+  PAYLOAD_KIND_GROUP_FAILURE = 4,
 }
 
 export function payloadKindFromJSON(object: any): PayloadKind {
@@ -190,6 +196,9 @@ export function payloadKindFromJSON(object: any): PayloadKind {
     case 3:
     case "PAYLOAD_KIND_GROUP":
       return PayloadKind.PAYLOAD_KIND_GROUP;
+    case 4:
+    case "PAYLOAD_KIND_GROUP_FAILURE":
+      return PayloadKind.PAYLOAD_KIND_GROUP_FAILURE;
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PayloadKind");
   }
@@ -205,6 +214,8 @@ export function payloadKindToJSON(object: PayloadKind): string {
       return "PAYLOAD_KIND_VELOCITY";
     case PayloadKind.PAYLOAD_KIND_GROUP:
       return "PAYLOAD_KIND_GROUP";
+    case PayloadKind.PAYLOAD_KIND_GROUP_FAILURE:
+      return "PAYLOAD_KIND_GROUP_FAILURE";
     default:
       throw new globalThis.Error("Unrecognized enum value " + object + " for enum PayloadKind");
   }
