@@ -151,7 +151,7 @@ describe('faults', () => {
     cluster.kill([...cluster.workers.keys()][0], 'SIGKILL');
     const done = await finished(id);
     expect(done.status).toBe('failed');
-    expect(done.error.message).toMatch(/no 2 free workers for model tiny within 3 s \(LONGSHOT_WORKERS_DEADLINE_MS\); 1 registered workers serve it/);
+    expect(done.error.message).toMatch(/no 2 free workers \(K=2\) for model tiny within 3 s \(LONGSHOT_WORKERS_DEADLINE_MS\); 1 registered workers serve it/);
     expect(await (await fetch(`${url()}/metrics`)).text()).toMatch(/^longshot_jobs_workers_deadline_total [1-9]/m);
   });
 });

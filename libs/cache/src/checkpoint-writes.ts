@@ -99,9 +99,12 @@ export class ThreadCheckpointWrites implements CheckpointWrites {
 
   private started(): Worker {
     if (this.worker) return this.worker;
-    // The thread runs TypeScript source like the rest of the process (tsx's require hook).
+    // The thread runs TypeScript source like the rest of the process (tsx's require hook). Both
+    // paths are resolved here: an eval'd thread resolves bare names from the process's working
+    // directory, which need not be the repository (a worker started by the CLI from elsewhere).
     const entry = join(__dirname, 'checkpoint-writer-thread.ts');
-    const worker = new Worker(`require('tsx/cjs'); require(${JSON.stringify(entry)});`, { eval: true, workerData: this.options, name: 'checkpoint-writer' });
+    const hook = require.resolve('tsx/cjs');
+    const worker = new Worker(`require(${JSON.stringify(hook)}); require(${JSON.stringify(entry)});`, { eval: true, workerData: this.options, name: 'checkpoint-writer' });
     worker.unref();
     worker.on('message', (reply: WriterReply) => {
       const call = this.calls.get(reply.seq);
