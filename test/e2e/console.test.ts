@@ -73,9 +73,12 @@ describe('web console', () => {
   });
 
   it('submits a short job, follows it to done over SSE with every block preview, and plays the video', async () => {
-    await fillSubmitForm(page, c.url, SHORT_JOB);
+    // CFG parallel from the form's boolean select: the job runs on both workers, one guidance half each.
+    await fillSubmitForm(page, c.url, { ...SHORT_JOB, cfgParallel: 'true' });
     const id = await submitForm(page);
     await waitForStatus(page, 'succeeded');
+    expect(await page.locator('#job-phase').textContent()).toMatch(/^Done: 21 frames at 16 fps, rendered in .+ on K=1 x CFG\.$/);
+    expect(await page.locator('dl.spec').textContent()).toContain('cfgParalleltrue');
     // Progress reached the end: 3 blocks of 4 steps.
     await waitFor('the final progress', async () => (await page.locator('#job-counts').textContent()) === '3/3 blocks, 12/12 block-steps');
     expect(await properties(page, '#job-progress', ['value', 'max'])).toEqual([{ value: 12, max: 12 }]);

@@ -4,7 +4,10 @@
 import { api, TERMINAL } from './api.js';
 import { badge, duration, h } from './dom.js';
 
-const SPEC_KEYS = ['prompt', 'negativePrompt', 'model', 'width', 'height', 'frames', 'fps', 'steps', 'guidance', 'sampler', 'shift', 'seed', 'block', 'context', 'stages'];
+const SPEC_KEYS = ['prompt', 'negativePrompt', 'model', 'width', 'height', 'frames', 'fps', 'steps', 'guidance', 'sampler', 'shift', 'seed', 'block', 'context', 'stages', 'ulysses', 'cfgParallel'];
+
+/** How a job's stages are laid out: `K=2`, or with stage groups `K=2 x U=2 x CFG` (docs/parallelism.md). */
+const layoutText = (stages, group) => [`K=${stages}`, ...(group?.ulysses > 1 ? [`U=${group.ulysses}`] : []), ...(group?.cfgParallel ? ['CFG'] : [])].join(' x ');
 
 export async function jobView(root, { signal, params: [id] }) {
   const job = await api('GET', `/v1/videos/${id}`);
@@ -101,7 +104,8 @@ export async function jobView(root, { signal, params: [id] }) {
     showProgress(rec.progress);
     if (rec.status === 'succeeded') {
       for (let i = 0; i < rec.progress.blocks; i++) showPreview(i, `${rec.urls.self}/blocks/${i}/preview.jpg`);
-      phase.textContent = `Done: ${rec.result.frames} frames at ${rec.result.fps} fps, rendered in ${duration(rec.result.seconds)}.`;
+      const layout = rec.result.layout ? ` on ${layoutText(rec.result.layout.stages, rec.result.layout)}` : '';
+      phase.textContent = `Done: ${rec.result.frames} frames at ${rec.result.fps} fps, rendered in ${duration(rec.result.seconds)}${layout}.`;
       showVideo();
     } else if (rec.status === 'failed') {
       phase.textContent = 'Failed.';
@@ -126,7 +130,7 @@ export async function jobView(root, { signal, params: [id] }) {
   on('queued', () => (phase.textContent = 'Waiting in the queue.'));
   on('started', (d) => {
     setStatus('running');
-    phase.textContent = `Running, attempt ${d.attempt}: ${d.stages} stage${d.stages === 1 ? '' : 's'} on ${d.workers.join(', ')}.`;
+    phase.textContent = `Running, attempt ${d.attempt}: ${d.stages} stage${d.stages === 1 ? '' : 's'} (${layoutText(d.stages, d.layout)}) on ${d.workers.join(', ')}.`;
   });
   on('progress', showProgress);
   on('block', (d) => showPreview(d.index, d.previewUrl));

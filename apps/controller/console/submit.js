@@ -5,13 +5,14 @@ import { api, ApiError, submitOperation } from './api.js';
 import { h } from './dom.js';
 
 /**
- * The input for one field, by its JSON schema: a select for an enum, a text area for free text
- * (a body string without a pattern), else a one-line text input. Numbers are typed as text too:
- * the API judges them.
+ * The input for one field, by its JSON schema: a select for an enum or a boolean, a text area for
+ * free text (a body string without a pattern), else a one-line text input. Numbers are typed as
+ * text too: the API judges them.
  */
 function input(name, spec, { multiline = spec.type === 'string' && !spec.pattern } = {}) {
   const common = { id: `field-${name}`, name, 'data-type': spec.type, 'aria-describedby': `help-${name}` };
-  if (spec.enum) return h('select', common, h('option', { value: '' }, '(default)'), spec.enum.map((v) => h('option', { value: v }, v)));
+  const choices = spec.enum ?? (spec.type === 'boolean' ? ['true', 'false'] : null);
+  if (choices) return h('select', common, h('option', { value: '' }, '(default)'), choices.map((v) => h('option', { value: String(v) }, String(v))));
   if (multiline) return h('textarea', { ...common, rows: 2, placeholder: spec.example ?? '' });
   const numeric = spec.type === 'number' || spec.type === 'integer';
   return h('input', {
@@ -31,6 +32,7 @@ function value(el) {
     const n = Number(raw);
     return Number.isFinite(n) ? n : raw; // not a number: sent as typed, so the API names the field
   }
+  if (el.dataset.type === 'boolean') return raw === 'true';
   return el.value;
 }
 
