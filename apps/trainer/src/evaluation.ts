@@ -153,6 +153,19 @@ function seamFigure(videos: readonly SeamVideo[], mode: SeamMode): SeamFigure | 
   return { score: meanOrNull(of.map((v) => v.seam.score)), atSeams: mean(of.map((v) => v.seam.atSeams)), insideBlocks: mean(of.map((v) => v.seam.insideBlocks)), videos: of.length };
 }
 
+/** How many of the clips show the asked colour, shape, motion, and all three, and as shares. */
+function tally(videos: readonly VideoFigures[]): Pick<ModelFigures, 'correct' | 'accuracy'> {
+  const count = (ok: (v: VideoFigures) => boolean) => videos.filter(ok).length;
+  const correct = {
+    colour: count((v) => v.correct.colour),
+    shape: count((v) => v.correct.shape),
+    motion: count((v) => v.correct.motion),
+    all: count((v) => v.correct.colour && v.correct.shape && v.correct.motion),
+  };
+  const n = videos.length;
+  return { correct, accuracy: { colour: correct.colour / n, shape: correct.shape / n, motion: correct.motion / n, all: correct.all / n } };
+}
+
 /**
  * Renders every prompt x seed and the seam videos with `model` and measures them. `label` names
  * the model in progress lines and its MP4 folder ('model', 'floor').
@@ -183,7 +196,6 @@ export async function evaluateModel(
   const onePassSkipped = onePass.fits ? null : `one block of ${seamLatents} latent frames needs about ${(onePass.bytes / 2 ** 30).toFixed(1)} GiB, over half the free memory`;
   const seamTotal = seamParts.length * (onePassSkipped ? 2 : 3);
   evalMetrics.planned(label, total, seamTotal);
-  const share = (ok: (v: VideoFigures) => boolean) => perVideo.filter(ok).length / perVideo.length;
   for (const parts of prompts) {
     const prompt = composeCaption(g, parts);
     for (let seed = 0; seed < s.seeds; seed++) {
@@ -193,12 +205,7 @@ export async function evaluateModel(
       const correct = { colour: a.colour === parts.colour, shape: a.shape === parts.shape, motion: a.motion === parts.motion };
       perVideo.push({ prompt, seed, colour: a.colour, shape: a.shape, motion: a.motion, correct, fidelity: fidelityOf(g, a, parts), seconds });
       const mark = (ok: boolean, got: string | null) => `${ok ? '+' : '-'}${got ?? 'none'}`;
-      evalMetrics.clip(label, seconds, {
-        colour: share((v) => v.correct.colour),
-        shape: share((v) => v.correct.shape),
-        motion: share((v) => v.correct.motion),
-        all: share((v) => v.correct.colour && v.correct.shape && v.correct.motion),
-      });
+      evalMetrics.clip(label, seconds, tally(perVideo).accuracy);
       progress(`${label} ${perVideo.length}/${total} ${seconds.toFixed(1)}s '${prompt}' seed ${seed}: colour ${mark(correct.colour, a.colour)} shape ${mark(correct.shape, a.shape)} motion ${mark(correct.motion, a.motion)}`);
     }
   }
@@ -218,16 +225,14 @@ export async function evaluateModel(
     }
   }
 
-  const count = (k: 'colour' | 'shape' | 'motion') => perVideo.filter((v) => v.correct[k]).length;
-  const all = perVideo.filter((v) => v.correct.colour && v.correct.shape && v.correct.motion).length;
-  const correct = { colour: count('colour'), shape: count('shape'), motion: count('motion'), all };
+  const { correct, accuracy } = tally(perVideo);
   const n = perVideo.length;
   return {
     model: modelName,
     videos: n,
     objectFound: perVideo.filter((v) => v.fidelity.framesWithObject >= v.fidelity.frames / 2).length,
     correct,
-    accuracy: { colour: correct.colour / n, shape: correct.shape / n, motion: correct.motion / n, all: correct.all / n },
+    accuracy,
     fidelity: {
       objectColour: meanOrNull(perVideo.map((v) => v.fidelity.objectColour)),
       backgroundColour: mean(perVideo.map((v) => v.fidelity.backgroundColour)),
