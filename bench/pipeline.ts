@@ -50,7 +50,7 @@ export interface PipelineRow {
   /** Seconds of every run (LONGSHOT_BENCH_REPEAT); `seconds` is their median. */
   runs: number[];
   /** The head worker's host CPU per block-step (its /metrics before and after the run): JS thread, kernels, data plane. */
-  headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number };
+  headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number; otherMs: number };
   seconds: number;
   speedup: number;
   /** Speedup over K = 1 divided by the workers used. */
@@ -77,11 +77,11 @@ function jobSpec(stages: number): JobSpec {
  * activations (jobTiming without a decoder: the emulated workers do not decode), in bench time.
  */
 /** A worker's host CPU totals (seconds, by part) and forward count, from its /metrics. */
-async function hostCpuOf(metricsAddress: string): Promise<{ js: number; kernels: number; dataplane: number; forwards: number }> {
+async function hostCpuOf(metricsAddress: string): Promise<{ js: number; kernels: number; dataplane: number; other: number; forwards: number }> {
   const text = await (await fetch(`http://${metricsAddress}/metrics`)).text();
   const sum = (re: RegExp) => [...text.matchAll(re)].reduce((n, m) => n + Number(m[1]), 0);
   const part = (p: string) => sum(new RegExp(`^longshot_host_cpu_seconds_total\\{part="${p}"\\} (\\S+)$`, 'gm'));
-  return { js: part('js'), kernels: part('kernels'), dataplane: part('dataplane'), forwards: sum(/^longshot_stage_forward_seconds_count\{[^}]*\} (\S+)$/gm) };
+  return { js: part('js'), kernels: part('kernels'), dataplane: part('dataplane'), other: part('other'), forwards: sum(/^longshot_stage_forward_seconds_count\{[^}]*\} (\S+)$/gm) };
 }
 
 function predict(spec: JobSpec, layout: PipelineLayout): number {
@@ -118,8 +118,8 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
         const head = cluster.workers.get(run.workers[0])!;
         const [b, a] = [before.get(head.id)!, await hostCpuOf(head.metricsAddress)];
         const steps = a.forwards - b.forwards;
-        const perStepMs = (x: 'js' | 'kernels' | 'dataplane') => ((a[x] - b[x]) / steps) * 1000;
-        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane') } });
+        const perStepMs = (x: 'js' | 'kernels' | 'dataplane' | 'other') => ((a[x] - b[x]) / steps) * 1000;
+        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') } });
       }
       const runs = measured.map((m) => m.seconds);
       const { seconds, headCpuPerBlockStep } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
@@ -128,7 +128,7 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
       const speedup = base ? base.seconds / seconds : 1;
       const predictedSpeedup = base ? base.predicted / predicted : 1;
       rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
-      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms`);
+      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms, other threads ${headCpuPerBlockStep.otherMs.toFixed(2)} ms`);
     }
   } finally {
     redis.disconnect();

@@ -7,24 +7,40 @@ import { SESSION_ERROR_CODES } from './session-error';
 export const REFUSAL_REASONS = [...GRANT_ERROR_REASONS, 'grant-scope', 'grant-job', 'grant-prefix', 'no-lease'] as const;
 export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
-/** The parts of the host CPU time a worker reports (HostCpuSeconds, libs/engine). */
-export const HOST_CPU_PARTS = ['js', 'kernels', 'dataplane'] as const;
-const HOST_CPU_FIELDS: Record<(typeof HOST_CPU_PARTS)[number], keyof HostCpuSeconds> = { js: 'jsThread', kernels: 'kernels', dataplane: 'dataPlane' };
+/**
+ * The parts of the host CPU time a worker reports: the three the engine measures (HostCpuSeconds,
+ * libs/engine) and `other`, the rest of the process's CPU time (the checkpoint writer thread, the
+ * garbage collector's and libuv's threads), so that the parts add up to the process's total.
+ */
+export const HOST_CPU_PARTS = ['js', 'kernels', 'dataplane', 'other'] as const;
+export type HostCpuPart = (typeof HOST_CPU_PARTS)[number];
+
+/** The process's CPU seconds by part, from the engine's clocks and the process's own. */
+export function hostCpuByPart(engine: HostCpuSeconds = hostCpuSeconds(), processSeconds = processCpuSeconds()): Record<HostCpuPart, number> {
+  const named = engine.jsThread + engine.kernels + engine.dataPlane;
+  return { js: engine.jsThread, kernels: engine.kernels, dataplane: engine.dataPlane, other: Math.max(0, processSeconds - named) };
+}
+
+function processCpuSeconds(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+}
+
 /** What the counter has been told so far: each scrape adds the growth since. */
-const hostCpuSeen: Record<string, number> = { js: 0, kernels: 0, dataplane: 0 };
+const hostCpuSeen: Record<HostCpuPart, number> = { js: 0, kernels: 0, dataplane: 0, other: 0 };
 
 /** The worker's metrics, on the process's one registry (served at /metrics on the metrics port). */
 export const workerMetrics = {
   hostCpu: counter<'part'>({
     name: 'longshot_host_cpu_seconds_total',
-    help: 'Host CPU time of this worker by part: js (the JS thread, without graphs it ran itself), kernels (compute graphs, every thread), dataplane (the native data plane threads). Per block-step: divide its rate by that of longshot_stage_forward_seconds_count (recording rule longshot:host_cpu_seconds_per_block_step)',
+    help: 'Host CPU time of this worker by part: js (the JS thread, without graphs it ran itself), kernels (compute graphs, every thread), dataplane (the native data plane threads), other (the rest of the process: the checkpoint writer thread, garbage collection, libuv). Per block-step: divide its rate by that of longshot_stage_forward_seconds_count (recording rule longshot:host_cpu_seconds_per_block_step)',
     labelNames: ['part'],
     known: { part: HOST_CPU_PARTS },
     // Read at scrape time, on the JS thread (the js part is that thread's own clock).
     collect() {
-      const now = hostCpuSeconds();
+      const now = hostCpuByPart();
       for (const part of HOST_CPU_PARTS) {
-        const total = now[HOST_CPU_FIELDS[part]];
+        const total = now[part];
         if (total > hostCpuSeen[part]) this.inc({ part }, total - hostCpuSeen[part]);
         hostCpuSeen[part] = Math.max(hostCpuSeen[part], total);
       }
