@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/bootstrap.sh
-prompt='a big red circle bouncing on a blue background'
+# A combination the DiT never saw in training (red circles never move left there: grammar.json's held-out rule).
+prompt='a big red circle moving left on a blue background'
 out=out/demo.mp4
 node apps/cli/bin/longshot.js render --model longshot-shapes --size 64x64 --prompt "$prompt" --stages 2 --out "$out" "$@"
 node --import tsx apps/trainer/src/describe.ts "$out" --prompt "$prompt"

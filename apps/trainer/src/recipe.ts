@@ -26,7 +26,15 @@ export interface Recipe {
     seed: number;
   };
   readonly transformer: { num_attention_heads: number; attention_head_dim: number; ffn_dim: number; num_layers: number; text_dim: number; freq_dim: number; eps: number; text_len: number };
-  readonly dit: { readonly steps: number; readonly clips: number; readonly flowShift: number };
+  readonly dit: {
+    readonly steps: number;
+    readonly clips: number;
+    readonly flowShift: number;
+    /** Extra weight of the object's latent cells in the loss (0 or absent: none). */
+    readonly objectWeight?: number;
+    /** Decay of the weights' moving average that ships (0 or absent: the last step's weights). */
+    readonly ema?: number;
+  };
   readonly shippedDtype: 'F16' | 'BF16' | 'F32';
 }
 

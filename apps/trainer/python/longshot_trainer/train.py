@@ -22,11 +22,12 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=0, help="override the DiT's clip count (smoke tests)")
     ap.add_argument("--smoke", action="store_true", help="small statistics and datasets (the test suite's smoke run)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--recipe", help="another recipe file (experiments); default apps/trainer/recipe.json")
     ap.add_argument("--out", help="export: the pipeline directory to write the weights into")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.makedirs(a.workdir, exist_ok=True)
-    recipe = load_recipe()
+    recipe = load_recipe(a.recipe) if a.recipe else load_recipe()
     if a.smoke:
         # A few steps on one small batch each, every step reported: the test suite checks that the
         # losses fall (on fresh batches they would only on average).

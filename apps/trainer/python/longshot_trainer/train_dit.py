@@ -9,6 +9,14 @@ because DualParal shows the model windows that start mid-video (a block's prefix
 video's first frame. Text: the umT5 embeddings Longshot's engine computed for every caption
 (text-embeddings.safetensors, written by the orchestrator); a fraction of steps uses the
 embedding of "" instead, so classifier-free guidance has an unconditional model.
+
+Two optional terms of the recipe (`dit.objectWeight`, `dit.ema`):
+- object weighting: the squared error on the latent cells the object touches (in any video frame
+  the latent frame covers; from the generator's ground truth) counts 1 + objectWeight times, and
+  the loss is normalised by the weights. The object covers 4 to 9% of a frame, so an unweighted
+  loss is almost all background: a still blob of about the right colour already earns most of it.
+- an exponential moving average of the weights (decay `ema`), kept in the checkpoint and shipped
+  instead of the last step's weights.
 """
 import json
 import os
@@ -33,6 +41,48 @@ def load_text(workdir: str):
     return {c: i for i, c in enumerate(captions)}, emb
 
 
+def clip_spec(recipe: dict, grammar: Grammar, captions: list, i: int):
+    """Clip i of the DiT's dataset: its caption and the generator seed (drawn from (seed, 3, i))."""
+    rng = np.random.default_rng([recipe["seed"], 3, i])
+    cap = captions[int(rng.integers(len(captions)))]
+    return cap, int(rng.integers(2**31))
+
+
+def object_cells(path: list, latent_frames: int, rows: int, cols: int, cell: float, pad: float = 2.0) -> np.ndarray:
+    """[latent_frames, rows, cols] 1 where the object (centre, radius per video frame; padded by
+    `pad` px) touches a latent cell in a video frame the latent frame covers: frame 0 covers video
+    frame 0, latent frame l >= 1 covers video frames 4l-3..4l (the VAE's 4x causal compression)."""
+    out = np.zeros((latent_frames, rows, cols), dtype=np.float32)
+    top, left = np.arange(rows) * cell, np.arange(cols) * cell
+    for t in range(latent_frames):
+        for f in ([0] if t == 0 else range(4 * t - 3, min(4 * t + 1, len(path)))):
+            cx, cy, r = path[f]
+            dx = np.maximum(np.maximum(left - cx, 0), cx - (left + cell))
+            dy = np.maximum(np.maximum(top - cy, 0), cy - (top + cell))
+            out[t] = np.maximum(out[t], (dy[:, None] ** 2 + dx[None, :] ** 2 <= (r + pad) ** 2))
+    return out
+
+
+def dataset_captions(grammar: Grammar, index: dict) -> list:
+    """The training captions the orchestrator encoded (all of them, or a sample in a smoke run)."""
+    return [c for c in grammar.training_captions() if c.text(grammar) in index]
+
+
+def object_masks(recipe: dict, index: dict, texts: list, shape: tuple) -> torch.Tensor:
+    """[clips, 1, T, h, w] object footprints of the dataset's clips, from the generator's ground truth."""
+    grammar = Grammar()
+    captions = dataset_captions(grammar, index)
+    T, h, w = shape
+    masks = torch.zeros(len(texts), 1, T, h, w)
+    for i, text in enumerate(texts):
+        cap, seed = clip_spec(recipe, grammar, captions, i)
+        if cap.text(grammar) != text:
+            fail(f"latents.pt clip {i} is {text!r} but the generator draws {cap.text(grammar)!r}: delete latents.pt and rerun")
+        _, truth = render_clip(grammar, cap, seed)
+        masks[i, 0] = torch.from_numpy(object_cells(truth["path"], T, h, w, grammar.height / h))
+    return masks
+
+
 @torch.no_grad()
 def encode_dataset(recipe: dict, workdir: str, clips: int, index: dict) -> dict:
     """Latents of `clips` generated training clips; resumable in chunks of 64 clips."""
@@ -46,15 +96,13 @@ def encode_dataset(recipe: dict, workdir: str, clips: int, index: dict) -> dict:
     vae.eval()
     mean, std = final["latents_mean"].view(1, -1, 1, 1, 1), final["latents_std"].view(1, -1, 1, 1, 1)
     grammar = Grammar()
-    # The training captions the orchestrator encoded (all of them, or a sample in a smoke run).
-    captions = [c for c in grammar.training_captions() if c.text(grammar) in index]
+    captions = dataset_captions(grammar, index)
     progress = Progress("latents", clips, len(data["captions"]))
     for start in range(len(data["captions"]), clips, 64):
         batch, texts = [], []
         for i in range(start, min(clips, start + 64)):
-            rng = np.random.default_rng([recipe["seed"], 3, i])
-            cap = captions[int(rng.integers(len(captions)))]
-            clip, _ = render_clip(grammar, cap, int(rng.integers(2**31)))
+            cap, seed = clip_spec(recipe, grammar, captions, i)
+            clip, _ = render_clip(grammar, cap, seed)
             batch.append(clip)
             texts.append(cap.text(grammar))
         mu, _ = vae.encode(torch.from_numpy(np.stack(batch)))
@@ -79,13 +127,20 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
         fail(f"no text embedding for {len(missing)} captions, e.g. {missing[0]!r}")
     rows = torch.tensor([index[c] for c in data["captions"][:clips]])
     empty = emb[index[""]]
+    weight = r.get("objectWeight", 0.0)
+    masks = object_masks(recipe, index, data["captions"][:clips], tuple(latents.shape[2:])) if weight else None
     torch.manual_seed(recipe["seed"] + 1)
     model = WanTransformer3DModel(recipe["transformer"])
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
     ckpt_path = os.path.join(workdir, "dit.pt")
     start = resume(ckpt_path, "dit", model, opt, steps)
+    saved = load_checkpoint(ckpt_path) if start else None
+    decay = r.get("ema", 0.0)
+    ema = None
+    if decay:
+        ema = saved["ema"] if saved else {k: v.detach().clone() for k, v in model.state_dict().items()}
     progress = Progress("dit", steps, start)
-    running = None
+    running = saved["loss"] if saved else None  # the smoothed loss carries on across a resume
     shift = r["flowShift"]
     total = latents.shape[2]
     for step in range(start, steps):
@@ -105,14 +160,24 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, r["lr"], r["finalLr"], r.get("warmup", 100))
         pred = model(xt, sigma * 1000, ctx)
-        loss = ((pred - (noise - x0)) ** 2).mean()
+        err = (pred - (noise - x0)) ** 2
+        if masks is None:
+            loss = err.mean()
+        else:
+            w = 1 + weight * masks[idx, :, first : first + length]
+            loss = (err * w).sum() / (w.sum() * err.shape[1])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    ema[k].mul_(decay).add_(v, alpha=1 - decay)
         running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
         if (step + 1) % r.get("report", 25) == 0 or step + 1 == steps:
             progress.report(step, loss=float(loss), smoothed=running)
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "loss": running})
-    torch.save({"model": model.state_dict(), "loss": running}, os.path.join(workdir, "dit-final.pt"))
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "loss": running, "ema": ema})
+    # What ships: the moving average when the recipe keeps one, the last step's weights otherwise.
+    torch.save({"model": ema if ema is not None else model.state_dict(), "last": model.state_dict(), "loss": running}, os.path.join(workdir, "dit-final.pt"))
