@@ -96,7 +96,7 @@ DiT's training (grammar.json's rule) so evaluation can test combinations never s
 | component | architecture | size |
 | --- | --- | --- |
 | transformer | WanTransformer3DModel: ${t.num_layers} layers, ${t.num_attention_heads} heads x ${t.attention_head_dim}, FFN ${t.ffn_dim}, text_dim ${t.text_dim} | ${recipe.dit.steps} steps of flow matching on ${recipe.dit.clips} clips${ditTraining(recipe)}, final loss ${stats.dit_loss} |
-| vae | AutoencoderKLWan: base_dim ${v.base_dim}, dim_mult [${v.dim_mult.join(', ')}], ${v.num_res_blocks} residual block(s) per stage, z_dim ${v.z_dim} | ${recipe.vae.steps} steps, then ${recipe.vae.decoderSteps} of the decoder alone on ${recipe.vae.decoderClipFrames}-frame clips; reconstruction PSNR ${stats.reconstruction_psnr_db} dB on whole generated clips; decoder weights only |
+| vae | AutoencoderKLWan: base_dim ${v.base_dim}, dim_mult [${v.dim_mult.join(', ')}], ${v.num_res_blocks} residual block(s) per stage, z_dim ${v.z_dim} | ${recipe.vae.steps} steps, then ${recipe.vae.decoderSteps} of the decoder alone on ${recipe.vae.decoderClipFrames}-frame clips${recipe.vae.colourSteps ? ` and ${recipe.vae.colourSteps} more with the shape's pixels weighted 1 + ${recipe.vae.colourWeight}` : ''}; reconstruction PSNR ${stats.reconstruction_psnr_db} dB on whole generated clips; decoder weights only |
 | text_encoder | UMT5EncoderModel: ${recipe.text_encoder.num_layers} layers, d_model ${recipe.text_encoder.d_model}, seeded (seed ${recipe.text_encoder.seed}), not trained | |
 | tokenizer | closed-vocabulary Unigram tokenizer.json (T5TokenizerFast layout), ${t.text_len} tokens | |
 | scheduler | UniPCMultistepScheduler, flow_shift ${recipe.dit.flowShift} | |

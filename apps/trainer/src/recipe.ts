@@ -12,7 +12,7 @@ export const RECIPE_FILE = path.join(TRAINER_DIR, 'recipe.json');
 export interface Recipe {
   readonly name: string;
   readonly seed: number;
-  readonly vae: { readonly config: { base_dim: number; z_dim: number; dim_mult: number[]; num_res_blocks: number; temperal_downsample: boolean[] }; readonly steps: number; readonly decoderSteps: number; readonly decoderClipFrames: number };
+  readonly vae: { readonly config: { base_dim: number; z_dim: number; dim_mult: number[]; num_res_blocks: number; temperal_downsample: boolean[] }; readonly steps: number; readonly decoderSteps: number; readonly decoderClipFrames: number; readonly colourSteps?: number; readonly colourWeight?: number };
   readonly text_encoder: {
     vocab_size: number;
     d_model: number;

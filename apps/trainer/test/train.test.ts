@@ -37,7 +37,7 @@ describe('npm run train -- --smoke', () => {
   it('the VAE and the DiT learn: their losses fall well below the first step\'s', () => {
     const vae = losses('vae');
     const dit = losses('dit');
-    expect(vae).toHaveLength(12); // 10 steps, then 2 of the decoder alone
+    expect(vae).toHaveLength(14); // 10 steps, then 2 of the decoder alone on long clips, 2 more on colour
     expect(dit).toHaveLength(30);
     // One fixed batch each: the VAE's first phase (single frames) gets well below its first loss
     // (Adam at the recipe's rate wobbles after a few steps on 4 frames, so the best step counts),

@@ -31,7 +31,7 @@ def main() -> None:
     if a.smoke:
         # A few steps on one small batch each, every step reported: the test suite checks that the
         # losses fall (on fresh batches they would only on average).
-        recipe["vae"].update(statsClips=8, batch=2, imageBatch=4, warmup=2, report=1, decoderSteps=2, decoderClipFrames=9, fixedBatch=True)
+        recipe["vae"].update(statsClips=8, batch=2, imageBatch=4, warmup=2, report=1, decoderSteps=2, decoderClipFrames=9, colourSteps=2, colourClipFrames=9, colourBatch=1, fixedBatch=True)
         recipe["dit"].update(batch=8, warmup=2, report=1, fixedBatch=True)
     if a.stage == "captions":
         import json
