@@ -8,7 +8,7 @@ describe('API key tokens', () => {
     const token = formatApiKey(k);
     expect(token).toMatch(/^lsk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$/);
     expect(parseApiKey(token)).toEqual(k);
-    for (const bad of ['', 'lsk_', `Bearer ${token}`, `${token}x`, token.replace('lsk_', 'lsx_'), `lsk_${k.id.toUpperCase()}_${k.secret}`, `lsk_${k.id}_${k.secret.slice(1)}`]) {
+    for (const bad of ['', 'lsk_', `Bearer ${token}`, `${token}x`, token.replace('lsk_', 'lsx_'), `lsk_ABCDEF012345_${k.secret}`, `lsk_${k.id}_${k.secret.slice(1)}`]) {
       expect(parseApiKey(bad)).toBeNull();
     }
   });
