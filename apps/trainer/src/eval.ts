@@ -24,9 +24,9 @@ const DEFAULT_SEAM_FRAMES = (g: Grammar) => framesOf(EVAL_DEFAULTS.seamFactor * 
 export const EVAL = {
   name: 'eval',
   summary: 'quality of a shapes model on the held-out captions, against the floor',
-  usage: 'npm run eval -- [--model NAME|DIR] [--floor NAME|DIR] [--prompts N] [--seeds N] [--metrics-port N] [--json]',
+  usage: 'npm run eval -- [--model NAME|DIR] [--floor NAME|DIR] [--prompts N] [--seeds N] [--steps N] [--guidance X] [--metrics-port N] [--json]',
   description:
-    'Renders each held-out caption x seed in this process (one stage, blocks of 4, context 2, 20 steps, ' +
+    'Renders each held-out caption x seed in this process (one stage, blocks of 4, context 2, 20 steps, guidance 5, ' +
     "the grammar's size, frames and fps) with the model and with the floor, measures colour, shape and motion " +
     'from the decoded frames, and scores the block seams of long videos rendered with DualParal, naive chunks ' +
     'and in one pass. Progress on stderr.',
@@ -35,6 +35,8 @@ export const EVAL = {
     floor: { value: 'NAME|DIR', help: "the model to beat: 'seeded' is the model's own directory with seeded transformer and VAE weights (never trained), or any model", default: "'seeded' for a pipeline, else tiny" },
     prompts: { value: 'N', help: 'held-out captions to render (50 or more for figures worth comparing)', default: String(EVAL_DEFAULTS.prompts) },
     seeds: { value: 'N', help: 'seeds per caption', default: String(EVAL_DEFAULTS.seeds) },
+    steps: { value: 'N', help: 'sampling steps of every render', default: String(EVAL_DEFAULTS.steps) },
+    guidance: { value: 'X', help: 'classifier-free guidance scale of every render', default: String(EVAL_DEFAULTS.guidance) },
     prompt: { value: 'TEXT', help: 'render this caption instead of the held-out ones (words outside the grammar are ignored, with a warning)' },
     'seam-prompts': { value: 'N', help: 'the first captions (seed 0) rendered as long videos for the seam scores, 0 for none', default: `${EVAL_DEFAULTS.seamPrompts} or all the captions when fewer` },
     'seam-frames': { value: 'N', help: "frames of the seam videos (4n+1, whole blocks, at least two)", default: '8x the clip length: 253' },
@@ -56,6 +58,13 @@ function countFlag(name: string, raw: string | undefined, fallback: number, min:
   const n = intFlag(name, raw) ?? fallback;
   if (n < min || n > max) throw new UsageError(`--${name}: expected ${Number.isFinite(max) ? `${min} to ${max}` : `${min} or more`}, got ${n}`);
   return n;
+}
+
+function guidanceFlag(raw: string | undefined): number {
+  if (raw === undefined) return EVAL_DEFAULTS.guidance;
+  const x = Number(raw);
+  if (raw.trim() === '' || !Number.isFinite(x) || x < 0 || x > 100) throw new UsageError(`--guidance: expected a number from 0 to 100, got '${raw}'`);
+  return x;
 }
 
 function promptsFrom(g: Grammar, f: { prompt?: string; prompts?: string }): CaptionParts[] {
@@ -98,7 +107,8 @@ export async function evalCommand(argv: string[]): Promise<{ report: EvalReport;
     return built.source;
   });
   const settings: EvalSettings = {
-    steps: EVAL_DEFAULTS.steps,
+    steps: countFlag('steps', f.steps, EVAL_DEFAULTS.steps, 1, 1000),
+    guidance: guidanceFlag(f.guidance),
     block: EVAL_DEFAULTS.block,
     context: EVAL_DEFAULTS.context,
     seeds: countFlag('seeds', f.seeds, EVAL_DEFAULTS.seeds, 1),
@@ -152,7 +162,7 @@ export function reportTable(r: EvalReport): string {
   const body = rows.map(([name, cell]) => [name, cell(m), cell(fl)]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
   const line = (row: string[]) => row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('   ');
-  const title = `${s.prompts} held-out captions x ${s.seeds} seeds, ${s.width}x${s.height}, ${s.frames} frames, ${s.steps} steps, blocks of ${s.block} with context ${s.context}; seams on ${s.seamFrames}-frame videos (1.000: invisible)`;
+  const title = `${s.prompts} held-out captions x ${s.seeds} seeds, ${s.width}x${s.height}, ${s.frames} frames, ${s.steps} steps, guidance ${s.guidance}, blocks of ${s.block} with context ${s.context}; seams on ${s.seamFrames}-frame videos (1.000: invisible)`;
   const skipped = m.seams.onePassSkipped ?? fl.seams.onePassSkipped;
   return [title, '', line(head), ...body.map(line), ...(skipped ? ['', `one pass skipped: ${skipped}`] : []), '', `${r.seconds.toFixed(1)} s in all`, ''].join('\n');
 }

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { jobId, renderLocal, textFor } from '@longshot/cli/src/render';
 import type { ModelSource, TextEmbeddings } from '@longshot/model';
-import { hiddenBytes, latentFramesOf, normalizeSpec, type JobSpec } from '@longshot/planner';
+import { hiddenBytes, latentFramesOf, normalizeSpec, SPEC_DEFAULTS, type JobSpec } from '@longshot/planner';
 import { analyseVideo, fidelityOf, seamScore, type Fidelity, type SeamScore, type Video } from './analysis';
 import { composeCaption, type CaptionParts, type Grammar } from './grammar';
 import { evalMetrics, type EvalRole } from './metrics';
@@ -16,6 +16,8 @@ import { evalMetrics, type EvalRole } from './metrics';
 /** How every clip is rendered: the grammar's geometry, DualParal with blocks of 4 and context 2. */
 export interface EvalSettings {
   readonly steps: number;
+  /** Classifier-free guidance scale of every render. */
+  readonly guidance: number;
   readonly block: number;
   readonly context: number;
   readonly seeds: number;
@@ -26,7 +28,7 @@ export interface EvalSettings {
   readonly out: string;
 }
 
-export const EVAL_DEFAULTS = { steps: 20, block: 4, context: 2, seeds: 2, prompts: 64, seamPrompts: 4, seamFactor: 8 } as const;
+export const EVAL_DEFAULTS = { steps: 20, guidance: SPEC_DEFAULTS.guidance, block: 4, context: 2, seeds: 2, prompts: 64, seamPrompts: 4, seamFactor: 8 } as const;
 
 export interface VideoFigures {
   readonly prompt: string;
@@ -116,9 +118,10 @@ class ClipRenderer {
     private readonly signal?: AbortSignal,
   ) {}
 
-  spec(prompt: string, seed: number, frames: number, block: number, context: number, steps: number): JobSpec {
+  spec(prompt: string, seed: number, frames: number, block: number, context: number, sampling: { steps: number; guidance: number }): JobSpec {
     const { width, height, fps } = this.grammar;
-    return normalizeSpec({ prompt, seed, frames, width, height, fps, steps, block, context, stages: 1, model: this.modelName });
+    const { steps, guidance } = sampling;
+    return normalizeSpec({ prompt, seed, frames, width, height, fps, steps, guidance, block, context, stages: 1, model: this.modelName });
   }
 
   async render(spec: JobSpec, out: string): Promise<{ video: Video; seconds: number }> {
@@ -192,14 +195,14 @@ export async function evaluateModel(
     { mode: 'onePass', block: seamLatents, context: 0 },
   ];
   const seamParts = prompts.slice(0, s.seamPrompts);
-  const onePass = onePassFits(model, renderer.spec(composeCaption(g, prompts[0]), 0, s.seamFrames, seamLatents, 0, s.steps));
+  const onePass = onePassFits(model, renderer.spec(composeCaption(g, prompts[0]), 0, s.seamFrames, seamLatents, 0, s));
   const onePassSkipped = onePass.fits ? null : `one block of ${seamLatents} latent frames needs about ${(onePass.bytes / 2 ** 30).toFixed(1)} GiB, over half the free memory`;
   const seamTotal = seamParts.length * (onePassSkipped ? 2 : 3);
   evalMetrics.planned(label, total, seamTotal);
   for (const parts of prompts) {
     const prompt = composeCaption(g, parts);
     for (let seed = 0; seed < s.seeds; seed++) {
-      const spec = renderer.spec(prompt, seed, g.frames, s.block, s.context, s.steps);
+      const spec = renderer.spec(prompt, seed, g.frames, s.block, s.context, s);
       const { video, seconds } = await renderer.render(spec, path.join(dir, `${slug(parts)}-seed${seed}.mp4`));
       const a = analyseVideo(g, video);
       const correct = { colour: a.colour === parts.colour, shape: a.shape === parts.shape, motion: a.motion === parts.motion };
@@ -215,7 +218,7 @@ export async function evaluateModel(
     const prompt = composeCaption(g, parts);
     for (const { mode, block, context } of modes) {
       if (mode === 'onePass' && onePassSkipped) continue;
-      const spec = renderer.spec(prompt, 0, s.seamFrames, block, context, s.steps);
+      const spec = renderer.spec(prompt, 0, s.seamFrames, block, context, s);
       const { video, seconds } = await renderer.render(spec, path.join(dir, `seam-${mode}-${slug(parts)}.mp4`));
       // Every mode is scored at the same frames: the boundaries of the DualParal blocks.
       const seam = seamScore(video, s.block);

@@ -76,7 +76,7 @@ describe('npm run eval', () => {
     const report = JSON.parse(r.stdout) as EvalReport;
     expect(Object.keys(report).sort()).toEqual(['figures', 'floor', 'model', 'seconds', 'settings']);
     expect([report.model, report.floor]).toEqual([modelDir, 'tiny']);
-    expect(report.settings).toEqual({ width: 64, height: 64, frames: 29, fps: 16, prompts: 2, steps: 20, block: 4, context: 2, seeds: 1, seamPrompts: 1, seamFrames: 29 });
+    expect(report.settings).toEqual({ width: 64, height: 64, frames: 29, fps: 16, prompts: 2, steps: 20, guidance: 5, block: 4, context: 2, seeds: 1, seamPrompts: 1, seamFrames: 29 });
     checkFigures(report.figures.model, 2, 3);
     checkFigures(report.figures.floor, 2, 3);
     expect(report.figures.model.perVideo.map((v) => v.prompt)).toEqual(['a small red circle moving left on a black background', 'a small red square growing on a gray background']);
@@ -120,6 +120,9 @@ describe('npm run eval', () => {
     const cases: [string[], RegExp][] = [
       [['--prompts', '0'], /^--prompts: expected 1 to 360, got 0$/],
       [['--seeds', 'two'], /^--seeds: expected an integer, got 'two'$/],
+      [['--steps', '0'], /^--steps: expected 1 to 1000, got 0$/],
+      [['--guidance', 'high'], /^--guidance: expected a number from 0 to 100, got 'high'$/],
+      [['--guidance', '101'], /^--guidance: expected a number from 0 to 100, got '101'$/],
       [['--seam-frames', '30'], /^--seam-frames: must be 4n\+1/],
       [['--prompts', '2', '--seam-prompts', '3'], /^--seam-prompts: expected 0 to 2, got 3$/],
       [['--seam-frames', '13'], /^--seam-frames: 13 frames are one block; at least 29 have a seam$/],
