@@ -111,5 +111,9 @@ function ditTraining(recipe: Recipe): string {
   const parts: string[] = [];
   if (recipe.dit.objectWeight) parts.push(`the object's latent cells weighted 1 + ${recipe.dit.objectWeight}`);
   if (recipe.dit.ema) parts.push(`weights averaged (EMA ${recipe.dit.ema})`);
-  return parts.length ? ` (${parts.join('; ')})` : '';
+  const more = recipe.dit.more;
+  const then = more
+    ? `, then ${more.steps} more on ${more.clips ?? recipe.dit.clips} clips at a learning rate from ${more.lr} down to ${more.finalLr}${more.startShare ? `, ${Math.round(100 * more.startShare)}% of the windows at the video's first frame` : ''}`
+    : '';
+  return `${parts.length ? ` (${parts.join('; ')})` : ''}${then}`;
 }

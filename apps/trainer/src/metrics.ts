@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import { counter, gauge, registry, startMetricsServer } from '@longshot/telemetry';
 import { UsageError } from '@longshot/cli/src/args';
 
-export const TRAINER_STAGES = ['captions', 'text', 'vae', 'dit', 'export', 'assemble'] as const;
+export const TRAINER_STAGES = ['captions', 'text', 'vae', 'dit', 'dit-more', 'export', 'assemble'] as const;
 export type TrainerStage = (typeof TRAINER_STAGES)[number];
 
 const stageStep = gauge<'stage'>({ name: 'longshot_trainer_step', help: 'Steps a training stage has completed (from its progress lines)', labelNames: ['stage'] });
@@ -30,7 +30,7 @@ const stagesFinished = counter<'stage' | 'result'>({
   known: { stage: TRAINER_STAGES, result: ['ok', 'skipped', 'failed'] },
 });
 
-const PROGRESS = /^\[(\w+)\] step (\d+)\/(\d+)(.*)$/;
+const PROGRESS = /^\[([\w-]+)\] step (\d+)\/(\d+)(.*)$/;
 
 /** Records one line a Python stage printed; false when it is not a progress line. */
 export function observeProgressLine(line: string): boolean {

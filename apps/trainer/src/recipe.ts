@@ -34,6 +34,8 @@ export interface Recipe {
     readonly objectWeight?: number;
     /** Decay of the weights' moving average that ships (0 or absent: the last step's weights). */
     readonly ema?: number;
+    /** A second DiT phase (stage dit-more): from the first's weights, its own schedule (absent: none). */
+    readonly more?: { readonly steps: number; readonly lr: number; readonly finalLr: number; readonly clips?: number; readonly startShare?: number };
   };
   readonly shippedDtype: 'F16' | 'BF16' | 'F32';
 }

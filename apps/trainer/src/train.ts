@@ -7,6 +7,7 @@
  *             by Longshot's engine, exactly as a render will encode it (this process)
  *   vae       AutoencoderKLWan on generated clips (Python)
  *   dit       WanTransformer3D with flow matching on the VAE's latents (Python)
+ *   dit-more  the recipe's second DiT phase, from the first's weights (Python; when it has one)
  *   export    the trained weights as diffusers safetensors (Python)
  *   assemble  configs, tokenizer, text encoder, scheduler and model card around them (this process)
  *
@@ -39,6 +40,10 @@ export async function train(cfg: TrainerConfig): Promise<void> {
         stageFinished(stage, 'skipped');
         continue;
       }
+      if (stage === 'dit-more' && !cfg.recipe.dit.more) {
+        stageFinished(stage, 'skipped');
+        continue;
+      }
       const t0 = Date.now();
       log(`${stage}: starting`);
       try {
@@ -60,6 +65,7 @@ async function runStage(stage: Stage, cfg: TrainerConfig): Promise<void> {
     case 'captions':
     case 'vae':
     case 'dit':
+    case 'dit-more':
       return python(cfg, [stage, '--workdir', cfg.workdir, ...stepFlags(stage, cfg), ...(cfg.smoke ? ['--smoke'] : [])]);
     case 'export':
       return python(cfg, ['export', '--workdir', cfg.workdir, '--out', cfg.out]);
@@ -72,7 +78,7 @@ async function runStage(stage: Stage, cfg: TrainerConfig): Promise<void> {
 
 function stepFlags(stage: Stage, cfg: TrainerConfig): string[] {
   if (stage === 'vae' && cfg.vaeSteps) return ['--steps', String(cfg.vaeSteps)];
-  if (stage === 'dit') return [...(cfg.ditSteps ? ['--steps', String(cfg.ditSteps)] : []), ...(cfg.ditClips ? ['--clips', String(cfg.ditClips)] : [])];
+  if (stage === 'dit' || stage === 'dit-more') return [...(cfg.ditSteps ? ['--steps', String(cfg.ditSteps)] : []), ...(cfg.ditClips ? ['--clips', String(cfg.ditClips)] : [])];
   return [];
 }
 

@@ -20,6 +20,9 @@ describe('trainer metrics', () => {
     expect(await sample('longshot_trainer_step', { stage: 'latents' })).toBe(64);
     expect(observeProgressLine('[vae] step 10/1900 loss 1.5e-03 elapsed 3s eta 500s')).toBe(true);
     expect(await sample('longshot_trainer_loss', { stage: 'vae', kind: 'last' })).toBe(0.0015);
+    // A stage name with a hyphen (the second DiT phase).
+    expect(observeProgressLine('[dit-more] step 25/9000 loss 0.51 smoothed 0.5 elapsed 11s eta 3900s')).toBe(true);
+    expect(await sample('longshot_trainer_step', { stage: 'dit-more' })).toBe(25);
   });
 
   it('ignores other lines', () => {

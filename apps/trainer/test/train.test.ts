@@ -1,6 +1,6 @@
 /**
- * The trainer's smoke run: every stage of `npm run train` (captions, text, vae, dit, export,
- * assemble) for a few steps on small batches, in Debian's PyTorch, into a scratch directory.
+ * The trainer's smoke run: every stage of `npm run train` (captions, text, vae, dit, dit-more,
+ * export, assemble) for a few steps on small batches, in Debian's PyTorch, into a scratch directory.
  * The losses must fall and the result must be a pipeline directory the engine opens.
  */
 import * as fs from 'node:fs';
@@ -31,19 +31,23 @@ afterAll(() => fs.rmSync(workdir, { recursive: true, force: true }));
 describe('npm run train -- --smoke', () => {
   it('runs every stage and reports each', () => {
     expect(run.code, run.stderr).toBe(0);
-    for (const stage of ['captions', 'text', 'vae', 'dit', 'export', 'assemble']) expect(run.stderr).toContain(`[train] ${stage}: finished`);
+    for (const stage of ['captions', 'text', 'vae', 'dit', 'dit-more', 'export', 'assemble']) expect(run.stderr).toContain(`[train] ${stage}: finished`);
   });
 
   it('the VAE and the DiT learn: their losses fall well below the first step\'s', () => {
     const vae = losses('vae');
     const dit = losses('dit');
+    const more = losses('dit-more');
     expect(vae).toHaveLength(14); // 10 steps, then 2 of the decoder alone on long clips, 2 more on colour
     expect(dit).toHaveLength(30);
+    expect(more).toHaveLength(30);
     // One fixed batch each: the VAE's first phase (single frames) gets well below its first loss
     // (Adam at the recipe's rate wobbles after a few steps on 4 frames, so the best step counts),
     // and the DiT's loss falls from its first steps to its last.
     expect(Math.min(...vae.slice(1, 10))).toBeLessThan(0.9 * vae[0]);
     expect(mean(dit.slice(-5))).toBeLessThan(mean(dit.slice(0, 5)));
+    // The second DiT phase starts from the first's weights, not from a seeded init.
+    expect(mean(more.slice(0, 5))).toBeLessThan(mean(dit.slice(0, 5)));
   });
 
   it('serves Prometheus metrics during the run and leaves its last state in metrics.prom', () => {
@@ -58,7 +62,7 @@ describe('npm run train -- --smoke', () => {
     expect(value('longshot_trainer_step{stage="dit"}')).toBe(30);
     expect(value('longshot_trainer_steps{stage="dit"}')).toBe(30);
     expect(value('longshot_trainer_loss{stage="dit",kind="last"}')).toBe(losses('dit').at(-1));
-    for (const stage of ['captions', 'text', 'vae', 'dit', 'export', 'assemble']) {
+    for (const stage of ['captions', 'text', 'vae', 'dit', 'dit-more', 'export', 'assemble']) {
       expect(value(`longshot_trainer_stages_total{stage="${stage}",result="ok"}`)).toBe(1);
       expect(value(`longshot_trainer_stages_total{stage="${stage}",result="failed"}`)).toBe(0);
     }

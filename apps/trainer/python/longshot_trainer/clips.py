@@ -81,14 +81,24 @@ def trajectory(grammar: Grammar, caption: Caption, radius: float, rng: np.random
     return out
 
 
+def _size_and_path(grammar: Grammar, caption: Caption, seed: int, frames: int) -> Tuple[str, list]:
+    """The clip's size (the caption's, or drawn when unnamed) and its first `frames` (centre, radius)."""
+    rng = np.random.default_rng(seed)
+    size = caption.size or ("small", "big")[int(rng.integers(2))]
+    return size, trajectory(grammar, caption, float(grammar.sizes[size]), rng, frames)
+
+
+def clip_path(grammar: Grammar, caption: Caption, seed: int) -> list:
+    """The ground-truth path of render_clip(grammar, caption, seed), without drawing a frame."""
+    return _size_and_path(grammar, caption, seed, grammar.frames)[1]
+
+
 def render_clip(grammar: Grammar, caption: Caption, seed: int, frames: int = 0, start: int = 0) -> Tuple[np.ndarray, Dict]:
     """Frames [start, start + frames) of the clip of `caption` drawn with `seed` (start position,
     unnamed size), and their ground truth; frames 0 means the grammar's clip length."""
-    rng = np.random.default_rng(seed)
     frames = frames or grammar.frames
-    size = caption.size or ("small", "big")[int(rng.integers(2))]
-    radius = float(grammar.sizes[size])
-    path = trajectory(grammar, caption, radius, rng, start + frames)[start:]
+    size, path = _size_and_path(grammar, caption, seed, start + frames)
+    path = path[start:]
     fg = np.array(grammar.colours[caption.colour], dtype=np.float32) / 127.5 - 1
     bg = np.array(grammar.backgrounds[caption.background], dtype=np.float32) / 127.5 - 1
     H, W = grammar.height, grammar.width

@@ -17,7 +17,8 @@ from . import safetensors_io
 def export(recipe: dict, workdir: str, out: str) -> None:
     dtype = recipe["shippedDtype"]
     vae = torch.load(os.path.join(workdir, "vae-final.pt"))
-    dit = torch.load(os.path.join(workdir, "dit-final.pt"))
+    # The last DiT phase's weights: dit-more's when the recipe has that phase.
+    dit = torch.load(os.path.join(workdir, "dit-more-final.pt" if recipe["dit"].get("more") else "dit-final.pt"))
     os.makedirs(os.path.join(out, "transformer"), exist_ok=True)
     os.makedirs(os.path.join(out, "vae"), exist_ok=True)
     safetensors_io.write(os.path.join(out, "transformer", "diffusion_pytorch_model.safetensors"), dit["model"], dtype, {"format": "pt"})

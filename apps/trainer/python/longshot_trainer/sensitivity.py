@@ -18,6 +18,7 @@ import torch
 
 from . import safetensors_io
 from .common import fail, load_recipe
+from .grammar import Grammar
 from .wan_dit import WanTransformer3DModel
 
 SIGMAS = (0.3, 0.5, 0.7, 0.9)
@@ -62,7 +63,7 @@ def main() -> None:
     data = torch.load(os.path.join(a.workdir, "latents.pt"))
     latents = torch.cat(data["latents"]).float()
     texts = data["captions"]
-    colours = list(json.load(open(os.path.join(os.path.dirname(__file__), "..", "..", "grammar.json")))["colours"])
+    colours = Grammar().colour_names
     chosen = [i for i, c in enumerate(texts) if reverse_motion(c) in index][: a.clips]
     if not chosen:
         fail("no straight-move clips with a reversible caption in latents.pt")

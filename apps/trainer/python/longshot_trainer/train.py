@@ -16,7 +16,7 @@ from .common import fail, load_recipe
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="longshot_trainer.train")
-    ap.add_argument("stage", choices=["captions", "vae", "dit", "export"])
+    ap.add_argument("stage", choices=["captions", "vae", "dit", "dit-more", "export"])
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--steps", type=int, default=0, help="override the recipe's step count (smoke tests)")
     ap.add_argument("--clips", type=int, default=0, help="override the DiT's clip count (smoke tests)")
@@ -48,10 +48,10 @@ def main() -> None:
         from .train_vae import train_vae
 
         train_vae(recipe, a.workdir, a.steps)
-    elif a.stage == "dit":
+    elif a.stage in ("dit", "dit-more"):
         from .train_dit import train_dit
 
-        train_dit(recipe, a.workdir, a.steps, a.clips)
+        train_dit(recipe, a.workdir, a.steps, a.clips, a.stage)
     else:
         if not a.out:
             fail("export: --out DIR is required")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import safetensors_io
-from .clips import render_clip
+from .clips import clip_path, render_clip
 from .common import Progress, fail, load_checkpoint, lr_at, resume, save_checkpoint
 from .grammar import Grammar
 from .wan_dit import WanTransformer3DModel
@@ -78,8 +78,7 @@ def object_masks(recipe: dict, index: dict, texts: list, shape: tuple) -> torch.
         cap, seed = clip_spec(recipe, grammar, captions, i)
         if cap.text(grammar) != text:
             fail(f"latents.pt clip {i} is {text!r} but the generator draws {cap.text(grammar)!r}: delete latents.pt and rerun")
-        _, truth = render_clip(grammar, cap, seed)
-        masks[i, 0] = torch.from_numpy(object_cells(truth["path"], T, h, w, grammar.height / h))
+        masks[i, 0] = torch.from_numpy(object_cells(clip_path(grammar, cap, seed), T, h, w, grammar.height / h))
     return masks
 
 
@@ -113,8 +112,21 @@ def encode_dataset(recipe: dict, workdir: str, clips: int, index: dict) -> dict:
     return data
 
 
-def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> None:
-    r = recipe["dit"]
+def dit_phase(recipe: dict, phase: str) -> dict:
+    """The DiT recipe of a phase: 'dit' (from a seeded init) or 'dit-more' (the recipe's `more`
+    block over 'dit': it starts from dit-final.pt's last weights and moving average, with a fresh
+    optimiser and its own learning-rate schedule, and draws batches after the first phase's)."""
+    r = {k: v for k, v in recipe["dit"].items() if k != "more"}
+    if phase == "dit":
+        return r
+    more = recipe["dit"].get("more")
+    if not more:
+        fail("the recipe's dit block has no 'more' phase")
+    return {**r, **more, "stepOffset": recipe["dit"]["steps"]}
+
+
+def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0, phase: str = "dit") -> None:
+    r = dit_phase(recipe, phase)
     steps = steps or r["steps"]
     clips = clips or r["clips"]
     index, emb = load_text(workdir)
@@ -132,22 +144,32 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
     torch.manual_seed(recipe["seed"] + 1)
     model = WanTransformer3DModel(recipe["transformer"])
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
-    ckpt_path = os.path.join(workdir, "dit.pt")
-    start = resume(ckpt_path, "dit", model, opt, steps)
+    ckpt_path = os.path.join(workdir, f"{phase}.pt")
+    start = resume(ckpt_path, phase, model, opt, steps)
     saved = load_checkpoint(ckpt_path) if start else None
+    if saved is None and phase != "dit":
+        before = load_checkpoint(os.path.join(workdir, "dit-final.pt"))
+        if before is None:
+            fail("dit-final.pt is missing: the 'dit' phase comes first")
+        model.load_state_dict(before["last"])
+        saved = {"ema": before["model"], "loss": before["loss"]}
     decay = r.get("ema", 0.0)
     ema = None
     if decay:
         ema = saved["ema"] if saved else {k: v.detach().clone() for k, v in model.state_dict().items()}
-    progress = Progress("dit", steps, start)
+    progress = Progress(phase, steps, start)
     running = saved["loss"] if saved else None  # the smoothed loss carries on across a resume
+    offset = r.get("stepOffset", 0)
+    start_share = r.get("startShare", 0.0)
     shift = r["flowShift"]
     total = latents.shape[2]
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(recipe["seed"] * 7919 + (0 if r.get("fixedBatch") else step))
+        g = torch.Generator().manual_seed(recipe["seed"] * 7919 + (0 if r.get("fixedBatch") else offset + step))
         idx = torch.randint(0, latents.shape[0], (r["batch"],), generator=g)
         length = int(torch.randint(4, total + 1, (1,), generator=g))
         first = int(torch.randint(0, total - length + 1, (1,), generator=g))
+        if start_share and float(torch.rand(1, generator=g)) < start_share:
+            first = 0  # the video's own first frames (see `startShare` in docs/trainer.md)
         x0 = latents[idx, :, first : first + length]
         ctx = emb[rows[idx]].clone()
         drop = torch.rand(r["batch"], generator=g) < r["dropText"]
@@ -180,4 +202,4 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0) -> Non
         if (step + 1) % 100 == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "loss": running, "ema": ema})
     # What ships: the moving average when the recipe keeps one, the last step's weights otherwise.
-    torch.save({"model": ema if ema is not None else model.state_dict(), "last": model.state_dict(), "loss": running}, os.path.join(workdir, "dit-final.pt"))
+    torch.save({"model": ema if ema is not None else model.state_dict(), "last": model.state_dict(), "loss": running}, os.path.join(workdir, f"{phase}-final.pt"))
