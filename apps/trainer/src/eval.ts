@@ -6,11 +6,11 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { helpText, intFlag, parseCommand, UsageError, wantsHelp, type CommandSpec } from '@longshot/cli/src/args';
+import { helpText, intFlag, numberFlag, parseCommand, UsageError, wantsHelp, type CommandSpec } from '@longshot/cli/src/args';
 import { flagged, reportError } from '@longshot/cli/src/errors';
 import { stoppable, Stopped } from '@longshot/cli/src/signals';
 import { resolveModel } from '@longshot/model';
-import { framesOf, latentFramesOf, normalizeSpec, SpecError } from '@longshot/planner';
+import { framesOf, latentFramesOf, normalizeSpec, SpecError, type JobRequest, type JobSpec } from '@longshot/planner';
 import { applyTrainerEnvironment, metricsPortFlag, trainerEnvironment } from './config';
 import { withMetrics } from './metrics';
 import { pipelineDirOf, SEEDED_FLOOR, seededFloor } from './floor';
@@ -60,11 +60,22 @@ function countFlag(name: string, raw: string | undefined, fallback: number, min:
   return n;
 }
 
-function guidanceFlag(raw: string | undefined): number {
-  if (raw === undefined) return EVAL_DEFAULTS.guidance;
-  const x = Number(raw);
-  if (raw.trim() === '' || !Number.isFinite(x) || x < 0 || x > 100) throw new UsageError(`--guidance: expected a number from 0 to 100, got '${raw}'`);
-  return x;
+/** Checks flag values as a job's spec would, and names the flag of a field the spec refuses. */
+function asJobSpec(flagOf: (field: string) => string, request: Omit<JobRequest, 'prompt'>): JobSpec {
+  try {
+    return normalizeSpec({ prompt: 'x', ...request });
+  } catch (e) {
+    if (e instanceof SpecError) throw new UsageError(`--${flagOf(e.field)}: ${e.message.slice(e.field.length + 2)}`);
+    throw e;
+  }
+}
+
+/** Steps and guidance of every render, within a job's limits. */
+function samplingFrom(f: { steps?: string; guidance?: string }): { steps: number; guidance: number } {
+  const steps = intFlag('steps', f.steps) ?? EVAL_DEFAULTS.steps;
+  const guidance = numberFlag('guidance', f.guidance) ?? EVAL_DEFAULTS.guidance;
+  const spec = asJobSpec((field) => field, { steps, guidance });
+  return { steps: spec.steps, guidance: spec.guidance };
 }
 
 function promptsFrom(g: Grammar, f: { prompt?: string; prompts?: string }): CaptionParts[] {
@@ -80,12 +91,7 @@ function promptsFrom(g: Grammar, f: { prompt?: string; prompts?: string }): Capt
 
 function seamFramesFrom(g: Grammar, raw: string | undefined): number {
   const frames = intFlag('seam-frames', raw) ?? DEFAULT_SEAM_FRAMES(g);
-  try {
-    normalizeSpec({ prompt: 'x', frames, block: EVAL_DEFAULTS.block, width: g.width, height: g.height });
-  } catch (e) {
-    if (e instanceof SpecError) throw new UsageError(`--seam-frames: ${e.message.slice(e.field.length + 2)}`);
-    throw e;
-  }
+  asJobSpec(() => 'seam-frames', { frames, block: EVAL_DEFAULTS.block, width: g.width, height: g.height });
   if (latentFramesOf(frames) < 2 * EVAL_DEFAULTS.block) throw new UsageError(`--seam-frames: ${frames} frames are one block; at least ${framesOf(2 * EVAL_DEFAULTS.block)} have a seam`);
   return frames;
 }
@@ -107,8 +113,7 @@ export async function evalCommand(argv: string[]): Promise<{ report: EvalReport;
     return built.source;
   });
   const settings: EvalSettings = {
-    steps: countFlag('steps', f.steps, EVAL_DEFAULTS.steps, 1, 1000),
-    guidance: guidanceFlag(f.guidance),
+    ...samplingFrom(f),
     block: EVAL_DEFAULTS.block,
     context: EVAL_DEFAULTS.context,
     seeds: countFlag('seeds', f.seeds, EVAL_DEFAULTS.seeds, 1),
