@@ -38,7 +38,10 @@ interface Conformance {
   cpu: { simd: string[]; cases: number; failures: number };
   cuda: { built: boolean; usable: boolean; skip_reason?: string; op_cases: number; op_failures: number };
   stage: { cpu: string; cuda: Record<string, number | string>; skip_reason?: string };
-  row_independence: { skip_reason?: string; results?: { storage: string; k: number; n: number; identical: boolean }[] };
+  row_independence: {
+    skip_reason?: string;
+    results?: { storage: string; op?: string; k?: number; n?: number; identical: boolean }[];
+  };
   worst: Record<string, Record<string, number>>;
 }
 
@@ -100,8 +103,11 @@ describe('bash deploy/gpu-check.sh OUT', () => {
     expect(c.inputs_digest).toBe(h.toString(16).padStart(8, '0'));
   });
 
-  /** Shapes of longshot-check's CUDA linear row-independence case (kRowShapes in check/driver.cc), per storage. */
-  const ROW_INDEPENDENCE_SHAPES = 3;
+  /**
+   * longshot-check's CUDA row-independence cases per storage (check/driver.cc): the linear's
+   * shapes (kRowShapes) and one attention.
+   */
+  const ROW_INDEPENDENCE_CASES = 3 + 1;
 
   it(cudaUsable ? 'runs the CUDA cases and passes their bounds' : 'reports every CUDA case as skipped, with the reason', () => {
     const c = read<Conformance>('conformance.json');
@@ -114,7 +120,7 @@ describe('bash deploy/gpu-check.sh OUT', () => {
       expect(c.cuda.op_failures).toBe(0);
       expect(c.skipped).toBe(0);
       // docs/cuda.md "Pinned GEMMs": every row range of a linear equals the full call's rows.
-      expect(c.row_independence.results?.length).toBe(3 * ROW_INDEPENDENCE_SHAPES);
+      expect(c.row_independence.results?.length).toBe(3 * ROW_INDEPENDENCE_CASES);
       expect(c.row_independence.results?.every((x) => x.identical)).toBe(true);
       expect(bench).toMatchObject({ skipped: true, skip_reason: 'LONGSHOT_GPU_CHECK_BENCH=0' });
     } else {
@@ -123,7 +129,7 @@ describe('bash deploy/gpu-check.sh OUT', () => {
       expect(c.stage.skip_reason).toBe(c.cuda.skip_reason);
       expect(Object.values(c.stage.cuda)).toEqual(['skipped', 'skipped', 'skipped']);
       expect(c.row_independence.skip_reason).toBe(c.cuda.skip_reason);
-      expect(c.skipped).toBe(3 * tableCases + 3 + 3 * ROW_INDEPENDENCE_SHAPES);
+      expect(c.skipped).toBe(3 * tableCases + 3 + 3 * ROW_INDEPENDENCE_CASES);
       expect(c.passed + c.skipped).toBe(c.cases);
       expect(bench).toMatchObject({ skipped: true, skip_reason: c.cuda.skip_reason });
     }

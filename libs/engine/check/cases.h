@@ -2,6 +2,7 @@
 // test/reference/cases.ts): loading, checking against the engine's op list, drawing inputs.
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 

@@ -243,7 +243,8 @@ void cpu_conformance(const CaseTable& table, Report& r, Writer& w) {
 
 // ---- conformance: CUDA ops -------------------------------------------------------------------------
 
-size_t cuda_op_conformance(const CaseTable& table, Report& r) {
+// Adds to `tensor_core_attention` the attention cases that ran on the tensor-core kernel.
+size_t cuda_op_conformance(const CaseTable& table, Report& r, size_t& tensor_core_attention) {
   CpuBackend& cpu = cpu_backend();
   size_t cases = 0;
   for (const char* storage : kStorages) {
@@ -267,6 +268,7 @@ size_t cuda_op_conformance(const CaseTable& table, Report& r) {
           if (in_place && !op_info(c.op).in_place) continue;
           const std::vector<float> want = run_op(cpu, c, in, in_place);
           const std::vector<float> got = run_op(*cuda, c, in, in_place);
+          tensor_core_attention += cuda::last_run_stats().tensor_core_attention;
           const double err = got.size() == want.size() ? rel_error(got.data(), want.data(), want.size()) : INFINITY;
           worst = std::max(worst, err);
           if (!(err <= bound)) {
@@ -302,6 +304,50 @@ struct RowShape {
 const RowShape kRowShapes[] = {{66, 40}, {1536, 1536}, {1536, 8960}};
 constexpr size_t kRowRows = 2 * 1024 + 300;
 const size_t kRowRanges[][2] = {{0, 1}, {1, 4}, {4, 5}, {5, 1029}, {1029, 1030}, {1030, kRowRows}, {2047, 2049}};
+
+// Attention too: a stage group's member attends with a shard of the queries over all the keys, so a
+// query's row must not depend on which queries share the call. 1.3B's head dim, keys and extra keys
+// spanning several key tiles with a remainder, query ranges across the kernels' query blocks.
+constexpr size_t kAttentionQueries = 200, kAttentionKeys = 150, kAttentionExtra = 70, kAttentionHeads = 2,
+                 kAttentionHeadDim = 128;
+const size_t kAttentionRanges[][2] = {{0, 1}, {1, 64}, {64, 65}, {65, kAttentionQueries}, {130, 131}};
+
+// How many of kAttentionRanges give rows other than the full call's.
+size_t attention_row_mismatches(Backend& cuda) {
+  const size_t width = kAttentionHeads * kAttentionHeadDim;
+  Rng rng = Rng::from({"row independence", "attention"});
+  std::vector<float> q(kAttentionQueries * width), k(kAttentionKeys * width), v(k.size()), ek(kAttentionExtra * width),
+      ev(ek.size()), full(q.size());
+  for (std::vector<float>* t : {&q, &k, &v, &ek, &ev}) rng.fill_normal(t->data(), t->size(), 1.0);
+  std::vector<std::vector<float>> parts;
+  for (const auto& range : kAttentionRanges) parts.emplace_back((range[1] - range[0]) * width);
+  std::vector<Node> nodes;
+  auto attention = [&](size_t r0, size_t r1, std::vector<float>& out) {
+    Node n;
+    n.op = Op::attention;
+    n.n_inputs = 5;
+    n.inputs[0] = Tensor{q.data() + r0 * width, (r1 - r0) * width, true};
+    n.inputs[1] = Tensor{k.data(), k.size(), true};
+    n.inputs[2] = Tensor{v.data(), v.size(), true};
+    n.inputs[3] = Tensor{ek.data(), ek.size(), true};
+    n.inputs[4] = Tensor{ev.data(), ev.size(), true};
+    n.output = Tensor{out.data(), out.size(), true};
+    n.params = {1, static_cast<double>(r1 - r0), static_cast<double>(kAttentionKeys), static_cast<double>(kAttentionExtra),
+                static_cast<double>(kAttentionHeads), static_cast<double>(kAttentionHeadDim)};
+    validate(n, nodes.size());
+    nodes.push_back(n);
+  };
+  attention(0, kAttentionQueries, full);
+  for (size_t i = 0; i < parts.size(); ++i) attention(kAttentionRanges[i][0], kAttentionRanges[i][1], parts[i]);
+  run_graph(cuda, nodes);
+  std::vector<HostPin> pins;
+  cuda::release_device_cache(&pins);
+  size_t mismatched = 0;
+  for (size_t i = 0; i < parts.size(); ++i)
+    if (std::memcmp(parts[i].data(), full.data() + kAttentionRanges[i][0] * width, parts[i].size() * sizeof(float)) != 0)
+      ++mismatched;
+  return mismatched;
+}
 
 size_t cuda_row_independence(Report& r, Writer& w) {
   size_t cases = 0;
@@ -359,6 +405,26 @@ size_t cuda_row_independence(Report& r, Writer& w) {
       w.begin_object().key("storage").value(storage).key("k").value(sh.k).key("n").value(sh.n);
       w.key("identical").value(mismatched == 0).end_object();
     }
+  }
+  for (const char* storage : kStorages) {
+    Backend* cuda = find_backend(std::string("cuda:") + storage);
+    const std::string what = std::string("attention rows independent of the query count cuda:") + storage;
+    ++r.cases;
+    ++cases;
+    size_t mismatched = 0;
+    try {
+      mismatched = attention_row_mismatches(*cuda);
+      if (mismatched == 0)
+        ++r.passed;
+      else
+        r.fail(what + ": " + std::to_string(mismatched) + " of " + std::to_string(std::size(kAttentionRanges)) +
+               " query ranges differ from the full call's rows");
+    } catch (const std::exception& e) {
+      r.fail(what + ": " + e.what());
+      mismatched = SIZE_MAX;
+    }
+    w.begin_object().key("storage").value(storage).key("op").value("attention");
+    w.key("identical").value(mismatched == 0).end_object();
   }
   w.end_array();
   w.end_object();
@@ -444,6 +510,7 @@ void stage_conformance(const Fixture& f, bool cuda_usable, const std::string& sk
   w.end_object();
 
   // CUDA: the first graphs once, the last one (the forward) three times, each compared.
+  std::map<std::string, size_t> stage_tensor_core_attention;  // attention nodes of the forward on tensor cores
   w.key("cuda").begin_object();
   const int rounds = 3;
   for (const char* storage : kStorages) {
@@ -465,6 +532,7 @@ void stage_conformance(const Fixture& f, bool cuda_usable, const std::string& sk
       for (int round = 0; round < rounds; ++round) {
         world.restore(forward);
         run_graph(*cuda, world.nodes(forward));
+        stage_tensor_core_attention[target] = cuda::last_run_stats().tensor_core_attention;
         for (const auto& o : f.outputs) {
           const double err = rel_error(world.data(o.second), cpu_world.data(o.second), o.second.length);
           worst = std::max(worst, err);
@@ -488,7 +556,13 @@ void stage_conformance(const Fixture& f, bool cuda_usable, const std::string& sk
     w.key(target).value(sig3(worst));
   }
   w.end_object();
-  if (!cuda_usable) w.key("skip_reason").value(skip_reason);
+  if (cuda_usable) {
+    w.key("tensor_core_attention").begin_object();
+    for (const auto& kv : stage_tensor_core_attention) w.key(kv.first).value(kv.second);
+    w.end_object();
+  } else {
+    w.key("skip_reason").value(skip_reason);
+  }
   w.end_object();
 }
 
@@ -515,10 +589,10 @@ int conformance(const std::string& cases_path, const std::string& stage_path, co
   cuda::register_backends();
   const bool usable = st.usable;
   const std::string reason = usable ? "" : st.reason;
-  size_t cuda_cases = 0, cuda_op_failures = 0;
+  size_t cuda_cases = 0, cuda_op_failures = 0, tensor_core_attention = 0;
   if (usable) {
     const size_t passed_before = r.passed;
-    cuda_cases = cuda_op_conformance(table, r);
+    cuda_cases = cuda_op_conformance(table, r, tensor_core_attention);
     cuda_op_failures = cuda_cases - (r.passed - passed_before);
   } else {
     cuda_cases = table.cases.size() * 3;
@@ -532,9 +606,9 @@ int conformance(const std::string& cases_path, const std::string& stage_path, co
   if (usable) {
     const size_t passed_before = r.passed;
     const size_t row_cases = cuda_row_independence(r, w);
-    std::fprintf(stderr, "cuda linear row independence: %zu cases, %zu failed\n", row_cases, row_cases - (r.passed - passed_before));
+    std::fprintf(stderr, "cuda linear and attention row independence: %zu cases, %zu failed\n", row_cases, row_cases - (r.passed - passed_before));
   } else {
-    const size_t row_cases = std::size(kStorages) * std::size(kRowShapes);
+    const size_t row_cases = std::size(kStorages) * (std::size(kRowShapes) + 1);
     r.cases += row_cases;
     r.skipped += row_cases;
     w.key("row_independence").begin_object().key("skip_reason").value(reason).end_object();
@@ -553,6 +627,8 @@ int conformance(const std::string& cases_path, const std::string& stage_path, co
     w.key("skip_reason").value(reason);
   }
   w.key("op_cases").value(cuda_cases).key("op_failures").value(cuda_op_failures);
+  // Op-case runs (in place or not) whose attention took the tensor-core kernel, not the float32 one.
+  w.key("tensor_core_attention_runs").value(tensor_core_attention);
   w.end_object();
 
   w.key("bounds").begin_object();
@@ -744,6 +820,7 @@ int bench(const std::string& fixture_path, const std::string& pytorch, const std
   w.key("upload_ms").value(sig(last.upload_ms, 4)).key("compute_ms").value(sig(last.compute_ms, 4));
   w.key("download_ms").value(sig(last.download_ms, 4));
   w.key("upload_bytes").value(last.upload_bytes).key("download_bytes").value(last.download_bytes);
+  w.key("tensor_core_attention").value(last.tensor_core_attention);
   w.key("tflops").value(sig3(total_flops / seconds / 1e12));
   w.key("kernel_tflops").value(sig3(total_flops / (last.compute_ms / 1e3) / 1e12));
   // Of the timed wall time: attention and GEMM kernels; the rest is the other kernels, the

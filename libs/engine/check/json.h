@@ -2,6 +2,7 @@
 // PyTorch's report) and its one-line reports. Objects keep their key order.
 #pragma once
 
+#include <stdexcept>
 #include <cstddef>
 #include <memory>
 #include <string>

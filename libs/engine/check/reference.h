@@ -3,6 +3,7 @@
 // full softmax. It is the native driver's yardstick for every CPU SIMD level.
 #pragma once
 
+#include <stdexcept>
 #include <vector>
 
 #include "../native/src/engine.h"

@@ -288,6 +288,7 @@ class Device {
   bool profiling_ = false;
   std::vector<cudaEvent_t> node_events_;  // one per node while profiling, grown on demand
   RunStats stats_;
+  size_t tensor_core_attention_ = 0;  // of the run in progress
 };
 
 void Device::probe() {
@@ -650,6 +651,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
       check(cudaEventCreate(&e), "cudaEventCreate");
       node_events_.push_back(e);
     }
+    tensor_core_attention_ = 0;
     for (size_t i = 0; i < nodes.size(); ++i) {
       compute(storage, nodes[i], regions, slot_region, i);
       if (profiling) check(cudaEventRecord(node_events_[i], stream_), "cudaEventRecord");
@@ -678,6 +680,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
       }
     }
     st.cached_bytes = static_cast<double>(cache_bytes_);
+    st.tensor_core_attention = tensor_core_attention_;
     stats_ = st;
   } catch (...) {
     cudaStreamSynchronize(stream_);
@@ -836,13 +839,14 @@ void Device::compute(Storage storage, const Node& n, const std::vector<Region>& 
     }
     case Op::attention: {
       const AttentionShape a{n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5)};
-      attention(storage, in[0], in[1], in[2], in[3], in[4], nullptr,
-                1.0f / std::sqrt(static_cast<float>(n.p(5))), out, a, st);
+      if (attention(storage, in[0], in[1], in[2], in[3], in[4], nullptr,
+                    1.0f / std::sqrt(static_cast<float>(n.p(5))), out, a, st))
+        ++tensor_core_attention_;
       break;
     }
     case Op::biased_attention: {
       const AttentionShape a{n.p(0), n.p(1), n.p(2), 0, n.p(3), n.p(4)};
-      attention(storage, in[0], in[1], in[2], nullptr, nullptr, in[3], n.pf(5), out, a, st);
+      if (attention(storage, in[0], in[1], in[2], nullptr, nullptr, in[3], n.pf(5), out, a, st)) ++tensor_core_attention_;
       break;
     }
     case Op::mul: mul(storage, in[0], in[1], out, n.p(0), st); break;

@@ -48,6 +48,7 @@ struct RunStats {
   double upload_ms = 0, compute_ms = 0, download_ms = 0;
   double upload_bytes = 0, download_bytes = 0;  // host float32 bytes moved
   double cached_bytes = 0;                      // device bytes of the weight cache after the run
+  size_t tensor_core_attention = 0;             // attention nodes that ran on the tensor-core kernel
   // Device time of each node of the last run, in order; filled only while profiling is on.
   std::vector<double> node_ms;
 };

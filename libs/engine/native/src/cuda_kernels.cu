@@ -1,6 +1,7 @@
 // CUDA kernels of every engine op (semantics: libs/engine/src/ops.ts). Written for clarity first:
 // one thread per output element for the data-movement ops, one block per row for the row
-// reductions, a warp-per-4-queries flash kernel for attention. Each kernel is a template over the
+// reductions, a tensor-core flash kernel for 16-bit attention (a warp-per-4-queries float32 one
+// otherwise). Each kernel is a template over the
 // storage type T; values are loaded to float32 (float64 where ops.ts asks for it) and rounded to
 // T once on store. The GEMM of `linear` normally goes to cuBLAS (cuda_backend.cc); the tiled
 // kernel here is its fallback.
@@ -526,6 +527,244 @@ void launch_attention(const T* q, const T* k, const T* v, const T* ek, const T* 
   attention_k<T, DPL><<<grid, kAttWarps * 32, smem, stream>>>(q, k, v, ek, ev, bias, out, a, scale);
 }
 
+// ---- attention on tensor cores (bf16 and f16 storage, sm_80 and later) -------------------------
+
+// The flash-attention scheme of FlashAttention-2 on mma.sync: a block of kMmaWarps warps takes
+// kMmaWarps * 16 consecutive queries of one (batch, head); each warp keeps its 16 query rows as
+// A fragments in registers and walks the keys, then the extra keys, in tiles of kMmaKeys rows of K
+// and V staged in shared memory. Per tile: S = Q K^T on the tensor cores (float32 accumulators),
+// the online softmax in float32 (exp2 of log2-scaled scores), P rounded to the storage type and
+// O += P V on the tensor cores. Each query row depends only on its own values and on the fixed
+// key tiling, so a row's result does not depend on how many queries share the call. Smem rows are
+// padded by 8 elements (16 bytes), which keeps the fragment loads and ldmatrix conflict-free.
+constexpr int kMmaWarps = 4;
+constexpr int kMmaQueries = 16 * kMmaWarps;
+constexpr int kMmaKeys = 64;
+
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+__device__ __forceinline__ uint32_t pack2(float lo, float hi, __half) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// D += A B for one m16n8k16 tile: A 16x16 row-major (4 registers of 2 values), B 16x8 column-major
+// (2 registers), D 16x8 float32 (4 registers); the fragment layouts of the PTX ISA.
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                         __nv_bfloat16) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+// Four 8x8 matrices of 16-bit values from shared memory, transposed: lane i gives the address of
+// row i % 8 of matrix i / 8.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+
+__device__ __forceinline__ uint32_t ld2(const void* p) { return *static_cast<const uint32_t*>(p); }
+
+template <typename T, int HD>
+__global__ void __launch_bounds__(kMmaWarps * 32) attention_mma_k(const T* q, const T* k, const T* v,
+                                                                   const T* ek, const T* ev, T* out,
+                                                                   AttentionShape a, float scale_log2) {
+#if __CUDA_ARCH__ >= 800
+  constexpr int RS = HD + 8;  // shared row stride in elements
+  __shared__ __align__(16) T k_s[kMmaKeys * RS];
+  __shared__ __align__(16) T v_s[kMmaKeys * RS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;  // fragment row (and row + 8) and column pair
+  const size_t b = blockIdx.z, h = blockIdx.y;
+  const size_t stride = a.heads * HD;
+  const size_t r0 = static_cast<size_t>(blockIdx.x) * kMmaQueries + warp * 16 + g, r1 = r0 + 8;
+  const bool has0 = r0 < a.queries, has1 = r1 < a.queries;
+  const T* q0p = q + (b * a.queries + (has0 ? r0 : 0)) * stride + h * HD;
+  const T* q1p = q + (b * a.queries + (has1 ? r1 : 0)) * stride + h * HD;
+
+  uint32_t qf[HD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; ++kk) {
+    const int col = kk * 16 + 2 * c;
+    qf[kk][0] = has0 ? ld2(q0p + col) : 0u;
+    qf[kk][1] = has1 ? ld2(q1p + col) : 0u;
+    qf[kk][2] = has0 ? ld2(q0p + col + 8) : 0u;
+    qf[kk][3] = has1 ? ld2(q1p + col + 8) : 0u;
+  }
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // l: this thread's columns only
+
+  for (int src = 0; src < 2; ++src) {
+    const size_t len = src == 0 ? a.keys : a.extra_keys;
+    if (len == 0) continue;  // uniform across the block
+    const T* kb = (src == 0 ? k : ek) + b * len * stride + h * HD;
+    const T* vb = (src == 0 ? v : ev) + b * len * stride + h * HD;
+    for (size_t k0 = 0; k0 < len; k0 += kMmaKeys) {
+      const int nk = static_cast<int>(min(static_cast<size_t>(kMmaKeys), len - k0));
+      __syncthreads();  // the previous tile is consumed
+      for (int e = threadIdx.x; e < kMmaKeys * (HD / 8); e += blockDim.x) {
+        const int j = e / (HD / 8), d = (e % (HD / 8)) * 8;
+        uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+        if (j < nk) {
+          kv = *reinterpret_cast<const uint4*>(kb + (k0 + j) * stride + d);
+          vv = *reinterpret_cast<const uint4*>(vb + (k0 + j) * stride + d);
+        }
+        *reinterpret_cast<uint4*>(k_s + j * RS + d) = kv;
+        *reinterpret_cast<uint4*>(v_s + j * RS + d) = vv;
+      }
+      __syncthreads();
+
+      float s[kMmaKeys / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        const T* krow = k_s + (nt * 8 + g) * RS + 2 * c;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) mma16816(s[nt], qf[kk], ld2(krow + kk * 16), ld2(krow + kk * 16 + 8), T());
+      }
+      float mx0 = m0, mx1 = m1;
+#pragma unroll
+      for (int nt = 0; nt < kMmaKeys / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const bool valid = nt * 8 + 2 * c + e < nk;
+          s[nt][e] = valid ? s[nt][e] * scale_log2 : -INFINITY;
+          s[nt][2 + e] = valid ? s[nt][2 + e] * scale_log2 : -INFINITY;
+          mx0 = fmaxf(mx0, s[nt][e]);
+          mx1 = fmaxf(mx1, s[nt][2 + e]);
+        }
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+      }
+      const float alpha0 = exp2f(m0 - mx0), alpha1 = exp2f(m1 - mx1);  // 0 on the first tile
+      m0 = mx0;
+      m1 = mx1;
+      l0 *= alpha0;
+      l1 *= alpha1;
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; ++dt) {
+        o[dt][0] *= alpha0;
+        o[dt][1] *= alpha0;
+        o[dt][2] *= alpha1;
+        o[dt][3] *= alpha1;
+      }
+#pragma unroll
+      for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
+        s[nt][0] = exp2f(s[nt][0] - m0);
+        s[nt][1] = exp2f(s[nt][1] - m0);
+        s[nt][2] = exp2f(s[nt][2] - m1);
+        s[nt][3] = exp2f(s[nt][3] - m1);
+        l0 += s[nt][0] + s[nt][1];
+        l1 += s[nt][2] + s[nt][3];
+      }
+#pragma unroll
+      for (int kt = 0; kt < kMmaKeys / 16; ++kt) {
+        const uint32_t pa[4] = {pack2(s[2 * kt][0], s[2 * kt][1], T()), pack2(s[2 * kt][2], s[2 * kt][3], T()),
+                                pack2(s[2 * kt + 1][0], s[2 * kt + 1][1], T()),
+                                pack2(s[2 * kt + 1][2], s[2 * kt + 1][3], T())};
+        const T* vrow = v_s + (kt * 16 + (lane & 15)) * RS + (lane >> 4) * 8;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt += 2) {
+          uint32_t vb4[4];
+          ldmatrix_x4_trans(vb4, vrow + dt * 8);
+          mma16816(o[dt], pa, vb4[0], vb4[1], T());
+          mma16816(o[dt + 1], pa, vb4[2], vb4[3], T());
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int off = 1; off < 4; off <<= 1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+  T* o0 = out + (b * a.queries + (has0 ? r0 : 0)) * stride + h * HD + 2 * c;
+  T* o1 = out + (b * a.queries + (has1 ? r1 : 0)) * stride + h * HD + 2 * c;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    if (has0) *reinterpret_cast<uint32_t*>(o0 + dt * 8) = pack2(o[dt][0] * inv0, o[dt][1] * inv0, T());
+    if (has1) *reinterpret_cast<uint32_t*>(o1 + dt * 8) = pack2(o[dt][2] * inv1, o[dt][3] * inv1, T());
+  }
+#endif
+}
+
+// Whether this build has sm_80+ code of the kernel for the current device: a build for older
+// architectures only (or PTX JIT-compiled from one) compiles the body away.
+template <typename T, int HD>
+bool mma_kernel_usable() {
+  static const bool usable = [] {
+    cudaFuncAttributes attr;
+    if (cudaFuncGetAttributes(&attr, attention_mma_k<T, HD>) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return attr.binaryVersion >= 80 && attr.ptxVersion >= 80;
+  }();
+  return usable;
+}
+
+template <typename T, int HD>
+bool try_attention_mma(const T* q, const T* k, const T* v, const T* ek, const T* ev, float scale, T* out,
+                       const AttentionShape& a, cudaStream_t stream) {
+  if (!mma_kernel_usable<T, HD>()) return false;
+  const dim3 grid(static_cast<unsigned>((a.queries + kMmaQueries - 1) / kMmaQueries), static_cast<unsigned>(a.heads),
+                  static_cast<unsigned>(a.batch));
+  attention_mma_k<T, HD><<<grid, kMmaWarps * 32, 0, stream>>>(q, k, v, ek, ev, out, a, scale * 1.4426950408889634f);
+  return true;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// The tensor-core kernel when it applies: 16-bit storage, no bias, head dim 16, 32, 64 or 128, and
+// every tensor 16-byte aligned (its rows are then too: a row is heads * headDim 16-bit values).
+template <typename T>
+bool attention_on_tensor_cores(const T* q, const T* k, const T* v, const T* ek, const T* ev, const T* bias,
+                               float scale, T* out, const AttentionShape& a, cudaStream_t stream) {
+  if (bias) return false;
+  if (!aligned16(q) || !aligned16(out) || (a.keys && (!aligned16(k) || !aligned16(v))) ||
+      (a.extra_keys && (!aligned16(ek) || !aligned16(ev))))
+    return false;
+  switch (a.head_dim) {
+    case 16: return try_attention_mma<T, 16>(q, k, v, ek, ev, scale, out, a, stream);
+    case 32: return try_attention_mma<T, 32>(q, k, v, ek, ev, scale, out, a, stream);
+    case 64: return try_attention_mma<T, 64>(q, k, v, ek, ev, scale, out, a, stream);
+    case 128: return try_attention_mma<T, 128>(q, k, v, ek, ev, scale, out, a, stream);
+    default: return false;
+  }
+}
+template <>
+bool attention_on_tensor_cores<float>(const float*, const float*, const float*, const float*, const float*,
+                                      const float*, float, float*, const AttentionShape&, cudaStream_t) {
+  return false;
+}
+
 // ---- data movement -----------------------------------------------------------------------------
 
 template <typename T>
@@ -690,10 +929,10 @@ void rope3d(Storage s, const void* x, void* y, const RopeArgs& a, void* scratch,
                                                                               part_f, part_r));
 }
 
-void attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
+bool attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
                const void* extra_v, const void* bias, float scale, void* out,
                const AttentionShape& a, cudaStream_t stream) {
-  if (a.batch * a.queries * a.heads * a.head_dim == 0) return;
+  if (a.batch * a.queries * a.heads * a.head_dim == 0) return false;
   if (a.head_dim > kMaxAttentionHeadDim)
     throw std::runtime_error("attention: headDim " + std::to_string(a.head_dim) + " exceeds the CUDA kernel's limit of " +
                              std::to_string(kMaxAttentionHeadDim));
@@ -705,6 +944,8 @@ void attention(Storage s, const void* q, const void* k, const void* v, const voi
     const T *qt = cp<T>(q), *kt = cp<T>(k), *vt = cp<T>(v), *ekt = cp<T>(extra_k), *evt = cp<T>(extra_v);
     const T* bt = cp<T>(bias);
     T* ot = mp<T>(out);
+    if (attention_on_tensor_cores<T>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream))
+      return true;
     if (dpl <= 1)
       launch_attention<T, 1>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
     else if (dpl <= 2)
@@ -716,6 +957,7 @@ void attention(Storage s, const void* q, const void* k, const void* v, const voi
     else
       launch_attention<T, 16>(qt, kt, vt, ekt, evt, bt, scale, ot, a, stream);
   });
+  return false;
 }
 
 void patchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,

@@ -57,7 +57,9 @@ struct AttentionShape {
 };
 // Scores are q.k * scale, plus bias[head, query, key] (storage type) over the non-extra keys when
 // `bias` is not null: `attention` passes 1/sqrt(headDim) and no bias, `biased_attention` its own.
-void attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
+// Returns whether the tensor-core kernel ran (16-bit storage, no bias, head dim 16, 32, 64 or 128,
+// 16-byte aligned tensors, an sm_80+ build) rather than the float32 one.
+bool attention(Storage s, const void* q, const void* k, const void* v, const void* extra_k,
                const void* extra_v, const void* bias, float scale, void* out,
                const AttentionShape& a, cudaStream_t stream);
 

@@ -1,3 +1,4 @@
+#include <stdexcept>
 #include "dataplane.h"
 
 #include "cpu_time.h"

@@ -1,6 +1,7 @@
 // JavaScript face of the data plane (dataplane.h): DataPlaneListener and DataPlaneSender
 // objects whose operations return promises settled from the data-plane threads through a
 // thread-safe function; the framing helpers tests use to build traffic by hand.
+#include <stdexcept>
 #include "dataplane_napi.h"
 
 #include <cstring>
