@@ -10,11 +10,15 @@
  * (b) chaining: splitting the layers over K = 2, 3 and `layers` stages gives bit-identical output
  *     and K/V caches (DualParal's promise: the result does not depend on K).
  * (c) a stage rejects inputs and caches of the wrong size with a clear error.
+ * (d) what a stage tells its backend of its memory holds: a backend that keeps device copies of
+ *     buffers read twice (unless named `rewritten`) and leaves `discard`ed outputs stale, as the
+ *     CUDA backend does, gives the same bits.
  *
  * The seeded init has all norm weights 1 and biases 0; we perturb those tensors (by name, so all
  * stages agree) so that a norm weight applied to the wrong tensor, or not at all, shows up.
  */
 import { describe, expect, it } from 'vitest';
+import { cpuBackend, type Backend, type OpNode, type RunOptions } from '@longshot/engine';
 import { getConfig, type KvEntry } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import type { ModelConfig, StageRange } from '@longshot/model';
@@ -115,6 +119,93 @@ describe('K-stage chaining is bit-identical to one stage', () => {
     const ranges = split(config.layers, k);
     expect(ranges.every((r) => r.l1 > r.l0)).toBe(true);
     expectSameChain(await runChain(config, ranges), await one(), config.layers);
+  });
+});
+
+/**
+ * The CPU backend with the host-memory behaviour of the CUDA backend (docs/cuda.md): a buffer two
+ * runs read without writing is kept as a "device copy" and served from then on (the weight cache,
+ * unless the run names it `rewritten`), and what a run may `discard` is left stale (here: NaN).
+ * A stage that misdescribes its memory gets other bits from it than from the plain CPU backend.
+ */
+class DeviceMemoryEmulation implements Backend {
+  readonly name = 'cpu, with a device weight cache and stale discards';
+  private readonly cpu = cpuBackend();
+  private readonly seen = new Set<string>();
+  private readonly cached = new Map<string, Float32Array>();
+  private readonly ids = new WeakMap<ArrayBufferLike, number>();
+  private nextId = 0;
+  /** Buffers left stale so far and inputs served from a kept copy, over all runs. */
+  discarded = 0;
+  served = 0;
+
+  supportsOp(node: OpNode): boolean {
+    return this.cpu.supportsOp(node);
+  }
+
+  async run(nodes: readonly OpNode[], options?: RunOptions): Promise<void> {
+    this.before(nodes, options);
+    await this.cpu.run(nodes);
+    this.after(options);
+  }
+
+  runSync(nodes: readonly OpNode[], options?: RunOptions): void {
+    this.before(nodes, options);
+    this.cpu.runSync(nodes);
+    this.after(options);
+  }
+
+  private key(t: Float32Array): string {
+    if (!this.ids.has(t.buffer)) this.ids.set(t.buffer, ++this.nextId);
+    return `${this.ids.get(t.buffer)}:${t.byteOffset}:${t.byteLength}`;
+  }
+
+  private static overlap(a: Float32Array, b: Float32Array): boolean {
+    return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+  }
+
+  private before(nodes: readonly OpNode[], options?: RunOptions): void {
+    const written = nodes.map((n) => n.output);
+    const rewritten = options?.rewritten ?? [];
+    for (const t of nodes.flatMap((n) => n.inputs)) {
+      if (!t || t.length === 0) continue;
+      const key = this.key(t);
+      const hit = this.cached.get(key);
+      if (written.some((w) => DeviceMemoryEmulation.overlap(w, t)) || rewritten.some((r) => DeviceMemoryEmulation.overlap(r, t))) {
+        this.cached.delete(key);
+        this.seen.delete(key);
+      } else if (hit) {
+        t.set(hit);
+        this.served++;
+      } else if (this.seen.has(key)) {
+        this.cached.set(key, t.slice());
+      } else {
+        this.seen.add(key);
+      }
+    }
+  }
+
+  private after(options?: RunOptions): void {
+    for (const t of options?.discard ?? []) t.fill(Number.NaN);
+    this.discarded += options?.discard?.length ?? 0;
+  }
+}
+
+describe('a stage describes its memory to the backend truthfully (discarded, rewritten)', () => {
+  const config = getConfig('tiny');
+
+  it.each([
+    { name: 'K = 1', k: 1, layout: undefined },
+    { name: 'K = 2', k: 2, layout: undefined },
+    { name: 'K = 2 x U = 2 x CFG', k: 2, layout: { ulysses: 2, cfgParallel: true } },
+  ])('$name', async ({ k, layout }) => {
+    const on = new DeviceMemoryEmulation();
+    // Block 0 after the iteration's two blocks: a third forward over the same workspace.
+    const block0 = midStep(config, { iteration: 6, block: 0, step: 5, timestep: 300, prefixFrames: 0 });
+    const want = await runChain(config, split(config.layers, k), undefined, [block0]);
+    expectSameChain(await runChain(config, split(config.layers, k), layout, [block0], {}, on), want, config.layers);
+    expect(on.discarded).toBeGreaterThan(0);
+    expect(on.served).toBeGreaterThan(0); // the weights
   });
 });
 

@@ -38,6 +38,7 @@ interface Conformance {
   cpu: { simd: string[]; cases: number; failures: number };
   cuda: { built: boolean; usable: boolean; skip_reason?: string; op_cases: number; op_failures: number };
   stage: { cpu: string; cuda: Record<string, number | string>; skip_reason?: string };
+  run_hints: { skip_reason?: string; rewritten_uploaded?: boolean; discard_not_copied?: boolean };
   row_independence: {
     skip_reason?: string;
     results?: { storage: string; op?: string; k?: number; n?: number; identical: boolean }[];
@@ -122,6 +123,7 @@ describe('bash deploy/gpu-check.sh OUT', () => {
       // docs/cuda.md "Pinned GEMMs": every row range of a linear equals the full call's rows.
       expect(c.row_independence.results?.length).toBe(3 * ROW_INDEPENDENCE_CASES);
       expect(c.row_independence.results?.every((x) => x.identical)).toBe(true);
+      expect(c.run_hints).toEqual({ rewritten_uploaded: true, discard_not_copied: true });
       expect(bench).toMatchObject({ skipped: true, skip_reason: 'LONGSHOT_GPU_CHECK_BENCH=0' });
     } else {
       expect(c.cuda.usable).toBe(false);
@@ -129,7 +131,8 @@ describe('bash deploy/gpu-check.sh OUT', () => {
       expect(c.stage.skip_reason).toBe(c.cuda.skip_reason);
       expect(Object.values(c.stage.cuda)).toEqual(['skipped', 'skipped', 'skipped']);
       expect(c.row_independence.skip_reason).toBe(c.cuda.skip_reason);
-      expect(c.skipped).toBe(3 * tableCases + 3 + 3 * ROW_INDEPENDENCE_CASES);
+      expect(c.run_hints.skip_reason).toBe(c.cuda.skip_reason);
+      expect(c.skipped).toBe(3 * tableCases + 3 + 3 * ROW_INDEPENDENCE_CASES + 1); // + the run hints case
       expect(c.passed + c.skipped).toBe(c.cases);
       expect(bench).toMatchObject({ skipped: true, skip_reason: c.cuda.skip_reason });
     }

@@ -11,7 +11,6 @@
 //             child to parent through a pipe, standing in for the gRPC control stream)
 // A path that cannot run here (no device, one device for NCCL, no libnccl.so.2) is reported as
 // skipped with the reason; a path that ran and failed makes the exit status 1.
-#include <stdexcept>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <future>
+#include <stdexcept>
 #include <string>
 #include <vector>
 

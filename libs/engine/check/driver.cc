@@ -296,7 +296,7 @@ size_t cuda_op_conformance(const CaseTable& table, Report& r, size_t& tensor_cor
 // range's output must equal the full call's rows bit for bit. Shapes: 1.3B's model dim and
 // feed-forward width, and a small K whose rows are not 16-byte aligned.
 
-void run_graph(Backend& b, const std::vector<Node>& nodes);
+void run_graph(Backend& b, const std::vector<Node>& nodes, const std::vector<HostRange>& discard = {});
 
 struct RowShape {
   size_t k, n;
@@ -431,11 +431,76 @@ size_t cuda_row_independence(Report& r, Writer& w) {
   return cases;
 }
 
+// ---- conformance: CUDA run hints -------------------------------------------------------------------
+// RunHints::rewritten (engine.h): an input two runs read without writing is kept on the device as
+// if it were a weight; a host change to it must reach the device when the run names it rewritten.
+// And RunHints::discard: the named outputs are not copied back, the others are.
+
+bool cuda_run_hints(Report& r, Writer& w) {
+  ++r.cases;
+  const std::string what = "run hints cuda:f32";
+  bool fresh = false, discarded = false;
+  try {
+    Backend* cuda = find_backend("cuda:f32");
+    constexpr size_t n = 4096;
+    std::vector<float> x(n), y(n), z(n);
+    Rng rng = Rng::from({"run hints"});
+    rng.fill_normal(x.data(), n, 1.0);
+    std::vector<Node> nodes(2);
+    nodes[0].op = nodes[1].op = Op::silu;
+    nodes[0].n_inputs = nodes[1].n_inputs = 1;
+    nodes[0].inputs[0] = nodes[1].inputs[0] = Tensor{x.data(), n, true};
+    nodes[0].output = Tensor{y.data(), n, true};
+    nodes[1].output = Tensor{z.data(), n, true};
+    nodes[0].params = nodes[1].params = {static_cast<double>(n)};
+    for (size_t i = 0; i < nodes.size(); ++i) validate(nodes[i], i);
+    run_graph(*cuda, nodes);
+    run_graph(*cuda, nodes);  // x read twice, never written: kept on the device
+    for (float& v : x) v = -v;
+    std::fill(z.begin(), z.end(), 7.0f);
+    std::vector<HostPin> pins;
+    RunHints hints;
+    hints.rewritten.push_back({x.data(), n * sizeof(float)});
+    hints.discard.push_back({z.data(), n * sizeof(float)});
+    cuda->run_graph(nodes, &pins, hints);
+    cuda::release_device_cache(&pins);
+    std::vector<float> want(n);
+    Node cpu_node = nodes[0];
+    cpu_node.output = Tensor{want.data(), n, true};
+    cpu_backend().compute(cpu_node);
+    fresh = rel_error(y.data(), want.data(), n) <= op_bound("f32");  // the stale copy gives silu(-x)
+    discarded = std::all_of(z.begin(), z.end(), [](float v) { return v == 7.0f; });
+    if (fresh && discarded)
+      ++r.passed;
+    else
+      r.fail(what + (fresh ? "" : ": a rewritten input was served from the device copy") +
+             (discarded ? "" : ": a discarded output was copied back"));
+  } catch (const std::exception& e) {
+    r.fail(what + ": " + e.what());
+  }
+  w.key("run_hints").begin_object().key("rewritten_uploaded").value(fresh).key("discard_not_copied").value(discarded).end_object();
+  return fresh && discarded;
+}
+
 // ---- conformance: stage window ---------------------------------------------------------------------
 
-void run_graph(Backend& b, const std::vector<Node>& nodes) {
+void run_graph(Backend& b, const std::vector<Node>& nodes, const std::vector<HostRange>& discard) {
   std::vector<HostPin> pins;  // the world outlives every cached copy (released before it is freed)
-  b.run_graph(nodes, &pins);
+  RunHints hints;
+  hints.discard = discard;
+  b.run_graph(nodes, &pins, hints);
+}
+
+// The buffers of `world` that hold none of the fixture's outputs: what a forward run may leave
+// stale, as libs/model's Stage lets it leave its workspace (the CUDA backend then copies back only
+// the outputs). Not for the graphs before the forward, whose results the forward reads.
+std::vector<HostRange> non_outputs(const Fixture& f, const World& world) {
+  std::vector<bool> holds_output(f.buffers.size(), false);
+  for (const auto& o : f.outputs) holds_output[o.second.buffer] = true;
+  std::vector<HostRange> ranges;
+  for (size_t b = 0; b < f.buffers.size(); ++b)
+    if (!holds_output[b]) ranges.push_back({world.data(View{b, 0, f.buffers[b].size}), f.buffers[b].size * sizeof(float)});
+  return ranges;
 }
 
 void dump_outputs(const Fixture& f, const World& world, const std::string& dir) {
@@ -531,7 +596,7 @@ void stage_conformance(const Fixture& f, bool cuda_usable, const std::string& sk
       const std::string& forward = f.graphs.back().name;
       for (int round = 0; round < rounds; ++round) {
         world.restore(forward);
-        run_graph(*cuda, world.nodes(forward));
+        run_graph(*cuda, world.nodes(forward), non_outputs(f, world));
         stage_tensor_core_attention[target] = cuda::last_run_stats().tensor_core_attention;
         for (const auto& o : f.outputs) {
           const double err = rel_error(world.data(o.second), cpu_world.data(o.second), o.second.length);
@@ -607,11 +672,13 @@ int conformance(const std::string& cases_path, const std::string& stage_path, co
     const size_t passed_before = r.passed;
     const size_t row_cases = cuda_row_independence(r, w);
     std::fprintf(stderr, "cuda linear and attention row independence: %zu cases, %zu failed\n", row_cases, row_cases - (r.passed - passed_before));
+    std::fprintf(stderr, "cuda run hints: %s\n", cuda_run_hints(r, w) ? "ok" : "failed");
   } else {
     const size_t row_cases = std::size(kStorages) * (std::size(kRowShapes) + 1);
-    r.cases += row_cases;
-    r.skipped += row_cases;
+    r.cases += row_cases + 1;  // and the run hints
+    r.skipped += row_cases + 1;
     w.key("row_independence").begin_object().key("skip_reason").value(reason).end_object();
+    w.key("run_hints").begin_object().key("skip_reason").value(reason).end_object();
   }
 
   if (!stage_path.empty()) {
@@ -756,12 +823,14 @@ int bench(const std::string& fixture_path, const std::string& pytorch, const std
   for (size_t g = 0; g + 1 < f.graphs.size(); ++g) run_graph(*backend, world.nodes(f.graphs[g].name));
   const std::string& forward = f.graphs.back().name;
   const std::vector<Node>& nodes = world.nodes(forward);
+  // As the pipeline runs it: everything but the outputs may stay stale on the host.
+  const std::vector<HostRange> scratch = non_outputs(f, world);
 
   std::vector<double> runs;
   for (int i = 0; i < warmup + reps; ++i) {
     world.restore(forward);
     const double t0 = now_s();
-    run_graph(*backend, nodes);
+    run_graph(*backend, nodes, scratch);
     const double s = now_s() - t0;
     std::fprintf(stderr, "bench: %s run %d: %.3f s\n", i < warmup ? "warm-up" : "timed", i, s);
     if (i >= warmup) runs.push_back(s);
@@ -773,7 +842,7 @@ int bench(const std::string& fixture_path, const std::string& pytorch, const std
   world.restore(forward);
   if (on_cuda) {
     cuda::set_profiling(true);
-    run_graph(*backend, nodes);
+    run_graph(*backend, nodes, scratch);
     cuda::set_profiling(false);
     node_ms = cuda::last_run_stats().node_ms;
   } else {

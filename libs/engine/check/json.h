@@ -2,9 +2,9 @@
 // PyTorch's report) and its one-line reports. Objects keep their key order.
 #pragma once
 
-#include <stdexcept>
 #include <cstddef>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>

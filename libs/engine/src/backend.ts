@@ -1,5 +1,24 @@
 import type { OpNode } from './ops';
 
+/** How a graph's results are used after it runs. */
+export interface RunOptions {
+  /**
+   * Outputs nobody reads after this run (a model's scratch buffers). A backend that computes away
+   * from host memory may leave them stale rather than copy them back: the CUDA backend skips the
+   * device-to-host copy of every region that lies wholly inside them. Reading one afterwards gives
+   * unspecified values; using one as an input of a later run is fine only where that run writes it
+   * first.
+   */
+  discard?: readonly Float32Array[];
+  /**
+   * Inputs the caller rewrote on the host since an earlier run read them (scratch it fills itself,
+   * such as a stage group's exchanged tensors). A device backend never serves these from a copy it
+   * kept: left out, a buffer that two runs read without writing looks like a weight to the CUDA
+   * weight cache, which then keeps the first contents.
+   */
+  rewritten?: readonly Float32Array[];
+}
+
 /**
  * A compute backend (ggml-style): it says which ops it supports and runs a list of nodes in order.
  * The model builds node lists from `OPS`; it never knows which backend runs them.
@@ -9,9 +28,9 @@ export interface Backend {
   /** Whether this backend runs this node (op and params); see unsupportedReason for why not. */
   supportsOp(node: OpNode): boolean;
   /** Runs the nodes in order off the JS thread; resolves when the last output is written. */
-  run(nodes: readonly OpNode[]): Promise<void>;
+  run(nodes: readonly OpNode[], options?: RunOptions): Promise<void>;
   /** Same, on the calling thread (tests, tiny graphs). */
-  runSync(nodes: readonly OpNode[]): void;
+  runSync(nodes: readonly OpNode[], options?: RunOptions): void;
 }
 
 /** Storage type of a CUDA backend's device tensors; arithmetic is float32 in all three. */

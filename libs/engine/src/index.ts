@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-import type { Backend, BackendKind, CudaStorage, EngineInfo } from './backend';
+import type { Backend, BackendKind, CudaStorage, EngineInfo, RunOptions } from './backend';
 import { OPS, OP_NAMES, type OpName, type OpNode } from './ops';
 import type { NativeDataPlane } from './dataplane';
 import { DEFAULT_ENGINE_SETTINGS, SIMD_LEVELS, type EngineSettings, type SimdLevel } from './settings';
@@ -33,9 +33,9 @@ interface NativeOpSpec {
 
 interface NativeAddon {
   ops: NativeOpSpec[];
-  run(backend: string, nodes: NativeNode[]): Promise<void>;
+  run(backend: string, nodes: NativeNode[], options?: RunOptions): Promise<void>;
   supportsNode(backend: string, node: NativeNode): string | null;
-  runSync(backend: string, nodes: NativeNode[]): void;
+  runSync(backend: string, nodes: NativeNode[], options?: RunOptions): void;
   info(): EngineInfo;
   hostCpu(): HostCpuSeconds;
   setSimd(level: string): void;
@@ -145,17 +145,17 @@ class NativeBackend implements Backend {
     return unsupportedReason(this.name, node) === null;
   }
 
-  run(nodes: readonly OpNode[]): Promise<void> {
+  run(nodes: readonly OpNode[], options?: RunOptions): Promise<void> {
     // Validation errors surface as a rejected promise, like failures during the run.
     try {
-      return native().run(this.name, toNative(nodes));
+      return native().run(this.name, toNative(nodes), options);
     } catch (err) {
       return Promise.reject(err);
     }
   }
 
-  runSync(nodes: readonly OpNode[]): void {
-    native().runSync(this.name, toNative(nodes));
+  runSync(nodes: readonly OpNode[], options?: RunOptions): void {
+    native().runSync(this.name, toNative(nodes), options);
   }
 }
 

@@ -137,6 +137,22 @@ describe('engine addon', () => {
     expect(sameBits([outAsync], [outSync])).toBe(true);
   });
 
+  it('takes run hints (the CPU computes in host memory and needs none) and refuses malformed ones', async () => {
+    const x = random(64, 10);
+    const h = new Float32Array(64);
+    const out = new Float32Array(64);
+    const nodes: OpNode[] = [
+      { op: 'gelu_tanh', inputs: [x], output: h, params: [64] },
+      { op: 'silu', inputs: [h], output: out, params: [64] },
+    ];
+    const want = new Float32Array(64);
+    cpu.runSync([nodes[0], { ...nodes[1], output: want }]);
+    await cpu.run(nodes, { discard: [h], rewritten: [x] });
+    expect(sameBits([out], [want])).toBe(true);
+    expect(() => cpu.runSync(nodes, { discard: [new Float64Array(4) as unknown as Float32Array] })).toThrow('discard[0] must be a Float32Array');
+    expect(() => cpu.runSync(nodes, { rewritten: h as unknown as Float32Array[] })).toThrow('rewritten must be an array of Float32Array');
+  });
+
   it('gives bit-identical results for 1 and 2 threads', () => {
     const [m, k, n] = [301, 200, 130];
     const x = random(m * k, 4);

@@ -1,4 +1,4 @@
-import { LINEAR_DOT_ROWS, OPS, type Backend, type OpName, type OpNode } from '@longshot/engine';
+import { LINEAR_DOT_ROWS, OPS, type Backend, type OpName, type OpNode, type RunOptions } from '@longshot/engine';
 import { headDim, weightSpecs, type ModelConfig, type StageRange } from './config';
 import { SINGLE_LAYOUT, assembleSpan, evenSplit, groupSize, joinColumns, joinTokens, memberShard, memberSpan, shardFrames, splitColumns, splitTokens, validateLayout, type GroupMember, type MemberShard } from './parallel';
 import type { StageWeights } from './weights-types';
@@ -227,7 +227,7 @@ export class Stage {
     }
 
     if (!this.range.tail) {
-      await this.backend.run(b.take());
+      await this.backend.run(b.take(), b.hints('last'));
       if (this.range.l1 > this.range.l0) this.kvCache = own;
       return x;
     }
@@ -244,7 +244,7 @@ export class Stage {
     const patchDim = 4 * c.latentChannels;
     let out = b.rowLinear(ho, w('proj_out.weight'), w('proj_out.bias'), Bt * outTokens, 2 * ownTokens, D, patchDim);
     if (this.sharded) {
-      await this.backend.run(b.take());
+      await this.backend.run(b.take(), b.hints('more'));
       const parts = await this.group!.collective.gather(out, s);
       if (this.range.l1 > this.range.l0) this.kvCache = own;
       if (!parts) return new Float32Array(0);
@@ -256,7 +256,7 @@ export class Stage {
       b.into('unpatchify', [out.subarray(half * ownTokens * patchDim, (half + 1) * ownTokens * patchDim)], [c.latentChannels, s.ownFrames, s.height, s.width], both.subarray(half * latentSize, (half + 1) * latentSize));
     }
     const velocity = b.fresh('cfg_combine', [both], [latentSize, this.guidance]);
-    await this.backend.run(b.take());
+    await this.backend.run(b.take(), b.hints('last'));
     if (!this.sharded && this.range.l1 > this.range.l0) this.kvCache = own;
     return velocity;
   }
@@ -303,7 +303,7 @@ export class Stage {
    * q | k | v | extraK | extraV.
    */
   private async tokensToHeads(step: BlockStep, b: GraphBuilder, g: Geometry, qkv: Float32Array[], extra: (Float32Array | null)[] | null): Promise<{ qkv: Float32Array[]; extra: (Float32Array | null)[]; extraTokens: number }> {
-    await this.backend.run(b.take());
+    await this.backend.run(b.take(), b.hints('more'));
     const hd = headDim(this.config);
     const U = this.group!.layout.ulysses;
     const cols = Array.from({ length: U }, (_, j) => evenSplit(this.config.heads, U, j)).map(([h0, h1]) => [h0 * hd, h1 * hd] as const);
@@ -321,7 +321,7 @@ export class Stage {
     const joined = (t: number) => {
       const parts = split.map((p) => p[t]);
       const total = parts.reduce((a, p) => a + p.length, 0);
-      return joinTokens(parts, g.batch, width, b.scratch(total));
+      return joinTokens(parts, g.batch, width, b.hostScratch(total));
     };
     const extraJoined = extra ? [joined(3), joined(4)] : [null, null];
     const extraTokens = extraJoined[0] ? extraJoined[0].length / Math.max(1, g.batch * width) : 0;
@@ -330,11 +330,11 @@ export class Stage {
 
   /** Ulysses, back: all tokens x this member's heads of the attention output become this member's tokens x all heads. */
   private async headsToTokens(step: BlockStep, b: GraphBuilder, g: Geometry, attn: Float32Array): Promise<Float32Array> {
-    await this.backend.run(b.take());
+    await this.backend.run(b.take(), b.hints('more'));
     const U = this.group!.layout.ulysses;
     const ranges = Array.from({ length: U }, (_, j) => shardFrames(g.frames, U, j)).map(([a, z]) => [a * g.hw, z * g.hw] as const);
     const recv = await this.group!.collective.allToAll(splitTokens(attn, g.batch, g.tokens, ranges), step);
-    return joinColumns(recv, g.rows, b.scratch(g.rows * this.config.dim));
+    return joinColumns(recv, g.rows, b.hostScratch(g.rows * this.config.dim));
   }
 
   /** Text context and its per-layer cross-attention K/V: computed once per job on first use. */
@@ -404,9 +404,17 @@ class Workspace {
   }
 }
 
-/** Collects op nodes. Outputs come from the workspace unless asked for `fresh` (they escape the forward). */
+/**
+ * Collects op nodes. Outputs come from the workspace unless asked for `fresh` (they escape the
+ * forward). Every run of the forward names the workspace buffers the host filled (`rewritten`),
+ * and the last one also every workspace buffer used (`discard`): nothing reads them after the
+ * forward, and each is written before it is read in the next, so a device backend need not copy
+ * them back.
+ */
 class GraphBuilder {
   readonly nodes: OpNode[] = [];
+  private readonly scratchUsed = new Set<Float32Array>();
+  private readonly hostFilled = new Set<Float32Array>();
   private scopeName = 'graph';
   private position = 0;
 
@@ -430,7 +438,23 @@ class GraphBuilder {
 
   scratch(size: number): Float32Array {
     const key = `${this.scopeName}#${this.position++}`;
-    return this.workspace ? this.workspace.get(key, size) : new Float32Array(size);
+    if (!this.workspace) return new Float32Array(size);
+    const buf = this.workspace.get(key, size);
+    this.scratchUsed.add(buf);
+    return buf;
+  }
+
+  /** Scratch that the host fills (an exchange's result) rather than a node. */
+  hostScratch(size: number): Float32Array {
+    const buf = this.scratch(size);
+    this.hostFilled.add(buf);
+    return buf;
+  }
+
+  /** The run options of a run of the forward: its `last` run, or one `more` follows. */
+  hints(run: 'last' | 'more'): RunOptions {
+    const rewritten = [...this.hostFilled];
+    return run === 'last' ? { rewritten, discard: [...this.scratchUsed] } : { rewritten };
   }
 
   op(op: OpName, inputs: (Float32Array | null)[], params: number[]): Float32Array {

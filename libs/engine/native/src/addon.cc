@@ -152,27 +152,53 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Ke
   return nodes;
 }
 
-void execute(ls::Backend* backend, const std::vector<Node>& nodes, std::vector<ls::HostPin>* pins) {
+// run's optional third argument, RunOptions: { discard?, rewritten? }, each a Float32Array list.
+ls::RunHints parse_hints(const Napi::Value& value, Keep* keep) {
+  ls::RunHints hints;
+  if (value.IsUndefined() || value.IsNull()) return hints;
+  if (!value.IsObject()) throw Napi::TypeError::New(value.Env(), "run options must be an object");
+  const Napi::Object options = value.As<Napi::Object>();
+  for (const char* name : {"discard", "rewritten"}) {
+    const Napi::Value list = options.Get(name);
+    if (list.IsUndefined()) continue;
+    if (!list.IsArray()) throw Napi::TypeError::New(value.Env(), std::string(name) + " must be an array of Float32Array");
+    const Napi::Array arr = list.As<Napi::Array>();
+    std::vector<ls::HostRange>& ranges = std::string(name) == "discard" ? hints.discard : hints.rewritten;
+    for (uint32_t i = 0; i < arr.Length(); ++i) {
+      const Napi::Value v = arr.Get(i);
+      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+        throw Napi::TypeError::New(value.Env(), std::string(name) + "[" + std::to_string(i) + "] must be a Float32Array");
+      Napi::Float32Array a = v.As<Napi::Float32Array>();
+      keep->push_back(Napi::Persistent(a));
+      ranges.push_back({a.Data(), a.ElementLength() * sizeof(float)});
+    }
+  }
+  return hints;
+}
+
+void execute(ls::Backend* backend, const std::vector<Node>& nodes, std::vector<ls::HostPin>* pins,
+             const ls::RunHints& hints) {
   std::lock_guard<std::mutex> lock(g_engine_mutex);
   ls::CpuSpan span(ls::kernel_cpu_ns());
-  backend->run_graph(nodes, pins);
+  backend->run_graph(nodes, pins, hints);
   ls::thread_kernel_cpu_ns() += span.elapsed();
 }
 
 class RunWorker : public Napi::AsyncWorker {
  public:
-  RunWorker(Napi::Env env, ls::Backend* backend, std::vector<Node> nodes, Keep keep)
+  RunWorker(Napi::Env env, ls::Backend* backend, std::vector<Node> nodes, ls::RunHints hints, Keep keep)
       : Napi::AsyncWorker(env, "longshot_engine.run"),
         deferred_(Napi::Promise::Deferred::New(env)),
         backend_(backend),
         nodes_(std::move(nodes)),
+        hints_(std::move(hints)),
         keep_(std::move(keep)) {}
 
   Napi::Promise promise() const { return deferred_.Promise(); }
 
   void Execute() override {
     try {
-      execute(backend_, nodes_, &pins_);
+      execute(backend_, nodes_, &pins_, hints_);
     } catch (const std::exception& e) {
       SetError(e.what());
     }
@@ -192,6 +218,7 @@ class RunWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   ls::Backend* backend_;
   std::vector<Node> nodes_;
+  ls::RunHints hints_;
   Keep keep_;
   std::vector<ls::HostPin> pins_;
 };
@@ -200,7 +227,8 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   ls::Backend* backend = backend_arg(info[0]);
   Keep keep;
   std::vector<Node> nodes = parse_nodes(info[1], backend, &keep);
-  auto* worker = new RunWorker(info.Env(), backend, std::move(nodes), std::move(keep));
+  ls::RunHints hints = parse_hints(info[2], &keep);
+  auto* worker = new RunWorker(info.Env(), backend, std::move(nodes), std::move(hints), std::move(keep));
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
@@ -226,9 +254,10 @@ Napi::Value RunSync(const Napi::CallbackInfo& info) {
   ls::Backend* backend = backend_arg(info[0]);
   Keep keep;
   const std::vector<Node> nodes = parse_nodes(info[1], backend, &keep);
+  const ls::RunHints hints = parse_hints(info[2], &keep);
   std::vector<ls::HostPin> pins;
   try {
-    execute(backend, nodes, &pins);
+    execute(backend, nodes, &pins, hints);
   } catch (const std::exception& e) {
     apply_pins(pins, keep);
     throw Napi::Error::New(info.Env(), e.what());

@@ -1,7 +1,7 @@
 #pragma once
 
-#include <stdexcept>
 #include <cstddef>
+#include <stdexcept>
 
 namespace ls {
 

@@ -217,13 +217,14 @@ class Device {
   RunStats stats() const { return stats_; }
   void set_profiling(bool on) { profiling_ = on; }
 
-  void run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* pins);
+  void run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* pins, const RunHints& hints);
   void release_cache(std::vector<HostPin>* pins);
 
  private:
   struct Region {
     uintptr_t begin = 0, end = 0;  // host bytes
     bool touched = false, upload = false, written = false;
+    bool rewritten = false;  // overlaps RunHints::rewritten: never served from or admitted to the cache
     // Timesteps and token ids stay float32 in every storage (t = 620 is 624 in bfloat16; float16
     // holds integers exactly only up to 2048): a region only ever read as one of those inputs.
     bool f32_input_only = true;
@@ -479,7 +480,33 @@ void Device::release_cache(std::vector<HostPin>* pins) {
   seen_read_only_.clear();
 }
 
-void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* sink) {
+// Whether host bytes [begin, end) overlap any of `ranges`.
+bool overlaps_any(uintptr_t begin, uintptr_t end, const std::vector<HostRange>& ranges) {
+  for (const HostRange& r : ranges) {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(r.data);
+    if (r.bytes > 0 && b < end && b + r.bytes > begin) return true;
+  }
+  return false;
+}
+
+// Whether host bytes [begin, end) lie inside the union of `ranges`.
+bool covered_by(uintptr_t begin, uintptr_t end, const std::vector<HostRange>& ranges) {
+  std::vector<std::pair<uintptr_t, uintptr_t>> merged;
+  for (const HostRange& r : ranges) {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(r.data);
+    if (r.bytes > 0 && b < end && b + r.bytes > begin) merged.emplace_back(b, b + r.bytes);
+  }
+  std::sort(merged.begin(), merged.end());
+  uintptr_t reached = begin;  // [begin, reached) is covered
+  for (const auto& m : merged) {
+    if (m.first > reached) return false;
+    reached = std::max(reached, m.second);
+    if (reached >= end) return true;
+  }
+  return reached >= end;
+}
+
+void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* sink, const RunHints& hints) {
   if (!status_.usable) throw std::runtime_error("CUDA backend unavailable: " + status_.reason);
   // Without a sink, cache changes cannot reach the addon: nothing is admitted, and unpins wait in
   // pending_unpins_ for the next run (or release) that has one.
@@ -573,7 +600,8 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
     // A range also used by another op keeps the common storage so every kernel sees one type per
     // region (see Region::f32_input_only).
     r.storage = (r.used_as_f32_input && r.f32_input_only) ? Storage::f32 : storage;
-    if (r.written) evict_overlapping(r.begin, r.end, pins);
+    r.rewritten = overlaps_any(r.begin, r.end, hints.rewritten);
+    if (r.written || r.rewritten) evict_overlapping(r.begin, r.end, pins);
   }
   size_t offset = 0;
   bool any_conversion = false;
@@ -581,7 +609,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
   for (size_t ri = 0; ri < regions.size(); ++ri) {
     Region& r = regions[ri];
     const size_t dev_bytes = r.floats() * storage_bytes(r.storage);
-    if (!r.written && r.storage == storage && cache_limit_ > 0) {
+    if (!r.written && !r.rewritten && r.storage == storage && cache_limit_ > 0) {
       auto& m = cache(storage);
       auto it = m.upper_bound(r.begin);
       if (it != m.begin()) {
@@ -658,7 +686,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
     }
     check(cudaEventRecord(events_[2], stream_), "cudaEventRecord");
     for (const Region& r : regions)
-      if (r.written) {
+      if (r.written && !(hints.discard.size() > 0 && covered_by(r.begin, r.end, hints.discard))) {
         download(r);
         st.download_bytes += static_cast<double>(r.end - r.begin);
       }
@@ -898,9 +926,9 @@ class CudaBackend final : public Backend {
   bool supports_op(const Node& node, std::string* why) const override { return supports(node, why); }
   // The per-node interface runs a one-node graph. It has no pin sink, so it admits nothing to the
   // weight cache; evictions it causes are reported by the next run that has one.
-  void compute(const Node& node) override { device().run(storage_, std::vector<Node>{node}, nullptr); }
-  void run_graph(const std::vector<Node>& nodes, std::vector<HostPin>* pins) override {
-    device().run(storage_, nodes, pins);
+  void compute(const Node& node) override { device().run(storage_, std::vector<Node>{node}, nullptr, RunHints{}); }
+  void run_graph(const std::vector<Node>& nodes, std::vector<HostPin>* pins, const RunHints& hints) override {
+    device().run(storage_, nodes, pins, hints);
   }
 
  private:

@@ -532,14 +532,20 @@ void launch_attention(const T* q, const T* k, const T* v, const T* ek, const T* 
 // The flash-attention scheme of FlashAttention-2 on mma.sync: a block of kMmaWarps warps takes
 // kMmaWarps * 16 consecutive queries of one (batch, head); each warp keeps its 16 query rows as
 // A fragments in registers and walks the keys, then the extra keys, in tiles of kMmaKeys rows of K
-// and V staged in shared memory. Per tile: S = Q K^T on the tensor cores (float32 accumulators),
-// the online softmax in float32 (exp2 of log2-scaled scores), P rounded to the storage type and
+// and V. Tiles are copied to shared memory with cp.async, two stages deep, so the next tile loads
+// while this one is computed. Per tile: S = Q K^T on the tensor cores (float32 accumulators), the
+// online softmax in float32 (exp2 of log2-scaled scores), P rounded to the storage type and
 // O += P V on the tensor cores. Each query row depends only on its own values and on the fixed
-// key tiling, so a row's result does not depend on how many queries share the call. Smem rows are
-// padded by 8 elements (16 bytes), which keeps the fragment loads and ldmatrix conflict-free.
+// key tiling, so a row's result does not depend on how many queries share the call. Shared rows
+// are padded by 8 elements (16 bytes), which keeps ldmatrix conflict-free.
 constexpr int kMmaWarps = 4;
 constexpr int kMmaQueries = 16 * kMmaWarps;
 constexpr int kMmaKeys = 64;
+
+template <int HD>
+constexpr size_t mma_smem_bytes() {
+  return 2 /* stages */ * 2 /* K, V */ * kMmaKeys * (HD + 8) * 2 /* bytes per value */;
+}
 
 __device__ __forceinline__ uint32_t pack2(float lo, float hi, __nv_bfloat16) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -572,15 +578,49 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-// Four 8x8 matrices of 16-bit values from shared memory, transposed: lane i gives the address of
-// row i % 8 of matrix i / 8.
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+// N 8x8 matrices of 16-bit values from shared memory (transposed with TRANS): lane i gives the
+// address of row i % 8 of matrix i / 8.
+template <int N, bool TRANS>
+__device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* smem_row) {
 #if __CUDA_ARCH__ >= 800
   const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
+  if constexpr (N == 4 && TRANS)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+  else if constexpr (N == 4)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
 #endif
+}
+
+// 16 bytes global -> shared without passing through registers; zeros when !valid (nothing read).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(valid ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N of this thread's committed copy groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// 2^x with the hardware approximation (2 ulp; ex2(-inf) = 0): the softmax's weights are rounded
+// to 16 bits right after.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ uint32_t ld2(const void* p) { return *static_cast<const uint32_t*>(p); }
@@ -589,27 +629,58 @@ template <typename T, int HD>
 __global__ void __launch_bounds__(kMmaWarps * 32) attention_mma_k(const T* q, const T* k, const T* v,
                                                                    const T* ek, const T* ev, T* out,
                                                                    AttentionShape a, float scale_log2) {
-#if __CUDA_ARCH__ >= 800
-  constexpr int RS = HD + 8;  // shared row stride in elements
-  __shared__ __align__(16) T k_s[kMmaKeys * RS];
-  __shared__ __align__(16) T v_s[kMmaKeys * RS];
+  // Compiled for every architecture (the helpers' instructions only for sm_80+), launched only on
+  // code for sm_80+ (mma_kernel_usable).
+  constexpr int RS = HD + 8;                // shared row stride in elements
+  constexpr int kStage = 2 * kMmaKeys * RS;  // one stage: K tile, then V tile
+  extern __shared__ __align__(16) unsigned char mma_smem[];
+  T* smem = reinterpret_cast<T*>(mma_smem);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;  // fragment row (and row + 8) and column pair
   const size_t b = blockIdx.z, h = blockIdx.y;
   const size_t stride = a.heads * HD;
   const size_t r0 = static_cast<size_t>(blockIdx.x) * kMmaQueries + warp * 16 + g, r1 = r0 + 8;
   const bool has0 = r0 < a.queries, has1 = r1 < a.queries;
-  const T* q0p = q + (b * a.queries + (has0 ? r0 : 0)) * stride + h * HD;
-  const T* q1p = q + (b * a.queries + (has1 ? r1 : 0)) * stride + h * HD;
+
+  // Tiles: ceil(keys / kMmaKeys) of the keys, then those of the extra keys.
+  const int tiles0 = static_cast<int>((a.keys + kMmaKeys - 1) / kMmaKeys);
+  const int tiles = tiles0 + static_cast<int>((a.extra_keys + kMmaKeys - 1) / kMmaKeys);
+  auto tile_keys = [&](int t) -> int {
+    const size_t len = t < tiles0 ? a.keys : a.extra_keys;
+    const size_t k0 = static_cast<size_t>(t < tiles0 ? t : t - tiles0) * kMmaKeys;
+    return static_cast<int>(min(static_cast<size_t>(kMmaKeys), len - k0));
+  };
+  auto load_tile = [&](int t) {
+    const bool extra = t >= tiles0;
+    const size_t len = extra ? a.extra_keys : a.keys;
+    const size_t k0 = static_cast<size_t>(extra ? t - tiles0 : t) * kMmaKeys;
+    const T* kb = (extra ? ek : k) + b * len * stride + h * HD;
+    const T* vb = (extra ? ev : v) + b * len * stride + h * HD;
+    const int nk = tile_keys(t);
+    T* ks = smem + (t & 1) * kStage;
+    T* vs = ks + kMmaKeys * RS;
+    for (int e = threadIdx.x; e < kMmaKeys * (HD / 8); e += blockDim.x) {
+      const int j = e / (HD / 8), d = (e % (HD / 8)) * 8;
+      const size_t row = j < nk ? k0 + j : 0;
+      cp_async16(ks + j * RS + d, kb + row * stride + d, j < nk);
+      cp_async16(vs + j * RS + d, vb + row * stride + d, j < nk);
+    }
+    cp_async_commit();
+  };
+  if (tiles > 0) load_tile(0);
 
   uint32_t qf[HD / 16][4];
+  {
+    const T* q0p = q + (b * a.queries + (has0 ? r0 : 0)) * stride + h * HD;
+    const T* q1p = q + (b * a.queries + (has1 ? r1 : 0)) * stride + h * HD;
 #pragma unroll
-  for (int kk = 0; kk < HD / 16; ++kk) {
-    const int col = kk * 16 + 2 * c;
-    qf[kk][0] = has0 ? ld2(q0p + col) : 0u;
-    qf[kk][1] = has1 ? ld2(q1p + col) : 0u;
-    qf[kk][2] = has0 ? ld2(q0p + col + 8) : 0u;
-    qf[kk][3] = has1 ? ld2(q1p + col + 8) : 0u;
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const int col = kk * 16 + 2 * c;
+      qf[kk][0] = has0 ? ld2(q0p + col) : 0u;
+      qf[kk][1] = has1 ? ld2(q1p + col) : 0u;
+      qf[kk][2] = has0 ? ld2(q0p + col + 8) : 0u;
+      qf[kk][3] = has1 ? ld2(q1p + col + 8) : 0u;
+    }
   }
 
   float o[HD / 8][4];
@@ -617,86 +688,92 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attention_mma_k(const T* q, co
   for (int dt = 0; dt < HD / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // l: this thread's columns only
 
-  for (int src = 0; src < 2; ++src) {
-    const size_t len = src == 0 ? a.keys : a.extra_keys;
-    if (len == 0) continue;  // uniform across the block
-    const T* kb = (src == 0 ? k : ek) + b * len * stride + h * HD;
-    const T* vb = (src == 0 ? v : ev) + b * len * stride + h * HD;
-    for (size_t k0 = 0; k0 < len; k0 += kMmaKeys) {
-      const int nk = static_cast<int>(min(static_cast<size_t>(kMmaKeys), len - k0));
-      __syncthreads();  // the previous tile is consumed
-      for (int e = threadIdx.x; e < kMmaKeys * (HD / 8); e += blockDim.x) {
-        const int j = e / (HD / 8), d = (e % (HD / 8)) * 8;
-        uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-        if (j < nk) {
-          kv = *reinterpret_cast<const uint4*>(kb + (k0 + j) * stride + d);
-          vv = *reinterpret_cast<const uint4*>(vb + (k0 + j) * stride + d);
-        }
-        *reinterpret_cast<uint4*>(k_s + j * RS + d) = kv;
-        *reinterpret_cast<uint4*>(v_s + j * RS + d) = vv;
-      }
-      __syncthreads();
+  for (int t = 0; t < tiles; ++t) {
+    if (t + 1 < tiles) {
+      load_tile(t + 1);  // into the other stage, freed by the barrier at the end of the last tile
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // tile t is in shared memory for every thread
+    const T* ks = smem + (t & 1) * kStage;
+    const T* vs = ks + kMmaKeys * RS;
+    const int nk = tile_keys(t);
 
-      float s[kMmaKeys / 8][4];
+    float s[kMmaKeys / 8][4];
 #pragma unroll
-      for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
-        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-        const T* krow = k_s + (nt * 8 + g) * RS + 2 * c;
+    for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      const T* krow = ks + (nt * 8 + (lane & 7)) * RS + (lane >> 3) * 8;
+      if constexpr (HD % 32 == 0) {
 #pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) mma16816(s[nt], qf[kk], ld2(krow + kk * 16), ld2(krow + kk * 16 + 8), T());
-      }
-      float mx0 = m0, mx1 = m1;
-#pragma unroll
-      for (int nt = 0; nt < kMmaKeys / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const bool valid = nt * 8 + 2 * c + e < nk;
-          s[nt][e] = valid ? s[nt][e] * scale_log2 : -INFINITY;
-          s[nt][2 + e] = valid ? s[nt][2 + e] * scale_log2 : -INFINITY;
-          mx0 = fmaxf(mx0, s[nt][e]);
-          mx1 = fmaxf(mx1, s[nt][2 + e]);
+        for (int kk = 0; kk < HD / 16; kk += 2) {
+          uint32_t kb4[4];
+          ldmatrix<4, false>(kb4, krow + kk * 16);
+          mma16816(s[nt], qf[kk], kb4[0], kb4[1], T());
+          mma16816(s[nt], qf[kk + 1], kb4[2], kb4[3], T());
         }
+      } else {
 #pragma unroll
-      for (int off = 1; off < 4; off <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-      }
-      const float alpha0 = exp2f(m0 - mx0), alpha1 = exp2f(m1 - mx1);  // 0 on the first tile
-      m0 = mx0;
-      m1 = mx1;
-      l0 *= alpha0;
-      l1 *= alpha1;
-#pragma unroll
-      for (int dt = 0; dt < HD / 8; ++dt) {
-        o[dt][0] *= alpha0;
-        o[dt][1] *= alpha0;
-        o[dt][2] *= alpha1;
-        o[dt][3] *= alpha1;
-      }
-#pragma unroll
-      for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
-        s[nt][0] = exp2f(s[nt][0] - m0);
-        s[nt][1] = exp2f(s[nt][1] - m0);
-        s[nt][2] = exp2f(s[nt][2] - m1);
-        s[nt][3] = exp2f(s[nt][3] - m1);
-        l0 += s[nt][0] + s[nt][1];
-        l1 += s[nt][2] + s[nt][3];
-      }
-#pragma unroll
-      for (int kt = 0; kt < kMmaKeys / 16; ++kt) {
-        const uint32_t pa[4] = {pack2(s[2 * kt][0], s[2 * kt][1], T()), pack2(s[2 * kt][2], s[2 * kt][3], T()),
-                                pack2(s[2 * kt + 1][0], s[2 * kt + 1][1], T()),
-                                pack2(s[2 * kt + 1][2], s[2 * kt + 1][3], T())};
-        const T* vrow = v_s + (kt * 16 + (lane & 15)) * RS + (lane >> 4) * 8;
-#pragma unroll
-        for (int dt = 0; dt < HD / 8; dt += 2) {
-          uint32_t vb4[4];
-          ldmatrix_x4_trans(vb4, vrow + dt * 8);
-          mma16816(o[dt], pa, vb4[0], vb4[1], T());
-          mma16816(o[dt + 1], pa, vb4[2], vb4[3], T());
+        for (int kk = 0; kk < HD / 16; ++kk) {
+          uint32_t kb2[2];
+          ldmatrix<2, false>(kb2, krow + kk * 16);
+          mma16816(s[nt], qf[kk], kb2[0], kb2[1], T());
         }
       }
     }
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int nt = 0; nt < kMmaKeys / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool valid = nt * 8 + 2 * c + e < nk;
+        s[nt][e] = valid ? s[nt][e] * scale_log2 : -INFINITY;
+        s[nt][2 + e] = valid ? s[nt][2 + e] * scale_log2 : -INFINITY;
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float alpha0 = fast_exp2(m0 - mx0), alpha1 = fast_exp2(m1 - mx1);  // 0 on the first tile
+    m0 = mx0;
+    m1 = mx1;
+    l0 *= alpha0;
+    l1 *= alpha1;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; ++dt) {
+      o[dt][0] *= alpha0;
+      o[dt][1] *= alpha0;
+      o[dt][2] *= alpha1;
+      o[dt][3] *= alpha1;
+    }
+#pragma unroll
+    for (int nt = 0; nt < kMmaKeys / 8; ++nt) {
+      s[nt][0] = fast_exp2(s[nt][0] - m0);
+      s[nt][1] = fast_exp2(s[nt][1] - m0);
+      s[nt][2] = fast_exp2(s[nt][2] - m1);
+      s[nt][3] = fast_exp2(s[nt][3] - m1);
+      l0 += s[nt][0] + s[nt][1];
+      l1 += s[nt][2] + s[nt][3];
+    }
+#pragma unroll
+    for (int kt = 0; kt < kMmaKeys / 16; ++kt) {
+      const uint32_t pa[4] = {pack2(s[2 * kt][0], s[2 * kt][1], T()), pack2(s[2 * kt][2], s[2 * kt][3], T()),
+                              pack2(s[2 * kt + 1][0], s[2 * kt + 1][1], T()),
+                              pack2(s[2 * kt + 1][2], s[2 * kt + 1][3], T())};
+      const T* vrow = vs + (kt * 16 + (lane & 15)) * RS + (lane >> 4) * 8;
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; dt += 2) {
+        uint32_t vb4[4];
+        ldmatrix<4, true>(vb4, vrow + dt * 8);
+        mma16816(o[dt], pa, vb4[0], vb4[1], T());
+        mma16816(o[dt + 1], pa, vb4[2], vb4[3], T());
+      }
+    }
+    __syncthreads();  // every warp is done with this stage before tile t + 2 is copied into it
   }
 
 #pragma unroll
@@ -712,20 +789,23 @@ __global__ void __launch_bounds__(kMmaWarps * 32) attention_mma_k(const T* q, co
     if (has0) *reinterpret_cast<uint32_t*>(o0 + dt * 8) = pack2(o[dt][0] * inv0, o[dt][1] * inv0, T());
     if (has1) *reinterpret_cast<uint32_t*>(o1 + dt * 8) = pack2(o[dt][2] * inv1, o[dt][3] * inv1, T());
   }
-#endif
 }
 
 // Whether this build has sm_80+ code of the kernel for the current device: a build for older
 // architectures only (or PTX JIT-compiled from one) compiles the body away.
+// The same probe reserves the kernel's dynamic shared memory (above the 48 KiB default at HD 128).
 template <typename T, int HD>
 bool mma_kernel_usable() {
   static const bool usable = [] {
     cudaFuncAttributes attr;
-    if (cudaFuncGetAttributes(&attr, attention_mma_k<T, HD>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&attr, attention_mma_k<T, HD>) != cudaSuccess || attr.binaryVersion < 80 ||
+        attr.ptxVersion < 80 ||
+        cudaFuncSetAttribute(attention_mma_k<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(mma_smem_bytes<HD>())) != cudaSuccess) {
       cudaGetLastError();
       return false;
     }
-    return attr.binaryVersion >= 80 && attr.ptxVersion >= 80;
+    return true;
   }();
   return usable;
 }
@@ -736,7 +816,8 @@ bool try_attention_mma(const T* q, const T* k, const T* v, const T* ek, const T*
   if (!mma_kernel_usable<T, HD>()) return false;
   const dim3 grid(static_cast<unsigned>((a.queries + kMmaQueries - 1) / kMmaQueries), static_cast<unsigned>(a.heads),
                   static_cast<unsigned>(a.batch));
-  attention_mma_k<T, HD><<<grid, kMmaWarps * 32, 0, stream>>>(q, k, v, ek, ev, out, a, scale * 1.4426950408889634f);
+  attention_mma_k<T, HD><<<grid, kMmaWarps * 32, mma_smem_bytes<HD>(), stream>>>(q, k, v, ek, ev, out, a,
+                                                                                scale * 1.4426950408889634f);
   return true;
 }
 

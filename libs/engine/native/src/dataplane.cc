@@ -1,4 +1,3 @@
-#include <stdexcept>
 #include "dataplane.h"
 
 #include "cpu_time.h"
@@ -15,6 +14,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <random>
+#include <stdexcept>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>

@@ -1,11 +1,11 @@
 // JavaScript face of the data plane (dataplane.h): DataPlaneListener and DataPlaneSender
 // objects whose operations return promises settled from the data-plane threads through a
 // thread-safe function; the framing helpers tests use to build traffic by hand.
-#include <stdexcept>
 #include "dataplane_napi.h"
 
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 
 #include "crc32c.h"
 #include "dataplane.h"

@@ -69,6 +69,23 @@ struct HostPin {
   bool pin;
 };
 
+struct HostRange {
+  const void* data;
+  size_t bytes;
+};
+
+// What the caller knows of a graph's memory that the nodes cannot say. Only a backend that computes
+// away from host memory (CUDA) uses it.
+struct RunHints {
+  // Outputs nobody reads after the run (a model's scratch buffers): they may be left stale. The
+  // CUDA backend skips copying back every region that lies wholly inside them.
+  std::vector<HostRange> discard;
+  // Inputs the caller rewrote since an earlier run read them (scratch filled on the host, such as
+  // a stage group's exchanged tensors): never served from a device copy kept from that run. Left
+  // out, a range that two runs read without writing looks like a weight to the CUDA weight cache.
+  std::vector<HostRange> rewritten;
+};
+
 struct Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
@@ -80,9 +97,10 @@ struct Backend {
   virtual void compute(const Node& node) = 0;
   // Runs validated nodes in order; blocking, serialised like compute(). The default runs them one
   // at a time; an accelerator overrides it to keep intermediates on the device for the whole
-  // graph, reporting the host ranges it starts or stops caching in `pins`.
-  virtual void run_graph(const std::vector<Node>& nodes, std::vector<HostPin>* pins) {
+  // graph, reporting the host ranges it starts or stops caching in `pins` and following `hints`.
+  virtual void run_graph(const std::vector<Node>& nodes, std::vector<HostPin>* pins, const RunHints& hints) {
     (void)pins;
+    (void)hints;
     for (const Node& n : nodes) compute(n);
   }
 };
