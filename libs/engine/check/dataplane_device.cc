@@ -69,13 +69,18 @@ int child(dp::Path path, int device, size_t bytes, int reps, int port_fd, int id
     dp::Sender s("127.0.0.1", port, kStallMs, 0, 0, path, device);
     if (path == dp::kPathNccl && write(id_fd, s.nccl_id().internal, nccl::kUniqueIdBytes) != nccl::kUniqueIdBytes) return 4;
     cudaSetDevice(device);
+    // One arena holding every tensor, each at its own offset, all written before the first send,
+    // so the receiver's clock measures the transfer, not this side drawing the next tensor.
     uint8_t* src = nullptr;
-    const size_t offset = 4096;  // an offset into the allocation, as a tensor inside an arena
-    if (cudaMalloc(reinterpret_cast<void**>(&src), bytes + offset) != cudaSuccess) return 5;
+    const size_t first = 4096;
+    if (cudaMalloc(reinterpret_cast<void**>(&src), first + bytes * reps) != cudaSuccess) return 5;
     std::vector<uint8_t> host(bytes);
     for (int r = 0; r < reps; ++r) {
       for (size_t i = 0; i < bytes; ++i) host[i] = pattern(i, r);
-      cudaMemcpy(src + offset, host.data(), bytes, cudaMemcpyHostToDevice);
+      cudaMemcpy(src + first + bytes * r, host.data(), bytes, cudaMemcpyHostToDevice);
+    }
+    for (int r = 0; r < reps; ++r) {
+      const size_t offset = first + bytes * r;
       dp::Header h;
       h.seq = static_cast<uint64_t>(r + 1);
       h.byte_length = bytes;

@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <cstring>
+#include <list>
+#include <mutex>
 #include <thread>
 
 namespace ls::cuda::link {
@@ -24,6 +26,52 @@ bool on_device(const void* p) {
     return false;
   }
   return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+// Peer allocations opened by handle, most recently used first. Opening a handle costs
+// milliseconds, and a sender sends from the same arena tensor after tensor; a handle names one
+// allocation for its lifetime (a new allocation gets a new handle), and a mapping keeps the memory
+// alive until it is closed. The 16 most recent stay open.
+class OpenHandles {
+ public:
+  // The mapping of `h` on `device`, opening it when needed; nullptr and `why` on failure.
+  void* open(int device, const cudaIpcMemHandle_t& h, std::string* why) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = open_.begin(); it != open_.end(); ++it)
+      if (it->device == device && std::memcmp(&it->handle, &h, sizeof h) == 0) {
+        open_.splice(open_.begin(), open_, it);
+        return open_.front().peer;
+      }
+    void* peer = nullptr;
+    const cudaError_t err = cudaIpcOpenMemHandle(&peer, h, cudaIpcMemLazyEnablePeerAccess);
+    if (err != cudaSuccess) {
+      *why = cuda_error(err, "cudaIpcOpenMemHandle");
+      return nullptr;
+    }
+    open_.push_front({device, h, peer});
+    if (open_.size() > kKept) {
+      cudaSetDevice(open_.back().device);
+      cudaIpcCloseMemHandle(open_.back().peer);
+      open_.pop_back();
+      cudaSetDevice(device);
+    }
+    return peer;
+  }
+
+ private:
+  static constexpr size_t kKept = 16;
+  struct Entry {
+    int device;
+    cudaIpcMemHandle_t handle;
+    void* peer;
+  };
+  std::mutex mu_;
+  std::list<Entry> open_;
+};
+
+OpenHandles& open_handles() {
+  static OpenHandles* handles = new OpenHandles();  // never destroyed: mappings close at exit
+  return *handles;
 }
 
 }  // namespace
@@ -57,13 +105,10 @@ std::string ipc_copy(int device, const IpcHandle& handle, uint64_t offset, void*
   if (err != cudaSuccess) return cuda_error(err, "cudaSetDevice");
   cudaIpcMemHandle_t h;
   std::memcpy(&h, handle.data(), kIpcHandleBytes);
-  void* peer = nullptr;
-  err = cudaIpcOpenMemHandle(&peer, h, cudaIpcMemLazyEnablePeerAccess);
-  if (err != cudaSuccess) return cuda_error(err, "cudaIpcOpenMemHandle");
+  void* peer = open_handles().open(device, h, &why);
+  if (!peer) return why;
   err = cudaMemcpy(dst, static_cast<const uint8_t*>(peer) + offset, n, cudaMemcpyDefault);
-  std::string out = err == cudaSuccess ? "" : cuda_error(err, "cudaMemcpy (CUDA IPC)");
-  cudaIpcCloseMemHandle(peer);
-  return out;
+  return err == cudaSuccess ? "" : cuda_error(err, "cudaMemcpy (CUDA IPC)");
 }
 
 namespace {

@@ -28,7 +28,8 @@ std::string usable(int device);
 // The IPC handle of the device allocation that starts at `base` (cudaMalloc'd on `device`).
 std::string ipc_export(int device, const void* base, IpcHandle* out);
 // Copies `n` bytes at `offset` of the allocation `handle` names (another process's, on the same
-// GPU) into `dst`, device to device (or device to host when `dst` is host memory).
+// GPU) into `dst`, device to device (or device to host when `dst` is host memory). The handle
+// stays open for later copies from the same allocation (the 16 most recent allocations).
 std::string ipc_copy(int device, const IpcHandle& handle, uint64_t offset, void* dst, size_t n);
 
 // Rank 0 (sender) or 1 (receiver) of a two-rank NCCL communicator on one device.
