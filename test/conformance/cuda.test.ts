@@ -33,6 +33,7 @@ import { SEEDED_UMT5, SEEDED_VAE, Stage, VaeDecoder, encodeText, getConfig, seed
 import { Rng } from '@longshot/random';
 import { OP_CASES, f32Inputs, roundToStorage } from '../reference/cases';
 import { relError } from '../reference/error';
+import { StorageEmulation } from '../reference/storage-emulation';
 import { testWeights } from '../reference/weights';
 
 const info = engineInfo();
@@ -155,11 +156,13 @@ describe.each(STORAGES)('CUDA ops vs CPU, %s storage', (storage) => {
       expectClose(got.out, ref1.out, tol, `run ${i}: out`);
       expectClose(got.both, ref1.both, tol, `run ${i}: intermediate`);
     }
-    // Weights changed in place must be followed by releaseDeviceCache().
+    // Weights changed in place must be followed by releaseDeviceCache(). A stale weight would be off
+    // by its whole value; the new weights are not rounded to the storage first, so this chain of
+    // ops (cfg_combine scales differences by up to 5) gets the wider bound of a graph on raw inputs.
     for (let i = 0; i < w.length; i++) w[i] = -w[i];
     releaseDeviceCache();
     const ref2 = await run(cpu);
-    expectClose((await run(cuda)).out, ref2.out, tol, 'after a weight update');
+    expectClose((await run(cuda)).out, ref2.out, STAGE_TOLERANCE[storage], 'after a weight update');
   });
 });
 
@@ -235,7 +238,13 @@ describe.each(STORAGES)('CUDA VAE decoder vs CPU, %s storage', (storage) => {
     const cuda = cudaBackend({ storage });
     const onePass = (backend: Backend) => new VaeDecoder(config, weights, h, w).decode(backend, latents, F);
     const got = await onePass(cuda);
-    expectClose(got, await onePass(cpu), STAGE_TOLERANCE[storage], 'VAE decode');
+    // The tiny seeded decoder amplifies rounding several times over (on an H200: bf16 0.26, f16
+    // 0.011 against the CPU), so the bound is twice what the storage alone costs on the CPU, with
+    // the stage bound as a floor.
+    const emulated = (s: CudaStorage) => new VaeDecoder(config, seededVaeWeights(config, SEED), h, w).decode(new StorageEmulation(s as 'bf16' | 'f16'), latents.slice(), F);
+    const cpuPass = await onePass(cpu);
+    const bound = storage === 'f32' ? STAGE_TOLERANCE.f32 : Math.max(STAGE_TOLERANCE[storage], 2 * relError(await emulated(storage), cpuPass));
+    expectClose(got, cpuPass, bound, 'VAE decode');
     // One latent frame per graph, the feature cache going through host memory between them.
     const dec = new VaeDecoder(config, weights, h, w);
     const parts: Float32Array[] = [];
