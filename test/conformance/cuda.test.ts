@@ -194,7 +194,8 @@ describe.each(STORAGES)('CUDA stage window vs CPU, %s storage', (storage) => {
       return stage;
     };
     const onCpu = make(cpu);
-    const onCuda = make(cudaBackend({ storage }));
+    const cuda = cudaBackend({ storage });
+    const onCuda = make(cuda);
     // Twice: the second forward runs with weights (and the cross-attention K/V) served from the
     // device cache, and must give the same answer.
     for (const round of [0, 1]) {
@@ -205,6 +206,7 @@ describe.each(STORAGES)('CUDA stage window vs CPU, %s storage', (storage) => {
       const want = await onCpu.forward(step, input);
       const got = await onCuda.forward(step, input);
       expectClose(got, want, tol, `round ${round}: velocity`);
+      cuda.releaseDeviceMemory?.(); // the stage's own cache stays on the device (resident)
       const a = onCuda.kvCache!;
       const b = onCpu.kvCache!;
       expect(a.block).toBe(step.block);

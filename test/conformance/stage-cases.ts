@@ -60,6 +60,12 @@ export function split(layers: number, k: number): StageRange[] {
   }));
 }
 
+/** A test backend that can show what it keeps on its "device" without giving it back. */
+export interface DeviceView {
+  /** The device copy of a resident output, if the backend holds one. */
+  deviceCopy(t: Float32Array): Float32Array | undefined;
+}
+
 export interface ChainResult {
   outputs: Float32Array[];
   /** The caches after each block-step, concatenated over stages (one entry per model layer), whole [2, C*hw, D]. */
@@ -115,6 +121,12 @@ export async function runChain(config: ModelConfig, ranges: StageRange[], layout
       inputs = outputs;
     }
     result.hidden.push(hidden);
+    // An unsharded stage keeps its cache on a device backend (read through the emulation's view of
+    // its "device", or after the backend gives it back); the next forward overwrites the buffers of
+    // the one before, so the caches are copied as they are read.
+    const view = (on as Partial<DeviceView>).deviceCopy?.bind(on);
+    if (!view) on.releaseDeviceMemory?.();
+    const host = (t: Float32Array): Float32Array => view?.(t) ?? t;
     const k: Float32Array[] = [];
     const v: Float32Array[] = [];
     for (const group of stages) {
@@ -125,7 +137,7 @@ export async function runChain(config: ModelConfig, ranges: StageRange[], layout
       }
       const span = spanOf(config, step, 'cache');
       caches.forEach((c, rank) => layout && expect(c.firstFrame, `member ${rank} cache's first frame`).toBe(firstCached(layout, rank, config.heads, span)));
-      const whole = (pick: (c: KvEntry) => Float32Array[]) => pick(caches[0]).map((_, l) => (layout ? assembleSpan(caches.map((c) => pick(c)[l]), layout, config.heads, span) : pick(caches[0])[l]));
+      const whole = (pick: (c: KvEntry) => Float32Array[]) => pick(caches[0]).map((_, l) => (layout ? assembleSpan(caches.map((c) => pick(c)[l]), layout, config.heads, span) : host(pick(caches[0])[l]).slice()));
       k.push(...whole((c) => c.k));
       v.push(...whole((c) => c.v));
     }

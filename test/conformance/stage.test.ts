@@ -11,8 +11,8 @@
  *     and K/V caches (DualParal's promise: the result does not depend on K).
  * (c) a stage rejects inputs and caches of the wrong size with a clear error.
  * (d) what a stage tells its backend of its memory holds: a backend that keeps device copies of
- *     buffers read twice (unless named `rewritten`) and leaves `discard`ed outputs stale, as the
- *     CUDA backend does, gives the same bits.
+ *     buffers read twice (unless named `rewritten`), leaves `discard`ed outputs stale and keeps
+ *     `resident` ones on the "device" only, as the CUDA backend does, gives the same bits.
  *
  * The seeded init has all norm weights 1 and biases 0; we perturb those tensors (by name, so all
  * stages agree) so that a norm weight applied to the wrong tensor, or not at all, shows up.
@@ -25,7 +25,7 @@ import type { ModelConfig, StageRange } from '@longshot/model';
 import { referenceStageForward, type BlockStep } from '../reference/stage';
 import { relError } from '../reference/error';
 import { testWeights } from '../reference/weights';
-import { GUIDANCE, SEED, bytes, expectSameChain, hwOf, latentsFor, makeStage, midStep, normal, runChain, split, successorFor, textFor, type ChainResult } from './stage-cases';
+import { GUIDANCE, SEED, bytes, expectSameChain, type DeviceView, hwOf, latentsFor, makeStage, midStep, normal, runChain, split, successorFor, textFor, type ChainResult } from './stage-cases';
 
 const TOLERANCE = 1e-4;
 
@@ -125,19 +125,23 @@ describe('K-stage chaining is bit-identical to one stage', () => {
 /**
  * The CPU backend with the host-memory behaviour of the CUDA backend (docs/cuda.md): a buffer two
  * runs read without writing is kept as a "device copy" and served from then on (the weight cache,
- * unless the run names it `rewritten`), and what a run may `discard` is left stale (here: NaN).
- * A stage that misdescribes its memory gets other bits from it than from the plain CPU backend.
+ * unless the run names it `rewritten`), what a run may `discard` is left stale (here: NaN), and
+ * what it names `resident` lives only in the "device copy" (the host's is NaN) until
+ * releaseDeviceMemory(). A stage that misdescribes its memory gets other bits from it than from
+ * the plain CPU backend.
  */
-class DeviceMemoryEmulation implements Backend {
-  readonly name = 'cpu, with a device weight cache and stale discards';
+class DeviceMemoryEmulation implements Backend, DeviceView {
+  readonly name = 'cpu, with a device weight cache, resident outputs and stale discards';
   private readonly cpu = cpuBackend();
   private readonly seen = new Set<string>();
   private readonly cached = new Map<string, Float32Array>();
+  private readonly resident = new Map<string, Float32Array>(); // key -> the host array
   private readonly ids = new WeakMap<ArrayBufferLike, number>();
   private nextId = 0;
-  /** Buffers left stale so far and inputs served from a kept copy, over all runs. */
+  /** Buffers left stale, inputs served from a kept copy and outputs kept resident, over all runs. */
   discarded = 0;
   served = 0;
+  keptResident = 0;
 
   supportsOp(node: OpNode): boolean {
     return this.cpu.supportsOp(node);
@@ -146,13 +150,25 @@ class DeviceMemoryEmulation implements Backend {
   async run(nodes: readonly OpNode[], options?: RunOptions): Promise<void> {
     this.before(nodes, options);
     await this.cpu.run(nodes);
-    this.after(options);
+    this.after(nodes, options);
   }
 
   runSync(nodes: readonly OpNode[], options?: RunOptions): void {
     this.before(nodes, options);
     this.cpu.runSync(nodes);
-    this.after(options);
+    this.after(nodes, options);
+  }
+
+  deviceCopy(t: Float32Array): Float32Array | undefined {
+    const key = this.key(t);
+    return this.resident.has(key) ? this.cached.get(key) : undefined;
+  }
+
+  releaseDeviceMemory(): void {
+    for (const [key, host] of this.resident) host.set(this.cached.get(key)!);
+    this.resident.clear();
+    this.cached.clear();
+    this.seen.clear();
   }
 
   private key(t: Float32Array): string {
@@ -171,7 +187,14 @@ class DeviceMemoryEmulation implements Backend {
       if (!t || t.length === 0) continue;
       const key = this.key(t);
       const hit = this.cached.get(key);
-      if (written.some((w) => DeviceMemoryEmulation.overlap(w, t)) || rewritten.some((r) => DeviceMemoryEmulation.overlap(r, t))) {
+      if (rewritten.some((r) => DeviceMemoryEmulation.overlap(r, t))) {
+        this.cached.delete(key);
+        this.seen.delete(key);
+        this.resident.delete(key);
+      } else if (hit && this.resident.has(key)) {
+        t.set(hit); // the only valid copy, whether this run writes it again or not
+        this.served++;
+      } else if (written.some((w) => DeviceMemoryEmulation.overlap(w, t))) {
         this.cached.delete(key);
         this.seen.delete(key);
       } else if (hit) {
@@ -185,13 +208,21 @@ class DeviceMemoryEmulation implements Backend {
     }
   }
 
-  private after(options?: RunOptions): void {
+  private after(nodes: readonly OpNode[], options?: RunOptions): void {
+    for (const t of options?.resident ?? []) {
+      if (!nodes.some((n) => n.output === t)) continue;
+      const key = this.key(t);
+      this.cached.set(key, t.slice());
+      this.resident.set(key, t);
+      t.fill(Number.NaN);
+      this.keptResident++;
+    }
     for (const t of options?.discard ?? []) t.fill(Number.NaN);
     this.discarded += options?.discard?.length ?? 0;
   }
 }
 
-describe('a stage describes its memory to the backend truthfully (discarded, rewritten)', () => {
+describe('a stage describes its memory to the backend truthfully (discarded, rewritten, resident)', () => {
   const config = getConfig('tiny');
 
   it.each([
@@ -205,7 +236,8 @@ describe('a stage describes its memory to the backend truthfully (discarded, rew
     const want = await runChain(config, split(config.layers, k), undefined, [block0]);
     expectSameChain(await runChain(config, split(config.layers, k), layout, [block0], {}, on), want, config.layers);
     expect(on.discarded).toBeGreaterThan(0);
-    expect(on.served).toBeGreaterThan(0); // the weights
+    expect(on.served).toBeGreaterThan(0); // the weights, and the resident caches
+    if (!layout) expect(on.keptResident).toBeGreaterThan(0);
   });
 });
 

@@ -38,7 +38,7 @@ interface Conformance {
   cpu: { simd: string[]; cases: number; failures: number };
   cuda: { built: boolean; usable: boolean; skip_reason?: string; op_cases: number; op_failures: number };
   stage: { cpu: string; cuda: Record<string, number | string>; skip_reason?: string };
-  run_hints: { skip_reason?: string; rewritten_uploaded?: boolean; discard_not_copied?: boolean };
+  run_hints: { skip_reason?: string; rewritten_uploaded?: boolean; discard_not_copied?: boolean; resident_kept?: boolean };
   row_independence: {
     skip_reason?: string;
     results?: { storage: string; op?: string; k?: number; n?: number; identical: boolean }[];
@@ -123,7 +123,7 @@ describe('bash deploy/gpu-check.sh OUT', () => {
       // docs/cuda.md "Pinned GEMMs": every row range of a linear equals the full call's rows.
       expect(c.row_independence.results?.length).toBe(3 * ROW_INDEPENDENCE_CASES);
       expect(c.row_independence.results?.every((x) => x.identical)).toBe(true);
-      expect(c.run_hints).toEqual({ rewritten_uploaded: true, discard_not_copied: true });
+      expect(c.run_hints).toEqual({ rewritten_uploaded: true, discard_not_copied: true, resident_kept: true });
       expect(bench).toMatchObject({ skipped: true, skip_reason: 'LONGSHOT_GPU_CHECK_BENCH=0' });
     } else {
       expect(c.cuda.usable).toBe(false);

@@ -17,6 +17,13 @@ export interface RunOptions {
    * weight cache, which then keeps the first contents.
    */
   rewritten?: readonly Float32Array[];
+  /**
+   * Outputs that only later runs of this backend read (a stage's K/V cache): a device backend may
+   * keep them on the device instead of copying them back, and serve those runs from there. Their
+   * host contents are stale until `releaseDeviceMemory()`. The CUDA backend keeps each written
+   * region that lies wholly inside them.
+   */
+  resident?: readonly Float32Array[];
 }
 
 /**
@@ -31,6 +38,11 @@ export interface Backend {
   run(nodes: readonly OpNode[], options?: RunOptions): Promise<void>;
   /** Same, on the calling thread (tests, tiny graphs). */
   runSync(nodes: readonly OpNode[], options?: RunOptions): void;
+  /**
+   * Copies what this backend kept on a device (`RunOptions.resident`) back to host memory and
+   * frees its device copies, weights included. Absent on a backend that computes in host memory.
+   */
+  releaseDeviceMemory?(): void;
 }
 
 /** Storage type of a CUDA backend's device tensors; arithmetic is float32 in all three. */

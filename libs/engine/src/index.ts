@@ -157,6 +157,10 @@ class NativeBackend implements Backend {
   runSync(nodes: readonly OpNode[], options?: RunOptions): void {
     native().runSync(this.name, toNative(nodes), options);
   }
+
+  releaseDeviceMemory(): void {
+    if (this.name.startsWith('cuda')) releaseDeviceCache();
+  }
 }
 
 const cpu = new NativeBackend('cpu');
@@ -224,8 +228,10 @@ export function createBackend(kind: BackendKind, opts: { storage?: CudaStorage }
 
 /**
  * Frees every device copy the CUDA backends cache of read-only buffers (weights) and lets go of
- * the JS buffers they pinned. Call it after modifying, in place, a buffer that earlier graphs only
- * read, or to return device memory. A no-op without CUDA.
+ * the JS buffers they pinned; outputs kept on the device (`RunOptions.resident`) are copied back to
+ * their host arrays first. Call it after modifying, in place, a buffer that earlier graphs only
+ * read, before reading a resident output on the host, or to return device memory. A no-op
+ * without CUDA.
  */
 export function releaseDeviceCache(): void {
   native().releaseDeviceCache();

@@ -62,7 +62,11 @@ export interface StageOptions {
 export class Stage {
   readonly config: ModelConfig;
   readonly range: StageRange;
-  /** Successor cache; replaced by every forward. Exposed so tests and resumes can set it. */
+  /**
+   * Successor cache; replaced by every forward. Exposed so tests and resumes can set it. An
+   * unsharded stage's own cache stays on a device backend (RunOptions.resident): read it on the
+   * host only after the backend's releaseDeviceMemory().
+   */
   kvCache: KvEntry | null = null;
 
   private readonly w: StageWeights;
@@ -73,6 +77,13 @@ export class Stage {
   private cross: { k: Float32Array; v: Float32Array }[] | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly workspace = new Workspace();
+  /**
+   * The unsharded stage's K/V cache buffers, in two generations: a forward writes its cache into
+   * the generation its successor cache is not in, so a resident cache is rewritten in place two
+   * forwards later instead of piling up on the device.
+   */
+  private readonly kvBuffers = [new Workspace(), new Workspace()] as const;
+  private kvGeneration = 0;
   private readonly group: GroupMember | null;
   /** Whether this stage is one of several members sharing the work (exchanges split the graph). */
   private readonly sharded: boolean;
@@ -210,8 +221,15 @@ export class Stage {
       const attn = this.sharded ? await this.headsToTokens(s, b, g, attnHeads) : attnHeads;
       b.gatedAddInPlace(x, lin(attn, `${p}.attn1.to_out.0`, D, D), mod(2), M, D);
       const cacheRows = [Bt, g.localTokens, D, cached.offset, cached.tokens];
-      own.k.push(b.fresh('copy_rows', [kRaw], cacheRows));
-      own.v.push(b.fresh('copy_rows', [v], cacheRows));
+      if (this.sharded) {
+        // Members exchange their caches' rows on the host: fresh arrays, never resident.
+        own.k.push(b.fresh('copy_rows', [kRaw], cacheRows));
+        own.v.push(b.fresh('copy_rows', [v], cacheRows));
+      } else {
+        const into = this.kvBuffers[1 - this.kvGeneration];
+        own.k.push(b.into('copy_rows', [kRaw], cacheRows, into.get(`k${i}`, Bt * cached.tokens * D)));
+        own.v.push(b.into('copy_rows', [v], cacheRows, into.get(`v${i}`, Bt * cached.tokens * D)));
+      }
 
       // Cross-attention to the text (no gate, affine LayerNorm), on the local tokens.
       const hc = b.op('layer_norm', [x, w(`${p}.norm2.weight`), w(`${p}.norm2.bias`)], [M, D, c.eps]);
@@ -227,8 +245,8 @@ export class Stage {
     }
 
     if (!this.range.tail) {
-      await this.backend.run(b.take(), b.hints('last'));
-      if (this.range.l1 > this.range.l0) this.kvCache = own;
+      await this.backend.run(b.take(), b.hints('last', this.sharded ? [] : [...own.k, ...own.v]));
+      this.keepCache(own);
       return x;
     }
 
@@ -246,7 +264,7 @@ export class Stage {
     if (this.sharded) {
       await this.backend.run(b.take(), b.hints('more'));
       const parts = await this.group!.collective.gather(out, s);
-      if (this.range.l1 > this.range.l0) this.kvCache = own;
+      this.keepCache(own);
       if (!parts) return new Float32Array(0);
       out = assembleSpan(parts, this.group!.layout, c.heads, { windowFrames: g.frames, from: s.prefixFrames, to: g.frames, hw: g.hw, width: patchDim });
     }
@@ -256,9 +274,16 @@ export class Stage {
       b.into('unpatchify', [out.subarray(half * ownTokens * patchDim, (half + 1) * ownTokens * patchDim)], [c.latentChannels, s.ownFrames, s.height, s.width], both.subarray(half * latentSize, (half + 1) * latentSize));
     }
     const velocity = b.fresh('cfg_combine', [both], [latentSize, this.guidance]);
-    await this.backend.run(b.take(), b.hints('last'));
-    if (!this.sharded && this.range.l1 > this.range.l0) this.kvCache = own;
+    await this.backend.run(b.take(), b.hints('last', this.sharded ? [] : [...own.k, ...own.v]));
+    if (!this.sharded) this.keepCache(own);
     return velocity;
+  }
+
+  /** After a forward: its cache becomes the successor cache (a stage without layers keeps none). */
+  private keepCache(own: KvEntry): void {
+    if (this.range.l1 === this.range.l0) return;
+    this.kvCache = own;
+    if (!this.sharded) this.kvGeneration = 1 - this.kvGeneration;
   }
 
   /**
@@ -409,7 +434,8 @@ class Workspace {
  * forward). Every run of the forward names the workspace buffers the host filled (`rewritten`),
  * and the last one also every workspace buffer used (`discard`): nothing reads them after the
  * forward, and each is written before it is read in the next, so a device backend need not copy
- * them back.
+ * them back. The last run also names the K/V cache of an unsharded stage (`resident`): only the
+ * stage's next forward reads it.
  */
 class GraphBuilder {
   readonly nodes: OpNode[] = [];
@@ -451,10 +477,13 @@ class GraphBuilder {
     return buf;
   }
 
-  /** The run options of a run of the forward: its `last` run, or one `more` follows. */
-  hints(run: 'last' | 'more'): RunOptions {
+  /**
+   * The run options of a run of the forward: its `last` run (with the outputs that may stay on the
+   * device), or one `more` follows.
+   */
+  hints(run: 'last' | 'more', resident: Float32Array[] = []): RunOptions {
     const rewritten = [...this.hostFilled];
-    return run === 'last' ? { rewritten, discard: [...this.scratchUsed] } : { rewritten };
+    return run === 'last' ? { rewritten, discard: [...this.scratchUsed], resident } : { rewritten };
   }
 
   op(op: OpName, inputs: (Float32Array | null)[], params: number[]): Float32Array {

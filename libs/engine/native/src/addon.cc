@@ -152,18 +152,20 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Ke
   return nodes;
 }
 
-// run's optional third argument, RunOptions: { discard?, rewritten? }, each a Float32Array list.
+// run's optional third argument, RunOptions: { discard?, rewritten?, resident? }, each a list of
+// Float32Array.
 ls::RunHints parse_hints(const Napi::Value& value, Keep* keep) {
   ls::RunHints hints;
   if (value.IsUndefined() || value.IsNull()) return hints;
   if (!value.IsObject()) throw Napi::TypeError::New(value.Env(), "run options must be an object");
   const Napi::Object options = value.As<Napi::Object>();
-  for (const char* name : {"discard", "rewritten"}) {
+  for (const char* name : {"discard", "rewritten", "resident"}) {
     const Napi::Value list = options.Get(name);
     if (list.IsUndefined()) continue;
     if (!list.IsArray()) throw Napi::TypeError::New(value.Env(), std::string(name) + " must be an array of Float32Array");
     const Napi::Array arr = list.As<Napi::Array>();
-    std::vector<ls::HostRange>& ranges = std::string(name) == "discard" ? hints.discard : hints.rewritten;
+    const std::string which = name;
+    std::vector<ls::HostRange>& ranges = which == "discard" ? hints.discard : which == "rewritten" ? hints.rewritten : hints.resident;
     for (uint32_t i = 0; i < arr.Length(); ++i) {
       const Napi::Value v = arr.Get(i);
       if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)

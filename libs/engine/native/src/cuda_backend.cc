@@ -8,6 +8,13 @@
 // unless the first node touching it writes all of it; every region some node writes is copied
 // back at the end; intermediates never leave the device in between.
 //
+// Resident outputs. A written region wholly inside RunHints::resident goes to a cache entry marked
+// resident instead of the workspace, and is not copied back: the entry is then the only valid
+// copy. Later runs that read the range whole are served from it; a run that writes it resident
+// again writes into it in place. LRU eviction passes resident entries over; anything else that
+// would drop one (a write or read of part of it, a release) copies it back to the host first,
+// except a host rewrite (RunHints::rewritten), after which the host's copy is the valid one.
+//
 // Weight cache. A region that no node of the graph writes is weight-like. The second time such a
 // range is seen, its device copy is kept across runs (keyed by its host address and length, in
 // one map per storage type) and the addon pins the JS ArrayBuffer behind it, so the memory can
@@ -203,6 +210,7 @@ struct CacheEntry {
   size_t bytes = 0;        // host bytes (float32)
   void* dev = nullptr;     // device copy in the map's storage type
   uint64_t last_use = 0;   // run counter, for LRU and to protect entries in use
+  bool resident = false;   // a resident output: the only valid copy (the host's is stale)
 };
 
 Options g_options;
@@ -225,6 +233,7 @@ class Device {
     uintptr_t begin = 0, end = 0;  // host bytes
     bool touched = false, upload = false, written = false;
     bool rewritten = false;  // overlaps RunHints::rewritten: never served from or admitted to the cache
+    bool resident = false;   // written and wholly inside RunHints::resident: kept in a resident entry
     // Timesteps and token ids stay float32 in every storage (t = 620 is 624 in bfloat16; float16
     // holds integers exactly only up to 2048): a region only ever read as one of those inputs.
     bool f32_input_only = true;
@@ -241,8 +250,13 @@ class Device {
   void ensure_workspace(size_t bytes);
   void upload(const Region& r);
   void download(const Region& r);
-  void evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std::vector<HostPin>* pins);
-  void evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostPin>* pins);
+  // Frees an entry. A resident one is copied back to the host first unless `host_is_valid`.
+  void evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std::vector<HostPin>* pins,
+             bool host_is_valid = false);
+  void evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostPin>* pins, bool host_is_valid = false);
+  // The resident entry of exactly [begin, end) in storage s, or end().
+  std::map<uintptr_t, CacheEntry>::iterator resident_entry(Storage s, uintptr_t begin, uintptr_t end);
+  float* materialize_staging_ = nullptr;  // kStagingFloats, for copying resident entries back
   bool make_room(size_t bytes, std::vector<HostPin>* pins);
   bool overlaps_in_use(uintptr_t begin, uintptr_t end);
   void compute(Storage storage, const Node& n, const std::vector<Region>& regions,
@@ -417,16 +431,37 @@ void Device::download(const Region& r) {
   check(cudaGetLastError(), "download conversion");
 }
 
-void Device::evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std::vector<HostPin>* pins) {
+void Device::evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std::vector<HostPin>* pins,
+                   bool host_is_valid) {
   // Entries are only evicted between runs or before this run enqueues work, and the previous run
   // ended with a stream synchronisation, so nothing on the device still reads the copy.
+  if (it->second.resident && !host_is_valid) {
+    if (s != Storage::f32 && !materialize_staging_)
+      check(cudaMalloc(reinterpret_cast<void**>(&materialize_staging_), kStagingFloats * sizeof(float)), "cudaMalloc");
+    Region r;
+    r.begin = it->first;
+    r.end = it->first + it->second.bytes;
+    r.dev = static_cast<char*>(it->second.dev);
+    r.storage = s;
+    float* saved = staging_;
+    staging_ = materialize_staging_;
+    download(r);
+    staging_ = saved;
+    check(cudaStreamSynchronize(stream_), "copying a resident output back");
+  }
   cudaFree(it->second.dev);
   cache_bytes_ -= round_up(it->second.bytes / sizeof(float) * storage_bytes(s), kAlign);
   pins->push_back({reinterpret_cast<const void*>(it->first), it->second.bytes, false});
   cache(s).erase(it);
 }
 
-void Device::evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostPin>* pins) {
+std::map<uintptr_t, CacheEntry>::iterator Device::resident_entry(Storage s, uintptr_t begin, uintptr_t end) {
+  auto& m = cache(s);
+  auto it = m.find(begin);
+  return it != m.end() && it->second.resident && begin + it->second.bytes == end ? it : m.end();
+}
+
+void Device::evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostPin>* pins, bool host_is_valid) {
   for (int si = 0; si < 3; ++si) {
     auto& m = cache_[si];
     auto it = m.lower_bound(begin);
@@ -436,7 +471,7 @@ void Device::evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostP
     }
     while (it != m.end() && it->first < end) {
       auto next = std::next(it);
-      evict(static_cast<Storage>(si), it, pins);
+      evict(static_cast<Storage>(si), it, pins, host_is_valid);
       it = next;
     }
   }
@@ -461,7 +496,8 @@ bool Device::make_room(size_t bytes, std::vector<HostPin>* pins) {
     std::map<uintptr_t, CacheEntry>::iterator best;
     for (int si = 0; si < 3; ++si)
       for (auto it = cache_[si].begin(); it != cache_[si].end(); ++it)
-        if (it->second.last_use != run_counter_ && (best_s < 0 || it->second.last_use < best->second.last_use)) {
+        if (!it->second.resident && it->second.last_use != run_counter_ &&
+            (best_s < 0 || it->second.last_use < best->second.last_use)) {
           best_s = si;
           best = it;
         }
@@ -472,9 +508,11 @@ bool Device::make_room(size_t bytes, std::vector<HostPin>* pins) {
 }
 
 void Device::release_cache(std::vector<HostPin>* pins) {
-  if (stream_) cudaStreamSynchronize(stream_);
   pins->insert(pins->end(), pending_unpins_.begin(), pending_unpins_.end());
   pending_unpins_.clear();
+  if (!stream_) return;  // no run yet: nothing cached
+  check(cudaSetDevice(device_), "cudaSetDevice");  // resident outputs are copied back on this thread
+  cudaStreamSynchronize(stream_);
   for (int si = 0; si < 3; ++si)
     while (!cache_[si].empty()) evict(static_cast<Storage>(si), cache_[si].begin(), pins);
   seen_read_only_.clear();
@@ -601,7 +639,33 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
     // region (see Region::f32_input_only).
     r.storage = (r.used_as_f32_input && r.f32_input_only) ? Storage::f32 : storage;
     r.rewritten = overlaps_any(r.begin, r.end, hints.rewritten);
-    if (r.written || r.rewritten) evict_overlapping(r.begin, r.end, pins);
+    r.resident = r.written && !r.rewritten && r.storage == storage && cache_limit_ > 0 &&
+                 !hints.resident.empty() && covered_by(r.begin, r.end, hints.resident);
+    if (r.rewritten) {
+      evict_overlapping(r.begin, r.end, pins, /*host_is_valid=*/true);
+    } else if (r.resident && resident_entry(storage, r.begin, r.end) != cache(storage).end()) {
+      // Written in place into its resident entry; anything else overlapping goes.
+      auto keep = resident_entry(storage, r.begin, r.end);
+      CacheEntry saved = keep->second;
+      cache(storage).erase(keep);
+      evict_overlapping(r.begin, r.end, pins);
+      cache(storage).emplace(r.begin, saved);
+    } else if (r.written) {
+      evict_overlapping(r.begin, r.end, pins);
+    } else {
+      // A read of part of a resident output (or of more than it) needs the host copy.
+      for (int si = 0; si < 3; ++si) {
+        auto& m = cache_[si];
+        auto it = m.lower_bound(r.begin);
+        if (it != m.begin() && std::prev(it)->first + std::prev(it)->second.bytes > r.begin) it = std::prev(it);
+        while (it != m.end() && it->first < r.end) {
+          auto next = std::next(it);
+          const bool covers = it->first <= r.begin && it->first + it->second.bytes >= r.end && si == static_cast<int>(r.storage);
+          if (it->second.resident && !covers) evict(static_cast<Storage>(si), it, pins);
+          it = next;
+        }
+      }
+    }
   }
   size_t offset = 0;
   bool any_conversion = false;
@@ -609,6 +673,34 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
   for (size_t ri = 0; ri < regions.size(); ++ri) {
     Region& r = regions[ri];
     const size_t dev_bytes = r.floats() * storage_bytes(r.storage);
+    if (r.resident) {
+      auto it = resident_entry(storage, r.begin, r.end);
+      if (it != cache(storage).end()) {
+        it->second.last_use = run_counter_;
+        r.dev = static_cast<char*>(it->second.dev);
+        r.cached = true;  // its contents are valid: nothing to upload, even if partly written
+        continue;
+      }
+      const size_t charge = round_up(dev_bytes, kAlign);
+      void* p = nullptr;
+      if (make_room(charge, pins) && cudaMalloc(&p, dev_bytes) == cudaSuccess) {
+        CacheEntry e;
+        e.bytes = r.end - r.begin;
+        e.dev = p;
+        e.last_use = run_counter_;
+        e.resident = true;
+        cache(storage).emplace(r.begin, e);
+        cache_bytes_ += charge;
+        pins->push_back({reinterpret_cast<const void*>(r.begin), e.bytes, true});
+        r.dev = static_cast<char*>(p);
+        r.cached = true;
+        r.fresh = true;  // the host copy is still valid: uploaded if the run needs it
+        if (r.storage != Storage::f32) any_conversion = true;
+        continue;
+      }
+      cudaGetLastError();
+      r.resident = false;  // no room: an ordinary written region, copied back
+    }
     if (!r.written && !r.rewritten && r.storage == storage && cache_limit_ > 0) {
       auto& m = cache(storage);
       auto it = m.upper_bound(r.begin);
@@ -686,7 +778,7 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
     }
     check(cudaEventRecord(events_[2], stream_), "cudaEventRecord");
     for (const Region& r : regions)
-      if (r.written && !(hints.discard.size() > 0 && covered_by(r.begin, r.end, hints.discard))) {
+      if (r.written && !r.resident && !(hints.discard.size() > 0 && covered_by(r.begin, r.end, hints.discard))) {
         download(r);
         st.download_bytes += static_cast<double>(r.end - r.begin);
       }

@@ -84,6 +84,11 @@ struct RunHints {
   // a stage group's exchanged tensors): never served from a device copy kept from that run. Left
   // out, a range that two runs read without writing looks like a weight to the CUDA weight cache.
   std::vector<HostRange> rewritten;
+  // Outputs that stay on the device for later runs (a stage's K/V cache, which only the stage's
+  // next forward reads): the CUDA backend keeps each region wholly inside them in its cache
+  // instead of copying it back, and serves later runs that read it from there. The host copy is
+  // stale until releaseDeviceCache(), which copies such regions back first.
+  std::vector<HostRange> resident;
 };
 
 struct Backend {
