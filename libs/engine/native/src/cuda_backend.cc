@@ -11,9 +11,10 @@
 // Resident outputs. A written region wholly inside RunHints::resident goes to a cache entry marked
 // resident instead of the workspace, and is not copied back: the entry is then the only valid
 // copy. Later runs that read the range whole are served from it; a run that writes it resident
-// again writes into it in place. LRU eviction passes resident entries over; anything else that
-// would drop one (a write or read of part of it, a release) copies it back to the host first,
-// except a host rewrite (RunHints::rewritten), after which the host's copy is the valid one.
+// again writes into it in place. Whatever drops one (LRU eviction, so the outputs of stages no
+// longer running cannot hold the cache; a write or read of part of it; a release) copies it back
+// to the host first, except a host rewrite (RunHints::rewritten), after which the host's copy is
+// the valid one.
 //
 // Weight cache. A region that no node of the graph writes is weight-like. The second time such a
 // range is seen, its device copy is kept across runs (keyed by its host address and length, in
@@ -496,8 +497,7 @@ bool Device::make_room(size_t bytes, std::vector<HostPin>* pins) {
     std::map<uintptr_t, CacheEntry>::iterator best;
     for (int si = 0; si < 3; ++si)
       for (auto it = cache_[si].begin(); it != cache_[si].end(); ++it)
-        if (!it->second.resident && it->second.last_use != run_counter_ &&
-            (best_s < 0 || it->second.last_use < best->second.last_use)) {
+        if (it->second.last_use != run_counter_ && (best_s < 0 || it->second.last_use < best->second.last_use)) {
           best_s = si;
           best = it;
         }
