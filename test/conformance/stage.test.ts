@@ -164,6 +164,20 @@ class DeviceMemoryEmulation implements Backend, DeviceView {
     return this.resident.has(key) ? this.cached.get(key) : undefined;
   }
 
+  forget(arrays: readonly Float32Array[]): void {
+    for (const t of arrays) {
+      const key = this.key(t);
+      this.resident.delete(key);
+      this.cached.delete(key);
+      this.seen.delete(key);
+    }
+  }
+
+  /** How many outputs it holds as resident. */
+  get residentCount(): number {
+    return this.resident.size;
+  }
+
   releaseDeviceMemory(): void {
     for (const [key, host] of this.resident) host.set(this.cached.get(key)!);
     this.resident.clear();
@@ -238,6 +252,18 @@ describe('a stage describes its memory to the backend truthfully (discarded, rew
     expect(on.discarded).toBeGreaterThan(0);
     expect(on.served).toBeGreaterThan(0); // the weights, and the resident caches
     if (!layout) expect(on.keptResident).toBeGreaterThan(0);
+  });
+
+  it('a released stage has the device forget its cache', async () => {
+    const on = new DeviceMemoryEmulation();
+    const stage = makeStage(config, split(config.layers, 1)[0], textFor(config, 'release'), undefined, on);
+    const step = midStep(config, { iteration: 0, block: 0, step: 0, timestep: 999, prefixFrames: 0 });
+    await stage.forward(step, latentsFor(config, step, 'release'));
+    await stage.forward({ ...step, step: 1, timestep: 900 }, latentsFor(config, step, 'release'));
+    expect(on.residentCount).toBe(4 * config.layers); // K and V of every layer, two generations
+    await stage.release();
+    expect(on.residentCount).toBe(0);
+    expect(stage.kvCache).toBeNull();
   });
 });
 

@@ -400,6 +400,7 @@ export class StageSession {
     this.adopt();
     this.finishEvents();
     await this.group?.close();
+    await this.runner.release?.();
     try {
       await this.sender?.close();
     } catch {

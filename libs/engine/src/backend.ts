@@ -43,6 +43,12 @@ export interface Backend {
    * frees its device copies, weights included. Absent on a backend that computes in host memory.
    */
   releaseDeviceMemory?(): void;
+  /**
+   * Frees the device copies of these arrays (resident outputs, cached inputs) without copying
+   * anything back: their owner will not read them again (a stage whose session ended). Absent on
+   * a backend that computes in host memory.
+   */
+  forget?(arrays: readonly Float32Array[]): void;
 }
 
 /** Storage type of a CUDA backend's device tensors; arithmetic is float32 in all three. */

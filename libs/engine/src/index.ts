@@ -43,6 +43,7 @@ interface NativeAddon {
   initCuda(device: number, cacheMb: number): void;
   blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void;
   releaseDeviceCache(): void;
+  forgetDeviceCopies(arrays: readonly Float32Array[]): void;
   cudaLastRun(): CudaRunStats;
   dataplane: NativeDataPlane;
 }
@@ -160,6 +161,10 @@ class NativeBackend implements Backend {
 
   releaseDeviceMemory(): void {
     if (this.name.startsWith('cuda')) releaseDeviceCache();
+  }
+
+  forget(arrays: readonly Float32Array[]): void {
+    native().forgetDeviceCopies(arrays); // device copies are per process, whichever backend made them
   }
 }
 

@@ -137,7 +137,7 @@ describe('engine addon', () => {
     expect(sameBits([outAsync], [outSync])).toBe(true);
   });
 
-  it('takes run hints (the CPU computes in host memory and needs none) and refuses malformed ones', async () => {
+  it('takes run hints and forgets device copies (the CPU computes in host memory) and refuses malformed ones', async () => {
     const x = random(64, 10);
     const h = new Float32Array(64);
     const out = new Float32Array(64);
@@ -151,6 +151,10 @@ describe('engine addon', () => {
     expect(sameBits([out], [want])).toBe(true);
     expect(() => cpu.runSync(nodes, { discard: [new Float64Array(4) as unknown as Float32Array] })).toThrow('discard[0] must be a Float32Array');
     expect(() => cpu.runSync(nodes, { rewritten: h as unknown as Float32Array[] })).toThrow('rewritten must be an array of Float32Array');
+    await cpu.run(nodes, { resident: [h, out] });
+    expect(sameBits([out], [want])).toBe(true);
+    cpu.forget?.([h, out]);
+    expect(() => cpu.forget?.([new Uint8Array(4) as unknown as Float32Array])).toThrow('arrays[0] must be a Float32Array');
   });
 
   it('gives bit-identical results for 1 and 2 threads', () => {

@@ -279,6 +279,17 @@ export class Stage {
     return velocity;
   }
 
+  /**
+   * Ends the stage once the forwards already asked for are done: a device backend frees the K/V
+   * cache it kept (RunOptions.resident) without copying it back. The stage must not run again.
+   */
+  async release(): Promise<void> {
+    if (this.sharded) return; // a group member keeps nothing on the device (and may wait on its group)
+    await this.queue;
+    this.backend.forget?.([...this.kvBuffers[0].buffers(), ...this.kvBuffers[1].buffers()]);
+    this.kvCache = null;
+  }
+
   /** After a forward: its cache becomes the successor cache (a stage without layers keeps none). */
   private keepCache(own: KvEntry): void {
     if (this.range.l1 === this.range.l0) return;
@@ -418,6 +429,11 @@ interface Geometry {
  */
 class Workspace {
   private readonly slots = new Map<string, Float32Array>();
+
+  /** Every buffer it holds. */
+  buffers(): Float32Array[] {
+    return [...this.slots.values()];
+  }
 
   get(key: string, size: number): Float32Array {
     let buf = this.slots.get(key);

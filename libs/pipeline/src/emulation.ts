@@ -6,6 +6,8 @@ import { groupStageCost, hiddenBytes, stageFlops, type HardwareProfile, type Win
 export interface StageRunner {
   readonly range: StageRange;
   forward(step: BlockStep, input: Float32Array): Promise<Float32Array>;
+  /** Frees what the runner keeps on a device once its forwards are done; it does not run again. */
+  release?(): Promise<void>;
 }
 
 export interface EmulationOptions {

@@ -154,26 +154,32 @@ std::vector<Node> parse_nodes(const Napi::Value& value, ls::Backend* backend, Ke
 
 // run's optional third argument, RunOptions: { discard?, rewritten?, resident? }, each a list of
 // Float32Array.
+// The host ranges of `list`, an array of Float32Array named `name` in errors.
+std::vector<ls::HostRange> parse_ranges(const Napi::Value& list, const std::string& name, Keep* keep) {
+  if (!list.IsArray()) throw Napi::TypeError::New(list.Env(), name + " must be an array of Float32Array");
+  const Napi::Array arr = list.As<Napi::Array>();
+  std::vector<ls::HostRange> ranges;
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    const Napi::Value v = arr.Get(i);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(list.Env(), name + "[" + std::to_string(i) + "] must be a Float32Array");
+    Napi::Float32Array a = v.As<Napi::Float32Array>();
+    keep->push_back(Napi::Persistent(a));
+    ranges.push_back({a.Data(), a.ElementLength() * sizeof(float)});
+  }
+  return ranges;
+}
+
 ls::RunHints parse_hints(const Napi::Value& value, Keep* keep) {
   ls::RunHints hints;
   if (value.IsUndefined() || value.IsNull()) return hints;
   if (!value.IsObject()) throw Napi::TypeError::New(value.Env(), "run options must be an object");
   const Napi::Object options = value.As<Napi::Object>();
-  for (const char* name : {"discard", "rewritten", "resident"}) {
+  const std::pair<const char*, std::vector<ls::HostRange>*> lists[] = {
+      {"discard", &hints.discard}, {"rewritten", &hints.rewritten}, {"resident", &hints.resident}};
+  for (const auto& [name, ranges] : lists) {
     const Napi::Value list = options.Get(name);
-    if (list.IsUndefined()) continue;
-    if (!list.IsArray()) throw Napi::TypeError::New(value.Env(), std::string(name) + " must be an array of Float32Array");
-    const Napi::Array arr = list.As<Napi::Array>();
-    const std::string which = name;
-    std::vector<ls::HostRange>& ranges = which == "discard" ? hints.discard : which == "rewritten" ? hints.rewritten : hints.resident;
-    for (uint32_t i = 0; i < arr.Length(); ++i) {
-      const Napi::Value v = arr.Get(i);
-      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-        throw Napi::TypeError::New(value.Env(), std::string(name) + "[" + std::to_string(i) + "] must be a Float32Array");
-      Napi::Float32Array a = v.As<Napi::Float32Array>();
-      keep->push_back(Napi::Persistent(a));
-      ranges.push_back({a.Data(), a.ElementLength() * sizeof(float)});
-    }
+    if (!list.IsUndefined()) *ranges = parse_ranges(list, name, keep);
   }
   return hints;
 }
@@ -398,6 +404,19 @@ Napi::Value ReleaseDeviceCache(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// forgetDeviceCopies(arrays): Backend.forget (src/backend.ts).
+Napi::Value ForgetDeviceCopies(const Napi::CallbackInfo& info) {
+  Keep keep;
+  const std::vector<ls::HostRange> ranges = parse_ranges(info[0], "arrays", &keep);
+  std::vector<ls::HostPin> pins;
+  {
+    std::lock_guard<std::mutex> lock(g_engine_mutex);
+    ls::cuda::forget_device_copies(ranges, &pins);
+  }
+  apply_pins(pins, Keep{});  // unpins only
+  return info.Env().Undefined();
+}
+
 Napi::Value CudaLastRun(const Napi::CallbackInfo& info) {
   const Napi::Env env = info.Env();
   ls::cuda::RunStats st;
@@ -444,6 +463,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("initCuda", Napi::Function::New(env, InitCuda, "initCuda"));
   exports.Set("blasSgemm", Napi::Function::New(env, BlasSgemm, "blasSgemm"));
   exports.Set("releaseDeviceCache", Napi::Function::New(env, ReleaseDeviceCache, "releaseDeviceCache"));
+  exports.Set("forgetDeviceCopies", Napi::Function::New(env, ForgetDeviceCopies, "forgetDeviceCopies"));
   exports.Set("cudaLastRun", Napi::Function::New(env, CudaLastRun, "cudaLastRun"));
   ls::dp::register_dataplane(env, exports);
   return exports;

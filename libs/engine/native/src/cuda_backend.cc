@@ -228,6 +228,7 @@ class Device {
 
   void run(Storage storage, const std::vector<Node>& nodes, std::vector<HostPin>* pins, const RunHints& hints);
   void release_cache(std::vector<HostPin>* pins);
+  void forget(const std::vector<HostRange>& ranges, std::vector<HostPin>* pins);
 
  private:
   struct Region {
@@ -516,6 +517,16 @@ void Device::release_cache(std::vector<HostPin>* pins) {
   for (int si = 0; si < 3; ++si)
     while (!cache_[si].empty()) evict(static_cast<Storage>(si), cache_[si].begin(), pins);
   seen_read_only_.clear();
+}
+
+void Device::forget(const std::vector<HostRange>& ranges, std::vector<HostPin>* pins) {
+  pins->insert(pins->end(), pending_unpins_.begin(), pending_unpins_.end());
+  pending_unpins_.clear();
+  if (!stream_) return;
+  for (const HostRange& r : ranges) {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(r.data);
+    evict_overlapping(b, b + r.bytes, pins, /*host_is_valid=*/true);  // nobody reads them again
+  }
 }
 
 // Whether host bytes [begin, end) overlap any of `ranges`.
@@ -1045,6 +1056,10 @@ void register_backends() {
 
 void release_device_cache(std::vector<HostPin>* pins) {
   if (status().usable) device().release_cache(pins);
+}
+
+void forget_device_copies(const std::vector<HostRange>& ranges, std::vector<HostPin>* pins) {
+  if (status().usable) device().forget(ranges, pins);
 }
 
 bool cublas_loaded() { return status().usable && device().cublas_loaded(); }

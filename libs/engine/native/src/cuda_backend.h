@@ -42,6 +42,9 @@ void register_backends();
 
 // Frees every cached device copy of host buffers, appending the unpin events to `pins`.
 void release_device_cache(std::vector<HostPin>* pins);
+// Frees the device copies overlapping these host ranges without copying anything back (resident
+// outputs included): their owner will not read them again.
+void forget_device_copies(const std::vector<HostRange>& ranges, std::vector<HostPin>* pins);
 
 // Where the time of the last CUDA graph run went (device-side, from CUDA events), for benchmarks.
 struct RunStats {

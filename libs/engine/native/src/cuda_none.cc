@@ -20,6 +20,8 @@ void register_backends() {}
 
 void release_device_cache(std::vector<HostPin>*) {}
 
+void forget_device_copies(const std::vector<HostRange>&, std::vector<HostPin>*) {}
+
 bool cublas_loaded() { return false; }
 
 RunStats last_run_stats() { return {}; }
