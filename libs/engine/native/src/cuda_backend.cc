@@ -256,6 +256,9 @@ class Device {
   void evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std::vector<HostPin>* pins,
              bool host_is_valid = false);
   void evict_overlapping(uintptr_t begin, uintptr_t end, std::vector<HostPin>* pins, bool host_is_valid = false);
+  // A new cache entry of storage s for region r (weight-like, or a resident output), its device
+  // memory the region's; false when there is no room.
+  bool admit(Region& r, Storage s, size_t dev_bytes, bool resident, std::vector<HostPin>* pins);
   // The resident entry of exactly [begin, end) in storage s, or end().
   std::map<uintptr_t, CacheEntry>::iterator resident_entry(Storage s, uintptr_t begin, uintptr_t end);
   float* materialize_staging_ = nullptr;  // kStagingFloats, for copying resident entries back
@@ -455,6 +458,27 @@ void Device::evict(Storage s, std::map<uintptr_t, CacheEntry>::iterator it, std:
   cache_bytes_ -= round_up(it->second.bytes / sizeof(float) * storage_bytes(s), kAlign);
   pins->push_back({reinterpret_cast<const void*>(it->first), it->second.bytes, false});
   cache(s).erase(it);
+}
+
+bool Device::admit(Region& r, Storage s, size_t dev_bytes, bool resident, std::vector<HostPin>* pins) {
+  const size_t charge = round_up(dev_bytes, kAlign);
+  void* p = nullptr;
+  if (!make_room(charge, pins) || cudaMalloc(&p, dev_bytes) != cudaSuccess) {
+    cudaGetLastError();  // a failed cudaMalloc leaves an error to clear
+    return false;
+  }
+  CacheEntry e;
+  e.bytes = r.end - r.begin;
+  e.dev = p;
+  e.last_use = run_counter_;
+  e.resident = resident;
+  cache(s).emplace(r.begin, e);
+  cache_bytes_ += charge;
+  pins->push_back({reinterpret_cast<const void*>(r.begin), e.bytes, true});
+  r.dev = static_cast<char*>(p);
+  r.cached = true;
+  r.fresh = true;  // its copy is still to be made (uploaded if the run needs it)
+  return true;
 }
 
 std::map<uintptr_t, CacheEntry>::iterator Device::resident_entry(Storage s, uintptr_t begin, uintptr_t end) {
@@ -692,24 +716,10 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
         r.cached = true;  // its contents are valid: nothing to upload, even if partly written
         continue;
       }
-      const size_t charge = round_up(dev_bytes, kAlign);
-      void* p = nullptr;
-      if (make_room(charge, pins) && cudaMalloc(&p, dev_bytes) == cudaSuccess) {
-        CacheEntry e;
-        e.bytes = r.end - r.begin;
-        e.dev = p;
-        e.last_use = run_counter_;
-        e.resident = true;
-        cache(storage).emplace(r.begin, e);
-        cache_bytes_ += charge;
-        pins->push_back({reinterpret_cast<const void*>(r.begin), e.bytes, true});
-        r.dev = static_cast<char*>(p);
-        r.cached = true;
-        r.fresh = true;  // the host copy is still valid: uploaded if the run needs it
+      if (admit(r, storage, dev_bytes, /*resident=*/true, pins)) {  // the host copy is still valid
         if (r.storage != Storage::f32) any_conversion = true;
         continue;
       }
-      cudaGetLastError();
       r.resident = false;  // no room: an ordinary written region, copied back
     }
     if (!r.written && !r.rewritten && r.storage == storage && cache_limit_ > 0) {
@@ -728,24 +738,11 @@ void Device::run(Storage storage, const std::vector<Node>& nodes, std::vector<Ho
       if (can_admit && seen_read_only_.count(key) && !overlaps_in_use(r.begin, r.end)) {
         // Seen read-only before: likely a weight. A range only partly cached is re-cached whole.
         evict_overlapping(r.begin, r.end, pins);
-        const size_t charge = round_up(dev_bytes, kAlign);
-        void* p = nullptr;
-        if (make_room(charge, pins) && cudaMalloc(&p, dev_bytes) == cudaSuccess) {
-          CacheEntry e;
-          e.bytes = r.end - r.begin;
-          e.dev = p;
-          e.last_use = run_counter_;
-          m.emplace(r.begin, e);
-          cache_bytes_ += charge;
-          pins->push_back({reinterpret_cast<const void*>(r.begin), e.bytes, true});
-          r.dev = static_cast<char*>(p);
-          r.cached = true;
-          r.fresh = true;
+        if (admit(r, storage, dev_bytes, /*resident=*/false, pins)) {
           seen_read_only_.erase(key);
           if (r.storage != Storage::f32) any_conversion = true;
           continue;  // uploaded below with the other regions that need it
         }
-        cudaGetLastError();  // a failed cudaMalloc leaves an error to clear; the region goes uncached
       } else if (can_admit) {
         if (seen_read_only_.size() >= kSeenLimit) seen_read_only_.clear();
         seen_read_only_.insert(key);
