@@ -1,10 +1,10 @@
 // CUDA kernels of every engine op (semantics: libs/engine/src/ops.ts). Written for clarity first:
 // one thread per output element for the data-movement ops, one block per row for the row
-// reductions, a tensor-core flash kernel for 16-bit attention (a warp-per-4-queries float32 one
-// otherwise). Each kernel is a template over the
-// storage type T; values are loaded to float32 (float64 where ops.ts asks for it) and rounded to
-// T once on store. The GEMM of `linear` normally goes to cuBLAS (cuda_backend.cc); the tiled
-// kernel here is its fallback.
+// reductions; attention is the exception, a tensor-core flash kernel for 16-bit storage (a
+// warp-per-4-queries float32 kernel otherwise). Each kernel is a template over the storage type
+// T; values are loaded to float32 (float64 where ops.ts asks for it) and rounded to T once on
+// store. The GEMM of `linear` normally goes to cuBLAS (cuda_backend.cc); the tiled kernel here is
+// its fallback.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
