@@ -51,6 +51,8 @@ export interface PipelineRow {
   runs: number[];
   /** The head worker's host CPU per block-step (its /metrics before and after the run): JS thread, kernels, data plane. */
   headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number; otherMs: number };
+  /** Host CPU of every worker the job used, all parts, per block-step: what the two cores of this machine must carry. */
+  clusterCpuPerBlockStepMs: number;
   seconds: number;
   speedup: number;
   /** Speedup over K = 1 divided by the workers used. */
@@ -105,7 +107,7 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
       const workers = layoutWorkers(layout);
       const name = describeLayout(layout);
       const spec = jobSpec(K);
-      const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep'] }[] = [];
+      const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep']; clusterCpuPerBlockStepMs: number }[] = [];
       for (let r = 0; r < REPEAT; r++) {
         const id = `bench-pipeline-${name.replace(/[^A-Za-z0-9]+/g, '-')}-${r}`;
         const before = new Map(await Promise.all([...cluster.workers.values()].map(async (w) => [w.id, await hostCpuOf(w.metricsAddress)] as const)));
@@ -115,20 +117,23 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
           { ...cluster.driver(redis, id), onBlock: () => undefined },
         );
         const seconds = (performance.now() - t0) / 1000;
-        const head = cluster.workers.get(run.workers[0])!;
-        const [b, a] = [before.get(head.id)!, await hostCpuOf(head.metricsAddress)];
+        const after = new Map(await Promise.all(run.workers.map(async (w) => [w, await hostCpuOf(cluster.workers.get(w)!.metricsAddress)] as const)));
+        const [b, a] = [before.get(run.workers[0])!, after.get(run.workers[0])!];
         const steps = a.forwards - b.forwards;
         const perStepMs = (x: 'js' | 'kernels' | 'dataplane' | 'other') => ((a[x] - b[x]) / steps) * 1000;
-        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') } });
+        const totalOf = (c: Awaited<ReturnType<typeof hostCpuOf>>) => c.js + c.kernels + c.dataplane + c.other;
+        if (process.env.DEBUG_WORKERS) for (const [w, c] of after) { const o = before.get(w)!; console.log(w, (['js','kernels','dataplane','other'] as const).map((x) => ((c[x]-o[x])/steps*1000).toFixed(2)).join(' '), 'fwd', c.forwards-o.forwards); }
+        const clusterSeconds = [...after].reduce((n, [w, c]) => n + totalOf(c) - totalOf(before.get(w)!), 0);
+        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') }, clusterCpuPerBlockStepMs: (clusterSeconds / steps) * 1000 });
       }
       const runs = measured.map((m) => m.seconds);
-      const { seconds, headCpuPerBlockStep } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
+      const { seconds, headCpuPerBlockStep, clusterCpuPerBlockStepMs } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
       const predicted = predict(spec, layout);
       const base = rows[0];
       const speedup = base ? base.seconds / seconds : 1;
       const predictedSpeedup = base ? base.predicted / predicted : 1;
-      rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
-      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms, other threads ${headCpuPerBlockStep.otherMs.toFixed(2)} ms`);
+      rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, clusterCpuPerBlockStepMs, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
+      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms, other threads ${headCpuPerBlockStep.otherMs.toFixed(2)} ms; all its workers ${clusterCpuPerBlockStepMs.toFixed(2)} ms`);
     }
   } finally {
     redis.disconnect();

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 import { ttlMillis } from './codec';
+import { setFromMemory } from './set-from-memory';
 
 /**
  * Records a key in the job's key set and keeps the set alive at least as long as its
@@ -125,7 +126,12 @@ export class JobKeyspace {
     const ms = ttlMillis(ttlSeconds);
     if (!key.startsWith(`${prefix}:`)) throw new Error(`key ${key} is not under job prefix ${prefix}`);
     if (run !== undefined) return this.putFenced(prefix, key, value, ms, run);
-    await Promise.all([this.redis.eval(TRACK, 2, key, this.keys.jobKeysKey(prefix), ms), this.redis.set(key, value, 'PX', ms)]);
+    await Promise.all([this.redis.eval(TRACK, 2, key, this.keys.jobKeysKey(prefix), ms), this.set(key, value, ms)]);
+  }
+
+  /** A plain SET with a TTL; a Buffer goes to the socket from its own memory (set-from-memory.ts). */
+  private set(key: string, value: Buffer | string, ms: number): Promise<unknown> {
+    return typeof value === 'string' ? this.redis.set(key, value, 'PX', ms) : setFromMemory(this.redis, key, value, ms);
   }
 
   /**
@@ -135,7 +141,7 @@ export class JobKeyspace {
    */
   private async putFenced(prefix: string, key: string, value: Buffer | string, ms: number, run: string): Promise<void> {
     const staged = this.keys.stagingKey(prefix, key, run);
-    const [, committed] = await Promise.all([this.redis.set(staged, value, 'PX', ms), this.redis.eval(COMMIT_FENCED, 4, key, this.keys.jobKeysKey(prefix), this.keys.runKey(prefix), staged, ms, run)]);
+    const [, committed] = await Promise.all([this.set(staged, value, ms), this.redis.eval(COMMIT_FENCED, 4, key, this.keys.jobKeysKey(prefix), this.keys.runKey(prefix), staged, ms, run)]);
     if (Number(committed) !== 1) throw new FencedWriteError(key, run);
   }
 
@@ -151,7 +157,7 @@ export class JobKeyspace {
     for (const k of [key, ...keep, ...drop]) if (!k.startsWith(`${prefix}:`)) throw new Error(`key ${k} is not under job prefix ${prefix}`);
     const staged = this.keys.stagingKey(prefix, key, run);
     const keys = [key, this.keys.jobKeysKey(prefix), this.keys.runKey(prefix), staged, ...keep, ...drop];
-    const [, reply] = await Promise.all([this.redis.set(staged, value, 'PX', ms), this.redis.eval(COMMIT_MANIFEST, keys.length, ...keys, ms, run, keep.length)]);
+    const [, reply] = await Promise.all([this.set(staged, value, ms), this.redis.eval(COMMIT_MANIFEST, keys.length, ...keys, ms, run, keep.length)]);
     const result = Number(reply);
     if (result === 0) throw new FencedWriteError(key, run);
     if (result < 0) throw new MissingKeyError(keep[-result - 1], key);
