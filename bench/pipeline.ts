@@ -122,7 +122,6 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
         const steps = a.forwards - b.forwards;
         const perStepMs = (x: 'js' | 'kernels' | 'dataplane' | 'other') => ((a[x] - b[x]) / steps) * 1000;
         const totalOf = (c: Awaited<ReturnType<typeof hostCpuOf>>) => c.js + c.kernels + c.dataplane + c.other;
-        if (process.env.DEBUG_WORKERS) for (const [w, c] of after) { const o = before.get(w)!; console.log(w, (['js','kernels','dataplane','other'] as const).map((x) => ((c[x]-o[x])/steps*1000).toFixed(2)).join(' '), 'fwd', c.forwards-o.forwards); }
         const clusterSeconds = [...after].reduce((n, [w, c]) => n + totalOf(c) - totalOf(before.get(w)!), 0);
         measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') }, clusterCpuPerBlockStepMs: (clusterSeconds / steps) * 1000 });
       }

@@ -79,7 +79,17 @@ export interface ChainResult {
  * successor, then the older one, which must pick up the newer block's cache; `extra` steps follow.
  * With a layout every stage is a group of members (an in-process collective), each fed its shard.
  */
-export async function runChain(config: ModelConfig, ranges: StageRange[], layout?: StageLayout, extra: BlockStep[] = [], window: Partial<BlockStep> = {}, on: Backend = backend): Promise<ChainResult> {
+export async function runChain(config: ModelConfig, ranges: StageRange[], layout?: StageLayout, extra: BlockStep[] = [], window: Partial<BlockStep> = {}, on: Backend = backend, consumeInputs = false): Promise<ChainResult> {
+  if (consumeInputs && layout) throw new Error('runChain: consumeInputs is for unsharded stages');
+  // consumeInputs: every stage after the head gets its input in one buffer per stage, refilled
+  // for each block-step (a worker's reused receive buffer) and handed over to the forward.
+  const received = ranges.map(() => new Map<number, Float32Array>());
+  const handOver = (i: number, t: Float32Array): Float32Array => {
+    const buf = received[i].get(t.length) ?? new Float32Array(t.length);
+    received[i].set(t.length, buf);
+    buf.set(t);
+    return buf;
+  };
   const text = textFor(config, 'chain');
   const members = layout ? groupSize(layout) : 1;
   const stages = ranges.map((r) => {
@@ -107,7 +117,13 @@ export async function runChain(config: ModelConfig, ranges: StageRange[], layout
     let inputs: Float32Array[] = Array.from({ length: members }, () => latents);
     const hidden: Float32Array[] = [];
     for (const [i, group] of stages.entries()) {
-      const outputs = await Promise.all(group.map((s, rank) => s.forward(step, inputs[rank])));
+      const consume = consumeInputs && i > 0;
+      const given = consume ? [handOver(i, inputs[0])] : inputs;
+      let outputs = await Promise.all(group.map((s, rank) => s.forward(step, given[rank], { consumeInput: consume })));
+      if (consume && !ranges[i].tail) {
+        expect(outputs[0], `stage ${i} computes in the buffer it was handed`).toBe(given[0]);
+        outputs = outputs.map((o) => o.slice()); // the buffer is refilled for the next block-step
+      }
       if (ranges[i].tail) {
         const expected = config.latentChannels * step.ownFrames * step.height * step.width;
         expect(outputs[0].length, `stage ${i} output size`).toBe(expected);

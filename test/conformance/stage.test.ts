@@ -254,6 +254,13 @@ describe('a stage describes its memory to the backend truthfully (discarded, rew
     if (!layout) expect(on.keptResident).toBeGreaterThan(0);
   });
 
+  it('K = 3, each stage handed its input in a reused buffer (consumeInput)', async () => {
+    const on = new DeviceMemoryEmulation();
+    const block0 = midStep(config, { iteration: 6, block: 0, step: 5, timestep: 300, prefixFrames: 0 });
+    const want = await runChain(config, split(config.layers, 3), undefined, [block0]);
+    expectSameChain(await runChain(config, split(config.layers, 3), undefined, [block0], {}, on, true), want, config.layers);
+  });
+
   it('a released stage has the device forget its cache', async () => {
     const on = new DeviceMemoryEmulation();
     const stage = makeStage(config, split(config.layers, 1)[0], textFor(config, 'release'), undefined, on);

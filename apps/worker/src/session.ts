@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type * as grpc from '@grpc/grpc-js';
 import { FencedWriteError, JobCheckpoint, type CheckpointStore, type CheckpointWrites } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
-import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ForwardOptions, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
@@ -31,6 +31,7 @@ import {
   type WorkerClient,
 } from '@longshot/transport';
 import { workerMetrics } from './metrics';
+import { TensorBuffers } from './tensor-buffers';
 import type { RetainedMemorySampler } from './retained-memory';
 import { SessionError } from './session-error';
 import { FAILURE_REPORT_BYTES, GroupFront, GroupLink, decodeFailureReport, emulatedShapes, groupMessageBound, groupPlace, serveGroupMember, tensorShapes, type GroupShapes } from './stage-group';
@@ -132,6 +133,11 @@ export class StageSession {
   private lastFinish = 0;
   private orphanTimer: NodeJS.Timeout | null = null;
   private zeroVelocity: Float32Array | null = null;
+  /**
+   * The memory of this stage's received tensors and forward outputs, reused block-step after
+   * block-step (null for a stage group member: its shards are exchanged and read in several runs).
+   */
+  private readonly buffers: TensorBuffers | null;
   private readonly log: Logger;
   /** The channels to the other members when this stage is a group (docs/parallelism.md). */
   private readonly group: GroupLink | null = null;
@@ -230,6 +236,7 @@ export class StageSession {
 
     const link = place && new GroupLink(place, { credentials: ctx.credentials, dataPlane: ctx.dataPlane, onFailure: (e) => this.fail(e) });
     this.group = link;
+    this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 2);
     let stage: StageRunner;
     let shapes: GroupShapes | null = null;
     if (ctx.emulation) {
@@ -348,18 +355,54 @@ export class StageSession {
     }
     const received = performance.now();
     const x = this.expand(decodePayload(payload, this.dtype, count), step);
+    // The payload's memory goes back to the pool once nothing reads it: now if x does not view it.
+    const held = this.buffers && x.buffer === payload.buffer ? [payload] : [];
+    if (this.buffers && held.length === 0) this.buffers.give(payload);
     if (this.isHead) {
       await this.applyVelocity(step, x);
+      this.giveBack(held);
       return;
     }
     // Keep reading while a couple of forwards are queued; beyond that, stop (backpressure).
     while (this.queued >= STAGE_MAX_QUEUED) await new Promise<void>((r) => this.queueWaiters.push(r));
     this.queued++;
-    const out = this.timedForward(step, x).finally(() => {
+    // x is ours to hand over: the stage computes in it rather than in a copy.
+    const out = this.timedForward(step, x, this.forwardOptions(held, true)).finally(() => {
       this.queued--;
       this.queueWaiters.shift()?.();
     });
-    this.forwardOut(step, out, received);
+    this.forwardOut(step, out, received, held);
+  }
+
+  /**
+   * The buffer a tensor of this session lands in (TensorReceiverOptions.destination): a reused
+   * one for the stage's own input, none (a new one) for a group member's.
+   */
+  receiveBuffer(h: TensorHeader): Buffer | undefined {
+    return this.buffers && !this.closed && h.sessionId === this.id ? this.buffers.take(h.byteLength) : undefined;
+  }
+
+  /**
+   * How a forward uses this session's buffers: its outputs go into pooled memory, recorded in
+   * `held` (with the input, when it is consumed) to be handed back once the output is sent.
+   */
+  private forwardOptions(held: Buffer[], consumeInput: boolean): ForwardOptions {
+    const pool = this.buffers;
+    if (!pool) return {};
+    return {
+      consumeInput,
+      allocateOutput: (elements) => {
+        const b = pool.take(elements * 4);
+        held.push(b);
+        return new Float32Array(b.buffer, b.byteOffset, elements);
+      },
+    };
+  }
+
+  /** Hands buffers back to the pool (each once: an output may be its consumed input). */
+  private giveBack(held: readonly Buffer[]): void {
+    if (!this.buffers || this.closed) return;
+    for (const b of new Set(held)) this.buffers.give(b);
   }
 
   /** Starts streaming events to one watcher; earlier events are replayed first. */
@@ -399,6 +442,7 @@ export class StageSession {
     this.closed = true;
     this.adopt();
     this.finishEvents();
+    this.buffers?.clear();
     await this.group?.close();
     await this.runner.release?.();
     try {
@@ -417,13 +461,19 @@ export class StageSession {
       const issued = q.issue();
       if (!issued) break;
       const { step, window } = issued;
-      const out = this.timedForward(step, window);
+      const held: Buffer[] = [];
+      const out = this.timedForward(step, window, this.forwardOptions(held, false));
       void out.then(() => q.recycle(window), () => undefined);
       if (this.runner.range.tail) {
         // K = 1: the velocity is ours; apply in order through the same path as a remote tail's.
-        this.sendChain = this.sendChain.then(async () => this.applyVelocity(step, this.expand(await out, step))).catch((e) => this.fail(e));
+        this.sendChain = this.sendChain
+          .then(async () => {
+            await this.applyVelocity(step, this.expand(await out, step));
+            this.giveBack(held);
+          })
+          .catch((e) => this.fail(e));
       } else {
-        this.forwardOut(step, out, performance.now());
+        this.forwardOut(step, out, performance.now(), held);
       }
     }
   }
@@ -486,11 +536,11 @@ export class StageSession {
   // --- all stages ---------------------------------------------------------------------------------
 
   /** Runs a forward; time with no forward queued on this stage counts as waiting for input. */
-  private async timedForward(step: BlockStep, x: Float32Array): Promise<Float32Array> {
+  private async timedForward(step: BlockStep, x: Float32Array, options?: ForwardOptions): Promise<Float32Array> {
     const calledAt = performance.now();
     if (this.busy++ === 0) workerMetrics.waitingSeconds.inc((calledAt - this.idleSince) / 1000);
     try {
-      const out = await this.runner.forward(step, x);
+      const out = await this.runner.forward(step, x, options);
       // Forwards run one at a time in call order: this one started when the previous ended.
       const now = performance.now();
       workerMetrics.forwardSeconds.observe({ role: Role[this.role] }, (now - Math.max(calledAt, this.lastFinish)) / 1000);
@@ -503,8 +553,11 @@ export class StageSession {
     }
   }
 
-  /** Sends a forward's output to the next stage, in order, once it is computed. */
-  private forwardOut(step: BlockStep, out: Promise<Float32Array>, since: number): void {
+  /**
+   * Sends a forward's output to the next stage, in order, once it is computed. `held`: pooled
+   * buffers the forward read or wrote, handed back once the output is sent (not on failure).
+   */
+  private forwardOut(step: BlockStep, out: Promise<Float32Array>, since: number, held: readonly Buffer[] = []): void {
     const kind = this.runner.range.tail ? PayloadKind.PAYLOAD_KIND_VELOCITY : PayloadKind.PAYLOAD_KIND_HIDDEN;
     this.sendChain = this.sendChain
       .then(async () => {
@@ -524,6 +577,8 @@ export class StageSession {
           },
           payload,
         );
+        // Sent: the receiver has every byte (data plane) or the stream took a copy (gRPC frames).
+        this.giveBack(held);
         workerMetrics.bytesSent.inc(payload.length);
         workerMetrics.dataPlaneBytes.inc({ transport: this.hop }, payload.length);
         workerMetrics.stepLatencySeconds.observe((performance.now() - since) / 1000);

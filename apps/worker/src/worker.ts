@@ -158,6 +158,7 @@ export class WorkerProcess {
             return { code: grpc.status[err.code], message: err.message };
           },
           dataPlane: (header, transport, destination) => this.receiveBytes(header, transport, destination),
+          destination: (header) => this.sessionFor(header.sessionId)?.receiveBuffer(header),
           handler: async ({ header, payload }) => {
             workerMetrics.bytesReceived.inc(payload.length);
             const s = this.sessionFor(header.sessionId);

@@ -54,6 +54,24 @@ export interface StageOptions {
   readonly group?: GroupMember;
 }
 
+/** How a forward may treat its input. */
+export interface ForwardOptions {
+  /**
+   * The caller hands `input` over (a received tensor nothing reads afterwards): a stage that is
+   * not the head computes its residual stream in it instead of in a copy, and a stage between
+   * head and tail returns it as its output. Hidden states at 832x480 are about 100 MB, so this
+   * saves a copy into fresh memory every block-step. Ignored by the head (its input is the
+   * window, which the stage never writes).
+   */
+  consumeInput?: boolean;
+  /**
+   * Where an output of `elements` values that leaves the forward is written (the head's hidden
+   * states, the tail's velocity), e.g. a buffer the caller reuses once it has sent the last one;
+   * a new array without it. Every element is written.
+   */
+  allocateOutput?: (elements: number) => Float32Array;
+}
+
 /**
  * Layers [l0, l1) of the DiT, plus the patch embedding on the head and the output head on the
  * tail. `forward` builds the block-step's op graph and runs it on the backend in one call, off
@@ -122,10 +140,10 @@ export class Stage {
    * [2, (p+B)*hw, D]. Tail returns the guided velocity of the own frames [16, B, H, W]; other
    * stages return hidden states for the next stage.
    */
-  forward(step: BlockStep, input: Float32Array): Promise<Float32Array> {
+  forward(step: BlockStep, input: Float32Array, options: ForwardOptions = {}): Promise<Float32Array> {
     // Validate synchronously so a bad step is rejected before it can disturb the FIFO order.
     const geometry = this.checkStep(step, input);
-    const run = this.queue.then(() => this.compute(step, input, geometry));
+    const run = this.queue.then(() => this.compute(step, input, geometry, options));
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -158,7 +176,7 @@ export class Stage {
     return g;
   }
 
-  private async compute(s: BlockStep, input: Float32Array, g: Geometry): Promise<Float32Array> {
+  private async compute(s: BlockStep, input: Float32Array, g: Geometry, options: ForwardOptions): Promise<Float32Array> {
     if (!this.cross) await this.prepareCrossAttention();
     const c = this.config;
     const D = c.dim;
@@ -176,13 +194,18 @@ export class Stage {
     let x: Float32Array;
     b.scope('head');
     if (this.range.head) {
-      x = new Float32Array(M * D);
+      // The residual stream: the output of a head that is not also the tail, else scratch.
+      x = this.range.tail ? b.scratch(M * D) : output(options, M * D);
       const patches = b.op('patchify', [input], [c.latentChannels, g.frames, s.height, s.width]);
       const local = this.sharded ? b.op('copy_rows', [patches], [1, g.tokens, 4 * c.latentChannels, f0 * g.hw, g.localTokens]) : patches;
       // Both guidance halves start from the same embedded window.
       for (let i = 0; i < Bt; i++) {
         b.linearInto(local, w('patch_embedding.weight'), w('patch_embedding.bias'), g.localTokens, g.tokens, 4 * c.latentChannels, D, x.subarray(i * g.localTokens * D, (i + 1) * g.localTokens * D));
       }
+    } else if (options.consumeInput) {
+      // The host wrote it since any earlier run read it (a reused receive buffer): a device
+      // backend must not serve it from a copy it kept.
+      x = b.hostInput(input);
     } else {
       x = input.slice();
     }
@@ -273,7 +296,7 @@ export class Stage {
     for (const half of [0, 1]) {
       b.into('unpatchify', [out.subarray(half * ownTokens * patchDim, (half + 1) * ownTokens * patchDim)], [c.latentChannels, s.ownFrames, s.height, s.width], both.subarray(half * latentSize, (half + 1) * latentSize));
     }
-    const velocity = b.fresh('cfg_combine', [both], [latentSize, this.guidance]);
+    const velocity = b.into('cfg_combine', [both], [latentSize, this.guidance], output(options, latentSize));
     await this.backend.run(b.take(), b.hints('last', this.sharded ? [] : [...own.k, ...own.v]));
     if (!this.sharded) this.keepCache(own);
     return velocity;
@@ -421,6 +444,13 @@ interface Geometry {
   rows: number;
 }
 
+/** An output buffer of `elements` values: the caller's (ForwardOptions.allocateOutput) or a new one. */
+function output(options: ForwardOptions, elements: number): Float32Array {
+  const out = options.allocateOutput?.(elements) ?? new Float32Array(elements);
+  if (out.length !== elements) throw new RangeError(`allocateOutput gave ${out.length} values, the forward writes ${elements}`);
+  return out;
+}
+
 /**
  * Scratch buffers of a stage, reused by every forward. A slot is named by its scope and its
  * position in the scope's op sequence; every layer emits the same sequence, so layer l+1 reuses
@@ -483,6 +513,12 @@ class GraphBuilder {
     if (!this.workspace) return new Float32Array(size);
     const buf = this.workspace.get(key, size);
     this.scratchUsed.add(buf);
+    return buf;
+  }
+
+  /** A caller's buffer that the host filled before this forward: named `rewritten` in every run. */
+  hostInput(buf: Float32Array): Float32Array {
+    this.hostFilled.add(buf);
     return buf;
   }
 

@@ -50,6 +50,11 @@ export interface TensorReceiverOptions {
    * resolves once they are in and checked. Without it such headers are refused.
    */
   dataPlane?: (header: TensorHeader, transport: DataPlaneTransport, destination: Buffer) => Promise<unknown>;
+  /**
+   * The buffer a tensor of `header` lands in (its byte_length exactly, 8-byte aligned), e.g. one
+   * its session reuses; undefined for a new one. Asked only for a header that passed `authorize`.
+   */
+  destination?: (header: TensorHeader) => Buffer | undefined;
 }
 
 export interface StreamOutcome {
@@ -105,6 +110,7 @@ export class TensorReceiver {
   private readonly maxQueued: number;
   private readonly maxTensorBytes: number;
   private readonly dataPlane: TensorReceiverOptions['dataPlane'];
+  private readonly destination: TensorReceiverOptions['destination'];
   private lastSeq = 0;
   /** Tensors land in header order, whichever way their bytes travel: each waits for this. */
   private landed: Promise<void> = Promise.resolve();
@@ -134,6 +140,7 @@ export class TensorReceiver {
     this.maxQueued = options.maxQueued ?? DEFAULT_MAX_QUEUED;
     this.maxTensorBytes = options.maxTensorBytes ?? DEFAULT_MAX_TENSOR_BYTES;
     this.dataPlane = options.dataPlane;
+    this.destination = options.destination;
     if (!Number.isInteger(this.maxQueued) || this.maxQueued < 1) throw new RangeError(`maxQueued must be a positive integer, got ${this.maxQueued}`);
     this.finished = new Promise((resolve) => (this.resolveFinished = resolve));
     raiseReceiveWindow(call);
@@ -219,9 +226,7 @@ export class TensorReceiver {
         this.complete();
         return;
       }
-      // allocUnsafeSlow: a tensor-sized buffer of its own, never a slice of the shared pool, so
-      // the handler may keep it (or a Float32Array view of it) without pinning unrelated memory.
-      o.payload = Buffer.allocUnsafeSlow(o.header.byteLength);
+      o.payload = this.destinationFor(o.header);
     }
     chunk.data.copy(o.payload, chunk.offset);
     o.received = end;
@@ -234,8 +239,7 @@ export class TensorReceiver {
    * be seen for its bytes to be taken.
    */
   private receiveDataPlane(header: TensorHeader, transport: DataPlaneTransport): void {
-    // allocUnsafeSlow: aligned and tensor-sized, so decodePayload views it without a copy.
-    const destination = Buffer.allocUnsafeSlow(header.byteLength);
+    const destination = this.destinationFor(header);
     this.landing++;
     const bytes = this.dataPlane!(header, transport, destination);
     const previous = this.landed;
@@ -254,6 +258,20 @@ export class TensorReceiver {
       if (!failure && !this.done) this.enqueue(header, destination, true);
       this.maybeFinish();
     })();
+  }
+
+  /**
+   * Where a tensor's bytes go: the caller's buffer, or a new one. allocUnsafeSlow: aligned and
+   * tensor-sized, never a slice of the shared pool, so decodePayload views it without a copy and
+   * the handler may keep it without pinning unrelated memory.
+   */
+  private destinationFor(header: TensorHeader): Buffer {
+    const given = this.destination?.(header);
+    if (!given) return Buffer.allocUnsafeSlow(header.byteLength);
+    if (given.length !== header.byteLength || given.byteOffset % 8 !== 0) {
+      throw new StreamRefused(Status.INTERNAL, `tensor seq ${header.seq}: the receive buffer has ${given.length} bytes at offset ${given.byteOffset}, expected ${header.byteLength}, 8-byte aligned`);
+    }
+    return given;
   }
 
   private complete(): void {

@@ -129,6 +129,36 @@ describe('TensorSender -> TensorReceiver over the native data plane', () => {
     }
   });
 
+  it('lands tensors in the buffers the receiver hands out (data plane and chunk frames alike), refusing one of the wrong size', async () => {
+    const l = listen();
+    const given: Buffer[] = [];
+    const received: ReceivedTensor[] = [];
+    const pool = new Map<number, Buffer>();
+    const destination = (h: { byteLength: number }): Buffer => {
+      const b = pool.get(h.byteLength) ?? Buffer.allocUnsafeSlow(h.byteLength);
+      pool.set(h.byteLength, b);
+      given.push(b);
+      return b;
+    };
+    const { server } = await serve(l, { handler: (t) => void received.push({ ...t, payload: Buffer.from(t.payload) }), destination });
+    const tensors = [pattern(300_000, 1), pattern(300_000, 2), pattern(1000, 3)];
+    const native = TensorSender.open(server.client(), { bytes: new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: true }) });
+    const chunked = TensorSender.open(server.client(), { chunkBytes: 64 * 1024 });
+    for (const sender of [native, chunked]) {
+      for (const t of tensors) await sender.send(header([t.length]), encodePayload(t, 'f32'));
+      await sender.close();
+    }
+    expect(received.length).toBe(6);
+    received.forEach((r, i) => expect(r.payload.equals(bytes(tensors[i % 3])), `tensor ${i}`).toBe(true));
+    // One buffer per size, handed out for every tensor that was not kept as its one frame.
+    expect(new Set(given).size).toBe(2);
+    expect(given.length).toBeGreaterThanOrEqual(5);
+
+    const wrong = await serve(l, { handler: () => undefined, destination: (h) => Buffer.allocUnsafeSlow(h.byteLength + 4) });
+    const refused = TensorSender.open(wrong.server.client(), { chunkBytes: 64 * 1024 });
+    await expect(refused.send(header([300_000]), encodePayload(tensors[0], 'f32')).then(() => refused.close())).rejects.toMatchObject({ code: Status.INTERNAL, details: expect.stringMatching(/receive buffer has 1200004 bytes/) });
+  });
+
   it('announces the NCCL rendezvous id in every header of an NCCL hop, and none on the others', async () => {
     // The NCCL path itself needs GPUs (deploy/gpu-check.sh); the control stream is the same on
     // any machine, so a TCP connection stands in for NCCL's bytes here while the headers say NCCL.
