@@ -35,6 +35,7 @@ import { OP_CASES, f32Inputs, roundToStorage } from '../reference/cases';
 import { relError } from '../reference/error';
 import { StorageEmulation } from '../reference/storage-emulation';
 import { testWeights } from '../reference/weights';
+import { expectSameChain, midStep, runChain, split } from './stage-cases';
 
 const info = engineInfo();
 const cudaUsable = info.backends.includes('cuda');
@@ -213,6 +214,20 @@ describe.each(STORAGES)('CUDA stage window vs CPU, %s storage', (storage) => {
       a.k.forEach((k, i) => expectClose(k, b.k[i], tol, `round ${round}: cached K of layer ${i}`));
       a.v.forEach((v, i) => expectClose(v, b.v[i], tol, `round ${round}: cached V of layer ${i}`));
     }
+  });
+});
+
+/**
+ * A worker reuses the buffers its tensors arrive in and its forwards write (apps/worker
+ * TensorBuffers): the host refills them between runs, so a device backend must never serve them
+ * from a copy it kept. The same chain with fresh buffers on the same device is the reference.
+ */
+describe.each(STORAGES)('CUDA stage chain in reused buffers, %s storage', (storage) => {
+  it.skipIf(!cudaUsable)(gpu('tiny, K = 3: inputs handed over, outputs in reused buffers, bit for bit as with fresh ones'), async () => {
+    const config = getConfig('tiny');
+    const block0 = midStep(config, { iteration: 6, block: 0, step: 5, timestep: 300, prefixFrames: 0 });
+    const want = await runChain(config, split(config.layers, 3), undefined, [block0], {}, cudaBackend({ storage }));
+    expectSameChain(await runChain(config, split(config.layers, 3), undefined, [block0], {}, cudaBackend({ storage }), true), want, config.layers);
   });
 });
 

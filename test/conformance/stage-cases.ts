@@ -80,13 +80,19 @@ export interface ChainResult {
  * With a layout every stage is a group of members (an in-process collective), each fed its shard.
  */
 export async function runChain(config: ModelConfig, ranges: StageRange[], layout?: StageLayout, extra: BlockStep[] = [], window: Partial<BlockStep> = {}, on: Backend = backend, consumeInputs = false): Promise<ChainResult> {
-  if (consumeInputs && layout) throw new Error('runChain: consumeInputs is for unsharded stages');
+  if (consumeInputs && layout) throw new Error('runChain: consumeInputs (reused buffers) is for unsharded stages');
   // consumeInputs: every stage after the head gets its input in one buffer per stage, refilled
-  // for each block-step (a worker's reused receive buffer) and handed over to the forward.
+  // for each block-step (a worker's reused receive buffer) and handed over to the forward, and
+  // every stage writes its output into one buffer of its own, reused block-step after block-step.
+  const reused = (pool: Map<number, Float32Array>, n: number): Float32Array => {
+    const buf = pool.get(n) ?? new Float32Array(n);
+    pool.set(n, buf);
+    return buf;
+  };
   const received = ranges.map(() => new Map<number, Float32Array>());
+  const produced = ranges.map(() => new Map<number, Float32Array>());
   const handOver = (i: number, t: Float32Array): Float32Array => {
-    const buf = received[i].get(t.length) ?? new Float32Array(t.length);
-    received[i].set(t.length, buf);
+    const buf = reused(received[i], t.length);
     buf.set(t);
     return buf;
   };
@@ -119,10 +125,12 @@ export async function runChain(config: ModelConfig, ranges: StageRange[], layout
     for (const [i, group] of stages.entries()) {
       const consume = consumeInputs && i > 0;
       const given = consume ? [handOver(i, inputs[0])] : inputs;
-      let outputs = await Promise.all(group.map((s, rank) => s.forward(step, given[rank], { consumeInput: consume })));
-      if (consume && !ranges[i].tail) {
-        expect(outputs[0], `stage ${i} computes in the buffer it was handed`).toBe(given[0]);
-        outputs = outputs.map((o) => o.slice()); // the buffer is refilled for the next block-step
+      const options = consumeInputs ? { consumeInput: consume, allocateOutput: (n: number) => reused(produced[i], n) } : {};
+      let outputs = await Promise.all(group.map((s, rank) => s.forward(step, given[rank], options)));
+      if (consumeInputs) {
+        const where = consume && !ranges[i].tail ? given[0] : produced[i].get(outputs[0].length);
+        expect(outputs[0], `stage ${i} computes in the buffer it was handed`).toBe(where);
+        outputs = outputs.map((o) => o.slice()); // the buffers are reused for the next block-step
       }
       if (ranges[i].tail) {
         const expected = config.latentChannels * step.ownFrames * step.height * step.width;

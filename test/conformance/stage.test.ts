@@ -254,11 +254,11 @@ describe('a stage describes its memory to the backend truthfully (discarded, rew
     if (!layout) expect(on.keptResident).toBeGreaterThan(0);
   });
 
-  it('K = 3, each stage handed its input in a reused buffer (consumeInput)', async () => {
+  it.each([1, 3])('K = %i, inputs handed over and outputs written in reused buffers (consumeInput, allocateOutput)', async (k) => {
     const on = new DeviceMemoryEmulation();
     const block0 = midStep(config, { iteration: 6, block: 0, step: 5, timestep: 300, prefixFrames: 0 });
-    const want = await runChain(config, split(config.layers, 3), undefined, [block0]);
-    expectSameChain(await runChain(config, split(config.layers, 3), undefined, [block0], {}, on, true), want, config.layers);
+    const want = await runChain(config, split(config.layers, k), undefined, [block0]);
+    expectSameChain(await runChain(config, split(config.layers, k), undefined, [block0], {}, on, true), want, config.layers);
   });
 
   it('a released stage has the device forget its cache', async () => {

@@ -236,7 +236,9 @@ export class StageSession {
 
     const link = place && new GroupLink(place, { credentials: ctx.credentials, dataPlane: ctx.dataPlane, onFailure: (e) => this.fail(e) });
     this.group = link;
-    this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 2);
+    // Spares beyond the buffers in use: enough for the steady state (one tensor landing, the
+    // queued forwards, one output being sent), a bounded amount of memory held between steps.
+    this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 1);
     let stage: StageRunner;
     let shapes: GroupShapes | null = null;
     if (ctx.emulation) {
