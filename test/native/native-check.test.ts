@@ -68,14 +68,17 @@ describe('bash deploy/gpu-check.sh OUT', () => {
 
   it('runs the data plane\'s device paths where the GPUs are, and says why not elsewhere', () => {
     type Path = { ok?: boolean; skipped?: boolean; skip_reason?: string; gb_per_s?: number; error?: string };
-    const d = read<{ check: string; devices: number; nccl_library: string; cuda_ipc: Path; nccl: Path; ok: boolean }>('dataplane.json');
+    const d = read<{ check: string; devices: number; nccl_library: string; cuda_ipc: Path; nccl: Path; nccl_join: Path & { why?: string }; ok: boolean }>('dataplane.json');
     expect(d).toMatchObject({ check: 'dataplane', ok: true });
     if (d.devices === 0) {
       expect(d.cuda_ipc.skip_reason).toMatch(/no CUDA device|built without CUDA/);
       expect(d.nccl.skip_reason).toMatch(/needs two|built without CUDA/);
+      expect(d.nccl_join.skip_reason).toMatch(/no CUDA device|built without CUDA/);
     } else {
       expect(d.cuda_ipc, d.cuda_ipc.error).toMatchObject({ ok: true });
       if (d.devices >= 2 && !d.nccl.skipped) expect(d.nccl, d.nccl.error).toMatchObject({ ok: true });
+      // A peer that never joins costs the stall time, not a thread for good.
+      if (!d.nccl_join.skipped) expect(d.nccl_join, d.nccl_join.why).toMatchObject({ ok: true });
     }
     // The library is named either way: its version, or why it could not be loaded.
     expect(d.nccl_library).toMatch(/^NCCL 2\.|libnccl\.so\.2/);

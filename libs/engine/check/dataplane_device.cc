@@ -9,6 +9,9 @@
 //   cuda_ipc  both on device 0 (a CUDA IPC handle + offset; a device-to-device copy)
 //   nccl      child on device 0, parent on device 1 (ncclSend / ncclRecv; the NCCL id goes from
 //             child to parent through a pipe, standing in for the gRPC control stream)
+// and one case needs only one GPU:
+//   nccl_join a rank that waits for a peer who never joins gives up after its stall time (the
+//             communicator is joined without blocking), with the reason, instead of hanging
 // A path that cannot run here (no device, one device for NCCL, no libnccl.so.2) is reported as
 // skipped with the reason; a path that ran and failed makes the exit status 1.
 #include <sys/wait.h>
@@ -207,7 +210,7 @@ int main(int argc, char** argv) {
     else if (a == "--reps") reps = std::max(1, std::stoi(argv[i + 1]));
     else if (a == "--devices") devices = std::stoi(argv[i + 1]);
   }
-  std::string ipc, nccl_report;
+  std::string ipc, nccl_report, join_report;
   bool failed = false;
 #if LONGSHOT_HAVE_CUDA
   auto report = [&](dp::Path path, int send_device, int recv_device) {
@@ -228,13 +231,30 @@ int main(int argc, char** argv) {
   if (devices < 2) nccl_report = skipped("NCCL between two GPUs needs two; " + std::to_string(devices) + " visible");
   else if (!nccl::load(&nccl_why)) nccl_report = skipped(nccl_why);
   else nccl_report = report(dp::kPathNccl, 0, 1);
+  if (devices < 1) join_report = skipped("no CUDA device (nvidia-smi lists none)");
+  else if (!nccl::load(&nccl_why)) join_report = skipped(nccl_why);
+  else {
+    join_report = in_fresh_process([] {
+      constexpr int kStallMs = 2000;
+      std::string why;
+      const nccl::Api* api = nccl::load(&why);
+      nccl::UniqueId id{};
+      if (api->GetUniqueId(&id) != nccl::kSuccess) return std::string("{\"ok\":false,\"error\":\"ncclGetUniqueId failed\"}");
+      const auto t0 = std::chrono::steady_clock::now();
+      auto peer = cuda::link::nccl_join(api, id, 0, 0, kStallMs, &why);  // rank 1 never joins
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const bool ok = !peer && why.find("did not join within") != std::string::npos && s >= kStallMs / 1000.0 && s < 4 * kStallMs / 1000.0;
+      return "{\"ok\":" + std::string(ok ? "true" : "false") + ",\"stall_ms\":" + std::to_string(kStallMs) + ",\"seconds\":" + std::to_string(s) + ",\"why\":\"" + json_escape(why) + "\"}";
+    });
+    if (join_report.rfind("{\"ok\":true", 0) != 0) failed = true;
+  }
 #else
-  ipc = nccl_report = skipped("the driver was built without CUDA");
+  ipc = nccl_report = join_report = skipped("the driver was built without CUDA");
   (void)devices, (void)bytes, (void)reps;
 #endif
   std::string why;
   const nccl::Api* api = nccl::load(&why);
-  std::printf("{\"check\":\"dataplane\",\"devices\":%d,\"nccl_library\":\"%s\",\"cuda_ipc\":%s,\"nccl\":%s,\"ok\":%s}\n", devices,
-              json_escape(api ? "NCCL " + nccl::version_string(api->version) : why).c_str(), ipc.c_str(), nccl_report.c_str(), failed ? "false" : "true");
+  std::printf("{\"check\":\"dataplane\",\"devices\":%d,\"nccl_library\":\"%s\",\"cuda_ipc\":%s,\"nccl\":%s,\"nccl_join\":%s,\"ok\":%s}\n", devices,
+              json_escape(api ? "NCCL " + nccl::version_string(api->version) : why).c_str(), ipc.c_str(), nccl_report.c_str(), join_report.c_str(), failed ? "false" : "true");
   return failed ? 1 : 0;
 }

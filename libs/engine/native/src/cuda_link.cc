@@ -117,22 +117,30 @@ class Peer final : public NcclPeer {
  public:
   Peer(const nccl::Api* api, int rank, int device, int stall_ms) : api_(api), rank_(rank), device_(device), stall_ms_(stall_ms) {}
   ~Peer() override {
-    if (comm_) (failed_ ? api_->CommAbort : api_->CommDestroy)(comm_);
+    // Every transfer has completed (move() waits for each), so aborting frees the communicator
+    // without the finalize round a non-blocking one would need for ncclCommDestroy.
+    if (comm_) api_->CommAbort(comm_);
     if (stage_) cudaFree(stage_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
+  // Joins without blocking (ncclConfig_t.blocking = 0) and polls until the communicator is up, so
+  // a peer that never joins costs `stall_ms_`, not this thread for good: then it aborts.
   std::string init(const nccl::UniqueId& id) {
     cudaError_t err = cudaSetDevice(device_);
     if (err != cudaSuccess) return cuda_error(err, "cudaSetDevice");
     err = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking);
     if (err != cudaSuccess) return cuda_error(err, "cudaStreamCreate");
-    nccl::Result r = api_->CommInitRank(&comm_, 2, id, rank_);
-    if (r != nccl::kSuccess) {
-      comm_ = nullptr;
-      return nccl_error(r, "ncclCommInitRank");
+    nccl::ConfigV21400 config;
+    nccl::Result r = api_->CommInitRankConfig(&comm_, 2, id, rank_, &config);
+    const auto t0 = std::chrono::steady_clock::now();
+    while (r == nccl::kInProgress) {
+      // nccl_join then drops this peer, whose destructor aborts the half-made communicator.
+      if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(stall_ms_)) return "the NCCL peer did not join within " + std::to_string(stall_ms_) + " ms";
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (api_->CommGetAsyncError(comm_, &r) != nccl::kSuccess) r = nccl::kInternalError;
     }
-    return "";
+    return r == nccl::kSuccess ? "" : nccl_error(r, "ncclCommInitRankConfig");
   }
 
   std::string send(const void* src, size_t n) override { return move(const_cast<void*>(src), n, true); }
@@ -177,7 +185,8 @@ class Peer final : public NcclPeer {
       }
       nccl::Result r = sending ? api_->Send(buf, len, nccl::kUint8, peer, comm_, reinterpret_cast<nccl::Stream>(stream_))
                                : api_->Recv(buf, len, nccl::kUint8, peer, comm_, reinterpret_cast<nccl::Stream>(stream_));
-      if (r != nccl::kSuccess) return failed_ = true, nccl_error(r, sending ? "ncclSend" : "ncclRecv");
+      // A non-blocking communicator may answer ncclInProgress while it enqueues: wait() follows.
+      if (r != nccl::kSuccess && r != nccl::kInProgress) return failed_ = true, nccl_error(r, sending ? "ncclSend" : "ncclRecv");
       if (!sending && !device) {
         err = cudaMemcpyAsync(at, buf, len, cudaMemcpyDeviceToHost, stream_);
         if (err != cudaSuccess) return cuda_error(err, "cudaMemcpyAsync (NCCL staging)");

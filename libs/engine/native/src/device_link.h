@@ -41,8 +41,9 @@ class NcclPeer {
   virtual std::string send(const void* src, size_t n) = 0;
   virtual std::string recv(void* dst, size_t n) = 0;
 };
-// Joins the communicator `id` names as `rank` (blocks until both ranks joined); nullptr and
-// `*why` when it cannot.
+// Joins the communicator `id` names as `rank`, waiting until both ranks joined or `stall_ms`
+// passed (then it gives up: "the NCCL peer did not join within ... ms"); nullptr and `*why`
+// when it cannot.
 std::unique_ptr<NcclPeer> nccl_join(const nccl::Api* api, const nccl::UniqueId& id, int rank, int device, int stall_ms, std::string* why);
 
 }  // namespace ls::cuda::link

@@ -1,9 +1,10 @@
 // The subset of NCCL's C ABI the data plane uses, declared here (not included from nccl.h) so the
 // addon builds without NCCL and opens libnccl.so.2 at run time (nccl_loader.h), as the CUDA
 // backend does with cuBLAS. Declared after NCCL 2.21 (nccl.h, NCCL_MAJOR 2): every function and
-// type below has had this signature and these values since NCCL 2.12 (ncclCommGetAsyncError and
-// ncclRemoteError since 2.11/2.12), and NCCL keeps them stable within major version 2; the
-// loader refuses a library whose ncclGetVersion reports another major version or an older one.
+// type below has had this signature and these values since NCCL 2.14 (ncclCommInitRankConfig and
+// its config since 2.14, ncclCommGetAsyncError and ncclRemoteError since 2.11/2.12), and NCCL
+// keeps them stable within major version 2; the loader refuses a library whose ncclGetVersion
+// reports another major version or an older one.
 #pragma once
 
 #include <cstddef>
@@ -11,7 +12,7 @@
 namespace ls::nccl {
 
 constexpr int kUniqueIdBytes = 128;  // NCCL_UNIQUE_ID_BYTES
-constexpr int kMinVersion = 21200;   // 2.12.0, as NCCL_VERSION(2, 12, 0) = 2 * 10000 + 12 * 100
+constexpr int kMinVersion = 21400;   // 2.14.0, as NCCL_VERSION(2, 14, 0) = 2 * 10000 + 14 * 100
 constexpr const char* kLibrary = "libnccl.so.2";
 
 struct UniqueId {
@@ -33,11 +34,24 @@ enum Result : int {  // ncclResult_t
 
 enum DataType : int { kUint8 = 1 };  // ncclDataType_t: ncclUint8
 
+// ncclConfig_t as NCCL 2.14 declared it: a header (size, magic, version) and `blocking`. NCCL
+// copies min(size, its own sizeof) bytes, checks the magic, and gives every field added after
+// `version` (cgaClusterSize and the rest, from 2.17) its default, so this stays valid for newer
+// libraries; `tail` is the struct's padding, named so that every byte is set.
+struct ConfigV21400 {
+  size_t size = sizeof(ConfigV21400);
+  unsigned int magic = 0xcafebeef;  // NCCL_CONFIG_INITIALIZER's
+  unsigned int version = 21400;     // the layout's: NCCL_VERSION(2, 14, 0)
+  int blocking = 0;                 // 0: calls return ncclInProgress instead of waiting
+  int tail = -2147483647 - 1;       // NCCL_CONFIG_UNDEF_INT
+};
+static_assert(sizeof(ConfigV21400) == 24, "ncclConfig_t of NCCL 2.14 on LP64");
+
 // Function pointers, resolved by name from the library ("nccl" + the member name, capitalised).
 struct Api {
   Result (*GetVersion)(int* version);
   Result (*GetUniqueId)(UniqueId* id);
-  Result (*CommInitRank)(Comm* comm, int nranks, UniqueId id, int rank);
+  Result (*CommInitRankConfig)(Comm* comm, int nranks, UniqueId id, int rank, ConfigV21400* config);
   Result (*CommDestroy)(Comm comm);
   Result (*CommAbort)(Comm comm);
   const char* (*GetErrorString)(Result result);

@@ -31,7 +31,7 @@ Loaded open_library(const std::string& library) {
   };
   resolve(api->GetVersion, "ncclGetVersion");
   resolve(api->GetUniqueId, "ncclGetUniqueId");
-  resolve(api->CommInitRank, "ncclCommInitRank");
+  resolve(api->CommInitRankConfig, "ncclCommInitRankConfig");
   resolve(api->CommDestroy, "ncclCommDestroy");
   resolve(api->CommAbort, "ncclCommAbort");
   resolve(api->GetErrorString, "ncclGetErrorString");
@@ -41,7 +41,7 @@ Loaded open_library(const std::string& library) {
   resolve(api->GroupStart, "ncclGroupStart");
   resolve(api->GroupEnd, "ncclGroupEnd");
   if (!missing.empty()) {
-    out.why = "NCCL is not available: " + library + " has no " + missing + " (not an NCCL library, or one older than 2.12)";
+    out.why = "NCCL is not available: " + library + " has no " + missing + " (not an NCCL library, or one older than 2.14)";
     ::dlclose(handle);
     return out;
   }
