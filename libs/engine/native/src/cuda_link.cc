@@ -149,16 +149,34 @@ class Peer final : public NcclPeer {
  private:
   std::string nccl_error(nccl::Result r, const char* what) { return std::string(what) + ": " + api_->GetErrorString(r); }
 
-  // Waits for the stream, watching the communicator's asynchronous errors and the stall time.
+  // Waits until the communicator has no operation still being issued (ncclInProgress).
+  std::string enqueued() {
+    auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+      nccl::Result async = nccl::kSuccess;
+      if (api_->CommGetAsyncError(comm_, &async) != nccl::kSuccess) async = nccl::kInternalError;
+      if (async == nccl::kSuccess) return "";
+      if (async != nccl::kInProgress) return failed_ = true, nccl_error(async, "NCCL transfer");
+      if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(stall_ms_))
+        return failed_ = true, "NCCL transfer made no progress for " + std::to_string(stall_ms_) + " ms";
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+
+  // Waits for the stream, watching the communicator's asynchronous errors and the stall time. On a
+  // non-blocking communicator an operation that answered ncclInProgress may not be on the stream
+  // yet: the stream counts only once the communicator reports ncclSuccess.
   std::string wait() {
     auto t0 = std::chrono::steady_clock::now();
     for (;;) {
-      cudaError_t q = cudaStreamQuery(stream_);
-      if (q == cudaSuccess) return "";
-      if (q != cudaErrorNotReady) return failed_ = true, cuda_error(q, "NCCL transfer");
       nccl::Result async = nccl::kSuccess;
-      api_->CommGetAsyncError(comm_, &async);
+      if (api_->CommGetAsyncError(comm_, &async) != nccl::kSuccess) async = nccl::kInternalError;
       if (async != nccl::kSuccess && async != nccl::kInProgress) return failed_ = true, nccl_error(async, "NCCL transfer");
+      if (async == nccl::kSuccess) {
+        cudaError_t q = cudaStreamQuery(stream_);
+        if (q == cudaSuccess) return "";
+        if (q != cudaErrorNotReady) return failed_ = true, cuda_error(q, "NCCL transfer");
+      }
       if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(stall_ms_))
         return failed_ = true, "NCCL transfer made no progress for " + std::to_string(stall_ms_) + " ms";
       std::this_thread::sleep_for(std::chrono::microseconds(200));
@@ -185,8 +203,13 @@ class Peer final : public NcclPeer {
       }
       nccl::Result r = sending ? api_->Send(buf, len, nccl::kUint8, peer, comm_, reinterpret_cast<nccl::Stream>(stream_))
                                : api_->Recv(buf, len, nccl::kUint8, peer, comm_, reinterpret_cast<nccl::Stream>(stream_));
-      // A non-blocking communicator may answer ncclInProgress while it enqueues: wait() follows.
       if (r != nccl::kSuccess && r != nccl::kInProgress) return failed_ = true, nccl_error(r, sending ? "ncclSend" : "ncclRecv");
+      // A non-blocking communicator may answer ncclInProgress before its kernel is on the stream:
+      // the staging copy below must come after it.
+      if (r == nccl::kInProgress) {
+        std::string why = enqueued();
+        if (!why.empty()) return why;
+      }
       if (!sending && !device) {
         err = cudaMemcpyAsync(at, buf, len, cudaMemcpyDeviceToHost, stream_);
         if (err != cudaSuccess) return cuda_error(err, "cudaMemcpyAsync (NCCL staging)");
