@@ -29,8 +29,9 @@ export function windowOf(step: BlockStep, successor: boolean): WindowShape {
 
 /**
  * A stage that takes the modelled time of the real one and returns zeros of the (scaled) output
- * size (a consumed input of that size, or the caller's output buffer, is returned as it came), for scaling studies on a machine without the cluster's GPUs. Everything around it, the
- * queue, ordering, framing and streams, runs for real.
+ * size (a consumed input of that size, or the caller's output buffer, is returned as it came),
+ * for scaling studies on a machine without the cluster's GPUs. Everything around it, the queue,
+ * ordering, framing and streams, runs for real.
  */
 export class EmulatedStage implements StageRunner {
   private queue: Promise<unknown> = Promise.resolve();

@@ -149,30 +149,18 @@ class Peer final : public NcclPeer {
  private:
   std::string nccl_error(nccl::Result r, const char* what) { return std::string(what) + ": " + api_->GetErrorString(r); }
 
-  // Waits until the communicator has no operation still being issued (ncclInProgress).
-  std::string enqueued() {
-    auto t0 = std::chrono::steady_clock::now();
-    for (;;) {
-      nccl::Result async = nccl::kSuccess;
-      if (api_->CommGetAsyncError(comm_, &async) != nccl::kSuccess) async = nccl::kInternalError;
-      if (async == nccl::kSuccess) return "";
-      if (async != nccl::kInProgress) return failed_ = true, nccl_error(async, "NCCL transfer");
-      if (std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(stall_ms_))
-        return failed_ = true, "NCCL transfer made no progress for " + std::to_string(stall_ms_) + " ms";
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-  }
-
-  // Waits for the stream, watching the communicator's asynchronous errors and the stall time. On a
-  // non-blocking communicator an operation that answered ncclInProgress may not be on the stream
-  // yet: the stream counts only once the communicator reports ncclSuccess.
-  std::string wait() {
+  // Waits until the communicator has issued every operation (it no longer answers ncclInProgress:
+  // on a non-blocking communicator an operation may not be on the stream before) and, with
+  // `stream_done`, until the stream has run them, watching the asynchronous errors and the stall
+  // time.
+  std::string wait(bool stream_done) {
     auto t0 = std::chrono::steady_clock::now();
     for (;;) {
       nccl::Result async = nccl::kSuccess;
       if (api_->CommGetAsyncError(comm_, &async) != nccl::kSuccess) async = nccl::kInternalError;
       if (async != nccl::kSuccess && async != nccl::kInProgress) return failed_ = true, nccl_error(async, "NCCL transfer");
       if (async == nccl::kSuccess) {
+        if (!stream_done) return "";
         cudaError_t q = cudaStreamQuery(stream_);
         if (q == cudaSuccess) return "";
         if (q != cudaErrorNotReady) return failed_ = true, cuda_error(q, "NCCL transfer");
@@ -207,14 +195,14 @@ class Peer final : public NcclPeer {
       // A non-blocking communicator may answer ncclInProgress before its kernel is on the stream:
       // the staging copy below must come after it.
       if (r == nccl::kInProgress) {
-        std::string why = enqueued();
+        std::string why = wait(false);
         if (!why.empty()) return why;
       }
       if (!sending && !device) {
         err = cudaMemcpyAsync(at, buf, len, cudaMemcpyDeviceToHost, stream_);
         if (err != cudaSuccess) return cuda_error(err, "cudaMemcpyAsync (NCCL staging)");
       }
-      std::string why = wait();
+      std::string why = wait(true);
       if (!why.empty()) return why;
     }
     return "";
