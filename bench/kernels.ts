@@ -4,7 +4,7 @@
  * machine state; and fused attention. Each section is one key of the returned object, so other
  * sections (stage forward times) can be added beside these.
  */
-import { blasSgemm, cpuBackend, engineInfo, type OpNode } from '@longshot/engine';
+import { blasCore, blasSgemm, cpuBackend, engineInfo, type OpNode } from '@longshot/engine';
 import { benchStageForward, type StageForwardReport } from './stage-forward';
 import { Rng } from '@longshot/random';
 
@@ -101,7 +101,7 @@ async function benchGemm(threads: number): Promise<KernelsReport['gemm']> {
   }
   const gflops = flopsTotal / msTotal / 1e6;
   const baselineGflops = flopsTotal / baselineMsTotal / 1e6;
-  return { gflops, baselineGflops, baseline: 'openblas', ratio: gflops / baselineGflops, shapes };
+  return { gflops, baselineGflops, baseline: `openblas (${blasCore()} kernels)`, ratio: gflops / baselineGflops, shapes };
 }
 
 async function benchAttention(): Promise<KernelsReport['attention']> {
@@ -147,7 +147,7 @@ export async function kernelsBench(opts: { json: boolean }): Promise<KernelsRepo
           `openblas ${s.baselineGflops.toFixed(1)} GFLOP/s, ratio ${s.ratio.toFixed(2)}`,
       );
     }
-    console.log(`  gemm overall: ${report.gemm.gflops.toFixed(1)} GFLOP/s, ratio vs openblas ${report.gemm.ratio.toFixed(2)}`);
+    console.log(`  gemm overall: ${report.gemm.gflops.toFixed(1)} GFLOP/s, ratio vs ${report.gemm.baseline} ${report.gemm.ratio.toFixed(2)}`);
     console.log(`  attention: ${report.attention.gflops.toFixed(1)} GFLOP/s (${report.attention.ms.toFixed(1)} ms)`);
     for (const s of report.stageForward) console.log(`  stage forward ${s.model} (${s.window.tokens} tokens, all layers): ${s.ms.toFixed(1)} ms, ${s.gflops.toFixed(1)} GFLOP/s`);
   }

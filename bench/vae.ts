@@ -11,7 +11,7 @@
  * Cases: the tiny and small seeded VAEs at 256x256, and Wan2.1's VAE at 832x480 (31.5 TFLOP;
  * several minutes on a few cores).
  */
-import { blasSgemm, cpuBackend, engineInfo, type OpNode } from '@longshot/engine';
+import { blasCore, blasSgemm, cpuBackend, engineInfo, type OpNode } from '@longshot/engine';
 import { SEEDED_VAE, VaeDecoder, WAN21_VAE, seededVaeWeights, vaeCacheBytes, vaeDecodeFlops, type VaeConfig } from '@longshot/model';
 import { Rng } from '@longshot/random';
 
@@ -168,7 +168,7 @@ export async function vaeBench(opts: { json: boolean }): Promise<VaeBenchReport>
   const info = engineInfo();
   const report: VaeBenchReport = {
     engine: { simd: info.simd, threads: info.threads },
-    baseline: 'im2col (JS) + OpenBLAS sgemm, same threads',
+    baseline: `im2col (JS) + OpenBLAS sgemm (${blasCore()} kernels), same threads`,
     cases: [],
     cacheBytes: { '832x480': vaeCacheBytes(WAN21_VAE, 60, 104), '1280x720': vaeCacheBytes(WAN21_VAE, 90, 160) },
   };

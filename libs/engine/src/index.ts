@@ -42,6 +42,7 @@ interface NativeAddon {
   setThreads(threads: number): void;
   initCuda(device: number, cacheMb: number): void;
   blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void;
+  blasCore(): string;
   releaseDeviceCache(): void;
   forgetDeviceCopies(arrays: readonly Float32Array[]): void;
   cudaLastRun(): CudaRunStats;
@@ -318,6 +319,11 @@ export function setThreads(threads: number): void {
 /** OpenBLAS C[M, N] = A[M, K] . W[N, K]^T with `threads` threads: the benchmark baseline. */
 export function blasSgemm(m: number, n: number, k: number, a: Float32Array, w: Float32Array, c: Float32Array, threads: number): void {
   loaded.blasSgemm(m, n, k, a, w, c, threads);
+}
+
+/** The kernels the OpenBLAS baseline runs (e.g. SkylakeX): its own pick, or this CPU's widest when it does not know the CPU. */
+export function blasCore(): string {
+  return loaded.blasCore();
 }
 
 /** Runs one op synchronously, allocating its output from `OPS[op].outputSize`. */

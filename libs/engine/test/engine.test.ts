@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { backendDevice, createBackend, cpuBackend, engineInfo, hostCpuSeconds, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
+import { backendDevice, blasCore, blasSgemm, createBackend, cpuBackend, engineInfo, hostCpuSeconds, runOp, setSimd, setThreads, type OpNode, type SimdLevel } from '../src/index';
 import { Rng } from '@longshot/random';
 
 /** Deterministic uniform values in [-1, 1). */
@@ -216,6 +216,30 @@ describe('engine addon', () => {
     } finally {
       setSimd(levels[levels.length - 1]);
     }
+  });
+});
+
+describe('the OpenBLAS baseline of the benchmarks', () => {
+  it("runs this CPU's widest kernels, not OpenBLAS's fallback for a CPU it does not know", () => {
+    // Set before OpenBLAS loads (its constructor reads it) unless OPENBLAS_CORETYPE says otherwise.
+    const want = process.env.OPENBLAS_CORETYPE ?? (engineInfo().simdAvailable.includes('avx512') ? 'SkylakeX' : engineInfo().simdAvailable.includes('avx2') ? 'Haswell' : null);
+    const core = blasCore();
+    if (want !== null) expect(core.toLowerCase()).toBe(want.toLowerCase());
+    else expect(core).not.toBe('');
+  });
+
+  it('computes C = A . W^T', () => {
+    const [m, n, k] = [3, 5, 7];
+    const a = Float32Array.from({ length: m * k }, (_, i) => (i % 5) - 2);
+    const w = Float32Array.from({ length: n * k }, (_, i) => (i % 3) - 1);
+    const c = new Float32Array(m * n);
+    blasSgemm(m, n, k, a, w, c, 1);
+    const want = Array.from({ length: m * n }, (_, i) => {
+      let sum = 0;
+      for (let j = 0; j < k; j++) sum += a[Math.floor(i / n) * k + j] * w[(i % n) * k + j];
+      return sum;
+    });
+    expect(Array.from(c)).toEqual(want);
   });
 });
 

@@ -394,6 +394,14 @@ Napi::Value BlasSgemm(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+Napi::Value BlasCore(const Napi::CallbackInfo& info) {
+  try {
+    return Napi::String::New(info.Env(), ls::blas_core());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(info.Env(), e.what());
+  }
+}
+
 Napi::Value ReleaseDeviceCache(const Napi::CallbackInfo& info) {
   std::vector<ls::HostPin> pins;
   {
@@ -462,6 +470,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
   exports.Set("initCuda", Napi::Function::New(env, InitCuda, "initCuda"));
   exports.Set("blasSgemm", Napi::Function::New(env, BlasSgemm, "blasSgemm"));
+  exports.Set("blasCore", Napi::Function::New(env, BlasCore, "blasCore"));
   exports.Set("releaseDeviceCache", Napi::Function::New(env, ReleaseDeviceCache, "releaseDeviceCache"));
   exports.Set("forgetDeviceCopies", Napi::Function::New(env, ForgetDeviceCopies, "forgetDeviceCopies"));
   exports.Set("cudaLastRun", Napi::Function::New(env, CudaLastRun, "cudaLastRun"));
