@@ -103,6 +103,14 @@ DiT's training (grammar.json's rule) so evaluation can test combinations never s
 
 Weights are stored as ${recipe.shippedDtype}. Render it with \`--model longshot-shapes --size 64x64\`.
 Quality figures: docs/quality.md (\`npm run eval -- --json\`).
+
+## Reproducing it
+
+\`npm run train\` retrains it from \`apps/trainer/recipe.json\` (about three and a half hours on two
+CPU cores). Besides the seeds, the recipe fixes PyTorch's threads (${recipe.reproducibility.threads}) and the kernels the
+libraries pick (${Object.entries(recipe.reproducibility.environment).map(([k, v]) => `${k}=${v}`).join(', ')}): a run on the same kind of CPU,
+resumed or not, gives these weights bit for bit. On another CPU the bits differ, and so may the
+figures, motion most (docs/trainer.md).
 `;
 }
 

@@ -15,7 +15,8 @@ export interface TrainerConfig {
   readonly out: string;
   /** Debian's Python with python3-torch (LONGSHOT_PYTHON; default /usr/bin/python3). */
   readonly python: string;
-  readonly threads: number;
+  /** PyTorch's threads when not the recipe's (null: the recipe's; another count gives other bits). */
+  readonly threads: number | null;
   /** A few steps of each stage with small data (the test suite's smoke run). */
   readonly smoke: boolean;
   readonly vaeSteps: number | null;
@@ -34,7 +35,7 @@ export const TRAIN = {
   flags: {
     workdir: { value: 'DIR', help: 'checkpoints, latents and embeddings (a rerun resumes from them)', default: '.longshot/train' },
     out: { value: 'DIR', help: 'the pipeline directory to write', default: 'libs/model/pipelines/longshot-shapes' },
-    threads: { value: 'N', help: "PyTorch's threads", default: 'the CPU count' },
+    threads: { value: 'N', help: "PyTorch's threads (another count than the recipe's gives other weights)", default: "the recipe's (reproducibility.threads)" },
     smoke: { help: 'a few steps of every stage on small batches into a scratch directory (the test suite)' },
     'vae-steps': { value: 'N', help: "override the recipe's VAE steps" },
     'dit-steps': { value: 'N', help: "override the recipe's DiT steps" },
@@ -65,7 +66,7 @@ export function trainerConfig(argv: string[], env: NodeJS.ProcessEnv): TrainerCo
     workdir,
     out: path.resolve(f.out ?? (smoke ? path.join(workdir, 'pipeline') : SHIPPED_PIPELINE_DIR)),
     python: env.LONGSHOT_PYTHON || '/usr/bin/python3',
-    threads: int('threads') ?? Math.max(1, os.cpus().length),
+    threads: int('threads'),
     smoke,
     vaeSteps: int('vae-steps') ?? (smoke ? 10 : null),
     ditSteps: int('dit-steps') ?? (smoke ? 30 : null),

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import { counter, gauge, registry, startMetricsServer } from '@longshot/telemetry';
 import { UsageError } from '@longshot/cli/src/args';
 
-export const TRAINER_STAGES = ['captions', 'text', 'vae', 'dit', 'dit-more', 'export', 'assemble'] as const;
+export const TRAINER_STAGES = ['captions', 'text', 'vae', 'latents', 'dit', 'dit-more', 'export', 'assemble'] as const;
 export type TrainerStage = (typeof TRAINER_STAGES)[number];
 
 const stageStep = gauge<'stage'>({ name: 'longshot_trainer_step', help: 'Steps a training stage has completed (from its progress lines)', labelNames: ['stage'] });

@@ -12,6 +12,8 @@ export const RECIPE_FILE = path.join(TRAINER_DIR, 'recipe.json');
 export interface Recipe {
   readonly name: string;
   readonly seed: number;
+  /** What fixes the bits besides the seeds: PyTorch's threads and the libraries' kernel choices. */
+  readonly reproducibility: { readonly threads: number; readonly environment: Readonly<Record<string, string>> };
   readonly vae: { readonly config: { base_dim: number; z_dim: number; dim_mult: number[]; num_res_blocks: number; temperal_downsample: boolean[] }; readonly steps: number; readonly decoderSteps: number; readonly decoderClipFrames: number; readonly colourSteps?: number; readonly colourWeight?: number };
   readonly text_encoder: {
     vocab_size: number;

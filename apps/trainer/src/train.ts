@@ -6,6 +6,7 @@
  *   text      the closed-vocabulary tokenizer and the seeded umT5 encoder; every caption encoded
  *             by Longshot's engine, exactly as a render will encode it (this process)
  *   vae       AutoencoderKLWan on generated clips (Python)
+ *   latents   the DiT phases' training clips encoded by the VAE, once (Python)
  *   dit       WanTransformer3D with flow matching on the VAE's latents (Python)
  *   dit-more  the recipe's second DiT phase, from the first's weights (Python; when it has one)
  *   export    the trained weights as diffusers safetensors (Python)
@@ -64,6 +65,7 @@ async function runStage(stage: Stage, cfg: TrainerConfig): Promise<void> {
   switch (stage) {
     case 'captions':
     case 'vae':
+    case 'latents':
     case 'dit':
     case 'dit-more':
       return python(cfg, [stage, '--workdir', cfg.workdir, ...stepFlags(stage, cfg), ...(cfg.smoke ? ['--smoke'] : [])]);
@@ -78,19 +80,19 @@ async function runStage(stage: Stage, cfg: TrainerConfig): Promise<void> {
 
 function stepFlags(stage: Stage, cfg: TrainerConfig): string[] {
   if (stage === 'vae' && cfg.vaeSteps) return ['--steps', String(cfg.vaeSteps)];
-  if (stage === 'dit' || stage === 'dit-more') return [...(cfg.ditSteps ? ['--steps', String(cfg.ditSteps)] : []), ...(cfg.ditClips ? ['--clips', String(cfg.ditClips)] : [])];
+  const clips = cfg.ditClips ? ['--clips', String(cfg.ditClips)] : [];
+  if (stage === 'latents') return clips;
+  if (stage === 'dit' || stage === 'dit-more') return [...(cfg.ditSteps ? ['--steps', String(cfg.ditSteps)] : []), ...clips];
   return [];
 }
 
 /** Runs a trainer stage in Debian's Python, its progress lines passed through; it dies with this process. */
 function python(cfg: TrainerConfig, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawnTied(cfg.python, ['-m', 'longshot_trainer.train', ...args, '--threads', String(cfg.threads)], {
+    // The trainer sets the recipe's threads and kernel choices itself, before torch loads.
+    const child = spawnTied(cfg.python, ['-m', 'longshot_trainer.train', ...args, ...(cfg.threads ? ['--threads', String(cfg.threads)] : [])], {
       cwd: path.join(cfg.trainerDir, 'python'),
       stdio: ['ignore', 'pipe', 'inherit'],
-      // Passive OpenMP waits and single-threaded OpenBLAS (torch parallelises around it):
-      // spinning BLAS threads made the DiT's small matrix products 20x slower on a shared machine.
-      env: { ...process.env, OMP_WAIT_POLICY: 'PASSIVE', OPENBLAS_NUM_THREADS: '1' },
     });
     // Progress lines pass through to stdout and feed the metrics.
     createInterface({ input: child.stdout! }).on('line', (line) => {

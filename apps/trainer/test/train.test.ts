@@ -3,12 +3,14 @@
  * export, assemble) for a few steps on small batches, in Debian's PyTorch, into a scratch directory.
  * The losses must fall and the result must be a pipeline directory the engine opens.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveModel } from '@longshot/model';
 import { runNode } from '../../../test/e2e/cli';
+import { trainerConfig } from '../src/config';
 
 const ROOT = path.resolve(__dirname, '../../..');
 let workdir: string;
@@ -21,6 +23,13 @@ function losses(stage: string): number[] {
 }
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
+/** Runs Debian's Python in the trainer's package directory; its stdout (throws with stderr on failure). */
+function python(args: string[]): string {
+  const r = spawnSync(process.env.LONGSHOT_PYTHON || '/usr/bin/python3', args, { cwd: path.join(ROOT, 'apps/trainer/python'), encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`python ${args.slice(0, 4).join(' ')} failed (${r.signal ?? `exit ${r.status}`}): ${r.stderr}`);
+  return r.stdout;
+}
+
 beforeAll(async () => {
   workdir = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-train-'));
   run = await runNode(['--import', 'tsx', 'apps/trainer/src/train.ts', '--smoke', '--workdir', workdir], ROOT);
@@ -31,7 +40,7 @@ afterAll(() => fs.rmSync(workdir, { recursive: true, force: true }));
 describe('npm run train -- --smoke', () => {
   it('runs every stage and reports each', () => {
     expect(run.code, run.stderr).toBe(0);
-    for (const stage of ['captions', 'text', 'vae', 'dit', 'dit-more', 'export', 'assemble']) expect(run.stderr).toContain(`[train] ${stage}: finished`);
+    for (const stage of ['captions', 'text', 'vae', 'latents', 'dit', 'dit-more', 'export', 'assemble']) expect(run.stderr).toContain(`[train] ${stage}: finished`);
   });
 
   it('the VAE and the DiT learn: their losses fall well below the first step\'s', () => {
@@ -62,7 +71,7 @@ describe('npm run train -- --smoke', () => {
     expect(value('longshot_trainer_step{stage="dit"}')).toBe(30);
     expect(value('longshot_trainer_steps{stage="dit"}')).toBe(30);
     expect(value('longshot_trainer_loss{stage="dit",kind="last"}')).toBe(losses('dit').at(-1));
-    for (const stage of ['captions', 'text', 'vae', 'dit', 'dit-more', 'export', 'assemble']) {
+    for (const stage of ['captions', 'text', 'vae', 'latents', 'dit', 'dit-more', 'export', 'assemble']) {
       expect(value(`longshot_trainer_stages_total{stage="${stage}",result="ok"}`)).toBe(1);
       expect(value(`longshot_trainer_stages_total{stage="${stage}",result="failed"}`)).toBe(0);
     }
@@ -75,6 +84,29 @@ describe('npm run train -- --smoke', () => {
     expect(model.config.textLen).toBe(16);
     const files = fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
     for (const f of files) expect(fs.statSync(path.join(f.parentPath, f.name)).size).toBeLessThan(4 * 1024 * 1024);
+  });
+
+  it('a DiT phase interrupted and resumed gives the bits of the run that went straight through', () => {
+    // The recipe's threads and kernel choices make a run a function of its seeds; a resume must
+    // not change that (optimiser, moving average and batch order all carry on).
+    const again = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-train-resume-'));
+    try {
+      for (const f of ['captions.json', 'text-embeddings.safetensors', 'vae-final.pt', 'latents.pt']) fs.copyFileSync(path.join(workdir, f), path.join(again, f));
+      const smoke = trainerConfig(['--smoke'], {});
+      const dit = (...extra: string[]) =>
+        python(['-m', 'longshot_trainer.train', 'dit', '--smoke', '--workdir', again, '--steps', String(smoke.ditSteps), '--clips', String(smoke.ditClips), ...extra]);
+      expect(dit('--halt-after', '10')).toContain('[dit] halted after the checkpoint at step 10');
+      expect(fs.existsSync(path.join(again, 'dit-final.pt'))).toBe(false);
+      expect(dit()).toContain('[dit] resuming at step 10/30');
+      const compare = `import sys, torch
+a, b = (torch.load(p) for p in sys.argv[1:])
+names = [f"{part}.{k}" for part in ("model", "last") for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+print(f"{len(a['model']) + len(a['last'])} tensors, {len(names)} differ {names[:3]}")`;
+      const diff = python(['-c', compare, path.join(workdir, 'dit-final.pt'), path.join(again, 'dit-final.pt')]);
+      expect(diff).toMatch(/^\d+ tensors, 0 differ/);
+    } finally {
+      fs.rmSync(again, { recursive: true, force: true });
+    }
   });
 
   it('a second run finds every stage done and does nothing', async () => {

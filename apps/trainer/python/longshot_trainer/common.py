@@ -1,18 +1,9 @@
-"""Shared pieces of the training stages: the recipe, progress lines, resumable checkpoints."""
-import json
+"""Shared pieces of the training stages: progress lines, resumable checkpoints."""
 import os
 import sys
 import time
 
 import torch
-
-RECIPE_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "recipe.json")
-
-
-def load_recipe(path: str = RECIPE_FILE) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
 
 def lr_at(step: int, steps: int, lr: float, final: float, warmup: int = 50) -> float:
     """Linear warm-up, then cosine decay from lr to final."""
@@ -59,6 +50,15 @@ def resume(path: str, stage: str, model, opt, steps: int) -> int:
     opt.load_state_dict(ckpt["opt"])
     print(f"[{stage}] resuming at step {ckpt['step']}/{steps}", flush=True)
     return ckpt["step"]
+
+
+def halted(stage: str, step: int, halt_after: int) -> bool:
+    """True when the stage is to stop after the checkpoint it just wrote at `step` (--halt-after:
+    an interruption at a known step, for the tests that resume from it)."""
+    if step + 1 != halt_after:
+        return False
+    print(f"[{stage}] halted after the checkpoint at step {halt_after}", flush=True)
+    return True
 
 
 def fail(message: str) -> None:

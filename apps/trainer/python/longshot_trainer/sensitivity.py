@@ -17,8 +17,9 @@ import os
 import torch
 
 from . import safetensors_io
-from .common import fail, load_recipe
+from .common import fail
 from .grammar import Grammar
+from .recipe import load_recipe
 from .wan_dit import WanTransformer3DModel
 
 SIGMAS = (0.3, 0.5, 0.7, 0.9)

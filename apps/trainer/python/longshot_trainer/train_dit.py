@@ -26,7 +26,7 @@ import torch
 
 from . import safetensors_io
 from .clips import clip_path, render_clip
-from .common import Progress, fail, load_checkpoint, lr_at, resume, save_checkpoint
+from .common import Progress, fail, halted, load_checkpoint, lr_at, resume, save_checkpoint
 from .grammar import Grammar
 from .wan_dit import WanTransformer3DModel
 from .wan_vae import AutoencoderKLWan
@@ -112,6 +112,16 @@ def encode_dataset(recipe: dict, workdir: str, clips: int, index: dict) -> dict:
     return data
 
 
+def encode_latents(recipe: dict, workdir: str, clips: int = 0) -> None:
+    """The latents stage: every DiT phase's clips encoded before the phases train (a stage of its
+    own so that each stays within its time budget). The first phase's clips first, then the
+    second's, in the chunks each phase would encode them in itself, so the bits are the same."""
+    index, _ = load_text(workdir)
+    counts = [clips] if clips else [dit_phase(recipe, p)["clips"] for p in (["dit", "dit-more"] if recipe["dit"].get("more") else ["dit"])]
+    for n in counts:
+        encode_dataset(recipe, workdir, n, index)
+
+
 def dit_phase(recipe: dict, phase: str) -> dict:
     """The DiT recipe of a phase: 'dit' (from a seeded init) or 'dit-more' (the recipe's `more`
     block over 'dit': it starts from dit-final.pt's last weights and moving average, with a fresh
@@ -125,7 +135,7 @@ def dit_phase(recipe: dict, phase: str) -> dict:
     return {**r, **more, "stepOffset": recipe["dit"]["steps"]}
 
 
-def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0, phase: str = "dit") -> None:
+def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0, phase: str = "dit", halt_after: int = 0) -> None:
     r = dit_phase(recipe, phase)
     steps = steps or r["steps"]
     clips = clips or r["clips"]
@@ -199,7 +209,9 @@ def train_dit(recipe: dict, workdir: str, steps: int = 0, clips: int = 0, phase:
         running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
         if (step + 1) % r.get("report", 25) == 0 or step + 1 == steps:
             progress.report(step, loss=float(loss), smoothed=running)
-        if (step + 1) % 100 == 0 or step + 1 == steps:
+        if (step + 1) % r.get("checkpointEvery", 100) == 0 or step + 1 == steps:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "loss": running, "ema": ema})
+            if halted(phase, step, halt_after):
+                return
     # What ships: the moving average when the recipe keeps one, the last step's weights otherwise.
     torch.save({"model": ema if ema is not None else model.state_dict(), "last": model.state_dict(), "loss": running}, os.path.join(workdir, f"{phase}-final.pt"))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .clips import render_clip
-from .common import Progress, lr_at, resume, save_checkpoint
+from .common import Progress, halted, lr_at, resume, save_checkpoint
 from .grammar import Grammar
 from .wan_vae import AutoencoderKLWan
 
@@ -29,7 +29,7 @@ def vae_batch(grammar: Grammar, captions, rng: np.random.Generator, batch: int, 
     return torch.from_numpy(np.stack(clips))
 
 
-def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
+def train_vae(recipe: dict, workdir: str, steps: int = 0, halt_after: int = 0) -> None:
     r = recipe["vae"]
     steps = steps or r["steps"]
     grammar = Grammar()
@@ -99,6 +99,8 @@ def train_vae(recipe: dict, workdir: str, steps: int = 0) -> None:
             progress.report(step, loss=float(rec), psnr=psnr, kl=float(kl))
         if (step + 1) % (10 if decoder_only else 50) == 0 or step + 1 == total:
             save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+            if halted("vae", step, halt_after):
+                return
     finish_vae(recipe, model, grammar, workdir)
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from .clips import render_clip
-from .common import fail, load_recipe
+from .common import fail
 from .grammar import Caption, Grammar
+from .recipe import load_recipe
 from .wan_vae import AutoencoderKLWan
 
 # Half the smallest distance between an object colour and a background it may be drawn on, as
