@@ -23,9 +23,12 @@ function losses(stage: string): number[] {
 }
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
-/** Runs Debian's Python in the trainer's package directory; its stdout (throws with stderr on failure). */
+/** The smoke run's configuration, as `npm run train -- --smoke` reads it. */
+const SMOKE = trainerConfig(['--smoke'], process.env);
+
+/** Runs the trainer's Python in its package directory; its stdout (throws with stderr on failure). */
 function python(args: string[]): string {
-  const r = spawnSync(process.env.LONGSHOT_PYTHON || '/usr/bin/python3', args, { cwd: path.join(ROOT, 'apps/trainer/python'), encoding: 'utf8' });
+  const r = spawnSync(SMOKE.python, args, { cwd: path.join(SMOKE.trainerDir, 'python'), encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`python ${args.slice(0, 4).join(' ')} failed (${r.signal ?? `exit ${r.status}`}): ${r.stderr}`);
   return r.stdout;
 }
@@ -92,9 +95,8 @@ describe('npm run train -- --smoke', () => {
     const again = fs.mkdtempSync(path.join(os.tmpdir(), 'longshot-train-resume-'));
     try {
       for (const f of ['captions.json', 'text-embeddings.safetensors', 'vae-final.pt', 'latents.pt']) fs.copyFileSync(path.join(workdir, f), path.join(again, f));
-      const smoke = trainerConfig(['--smoke'], {});
       const dit = (...extra: string[]) =>
-        python(['-m', 'longshot_trainer.train', 'dit', '--smoke', '--workdir', again, '--steps', String(smoke.ditSteps), '--clips', String(smoke.ditClips), ...extra]);
+        python(['-m', 'longshot_trainer.train', 'dit', '--smoke', '--workdir', again, '--steps', String(SMOKE.ditSteps), '--clips', String(SMOKE.ditClips), ...extra]);
       expect(dit('--halt-after', '10')).toContain('[dit] halted after the checkpoint at step 10');
       expect(fs.existsSync(path.join(again, 'dit-final.pt'))).toBe(false);
       expect(dit()).toContain('[dit] resuming at step 10/30');
