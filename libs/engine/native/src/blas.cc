@@ -38,13 +38,14 @@ const char* core_type_for_this_cpu() {
   return nullptr;
 }
 
+// The loaded library; throws std::runtime_error (every time) when it could not be loaded.
 const OpenBlas& openblas() {
   static OpenBlas lib;
   static std::once_flag once;
   std::call_once(once, [] {
-    // Read by OpenBLAS's constructor; once, on the thread that first asks for the baseline.
-    const char* core = core_type_for_this_cpu();
-    if (core && !std::getenv("OPENBLAS_CORETYPE")) setenv("OPENBLAS_CORETYPE", core, 0);
+    // Read by OpenBLAS's constructor; once, on the thread that first asks for the baseline. A
+    // value already set wins (setenv does not overwrite).
+    if (const char* core = core_type_for_this_cpu()) setenv("OPENBLAS_CORETYPE", core, 0);
     void* h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
       const char* e = dlerror();
@@ -58,6 +59,7 @@ const OpenBlas& openblas() {
     if (!lib.sgemm || !lib.set_threads || !lib.core_name)
       lib.error = "libopenblas.so.0 lacks cblas_sgemm, openblas_set_num_threads or openblas_get_corename";
   });
+  if (!lib.error.empty()) throw std::runtime_error(lib.error);
   return lib;
 }
 
@@ -66,17 +68,12 @@ const OpenBlas& openblas() {
 void blas_sgemm(size_t m, size_t n, size_t k, const float* a, const float* w, float* c,
                 int threads) {
   const OpenBlas& lib = openblas();
-  if (!lib.error.empty()) throw std::runtime_error(lib.error);
   lib.set_threads(threads);
   lib.sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(m), static_cast<int>(n),
             static_cast<int>(k), 1.0f, a, static_cast<int>(k), w, static_cast<int>(k), 0.0f, c,
             static_cast<int>(n));
 }
 
-std::string blas_core() {
-  const OpenBlas& lib = openblas();
-  if (!lib.error.empty()) throw std::runtime_error(lib.error);
-  return lib.core_name();
-}
+std::string blas_core() { return openblas().core_name(); }
 
 }  // namespace ls
