@@ -3,8 +3,8 @@ import type * as grpc from '@grpc/grpc-js';
 import { FencedWriteError, JobCheckpoint, type CheckpointStore, type CheckpointWrites } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
 import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ForwardOptions, type ModelConfig, type TextEmbeddings } from '@longshot/model';
-import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type StageRunner } from '@longshot/pipeline';
-import { normalizeSpec, planJob, SpecError, type JobPlan, type JobSpec } from '@longshot/planner';
+import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type FinishedBlock, type StageRunner } from '@longshot/pipeline';
+import { normalizeSpec, planJob, SpecError, type CheckpointManifest, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
 import type { Logger } from '@longshot/telemetry';
 import {
@@ -76,6 +76,9 @@ export interface SessionContext {
 const ORPHAN_GRACE_MS = 2000;
 /** A new session that never gets a watcher (head) or input (others) within this closes too. */
 const UNCLAIMED_GRACE_MS = 120_000;
+
+/** How long closing a head waits for the boundary it is persisting (Redis normally takes milliseconds). */
+const PERSIST_ON_CLOSE_MS = 10_000;
 
 /** Block-steps the head keeps issued ahead of the results (bounded by the ordering rule anyway). */
 const HEAD_MAX_IN_FLIGHT = 64;
@@ -285,7 +288,8 @@ export class StageSession {
     if (!this.isHead) return 0;
     this.checkpoint = new JobCheckpoint(this.ctx.checkpoints, this.ctx.writes, this.keyPrefix, this.ctx.run, this.ctx.keyTtlSeconds);
     const state = this.resume ? await this.checkpoint.load() : null;
-    this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined });
+    // The checkpoint writer thread reads the pieces the queue hands out in place (storesPieces).
+    this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined, storesPieces: true });
     const startIteration = this.queue.nextIteration;
     this.log.info('head started', { startIteration, resumed: state !== null });
     if (this.queue.done) {
@@ -444,6 +448,9 @@ export class StageSession {
     this.closed = true;
     this.adopt();
     this.finishEvents();
+    // A boundary still persisting is finished first (its writes are fenced, so a superseded run
+    // changes nothing): a lost stage then costs the job only the iteration in progress.
+    if (this.persisting) await Promise.race([this.persisting.catch(() => undefined), sleep(PERSIST_ON_CLOSE_MS)]);
     this.buffers?.clear();
     await this.group?.close();
     await this.runner.release?.();
@@ -482,45 +489,29 @@ export class StageSession {
 
   /**
    * Applies one result. The tensors it computed are stored as checkpoint pieces right away, in
-   * the background. A completed iteration's boundary (its pieces and finished block stored, then
-   * the checkpoint manifest naming them) is persisted in the background while the head keeps
-   * issuing the next iteration; the next iteration's first result waits for it (the queue
-   * changes no stored tensor before then), so a failure never loses more than the iteration in
-   * progress.
+   * the background (the queue reuses none of their memory before they are stored). A completed
+   * iteration's boundary (its pieces and finished block stored, then the checkpoint manifest
+   * naming them) is persisted in the background while the head goes on applying and issuing
+   * the next iteration; only the boundary after it waits, should this one still be persisting
+   * then. A lost stage thus costs at most the iteration in progress (closing the head finishes
+   * the boundary), a lost head the one being persisted as well.
    */
   private async applyVelocity(step: BlockStep, velocity: Float32Array): Promise<void> {
     const q = this.queue!;
     const checkpoint = this.checkpoint!;
-    if (this.persisting) {
-      const waitStart = performance.now();
-      await this.persisting;
-      workerMetrics.persistWaitSeconds.inc((performance.now() - waitStart) / 1000);
-    }
     const r = q.apply(step.iteration, step.block, velocity);
     checkpoint.put(r.pieces);
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
     if (r.completedIteration !== null) {
-      const boundary = r.completedIteration + 1;
-      const finished = r.finished;
-      const commit = boundary % this.ctx.checkpointEvery === 0 || q.done;
+      const sealed = checkpoint.seal();
       const manifest = q.manifest();
-      this.persisting = (async () => {
-        const end = workerMetrics.persistSeconds.startTimer();
-        await Promise.all([
-          checkpoint.flush(),
-          finished &&
-            checkpoint.putBlock(finished.index, finished.latents).then(() => this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } })),
-        ]);
-        if (commit) {
-          await checkpoint.commit(manifest);
-          workerMetrics.checkpoints.inc();
-        } else {
-          await checkpoint.prune(manifest);
-        }
-        end();
-        if (!commit) return;
-        this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
-      })();
+      if (this.persisting) {
+        // One boundary persists at a time: Redis and the writer thread set the pace if they fall behind.
+        const waitStart = performance.now();
+        await this.persisting;
+        workerMetrics.persistWaitSeconds.inc((performance.now() - waitStart) / 1000);
+      }
+      this.persisting = this.persist(r.completedIteration, r.finished, sealed, manifest);
       this.persisting.catch((e) => {
         if (e instanceof FencedWriteError) workerMetrics.fencedWrites.inc();
         this.fail(e);
@@ -533,6 +524,32 @@ export class StageSession {
       return;
     }
     this.pump();
+  }
+
+  /**
+   * Persists the boundary after `iteration`: the pieces put for it (checkpoint boundary `sealed`)
+   * and its finished block stored, then its manifest committed (every checkpointEvery
+   * iterations and at the end) or, in between, the pieces it no longer names pruned.
+   */
+  private async persist(iteration: number, finished: FinishedBlock | null, sealed: number, manifest: CheckpointManifest): Promise<void> {
+    const q = this.queue!;
+    const checkpoint = this.checkpoint!;
+    const boundary = iteration + 1;
+    const commit = boundary % this.ctx.checkpointEvery === 0 || boundary === this.plan.iterations;
+    const end = workerMetrics.persistSeconds.startTimer();
+    await Promise.all([
+      checkpoint.flush(sealed),
+      finished && checkpoint.putBlock(finished.index, finished.latents).then(() => this.emit({ event: { $case: 'blockFinished', value: { block: finished.index } } })),
+    ]);
+    q.piecesStored(iteration);
+    if (commit) {
+      await checkpoint.commit(manifest, sealed);
+      workerMetrics.checkpoints.inc();
+    } else {
+      await checkpoint.prune(manifest, sealed);
+    }
+    end();
+    if (commit) this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
   }
 
   // --- all stages ---------------------------------------------------------------------------------

@@ -303,6 +303,7 @@ export class WorkerProcess {
     }
     workerMetrics.sessionsOpened.inc();
     workerMetrics.sessionsOpen.set(this.sessions.size);
+    this.publishSessions();
     try {
       const startIteration = await session.start();
       this.log.info('session opened', { job: session.jobId, session: session.id, role: req.role, layers: [req.layerBegin, req.layerEnd] });
@@ -412,6 +413,12 @@ export class WorkerProcess {
       this.dataPlaneListener?.removeSession(id);
     }
     workerMetrics.sessionsOpen.set(this.sessions.size);
+    this.publishSessions();
+  }
+
+  /** The registry learns of a session opened or closed now, not at the next heartbeat (drivers lease free workers by it). */
+  private publishSessions(): void {
+    void this.registry.refresh();
   }
 
   private toStatus(e: unknown): Partial<grpc.StatusObject> {

@@ -131,19 +131,31 @@ function namedPieces(m: CheckpointManifest): PieceId[] {
   return m.blocks.flatMap((b) => [b.pieces.latents, ...b.pieces.modelOutputs, ...(b.pieces.lastSample ? [b.pieces.lastSample] : [])]);
 }
 
+/** A stored piece and the boundary it was put for (-1: named by the loaded checkpoint). */
+interface KnownPiece {
+  readonly ref: PieceRef;
+  readonly boundary: number;
+}
+
 /**
  * One head's checkpoints of one job (incremental: checkpoints.ts): stores each piece as the queue
  * hands it out, keeps what was stored (and what the loaded checkpoint named), and commits
  * manifests that name them, deleting the pieces no manifest names any more.
+ *
+ * Pieces are put for the open boundary; `seal` closes it and returns its number, so that a
+ * boundary can be flushed and committed while the pieces of the next one are being put: its
+ * commit waits for, and deletes among, only the pieces put before it was sealed.
  */
 export class JobCheckpoint {
   /** Stored pieces by name (block, kind, step), the latest write of each. */
-  private readonly stored = new Map<string, PieceRef>();
+  private readonly stored = new Map<string, KnownPiece>();
   /** Every stored piece not deleted yet (older writes of a name included). */
-  private known: PieceRef[] = [];
+  private known: KnownPiece[] = [];
   /** The pieces the last committed (or loaded) manifest names (refKey). */
   private committed = new Set<string>();
-  private pending: Promise<void>[] = [];
+  /** The open boundary: pieces put now belong to it. */
+  private boundary = 0;
+  private pending: { boundary: number; write: Promise<void> }[] = [];
   private failure: unknown = null;
 
   constructor(
@@ -158,29 +170,42 @@ export class JobCheckpoint {
   async load(): Promise<QueueState | null> {
     const loaded = await this.store.load(this.prefix);
     if (!loaded) return null;
-    for (const p of loaded.pieces) this.remember(p);
+    for (const p of loaded.pieces) this.remember(p, -1);
     this.committed = new Set(loaded.pieces.map(refKey));
     return loaded.state;
   }
 
-  /** Starts storing pieces; `flush` waits for them. Their values must stay unchanged until then. */
+  /**
+   * Starts storing pieces for the open boundary; `flush` waits for them. Their values must stay
+   * unchanged until then.
+   */
   put(pieces: readonly PieceValues[]): void {
     if (pieces.length === 0) return;
+    const boundary = this.boundary;
     const write = this.writes.putPieces(this.prefix, this.run, pieces, this.ttlSeconds).then(
-      (refs) => refs.forEach((ref) => this.remember(ref)),
+      (refs) => refs.forEach((ref) => this.remember(ref, boundary)),
       (e: unknown) => {
         this.failure ??= e;
       },
     );
-    this.pending.push(write);
+    this.pending.push({ boundary, write });
   }
 
-  /** Waits until every piece put so far is stored; rejects with the first failed write. */
-  async flush(): Promise<void> {
-    while (this.pending.length) {
-      const pending = this.pending;
-      this.pending = [];
-      await Promise.all(pending);
+  /** Closes the open boundary (the pieces put so far are its own) and returns its number. */
+  seal(): number {
+    return this.boundary++;
+  }
+
+  /**
+   * Waits until every piece put for boundaries up to `sealed` (default: every piece put so far)
+   * is stored; rejects with the first failed write.
+   */
+  async flush(sealed = Infinity): Promise<void> {
+    for (;;) {
+      const due = this.pending.filter((p) => p.boundary <= sealed);
+      if (due.length === 0) break;
+      this.pending = this.pending.filter((p) => p.boundary > sealed);
+      await Promise.all(due.map((p) => p.write));
     }
     if (this.failure) throw this.failure;
   }
@@ -191,41 +216,50 @@ export class JobCheckpoint {
   }
 
   /**
-   * Stores what was put, then commits `manifest` (fenced; FencedWriteError once superseded),
-   * deleting every other piece this head knows of.
+   * Stores what was put for the boundary `sealed` (default: seals the open one), then commits its
+   * `manifest` (fenced; FencedWriteError once superseded), deleting every other piece this head
+   * knows of from that boundary or before. Pieces put since it was sealed are left alone.
    */
-  async commit(manifest: CheckpointManifest): Promise<void> {
-    await this.flush();
-    const named = await this.store.commit(this.prefix, this.run, manifest, (p) => this.stored.get(pieceName(p)), this.known, this.ttlSeconds);
+  async commit(manifest: CheckpointManifest, sealed = this.seal()): Promise<void> {
+    await this.flush(sealed);
+    const named = await this.store.commit(this.prefix, this.run, manifest, (p) => this.stored.get(pieceName(p))?.ref, this.candidates(sealed), this.ttlSeconds);
     this.committed = new Set(named.map(refKey));
-    this.keepOnly(this.committed);
+    this.keepOnly(this.committed, sealed);
   }
 
   /**
    * At a boundary without a commit (`--checkpoint-every` > 1): deletes the pieces stored since the
-   * last commit that neither it nor `current` (the queue's state now) names, such as latents a
-   * later step has superseded, so that Redis holds about two states' pieces, never the job's.
+   * last commit that neither it nor `current` (the queue's state at boundary `sealed`, by default
+   * the open one, sealed now) names, such as latents a later step has superseded, so that Redis
+   * holds about two states' pieces, never the job's.
    */
-  async prune(current: CheckpointManifest): Promise<void> {
-    await this.flush();
+  async prune(current: CheckpointManifest, sealed = this.seal()): Promise<void> {
+    await this.flush(sealed);
     const keep = new Set(this.committed);
     for (const id of namedPieces(current)) {
-      const ref = this.stored.get(pieceName(id));
-      if (ref) keep.add(refKey(ref));
+      const known = this.stored.get(pieceName(id));
+      if (known) keep.add(refKey(known.ref));
     }
-    const drop = this.known.filter((p) => !keep.has(refKey(p)));
+    const drop = this.candidates(sealed).filter((p) => !keep.has(refKey(p)));
     if (drop.length === 0) return;
     await this.store.dropPieces(this.prefix, drop);
-    this.keepOnly(keep);
+    this.keepOnly(keep, sealed);
   }
 
-  private keepOnly(keep: ReadonlySet<string>): void {
-    this.known = this.known.filter((p) => keep.has(refKey(p)));
-    for (const [name, p] of this.stored) if (!keep.has(refKey(p))) this.stored.delete(name);
+  /** The stored pieces a commit or prune of boundary `sealed` may delete: those put for it or before. */
+  private candidates(sealed: number): PieceRef[] {
+    return this.known.filter((p) => p.boundary <= sealed).map((p) => p.ref);
   }
 
-  private remember(ref: PieceRef): void {
-    this.stored.set(pieceName(ref), ref);
-    this.known.push(ref);
+  /** Forgets the pieces of boundary `sealed` or before that are not in `keep` (they were deleted). */
+  private keepOnly(keep: ReadonlySet<string>, sealed: number): void {
+    const kept = (p: KnownPiece) => p.boundary > sealed || keep.has(refKey(p.ref));
+    this.known = this.known.filter(kept);
+    for (const [name, p] of this.stored) if (!kept(p)) this.stored.delete(name);
+  }
+
+  private remember(ref: PieceRef, boundary: number): void {
+    this.stored.set(pieceName(ref), { ref, boundary });
+    this.known.push({ ref, boundary });
   }
 }

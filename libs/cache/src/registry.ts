@@ -172,6 +172,8 @@ interface Registration {
   sessions: (() => number) | undefined;
   timer: NodeJS.Timeout | null;
   inFlight: Promise<void> | null;
+  /** A beat out of turn is waiting for the one in flight (refresh). */
+  refreshing: boolean;
   failures: number;
   stopped: boolean;
 }
@@ -216,6 +218,7 @@ export class WorkerRegistry {
       sessions: options.sessions,
       timer: null,
       inFlight: null,
+      refreshing: false,
       failures: 0,
       stopped: false,
     };
@@ -223,6 +226,28 @@ export class WorkerRegistry {
     await this.write(reg);
     this.registration = reg;
     this.schedule(reg);
+  }
+
+  /**
+   * A heartbeat now, out of turn, e.g. when the worker's session count changed: a driver waiting
+   * for free workers sees them free at once rather than up to a heartbeat later. Calls while one
+   * waits coalesce into it; the regular beats continue a heartbeat after it. Never rejects.
+   */
+  async refresh(): Promise<void> {
+    const reg = this.registration;
+    if (!reg || reg.stopped || reg.refreshing) return;
+    reg.refreshing = true;
+    // A beat in flight may have read the count before it changed: this one follows it.
+    await reg.inFlight;
+    reg.refreshing = false;
+    if (reg.stopped) return;
+    if (reg.timer) clearTimeout(reg.timer);
+    reg.timer = null;
+    reg.inFlight = this.beat(reg).finally(() => {
+      reg.inFlight = null;
+      this.schedule(reg);
+    });
+    await reg.inFlight;
   }
 
   /** Stops heartbeating and removes the worker now rather than after its TTL. */

@@ -143,6 +143,24 @@ describe('incremental checkpoints', () => {
     expect(await pieceKeys(prefix)).toHaveLength(8);
   });
 
+  it('commits a sealed boundary while the next one is being put: those pieces are neither deleted nor forgotten', async () => {
+    const prefix = await claimed('ckpt-sealed');
+    const s = checkpointState();
+    const job = jobCheckpoint(t, prefix, 'run-a');
+    await putState(job, s);
+    const sealed = job.seal();
+    // The head goes on: the next boundary's pieces are stored before the sealed one commits.
+    const next = nextState(s);
+    await putState(job, next);
+    await job.commit(manifestOf(s), sealed);
+    expectSameState((await store().load(prefix))?.state, s);
+    const left = await pieceKeys(prefix);
+    for (const b of manifestOf(next).blocks) expect(left).toContain(t.keys.pieceKey(prefix, 'run-a', b.pieces.latents));
+    await job.commit(manifestOf(next));
+    expectSameState((await store().load(prefix))?.state, next);
+    expect(await pieceKeys(prefix)).toHaveLength(8);
+  });
+
   it('refuses a manifest naming a piece never stored, or one gone from Redis, without writing', async () => {
     const prefix = await claimed('ckpt-missing');
     const s = checkpointState();

@@ -95,6 +95,24 @@ describe('WorkerRegistry', () => {
     await r.deregister();
   });
 
+  it('refresh publishes a changed session count at once, then the regular beats go on', async () => {
+    const r = new WorkerRegistry(t.redis, { keys: t.keys });
+    let sessions = 2;
+    // A heartbeat far longer than the test: only refresh can write the new count.
+    await r.register(info('w-refresh'), { ttlMs: 60_000, heartbeatMs: 30_000, sessions: () => sessions });
+    expect((await r.get('w-refresh'))?.sessions).toBe(2);
+    sessions = 0;
+    // Calls made while one waits coalesce into it.
+    await Promise.all([r.refresh(), r.refresh(), r.refresh()]);
+    expect((await r.get('w-refresh'))?.sessions).toBe(0);
+    sessions = 1;
+    await r.refresh();
+    expect((await r.get('w-refresh'))?.sessions).toBe(1);
+    await r.deregister();
+    await r.refresh();
+    expect(await r.isAlive('w-refresh')).toBe(false);
+  });
+
   it('a worker process that dies disappears within its TTL, is listed as lost for its retention, then pruned from the index', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', join(__dirname, 'fixtures', 'worker-process.ts')], {
       env: { ...process.env, REDIS_URL: t.server.url, KEY_ROOT: t.keys.root, WORKER_ID: 'w-doomed', TTL_MS: '500', HEARTBEAT_MS: '100', LOST_MS: '4000' },

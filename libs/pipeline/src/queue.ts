@@ -24,8 +24,9 @@ interface QueuedBlock {
 export interface ProducedPiece {
   readonly id: PieceId;
   /**
-   * The values, shared memory the queue keeps: unchanged until the first `apply` of the next
-   * iteration, so the head stores them before it applies the next iteration's results.
+   * The values, shared memory the queue keeps. The queue never writes a tensor it has handed
+   * out; with `storesPieces` it also leaves the memory unused until `piecesStored` says the
+   * piece's iteration is stored, so another thread can read it meanwhile.
    */
   readonly values: Float32Array;
 }
@@ -42,6 +43,12 @@ export interface BlockQueueOptions {
    * frames [bB, (b+1)B). With one block covering the video this is plain sampling from it.
    */
   readonly initNoise?: Float32Array;
+  /**
+   * The caller stores the pieces `apply` hands out (from another thread, without a copy) and
+   * calls `piecesStored(iteration)` once everything through that iteration is stored: until then
+   * the queue reuses none of their memory. Without it, memory is reused as soon as it is free.
+   */
+  readonly storesPieces?: boolean;
 }
 
 export interface FinishedBlock {
@@ -93,8 +100,14 @@ export class BlockQueue {
   /** Noise position before each iteration's new block was drawn, until that boundary is saved. */
   private readonly noiseBefore = new Map<number, NoiseState>();
   private readonly spareWindows: Float32Array[] = [];
-  /** Block-sized buffers the solver history let go of, reused for the next x0 predictions. */
+  /** Block-sized buffers the queue let go of, reused for the next tensors it computes. */
   private readonly spareBlocks: Float32Array[] = [];
+  /** Spare buffers kept at most: about what one iteration lets go of (its blocks' superseded tensors). */
+  private readonly maxSpareBlocks: number;
+  /** With storesPieces: buffers let go of, by the iteration that let go of them, until it is stored. */
+  private readonly retired: { iteration: number; values: Float32Array }[] | null;
+  /** The iteration of the result being applied (retired buffers are stamped with it). */
+  private applying = 0;
   /** Read-only zeros: the `x` of an axpy that starts a linear combination (0 + c t). */
   private readonly zeros: Float32Array;
   /** Latents live on the host: the sampler step runs on the CPU backend, whatever the stages use. */
@@ -112,6 +125,8 @@ export class BlockQueue {
     this.frameSize = plan.latentHeight * plan.latentWidth;
     this.blockSize = channels * spec.block * this.frameSize;
     this.zeros = new Float32Array(this.scheduler.kind === 'unipc' ? this.blockSize : 0);
+    this.maxSpareBlocks = 3 * Math.min(plan.blocks, spec.steps) + 2;
+    this.retired = options.storesPieces ? [] : null;
     this.total = iterationCount(plan.blocks, spec.steps);
     this.firstOrdinal = [0];
     for (let i = 0; i < this.total; i++) this.firstOrdinal.push(this.firstOrdinal[i] + iterationAt(i, plan.blocks, spec.steps).blockSteps.length);
@@ -192,8 +207,14 @@ export class BlockQueue {
     const q = this.find(block);
     if (velocity.length !== q.latents.length) throw new RangeError(`velocity of block ${block} has ${velocity.length} elements, its latents ${q.latents.length}`);
     const produced: ProducedPiece[] = [];
+    this.applying = iteration;
     if (this.scheduler.kind === 'unipc') this.unipcStep(q, velocity, produced);
-    else this.host.runSync([axpy(q.latents, velocity, eulerStepSize(this.schedule.sigmas[q.step], this.schedule.sigmas[q.step + 1]), q.latents)]);
+    else {
+      const next = this.takeBlock();
+      this.host.runSync([axpy(q.latents, velocity, eulerStepSize(this.schedule.sigmas[q.step], this.schedule.sigmas[q.step + 1]), next)]);
+      this.retire(q.latents);
+      q.latents = next;
+    }
     q.step++;
     q.pieces.latents = { block, kind: 'latents', step: q.step };
     produced.push({ id: q.pieces.latents, values: q.latents });
@@ -207,7 +228,7 @@ export class BlockQueue {
     if (it.finished !== null) {
       const f = this.find(it.finished);
       this.blocks = this.blocks.filter((b) => b !== f);
-      for (const t of [...f.history.modelOutputs, ...(f.history.lastSample ? [f.history.lastSample] : [])]) this.recycleBlock(t);
+      for (const t of [...f.history.modelOutputs, ...(f.history.lastSample ? [f.history.lastSample] : [])]) this.retire(t);
       this.finishedTail = { index: f.index, latents: f.latents };
       finished = { index: f.index, latents: f.latents };
     }
@@ -267,6 +288,16 @@ export class BlockQueue {
   private boundaryNoise(next: number): NoiseState {
     for (const i of [...this.noiseBefore.keys()]) if (i < next) this.noiseBefore.delete(i);
     return this.noiseBefore.get(next) ?? this.noise.state();
+  }
+
+  /**
+   * With `storesPieces`: every piece handed out through `iteration` is stored, so the memory let
+   * go of up to then may be reused.
+   */
+  piecesStored(iteration: number): void {
+    const r = this.retired;
+    if (!r) throw new Error('piecesStored: this queue was made without storesPieces');
+    while (r.length > 0 && r[0].iteration <= iteration) this.recycleBlock(r.shift()!.values);
   }
 
   /** Hands a window back once its forward has read it, so the next window reuses the memory. */
@@ -331,18 +362,19 @@ export class BlockQueue {
   /**
    * One UniPC step of block q from the model's velocity, in diffusers' order: x0 prediction,
    * UniC corrects the sample the model saw (from the last sample and the stored x0s), UniP
-   * predicts the next sample. Every combination runs as engine `axpy` ops in one call.
+   * predicts the next sample. Every combination runs as engine `axpy` ops in one call, each into
+   * a buffer of its own (a tensor handed out as a piece is never written again).
    */
   private unipcStep(q: QueuedBlock, velocity: Float32Array, produced: ProducedPiece[]): void {
     const h = q.history;
     const u = unipcStep(this.scheduler, this.schedule, q.step, { outputs: h.modelOutputs.length, lowerOrderNums: h.lowerOrderNums, lastOrder: h.lastOrder, lastSample: h.lastSample !== null });
-    const x0 = this.spareBlocks.pop() ?? this.newBlock();
+    const x0 = this.takeBlock();
     const nodes: OpNode[] = [axpy(q.latents, velocity, u.x0FromVelocity, x0)];
-    // UniC needs only the last sample, so the corrected sample overwrites the model's input.
-    if (u.corrector) this.combine(nodes, q.latents, h.lastSample!, u.corrector, h.modelOutputs, x0);
-    // The last sample is consumed: its buffer takes the next sample.
-    const next = h.lastSample ?? this.spareBlocks.pop() ?? this.newBlock();
-    this.combine(nodes, next, q.latents, u.predictor, h.modelOutputs, x0);
+    // The sample the model saw, corrected by UniC (which needs only the last sample) when it applies.
+    const sample = u.corrector ? this.takeBlock() : q.latents;
+    if (u.corrector) this.combine(nodes, sample, h.lastSample!, u.corrector, h.modelOutputs, x0);
+    const next = this.takeBlock();
+    this.combine(nodes, next, sample, u.predictor, h.modelOutputs, x0);
     this.host.runSync(nodes);
     const p = q.pieces;
     const block = q.index;
@@ -350,19 +382,21 @@ export class BlockQueue {
     // (already stored, except a new block's initial noise).
     if (u.corrector) {
       p.lastSample = { block, kind: 'sample', step: q.step };
-      produced.push({ id: p.lastSample, values: q.latents });
+      produced.push({ id: p.lastSample, values: sample });
+      this.retire(q.latents);
     } else {
       p.lastSample = p.latents;
       if (q.step === 0) produced.push({ id: p.latents, values: q.latents });
     }
     const x0Piece: PieceId = { block, kind: 'x0', step: q.step };
     produced.push({ id: x0Piece, values: x0 });
-    h.lastSample = q.latents;
+    if (h.lastSample) this.retire(h.lastSample);
+    h.lastSample = sample;
     q.latents = next;
     h.modelOutputs.push(x0);
     p.modelOutputs.push(x0Piece);
     while (h.modelOutputs.length > this.scheduler.solverOrder) {
-      this.recycleBlock(h.modelOutputs.shift()!);
+      this.retire(h.modelOutputs.shift()!);
       p.modelOutputs.shift();
     }
     h.lowerOrderNums = u.lowerOrderNums;
@@ -378,8 +412,19 @@ export class BlockQueue {
     nodes.push(axpy(out, x0, c.current, out));
   }
 
+  /** A buffer the queue no longer reads: reused now, or once its iteration is stored (storesPieces). */
+  private retire(t: Float32Array): void {
+    if (this.retired) this.retired.push({ iteration: this.applying, values: t });
+    else this.recycleBlock(t);
+  }
+
   private recycleBlock(t: Float32Array): void {
-    if (this.spareBlocks.length < 8) this.spareBlocks.push(t);
+    if (this.spareBlocks.length < this.maxSpareBlocks) this.spareBlocks.push(t);
+  }
+
+  /** A block-sized buffer for a tensor about to be computed (every element is written). */
+  private takeBlock(): Float32Array {
+    return this.spareBlocks.pop() ?? this.newBlock();
   }
 
   /**
@@ -397,11 +442,11 @@ export class BlockQueue {
   }
 
   private initialLatents(block: number): Float32Array {
-    if (!this.initNoise) return this.noise.next(this.spareBlocks.pop() ?? this.newBlock());
+    if (!this.initNoise) return this.noise.next(this.takeBlock());
     const B = this.spec.block;
     const fs = this.frameSize;
     const frames = this.plan.latentFrames;
-    const out = this.spareBlocks.pop() ?? this.newBlock();
+    const out = this.takeBlock();
     for (let c = 0; c < this.channels; c++) out.set(this.initNoise.subarray((c * frames + block * B) * fs, (c * frames + (block + 1) * B) * fs), c * B * fs);
     return out;
   }

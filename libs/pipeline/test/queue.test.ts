@@ -92,7 +92,7 @@ describe('block queue', () => {
     if (sampler === 'unipc') expect(state.blocks.map((b) => b.history.modelOutputs.length)).toEqual([2, 2, 2, 1]);
   });
 
-  it.each(['unipc', 'euler'] as const)('resumes %s from a manifest and the pieces apply handed out, each unchanged until the next iteration applies', (sampler) => {
+  it.each(['unipc', 'euler'] as const)('resumes %s from a manifest and the pieces apply handed out, each unchanged until its iteration is stored', (sampler) => {
     const s = { ...spec, sampler, steps: 5 };
     const whole = run(queue(s), 1).finished;
     // The head's store: a copy of each piece taken when apply hands it out.
@@ -100,16 +100,17 @@ describe('block queue', () => {
     const name = (p: PieceId) => `${p.block}:${p.kind}:${p.step}`;
     let handedOut: { id: PieceId; values: Float32Array; iteration: number }[] = [];
     const finished = new Map<number, Float32Array>();
-    const first = queue(s);
+    const first = new BlockQueue(s, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, storesPieces: true });
     const flight: IssuedStep[] = [];
     let boundary = 0;
+    // Like the head, which persists a boundary while the next iteration applies: iteration i is
+    // declared stored only when iteration i + 1 completes.
+    let persisting: number | null = null;
     while (boundary < 6) {
       for (let x = first.issue(); x; x = flight.length < 100 ? first.issue() : null) flight.push(x);
       const step = flight.shift()!;
-      // Pieces of this iteration and the last are still what was handed out (the head stores
-      // them meanwhile); after this apply, those of the last may change.
+      // Every piece of an iteration not declared stored is still what was handed out.
       for (const p of handedOut) expect(p.values, name(p.id)).toEqual(stored.get(name(p.id)));
-      handedOut = handedOut.filter((p) => p.iteration === step.step.iteration);
       const r = first.apply(step.step.iteration, step.step.block, velocity(step));
       for (const p of r.pieces) {
         expect(stored.has(name(p.id)), `${name(p.id)} handed out twice`).toBe(false);
@@ -117,8 +118,16 @@ describe('block queue', () => {
         handedOut.push({ ...p, iteration: step.step.iteration });
       }
       if (r.finished) finished.set(r.finished.index, r.finished.latents.slice());
-      if (r.completedIteration !== null) boundary = r.completedIteration + 1;
+      if (r.completedIteration !== null) {
+        boundary = r.completedIteration + 1;
+        if (persisting !== null) {
+          first.piecesStored(persisting);
+          handedOut = handedOut.filter((p) => p.iteration > persisting!);
+        }
+        persisting = r.completedIteration;
+      }
     }
+    expect(() => queue(s).piecesStored(0)).toThrow(/without storesPieces/);
     const m = first.manifest();
     expect(m.iteration).toBe(6);
     const get = (p: PieceId): Float32Array => {
