@@ -132,6 +132,7 @@ describe('stage groups across worker processes give the in-process bits', () => 
             payloadScale: 1,
             grant: leases[rank].grant,
             group: { ulysses: 2, cfgParallel: false, rank, members },
+            textStored: undefined,
           },
           (err) => (err ? reject(err) : resolve()),
         ),

@@ -179,6 +179,7 @@ describe('DualParal across worker processes', () => {
           grant: lease.grant,
           nextDataPlane: undefined,
           group: undefined,
+          textStored: undefined,
         },
         (err) => (err ? reject(err) : resolve()),
       ),

@@ -8,7 +8,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockStore, jobPrefix, WorkerRegistry, type WorkerInfo } from '@longshot/cache';
+import { BlockStore, JobTextStore, jobPrefix, WorkerRegistry, type StoredTextRef, type WorkerInfo } from '@longshot/cache';
 import { assembleLatents, latentSha256 } from '@longshot/media';
 import { getConfig } from '@longshot/model';
 import { runDistributedJob } from '@longshot/pipeline';
@@ -95,6 +95,7 @@ function headTail(s: JobSpec, job: string, over: Partial<OpenSessionRequest> = {
     grant: '',
     nextDataPlane: undefined,
     group: undefined,
+    textStored: undefined,
     ...over,
   };
 }
@@ -201,6 +202,42 @@ describe('worker sessions belong to leases', () => {
         await lease.release();
       }
     } finally {
+      client.close();
+    }
+  });
+
+  it("reads the text embeddings a session names by reference from its own job's keys only, and refuses a missing, mismatched or doubled one", async () => {
+    const [w] = defaults();
+    const s = spec();
+    const c = getConfig('tiny');
+    const lease = await leaseAndGrant(redis, cluster.grantKey, w.id, { job: 'stored-text', stage: 0, layerBegin: 0, layerEnd: LAYERS });
+    const client = createWorkerClient(w.address);
+    try {
+      const prefix = jobPrefix('stored-text');
+      const ref = (r: StoredTextRef) => ({ text: undefined, textStored: { byteLength: r.byteLength, crc32: r.crc32 }, grant: lease.grant });
+      const values = new Float32Array(c.textLen * c.textDim).map((_, i) => Math.sin(i));
+      // Another job's stored text, valid and of the right shape: not this session's to read.
+      await new BlockStore(redis).claimRun(jobPrefix('stored-text-other'), 'run-other', 60);
+      const other = await new JobTextStore(redis).put(jobPrefix('stored-text-other'), { cond: values, uncond: values }, 60, 'run-other');
+      const missing = await open(client, headTail(s, 'stored-text', ref(other)));
+      expect(missing?.code).toBe(grpc.status.FAILED_PRECONDITION);
+      expect(missing?.details).toBe('text_stored: job stored-text has no text embeddings stored');
+      await new BlockStore(redis).claimRun(prefix, lease.run, 60);
+      const mine = await new JobTextStore(redis).put(prefix, { cond: values, uncond: values.map((v) => -v) }, 60, lease.run);
+      const mismatched = await open(client, headTail(s, 'stored-text', ref({ ...mine, crc32: (mine.crc32 ^ 1) >>> 0 })));
+      expect(mismatched?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(mismatched?.details).toMatch(/^text_stored: the job's text embeddings are \d+ bytes with CRC-32 [0-9a-f]{8}, the request names \d+ bytes with CRC-32 [0-9a-f]{8}$/);
+      const doubled = await open(client, { ...headTail(s, 'stored-text', ref(mine)), text: headTail(s, 'x').text });
+      expect(doubled?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(doubled?.details).toBe('text and text_stored are both set: a session takes its text embeddings one way');
+      // Nothing was opened: the worker holds no session of this job.
+      expect(await metric(w, 'longshot_sessions_open')).toBe(0);
+      const req = headTail(s, 'stored-text', ref(mine));
+      expect(await open(client, req)).toBeNull();
+      expect(await watch(client, req)).toBe('done');
+      await close(client, req);
+    } finally {
+      await lease.release();
       client.close();
     }
   });

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { Redis } from 'ioredis';
-import { ApiKeyStore, BlockStore, keySchemaOf, spawnTied, startRedis, WorkerLeases, WorkerRegistry, type KeySchema, type RedisHandle } from '@longshot/cache';
+import { ApiKeyStore, BlockStore, JobTextStore, keySchemaOf, spawnTied, startRedis, WorkerLeases, WorkerRegistry, type KeySchema, type RedisHandle } from '@longshot/cache';
 import { registryWorkers, type LeasedWorkers } from '@longshot/pipeline';
 import { parseGrantKeys, type GrantKey } from '@longshot/transport';
 
@@ -98,11 +98,11 @@ export class LocalCluster {
 
   /**
    * What an embedded driver (runDistributedJob without a controller: tests, benches) needs to
-   * run job `job` on this cluster: its block store, workers leased for the job, the grant key.
+   * run job `job` on this cluster: its block and text stores, workers leased for the job, the grant key.
    */
-  driver(redis: Redis, job: string, o: { waitMs?: number } = {}): { blocks: BlockStore; workers: LeasedWorkers; grantKey: GrantKey } {
+  driver(redis: Redis, job: string, o: { waitMs?: number } = {}): { blocks: BlockStore; jobText: JobTextStore; workers: LeasedWorkers; grantKey: GrantKey } {
     const keys = this.keys;
-    return { blocks: new BlockStore(redis, { keys }), workers: registryWorkers({ registry: new WorkerRegistry(redis, { keys }), leases: new WorkerLeases(redis, { keys }), job, waitMs: o.waitMs }), grantKey: this.grantKey };
+    return { blocks: new BlockStore(redis, { keys }), jobText: new JobTextStore(redis, { keys }), workers: registryWorkers({ registry: new WorkerRegistry(redis, { keys }), leases: new WorkerLeases(redis, { keys }), job, waitMs: o.waitMs }), grantKey: this.grantKey };
   }
 
   static async start(options: LocalClusterOptions): Promise<LocalCluster> {

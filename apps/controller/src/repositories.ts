@@ -2,17 +2,18 @@ import * as fs from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import type { Redis } from 'ioredis';
-import { BlockStore, checkTenant, FrameDigestStore, JobKeyspace, type KeySchema } from '@longshot/cache';
+import { BlockStore, checkTenant, FrameDigestStore, JobKeyspace, JobTextStore, type KeySchema } from '@longshot/cache';
 import { SegmentDir } from '@longshot/media';
 import { loadTextEmbeddings, SafetensorsFile, type ModelConfig, type TextEmbeddings } from '@longshot/model';
 import { SpecError } from '@longshot/planner';
 
 /**
- * A job's pipeline data in Redis (blocks, checkpoint, frame digests): the one place the
- * controller reads or writes it.
+ * A job's pipeline data in Redis (blocks, checkpoint, frame digests, text embeddings): the one
+ * place the controller reads or writes it.
  */
 export class JobDataRepository {
   readonly blocks: BlockStore;
+  readonly text: JobTextStore;
   private readonly digests: FrameDigestStore;
   private readonly keyspace: JobKeyspace;
 
@@ -22,6 +23,7 @@ export class JobDataRepository {
     private readonly ttlSeconds: number,
   ) {
     this.blocks = new BlockStore(redis, { keys });
+    this.text = new JobTextStore(redis, { keys });
     this.digests = new FrameDigestStore(redis, { keys });
     this.keyspace = new JobKeyspace(redis, keys);
   }

@@ -147,8 +147,10 @@ export class StageSession {
   /** A group member of rank > 0: takes group tensors only, never talks to other stages. */
   private readonly member: boolean = false;
 
+  /** `storedText`: the job's text embeddings read from Redis (req.text_stored), null when inline. */
   constructor(
     req: OpenSessionRequest,
+    storedText: TextEmbeddings | null,
     private readonly ctx: SessionContext,
   ) {
     if (!req.sessionId) throw new SessionError('INVALID_ARGUMENT', 'session_id is required');
@@ -175,7 +177,7 @@ export class StageSession {
         stages: s.stages,
         seed: s.seed,
         model: s.model,
-        textEmbeddings: req.text ? 'inline' : undefined,
+        textEmbeddings: req.text ? 'inline' : req.textStored ? 'stored' : undefined,
       });
     } catch (e) {
       if (e instanceof SpecError) throw new SessionError('INVALID_ARGUMENT', `spec.${e.message}`);
@@ -251,7 +253,7 @@ export class StageSession {
       if (link) shapes = emulatedShapes(link.place.members.map((_, r) => member(r)), payloadScale, this.config);
       this.link = new EmulatedLink(emulation);
     } else {
-      const text = this.textOf(req);
+      const text = this.textOf(req, storedText);
       const group = link ? { layout: link.place.layout, rank: link.rank, collective: link.collective() } : undefined;
       stage = new Stage({ config: this.config, range, weights: model.loadStage(range), backend: ctx.backend, text, guidance: this.spec.guidance, group });
       if (link) shapes = tensorShapes(this.config, link.place.layout, range.head);
@@ -683,12 +685,19 @@ export class StageSession {
   }
 
   /**
-   * The job's text embeddings, which the driver sends with every stage: a stage never encodes
-   * (the driver has the text encoder run once per job, on a worker, through RunComponent).
+   * The job's text embeddings, which the driver stores for (or sends with) every stage: a stage
+   * never encodes (the driver has the text encoder run once per job, on a worker, through
+   * RunComponent). `stored`: read from Redis (text_stored).
    */
-  private textOf(req: OpenSessionRequest): TextEmbeddings {
+  private textOf(req: OpenSessionRequest, stored: TextEmbeddings | null): TextEmbeddings {
     const size = this.config.textLen * this.config.textDim;
-    if (!req.text) throw new SessionError('INVALID_ARGUMENT', 'text is required: the driver sends the embeddings of the prompt and negative prompt (RunComponent computes them)');
+    if (stored) {
+      for (const [name, t] of [['cond', stored.cond], ['uncond', stored.uncond]] as const) {
+        if (t.length !== size) throw new SessionError('INVALID_ARGUMENT', `text_stored: ${name} has ${t.length} values, expected [${this.config.textLen}, ${this.config.textDim}] = ${size}`);
+      }
+      return stored;
+    }
+    if (!req.text) throw new SessionError('INVALID_ARGUMENT', 'text or text_stored is required: the driver sends or stores the embeddings of the prompt and negative prompt (RunComponent computes them)');
     const decode = (name: string, b: Buffer): Float32Array => {
       if (b.length !== size * 4) throw new SessionError('INVALID_ARGUMENT', `text.${name} has ${b.length} bytes, expected [${this.config.textLen}, ${this.config.textDim}] float32 = ${size * 4}`);
       return decodePayload(b, 'f32', size);

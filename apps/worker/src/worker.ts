@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
-import { CheckpointStore, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
+import { CheckpointStore, CorruptValueError, JobTextStore, type JobText, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
 import { backendDevice, configuredCudaDevice, numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
@@ -96,6 +96,8 @@ export class WorkerProcess {
   private readonly redis: Redis;
   private readonly registry: WorkerRegistry;
   private readonly checkpoints: CheckpointStore;
+  /** Jobs' text embeddings, which each stage reads from Redis as its session opens. */
+  private readonly jobText: JobTextStore;
   /** The heads' checkpoint pieces and finished blocks, written on a thread of their own. */
   private readonly checkpointWrites: ThreadCheckpointWrites;
   private readonly leases: WorkerLeases;
@@ -128,6 +130,7 @@ export class WorkerProcess {
     const keys = config.keys;
     this.registry = new WorkerRegistry(this.redis, { keys });
     this.checkpoints = new CheckpointStore(this.redis, { keys });
+    this.jobText = new JobTextStore(this.redis, { keys });
     this.checkpointWrites = new ThreadCheckpointWrites({ redisUrl: config.redisUrl, keyRoot: keys.root });
     this.leases = new WorkerLeases(this.redis, { keys });
     this.credentials = tlsCredentials(config.tls);
@@ -277,8 +280,9 @@ export class WorkerProcess {
     if (req.spec && !this.config.models.includes('*') && !this.config.models.includes(req.spec.model)) {
       throw new SessionError('FAILED_PRECONDITION', `worker ${this.config.id} does not serve model ${req.spec.model}`);
     }
+    const text = req.textStored ? await this.storedText(grant.keyPrefix, req) : null;
     // The key prefix and the run that fences its writes come from the grant, never from the client.
-    const session = new StageSession({ ...req, keyPrefix: grant.keyPrefix }, {
+    const session = new StageSession({ ...req, keyPrefix: grant.keyPrefix }, text, {
       workerId: this.config.id,
       run: grant.run,
       credentials: this.credentials.client,
@@ -398,6 +402,29 @@ export class WorkerProcess {
     this.forget(s);
     await s.close();
     this.log.info('session closed', { job: s.jobId, session: s.id, blockSteps: s.blockSteps, why });
+  }
+
+  /**
+   * The job's text embeddings as its driver stored them (the grant's key prefix names the job),
+   * checked against the reference the request carries.
+   */
+  private async storedText(prefix: string, req: OpenSessionRequest): Promise<JobText> {
+    if (req.text) throw new SessionError('INVALID_ARGUMENT', 'text and text_stored are both set: a session takes its text embeddings one way');
+    const want = req.textStored!;
+    let stored;
+    try {
+      stored = await this.jobText.get(prefix);
+    } catch (e) {
+      if (e instanceof CorruptValueError) throw new SessionError('FAILED_PRECONDITION', `text_stored: job ${req.jobId}'s stored text embeddings are corrupt`);
+      throw e;
+    }
+    if (!stored) throw new SessionError('FAILED_PRECONDITION', `text_stored: job ${req.jobId} has no text embeddings stored`);
+    const { byteLength, crc32 } = stored.ref;
+    if (byteLength !== Number(want.byteLength) || crc32 !== want.crc32) {
+      const hex = (n: number) => n.toString(16).padStart(8, '0');
+      throw new SessionError('INVALID_ARGUMENT', `text_stored: the job's text embeddings are ${byteLength} bytes with CRC-32 ${hex(crc32)}, the request names ${want.byteLength} bytes with CRC-32 ${hex(want.crc32)}`);
+    }
+    return stored.text;
   }
 
   /** The session a tensor header's session id names: a session, or a group member's inbox. */

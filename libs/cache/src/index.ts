@@ -8,6 +8,7 @@ export { CorruptValueError } from './codec';
 export * from './leases';
 export * from './jobs';
 export * from './text-embeddings';
+export * from './job-text';
 export * from './webhook-outbox';
 export { isRedisUnavailable } from './unavailable';
 export * from './api-keys';

@@ -81,6 +81,11 @@ export class KeySchema {
     return `${this.checkPrefix(prefix)}:block:${index}`;
   }
 
+  /** The job's text embeddings, stored once by its driver for every stage to read (JobTextStore). */
+  jobTextKey(prefix: string): string {
+    return `${this.checkPrefix(prefix)}:text`;
+  }
+
   frameDigestKey(prefix: string, index: number): string {
     if (!Number.isSafeInteger(index) || index < 0) throw new Error(`block index must be a non-negative integer, got ${index}`);
     return `${this.checkPrefix(prefix)}:frames:${index}`;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockStore, CheckpointStore, FencedWriteError, FrameDigestStore, JobKeyspace } from '../src';
+import { BlockStore, CheckpointStore, CorruptValueError, FencedWriteError, FrameDigestStore, JobKeyspace, JobTextStore } from '../src';
 import { bits, checkpointState, eventually, latents, saveCheckpoint, testRedis, type TestRedis } from './helpers';
 
 let t: TestRedis;
@@ -74,6 +74,36 @@ describe('fenced writes (a run that no longer owns the job)', () => {
     // The run key is a job key: it expires with the job.
     expect(await store.expireJob(prefix, 5)).toBeGreaterThanOrEqual(2);
     expect(await t.redis.pttl(t.keys.runKey(prefix))).toBeLessThanOrEqual(5000);
+  });
+});
+
+describe('JobTextStore', () => {
+  it('stores a job\'s text once, fenced by its run and tracked with its keys, and reads it back bit for bit with its reference', async () => {
+    const store = new JobTextStore(t.redis, { keys: t.keys });
+    const prefix = t.keys.jobPrefix('job-text');
+    const cond = latents(64 * 8, 'cond');
+    const uncond = latents(64 * 8, 'uncond');
+    expect(await store.get(prefix)).toBeNull();
+    await new BlockStore(t.redis, { keys: t.keys }).claimRun(prefix, 'run-a', 60);
+    await expect(store.put(prefix, { cond, uncond }, 60, 'run-b')).rejects.toThrow(FencedWriteError);
+    expect(await store.get(prefix)).toBeNull();
+    const ref = await store.put(prefix, { cond, uncond }, 60, 'run-a');
+    expect(ref.byteLength).toBe(12 + 8 * cond.length + 4);
+    const got = (await store.get(prefix))!;
+    expect(got.ref).toEqual(ref);
+    expect([bits(got.text.cond), bits(got.text.uncond)]).toEqual([bits(cond), bits(uncond)]);
+    expect(await t.redis.sismember(t.keys.jobKeysKey(prefix), t.keys.jobTextKey(prefix))).toBe(1);
+    // Other text, another reference.
+    expect((await store.put(prefix, { cond: uncond, uncond: cond }, 60, 'run-a')).crc32).not.toBe(ref.crc32);
+    await expect(store.put(prefix, { cond, uncond: cond.subarray(1) }, 60, 'run-a')).rejects.toThrow(/cond has 512 values, uncond 511/);
+    // A flipped bit or a cut value is refused, naming the key.
+    const stored = (await t.redis.getBuffer(t.keys.jobTextKey(prefix)))!;
+    stored[100] ^= 1;
+    await t.redis.set(t.keys.jobTextKey(prefix), stored);
+    await expect(store.get(prefix)).rejects.toThrow(CorruptValueError);
+    await expect(store.get(prefix)).rejects.toThrow(`${t.keys.jobTextKey(prefix)}: text embeddings fail their checksum`);
+    await t.redis.set(t.keys.jobTextKey(prefix), stored.subarray(0, 200));
+    await expect(store.get(prefix)).rejects.toThrow(/text embeddings have 200 bytes, 512 values per tensor need 4112/);
   });
 });
 

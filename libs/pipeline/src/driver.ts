@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import type { BlockStore, WorkerGpu, WorkerTopology } from '@longshot/cache';
+import type { BlockStore, JobTextStore, StoredTextRef, WorkerGpu, WorkerTopology } from '@longshot/cache';
 import { SINGLE_LAYOUT, groupSize, resolveModel, validateLayout, type ModelConfig, type StageLayout, type TextEmbeddings } from '@longshot/model';
 import {
   DEFAULT_PLANNER_PROFILE,
@@ -19,7 +19,6 @@ import type { Logger } from '@longshot/telemetry';
 import {
   ComponentKind,
   createWorkerClient,
-  encodePayload,
   fromWireTransport,
   Role,
   runComponent,
@@ -125,6 +124,8 @@ export interface DistributedJob {
 
 export interface DriverOptions {
   readonly blocks: BlockStore;
+  /** Where the job's text embeddings are stored once for every stage to read (not sent with each session). */
+  readonly jobText: JobTextStore;
   readonly workers: WorkerSource;
   /** Signs the session grants workers require (the current key of the deployment's grant keys). */
   readonly grantKey: GrantKey;
@@ -268,6 +269,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   const run = randomBytes(4).toString('hex');
   let text = job.text;
   let textEncoder: TextEncoderRun | null = null;
+  let storedText: StoredTextRef | null = null;
   let numerics = job.numerics ?? null;
   const grant = (stage: number, layerBegin: number, layerEnd: number): string =>
     signJobGrant({ job: job.jobId, run: o.workers.run, keyPrefix: job.keyPrefix, stage, layerBegin, layerEnd }, o.grantKey, o.grantTtlMs);
@@ -291,7 +293,9 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
         text = encoded.text;
         textEncoder = encoded.run;
       }
-      const opened = await openSessions(job, text, workers, ranges, layout, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
+      // Once per run (fenced by it): the stages read it from Redis as their sessions open.
+      storedText ??= await o.jobText.put(job.keyPrefix, text, CLAIM_TTL_SECONDS, o.workers.run);
+      const opened = await openSessions(job, storedText, workers, ranges, layout, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
       // The hops run between the stages' rank-0 workers (each group's first).
@@ -418,7 +422,7 @@ const TEXT_ENCODER_DEADLINE_MS = 30 * 60_000;
  */
 async function openSessions(
   job: DistributedJob,
-  text: TextEmbeddings,
+  text: StoredTextRef,
   workers: DriverWorker[],
   ranges: LayerRange[],
   layout: StageLayout,
@@ -434,7 +438,6 @@ async function openSessions(
   const groups = ranges.map((_, k) => Array.from({ length: G }, (_, r) => open1(workers[k * G + r], `${job.jobId}.${attemptName}.s${k}${r === 0 ? '' : `.m${r}`}`)));
   const sessions: OpenedSession[] = [...groups.map((g) => g[0]), ...groups.flatMap((g) => g.slice(1))];
   const s = job.spec;
-  const wireText = { cond: encodePayload(text.cond, 'f32'), uncond: encodePayload(text.uncond, 'f32') };
   // Records written before NCCL existed have no nccl flag: the wire message always carries one.
   const wireDataPlane = (w: DriverWorker): DataPlaneEndpoint | undefined => (w.dataPlane ? { ...w.dataPlane, nccl: w.dataPlane.nccl === true } : undefined);
   const groupSpec = (k: number, rank: number) =>
@@ -456,7 +459,8 @@ async function openSessions(
       nextToken: hop ? next.token : '',
       nextDataPlane: hop ? wireDataPlane(next.worker) : undefined,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
-      text: wireText,
+      text: undefined,
+      textStored: { byteLength: text.byteLength, crc32: text.crc32 },
       resume: failover || job.resume === true,
       // Workers take the prefix from the grant; this field is ignored.
       keyPrefix: '',

@@ -198,6 +198,7 @@ export class RenderRun {
         { jobId: this.id, spec, model, layout: group, keyPrefix: data.prefix(this.id), text, resume, numerics },
         {
           blocks: data.blocks,
+          jobText: data.text,
           workers: source,
           grantKey: config.grantKey,
           credentials: tlsCredentials(config.tls).client,

@@ -328,6 +328,16 @@ export interface TextEmbeddings {
   uncond: Buffer;
 }
 
+/**
+ * Text embeddings the driver stored once in the job's keyspace in Redis (`<key prefix>:text`,
+ * the prefix the grant names): the stage reads them there and checks the value against this.
+ */
+export interface StoredTextEmbeddings {
+  byteLength: number;
+  /** CRC-32 of the stored value (its last four bytes). */
+  crc32: number;
+}
+
 export interface OpenSessionRequest {
   jobId: string;
   sessionId: string;
@@ -342,6 +352,7 @@ export interface OpenSessionRequest {
   nextSessionId: string;
   nextToken: string;
   wireDtype: WireDtype;
+  /** The text embeddings inline (clients without the job's Redis); see text_stored. */
   text:
     | TextEmbeddings
     | undefined;
@@ -366,7 +377,14 @@ export interface OpenSessionRequest {
    * (docs/parallelism.md) and this session is member `rank`; rank 0 fronts the stage (the hops
    * to the previous and next stage), the others hold shards and only talk to their group.
    */
-  group: StageGroupSpec | undefined;
+  group:
+    | StageGroupSpec
+    | undefined;
+  /**
+   * The text embeddings by reference, in Redis (what the driver sends: K stages read one stored
+   * copy instead of K copies inside this message). A session takes `text` or this, not both.
+   */
+  textStored: StoredTextEmbeddings | undefined;
 }
 
 /** A stage run by ulysses x (cfg_parallel ? 2 : 1) workers; members[rank] is this session. */
@@ -961,6 +979,95 @@ export const TextEmbeddings: MessageFns<TextEmbeddings> = {
   },
 };
 
+function createBaseStoredTextEmbeddings(): StoredTextEmbeddings {
+  return { byteLength: 0, crc32: 0 };
+}
+
+export const StoredTextEmbeddings: MessageFns<StoredTextEmbeddings> = {
+  encode(message: StoredTextEmbeddings, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.byteLength !== 0) {
+      writer.uint32(8).uint64(message.byteLength);
+    }
+    if (message.crc32 !== 0) {
+      writer.uint32(16).uint32(message.crc32);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoredTextEmbeddings {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoredTextEmbeddings();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.byteLength = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.crc32 = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StoredTextEmbeddings {
+    return {
+      byteLength: isSet(object.byteLength)
+        ? globalThis.Number(object.byteLength)
+        : isSet(object.byte_length)
+        ? globalThis.Number(object.byte_length)
+        : 0,
+      crc32: isSet(object.crc32) ? globalThis.Number(object.crc32) : 0,
+    };
+  },
+
+  toJSON(message: StoredTextEmbeddings): unknown {
+    const obj: any = {};
+    if (message.byteLength !== 0) {
+      obj.byteLength = Math.round(message.byteLength);
+    }
+    if (message.crc32 !== 0) {
+      obj.crc32 = Math.round(message.crc32);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<StoredTextEmbeddings>): StoredTextEmbeddings {
+    return StoredTextEmbeddings.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StoredTextEmbeddings>): StoredTextEmbeddings {
+    const message = createBaseStoredTextEmbeddings();
+    message.byteLength = object.byteLength ?? 0;
+    message.crc32 = object.crc32 ?? 0;
+    return message;
+  },
+};
+
 function createBaseOpenSessionRequest(): OpenSessionRequest {
   return {
     jobId: "",
@@ -981,6 +1088,7 @@ function createBaseOpenSessionRequest(): OpenSessionRequest {
     grant: "",
     nextDataPlane: undefined,
     group: undefined,
+    textStored: undefined,
   };
 }
 
@@ -1039,6 +1147,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     }
     if (message.group !== undefined) {
       StageGroupSpec.encode(message.group, writer.uint32(146).fork()).join();
+    }
+    if (message.textStored !== undefined) {
+      StoredTextEmbeddings.encode(message.textStored, writer.uint32(154).fork()).join();
     }
     return writer;
   },
@@ -1200,6 +1311,14 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
             message.group = StageGroupSpec.decode(reader, reader.uint32());
             continue;
           }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.textStored = StoredTextEmbeddings.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1276,6 +1395,11 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
         ? DataPlaneEndpoint.fromJSON(object.next_data_plane)
         : undefined,
       group: isSet(object.group) ? StageGroupSpec.fromJSON(object.group) : undefined,
+      textStored: isSet(object.textStored)
+        ? StoredTextEmbeddings.fromJSON(object.textStored)
+        : isSet(object.text_stored)
+        ? StoredTextEmbeddings.fromJSON(object.text_stored)
+        : undefined,
     };
   },
 
@@ -1335,6 +1459,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     if (message.group !== undefined) {
       obj.group = StageGroupSpec.toJSON(message.group);
     }
+    if (message.textStored !== undefined) {
+      obj.textStored = StoredTextEmbeddings.toJSON(message.textStored);
+    }
     return obj;
   },
 
@@ -1366,6 +1493,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
       : undefined;
     message.group = (object.group !== undefined && object.group !== null)
       ? StageGroupSpec.fromPartial(object.group)
+      : undefined;
+    message.textStored = (object.textStored !== undefined && object.textStored !== null)
+      ? StoredTextEmbeddings.fromPartial(object.textStored)
       : undefined;
     return message;
   },
