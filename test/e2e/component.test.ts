@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { jobPrefix, WorkerRegistry } from '@longshot/cache';
+import { BlockStore, JobTextStore, jobPrefix, WorkerRegistry } from '@longshot/cache';
 import { cpuBackend } from '@longshot/engine';
 import { getConfig, resolveModel, writeSeededPipeline } from '@longshot/model';
 import { runDistributedJob, type WorkerSource } from '@longshot/pipeline';
@@ -36,7 +36,7 @@ afterAll(async () => {
 
 /** The grant of the test's current lease on the worker it calls (see leaseAndGrant). */
 let grant = '';
-const textRequest = (prompt: string, negativePrompt = '', model = 'pipe'): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt } }, grant });
+const textRequest = (prompt: string, negativePrompt = '', model = 'pipe'): ComponentRequest => ({ kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model, jobId: 'component-test', input: { $case: 'text', value: { prompt, negativePrompt, storeForJob: false } }, grant });
 const bits = (a: Float32Array | Int32Array | Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 describe('RunComponent (text encoder on a worker)', () => {
@@ -62,8 +62,22 @@ describe('RunComponent (text encoder on a worker)', () => {
       expect(again.summary.cacheHit).toBe(true);
       expect(bits(again.tensors.get('cond')!.values).equals(bits(local.cond))).toBe(true);
       expect(bits(again.tensors.get('uncond_ids')!.values).equals(bits(local.uncondIds!))).toBe(true);
+      // For a job driver: stored for the job's stages (fenced by the grant's run), answered by reference only.
+      const prefix = jobPrefix('component-test');
+      const forJob = { ...textRequest(prompt, 'calm sea'), input: { $case: 'text' as const, value: { prompt, negativePrompt: 'calm sea', storeForJob: true } } };
+      const superseded = await runComponent(client, forJob).then(() => null, (e: grpc.ServiceError) => e);
+      expect(superseded?.code).toBe(grpc.status.ABORTED);
+      expect(superseded?.details).toMatch(/no longer owns the job/);
+      await new BlockStore(redis).claimRun(prefix, lease.run, 60);
+      const stored = await runComponent(client, forJob);
+      expect(stored.tensors.size).toBe(0);
+      expect(stored.summary.cacheHit).toBe(true);
+      const read = (await new JobTextStore(redis).get(prefix))!;
+      expect({ byteLength: Number(stored.summary.storedText!.byteLength), crc32: stored.summary.storedText!.crc32 }).toEqual(read.ref);
+      expect(bits(read.text.cond).equals(bits(local.cond))).toBe(true);
+      expect(bits(read.text.uncond).equals(bits(local.uncond))).toBe(true);
       const metrics = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
-      expect(metrics).toMatch(/^longshot_text_embedding_cache_total\{result="hit"\} 1$/m);
+      expect(metrics).toMatch(/^longshot_text_embedding_cache_total\{result="hit"\} 3$/m);
       expect(metrics).toMatch(/^longshot_text_embedding_cache_total\{result="miss"\} 1$/m);
       expect(metrics).toMatch(/^longshot_component_seconds_count\{kind="text_encoder"\} 1$/m);
       expect(metrics).toMatch(/^longshot_umt5_encodes_total 2$/m);

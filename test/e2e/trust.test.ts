@@ -164,7 +164,7 @@ describe('worker sessions belong to leases', () => {
       const expired = signGrant({ job: 'foreign', run: 'r', stage: 0, layerBegin: 0, layerEnd: LAYERS, keyPrefix: jobPrefix('foreign'), expiresAt: Date.now() - 1 }, cluster.grantKey);
       expect((await open(client, headTail(s, 'foreign', { grant: expired })))?.code).toBe(grpc.status.UNAUTHENTICATED);
       // The text encoder is a worker's compute too.
-      const comp = await runComponent(client, { kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model: 'tiny', jobId: 'foreign', input: { $case: 'text', value: { prompt: 'x', negativePrompt: '' } }, grant: '' }).then(
+      const comp = await runComponent(client, { kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model: 'tiny', jobId: 'foreign', input: { $case: 'text', value: { prompt: 'x', negativePrompt: '', storeForJob: true } }, grant: '' }).then(
         () => null,
         (e: grpc.ServiceError) => e,
       );

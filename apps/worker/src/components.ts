@@ -1,4 +1,4 @@
-import { BlockStore, DEFAULT_TEXT_EMBEDDING_MAX_BYTES, DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, TextEmbeddingCache, type CachedTextEmbeddings, type KeySchema } from '@longshot/cache';
+import { BlockStore, DEFAULT_TEXT_EMBEDDING_MAX_BYTES, DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, JobTextStore, TextEmbeddingCache, type CachedTextEmbeddings, type KeySchema, type StoredTextRef } from '@longshot/cache';
 import type { Redis } from 'ioredis';
 import { backendNumerics, type Backend } from '@longshot/engine';
 import { rgb24, VaeBlockDecoder, type ModelCatalog } from '@longshot/model';
@@ -33,7 +33,15 @@ export interface ComponentContext {
   readonly catalog: ModelCatalog;
   readonly redis: Redis;
   readonly keys: KeySchema;
+  /** Seconds a job's keys live after each write (the job text a text encoder stores for it). */
+  readonly keyTtlSeconds: number;
   readonly log: Logger;
+}
+
+/** What the call's grant names: the job's keyspace and the run that fences writes to it. */
+export interface ComponentGrant {
+  readonly keyPrefix: string;
+  readonly run: string;
 }
 
 /**
@@ -44,20 +52,22 @@ export interface ComponentContext {
 export class ComponentRunner {
   private readonly textCache: TextEmbeddingCache;
   private readonly blocks: BlockStore;
+  private readonly jobText: JobTextStore;
   /** By key prefix, oldest first. */
   private readonly decoders = new Map<string, DecodeSession>();
 
   constructor(private readonly ctx: ComponentContext) {
     this.textCache = new TextEmbeddingCache(ctx.redis, { ttlSeconds: DEFAULT_TEXT_EMBEDDING_TTL_SECONDS, maxEntryBytes: DEFAULT_TEXT_EMBEDDING_MAX_BYTES, keys: ctx.keys });
     this.blocks = new BlockStore(ctx.redis, { keys: ctx.keys });
+    this.jobText = new JobTextStore(ctx.redis, { keys: ctx.keys });
   }
 
-  async run(req: ComponentRequest, send: (o: ComponentOutput) => void): Promise<void> {
+  async run(req: ComponentRequest, grant: ComponentGrant, send: (o: ComponentOutput) => void): Promise<void> {
     if (!req.model) throw new SessionError('INVALID_ARGUMENT', 'model is required');
     if (!this.ctx.models.includes('*') && !this.ctx.models.includes(req.model)) throw new SessionError('FAILED_PRECONDITION', `worker ${this.ctx.workerId} does not serve model ${req.model}`);
     switch (req.kind) {
       case ComponentKind.COMPONENT_KIND_TEXT_ENCODER:
-        return this.encodeText(req, send);
+        return this.encodeText(req, grant, send);
       case ComponentKind.COMPONENT_KIND_VAE_DECODER:
         return this.decodeBlock(req, send);
       default:
@@ -65,8 +75,11 @@ export class ComponentRunner {
     }
   }
 
-  /** Prompt and negative prompt -> embeddings (and ids), from the Redis cache when it has them. */
-  private async encodeText(req: ComponentRequest, send: (o: ComponentOutput) => void): Promise<void> {
+  /**
+   * Prompt and negative prompt -> embeddings (and ids), from the Redis cache when it has them;
+   * streamed back, or with store_for_job stored for the job's stages and answered by reference.
+   */
+  private async encodeText(req: ComponentRequest, grant: ComponentGrant, send: (o: ComponentOutput) => void): Promise<void> {
     if (req.input?.$case !== 'text') throw new SessionError('INVALID_ARGUMENT', 'text is required for COMPONENT_KIND_TEXT_ENCODER');
     const { prompt, negativePrompt } = req.input.value;
     if (prompt.length > MAX_PROMPT_CHARS) throw new SessionError('INVALID_ARGUMENT', `text.prompt is ${prompt.length} characters; at most ${MAX_PROMPT_CHARS}`);
@@ -99,12 +112,18 @@ export class ComponentRunner {
       });
       this.ctx.log.info('text encoded', { job: req.jobId, model: req.model, encoder: encoder.description, cached: stored });
     }
-    const { textLen, textDim } = model.config;
-    send({ output: { $case: 'tensor', value: componentTensor('cond', [textLen, textDim], out.cond) } });
-    send({ output: { $case: 'tensor', value: componentTensor('uncond', [textLen, textDim], out.uncond) } });
-    if (out.condIds.length > 0) send({ output: { $case: 'tensor', value: componentTensor('cond_ids', [out.condIds.length], out.condIds) } });
-    if (out.uncondIds.length > 0) send({ output: { $case: 'tensor', value: componentTensor('uncond_ids', [out.uncondIds.length], out.uncondIds) } });
-    send({ output: { $case: 'summary', value: { workerId: this.ctx.workerId, description: encoder.description, numerics, cacheHit: hit, truncatedTokens: out.truncated, frameSha256: '', rebuiltLatentFrames: 0 } } });
+    let storedText: StoredTextRef | undefined;
+    if (req.input.value.storeForJob) {
+      // Fenced by the grant's run: a superseded driver run writes nothing (FencedWriteError).
+      storedText = await this.jobText.put(grant.keyPrefix, { cond: out.cond, uncond: out.uncond }, this.ctx.keyTtlSeconds, grant.run);
+    } else {
+      const { textLen, textDim } = model.config;
+      send({ output: { $case: 'tensor', value: componentTensor('cond', [textLen, textDim], out.cond) } });
+      send({ output: { $case: 'tensor', value: componentTensor('uncond', [textLen, textDim], out.uncond) } });
+      if (out.condIds.length > 0) send({ output: { $case: 'tensor', value: componentTensor('cond_ids', [out.condIds.length], out.condIds) } });
+      if (out.uncondIds.length > 0) send({ output: { $case: 'tensor', value: componentTensor('uncond_ids', [out.uncondIds.length], out.uncondIds) } });
+    }
+    send({ output: { $case: 'summary', value: { workerId: this.ctx.workerId, description: encoder.description, numerics, cacheHit: hit, truncatedTokens: out.truncated, frameSha256: '', rebuiltLatentFrames: 0, storedText } } });
   }
 
   /**
@@ -139,7 +158,7 @@ export class ComponentRunner {
       const rgb = rgb24(d.frames);
       const frameBytes = d.height * d.width * 3;
       for (let f = 0; f < d.count; f++) send({ output: { $case: 'tensor', value: componentTensor(`frame.${f}`, [d.height, d.width, 3], rgb.subarray(f * frameBytes, (f + 1) * frameBytes)) } });
-      send({ output: { $case: 'summary', value: { workerId: this.ctx.workerId, description: `vae ${session.model}`, numerics: backendNumerics(this.ctx.backend), cacheHit: d.rebuiltLatentFrames === 0, truncatedTokens: 0, frameSha256: d.sha256, rebuiltLatentFrames: d.rebuiltLatentFrames } } });
+      send({ output: { $case: 'summary', value: { workerId: this.ctx.workerId, description: `vae ${session.model}`, numerics: backendNumerics(this.ctx.backend), cacheHit: d.rebuiltLatentFrames === 0, truncatedTokens: 0, frameSha256: d.sha256, rebuiltLatentFrames: d.rebuiltLatentFrames, storedText: undefined } } });
       if (d.rebuiltLatentFrames > 0) this.ctx.log.info('VAE feature cache rebuilt', { job: req.jobId, block: v.blockIndex, latentFrames: d.rebuiltLatentFrames });
       // The job's last block: its cache (3.5 GiB at 832x480) is not needed any more.
       if (v.blockIndex + 1 === v.blocks) this.decoders.delete(session.key);

@@ -1,6 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import { Redis } from 'ioredis';
-import { CheckpointStore, CorruptValueError, JobTextStore, type JobText, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
+import { CheckpointStore, CorruptValueError, FencedWriteError, JobTextStore, type JobText, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
 import { backendDevice, configuredCudaDevice, numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
 import type { EmulationOptions } from '@longshot/pipeline';
@@ -138,7 +138,7 @@ export class WorkerProcess {
     this.topology = { gpu: backendDevice(backend), ...config.topology };
     this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
     this.catalog = new ModelCatalog(config.modelsDir);
-    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, keys, log });
+    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, keys, keyTtlSeconds: config.keyTtlSeconds, log });
   }
 
   async start(): Promise<void> {
@@ -185,7 +185,7 @@ export class WorkerProcess {
             // The job's keys come from the grant, never from the client.
             const req = call.request;
             const scoped = req.input?.$case === 'vae' ? { ...req, input: { $case: 'vae' as const, value: { ...req.input.value, keyPrefix: g.keyPrefix } } } : req;
-            return this.components.run(scoped, (o) => call.write(o));
+            return this.components.run(scoped, g, (o) => call.write(o));
           })
           .then(
             () => call.end(),
@@ -450,6 +450,8 @@ export class WorkerProcess {
 
   private toStatus(e: unknown): Partial<grpc.StatusObject> {
     if (e instanceof SessionError) return { code: grpc.status[e.code], details: e.message };
+    // A superseded driver run (a takeover): its writes are refused, and it learns why.
+    if (e instanceof FencedWriteError) return { code: grpc.status.ABORTED, details: e.message };
     const message = e instanceof Error ? e.message : String(e);
     this.log.error('request failed', { error: message });
     return { code: grpc.status.INTERNAL, details: message };

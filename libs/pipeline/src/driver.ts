@@ -267,8 +267,8 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
   // Session ids must not collide with a previous run of the same job (e.g. a controller replica
   // that died) whose sessions workers may still be closing.
   const run = randomBytes(4).toString('hex');
-  let text = job.text;
   let textEncoder: TextEncoderRun | null = null;
+  /** The job's text embeddings for its stages, stored once per run (fenced by it). */
   let storedText: StoredTextRef | null = null;
   let numerics = job.numerics ?? null;
   const grant = (stage: number, layerBegin: number, layerEnd: number): string =>
@@ -288,13 +288,13 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       // From here on only this run's writes land under the job's prefix: a superseded run's
       // sessions still running somewhere are fenced off (JobKeyspace.put).
       await o.blocks.claimRun(job.keyPrefix, o.workers.run, CLAIM_TTL_SECONDS);
-      if (!text) {
+      if (!storedText && job.text) storedText = await o.jobText.put(job.keyPrefix, job.text, CLAIM_TTL_SECONDS, o.workers.run);
+      if (!storedText) {
+        // The encoder stores its output for the stages itself: the embeddings never pass through here.
         const encoded = await encodeOnWorker(job, workers[0], o, grant(-1, 0, 0));
-        text = encoded.text;
+        storedText = encoded.stored;
         textEncoder = encoded.run;
       }
-      // Once per run (fenced by it): the stages read it from Redis as their sessions open.
-      storedText ??= await o.jobText.put(job.keyPrefix, text, CLAIM_TTL_SECONDS, o.workers.run);
       const opened = await openSessions(job, storedText, workers, ranges, layout, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
@@ -383,22 +383,19 @@ export function signJobGrant(g: Omit<SessionGrant, 'expiresAt'>, key: GrantKey, 
   return signGrant({ ...g, expiresAt: Date.now() + ttlMs }, key);
 }
 
-async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: DriverOptions, grant: string): Promise<{ text: TextEmbeddings; run: TextEncoderRun }> {
+async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: DriverOptions, grant: string): Promise<{ stored: StoredTextRef; run: TextEncoderRun }> {
   const client = createWorkerClient(worker.address, { credentials: o.credentials });
   try {
     const r = await runComponent(
       client,
-      { kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model: job.spec.model, jobId: job.jobId, input: { $case: 'text', value: { prompt: job.spec.prompt, negativePrompt: job.spec.negativePrompt } }, grant },
+      { kind: ComponentKind.COMPONENT_KIND_TEXT_ENCODER, model: job.spec.model, jobId: job.jobId, input: { $case: 'text', value: { prompt: job.spec.prompt, negativePrompt: job.spec.negativePrompt, storeForJob: true } }, grant },
       { signal: o.signal, deadlineMs: TEXT_ENCODER_DEADLINE_MS },
     );
-    const take = (name: string): Float32Array => {
-      const t = r.tensors.get(name);
-      if (!(t?.values instanceof Float32Array)) throw new Error(`text encoder on ${worker.id} returned no float32 '${name}'`);
-      return t.values;
-    };
+    const stored = r.summary.storedText;
+    if (!stored) throw new Error(`text encoder on ${worker.id} stored no text embeddings for the job`);
     const run = { worker: worker.id, description: r.summary.description, cacheHit: r.summary.cacheHit, truncatedTokens: r.summary.truncatedTokens };
     o.log?.info('prompt encoded', { job: job.jobId, ...run });
-    return { text: { cond: take('cond'), uncond: take('uncond') }, run };
+    return { stored: { byteLength: Number(stored.byteLength), crc32: stored.crc32 }, run };
   } catch (e) {
     o.signal?.throwIfAborted();
     const code = (e as { code?: number }).code;

@@ -556,6 +556,12 @@ export interface VaeDecoderInput {
 export interface TextEncoderInput {
   prompt: string;
   negativePrompt: string;
+  /**
+   * Store the embeddings for the job's stages (its keyspace: the grant's key prefix, fenced by
+   * the grant's run) and answer with their reference (summary.stored_text) instead of streaming
+   * them back: what a job driver asks for, so the embeddings never pass through it.
+   */
+  storeForJob: boolean;
 }
 
 /** One named output tensor, little-endian; each fits one message. */
@@ -580,6 +586,8 @@ export interface ComponentSummary {
   frameSha256: string;
   /** VAE decoder: latent frames decoded again to rebuild the feature cache (0: the cache was warm). */
   rebuiltLatentFrames: number;
+  /** Text encoder with store_for_job: where the stages find the embeddings (OpenSessionRequest.text_stored). */
+  storedText: StoredTextEmbeddings | undefined;
 }
 
 export interface ComponentOutput {
@@ -3762,7 +3770,7 @@ export const VaeDecoderInput: MessageFns<VaeDecoderInput> = {
 };
 
 function createBaseTextEncoderInput(): TextEncoderInput {
-  return { prompt: "", negativePrompt: "" };
+  return { prompt: "", negativePrompt: "", storeForJob: false };
 }
 
 export const TextEncoderInput: MessageFns<TextEncoderInput> = {
@@ -3772,6 +3780,9 @@ export const TextEncoderInput: MessageFns<TextEncoderInput> = {
     }
     if (message.negativePrompt !== "") {
       writer.uint32(18).string(message.negativePrompt);
+    }
+    if (message.storeForJob !== false) {
+      writer.uint32(24).bool(message.storeForJob);
     }
     return writer;
   },
@@ -3805,6 +3816,14 @@ export const TextEncoderInput: MessageFns<TextEncoderInput> = {
             message.negativePrompt = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.storeForJob = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3825,6 +3844,11 @@ export const TextEncoderInput: MessageFns<TextEncoderInput> = {
         : isSet(object.negative_prompt)
         ? globalThis.String(object.negative_prompt)
         : "",
+      storeForJob: isSet(object.storeForJob)
+        ? globalThis.Boolean(object.storeForJob)
+        : isSet(object.store_for_job)
+        ? globalThis.Boolean(object.store_for_job)
+        : false,
     };
   },
 
@@ -3836,6 +3860,9 @@ export const TextEncoderInput: MessageFns<TextEncoderInput> = {
     if (message.negativePrompt !== "") {
       obj.negativePrompt = message.negativePrompt;
     }
+    if (message.storeForJob !== false) {
+      obj.storeForJob = message.storeForJob;
+    }
     return obj;
   },
 
@@ -3846,6 +3873,7 @@ export const TextEncoderInput: MessageFns<TextEncoderInput> = {
     const message = createBaseTextEncoderInput();
     message.prompt = object.prompt ?? "";
     message.negativePrompt = object.negativePrompt ?? "";
+    message.storeForJob = object.storeForJob ?? false;
     return message;
   },
 };
@@ -3990,6 +4018,7 @@ function createBaseComponentSummary(): ComponentSummary {
     truncatedTokens: 0,
     frameSha256: "",
     rebuiltLatentFrames: 0,
+    storedText: undefined,
   };
 }
 
@@ -4015,6 +4044,9 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
     }
     if (message.rebuiltLatentFrames !== 0) {
       writer.uint32(56).uint32(message.rebuiltLatentFrames);
+    }
+    if (message.storedText !== undefined) {
+      StoredTextEmbeddings.encode(message.storedText, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -4088,6 +4120,14 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
             message.rebuiltLatentFrames = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.storedText = StoredTextEmbeddings.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4129,6 +4169,11 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
         : isSet(object.rebuilt_latent_frames)
         ? globalThis.Number(object.rebuilt_latent_frames)
         : 0,
+      storedText: isSet(object.storedText)
+        ? StoredTextEmbeddings.fromJSON(object.storedText)
+        : isSet(object.stored_text)
+        ? StoredTextEmbeddings.fromJSON(object.stored_text)
+        : undefined,
     };
   },
 
@@ -4155,6 +4200,9 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
     if (message.rebuiltLatentFrames !== 0) {
       obj.rebuiltLatentFrames = Math.round(message.rebuiltLatentFrames);
     }
+    if (message.storedText !== undefined) {
+      obj.storedText = StoredTextEmbeddings.toJSON(message.storedText);
+    }
     return obj;
   },
 
@@ -4170,6 +4218,9 @@ export const ComponentSummary: MessageFns<ComponentSummary> = {
     message.truncatedTokens = object.truncatedTokens ?? 0;
     message.frameSha256 = object.frameSha256 ?? "";
     message.rebuiltLatentFrames = object.rebuiltLatentFrames ?? 0;
+    message.storedText = (object.storedText !== undefined && object.storedText !== null)
+      ? StoredTextEmbeddings.fromPartial(object.storedText)
+      : undefined;
     return message;
   },
 };
