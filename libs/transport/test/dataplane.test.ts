@@ -315,12 +315,14 @@ describe('native shared-memory data plane', () => {
     l.addSession('s1', TOKEN);
     const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
     expect(s.transport).toBe('shm');
-    const sizes = [3 * 1024 * 1024 + 5, 16 * 1024, 1, 0];
-    const dst = sizes.map((n) => new Float32Array(n));
+    // The first is large enough to leave the ring through streaming stores, into a destination
+    // 4 bytes past a 32-byte boundary (an unaligned head) and with a tail of 28 bytes.
+    const sizes = [4 * 1024 * 1024 + 7, 3 * 1024 * 1024 + 5, 16 * 1024, 1, 0];
+    const dst = sizes.map((n, i) => (i === 0 ? new Float32Array(n + 1).subarray(1) : new Float32Array(n)));
     const got = await Promise.all([...sizes.map((n, i) => s.send('s1', TOKEN, i + 1, pattern(i + 1, n))), ...dst.map((d, i) => l.receive('s1', i + 1, d))]);
     for (let i = 0; i < sizes.length; i++) {
       expect(got[i].bytes).toBe(sizes[i] * 4);
-      expect(Buffer.from(dst[i].buffer).equals(Buffer.from(pattern(i + 1, sizes[i]).buffer))).toBe(true);
+      expect(Buffer.from(dst[i].buffer, dst[i].byteOffset, dst[i].byteLength).equals(Buffer.from(pattern(i + 1, sizes[i]).buffer))).toBe(true);
     }
 
     l.addSession('job-8/stage-2', TOKEN);
