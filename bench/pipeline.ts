@@ -53,6 +53,8 @@ export interface PipelineRow {
   headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number; otherMs: number };
   /** Host CPU of every worker the job used, all parts, per block-step: what the two cores of this machine must carry. */
   clusterCpuPerBlockStepMs: number;
+  /** The median run's set-up: leasing, the text embeddings stored, every session open (DistributedResult attempts[0].openSeconds). */
+  openSeconds: number;
   seconds: number;
   speedup: number;
   /** Speedup over K = 1 divided by the workers used. */
@@ -107,7 +109,7 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
       const workers = layoutWorkers(layout);
       const name = describeLayout(layout);
       const spec = jobSpec(K);
-      const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep']; clusterCpuPerBlockStepMs: number }[] = [];
+      const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep']; clusterCpuPerBlockStepMs: number; openSeconds: number }[] = [];
       for (let r = 0; r < REPEAT; r++) {
         const id = `bench-pipeline-${name.replace(/[^A-Za-z0-9]+/g, '-')}-${r}`;
         const before = new Map(await Promise.all([...cluster.workers.values()].map(async (w) => [w.id, await hostCpuOf(w.metricsAddress)] as const)));
@@ -123,16 +125,16 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
         const perStepMs = (x: 'js' | 'kernels' | 'dataplane' | 'other') => ((a[x] - b[x]) / steps) * 1000;
         const totalOf = (c: Awaited<ReturnType<typeof hostCpuOf>>) => c.js + c.kernels + c.dataplane + c.other;
         const clusterSeconds = [...after].reduce((n, [w, c]) => n + totalOf(c) - totalOf(before.get(w)!), 0);
-        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') }, clusterCpuPerBlockStepMs: (clusterSeconds / steps) * 1000 });
+        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') }, clusterCpuPerBlockStepMs: (clusterSeconds / steps) * 1000, openSeconds: run.attempts[0].openSeconds ?? NaN });
       }
       const runs = measured.map((m) => m.seconds);
-      const { seconds, headCpuPerBlockStep, clusterCpuPerBlockStepMs } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
+      const { seconds, headCpuPerBlockStep, clusterCpuPerBlockStepMs, openSeconds } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
       const predicted = predict(spec, layout);
       const base = rows[0];
       const speedup = base ? base.seconds / seconds : 1;
       const predictedSpeedup = base ? base.predicted / predicted : 1;
-      rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, clusterCpuPerBlockStepMs, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
-      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms, other threads ${headCpuPerBlockStep.otherMs.toFixed(2)} ms; all its workers ${clusterCpuPerBlockStepMs.toFixed(2)} ms`);
+      rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, clusterCpuPerBlockStepMs, openSeconds, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
+      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms, other threads ${headCpuPerBlockStep.otherMs.toFixed(2)} ms; all its workers ${clusterCpuPerBlockStepMs.toFixed(2)} ms; set-up ${openSeconds.toFixed(2)} s`);
     }
   } finally {
     redis.disconnect();

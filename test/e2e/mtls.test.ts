@@ -85,6 +85,8 @@ describe('mTLS to workers', () => {
     );
     expect(r.attempts).toHaveLength(1);
     expect(r.attempts[0].error).toBeNull();
+    // Its set-up (leases, text, sessions) is reported, and is part of the job's time.
+    expect(r.attempts[0].openSeconds).toBeGreaterThan(0);
     expect(new Set(r.workers).size).toBe(2);
   });
 });

@@ -155,6 +155,11 @@ export interface Attempt {
   readonly workers: string[];
   readonly startIteration: number;
   readonly error: string | null;
+  /**
+   * Seconds from the attempt's start (leasing its workers) until its sessions were open: the
+   * job's set-up (text embeddings stored, sessions opened); null when it failed before.
+   */
+  readonly openSeconds: number | null;
 }
 
 export interface DistributedResult {
@@ -275,6 +280,8 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
     signJobGrant({ job: job.jobId, run: o.workers.run, keyPrefix: job.keyPrefix, stage, layerBegin, layerEnd }, o.grantKey, o.grantTtlMs);
   for (let attempt = 0; ; attempt++) {
     o.signal?.throwIfAborted();
+    const attemptStart = performance.now();
+    let openSeconds: number | null = null;
     const workers = await o.workers.pick(ranges.length * groupSize(layout), dead, numerics);
     const mixed = workers.find((w) => w.numerics !== workers[0].numerics || (numerics !== null && w.numerics !== numerics));
     if (mixed) {
@@ -298,6 +305,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       const opened = await openSessions(job, storedText, workers, ranges, layout, `${run}.a${attempt}`, attempt > 0, (k) => grant(k, ranges[k].l0, ranges[k].l1), o.credentials);
       sessions.push(...opened.sessions);
       startIteration = opened.startIteration;
+      openSeconds = (performance.now() - attemptStart) / 1000;
       // The hops run between the stages' rank-0 workers (each group's first).
       const links = modelledLinks(job.spec, config, workers.filter((_, i) => i % groupSize(layout) === 0), o.plannerProfile ?? getProfile(DEFAULT_PLANNER_PROFILE));
       o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration, links: links.map((l) => l.kind) });
@@ -322,7 +330,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       const closed = await closeSessions(sessions);
       await drain();
       if (nextBlock !== plan.blocks) throw new Error(`the head finished but only ${nextBlock} of ${plan.blocks} blocks are in Redis`);
-      attempts.push({ workers: workers.map((w) => w.id), startIteration, error: null });
+      attempts.push({ workers: workers.map((w) => w.id), startIteration, error: null, openSeconds });
       await o.workers.release?.(workers.map((w) => w.id));
       const K = ranges.length;
       return {
@@ -343,7 +351,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       await closeSessions(sessions).catch(() => undefined);
       await o.workers.release?.(workers.map((w) => w.id));
       const error = e instanceof Error ? e : new Error(String(e));
-      attempts.push({ workers: workers.map((w) => w.id), startIteration, error: error.message });
+      attempts.push({ workers: workers.map((w) => w.id), startIteration, error: error.message, openSeconds });
       if (o.signal?.aborted) throw o.signal.reason ?? error;
       const code = (e as { code?: number }).code;
       const recoverable = e instanceof StageLost || (code !== undefined && !PERMANENT_GRPC_CODES.has(code));
