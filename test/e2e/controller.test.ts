@@ -191,6 +191,10 @@ describe('controller', () => {
     const metrics = await (await fetch(`${controllerUrl()}/metrics`)).text();
     expect(metrics).toMatch(/longshot_queue_jobs\{state="completed"\} \d+/);
     expect(metrics).toMatch(/longshot_workers_registered 3/);
+    // Every job's set-up is observed by the replica that drove it.
+    let setups = 0;
+    for (const c of cluster.controllers.values()) setups += metricValue(await (await fetch(`${c.url}/metrics`)).text(), 'longshot_job_setup_seconds_count');
+    expect(setups).toBeGreaterThanOrEqual(3);
     let shared = 0;
     for (const w of cluster.workers.values()) shared += metricValue(await (await fetch(`http://${w.metricsAddress}/metrics`)).text(), 'longshot_dataplane_bytes_total{transport="shm"}');
     expect(shared).toBeGreaterThan(0);

@@ -19,6 +19,13 @@ export const jobDuration = histogram<'status'>({
 /** Attempts the driver of a job on this replica gave up after losing a stage, by why (FAILOVER_REASONS). */
 export const failovers = counter<'reason'>({ name: 'longshot_failovers_total', help: 'Stages lost mid-job and replaced (a new attempt resuming from the checkpoint), by reason', labelNames: ['reason'], known: { reason: FAILOVER_REASONS } });
 
+/** Each attempt's set-up: workers leased, the text embeddings stored, every stage session open (DistributedResult attempts[].openSeconds). */
+export const jobSetup = histogram({
+  name: 'longshot_job_setup_seconds',
+  help: 'Set-up of each attempt of the jobs this replica drives: workers leased, text embeddings stored for the stages, every stage session open',
+  buckets: [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+});
+
 export const blockSteps = counter({ name: 'longshot_block_steps_total', help: 'Block-steps applied by the heads of jobs this replica drives' });
 
 

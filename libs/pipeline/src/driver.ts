@@ -136,8 +136,8 @@ export interface DriverOptions {
   /** Final latents of each block, in block order, exactly once. */
   onBlock(index: number, latents: Float32Array): Promise<void> | void;
   onBlockStep?(e: { iteration: number; block: number; step: number }): void;
-  /** When an attempt's sessions are open: its workers, head first, and where it resumed. */
-  onAttempt?(a: { attempt: number; workers: readonly DriverWorker[]; startIteration: number }): void;
+  /** When an attempt's sessions are open: its workers, head first, where it resumed, and how long its set-up took (Attempt.openSeconds). */
+  onAttempt?(a: { attempt: number; workers: readonly DriverWorker[]; startIteration: number; openSeconds: number }): void;
   /** When an attempt was lost and another one is about to start (awaited before it starts). */
   onFailover?(f: Failover): Promise<void> | void;
   readonly log?: Logger;
@@ -309,7 +309,7 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
       // The hops run between the stages' rank-0 workers (each group's first).
       const links = modelledLinks(job.spec, config, workers.filter((_, i) => i % groupSize(layout) === 0), o.plannerProfile ?? getProfile(DEFAULT_PLANNER_PROFILE));
       o.log?.info('job attempt started', { job: job.jobId, attempt, workers: workers.map((w) => w.id), startIteration, links: links.map((l) => l.kind) });
-      o.onAttempt?.({ attempt, workers, startIteration });
+      o.onAttempt?.({ attempt, workers, startIteration, openSeconds });
       await watchHead(sessions, o, {
         onEvent: (e) => {
           switch (e.event?.$case) {

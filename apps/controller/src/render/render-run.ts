@@ -8,7 +8,7 @@ import { describeLayout, getProfile, groupWorkers, layoutWorkers, placementLinks
 import { logger } from '@longshot/telemetry';
 import { tlsCredentials } from '@longshot/transport';
 import type { ControllerConfig } from '../config';
-import { jobDuration, resultsStoreFailures, workersDeadlineFailures } from '../metrics';
+import { jobDuration, jobSetup, resultsStoreFailures, workersDeadlineFailures } from '../metrics';
 import { chooseLayout } from '../planning';
 import type { JobDataRepository, ResultStore, UploadRepository } from '../repositories';
 import { ProgressReporter } from './progress';
@@ -206,7 +206,10 @@ export class RenderRun {
           livenessIntervalMs: config.livenessIntervalMs,
           plannerProfile: getProfile(config.plannerProfile),
           onBlock,
-          onAttempt: (a) => (decoding = a.workers[a.workers.length - 1]),
+          onAttempt: (a) => {
+            decoding = a.workers[a.workers.length - 1];
+            jobSetup.observe(a.openSeconds);
+          },
           onFailover: (f) => progress.failover(f),
           onBlockStep: (e) => progress.step(e.iteration, e.block),
           log,
