@@ -218,12 +218,12 @@ describe('worker sessions belong to leases', () => {
       const values = new Float32Array(c.textLen * c.textDim).map((_, i) => Math.sin(i));
       // Another job's stored text, valid and of the right shape: not this session's to read.
       await new BlockStore(redis).claimRun(jobPrefix('stored-text-other'), 'run-other', 60);
-      const other = await new JobTextStore(redis).put(jobPrefix('stored-text-other'), { cond: values, uncond: values }, 60, 'run-other');
+      const other = await new JobTextStore(redis).put(jobPrefix('stored-text-other'), { cond: values, uncond: values }, 'run-other');
       const missing = await open(client, headTail(s, 'stored-text', ref(other)));
       expect(missing?.code).toBe(grpc.status.FAILED_PRECONDITION);
       expect(missing?.details).toBe('text_stored: job stored-text has no text embeddings stored');
       await new BlockStore(redis).claimRun(prefix, lease.run, 60);
-      const mine = await new JobTextStore(redis).put(prefix, { cond: values, uncond: values.map((v) => -v) }, 60, lease.run);
+      const mine = await new JobTextStore(redis).put(prefix, { cond: values, uncond: values.map((v) => -v) }, lease.run);
       const mismatched = await open(client, headTail(s, 'stored-text', ref({ ...mine, crc32: (mine.crc32 ^ 1) >>> 0 })));
       expect(mismatched?.code).toBe(grpc.status.INVALID_ARGUMENT);
       expect(mismatched?.details).toMatch(/^text_stored: the job's text embeddings are \d+ bytes with CRC-32 [0-9a-f]{8}, the request names \d+ bytes with CRC-32 [0-9a-f]{8}$/);

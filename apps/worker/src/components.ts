@@ -33,8 +33,6 @@ export interface ComponentContext {
   readonly catalog: ModelCatalog;
   readonly redis: Redis;
   readonly keys: KeySchema;
-  /** Seconds a job's keys live after each write (the job text a text encoder stores for it). */
-  readonly keyTtlSeconds: number;
   readonly log: Logger;
 }
 
@@ -115,7 +113,7 @@ export class ComponentRunner {
     let storedText: StoredTextRef | undefined;
     if (req.input.value.storeForJob) {
       // Fenced by the grant's run: a superseded driver run writes nothing (FencedWriteError).
-      storedText = await this.jobText.put(grant.keyPrefix, { cond: out.cond, uncond: out.uncond }, this.ctx.keyTtlSeconds, grant.run);
+      storedText = await this.jobText.put(grant.keyPrefix, { cond: out.cond, uncond: out.uncond }, grant.run);
     } else {
       const { textLen, textDim } = model.config;
       send({ output: { $case: 'tensor', value: componentTensor('cond', [textLen, textDim], out.cond) } });

@@ -452,7 +452,7 @@ export class StageSession {
     this.finishEvents();
     // A boundary still persisting is finished first (its writes are fenced, so a superseded run
     // changes nothing): a lost stage then costs the job only the iteration in progress.
-    if (this.persisting) await Promise.race([this.persisting.catch(() => undefined), sleep(PERSIST_ON_CLOSE_MS)]);
+    if (this.persisting) await Promise.race([this.persisting.catch(() => undefined), sleep(PERSIST_ON_CLOSE_MS, undefined, { ref: false })]);
     this.buffers?.clear();
     await this.group?.close();
     await this.runner.release?.();

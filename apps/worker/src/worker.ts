@@ -138,7 +138,7 @@ export class WorkerProcess {
     this.topology = { gpu: backendDevice(backend), ...config.topology };
     this.retainedMemory = config.memoryProbe ? retainedMemorySampler() : null;
     this.catalog = new ModelCatalog(config.modelsDir);
-    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, keys, keyTtlSeconds: config.keyTtlSeconds, log });
+    this.components = new ComponentRunner({ workerId: config.id, backend, models: config.models, catalog: this.catalog, redis: this.redis, keys, log });
   }
 
   async start(): Promise<void> {

@@ -3,7 +3,7 @@ export * from './redis-server';
 export * from './tied-process';
 export * from './checkpoints';
 export * from './registry';
-export { FencedWriteError, JobKeyspace, MissingKeyError } from './job-keys';
+export { FencedWriteError, JOB_RUN_TTL_SECONDS, JobKeyspace, MissingKeyError } from './job-keys';
 export { CorruptValueError } from './codec';
 export * from './leases';
 export * from './jobs';

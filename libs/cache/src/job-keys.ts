@@ -72,6 +72,13 @@ end
 return 1
 `;
 
+/**
+ * Lifetime of the keys a job run writes once and reads for as long as it runs (its run claim, its
+ * text embeddings): a week, whatever the job's length; the job's end shortens it to the retention
+ * with its other keys (`expireJob`).
+ */
+export const JOB_RUN_TTL_SECONDS = 7 * 86400;
+
 /** A manifest whose named key is gone (expired, evicted, deleted): it was not committed. */
 export class MissingKeyError extends Error {
   constructor(

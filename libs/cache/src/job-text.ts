@@ -1,7 +1,7 @@
 import { endianness } from 'node:os';
 import type { Redis } from 'ioredis';
 import { CHECKSUM_BYTES, CorruptValueError, checksum, float32View, readFloat32 } from './codec';
-import { JobKeyspace } from './job-keys';
+import { JOB_RUN_TTL_SECONDS, JobKeyspace } from './job-keys';
 import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 /** The text embeddings every stage of a job cross-attends to: the prompt's and the negative prompt's. */
@@ -30,8 +30,9 @@ const HOST_IS_LE = endianness() === 'LE';
 /**
  * A job's text embeddings in its keyspace: the driver stores them once per run (fenced by it),
  * and each stage reads them when its session opens, instead of the driver sending one copy per
- * stage inside OpenSession (16 MiB for Wan2.1's [512, 4096] cond and uncond). They live and
- * expire with the job's other keys.
+ * stage inside OpenSession (16 MiB for Wan2.1's [512, 4096] cond and uncond). Written once and
+ * read by every attempt, they live as long as the run's claim (JOB_RUN_TTL_SECONDS) and expire with
+ * the job's other keys.
  */
 export class JobTextStore {
   private readonly keys: KeySchema;
@@ -46,7 +47,7 @@ export class JobTextStore {
   }
 
   /** A fenced write (FencedWriteError once `run` no longer owns the job); returns what stages check. */
-  async put(prefix: string, text: JobText, ttlSeconds: number, run: string): Promise<StoredTextRef> {
+  async put(prefix: string, text: JobText, run: string): Promise<StoredTextRef> {
     if (text.cond.length !== text.uncond.length) throw new RangeError(`text embeddings: cond has ${text.cond.length} values, uncond ${text.uncond.length}`);
     const preamble = Buffer.alloc(PREAMBLE);
     MAGIC.copy(preamble, 0);
@@ -55,7 +56,7 @@ export class JobTextStore {
     const [cond, uncond] = [float32View(text.cond), float32View(text.uncond)];
     const crc = checksum(preamble, cond, uncond);
     const value = Buffer.concat([preamble, cond, uncond, crc]);
-    await this.jobKeys.put(prefix, this.keys.jobTextKey(prefix), value, ttlSeconds, run);
+    await this.jobKeys.put(prefix, this.keys.jobTextKey(prefix), value, JOB_RUN_TTL_SECONDS, run);
     return { byteLength: value.length, crc32: crc.readUInt32BE(0) };
   }
 

@@ -85,17 +85,17 @@ describe('JobTextStore', () => {
     const uncond = latents(64 * 8, 'uncond');
     expect(await store.get(prefix)).toBeNull();
     await new BlockStore(t.redis, { keys: t.keys }).claimRun(prefix, 'run-a', 60);
-    await expect(store.put(prefix, { cond, uncond }, 60, 'run-b')).rejects.toThrow(FencedWriteError);
+    await expect(store.put(prefix, { cond, uncond }, 'run-b')).rejects.toThrow(FencedWriteError);
     expect(await store.get(prefix)).toBeNull();
-    const ref = await store.put(prefix, { cond, uncond }, 60, 'run-a');
+    const ref = await store.put(prefix, { cond, uncond }, 'run-a');
     expect(ref.byteLength).toBe(12 + 8 * cond.length + 4);
     const got = (await store.get(prefix))!;
     expect(got.ref).toEqual(ref);
     expect([bits(got.text.cond), bits(got.text.uncond)]).toEqual([bits(cond), bits(uncond)]);
     expect(await t.redis.sismember(t.keys.jobKeysKey(prefix), t.keys.jobTextKey(prefix))).toBe(1);
     // Other text, another reference.
-    expect((await store.put(prefix, { cond: uncond, uncond: cond }, 60, 'run-a')).crc32).not.toBe(ref.crc32);
-    await expect(store.put(prefix, { cond, uncond: cond.subarray(1) }, 60, 'run-a')).rejects.toThrow(/cond has 512 values, uncond 511/);
+    expect((await store.put(prefix, { cond: uncond, uncond: cond }, 'run-a')).crc32).not.toBe(ref.crc32);
+    await expect(store.put(prefix, { cond, uncond: cond.subarray(1) }, 'run-a')).rejects.toThrow(/cond has 512 values, uncond 511/);
     // A flipped bit or a cut value is refused, naming the key.
     const stored = (await t.redis.getBuffer(t.keys.jobTextKey(prefix)))!;
     stored[100] ^= 1;

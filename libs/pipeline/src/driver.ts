@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import type { BlockStore, JobTextStore, StoredTextRef, WorkerGpu, WorkerTopology } from '@longshot/cache';
+import { JOB_RUN_TTL_SECONDS, type BlockStore, type JobTextStore, type StoredTextRef, type WorkerGpu, type WorkerTopology } from '@longshot/cache';
 import { SINGLE_LAYOUT, groupSize, resolveModel, validateLayout, type ModelConfig, type StageLayout, type TextEmbeddings } from '@longshot/model';
 import {
   DEFAULT_PLANNER_PROFILE,
@@ -294,8 +294,8 @@ export async function runDistributedJob(job: DistributedJob, o: DriverOptions): 
     try {
       // From here on only this run's writes land under the job's prefix: a superseded run's
       // sessions still running somewhere are fenced off (JobKeyspace.put).
-      await o.blocks.claimRun(job.keyPrefix, o.workers.run, CLAIM_TTL_SECONDS);
-      if (!storedText && job.text) storedText = await o.jobText.put(job.keyPrefix, job.text, CLAIM_TTL_SECONDS, o.workers.run);
+      await o.blocks.claimRun(job.keyPrefix, o.workers.run, JOB_RUN_TTL_SECONDS);
+      if (!storedText && job.text) storedText = await o.jobText.put(job.keyPrefix, job.text, o.workers.run);
       if (!storedText) {
         // The encoder stores its output for the stages itself: the embeddings never pass through here.
         const encoded = await encodeOnWorker(job, workers[0], o, grant(-1, 0, 0));
@@ -414,8 +414,6 @@ async function encodeOnWorker(job: DistributedJob, worker: DriverWorker, o: Driv
   }
 }
 
-/** Lifetime of a job's run key (it is tracked, so a finished job's retention shortens it). */
-const CLAIM_TTL_SECONDS = 7 * 86400;
 
 /** The encoder of a 5-billion-parameter umT5 on CPU takes minutes; a hung worker must not hold a job forever. */
 const TEXT_ENCODER_DEADLINE_MS = 30 * 60_000;
