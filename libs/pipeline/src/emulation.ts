@@ -27,6 +27,11 @@ export function windowOf(step: BlockStep, successor: boolean): WindowShape {
   };
 }
 
+/** What the modelled cost and output size of a block-step depend on besides the stage. */
+function shapeKey(step: BlockStep): string {
+  return `${step.prefixFrames},${step.ownFrames},${step.contextFrames},${step.height},${step.width}`;
+}
+
 /**
  * A stage that takes the modelled time of the real one and returns zeros of the (scaled) output
  * size (a consumed input of that size, or the caller's output buffer, is returned as it came),
@@ -38,6 +43,12 @@ export class EmulatedStage implements StageRunner {
   private lastBlock: { iteration: number; block: number } | null = null;
   /** When the emulated device finishes the work queued so far (performance.now() ms). */
   private deviceFreeAt = 0;
+  /**
+   * Modelled seconds and output sizes by window shape: a job has a handful of shapes, and the
+   * cost model is pure, so the head's thread need not evaluate it on every block-step.
+   */
+  private readonly seconds = new Map<string, number>();
+  private readonly sizes = new Map<string, number>();
 
   constructor(
     readonly config: ModelConfig,
@@ -50,20 +61,32 @@ export class EmulatedStage implements StageRunner {
   /** Modelled forward seconds of a block-step on this stage (already time-scaled). */
   forwardSeconds(step: BlockStep): number {
     const successor = this.lastBlock !== null && this.lastBlock.iteration === step.iteration && this.lastBlock.block === step.block + 1;
-    const [layers, window, p] = [this.range.l1 - this.range.l0, windowOf(step, successor), this.options.profile];
-    const seconds =
-      this.group && groupSize(this.group.layout) > 1
-        ? groupStageCost(this.config, layers, window, this.range.head, this.range.tail, this.group.layout, p).seconds
-        : stageFlops(this.config, layers, window, this.range.head, this.range.tail) / p.flopsPerSecond;
-    return seconds * this.options.timeScale;
+    const key = `${shapeKey(step)},${successor}`;
+    let seconds = this.seconds.get(key);
+    if (seconds === undefined) {
+      const [layers, window, p] = [this.range.l1 - this.range.l0, windowOf(step, successor), this.options.profile];
+      const modelled =
+        this.group && groupSize(this.group.layout) > 1
+          ? groupStageCost(this.config, layers, window, this.range.head, this.range.tail, this.group.layout, p).seconds
+          : stageFlops(this.config, layers, window, this.range.head, this.range.tail) / p.flopsPerSecond;
+      seconds = modelled * this.options.timeScale;
+      this.seconds.set(key, seconds);
+    }
+    return seconds;
   }
 
   /** Elements of this stage's output on the wire (a group member's: its shard; the tail's rank 0: the velocity). */
   outputSize(step: BlockStep): number {
-    const full = this.range.tail
-      ? this.config.latentChannels * step.ownFrames * step.height * step.width
-      : (hiddenBytes(this.config, windowOf(step, false)) / 4) * this.shardShare(step);
-    return Math.max(1, Math.ceil(full / this.options.payloadScale));
+    const key = shapeKey(step);
+    let size = this.sizes.get(key);
+    if (size === undefined) {
+      const full = this.range.tail
+        ? this.config.latentChannels * step.ownFrames * step.height * step.width
+        : (hiddenBytes(this.config, windowOf(step, false)) / 4) * this.shardShare(step);
+      size = Math.max(1, Math.ceil(full / this.options.payloadScale));
+      this.sizes.set(key, size);
+    }
+    return size;
   }
 
   /** The share of the whole hidden states a group member holds (1 outside a group). */

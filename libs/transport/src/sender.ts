@@ -67,7 +67,8 @@ export interface TensorSenderOptions {
 
 interface Outstanding {
   seq: number;
-  timer: NodeJS.Timeout;
+  /** performance.now() when its header was written. */
+  sentAt: number;
 }
 
 export class TensorSender {
@@ -85,6 +86,14 @@ export class TensorSender {
   private nextSeq = 1;
   /** Unacknowledged tensors, oldest first (Map keeps insertion order). */
   private readonly outstanding = new Map<number, Outstanding>();
+  /**
+   * One timer for every outstanding tensor's acknowledgement deadline, not one per tensor: a
+   * timer armed and cleared per tensor costs the sending thread more than the header it guards.
+   * It fires at the oldest tensor's deadline as of when it was armed; acknowledgements leave it
+   * be, and on firing it fails the stream only if the oldest tensor then outstanding is overdue,
+   * otherwise re-arms for that one.
+   */
+  private ackTimer: NodeJS.Timeout | null = null;
   /** Woken on every acknowledgement and on failure. */
   private wakers: Array<() => void> = [];
   /** Serialises `send` calls so tensors go out whole and in call order. */
@@ -182,12 +191,8 @@ export class TensorSender {
 
     const seq = this.nextSeq++;
     const byteLength = payload.length;
-    this.outstanding.set(seq, {
-      seq,
-      timer: setTimeout(() => {
-        this.fail(new TransportError(Status.DEADLINE_EXCEEDED, `tensor seq ${seq} was not acknowledged within ${this.ackTimeoutMs} ms`, this.peer));
-      }, this.ackTimeoutMs),
-    });
+    this.outstanding.set(seq, { seq, sentAt: performance.now() });
+    this.ackTimer ??= this.armAckTimer(this.ackTimeoutMs);
 
     if (this.bytes) {
       // The header announces the tensor on the control plane; its bytes go straight from
@@ -246,6 +251,7 @@ export class TensorSender {
     try {
       await this.closeStream();
     } finally {
+      this.clearAckTimer();
       this.bytes?.close();
     }
   }
@@ -274,12 +280,35 @@ export class TensorSender {
       return;
     }
     // Acknowledgements arrive in order; one for seq covers every earlier tensor too.
-    for (const [s, entry] of this.outstanding) {
+    for (const s of this.outstanding.keys()) {
       if (s > seq) break;
-      clearTimeout(entry.timer);
       this.outstanding.delete(s);
     }
     this.wake();
+  }
+
+  /** The acknowledgement timer fired: fail if the oldest outstanding tensor is overdue, else wait for it. */
+  private checkAckDeadline(): void {
+    this.ackTimer = null;
+    if (this.failure) return;
+    const oldest = this.outstanding.values().next();
+    if (oldest.done) return;
+    const left = oldest.value.sentAt + this.ackTimeoutMs - performance.now();
+    if (left <= 0) {
+      this.fail(new TransportError(Status.DEADLINE_EXCEEDED, `tensor seq ${oldest.value.seq} was not acknowledged within ${this.ackTimeoutMs} ms`, this.peer));
+      return;
+    }
+    this.ackTimer = this.armAckTimer(left);
+  }
+
+  /** The stream's own socket keeps the process alive while tensors are outstanding, not this timer. */
+  private armAckTimer(ms: number): NodeJS.Timeout {
+    return setTimeout(() => this.checkAckDeadline(), ms).unref();
+  }
+
+  private clearAckTimer(): void {
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = null;
   }
 
   private onStatus(status: StatusObject): void {
@@ -299,7 +328,7 @@ export class TensorSender {
     if (this.failure) return;
     this.failure = error;
     this.bytes?.close();
-    for (const entry of this.outstanding.values()) clearTimeout(entry.timer);
+    this.clearAckTimer();
     if (!this.finalStatus) this.stream.cancel();
     this.wake();
     const waiters = this.statusWaiters;

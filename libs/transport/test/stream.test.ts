@@ -181,6 +181,26 @@ describe('TensorSender -> TensorReceiver', () => {
     await expect(sender.close()).rejects.toBe(te);
   });
 
+  it('holds each tensor to its own acknowledgement deadline, not the first one sent', async () => {
+    // Acknowledges the first tensor only: the deadline check armed when it was sent must move
+    // on to the second, and fail the stream for that one.
+    const s = await startServer((call: grpc.ServerDuplexStream<{ frame?: { $case: string; value: { seq: number } } }, unknown>) => {
+      call.on('data', (f) => {
+        if (f.frame?.$case === 'header' && f.frame.value.seq === 1) call.write({ seq: 1 });
+      });
+      call.on('error', () => undefined);
+    });
+    servers.push(s);
+    const sender = TensorSender.open(s.client(), { ackTimeoutMs: 300, window: 1 });
+    await sender.send(header([4]), Buffer.alloc(16));
+    await sleep(100);
+    await sender.send(header([4]), Buffer.alloc(16));
+    const err = await sender.send(header([4]), Buffer.alloc(16)).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(TransportError);
+    expect((err as TransportError).code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    expect((err as TransportError).message).toMatch(/tensor seq 2 was not acknowledged within 300 ms/);
+  });
+
   it('rejects pending and later sends with the status and peer when the receiver fails', async () => {
     const s = await serve({
       handler: (t) => {
