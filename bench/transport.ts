@@ -12,8 +12,11 @@
  * Second section, at real tensor sizes (100 MB, the hidden states of one wan2.1-1.3b 832x480
  * block-step): the native data plane (libs/transport DataPlaneSender -> DataPlaneListener, a
  * persistent connection, each tensor landing in the child's preallocated buffer and checked)
- * over TCP and through its shared-memory ring, next to the raw socket moving the same bytes and
- * to a memcpy of them (Buffer.copy into a preallocated buffer), all in the same run.
+ * over TCP and through shared memory, next to the raw socket moving the same bytes and to a
+ * memcpy of them (Buffer.copy into a preallocated buffer), all in the same run. The child's
+ * buffer comes from the listener's allocateShared, so shared memory is measured as a stage with
+ * shared destinations gets it (one copy, straight into the buffer) and, by a sender that does
+ * not offer that, through the ring (two copies).
  *
  * This file is also the child: `node --import tsx bench/transport.ts stream|raw|native`.
  */
@@ -33,6 +36,7 @@ import {
   encodePayload,
   serverOptions,
   workerServiceDefinition,
+  type DataPlaneTransfer,
   type TensorSendHeader,
 } from '../libs/transport/src/index';
 
@@ -49,14 +53,22 @@ export interface TransportReport {
     tensorBytes: number;
     tensors: number;
     nativeTcp: { bytesPerSecond: number; seconds: number[] };
-    /** The shared-memory ring into another process of this host (slots of ring.slotBytes). */
-    shm: { bytesPerSecond: number; seconds: number[]; ring: { slotBytes: number; slots: number } };
+    /**
+     * Shared memory into another process of this host, as a stage sends: straight into the
+     * child's shared destination (`direct`: every transfer went that way), else through a ring
+     * of slots of ring.slotBytes.
+     */
+    shm: { bytesPerSecond: number; seconds: number[]; ring: { slotBytes: number; slots: number }; direct: boolean };
+    /** The same through the ring (a sender that does not offer the direct copy). */
+    shmRing: { bytesPerSecond: number; seconds: number[] };
     rawTcp: { bytesPerSecond: number; seconds: number[] };
     memcpy: { bytesPerSecond: number; seconds: number[] };
     /** nativeTcp / rawTcp (target >= 0.9). */
     tcpRatio: number;
     /** shm / memcpy (target >= 0.8). */
     shmRatio: number;
+    /** shmRing / memcpy. */
+    shmRingRatio: number;
   };
 }
 
@@ -116,10 +128,13 @@ function childRaw(): void {
 
 function childNative(): void {
   // Receives seqs 1, 2, ... forever, each into the same preallocated buffer (as a stage would
-  // into its input buffer), and acknowledges nothing beyond the data plane's own reply.
+  // into its input buffer, from its listener's shared memory), and acknowledges nothing beyond
+  // the data plane's own reply.
   const listener = new DataPlaneListener({ shm: true });
   listener.addSession(DP_SESSION, DP_TOKEN);
-  const destination = new Float32Array(DP_TENSOR_BYTES / 4);
+  const shared = listener.allocateShared(DP_TENSOR_BYTES);
+  if (listener.sharedUnavailable !== null) process.stderr.write(`transport bench child (native): no shared destination, the ring it is: ${listener.sharedUnavailable}\n`);
+  const destination = new Float32Array(shared.buffer, shared.byteOffset, DP_TENSOR_BYTES / 4);
   void (async () => {
     for (let seq = 1; ; seq++) await listener.receive(DP_SESSION, seq, destination, 24 * 3600 * 1000);
   })().catch((e: unknown) => {
@@ -185,13 +200,16 @@ function timeRaw(port: number, payload: Buffer, tensors = TENSORS): Promise<numb
   });
 }
 
-/** Sends DP_TENSORS tensors on the persistent data-plane connection; each send resolves on delivery. */
-async function timeNative(sender: DataPlaneSender, payload: Float32Array, nextSeq: () => number): Promise<number> {
+/**
+ * Sends DP_TENSORS tensors on the persistent data-plane connection; each send resolves on
+ * delivery. `direct`: whether each went straight into the child's shared destination.
+ */
+async function timeNative(sender: DataPlaneSender, payload: Float32Array, nextSeq: () => number): Promise<{ seconds: number; direct: boolean }> {
   const t0 = process.hrtime.bigint();
-  const sends: Promise<unknown>[] = [];
+  const sends: Promise<DataPlaneTransfer>[] = [];
   for (let i = 0; i < DP_TENSORS; i++) sends.push(sender.send(DP_SESSION, DP_TOKEN, nextSeq(), payload));
-  await Promise.all(sends);
-  return Number(process.hrtime.bigint() - t0) / 1e9;
+  const done = await Promise.all(sends);
+  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, direct: done.every((t) => t.direct === true) };
 }
 
 function timeMemcpy(source: Buffer, destination: Buffer): number {
@@ -209,23 +227,32 @@ async function dataPlaneBench(rawPort: number): Promise<TransportReport['dataPla
   const sender = new DataPlaneSender(`127.0.0.1:${child.port}`);
   // The child takes seqs in order whichever connection brings them: sends never overlap.
   const shmSender = new DataPlaneSender(`127.0.0.1:${child.port}`, { shm: DEFAULT_SHM_RING });
+  const ringSender = new DataPlaneSender(`127.0.0.1:${child.port}`, { shm: { ...DEFAULT_SHM_RING, direct: false } });
   let seq = 0;
   const nextSeq = (): number => ++seq;
   try {
     await timeNative(sender, values, nextSeq);
     await timeNative(shmSender, values, nextSeq);
+    await timeNative(ringSender, values, nextSeq);
     await timeRaw(rawPort, bytes, DP_TENSORS);
     timeMemcpy(bytes, destination);
     const native: number[] = [];
     const shm: number[] = [];
+    const ring: number[] = [];
     const raw: number[] = [];
     const memcpy: number[] = [];
+    let direct = true;
     for (let r = 0; r < REPS; r++) {
       // Alternate the order so no path always runs on a machine another just warmed.
       const runs = [
-        async () => native.push(await timeNative(sender, values, nextSeq)),
+        async () => native.push((await timeNative(sender, values, nextSeq)).seconds),
         async () => raw.push(await timeRaw(rawPort, bytes, DP_TENSORS)),
-        async () => shm.push(await timeNative(shmSender, values, nextSeq)),
+        async () => {
+          const t = await timeNative(shmSender, values, nextSeq);
+          shm.push(t.seconds);
+          direct &&= t.direct;
+        },
+        async () => ring.push((await timeNative(ringSender, values, nextSeq)).seconds),
         async () => memcpy.push(timeMemcpy(bytes, destination)),
       ];
       for (const run of r % 2 === 0 ? runs : runs.reverse()) await run();
@@ -237,14 +264,17 @@ async function dataPlaneBench(rawPort: number): Promise<TransportReport['dataPla
       tensors: DP_TENSORS,
       nativeTcp: { bytesPerSecond: bps(native), seconds: native },
       rawTcp: { bytesPerSecond: bps(raw), seconds: raw },
-      shm: { bytesPerSecond: bps(shm), seconds: shm, ring: DEFAULT_SHM_RING },
+      shm: { bytesPerSecond: bps(shm), seconds: shm, ring: DEFAULT_SHM_RING, direct },
+      shmRing: { bytesPerSecond: bps(ring), seconds: ring },
       memcpy: { bytesPerSecond: bps(memcpy), seconds: memcpy },
       tcpRatio: Number((bps(native) / bps(raw)).toFixed(3)),
       shmRatio: Number((bps(shm) / bps(memcpy)).toFixed(3)),
+      shmRingRatio: Number((bps(ring) / bps(memcpy)).toFixed(3)),
     };
   } finally {
     sender.close();
     shmSender.close();
+    ringSender.close();
     stopChild(child);
   }
 }
@@ -305,8 +335,9 @@ export async function transportBench(opts: { json: boolean }): Promise<Transport
           `  stage stream  ${gb(streamBps)}\n  raw tcp       ${gb(rawBps)}\n  ratio         ${report.ratio}\n` +
           `data plane: ${DP_TENSORS} x ${DP_TENSOR_BYTES / 1e6} MB f32, median of ${REPS}\n` +
           `  native tcp    ${gb(dataPlane.nativeTcp.bytesPerSecond)}\n  raw tcp       ${gb(dataPlane.rawTcp.bytesPerSecond)}\n` +
-          `  shm           ${gb(dataPlane.shm.bytesPerSecond)}\n  memcpy        ${gb(dataPlane.memcpy.bytesPerSecond)}\n` +
-          `  tcp ratio     ${dataPlane.tcpRatio}\n  shm ratio     ${dataPlane.shmRatio}\n`,
+          `  shm           ${gb(dataPlane.shm.bytesPerSecond)}${dataPlane.shm.direct ? ' (direct)' : ' (NOT direct: the ring)'}\n` +
+          `  shm ring      ${gb(dataPlane.shmRing.bytesPerSecond)}\n  memcpy        ${gb(dataPlane.memcpy.bytesPerSecond)}\n` +
+          `  tcp ratio     ${dataPlane.tcpRatio}\n  shm ratio     ${dataPlane.shmRatio}\n  ring ratio    ${dataPlane.shmRingRatio}\n`,
       );
     }
     return report;

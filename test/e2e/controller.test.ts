@@ -195,9 +195,15 @@ describe('controller', () => {
     let setups = 0;
     for (const c of cluster.controllers.values()) setups += metricValue(await (await fetch(`${c.url}/metrics`)).text(), 'longshot_job_setup_seconds_count');
     expect(setups).toBeGreaterThanOrEqual(3);
-    let shared = 0;
-    for (const w of cluster.workers.values()) shared += metricValue(await (await fetch(`http://${w.metricsAddress}/metrics`)).text(), 'longshot_dataplane_bytes_total{transport="shm"}');
+    let [shared, direct] = [0, 0];
+    for (const w of cluster.workers.values()) {
+      const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
+      shared += metricValue(page, 'longshot_dataplane_bytes_total{transport="shm"}');
+      direct += metricValue(page, 'longshot_dataplane_direct_bytes_total');
+    }
     expect(shared).toBeGreaterThan(0);
+    // Every tensor landed in a stage's pooled buffer, in shared memory: the sender wrote each straight there.
+    expect(direct).toBe(shared);
     expect(metrics).toMatch(/longshot_http_request_duration_seconds_count\{method="POST",route="\/v1\/videos",status="202"\}/);
   });
 

@@ -68,6 +68,10 @@ export const workerMetrics = {
     labelNames: ['transport'],
     known: { transport: HOP_TRANSPORTS },
   }),
+  dataPlaneDirectBytes: counter({
+    name: 'longshot_dataplane_direct_bytes_total',
+    help: "Tensor payload bytes this worker received by shared memory that the sender wrote straight into the stage's buffer (one copy; the rest of shm took the ring's two)",
+  }),
   bytesReceived: counter({ name: 'longshot_activation_bytes_received_total', help: 'Activation payload bytes received from the previous stage' }),
   sessionsOpen: gauge({ name: 'longshot_sessions_open', help: 'Stage sessions open on this worker' }),
   sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),

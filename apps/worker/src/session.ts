@@ -63,6 +63,12 @@ export interface SessionContext {
    * endpoint, they choose the hop's transport.
    */
   readonly dataPlane: { readonly mode: DataPlaneMode; readonly hostId: string; readonly ncclDevice: number | null };
+  /**
+   * Memory for the session's tensor buffers, zeroed: shared memory that a sender on this host
+   * writes a received tensor straight into (the data-plane listener's allocateShared), or
+   * ordinary memory (absent: Buffer.alloc).
+   */
+  readonly allocateTensor?: (bytes: number) => Buffer;
   readonly log: Logger;
   /** Called when the session has lost its driver or upstream for longer than the grace period. */
   readonly onOrphaned: (s: StageSession) => void;
@@ -243,7 +249,7 @@ export class StageSession {
     this.group = link;
     // Spares beyond the buffers in use: enough for the steady state (one tensor landing, the
     // queued forwards, one output being sent), a bounded amount of memory held between steps.
-    this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 1);
+    this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 1, ctx.allocateTensor);
     let stage: StageRunner;
     let shapes: GroupShapes | null = null;
     if (ctx.emulation) {

@@ -10,7 +10,15 @@ export class TensorBuffers {
   private readonly spares = new Map<number, Buffer[]>();
   private count = 0;
 
-  constructor(private readonly maxSpares = 4) {
+  /**
+   * `allocate`: memory for a new buffer, zeroed (default Buffer.alloc); a worker whose data-plane
+   * listener takes shared memory gives its `allocateShared`, which a sender on this host writes
+   * received tensors straight into.
+   */
+  constructor(
+    private readonly maxSpares = 4,
+    private readonly allocate: (bytes: number) => Buffer = Buffer.alloc,
+  ) {
     if (!Number.isInteger(maxSpares) || maxSpares < 0) throw new RangeError(`maxSpares must be a non-negative integer, got ${maxSpares}`);
   }
 
@@ -26,7 +34,7 @@ export class TensorBuffers {
       if (list!.length === 0) this.spares.delete(bytes);
       return spare;
     }
-    return Buffer.alloc(bytes);
+    return this.allocate(bytes);
   }
 
   /**

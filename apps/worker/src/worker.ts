@@ -113,6 +113,8 @@ export class WorkerProcess {
   private readonly catalog: ModelCatalog;
   /** The native data plane's listener: TCP payloads and shared-memory doorbells (null in grpc mode). */
   private dataPlaneListener: DataPlaneListener | null = null;
+  /** Memory for sessions' tensor buffers (SessionContext.allocateTensor). */
+  private allocateTensor: ((bytes: number) => Buffer) | undefined;
   /** The CUDA device of this worker's NCCL data plane; null without one. */
   private ncclDevice: number | null = null;
   /** What this worker's data plane accepts, as registered. */
@@ -214,6 +216,11 @@ export class WorkerProcess {
     this.ncclDevice = nccl?.available ? configuredCudaDevice() : null;
     if (dp.mode !== 'grpc')
       this.dataPlaneListener = new DataPlaneListener({ host: this.config.host, port: dp.port, shm: dp.mode === 'shm' || dp.mode === 'auto', nccl: this.ncclDevice !== null, device: this.ncclDevice ?? 0 });
+    const listener = this.dataPlaneListener;
+    if (listener?.sweptSegments) this.log.info('unlinked shared memory that killed processes left behind', { segments: listener.sweptSegments });
+    // Stage tensors in the listener's shared memory when it takes shm: a sender on this host then
+    // copies a received tensor straight into the buffer the forward reads (one copy, not the ring's two).
+    this.allocateTensor = listener && (dp.mode === 'shm' || dp.mode === 'auto') ? (bytes) => listener.allocateShared(bytes) : undefined;
     this.endpoint = dataPlaneEndpoint(dp.mode, dp.hostId, this.dataPlaneListener ? `${this.config.advertiseHost}:${this.dataPlaneListener.port}` : null, true, this.ncclDevice !== null);
     this.metrics = await startMetricsServer({ port: this.config.metricsPort, host: this.config.host });
     this.metricsAddress = `${this.config.advertiseHost}:${this.metrics.port}`;
@@ -295,6 +302,7 @@ export class WorkerProcess {
       retainedMemory: this.retainedMemory,
       emulation: this.config.emulation,
       dataPlane: { mode: this.config.dataPlane.mode, hostId: this.config.dataPlane.hostId, ncclDevice: this.ncclDevice },
+      allocateTensor: this.allocateTensor,
       log: this.log,
       onOrphaned: (s) => this.drop(s, 'orphaned'),
     });
@@ -328,7 +336,11 @@ export class WorkerProcess {
       (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_TCP && this.endpoint?.tcp) ||
       (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_SHM && this.endpoint?.shm) ||
       (transport === DataPlaneTransport.DATA_PLANE_TRANSPORT_NCCL && this.endpoint?.nccl);
-    if (accepted && this.dataPlaneListener) return this.dataPlaneListener.receive(header.sessionId, header.seq, destination, undefined, header.ncclId);
+    if (accepted && this.dataPlaneListener)
+      return this.dataPlaneListener.receive(header.sessionId, header.seq, destination, undefined, header.ncclId).then((t) => {
+        if (t.direct) workerMetrics.dataPlaneDirectBytes.inc(t.bytes);
+        return t;
+      });
     return Promise.reject(new TransportError(grpc.status.FAILED_PRECONDITION, `worker ${this.config.id} does not take tensor bytes over ${DataPlaneTransport[transport]} (--data-plane ${this.config.dataPlane.mode})`, 'data plane'));
   }
 

@@ -14,6 +14,19 @@ describe('TensorBuffers', () => {
     expect(pool.take(4096)).not.toBe(a);
   });
 
+  it('takes new buffers from the allocator it was given (a worker gives its shared memory), and reuses them like any', () => {
+    const made: number[] = [];
+    const pool = new TensorBuffers(4, (bytes) => {
+      made.push(bytes);
+      return Buffer.alloc(bytes);
+    });
+    const a = pool.take(4096);
+    pool.give(a);
+    expect(pool.take(4096)).toBe(a);
+    pool.take(512);
+    expect(made).toEqual([4096, 512]);
+  });
+
   it('keeps spares by exact size: a window with a prefix and one without do not mix', () => {
     const pool = new TensorBuffers(4);
     const small = pool.take(1024);

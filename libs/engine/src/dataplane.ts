@@ -8,6 +8,12 @@
 export interface DataPlaneTransfer {
   bytes: number;
   seconds: number;
+  /**
+   * The sender wrote the tensor straight into a shared destination (path 1, one copy) rather
+   * than through the ring or a socket. The native side always sets it; optional for transfers
+   * made up elsewhere.
+   */
+  direct?: boolean;
 }
 
 /** A failed data-plane operation: `code` is the gRPC status it maps to. */
@@ -18,11 +24,21 @@ export interface DataPlaneError extends Error {
 
 export interface NativeDataPlaneListener {
   readonly port: number;
+  /** Shared-memory segments of processes killed by a signal that this listener unlinked when it started (shm only). */
+  readonly swept: number;
   addSession(session: Uint8Array, grant: Uint8Array): void;
   removeSession(session: Uint8Array): void;
   /** `ncclId`: the rendezvous id the control plane announced with an NCCL tensor. */
   expect(session: Uint8Array, seq: number, destination: ArrayBufferView, ncclId?: Uint8Array): Promise<DataPlaneTransfer>;
   cancel(session: Uint8Array, seq: number, why: string): void;
+  /**
+   * A zeroed destination buffer of `bytes` bytes in POSIX shared memory (a listener created with
+   * shm only): a sender on this host offering direct transfers copies a tensor whose destination
+   * lies in it (whole or a subarray) straight there, once. Freed (unmapped, unlinked) when the
+   * buffer is garbage-collected, even after the listener closed. Throws an Error saying why when
+   * shared memory is unusable (/dev/shm missing or full).
+   */
+  allocateShared(bytes: number): Buffer;
   close(): void;
 }
 
@@ -49,10 +65,20 @@ export interface NativeDataPlane {
    */
   Listener: new (host: string, port: number, stallMs: number, shm: boolean, nccl?: boolean, cudaIpc?: boolean, device?: number) => NativeDataPlaneListener;
   /**
-   * `slotBytes` > 0: send through a shared-memory ring of `slots` slots of that many bytes;
+   * `slotBytes` > 0: send through shared memory, a ring of `slots` slots of that many bytes or,
+   * for a receiver's shared destination, straight into it (unless `offerDirect` is false);
    * `devicePath` 'nccl' or 'cuda-ipc': through that, on CUDA device `device` (throws why when it cannot).
    */
-  Sender: new (host: string, port: number, stallMs: number, slotBytes?: number, slots?: number, devicePath?: 'nccl' | 'cuda-ipc', device?: number) => NativeDataPlaneSender;
+  Sender: new (
+    host: string,
+    port: number,
+    stallMs: number,
+    slotBytes?: number,
+    slots?: number,
+    devicePath?: 'nccl' | 'cuda-ipc',
+    device?: number,
+    offerDirect?: boolean,
+  ) => NativeDataPlaneSender;
   encodeHeader(h: { seq: number; byteLength: number; session: Uint8Array; grant: Uint8Array; shm?: boolean; path?: NativeDataPlanePath }): Buffer;
   /** The 128-byte descriptor that follows the header on the device paths. */
   encodeDeviceDescriptor(d: { seq: number; byteLength: number; path: 'nccl' | 'cuda-ipc'; offset?: number; handle?: Uint8Array }): Buffer;
@@ -73,6 +99,9 @@ export interface NativeDataPlane {
     replyMagic: number;
     ringBytes: number;
     ringMagic: number;
+    directMagic: number;
+    directBytes: number;
+    directPieceBytes: number;
     deviceDescriptorBytes: number;
     ncclIdBytes: number;
   };

@@ -1,6 +1,7 @@
 /**
  * The data plane's adapter: tensor bytes between stages over the addon's native TCP path or,
- * between processes of one host, its shared-memory ring (libs/engine/native/src/dataplane.h), while gRPC carries the control messages (the tensor
+ * between processes of one host, shared memory: a ring, or one copy straight into a destination
+ * the listener allocated in shared memory (`allocateShared`) (libs/engine/native/src/dataplane.h), while gRPC carries the control messages (the tensor
  * header with its seq and byte length, acknowledgements, errors). Native threads write from the
  * sender's buffer and read into the receiver's preallocated buffer; no JavaScript runs per chunk.
  *
@@ -45,7 +46,10 @@ export interface DataPlaneListenerOptions {
   host?: string;
   port?: number;
   stallMs?: number;
-  /** Also take tensors through senders' shared-memory rings (senders on this host). */
+  /**
+   * Also take tensors through shared memory from senders on this host: through their rings, or,
+   * into a buffer from `allocateShared`, straight from the sender (one copy).
+   */
   shm?: boolean;
   /**
    * Also take tensors by NCCL on CUDA device `device` (default 0); the constructor throws why
@@ -59,16 +63,27 @@ export interface DataPlaneListenerOptions {
 export class DataPlaneListener {
   private readonly native: NativeDataPlaneListener;
   private readonly sessions = new Map<string, DataPlaneKeys>();
+  private readonly shm: boolean;
+  private sharedUnusable: string | null = null;
   readonly host: string;
 
   constructor(options: DataPlaneListenerOptions = {}) {
     const DP = nativeDataPlane();
     this.host = options.host ?? '127.0.0.1';
+    this.shm = options.shm ?? false;
     this.native = new DP.Listener(this.host, options.port ?? 0, options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS, options.shm ?? false, options.nccl ?? false, false, options.device ?? 0);
   }
 
   get port(): number {
     return this.native.port;
+  }
+
+  /**
+   * Shared-memory segments that processes killed by a signal left behind (their owners' locks
+   * gone), unlinked when this listener started; only a listener that takes shm looks.
+   */
+  get sweptSegments(): number {
+    return this.native.swept;
   }
 
   /** Accepts frames of this session from now on. */
@@ -111,6 +126,32 @@ export class DataPlaneListener {
     }
   }
 
+  /**
+   * A destination buffer of `bytes` bytes for `receive`: in shared memory when this listener
+   * takes shm, so that a sender on this host writes a tensor landing in it (the whole buffer or
+   * any subarray) straight there, one copy instead of the ring's two. Otherwise, and when shared
+   * memory is unusable here (the native call says why: no /dev/shm, or full), ordinary memory
+   * (`Buffer.alloc`): tensors then take the ring. After one failure it stops trying
+   * (`sharedUnavailable` says why). Zeroed either way, like `Buffer.alloc` (a stage's pool hands
+   * out new buffers as zeros). Shared memory is freed when the buffer is garbage-collected, also
+   * after the listener is closed.
+   */
+  allocateShared(bytes: number): Buffer {
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw new RangeError(`bytes must be a non-negative safe integer, got ${bytes}`);
+    if (!this.shm || this.sharedUnusable !== null) return Buffer.alloc(bytes);
+    try {
+      return this.native.allocateShared(bytes);
+    } catch (e) {
+      this.sharedUnusable = e instanceof Error ? e.message : String(e);
+      return Buffer.alloc(bytes);
+    }
+  }
+
+  /** Why `allocateShared` returns ordinary memory (null while it still allocates shared memory, or never tried). */
+  get sharedUnavailable(): string | null {
+    return this.shm ? this.sharedUnusable : 'this data-plane listener does not take shared memory';
+  }
+
   close(): void {
     this.native.close();
   }
@@ -122,10 +163,13 @@ export const DEFAULT_SHM_RING = { slotBytes: 4 * 1024 * 1024, slots: 4 };
 export interface DataPlaneSenderOptions {
   stallMs?: number;
   /**
-   * Send through a shared-memory ring instead of the socket (a listener on this host that takes
-   * shm): the connection then only rings doorbells. true: DEFAULT_SHM_RING.
+   * Send through shared memory instead of the socket (a listener on this host that takes shm):
+   * the connection then only rings doorbells. Into a destination the listener allocated with
+   * `allocateShared` the sender copies each tensor straight (the transfer reports `direct`),
+   * into any other through a ring of `slots` slots of `slotBytes`. true: DEFAULT_SHM_RING.
+   * `direct: false` never offers the direct copy (the ring for every tensor; for measurements).
    */
-  shm?: boolean | { slotBytes: number; slots: number };
+  shm?: boolean | { slotBytes: number; slots: number; direct?: boolean };
   /**
    * Send by NCCL from CUDA device `device` (a listener that takes NCCL): the connection carries
    * the header and the checks, NCCL the bytes. The constructor throws why when it cannot.
@@ -154,7 +198,9 @@ export class DataPlaneSender {
     this.transport = options.nccl ? 'nccl' : ring ? 'shm' : 'tcp';
     const stallMs = options.stallMs ?? DEFAULT_DATA_PLANE_STALL_MS;
     const Sender = nativeDataPlane().Sender;
-    this.native = options.nccl ? new Sender(host, port, stallMs, 0, 0, 'nccl', options.nccl.device ?? 0) : new Sender(host, port, stallMs, ring?.slotBytes ?? 0, ring?.slots ?? 0);
+    this.native = options.nccl
+      ? new Sender(host, port, stallMs, 0, 0, 'nccl', options.nccl.device ?? 0)
+      : new Sender(host, port, stallMs, ring?.slotBytes ?? 0, ring?.slots ?? 0, undefined, undefined, typeof options.shm === 'object' ? (options.shm.direct ?? true) : true);
     this.ncclId = this.native.ncclId;
   }
 

@@ -2,16 +2,17 @@
  * The native data plane through its adapter: tensors land bit-exact in preallocated buffers,
  * from this process and from another one, and malformed traffic (unknown session, wrong token,
  * wrong length, a peer that stops mid-tensor, corrupted bytes) is refused with a clear error
- * without touching any other session's buffer. Hand-built traffic goes over real sockets.
+ * without touching any other session's buffer. Hand-built traffic goes over real sockets; a
+ * hand-built listener checks what a sender accepts from a receiver (direct descriptors).
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { status as Status } from '@grpc/grpc-js';
 import { hostCpuSeconds, nativeDataPlane } from '@longshot/engine';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { DataPlaneListener, DataPlaneSender, TransportError, chooseHopTransport, dataPlaneEndpoint, dataPlaneKeys, ncclAvailability } from '../src/index';
 import { pattern } from './dataplane-peer';
 
@@ -67,15 +68,44 @@ function randomBytes(n: number, seed: number): Uint8Array {
   return out;
 }
 
+/** Resolves with everything `socket` received once that is at least `n` bytes (rejects if it closes first). */
+function collector(socket: net.Socket): (n: number) => Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  const waiters: (() => void)[] = [];
+  let closed = false;
+  const wake = (): void => {
+    for (const w of waiters.splice(0)) w();
+  };
+  socket.on('data', (d: Buffer) => {
+    chunks.push(d);
+    wake();
+  });
+  socket.on('close', () => {
+    closed = true;
+    wake();
+  });
+  return (n) =>
+    new Promise((resolve, reject) => {
+      const check = (): void => {
+        const all = Buffer.concat(chunks);
+        if (all.length >= n) resolve(all);
+        else if (closed) reject(new Error(`connection closed after ${all.length} of ${n} bytes`));
+        else waiters.push(check);
+      };
+      check();
+    });
+}
+
 /** A hand-built connection to a listener: the header, then whatever the test writes. */
-async function rawPeer(l: DataPlaneListener): Promise<{ socket: net.Socket; reply: Promise<Buffer> }> {
+async function rawPeer(l: DataPlaneListener): Promise<{ socket: net.Socket; reply: Promise<Buffer>; until: (n: number) => Promise<Buffer> }> {
   const socket = net.connect(l.port, '127.0.0.1');
   await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
   const chunks: Buffer[] = [];
   socket.on('data', (d: Buffer) => chunks.push(d));
   socket.on('error', () => undefined);
+  const until = collector(socket);
   const reply = new Promise<Buffer>((resolve) => socket.on('close', () => resolve(Buffer.concat(chunks))));
-  return { socket, reply };
+  return { socket, reply, until };
 }
 
 function replyOf(bytes: Buffer): { code: number; seq: number; message: string } {
@@ -214,6 +244,18 @@ describe('native TCP data plane', () => {
     expect(r.message).toMatch(/bad magic/);
   });
 
+  it('refuses a header of another wire version, naming both (version 3 added the direct shared-memory transfer)', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    const { socket, reply } = await rawPeer(l);
+    const old = DP.encodeHeader({ seq: 1, byteLength: 16, ...dataPlaneKeys('s1', TOKEN) });
+    old.writeUInt16LE(2, 4);
+    socket.end(old);
+    const r = replyOf(await reply);
+    expect(r.code).toBe(Status.INVALID_ARGUMENT);
+    expect(r.message).toMatch(/data-plane version 2 is not supported \(this build speaks 3; both ends of a hop must run the same build\)/);
+  });
+
   it('a receive that nothing answers times out; a closed session cancels its receives', async () => {
     const l = listener();
     l.addSession('s1', TOKEN);
@@ -301,12 +343,14 @@ describe('native shared-memory data plane', () => {
     return file;
   }
 
-  function ringDescriptor(name: string, slots: number, slotBytes: number): Buffer {
+  /** `offerDirect`: the flag by which a sender offers to write straight into a shared destination. */
+  function ringDescriptor(name: string, slots: number, slotBytes: number, offerDirect = false): Buffer {
     const d = Buffer.alloc(DP.constants.ringBytes);
     d.writeUInt32LE(DP.constants.ringMagic, 0);
     d.writeUInt32LE(slots, 4);
     d.writeBigUInt64LE(BigInt(slotBytes), 8);
     d.write(`/${name}`, 16, 'latin1');
+    d.writeUInt32LE(offerDirect ? 1 : 0, 56);
     return d;
   }
 
@@ -408,6 +452,294 @@ describe('native shared-memory data plane', () => {
     await s.send('s2', TOKEN, 1, new Uint8Array(slotBytes).fill(6));
     await theirs;
     expect(bystander.every((v) => v === 6)).toBe(true);
+  });
+  describe('single copy into a shared destination (direct)', () => {
+    // The test runner ends its worker processes by a signal, which runs neither finalizers nor
+    // exit handlers: unlink this process's shared destinations by hand (their mappings stay).
+    afterAll(() => {
+      for (const f of fs.readdirSync('/dev/shm')) if (f.startsWith(`longshot-dd-${process.pid}-`)) fs.rmSync(`/dev/shm/${f}`, { force: true });
+    });
+
+    /** The listener's answer to a direct offer: 'W' and the 64-byte direct descriptor. */
+    function directAnswer(bytes: Buffer): { offset: number; length: number; name: string } {
+      expect(bytes[0]).toBe('W'.charCodeAt(0));
+      const d = bytes.subarray(1, 1 + DP.constants.directBytes);
+      expect(d.readUInt32LE(0)).toBe(DP.constants.directMagic);
+      const name = d.subarray(24, 64);
+      return { offset: Number(d.readBigUInt64LE(8)), length: Number(d.readBigUInt64LE(16)), name: name.subarray(0, name.indexOf(0)).toString('latin1') };
+    }
+
+    it('a sender writes straight into a shared destination, bit-exact, from this process and from another one', async () => {
+      const l = shmListener();
+      l.addSession('s1', TOKEN);
+      expect(l.sharedUnavailable).toBeNull();
+      const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
+      // 16 MiB + 28 bytes: a full piece through streaming stores and a 28-byte one; and 1000 bytes.
+      const floats = [(16 * 1024 * 1024 + 28) / 4, 250];
+      const dst = floats.map((n) => l.allocateShared(n * 4));
+      for (const d of dst) expect(d.every((b) => b === 0)).toBe(true);
+      const got = await Promise.all([...floats.map((n, i) => s.send('s1', TOKEN, i + 1, pattern(i + 1, n))), ...dst.map((d, i) => l.receive('s1', i + 1, d))]);
+      for (const [i, t] of got.entries()) expect([i, t.bytes, t.direct]).toEqual([i, floats[i % 2] * 4, true]);
+      for (let i = 0; i < 2; i++) expect(dst[i].equals(Buffer.from(pattern(i + 1, floats[i]).buffer))).toBe(true);
+
+      l.addSession('job-9/stage-3', TOKEN);
+      const far = [1, 2].map(() => l.allocateShared(floats[0] * 4));
+      const child = promisify(execFile)(process.execPath, [
+        '--import',
+        'tsx',
+        path.join(__dirname, 'dataplane-peer.ts'),
+        `127.0.0.1:${l.port}`,
+        'job-9/stage-3',
+        TOKEN,
+        '2',
+        String(floats[0]),
+        String(ring.slotBytes),
+        String(ring.slots),
+      ]);
+      const mine = await Promise.all(far.map((d, i) => l.receive('job-9/stage-3', i + 1, d)));
+      const { stdout } = await child;
+      expect((JSON.parse(stdout) as { transfers: { direct: boolean }[] }).transfers.map((t) => t.direct)).toEqual([true, true]);
+      expect(mine.map((t) => t.direct)).toEqual([true, true]);
+      for (let i = 0; i < 2; i++) expect(far[i].equals(Buffer.from(pattern(i + 1, floats[0]).buffer))).toBe(true);
+    });
+
+    it('ordinary memory takes the ring; a subarray of a shared buffer goes direct and nothing around it changes', async () => {
+      const l = shmListener();
+      l.addSession('s1', TOKEN);
+      const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: ring }));
+      const plain = new Uint8Array(3 * ring.slotBytes + 100);
+      const bytes = randomBytes(plain.length, 7);
+      const [sent, got] = await Promise.all([s.send('s1', TOKEN, 1, bytes), l.receive('s1', 1, plain)]);
+      expect([sent.direct, got.direct]).toEqual([false, false]);
+      expect(Buffer.from(plain).equals(Buffer.from(bytes))).toBe(true);
+
+      const shared = l.allocateShared(200_000).fill(0x5a);
+      const sub = shared.subarray(777, 777 + 70_003);
+      const inner = randomBytes(sub.length, 8);
+      const [, into] = await Promise.all([s.send('s1', TOKEN, 2, inner), l.receive('s1', 2, sub)]);
+      expect(into.direct).toBe(true);
+      expect(sub.equals(Buffer.from(inner))).toBe(true);
+      expect(shared.subarray(0, 777).every((b) => b === 0x5a)).toBe(true);
+      expect(shared.subarray(777 + 70_003).every((b) => b === 0x5a)).toBe(true);
+
+      // A sender that does not offer the direct copy takes the ring into a shared buffer too.
+      const ringOnly = track(new DataPlaneSender(`127.0.0.1:${l.port}`, { shm: { ...ring, direct: false } }));
+      const again = randomBytes(sub.length, 9);
+      const [, viaRing] = await Promise.all([ringOnly.send('s1', TOKEN, 3, again), l.receive('s1', 3, sub)]);
+      expect(viaRing.direct).toBe(false);
+      expect(sub.equals(Buffer.from(again))).toBe(true);
+    });
+
+    it('allocateShared falls back to ordinary memory, once and saying why, when shared memory is unusable', () => {
+      const tcpOnly = listener();
+      const plain = tcpOnly.allocateShared(4096);
+      expect(plain.length).toBe(4096);
+      expect(tcpOnly.sharedUnavailable).toMatch(/does not take shared memory/);
+      // The native call says why it cannot: here a segment larger than /dev/shm can hold.
+      const native = track(new DP.Listener('127.0.0.1', 0, 1000, true));
+      expect(() => native.allocateShared(2 ** 50)).toThrow(/cannot allocate a shared destination of 1125899906842624 bytes: .*(posix_fallocate|too large)/);
+      expect(() => new DP.Listener('127.0.0.1', 0, 1000, false).allocateShared(16)).toThrow(/does not take shared memory/);
+      // The adapter remembers a failure and stops asking.
+      const l = shmListener();
+      // (A /dev/shm full at this size cannot be arranged here: the native call fails by hand.)
+      const inner = (l as unknown as { native: object }).native;
+      let calls = 0;
+      Object.defineProperty(inner, 'allocateShared', {
+        value: () => {
+          calls++;
+          throw new Error('data plane: cannot allocate a shared destination of 64 bytes: shm_open: No space left on device');
+        },
+      });
+      expect(l.allocateShared(64).length).toBe(64);
+      expect(l.allocateShared(128).length).toBe(128);
+      expect(calls).toBe(1);
+      expect(l.sharedUnavailable).toMatch(/shm_open: No space left on device/);
+      expect(() => l.allocateShared(-1)).toThrow(RangeError);
+    });
+
+    it('a cancelled direct receive first stops the sender (it settles only after the sender said so); a silent sender times out', async () => {
+      const l = shmListener(5000);
+      l.addSession('s1', TOKEN);
+      const dst = l.allocateShared(3 * 4096);
+      let settled = false;
+      const mine = rejection(l.receive('s1', 1, dst, 60_000)).finally(() => (settled = true));
+      const name = `longshot-test-${process.pid}-dstop`;
+      const file = handMadeSegment(name, 2, 4096, 0);
+      try {
+        const peer = await rawPeer(l);
+        peer.socket.write(DP.encodeHeader({ seq: 1, byteLength: dst.length, ...dataPlaneKeys('s1', TOKEN), shm: true }));
+        peer.socket.write(ringDescriptor(name, 2, 4096, true));
+        const answer = directAnswer(await peer.until(1 + DP.constants.directBytes));
+        expect([answer.offset, answer.length]).toEqual([0, dst.length]);
+        expect(fs.existsSync(`/dev/shm${answer.name}`)).toBe(true);
+        // Mid-transfer the receive is cancelled: the listener asks the sender to stop ('S')...
+        l.removeSession('s1');
+        const stop = await peer.until(1 + DP.constants.directBytes + 1);
+        expect(String.fromCharCode(stop[1 + DP.constants.directBytes])).toBe('S');
+        await new Promise((r) => setTimeout(r, 200));
+        expect(settled).toBe(false); // ...and waits for its answer before settling
+        peer.socket.write(Buffer.from('A'));
+        const err = await mine;
+        expect(err.code).toBe(Status.CANCELLED);
+        expect(err.details).toMatch(/session closed/);
+        peer.socket.end();
+        const r = replyOf((await peer.reply).subarray(1 + DP.constants.directBytes + 1));
+        expect(r.code).toBe(Status.CANCELLED);
+      } finally {
+        fs.rmSync(file, { force: true });
+      }
+
+      // A sender that rings the first of two pieces and then goes silent: DEADLINE_EXCEEDED on
+      // both sides, as on the ring.
+      const quick = shmListener(300);
+      quick.addSession('s1', TOKEN);
+      const other = quick.allocateShared(DP.constants.directPieceBytes + 1);
+      const stalled = rejection(quick.receive('s1', 1, other));
+      const file2 = handMadeSegment(`${name}2`, 2, 4096, 0);
+      try {
+        const peer = await rawPeer(quick);
+        peer.socket.write(DP.encodeHeader({ seq: 1, byteLength: other.length, ...dataPlaneKeys('s1', TOKEN), shm: true }));
+        peer.socket.write(ringDescriptor(`${name}2`, 2, 4096, true));
+        expect(directAnswer(await peer.until(1 + DP.constants.directBytes)).length).toBe(other.length);
+        peer.socket.write(Buffer.from('D'));
+        const err = await stalled;
+        expect(err.code).toBe(Status.DEADLINE_EXCEEDED);
+        expect(err.details).toMatch(/stopped mid-tensor \(no direct-transfer doorbell for 300 ms\)/);
+        peer.socket.end();
+        expect(replyOf((await peer.reply).subarray(1 + DP.constants.directBytes)).code).toBe(Status.DEADLINE_EXCEEDED);
+      } finally {
+        fs.rmSync(file2, { force: true });
+      }
+    });
+
+    it('a sender refuses a direct descriptor outside the segment, with a bad name or for a segment it cannot open, and writes nothing', async () => {
+      // A hand-made listener: it reads the header and ring descriptor of a real sender, then
+      // answers each connection with the next direct descriptor of the list.
+      const segment = `longshot-test-${process.pid}-target`;
+      const file = `/dev/shm/${segment}`;
+      fs.writeFileSync(file, Buffer.alloc(8192, 0x11), { mode: 0o600 });
+      const n = 1000;
+      const answers: { offset: bigint; length?: number; name: string; magic?: number }[] = [
+        { offset: 7500n, name: `/${segment}` }, // 7500 + 1000 > 8192
+        { offset: 2n ** 64n - 10n, name: `/${segment}` }, // offset + length overflows
+        { offset: 0n, name: `${segment}` }, // not a POSIX name
+        { offset: 0n, name: `/no/${segment}` },
+        { offset: 0n, name: `/${segment}-missing` },
+        { offset: 0n, length: 999, name: `/${segment}` },
+        { offset: 0n, name: `/${segment}`, magic: 0x12345678 },
+        { offset: 100n, name: `/${segment}` }, // the one honest answer
+      ];
+      // Per connection: what the sender wrote up to its first byte after the direct descriptor.
+      const seen: Promise<Buffer>[] = [];
+      const server = net.createServer((socket) => {
+        const answer = answers[seen.length];
+        const until = collector(socket);
+        socket.on('error', () => undefined);
+        seen.push(until(129));
+        void (async () => {
+          await until(128);
+          const d = Buffer.alloc(1 + DP.constants.directBytes);
+          d[0] = 'W'.charCodeAt(0);
+          d.writeUInt32LE(answer.magic ?? DP.constants.directMagic, 1);
+          d.writeBigUInt64LE(answer.offset, 9);
+          d.writeBigUInt64LE(BigInt(answer.length ?? n), 17);
+          d.write(answer.name, 25, 'latin1');
+          socket.write(d);
+          const rest = await until(129);
+          if (rest[128] === 'D'.charCodeAt(0)) {
+            await until(129 + DP.constants.trailerBytes);
+            const reply = Buffer.alloc(DP.constants.replyBytes);
+            reply.writeUInt32LE(DP.constants.replyMagic, 0);
+            reply.writeBigUInt64LE(1n, 8);
+            socket.end(reply);
+          } else {
+            socket.end();
+          }
+        })().catch(() => socket.destroy());
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      const port = (server.address() as net.AddressInfo).port;
+      const why = [
+        [Status.INVALID_ARGUMENT, /bytes \[7500, 7500 \+ 1000\) are not inside the 8192 bytes of segment/],
+        [Status.INVALID_ARGUMENT, /are not inside the 8192 bytes/],
+        [Status.INVALID_ARGUMENT, /segment name is not a POSIX shared-memory name/],
+        [Status.INVALID_ARGUMENT, /segment name is not a POSIX shared-memory name/],
+        [Status.FAILED_PRECONDITION, /cannot open the receiver's shared destination .*-missing: No such file or directory/],
+        [Status.INVALID_ARGUMENT, /its byte_length 999 is not the tensor's 1000/],
+        [Status.INVALID_ARGUMENT, /not a direct descriptor \(bad magic\)/],
+      ] as const;
+      try {
+        for (const [i, [code, message]] of why.entries()) {
+          const s = track(new DataPlaneSender(`127.0.0.1:${port}`, { shm: ring }));
+          const err = await rejection(s.send('s1', TOKEN, 1, new Uint8Array(n).fill(0xee)));
+          expect([i, err.code]).toEqual([i, code]);
+          expect(err.details).toMatch(message);
+          expect(err.details).toMatch(/the receiver's direct descriptor was refused/);
+          // It offered direct, and said 'A' (refused) rather than writing.
+          const wrote = await seen[i];
+          expect(wrote.readUInt32LE(64 + 56)).toBe(1);
+          expect(String.fromCharCode(wrote[128])).toBe('A');
+          expect(fs.readFileSync(file).every((b) => b === 0x11)).toBe(true);
+        }
+        const s = track(new DataPlaneSender(`127.0.0.1:${port}`, { shm: ring }));
+        const ok = await s.send('s1', TOKEN, 1, new Uint8Array(n).fill(0xee));
+        expect(ok.direct).toBe(true);
+        const after = fs.readFileSync(file);
+        expect(after.subarray(100, 100 + n).every((b) => b === 0xee)).toBe(true);
+        expect(after.subarray(0, 100).every((b) => b === 0x11)).toBe(true);
+        expect(after.subarray(100 + n).every((b) => b === 0x11)).toBe(true);
+      } finally {
+        server.close();
+        fs.rmSync(file, { force: true });
+      }
+    });
+
+    it('shared destinations outlive a closed listener: collecting them unlinks them without a crash, and so does process.exit', async () => {
+      // global.gc in a child of its own (node --expose-gc): the test runner does not expose it.
+      const child = promisify(execFile)(process.execPath, ['--expose-gc', '--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), 'shared-gc']);
+      const { stdout } = await child;
+      expect(JSON.parse(stdout)).toEqual({ allocated: 3, afterGc: 0, direct: true, kept: 8192 });
+      expect(fs.readdirSync('/dev/shm').filter((f) => f.startsWith(`longshot-dd-${child.child.pid}-`))).toEqual([]);
+    });
+
+    it('a listener that takes shm unlinks what a process killed by a signal left in shared memory, and nothing a live one holds', async () => {
+      const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'dataplane-peer.ts'), 'hold-shared'], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const line = await new Promise<string>((resolve, reject) => {
+        child.stdout.once('data', (d: Buffer) => resolve(d.toString()));
+        child.once('exit', (code) => reject(new Error(`hold-shared exited (${code})`)));
+      });
+      const [orphan] = (JSON.parse(line) as { segments: string[] }).segments;
+      expect(orphan).toMatch(/^longshot-dd-\d+-[0-9a-f]{16}$/);
+      const live = new DataPlaneListener({ shm: true });
+      const mine = live.allocateShared(4096);
+      const [ours] = fs.readdirSync('/dev/shm').filter((f) => f.startsWith(`longshot-dd-${process.pid}-`));
+      // Segments younger than a minute are left alone (their creator may not hold its lock yet): age both.
+      const old = new Date(Date.now() - 10 * 60_000);
+      fs.utimesSync(`/dev/shm/${orphan}`, old, old);
+      fs.utimesSync(`/dev/shm/${ours}`, old, old);
+      // Alive, its lock held: a sweep now leaves its segment.
+      const early = new DataPlaneListener({ shm: true });
+      early.close();
+      expect(fs.existsSync(`/dev/shm/${orphan}`)).toBe(true);
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+      expect(fs.existsSync(`/dev/shm/${orphan}`)).toBe(true);
+      const sweeper = new DataPlaneListener({ shm: true });
+      try {
+        expect(sweeper.sweptSegments).toBeGreaterThanOrEqual(1);
+        expect(fs.existsSync(`/dev/shm/${orphan}`)).toBe(false);
+        expect(fs.existsSync(`/dev/shm/${ours}`)).toBe(true);
+        expect(mine.length).toBe(4096);
+        // Not a listener that takes shm: it does not look.
+        const tcpOnly = new DataPlaneListener({});
+        expect(tcpOnly.sweptSegments).toBe(0);
+        tcpOnly.close();
+      } finally {
+        sweeper.close();
+        live.close();
+      }
+    });
   });
 });
 

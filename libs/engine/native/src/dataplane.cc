@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <dirent.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -15,8 +16,10 @@
 #include <immintrin.h>
 #include <poll.h>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <sys/mman.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -57,7 +60,8 @@ void encode_header(const Header& h, uint8_t out[kHeaderBytes]) {
 
 std::string decode_header(const uint8_t in[kHeaderBytes], Header* h) {
   if (get32(in) != kMagic) return "not a data-plane frame (bad magic)";
-  if (get16(in + 4) != kVersion) return "data-plane version " + std::to_string(get16(in + 4)) + " is not supported (this build speaks " + std::to_string(kVersion) + ")";
+  if (get16(in + 4) != kVersion)
+    return "data-plane version " + std::to_string(get16(in + 4)) + " is not supported (this build speaks " + std::to_string(kVersion) + "; both ends of a hop must run the same build)";
   if (get16(in + 6) != kHeaderBytes) return "header length " + std::to_string(get16(in + 6)) + ", expected " + std::to_string(kHeaderBytes);
   if (in[56] > kPathCudaIpc) return "unknown path " + std::to_string(in[56]);
   if ((get64(in + 56) >> 8) != 0) return "reserved header bytes are not zero";
@@ -127,13 +131,14 @@ constexpr int kPollSliceMs = 100;  // how often a blocked reader looks at cancel
 
 using Clock = std::chrono::steady_clock;
 
-// Tensors at least this large leave the shared-memory ring through non-temporal stores (below).
+// Tensors at least this large reach their destination through non-temporal stores (below): out
+// of the shared-memory ring, or from the sender straight into a shared destination.
 constexpr uint64_t kStreamingCopyBytes = 16u << 20;
 
 // A copy whose destination bypasses the caches: no read-for-ownership of destination lines that
-// a tensor far larger than the last-level cache would evict again anyway, so the ring's copy out
-// moves about the memory traffic of one memcpy and the ring's slots stay cached for the next
-// chunks. AVX2 stores of 32 bytes; the unaligned head and the tail go through memcpy.
+// a tensor far larger than the last-level cache would evict again anyway, so the copy moves about
+// the memory traffic of one memcpy (and the ring's slots stay cached for the next chunks). AVX2
+// stores of 32 bytes; the unaligned head and the tail go through memcpy.
 __attribute__((target("avx2"))) void copy_streaming_avx2(uint8_t* dst, const uint8_t* src, size_t n) {
   size_t head = (32 - (reinterpret_cast<uintptr_t>(dst) & 31)) & 31;
   if (head > n) head = n;
@@ -153,9 +158,10 @@ __attribute__((target("avx2"))) void copy_streaming_avx2(uint8_t* dst, const uin
   std::memcpy(dst + i, src + i, n - i);
 }
 
-// The ring's copy out: streaming for a large tensor on a CPU with AVX2, memcpy otherwise (a small
-// tensor is read by its stage right away, from the cache the copy left it in).
-void copy_out_of_ring(uint8_t* dst, const uint8_t* src, size_t n, uint64_t tensor_bytes) {
+// A piece of a tensor into its destination (the ring's copy out, and the direct copy): streaming
+// for a large tensor on a CPU with AVX2, memcpy otherwise (a small tensor is read by its stage
+// right away, from the cache the copy left it in, the last-level cache shared by both processes).
+void copy_tensor_piece(uint8_t* dst, const uint8_t* src, size_t n, uint64_t tensor_bytes) {
   static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx2 && tensor_bytes >= kStreamingCopyBytes) copy_streaming_avx2(dst, src, n);
   else std::memcpy(dst, src, n);
@@ -242,6 +248,92 @@ void encode_reply(std::vector<uint8_t>* out, Code code, uint64_t seq, const std:
   std::memcpy(out->data() + kReplyBytes, msg.data(), len);
 }
 
+// A fresh name for a shared-memory segment of this process: `prefix`, the pid and 64 random bits,
+// so that no other process can guess it (segments are created O_EXCL besides).
+std::string fresh_segment_name(const char* prefix) {
+  std::random_device rd;
+  char name[kSegmentNameBytes];
+  std::snprintf(name, sizeof name, "%s-%d-%08x%08x", prefix, static_cast<int>(::getpid()), rd(), rd());
+  return name;
+}
+
+// The names of this process's shared-memory segments that are still linked: a process that ends
+// by exit() (Node's process.exit) runs no finalizers and no destructors of ours, so without this
+// a shared destination (often hundreds of MB) or a ring no receiver took yet would stay in
+// /dev/shm. Unlinking at exit leaves mappings, others' included, intact. (A process killed by a
+// signal still leaves them.) Allocated once and never freed: it must outlive every static.
+struct LinkedSegments {
+  std::mutex mu;
+  std::set<std::string> names;
+};
+void unlink_at_exit();
+LinkedSegments& linked_segments() {
+  static LinkedSegments* l = [] {
+    auto* p = new LinkedSegments;
+    std::atexit(unlink_at_exit);
+    return p;
+  }();
+  return *l;
+}
+void unlink_at_exit() {
+  LinkedSegments& l = linked_segments();
+  std::lock_guard<std::mutex> lock(l.mu);
+  for (const std::string& n : l.names) ::shm_unlink(n.c_str());
+  l.names.clear();
+}
+void segment_linked(const std::string& name) {
+  LinkedSegments& l = linked_segments();
+  std::lock_guard<std::mutex> lock(l.mu);
+  l.names.insert(name);
+}
+// Unlinks `name` (ours) and forgets it.
+void segment_unlink(const std::string& name) {
+  LinkedSegments& l = linked_segments();
+  std::lock_guard<std::mutex> lock(l.mu);
+  ::shm_unlink(name.c_str());
+  l.names.erase(name);
+}
+
+// A segment's creator holds a shared flock on it for as long as it owns it (the lock goes with its
+// last descriptor, so also when the process is killed); `sweep_stale_segments` unlinks only
+// segments nobody holds. Locks on tmpfs work across PID namespaces, unlike a pid in the name.
+bool hold_segment(int fd) { return ::flock(fd, LOCK_SH | LOCK_NB) == 0; }
+
+}  // namespace
+
+int sweep_stale_segments(const char* dir, int min_age_seconds) {
+  DIR* d = ::opendir(dir);
+  if (!d) return 0;
+  int swept = 0;
+  const time_t now = ::time(nullptr);
+  while (dirent* e = ::readdir(d)) {
+    const std::string base(e->d_name);
+    if (base.rfind("longshot-dd-", 0) != 0 && base.rfind("longshot-dp-", 0) != 0) continue;
+    const std::string name = "/" + base;
+    int fd = ::shm_open(name.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (fd < 0) continue;
+    struct stat st {};
+    // Not ours (another user's), or so new that its creator may not have taken its lock yet.
+    const bool candidate = ::fstat(fd, &st) == 0 && st.st_uid == ::geteuid() && now - st.st_mtime >= min_age_seconds;
+    if (candidate && ::flock(fd, LOCK_EX | LOCK_NB) == 0 && ::shm_unlink(name.c_str()) == 0) ++swept;
+    ::close(fd);
+  }
+  ::closedir(d);
+  return swept;
+}
+
+namespace {
+
+// A name field of `kSegmentNameBytes` holding a POSIX shared-memory name: '/' then at least one
+// character, no other '/', NUL-terminated within the field. Empty, or why not.
+std::string segment_name_of(const uint8_t* field, std::string* name) {
+  const void* nul = std::memchr(field, 0, kSegmentNameBytes);
+  if (!nul) return "segment name is not NUL-terminated within " + std::to_string(kSegmentNameBytes) + " bytes";
+  name->assign(reinterpret_cast<const char*>(field), static_cast<const uint8_t*>(nul) - field);
+  if (name->size() < 2 || (*name)[0] != '/' || name->find('/', 1) != std::string::npos) return "segment name is not a POSIX shared-memory name";
+  return "";
+}
+
 const char* io_name(Io io) {
   switch (io) {
     case Io::kClosed: return "the peer closed the connection";
@@ -256,6 +348,8 @@ const char* io_name(Io io) {
 // ---- Listener ----------------------------------------------------------------------------------
 
 Listener::Listener(const std::string& host, int port, int stall_ms, unsigned paths, int device) : stall_ms_(stall_ms), paths_(paths), device_(device) {
+  // What processes killed by a signal left in shared memory (their exit handlers never ran).
+  if (paths & (1u << kPathShm)) swept_ = sweep_stale_segments("/dev/shm", kStaleSegmentSeconds);
   if (paths & ((1u << kPathNccl) | (1u << kPathCudaIpc))) {
     std::string why = cuda::link::usable(device);
     if (why.empty() && (paths & (1u << kPathNccl))) nccl_ = nccl::load(&why);
@@ -349,6 +443,77 @@ void Listener::cancel(const Key& session, uint64_t seq, const std::string& why) 
   e->done({kCancelled, why, 0, 0});
 }
 
+// ---- shared destinations -----------------------------------------------------------------------
+
+void SharedRegistry::add(const uint8_t* base, size_t bytes, const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
+  by_base_[base] = Entry{bytes, name};
+}
+
+void SharedRegistry::remove(const uint8_t* base) {
+  std::lock_guard<std::mutex> lock(mu_);
+  by_base_.erase(base);
+}
+
+bool SharedRegistry::find(const uint8_t* p, size_t n, std::string* name, uint64_t* offset) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = by_base_.upper_bound(p);  // the first segment that starts after p
+  if (it == by_base_.begin()) return false;
+  --it;
+  const size_t off = static_cast<size_t>(p - it->first);
+  if (off > it->second.bytes || n > it->second.bytes - off) return false;
+  *name = it->second.name;
+  *offset = off;
+  return true;
+}
+
+SharedDestination::~SharedDestination() {
+  // Unregistered first, under the registry's mutex: no data-plane thread finds it from now on.
+  // None is writing it either: an expectation keeps its buffer (and so this) alive until it settles.
+  if (registry_) registry_->remove(base_);
+  if (base_) ::munmap(base_, mapped_);
+  if (!name_.empty()) segment_unlink(name_);
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::unique_ptr<SharedDestination> Listener::allocate_shared(size_t bytes) {
+  const std::string what = "data plane: cannot allocate a shared destination of " + std::to_string(bytes) + " bytes: ";
+  if (closing_) throw std::runtime_error(what + "the listener is closed");
+  if (!(paths_ & (1u << kPathShm))) throw std::runtime_error(what + "this listener does not take shared memory");
+  // Whole pages (at least one: an empty mapping does not exist); the buffer is `bytes` of them.
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  if (bytes > SIZE_MAX - page || bytes > static_cast<size_t>(INT64_MAX) - page) throw std::runtime_error(what + "too large");
+  const size_t mapped = std::max<size_t>(page, (bytes + page - 1) / page * page);
+  std::unique_ptr<SharedDestination> d(new SharedDestination());
+  d->name_ = fresh_segment_name("/longshot-dd");
+  int fd = ::shm_open(d->name_.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    const int err = errno;
+    d->name_.clear();  // nothing of ours to unlink
+    throw std::runtime_error(what + "shm_open: " + std::strerror(err));
+  }
+  segment_linked(d->name_);
+  d->fd_ = fd;  // kept open, and locked, while the buffer lives: see sweep_stale_segments
+  hold_segment(fd);
+  // Its pages now, not at the sender's first write: a /dev/shm without room for them fails here,
+  // with a reason, instead of killing the writing process with SIGBUS later.
+  int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(mapped));
+  if (rc != 0) {
+    throw std::runtime_error(what + "cannot reserve " + std::to_string(mapped) + " bytes of shared memory (posix_fallocate: " + std::strerror(rc) +
+                             (rc == ENOSPC ? "; /dev/shm is full" : "") + ")");
+  }
+  // MAP_POPULATE: the page tables now, not in a fault per page when the stage first reads it.
+  void* m = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  const int err = errno;
+  if (m == MAP_FAILED) throw std::runtime_error(what + "mmap: " + std::strerror(err));
+  d->base_ = static_cast<uint8_t*>(m);
+  d->bytes_ = bytes;
+  d->mapped_ = mapped;
+  d->registry_ = shared_;
+  shared_->add(d->base_, bytes, d->name_);
+  return d;
+}
+
 void Listener::close() {
   std::vector<std::shared_ptr<Expectation>> pending;
   std::vector<std::unique_ptr<Conn>> conns;
@@ -426,7 +591,7 @@ void Listener::serve(Conn* c) {
   c->finished = true;
 }
 
-std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const std::atomic<bool>* stop) {
+std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const std::atomic<bool>* stop, bool* direct) {
   const int fd = c->fd;
   auto io_error = [&](Io io, const char* where) {
     if (io == Io::kCancelled) *code = kCancelled;
@@ -441,13 +606,13 @@ std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const st
   if (io != Io::kOk) return io_error(io, "before the ring descriptor");
   const uint32_t slots = get32(rd + 4);
   const uint64_t slot_bytes = get64(rd + 8);
-  char raw[kSegmentNameBytes + 1] = {0};
-  std::memcpy(raw, rd + 16, kSegmentNameBytes);
-  const std::string name(raw);
+  const uint32_t flags = get32(rd + 16 + kSegmentNameBytes);
+  std::string name;
   *code = kInvalidArgument;
   if (get32(rd) != kRingMagic) return "not a ring descriptor (bad magic)";
   if (slots < 1 || slots > 1024 || slot_bytes < 4096 || slot_bytes > (1ull << 30) || slot_bytes % 64 != 0) return "ring of " + std::to_string(slots) + " slots of " + std::to_string(slot_bytes) + " bytes is out of range";
-  if (name.size() < 2 || name[0] != '/' || name.find('/', 1) != std::string::npos) return "segment name is not a POSIX shared-memory name";
+  if (std::string bad = segment_name_of(rd + 16, &name); !bad.empty()) return bad;
+  if ((flags & ~kRingOfferDirect) != 0 || get32(rd + 20 + kSegmentNameBytes) != 0) return "unknown ring descriptor flags or reserved bytes not zero";
   if (!c->segment || c->segment->name != name) {
     c->segment.reset();
     const size_t need = kSegmentHeaderBytes + static_cast<size_t>(slots) * slot_bytes;
@@ -475,6 +640,19 @@ std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const st
   } else if (c->segment->slots != slots || c->segment->slot_bytes != slot_bytes) {
     return "the ring of " + name + " changed shape";
   }
+  // The ring's segment is checked (and its name unlinked) even when the tensor goes direct: the
+  // sender's segment is then never left behind, and a bad one is refused whichever way it goes.
+  if (flags & kRingOfferDirect) {
+    std::string dname;
+    uint64_t doff = 0;
+    if (shared_->find(e->dst, e->len, &dname, &doff)) {
+      *direct = true;
+      return receive_direct(c, e, dname, doff, code, stop);
+    }
+    const uint8_t go = kRingGo;
+    io = write_all(fd, &go, 1, stall_ms_);
+    if (io != Io::kOk) return io_error(io, "before the ring transfer");
+  }
   const uint8_t* ring = c->segment->base + kSegmentHeaderBytes;
   const uint8_t free_byte = kChunkFree;
   for (uint64_t off = 0, i = 0; off < e->len; off += slot_bytes, ++i) {
@@ -483,9 +661,48 @@ std::string Listener::receive_ring(Conn* c, Expectation* e, Code* code, const st
     if (io != Io::kOk) return io_error(io, "mid-tensor");
     *code = kInvalidArgument;
     if (b != kChunkReady) return "expected the doorbell of chunk " + std::to_string(i);
-    copy_out_of_ring(e->dst + off, ring + (i % slots) * slot_bytes, std::min<uint64_t>(slot_bytes, e->len - off), e->len);
+    copy_tensor_piece(e->dst + off, ring + (i % slots) * slot_bytes, std::min<uint64_t>(slot_bytes, e->len - off), e->len);
     io = write_all(fd, &free_byte, 1, stall_ms_);
     if (io != Io::kOk) return io_error(io, "mid-tensor");
+  }
+  *code = kOk;
+  return "";
+}
+
+std::string Listener::receive_direct(Conn* c, Expectation* e, const std::string& name, uint64_t offset, Code* code, const std::atomic<bool>* stop) {
+  const int fd = c->fd;
+  uint8_t msg[1 + kDirectBytes] = {kDirectGo};
+  uint8_t* d = msg + 1;
+  put32(d, kDirectMagic);
+  put64(d + 8, offset);
+  put64(d + 16, e->len);
+  std::memcpy(d + 24, name.data(), std::min(name.size(), kSegmentNameBytes - 1));
+  Io io = write_all(fd, msg, sizeof msg, stall_ms_);
+  if (io != Io::kOk) return *code = io == Io::kStalled ? kDeadlineExceeded : kUnavailable, std::string(io_name(io)) + " before the direct transfer";
+  const uint64_t pieces = std::max<uint64_t>(1, (e->len + kDirectPieceBytes - 1) / kDirectPieceBytes);
+  for (uint64_t i = 0; i < pieces; ++i) {
+    uint8_t b = 0;
+    io = read_exact(fd, &b, 1, stall_ms_, true, stop);
+    if (io == Io::kCancelled) {
+      // The sender may be writing the destination right now: ask it to stop and wait until it
+      // has (its 'A', or the last piece's doorbell), so that nothing writes the destination once
+      // the expectation settled. A sender that says nothing within the stall time is stuck, or
+      // gone with the connection (the listener closing shuts it down).
+      const uint8_t halt = kDirectStop;
+      if (write_all(fd, &halt, 1, stall_ms_) == Io::kOk) {
+        for (; i < pieces; ++i) {
+          if (read_exact(fd, &b, 1, stall_ms_, true, nullptr) != Io::kOk || b != kChunkReady) break;
+        }
+      }
+      return *code = kCancelled, e->cancel_why;
+    }
+    if (io != Io::kOk) {
+      *code = io == Io::kStalled ? kDeadlineExceeded : kUnavailable;
+      if (io == Io::kStalled) return "the sender stopped mid-tensor (no direct-transfer doorbell for " + std::to_string(stall_ms_) + " ms)";
+      return std::string(io_name(io)) + " mid-tensor";
+    }
+    if (b == kDirectAbort) return *code = kFailedPrecondition, "the sender refused to write into this listener's shared destination " + name + " (its own error says why)";
+    if (b != kChunkReady) return *code = kInvalidArgument, "expected the doorbell of direct piece " + std::to_string(i);
   }
   *code = kOk;
   return "";
@@ -598,7 +815,7 @@ bool Listener::serve_one(Conn* c) {
   uint8_t trailer[kTrailerBytes];
   if (h.path == kPathShm || h.path >= kPathNccl) {
     Code code = kOk;
-    std::string why = h.path == kPathShm ? receive_ring(c, e.get(), &code, &e->cancelled) : receive_device(c, h, e.get(), &code);
+    std::string why = h.path == kPathShm ? receive_ring(c, e.get(), &code, &e->cancelled, &r.direct) : receive_device(c, h, e.get(), &code);
     if (code == kOk) io = read_exact(fd, trailer, kTrailerBytes, stall_ms_, true, &e->cancelled);
     else r.code = code, r.message = "data plane: " + tensor + ": " + why, io = code == kDeadlineExceeded ? Io::kStalled : Io::kError;
   } else {
@@ -625,7 +842,11 @@ bool Listener::serve_one(Conn* c) {
   }
   e->done(r);
   if (r.code != kOk) {
-    if (io == Io::kOk || io == Io::kStalled || (h.path != kPathTcp && r.code == kInvalidArgument) || r.code == kFailedPrecondition || (h.path >= kPathNccl && r.code == kInternal)) refuse(r.code, h.seq, r.message);
+    // A direct transfer cancelled here was stopped with the sender's agreement (or it is stuck):
+    // it reads a reply next and learns why.
+    if (io == Io::kOk || io == Io::kStalled || (h.path != kPathTcp && r.code == kInvalidArgument) || r.code == kFailedPrecondition || (h.path >= kPathNccl && r.code == kInternal) ||
+        (r.direct && r.code == kCancelled && !closing_))
+      refuse(r.code, h.seq, r.message);
     return false;
   }
   encode_reply(&reply, kOk, h.seq, "");
@@ -634,8 +855,8 @@ bool Listener::serve_one(Conn* c) {
 
 // ---- Sender ------------------------------------------------------------------------------------
 
-Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_bytes, uint32_t slots, Path device_path, int device)
-    : host_(host), slot_bytes_(slot_bytes), slots_(slots), device_path_(device_path), device_(device), port_(port), stall_ms_(stall_ms) {
+Sender::Sender(const std::string& host, int port, int stall_ms, size_t slot_bytes, uint32_t slots, Path device_path, int device, bool offer_direct)
+    : host_(host), slot_bytes_(slot_bytes), slots_(slots), device_path_(device_path), device_(device), offer_direct_(offer_direct), port_(port), stall_ms_(stall_ms) {
   if (device_path >= kPathNccl) {
     std::string why = cuda::link::usable(device);
     if (why.empty() && device_path == kPathNccl) {
@@ -670,20 +891,19 @@ std::string Sender::send_device(const Job& j, const DeviceDescriptor& d, Code* c
 }
 
 std::string Sender::create_segment() {
-  std::random_device rd;
-  char name[kSegmentNameBytes];
-  std::snprintf(name, sizeof name, "/longshot-dp-%d-%08x%08x", static_cast<int>(::getpid()), rd(), rd());
+  const std::string name = fresh_segment_name("/longshot-dp");
   segment_size_ = kSegmentHeaderBytes + static_cast<size_t>(slots_) * slot_bytes_;
-  int fd = ::shm_open(name, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  int fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
   if (fd < 0) return std::string("data plane: cannot create shared memory: ") + std::strerror(errno);
   segment_name_ = name;
+  segment_linked(name);
+  segment_fd_ = fd;  // kept open, and locked, while this sender lives: see sweep_stale_segments
+  hold_segment(fd);
   if (::ftruncate(fd, static_cast<off_t>(segment_size_)) != 0) {
     std::string err = std::strerror(errno);
-    ::close(fd);
     return "data plane: cannot size shared memory to " + std::to_string(segment_size_) + " bytes: " + err;
   }
   void* m = ::mmap(nullptr, segment_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ::close(fd);
   if (m == MAP_FAILED) return std::string("data plane: cannot map shared memory: ") + std::strerror(errno);
   segment_ = static_cast<uint8_t*>(m);
   put32(segment_, kSegmentMagic);
@@ -730,6 +950,125 @@ int Sender::send_ring(const Job& j, bool* reply_early) {
   return static_cast<int>(Io::kOk);
 }
 
+void Sender::drop_mapping(size_t i) {
+  ::munmap(direct_maps_[i].base, direct_maps_[i].size);
+  ::close(direct_maps_[i].fd);
+  direct_maps_.erase(direct_maps_.begin() + static_cast<std::ptrdiff_t>(i));
+}
+
+Sender::DirectMapping* Sender::direct_mapping(const std::string& name, Code* code, std::string* why) {
+  // A segment the receiver unlinked (it freed that destination) takes no more tensors: let go of
+  // its pages now rather than pin them until eviction.
+  for (size_t i = direct_maps_.size(); i-- > 0;) {
+    struct stat st {};
+    if (direct_maps_[i].name != name && (::fstat(direct_maps_[i].fd, &st) != 0 || st.st_nlink == 0)) drop_mapping(i);
+  }
+  for (auto& m : direct_maps_) {
+    if (m.name != name) continue;
+    struct stat st {};
+    if (::fstat(m.fd, &st) == 0 && st.st_nlink > 0) {
+      m.used = ++direct_clock_;
+      return &m;
+    }
+    // Freed and a new segment made under the same name (its 64 random bits make that all but
+    // impossible): open the new one.
+    drop_mapping(static_cast<size_t>(&m - direct_maps_.data()));
+    break;
+  }
+  int fd = ::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) return *code = kFailedPrecondition, *why = "cannot open the receiver's shared destination " + name + ": " + std::strerror(errno), nullptr;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0 || st.st_size <= 0) {
+    ::close(fd);
+    return *code = kFailedPrecondition, *why = "the receiver's shared destination " + name + " is not a segment of this user with mode 0600", nullptr;
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  void* m = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  if (m == MAP_FAILED) {
+    const int err = errno;
+    ::close(fd);
+    return *code = kFailedPrecondition, *why = "cannot map the receiver's shared destination " + name + ": " + std::strerror(err), nullptr;
+  }
+  if (direct_maps_.size() >= kMaxDirectMappings) {
+    size_t lru = 0;
+    for (size_t i = 1; i < direct_maps_.size(); ++i)
+      if (direct_maps_[i].used < direct_maps_[lru].used) lru = i;
+    drop_mapping(lru);
+  }
+  direct_maps_.push_back({name, fd, static_cast<uint8_t*>(m), size, ++direct_clock_});
+  return &direct_maps_.back();
+}
+
+std::string Sender::send_shm(const Job& j, Code* code, bool* reply_early, bool* ring, bool* direct) {
+  auto io_error = [&](Io io, const char* where) {
+    *code = io == Io::kStalled ? kDeadlineExceeded : kUnavailable;
+    return std::string(io_name(io)) + " " + where;
+  };
+  // The receiver's answer: after its checks, which include waiting for the announcement.
+  Io io = wait_fd(fd_, POLLIN, stall_ms_ * 4, nullptr);
+  uint8_t b = 0;
+  ssize_t r = io == Io::kOk ? ::recv(fd_, &b, 1, MSG_PEEK) : -1;
+  if (r == 0) io = Io::kClosed;
+  if (r <= 0) return io_error(io == Io::kOk ? Io::kError : io, "before the receiver's answer to the ring descriptor");
+  if (b == kRingGo) {
+    ::recv(fd_, &b, 1, 0);
+    return *ring = true, *code = kOk, "";
+  }
+  if (b != kDirectGo) return *reply_early = true, *code = kOk, "";
+  uint8_t msg[1 + kDirectBytes];
+  io = read_exact(fd_, msg, sizeof msg, stall_ms_, true, nullptr);
+  if (io != Io::kOk) return io_error(io, "in the receiver's direct descriptor");
+  const uint8_t* d = msg + 1;
+  const uint64_t n = j.h.byte_length, offset = get64(d + 8), length = get64(d + 16);
+  // Refused descriptors: the receiver hears 'A' (its expectation fails) and this tensor fails
+  // with why; nothing is written anywhere.
+  auto refuse = [&](Code c, const std::string& why) {
+    const uint8_t abort = kDirectAbort;
+    write_all(fd_, &abort, 1, stall_ms_);
+    *code = c;
+    return "the receiver's direct descriptor was refused: " + why;
+  };
+  std::string name;
+  if (get32(d) != kDirectMagic) return refuse(kInvalidArgument, "not a direct descriptor (bad magic)");
+  if (get32(d + 4) != 0) return refuse(kInvalidArgument, "reserved direct-descriptor bytes are not zero");
+  if (length != n) return refuse(kInvalidArgument, "its byte_length " + std::to_string(length) + " is not the tensor's " + std::to_string(n));
+  if (std::string bad = segment_name_of(d + 24, &name); !bad.empty()) return refuse(kInvalidArgument, bad);
+  Code c = kOk;
+  std::string why;
+  DirectMapping* m = direct_mapping(name, &c, &why);
+  if (!m) return refuse(c, why);
+  struct stat st {};
+  const uint64_t size = ::fstat(m->fd, &st) == 0 ? std::min<uint64_t>(static_cast<uint64_t>(st.st_size), m->size) : 0;
+  if (offset > size || n > size - offset)
+    return refuse(kInvalidArgument, "bytes [" + std::to_string(offset) + ", " + std::to_string(offset) + " + " + std::to_string(n) + ") are not inside the " + std::to_string(size) + " bytes of segment " + name);
+  *direct = true;
+  uint8_t* dst = m->base + offset;
+  const uint8_t ready = kChunkReady;
+  for (uint64_t off = 0;;) {
+    // Before each piece: has the receiver asked to stop (its expectation was cancelled) or gone?
+    pollfd pfd{fd_, POLLIN, 0};
+    if (::poll(&pfd, 1, 0) > 0) {
+      r = ::recv(fd_, &b, 1, MSG_PEEK);
+      if (r > 0 && b == kDirectStop) {
+        ::recv(fd_, &b, 1, 0);
+        const uint8_t abort = kDirectAbort;
+        write_all(fd_, &abort, 1, stall_ms_);
+        return *reply_early = true, *code = kOk, "";  // its reply says why
+      }
+      if (r > 0) return *reply_early = true, *code = kOk, "";  // a reply (it gave up on this tensor)
+      return io_error(Io::kClosed, "mid-tensor");
+    }
+    const size_t piece = static_cast<size_t>(std::min<uint64_t>(kDirectPieceBytes, n - off));
+    copy_tensor_piece(dst + off, j.src + off, piece, n);
+    off += piece;
+    io = write_all(fd_, &ready, 1, stall_ms_);
+    if (io != Io::kOk) return io_error(io, "mid-tensor");
+    if (off >= n) break;
+  }
+  *code = kOk;
+  return "";
+}
+
 Sender::~Sender() { close(); }
 
 void Sender::send(const Header& h, const uint8_t* src, Done done, const uint8_t* base) {
@@ -757,8 +1096,11 @@ void Sender::close() {
   fd_ = -1;
   if (segment_) ::munmap(segment_, segment_size_);
   segment_ = nullptr;
+  if (segment_fd_ >= 0) ::close(segment_fd_);
+  segment_fd_ = -1;
+  while (!direct_maps_.empty()) drop_mapping(direct_maps_.size() - 1);
   // Normally the receiver unlinked it already; not if it never took a tensor.
-  if (!segment_name_.empty()) ::shm_unlink(segment_name_.c_str());
+  if (!segment_name_.empty()) segment_unlink(segment_name_);
 }
 
 void Sender::run() {
@@ -840,14 +1182,22 @@ Result Sender::send_one(const Job& j) {
   size_t off = 0;
   const size_t n = j.h.byte_length;
   bool reply_early = false;
+  bool direct = false;
   if (h.path == kPathShm) {
     uint8_t rd[kRingBytes] = {0};
     put32(rd, kRingMagic);
     put32(rd + 4, slots_);
     put64(rd + 8, slot_bytes_);
     std::memcpy(rd + 16, segment_name_.data(), std::min(segment_name_.size(), kSegmentNameBytes - 1));
+    put32(rd + 16 + kSegmentNameBytes, offer_direct_ ? kRingOfferDirect : 0);
     if (io == Io::kOk) io = write_all(fd_, rd, kRingBytes, stall_ms_);
-    if (io == Io::kOk) io = static_cast<Io>(send_ring(j, &reply_early));
+    bool ring = !offer_direct_;
+    if (io == Io::kOk && offer_direct_) {
+      Code code = kOk;
+      std::string why = send_shm(j, &code, &reply_early, &ring, &direct);
+      if (code != kOk) return {code, "data plane: " + tensor + ": " + why, n, since(t0), direct};
+    }
+    if (io == Io::kOk && ring && !reply_early) io = static_cast<Io>(send_ring(j, &reply_early));
     off = n;  // no checksum on this path: the trailer carries 0
   } else if (h.path >= kPathNccl && io == Io::kOk) {
     Code code = kOk;
@@ -879,10 +1229,20 @@ Result Sender::send_one(const Job& j) {
   if (io == Io::kOk && !reply_early) io = write_all(fd_, trailer, kTrailerBytes, stall_ms_);
   // The reply; after a failed write the receiver may still have said why it refused.
   uint8_t rb[kReplyBytes];
-  Io rio = read_exact(fd_, rb, kReplyBytes, io == Io::kOk ? stall_ms_ * 4 : 1000, true, nullptr);
+  const int reply_ms = io == Io::kOk ? stall_ms_ * 4 : 1000;
+  Io rio = Io::kOk;
+  if (direct && !reply_early) {
+    // A stop the receiver sent while the last piece's doorbell was on its way: the reply that
+    // follows says why.
+    uint8_t b = 0;
+    rio = wait_fd(fd_, POLLIN, reply_ms, nullptr);
+    if (rio == Io::kOk && ::recv(fd_, &b, 1, MSG_PEEK) == 1 && b == kDirectStop) ::recv(fd_, &b, 1, 0);
+  }
+  if (rio == Io::kOk) rio = read_exact(fd_, rb, kReplyBytes, reply_ms, true, nullptr);
   Result r;
   r.bytes = n;
   r.seconds = since(t0);
+  r.direct = direct;
   if (rio == Io::kOk && get32(rb) == kReplyMagic) {
     uint32_t len = std::min(get32(rb + 16), kMaxReplyMessage);
     std::string msg(len, '\0');

@@ -125,6 +125,7 @@ class Completer {
       Napi::Object o = Napi::Object::New(env);
       o.Set("bytes", static_cast<double>(r.bytes));
       o.Set("seconds", r.seconds);
+      o.Set("direct", r.direct);
       op->deferred.Resolve(o);
     } else {
       Napi::Error e = Napi::Error::New(env, r.message);
@@ -143,9 +144,10 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "DataPlaneListener",
-                       {InstanceAccessor<&ListenerWrap::Port>("port"), InstanceMethod<&ListenerWrap::AddSession>("addSession"),
+                       {InstanceAccessor<&ListenerWrap::Port>("port"), InstanceAccessor<&ListenerWrap::Swept>("swept"), InstanceMethod<&ListenerWrap::AddSession>("addSession"),
                         InstanceMethod<&ListenerWrap::RemoveSession>("removeSession"), InstanceMethod<&ListenerWrap::Expect>("expect"),
-                        InstanceMethod<&ListenerWrap::Cancel>("cancel"), InstanceMethod<&ListenerWrap::Close>("close")});
+                        InstanceMethod<&ListenerWrap::Cancel>("cancel"), InstanceMethod<&ListenerWrap::AllocateShared>("allocateShared"),
+                        InstanceMethod<&ListenerWrap::Close>("close")});
   }
   // new DataPlaneListener(host, port, stallMs, shm, nccl?, cudaIpc?, device?): shm also takes
   // tensors through shared memory; nccl and cudaIpc through those (throws why when it cannot).
@@ -163,6 +165,7 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
 
  private:
   Napi::Value Port(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), listener_->port()); }
+  Napi::Value Swept(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), listener_->swept()); }
   void AddSession(const Napi::CallbackInfo& info) { listener_->add_session(key_arg(info[0], "session"), key_arg(info[1], "grant")); }
   void RemoveSession(const Napi::CallbackInfo& info) { listener_->remove_session(key_arg(info[0], "session")); }
   // expect(session, seq, destination, ncclId?): resolves {bytes, seconds} once the tensor is in.
@@ -177,6 +180,36 @@ class ListenerWrap : public Napi::ObjectWrap<ListenerWrap> {
     return promise;
   }
   void Cancel(const Napi::CallbackInfo& info) { listener_->cancel(key_arg(info[0], "session"), seq_arg(info[1]), info[2].ToString().Utf8Value()); }
+  // allocateShared(bytes) -> Buffer: a destination in shared memory that senders on this host
+  // write straight into; throws an Error saying why when shared memory is unusable.
+  Napi::Value AllocateShared(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    double d = info[0].ToNumber().DoubleValue();
+    if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<uint64_t>(d))) throw Napi::RangeError::New(env, "bytes must be a non-negative safe integer");
+    std::unique_ptr<SharedDestination> dst;
+    try {
+      dst = listener_->allocate_shared(static_cast<size_t>(d));
+    } catch (const std::runtime_error& e) {
+      throw Napi::Error::New(env, e.what());
+    }
+    // The buffer owns the segment: its finalizer (JS thread) unregisters, unmaps and unlinks it.
+    // It needs nothing of the listener (the registry is shared), so it may run after the
+    // listener was closed and collected. Until the buffer is created, `dst` still owns it.
+    // V8 is told of the memory, as it is of a Buffer.alloc: a heap that holds dropped shared
+    // buffers of hundreds of MB is collected as soon as it would be for ordinary ones, which
+    // returns their pages to /dev/shm.
+    const int64_t bytes = static_cast<int64_t>(dst->size());
+    Napi::Buffer<uint8_t> buf = Napi::Buffer<uint8_t>::New(
+        env, dst->data(), dst->size(),
+        [bytes](Napi::Env env, uint8_t*, SharedDestination* hint) {
+          delete hint;
+          Napi::MemoryManagement::AdjustExternalMemory(env, -bytes);
+        },
+        dst.get());
+    dst.release();
+    Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+    return buf;
+  }
   void Close(const Napi::CallbackInfo&) { listener_->close(); }
 
   Completer completer_;
@@ -190,7 +223,8 @@ class SenderWrap : public Napi::ObjectWrap<SenderWrap> {
                        {InstanceMethod<&SenderWrap::Send>("send"), InstanceMethod<&SenderWrap::Close>("close"), InstanceAccessor<&SenderWrap::NcclId>("ncclId")});
   }
   // new DataPlaneSender(host, port, stallMs, slotBytes, slots): connects in the background;
-  // slotBytes > 0 sends through a shared-memory ring of `slots` slots.
+  // slotBytes > 0 sends through shared memory: a ring of `slots` slots, or straight into a
+  // receiver's shared destination (unless offerDirect, the eighth argument, is false).
   SenderWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<SenderWrap>(info), completer_(info.Env()) {
     int slot_bytes = info.Length() > 3 ? int_arg(info[3], "slotBytes", 0, 1 << 30) : 0;
     int slots = info.Length() > 4 ? int_arg(info[4], "slots", 0, 1024) : 0;
@@ -199,9 +233,10 @@ class SenderWrap : public Napi::ObjectWrap<SenderWrap> {
     Path device_path = info.Length() > 5 ? path_arg(info[5]) : kPathTcp;
     if (device_path == kPathShm) throw Napi::RangeError::New(info.Env(), "devicePath must be nccl or cuda-ipc");
     int device = info.Length() > 6 && !info[6].IsUndefined() ? int_arg(info[6], "device", 0, 1023) : 0;
+    bool offer_direct = info.Length() > 7 && !info[7].IsUndefined() ? info[7].ToBoolean().Value() : true;
     try {
       sender_ = std::make_unique<Sender>(info[0].ToString().Utf8Value(), int_arg(info[1], "port", 1, 65535), int_arg(info[2], "stallMs", 1, 3600000), static_cast<size_t>(slot_bytes),
-                                         static_cast<uint32_t>(slots), device_path, device);
+                                         static_cast<uint32_t>(slots), device_path, device, offer_direct);
     } catch (const std::runtime_error& e) {
       throw Napi::Error::New(info.Env(), e.what());
     }
@@ -343,6 +378,9 @@ void register_dataplane(Napi::Env env, Napi::Object exports) {
   c.Set("replyMagic", static_cast<double>(kReplyMagic));
   c.Set("ringBytes", static_cast<double>(kRingBytes));
   c.Set("ringMagic", static_cast<double>(kRingMagic));
+  c.Set("directMagic", static_cast<double>(kDirectMagic));
+  c.Set("directBytes", static_cast<double>(kDirectBytes));
+  c.Set("directPieceBytes", static_cast<double>(kDirectPieceBytes));
   c.Set("deviceDescriptorBytes", static_cast<double>(kDeviceDescriptorBytes));
   c.Set("ncclIdBytes", static_cast<double>(nccl::kUniqueIdBytes));
   dp.Set("constants", c);
