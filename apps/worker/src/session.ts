@@ -146,7 +146,15 @@ export class StageSession {
    * The memory of this stage's received tensors and forward outputs, reused block-step after
    * block-step (null for a stage group member: its shards are exchanged and read in several runs).
    */
+  /** Buffers the forwards write their outputs into. */
   private readonly buffers: TensorBuffers | null;
+  /**
+   * Buffers received tensors land in: from ctx.allocateTensor (shared memory a sender on this
+   * host writes straight into), a pool of their own so that only they cost a shared segment,
+   * bounded by the tensors a stage queues (the head's many forward outputs in flight are not).
+   * A consumed input, which becomes its forward's output, goes back here.
+   */
+  private readonly received: TensorBuffers | null;
   private readonly log: Logger;
   /** The channels to the other members when this stage is a group (docs/parallelism.md). */
   private readonly group: GroupLink | null = null;
@@ -249,7 +257,8 @@ export class StageSession {
     this.group = link;
     // Spares beyond the buffers in use: enough for the steady state (one tensor landing, the
     // queued forwards, one output being sent), a bounded amount of memory held between steps.
-    this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 1, ctx.allocateTensor);
+    this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 1);
+    this.received = link ? null : ctx.allocateTensor ? new TensorBuffers(STAGE_MAX_QUEUED + 1, ctx.allocateTensor) : this.buffers;
     let stage: StageRunner;
     let shapes: GroupShapes | null = null;
     if (ctx.emulation) {
@@ -370,8 +379,8 @@ export class StageSession {
     const received = performance.now();
     const x = this.expand(decodePayload(payload, this.dtype, count), step);
     // The payload's memory goes back to the pool once nothing reads it: now if x does not view it.
-    const held = this.buffers && x.buffer === payload.buffer ? [payload] : [];
-    if (this.buffers && held.length === 0) this.buffers.give(payload);
+    const held = this.received && x.buffer === payload.buffer ? [payload] : [];
+    if (this.received && held.length === 0) this.received.give(payload);
     if (this.isHead) {
       await this.applyVelocity(step, x);
       this.giveBack(held);
@@ -393,7 +402,7 @@ export class StageSession {
    * one for the stage's own input, none (a new one) for a group member's.
    */
   receiveBuffer(h: TensorHeader): Buffer | undefined {
-    return this.buffers && !this.closed && h.sessionId === this.id ? this.buffers.take(h.byteLength) : undefined;
+    return this.received && !this.closed && h.sessionId === this.id ? this.received.take(h.byteLength) : undefined;
   }
 
   /**
@@ -416,7 +425,7 @@ export class StageSession {
   /** Hands buffers back to the pool (each once: an output may be its consumed input). */
   private giveBack(held: readonly Buffer[]): void {
     if (!this.buffers || this.closed) return;
-    for (const b of new Set(held)) this.buffers.give(b);
+    for (const b of new Set(held)) (this.received?.owns(b) ? this.received : this.buffers).give(b);
   }
 
   /** Starts streaming events to one watcher; earlier events are replayed first. */
@@ -460,6 +469,7 @@ export class StageSession {
     // changes nothing): a lost stage then costs the job only the iteration in progress.
     if (this.persisting) await Promise.race([this.persisting.catch(() => undefined), sleep(PERSIST_ON_CLOSE_MS, undefined, { ref: false })]);
     this.buffers?.clear();
+    this.received?.clear();
     await this.group?.close();
     await this.runner.release?.();
     try {

@@ -9,6 +9,8 @@
 export class TensorBuffers {
   private readonly spares = new Map<number, Buffer[]>();
   private count = 0;
+  /** The buffers this pool allocated, to hand one back to the pool it came from. */
+  private readonly mine = new WeakSet<ArrayBufferLike>();
 
   /**
    * `allocate`: memory for a new buffer, zeroed (default Buffer.alloc); a worker whose data-plane
@@ -34,7 +36,14 @@ export class TensorBuffers {
       if (list!.length === 0) this.spares.delete(bytes);
       return spare;
     }
-    return this.allocate(bytes);
+    const b = this.allocate(bytes);
+    this.mine.add(b.buffer);
+    return b;
+  }
+
+  /** Whether `buffer` (or a view of the same memory) was allocated by this pool. */
+  owns(buffer: Buffer): boolean {
+    return this.mine.has(buffer.buffer);
   }
 
   /**

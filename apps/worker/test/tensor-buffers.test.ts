@@ -25,6 +25,12 @@ describe('TensorBuffers', () => {
     expect(pool.take(4096)).toBe(a);
     pool.take(512);
     expect(made).toEqual([4096, 512]);
+    // A session keeps two pools (received tensors in shared memory, outputs in its own): a buffer goes back to its own.
+    const other = new TensorBuffers(4);
+    expect(pool.owns(a)).toBe(true);
+    expect(pool.owns(a.subarray(16))).toBe(true);
+    expect(other.owns(a)).toBe(false);
+    expect(pool.owns(other.take(4096))).toBe(false);
   });
 
   it('keeps spares by exact size: a window with a prefix and one without do not mix', () => {
