@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { status as Status } from '@grpc/grpc-js';
 import { hostCpuSeconds, nativeDataPlane } from '@longshot/engine';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, onTestFinished } from 'vitest';
 import { DataPlaneListener, DataPlaneSender, TransportError, chooseHopTransport, dataPlaneEndpoint, dataPlaneKeys, ncclAvailability } from '../src/index';
 import { pattern } from './dataplane-peer';
 
@@ -707,6 +707,9 @@ describe('native shared-memory data plane', () => {
       const line = await new Promise<string>((resolve, reject) => {
         child.stdout.once('data', (d: Buffer) => resolve(d.toString()));
         child.once('exit', (code) => reject(new Error(`hold-shared exited (${code})`)));
+      });
+      onTestFinished(() => {
+        child.kill('SIGKILL');
       });
       const [orphan] = (JSON.parse(line) as { segments: string[] }).segments;
       expect(orphan).toMatch(/^longshot-dd-\d+-[0-9a-f]{16}$/);
