@@ -115,6 +115,7 @@ export class WorkerProcess {
   private dataPlaneListener: DataPlaneListener | null = null;
   /** Memory for sessions' tensor buffers (SessionContext.allocateTensor). */
   private allocateTensor: ((bytes: number) => Buffer) | undefined;
+  private sharedFallbackLogged = false;
   /** The CUDA device of this worker's NCCL data plane; null without one. */
   private ncclDevice: number | null = null;
   /** What this worker's data plane accepts, as registered. */
@@ -218,9 +219,19 @@ export class WorkerProcess {
       this.dataPlaneListener = new DataPlaneListener({ host: this.config.host, port: dp.port, shm: dp.mode === 'shm' || dp.mode === 'auto', nccl: this.ncclDevice !== null, device: this.ncclDevice ?? 0 });
     const listener = this.dataPlaneListener;
     if (listener?.sweptSegments) this.log.info('unlinked shared memory that killed processes left behind', { segments: listener.sweptSegments });
-    // Stage tensors in the listener's shared memory when it takes shm: a sender on this host then
-    // copies a received tensor straight into the buffer the forward reads (one copy, not the ring's two).
-    this.allocateTensor = listener && (dp.mode === 'shm' || dp.mode === 'auto') ? (bytes) => listener.allocateShared(bytes) : undefined;
+    // Received tensors in the listener's shared memory when it takes shm: a sender on this host
+    // then copies each straight into the buffer the forward reads (one copy, not the ring's two).
+    // Where shared memory is unusable the listener falls back to ordinary memory for good; said once.
+    this.allocateTensor = listener?.shm
+      ? (bytes) => {
+          const b = listener.allocateShared(bytes);
+          if (listener.sharedUnavailable !== null && !this.sharedFallbackLogged) {
+            this.sharedFallbackLogged = true;
+            this.log.warn('received tensors take the shared-memory ring: no shared destinations', { reason: listener.sharedUnavailable });
+          }
+          return b;
+        }
+      : undefined;
     this.endpoint = dataPlaneEndpoint(dp.mode, dp.hostId, this.dataPlaneListener ? `${this.config.advertiseHost}:${this.dataPlaneListener.port}` : null, true, this.ncclDevice !== null);
     this.metrics = await startMetricsServer({ port: this.config.metricsPort, host: this.config.host });
     this.metricsAddress = `${this.config.advertiseHost}:${this.metrics.port}`;

@@ -27,6 +27,13 @@ export function windowOf(step: BlockStep, successor: boolean): WindowShape {
   };
 }
 
+/** `map`'s value for `key`, computed once. */
+function cached(map: Map<string, number>, key: string, compute: () => number): number {
+  let value = map.get(key);
+  if (value === undefined) map.set(key, (value = compute()));
+  return value;
+}
+
 /** What the modelled cost and output size of a block-step depend on besides the stage. */
 function shapeKey(step: BlockStep): string {
   return `${step.prefixFrames},${step.ownFrames},${step.contextFrames},${step.height},${step.width}`;
@@ -61,32 +68,24 @@ export class EmulatedStage implements StageRunner {
   /** Modelled forward seconds of a block-step on this stage (already time-scaled). */
   forwardSeconds(step: BlockStep): number {
     const successor = this.lastBlock !== null && this.lastBlock.iteration === step.iteration && this.lastBlock.block === step.block + 1;
-    const key = `${shapeKey(step)},${successor}`;
-    let seconds = this.seconds.get(key);
-    if (seconds === undefined) {
+    return cached(this.seconds, `${shapeKey(step)},${successor}`, () => {
       const [layers, window, p] = [this.range.l1 - this.range.l0, windowOf(step, successor), this.options.profile];
       const modelled =
         this.group && groupSize(this.group.layout) > 1
           ? groupStageCost(this.config, layers, window, this.range.head, this.range.tail, this.group.layout, p).seconds
           : stageFlops(this.config, layers, window, this.range.head, this.range.tail) / p.flopsPerSecond;
-      seconds = modelled * this.options.timeScale;
-      this.seconds.set(key, seconds);
-    }
-    return seconds;
+      return modelled * this.options.timeScale;
+    });
   }
 
   /** Elements of this stage's output on the wire (a group member's: its shard; the tail's rank 0: the velocity). */
   outputSize(step: BlockStep): number {
-    const key = shapeKey(step);
-    let size = this.sizes.get(key);
-    if (size === undefined) {
+    return cached(this.sizes, shapeKey(step), () => {
       const full = this.range.tail
         ? this.config.latentChannels * step.ownFrames * step.height * step.width
         : (hiddenBytes(this.config, windowOf(step, false)) / 4) * this.shardShare(step);
-      size = Math.max(1, Math.ceil(full / this.options.payloadScale));
-      this.sizes.set(key, size);
-    }
-    return size;
+      return Math.max(1, Math.ceil(full / this.options.payloadScale));
+    });
   }
 
   /** The share of the whole hidden states a group member holds (1 outside a group). */

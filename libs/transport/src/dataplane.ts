@@ -63,7 +63,8 @@ export interface DataPlaneListenerOptions {
 export class DataPlaneListener {
   private readonly native: NativeDataPlaneListener;
   private readonly sessions = new Map<string, DataPlaneKeys>();
-  private readonly shm: boolean;
+  /** Takes tensors through shared memory (DataPlaneListenerOptions.shm). */
+  readonly shm: boolean;
   private sharedUnusable: string | null = null;
   readonly host: string;
 

@@ -297,7 +297,7 @@ void segment_unlink(const std::string& name) {
 // A segment's creator holds a shared flock on it for as long as it owns it (the lock goes with its
 // last descriptor, so also when the process is killed); `sweep_stale_segments` unlinks only
 // segments nobody holds. Locks on tmpfs work across PID namespaces, unlike a pid in the name.
-bool hold_segment(int fd) { return ::flock(fd, LOCK_SH | LOCK_NB) == 0; }
+void hold_segment(int fd) { ::flock(fd, LOCK_SH | LOCK_NB); }
 
 }  // namespace
 
