@@ -16,6 +16,7 @@ import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { queuePrefix } from '../../apps/controller/src/queue';
 import { REFUSAL_REASONS } from '../../apps/worker/src/metrics';
 import { SESSION_ERROR_CODES } from '../../apps/worker/src/session-error';
+import { metricValue } from './metrics';
 import { request, waitFor } from './http';
 
 let dir: string;
@@ -42,12 +43,6 @@ async function inProcessFingerprints(req: JobRequest): Promise<{ latentSha256: s
   const stitcher = new Stitcher(path.join(dir, `local-${s.frames}-${s.steps}.mp4`), geometry, modelBlockDecoder(resolveModel(s.model), { block: s.block, latentHeight: plan.latentHeight, latentWidth: plan.latentWidth }, cpuBackend()));
   await runLocalPipeline(new BlockQueue(s, plan, { channels: config.latentChannels, scheduler: WAN_SCHEDULER_CONFIG }), stages, { onBlockFinished: async (b) => void (await stitcher.add(b.index, b.latents)) });
   return stitcher.finish();
-}
-
-/** The value of one sample line (`name{labels} value`) of a Prometheus text page; 0 when absent. */
-function metricValue(page: string, sample: string): number {
-  const line = page.split('\n').find((l) => l.startsWith(`${sample} `));
-  return line ? Number(line.slice(sample.length + 1)) : 0;
 }
 
 const controllerUrl = (i = 0): string => [...cluster.controllers.values()][i].url;
@@ -128,6 +123,7 @@ describe('controller', () => {
       for (const reason of REFUSAL_REASONS) zero(page, `longshot_worker_refused_calls_total{reason="${reason}"}`);
       for (const code of SESSION_ERROR_CODES) zero(page, `longshot_rejected_tensors_total{code="${code}"}`);
       for (const transport of HOP_TRANSPORTS) zero(page, `longshot_dataplane_bytes_total{transport="${transport}"}`);
+      zero(page, 'longshot_dataplane_shared_destination_bytes_total');
       for (const direction of ['sent', 'received']) zero(page, `longshot_group_failure_reports_total{direction="${direction}"}`);
     }
   });
@@ -195,13 +191,16 @@ describe('controller', () => {
     let setups = 0;
     for (const c of cluster.controllers.values()) setups += metricValue(await (await fetch(`${c.url}/metrics`)).text(), 'longshot_job_setup_seconds_count');
     expect(setups).toBeGreaterThanOrEqual(3);
-    let [shared, direct] = [0, 0];
+    let [shared, direct, destinations] = [0, 0, 0];
     for (const w of cluster.workers.values()) {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
       shared += metricValue(page, 'longshot_dataplane_bytes_total{transport="shm"}');
       direct += metricValue(page, 'longshot_dataplane_direct_bytes_total');
+      destinations += metricValue(page, 'longshot_dataplane_shared_destination_bytes_total');
     }
     expect(shared).toBeGreaterThan(0);
+    // Stages whose previous stage is on this host received into shared memory they allocated.
+    expect(destinations).toBeGreaterThan(0);
     // Every tensor landed in a stage's pooled buffer, in shared memory: the sender wrote each straight there.
     expect(direct).toBe(shared);
     expect(metrics).toMatch(/longshot_http_request_duration_seconds_count\{method="POST",route="\/v1\/videos",status="202"\}/);

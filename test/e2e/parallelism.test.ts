@@ -125,6 +125,7 @@ describe('stage groups across worker processes give the in-process bits', () => 
             nextSessionId: '',
             nextToken: '',
             nextDataPlane: undefined,
+            prevDataPlane: undefined,
             wireDtype: toWireDtype('f32'),
             text: { cond: encodePayload(text.cond, 'f32'), uncond: encodePayload(text.uncond, 'f32') },
             resume: false,

@@ -14,6 +14,7 @@ import { DEFAULT_PLANNER_PROFILE, getProfile, normalizeSpec, partitionLayers, pl
 import { createWorkerClient, DataPlaneTransport, encodePayload, HOP_TRANSPORTS, PayloadKind, Role, toWireDtype, type ActivationAck, type ActivationFrame, type WorkerClient } from '@longshot/transport';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { renderLocal, textFor } from '../../apps/cli/src/render';
+import { metricValue } from './metrics';
 import { leaseAndGrant } from './grants';
 
 let dir: string;
@@ -178,6 +179,7 @@ describe('DualParal across worker processes', () => {
           payloadScale: 1,
           grant: lease.grant,
           nextDataPlane: undefined,
+          prevDataPlane: undefined,
           group: undefined,
           textStored: undefined,
         },
@@ -253,6 +255,36 @@ describe('--checkpoint-every 3', () => {
   });
 });
 
+// Two hosts, as their host ids say: 'auto' takes TCP both ways, and neither worker allocates
+// shared memory for what it receives (no sender on its host would write into it).
+describe('--data-plane auto on two hosts', () => {
+  const apart = {} as { cluster: LocalCluster; redis: Redis };
+  beforeAll(async () => {
+    apart.cluster = await LocalCluster.start({ workers: 1, name: 'hosts-apart', workerArgs: ['--host-id', 'e2e-host-a'] });
+    await apart.cluster.spawnWorker({ args: ['--host-id', 'e2e-host-b'] });
+    apart.redis = new Redis(apart.cluster.redisUrl);
+  });
+  afterAll(async () => {
+    apart.redis?.disconnect();
+    await apart.cluster?.stop();
+  });
+
+  it('gives the same latents over TCP, with no shared destination allocated', async () => {
+    const s = spec({ stages: 2 });
+    const r = await distributed(s, 'hosts-apart', {}, apart);
+    expect(r.latentSha256).toBe(await inProcess(s));
+    expect(r.hops.map((h) => h.transport)).toEqual(['tcp', 'tcp']);
+    let [tcp, shared] = [0, 0];
+    for (const w of apart.cluster.workers.values()) {
+      const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
+      tcp += metricValue(page, 'longshot_dataplane_bytes_total{transport="tcp"}');
+      shared += metricValue(page, 'longshot_dataplane_shared_destination_bytes_total');
+    }
+    expect(tcp).toBeGreaterThan(0);
+    expect(shared).toBe(0);
+  });
+});
+
 // The other transports, forced: the gRPC fallback and native TCP (what hosts apart use).
 describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
   // Registered in one NVLink domain: the hops' modelled links are NVLink whatever moves the bytes.
@@ -272,8 +304,7 @@ describe.each(['grpc', 'tcp'] as const)('--data-plane %s', (mode) => {
     for (const w of forced.cluster.workers.values()) {
       const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
       for (const t of HOP_TRANSPORTS) {
-        const line = page.split('\n').find((l) => l.startsWith(`longshot_dataplane_bytes_total{transport="${t}"} `));
-        bytes[t] += Number(line?.split(' ')[1] ?? NaN);
+        bytes[t] += metricValue(page, `longshot_dataplane_bytes_total{transport="${t}"}`);
       }
     }
     expect(bytes[mode]).toBeGreaterThan(0);

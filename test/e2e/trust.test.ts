@@ -94,6 +94,7 @@ function headTail(s: JobSpec, job: string, over: Partial<OpenSessionRequest> = {
     payloadScale: 1,
     grant: '',
     nextDataPlane: undefined,
+    prevDataPlane: undefined,
     group: undefined,
     textStored: undefined,
     ...over,

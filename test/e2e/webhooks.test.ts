@@ -9,6 +9,7 @@ import { DEFAULT_KEYS as keys, JobStore } from '@longshot/cache';
 import { LocalCluster } from '../../apps/cli/src/local-cluster';
 import { DEFAULT_WEBHOOK_EVENTS } from '../../apps/controller/src/webhooks/events';
 import { verifyWebhookSignature } from '../../apps/controller/src/webhooks/signing';
+import { metricValue } from './metrics';
 import { request, waitFor, type HttpInit } from './http';
 
 /*
@@ -107,8 +108,7 @@ const webhookKeys = () => redis.keys(`${keys.root}:{webhooks}:*`);
 const metric = async (sample: string): Promise<number> => {
   let sum = 0;
   for (const c of cluster.controllers.values()) {
-    const line = (await api('GET', '/metrics', {}, c.url)).text.split('\n').find((l) => l.startsWith(`${sample} `));
-    sum += line ? Number(line.slice(sample.length + 1)) : 0;
+    sum += metricValue((await api('GET', '/metrics', {}, c.url)).text, sample, 0);
   }
   return sum;
 };

@@ -72,6 +72,10 @@ export const workerMetrics = {
     name: 'longshot_dataplane_direct_bytes_total',
     help: "Tensor payload bytes this worker received by shared memory that the sender wrote straight into the stage's buffer (one copy; the rest of shm took the ring's two)",
   }),
+  sharedDestinationBytes: counter({
+    name: 'longshot_dataplane_shared_destination_bytes_total',
+    help: 'Shared memory this worker allocated for received tensors (only sessions whose previous stage is on this host by shm)',
+  }),
   bytesReceived: counter({ name: 'longshot_activation_bytes_received_total', help: 'Activation payload bytes received from the previous stage' }),
   sessionsOpen: gauge({ name: 'longshot_sessions_open', help: 'Stage sessions open on this worker' }),
   sessionsOpened: counter({ name: 'longshot_sessions_opened_total', help: 'Stage sessions opened on this worker' }),

@@ -16,6 +16,7 @@ import {
   fromWireDtype,
   PayloadKind,
   Role,
+  sameHostShm,
   toWireDtype,
   toWireTransport,
   TensorSender,
@@ -258,7 +259,10 @@ export class StageSession {
     // Spares beyond the buffers in use: enough for the steady state (one tensor landing, the
     // queued forwards, one output being sent), a bounded amount of memory held between steps.
     this.buffers = link ? null : new TensorBuffers(STAGE_MAX_QUEUED + 1);
-    this.received = link ? null : ctx.allocateTensor ? new TensorBuffers(STAGE_MAX_QUEUED + 1, ctx.allocateTensor) : this.buffers;
+    // Shared memory only where the previous stage will write into it: a sender on another host
+    // comes by TCP, and its tensors need not cost shared segments (nor a pod's small /dev/shm).
+    const sharedInput = ctx.allocateTensor && (req.prevDataPlane === undefined || sameHostShm(ctx.dataPlane.mode, ctx.dataPlane.hostId, req.prevDataPlane));
+    this.received = link ? null : sharedInput ? new TensorBuffers(STAGE_MAX_QUEUED + 1, ctx.allocateTensor) : this.buffers;
     let stage: StageRunner;
     let shapes: GroupShapes | null = null;
     if (ctx.emulation) {

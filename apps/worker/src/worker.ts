@@ -225,7 +225,8 @@ export class WorkerProcess {
     this.allocateTensor = listener?.shm
       ? (bytes) => {
           const b = listener.allocateShared(bytes);
-          if (listener.sharedUnavailable !== null && !this.sharedFallbackLogged) {
+          if (listener.sharedUnavailable === null) workerMetrics.sharedDestinationBytes.inc(bytes);
+          else if (!this.sharedFallbackLogged) {
             this.sharedFallbackLogged = true;
             this.log.warn('received tensors take the shared-memory ring: no shared destinations', { reason: listener.sharedUnavailable });
           }

@@ -255,6 +255,16 @@ export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddres
 }
 
 /**
+ * Whether a hop between a worker in `mode` on host `hostId` and one advertising `peer` moves its
+ * bytes by shared memory, whichever end sends: both take shm and report the same host id. The
+ * sender asks it of the next stage (chooseHopTransport), the receiver of the previous one (whether
+ * to allocate what it receives in shared memory at all).
+ */
+export function sameHostShm(mode: DataPlaneMode, hostId: string, peer: DataPlaneEndpoint): boolean {
+  return ACCEPTS[mode].includes('shm') && peer.shm && peer.tcpAddress !== '' && peer.hostId !== '' && peer.hostId === hostId;
+}
+
+/**
  * The transport of a hop from a worker in `mode` on host `hostId` to one advertising `next`:
  * the first of shm (same host only), nccl (both ends CUDA workers with NCCL: `ncclHere` for this
  * one, 'auto' only), tcp, grpc that both ends accept. gRPC is always possible. Shared memory
@@ -264,7 +274,7 @@ export function dataPlaneEndpoint(mode: DataPlaneMode, hostId: string, tcpAddres
 export function chooseHopTransport(mode: DataPlaneMode, hostId: string, next: DataPlaneEndpoint | undefined, ncclHere = false): HopTransport {
   const mine = ACCEPTS[mode];
   if (!next || next.tcpAddress === '') return 'grpc';
-  if (mine.includes('shm') && next.shm && next.hostId !== '' && next.hostId === hostId) return 'shm';
+  if (sameHostShm(mode, hostId, next)) return 'shm';
   if (mode === 'auto' && ncclHere && next.nccl) return 'nccl';
   if (mine.includes('tcp') && next.tcp) return 'tcp';
   return 'grpc';

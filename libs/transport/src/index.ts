@@ -33,6 +33,7 @@ export {
   DATA_PLANE_MODES,
   HOP_TRANSPORTS,
   chooseHopTransport,
+  sameHostShm,
   ncclAvailability,
   dataPlaneEndpoint,
   dataPlaneKeys,

@@ -13,6 +13,8 @@ import {
   TensorSender,
   TransportError,
   chooseHopTransport,
+  DATA_PLANE_MODES,
+  sameHostShm,
   fromWireTransport,
   toWireTransport,
   dataPlaneEndpoint,
@@ -89,6 +91,31 @@ describe('hop transport choice', () => {
     expect(chooseHopTransport('auto', 'host-b', dataPlaneEndpoint('shm', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', 'host-a', dataPlaneEndpoint('grpc', 'host-a', '10.0.0.1:7000', true))).toBe('grpc');
     expect(chooseHopTransport('auto', '', dataPlaneEndpoint('auto', '', null, true))).toBe('grpc');
+  });
+
+  it('tells a receiver its hop comes by shared memory exactly when its sender takes it', () => {
+    // Every pair of modes and hosts: the receiver's view (sameHostShm of the sender's record)
+    // agrees with the sender's choice (chooseHopTransport of the receiver's record).
+    for (const senderMode of DATA_PLANE_MODES) {
+      for (const receiverMode of DATA_PLANE_MODES) {
+        for (const [senderHost, receiverHost] of [['host-a', 'host-a'], ['host-a', 'host-b'], ['', '']]) {
+          const sender = dataPlaneEndpoint(senderMode, senderHost, senderMode === 'grpc' ? null : '10.0.0.1:7000', true);
+          const receiver = dataPlaneEndpoint(receiverMode, receiverHost, receiverMode === 'grpc' ? null : '10.0.0.2:7000', true);
+          const chosen = chooseHopTransport(senderMode, senderHost, receiver) === 'shm';
+          expect(sameHostShm(receiverMode, receiverHost, sender), `${senderMode}@${senderHost} -> ${receiverMode}@${receiverHost}`).toBe(chosen);
+        }
+      }
+    }
+    const sender = dataPlaneEndpoint('auto', 'host-a', '10.0.0.1:7000', true);
+    expect(sameHostShm('auto', 'host-a', sender)).toBe(true);
+    expect(sameHostShm('shm', 'host-a', sender)).toBe(true);
+    expect(sameHostShm('auto', 'host-b', sender)).toBe(false);
+    expect(sameHostShm('tcp', 'host-a', sender)).toBe(false);
+    expect(sameHostShm('auto', 'host-a', dataPlaneEndpoint('tcp', 'host-a', '10.0.0.1:7000', true))).toBe(false);
+    // No host id is no host: never one shared.
+    expect(sameHostShm('auto', '', dataPlaneEndpoint('auto', '', '10.0.0.1:7000', true))).toBe(false);
+    // A sender without a listener registered nothing to send by.
+    expect(sameHostShm('auto', 'host-a', { ...sender, tcpAddress: '' })).toBe(false);
   });
 
   it('takes NCCL only between two CUDA workers that both have it, after shared memory on one host', () => {

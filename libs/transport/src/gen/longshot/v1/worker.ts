@@ -384,7 +384,16 @@ export interface OpenSessionRequest {
    * The text embeddings by reference, in Redis (what the driver sends: K stages read one stored
    * copy instead of K copies inside this message). A session takes `text` or this, not both.
    */
-  textStored: StoredTextEmbeddings | undefined;
+  textStored:
+    | StoredTextEmbeddings
+    | undefined;
+  /**
+   * The previous stage's worker's data plane, as it registered it (the stage this one receives
+   * from; for the head, the tail). The session allocates its received tensors in shared memory,
+   * which a sender on this host writes straight into, only when that worker sends by shm (same
+   * host id, both take shm); otherwise in ordinary memory. Absent (older drivers): as if it did.
+   */
+  prevDataPlane: DataPlaneEndpoint | undefined;
 }
 
 /** A stage run by ulysses x (cfg_parallel ? 2 : 1) workers; members[rank] is this session. */
@@ -1097,6 +1106,7 @@ function createBaseOpenSessionRequest(): OpenSessionRequest {
     nextDataPlane: undefined,
     group: undefined,
     textStored: undefined,
+    prevDataPlane: undefined,
   };
 }
 
@@ -1158,6 +1168,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     }
     if (message.textStored !== undefined) {
       StoredTextEmbeddings.encode(message.textStored, writer.uint32(154).fork()).join();
+    }
+    if (message.prevDataPlane !== undefined) {
+      DataPlaneEndpoint.encode(message.prevDataPlane, writer.uint32(162).fork()).join();
     }
     return writer;
   },
@@ -1327,6 +1340,14 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
             message.textStored = StoredTextEmbeddings.decode(reader, reader.uint32());
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.prevDataPlane = DataPlaneEndpoint.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1408,6 +1429,11 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
         : isSet(object.text_stored)
         ? StoredTextEmbeddings.fromJSON(object.text_stored)
         : undefined,
+      prevDataPlane: isSet(object.prevDataPlane)
+        ? DataPlaneEndpoint.fromJSON(object.prevDataPlane)
+        : isSet(object.prev_data_plane)
+        ? DataPlaneEndpoint.fromJSON(object.prev_data_plane)
+        : undefined,
     };
   },
 
@@ -1470,6 +1496,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
     if (message.textStored !== undefined) {
       obj.textStored = StoredTextEmbeddings.toJSON(message.textStored);
     }
+    if (message.prevDataPlane !== undefined) {
+      obj.prevDataPlane = DataPlaneEndpoint.toJSON(message.prevDataPlane);
+    }
     return obj;
   },
 
@@ -1504,6 +1533,9 @@ export const OpenSessionRequest: MessageFns<OpenSessionRequest> = {
       : undefined;
     message.textStored = (object.textStored !== undefined && object.textStored !== null)
       ? StoredTextEmbeddings.fromPartial(object.textStored)
+      : undefined;
+    message.prevDataPlane = (object.prevDataPlane !== undefined && object.prevDataPlane !== null)
+      ? DataPlaneEndpoint.fromPartial(object.prevDataPlane)
       : undefined;
     return message;
   },
