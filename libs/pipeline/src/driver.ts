@@ -19,6 +19,7 @@ import type { Logger } from '@longshot/telemetry';
 import {
   ComponentKind,
   createWorkerClient,
+  dataPlaneEndpoint,
   fromWireTransport,
   Role,
   runComponent,
@@ -443,8 +444,6 @@ async function openSessions(
   const s = job.spec;
   // Records written before NCCL existed have no nccl flag: the wire message always carries one.
   const wireDataPlane = (w: DriverWorker): DataPlaneEndpoint | undefined => (w.dataPlane ? { ...w.dataPlane, nccl: w.dataPlane.nccl === true } : undefined);
-  // A worker that registered no data plane (gRPC only) said so by an endpoint that takes nothing.
-  const noDataPlane: DataPlaneEndpoint = { tcpAddress: '', hostId: '', shm: false, tcp: false, nccl: false };
   const groupSpec = (k: number, rank: number) =>
     G === 1 ? undefined : { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel, rank, members: groups[k].map((m) => ({ address: m.worker.address, sessionId: m.sessionId, token: m.token, dataPlane: wireDataPlane(m.worker) })) };
   const request = (k: number, rank: number) => {
@@ -465,7 +464,8 @@ async function openSessions(
       nextToken: hop ? next.token : '',
       nextDataPlane: hop ? wireDataPlane(next.worker) : undefined,
       // The receiving end of the hop into this stage: whether its tensors land in shared memory.
-      prevDataPlane: hop ? (wireDataPlane(prev.worker) ?? noDataPlane) : undefined,
+      // A worker that registered no data plane (gRPC only): the endpoint of one that takes nothing.
+      prevDataPlane: hop ? (wireDataPlane(prev.worker) ?? dataPlaneEndpoint('grpc', '', null, false)) : undefined,
       wireDtype: toWireDtype(job.wireDtype ?? 'f32'),
       text: undefined,
       textStored: { byteLength: text.byteLength, crc32: text.crc32 },
