@@ -82,6 +82,15 @@ export interface Applied {
 export class BlockQueue {
   /** The job's scheduler: the model's with the spec's sampler and shift applied. */
   readonly scheduler: SchedulerConfig;
+  /**
+   * How many boundaries a piece outlives the iteration that computed it: a piece `apply` hands
+   * out while applying iteration i is named by no manifest after boundary i + pieceLifetime.
+   * Latents are named at the next boundary and, under UniPC, at the one after as the last sample
+   * (a step without the corrector keeps the latents it started from); an x0 prediction stays in
+   * the history for solverOrder steps; a corrected sample for one. Euler keeps only latents.
+   * A head that commits every E > 1 iterations stores only the pieces a commit can name.
+   */
+  readonly pieceLifetime: number;
   readonly schedule: Schedule;
   readonly channels: number;
   private blocks: QueuedBlock[] = [];
@@ -99,11 +108,21 @@ export class BlockQueue {
   private readonly inFlight: { iteration: number; block: number }[] = [];
   /** Noise position before each iteration's new block was drawn, until that boundary is saved. */
   private readonly noiseBefore = new Map<number, NoiseState>();
+  /**
+   * Windows handed back, reused for the next windows of their size. Like the block buffers,
+   * nothing is dropped: the queue never holds more than it once had in use at one time.
+   */
   private readonly spareWindows: Float32Array[] = [];
-  /** Block-sized buffers the queue let go of, reused for the next tensors it computes. */
+  /**
+   * Block-sized buffers the queue let go of, reused for the next tensors it computes. None is
+   * dropped: what the queue holds in all is the most it once needed at one time (blocks in the
+   * queue, their histories, and what waits to be stored), so no cap has to be sized by hand
+   * against the solver order, the step count and the store's latency (`allocatedBytes` shows
+   * the total, flat once the pipeline is full).
+   */
   private readonly spareBlocks: Float32Array[] = [];
-  /** Spare buffers kept at most: about what one iteration lets go of (its blocks' superseded tensors). */
-  private readonly maxSpareBlocks: number;
+  /** Bytes of host memory the queue allocated for blocks and windows (it frees none while it runs). */
+  private allocated = 0;
   /** With storesPieces: buffers let go of, by the iteration that let go of them, until it is stored. */
   private readonly retired: { iteration: number; values: Float32Array }[] | null;
   /** The iteration of the result being applied (retired buffers are stamped with it). */
@@ -122,10 +141,10 @@ export class BlockQueue {
     this.channels = channels;
     this.scheduler = jobSchedulerConfig(options.scheduler, { sampler: spec.sampler, shift: spec.shift });
     this.schedule = buildSchedule(this.scheduler, spec.steps);
+    this.pieceLifetime = this.scheduler.kind === 'unipc' ? Math.max(2, this.scheduler.solverOrder) : 1;
     this.frameSize = plan.latentHeight * plan.latentWidth;
     this.blockSize = channels * spec.block * this.frameSize;
     this.zeros = new Float32Array(this.scheduler.kind === 'unipc' ? this.blockSize : 0);
-    this.maxSpareBlocks = 3 * Math.min(plan.blocks, spec.steps) + 2;
     this.retired = options.storesPieces ? [] : null;
     this.total = iterationCount(plan.blocks, spec.steps);
     this.firstOrdinal = [0];
@@ -163,6 +182,14 @@ export class BlockQueue {
   /** Block-steps issued and not yet applied. */
   get outstanding(): number {
     return this.issued - this.applied;
+  }
+
+  /**
+   * Bytes of host memory the queue allocated for block tensors and windows. It stops growing
+   * once the pipeline is full: buffers let go of are reused, none is dropped or made again.
+   */
+  get allocatedBytes(): number {
+    return this.allocated;
   }
 
   /** Block-steps applied since the job started (all iterations before a resume included). */
@@ -302,7 +329,7 @@ export class BlockQueue {
 
   /** Hands a window back once its forward has read it, so the next window reuses the memory. */
   recycle(window: Float32Array): void {
-    if (this.spareWindows.length < 4) this.spareWindows.push(window);
+    this.spareWindows.push(window);
   }
 
   private window(block: number, iteration: number): IssuedStep {
@@ -316,7 +343,7 @@ export class BlockQueue {
     const size = this.channels * frames * fs;
     // Every element is written below, so a recycled buffer needs no clearing.
     const spare = this.spareWindows.findIndex((w) => w.length === size);
-    const window = spare >= 0 ? this.spareWindows.splice(spare, 1)[0] : new Float32Array(size);
+    const window = spare >= 0 ? this.spareWindows.splice(spare, 1)[0] : this.allocate(new Float32Array(size));
     for (let c = 0; c < this.channels; c++) {
       if (prefix) window.set(prefix.subarray((c * B + B - C) * fs, (c * B + B) * fs), c * frames * fs);
       window.set(q.latents.subarray(c * B * fs, (c + 1) * B * fs), (c * frames + p) * fs);
@@ -419,7 +446,7 @@ export class BlockQueue {
   }
 
   private recycleBlock(t: Float32Array): void {
-    if (this.spareBlocks.length < this.maxSpareBlocks) this.spareBlocks.push(t);
+    this.spareBlocks.push(t);
   }
 
   /** A block-sized buffer for a tensor about to be computed (every element is written). */
@@ -432,7 +459,12 @@ export class BlockQueue {
    * thread, without copying them (recycled buffers are reused before new ones are made).
    */
   private newBlock(): Float32Array {
-    return new Float32Array(new SharedArrayBuffer(this.blockSize * Float32Array.BYTES_PER_ELEMENT));
+    return this.allocate(new Float32Array(new SharedArrayBuffer(this.blockSize * Float32Array.BYTES_PER_ELEMENT)));
+  }
+
+  private allocate(t: Float32Array): Float32Array {
+    this.allocated += t.byteLength;
+    return t;
   }
 
   private copyBlock(values: Float32Array): Float32Array {

@@ -167,4 +167,60 @@ describe('block queue', () => {
     expect(c).not.toEqual(a);
     expect(() => new BlockQueue(spec, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, initNoise: noise.subarray(1) })).toThrow(/init noise has .* values, the job needs \[16, 24, 4, 4\]/);
   });
+
+  it.each([
+    { name: 'euler', sampler: 'euler' as const, scheduler: {}, lifetime: 1 },
+    { name: 'UniPC order 1 without the corrector at step 2', sampler: 'unipc' as const, scheduler: { solverOrder: 1, disableCorrector: [2] }, lifetime: 2 },
+    { name: "UniPC order 2 (Wan's)", sampler: 'unipc' as const, scheduler: {}, lifetime: 2 },
+    { name: 'UniPC order 3', sampler: 'unipc' as const, scheduler: { solverOrder: 3 }, lifetime: 3 },
+  ])('$name: a manifest names no piece computed more than pieceLifetime iterations before its boundary', ({ sampler, scheduler, lifetime }) => {
+    const s = { ...spec, sampler, steps: 6 };
+    const q = new BlockQueue(s, plan, { channels: 16, scheduler: { ...WAN_SCHEDULER_CONFIG, ...scheduler }, storesPieces: true });
+    expect(q.pieceLifetime).toBe(lifetime);
+    const computedAt = new Map<string, number>();
+    const name = (p: PieceId) => `${p.block}:${p.kind}:${p.step}`;
+    const flight: IssuedStep[] = [];
+    let oldest = 0;
+    while (!q.done) {
+      for (let x = q.issue(); x; x = q.issue()) flight.push(x);
+      const step = flight.shift()!;
+      const r = q.apply(step.step.iteration, step.step.block, velocity(step));
+      for (const p of r.pieces) computedAt.set(name(p.id), step.step.iteration);
+      if (r.completedIteration === null) continue;
+      const boundary = r.completedIteration + 1;
+      for (const b of q.manifest().blocks) {
+        for (const id of [b.pieces.latents, ...b.pieces.modelOutputs, ...(b.pieces.lastSample ? [b.pieces.lastSample] : [])]) {
+          const at = computedAt.get(name(id));
+          expect(at, `${name(id)} named at boundary ${boundary} was never handed out`).toBeDefined();
+          oldest = Math.max(oldest, boundary - at!);
+        }
+      }
+      q.piecesStored(r.completedIteration);
+    }
+    // The bound holds, and it is the tightest one: some manifest names a piece that old.
+    expect(oldest).toBe(lifetime);
+  });
+
+  it('stops allocating once the pipeline is full: buffers let go of are reused, none is dropped', () => {
+    const s = { ...spec, steps: 8 };
+    const q = new BlockQueue(s, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, storesPieces: true });
+    const flight: IssuedStep[] = [];
+    const bytesAt: number[] = [];
+    // Like the head: an iteration is declared stored when the next one completes.
+    let persisting: number | null = null;
+    while (!q.done) {
+      for (let x = flight.length < 6 ? q.issue() : null; x; x = flight.length < 6 ? q.issue() : null) flight.push(x);
+      const step = flight.shift()!;
+      const r = q.apply(step.step.iteration, step.step.block, velocity(step));
+      q.recycle(step.window);
+      if (r.completedIteration === null) continue;
+      if (persisting !== null) q.piecesStored(persisting);
+      persisting = r.completedIteration;
+      bytesAt.push(q.allocatedBytes);
+    }
+    // The queue holds min(blocks, steps) = 8 blocks from iteration 7 on; nothing new after it fills.
+    expect(bytesAt.length).toBe(plan.blocks + s.steps - 1);
+    expect(bytesAt[bytesAt.length - 1]).toBe(bytesAt[s.steps + 1]);
+    expect(bytesAt[s.steps + 1]).toBeGreaterThan(bytesAt[0]);
+  });
 });
