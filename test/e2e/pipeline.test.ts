@@ -103,32 +103,8 @@ describe('DualParal across worker processes', () => {
 
   /** Runs `s` on its workers and SIGKILLs the middle (or last) stage's worker a third of the way through. */
   async function killedMidJob(s: JobSpec, id: string): Promise<{ r: Awaited<ReturnType<typeof distributed>>; killed: string; failovers: Failover[] }> {
-    const plan = planJob(s);
-    let killed: string | null = null;
-    let firstAttempt: string[] = [];
-    const failovers: Failover[] = [];
-    const r = await distributed(s, id, {
-      onFailover: (f) => void failovers.push(f),
-      onAttempt: (workers) => {
-        if (firstAttempt.length === 0) firstAttempt = workers;
-      },
-      onBlockStep: (n) => {
-        if (killed || n < plan.blockSteps / 3) return;
-        // A stage after the head: the head only notices through the lost stream or the registry.
-        killed = firstAttempt[Math.min(1, firstAttempt.length - 1)];
-        cluster.kill(killed, 'SIGKILL');
-      },
-    });
-    expect(killed).not.toBeNull();
-    console.log(`${id}: killed ${killed} (SIGKILL) mid-job; attempts ${r.attempts.length}, resumed at iteration ${r.attempts[1]?.startIteration}; block-steps redone ${r.recomputedBlockSteps} (bound: one iteration = ${Math.min(plan.blocks, s.steps)})`);
-    expect(r.attempts.length).toBeGreaterThanOrEqual(2);
-    expect(r.workers).not.toContain(killed);
-    // At most one iteration's block-steps (the queue length) are applied twice.
-    expect(r.recomputedBlockSteps).toBeLessThanOrEqual(Math.min(plan.blocks, s.steps));
-    expect(r.attempts[1].startIteration).toBeGreaterThan(0);
-    return { r, killed: killed!, failovers };
+    return killedMidJobOn(s, id, { cluster, redis }, 1);
   }
-
   it('survives a worker killed mid-job, redoing at most one iteration (UniPC history resumed from the checkpoint)', async () => {
     const s = spec({ stages: 3, frames: 4 * (24 - 1) + 1, steps: 8, sampler: 'unipc' });
     const reference = await inProcess({ ...s, stages: 1 });
@@ -227,11 +203,11 @@ function sendOne(client: WorkerClient, header: object, bytes: number): Promise<n
   });
 }
 
-/** A two-worker cluster of its own, with these worker flags, for the describe block that calls it. */
-function ownCluster(name: string, workerArgs: string[]): { cluster: LocalCluster; redis: Redis } {
+/** A cluster of its own (two workers unless told), with these worker flags, for the describe block that calls it. */
+function ownCluster(name: string, workerArgs: string[], workers = 2): { cluster: LocalCluster; redis: Redis } {
   const own = {} as { cluster: LocalCluster; redis: Redis };
   beforeAll(async () => {
-    own.cluster = await LocalCluster.start({ workers: 2, name, workerArgs });
+    own.cluster = await LocalCluster.start({ workers, name, workerArgs });
     own.redis = new Redis(own.cluster.redisUrl);
   });
   afterAll(async () => {
@@ -241,17 +217,84 @@ function ownCluster(name: string, workerArgs: string[]): { cluster: LocalCluster
   return own;
 }
 
-describe('--checkpoint-every 3', () => {
-  const sparse = ownCluster('sparse-checkpoints', ['--checkpoint-every', '3']);
+/**
+ * Runs `s` on the workers of `on` (heads committing every `checkpointEvery` iterations) and
+ * SIGKILLs the middle (or last) stage's worker a third of the way through.
+ */
+async function killedMidJobOn(
+  s: JobSpec,
+  id: string,
+  on: { cluster: LocalCluster; redis: Redis },
+  checkpointEvery: number,
+): Promise<{ r: Awaited<ReturnType<typeof distributed>>; killed: string; failovers: Failover[] }> {
+  const plan = planJob(s);
+  let killed: string | null = null;
+  let firstAttempt: string[] = [];
+  const failovers: Failover[] = [];
+  const r = await distributed(
+    s,
+    id,
+    {
+    onFailover: (f) => void failovers.push(f),
+    onAttempt: (workers) => {
+      if (firstAttempt.length === 0) firstAttempt = workers;
+    },
+    onBlockStep: (n) => {
+      if (killed || n < plan.blockSteps / 3) return;
+      // A stage after the head: the head only notices through the lost stream or the registry.
+      killed = firstAttempt[Math.min(1, firstAttempt.length - 1)];
+      on.cluster.kill(killed, 'SIGKILL');
+    },
+  },
+  on,
+);
+  expect(killed).not.toBeNull();
+  const bound = checkpointEvery * Math.min(plan.blocks, s.steps);
+  console.log(`${id}: killed ${killed} (SIGKILL) mid-job; attempts ${r.attempts.length}, resumed at iteration ${r.attempts[1]?.startIteration}; block-steps redone ${r.recomputedBlockSteps} (bound: ${checkpointEvery} iteration(s) = ${bound})`);
+  expect(r.attempts.length).toBeGreaterThanOrEqual(2);
+  expect(r.workers).not.toContain(killed);
+  // At most checkpointEvery iterations' block-steps (each the queue length) are applied twice,
+  // resumed from a committed boundary.
+  expect(r.recomputedBlockSteps).toBeLessThanOrEqual(bound);
+  expect(r.attempts[1].startIteration).toBeGreaterThan(0);
+  expect(r.attempts[1].startIteration % checkpointEvery).toBe(0);
+  return { r, killed: killed!, failovers };
+}
 
-  it('gives the same latents, and the last manifest leaves no checkpoint piece behind', async () => {
+describe('--checkpoint-every 3', () => {
+  // Three workers: a K = 2 job that loses one still finds a replacement.
+  const sparse = ownCluster('sparse-checkpoints', ['--checkpoint-every', '3'], 3);
+
+  /** Checkpoint piece bytes the heads of `on` stored and skipped so far. */
+  async function pieceBytes(on: { cluster: LocalCluster }): Promise<{ stored: number; skipped: number }> {
+    const total = { stored: 0, skipped: 0 };
+    for (const w of on.cluster.workers.values()) {
+      const page = await (await fetch(`http://${w.metricsAddress}/metrics`)).text();
+      for (const outcome of ['stored', 'skipped'] as const) total[outcome] += metricValue(page, `longshot_checkpoint_piece_bytes_total{outcome="${outcome}"}`);
+    }
+    return total;
+  }
+
+  it('gives the same latents, stores only the pieces a commit names, and the last manifest leaves none behind', async () => {
     const s = spec({ stages: 2 });
     const r = await distributed(s, 'sparse', {}, sparse);
     expect(r.latentSha256).toBe(await inProcess(s));
-    // Pieces were stored at every block-step, pruned at the boundaries without a manifest, and the
-    // final manifest (no queued block left) names none: its commit deleted the rest.
+    // 11 iterations, commits after 3, 6, 9 and 11: the pieces of iterations 0, 3 and 6 (computed
+    // more than two iterations before the next commit, UniPC order 2) are never stored.
+    const bytes = await pieceBytes(sparse);
+    expect(bytes.skipped).toBeGreaterThan(0);
+    expect(bytes.stored).toBeGreaterThan(bytes.skipped);
+    // The final manifest (no queued block left) names no piece: its commit deleted the rest.
     expect(await sparse.redis.keys(`${jobPrefix('sparse')}:piece:*`)).toEqual([]);
     expect(await sparse.redis.exists(sparse.cluster.keys.checkpointKey(jobPrefix('sparse')))).toBe(1);
+    // Committing every iteration (the default, the shared cluster) skips none.
+    expect((await pieceBytes({ cluster })).skipped).toBe(0);
+  });
+
+  it('resumes a job whose worker is killed mid-job from a committed boundary, with the in-process bits', async () => {
+    const s = spec({ stages: 2, frames: 4 * (24 - 1) + 1, steps: 8 });
+    const { r } = await killedMidJobOn(s, 'sparse-killed', sparse, 3);
+    expect(r.latentSha256).toBe(await inProcess({ ...s, stages: 1 }));
   });
 });
 

@@ -26,7 +26,7 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --time-scale X       emulated seconds are multiplied by X (1)
   --key-ttl SECONDS    lifetime of a job's Redis keys after each write (86400)
   --drain SECONDS      on SIGTERM, how long open sessions may finish (30)
-  --checkpoint-every N head checkpoints every N iterations: fewer writes, more work redone after a failure (1)
+  --checkpoint-every N head checkpoints every N iterations, storing only what a commit names: fewer writes, more work redone after a failure (1)
   --grant-keys KEYS    id:secret[,id:secret] keys whose session grants are accepted: the driver's
                        current key, and during a rotation the previous one (LONGSHOT_GRANT_KEYS; required)
   --tls-cert FILE      mTLS: this worker's certificate (PEM); with --tls-key and --tls-ca (LONGSHOT_TLS_CERT)

@@ -83,6 +83,16 @@ export const workerMetrics = {
   groupFailureReports: counter<'direction'>({ name: 'longshot_group_failure_reports_total', help: "Stage group members' failure reports: sent to rank 0, or received from a member (docs/parallelism.md)", labelNames: ['direction'], known: { direction: ['sent', 'received'] } }),
   rejectedTensors: counter<'code'>({ name: 'longshot_rejected_tensors_total', help: 'Activation streams refused, by gRPC status', labelNames: ['code'], known: { code: SESSION_ERROR_CODES } }),
   modelRefusals: counter({ name: 'longshot_model_refusals_total', help: 'Sessions and component runs refused because their model is no name this worker serves (a path, a link, a FIFO, unknown)' }),
+  headQueueBytes: gauge({
+    name: 'longshot_head_queue_bytes',
+    help: "Host memory the open head sessions' block queues hold for latents, solver histories, pieces being stored and windows (flat once a job's pipeline is full)",
+  }),
+  checkpointPieceBytes: counter<'outcome'>({
+    name: 'longshot_checkpoint_piece_bytes_total',
+    help: 'Bytes of checkpoint pieces the head computed: stored in Redis, or skipped because no committed manifest can name them (--checkpoint-every > 1)',
+    labelNames: ['outcome'],
+    known: { outcome: ['stored', 'skipped'] },
+  }),
   checkpoints: counter({ name: 'longshot_checkpoints_written_total', help: 'Head checkpoints written to Redis' }),
   persistSeconds: histogram({
     name: 'longshot_checkpoint_persist_seconds',

@@ -134,6 +134,8 @@ export class StageSession {
   private queued = 0;
   private queueWaiters: (() => void)[] = [];
   private queue: BlockQueue | null = null;
+  /** The queue's allocated bytes this session has added to longshot_head_queue_bytes. */
+  private queueBytesReported = 0;
   /** Head: the job's checkpoints (pieces stored as they are computed, a manifest per boundary). */
   private checkpoint: JobCheckpoint | null = null;
   /** Persistence of the last completed iteration boundary, while it is in flight. */
@@ -479,6 +481,7 @@ export class StageSession {
     // A boundary still persisting is finished first (its writes are fenced, so a superseded run
     // changes nothing): a lost stage then costs the job only the iteration in progress.
     if (this.persisting) await Promise.race([this.persisting.catch(() => undefined), sleep(PERSIST_ON_CLOSE_MS, undefined, { ref: false })]);
+    this.reportQueueBytes(0);
     this.buffers?.clear();
     this.received?.clear();
     await this.group?.close();
@@ -514,6 +517,13 @@ export class StageSession {
         this.forwardOut(step, out, performance.now(), held);
       }
     }
+    this.reportQueueBytes(q.allocatedBytes);
+  }
+
+  /** Moves longshot_head_queue_bytes by what this session's queue holds now (0 once closed). */
+  private reportQueueBytes(bytes: number): void {
+    workerMetrics.headQueueBytes.inc(bytes - this.queueBytesReported);
+    this.queueBytesReported = bytes;
   }
 
   /**
@@ -529,7 +539,9 @@ export class StageSession {
     const q = this.queue!;
     const checkpoint = this.checkpoint!;
     const r = q.apply(step.iteration, step.block, velocity);
-    checkpoint.put(r.pieces);
+    const store = step.iteration >= this.commitAfter(step.iteration) - q.pieceLifetime;
+    if (store) checkpoint.put(r.pieces);
+    workerMetrics.checkpointPieceBytes.inc({ outcome: store ? 'stored' : 'skipped' }, r.pieces.reduce((n, p) => n + p.values.byteLength, 0));
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
     if (r.completedIteration !== null) {
       const sealed = checkpoint.seal();
@@ -564,7 +576,7 @@ export class StageSession {
     const q = this.queue!;
     const checkpoint = this.checkpoint!;
     const boundary = iteration + 1;
-    const commit = boundary % this.ctx.checkpointEvery === 0 || boundary === this.plan.iterations;
+    const commit = this.commitAfter(iteration) === boundary;
     const end = workerMetrics.persistSeconds.startTimer();
     await Promise.all([
       checkpoint.flush(sealed),
@@ -579,6 +591,17 @@ export class StageSession {
     }
     end();
     if (commit) this.emit({ event: { $case: 'checkpointed', value: { iteration: boundary } } });
+  }
+
+  /**
+   * The first boundary after `iteration` whose manifest is committed: every checkpointEvery
+   * iterations and at the end. Pieces computed earlier than pieceLifetime iterations before it
+   * are named by no committed manifest, so they are not stored at all: between commits Redis
+   * (and its append-only file) receives only what the next commit names.
+   */
+  private commitAfter(iteration: number): number {
+    const every = this.ctx.checkpointEvery;
+    return Math.min(Math.ceil((iteration + 1) / every) * every, this.plan.iterations);
   }
 
   // --- all stages ---------------------------------------------------------------------------------
