@@ -53,6 +53,8 @@ export interface PipelineRow {
   headCpuPerBlockStep: { jsMs: number; kernelsMs: number; dataPlaneMs: number; otherMs: number };
   /** Host CPU of every worker the job used, all parts, per block-step: what the two cores of this machine must carry. */
   clusterCpuPerBlockStepMs: number;
+  /** CPU Redis used per block-step (its checkpoint and append-only-file work), beside the workers'. */
+  redisCpuPerBlockStepMs: number;
   /** The median run's set-up: leasing, the text embeddings stored, every session open (DistributedResult attempts[0].openSeconds). */
   openSeconds: number;
   seconds: number;
@@ -88,6 +90,20 @@ async function hostCpuOf(metricsAddress: string): Promise<{ js: number; kernels:
   return { js: part('js'), kernels: part('kernels'), dataplane: part('dataplane'), other: part('other'), forwards: sum(/^longshot_stage_forward_seconds_count\{[^}]*\} (\S+)$/gm) };
 }
 
+/**
+ * CPU seconds Redis has used (its own threads and its forks', such as append-only-file
+ * rewrites): the head's checkpoint writes cost there, on the same cores as the workers.
+ */
+async function redisCpuSeconds(redis: Redis): Promise<number> {
+  const info = await redis.info('cpu');
+  const field = (name: string): number => {
+    const line = info.split(/\r?\n/).find((l) => l.startsWith(`${name}:`));
+    if (!line) throw new Error(`Redis INFO cpu has no ${name}`);
+    return Number(line.slice(name.length + 1));
+  };
+  return field('used_cpu_sys') + field('used_cpu_user') + field('used_cpu_sys_children') + field('used_cpu_user_children');
+}
+
 function predict(spec: JobSpec, layout: PipelineLayout): number {
   return predictPipelineSeconds(jobTiming(spec, getConfig(spec.model), layout, getProfile(PROFILE))) * TIME_SCALE;
 }
@@ -109,32 +125,34 @@ export async function pipelineBench(opts: { json: boolean }): Promise<object> {
       const workers = layoutWorkers(layout);
       const name = describeLayout(layout);
       const spec = jobSpec(K);
-      const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep']; clusterCpuPerBlockStepMs: number; openSeconds: number }[] = [];
+      const measured: { seconds: number; headCpuPerBlockStep: PipelineRow['headCpuPerBlockStep']; clusterCpuPerBlockStepMs: number; redisCpuPerBlockStepMs: number; openSeconds: number }[] = [];
       for (let r = 0; r < REPEAT; r++) {
         const id = `bench-pipeline-${name.replace(/[^A-Za-z0-9]+/g, '-')}-${r}`;
         const before = new Map(await Promise.all([...cluster.workers.values()].map(async (w) => [w.id, await hostCpuOf(w.metricsAddress)] as const)));
+        const redisBefore = await redisCpuSeconds(redis);
         const t0 = performance.now();
         const run = await runDistributedJob(
           { jobId: id, spec, keyPrefix: cluster.keys.jobPrefix(id), text: null, payloadScale: PAYLOAD_SCALE, layout: { ulysses: layout.ulysses, cfgParallel: layout.cfgParallel } },
           { ...cluster.driver(redis, id), onBlock: () => undefined },
         );
         const seconds = (performance.now() - t0) / 1000;
+        const redisSeconds = (await redisCpuSeconds(redis)) - redisBefore;
         const after = new Map(await Promise.all(run.workers.map(async (w) => [w, await hostCpuOf(cluster.workers.get(w)!.metricsAddress)] as const)));
         const [b, a] = [before.get(run.workers[0])!, after.get(run.workers[0])!];
         const steps = a.forwards - b.forwards;
         const perStepMs = (x: 'js' | 'kernels' | 'dataplane' | 'other') => ((a[x] - b[x]) / steps) * 1000;
         const totalOf = (c: Awaited<ReturnType<typeof hostCpuOf>>) => c.js + c.kernels + c.dataplane + c.other;
         const clusterSeconds = [...after].reduce((n, [w, c]) => n + totalOf(c) - totalOf(before.get(w)!), 0);
-        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') }, clusterCpuPerBlockStepMs: (clusterSeconds / steps) * 1000, openSeconds: run.attempts[0].openSeconds ?? NaN });
+        measured.push({ seconds, headCpuPerBlockStep: { jsMs: perStepMs('js'), kernelsMs: perStepMs('kernels'), dataPlaneMs: perStepMs('dataplane'), otherMs: perStepMs('other') }, clusterCpuPerBlockStepMs: (clusterSeconds / steps) * 1000, redisCpuPerBlockStepMs: (redisSeconds / steps) * 1000, openSeconds: run.attempts[0].openSeconds ?? NaN });
       }
       const runs = measured.map((m) => m.seconds);
-      const { seconds, headCpuPerBlockStep, clusterCpuPerBlockStepMs, openSeconds } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
+      const { seconds, headCpuPerBlockStep, clusterCpuPerBlockStepMs, redisCpuPerBlockStepMs, openSeconds } = [...measured].sort((x, y) => x.seconds - y.seconds)[Math.floor((REPEAT - 1) / 2)];
       const predicted = predict(spec, layout);
       const base = rows[0];
       const speedup = base ? base.seconds / seconds : 1;
       const predictedSpeedup = base ? base.predicted / predicted : 1;
-      rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, clusterCpuPerBlockStepMs, openSeconds, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
-      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms, other threads ${headCpuPerBlockStep.otherMs.toFixed(2)} ms; all its workers ${clusterCpuPerBlockStepMs.toFixed(2)} ms; set-up ${openSeconds.toFixed(2)} s`);
+      rows.push({ stages: K, layout: name, workers, runs, headCpuPerBlockStep, clusterCpuPerBlockStepMs, redisCpuPerBlockStepMs, openSeconds, seconds, speedup, efficiency: speedup / workers, predicted, predictedEfficiency: predictedSpeedup / workers });
+      if (!opts.json) console.log(`${name} (${workers} workers): ${seconds.toFixed(2)} s${REPEAT > 1 ? ` (median of ${runs.map((x) => x.toFixed(2)).join(', ')})` : ''}, speedup ${speedup.toFixed(2)}, efficiency ${(speedup / workers).toFixed(3)} (model: ${predicted.toFixed(2)} s, efficiency ${(predictedSpeedup / workers).toFixed(3)}); head CPU per block-step: JS thread ${headCpuPerBlockStep.jsMs.toFixed(2)} ms, kernels ${headCpuPerBlockStep.kernelsMs.toFixed(2)} ms, data plane ${headCpuPerBlockStep.dataPlaneMs.toFixed(2)} ms, other threads ${headCpuPerBlockStep.otherMs.toFixed(2)} ms; all its workers ${clusterCpuPerBlockStepMs.toFixed(2)} ms, Redis ${redisCpuPerBlockStepMs.toFixed(2)} ms; set-up ${openSeconds.toFixed(2)} s`);
     }
   } finally {
     redis.disconnect();
