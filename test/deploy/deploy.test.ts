@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { loadAll } from 'js-yaml';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { workerConfig } from '../../apps/worker/src/config';
 
 const ROOT = path.resolve(__dirname, '../..');
 const rel = (p: string) => path.relative(ROOT, p);
@@ -418,6 +419,9 @@ describe('overlays', () => {
     expect(env('LONGSHOT_NVLINK_DOMAIN')).toEqual({ name: 'LONGSHOT_NVLINK_DOMAIN', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } });
     expect(env('LONGSHOT_LINK_GBPS').value).toBe('100');
     expect(env('POD_IP')).toBeDefined();
+    // Checkpoints by time (docs/operations.md, Redis), a value the worker's own config accepts.
+    const grantKeys = `k1:${'s'.repeat(32)}`;
+    expect(workerConfig([], { REDIS_URL: 'redis://redis:6379', LONGSHOT_GRANT_KEYS: grantKeys, LONGSHOT_CHECKPOINT_EVERY: env('LONGSHOT_CHECKPOINT_EVERY').value }).config.checkpointEvery).toEqual({ seconds: 30 });
     const so = one(r, 'ScaledObject', 'longshot-worker');
     expect(so.spec.scaleTargetRef).toMatchObject({ kind: 'Deployment', name: 'longshot-worker' });
     expect(so.spec.triggers.length).toBeGreaterThan(0);

@@ -298,6 +298,27 @@ describe('--checkpoint-every 3', () => {
   });
 });
 
+describe('--checkpoint-every 600s (a cadence by time)', () => {
+  const timed = ownCluster('timed-checkpoints', ['--checkpoint-every', '600s'], 1);
+
+  it('commits the first boundary, then none until the end at this pace, with the same latents and nothing left behind', async () => {
+    const s = spec({ stages: 1, frames: 4 * (24 - 1) + 1, steps: 8 });
+    const plan = planJob(s);
+    const r = await distributed(s, 'timed', {}, timed);
+    expect(r.latentSha256).toBe(await inProcess(s));
+    const page = await (await fetch(`http://${[...timed.cluster.workers.values()][0].metricsAddress}/metrics`)).text();
+    const commits = metricValue(page, 'longshot_checkpoints_written_total');
+    console.log(`timed: ${plan.iterations} iterations, ${commits} commits; piece bytes stored ${metricValue(page, 'longshot_checkpoint_piece_bytes_total{outcome="stored"}')}, skipped ${metricValue(page, 'longshot_checkpoint_piece_bytes_total{outcome="skipped"}')}`);
+    // Every boundary until the first iteration has measured the pace (the iterations already
+    // started by then keep theirs), then 600 s of work: more than this job's whole run.
+    expect(commits).toBeGreaterThanOrEqual(2);
+    expect(commits).toBeLessThan(plan.iterations / 2);
+    expect(metricValue(page, 'longshot_checkpoint_piece_bytes_total{outcome="skipped"}')).toBeGreaterThan(0);
+    expect(await timed.redis.keys(`${jobPrefix('timed')}:piece:*`)).toEqual([]);
+    expect(await timed.redis.exists(timed.cluster.keys.checkpointKey(jobPrefix('timed')))).toBe(1);
+  });
+});
+
 // Two hosts, as their host ids say: 'auto' takes TCP both ways, and neither worker allocates
 // shared memory for what it receives (no sender on its host would write into it).
 describe('--data-plane auto on two hosts', () => {

@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import { keySchemaOf } from '@longshot/cache';
 import { engineSettingsFromEnv, type EngineSettings } from '@longshot/engine';
 import { modelsDirFlag } from '@longshot/model';
+import { parseCommitCadence } from '@longshot/pipeline';
 import { getProfile } from '@longshot/planner';
 import { parseLogLevel, type LogLevel } from '@longshot/telemetry';
 import { DATA_PLANE_MODES, loadTlsFiles, parseGrantKeys, type DataPlaneMode } from '@longshot/transport';
@@ -26,7 +27,9 @@ export const WORKER_HELP = `longshot-worker: serves stage sessions over gRPC
   --time-scale X       emulated seconds are multiplied by X (1)
   --key-ttl SECONDS    lifetime of a job's Redis keys after each write (86400)
   --drain SECONDS      on SIGTERM, how long open sessions may finish (30)
-  --checkpoint-every N head checkpoints every N iterations, storing only what a commit names: fewer writes, more work redone after a failure (1)
+  --checkpoint-every N|Ts  head checkpoints every N iterations, or every T seconds of work (e.g. 30s: the
+                       count of iterations follows the measured pace), storing only what a commit names:
+                       fewer writes, more work redone after a failure (LONGSHOT_CHECKPOINT_EVERY, 1)
   --grant-keys KEYS    id:secret[,id:secret] keys whose session grants are accepted: the driver's
                        current key, and during a rotation the previous one (LONGSHOT_GRANT_KEYS; required)
   --tls-cert FILE      mTLS: this worker's certificate (PEM); with --tls-key and --tls-ca (LONGSHOT_TLS_CERT)
@@ -135,7 +138,7 @@ export function workerConfig(argv: string[], env: NodeJS.ProcessEnv): { config: 
     emulation,
     keyTtlSeconds: int('key-ttl', f['key-ttl'], 86400, 1, 365 * 86400),
     drainSeconds: int('drain', f.drain, 30, 0, 3600),
-    checkpointEvery: int('checkpoint-every', f['checkpoint-every'] ?? env.LONGSHOT_CHECKPOINT_EVERY, 1, 1, 1_000_000),
+    checkpointEvery: parseCommitCadence(f['checkpoint-every'] ?? env.LONGSHOT_CHECKPOINT_EVERY ?? '1', '--checkpoint-every'),
     memoryProbe: f['memory-probe'] ?? false,
     dataPlane: { mode: dataPlaneMode, port: int('data-plane-port', f['data-plane-port'] ?? env.LONGSHOT_DATA_PLANE_PORT, 0, 0, 65535), hostId },
     topology,

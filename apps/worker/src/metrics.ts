@@ -89,7 +89,7 @@ export const workerMetrics = {
   }),
   checkpointPieceBytes: counter<'outcome'>({
     name: 'longshot_checkpoint_piece_bytes_total',
-    help: 'Bytes of checkpoint pieces the head computed: stored in Redis, or skipped because no committed manifest can name them (--checkpoint-every > 1)',
+    help: 'Bytes of checkpoint pieces the head computed: stored in Redis, or skipped because no committed manifest can name them (--checkpoint-every N > 1 or Ts)',
     labelNames: ['outcome'],
     known: { outcome: ['stored', 'skipped'] },
   }),

@@ -3,7 +3,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { FencedWriteError, JobCheckpoint, type CheckpointStore, type CheckpointWrites } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
 import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ForwardOptions, type ModelConfig, type TextEmbeddings } from '@longshot/model';
-import { BlockQueue, EmulatedLink, EmulatedStage, type EmulationOptions, type FinishedBlock, type StageRunner } from '@longshot/pipeline';
+import { BlockQueue, CommitSchedule, EmulatedLink, EmulatedStage, type CommitCadence, type EmulationOptions, type FinishedBlock, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type CheckpointManifest, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
 import type { Logger } from '@longshot/telemetry';
@@ -54,8 +54,8 @@ export interface SessionContext {
   readonly keyTtlSeconds: number;
   /** Resolves spec.model: a model name, never a path. */
   readonly catalog: ModelCatalog;
-  /** Iterations between checkpoints (the last iteration always gets one). */
-  readonly checkpointEvery: number;
+  /** How often the head commits a checkpoint: every N iterations or T seconds of work (the last iteration always commits). */
+  readonly checkpointEvery: CommitCadence;
   /** Samples retained memory after each block's last step on this stage (null: not sampled). */
   readonly retainedMemory: RetainedMemorySampler | null;
   readonly emulation: Omit<EmulationOptions, 'payloadScale'> | null;
@@ -140,6 +140,9 @@ export class StageSession {
   private checkpoint: JobCheckpoint | null = null;
   /** Persistence of the last completed iteration boundary, while it is in flight. */
   private persisting: Promise<void> | null = null;
+  /** The head's committed boundaries (which pieces it stores follows from them). */
+  private commits: CommitSchedule | null = null;
+  private headStartedAt = 0;
   private readonly resume: boolean;
   private closed = false;
   private failure: Error | null = null;
@@ -321,6 +324,8 @@ export class StageSession {
     // The checkpoint writer thread reads the pieces the queue hands out in place (storesPieces).
     this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined, storesPieces: true });
     const startIteration = this.queue.nextIteration;
+    this.commits = new CommitSchedule(this.ctx.checkpointEvery, this.plan.iterations, startIteration);
+    this.headStartedAt = performance.now() / 1000;
     this.log.info('head started', { startIteration, resumed: state !== null });
     if (this.queue.done) {
       // Resumed from the final checkpoint: everything is in Redis already.
@@ -544,6 +549,7 @@ export class StageSession {
     workerMetrics.checkpointPieceBytes.inc({ outcome: store ? 'stored' : 'skipped' }, r.pieces.reduce((n, p) => n + p.values.byteLength, 0));
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
     if (r.completedIteration !== null) {
+      this.commits!.completed(r.completedIteration, performance.now() / 1000, this.headStartedAt);
       const sealed = checkpoint.seal();
       const manifest = q.manifest();
       if (this.persisting) {
@@ -569,8 +575,8 @@ export class StageSession {
 
   /**
    * Persists the boundary after `iteration`: the pieces put for it (checkpoint boundary `sealed`)
-   * and its finished block stored, then its manifest committed (every checkpointEvery
-   * iterations and at the end) or, in between, the pieces it no longer names pruned.
+   * and its finished block stored, then its manifest committed (at the boundaries of the commit
+   * schedule, the last included) or, in between, the pieces it no longer names pruned.
    */
   private async persist(iteration: number, finished: FinishedBlock | null, sealed: number, manifest: CheckpointManifest): Promise<void> {
     const q = this.queue!;
@@ -594,14 +600,13 @@ export class StageSession {
   }
 
   /**
-   * The first boundary after `iteration` whose manifest is committed: every checkpointEvery
-   * iterations and at the end. Pieces computed earlier than pieceLifetime iterations before it
-   * are named by no committed manifest, so they are not stored at all: between commits Redis
-   * (and its append-only file) receives only what the next commit names.
+   * The first boundary after `iteration` whose manifest is committed (CommitSchedule). Pieces
+   * computed earlier than pieceLifetime iterations before it are named by no committed manifest,
+   * so they are not stored at all: between commits Redis (and its append-only file) receives
+   * only what the next commit names.
    */
   private commitAfter(iteration: number): number {
-    const every = this.ctx.checkpointEvery;
-    return Math.min(Math.ceil((iteration + 1) / every) * every, this.plan.iterations);
+    return this.commits!.commitAfter(iteration);
   }
 
   // --- all stages ---------------------------------------------------------------------------------

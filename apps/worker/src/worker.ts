@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { CheckpointStore, CorruptValueError, FencedWriteError, JobTextStore, type JobText, ThreadCheckpointWrites, WorkerLeases, WorkerRegistry, type KeySchema, type WorkerTopology } from '@longshot/cache';
 import { backendDevice, configuredCudaDevice, numericsFingerprint, type Backend } from '@longshot/engine';
 import { ModelCatalog } from '@longshot/model';
-import type { EmulationOptions } from '@longshot/pipeline';
+import type { CommitCadence, EmulationOptions } from '@longshot/pipeline';
 import { startMetricsServer, type Logger, type MetricsServer } from '@longshot/telemetry';
 import {
   addHealthService,
@@ -57,8 +57,8 @@ export interface WorkerConfig {
   readonly keyTtlSeconds: number;
   /** On SIGTERM, how long open sessions may run before the worker stops anyway. */
   readonly drainSeconds: number;
-  /** Head: write a checkpoint every this many iterations (1 = every boundary). */
-  readonly checkpointEvery: number;
+  /** Head: commit a checkpoint every N iterations or T seconds of work ({ iterations: 1 } = every boundary). */
+  readonly checkpointEvery: CommitCadence;
   /** Sample retained memory at every finished block (leak tests; forces a GC each time). */
   readonly memoryProbe: boolean;
   /** Keys whose session grants this worker accepts (the current one and, during a rotation, the previous one). */

@@ -83,3 +83,16 @@ describe('worker config: topology', () => {
     expect(() => workerConfig([...base, '--nvlink-domain', 'x'.repeat(257)], {})).toThrow(/^--nvlink-domain: expected at most 256 characters/);
   });
 });
+
+describe('worker config: checkpoint cadence', () => {
+  it('commits every iteration by default; --checkpoint-every takes N iterations or T seconds, over LONGSHOT_CHECKPOINT_EVERY', () => {
+    expect(workerConfig(base, {}).config.checkpointEvery).toEqual({ iterations: 1 });
+    expect(workerConfig(base, { LONGSHOT_CHECKPOINT_EVERY: '30s' }).config.checkpointEvery).toEqual({ seconds: 30 });
+    expect(workerConfig([...base, '--checkpoint-every', '5'], { LONGSHOT_CHECKPOINT_EVERY: '30s' }).config.checkpointEvery).toEqual({ iterations: 5 });
+  });
+
+  it('names the flag of a bad value', () => {
+    expect(() => workerConfig([...base, '--checkpoint-every', '0'], {})).toThrow('--checkpoint-every: iterations must be 1 to 1000000, got 0');
+    expect(() => workerConfig(base, { LONGSHOT_CHECKPOINT_EVERY: '5m' })).toThrow("--checkpoint-every: expected a count of iterations (N) or of seconds (Ns, e.g. 30s), got '5m'");
+  });
+});

@@ -1,5 +1,6 @@
 export * from './noise';
 export * from './queue';
+export * from './commit-schedule';
 export * from './local';
 export * from './emulation';
 export * from './driver';
