@@ -3,7 +3,7 @@ import type * as grpc from '@grpc/grpc-js';
 import { FencedWriteError, JobCheckpoint, type CheckpointStore, type CheckpointWrites } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
 import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ForwardOptions, type ModelConfig, type TextEmbeddings } from '@longshot/model';
-import { BlockQueue, CommitSchedule, EmulatedLink, EmulatedStage, type CommitCadence, type EmulationOptions, type FinishedBlock, type StageRunner } from '@longshot/pipeline';
+import { BlockQueue, CommitSchedule, EmulatedLink, EmulatedStage, formatCommitCadence, type CommitCadence, type EmulationOptions, type FinishedBlock, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type CheckpointManifest, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
 import type { Logger } from '@longshot/telemetry';
@@ -326,7 +326,7 @@ export class StageSession {
     const startIteration = this.queue.nextIteration;
     this.commits = new CommitSchedule(this.ctx.checkpointEvery, this.plan.iterations, startIteration);
     this.headStartedAt = performance.now() / 1000;
-    this.log.info('head started', { startIteration, resumed: state !== null });
+    this.log.info('head started', { startIteration, resumed: state !== null, checkpointEvery: formatCommitCadence(this.ctx.checkpointEvery) });
     if (this.queue.done) {
       // Resumed from the final checkpoint: everything is in Redis already.
       this.emit({ event: { $case: 'done', value: { iterations: this.plan.iterations, blockStepsApplied: this.queue.appliedCount } } });
@@ -527,6 +527,7 @@ export class StageSession {
 
   /** Moves longshot_head_queue_bytes by what this session's queue holds now (0 once closed). */
   private reportQueueBytes(bytes: number): void {
+    if (bytes === this.queueBytesReported) return;
     workerMetrics.headQueueBytes.inc(bytes - this.queueBytesReported);
     this.queueBytesReported = bytes;
   }
