@@ -19,10 +19,10 @@ export function checksum(...parts: Uint8Array[]): Buffer {
 }
 
 /**
- * Float32 values as little-endian bytes, copied byte for byte (never through a JS number, which
+ * Float32 values (or other 32-bit words: token ids) as little-endian bytes, copied byte for byte (never through a JS number, which
  * would canonicalise NaN payloads), so a stored tensor reads back bit-identical.
  */
-export function float32Bytes(values: Float32Array): Buffer {
+export function float32Bytes(values: Float32Array | Int32Array): Buffer {
   const src = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
   const out = Buffer.allocUnsafe(values.byteLength);
   if (HOST_IS_LE) out.set(src);
@@ -31,7 +31,7 @@ export function float32Bytes(values: Float32Array): Buffer {
 }
 
 /** Like `float32Bytes`, but a view of the values' own memory (no copy) on little-endian hosts. */
-export function float32View(values: Float32Array): Buffer {
+export function float32View(values: Float32Array | Int32Array): Buffer {
   return HOST_IS_LE ? Buffer.from(values.buffer, values.byteOffset, values.byteLength) : float32Bytes(values);
 }
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { CHECKSUM_BYTES, CorruptValueError, checksum, ttlMillis } from './codec';
+import { CHECKSUM_BYTES, CorruptValueError, checksum, float32View, readFloat32, ttlMillis } from './codec';
 import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 /** What identifies one text-encoder output: everything it is a pure function of. */
@@ -45,13 +45,6 @@ const MAGIC = Buffer.from('LSTE', 'latin1');
 const PREAMBLE = 8;
 const FIELDS = ['cond', 'uncond', 'condIds', 'uncondIds'] as const;
 
-const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
-function leBytes(a: Float32Array | Int32Array): Buffer {
-  const b = Buffer.from(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-  return LITTLE_ENDIAN_HOST ? b : Buffer.from(b).swap32();
-}
-
 /**
  * Text-encoder outputs in Redis, so retries, takeovers and repeated prompts do not encode again.
  * The key is a SHA-256 of the parts (TextEmbeddingKeyParts) under `R:text-embedding:`.
@@ -94,7 +87,7 @@ function encode(e: CachedTextEmbeddings): Buffer {
   const pre = Buffer.alloc(PREAMBLE);
   MAGIC.copy(pre, 0);
   pre.writeUInt32LE(header.length, 4);
-  const parts = [pre, header, ...FIELDS.map((f) => leBytes(e[f]))];
+  const parts = [pre, header, ...FIELDS.map((f) => float32View(e[f]))];
   return Buffer.concat([...parts, checksum(...parts)]);
 }
 
@@ -116,18 +109,19 @@ function decode(key: string, v: Buffer): CachedTextEmbeddings {
   const total = (counts as number[]).reduce((a, n) => a + n * 4, 0);
   if (PREAMBLE + h + total !== body.length) throw bad(`payload is ${body.length - PREAMBLE - h} bytes, header says ${total}`);
   let at = PREAMBLE + h;
-  const take = <T extends Float32Array | Int32Array>(n: number, make: (b: ArrayBuffer) => T): T => {
-    const bytes = Buffer.from(body.subarray(at, at + n * 4)); // aligned copy
+  // One copy per tensor, into aligned memory of its own (the reply is the Redis client's);
+  // token ids are the same 32-bit little-endian words, read back as integers.
+  const take = (n: number): Float32Array => {
+    const out = readFloat32(body.subarray(at, at + n * 4), n);
     at += n * 4;
-    if (!LITTLE_ENDIAN_HOST) bytes.swap32();
-    return make(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+    return out;
   };
   const [c, u, ci, ui] = counts as number[];
   return {
-    cond: take(c, (b) => new Float32Array(b)),
-    uncond: take(u, (b) => new Float32Array(b)),
-    condIds: take(ci, (b) => new Int32Array(b)),
-    uncondIds: take(ui, (b) => new Int32Array(b)),
+    cond: take(c),
+    uncond: take(u),
+    condIds: new Int32Array(take(ci).buffer),
+    uncondIds: new Int32Array(take(ui).buffer),
     truncated: header.truncated as number,
   };
 }
