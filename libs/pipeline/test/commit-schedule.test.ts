@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BlockQueue, CommitSchedule, formatCommitCadence, parseCommitCadence, type IssuedStep } from '@longshot/pipeline';
-import { normalizeSpec, planJob, type PieceId } from '@longshot/planner';
+import { normalizeSpec, planJob, type PieceId, type QueueState } from '@longshot/planner';
 import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
 
 describe('--checkpoint-every: N iterations or T seconds', () => {
@@ -56,47 +56,75 @@ describe('CommitSchedule', () => {
     expect(() => new CommitSchedule({ seconds: 1 }, 20, 21)).toThrow(/start 21 outside 0\.\.20/);
   });
 
-  it('a head storing only what the next commit can name has every piece of every committed manifest, while the pace changes under it', () => {
+  it('a head storing only what the next commit can name resumes from every committed boundary to the same latents, while the pace changes under it', () => {
     const spec = normalizeSpec({ prompt: 'x', frames: 4 * (24 - 1) + 1, block: 4, context: 2, steps: 6, width: 32, height: 32, seed: 7 });
     const plan = planJob(spec);
     const ownSize = 16 * spec.block * plan.latentHeight * plan.latentWidth;
     const velocity = (s: IssuedStep) => {
       const v = new Float32Array(ownSize);
-      for (let i = 0; i < ownSize; i++) v[i] = s.window[s.window.length - ownSize + i] * 0.5 + 0.01;
+      for (let i = 0; i < ownSize; i++) v[i] = s.window[s.window.length - ownSize + i] * 0.5 + 0.01 * (s.window[i] ?? 0);
       return v;
     };
-    const name = (p: PieceId) => `${p.block}:${p.kind}:${p.step}`;
-    for (const sampler of ['unipc', 'euler'] as const) {
-      const q = new BlockQueue({ ...spec, sampler }, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, storesPieces: true });
-      const schedule = new CommitSchedule({ seconds: 3 }, plan.iterations, 0);
-      const stored = new Set<string>();
-      let [skipped, commits, clock] = [0, 0, 0];
+    /** Runs `q` to the end, 4 block-steps in flight; `onApplied` sees every result. */
+    const runQueue = (q: BlockQueue, onApplied: (step: IssuedStep, r: ReturnType<BlockQueue['apply']>, finished: ReadonlyMap<number, Float32Array>) => void = () => undefined): Map<number, Float32Array> => {
+      const finished = new Map<number, Float32Array>();
       const flight: IssuedStep[] = [];
       while (!q.done) {
         for (let x = flight.length < 4 ? q.issue() : null; x; x = flight.length < 4 ? q.issue() : null) flight.push(x);
         const step = flight.shift()!;
         const r = q.apply(step.step.iteration, step.step.block, velocity(step));
-        if (step.step.iteration >= schedule.commitAfter(step.step.iteration) - q.pieceLifetime) for (const p of r.pieces) stored.add(name(p.id));
+        if (r.finished) finished.set(r.finished.index, r.finished.latents.slice());
+        onApplied(step, r, finished);
+        q.recycle(step.window);
+      }
+      return finished;
+    };
+    const name = (p: PieceId) => `${p.block}:${p.kind}:${p.step}`;
+    for (const sampler of ['unipc', 'euler'] as const) {
+      const s = { ...spec, sampler };
+      const options = { channels: 16, scheduler: WAN_SCHEDULER_CONFIG };
+      const whole = runQueue(new BlockQueue(s, plan, options));
+      const q = new BlockQueue(s, plan, { ...options, storesPieces: true });
+      const schedule = new CommitSchedule({ seconds: 3 }, plan.iterations, 0);
+      // The head's store: what it kept of each piece it did not skip, as Redis would hold it.
+      const stored = new Map<string, Float32Array>();
+      const commits: QueueState[] = [];
+      let [skipped, clock] = [0, 0];
+      const finished = runQueue(q, (step, r, finishedSoFar) => {
+        if (step.step.iteration >= schedule.commitAfter(step.step.iteration) - q.pieceLifetime) for (const p of r.pieces) stored.set(name(p.id), p.values.slice());
         else skipped += r.pieces.length;
-        if (r.completedIteration === null) continue;
+        if (r.completedIteration === null) return;
         // Iterations take 0.4 s, then 1.5 s from the sixth on, then 0.2 s.
         clock += r.completedIteration < 6 ? 0.4 : r.completedIteration < 14 ? 1.5 : 0.2;
         schedule.completed(r.completedIteration, clock, 0);
-        const boundary = r.completedIteration + 1;
-        if (schedule.commitAfter(r.completedIteration) === boundary) {
-          commits++;
-          for (const b of q.manifest().blocks) {
-            for (const id of [b.pieces.latents, ...b.pieces.modelOutputs, ...(b.pieces.lastSample ? [b.pieces.lastSample] : [])]) {
-              expect(stored.has(name(id)), `${sampler}: ${name(id)} named at boundary ${boundary} was not stored`).toBe(true);
-            }
-          }
+        if (schedule.commitAfter(r.completedIteration) === r.completedIteration + 1) {
+          const m = q.manifest();
+          const get = (p: PieceId): Float32Array => {
+            const v = stored.get(name(p));
+            if (!v) throw new Error(`${sampler}: ${name(p)} named at boundary ${m.iteration} was not stored`);
+            return v;
+          };
+          commits.push({
+            iteration: m.iteration,
+            sampler: m.sampler,
+            noise: m.noise,
+            blocks: m.blocks.map((b) => ({ index: b.index, step: b.step, latents: get(b.pieces.latents), history: { modelOutputs: b.pieces.modelOutputs.map(get), lastSample: b.pieces.lastSample && get(b.pieces.lastSample), lowerOrderNums: b.lowerOrderNums, lastOrder: b.lastOrder }, pieces: b.pieces })),
+            finishedTail: m.finishedTail === null ? null : { index: m.finishedTail, latents: finishedSoFar.get(m.finishedTail)! },
+          });
         }
         q.piecesStored(r.completedIteration);
-      }
-      // The cadence did thin the writes out, and the job still committed more than its end.
+      });
+      expect([...finished.keys()]).toEqual([...whole.keys()]);
+      // The cadence did thin the writes out, and the job committed more than its end.
       expect(skipped, sampler).toBeGreaterThan(0);
-      expect(commits, sampler).toBeGreaterThan(2);
-      expect(commits, sampler).toBeLessThan(plan.iterations);
+      expect(commits.length, sampler).toBeGreaterThan(2);
+      expect(commits.length, sampler).toBeLessThan(plan.iterations);
+      for (const state of commits) {
+        if (state.iteration === plan.iterations) continue;
+        const resumed = runQueue(new BlockQueue(s, plan, { ...options, state }));
+        for (const [index, latents] of resumed) expect(latents, `${sampler}: block ${index} resumed from boundary ${state.iteration}`).toEqual(whole.get(index));
+        expect(resumed.size, `${sampler}: blocks finished after boundary ${state.iteration}`).toBeGreaterThan(0);
+      }
     }
   });
 });
