@@ -28,6 +28,8 @@ export interface KernelsReport {
     shape: { batch: number; queries: number; keys: number; extraKeys: number; heads: number; headDim: number };
   };
   stageForward: StageForwardReport[];
+  /** The head's UniPC combinations: one weighted_sum pass against the axpy chain it replaced. */
+  samplerCombination: { elements: number; terms: number; ms: number; baselineMs: number; baseline: string; ratio: number; sameBits: boolean };
 }
 
 const REPS = 5;
@@ -131,6 +133,33 @@ async function benchAttention(): Promise<KernelsReport['attention']> {
   return { gflops: flops / ms / 1e6, ms, shape };
 }
 
+/**
+ * A UniPC combination at Wan2.1's 832x480 (a block of 4 latent frames: 16 x 4 x 60 x 104 values),
+ * order 2 with the corrector: base, two model outputs and x0. weighted_sum reads the four terms
+ * and writes the result once; the axpy chain (0 + c0 t0, then + c_j t_j) makes four passes, each
+ * reading and writing the result. Interleaved, median of 9.
+ */
+async function benchSamplerCombination(): Promise<KernelsReport['samplerCombination']> {
+  const n = 16 * 4 * 60 * 104;
+  const terms = [11, 12, 13, 14].map((seed) => random(n, seed));
+  const coefs = [0.97, -0.12, 0.31, 0.02];
+  const zeros = new Float32Array(n);
+  const [fused, chain] = [new Float32Array(n), new Float32Array(n)];
+  const fusedNode: OpNode = { op: 'weighted_sum', inputs: [...terms, null], output: fused, params: [n, ...coefs, 0] };
+  const chainNodes: OpNode[] = terms.map((t, j) => ({ op: 'axpy', inputs: [j === 0 ? zeros : chain, t], output: chain, params: [n, coefs[j]] }));
+  const cpu = cpuBackend();
+  cpu.runSync([fusedNode]);
+  cpu.runSync(chainNodes);
+  const [t, tb]: number[][] = [[], []];
+  for (let r = 0; r < 9; r++) {
+    t.push(timeMs(() => cpu.runSync([fusedNode])));
+    tb.push(timeMs(() => cpu.runSync(chainNodes)));
+  }
+  const sameBits = Buffer.from(fused.buffer).equals(Buffer.from(chain.buffer));
+  const [ms, baselineMs] = [median(t), median(tb)];
+  return { elements: n, terms: terms.length, ms, baselineMs, baseline: 'axpy chain', ratio: baselineMs / ms, sameBits };
+}
+
 export async function kernelsBench(opts: { json: boolean }): Promise<KernelsReport> {
   const info = engineInfo();
   const report: KernelsReport = {
@@ -138,6 +167,7 @@ export async function kernelsBench(opts: { json: boolean }): Promise<KernelsRepo
     gemm: await benchGemm(info.threads),
     attention: await benchAttention(),
     stageForward: [await benchStageForward('tiny'), await benchStageForward('small')],
+    samplerCombination: await benchSamplerCombination(),
   };
   if (!opts.json) {
     console.log(`kernels (${info.simd}, ${info.threads} threads)`);
@@ -150,6 +180,8 @@ export async function kernelsBench(opts: { json: boolean }): Promise<KernelsRepo
     console.log(`  gemm overall: ${report.gemm.gflops.toFixed(1)} GFLOP/s, ratio vs ${report.gemm.baseline} ${report.gemm.ratio.toFixed(2)}`);
     console.log(`  attention: ${report.attention.gflops.toFixed(1)} GFLOP/s (${report.attention.ms.toFixed(1)} ms)`);
     for (const s of report.stageForward) console.log(`  stage forward ${s.model} (${s.window.tokens} tokens, all layers): ${s.ms.toFixed(1)} ms, ${s.gflops.toFixed(1)} GFLOP/s`);
+    const c = report.samplerCombination;
+    console.log(`  sampler combination (${c.terms} terms of ${c.elements}): weighted_sum ${c.ms.toFixed(2)} ms, ${c.baseline} ${c.baselineMs.toFixed(2)} ms, ratio ${c.ratio.toFixed(2)}, same bits ${c.sameBits}`);
   }
   return report;
 }

@@ -139,6 +139,33 @@ describe.each(info.simdAvailable)('ops vs float64 reference, simd %s', (level) =
     });
   });
 
+  // The sampler replaced its axpy chains with weighted_sum: the latents keep their bits only if
+  // each element goes through the same fused multiply-adds, signed zeros and NaN payloads included.
+  it('weighted_sum gives the bits of the axpy chain it fuses, signed zeros and NaNs included', () => {
+    const rng = Rng.from('conformance', 'weighted-sum-chain');
+    const n = 1037;
+    const terms = Array.from({ length: 5 }, () => normal(rng, n));
+    // Products of -0, +0 and signed zeros meeting in the sum; an infinity and a NaN payload.
+    terms[0].set([-0, 0, -0, 1e-30, -1e30]);
+    terms[1].set([0, -0, -0, -1e-30, 1e30]);
+    new Uint32Array(terms[2].buffer)[7] = 0x7fc01234;
+    terms[3][9] = -Infinity;
+    const zeros = new Float32Array(n);
+    for (const coefs of [[0.97, -0.12, 0.31, 0.02, -1.5], [-1, 1, 0, -0, 3e-8], [2, -2, 0.5, 1e20, -1e-20]]) {
+      for (const present of [[0, 1, 2, 3, 4], [0, 2, 4], [0]]) {
+        const chain = new Float32Array(n);
+        const nodes: OpNode[] = present.map((j, k) =>
+          k === 0 ? { op: 'axpy', inputs: [zeros, terms[j]], output: chain, params: [n, coefs[j]] } : { op: 'axpy', inputs: [chain, terms[j]], output: chain, params: [n, coefs[j]] },
+        );
+        backend.runSync(nodes);
+        // The first present term must sit in slot 0 (t0 is required); the others keep their slots.
+        const slots = [terms[present[0]], ...[1, 2, 3, 4].map((j) => (present.includes(j) && j !== present[0] ? terms[j] : null))];
+        const fused = runOp(backend, 'weighted_sum', slots, [n, coefs[present[0]], ...[1, 2, 3, 4].map((j) => coefs[j])]);
+        expect(bytes(fused).equals(bytes(chain)), `coefficients ${coefs}, slots ${present}`).toBe(true);
+      }
+    }
+  });
+
   // run() (off the JS thread) and runSync() must agree bit for bit, on a graph whose nodes feed
   // each other, including an in-place node: linear -> gelu (in place) -> linear -> attention.
   it('run() and runSync() give identical bytes on a multi-node graph, matching the reference', async () => {

@@ -458,6 +458,16 @@ function clamp(inputs: readonly (Tensor | null)[], [n, lo, hi]: readonly number[
   return Float64Array.from(x, (v) => Math.min(Math.max(v, lo), hi));
 }
 
+/** out[i] = sum over the present slots j of c_j * t_j[i], in float64. */
+function weightedSum(inputs: readonly (Tensor | null)[], [n, ...coefs]: readonly number[]): Float64Array {
+  const out = new Float64Array(n);
+  coefs.forEach((c, j) => {
+    const t = j === 0 ? need('weighted_sum', 't0', inputs[0], n) : optional('weighted_sum', `t${j}`, inputs[j], n);
+    if (t) for (let i = 0; i < n; i++) out[i] += c * t[i];
+  });
+  return out;
+}
+
 /**
  * The reference of every op, keyed by op name. Typed as a full Record so adding an op to OPS
  * without a reference fails the type check; the conformance suite also checks it at run time.
@@ -488,6 +498,7 @@ export const REFERENCE_OPS: Readonly<Record<OpName, ReferenceOp>> = {
   transpose,
   update_frame_cache: updateFrameCache,
   clamp,
+  weighted_sum: weightedSum,
 };
 
 /** Runs the reference of `op`, checking the result has the size OPS says the output has. */

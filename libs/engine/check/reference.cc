@@ -292,6 +292,18 @@ Vec axpy(const In& in, const std::vector<double>& p) {
   return out;
 }
 
+// out[i] = sum over the present slots j of c_j * t_j[i] (t0 required; params n, c0..c4).
+Vec weighted_sum(const In& in, const std::vector<double>& p) {
+  const size_t n = P(p, 0);
+  Vec out(n, 0.0);
+  for (size_t j = 0; j + 1 < p.size(); ++j) {
+    const float* t = j == 0 ? in.need(0, n) : in.maybe(j, n);
+    if (t == nullptr) continue;
+    for (size_t i = 0; i < n; ++i) out[i] += p[j + 1] * t[i];
+  }
+  return out;
+}
+
 // out[i] = x[i] * y[i].
 Vec mul(const In& in, const std::vector<double>& p) {
   const size_t n = P(p, 0);
@@ -558,6 +570,7 @@ std::vector<double> reference(Op op, const std::vector<RefInput>& inputs, const 
     case Op::transpose: return transpose(in, params);
     case Op::update_frame_cache: return update_frame_cache(in, params);
     case Op::clamp: return clamp(in, params);
+    case Op::weighted_sum: return weighted_sum(in, params);
     case Op::count: break;
   }
   throw std::runtime_error("reference: no reference for op " + info.name);

@@ -248,6 +248,17 @@ export const OPS = {
     inPlace: true,
     doc: 'out[i] = min(max(x[i], lo), hi); lo <= hi.',
   },
+  weighted_sum: {
+    inputs: ['t0', 't1?', 't2?', 't3?', 't4?'],
+    params: ['n', 'c0 (float)', 'c1 (float)', 'c2 (float)', 'c3 (float)', 'c4 (float)'],
+    outputSize: ([n]) => n,
+    inPlace: true,
+    doc:
+      'out[i] = sum_j c_j * t_j[i] over the present slots, accumulated in slot order with one fused ' +
+      'multiply-add per term, from 0: acc = fma(c0, t0, 0), then acc = fma(c_j, t_j, acc). A null ' +
+      "slot adds nothing. The same bits as the chain axpy(0, t0, c0), axpy(acc, t_j, c_j), ... in one " +
+      "pass over memory (the sampler's linear combinations).",
+  },
 } as const satisfies Record<string, OpSpec>;
 
 /**

@@ -1,6 +1,6 @@
 import { canonicalPieces, iteration as iterationAt, iterationCount, type BlockPieces, type BlockState, type CheckpointManifest, type JobPlan, type JobSpec, type PieceId, type QueueState } from '@longshot/planner';
 import type { BlockStep } from '@longshot/model';
-import { cpuBackend, type Backend, type OpNode } from '@longshot/engine';
+import { OPS, cpuBackend, type Backend, type OpNode } from '@longshot/engine';
 import { buildSchedule, eulerStepSize, historyCountersAt, jobSchedulerConfig, unipcStep, type Combination, type Schedule, type SchedulerConfig, type SolverHistory } from '@longshot/sampler';
 import type { NoiseState } from '@longshot/planner';
 import { CoordinatedNoise } from './noise';
@@ -127,8 +127,6 @@ export class BlockQueue {
   private readonly retired: { iteration: number; values: Float32Array }[] | null;
   /** The iteration of the result being applied (retired buffers are stamped with it). */
   private applying = 0;
-  /** Read-only zeros: the `x` of an axpy that starts a linear combination (0 + c t). */
-  private readonly zeros: Float32Array;
   /** Latents live on the host: the sampler step runs on the CPU backend, whatever the stages use. */
   private readonly host: Backend = cpuBackend();
 
@@ -144,7 +142,6 @@ export class BlockQueue {
     this.pieceLifetime = this.scheduler.kind === 'unipc' ? Math.max(2, this.scheduler.solverOrder) : 1;
     this.frameSize = plan.latentHeight * plan.latentWidth;
     this.blockSize = channels * spec.block * this.frameSize;
-    this.zeros = new Float32Array(this.scheduler.kind === 'unipc' ? this.blockSize : 0);
     this.retired = options.storesPieces ? [] : null;
     this.total = iterationCount(plan.blocks, spec.steps);
     this.firstOrdinal = [0];
@@ -389,8 +386,9 @@ export class BlockQueue {
   /**
    * One UniPC step of block q from the model's velocity, in diffusers' order: x0 prediction,
    * UniC corrects the sample the model saw (from the last sample and the stored x0s), UniP
-   * predicts the next sample. Every combination runs as engine `axpy` ops in one call, each into
-   * a buffer of its own (a tensor handed out as a piece is never written again).
+   * predicts the next sample. The x0 prediction (an `axpy`) and the combinations (a
+   * `weighted_sum` each) run as one engine call, each into a buffer of its own (a tensor handed
+   * out as a piece is never written again).
    */
   private unipcStep(q: QueuedBlock, velocity: Float32Array, produced: ProducedPiece[]): void {
     const h = q.history;
@@ -430,13 +428,20 @@ export class BlockQueue {
     h.lastOrder = u.order;
   }
 
-  /** out = c.base * base + sum_j c.outputs[j] * outputs[j] + c.current * x0, term by term in float32. */
+  /**
+   * out = c.base * base + sum_j c.outputs[j] * outputs[j] + c.current * x0, term by term in
+   * float32 (one fused multiply-add each, from 0, in that order; terms with a zero coefficient
+   * skipped), as one `weighted_sum` pass over memory: at most five terms (solver order <= 3).
+   */
   private combine(nodes: OpNode[], out: Float32Array, base: Float32Array, c: Combination, outputs: readonly Float32Array[], x0: Float32Array): void {
-    nodes.push(axpy(this.zeros, base, c.base, out));
+    const terms: [Float32Array, number][] = [[base, c.base]];
     c.outputs.forEach((k, j) => {
-      if (k !== 0) nodes.push(axpy(out, outputs[j], k, out));
+      if (k !== 0) terms.push([outputs[j], k]);
     });
-    nodes.push(axpy(out, x0, c.current, out));
+    terms.push([x0, c.current]);
+    if (terms.length > WEIGHTED_SUM_TERMS) throw new Error(`a UniPC combination of ${terms.length} terms (the engine's weighted_sum takes ${WEIGHTED_SUM_TERMS})`);
+    const slots = Array.from({ length: WEIGHTED_SUM_TERMS }, (_, j) => terms[j] ?? [null, 0]);
+    nodes.push({ op: 'weighted_sum', inputs: slots.map(([t]) => t), output: out, params: [out.length, ...slots.map(([, k]) => k)] });
   }
 
   /** A buffer the queue no longer reads: reused now, or once its iteration is stored (storesPieces). */
@@ -512,6 +517,9 @@ export class BlockQueue {
 }
 
 /** The engine's out = x + alpha * y (one fused multiply-add per element). */
+/** Terms a weighted_sum node takes (its input slots). */
+const WEIGHTED_SUM_TERMS = OPS.weighted_sum.inputs.length;
+
 function axpy(x: Float32Array, y: Float32Array, alpha: number, out: Float32Array): OpNode {
   return { op: 'axpy', inputs: [x, y], output: out, params: [out.length, alpha] };
 }

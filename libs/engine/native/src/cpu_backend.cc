@@ -316,6 +316,13 @@ void CpuBackend::compute(const Node& n) {
     case Op::transpose: transpose(pool, n); break;
     case Op::update_frame_cache: update_frame_cache(pool, n); break;
     case Op::clamp: k.clamp(pool, in[0], out, n.p(0), n.pf(1), n.pf(2)); break;
+    case Op::weighted_sum: {
+      const float* terms[kMaxInputs];
+      float coefs[kMaxInputs];
+      const int count = weighted_sum_terms(n, in, terms, coefs);
+      k.weighted_sum(pool, terms, coefs, count, out, n.p(0));
+      break;
+    }
     case Op::count: throw std::logic_error("unvalidated node");
   }
 }

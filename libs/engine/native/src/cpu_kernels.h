@@ -68,6 +68,9 @@ struct CpuKernels {
   void (*channel_rms_norm)(ThreadPool&, const float* x, const float* w, float* y, size_t rows,
                            size_t dim, float eps);
   void (*clamp)(ThreadPool&, const float* x, float* y, size_t n, float lo, float hi);
+  // out = sum of coefs[j] * terms[j] for j < count (1..kMaxInputs), fused multiply-adds in order from 0.
+  void (*weighted_sum)(ThreadPool&, const float* const* terms, const float* coefs, int count, float* out,
+                       size_t n);
 };
 
 const CpuKernels& cpu_kernels_scalar();

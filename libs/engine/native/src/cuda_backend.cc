@@ -1006,6 +1006,13 @@ void Device::compute(Storage storage, const Node& n, const std::vector<Region>& 
     case Op::transpose: transpose(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), st); break;
     case Op::update_frame_cache: update_frame_cache(storage, in[0], in[1], out, n.p(0), n.p(1), n.p(2), st); break;
     case Op::clamp: clamp(storage, in[0], out, n.p(0), n.pf(1), n.pf(2), st); break;
+    case Op::weighted_sum: {
+      const void* terms[kMaxInputs];
+      float coefs[kMaxInputs];
+      const int count = weighted_sum_terms(n, in, terms, coefs);
+      weighted_sum(storage, terms, coefs, count, out, n.p(0), st);
+      break;
+    }
     case Op::count: throw std::logic_error("unvalidated node");
   }
   const cudaError_t err = cudaGetLastError();

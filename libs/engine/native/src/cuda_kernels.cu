@@ -296,6 +296,23 @@ __global__ void axpy_k(const T* x, const T* y, T* out, size_t n, float alpha) {
   LS_GRID_STRIDE(i, n) { st(out + i, fmaf(alpha, ld(y + i), ld(x + i))); }
 }
 
+// Up to five terms, by value: the kernel reads them from its parameter space.
+template <typename T>
+struct WeightedTerms {
+  const T* t[5];
+  float c[5];
+  int count;
+};
+
+template <typename T>
+__global__ void weighted_sum_k(WeightedTerms<T> w, T* out, size_t n) {
+  LS_GRID_STRIDE(i, n) {
+    float acc = fmaf(w.c[0], ld(w.t[0] + i), 0.0f);
+    for (int j = 1; j < w.count; ++j) acc = fmaf(w.c[j], ld(w.t[j] + i), acc);
+    st(out + i, acc);
+  }
+}
+
 template <typename T>
 __global__ void mul_k(const T* x, const T* y, T* out, size_t n) {
   LS_GRID_STRIDE(i, n) { st(out + i, ld(x + i) * ld(y + i)); }
@@ -1074,6 +1091,17 @@ void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cu
 void axpy(Storage s, const void* x, const void* y, void* out, size_t n, float alpha, cudaStream_t stream) {
   if (n == 0) return;
   LS_DISPATCH(s, axpy_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(x), cp<T>(y), mp<T>(out), n, alpha));
+}
+
+void weighted_sum(Storage s, const void* const* terms, const float* coefs, int count, void* out, size_t n,
+                  cudaStream_t stream) {
+  if (n == 0) return;
+  LS_DISPATCH(s, {
+    WeightedTerms<T> w{};
+    w.count = count;
+    for (int j = 0; j < count; ++j) w.t[j] = cp<T>(terms[j]), w.c[j] = coefs[j];
+    weighted_sum_k<T><<<blocks_for(n), kThreads, 0, stream>>>(w, mp<T>(out), n);
+  });
 }
 
 void mul(Storage s, const void* x, const void* y, void* out, size_t n, cudaStream_t stream) {

@@ -72,6 +72,9 @@ void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, vo
 void cfg_combine(Storage s, const void* x, void* y, size_t n, float guidance, cudaStream_t stream);
 void axpy(Storage s, const void* x, const void* y, void* out, size_t n, float alpha, cudaStream_t stream);
 void mul(Storage s, const void* x, const void* y, void* out, size_t n, cudaStream_t stream);
+// out = sum of coefs[j] * terms[j] for j < count (1..5), fused multiply-adds in order from 0.
+void weighted_sum(Storage s, const void* const* terms, const float* coefs, int count, void* out, size_t n,
+                  cudaStream_t stream);
 // `ids` is float32 when `ids_f32` (the runner keeps ids in float32 whatever the storage: float16
 // holds integers exactly only up to 2048, bfloat16 up to 256), else the storage type.
 void embedding(Storage s, const void* table, const void* ids, bool ids_f32, void* y, size_t rows,

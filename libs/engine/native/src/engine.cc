@@ -108,7 +108,8 @@ size_t output_elements(const Node& n) {
     case Op::upsample_nearest2x: return n.p(0) * 4 * n.p(1) * n.p(2) * n.p(3);
     case Op::transpose: return n.p(0) * n.p(1) * n.p(2) * n.p(3);
     case Op::update_frame_cache: return n.p(0) * n.p(2);
-    case Op::clamp: return n.p(0);
+    case Op::clamp:
+    case Op::weighted_sum: return n.p(0);
     case Op::count: break;
   }
   throw std::logic_error("output_elements: unknown op");
@@ -260,6 +261,10 @@ void validate(const Node& n, size_t index) {
     case Op::clamp:
       if (!(n.params[1] <= n.params[2])) bad_param(1, "exceeds 'hi'");
       need = {n.p(0)};
+      out_need = n.p(0);
+      break;
+    case Op::weighted_sum:
+      need = {n.p(0), n.p(0), n.p(0), n.p(0), n.p(0)};
       out_need = n.p(0);
       break;
     case Op::copy_rows:

@@ -50,6 +50,16 @@ struct Node {
   float pf(int i) const { return static_cast<float>(params[i]); }
 };
 
+// A weighted_sum node's present slots, in slot order: each one's address (from `in`, a backend's
+// per-slot addresses) and coefficient (param 1 + slot). Returns how many (t0 is always present).
+template <typename Address>
+int weighted_sum_terms(const Node& n, const Address* in, Address* terms, float* coefs) {
+  int count = 0;
+  for (int s = 0; s < kMaxInputs; ++s)
+    if (n.inputs[s].present) terms[count] = in[s], coefs[count++] = n.pf(1 + s);
+  return count;
+}
+
 // Thrown by validate() for bad shapes or values; the addon turns it into a JS RangeError.
 struct ShapeError : std::runtime_error {
   using std::runtime_error::runtime_error;
