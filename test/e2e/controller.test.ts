@@ -22,6 +22,7 @@ import { request, waitFor } from './http';
 let dir: string;
 let cluster: LocalCluster;
 let redis: Redis;
+let queueConnection: Redis;
 let queue: Queue;
 
 const base = { prompt: 'a lighthouse in a storm', size: '64x64', block: 2, context: 1, steps: 6, model: 'tiny', seed: 11 };
@@ -98,11 +99,15 @@ beforeAll(async () => {
     },
   });
   redis = new Redis(cluster.redisUrl);
-  queue = new Queue('render', { connection: redis.duplicate(), prefix: queuePrefix() });
+  queueConnection = redis.duplicate();
+  queue = new Queue('render', { connection: queueConnection, prefix: queuePrefix() });
 });
 
 afterAll(async () => {
   await queue?.close();
+  // BullMQ leaves a connection it was given open: closed here, before Redis stops, it does not
+  // reconnect to a stopped server and report ECONNREFUSED with no listener.
+  queueConnection?.disconnect();
   redis?.disconnect();
   await cluster?.stop();
   fs.rmSync(dir, { recursive: true, force: true });
