@@ -142,7 +142,6 @@ export class StageSession {
   private persisting: Promise<void> | null = null;
   /** The head's committed boundaries (which pieces it stores follows from them). */
   private commits: CommitSchedule | null = null;
-  private headStartedAt = 0;
   private readonly resume: boolean;
   private closed = false;
   private failure: Error | null = null;
@@ -324,8 +323,7 @@ export class StageSession {
     // The checkpoint writer thread reads the pieces the queue hands out in place (storesPieces).
     this.queue = new BlockQueue(this.spec, this.plan, { channels: this.config.latentChannels, scheduler: this.scheduler, state: state ?? undefined, storesPieces: true });
     const startIteration = this.queue.nextIteration;
-    this.commits = new CommitSchedule(this.ctx.checkpointEvery, this.plan.iterations, startIteration);
-    this.headStartedAt = performance.now() / 1000;
+    this.commits = new CommitSchedule(this.ctx.checkpointEvery, this.plan.iterations, startIteration, performance.now() / 1000);
     this.log.info('head started', { startIteration, resumed: state !== null, checkpointEvery: formatCommitCadence(this.ctx.checkpointEvery) });
     if (this.queue.done) {
       // Resumed from the final checkpoint: everything is in Redis already.
@@ -550,7 +548,7 @@ export class StageSession {
     workerMetrics.checkpointPieceBytes.inc({ outcome: store ? 'stored' : 'skipped' }, r.pieces.reduce((n, p) => n + p.values.byteLength, 0));
     this.emit({ event: { $case: 'blockStep', value: { iteration: step.iteration, block: step.block, step: step.step } } });
     if (r.completedIteration !== null) {
-      this.commits!.completed(r.completedIteration, performance.now() / 1000, this.headStartedAt);
+      this.commits!.completed(r.completedIteration, performance.now() / 1000);
       const sealed = checkpoint.seal();
       const manifest = q.manifest();
       if (this.persisting) {

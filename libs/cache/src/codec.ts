@@ -19,8 +19,9 @@ export function checksum(...parts: Uint8Array[]): Buffer {
 }
 
 /**
- * Float32 values (or other 32-bit words: token ids) as little-endian bytes, copied byte for byte (never through a JS number, which
- * would canonicalise NaN payloads), so a stored tensor reads back bit-identical.
+ * Float32 values (or other 32-bit words: token ids) as little-endian bytes, copied byte for byte
+ * (never through a JS number, which would canonicalise NaN payloads), so a stored tensor reads
+ * back bit-identical.
  */
 export function float32Bytes(values: Float32Array | Int32Array): Buffer {
   const src = new Uint8Array(values.buffer, values.byteOffset, values.byteLength);

@@ -36,16 +36,17 @@ export class CommitSchedule {
   private readonly boundaries: number[] = [];
   /** Seconds per iteration, from the iterations completed so far (null before the first). */
   private secondsPerIteration: number | null = null;
-  private measuredFrom: { iteration: number; at: number } | null = null;
 
   /**
    * @param iterations the job's iteration count (the last boundary is always committed)
    * @param start the boundary the session starts from (0, or the committed one it resumes at)
+   * @param startedAtSeconds when the session started, on the clock `completed` is given
    */
   constructor(
     private readonly cadence: CommitCadence,
     private readonly iterations: number,
     private readonly start: number,
+    private readonly startedAtSeconds: number,
   ) {
     if (!(Number.isInteger(start) && start >= 0 && start <= iterations)) throw new Error(`commit schedule: start ${start} outside 0..${iterations}`);
   }
@@ -75,14 +76,12 @@ export class CommitSchedule {
   }
 
   /**
-   * Reports that `iteration` completed at `atSeconds` (any monotonic clock). The pace is the
-   * mean over the iterations completed since the session's first, so a pipeline's ramp at the
-   * start weighs less as the job goes on; the first completion is measured from `sessionStart`.
+   * Reports that `iteration` completed at `atSeconds` (the constructor's clock). The pace is the
+   * mean over the iterations completed since the session started, so a pipeline's ramp at the
+   * start weighs less as the job goes on.
    */
-  completed(iteration: number, atSeconds: number, sessionStartSeconds: number): void {
-    const from = this.measuredFrom ?? { iteration: this.start - 1, at: sessionStartSeconds };
-    const count = iteration - from.iteration;
-    if (count > 0 && atSeconds >= from.at) this.secondsPerIteration = (atSeconds - from.at) / count;
-    if (this.measuredFrom === null) this.measuredFrom = from;
+  completed(iteration: number, atSeconds: number): void {
+    const count = iteration - (this.start - 1);
+    if (count > 0 && atSeconds >= this.startedAtSeconds) this.secondsPerIteration = (atSeconds - this.startedAtSeconds) / count;
   }
 }

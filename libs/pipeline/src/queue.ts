@@ -516,10 +516,10 @@ export class BlockQueue {
   }
 }
 
-/** The engine's out = x + alpha * y (one fused multiply-add per element). */
 /** Terms a weighted_sum node takes (its input slots). */
 const WEIGHTED_SUM_TERMS = OPS.weighted_sum.inputs.length;
 
+/** The engine's out = x + alpha * y (one fused multiply-add per element). */
 function axpy(x: Float32Array, y: Float32Array, alpha: number, out: Float32Array): OpNode {
   return { op: 'axpy', inputs: [x, y], output: out, params: [out.length, alpha] };
 }

@@ -19,41 +19,41 @@ describe('--checkpoint-every: N iterations or T seconds', () => {
 
 describe('CommitSchedule', () => {
   it('by iterations: the multiples of N and the last iteration, whatever the start', () => {
-    const s = new CommitSchedule({ iterations: 3 }, 10, 0);
+    const s = new CommitSchedule({ iterations: 3 }, 10, 0, 0);
     expect([...Array(10).keys()].map((i) => s.commitAfter(i))).toEqual([3, 3, 3, 6, 6, 6, 9, 9, 9, 10]);
-    const resumed = new CommitSchedule({ iterations: 3 }, 10, 6);
+    const resumed = new CommitSchedule({ iterations: 3 }, 10, 6, 0);
     expect([6, 7, 8, 9].map((i) => resumed.commitAfter(i))).toEqual([9, 9, 9, 10]);
     expect(() => resumed.commitAfter(5)).toThrow(/iteration 5 outside 6\.\.9/);
     expect(() => resumed.commitAfter(10)).toThrow(/outside/);
   });
 
   it('by seconds: every boundary until the pace is known, then about T seconds apart at the measured pace', () => {
-    const s = new CommitSchedule({ seconds: 10 }, 100, 0);
+    const s = new CommitSchedule({ seconds: 10 }, 100, 0, 100);
     expect(s.commitAfter(0)).toBe(1);
     expect(s.commitAfter(1)).toBe(2); // nothing measured yet: one iteration
-    s.completed(0, 102, 100); // 2 s per iteration
+    s.completed(0, 102); // 2 s per iteration
     expect(s.stride()).toBe(5);
     expect(s.commitAfter(1)).toBe(2); // already scheduled: never moves
     expect(s.commitAfter(2)).toBe(7);
     expect(s.commitAfter(6)).toBe(7);
-    s.completed(1, 104, 100);
-    s.completed(2, 106, 100);
-    s.completed(3, 120, 100); // iterations slowed: 20 s over 4, 5 s each
+    s.completed(1, 104);
+    s.completed(2, 106);
+    s.completed(3, 120); // iterations slowed: 20 s over 4, 5 s each
     expect(s.stride()).toBe(2);
     expect(s.commitAfter(7)).toBe(9);
     expect(s.commitAfter(9)).toBe(11);
-    s.completed(10, 122, 100); // 22 s over 11
+    s.completed(10, 122); // 22 s over 11
     expect(s.stride()).toBe(5);
     expect(s.commitAfter(99)).toBe(100); // the schedule walks on, and ends at the last iteration
     expect(s.commitAfter(11)).toBe(16);
   });
 
   it('by seconds: a resumed session starts its schedule at the boundary it resumes from', () => {
-    const s = new CommitSchedule({ seconds: 1 }, 20, 12);
+    const s = new CommitSchedule({ seconds: 1 }, 20, 12, 50);
     expect(s.commitAfter(12)).toBe(13);
-    s.completed(12, 50.25, 50); // 0.25 s per iteration
+    s.completed(12, 50.25); // 0.25 s per iteration
     expect(s.commitAfter(13)).toBe(17);
-    expect(() => new CommitSchedule({ seconds: 1 }, 20, 21)).toThrow(/start 21 outside 0\.\.20/);
+    expect(() => new CommitSchedule({ seconds: 1 }, 20, 21, 0)).toThrow(/start 21 outside 0\.\.20/);
   });
 
   it('a head storing only what the next commit can name resumes from every committed boundary to the same latents, while the pace changes under it', () => {
@@ -85,7 +85,7 @@ describe('CommitSchedule', () => {
       const options = { channels: 16, scheduler: WAN_SCHEDULER_CONFIG };
       const whole = runQueue(new BlockQueue(s, plan, options));
       const q = new BlockQueue(s, plan, { ...options, storesPieces: true });
-      const schedule = new CommitSchedule({ seconds: 3 }, plan.iterations, 0);
+      const schedule = new CommitSchedule({ seconds: 3 }, plan.iterations, 0, 0);
       // The head's store: what it kept of each piece it did not skip, as Redis would hold it.
       const stored = new Map<string, Float32Array>();
       const commits: QueueState[] = [];
@@ -96,7 +96,7 @@ describe('CommitSchedule', () => {
         if (r.completedIteration === null) return;
         // Iterations take 0.4 s, then 1.5 s from the sixth on, then 0.2 s.
         clock += r.completedIteration < 6 ? 0.4 : r.completedIteration < 14 ? 1.5 : 0.2;
-        schedule.completed(r.completedIteration, clock, 0);
+        schedule.completed(r.completedIteration, clock);
         if (schedule.commitAfter(r.completedIteration) === r.completedIteration + 1) {
           const m = q.manifest();
           const get = (p: PieceId): Float32Array => {
