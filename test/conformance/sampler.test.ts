@@ -45,9 +45,10 @@ describe('UniPC against the float64 reference', () => {
     let maxError = 0;
     for (let issued = queue.issue(); issued; issued = queue.issue()) {
       expect(issued.step.timestep).toBe(expected.timesteps[issued.step.step]);
-      ref ??= Float64Array.from(issued.window);
+      // One block without context: the window is the block's own latents.
+      ref ??= Float64Array.from(issued.window.latents);
       // Each side evaluates the model on its own sample, so errors would compound if a step were wrong.
-      const v = model(issued.window, issued.step.timestep);
+      const v = model(issued.window.latents, issued.step.timestep);
       ref = reference.step(model(ref, issued.step.timestep), ref);
       const applied = queue.apply(issued.step.iteration, issued.step.block, Float32Array.from(v));
       if (applied.finished) out = applied.finished.latents;
@@ -58,7 +59,7 @@ describe('UniPC against the float64 reference', () => {
     expect(maxError).toBeLessThan(5e-6);
 
     // The comparison can fail: first-order Euler over the same sigmas lands measurably elsewhere.
-    let euler = Float64Array.from(new BlockQueue(spec, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG }).issue()!.window);
+    let euler = Float64Array.from(new BlockQueue(spec, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG }).issue()!.window.latents);
     for (let i = 0; i < steps; i++) euler = euler.map((x, j, a) => x + (expected.sigmas[i + 1] - expected.sigmas[i]) * model(a, expected.timesteps[i])[j]);
     const gap = Math.max(...ref!.map((r, i) => Math.abs(r - euler[i])));
     expect(gap).toBeGreaterThan(1e-3);

@@ -19,7 +19,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { cpuBackend, type Backend, type OpNode, type RunOptions } from '@longshot/engine';
-import { getConfig, type KvEntry } from '@longshot/model';
+import { getConfig, windowLatents, type KvEntry } from '@longshot/model';
 import { Rng } from '@longshot/random';
 import type { ModelConfig, StageRange } from '@longshot/model';
 import { referenceStageForward, type BlockStep } from '../reference/stage';
@@ -261,6 +261,29 @@ describe('a stage describes its memory to the backend truthfully (discarded, rew
     expectSameChain(await runChain(config, split(config.layers, k), undefined, [block0], {}, on, true), want, config.layers);
   });
 
+  it('a head reading its window from the sources in place, in buffers the host refills (as the queue does), gives the bits of the assembled window', async () => {
+    const on = new DeviceMemoryEmulation();
+    const range = { l0: 0, l1: 2, head: true, tail: false };
+    const text = textFor(config, 'sources');
+    const inPlace = makeStage(config, range, text, undefined, on);
+    const assembled = makeStage(config, range, text);
+    const step = midStep(config);
+    const frame = step.height * step.width;
+    // One latents buffer and one prefix source (4 frames, the last 2 taken), refilled every forward.
+    const latents = new Float32Array(config.latentChannels * step.ownFrames * frame);
+    const prefix = new Float32Array(config.latentChannels * 4 * frame);
+    for (let i = 0; i < 4; i++) {
+      const s = { ...step, iteration: step.iteration + i, step: step.step + i, timestep: 620 - 50 * i };
+      latents.set(normal(Rng.from(SEED, 'sources', i, 'own'), latents.length));
+      prefix.set(normal(Rng.from(SEED, 'sources', i, 'prefix'), prefix.length));
+      const window = windowLatents(s, { latents, prefix });
+      expect(window.length).toBe(config.latentChannels * (step.prefixFrames + step.ownFrames) * frame);
+      const want = await assembled.forward(s, window);
+      expect(bytes(await inPlace.forward(s, { latents, prefix })).equals(bytes(want)), `forward ${i}`).toBe(true);
+    }
+    expect(on.served).toBeGreaterThan(0); // the weights came from "device" copies; the refilled sources did not
+  });
+
   it('a released stage has the device forget its cache', async () => {
     const on = new DeviceMemoryEmulation();
     const stage = makeStage(config, split(config.layers, 1)[0], textFor(config, 'release'), undefined, on);
@@ -288,6 +311,21 @@ describe('stage input validation', () => {
     const stage = makeStage(config, { l0: 0, l1: 2, head: true, tail: false }, text);
     const short = new Float32Array(config.latentChannels * (step.prefixFrames + step.ownFrames - 1) * step.height * step.width);
     await expect(attempt(() => stage.forward(step, short))).rejects.toThrow(clearError);
+  });
+
+  it('a head rejects window sources that cannot give the window, naming what is wrong; other stages refuse them', async () => {
+    const stage = makeStage(config, { l0: 0, l1: 2, head: true, tail: false }, text);
+    const frame = step.height * step.width;
+    const own = new Float32Array(config.latentChannels * step.ownFrames * frame);
+    const source = (frames: number) => new Float32Array(config.latentChannels * frames * frame);
+    await expect(attempt(() => stage.forward(step, { latents: own.subarray(1), prefix: source(4) }))).rejects.toThrow(/window latents have \d+ values, expected \[16, 3, 4, 6\]/);
+    await expect(attempt(() => stage.forward(step, { latents: own, prefix: null }))).rejects.toThrow(/prefix source has none, expected \[16, L, 4, 6\] with L >= 2/);
+    await expect(attempt(() => stage.forward(step, { latents: own, prefix: source(1) }))).rejects.toThrow(/prefix source has 384 values/);
+    await expect(attempt(() => stage.forward(step, { latents: own, prefix: source(2).subarray(3) }))).rejects.toThrow(/prefix source has 765 values/);
+    expect(() => windowLatents(step, { latents: own, prefix: source(1) })).toThrow(/do not hold 2 prefix and 3 own frames of 4x6/);
+    await expect(attempt(() => stage.forward(step, { latents: own, prefix: source(2) }))).resolves.toHaveLength(2 * Lw * config.dim);
+    const middle = makeStage(config, { l0: 2, l1: 4, head: false, tail: false }, text);
+    await expect(attempt(() => middle.forward(step, { latents: own, prefix: source(4) }))).rejects.toThrow(/only a head takes window sources/);
   });
 
   it('a middle stage rejects hidden states of the wrong size', async () => {

@@ -196,20 +196,24 @@ function attention(inputs: readonly (Tensor | null)[], params: readonly number[]
   return out;
 }
 
-function patchify(inputs: readonly (Tensor | null)[], [channels, frames, height, width]: readonly number[]): Float64Array {
+function patchify(inputs: readonly (Tensor | null)[], [channels, frames, height, width, prefixFrames, prefixLength]: readonly number[]): Float64Array {
   const x = need('patchify', 'latents', inputs[0], channels * frames * height * width);
+  const prefix = prefixFrames > 0 ? need('patchify', 'prefix', inputs[1], channels * prefixLength * height * width) : null;
+  // Value (c, f, y, x) of the window [channels, prefixFrames + frames, height, width].
+  const windowAt = (c: number, f: number, yy: number, xx: number): number =>
+    f < prefixFrames ? prefix![((c * prefixLength + prefixLength - prefixFrames + f) * height + yy) * width + xx] : x[((c * frames + f - prefixFrames) * height + yy) * width + xx];
   const gh = height / 2;
   const gw = width / 2;
   const features = channels * 4;
-  const y = new Float64Array(x.length);
-  for (let f = 0; f < frames; f++) {
+  const y = new Float64Array(channels * (prefixFrames + frames) * height * width);
+  for (let f = 0; f < prefixFrames + frames; f++) {
     for (let i = 0; i < gh; i++) {
       for (let j = 0; j < gw; j++) {
         const token = (f * gh + i) * gw + j;
         for (let c = 0; c < channels; c++) {
           for (let ph = 0; ph < 2; ph++) {
             for (let pw = 0; pw < 2; pw++) {
-              y[token * features + c * 4 + ph * 2 + pw] = x[((c * frames + f) * height + 2 * i + ph) * width + 2 * j + pw];
+              y[token * features + c * 4 + ph * 2 + pw] = windowAt(c, f, 2 * i + ph, 2 * j + pw);
             }
           }
         }

@@ -98,7 +98,7 @@ export function referenceStageForward(args: ReferenceStageArgs): ReferenceStageR
   // --- Stage input -> hidden states x [2, Lw, D]. ---
   let x: Float64Array;
   if (range.head) {
-    const tokens = referenceOp('patchify', [input], [channels, frames, height, width]); // [Lw, 64]
+    const tokens = referenceOp('patchify', [input, null], [channels, frames, height, width, 0, 0]); // [Lw, 64]: the assembled window
     // The Conv3d weight [D, 16, 1, 2, 2] flattened row-major is a [D, 64] linear weight.
     const embedded = linear(tokens, 'patch_embedding', Lw, 4 * channels, D);
     x = concat(embedded, embedded); // identical for the conditional and unconditional rows

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type * as grpc from '@grpc/grpc-js';
 import { FencedWriteError, JobCheckpoint, type CheckpointStore, type CheckpointWrites } from '@longshot/cache';
 import type { Backend } from '@longshot/engine';
-import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ForwardOptions, type ModelConfig, type TextEmbeddings } from '@longshot/model';
+import { Stage, validateLayout, type ModelCatalog, type BlockStep, type ForwardOptions, type ModelConfig, type StageInput, type TextEmbeddings } from '@longshot/model';
 import { BlockQueue, CommitSchedule, EmulatedLink, EmulatedStage, formatCommitCadence, type CommitCadence, type EmulationOptions, type FinishedBlock, type StageRunner } from '@longshot/pipeline';
 import { normalizeSpec, planJob, SpecError, type CheckpointManifest, type JobPlan, type JobSpec } from '@longshot/planner';
 import { buildSchedule, jobSchedulerConfig, type Schedule, type SchedulerConfig } from '@longshot/sampler';
@@ -507,7 +507,6 @@ export class StageSession {
       const { step, window } = issued;
       const held: Buffer[] = [];
       const out = this.timedForward(step, window, this.forwardOptions(held, false));
-      void out.then(() => q.recycle(window), () => undefined);
       if (this.runner.range.tail) {
         // K = 1: the velocity is ours; apply in order through the same path as a remote tail's.
         this.sendChain = this.sendChain
@@ -611,7 +610,7 @@ export class StageSession {
   // --- all stages ---------------------------------------------------------------------------------
 
   /** Runs a forward; time with no forward queued on this stage counts as waiting for input. */
-  private async timedForward(step: BlockStep, x: Float32Array, options?: ForwardOptions): Promise<Float32Array> {
+  private async timedForward(step: BlockStep, x: StageInput, options?: ForwardOptions): Promise<Float32Array> {
     const calledAt = performance.now();
     if (this.busy++ === 0) workerMetrics.waitingSeconds.inc((calledAt - this.idleSince) / 1000);
     try {

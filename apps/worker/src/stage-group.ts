@@ -1,5 +1,5 @@
 import type * as grpc from '@grpc/grpc-js';
-import { assembleSpan, groupSize, memberShard, shardSpan, type BlockStep, type Collective, type ModelConfig, type StageLayout } from '@longshot/model';
+import { assembleSpan, groupSize, memberShard, shardSpan, windowLatents, type BlockStep, type Collective, type ModelConfig, type StageInput, type StageLayout } from '@longshot/model';
 import type { StageRunner } from '@longshot/pipeline';
 import {
   chooseHopTransport,
@@ -263,17 +263,32 @@ export class GroupLink {
   }
 }
 
-/** How rank 0 cuts a stage's input into the members' inputs and joins their outputs. */
+/**
+ * How rank 0 cuts a stage's input into the members' inputs (its own first, then the tensors it
+ * sends) and joins their outputs.
+ */
 export interface GroupShapes {
-  inputs(step: BlockStep, input: Float32Array): Float32Array[];
+  inputs(step: BlockStep, input: StageInput): [StageInput, ...Float32Array[]];
   join(step: BlockStep, parts: Float32Array[]): Float32Array;
 }
 
-/** Real tensors: token shards of the hidden states (the head's members: the whole window). */
+/**
+ * Real tensors: token shards of the hidden states. The head's members get the whole window: rank
+ * 0 reads it where it is, the others get it assembled once (it leaves the process).
+ */
 export function tensorShapes(config: ModelConfig, layout: StageLayout, head: boolean): GroupShapes {
   const size = groupSize(layout);
   return {
-    inputs: (step, input) => Array.from({ length: size }, (_, r) => (head ? input : shardSpan(input, layout, r, config.heads, windowSpan(step, config.dim)))),
+    inputs: (step, input) => {
+      if (head) {
+        const whole = size > 1 ? windowLatents(step, input) : null;
+        return [input, ...Array.from({ length: size - 1 }, () => whole!)];
+      }
+      if (!(input instanceof Float32Array)) throw new TypeError('a stage group after the head takes hidden states, not window sources');
+      const span = windowSpan(step, config.dim);
+      const [first, ...rest] = Array.from({ length: size }, (_, r) => shardSpan(input, layout, r, config.heads, span));
+      return [first, ...rest];
+    },
     join: (step, parts) => assembleSpan(parts, layout, config.heads, windowSpan(step, config.dim)),
   };
 }
@@ -282,7 +297,7 @@ export function tensorShapes(config: ModelConfig, layout: StageLayout, head: boo
 export function emulatedShapes(members: readonly { shardShare(step: BlockStep): number }[], payloadScale: number, config: ModelConfig): GroupShapes {
   const hidden = (step: BlockStep) => 2 * (step.prefixFrames + step.ownFrames) * (step.height / 2) * (step.width / 2) * config.dim;
   return {
-    inputs: (step, input) => members.map((m, r) => (r === 0 ? input : new Float32Array(Math.max(1, Math.ceil((hidden(step) * m.shardShare(step)) / payloadScale))))),
+    inputs: (step, input) => [input, ...members.slice(1).map((m) => new Float32Array(Math.max(1, Math.ceil((hidden(step) * m.shardShare(step)) / payloadScale))))],
     join: (step) => new Float32Array(Math.max(1, Math.ceil(hidden(step) / payloadScale))),
   };
 }
@@ -311,12 +326,12 @@ export class GroupFront implements StageRunner {
    * Called in arrival order: the members get their inputs at once (their stage channels queue
    * them), this member's own shard queues on its Stage, and the outputs are gathered in order.
    */
-  forward(step: BlockStep, input: Float32Array): Promise<Float32Array> {
+  forward(step: BlockStep, input: StageInput): Promise<Float32Array> {
     const { members } = this.link.place;
-    const inputs = this.shapes.inputs(step, input);
-    const sent = Promise.all(members.map((_, r) => (r === 0 ? null : this.link.send(r, 'stage', step, inputs[r]))));
+    const [ownInput, ...theirs] = this.shapes.inputs(step, input);
+    const sent = Promise.all(theirs.map((data, i) => this.link.send(i + 1, 'stage', step, data)));
     sent.catch(() => undefined);
-    const own = this.stage.forward(step, inputs[0]);
+    const own = this.stage.forward(step, ownInput);
     own.catch(() => undefined);
     const run = this.queue.then(async () => {
       const mine = await own;

@@ -1,10 +1,26 @@
 import { describe, expect, it } from 'vitest';
-import { getConfig } from '@longshot/model';
-import { FAILURE_REPORT_BYTES, GroupLink, decodeFailureReport, encodeFailureReport, groupMessageBound, groupPlace, inboxId } from '../src/stage-group';
+import { getConfig, windowLatents } from '@longshot/model';
+import { FAILURE_REPORT_BYTES, GroupLink, decodeFailureReport, encodeFailureReport, groupMessageBound, groupPlace, inboxId, tensorShapes } from '../src/stage-group';
 
 const member = (i: number) => ({ address: `127.0.0.1:${5000 + i}`, sessionId: `job.s1.m${i}`, token: `t${i}`.padEnd(24, 'x'), dataPlane: undefined });
 
 describe('stage group sessions (docs/parallelism.md)', () => {
+  it("rank 0 of a head group reads the window where it is; the other members get it assembled, once", () => {
+    const config = getConfig('tiny');
+    const step = { iteration: 3, block: 1, step: 2, timestep: 700, prefixFrames: 2, ownFrames: 3, contextFrames: 2, height: 4, width: 6 };
+    const frame = step.height * step.width;
+    const sources = { latents: Float32Array.from({ length: 16 * 3 * frame }, (_, i) => i), prefix: Float32Array.from({ length: 16 * 3 * frame }, (_, i) => -i) };
+    const [own, ...theirs] = tensorShapes(config, { ulysses: 2, cfgParallel: true }, true).inputs(step, sources);
+    expect(own).toBe(sources);
+    expect(theirs).toHaveLength(3);
+    expect(theirs.every((t) => t === theirs[0])).toBe(true);
+    expect(theirs[0]).toEqual(windowLatents(step, sources));
+    // Channel 1 of the window: frames 1 and 2 of the prefix source, then the block's 3 frames.
+    expect(Array.from(theirs[0].subarray(5 * frame, 5 * frame + 2))).toEqual([-(3 * frame + frame), -(3 * frame + frame + 1)]);
+    expect(Array.from(theirs[0].subarray(7 * frame, 7 * frame + 2))).toEqual([3 * frame, 3 * frame + 1]);
+    expect(() => tensorShapes(config, { ulysses: 2, cfgParallel: false }, false).inputs(step, sources)).toThrow(/after the head takes hidden states/);
+  });
+
   it('groupPlace checks the layout, the member list and that this session is members[rank]', () => {
     const members = [0, 1, 2, 3].map(member);
     const spec = { ulysses: 2, cfgParallel: true, rank: 1, members };

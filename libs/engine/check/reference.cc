@@ -222,9 +222,7 @@ Vec attention(const In& in, const std::vector<double>& p) {
 // Latents [channels, frames, height, width] <-> tokens [frames*(height/2)*(width/2), 4*channels].
 // patchify: feature c*4 + ph*2 + pw; unpatchify: feature (ph*2 + pw)*channels + c. Both walk the
 // latent grid and compute where each latent value goes (or comes from).
-Vec patch_map(const In& in, const std::vector<double>& p, bool to_tokens) {
-  const size_t ch = P(p, 0), frames = P(p, 1), height = P(p, 2), width = P(p, 3);
-  const float* src = in.need(0, ch * frames * height * width);
+Vec patch_map(const float* src, size_t ch, size_t frames, size_t height, size_t width, bool to_tokens) {
   const size_t gw = width / 2, gh = height / 2;
   Vec y(ch * frames * height * width);
   for (size_t c = 0; c < ch; ++c)
@@ -240,6 +238,27 @@ Vec patch_map(const In& in, const std::vector<double>& p, bool to_tokens) {
             y[latent] = src[token * 4 * ch + (ph * 2 + pw) * ch + c];
         }
   return y;
+}
+
+// The window assembled first (the last prefixFrames frames of the prefix, then the latents, per
+// channel), then patchified.
+Vec patchify(const In& in, const std::vector<double>& p) {
+  const size_t ch = P(p, 0), frames = P(p, 1), height = P(p, 2), width = P(p, 3), pf = P(p, 4), held = P(p, 5);
+  const size_t frame = height * width, window_frames = pf + frames;
+  const float* latents = in.need(0, ch * frames * frame);
+  const float* prefix = pf > 0 ? in.need(1, ch * held * frame) : nullptr;
+  std::vector<float> window(ch * window_frames * frame);
+  for (size_t c = 0; c < ch; ++c) {
+    float* to = window.data() + c * window_frames * frame;
+    if (pf > 0) std::copy_n(prefix + (c * held + held - pf) * frame, pf * frame, to);
+    std::copy_n(latents + c * frames * frame, frames * frame, to + pf * frame);
+  }
+  return patch_map(window.data(), ch, window_frames, height, width, true);
+}
+
+Vec unpatchify(const In& in, const std::vector<double>& p) {
+  const size_t ch = P(p, 0), frames = P(p, 1), height = P(p, 2), width = P(p, 3);
+  return patch_map(in.need(0, ch * frames * height * width), ch, frames, height, width, false);
 }
 
 // [n, dim]: half = floor(dim/2), freq_j = 10000^(-j/half); cos(t*freq) then sin(t*freq); an odd
@@ -554,8 +573,8 @@ std::vector<double> reference(Op op, const std::vector<RefInput>& inputs, const 
     case Op::silu: return silu(in, params);
     case Op::rope3d: return rope3d(in, params);
     case Op::attention: return attention(in, params);
-    case Op::patchify: return patch_map(in, params, true);
-    case Op::unpatchify: return patch_map(in, params, false);
+    case Op::patchify: return patchify(in, params);
+    case Op::unpatchify: return unpatchify(in, params);
     case Op::timestep_embedding: return timestep_embedding(in, params);
     case Op::cfg_combine: return cfg_combine(in, params);
     case Op::copy_rows: return copy_rows(in, params);

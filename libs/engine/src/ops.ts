@@ -98,14 +98,17 @@ export const OPS = {
       'never materialised. Output [batch, queries, heads*headDim].',
   },
   patchify: {
-    inputs: ['latents'],
-    params: ['channels', 'frames', 'height', 'width'],
-    outputSize: ([c, f, h, w]) => c * f * h * w,
+    inputs: ['latents', 'prefix?'],
+    params: ['channels', 'frames', 'height', 'width', 'prefixFrames', 'prefixLength'],
+    outputSize: ([c, f, h, w, pf]) => c * (pf + f) * h * w,
     inPlace: false,
     doc:
-      'Latents [channels, frames, height, width] -> tokens [frames*(height/2)*(width/2), channels*4] for ' +
-      'patch (1, 2, 2); tokens ordered frame, row, column; feature index c*4 + ph*2 + pw (the layout of ' +
-      'a Conv3d weight [D, C, 1, 2, 2] flattened, so the patch embedding is a linear map).',
+      'The window [channels, prefixFrames + frames, height, width] -> tokens [(prefixFrames + frames)*(height/2)*(width/2), ' +
+      'channels*4] for patch (1, 2, 2); tokens ordered frame, row, column; feature index c*4 + ph*2 + pw (the layout of ' +
+      'a Conv3d weight [D, C, 1, 2, 2] flattened, so the patch embedding is a linear map). The window is read from two ' +
+      'tensors in place, never assembled: its first prefixFrames frames are the last prefixFrames frames of prefix ' +
+      '[channels, prefixLength, height, width] (prefixLength >= prefixFrames; null when prefixFrames is 0), the rest ' +
+      'latents [channels, frames, height, width].',
   },
   unpatchify: {
     inputs: ['tokens'],

@@ -83,6 +83,19 @@ describe('engine addon', () => {
     return expect(cpu.run([{ op: 'silu', inputs: [x], output: out, params: [7] }])).rejects.toThrow(/node 0 \(silu\): input 'x'/);
   });
 
+  it('rejects a patchify window its sources cannot give', () => {
+    // [channels, frames, height, width, prefixFrames, prefixLength]: 2 own frames of 2x2x2 after the last prefix frames.
+    const latents = new Float32Array(2 * 2 * 2 * 2);
+    const prefix = new Float32Array(2 * 3 * 2 * 2);
+    const patchify = (params: number[], from: Float32Array | null = prefix, out = new Float32Array(2 * 4 * 2 * 2)) => () => cpu.runSync([{ op: 'patchify', inputs: [latents, from], output: out, params }]);
+    expect(patchify([2, 2, 2, 2, 2, 3])).not.toThrow();
+    expect(patchify([2, 2, 2, 2, 0, 0], null, new Float32Array(2 * 2 * 2 * 2))).not.toThrow();
+    expect(patchify([2, 2, 2, 2, 2, 3], null)).toThrow(/node 0 \(patchify\): input 'prefix' \(slot 1\) is null but prefixFrames is 2/);
+    expect(patchify([2, 2, 2, 2, 3, 2])).toThrow(/param 'prefixFrames' exceeds 'prefixLength'/);
+    expect(patchify([2, 2, 2, 2, 2, 4])).toThrow(/input 'prefix' \(slot 1\) has 24 elements, needs 32/);
+    expect(patchify([2, 2, 2, 2, 2, 3], prefix, new Float32Array(2 * 3 * 2 * 2))).toThrow(/output has 24 elements, needs 32/);
+  });
+
   it('rejects the shapes the umT5 ops cannot take', () => {
     const t = new Float32Array(64);
     const out = new Float32Array(64);

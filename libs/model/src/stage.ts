@@ -54,6 +54,47 @@ export interface StageOptions {
   readonly group?: GroupMember;
 }
 
+/**
+ * A head stage's window [16, p+B, H, W] as the tensors it is read from, in place (the engine's
+ * patchify takes both, so the window is never assembled): the block's own latents [16, B, H, W]
+ * and, when the window has a prefix (p = prefixFrames > 0), the older block's latents
+ * [16, B', H, W], whose last p frames come first. Null when p is 0. The caller leaves both
+ * unchanged until the forward has resolved.
+ */
+export interface WindowSources {
+  readonly latents: Float32Array;
+  readonly prefix: Float32Array | null;
+}
+
+/** What a forward takes: a head's window (its sources, or assembled into one tensor) or hidden states. */
+export type StageInput = Float32Array | WindowSources;
+
+/**
+ * The window [16, p+B, H, W] as one tensor: assembled (a copy) from its sources, else the tensor
+ * that already is the window (an assembled input, or the latents when p is 0). For what must
+ * leave the process whole (a head group member's window on the wire).
+ */
+export function windowLatents(step: BlockStep, input: StageInput): Float32Array {
+  if (input instanceof Float32Array) return input;
+  if (step.prefixFrames === 0) return input.latents;
+  const p = step.prefixFrames;
+  const frame = step.height * step.width;
+  const own = step.ownFrames * frame;
+  const channels = input.latents.length / own;
+  // Values per channel of the prefix source: its frames times the frame size.
+  const held = input.prefix ? input.prefix.length / channels : 0;
+  if (!Number.isInteger(channels) || !Number.isInteger(held / frame) || held < p * frame) {
+    throw new RangeError(`window sources of block ${step.block} step ${step.step} do not hold ${p} prefix and ${step.ownFrames} own frames of ${step.height}x${step.width}`);
+  }
+  const frames = p + step.ownFrames;
+  const window = new Float32Array(channels * frames * frame);
+  for (let c = 0; c < channels; c++) {
+    window.set(input.prefix!.subarray((c + 1) * held - p * frame, (c + 1) * held), c * frames * frame);
+    window.set(input.latents.subarray(c * own, (c + 1) * own), (c * frames + p) * frame);
+  }
+  return window;
+}
+
 /** How a forward may treat its input. */
 export interface ForwardOptions {
   /**
@@ -61,7 +102,7 @@ export interface ForwardOptions {
    * not the head computes its residual stream in it instead of in a copy, and a stage between
    * head and tail returns it as its output. Hidden states at 832x480 are about 100 MB, so this
    * saves a copy into fresh memory every block-step. Ignored by the head (its input is the
-   * window, which the stage never writes).
+   * window or its sources, which the stage never writes).
    */
   consumeInput?: boolean;
   /**
@@ -136,14 +177,15 @@ export class Stage {
   }
 
   /**
-   * Head: `input` is the window's latents [16, p+B, H, W]. Other stages: hidden states
-   * [2, (p+B)*hw, D]. Tail returns the guided velocity of the own frames [16, B, H, W]; other
-   * stages return hidden states for the next stage.
+   * Head: `input` is the window's latents [16, p+B, H, W], or its sources (read in place). Other
+   * stages: hidden states [2, (p+B)*hw, D]. Tail returns the guided velocity of the own frames
+   * [16, B, H, W]; other stages return hidden states for the next stage.
    */
-  forward(step: BlockStep, input: Float32Array, options: ForwardOptions = {}): Promise<Float32Array> {
+  forward(step: BlockStep, input: StageInput, options: ForwardOptions = {}): Promise<Float32Array> {
     // Validate synchronously so a bad step is rejected before it can disturb the FIFO order.
     const geometry = this.checkStep(step, input);
-    const run = this.queue.then(() => this.compute(step, input, geometry, options));
+    const hidden = !this.range.head && input instanceof Float32Array ? input : null;
+    const run = this.queue.then(() => this.compute(step, hidden, geometry, options));
     this.queue = run.catch(() => undefined);
     return run;
   }
@@ -155,7 +197,7 @@ export class Stage {
     return this.member.halves.length * (f1 - f0) * (step.height / 2) * (step.width / 2) * this.config.dim;
   }
 
-  private checkStep(s: BlockStep, input: Float32Array): Geometry {
+  private checkStep(s: BlockStep, input: StageInput): Geometry {
     for (const f of ['iteration', 'block', 'step', 'prefixFrames', 'ownFrames', 'contextFrames', 'height', 'width'] as const) {
       if (!Number.isInteger(s[f]) || s[f] < 0) throw new RangeError(`block-step ${f} must be a non-negative integer, got ${s[f]}`);
     }
@@ -167,16 +209,32 @@ export class Stage {
     const frames = s.prefixFrames + s.ownFrames;
     const [f0, f1] = shardFrames(frames, this.group?.layout.ulysses ?? 1, this.member.shard);
     const batch = this.member.halves.length;
-    const g: Geometry = { hw, frames, tokens: frames * hw, batch, f0, f1, localTokens: (f1 - f0) * hw, rows: batch * (f1 - f0) * hw };
-    const expected = this.range.head ? this.config.latentChannels * frames * s.height * s.width : g.rows * this.config.dim;
-    if (input.length !== expected) {
-      const what = this.range.head ? `window latents [${this.config.latentChannels}, ${frames}, ${s.height}, ${s.width}]` : `hidden states [${batch}, ${g.localTokens}, ${this.config.dim}]`;
-      throw new RangeError(`stage [${this.range.l0}, ${this.range.l1}) block ${s.block} step ${s.step}: input has ${input.length} values, expected ${what} = ${expected}`);
+    const g: Geometry = { hw, frames, tokens: frames * hw, batch, f0, f1, localTokens: (f1 - f0) * hw, rows: batch * (f1 - f0) * hw, window: null };
+    const where = `stage [${this.range.l0}, ${this.range.l1}) block ${s.block} step ${s.step}`;
+    const C = this.config.latentChannels;
+    const frame = s.height * s.width;
+    if (!(input instanceof Float32Array)) {
+      if (!this.range.head) throw new TypeError(`${where}: only a head takes window sources; this stage takes hidden states`);
+      if (input.latents.length !== C * s.ownFrames * frame) throw new RangeError(`${where}: window latents have ${input.latents.length} values, expected [${C}, ${s.ownFrames}, ${s.height}, ${s.width}] = ${C * s.ownFrames * frame}`);
+      const prefixLength = s.prefixFrames > 0 && input.prefix ? input.prefix.length / (C * frame) : 0;
+      if (s.prefixFrames > 0 && !(Number.isInteger(prefixLength) && prefixLength >= s.prefixFrames)) {
+        const has = input.prefix ? `${input.prefix.length} values` : 'none';
+        throw new RangeError(`${where}: the window's prefix source has ${has}, expected [${C}, L, ${s.height}, ${s.width}] with L >= ${s.prefixFrames} prefix frames`);
+      }
+      g.window = { latents: input.latents, prefix: s.prefixFrames > 0 ? input.prefix : null, ownFrames: s.ownFrames, prefixFrames: s.prefixFrames, prefixLength };
+      return g;
     }
+    const expected = this.range.head ? C * frames * frame : g.rows * this.config.dim;
+    if (input.length !== expected) {
+      const what = this.range.head ? `window latents [${C}, ${frames}, ${s.height}, ${s.width}]` : `hidden states [${batch}, ${g.localTokens}, ${this.config.dim}]`;
+      throw new RangeError(`${where}: input has ${input.length} values, expected ${what} = ${expected}`);
+    }
+    if (this.range.head) g.window = { latents: input, prefix: null, ownFrames: frames, prefixFrames: 0, prefixLength: 0 };
     return g;
   }
 
-  private async compute(s: BlockStep, input: Float32Array, g: Geometry, options: ForwardOptions): Promise<Float32Array> {
+  /** `hidden`: a non-head stage's input (checkStep took it); a head reads `g.window`. */
+  private async compute(s: BlockStep, hidden: Float32Array | null, g: Geometry, options: ForwardOptions): Promise<Float32Array> {
     if (!this.cross) await this.prepareCrossAttention();
     const c = this.config;
     const D = c.dim;
@@ -196,7 +254,10 @@ export class Stage {
     if (this.range.head) {
       // The residual stream: the output of a head that is not also the tail, else scratch.
       x = this.range.tail ? b.scratch(M * D) : output(options, M * D);
-      const patches = b.op('patchify', [input], [c.latentChannels, g.frames, s.height, s.width]);
+      // The window is read where its latents are (no assembled copy). The host writes them between
+      // forwards (the queue reuses their memory), so a device backend must not serve them from a copy it kept.
+      const win = g.window!;
+      const patches = b.op('patchify', [b.hostInput(win.latents), win.prefix && b.hostInput(win.prefix)], [c.latentChannels, win.ownFrames, s.height, s.width, win.prefixFrames, win.prefixLength]);
       const local = this.sharded ? b.op('copy_rows', [patches], [1, g.tokens, 4 * c.latentChannels, f0 * g.hw, g.localTokens]) : patches;
       // Both guidance halves start from the same embedded window.
       for (let i = 0; i < Bt; i++) {
@@ -205,9 +266,9 @@ export class Stage {
     } else if (options.consumeInput) {
       // The host wrote it since any earlier run read it (a reused receive buffer): a device
       // backend must not serve it from a copy it kept.
-      x = b.hostInput(input);
+      x = b.hostInput(hidden!);
     } else {
-      x = input.slice();
+      x = hidden!.slice();
     }
 
     const successor = this.successorFor(s, g);
@@ -442,6 +503,8 @@ interface Geometry {
   localTokens: number;
   /** Rows of the shard's hidden states: batch * localTokens. */
   rows: number;
+  /** A head's window: what patchify reads (an assembled window is its own frames with no prefix). */
+  window: { latents: Float32Array; prefix: Float32Array | null; ownFrames: number; prefixFrames: number; prefixLength: number } | null;
 }
 
 /** An output buffer of `elements` values: the caller's (ForwardOptions.allocateOutput) or a new one. */

@@ -1,11 +1,11 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { groupSize, memberShard, shardFrames, type BlockStep, type ForwardOptions, type ModelConfig, type StageLayout, type StageRange } from '@longshot/model';
+import { groupSize, memberShard, shardFrames, type BlockStep, type ForwardOptions, type ModelConfig, type StageInput, type StageLayout, type StageRange } from '@longshot/model';
 import { groupStageCost, hiddenBytes, stageFlops, type HardwareProfile, type WindowShape } from '@longshot/planner';
 
 /** What a worker session computes with: a real Stage or its emulation. */
 export interface StageRunner {
   readonly range: StageRange;
-  forward(step: BlockStep, input: Float32Array, options?: ForwardOptions): Promise<Float32Array>;
+  forward(step: BlockStep, input: StageInput, options?: ForwardOptions): Promise<Float32Array>;
   /** Frees what the runner keeps on a device once its forwards are done; it does not run again. */
   release?(): Promise<void>;
 }
@@ -102,7 +102,7 @@ export class EmulatedStage implements StageRunner {
    * max(submission, previous end) + its modelled time, whatever the host's event loop is doing
    * when the timer fires, so host jitter delays results but never the device's schedule.
    */
-  forward(step: BlockStep, input?: Float32Array, options: ForwardOptions = {}): Promise<Float32Array> {
+  forward(step: BlockStep, input?: StageInput, options: ForwardOptions = {}): Promise<Float32Array> {
     const seconds = this.forwardSeconds(step);
     this.lastBlock = { iteration: step.iteration, block: step.block };
     const endsAt = Math.max(performance.now(), this.deviceFreeAt) + seconds * 1000;
@@ -110,7 +110,7 @@ export class EmulatedStage implements StageRunner {
     const size = this.outputSize(step);
     // Like the real stage, a consumed input of the output's size becomes the output, else the
     // caller's buffer, as they came: emulated stages send zeros, so they hold zeros.
-    const out = options.consumeInput && !this.range.head && input?.length === size ? input : (options.allocateOutput?.(size) ?? new Float32Array(size));
+    const out = options.consumeInput && !this.range.head && input instanceof Float32Array && input.length === size ? input : (options.allocateOutput?.(size) ?? new Float32Array(size));
     const run = this.queue.then(async () => {
       const wait = endsAt - performance.now();
       if (wait > 0) await sleep(wait);

@@ -20,9 +20,8 @@ export async function runLocalPipeline(queue: BlockQueue, stages: readonly Stage
   if (!stages[0].range.head || !stages[stages.length - 1].range.tail) throw new Error('the first stage must be the head and the last the tail');
   for (let issued = queue.issue(); issued; issued = queue.issue()) {
     const { step, window } = issued;
-    let x = window;
-    for (const stage of stages) x = await stage.forward(step, x);
-    queue.recycle(window);
+    let x = await stages[0].forward(step, window);
+    for (const stage of stages.slice(1)) x = await stage.forward(step, x);
     const applied = queue.apply(step.iteration, step.block, x);
     events.onBlockStep?.({ iteration: step.iteration, block: step.block, step: step.step });
     if (applied.finished) await events.onBlockFinished?.(applied.finished);

@@ -1,5 +1,5 @@
 import { canonicalPieces, iteration as iterationAt, iterationCount, type BlockPieces, type BlockState, type CheckpointManifest, type JobPlan, type JobSpec, type PieceId, type QueueState } from '@longshot/planner';
-import type { BlockStep } from '@longshot/model';
+import type { BlockStep, WindowSources } from '@longshot/model';
 import { OPS, cpuBackend, type Backend, type OpNode } from '@longshot/engine';
 import { buildSchedule, eulerStepSize, historyCountersAt, jobSchedulerConfig, unipcStep, type Combination, type Schedule, type SchedulerConfig, type SolverHistory } from '@longshot/sampler';
 import type { NoiseState } from '@longshot/planner';
@@ -57,10 +57,17 @@ export interface FinishedBlock {
   readonly latents: Float32Array;
 }
 
-/** A block-step the head may start now: its descriptor and window latents [16, p+B, H, W]. */
+/**
+ * A block-step the head may start now: its descriptor and its window's sources (the block's
+ * latents and the older block's, whose last p frames lead the window), the queue's own tensors,
+ * not copies. The queue leaves them unchanged until this block-step's result is applied: a
+ * block's latents are replaced, never written over, and the buffers it lets go of are reused
+ * only after every block-step issued before could read them has been applied (issue order and
+ * the ordering rule). So the forward reads them in place, however late it runs.
+ */
 export interface IssuedStep {
   readonly step: BlockStep;
-  readonly window: Float32Array;
+  readonly window: WindowSources;
 }
 
 export interface Applied {
@@ -109,11 +116,6 @@ export class BlockQueue {
   /** Noise position before each iteration's new block was drawn, until that boundary is saved. */
   private readonly noiseBefore = new Map<number, NoiseState>();
   /**
-   * Windows handed back, reused for the next windows of their size. Like the block buffers,
-   * nothing is dropped: the queue never holds more than it once had in use at one time.
-   */
-  private readonly spareWindows: Float32Array[] = [];
-  /**
    * Block-sized buffers the queue let go of, reused for the next tensors it computes. None is
    * dropped: what the queue holds in all is the most it once needed at one time (blocks in the
    * queue, their histories, and what waits to be stored), so no cap has to be sized by hand
@@ -121,7 +123,7 @@ export class BlockQueue {
    * the total, flat once the pipeline is full).
    */
   private readonly spareBlocks: Float32Array[] = [];
-  /** Bytes of host memory the queue allocated for blocks and windows (it frees none while it runs). */
+  /** Bytes of host memory the queue allocated for block tensors (it frees none while it runs). */
   private allocated = 0;
   /** With storesPieces: buffers let go of, by the iteration that let go of them, until it is stored. */
   private readonly retired: { iteration: number; values: Float32Array }[] | null;
@@ -182,7 +184,7 @@ export class BlockQueue {
   }
 
   /**
-   * Bytes of host memory the queue allocated for block tensors and windows. It stops growing
+   * Bytes of host memory the queue allocated for block tensors. It stops growing
    * once the pipeline is full: buffers let go of are reused, none is dropped or made again.
    */
   get allocatedBytes(): number {
@@ -324,27 +326,12 @@ export class BlockQueue {
     while (r.length > 0 && r[0].iteration <= iteration) this.recycleBlock(r.shift()!.values);
   }
 
-  /** Hands a window back once its forward has read it, so the next window reuses the memory. */
-  recycle(window: Float32Array): void {
-    this.spareWindows.push(window);
-  }
-
   private window(block: number, iteration: number): IssuedStep {
     const q = this.find(block);
-    const B = this.spec.block;
     const C = this.spec.context;
     const prefix = block > 0 && C > 0 ? this.prefixSource(block - 1) : null;
     const p = prefix ? C : 0;
-    const frames = p + B;
-    const fs = this.frameSize;
-    const size = this.channels * frames * fs;
-    // Every element is written below, so a recycled buffer needs no clearing.
-    const spare = this.spareWindows.findIndex((w) => w.length === size);
-    const window = spare >= 0 ? this.spareWindows.splice(spare, 1)[0] : this.allocate(new Float32Array(size));
-    for (let c = 0; c < this.channels; c++) {
-      if (prefix) window.set(prefix.subarray((c * B + B - C) * fs, (c * B + B) * fs), c * frames * fs);
-      window.set(q.latents.subarray(c * B * fs, (c + 1) * B * fs), (c * frames + p) * fs);
-    }
+    const B = this.spec.block;
     const stepIndex = iteration - block;
     if (q.step !== stepIndex) throw new Error(`block ${block} is at step ${q.step}, iteration ${iteration} expects ${stepIndex}`);
     const step: BlockStep = {
@@ -358,7 +345,7 @@ export class BlockQueue {
       height: this.plan.latentHeight,
       width: this.plan.latentWidth,
     };
-    return { step, window };
+    return { step, window: { latents: q.latents, prefix } };
   }
 
   private isScheduled(block: number, iteration: number): boolean {

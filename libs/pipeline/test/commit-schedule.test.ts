@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { BlockQueue, CommitSchedule, formatCommitCadence, parseCommitCadence, type IssuedStep } from '@longshot/pipeline';
 import { normalizeSpec, planJob, type PieceId, type QueueState } from '@longshot/planner';
 import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
+import { standInVelocity as velocity } from './stand-in-velocity';
 
 describe('--checkpoint-every: N iterations or T seconds', () => {
   it('parses counts and durations, and names the flag in every refusal', () => {
@@ -59,12 +60,6 @@ describe('CommitSchedule', () => {
   it('a head storing only what the next commit can name resumes from every committed boundary to the same latents, while the pace changes under it', () => {
     const spec = normalizeSpec({ prompt: 'x', frames: 4 * (24 - 1) + 1, block: 4, context: 2, steps: 6, width: 32, height: 32, seed: 7 });
     const plan = planJob(spec);
-    const ownSize = 16 * spec.block * plan.latentHeight * plan.latentWidth;
-    const velocity = (s: IssuedStep) => {
-      const v = new Float32Array(ownSize);
-      for (let i = 0; i < ownSize; i++) v[i] = s.window[s.window.length - ownSize + i] * 0.5 + 0.01 * (s.window[i] ?? 0);
-      return v;
-    };
     /** Runs `q` to the end, 4 block-steps in flight; `onApplied` sees every result. */
     const runQueue = (q: BlockQueue, onApplied: (step: IssuedStep, r: ReturnType<BlockQueue['apply']>, finished: ReadonlyMap<number, Float32Array>) => void = () => undefined): Map<number, Float32Array> => {
       const finished = new Map<number, Float32Array>();
@@ -75,7 +70,6 @@ describe('CommitSchedule', () => {
         const r = q.apply(step.step.iteration, step.step.block, velocity(step));
         if (r.finished) finished.set(r.finished.index, r.finished.latents.slice());
         onApplied(step, r, finished);
-        q.recycle(step.window);
       }
       return finished;
     };

@@ -2,18 +2,13 @@ import { describe, expect, it } from 'vitest';
 import { BlockQueue, CoordinatedNoise, seededInitialNoise, type IssuedStep } from '@longshot/pipeline';
 import { normalizeSpec, planJob, type JobSpec, type PieceId, type QueueState } from '@longshot/planner';
 import { WAN_SCHEDULER_CONFIG } from '@longshot/sampler';
+import { windowLatents } from '@longshot/model';
+import { standInVelocity as velocity } from './stand-in-velocity';
 
 const spec = normalizeSpec({ prompt: 'x', frames: 4 * (24 - 1) + 1, block: 4, context: 2, steps: 3, width: 32, height: 32, seed: 7 });
 const plan = planJob(spec);
 const queue = (s: JobSpec = spec, state?: QueueState) => new BlockQueue(s, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, state });
 const ownSize = 16 * spec.block * plan.latentHeight * plan.latentWidth;
-
-/** A deterministic stand-in velocity: enough to exercise the queue without a model. */
-function velocity(s: IssuedStep): Float32Array {
-  const v = new Float32Array(ownSize);
-  for (let i = 0; i < ownSize; i++) v[i] = s.window[s.window.length - ownSize + i] * 0.5 + 0.01 * (s.window[i] ?? 0);
-  return v;
-}
 
 /** Runs with up to `depth` block-steps in flight (1 = serial), optionally stopping at an iteration. */
 function run(queue: BlockQueue, depth: number, stopAt = Infinity): { finished: Float32Array[]; maxInFlight: number } {
@@ -52,18 +47,28 @@ describe('coordinated noise', () => {
 });
 
 describe('block queue', () => {
-  it('builds windows of prefix + own frames and enforces result order', () => {
+  it('hands out windows as their sources (the last C frames of the older block, then the own frames) and enforces result order', () => {
     const q = queue();
     const first = q.issue()!;
     expect(first.step).toMatchObject({ iteration: 0, block: 0, step: 0, prefixFrames: 0 });
-    expect(first.window.length).toBe(16 * 4 * 16);
+    expect(first.window.prefix).toBeNull();
+    expect(first.window.latents.length).toBe(ownSize);
+    expect(windowLatents(first.step, first.window)).toBe(first.window.latents); // without a prefix the window is the latents
     expect(q.issue()).toBeNull(); // (1, 1) waits for (0, 0)
     q.apply(0, 0, new Float32Array(ownSize));
     const second = q.issue()!;
     expect(second.step).toMatchObject({ iteration: 1, block: 1, prefixFrames: 2 });
-    expect(second.window.length).toBe(16 * 6 * 16);
     const third = q.issue()!;
     expect(third.step).toMatchObject({ iteration: 1, block: 0 });
+    // Block 1's window leads with frames 2 and 3 of block 0's latents, as they are now.
+    expect(second.window.prefix).toBe(third.window.latents);
+    const window = windowLatents(second.step, second.window);
+    expect(window.length).toBe(16 * 6 * 16);
+    const fs = 16;
+    for (const c of [0, 7, 15]) {
+      expect(window.subarray(c * 6 * fs, (c * 6 + 2) * fs)).toEqual(third.window.latents.subarray((c * 4 + 2) * fs, (c * 4 + 4) * fs));
+      expect(window.subarray((c * 6 + 2) * fs, (c * 6 + 6) * fs)).toEqual(second.window.latents.subarray(c * 4 * fs, (c * 4 + 4) * fs));
+    }
     expect(() => q.apply(1, 0, new Float32Array(ownSize))).toThrow(/in order/);
   });
 
@@ -201,6 +206,31 @@ describe('block queue', () => {
     expect(oldest).toBe(lifetime);
   });
 
+  it.each([
+    { name: 'euler', sampler: 'euler' as const, scheduler: {}, storesPieces: false },
+    { name: "UniPC (Wan's), pieces stored", sampler: 'unipc' as const, scheduler: {}, storesPieces: true },
+    { name: 'UniPC order 3', sampler: 'unipc' as const, scheduler: { solverOrder: 3 }, storesPieces: false },
+  ])('$name: every window reads, when its result is applied, what it held when issued (its sources are read in place)', ({ sampler, scheduler, storesPieces }) => {
+    const s = { ...spec, sampler, steps: 6 };
+    const q = new BlockQueue(s, plan, { channels: 16, scheduler: { ...WAN_SCHEDULER_CONFIG, ...scheduler }, storesPieces });
+    // Everything the ordering rule lets out is in flight at once, and checked just before its apply.
+    const flight: { issued: IssuedStep; held: Float32Array }[] = [];
+    let persisting: number | null = null;
+    let checked = 0;
+    while (!q.done) {
+      for (let x = q.issue(); x; x = q.issue()) flight.push({ issued: x, held: windowLatents(x.step, x.window).slice() });
+      const { issued, held } = flight.shift()!;
+      expect(windowLatents(issued.step, issued.window), `block ${issued.step.block} of iteration ${issued.step.iteration}`).toEqual(held);
+      checked++;
+      const r = q.apply(issued.step.iteration, issued.step.block, velocity(issued));
+      if (!storesPieces || r.completedIteration === null) continue;
+      // Like the head: an iteration is declared stored when the next one completes.
+      if (persisting !== null) q.piecesStored(persisting);
+      persisting = r.completedIteration;
+    }
+    expect(checked).toBe(plan.blocks * s.steps);
+  });
+
   it('stops allocating once the pipeline is full: buffers let go of are reused, none is dropped', () => {
     const s = { ...spec, steps: 8 };
     const q = new BlockQueue(s, plan, { channels: 16, scheduler: WAN_SCHEDULER_CONFIG, storesPieces: true });
@@ -212,7 +242,6 @@ describe('block queue', () => {
       for (let x = flight.length < 6 ? q.issue() : null; x; x = flight.length < 6 ? q.issue() : null) flight.push(x);
       const step = flight.shift()!;
       const r = q.apply(step.step.iteration, step.step.block, velocity(step));
-      q.recycle(step.window);
       if (r.completedIteration === null) continue;
       if (persisting !== null) q.piecesStored(persisting);
       persisting = r.completedIteration;

@@ -175,6 +175,22 @@ describe('native TCP data plane', () => {
     expect(hostCpuSeconds().dataPlane - cpuBefore).toBeGreaterThan(0.001);
   });
 
+  it('sends from and receives into tensors over a SharedArrayBuffer (the head keeps its block latents in one)', async () => {
+    const l = listener();
+    l.addSession('s1', TOKEN);
+    const s = track(new DataPlaneSender(`127.0.0.1:${l.port}`));
+    const floats = 256 * 1024 + 3;
+    const shared = (n: number) => new Float32Array(new SharedArrayBuffer((n + 2) * 4)).subarray(1, n + 1);
+    const src = shared(floats);
+    src.set(pattern(7, floats));
+    const dst = shared(floats);
+    const [sent, received] = await Promise.all([s.send('s1', TOKEN, 1, src), l.receive('s1', 1, dst)]);
+    expect(sent.bytes).toBe(floats * 4);
+    expect(received.bytes).toBe(floats * 4);
+    expect(Buffer.from(dst.buffer, dst.byteOffset, dst.byteLength).equals(Buffer.from(pattern(7, floats).buffer))).toBe(true);
+    expect([dst.buffer.slice(0, 4), dst.buffer.slice((floats + 1) * 4)].map((b) => new Float32Array(b)[0])).toEqual([0, 0]);
+  });
+
   it('receives from another process', async () => {
     const l = listener();
     l.addSession('job-7/stage-1', TOKEN);

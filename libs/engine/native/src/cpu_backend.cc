@@ -109,7 +109,30 @@ void rope3d(ThreadPool& pool, const Node& n) {
   });
 }
 
-void patchify(ThreadPool& pool, const Node& n, bool inverse) {
+// Tokens of the window [ch, prefixFrames + frames, H, W], read in place from its two sources: window
+// frame f < prefixFrames is frame prefixLength - prefixFrames + f of the prefix, the rest the latents'.
+void patchify(ThreadPool& pool, const Node& n) {
+  const size_t ch = n.p(0), own = n.p(1), height = n.p(2), width = n.p(3), pf = n.p(4), held = n.p(5);
+  const size_t ph_n = height / 2, pw_n = width / 2, frame = height * width, tokens = (pf + own) * ph_n * pw_n;
+  const float* latents = n.inputs[0].data;
+  const float* prefix = n.inputs[1].data;
+  float* dst = n.output.data;
+  pool.parallel_for(tokens, [&](size_t t0, size_t t1, int) {
+    for (size_t tok = t0; tok < t1; ++tok) {
+      const size_t f = tok / (ph_n * pw_n), hh = (tok / pw_n) % ph_n, ww = tok % pw_n;
+      // Channel c of window frame f starts at src + c * channel_stride.
+      const float* src = f < pf ? prefix + (held - pf + f) * frame : latents + (f - pf) * frame;
+      const size_t channel_stride = (f < pf ? held : own) * frame;
+      float* out = dst + tok * 4 * ch;
+      for (size_t c = 0; c < ch; ++c)
+        for (size_t ph = 0; ph < 2; ++ph)
+          for (size_t pw = 0; pw < 2; ++pw)
+            out[c * 4 + ph * 2 + pw] = src[c * channel_stride + (2 * hh + ph) * width + 2 * ww + pw];
+    }
+  });
+}
+
+void unpatchify(ThreadPool& pool, const Node& n) {
   const size_t ch = n.p(0), frames = n.p(1), height = n.p(2), width = n.p(3);
   const size_t ph_n = height / 2, pw_n = width / 2, tokens = frames * ph_n * pw_n;
   const float* src = n.inputs[0].data;
@@ -117,17 +140,10 @@ void patchify(ThreadPool& pool, const Node& n, bool inverse) {
   pool.parallel_for(tokens, [&](size_t t0, size_t t1, int) {
     for (size_t tok = t0; tok < t1; ++tok) {
       const size_t f = tok / (ph_n * pw_n), hh = (tok / pw_n) % ph_n, ww = tok % pw_n;
-      for (size_t c = 0; c < ch; ++c) {
-        for (size_t ph = 0; ph < 2; ++ph) {
-          for (size_t pw = 0; pw < 2; ++pw) {
-            const size_t lat = ((c * frames + f) * height + 2 * hh + ph) * width + 2 * ww + pw;
-            if (inverse)
-              dst[lat] = src[tok * 4 * ch + (ph * 2 + pw) * ch + c];
-            else
-              dst[tok * 4 * ch + c * 4 + ph * 2 + pw] = src[lat];
-          }
-        }
-      }
+      for (size_t c = 0; c < ch; ++c)
+        for (size_t ph = 0; ph < 2; ++ph)
+          for (size_t pw = 0; pw < 2; ++pw)
+            dst[((c * frames + f) * height + 2 * hh + ph) * width + 2 * ww + pw] = src[tok * 4 * ch + (ph * 2 + pw) * ch + c];
     }
   });
 }
@@ -299,8 +315,8 @@ void CpuBackend::compute(const Node& n) {
     case Op::mul: k.mul(pool, in[0], in[1], out, n.p(0)); break;
     case Op::embedding: embedding(pool, n); break;
     case Op::relative_position_bias: relative_position_bias(pool, n); break;
-    case Op::patchify: patchify(pool, n, false); break;
-    case Op::unpatchify: patchify(pool, n, true); break;
+    case Op::patchify: patchify(pool, n); break;
+    case Op::unpatchify: unpatchify(pool, n); break;
     case Op::timestep_embedding: timestep_embedding(n); break;
     case Op::cfg_combine: k.cfg_combine(pool, in[0], in[0] + n.p(0), out, n.p(0), n.pf(1)); break;
     case Op::copy_rows: copy_rows(pool, n); break;

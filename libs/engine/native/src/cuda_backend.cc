@@ -986,8 +986,10 @@ void Device::compute(Storage storage, const Node& n, const std::vector<Region>& 
     case Op::relative_position_bias:
       relative_position_bias(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), st);
       break;
-    case Op::patchify: patchify(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), false, st); break;
-    case Op::unpatchify: patchify(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), true, st); break;
+    case Op::patchify:
+      patchify(storage, in[0], in[1], out, n.p(0), n.p(1), n.p(2), n.p(3), n.p(4), n.p(5), st);
+      break;
+    case Op::unpatchify: unpatchify(storage, in[0], out, n.p(0), n.p(1), n.p(2), n.p(3), st); break;
     case Op::timestep_embedding: {
       const bool f32 = sr[0] >= 0 && regions[sr[0]].storage == Storage::f32;
       timestep_embedding(storage, in[0], f32, out, n.p(0), n.p(1), st);

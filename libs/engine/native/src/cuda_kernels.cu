@@ -865,15 +865,19 @@ bool attention_on_tensor_cores<float>(const float*, const float*, const float*, 
 
 // ---- data movement -----------------------------------------------------------------------------
 
+// Window frame f < prefix_frames is frame prefix_length - prefix_frames + f of the prefix, the rest
+// the latents' (CPU: cpu_backend.cc patchify).
 template <typename T>
-__global__ void patchify_k(const T* src, T* dst, size_t ch, size_t frames, size_t height,
-                           size_t width) {
-  const size_t ph_n = height / 2, pw_n = width / 2;
-  LS_GRID_STRIDE(o, ch * frames * height * width) {
+__global__ void patchify_k(const T* latents, const T* prefix, T* dst, size_t ch, size_t own, size_t height,
+                           size_t width, size_t prefix_frames, size_t prefix_length) {
+  const size_t ph_n = height / 2, pw_n = width / 2, frame = height * width;
+  LS_GRID_STRIDE(o, ch * (prefix_frames + own) * frame) {
     const size_t tok = o / (4 * ch), r = o % (4 * ch);
     const size_t c = r / 4, ph = (r / 2) % 2, pw = r % 2;
     const size_t f = tok / (ph_n * pw_n), hh = (tok / pw_n) % ph_n, ww = tok % pw_n;
-    dst[o] = src[((c * frames + f) * height + 2 * hh + ph) * width + 2 * ww + pw];
+    const size_t at = (2 * hh + ph) * width + 2 * ww + pw;
+    dst[o] = f < prefix_frames ? prefix[(c * prefix_length + prefix_length - prefix_frames + f) * frame + at]
+                               : latents[(c * own + f - prefix_frames) * frame + at];
   }
 }
 
@@ -1058,17 +1062,21 @@ bool attention(Storage s, const void* q, const void* k, const void* v, const voi
   return false;
 }
 
-void patchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,
-              size_t width, bool inverse, cudaStream_t stream) {
+void patchify(Storage s, const void* latents, const void* prefix, void* dst, size_t channels, size_t frames,
+              size_t height, size_t width, size_t prefix_frames, size_t prefix_length, cudaStream_t stream) {
+  const size_t n = channels * (prefix_frames + frames) * height * width;
+  if (n == 0) return;
+  LS_DISPATCH(s, patchify_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(latents), cp<T>(prefix), mp<T>(dst), channels,
+                                                                        frames, height, width, prefix_frames,
+                                                                        prefix_length));
+}
+
+void unpatchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,
+                size_t width, cudaStream_t stream) {
   const size_t n = channels * frames * height * width;
   if (n == 0) return;
-  if (inverse) {
-    LS_DISPATCH(s, unpatchify_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(src), mp<T>(dst), channels, frames,
-                                                                            height, width));
-  } else {
-    LS_DISPATCH(s, patchify_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(src), mp<T>(dst), channels, frames,
+  LS_DISPATCH(s, unpatchify_k<T><<<blocks_for(n), kThreads, 0, stream>>>(cp<T>(src), mp<T>(dst), channels, frames,
                                                                           height, width));
-  }
 }
 
 void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, void* y, size_t n,

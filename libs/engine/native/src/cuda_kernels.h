@@ -63,8 +63,12 @@ bool attention(Storage s, const void* q, const void* k, const void* v, const voi
                const void* extra_v, const void* bias, float scale, void* out,
                const AttentionShape& a, cudaStream_t stream);
 
-void patchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,
-              size_t width, bool inverse, cudaStream_t stream);
+// The window's first prefix_frames frames are the last ones of `prefix` [channels, prefix_length, H, W]
+// (null when prefix_frames is 0), the rest `latents` [channels, frames, H, W] (engine op patchify).
+void patchify(Storage s, const void* latents, const void* prefix, void* dst, size_t channels, size_t frames,
+              size_t height, size_t width, size_t prefix_frames, size_t prefix_length, cudaStream_t stream);
+void unpatchify(Storage s, const void* src, void* dst, size_t channels, size_t frames, size_t height,
+                size_t width, cudaStream_t stream);
 // `timesteps` is float32 when `timesteps_f32` (the runner keeps that input in float32 whatever
 // the storage: rounding t = 620 to bfloat16 would move it to 624), else the storage type.
 void timestep_embedding(Storage s, const void* timesteps, bool timesteps_f32, void* y, size_t n,

@@ -38,8 +38,15 @@ struct View {
 
 View view_arg(const Napi::Value& v, const char* what) {
   if (!v.IsTypedArray()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a typed array or Buffer");
-  Napi::TypedArray t = v.As<Napi::TypedArray>();
-  return {static_cast<uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset(), t.ByteLength()};
+  // The element pointer as napi gives it: TypedArray::ArrayBuffer().Data() fails (napi_invalid_arg)
+  // on an array over a SharedArrayBuffer, which is what the head's block latents are.
+  napi_typedarray_type type;
+  size_t length = 0, offset = 0;
+  void* data = nullptr;
+  napi_value buffer;
+  if (napi_get_typedarray_info(v.Env(), v, &type, &length, &data, &buffer, &offset) != napi_ok)
+    throw Napi::TypeError::New(v.Env(), std::string(what) + ": its memory cannot be read");
+  return {static_cast<uint8_t*>(data), v.As<Napi::TypedArray>().ByteLength()};
 }
 
 // A path by name: 'tcp', 'shm', 'nccl', 'cuda-ipc'.

@@ -93,7 +93,7 @@ size_t output_elements(const Node& n) {
     case Op::silu: return n.p(0);
     case Op::rope3d: return n.p(0) * n.p(1) * n.p(2) * n.p(3) * n.p(4) * n.p(5);
     case Op::attention: return n.p(0) * n.p(1) * n.p(4) * n.p(5);
-    case Op::patchify:
+    case Op::patchify: return n.p(0) * (n.p(4) + n.p(1)) * n.p(2) * n.p(3);
     case Op::unpatchify: return n.p(0) * n.p(1) * n.p(2) * n.p(3);
     case Op::timestep_embedding: return n.p(0) * n.p(1);
     case Op::cfg_combine: return n.p(0);
@@ -176,7 +176,17 @@ void validate(const Node& n, size_t index) {
       }
       break;
     }
-    case Op::patchify:
+    case Op::patchify: {
+      const size_t ch = n.p(0), frames = n.p(1), h = n.p(2), w = n.p(3), prefix = n.p(4), held = n.p(5);
+      if (h % 2 != 0) bad_param(2, "must be even (patch size 2)");
+      if (w % 2 != 0) bad_param(3, "must be even (patch size 2)");
+      if (prefix > held) bad_param(4, "exceeds 'prefixLength', the frames the prefix tensor holds");
+      if (prefix > 0 && !n.inputs[1].present)
+        throw ShapeError(where(n, index) + "input 'prefix' (slot 1) is null but prefixFrames is " + std::to_string(prefix));
+      need = {mul({ch, frames, h, w}), mul({ch, held, h, w})};
+      out_need = mul({ch, prefix + frames, h, w});
+      break;
+    }
     case Op::unpatchify:
       if (n.p(2) % 2 != 0) bad_param(2, "must be even (patch size 2)");
       if (n.p(3) % 2 != 0) bad_param(3, "must be even (patch size 2)");
