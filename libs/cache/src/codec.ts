@@ -45,14 +45,32 @@ export function writeFloat32(dst: Buffer, offset: number, values: Float32Array):
   return offset + values.byteLength;
 }
 
-/** The inverse of `float32Bytes`; `bytes` may sit at any offset (Redis replies are not aligned). */
-export function readFloat32(bytes: Uint8Array, count: number): Float32Array {
+/**
+ * The inverse of `float32Bytes`; `bytes` may sit at any offset (Redis replies are not aligned).
+ * With `total` > count, the values are followed by zeros up to `total` (see `storedPart`).
+ */
+export function readFloat32(bytes: Uint8Array, count: number, total = count): Float32Array {
   if (bytes.byteLength !== count * 4) throw new RangeError(`expected ${count * 4} bytes for ${count} float32 values, got ${bytes.byteLength}`);
-  const out = new Float32Array(count);
-  const dst = new Uint8Array(out.buffer);
+  if (total < count) throw new RangeError(`${count} values do not fit in ${total}`);
+  const out = new Float32Array(total);
+  const dst = new Uint8Array(out.buffer, 0, bytes.byteLength);
   if (HOST_IS_LE) dst.set(bytes);
   else swap32(bytes, dst);
   return out;
+}
+
+/**
+ * The values up to the last one whose bits are not all zero (a view): the trailing +0.0 values
+ * need not be stored, `readFloat32(bytes, stored, total)` puts them back bit for bit. Text
+ * embeddings are mostly such zeros: the encoder's rows of the real tokens, then zero rows up to
+ * the model's text length (512 for Wan2.1, so a 30-token prompt leaves 94% of its 8 MiB zero).
+ * A -0.0 is kept: its sign bit is set.
+ */
+export function storedPart(values: Float32Array): Float32Array {
+  const words = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  let n = words.length;
+  while (n > 0 && words[n - 1] === 0) n--;
+  return values.subarray(0, n);
 }
 
 function swap32(src: Uint8Array, dst: Uint8Array): void {

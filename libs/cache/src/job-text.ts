@@ -1,6 +1,6 @@
 import { endianness } from 'node:os';
 import type { Redis } from 'ioredis';
-import { CHECKSUM_BYTES, CorruptValueError, checksum, float32View, readFloat32 } from './codec';
+import { CHECKSUM_BYTES, CorruptValueError, checksum, float32View, readFloat32, storedPart } from './codec';
 import { JOB_RUN_TTL_SECONDS, JobKeyspace } from './job-keys';
 import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
@@ -19,20 +19,24 @@ export interface StoredTextRef {
 }
 
 /*
- * Value, version 1 (uint32 LE): magic "LSJT", version, values per tensor n, then cond and uncond
- * (n float32 LE each) and the CRC-32 (big-endian) of all preceding bytes.
+ * Value (uint32 LE): magic "LSJT", version, values per tensor n, then per version:
+ *  1: cond and uncond, n float32 LE each;
+ *  2: the values cond and uncond store (s_c and s_u, each at most n: the rest are +0.0), then
+ *     s_c and s_u float32 LE;
+ * and the CRC-32 (big-endian) of all preceding bytes. Version 2 is written; both are read.
  */
 const MAGIC = Buffer.from('LSJT', 'latin1');
-const VERSION = 1;
-const PREAMBLE = 12;
+const VERSION = 2;
+const PREAMBLE = { 1: 12, 2: 20 } as const;
 const HOST_IS_LE = endianness() === 'LE';
 
 /**
  * A job's text embeddings in its keyspace: the driver stores them once per run (fenced by it),
  * and each stage reads them when its session opens, instead of the driver sending one copy per
- * stage inside OpenSession (16 MiB for Wan2.1's [512, 4096] cond and uncond). Written once and
- * read by every attempt, they live as long as the run's claim (JOB_RUN_TTL_SECONDS) and expire with
- * the job's other keys.
+ * stage inside OpenSession. Wan2.1's cond and uncond are [512, 4096] float32 each (16 MiB), but
+ * past the prompt's tokens their rows are zeros, which are not stored: a 30-token prompt and no
+ * negative prompt store about 0.5 MiB. Written once and read by every attempt, they live as long
+ * as the run's claim (JOB_RUN_TTL_SECONDS) and expire with the job's other keys.
  */
 export class JobTextStore {
   private readonly keys: KeySchema;
@@ -49,13 +53,17 @@ export class JobTextStore {
   /** A fenced write (FencedWriteError once `run` no longer owns the job); returns what stages check. */
   async put(prefix: string, text: JobText, run: string): Promise<StoredTextRef> {
     if (text.cond.length !== text.uncond.length) throw new RangeError(`text embeddings: cond has ${text.cond.length} values, uncond ${text.uncond.length}`);
-    const preamble = Buffer.alloc(PREAMBLE);
+    // Only what precedes each tensor's trailing zeros (the padding rows past the prompt's tokens).
+    const [cond, uncond] = [storedPart(text.cond), storedPart(text.uncond)];
+    const preamble = Buffer.alloc(PREAMBLE[VERSION]);
     MAGIC.copy(preamble, 0);
     preamble.writeUInt32LE(VERSION, 4);
     preamble.writeUInt32LE(text.cond.length, 8);
-    const [cond, uncond] = [float32View(text.cond), float32View(text.uncond)];
-    const crc = checksum(preamble, cond, uncond);
-    const value = Buffer.concat([preamble, cond, uncond, crc]);
+    preamble.writeUInt32LE(cond.length, 12);
+    preamble.writeUInt32LE(uncond.length, 16);
+    const body = [preamble, float32View(cond), float32View(uncond)];
+    const crc = checksum(...body);
+    const value = Buffer.concat([...body, crc]);
     await this.jobKeys.put(prefix, this.keys.jobTextKey(prefix), value, JOB_RUN_TTL_SECONDS, run);
     return { byteLength: value.length, crc32: crc.readUInt32BE(0) };
   }
@@ -69,17 +77,23 @@ export class JobTextStore {
     const buf = await this.redis.getBuffer(key);
     if (buf === null) return null;
     const fail = (reason: string) => new CorruptValueError(key, `text embeddings ${reason}`);
-    if (buf.length < PREAMBLE + CHECKSUM_BYTES || !buf.subarray(0, 4).equals(MAGIC)) throw fail('are not a Longshot text value (bad magic or truncated)');
+    if (buf.length < PREAMBLE[1] + CHECKSUM_BYTES || !buf.subarray(0, 4).equals(MAGIC)) throw fail('are not a Longshot text value (bad magic or truncated)');
     const version = buf.readUInt32LE(4);
-    if (version !== VERSION) throw fail(`have version ${version}; this build reads version ${VERSION}`);
+    if (version !== 1 && version !== 2) throw fail(`have version ${version}; this build reads versions 1 and 2`);
+    if (buf.length < PREAMBLE[version] + CHECKSUM_BYTES) throw fail(`have ${buf.length} bytes, fewer than a version ${version} value's preamble`);
     const n = buf.readUInt32LE(8);
-    if (buf.length !== PREAMBLE + 8 * n + CHECKSUM_BYTES) throw fail(`have ${buf.length} bytes, ${n} values per tensor need ${PREAMBLE + 8 * n + CHECKSUM_BYTES}`);
+    const [storedCond, storedUncond] = version === 1 ? [n, n] : [buf.readUInt32LE(12), buf.readUInt32LE(16)];
+    if (storedCond > n || storedUncond > n) throw fail(`store ${storedCond} and ${storedUncond} values of tensors of ${n}`);
+    const at = PREAMBLE[version];
+    const need = at + 4 * (storedCond + storedUncond) + CHECKSUM_BYTES;
+    if (buf.length !== need) throw fail(`have ${buf.length} bytes, ${n} values per tensor (${storedCond} and ${storedUncond} stored) need ${need}`);
     const bodyEnd = buf.length - CHECKSUM_BYTES;
     if (!checksum(buf.subarray(0, bodyEnd)).equals(buf.subarray(bodyEnd))) throw fail('fail their checksum (corrupt)');
-    // Views of the reply where it is aligned (Redis replies of this size have a buffer of their own), else copies.
-    const values = (at: number): Float32Array =>
-      HOST_IS_LE && (buf.byteOffset + at) % 4 === 0 ? new Float32Array(buf.buffer, buf.byteOffset + at, n) : readFloat32(buf.subarray(at, at + 4 * n), n);
-    const text = { cond: values(PREAMBLE), uncond: values(PREAMBLE + 4 * n) };
+    // Views of the reply where a tensor is whole and aligned (Redis replies of this size have a
+    // buffer of their own), else copies followed by the zeros that were not stored.
+    const values = (from: number, stored: number): Float32Array =>
+      stored === n && HOST_IS_LE && (buf.byteOffset + from) % 4 === 0 ? new Float32Array(buf.buffer, buf.byteOffset + from, n) : readFloat32(buf.subarray(from, from + 4 * stored), stored, n);
+    const text = { cond: values(at, storedCond), uncond: values(at + 4 * storedCond, storedUncond) };
     return { text, ref: { byteLength: buf.length, crc32: buf.readUInt32BE(bodyEnd) } };
   }
 }

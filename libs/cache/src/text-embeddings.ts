@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { CHECKSUM_BYTES, CorruptValueError, checksum, float32View, readFloat32, ttlMillis } from './codec';
+import { CHECKSUM_BYTES, CorruptValueError, checksum, float32View, readFloat32, storedPart, ttlMillis } from './codec';
 import { DEFAULT_KEYS as defaultKeys, type KeySchema } from './keys';
 
 /** What identifies one text-encoder output: everything it is a pure function of. */
@@ -33,13 +33,18 @@ export interface TextEmbeddingCacheOptions {
 
 /** A day: long enough for retries, takeovers and a user iterating on seeds with one prompt. */
 export const DEFAULT_TEXT_EMBEDDING_TTL_SECONDS = 24 * 3600;
-/** Wan2.1's cond + uncond ([512, 4096] float32 each) is 16 MiB; a little room above that. */
+/**
+ * Wan2.1's cond + uncond ([512, 4096] float32 each) is 16 MiB with every row a token's; a little
+ * room above that. The zero rows past the prompt's tokens are not stored, so most entries are
+ * far smaller (about 0.5 MiB for 30 tokens).
+ */
 export const DEFAULT_TEXT_EMBEDDING_MAX_BYTES = 20 * 1024 * 1024;
 
 /*
  * Value (integers uint32 LE): magic "LSTE", header length h, UTF-8 JSON header
- * {cond, uncond, condIds, uncondIds: element counts; truncated}, the four arrays' bytes (LE) in
- * that order, CRC-32 (big-endian) of all preceding bytes.
+ * {cond, uncond, condIds, uncondIds: element counts; condStored, uncondStored: the values of cond
+ * and uncond stored, the rest being +0.0 (absent in entries written before: all); truncated}, the
+ * four arrays' stored bytes (LE) in that order, CRC-32 (big-endian) of all preceding bytes.
  */
 const MAGIC = Buffer.from('LSTE', 'latin1');
 const PREAMBLE = 8;
@@ -83,11 +88,12 @@ export class TextEmbeddingCache {
 }
 
 function encode(e: CachedTextEmbeddings): Buffer {
-  const header = Buffer.from(JSON.stringify({ cond: e.cond.length, uncond: e.uncond.length, condIds: e.condIds.length, uncondIds: e.uncondIds.length, truncated: e.truncated }));
+  const [cond, uncond] = [storedPart(e.cond), storedPart(e.uncond)];
+  const header = Buffer.from(JSON.stringify({ cond: e.cond.length, uncond: e.uncond.length, condIds: e.condIds.length, uncondIds: e.uncondIds.length, condStored: cond.length, uncondStored: uncond.length, truncated: e.truncated }));
   const pre = Buffer.alloc(PREAMBLE);
   MAGIC.copy(pre, 0);
   pre.writeUInt32LE(header.length, 4);
-  const parts = [pre, header, ...FIELDS.map((f) => float32View(e[f]))];
+  const parts = [pre, header, ...[cond, uncond, e.condIds, e.uncondIds].map(float32View)];
   return Buffer.concat([...parts, checksum(...parts)]);
 }
 
@@ -105,21 +111,25 @@ function decode(key: string, v: Buffer): CachedTextEmbeddings {
     throw bad('header is not JSON');
   }
   const counts = FIELDS.map((f) => header[f]);
-  if (!counts.every((n) => Number.isSafeInteger(n) && (n as number) >= 0) || !Number.isSafeInteger(header.truncated)) throw bad('header fields are not counts');
-  const total = (counts as number[]).reduce((a, n) => a + n * 4, 0);
+  const isCount = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
+  if (!counts.every(isCount) || !Number.isSafeInteger(header.truncated)) throw bad('header fields are not counts');
+  const [c, u, ci, ui] = counts;
+  const [cs, us] = [header.condStored ?? c, header.uncondStored ?? u];
+  if (!isCount(cs) || !isCount(us) || cs > c || us > u) throw bad(`header stores ${String(cs)} and ${String(us)} values of tensors of ${c} and ${u}`);
+  const total = (cs + us + ci + ui) * 4;
   if (PREAMBLE + h + total !== body.length) throw bad(`payload is ${body.length - PREAMBLE - h} bytes, header says ${total}`);
   let at = PREAMBLE + h;
-  // One copy per tensor, into aligned memory of its own (the reply is the Redis client's);
-  // token ids are the same 32-bit little-endian words, read back as integers.
-  const take = (n: number): Float32Array => {
-    const out = readFloat32(body.subarray(at, at + n * 4), n);
-    at += n * 4;
+  // One copy per tensor, into aligned memory of its own (the reply is the Redis client's), with
+  // the zeros that were not stored after it; token ids are the same 32-bit little-endian words,
+  // read back as integers.
+  const take = (stored: number, n = stored): Float32Array => {
+    const out = readFloat32(body.subarray(at, at + stored * 4), stored, n);
+    at += stored * 4;
     return out;
   };
-  const [c, u, ci, ui] = counts as number[];
   return {
-    cond: take(c),
-    uncond: take(u),
+    cond: take(cs, c),
+    uncond: take(us, u),
     condIds: new Int32Array(take(ci).buffer),
     uncondIds: new Int32Array(take(ui).buffer),
     truncated: header.truncated as number,

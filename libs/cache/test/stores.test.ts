@@ -1,3 +1,4 @@
+import * as zlib from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockStore, CheckpointStore, CorruptValueError, FencedWriteError, FrameDigestStore, JobKeyspace, JobTextStore } from '../src';
 import { bits, checkpointState, eventually, latents, saveCheckpoint, testRedis, type TestRedis } from './helpers';
@@ -88,7 +89,7 @@ describe('JobTextStore', () => {
     await expect(store.put(prefix, { cond, uncond }, 'run-b')).rejects.toThrow(FencedWriteError);
     expect(await store.get(prefix)).toBeNull();
     const ref = await store.put(prefix, { cond, uncond }, 'run-a');
-    expect(ref.byteLength).toBe(12 + 8 * cond.length + 4);
+    expect(ref.byteLength).toBe(20 + 8 * cond.length + 4); // no zeros at the end to leave out
     const got = (await store.get(prefix))!;
     expect(got.ref).toEqual(ref);
     expect([bits(got.text.cond), bits(got.text.uncond)]).toEqual([bits(cond), bits(uncond)]);
@@ -103,7 +104,44 @@ describe('JobTextStore', () => {
     await expect(store.get(prefix)).rejects.toThrow(CorruptValueError);
     await expect(store.get(prefix)).rejects.toThrow(`${t.keys.jobTextKey(prefix)}: text embeddings fail their checksum`);
     await t.redis.set(t.keys.jobTextKey(prefix), stored.subarray(0, 200));
-    await expect(store.get(prefix)).rejects.toThrow(/text embeddings have 200 bytes, 512 values per tensor need 4112/);
+    await expect(store.get(prefix)).rejects.toThrow(/text embeddings have 200 bytes, 512 values per tensor \(512 and 512 stored\) need 4120/);
+  });
+});
+
+describe('JobTextStore: zero rows', () => {
+  it('leaves the zero rows past the prompt out of the value and reads them back bit for bit; a version 1 value still reads', async () => {
+    const store = new JobTextStore(t.redis, { keys: t.keys });
+    const prefix = t.keys.jobPrefix('job-text-rows');
+    await new BlockStore(t.redis, { keys: t.keys }).claimRun(prefix, 'run-a', 60);
+    // [64, 8] each: 5 rows of a prompt (the last one ending in -0.0, which is kept) and 1 of "".
+    const cond = new Float32Array(64 * 8);
+    cond.set(latents(5 * 8, 'rows cond'));
+    cond[5 * 8 - 1] = -0;
+    const uncond = new Float32Array(64 * 8);
+    uncond.set(latents(8, 'rows uncond'));
+    const ref = await store.put(prefix, { cond, uncond }, 'run-a');
+    expect(ref.byteLength).toBe(20 + 4 * (5 * 8 + 8) + 4);
+    const got = (await store.get(prefix))!;
+    expect(got.ref).toEqual(ref);
+    expect([bits(got.text.cond), bits(got.text.uncond)]).toEqual([bits(cond), bits(uncond)]);
+    expect(Object.is(got.text.cond[5 * 8 - 1], -0)).toBe(true);
+    // All zeros stores nothing of either tensor.
+    const zeros = new Float32Array(64 * 8);
+    expect((await store.put(prefix, { cond: zeros, uncond: zeros }, 'run-a')).byteLength).toBe(24);
+    expect(bits((await store.get(prefix))!.text.cond)).toEqual(bits(zeros));
+    // A value written by a build of version 1 (every value stored) reads the same.
+    const v1 = Buffer.concat([Buffer.from('LSJT', 'latin1'), Buffer.from(Uint32Array.of(1, cond.length).buffer), Buffer.from(cond.buffer), Buffer.from(uncond.buffer)]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(zlib.crc32(v1) >>> 0, 0);
+    await t.redis.set(t.keys.jobTextKey(prefix), Buffer.concat([v1, crc]));
+    const old = (await store.get(prefix))!;
+    expect([bits(old.text.cond), bits(old.text.uncond)]).toEqual([bits(cond), bits(uncond)]);
+    // A version 2 value that says it stores more than a tensor holds is refused, naming the key.
+    const bad = Buffer.concat([Buffer.from('LSJT', 'latin1'), Buffer.from(Uint32Array.of(2, 4, 5, 0).buffer), Buffer.alloc(20)]);
+    const badCrc = Buffer.alloc(4);
+    badCrc.writeUInt32BE(zlib.crc32(bad) >>> 0, 0);
+    await t.redis.set(t.keys.jobTextKey(prefix), Buffer.concat([bad, badCrc]));
+    await expect(store.get(prefix)).rejects.toThrow(`${t.keys.jobTextKey(prefix)}: text embeddings store 5 and 0 values of tensors of 4`);
   });
 });
 

@@ -1,3 +1,4 @@
+import * as zlib from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Rng } from '@longshot/random';
 import { CorruptValueError, TextEmbeddingCache, type CachedTextEmbeddings } from '../src';
@@ -40,6 +41,27 @@ describe('TextEmbeddingCache', () => {
       expect(cache.keyOf({ ...parts, ...change })).not.toBe(key);
       expect(await cache.get({ ...parts, ...change })).toBeNull();
     }
+  });
+
+  it('leaves out the zero rows past the prompt and puts them back bit for bit; an entry written before that reads the same', async () => {
+    const cache = new TextEmbeddingCache(t.redis, { ttlSeconds: 60, maxEntryBytes: 1 << 20, keys: t.keys });
+    const p = { ...parts, prompt: 'padded' };
+    const e = embeddings(64, 16);
+    e.cond.fill(0, 3 * 16);
+    e.uncond.fill(0, 16);
+    expect(await cache.put(p, e)).toBe(true);
+    const value = (await t.redis.getBuffer(cache.keyOf(p)))!;
+    expect(value.length).toBeLessThan(4 * (3 * 16 + 16) + 200);
+    const got = (await cache.get(p))!;
+    for (const f of ['cond', 'uncond', 'condIds', 'uncondIds'] as const) expect(bytes(got[f]).equals(bytes(e[f])), f).toBe(true);
+    // Before: no condStored / uncondStored in the header, every value stored.
+    const header = Buffer.from(JSON.stringify({ cond: e.cond.length, uncond: e.uncond.length, condIds: 3, uncondIds: 1, truncated: 2 }));
+    const body = Buffer.concat([Buffer.from('LSTE', 'latin1'), Buffer.from(Uint32Array.of(header.length).buffer), header, ...[e.cond, e.uncond, e.condIds, e.uncondIds].map(bytes)]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(zlib.crc32(body) >>> 0, 0);
+    await t.redis.set(cache.keyOf(p), Buffer.concat([body, crc]));
+    const old = (await cache.get(p))!;
+    for (const f of ['cond', 'uncond', 'condIds', 'uncondIds'] as const) expect(bytes(old[f]).equals(bytes(e[f])), f).toBe(true);
   });
 
   it('does not cache an entry above the size cap', async () => {
