@@ -70,6 +70,26 @@ export interface WindowSources {
 export type StageInput = Float32Array | WindowSources;
 
 /**
+ * Checks that `sources` give the window of `step` ([channels, p+B, H, W]) and returns how many
+ * frames the prefix source holds (0 when the window has no prefix); a RangeError names what is
+ * wrong otherwise.
+ */
+export function prefixSourceFrames(step: BlockStep, sources: WindowSources, channels: number): number {
+  const frame = step.height * step.width;
+  const p = step.prefixFrames;
+  const where = `window sources of block ${step.block} step ${step.step}`;
+  const own = channels * step.ownFrames * frame;
+  if (sources.latents.length !== own) throw new RangeError(`${where}: window latents have ${sources.latents.length} values, expected [${channels}, ${step.ownFrames}, ${step.height}, ${step.width}] = ${own}`);
+  if (p === 0) return 0;
+  const held = sources.prefix ? sources.prefix.length / (channels * frame) : 0;
+  if (!Number.isInteger(held) || held < p) {
+    const has = sources.prefix ? `${sources.prefix.length} values` : 'none';
+    throw new RangeError(`${where} do not hold ${p} prefix and ${step.ownFrames} own frames of ${step.height}x${step.width}: the window's prefix source has ${has}, expected [${channels}, L, ${step.height}, ${step.width}] with L >= ${p} prefix frames`);
+  }
+  return held;
+}
+
+/**
  * The window [16, p+B, H, W] as one tensor: assembled (a copy) from its sources, else the tensor
  * that already is the window (an assembled input, or the latents when p is 0). For what must
  * leave the process whole (a head group member's window on the wire).
@@ -80,12 +100,9 @@ export function windowLatents(step: BlockStep, input: StageInput): Float32Array 
   const p = step.prefixFrames;
   const frame = step.height * step.width;
   const own = step.ownFrames * frame;
-  const channels = input.latents.length / own;
+  const channels = Math.round(input.latents.length / own);
   // Values per channel of the prefix source: its frames times the frame size.
-  const held = input.prefix ? input.prefix.length / channels : 0;
-  if (!Number.isInteger(channels) || !Number.isInteger(held / frame) || held < p * frame) {
-    throw new RangeError(`window sources of block ${step.block} step ${step.step} do not hold ${p} prefix and ${step.ownFrames} own frames of ${step.height}x${step.width}`);
-  }
+  const held = prefixSourceFrames(step, input, channels) * frame;
   const frames = p + step.ownFrames;
   const window = new Float32Array(channels * frames * frame);
   for (let c = 0; c < channels; c++) {
@@ -215,12 +232,7 @@ export class Stage {
     const frame = s.height * s.width;
     if (!(input instanceof Float32Array)) {
       if (!this.range.head) throw new TypeError(`${where}: only a head takes window sources; this stage takes hidden states`);
-      if (input.latents.length !== C * s.ownFrames * frame) throw new RangeError(`${where}: window latents have ${input.latents.length} values, expected [${C}, ${s.ownFrames}, ${s.height}, ${s.width}] = ${C * s.ownFrames * frame}`);
-      const prefixLength = s.prefixFrames > 0 && input.prefix ? input.prefix.length / (C * frame) : 0;
-      if (s.prefixFrames > 0 && !(Number.isInteger(prefixLength) && prefixLength >= s.prefixFrames)) {
-        const has = input.prefix ? `${input.prefix.length} values` : 'none';
-        throw new RangeError(`${where}: the window's prefix source has ${has}, expected [${C}, L, ${s.height}, ${s.width}] with L >= ${s.prefixFrames} prefix frames`);
-      }
+      const prefixLength = prefixSourceFrames(s, input, C);
       g.window = { latents: input.latents, prefix: s.prefixFrames > 0 ? input.prefix : null, ownFrames: s.ownFrames, prefixFrames: s.prefixFrames, prefixLength };
       return g;
     }
